@@ -1,0 +1,310 @@
+//! The command line: `warren` alone is the GOCACHEPROG helper; subcommands
+//! inspect and maintain the store.
+//!
+//! Output of subcommands goes to stdout through an explicit writer (the
+//! helper's stdout belongs to the protocol, so nothing here uses `print!`).
+
+use std::fs::File;
+use std::io::{self, BufReader, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Command as Process, ExitCode, Stdio};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytesize::ByteSize;
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, Overrides};
+use crate::env;
+use crate::server;
+use crate::stats::{self, Counters};
+use crate::store::{DiskStore, TrimReport};
+use crate::tiered::MultiLevelStorage;
+
+/// Reading stdin in big steps keeps large put bodies flowing.
+const STDIN_BUFFER: usize = 256 * 1024;
+
+/// A Go build cache helper (GOCACHEPROG) that shares caches with trusted coworkers.
+///
+/// Run with no subcommand by the go command: GOCACHEPROG=warren go build ./...
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    /// Store directory [default: <platform cache dir>/warren]
+    #[arg(long, global = true, env = env::WARREN_DIR, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Config file [default: <platform config dir>/warren/config.toml]
+    #[arg(long, global = true, env = env::WARREN_CONFIG, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Trim the store to this size, e.g. 10GiB [default: 10 GiB]
+    #[arg(long, global = true, env = env::WARREN_MAX_SIZE, value_name = "SIZE")]
+    pub max_size: Option<String>,
+
+    /// Trim files unused for this long, e.g. 7days [default: 7 days]
+    #[arg(long, global = true, env = env::WARREN_MAX_AGE, value_name = "AGE")]
+    pub max_age: Option<String>,
+
+    /// More diagnostics on stderr (-v info, -vv debug, -vvv trace); see also WARREN_LOG
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show lifetime hit/miss figures and the store's size
+    Stats {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove files unused for --max-age, then least recently used ones down to --max-size
+    Trim {
+        /// Only if an automatic trim is due, without waiting for a lock (used by the helper)
+        #[arg(long, hide = true)]
+        auto: bool,
+    },
+    /// Remove every cached entry (`go clean -cache` cannot reach warren's store)
+    Clean,
+    /// Re-hash every stored body and remove any that do not match their OutputID
+    Verify,
+    /// Show the effective settings and where they came from
+    Config,
+}
+
+impl Cli {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            dir: self.dir.clone(),
+            max_size: self.max_size.clone(),
+            max_age: self.max_age.clone(),
+        }
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&cli.overrides()).context("loading settings")?;
+    let mut out = io::stdout().lock();
+    match cli.command {
+        None => serve(&config),
+        Some(Command::Stats { json }) => show_stats(&config, json, &mut out),
+        Some(Command::Trim { auto }) => trim(&config, auto, &mut out),
+        Some(Command::Clean) => {
+            let report = open_store(&config)?.clean().context("cleaning the store")?;
+            writeln!(
+                out,
+                "removed {}",
+                files(report.removed_files, report.removed_bytes)
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Verify) => {
+            let report = open_store(&config)?
+                .verify()
+                .context("verifying the store")?;
+            writeln!(
+                out,
+                "{} verified, {} corrupt and removed",
+                files(report.kept_files, report.kept_bytes),
+                files(report.removed_files, report.removed_bytes)
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Config) => {
+            let file = match &config.file {
+                Some(path) => path.display().to_string(),
+                None => match config::default_config_path() {
+                    Some(path) => format!("none ({} does not exist)", path.display()),
+                    None => "none".into(),
+                },
+            };
+            writeln!(out, "config file: {file}")?;
+            writeln!(out, "dir:         {}", config.dir.display())?;
+            writeln!(
+                out,
+                "max-size:    {}",
+                ByteSize(config.trim.max_size).display().iec()
+            )?;
+            writeln!(
+                out,
+                "max-age:     {}",
+                humantime::format_duration(config.trim.max_unused)
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open_store(config: &Config) -> anyhow::Result<DiskStore> {
+    DiskStore::open(&config.dir)
+        .with_context(|| format!("opening the store at {}", config.dir.display()))
+}
+
+/// The GOCACHEPROG helper.
+fn serve(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = Arc::new(open_store(config)?);
+    if store.trim_due() {
+        spawn_background_trim(config);
+    }
+    // Own copies of fds 0 and 1: a large read buffer for bodies, and no
+    // line buffering on the way out (the writer flushes in batches).
+    let input = File::from(
+        io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating stdin")?,
+    );
+    let output = File::from(
+        io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating stdout")?,
+    );
+    let counters = Arc::new(Counters::default());
+    let storage = Arc::new(MultiLevelStorage::local_only(store.clone()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let end = runtime.block_on(server::serve(
+        storage,
+        counters.clone(),
+        BufReader::with_capacity(STDIN_BUFFER, input),
+        output,
+    ))?;
+    tracing::debug!("session ended: {end:?}");
+    if let Err(e) = stats::record(store.root(), &counters.snapshot(store.repaired())) {
+        tracing::warn!("could not record statistics: {}", server::chain(&e));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts `warren trim --auto` detached, so trimming never slows a build.
+fn spawn_background_trim(config: &Config) {
+    let spawned = std::env::current_exe().and_then(|exe| {
+        Process::new(exe)
+            .arg("--dir")
+            .arg(&config.dir)
+            .arg("--max-size")
+            .arg(config.trim.max_size.to_string())
+            .arg("--max-age")
+            .arg(format!("{}s", config.trim.max_unused.as_secs()))
+            .args(["trim", "--auto"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+    });
+    if let Err(e) = spawned {
+        tracing::debug!("could not start a background trim: {e}");
+    }
+}
+
+fn trim(config: &Config, auto: bool, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let store = open_store(config)?;
+    if auto && !store.trim_due() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = store
+        .trim(config.trim, !auto)
+        .context("trimming the store")?;
+    match report {
+        Some(report) if !auto => {
+            let TrimReport {
+                removed_files,
+                removed_bytes,
+                kept_files,
+                kept_bytes,
+            } = report;
+            writeln!(
+                out,
+                "removed {}, kept {}",
+                files(removed_files, removed_bytes),
+                files(kept_files, kept_bytes)
+            )?;
+        }
+        _ => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let store = open_store(config)?;
+    let lifetime = stats::load(store.root()).context("reading statistics")?;
+    let usage = store.usage().context("measuring the store")?;
+    if json {
+        let value = serde_json::json!({
+            "dir": store.root(),
+            "lifetime": lifetime,
+            "store": usage,
+            "limits": {
+                "max_size": config.trim.max_size,
+                "max_age_seconds": config.trim.max_unused.as_secs(),
+            },
+        });
+        serde_json::to_writer_pretty(&mut *out, &value)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let percent = |part: u64| {
+        if lifetime.gets == 0 {
+            0.0
+        } else {
+            part as f64 * 100.0 / lifetime.gets as f64
+        }
+    };
+    writeln!(out, "store        {}", store.root().display())?;
+    writeln!(
+        out,
+        "size         {} in {} entries and {} objects (limit {}, unused {})",
+        ByteSize(usage.bytes).display().iec(),
+        usage.entries,
+        usage.objects,
+        ByteSize(config.trim.max_size).display().iec(),
+        humantime::format_duration(config.trim.max_unused)
+    )?;
+    writeln!(
+        out,
+        "gets         {} ({} hits = {:.1}%, {} misses = {:.1}%)",
+        lifetime.gets,
+        lifetime.hits,
+        percent(lifetime.hits),
+        lifetime.misses,
+        percent(lifetime.misses)
+    )?;
+    writeln!(
+        out,
+        "hit bytes    {}",
+        ByteSize(lifetime.hit_bytes).display().iec()
+    )?;
+    writeln!(
+        out,
+        "puts         {} ({})",
+        lifetime.puts,
+        ByteSize(lifetime.put_bytes).display().iec()
+    )?;
+    writeln!(out, "errors       {}", lifetime.errors)?;
+    writeln!(
+        out,
+        "repaired     {} damaged files removed",
+        lifetime.repaired
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn files(count: u64, bytes: u64) -> String {
+    format!(
+        "{count} file{} ({})",
+        if count == 1 { "" } else { "s" },
+        ByteSize(bytes).display().iec()
+    )
+}

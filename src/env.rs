@@ -1,0 +1,15 @@
+//! Names of the environment variables warren reads, in one place.
+//!
+//! Each option can come from a flag, one of these variables, or the config
+//! file, in that order of precedence.
+
+/// Store directory (`--dir`, config `dir`).
+pub const WARREN_DIR: &str = "WARREN_DIR";
+/// Config file path (`--config`).
+pub const WARREN_CONFIG: &str = "WARREN_CONFIG";
+/// Trim limit on store size (`--max-size`, config `max-size`), e.g. `10GiB`.
+pub const WARREN_MAX_SIZE: &str = "WARREN_MAX_SIZE";
+/// Trim limit on unused time (`--max-age`, config `max-age`), e.g. `7days`.
+pub const WARREN_MAX_AGE: &str = "WARREN_MAX_AGE";
+/// Log filter (`tracing` env-filter syntax, e.g. `debug`); `-v` overrides it.
+pub const WARREN_LOG: &str = "WARREN_LOG";

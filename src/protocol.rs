@@ -1,0 +1,778 @@
+//! The GOCACHEPROG wire protocol, as the Go toolchain speaks it.
+//!
+//! The spec is Go's own source: `cmd/go/internal/cacheprog/cacheprog.go`
+//! (the message types) and `cmd/go/internal/cache/prog.go` (how `go` frames
+//! them). What matters here:
+//!
+//! - `go` writes each [`Request`] as one JSON object line followed by an empty
+//!   line. A `put` with `BodySize > 0` is followed by the body as a JSON string
+//!   of standard base64 on a line of its own.
+//! - Requests from one `go` process arrive one at a time, so a large body holds
+//!   up every request behind it. [`RequestReader::read_body`] therefore streams:
+//!   it decodes base64 in fixed-size chunks into any [`Write`] sink (the store
+//!   hashes and writes to a temp file), so memory does not grow with the body.
+//! - Byte slices (`ActionID`, `OutputID`) are base64 strings in JSON, as Go's
+//!   `encoding/json` writes `[]byte`. Go before 1.24 spelled `OutputID` as
+//!   `ObjectID`; both are accepted.
+//! - Every [`Response`] carries the request's `ID` and may be sent in any order.
+//!   The first line the helper writes is the ID-0 capabilities response.
+//!
+//! Malformed input never panics: a bad header becomes a [`DecodeError`] that
+//! still carries the request ID when one could be read, so the caller can
+//! answer it with `Err` and go on with the next request.
+
+use std::io::{self, BufRead, Write};
+use std::path::Path;
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::ids::{ActionId, OutputId};
+
+/// The commands warren declares in its capabilities response.
+pub const KNOWN_COMMANDS: [&str; 3] = ["get", "put", "close"];
+
+/// Longest request header line accepted. Real headers are under 300 bytes;
+/// the cap keeps a stray body line or garbage from being buffered whole.
+const MAX_HEADER_LINE: usize = 64 * 1024;
+
+/// Base64 characters decoded per step while streaming a body (a multiple
+/// of 4, so every chunk but the last decodes without padding).
+const BODY_CHUNK: usize = 64 * 1024;
+
+/// A request from the `go` command, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Look up an action. Answer with a hit (OutputID, Size, Time, DiskPath)
+    /// or `Miss`.
+    Get { id: i64, action: ActionId },
+    /// Store a body under an action. `body_size` bytes of body follow the
+    /// header unless it is zero; read them with [`RequestReader::read_body`].
+    Put {
+        id: i64,
+        action: ActionId,
+        output: OutputId,
+        body_size: u64,
+    },
+    /// Finish pending work, answer, and exit.
+    Close { id: i64 },
+}
+
+impl Request {
+    pub fn id(&self) -> i64 {
+        match self {
+            Request::Get { id, .. } | Request::Put { id, .. } | Request::Close { id } => *id,
+        }
+    }
+}
+
+/// A request header that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The header was read but is not a valid request. `id` is set when the
+    /// request ID could be recovered, so the request can still be answered.
+    #[error("malformed request{}: {reason}", id.map(|id| format!(" {id}")).unwrap_or_default())]
+    Malformed { id: Option<i64>, reason: String },
+    /// A header line longer than any real request; it was skipped.
+    #[error("request line longer than {MAX_HEADER_LINE} bytes (skipped)")]
+    LineTooLong,
+    #[error("reading requests from stdin")]
+    Io(#[source] io::Error),
+}
+
+/// A `put` body that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("put body is not a base64 JSON string: {0}")]
+    Malformed(String),
+    #[error("put body has {actual} bytes but BodySize said {expected}")]
+    Size { expected: u64, actual: u64 },
+    #[error("reading put body from stdin")]
+    Io(#[source] io::Error),
+    /// The sink failed (for example, the disk is full). The rest of the body
+    /// was still consumed, so the stream stays in sync.
+    #[error("storing put body")]
+    Sink(#[source] io::Error),
+}
+
+/// The header fields, leniently typed so a bad field does not hide the ID.
+#[derive(Deserialize)]
+struct RawRequest {
+    #[serde(rename = "ID")]
+    id: Option<i64>,
+    #[serde(rename = "Command")]
+    command: Option<String>,
+    #[serde(rename = "ActionID")]
+    action_id: Option<String>,
+    #[serde(rename = "OutputID", alias = "ObjectID")]
+    output_id: Option<String>,
+    #[serde(rename = "BodySize")]
+    body_size: Option<i64>,
+}
+
+/// Decodes one header line into a [`Request`].
+pub fn parse_header(line: &[u8]) -> Result<Request, DecodeError> {
+    let raw: RawRequest = serde_json::from_slice(line).map_err(|error| DecodeError::Malformed {
+        id: recover_id(line),
+        reason: error.to_string(),
+    })?;
+    let malformed = |reason: String| DecodeError::Malformed { id: raw.id, reason };
+    let id = raw.id.ok_or_else(|| malformed("missing ID".into()))?;
+    let command = raw.command.as_deref().unwrap_or_default();
+    let action = || -> Result<ActionId, DecodeError> {
+        let bytes = decode_field("ActionID", raw.action_id.as_deref()).map_err(malformed)?;
+        ActionId::from_slice(&bytes).map_err(|e| malformed(format!("ActionID: {e}")))
+    };
+    match command {
+        "get" => Ok(Request::Get {
+            id,
+            action: action()?,
+        }),
+        "put" => {
+            let action = action()?;
+            let bytes = decode_field("OutputID", raw.output_id.as_deref()).map_err(malformed)?;
+            let output =
+                OutputId::from_slice(&bytes).map_err(|e| malformed(format!("OutputID: {e}")))?;
+            let body_size = u64::try_from(raw.body_size.unwrap_or(0))
+                .map_err(|_| malformed("negative BodySize".into()))?;
+            Ok(Request::Put {
+                id,
+                action,
+                output,
+                body_size,
+            })
+        }
+        "close" => Ok(Request::Close { id }),
+        "" => Err(malformed("missing Command".into())),
+        other => Err(malformed(format!("unknown command {other:?}"))),
+    }
+}
+
+fn decode_field(name: &str, value: Option<&str>) -> Result<Vec<u8>, String> {
+    let value = value.ok_or_else(|| format!("missing {name}"))?;
+    BASE64
+        .decode(value)
+        .map_err(|e| format!("{name} is not base64: {e}"))
+}
+
+/// Finds `"ID": <integer>` in a line that failed typed decoding.
+fn recover_id(line: &[u8]) -> Option<i64> {
+    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+    value.get("ID")?.as_i64()
+}
+
+/// Reads requests (and streams `put` bodies) from the `go` command.
+pub struct RequestReader<R> {
+    input: R,
+    line: Vec<u8>,
+}
+
+impl<R: BufRead> RequestReader<R> {
+    pub fn new(input: R) -> Self {
+        Self {
+            input,
+            line: Vec::with_capacity(512),
+        }
+    }
+
+    /// The next request, or `None` at end of input.
+    ///
+    /// Blank lines between requests are skipped. After a `put` with a
+    /// non-zero `body_size`, the caller must call [`Self::read_body`] before
+    /// asking for the next request.
+    pub fn next_request(&mut self) -> Result<Option<Request>, DecodeError> {
+        loop {
+            if !self.read_line()? {
+                return Ok(None);
+            }
+            let line = self.line.trim_ascii();
+            if line.is_empty() {
+                continue;
+            }
+            if line.first() == Some(&b'"') {
+                // A body whose header we could not use; its error was
+                // reported with the header.
+                tracing::debug!("skipped a body line with no usable header");
+                continue;
+            }
+            return parse_header(line).map(Some);
+        }
+    }
+
+    /// Reads one line into `self.line`, up to [`MAX_HEADER_LINE`] bytes.
+    /// Returns false at end of input.
+    fn read_line(&mut self) -> Result<bool, DecodeError> {
+        self.line.clear();
+        let mut too_long = false;
+        loop {
+            let buf = self.input.fill_buf().map_err(DecodeError::Io)?;
+            if buf.is_empty() {
+                if too_long {
+                    return Err(DecodeError::LineTooLong);
+                }
+                return Ok(!self.line.is_empty());
+            }
+            let (take, done) = match memchr::memchr(b'\n', buf) {
+                Some(at) => (at + 1, true),
+                None => (buf.len(), false),
+            };
+            if !too_long {
+                if self.line.len() + take > MAX_HEADER_LINE {
+                    too_long = true;
+                    self.line.clear();
+                } else {
+                    self.line.extend_from_slice(&buf[..take]);
+                }
+            }
+            self.input.consume(take);
+            if done {
+                return if too_long {
+                    Err(DecodeError::LineTooLong)
+                } else {
+                    Ok(true)
+                };
+            }
+        }
+    }
+
+    /// Streams a `put` body of `expected` bytes into `sink`.
+    ///
+    /// The whole body line is always consumed, even when it is malformed or
+    /// the sink fails, so the next request is read from the right place.
+    pub fn read_body(&mut self, expected: u64, sink: &mut impl Write) -> Result<u64, BodyError> {
+        self.skip_whitespace()?;
+        match self.input.fill_buf().map_err(BodyError::Io)?.first() {
+            Some(b'"') => self.input.consume(1),
+            Some(_) => return Err(BodyError::Malformed("expected '\"'".into())),
+            None => return Err(BodyError::Malformed("input ended before the body".into())),
+        }
+        let mut decoder = ChunkDecoder::new(expected);
+        let mut failure: Option<BodyError> = None;
+        loop {
+            let buf = self.input.fill_buf().map_err(BodyError::Io)?;
+            if buf.is_empty() {
+                return Err(BodyError::Malformed("input ended inside the body".into()));
+            }
+            let end = memchr::memchr3(b'"', b'\\', b'\n', buf);
+            let take = end.unwrap_or(buf.len());
+            if failure.is_none()
+                && let Err(error) = decoder.push(&buf[..take], sink)
+            {
+                failure = Some(error);
+            }
+            let stop = end.map(|at| buf[at]);
+            self.input.consume(take);
+            match stop {
+                None => {}
+                Some(b'"') => {
+                    self.input.consume(1);
+                    break;
+                }
+                Some(b'\\') => {
+                    // JSON allows "\/" for '/'; nothing else can occur in base64.
+                    self.input.consume(1);
+                    let next = self
+                        .input
+                        .fill_buf()
+                        .map_err(BodyError::Io)?
+                        .first()
+                        .copied();
+                    if next == Some(b'/') {
+                        self.input.consume(1);
+                        if failure.is_none()
+                            && let Err(error) = decoder.push(b"/", sink)
+                        {
+                            failure = Some(error);
+                        }
+                    } else {
+                        failure.get_or_insert(BodyError::Malformed("unexpected escape".into()));
+                    }
+                }
+                Some(_) => {
+                    return Err(BodyError::Malformed("line ended inside the body".into()));
+                }
+            }
+        }
+        self.skip_rest_of_line()?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        decoder.finish(sink)
+    }
+
+    fn skip_whitespace(&mut self) -> Result<(), BodyError> {
+        loop {
+            let buf = self.input.fill_buf().map_err(BodyError::Io)?;
+            let n = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            if n == 0 {
+                return Ok(());
+            }
+            self.input.consume(n);
+        }
+    }
+
+    fn skip_rest_of_line(&mut self) -> Result<(), BodyError> {
+        loop {
+            let buf = self.input.fill_buf().map_err(BodyError::Io)?;
+            if buf.is_empty() {
+                return Ok(());
+            }
+            match memchr::memchr(b'\n', buf) {
+                Some(at) => {
+                    let junk = buf[..at].trim_ascii();
+                    let junk_found = !junk.is_empty();
+                    self.input.consume(at + 1);
+                    return if junk_found {
+                        Err(BodyError::Malformed("text after the body".into()))
+                    } else {
+                        Ok(())
+                    };
+                }
+                None => {
+                    let n = buf.len();
+                    self.input.consume(n);
+                }
+            }
+        }
+    }
+}
+
+/// Incremental base64 decoding in [`BODY_CHUNK`]-sized steps.
+struct ChunkDecoder {
+    encoded: Vec<u8>,
+    decoded: Vec<u8>,
+    expected: u64,
+    written: u64,
+}
+
+impl ChunkDecoder {
+    fn new(expected: u64) -> Self {
+        Self {
+            encoded: Vec::with_capacity(BODY_CHUNK),
+            decoded: vec![0; BODY_CHUNK / 4 * 3],
+            expected,
+            written: 0,
+        }
+    }
+
+    fn push(&mut self, mut input: &[u8], sink: &mut impl Write) -> Result<(), BodyError> {
+        while !input.is_empty() {
+            let room = BODY_CHUNK - self.encoded.len();
+            let (now, later) = input.split_at(room.min(input.len()));
+            self.encoded.extend_from_slice(now);
+            input = later;
+            if self.encoded.len() == BODY_CHUNK {
+                if memchr::memchr(b'=', &self.encoded).is_some() {
+                    return Err(BodyError::Malformed("padding inside the body".into()));
+                }
+                self.flush(sink)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, sink: &mut impl Write) -> Result<(), BodyError> {
+        let n = BASE64
+            .decode_slice_unchecked(&self.encoded, &mut self.decoded)
+            .map_err(|e| BodyError::Malformed(e.to_string()))?;
+        self.encoded.clear();
+        self.written += n as u64;
+        if self.written > self.expected {
+            return Err(BodyError::Size {
+                expected: self.expected,
+                actual: self.written,
+            });
+        }
+        sink.write_all(&self.decoded[..n]).map_err(BodyError::Sink)
+    }
+
+    fn finish(mut self, sink: &mut impl Write) -> Result<u64, BodyError> {
+        if !self.encoded.is_empty() {
+            self.flush(sink)?;
+        }
+        if self.written != self.expected {
+            return Err(BodyError::Size {
+                expected: self.expected,
+                actual: self.written,
+            });
+        }
+        Ok(self.written)
+    }
+}
+
+/// A response line to the `go` command. Field names and omission rules match
+/// Go's `cacheprog.Response`, so `go` decodes exactly what it expects.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Response {
+    #[serde(rename = "ID")]
+    pub id: i64,
+    #[serde(rename = "Err", skip_serializing_if = "Option::is_none")]
+    pub err: Option<String>,
+    #[serde(rename = "KnownCommands", skip_serializing_if = "<[_]>::is_empty")]
+    pub known_commands: &'static [&'static str],
+    #[serde(rename = "Miss", skip_serializing_if = "std::ops::Not::not")]
+    pub miss: bool,
+    /// Required on a hit: without it `go test` result caching silently stops
+    /// working (golang/go#35301).
+    #[serde(
+        rename = "OutputID",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_output_id"
+    )]
+    pub output_id: Option<OutputId>,
+    #[serde(rename = "Size", skip_serializing_if = "is_zero")]
+    pub size: u64,
+    /// When the entry was stored; Go uses it for cache expiry decisions.
+    #[serde(
+        rename = "Time",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_time"
+    )]
+    pub time: Option<SystemTime>,
+    /// Absolute path of the body, without extension, valid until `close`.
+    #[serde(rename = "DiskPath", skip_serializing_if = "Option::is_none")]
+    pub disk_path: Option<String>,
+}
+
+impl Response {
+    /// The ID-0 line that must be the helper's first output.
+    pub fn capabilities() -> Self {
+        Self {
+            known_commands: &KNOWN_COMMANDS,
+            ..Self::default()
+        }
+    }
+
+    pub fn miss(id: i64) -> Self {
+        Self {
+            id,
+            miss: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn hit(id: i64, output: OutputId, size: u64, time: SystemTime, path: &Path) -> Self {
+        Self {
+            id,
+            output_id: Some(output),
+            size,
+            time: Some(time),
+            disk_path: Some(path.to_string_lossy().into_owned()),
+            ..Self::default()
+        }
+    }
+
+    pub fn stored(id: i64, path: &Path) -> Self {
+        Self {
+            id,
+            disk_path: Some(path.to_string_lossy().into_owned()),
+            ..Self::default()
+        }
+    }
+
+    pub fn error(id: i64, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            err: Some(message.into()),
+            ..Self::default()
+        }
+    }
+
+    pub fn ack(id: i64) -> Self {
+        Self {
+            id,
+            ..Self::default()
+        }
+    }
+
+    /// Appends the response as one JSON line.
+    pub fn write_line(&self, out: &mut impl Write) -> io::Result<()> {
+        serde_json::to_writer(&mut *out, self)?;
+        out.write_all(b"\n")
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn serialize_output_id<S: Serializer>(id: &Option<OutputId>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_str(&BASE64.encode(id.as_bytes())),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_time<S: Serializer>(time: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match time {
+        // RFC 3339 with nanoseconds, as Go's time.Time marshals.
+        Some(time) => s.collect_str(&humantime::format_rfc3339_nanos(*time)),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn b64(bytes: &[u8]) -> String {
+        BASE64.encode(bytes)
+    }
+
+    fn header(id: i64, command: &str, action: &[u8], output: Option<&[u8]>, size: u64) -> String {
+        let mut line = format!(
+            r#"{{"ID":{id},"Command":"{command}","ActionID":"{}""#,
+            b64(action)
+        );
+        if let Some(output) = output {
+            line += &format!(r#","OutputID":"{}""#, b64(output));
+        }
+        if size > 0 {
+            line += &format!(r#","BodySize":{size}"#);
+        }
+        line + "}\n\n"
+    }
+
+    /// Frames a put exactly as Go's `ProgCache.writeToChild` does.
+    fn put(id: i64, action: [u8; 32], body: &[u8]) -> String {
+        let output = OutputId::of(body);
+        let mut text = header(
+            id,
+            "put",
+            &action,
+            Some(output.as_bytes()),
+            body.len() as u64,
+        );
+        if !body.is_empty() {
+            text += &format!("\"{}\"\n", b64(body));
+        }
+        text
+    }
+
+    fn reader(text: &str) -> RequestReader<Cursor<Vec<u8>>> {
+        RequestReader::new(Cursor::new(text.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn decodes_get_put_close_in_go_framing() {
+        let body = b"hello, world";
+        let text = header(1, "get", &[7; 32], None, 0)
+            + &put(2, [8; 32], body)
+            + "{\"ID\":3,\"Command\":\"close\"}\n\n";
+        let mut r = reader(&text);
+        assert_eq!(
+            r.next_request().unwrap(),
+            Some(Request::Get {
+                id: 1,
+                action: ActionId::from_bytes([7; 32])
+            })
+        );
+        let Some(Request::Put {
+            id: 2, body_size, ..
+        }) = r.next_request().unwrap()
+        else {
+            panic!("expected put");
+        };
+        let mut sink = Vec::new();
+        assert_eq!(r.read_body(body_size, &mut sink).unwrap(), 12);
+        assert_eq!(sink, body);
+        assert_eq!(r.next_request().unwrap(), Some(Request::Close { id: 3 }));
+        assert_eq!(r.next_request().unwrap(), None);
+    }
+
+    #[test]
+    fn accepts_pre_go_1_24_object_id_spelling() {
+        let line = format!(
+            r#"{{"ID":5,"Command":"put","ActionID":"{}","ObjectID":"{}"}}"#,
+            b64(&[1; 32]),
+            b64(&[2; 32])
+        );
+        let request = parse_header(line.as_bytes()).unwrap();
+        assert!(matches!(
+            request,
+            Request::Put {
+                id: 5,
+                body_size: 0,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn malformed_headers_keep_their_id_when_possible() {
+        let cases: &[(&str, Option<i64>)] = &[
+            (r#"{"ID":4,"Command":"get","ActionID":"!!"}"#, Some(4)),
+            (r#"{"ID":4,"Command":"get","ActionID":"AAAA"}"#, Some(4)),
+            (r#"{"ID":9,"Command":"frobnicate"}"#, Some(9)),
+            (r#"{"ID":9,"Command":7}"#, Some(9)),
+            (
+                r#"{"ID":9,"Command":"put","ActionID":"AAAA","BodySize":-1}"#,
+                Some(9),
+            ),
+            (r#"{"Command":"get"}"#, None),
+            (r#"not json at all"#, None),
+            (r#"{"ID":"x"}"#, None),
+        ];
+        for (line, want) in cases {
+            match parse_header(line.as_bytes()) {
+                Err(DecodeError::Malformed { id, .. }) => assert_eq!(id, *want, "{line}"),
+                other => panic!("{line}: expected malformed, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn overlong_lines_are_skipped_not_buffered() {
+        let text = format!(
+            "{}\n{}",
+            "x".repeat(MAX_HEADER_LINE * 3),
+            header(1, "close", &[0; 32], None, 0)
+        );
+        let mut r = reader(&text);
+        assert!(matches!(r.next_request(), Err(DecodeError::LineTooLong)));
+        assert!(r.line.capacity() <= MAX_HEADER_LINE * 2);
+        assert_eq!(r.next_request().unwrap(), Some(Request::Close { id: 1 }));
+    }
+
+    #[test]
+    fn bad_bodies_are_errors_and_the_stream_stays_in_sync() {
+        let next = header(9, "close", &[0; 32], None, 0);
+        for (body_line, size) in [
+            ("\"!!!!\"\n", 3),
+            ("\"aGVsbG8=\"\n", 4),      // 5 bytes, 4 announced
+            ("\"aGVsbG8=\"\n", 6),      // 5 bytes, 6 announced
+            ("\"aGVs\\nbG8=\"\n", 5),   // an escape base64 cannot hold
+            ("\"aGVsbG8=\" junk\n", 5), // text after the string
+            ("aGVsbG8=\n", 5),          // no quotes
+        ] {
+            let mut r = reader(&format!("{body_line}{next}"));
+            let mut sink = Vec::new();
+            assert!(
+                r.read_body(size, &mut sink).is_err(),
+                "{body_line:?} size {size}"
+            );
+            if body_line.starts_with('"') {
+                assert_eq!(
+                    r.next_request().unwrap(),
+                    Some(Request::Close { id: 9 }),
+                    "{body_line:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn escaped_slash_is_accepted() {
+        let body = [0xff_u8, 0xff, 0xff];
+        let encoded = b64(&body).replace('/', "\\/");
+        let mut r = reader(&format!("\"{encoded}\"\n"));
+        let mut sink = Vec::new();
+        r.read_body(3, &mut sink).unwrap();
+        assert_eq!(sink, body);
+    }
+
+    #[test]
+    fn truncated_input_is_an_error() {
+        let mut r = reader("\"aGVsbG");
+        assert!(matches!(
+            r.read_body(5, &mut Vec::new()),
+            Err(BodyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn sink_failure_consumes_the_body() {
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let body = vec![1_u8; 200_000];
+        let text = put(1, [1; 32], &body) + &header(2, "close", &[0; 32], None, 0);
+        let mut r = reader(&text);
+        let request = r.next_request().unwrap().unwrap();
+        let Request::Put { body_size, .. } = request else {
+            panic!()
+        };
+        assert!(matches!(
+            r.read_body(body_size, &mut Full),
+            Err(BodyError::Sink(_))
+        ));
+        assert_eq!(r.next_request().unwrap(), Some(Request::Close { id: 2 }));
+    }
+
+    #[test]
+    fn responses_match_go_field_names_and_omission() {
+        let mut out = Vec::new();
+        Response::capabilities().write_line(&mut out).unwrap();
+        Response::miss(3).write_line(&mut out).unwrap();
+        let time = SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 5);
+        Response::hit(
+            4,
+            OutputId::from_bytes([1; 32]),
+            12,
+            time,
+            Path::new("/c/o"),
+        )
+        .write_line(&mut out)
+        .unwrap();
+        Response::error(5, "boom").write_line(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            r#"{"ID":0,"KnownCommands":["get","put","close"]}"#
+        );
+        assert_eq!(lines[1], r#"{"ID":3,"Miss":true}"#);
+        assert_eq!(
+            lines[2],
+            format!(
+                r#"{{"ID":4,"OutputID":"{}","Size":12,"Time":"2023-11-14T22:13:20.000000005Z","DiskPath":"/c/o"}}"#,
+                b64(&[1; 32])
+            )
+        );
+        assert_eq!(lines[3], r#"{"ID":5,"Err":"boom"}"#);
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_round_trips(body in proptest::collection::vec(any::<u8>(), 0..300_000), id in 1_i64..i64::MAX) {
+            let mut r = reader(&(put(id, [3; 32], &body) + "\n"));
+            let Some(Request::Put { id: got, output, body_size, .. }) = r.next_request().unwrap() else {
+                panic!("expected put");
+            };
+            prop_assert_eq!(got, id);
+            prop_assert_eq!(output, OutputId::of(&body));
+            let mut sink = Vec::new();
+            if body_size > 0 {
+                r.read_body(body_size, &mut sink).unwrap();
+            }
+            prop_assert_eq!(sink, body);
+            prop_assert_eq!(r.next_request().unwrap(), None);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let mut r = RequestReader::new(Cursor::new(input));
+            for _ in 0..64 {
+                match r.next_request() {
+                    Ok(None) => break,
+                    Ok(Some(Request::Put { body_size, .. })) if body_size > 0 => {
+                        let _ = r.read_body(body_size.min(1 << 20), &mut io::sink());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Lifetime counters of the cache, for `warren stats`.
+//!
+//! Each helper process counts in memory ([`Counters`], lock-free atomics on
+//! the request path) and merges its totals into `<root>/stats.json` once, at
+//! exit, under `stats.lock`. Many concurrent `go` commands therefore cost one
+//! small locked read-modify-write each, never a write per request. Fields
+//! added later default to zero, so old files stay readable.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::lock::{FileLock, LockError};
+use crate::store;
+
+const STATS_FILE: &str = "stats.json";
+const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// Totals, as stored in `stats.json` and printed by `warren stats --json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Totals {
+    pub gets: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub puts: u64,
+    /// Body bytes received in puts.
+    pub put_bytes: u64,
+    /// Body bytes of the hits handed to `go`.
+    pub hit_bytes: u64,
+    /// Requests answered with `Err` (malformed input, failed stores).
+    pub errors: u64,
+    /// Corrupt or dangling store files found and removed by reads.
+    pub repaired: u64,
+}
+
+impl Totals {
+    fn add(&mut self, other: &Totals) {
+        self.gets += other.gets;
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.puts += other.puts;
+        self.put_bytes += other.put_bytes;
+        self.hit_bytes += other.hit_bytes;
+        self.errors += other.errors;
+        self.repaired += other.repaired;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Totals::default()
+    }
+}
+
+/// In-memory counters of one process.
+#[derive(Debug, Default)]
+pub struct Counters {
+    gets: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    puts: AtomicU64,
+    put_bytes: AtomicU64,
+    hit_bytes: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Counters {
+    pub fn hit(&self, bytes: u64) {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.hit_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn miss(&self) {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn put(&self, bytes: u64) {
+        self.puts.fetch_add(1, Ordering::Relaxed);
+        self.put_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The totals so far; `repaired` comes from the store.
+    pub fn snapshot(&self, repaired: u64) -> Totals {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Totals {
+            gets: get(&self.gets),
+            hits: get(&self.hits),
+            misses: get(&self.misses),
+            puts: get(&self.puts),
+            put_bytes: get(&self.put_bytes),
+            hit_bytes: get(&self.hit_bytes),
+            errors: get(&self.errors),
+            repaired,
+        }
+    }
+}
+
+/// Adds `totals` to the lifetime figures in the store at `root`.
+pub fn record(root: &Path, totals: &Totals) -> Result<(), Error> {
+    if totals.is_empty() {
+        return Ok(());
+    }
+    let _lock = FileLock::acquire(&root.join("stats.lock"), LOCK_TIMEOUT)?;
+    let mut lifetime = load(root)?;
+    lifetime.add(totals);
+    let json = serde_json::to_vec_pretty(&lifetime).expect("totals to serialize");
+    store::write_atomic(&root.join(STATS_FILE), &json)?;
+    Ok(())
+}
+
+/// The lifetime figures of the store at `root` (zero if none yet). A
+/// damaged file is reported and counted from zero, not fatal: these are
+/// statistics, and the cache must keep working.
+pub fn load(root: &Path) -> Result<Totals, Error> {
+    let path = root.join(STATS_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!("ignoring damaged {}: {e}", path.display());
+            Totals::default()
+        })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Totals::default()),
+        Err(source) => Err(Error::Read { path, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_accumulate_across_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let counters = Counters::default();
+        counters.hit(10);
+        counters.miss();
+        counters.put(7);
+        record(dir.path(), &counters.snapshot(1)).unwrap();
+        record(dir.path(), &counters.snapshot(0)).unwrap();
+        let totals = load(dir.path()).unwrap();
+        assert_eq!(
+            totals,
+            Totals {
+                gets: 4,
+                hits: 2,
+                misses: 2,
+                puts: 2,
+                put_bytes: 14,
+                hit_bytes: 20,
+                errors: 0,
+                repaired: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn damaged_or_old_files_do_not_break_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        store::write_atomic(&dir.path().join(STATS_FILE), b"{\"gets\": 3}").unwrap();
+        assert_eq!(load(dir.path()).unwrap().gets, 3);
+        store::write_atomic(&dir.path().join(STATS_FILE), b"\0garbage").unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Totals::default());
+        let totals = Totals {
+            puts: 1,
+            ..Totals::default()
+        };
+        record(dir.path(), &totals).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), totals);
+    }
+}

@@ -1,0 +1,168 @@
+//! Lookups as a chain of tiers: the local store first, then whatever lies
+//! beyond it (the warren daemon and its peers, in part 2).
+//!
+//! This is the one place that decides where a body comes from, so peer
+//! sharing plugs in as another [`RemoteTier`] without touching the protocol
+//! loop. A remote tier never hands bodies to `go` directly: it writes them
+//! through [`DiskStore::begin_object`], which verifies size and SHA-256
+//! before anything lands, and the local store then serves the verified copy
+//! (backfilled, so the next lookup is local).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::ids::ActionId;
+use crate::store::{self, DiskStore, Entry, Lookup, VerifiedObject};
+
+/// A boxed future, for object-safe async trait methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A source of entries consulted after a local miss.
+pub trait RemoteTier: Send + Sync {
+    /// Looks up `action` beyond the local store. A found body must be
+    /// committed to `store` (which verifies it) before it is returned.
+    /// Trouble of any kind is a miss (`None`), and implementations bound
+    /// their own latency: a slow remote must not slow the build.
+    fn fetch<'a>(
+        &'a self,
+        action: ActionId,
+        store: &'a Arc<DiskStore>,
+    ) -> BoxFuture<'a, Option<Entry>>;
+}
+
+/// The remote tier when sharing is not configured: always a miss, at once.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoRemote;
+
+impl RemoteTier for NoRemote {
+    fn fetch<'a>(&'a self, _: ActionId, _: &'a Arc<DiskStore>) -> BoxFuture<'a, Option<Entry>> {
+        Box::pin(std::future::ready(None))
+    }
+}
+
+/// The local store backed by a remote tier.
+pub struct MultiLevelStorage {
+    local: Arc<DiskStore>,
+    remote: Box<dyn RemoteTier>,
+}
+
+impl MultiLevelStorage {
+    pub fn new(local: Arc<DiskStore>, remote: Box<dyn RemoteTier>) -> Self {
+        Self { local, remote }
+    }
+
+    /// Only the local store.
+    pub fn local_only(local: Arc<DiskStore>) -> Self {
+        Self::new(local, Box::new(NoRemote))
+    }
+
+    pub fn local(&self) -> &Arc<DiskStore> {
+        &self.local
+    }
+
+    pub async fn get(&self, action: ActionId) -> Result<Lookup, store::Error> {
+        let local = self.local.clone();
+        let found = tokio::task::spawn_blocking(move || local.get(&action))
+            .await
+            .expect("store lookups not to panic")?;
+        if let Lookup::Hit(_) = found {
+            return Ok(found);
+        }
+        Ok(match self.remote.fetch(action, &self.local).await {
+            Some(entry) => Lookup::Hit(entry),
+            None => Lookup::Miss,
+        })
+    }
+
+    /// Stores a verified body under `action` in the local store. Peers pull
+    /// from it; nothing is pushed.
+    pub async fn put(
+        &self,
+        action: ActionId,
+        object: VerifiedObject,
+    ) -> Result<Entry, store::Error> {
+        let local = self.local.clone();
+        tokio::task::spawn_blocking(move || local.commit(&action, object))
+            .await
+            .expect("store commits not to panic")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::ids::OutputId;
+
+    /// A remote that serves one body, honestly or not.
+    struct FakeRemote {
+        body: Vec<u8>,
+        claimed: OutputId,
+        calls: AtomicUsize,
+    }
+
+    impl RemoteTier for FakeRemote {
+        fn fetch<'a>(
+            &'a self,
+            action: ActionId,
+            store: &'a Arc<DiskStore>,
+        ) -> BoxFuture<'a, Option<Entry>> {
+            Box::pin(async move {
+                self.calls.fetch_add(1, Ordering::Relaxed);
+                let mut writer = store
+                    .begin_object(self.claimed, self.body.len() as u64)
+                    .ok()?;
+                writer.write_all(&self.body).ok()?;
+                let verified = writer.finish().ok()?;
+                store.commit(&action, verified).ok()
+            })
+        }
+    }
+
+    fn storage(body: &[u8], claimed: OutputId) -> (tempfile::TempDir, MultiLevelStorage) {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(DiskStore::open(dir.path()).unwrap());
+        let remote = FakeRemote {
+            body: body.to_vec(),
+            claimed,
+            calls: AtomicUsize::new(0),
+        };
+        (dir, MultiLevelStorage::new(local, Box::new(remote)))
+    }
+
+    #[tokio::test]
+    async fn remote_hits_are_verified_and_backfilled() {
+        let (_dir, storage) = storage(b"remote body", OutputId::of(b"remote body"));
+        let action = ActionId::from_bytes([1; 32]);
+        let Lookup::Hit(entry) = storage.get(action).await.unwrap() else {
+            panic!("expected hit")
+        };
+        assert_eq!(std::fs::read(&entry.path).unwrap(), b"remote body");
+        // The second lookup is served locally.
+        assert!(matches!(
+            storage.local().get(&action).unwrap(),
+            Lookup::Hit(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn lying_remotes_are_a_miss() {
+        let (_dir, storage) = storage(b"tampered", OutputId::of(b"original"));
+        let action = ActionId::from_bytes([1; 32]);
+        assert_eq!(storage.get(action).await.unwrap(), Lookup::Miss);
+        assert_eq!(storage.local().usage().unwrap(), store::Usage::default());
+    }
+
+    #[tokio::test]
+    async fn local_only_misses_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = MultiLevelStorage::local_only(Arc::new(DiskStore::open(dir.path()).unwrap()));
+        assert_eq!(
+            storage.get(ActionId::from_bytes([2; 32])).await.unwrap(),
+            Lookup::Miss
+        );
+    }
+}
