@@ -154,7 +154,10 @@ pub fn parse_age(text: &str) -> Result<Duration, Error> {
 }
 
 #[cfg(test)]
-#[expect(clippy::disallowed_methods, reason = "tests write config files, not store files")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "tests write config files, not store files"
+)]
 mod tests {
     use super::*;
 

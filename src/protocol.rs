@@ -184,41 +184,43 @@ impl<R: BufRead> RequestReader<R> {
     /// asking for the next request.
     pub fn next_request(&mut self) -> Result<Option<Request>, DecodeError> {
         loop {
-            if !self.read_line()? {
-                return Ok(None);
+            match self.read_line()? {
+                Line::End => return Ok(None),
+                Line::OrphanBody => {
+                    // A body whose header could not be used; the error was
+                    // reported with the header.
+                    tracing::debug!("skipped a body line with no usable header");
+                }
+                Line::Text => {
+                    let line = self.line.trim_ascii();
+                    if !line.is_empty() {
+                        return parse_header(line).map(Some);
+                    }
+                }
             }
-            let line = self.line.trim_ascii();
-            if line.is_empty() {
-                continue;
-            }
-            if line.first() == Some(&b'"') {
-                // A body whose header we could not use; its error was
-                // reported with the header.
-                tracing::debug!("skipped a body line with no usable header");
-                continue;
-            }
-            return parse_header(line).map(Some);
         }
     }
 
-    /// Reads one line into `self.line`, up to [`MAX_HEADER_LINE`] bytes.
-    /// Returns false at end of input.
-    fn read_line(&mut self) -> Result<bool, DecodeError> {
+    /// Reads one line into `self.line`, up to [`MAX_HEADER_LINE`] bytes. A
+    /// line that starts with `"` is a body: it is skipped whatever its
+    /// length, without being buffered.
+    fn read_line(&mut self) -> Result<Line, DecodeError> {
         self.line.clear();
         let mut too_long = false;
+        let mut orphan_body = false;
         loop {
             let buf = self.input.fill_buf().map_err(DecodeError::Io)?;
             if buf.is_empty() {
-                if too_long {
-                    return Err(DecodeError::LineTooLong);
-                }
-                return Ok(!self.line.is_empty());
+                break;
+            }
+            if self.line.is_empty() && !too_long && !orphan_body && buf[0] == b'"' {
+                orphan_body = true;
             }
             let (take, done) = match memchr::memchr(b'\n', buf) {
                 Some(at) => (at + 1, true),
                 None => (buf.len(), false),
             };
-            if !too_long {
+            if !too_long && !orphan_body {
                 if self.line.len() + take > MAX_HEADER_LINE {
                     too_long = true;
                     self.line.clear();
@@ -228,12 +230,17 @@ impl<R: BufRead> RequestReader<R> {
             }
             self.input.consume(take);
             if done {
-                return if too_long {
-                    Err(DecodeError::LineTooLong)
-                } else {
-                    Ok(true)
-                };
+                break;
             }
+        }
+        if orphan_body {
+            Ok(Line::OrphanBody)
+        } else if too_long {
+            Err(DecodeError::LineTooLong)
+        } else if self.line.is_empty() {
+            Ok(Line::End)
+        } else {
+            Ok(Line::Text)
         }
     }
 
@@ -337,6 +344,15 @@ impl<R: BufRead> RequestReader<R> {
             }
         }
     }
+}
+
+/// What [`RequestReader::read_line`] found.
+enum Line {
+    End,
+    /// A line of text, in `RequestReader::line`.
+    Text,
+    /// A `"…"` body line where a header was expected (already consumed).
+    OrphanBody,
 }
 
 /// Incremental base64 decoding in [`BODY_CHUNK`]-sized steps.

