@@ -1,20 +1,23 @@
 //! The GOCACHEPROG request loop: one `go` command, one [`serve`] call.
 //!
-//! Three roles, so a large `put` body never holds up answers:
+//! Two roles, so a large `put` body never holds up answers:
 //!
 //! - **Reader** (a blocking thread): decodes requests in order. A `put` body
 //!   is streamed straight from stdin into the store's hashing writer on this
 //!   thread, because `go` sends nothing else until the body is through; the
-//!   faster it is drained, the sooner `go`'s other requests get out.
-//! - **Tasks**: each `put` (once its body is verified) and each `get` that
-//!   must look beyond the local store runs in its own task, so answers go out
-//!   as soon as they are ready, in any order. A [`TaskTracker`] lets `close`
-//!   wait for every one of them. Local lookups are answered on the reader
-//!   thread: they are a few small file reads, cheaper than any thread hop.
-//! - **Writer** (a blocking thread): owns stdout. It receives responses on a
-//!   bounded channel and flushes whenever the channel runs dry, so a burst of
-//!   answers costs one `write` call. The capabilities line is its first
-//!   message, sent before any request is read.
+//!   faster it is drained, the sooner `go`'s other requests get out. Local
+//!   lookups are answered right here too: they are a few small file reads.
+//! - **Tasks**: committing a verified `put`, and any `get` that must look
+//!   beyond the local store, run apart from the reader, so answers go out as
+//!   soon as they are ready, in any order. A [`TaskTracker`] lets `close`
+//!   wait for every one of them.
+//!
+//! stdout is a [`Responder`]: one buffered writer behind a mutex, each
+//! response written and flushed whole under the lock. An earlier design gave
+//! stdout its own writer thread fed by a channel; the extra thread wake-up
+//! per answer cost about 5% of a warm `go build std` (docs/benchmarks.md),
+//! because `go` waits on each lookup. The capabilities line is written
+//! before any request is read.
 //!
 //! On `close` the reader stops, pending tasks finish, the answer to `close` is
 //! written last, and [`serve`] returns. End of input without `close` is a
@@ -23,10 +26,9 @@
 //! anyway, but a miss keeps the build quiet), a `put` that fails gets `Err`.
 
 use std::io::{self, BufRead, BufWriter, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::ids::{ActionId, OutputId};
@@ -35,8 +37,6 @@ use crate::stats::Counters;
 use crate::store::Lookup;
 use crate::tiered::MultiLevelStorage;
 
-/// Responses buffered for the writer before tasks wait for it.
-const RESPONSE_QUEUE: usize = 1024;
 const STDOUT_BUFFER: usize = 64 * 1024;
 
 /// How the conversation with `go` ended.
@@ -59,21 +59,14 @@ where
     R: BufRead + Send + 'static,
     W: Write + Send + 'static,
 {
-    let (responses, queue) = mpsc::channel(RESPONSE_QUEUE);
-    responses
-        .send(Response::capabilities())
-        .await
-        .expect("the writer to be running");
-    let writer = std::thread::Builder::new()
-        .name("warren-stdout".into())
-        .spawn(move || write_responses(output, queue))?;
-
+    let responder = Responder::new(output);
+    responder.send(&Response::capabilities());
     let tracker = TaskTracker::new();
     let reader = {
         let context = Context {
             storage,
             counters,
-            responses: responses.clone(),
+            responder: responder.clone(),
             tracker: tracker.clone(),
             runtime: Handle::current(),
         };
@@ -84,16 +77,7 @@ where
     tracker.wait().await;
     if let Some(id) = close {
         // Answer `close` only once everything before it is answered.
-        let _ = responses.send(Response::ack(id)).await;
-    }
-    drop(responses);
-    let written = tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .expect("joining the writer not to panic")
-        .expect("the writer not to panic");
-    if let Err(e) = written {
-        // `go` went away; nobody is left to answer.
-        tracing::debug!("writing responses: {e}");
+        responder.send(&Response::ack(id));
     }
     Ok(if close.is_some() {
         End::Closed
@@ -102,11 +86,39 @@ where
     })
 }
 
+/// stdout, shared by the reader thread and the tasks. Lines never
+/// interleave: each is written and flushed under the lock.
+#[derive(Clone)]
+struct Responder(Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>);
+
+impl Responder {
+    fn new(output: impl Write + Send + 'static) -> Self {
+        let output: Box<dyn Write + Send> = Box::new(output);
+        Self(Arc::new(Mutex::new(BufWriter::with_capacity(
+            STDOUT_BUFFER,
+            output,
+        ))))
+    }
+
+    /// Writes one response. May block while `go` is not reading, so async
+    /// code calls it from a blocking task.
+    fn send(&self, response: &Response) {
+        let mut out = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(e) = response.write_line(&mut *out).and_then(|()| out.flush()) {
+            // `go` went away; nobody is left to answer.
+            tracing::debug!("writing response {}: {e}", response.id);
+        }
+    }
+}
+
 /// What the reader thread needs to start request tasks.
 struct Context {
     storage: Arc<MultiLevelStorage>,
     counters: Arc<Counters>,
-    responses: mpsc::Sender<Response>,
+    responder: Responder,
     tracker: TaskTracker,
     runtime: Handle,
 }
@@ -131,24 +143,22 @@ impl Context {
                         Lookup::Miss if self.storage.has_remote() => {
                             let storage = self.storage.clone();
                             let counters = self.counters.clone();
-                            let responses = self.responses.clone();
+                            let responder = self.responder.clone();
                             self.tracker.spawn_on(
                                 async move {
                                     let found = storage.get_remote(action).await;
-                                    let _ = responses
-                                        .send(answer_get(id, &action, found, &counters))
-                                        .await;
+                                    let response = answer_get(id, &action, found, &counters);
+                                    let _ = tokio::task::spawn_blocking(move || {
+                                        responder.send(&response)
+                                    })
+                                    .await;
                                 },
                                 &self.runtime,
                             );
                         }
                         found => {
-                            let _ = self.responses.blocking_send(answer_get(
-                                id,
-                                &action,
-                                found,
-                                &self.counters,
-                            ));
+                            self.responder
+                                .send(&answer_get(id, &action, found, &self.counters));
                         }
                     }
                 }
@@ -169,10 +179,10 @@ impl Context {
                     };
                     let storage = self.storage.clone();
                     let counters = self.counters.clone();
-                    let responses = self.responses.clone();
-                    self.tracker.spawn_on(
-                        async move {
-                            let response = match storage.put(action, verified).await {
+                    let responder = self.responder.clone();
+                    self.tracker.spawn_blocking_on(
+                        move || {
+                            let response = match storage.local().commit(&action, verified) {
                                 Ok(entry) => {
                                     tracing::trace!("put {id} {action}: stored {body_size} bytes");
                                     counters.put(body_size);
@@ -185,7 +195,7 @@ impl Context {
                                     Response::error(id, message)
                                 }
                             };
-                            let _ = responses.send(response).await;
+                            responder.send(&response);
                         },
                         &self.runtime,
                     );
@@ -231,7 +241,7 @@ impl Context {
 
     fn answer(&self, response: Response) {
         self.counters.error();
-        let _ = self.responses.blocking_send(response);
+        self.responder.send(&response);
     }
 }
 
@@ -248,19 +258,6 @@ fn answer_get(id: i64, action: &ActionId, found: Lookup, counters: &Counters) ->
             Response::miss(id)
         }
     }
-}
-
-/// The writer loop: one owner for stdout.
-fn write_responses<W: Write>(output: W, mut queue: mpsc::Receiver<Response>) -> io::Result<()> {
-    let mut out = BufWriter::with_capacity(STDOUT_BUFFER, output);
-    while let Some(response) = queue.blocking_recv() {
-        response.write_line(&mut out)?;
-        while let Ok(more) = queue.try_recv() {
-            more.write_line(&mut out)?;
-        }
-        out.flush()?;
-    }
-    out.flush()
 }
 
 /// An error and its sources on one line, for `Err` responses and logs.

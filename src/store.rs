@@ -250,16 +250,13 @@ impl DiskStore {
             return Ok(self.discard(&entry_path, "malformed entry"));
         };
         let object_path = self.object_path(&output);
-        let object = match File::open(&object_path) {
-            Ok(object) => object,
+        let object_meta = match fs::metadata(&object_path) {
+            Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(self.discard(&entry_path, "entry without object"));
             }
-            Err(e) => return Err(io_error("opening object", &object_path)(e)),
+            Err(e) => return Err(io_error("reading object", &object_path)(e)),
         };
-        let object_meta = object
-            .metadata()
-            .map_err(io_error("reading object", &object_path))?;
         if !object_meta.is_file() || object_meta.len() != size {
             self.discard(&object_path, "object has the wrong size");
             return Ok(self.discard(&entry_path, "entry for a damaged object"));
@@ -270,7 +267,7 @@ impl DiskStore {
             let _ = file.set_modified(now);
         }
         if is_stale(object_meta.modified().ok(), now) {
-            let _ = object.set_modified(now);
+            let _ = File::open(&object_path).and_then(|object| object.set_modified(now));
         }
         Ok(Lookup::Hit(Entry {
             output,
