@@ -16,7 +16,7 @@ mod support;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
@@ -732,4 +732,41 @@ fn unusable_put_header_with_a_large_body_is_one_error() {
     expect_miss(&helper.call(&get(2, &action(1))));
     let stderr = helper.close(3);
     assert_error_lines(&stderr, 1);
+}
+
+/// A helper whose store is due for a trim starts one in the background: a
+/// file unused for longer than max-age disappears without any command, the
+/// trim clock restarts, and recently used entries stay.
+#[test]
+fn a_due_trim_runs_in_the_background() {
+    let sandbox = Sandbox::new();
+    let old = store_one(&sandbox, b"unused for a month");
+    let month_ago = SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+    for path in [old.clone(), sandbox.entry_path(&action(1))] {
+        File::open(&path).unwrap().set_modified(month_ago).unwrap();
+    }
+    let marker = sandbox.store().join("last-trim");
+    let two_hours_ago = SystemTime::now() - Duration::from_secs(2 * 3600);
+    File::open(&marker)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+
+    let mut helper = sandbox.spawn();
+    helper.handshake();
+    expect_stored(&helper.call(&put(1, &action(2), b"fresh")));
+    assert_eq!(helper.close(2), "", "the background trim must not speak");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!old.exists(), "the month-old object was not trimmed");
+    assert!(!sandbox.entry_path(&action(1)).exists());
+    assert!(
+        sandbox.entry_path(&action(2)).exists(),
+        "a fresh entry was trimmed"
+    );
+    let trimmed_at = fs::metadata(&marker).unwrap().modified().unwrap();
+    assert!(trimmed_at > two_hours_ago, "the trim clock did not restart");
 }
