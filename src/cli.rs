@@ -32,11 +32,11 @@ const STDIN_BUFFER: usize = 256 * 1024;
 #[derive(Debug, Parser)]
 #[command(name = "warren", version, about, long_about, max_term_width = 100)]
 pub struct Cli {
-    /// Store directory [default: <platform cache dir>/warren]
+    /// Store directory [default: warren/ in the platform cache dir]
     #[arg(long, global = true, env = env::WARREN_DIR, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
-    /// Config file [default: <platform config dir>/warren/config.toml]
+    /// Config file [default: warren/config.toml in the platform config dir]
     #[arg(long, global = true, env = env::WARREN_CONFIG, value_name = "FILE")]
     pub config: Option<PathBuf>,
 

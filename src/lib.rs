@@ -8,7 +8,7 @@
 //! - [`cli`]: command-line interface and subcommands (the binary is a thin
 //!   wrapper around [`cli::run`]).
 //! - [`config`]: defaults, config file, `WARREN_*` variables and flags.
-//! - [`env`]: the names of those variables.
+//! - [`mod@env`]: the names of those variables.
 //! - [`ids`]: `ActionId` and `OutputId`.
 //! - [`protocol`]: the GOCACHEPROG messages and their streaming decoder.
 //! - [`server`]: the request loop for one `go` command.

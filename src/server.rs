@@ -12,7 +12,7 @@
 //!   soon as they are ready, in any order. A [`TaskTracker`] lets `close`
 //!   wait for every one of them.
 //!
-//! stdout is a [`Responder`]: one buffered writer behind a mutex, each
+//! stdout is a `Responder`: one buffered writer behind a mutex, each
 //! response written and flushed whole under the lock. An earlier design gave
 //! stdout its own writer thread fed by a channel; the extra thread wake-up
 //! per answer cost about 5% of a warm `go build std` (docs/benchmarks.md),
