@@ -18,10 +18,13 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, Overrides};
 use crate::env;
+use crate::remote::DaemonTier;
 use crate::server;
 use crate::stats::{self, Counters};
 use crate::store::{DiskStore, TrimReport};
 use crate::tiered::MultiLevelStorage;
+
+mod share;
 
 /// Reading stdin in big steps keeps large put bodies flowing.
 const STDIN_BUFFER: usize = 256 * 1024;
@@ -47,6 +50,11 @@ pub struct Cli {
     /// Trim files unused for this long, e.g. 7days [default: 7 days]
     #[arg(long, global = true, env = env::WARREN_MAX_AGE, value_name = "AGE")]
     pub max_age: Option<String>,
+
+    /// Share with coworkers: ask the daemon on a local miss (overrides `[share] enabled`)
+    #[arg(long, global = true, env = env::WARREN_SHARE, value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new(), hide_short_help = true)]
+    pub share: Option<bool>,
 
     /// More diagnostics on stderr (-v info, -vv debug, -vvv trace); see also WARREN_LOG
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -76,6 +84,33 @@ pub enum Command {
     Verify,
     /// Show the effective settings and where they came from
     Config,
+    /// Create this machine's identity key and a config that turns sharing on
+    Init,
+    /// Print this machine's peer ID and the line a coworker runs to trust it
+    Id,
+    /// List, add or remove allowlisted coworkers
+    Peers {
+        #[command(subcommand)]
+        action: Option<PeersCommand>,
+    },
+    /// Run the per-user daemon that shares the store with allowlisted peers
+    Daemon,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeersCommand {
+    /// Allowlisted, discovered and connected peers, with what they served
+    List,
+    /// Trust a coworker's machine (its `warren id`)
+    Add {
+        /// The coworker's peer ID (12D3KooW…)
+        peer_id: String,
+        /// A name to show instead of the ID
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Stop trusting a peer, by ID or name
+    Remove { peer: String },
 }
 
 impl Cli {
@@ -85,6 +120,7 @@ impl Cli {
             dir: self.dir.clone(),
             max_size: self.max_size.clone(),
             max_age: self.max_age.clone(),
+            share: self.share,
         }
     }
 }
@@ -118,6 +154,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Init) => share::init(&config, &mut out),
+        Some(Command::Id) => share::id(&config, &mut out),
+        Some(Command::Peers { action }) => share::peers(&config, action, &mut out),
+        Some(Command::Daemon) => crate::daemon::run(&config),
         Some(Command::Config) => {
             let file = match &config.file {
                 Some(path) => path.display().to_string(),
@@ -169,7 +209,15 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             .context("duplicating stdout")?,
     );
     let counters = Arc::new(Counters::default());
-    let storage = Arc::new(MultiLevelStorage::local_only(store.clone()));
+    let storage = Arc::new(if config.share.enabled {
+        let mut tier = DaemonTier::new(config.socket_path(), config.share.lookup_deadline);
+        if config.share.autostart {
+            tier = tier.with_autostart(daemon_args(config));
+        }
+        MultiLevelStorage::new(store.clone(), Box::new(tier))
+    } else {
+        MultiLevelStorage::local_only(store.clone())
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -185,6 +233,16 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         tracing::warn!("could not record statistics: {}", server::chain(&e));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The arguments that start a daemon with this helper's settings.
+fn daemon_args(config: &Config) -> Vec<String> {
+    let mut args = vec!["--dir".to_owned(), config.dir.display().to_string()];
+    if let Some(file) = &config.file {
+        args.extend(["--config".to_owned(), file.display().to_string()]);
+    }
+    args.push("daemon".to_owned());
+    args
 }
 
 /// Starts `warren trim --auto` detached, so trimming never slows a build.
@@ -241,11 +299,13 @@ fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Resu
     let store = open_store(config)?;
     let lifetime = stats::load(store.root()).context("reading statistics")?;
     let usage = store.usage().context("measuring the store")?;
+    let peers = daemon_peers(config);
     if json {
         let value = serde_json::json!({
             "dir": store.root(),
             "lifetime": lifetime,
             "store": usage,
+            "peers": peers,
             "limits": {
                 "max_size": config.trim.max_size,
                 "max_age_seconds": config.trim.max_unused.as_secs(),
@@ -288,6 +348,13 @@ fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Resu
     )?;
     writeln!(
         out,
+        "from peers   {} hits = {:.1}% of gets ({})",
+        lifetime.peer_hits,
+        percent(lifetime.peer_hits),
+        ByteSize(lifetime.peer_hit_bytes).display().iec()
+    )?;
+    writeln!(
+        out,
         "puts         {} ({})",
         lifetime.puts,
         ByteSize(lifetime.put_bytes).display().iec()
@@ -298,7 +365,45 @@ fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Resu
         "repaired     {} damaged files removed",
         lifetime.repaired
     )?;
+    if let Some(peers) = peers.as_ref().and_then(|p| p.as_array()) {
+        writeln!(out, "peers (from the running daemon):")?;
+        for peer in peers {
+            let count = |field: &str| peer[field].as_u64().unwrap_or(0);
+            writeln!(
+                out,
+                "  {}  served {} hits ({}), received {} hits ({}), rejected {} bodies",
+                peer["id"].as_str().unwrap_or("?"),
+                count("hits_served"),
+                ByteSize(count("bytes_served")).display().iec(),
+                count("hits_received"),
+                ByteSize(count("bytes_received")).display().iec(),
+                count("rejected"),
+            )?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Per-peer figures from the daemon, if one is running for this store.
+fn daemon_peers(config: &Config) -> Option<serde_json::Value> {
+    let socket = config.socket_path();
+    if !socket.exists() {
+        return None;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let status = runtime.block_on(crate::ipc::call(
+        &socket,
+        &crate::ipc::Request::Status,
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(2),
+    ));
+    match status {
+        Ok(crate::ipc::Response::Status(status)) => Some(status["peers"].clone()),
+        _ => None,
+    }
 }
 
 fn files(count: u64, bytes: u64) -> String {

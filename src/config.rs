@@ -44,6 +44,8 @@ pub enum Error {
     },
     #[error("no cache directory known for this platform; set --dir or WARREN_DIR")]
     NoCacheDir,
+    #[error("no config directory known for this platform; set --config or WARREN_CONFIG")]
+    NoConfigDir,
 }
 
 /// The config file's contents. Keys are kebab-case.
@@ -53,6 +55,51 @@ pub struct FileConfig {
     pub dir: Option<PathBuf>,
     pub max_size: Option<String>,
     pub max_age: Option<String>,
+    #[serde(default)]
+    pub share: FileShare,
+}
+
+/// The `[share]` table: sharing with coworkers (off unless enabled).
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileShare {
+    pub enabled: Option<bool>,
+    pub autostart: Option<bool>,
+    pub listen: Option<Vec<String>>,
+    pub mdns: Option<bool>,
+    pub interfaces: Option<Vec<String>>,
+    pub static_peers: Option<Vec<String>>,
+    pub lookup_deadline: Option<String>,
+    pub max_body_size: Option<String>,
+}
+
+/// Default libp2p listen addresses: a fixed port, so coworkers behind
+/// networks without multicast can list this machine as a static peer.
+pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/7311", "/ip6/::/tcp/7311"];
+/// How long a lookup may wait for a peer to say it has an entry.
+pub const DEFAULT_LOOKUP_DEADLINE: Duration = Duration::from_millis(150);
+/// Largest body accepted from a peer.
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Sharing settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// Helpers ask the daemon on a local miss. Default: false.
+    pub enabled: bool,
+    /// Helpers start the daemon when it is not running. Default: false.
+    pub autostart: bool,
+    /// libp2p listen multiaddrs. Default: [`DEFAULT_LISTEN`].
+    pub listen: Vec<String>,
+    /// Advertise and browse with mDNS. Default: true.
+    pub mdns: bool,
+    /// Interfaces mDNS may use (names); empty means all. Default: all.
+    pub interfaces: Vec<String>,
+    /// Peers to dial without mDNS (multiaddrs ending in `/p2p/<peer id>`).
+    pub static_peers: Vec<String>,
+    /// Default: [`DEFAULT_LOOKUP_DEADLINE`].
+    pub lookup_deadline: Duration,
+    /// Default: [`DEFAULT_MAX_BODY_SIZE`].
+    pub max_body_size: u64,
 }
 
 /// Values from flags or the environment (already merged by clap).
@@ -62,6 +109,8 @@ pub struct Overrides {
     pub dir: Option<PathBuf>,
     pub max_size: Option<String>,
     pub max_age: Option<String>,
+    /// `WARREN_SHARE`: turns sharing on or off over the config file.
+    pub share: Option<bool>,
 }
 
 /// Effective settings.
@@ -73,6 +122,10 @@ pub struct Config {
     pub trim: TrimPolicy,
     /// The config file that was read, if any.
     pub file: Option<PathBuf>,
+    /// Directory of the identity key and the allowlist: the config file's
+    /// directory.
+    pub config_dir: PathBuf,
+    pub share: Share,
 }
 
 impl Config {
@@ -105,6 +158,31 @@ impl Config {
             Some(text) => parse_age(text)?,
             None => DEFAULT_MAX_AGE,
         };
+        let config_dir = match &path {
+            Some(path) => path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            None => default_config_path()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .ok_or(Error::NoConfigDir)?,
+        };
+        let share = file.share;
+        let share = Share {
+            enabled: overrides.share.or(share.enabled).unwrap_or(false),
+            autostart: share.autostart.unwrap_or(false),
+            listen: share
+                .listen
+                .unwrap_or_else(|| DEFAULT_LISTEN.iter().map(|s| s.to_string()).collect()),
+            mdns: share.mdns.unwrap_or(true),
+            interfaces: share.interfaces.unwrap_or_default(),
+            static_peers: share.static_peers.unwrap_or_default(),
+            lookup_deadline: match share.lookup_deadline {
+                Some(text) => parse_age(&text)?,
+                None => DEFAULT_LOOKUP_DEADLINE,
+            },
+            max_body_size: match share.max_body_size {
+                Some(text) => parse_size(&text)?,
+                None => DEFAULT_MAX_BODY_SIZE,
+            },
+        };
         Ok(Self {
             dir,
             trim: TrimPolicy {
@@ -112,7 +190,26 @@ impl Config {
                 max_unused,
             },
             file: path,
+            config_dir,
+            share,
         })
+    }
+}
+
+impl Config {
+    /// This machine's identity key (`warren init`).
+    pub fn identity_path(&self) -> PathBuf {
+        self.config_dir.join("identity.key")
+    }
+
+    /// The allowlist (`warren peers`).
+    pub fn allowlist_path(&self) -> PathBuf {
+        self.config_dir.join("peers.toml")
+    }
+
+    /// The daemon's socket: in the store, so one daemon serves one store.
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.join("daemon.sock")
     }
 }
 
@@ -183,6 +280,34 @@ mod tests {
         assert_eq!(config.dir, PathBuf::from("/from/flag"));
         assert_eq!(config.trim.max_size, 500_000_000);
         assert_eq!(config.trim.max_unused, Duration::from_secs(3 * 24 * 3600));
+    }
+
+    #[test]
+    fn sharing_is_off_by_default_and_configurable() {
+        let config = Config::resolve(&Overrides::default(), FileConfig::default(), None).unwrap();
+        assert!(!config.share.enabled);
+        assert!(config.share.mdns);
+        assert_eq!(config.share.lookup_deadline, DEFAULT_LOOKUP_DEADLINE);
+        let file: FileConfig = toml::from_str(
+            "[share]\nenabled = true\nmdns = false\nlookup-deadline = \"80ms\"\nstatic-peers = [\"/ip4/192.0.2.1/tcp/7311\"]\n",
+        )
+        .unwrap();
+        let config = Config::resolve(
+            &Overrides::default(),
+            file,
+            Some("/etc/w/config.toml".into()),
+        )
+        .unwrap();
+        assert!(config.share.enabled && !config.share.mdns);
+        assert_eq!(config.share.lookup_deadline, Duration::from_millis(80));
+        assert_eq!(config.share.static_peers.len(), 1);
+        assert_eq!(config.allowlist_path(), PathBuf::from("/etc/w/peers.toml"));
+        let off = Overrides {
+            share: Some(false),
+            ..Overrides::default()
+        };
+        let file: FileConfig = toml::from_str("[share]\nenabled = true\n").unwrap();
+        assert!(!Config::resolve(&off, file, None).unwrap().share.enabled);
     }
 
     #[test]

@@ -13,3 +13,6 @@ pub const WARREN_MAX_SIZE: &str = "WARREN_MAX_SIZE";
 pub const WARREN_MAX_AGE: &str = "WARREN_MAX_AGE";
 /// Log filter (`tracing` env-filter syntax, e.g. `debug`); `-v` overrides it.
 pub const WARREN_LOG: &str = "WARREN_LOG";
+/// Sharing with coworkers on (`1`, `true`) or off (`0`, `false`), over the
+/// config file's `[share] enabled`.
+pub const WARREN_SHARE: &str = "WARREN_SHARE";

@@ -16,16 +16,26 @@
 //! - [`store`]: the local disk store: layout, verified writes, trimming.
 //! - [`lock`]: cross-process file locks with a bounded wait.
 //! - [`stats`]: lifetime counters.
+//! - [`identity`]: this machine's peer key.
+//! - [`trust`]: the allowlist of coworkers.
+//! - [`ipc`]: the socket between helpers and the daemon.
+//! - [`remote`]: the helper's remote tier, which asks the daemon.
+//! - [`daemon`]: `warren daemon`, which shares the store with peers.
 //! - [`logging`]: quiet-by-default diagnostics on stderr.
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod env;
+pub mod identity;
 pub mod ids;
+pub mod ipc;
 pub mod lock;
 pub mod logging;
 pub mod protocol;
+pub mod remote;
 pub mod server;
 pub mod stats;
 pub mod store;
 pub mod tiered;
+pub mod trust;

@@ -147,6 +147,9 @@ impl Context {
                             self.tracker.spawn_on(
                                 async move {
                                     let found = storage.get_remote(action).await;
+                                    if let Lookup::Hit(entry) = &found {
+                                        counters.peer_hit(entry.size);
+                                    }
                                     let response = answer_get(id, &action, found, &counters);
                                     let _ = tokio::task::spawn_blocking(move || {
                                         responder.send(&response)

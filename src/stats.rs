@@ -50,6 +50,9 @@ pub struct Totals {
     pub errors: u64,
     /// Corrupt or dangling store files found and removed by reads.
     pub repaired: u64,
+    /// Hits that came from a peer (through the daemon), and their bytes.
+    pub peer_hits: u64,
+    pub peer_hit_bytes: u64,
 }
 
 impl Totals {
@@ -62,6 +65,8 @@ impl Totals {
         self.hit_bytes += other.hit_bytes;
         self.errors += other.errors;
         self.repaired += other.repaired;
+        self.peer_hits += other.peer_hits;
+        self.peer_hit_bytes += other.peer_hit_bytes;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -79,9 +84,17 @@ pub struct Counters {
     put_bytes: AtomicU64,
     hit_bytes: AtomicU64,
     errors: AtomicU64,
+    peer_hits: AtomicU64,
+    peer_hit_bytes: AtomicU64,
 }
 
 impl Counters {
+    /// A hit that a peer supplied (also counted by [`Self::hit`]).
+    pub fn peer_hit(&self, bytes: u64) {
+        self.peer_hits.fetch_add(1, Ordering::Relaxed);
+        self.peer_hit_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     pub fn hit(&self, bytes: u64) {
         self.gets.fetch_add(1, Ordering::Relaxed);
         self.hits.fetch_add(1, Ordering::Relaxed);
@@ -114,6 +127,8 @@ impl Counters {
             hit_bytes: get(&self.hit_bytes),
             errors: get(&self.errors),
             repaired,
+            peer_hits: get(&self.peer_hits),
+            peer_hit_bytes: get(&self.peer_hit_bytes),
         }
     }
 }
@@ -171,6 +186,8 @@ mod tests {
                 hit_bytes: 20,
                 errors: 0,
                 repaired: 1,
+                peer_hits: 0,
+                peer_hit_bytes: 0,
             }
         );
     }

@@ -1,27 +1,139 @@
-//! warren's networking crate: peers sharing Go build caches on one LAN.
+//! warren's networking crate: coworkers' nodes sharing Go build caches on
+//! one LAN, peer to peer.
 //!
-//! Status: a placeholder. Peer sharing is planned work (issue "part 2"):
-//! the helper already consults a remote tier after every local miss
-//! (`warren::tiered::RemoteTier`, a no-op today), and this crate is where the
-//! pieces behind that tier will live:
+//! A node serves entries of its local store to allowlisted peers and fetches
+//! entries it lacks from them, verifying every body (size and SHA-256
+//! against the OutputID) before it lands. warren runs one node per user in
+//! its daemon, behind the remote tier consulted after each local miss
+//! (`warren::tiered::RemoteTier`).
 //!
-//! - discovery with mDNS (`mdns-sd`): advertise a warren service with the
-//!   peer ID and protocol version, browse, and dial allowlisted peers only;
-//! - transport with libp2p (TCP, Noise, Yamux), connections only from and to
-//!   peer IDs on the allowlist;
-//! - a versioned request-response protocol that streams bodies to a temp
-//!   file while hashing, so nothing reaches a build unless its size and
-//!   SHA-256 match the OutputID.
+//! # Layout
 //!
-//! Following rust-libp2p's file-sharing example, `p2p::new(..)` will return
-//! `(Client, events, EventLoop)`: one event loop owns the swarm, cloneable
-//! clients send it commands. Nothing here is compiled into the helper yet, so
-//! the crate deliberately has no dependencies.
+//! - [`config`]: [`NodeConfig`] and [`MdnsConfig`], every limit with its default;
+//! - `store`: the [`Store`] trait warren implements over its disk store;
+//! - [`wire`]: the fetch protocol's bytes (versioned JSON headers, raw bodies);
+//! - `codec`: the request-response codec that streams bodies in chunks
+//!   straight into the store, hashing as it goes;
+//! - `behaviour`: the libp2p stack (TCP, Noise, Yamux; allowlist, connection
+//!   limits, ping, fetch);
+//! - `discovery`: mDNS advertisement and browsing (only when configured);
+//! - `event_loop`: [`EventLoop`], the one task that owns the swarm, its work
+//!   split into `fetch` (asking peers, deadlines, cooldown), `serve`
+//!   (answering them) and `peers` (bookkeeping, allowlist, dialing);
+//! - `client`: [`Client`], the cloneable handle, and the [`Event`]s it sees.
+//!
+//! # Usage
+//!
+//! As in rust-libp2p's file-sharing example, [`new`] returns a client, a
+//! stream of events and the event loop, which the caller spawns:
+//!
+//! ```no_run
+//! # async fn example(store: std::sync::Arc<dyn warren_p2p::Store>) -> Result<(), warren_p2p::Error> {
+//! use warren_p2p::{NodeConfig, identity::Keypair};
+//!
+//! let config = NodeConfig::new(Keypair::generate_ed25519())
+//!     .with_listen(vec!["/ip4/0.0.0.0/tcp/0".parse().unwrap()]);
+//! let (client, mut events, event_loop) = warren_p2p::new(config, store)?;
+//! tokio::spawn(event_loop.run());
+//! if let Some(fetched) = client.fetch([0; 32]).await {
+//!     // The body is in the store, verified.
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Trust
+//!
+//! Only peers on the allowlist can connect, are asked or are served; Noise
+//! proves each peer's ID. mDNS is only a hint of where a peer might be.
+//! Whatever an allowlisted peer sends is still verified: a body that does
+//! not hash to its OutputID is discarded, counted against the peer, and puts
+//! it in cooldown. Bad data from peers is a miss, never a panic.
 
-/// The libp2p protocol name peers will speak; versioned so a later protocol
-/// (for example one that exchanges summaries of what each peer holds) can be
+mod behaviour;
+mod client;
+mod codec;
+pub mod config;
+mod discovery;
+mod event_loop;
+mod store;
+pub mod wire;
+
+use std::sync::Arc;
+
+pub use libp2p::{Multiaddr, PeerId, identity};
+use tokio::sync::mpsc;
+
+pub use crate::client::{Client, Event, Fetched, PeerCounters, PeerInfo};
+pub use crate::codec::RejectReason;
+pub use crate::config::{MdnsConfig, NodeConfig};
+pub use crate::event_loop::EventLoop;
+pub use crate::store::{BodySink, Served, Store};
+
+/// The libp2p protocol name peers speak; versioned so a later protocol (for
+/// example one that exchanges summaries of what each peer holds) can be
 /// offered alongside without breaking old peers.
 pub const PROTOCOL_NAME: &str = "/warren/fetch/1";
+
+/// Commands waiting for the event loop.
+const COMMAND_QUEUE: usize = 64;
+
+/// Why a node could not be set up, or a dial not started.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot set up the TCP/Noise transport")]
+    Transport(#[source] libp2p::noise::Error),
+    #[error("cannot listen on {address}")]
+    Listen {
+        address: Multiaddr,
+        #[source]
+        source: Box<libp2p::TransportError<std::io::Error>>,
+    },
+    #[error("cannot start mDNS discovery")]
+    Mdns(#[source] mdns_sd::Error),
+    #[error("peer {peer} is not on the allowlist; not dialing it")]
+    NotAllowlisted { peer: PeerId },
+    #[error("cannot dial {address}")]
+    Dial {
+        address: Multiaddr,
+        #[source]
+        source: Box<libp2p::swarm::DialError>,
+    },
+    #[error("the p2p event loop has stopped")]
+    Stopped,
+}
+
+/// Sets up a node: builds the swarm, starts listening (and mDNS, if
+/// configured), and returns a client, the node's events and its event loop.
+/// Nothing happens on the network until the event loop runs, and it runs
+/// until every client is dropped. Must be called within a Tokio runtime.
+pub fn new(
+    config: NodeConfig,
+    store: Arc<dyn Store>,
+) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), Error> {
+    let local_peer_id = config.peer_id();
+    let mut swarm = behaviour::build_swarm(&config, store.clone())?;
+    for address in &config.listen {
+        swarm
+            .listen_on(address.clone())
+            .map_err(|source| Error::Listen {
+                address: address.clone(),
+                source: Box::new(source),
+            })?;
+    }
+    let discovery = match &config.mdns {
+        Some(mdns) => {
+            Some(discovery::Discovery::start(mdns.clone(), local_peer_id).map_err(Error::Mdns)?)
+        }
+        None => None,
+    };
+    let (commands, command_receiver) = mpsc::channel(COMMAND_QUEUE);
+    let (events, event_receiver) = mpsc::channel(config.event_capacity);
+    let backstop = config.longest_fetch() + std::time::Duration::from_secs(1);
+    let client = Client::new(commands, local_peer_id, backstop);
+    let event_loop =
+        event_loop::EventLoop::new(swarm, command_receiver, events, store, config, discovery);
+    Ok((client, event_receiver, event_loop))
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,86 @@
+//! The libp2p stack of a node: transport, and the behaviours that guard and
+//! use its connections.
+//!
+//! Transport: TCP, authenticated and encrypted with Noise (which proves the
+//! remote's peer ID), multiplexed with Yamux. The behaviours, in the order
+//! the swarm consults them:
+//!
+//! 1. `allowed`: the allowlist. A connection to or from a peer ID that is not
+//!    on it is denied as soon as the handshake has told us who it is, before
+//!    any protocol runs on it, and removing a peer closes its connections.
+//! 2. `limits`: connection limits, so nobody can exhaust our sockets.
+//! 3. `ping`: keeps a check on long-lived connections; a failed ping closes
+//!    the connection and the event loop redials.
+//! 4. `fetch`: the fetch protocol over [`FetchCodec`].
+
+use std::sync::Arc;
+
+use libp2p::allow_block_list::{self, AllowedPeers};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, Swarm, SwarmBuilder, connection_limits, noise, ping};
+use libp2p::{request_response, tcp, yamux};
+
+use crate::codec::FetchCodec;
+use crate::config::NodeConfig;
+use crate::store::Store;
+use crate::{Error, PROTOCOL_NAME};
+
+const MAX_STREAMS_PER_CONNECTION: usize = 256;
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) allowed: allow_block_list::Behaviour<AllowedPeers>,
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) fetch: request_response::Behaviour<FetchCodec>,
+}
+
+/// Builds the swarm (not yet listening or dialing). Needs a Tokio runtime.
+pub(crate) fn build_swarm(
+    config: &NodeConfig,
+    store: Arc<dyn Store>,
+) -> Result<Swarm<Behaviour>, Error> {
+    let mut allowed = allow_block_list::Behaviour::<AllowedPeers>::default();
+    for peer in &config.allowlist {
+        allowed.allow_peer(*peer);
+    }
+    let codec = FetchCodec::new(store, config.max_body_size, config.transfer_rate);
+    // libp2p's request timeout bounds a whole exchange, body included, on
+    // both sides; our own deadlines (lookup, transfer) are tighter and are
+    // enforced by the codec and the event loop.
+    // Streams per connection, both ways: a parallel `go build` may look up
+    // many actions at once. Serving is capped separately (a request over
+    // that cap is answered "not found" at once), so this only bounds
+    // bookkeeping.
+    let fetch_config = request_response::Config::default()
+        .with_request_timeout(config.longest_fetch())
+        .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+    let fetch = request_response::Behaviour::with_codec(
+        codec,
+        [(
+            StreamProtocol::new(PROTOCOL_NAME),
+            request_response::ProtocolSupport::Full,
+        )],
+        fetch_config,
+    );
+    let behaviour = Behaviour {
+        allowed,
+        limits: connection_limits::Behaviour::new(config.connection_limits.clone()),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(config.ping_interval)),
+        fetch,
+    };
+    let idle = config.idle_connection_timeout;
+    let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(Error::Transport)?
+        .with_behaviour(|_| behaviour)
+        .expect("a ready-made behaviour cannot fail")
+        .with_swarm_config(|swarm| swarm.with_idle_connection_timeout(idle))
+        .build();
+    Ok(swarm)
+}

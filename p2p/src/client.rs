@@ -1,0 +1,272 @@
+//! The handle the rest of warren holds: commands to the event loop, and what
+//! comes back.
+//!
+//! A [`Client`] is cheap to clone; each call sends a [`Command`] on a bounded
+//! channel and awaits its `oneshot` reply, as in rust-libp2p's file-sharing
+//! example. The event loop stops once every client is dropped. If it has
+//! already stopped, calls answer as if nothing were there (a miss, no
+//! peers) instead of failing: peers are an optimisation, never a reason for a
+//! build to fail.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Error;
+use crate::codec::RejectReason;
+
+/// A body fetched from a peer, verified and committed through
+/// [`Store::begin`](crate::Store::begin) and [`BodySink::commit`](crate::BodySink::commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fetched {
+    /// The peer the body came from.
+    pub peer: PeerId,
+    /// SHA-256 of the body (Go's OutputID).
+    pub output: [u8; 32],
+    pub size: u64,
+    /// When the peer's entry was put, in nanoseconds since the Unix epoch.
+    pub time_unix_nanos: u64,
+}
+
+/// What the node knows about one peer, for `warren status` and the like.
+/// Serializes to JSON with the peer ID and addresses as strings and
+/// `last_seen` as `last_seen_unix_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PeerInfo {
+    #[serde(serialize_with = "as_string")]
+    pub peer: PeerId,
+    /// On the allowlist: may connect, be asked and be served.
+    pub allowlisted: bool,
+    /// Seen in mDNS announcements.
+    pub discovered: bool,
+    pub connected: bool,
+    /// Last connection, answer, ping or announcement.
+    #[serde(rename = "last_seen_unix_ms", serialize_with = "as_unix_ms")]
+    pub last_seen: Option<SystemTime>,
+    /// Dialable addresses (static, dialed or discovered), without `/p2p`.
+    #[serde(serialize_with = "as_strings")]
+    pub addresses: Vec<Multiaddr>,
+    /// Left out of lookups after sending a body that did not verify.
+    pub in_cooldown: bool,
+    pub counters: PeerCounters,
+}
+
+/// Per-peer traffic counters since the node started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PeerCounters {
+    /// Bodies sent to the peer.
+    pub hits_served: u64,
+    /// Bodies fetched from the peer (verified and committed).
+    pub hits_received: u64,
+    /// Body bytes received from the peer, rejected ones included.
+    pub bytes_in: u64,
+    /// Body bytes sent to the peer.
+    pub bytes_out: u64,
+    /// Bodies from the peer that failed verification.
+    pub rejected_bodies: u64,
+}
+
+fn as_string<S: serde::Serializer>(
+    value: &impl std::fmt::Display,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+fn as_strings<S: serde::Serializer>(
+    values: &[Multiaddr],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(values.iter().map(ToString::to_string))
+}
+
+fn as_unix_ms<S: serde::Serializer>(
+    time: &Option<SystemTime>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let millis = time.map(|time| {
+        time.duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64
+    });
+    serde::Serialize::serialize(&millis, serializer)
+}
+
+/// Things that happened, for logs and status. Sent with `try_send`: if the
+/// receiver is not read (or dropped), events are dropped, and the node
+/// carries on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The node listens on a new address.
+    Listening(Multiaddr),
+    /// mDNS announced a peer at these addresses.
+    PeerDiscovered {
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+    },
+    /// The first connection to an allowlisted peer is up.
+    PeerConnected(PeerId),
+    /// The last connection to a peer closed.
+    PeerDisconnected(PeerId),
+    /// A connection was refused: the peer is not allowlisted, or a limit was
+    /// reached. `peer` is `None` when the handshake did not get that far.
+    ConnectionDenied { peer: Option<PeerId> },
+    /// A peer sent a body that failed verification. Nothing was stored, and
+    /// the peer is in cooldown.
+    BodyRejected {
+        peer: PeerId,
+        action: [u8; 32],
+        reason: RejectReason,
+    },
+    /// A body was sent to a peer.
+    Served {
+        peer: PeerId,
+        action: [u8; 32],
+        bytes: u64,
+    },
+}
+
+/// What a [`Client`] asks of the event loop.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Fetch {
+        action: [u8; 32],
+        reply: oneshot::Sender<Option<Fetched>>,
+    },
+    SetAllowlist {
+        peers: HashSet<PeerId>,
+        reply: oneshot::Sender<()>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Dial {
+        address: Multiaddr,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+}
+
+/// A handle on a node; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    local_peer_id: PeerId,
+    /// Longest a fetch can take (the event loop enforces tighter limits;
+    /// this only guards against a stuck loop).
+    backstop: Duration,
+}
+
+impl Client {
+    pub(crate) fn new(
+        commands: mpsc::Sender<Command>,
+        local_peer_id: PeerId,
+        backstop: Duration,
+    ) -> Self {
+        Self {
+            commands,
+            local_peer_id,
+            backstop,
+        }
+    }
+
+    /// This node's peer ID.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// Looks `action` up at the connected, allowlisted peers and, on a hit,
+    /// streams the body into the store. `None` for a miss and for every kind
+    /// of trouble; bounded by the node's lookup deadline and transfer
+    /// timeouts (see [`NodeConfig`](crate::NodeConfig)).
+    pub async fn fetch(&self, action: [u8; 32]) -> Option<Fetched> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Fetch { action, reply })
+            .await
+            .ok()?;
+        tokio::time::timeout(self.backstop, answer)
+            .await
+            .ok()?
+            .ok()?
+    }
+
+    /// Replaces the allowlist. Takes effect at once: connections to peers no
+    /// longer on it are closed, and newly allowed peers with known addresses
+    /// are dialed.
+    pub async fn set_allowlist(&self, peers: HashSet<PeerId>) {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::SetAllowlist { peers, reply })
+            .await
+            .is_ok()
+        {
+            let _ = answer.await;
+        }
+    }
+
+    /// Every peer the node knows of: allowlisted, discovered or connected.
+    pub async fn peers(&self) -> Vec<PeerInfo> {
+        self.ask(|reply| Command::Peers { reply }).await
+    }
+
+    /// The addresses the node listens on (empty until the first listener is up).
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.ask(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Dials `address` now and keeps redialing it when lost, like a static
+    /// peer. An address ending in `/p2p/<peer id>` of a peer that is not
+    /// allowlisted is refused without dialing. Returns once the dial has
+    /// started; [`Event::PeerConnected`] tells when it succeeded.
+    pub async fn dial(&self, address: Multiaddr) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Dial { address, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?
+    }
+
+    async fn ask<T: Default>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> T {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(command(reply)).await.is_err() {
+            return T::default();
+        }
+        answer.await.unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_info_serializes_to_plain_json() {
+        let peer = PeerId::random();
+        let info = PeerInfo {
+            peer,
+            allowlisted: true,
+            discovered: false,
+            connected: true,
+            last_seen: Some(std::time::UNIX_EPOCH + Duration::from_millis(1500)),
+            addresses: vec!["/ip4/10.0.0.2/tcp/4001".parse().unwrap()],
+            in_cooldown: false,
+            counters: PeerCounters {
+                hits_served: 2,
+                ..PeerCounters::default()
+            },
+        };
+        let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["peer"], peer.to_string());
+        assert_eq!(json["last_seen_unix_ms"], 1500);
+        assert_eq!(json["addresses"][0], "/ip4/10.0.0.2/tcp/4001");
+        assert_eq!(json["counters"]["hits_served"], 2);
+    }
+}

@@ -1,0 +1,296 @@
+//! How a node is set up: identity, addresses, who it trusts, and its time and
+//! size limits.
+//!
+//! Every limit has a documented default chosen for a build cache on an office
+//! LAN: lookups must be fast enough that asking peers never slows a build
+//! (the local store answers in well under a millisecond, a LAN round trip in
+//! about one), while a body, once found, may take as long as its size
+//! needs. Setters follow the `with_*` style of libp2p's own configs.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use libp2p::connection_limits::ConnectionLimits;
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+
+/// The mDNS service type warren advertises and browses for.
+pub const DEFAULT_SERVICE_TYPE: &str = "_warren._tcp.local.";
+
+/// Settings of a node; see each setter for its default.
+#[derive(Clone)]
+pub struct NodeConfig {
+    pub(crate) keypair: Keypair,
+    pub(crate) listen: Vec<Multiaddr>,
+    pub(crate) allowlist: HashSet<PeerId>,
+    pub(crate) static_peers: Vec<Multiaddr>,
+    pub(crate) mdns: Option<MdnsConfig>,
+    pub(crate) max_body_size: u64,
+    pub(crate) inline_limit: u64,
+    pub(crate) lookup_deadline: Duration,
+    pub(crate) transfer_rate: u64,
+    pub(crate) cooldown: Duration,
+    pub(crate) idle_connection_timeout: Duration,
+    pub(crate) ping_interval: Duration,
+    pub(crate) redial_min: Duration,
+    pub(crate) redial_max: Duration,
+    pub(crate) connection_limits: ConnectionLimits,
+    pub(crate) max_concurrent_serves: usize,
+    pub(crate) event_capacity: usize,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("peer_id", &self.peer_id())
+            .field("listen", &self.listen)
+            .field("allowlist", &self.allowlist)
+            .field("static_peers", &self.static_peers)
+            .field("mdns", &self.mdns)
+            .field("max_body_size", &self.max_body_size)
+            .field("inline_limit", &self.inline_limit)
+            .field("lookup_deadline", &self.lookup_deadline)
+            .field("transfer_rate", &self.transfer_rate)
+            .field("cooldown", &self.cooldown)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeConfig {
+    /// A node with identity `keypair` and the defaults below: listening on
+    /// `/ip4/0.0.0.0/tcp/0`, an empty allowlist (nobody may connect), no
+    /// static peers and no mDNS.
+    pub fn new(keypair: Keypair) -> Self {
+        Self {
+            keypair,
+            listen: vec!["/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr")],
+            allowlist: HashSet::new(),
+            static_peers: Vec::new(),
+            mdns: None,
+            max_body_size: 4 << 30,
+            inline_limit: 1 << 20,
+            lookup_deadline: Duration::from_millis(150),
+            transfer_rate: 50_000_000,
+            cooldown: Duration::from_secs(60),
+            idle_connection_timeout: Duration::from_secs(60 * 60),
+            ping_interval: Duration::from_secs(15),
+            redial_min: Duration::from_secs(1),
+            redial_max: Duration::from_secs(60),
+            connection_limits: ConnectionLimits::default()
+                .with_max_pending_incoming(Some(32))
+                .with_max_established_incoming(Some(128))
+                .with_max_established_per_peer(Some(4)),
+            max_concurrent_serves: 16,
+            event_capacity: 256,
+        }
+    }
+
+    /// This node's peer ID (derived from its keypair).
+    pub fn peer_id(&self) -> PeerId {
+        self.keypair.public().to_peer_id()
+    }
+
+    /// Addresses to listen on. Default `/ip4/0.0.0.0/tcp/0` (all interfaces,
+    /// a port chosen by the OS; mDNS advertises whichever it is).
+    pub fn with_listen(mut self, addresses: Vec<Multiaddr>) -> Self {
+        self.listen = addresses;
+        self
+    }
+
+    /// Peers allowed to connect and to be asked or served. Default: none.
+    /// Can be replaced at runtime with [`Client::set_allowlist`](crate::Client::set_allowlist).
+    pub fn with_allowlist(mut self, peers: HashSet<PeerId>) -> Self {
+        self.allowlist = peers;
+        self
+    }
+
+    /// Addresses dialed at start and redialed when lost. An address ending in
+    /// `/p2p/<peer id>` is dialed only while that peer is allowlisted; one
+    /// without is dialed anyway, and the connection is closed after the
+    /// handshake if the peer it reaches is not allowlisted. Default: none.
+    pub fn with_static_peers(mut self, addresses: Vec<Multiaddr>) -> Self {
+        self.static_peers = addresses;
+        self
+    }
+
+    /// Discover peers on the LAN with mDNS. Default `None`: no mDNS traffic at
+    /// all, which is what tests want.
+    pub fn with_mdns(mut self, mdns: Option<MdnsConfig>) -> Self {
+        self.mdns = mdns;
+        self
+    }
+
+    /// The largest body this node fetches; a peer announcing a bigger one is
+    /// refused before a byte of it is read. Default 4 GiB.
+    pub fn with_max_body_size(mut self, bytes: u64) -> Self {
+        self.max_body_size = bytes;
+        self
+    }
+
+    /// The largest body a peer may send with its answer to a lookup; a
+    /// bigger body is then fetched by a second request to one peer only, so
+    /// a lookup never pulls a large body from everyone at once, and never
+    /// waits on a server hashing a large body. Default 1 MiB.
+    pub fn with_inline_limit(mut self, bytes: u64) -> Self {
+        self.inline_limit = bytes;
+        self
+    }
+
+    /// How long a lookup waits for a first positive answer. A peer that has
+    /// not answered "found" by then is given up on, so a slow or dead peer
+    /// delays a build by at most this much. Default 150 ms.
+    pub fn with_lookup_deadline(mut self, deadline: Duration) -> Self {
+        self.lookup_deadline = deadline;
+        self
+    }
+
+    /// The slowest transfer rate tolerated, in bytes per second: a body of
+    /// `size` bytes must arrive within `1 s + size / rate` of its header (see
+    /// [`transfer_timeout`](Self::transfer_timeout)). Default 50 MB/s, well
+    /// under gigabit Ethernet. Zero is treated as one.
+    pub fn with_transfer_rate(mut self, bytes_per_second: u64) -> Self {
+        self.transfer_rate = bytes_per_second.max(1);
+        self
+    }
+
+    /// How long a peer that sent a body which did not verify is left out of
+    /// lookups. Default 60 s.
+    pub fn with_cooldown(mut self, cooldown: Duration) -> Self {
+        self.cooldown = cooldown;
+        self
+    }
+
+    /// How long an unused connection stays open. Connections to allowlisted
+    /// peers are kept so lookups never wait on a handshake, and are redialed
+    /// if lost. Default 1 hour.
+    pub fn with_idle_connection_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_connection_timeout = timeout;
+        self
+    }
+
+    /// How often connections are pinged; a connection whose ping fails is
+    /// closed (and redialed). Default 15 s.
+    pub fn with_ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Redial delays for lost allowlisted peers and static addresses: the
+    /// first retry after `min`, doubling up to `max`. Default 1 s to 60 s.
+    pub fn with_redial_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.redial_min = min;
+        self.redial_max = max.max(min);
+        self
+    }
+
+    /// Connection limits. Default: 32 pending incoming, 128 established
+    /// incoming, 4 per peer.
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.connection_limits = limits;
+        self
+    }
+
+    /// How many requests are served at once (each may hash and stream a
+    /// body); more are answered "not found" at once. Default 16.
+    pub fn with_max_concurrent_serves(mut self, serves: usize) -> Self {
+        self.max_concurrent_serves = serves.max(1);
+        self
+    }
+
+    /// Capacity of the [`Event`](crate::Event) channel; events that do not
+    /// fit are dropped, never waited for. Default 256.
+    pub fn with_event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// Time allowed for a body of `size` bytes once its header arrived:
+    /// `1 s + size / transfer_rate`.
+    pub fn transfer_timeout(&self, size: u64) -> Duration {
+        transfer_timeout(size, self.transfer_rate)
+    }
+
+    /// An upper bound on any single fetch, used as libp2p's request timeout
+    /// and as the client's backstop.
+    pub(crate) fn longest_fetch(&self) -> Duration {
+        // A lookup, then a body request whose server hashes the body (at the
+        // transfer rate or better) before streaming it.
+        self.lookup_deadline * 2
+            + self.transfer_timeout(self.inline_limit)
+            + self.transfer_timeout(self.max_body_size) * 2
+            + Duration::from_secs(5)
+    }
+}
+
+pub(crate) fn transfer_timeout(size: u64, rate: u64) -> Duration {
+    Duration::from_secs(1) + Duration::from_secs_f64(size as f64 / rate.max(1) as f64)
+}
+
+/// mDNS discovery settings. Discovery is only an address hint: Noise
+/// authenticates the peer ID of whatever is dialed, and only allowlisted
+/// peer IDs are dialed at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MdnsConfig {
+    pub(crate) service_type: String,
+    pub(crate) interfaces: Vec<String>,
+    pub(crate) ipv6: bool,
+}
+
+impl Default for MdnsConfig {
+    fn default() -> Self {
+        Self {
+            service_type: DEFAULT_SERVICE_TYPE.to_owned(),
+            interfaces: Vec::new(),
+            ipv6: false,
+        }
+    }
+}
+
+impl MdnsConfig {
+    /// The DNS-SD service type. Default [`DEFAULT_SERVICE_TYPE`]
+    /// (`_warren._tcp.local.`).
+    pub fn with_service_type(mut self, service_type: impl Into<String>) -> Self {
+        self.service_type = service_type.into();
+        self
+    }
+
+    /// Restrict mDNS to these interfaces, each given by name (`eth0`) or by
+    /// one of its IP addresses. Default: empty, meaning every interface.
+    pub fn with_interfaces(mut self, interfaces: Vec<String>) -> Self {
+        self.interfaces = interfaces;
+        self
+    }
+
+    /// Also use IPv6. Default `false`: IPv4 only, since link-local IPv6
+    /// addresses need a scope that TCP multiaddrs cannot carry.
+    pub fn with_ipv6(mut self, ipv6: bool) -> Self {
+        self.ipv6 = ipv6;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfer_timeouts_scale_with_size() {
+        assert_eq!(transfer_timeout(0, 50_000_000), Duration::from_secs(1));
+        assert_eq!(
+            transfer_timeout(100_000_000, 50_000_000),
+            Duration::from_secs(3)
+        );
+        assert_eq!(transfer_timeout(10, 0), Duration::from_secs(11));
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let config = NodeConfig::new(Keypair::generate_ed25519());
+        assert_eq!(config.max_body_size, 4 << 30);
+        assert_eq!(config.lookup_deadline, Duration::from_millis(150));
+        assert_eq!(config.cooldown, Duration::from_secs(60));
+        assert!(config.mdns.is_none());
+        assert!(config.allowlist.is_empty());
+        assert!(config.longest_fetch() > config.transfer_timeout(4 << 30));
+    }
+}

@@ -1,0 +1,241 @@
+//! Finding coworkers' nodes on the LAN with mDNS (DNS-SD), via `mdns-sd`.
+//!
+//! Each node advertises a service instance named after its peer ID, with TXT
+//! records `peer=<peer id>`, `v=<wire version>` and `proto=<protocol name>`,
+//! and browses for others. A resolved instance only yields an address hint:
+//! the event loop dials `/ip4/<address>/tcp/<port>/p2p/<peer id>` if, and
+//! only if, that peer ID is allowlisted, and Noise then proves the peer ID
+//! during the handshake, so a spoofed announcement cannot impersonate
+//! anyone; at worst it makes us dial an address that fails the handshake.
+//!
+//! Nothing here runs unless [`NodeConfig::with_mdns`](crate::NodeConfig::with_mdns)
+//! asked for it: creating the daemon already opens multicast sockets. The
+//! daemon runs on its own thread; the event loop awaits its browse channel
+//! with `recv_async`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
+
+use crate::PROTOCOL_NAME;
+use crate::config::MdnsConfig;
+use crate::wire::WIRE_VERSION;
+
+/// TXT key carrying the advertised peer ID.
+const PEER_KEY: &str = "peer";
+
+/// What browsing turned up.
+#[derive(Debug)]
+pub(crate) enum Found {
+    Peer {
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+    },
+    Gone(PeerId),
+    /// Nothing the event loop needs to act on.
+    Nothing,
+    /// The daemon stopped; discovery is over.
+    Stopped,
+}
+
+pub(crate) struct Discovery {
+    daemon: ServiceDaemon,
+    browse: mdns_sd::Receiver<ServiceEvent>,
+    config: MdnsConfig,
+    local_peer: PeerId,
+    /// Full instance names seen, to recognise removals.
+    instances: HashMap<String, PeerId>,
+    /// The port advertised, once the swarm listens.
+    advertised_port: Option<u16>,
+}
+
+impl Discovery {
+    /// Starts the mDNS daemon on the configured interfaces and browses.
+    pub(crate) fn start(config: MdnsConfig, local_peer: PeerId) -> Result<Self, mdns_sd::Error> {
+        let daemon = ServiceDaemon::new()?;
+        // Selections apply in order, the last match winning.
+        if !config.interfaces.is_empty() {
+            daemon.disable_interface(IfKind::All)?;
+            for interface in &config.interfaces {
+                let kind = match interface.parse::<IpAddr>() {
+                    Ok(address) => IfKind::Addr(address),
+                    Err(_) => IfKind::Name(interface.clone()),
+                };
+                daemon.enable_interface(kind)?;
+            }
+        }
+        if !config.ipv6 {
+            daemon.disable_interface(IfKind::IPv6)?;
+        }
+        let browse = daemon.browse(&config.service_type)?;
+        Ok(Self {
+            daemon,
+            browse,
+            config,
+            local_peer,
+            instances: HashMap::new(),
+            advertised_port: None,
+        })
+    }
+
+    /// Advertises this node with the TCP port of `listen` (a listen address
+    /// the swarm reported), at every address of the enabled interfaces.
+    /// Only the first port is advertised: a node has one TCP listener in
+    /// practice, and when it listens on `0.0.0.0` the swarm reports the
+    /// same port once per interface address.
+    pub(crate) fn advertise(&mut self, listen: &Multiaddr) -> Result<(), mdns_sd::Error> {
+        let Some((_, port)) = ip_and_tcp_port(listen) else {
+            return Ok(());
+        };
+        if self.advertised_port.is_some() {
+            return Ok(());
+        }
+        let peer = self.local_peer.to_base58();
+        let version = WIRE_VERSION.to_string();
+        let properties = [
+            (PEER_KEY, peer.as_str()),
+            ("v", version.as_str()),
+            ("proto", PROTOCOL_NAME),
+        ];
+        let host = format!("{peer}.local.");
+        let service = ServiceInfo::new(
+            &self.config.service_type,
+            &peer,
+            &host,
+            (),
+            port,
+            &properties[..],
+        )?
+        .enable_addr_auto();
+        self.daemon.register(service)?;
+        self.advertised_port = Some(port);
+        tracing::debug!(port, "advertising on mDNS");
+        Ok(())
+    }
+
+    /// Waits for the next browse event and interprets it.
+    pub(crate) async fn next(&mut self) -> Found {
+        match self.browse.recv_async().await {
+            Ok(event) => self.interpret(event),
+            Err(_) => Found::Stopped,
+        }
+    }
+
+    fn interpret(&mut self, event: ServiceEvent) -> Found {
+        match event {
+            ServiceEvent::ServiceResolved(service) => {
+                let Some(peer) = service
+                    .get_property_val_str(PEER_KEY)
+                    .and_then(|text| text.parse::<PeerId>().ok())
+                else {
+                    tracing::debug!(name = service.fullname, "mDNS instance without a peer ID");
+                    return Found::Nothing;
+                };
+                if peer == self.local_peer {
+                    return Found::Nothing;
+                }
+                let addresses = service
+                    .get_addresses()
+                    .iter()
+                    .map(|address| address.to_ip_addr())
+                    .filter(|ip| dialable(ip, self.config.ipv6))
+                    .map(|ip| tcp_address(ip, service.port))
+                    .collect::<Vec<_>>();
+                self.instances.insert(service.fullname.clone(), peer);
+                if addresses.is_empty() {
+                    return Found::Nothing;
+                }
+                Found::Peer { peer, addresses }
+            }
+            ServiceEvent::ServiceRemoved(_, fullname) => match self.instances.remove(&fullname) {
+                Some(peer) => Found::Gone(peer),
+                None => Found::Nothing,
+            },
+            _ => Found::Nothing,
+        }
+    }
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        // Unregisters our instance (with a goodbye packet) and ends the thread.
+        let _ = self.daemon.shutdown();
+    }
+}
+
+/// Waits for discovery's next event, or forever when there is no discovery.
+pub(crate) async fn next(discovery: Option<&mut Discovery>) -> Found {
+    match discovery {
+        Some(discovery) => discovery.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn dialable(ip: &IpAddr, ipv6: bool) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_multicast() && !v4.is_broadcast(),
+        // Link-local addresses need a scope that a multiaddr cannot carry.
+        IpAddr::V6(v6) => {
+            ipv6 && !v6.is_unspecified() && !v6.is_multicast() && !v6.is_unicast_link_local()
+        }
+    }
+}
+
+pub(crate) fn tcp_address(ip: IpAddr, port: u16) -> Multiaddr {
+    let mut address = Multiaddr::empty();
+    address.push(match ip {
+        IpAddr::V4(v4) => Protocol::Ip4(v4),
+        IpAddr::V6(v6) => Protocol::Ip6(v6),
+    });
+    address.push(Protocol::Tcp(port));
+    address
+}
+
+fn ip_and_tcp_port(address: &Multiaddr) -> Option<(IpAddr, u16)> {
+    let mut ip = None;
+    for protocol in address.iter() {
+        match protocol {
+            Protocol::Ip4(v4) => ip = Some(IpAddr::V4(v4)),
+            Protocol::Ip6(v6) => ip = Some(IpAddr::V6(v6)),
+            Protocol::Tcp(port) => return ip.map(|ip| (ip, port)),
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    #[test]
+    fn listen_addresses_give_ip_and_port() {
+        let address: Multiaddr = "/ip4/0.0.0.0/tcp/4001".parse().unwrap();
+        assert_eq!(
+            ip_and_tcp_port(&address),
+            Some((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 4001))
+        );
+        let memory: Multiaddr = "/memory/5".parse().unwrap();
+        assert_eq!(ip_and_tcp_port(&memory), None);
+        assert_eq!(
+            tcp_address(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 7),
+            "/ip4/10.0.0.2/tcp/7".parse::<Multiaddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn only_usable_addresses_are_dialed() {
+        assert!(dialable(&IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), false));
+        assert!(!dialable(&IpAddr::V4(Ipv4Addr::UNSPECIFIED), false));
+        let global = IpAddr::V6("2001:db8::1".parse::<Ipv6Addr>().unwrap());
+        assert!(!dialable(&global, false));
+        assert!(dialable(&global, true));
+        let link_local = IpAddr::V6("fe80::1".parse::<Ipv6Addr>().unwrap());
+        assert!(!dialable(&link_local, true));
+    }
+}

@@ -1,0 +1,355 @@
+//! Fetching: asking peers, choosing whose body to take, and time limits.
+//!
+//! A fetch asks every connected, allowlisted peer that is not in cooldown at
+//! once, for bodies up to `inline_limit` (1 MiB) inline; peers with bigger
+//! ones answer "found, not included" ([`Outcome::Announced`]). Those become
+//! candidates, asked one at a time for the full body, so a big body is
+//! pulled from one peer, not from all. The first committed body answers the
+//! fetch and cancels the rest. This holds with a single peer too: a server
+//! hashes a body before answering, which for a big body takes longer than
+//! the lookup deadline allows, so big bodies always take the second request,
+//! whose deadline grows with the size (one extra LAN round trip, small next
+//! to moving more than a mebibyte).
+//!
+//! Time limits: a lookup request that has not answered "found" by the
+//! lookup deadline is cancelled; a positive one then runs on its transfer
+//! timeout (enforced by the codec, with a timer here as a backstop), as
+//! does each body request. So a fetch ends when its last request does, and
+//! no request outlives its limit.
+
+use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use libp2p::PeerId;
+use libp2p::request_response::OutboundRequestId;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::EventLoop;
+use crate::client::{Event, Fetched};
+use crate::codec::{Local, Meta, Outcome, RejectReason, Request};
+use crate::wire::{RequestHeader, WIRE_VERSION};
+
+pub(super) type FetchId = u64;
+pub(super) type Timer = Pin<Box<dyn Future<Output = Deadline> + Send>>;
+
+pub(super) struct PendingFetch {
+    pub(super) action: [u8; 32],
+    pub(super) reply: oneshot::Sender<Option<Fetched>>,
+    /// Parent of every request's token: cancelling it stops them all.
+    pub(super) cancel: CancellationToken,
+    pub(super) requests: HashSet<OutboundRequestId>,
+    /// Peers that hold the body but did not send it, in answer order.
+    pub(super) candidates: VecDeque<(PeerId, Meta)>,
+    pub(super) body_request: Option<OutboundRequestId>,
+}
+
+pub(super) struct RequestInfo {
+    pub(super) fetch: FetchId,
+    pub(super) peer: PeerId,
+    pub(super) phase: Phase,
+    pub(super) max_inline: u64,
+    pub(super) cancel: CancellationToken,
+    pub(super) positive: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Asking everyone whether they hold the action.
+    Lookup,
+    /// Fetching an announced body from one peer.
+    Body,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Deadline {
+    Lookup(FetchId),
+    Request(OutboundRequestId),
+}
+
+impl EventLoop {
+    pub(super) fn eligible(&self, peer: &PeerId, now: Instant) -> bool {
+        self.allowlist.contains(peer)
+            && self.swarm.is_connected(peer)
+            && !self.peers.get(peer).is_some_and(|s| s.in_cooldown(now))
+    }
+
+    pub(super) fn start_fetch(
+        &mut self,
+        action: [u8; 32],
+        reply: oneshot::Sender<Option<Fetched>>,
+    ) {
+        let now = Instant::now();
+        let peers: Vec<PeerId> = self
+            .swarm
+            .connected_peers()
+            .filter(|peer| self.eligible(peer, now))
+            .copied()
+            .collect();
+        if peers.is_empty() {
+            let _ = reply.send(None);
+            return;
+        }
+        // Even with one peer: a server hashes a body before its answer, and
+        // for a big body that takes longer than a lookup may. Big bodies are
+        // fetched by a second request whose deadline grows with their size.
+        let max_inline = self.config.inline_limit.min(self.config.max_body_size);
+        let id = self.next_fetch;
+        self.next_fetch += 1;
+        self.fetches.insert(
+            id,
+            PendingFetch {
+                action,
+                reply,
+                cancel: CancellationToken::new(),
+                requests: HashSet::new(),
+                candidates: VecDeque::new(),
+                body_request: None,
+            },
+        );
+        let deadline = now + self.config.lookup_deadline;
+        for peer in peers {
+            self.send_request(id, peer, Phase::Lookup, max_inline, deadline);
+        }
+        self.timers.push(timer(deadline, Deadline::Lookup(id)));
+    }
+
+    pub(super) fn send_request(
+        &mut self,
+        fetch: FetchId,
+        peer: PeerId,
+        phase: Phase,
+        max_inline: u64,
+        header_deadline: Instant,
+    ) -> Option<OutboundRequestId> {
+        let pending = self.fetches.get_mut(&fetch)?;
+        let cancel = pending.cancel.child_token();
+        let positive = Arc::new(AtomicBool::new(false));
+        let request = Request {
+            header: RequestHeader {
+                version: WIRE_VERSION,
+                action: pending.action,
+                max_inline,
+            },
+            local: Some(Local {
+                header_deadline,
+                cancel: cancel.clone(),
+                positive: positive.clone(),
+            }),
+        };
+        let request_id = self
+            .swarm
+            .behaviour_mut()
+            .fetch
+            .send_request(&peer, request);
+        pending.requests.insert(request_id);
+        self.requests.insert(
+            request_id,
+            RequestInfo {
+                fetch,
+                peer,
+                phase,
+                max_inline,
+                cancel,
+                positive,
+            },
+        );
+        Some(request_id)
+    }
+
+    pub(super) fn on_outcome(
+        &mut self,
+        peer: PeerId,
+        request_id: OutboundRequestId,
+        outcome: Outcome,
+    ) {
+        let Some(info) = self.forget_request(request_id) else {
+            return; // Its fetch is over.
+        };
+        self.peer(peer).seen();
+        let Some(fetch) = self.fetches.get(&info.fetch) else {
+            return;
+        };
+        let action = fetch.action;
+        match outcome {
+            Outcome::Committed(meta) => {
+                let counters = &mut self.peer(peer).counters;
+                counters.hits_received += 1;
+                counters.bytes_in += meta.size;
+                tracing::debug!(%peer, size = meta.size, "fetched a verified body");
+                let fetched = Fetched {
+                    peer,
+                    output: meta.output,
+                    size: meta.size,
+                    time_unix_nanos: meta.time_unix_nanos,
+                };
+                self.finish(info.fetch, Some(fetched));
+                return;
+            }
+            Outcome::Announced(meta) if info.phase == Phase::Lookup => {
+                if let Some(fetch) = self.fetches.get_mut(&info.fetch) {
+                    fetch.candidates.push_back((peer, meta));
+                }
+            }
+            Outcome::Announced(_) => {
+                tracing::debug!(%peer, "peer did not send a body it was asked for");
+            }
+            Outcome::Rejected { reason, bytes } => self.reject(peer, action, reason, bytes),
+            Outcome::NotFound | Outcome::NotStored(_) => {}
+        }
+        self.advance(info.fetch);
+    }
+
+    pub(super) fn on_request_failed(&mut self, request_id: OutboundRequestId, why: &str) {
+        if let Some(info) = self.forget_request(request_id) {
+            tracing::trace!(peer = %info.peer, "request {why}");
+            self.advance(info.fetch);
+        }
+    }
+
+    /// Removes a request from the books (its fetch too).
+    pub(super) fn forget_request(&mut self, request_id: OutboundRequestId) -> Option<RequestInfo> {
+        let info = self.requests.remove(&request_id)?;
+        if let Some(fetch) = self.fetches.get_mut(&info.fetch) {
+            fetch.requests.remove(&request_id);
+            if fetch.body_request == Some(request_id) {
+                fetch.body_request = None;
+            }
+        }
+        Some(info)
+    }
+
+    pub(super) fn reject(
+        &mut self,
+        peer: PeerId,
+        action: [u8; 32],
+        reason: RejectReason,
+        bytes: u64,
+    ) {
+        let cooldown = self.config.cooldown;
+        tracing::warn!(
+            %peer,
+            "peer sent a body that failed verification ({reason}); ignoring it for {cooldown:?}"
+        );
+        let state = self.peer(peer);
+        state.counters.rejected_bodies += 1;
+        state.counters.bytes_in += bytes;
+        state.cooldown_until = Some(Instant::now() + cooldown);
+        // No further bodies from it in any fetch.
+        for fetch in self.fetches.values_mut() {
+            fetch.candidates.retain(|(candidate, _)| *candidate != peer);
+        }
+        self.emit(Event::BodyRejected {
+            peer,
+            action,
+            reason,
+        });
+    }
+
+    /// Starts the next body request if none is running, and ends the fetch
+    /// with a miss once nothing is left to wait for.
+    pub(super) fn advance(&mut self, id: FetchId) {
+        let now = Instant::now();
+        loop {
+            let Some(fetch) = self.fetches.get_mut(&id) else {
+                return;
+            };
+            if fetch.body_request.is_some() {
+                return;
+            }
+            let Some((peer, meta)) = fetch.candidates.pop_front() else {
+                break;
+            };
+            if !self.eligible(&peer, now) {
+                continue;
+            }
+            // The server hashes the body before answering, at about the
+            // transfer rate at worst.
+            let transfer = self.config.transfer_timeout(meta.size);
+            let header_deadline = now + self.config.lookup_deadline + transfer;
+            let max_inline = self.config.max_body_size;
+            if let Some(request_id) =
+                self.send_request(id, peer, Phase::Body, max_inline, header_deadline)
+            {
+                if let Some(fetch) = self.fetches.get_mut(&id) {
+                    fetch.body_request = Some(request_id);
+                }
+                let backstop = header_deadline + transfer + Duration::from_secs(1);
+                self.timers
+                    .push(timer(backstop, Deadline::Request(request_id)));
+            }
+        }
+        if self.fetches.get(&id).is_some_and(|f| f.requests.is_empty()) {
+            self.finish(id, None);
+        }
+    }
+
+    pub(super) fn finish(&mut self, id: FetchId, result: Option<Fetched>) {
+        let Some(fetch) = self.fetches.remove(&id) else {
+            return;
+        };
+        // Stops every transfer still running for this fetch; their sinks
+        // are dropped uncommitted.
+        fetch.cancel.cancel();
+        for request_id in &fetch.requests {
+            self.requests.remove(request_id);
+        }
+        let _ = fetch.reply.send(result);
+    }
+
+    pub(super) fn on_deadline(&mut self, deadline: Deadline) {
+        match deadline {
+            Deadline::Lookup(id) => {
+                let Some(fetch) = self.fetches.get(&id) else {
+                    return;
+                };
+                let now = Instant::now();
+                let mut give_up = Vec::new();
+                let mut backstops = Vec::new();
+                for request_id in &fetch.requests {
+                    let Some(info) = self.requests.get(request_id) else {
+                        continue;
+                    };
+                    if info.phase != Phase::Lookup {
+                        continue;
+                    }
+                    if info.positive.load(Ordering::Relaxed) {
+                        let transfer = self.config.transfer_timeout(info.max_inline);
+                        backstops.push(timer(
+                            now + transfer + Duration::from_secs(1),
+                            Deadline::Request(*request_id),
+                        ));
+                    } else {
+                        give_up.push(*request_id);
+                    }
+                }
+                self.timers.extend(backstops);
+                for request_id in give_up {
+                    if let Some(info) = self.forget_request(request_id) {
+                        tracing::debug!(peer = %info.peer, "no answer by the lookup deadline");
+                        info.cancel.cancel();
+                    }
+                }
+                self.advance(id);
+            }
+            Deadline::Request(request_id) => {
+                if let Some(info) = self.forget_request(request_id) {
+                    tracing::debug!(peer = %info.peer, "transfer took too long; cancelled");
+                    info.cancel.cancel();
+                    self.advance(info.fetch);
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn timer(at: Instant, deadline: Deadline) -> Timer {
+    Box::pin(async move {
+        tokio::time::sleep_until(at).await;
+        deadline
+    })
+}

@@ -1,0 +1,398 @@
+//! The one task that owns the swarm: it dials, answers, fetches and keeps
+//! the books.
+//!
+//! Shaped like rust-libp2p's `examples/file-sharing/src/network.rs`:
+//! [`EventLoop::run`] `select!`s over swarm events, client commands, serving
+//! replies that became ready, fetch timers, the redial tick and mDNS. It
+//! never blocks: file I/O for serving runs in `spawn_blocking` tasks that
+//! hand their reply back on a bounded channel, and bodies being fetched
+//! stream in the codec, on the connections' own tasks.
+//!
+//! The loop's work is split by job, each an `impl EventLoop` of its own:
+//! `fetch` (asking peers, deadlines), `serve` (answering them) and `peers`
+//! (bookkeeping, allowlist, dialing).
+//!
+//! # Trust
+//!
+//! The allowlist lives in the `allow_block_list` behaviour, which closes
+//! connections to peers that are not on it, and is checked again here
+//! before answering a request (the list may have changed since the
+//! connection was accepted) and before dialing anyone whose peer ID we know.
+//! A peer whose body fails verification is counted, reported and left out
+//! of lookups for the cooldown.
+
+mod fetch;
+mod peers;
+mod serve;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use libp2p::core::ConnectedPoint;
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId};
+use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::{PeerId, Swarm, ping};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+
+use self::fetch::{FetchId, PendingFetch, RequestInfo, Timer};
+use self::peers::{AnonymousAddress, PeerState, split_peer_id};
+use self::serve::{ReadyReply, Serving};
+use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::client::{Command, Event};
+use crate::codec::{Request, Response};
+use crate::config::NodeConfig;
+use crate::discovery::{self, Discovery, Found};
+use crate::store::Store;
+
+/// A connection that lasted this long counts as good: its peer's redial
+/// backoff starts over. Shorter ones (say, the remote drops us because we
+/// are not on its allowlist) keep backing off.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+/// Serving replies waiting for the event loop.
+const REPLY_QUEUE: usize = 64;
+/// Peers remembered that are neither allowlisted nor connected (seen on
+/// mDNS, so users can find IDs to allow). Bounded, so that spoofed
+/// announcements cannot grow memory.
+const MAX_STRANGERS: usize = 256;
+
+/// Owns the swarm; see the module docs. Run it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    store: Arc<dyn Store>,
+    config: NodeConfig,
+    discovery: Option<Discovery>,
+    /// Same set as the `allow_block_list` behaviour holds.
+    allowlist: HashSet<PeerId>,
+    peers: HashMap<PeerId, PeerState>,
+    /// Static addresses without a peer ID, until a dial tells us whose they are.
+    anonymous: Vec<AnonymousAddress>,
+    fetches: HashMap<FetchId, PendingFetch>,
+    requests: HashMap<OutboundRequestId, RequestInfo>,
+    next_fetch: FetchId,
+    timers: FuturesUnordered<Timer>,
+    /// Serving replies computed off the loop, to be sent from it.
+    ready_replies: mpsc::Receiver<ReadyReply>,
+    ready_sender: mpsc::Sender<ReadyReply>,
+    /// Caps concurrent serves; a permit lives until its response is sent.
+    serve_permits: Arc<Semaphore>,
+    serving: HashMap<InboundRequestId, Serving>,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+        store: Arc<dyn Store>,
+        config: NodeConfig,
+        discovery: Option<Discovery>,
+    ) -> Self {
+        let (ready_sender, ready_replies) = mpsc::channel(REPLY_QUEUE);
+        let mut event_loop = Self {
+            swarm,
+            commands,
+            events,
+            store,
+            discovery,
+            allowlist: config.allowlist.clone(),
+            peers: HashMap::new(),
+            anonymous: Vec::new(),
+            fetches: HashMap::new(),
+            requests: HashMap::new(),
+            next_fetch: 0,
+            timers: FuturesUnordered::new(),
+            ready_replies,
+            ready_sender,
+            serve_permits: Arc::new(Semaphore::new(config.max_concurrent_serves)),
+            serving: HashMap::new(),
+            config,
+        };
+        for address in event_loop.config.static_peers.clone() {
+            event_loop.remember(address);
+        }
+        event_loop
+    }
+
+    /// Runs the node until every [`Client`](crate::Client) is dropped.
+    pub async fn run(mut self) {
+        let tick = self
+            .config
+            .redial_min
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut redial = tokio::time::interval(tick);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                Some(ready) = self.ready_replies.recv() => self.on_reply_ready(ready),
+                Some(deadline) = self.timers.next(), if !self.timers.is_empty() => {
+                    self.on_deadline(deadline);
+                }
+                _ = redial.tick() => self.redial_due(),
+                found = discovery::next(self.discovery.as_mut()) => self.on_discovery(found),
+            }
+        }
+        tracing::debug!("every client dropped; stopping the p2p node");
+    }
+
+    fn emit(&self, event: Event) {
+        if let Err(error) = self.events.try_send(event) {
+            tracing::trace!("p2p event not delivered: {error}");
+        }
+    }
+
+    fn peer(&mut self, peer: PeerId) -> &mut PeerState {
+        let backoff = self.config.redial_min;
+        self.peers
+            .entry(peer)
+            .or_insert_with(|| PeerState::new(backoff))
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Fetch { action, reply } => self.start_fetch(action, reply),
+            Command::SetAllowlist { peers, reply } => {
+                self.set_allowlist(peers);
+                let _ = reply.send(());
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.peer_infos());
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Dial { address, reply } => {
+                let _ = reply.send(self.dial_address(address));
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            })) => match result {
+                Ok(_) => self.peer(peer).seen(),
+                // A peer without ping (another version, another client) is
+                // still a peer.
+                Err(ping::Failure::Unsupported) => {}
+                Err(error) => {
+                    tracing::debug!(%peer, "ping failed ({error}); closing the connection");
+                    self.swarm.close_connection(connection);
+                }
+            },
+            SwarmEvent::Behaviour(
+                BehaviourEvent::Allowed(never) | BehaviourEvent::Limits(never),
+            ) => match never {},
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::debug!(%address, "listening");
+                if let Some(discovery) = &mut self.discovery
+                    && let Err(error) = discovery.advertise(&address)
+                {
+                    tracing::warn!("cannot advertise on mDNS: {error}");
+                }
+                self.emit(Event::Listening(address));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => self.on_connected(peer_id, endpoint, num_established.get()),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                self.on_disconnected(peer_id, num_established);
+            }
+            SwarmEvent::IncomingConnectionError {
+                peer_id,
+                error,
+                send_back_addr,
+                ..
+            } => {
+                tracing::debug!(peer = ?peer_id, %send_back_addr, "incoming connection refused: {error}");
+                if matches!(error, libp2p::swarm::ListenError::Denied { .. }) {
+                    self.emit(Event::ConnectionDenied { peer: peer_id });
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, "dial failed: {error}");
+                if matches!(error, DialError::Denied { .. }) {
+                    self.emit(Event::ConnectionDenied { peer: peer_id });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connected(&mut self, peer: PeerId, endpoint: ConnectedPoint, connections: u32) {
+        let dialed = match &endpoint {
+            ConnectedPoint::Dialer { address, .. } => Some(split_peer_id(address.clone()).0),
+            ConnectedPoint::Listener { .. } => None,
+        };
+        if let Some(address) = dialed {
+            // An address we dialed is known to work: keep it for redials,
+            // and stop dialing it blindly if it was anonymous.
+            self.anonymous.retain(|a| a.address != address);
+            self.peer(peer).addresses.insert(address);
+        }
+        let state = self.peer(peer);
+        state.connections = connections;
+        state.connected_since.get_or_insert_with(Instant::now);
+        state.next_dial = None;
+        state.seen();
+        if connections == 1 {
+            tracing::debug!(%peer, "connected");
+            self.emit(Event::PeerConnected(peer));
+        }
+    }
+
+    fn on_disconnected(&mut self, peer: PeerId, connections: u32) {
+        let (min, max) = (self.config.redial_min, self.config.redial_max);
+        let state = self.peer(peer);
+        state.connections = connections;
+        state.seen();
+        if connections > 0 {
+            return;
+        }
+        if state
+            .connected_since
+            .take()
+            .is_some_and(|since| since.elapsed() >= STABLE_CONNECTION)
+        {
+            state.backoff = min;
+        }
+        state.next_dial = Some(Instant::now() + state.backoff);
+        state.backoff = (state.backoff * 2).clamp(min, max);
+        self.emit(Event::PeerDisconnected(peer));
+    }
+
+    fn on_discovery(&mut self, found: Found) {
+        match found {
+            Found::Peer { peer, addresses } => {
+                if !self.peers.contains_key(&peer)
+                    && !self.allowlist.contains(&peer)
+                    && self.strangers() >= MAX_STRANGERS
+                {
+                    tracing::debug!(%peer, "too many unknown peers on mDNS; ignoring one more");
+                    return;
+                }
+                let state = self.peer(peer);
+                state.discovered = true;
+                state.seen();
+                let added = addresses
+                    .iter()
+                    .filter(|address| state.addresses.insert((*address).clone()))
+                    .count();
+                if added > 0 {
+                    self.emit(Event::PeerDiscovered { peer, addresses });
+                }
+                // Only an address hint: dialed only if allowlisted, and Noise
+                // checks that whoever answers holds the peer ID's key.
+                if self.allowlist.contains(&peer) && !self.swarm.is_connected(&peer) {
+                    self.peer(peer).next_dial = None;
+                    if let Err(error) = self.dial_peer(peer) {
+                        tracing::debug!(%peer, "cannot dial a discovered peer: {error}");
+                    }
+                }
+            }
+            Found::Gone(peer) => self.peer(peer).discovered = false,
+            Found::Nothing => {}
+            Found::Stopped => {
+                tracing::warn!("mDNS discovery stopped");
+                self.discovery = None;
+            }
+        }
+    }
+
+    fn strangers(&self) -> usize {
+        self.peers
+            .iter()
+            .filter(|(peer, state)| !self.allowlist.contains(peer) && state.connections == 0)
+            .count()
+    }
+
+    fn on_fetch_event(&mut self, event: request_response::Event<Request, Response>) {
+        use request_response::{Event as E, Message};
+        match event {
+            E::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request_id,
+                        request,
+                        channel,
+                    },
+                ..
+            } => self.on_request(peer, request_id, request.header, channel),
+            E::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => match response {
+                Response::Outcome(outcome) => self.on_outcome(peer, request_id, outcome),
+                Response::Reply(_) => {
+                    tracing::error!("the codec produced a reply on the requesting side");
+                    self.on_request_failed(request_id, "unexpected reply");
+                }
+            },
+            E::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, "fetch request failed: {error}");
+                self.on_request_failed(request_id, "failed");
+            }
+            E::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, "serving a request failed: {error}");
+                self.serving.remove(&request_id);
+            }
+            E::ResponseSent {
+                peer, request_id, ..
+            } => {
+                let Some(serving) = self.serving.remove(&request_id) else {
+                    return;
+                };
+                let state = self.peer(peer);
+                state.seen();
+                if let Some(bytes) = serving.bytes {
+                    state.counters.hits_served += 1;
+                    state.counters.bytes_out += bytes;
+                    self.emit(Event::Served {
+                        peer: serving.peer,
+                        action: serving.action,
+                        bytes,
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Peer bookkeeping and dialing: who is allowed, where they are, and
+//! when to redial them.
+//!
+//! Only allowlisted peer IDs are ever dialed. Static addresses without a
+//! peer ID are dialed blindly (the allowlist closes the connection after
+//! the handshake if the peer is not allowed) until a connection tells us
+//! whose they are. Lost peers are redialed with exponential backoff, which
+//! starts over only after a connection that lasted (a peer that drops us at
+//! once, because we are not on its allowlist, is not hammered).
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, SystemTime};
+
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::DialError;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId};
+use tokio::time::Instant;
+
+use super::EventLoop;
+use crate::Error;
+use crate::client::{PeerCounters, PeerInfo};
+
+#[derive(Debug)]
+pub(super) struct PeerState {
+    /// Dialable addresses, without `/p2p`.
+    pub(super) addresses: BTreeSet<Multiaddr>,
+    pub(super) discovered: bool,
+    pub(super) connections: u32,
+    pub(super) connected_since: Option<Instant>,
+    pub(super) last_seen: Option<SystemTime>,
+    pub(super) counters: PeerCounters,
+    pub(super) cooldown_until: Option<Instant>,
+    pub(super) backoff: Duration,
+    /// `None`: dial as soon as the peer is allowlisted and disconnected.
+    pub(super) next_dial: Option<Instant>,
+}
+
+impl PeerState {
+    pub(super) fn new(backoff: Duration) -> Self {
+        Self {
+            addresses: BTreeSet::new(),
+            discovered: false,
+            connections: 0,
+            connected_since: None,
+            last_seen: None,
+            counters: PeerCounters::default(),
+            cooldown_until: None,
+            backoff,
+            next_dial: None,
+        }
+    }
+
+    pub(super) fn in_cooldown(&self, now: Instant) -> bool {
+        self.cooldown_until.is_some_and(|until| until > now)
+    }
+
+    pub(super) fn seen(&mut self) {
+        self.last_seen = Some(SystemTime::now());
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct AnonymousAddress {
+    pub(super) address: Multiaddr,
+    pub(super) backoff: Duration,
+    pub(super) next_dial: Instant,
+}
+
+impl EventLoop {
+    pub(super) fn set_allowlist(&mut self, peers: HashSet<PeerId>) {
+        let removed: Vec<PeerId> = self.allowlist.difference(&peers).copied().collect();
+        let added: Vec<PeerId> = peers.difference(&self.allowlist).copied().collect();
+        for peer in removed {
+            tracing::debug!(%peer, "removed from the allowlist; disconnecting");
+            // Closes its connections at once.
+            self.swarm.behaviour_mut().allowed.disallow_peer(peer);
+        }
+        let min = self.config.redial_min;
+        for peer in added {
+            self.swarm.behaviour_mut().allowed.allow_peer(peer);
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.next_dial = None;
+                state.backoff = min;
+            }
+        }
+        self.allowlist = peers;
+        // A static address may now lead to an allowed peer.
+        let now = Instant::now();
+        for anonymous in &mut self.anonymous {
+            anonymous.next_dial = now;
+            anonymous.backoff = min;
+        }
+        self.redial_due();
+    }
+
+    pub(super) fn peer_infos(&self) -> Vec<PeerInfo> {
+        let now = Instant::now();
+        let mut known: BTreeSet<PeerId> = self.peers.keys().copied().collect();
+        known.extend(self.allowlist.iter().copied());
+        known
+            .into_iter()
+            .map(|peer| {
+                let state = self.peers.get(&peer);
+                PeerInfo {
+                    peer,
+                    allowlisted: self.allowlist.contains(&peer),
+                    discovered: state.is_some_and(|s| s.discovered),
+                    connected: self.swarm.is_connected(&peer),
+                    last_seen: state.and_then(|s| s.last_seen),
+                    addresses: state
+                        .map(|s| s.addresses.iter().cloned().collect())
+                        .unwrap_or_default(),
+                    in_cooldown: state.is_some_and(|s| s.in_cooldown(now)),
+                    counters: state.map(|s| s.counters).unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// Records a static or dialed address for redials.
+    pub(super) fn remember(&mut self, address: Multiaddr) -> Option<PeerId> {
+        let (address, peer) = split_peer_id(address);
+        match peer {
+            Some(peer) => {
+                self.peer(peer).addresses.insert(address);
+            }
+            None => {
+                if !self.anonymous.iter().any(|a| a.address == address) {
+                    self.anonymous.push(AnonymousAddress {
+                        address,
+                        backoff: self.config.redial_min,
+                        next_dial: Instant::now(),
+                    });
+                }
+            }
+        }
+        peer
+    }
+
+    pub(super) fn dial_address(&mut self, address: Multiaddr) -> Result<(), Error> {
+        if let (_, Some(peer)) = split_peer_id(address.clone())
+            && !self.allowlist.contains(&peer)
+        {
+            return Err(Error::NotAllowlisted { peer });
+        }
+        match self.remember(address.clone()) {
+            Some(peer) => {
+                self.peer(peer).next_dial = None;
+                self.dial_peer(peer)
+            }
+            None => {
+                let (bare, _) = split_peer_id(address.clone());
+                self.dial_anonymous(bare)
+            }
+        }
+        .map_err(|source| Error::Dial {
+            address,
+            source: Box::new(source),
+        })
+    }
+
+    /// Dials an allowlisted peer at its known addresses, unless connected or
+    /// already dialing.
+    pub(super) fn dial_peer(&mut self, peer: PeerId) -> Result<(), DialError> {
+        if !self.allowlist.contains(&peer) {
+            return Ok(());
+        }
+        let (min, max) = (self.config.redial_min, self.config.redial_max);
+        let state = self.peer(peer);
+        let addresses: Vec<Multiaddr> = state.addresses.iter().cloned().collect();
+        if addresses.is_empty() {
+            return Ok(());
+        }
+        state.next_dial = Some(Instant::now() + state.backoff);
+        state.backoff = (state.backoff * 2).clamp(min, max);
+        let options = DialOpts::peer_id(peer).addresses(addresses).build();
+        match self.swarm.dial(options) {
+            Err(DialError::DialPeerConditionFalse(_)) => Ok(()),
+            result => result,
+        }
+    }
+
+    pub(super) fn dial_anonymous(&mut self, address: Multiaddr) -> Result<(), DialError> {
+        let (min, max) = (self.config.redial_min, self.config.redial_max);
+        if let Some(entry) = self.anonymous.iter_mut().find(|a| a.address == address) {
+            entry.next_dial = Instant::now() + entry.backoff;
+            entry.backoff = (entry.backoff * 2).clamp(min, max);
+        }
+        self.swarm.dial(address)
+    }
+
+    /// Redials allowlisted peers and static addresses whose backoff is over.
+    pub(super) fn redial_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(peer, state)| {
+                self.allowlist.contains(peer)
+                    && state.connections == 0
+                    && !state.addresses.is_empty()
+                    && state.next_dial.is_none_or(|at| at <= now)
+            })
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            if let Err(error) = self.dial_peer(peer) {
+                tracing::debug!(%peer, "cannot dial: {error}");
+            }
+        }
+        let due: Vec<Multiaddr> = self
+            .anonymous
+            .iter()
+            .filter(|a| a.next_dial <= now)
+            .map(|a| a.address.clone())
+            .collect();
+        for address in due {
+            if let Err(error) = self.dial_anonymous(address.clone()) {
+                tracing::debug!(%address, "cannot dial: {error}");
+            }
+        }
+    }
+}
+
+/// Splits a trailing `/p2p/<peer id>` off an address.
+pub(super) fn split_peer_id(mut address: Multiaddr) -> (Multiaddr, Option<PeerId>) {
+    match address.iter().last() {
+        Some(Protocol::P2p(peer)) => {
+            address.pop();
+            (address, Some(peer))
+        }
+        _ => (address, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_ids_are_split_off_addresses() {
+        let peer = PeerId::random();
+        let address: Multiaddr = format!("/ip4/127.0.0.1/tcp/5/p2p/{peer}").parse().unwrap();
+        let (bare, found) = split_peer_id(address);
+        assert_eq!(bare, "/ip4/127.0.0.1/tcp/5".parse::<Multiaddr>().unwrap());
+        assert_eq!(found, Some(peer));
+        let (same, none) = split_peer_id(bare.clone());
+        assert_eq!((same, none), (bare, None));
+    }
+}

@@ -1,0 +1,216 @@
+//! The fetch protocol as bytes on a stream: what peers of any version agree on.
+//!
+//! One request-response exchange per libp2p stream, under the protocol name
+//! [`PROTOCOL_NAME`](crate::PROTOCOL_NAME):
+//!
+//! ```text
+//! requester ──> server   frame(RequestHeader)                    then closes its write side
+//! server ──> requester   frame(ResponseHeader)
+//!                        [size raw body bytes, only if found.body_included]
+//! frame(T) = u32 big-endian length (at most MAX_HEADER_LEN) ++ JSON of T
+//! ```
+//!
+//! Headers are small JSON objects so that a later version can add fields
+//! (for example summaries of what a peer holds) without breaking old peers:
+//! unknown fields are ignored and every field added after version 1 must
+//! carry `#[serde(default)]`. IDs are lowercase hex, as on disk.
+//!
+//! The body follows its header raw and unframed, so neither side ever holds
+//! more than a chunk of it in memory (the cbor/json codecs of
+//! `libp2p-request-response` would buffer whole messages and cap them at
+//! 10 MiB, and Go outputs are often bigger). A requester names the largest
+//! body it wants inline (`max_inline`); a server with a bigger body answers
+//! "found, body not included" and the requester asks again, of one peer only.
+//!
+//! These types are public so that tools and tests can speak the protocol
+//! (the tests include a hostile peer that does).
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The version this crate writes in headers.
+pub const WIRE_VERSION: u32 = 1;
+/// The largest header frame either side accepts. Headers are a few hundred
+/// bytes; anything bigger is a broken or hostile peer.
+pub const MAX_HEADER_LEN: u32 = 64 * 1024;
+/// Bodies are read, hashed and written in pieces of at most this size.
+pub const CHUNK_SIZE: usize = 64 * 1024;
+
+/// What a requester asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestHeader {
+    #[serde(default = "version_one")]
+    pub version: u32,
+    /// The Go ActionID being looked up.
+    #[serde(with = "hex_id")]
+    pub action: [u8; 32],
+    /// The largest body the server should send with its answer. Bigger
+    /// bodies are announced ("found, not included") but not sent.
+    #[serde(default)]
+    pub max_inline: u64,
+}
+
+/// A server's answer; the body (if included) follows it on the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseHeader {
+    #[serde(default = "version_one")]
+    pub version: u32,
+    /// `None`: the server has no (servable) entry for the action.
+    #[serde(default)]
+    pub found: Option<FoundHeader>,
+}
+
+/// The entry a server holds for an action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoundHeader {
+    /// SHA-256 of the body (Go's OutputID).
+    #[serde(with = "hex_id")]
+    pub output: [u8; 32],
+    pub size: u64,
+    /// When the entry was put on the server, in nanoseconds since the Unix epoch.
+    #[serde(default)]
+    pub time_unix_nanos: u64,
+    /// Whether exactly `size` body bytes follow this header.
+    #[serde(default)]
+    pub body_included: bool,
+}
+
+fn version_one() -> u32 {
+    1
+}
+
+/// Writes `value` as one frame.
+pub async fn write_frame<W, T>(io: &mut W, value: &T) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let json = serde_json::to_vec(value).map_err(io::Error::other)?;
+    let len = u32::try_from(json.len())
+        .ok()
+        .filter(|len| *len <= MAX_HEADER_LEN)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "header too long"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(&json).await?;
+    io.flush().await
+}
+
+/// Reads one frame. A frame over [`MAX_HEADER_LEN`] is refused before its
+/// content is read; malformed JSON is `InvalidData`.
+pub async fn read_frame<R, T>(io: &mut R) -> io::Result<T>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut len = [0; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len);
+    if len > MAX_HEADER_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("header of {len} bytes is over the {MAX_HEADER_LEN} byte limit"),
+        ));
+    }
+    let mut json = vec![0; len as usize];
+    io.read_exact(&mut json).await?;
+    serde_json::from_slice(&json).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// 32-byte IDs as 64 lowercase hex digits.
+mod hex_id {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        id: &[u8; 32],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&hex::encode(id))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<[u8; 32], D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        let mut id = [0; 32];
+        hex::decode_to_slice(text.as_bytes(), &mut id).map_err(serde::de::Error::custom)?;
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::io::Cursor;
+
+    use super::*;
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        futures::executor::block_on(future)
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        let request = RequestHeader {
+            version: WIRE_VERSION,
+            action: [7; 32],
+            max_inline: 1 << 20,
+        };
+        let response = ResponseHeader {
+            version: WIRE_VERSION,
+            found: Some(FoundHeader {
+                output: [9; 32],
+                size: 12,
+                time_unix_nanos: 34,
+                body_included: true,
+            }),
+        };
+        let mut bytes = Vec::new();
+        block_on(write_frame(&mut bytes, &request)).unwrap();
+        block_on(write_frame(&mut bytes, &response)).unwrap();
+        let mut cursor = Cursor::new(bytes);
+        assert_eq!(
+            block_on(read_frame::<_, RequestHeader>(&mut cursor)).unwrap(),
+            request
+        );
+        assert_eq!(
+            block_on(read_frame::<_, ResponseHeader>(&mut cursor)).unwrap(),
+            response
+        );
+    }
+
+    #[test]
+    fn later_versions_may_add_fields_and_omit_defaults() {
+        let json = format!(
+            r#"{{"version":2,"action":"{}","peer_summary":{{"entries":3}}}}"#,
+            "ab".repeat(32)
+        );
+        let header: RequestHeader = serde_json::from_str(&json).unwrap();
+        assert_eq!(header.action, [0xab; 32]);
+        assert_eq!(header.max_inline, 0);
+        let header: ResponseHeader = serde_json::from_str("{}").unwrap();
+        assert_eq!(header.found, None);
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        let mut huge = (MAX_HEADER_LEN + 1).to_be_bytes().to_vec();
+        huge.extend_from_slice(b"{}");
+        let error = block_on(read_frame::<_, ResponseHeader>(&mut Cursor::new(huge))).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+
+        let mut bad_hex = Vec::new();
+        let json = format!(r#"{{"action":"{}"}}"#, "zz".repeat(32));
+        bad_hex.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        bad_hex.extend_from_slice(json.as_bytes());
+        let error =
+            block_on(read_frame::<_, RequestHeader>(&mut Cursor::new(bad_hex))).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+
+        let truncated = vec![0, 0, 0, 10, b'{'];
+        let error =
+            block_on(read_frame::<_, RequestHeader>(&mut Cursor::new(truncated))).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}

@@ -1,0 +1,202 @@
+//! A peer that speaks the fetch protocol but misbehaves: it lies about a
+//! body, dies halfway through one, or never answers.
+//!
+//! It is built from libp2p directly and [`warren_p2p::wire`], not from a
+//! node, because a node refuses to serve a body that does not match its
+//! OutputID. It accepts every connection (no allowlist of its own).
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+use warren_p2p::identity::Keypair;
+use warren_p2p::wire::{self, FoundHeader, RequestHeader, ResponseHeader, WIRE_VERSION};
+use warren_p2p::{Multiaddr, PROTOCOL_NAME, PeerId};
+
+/// How the hostile peer answers every request.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Announces `claimed` (its hash and size) but sends `sent`.
+    WrongBody { claimed: Vec<u8>, sent: Vec<u8> },
+    /// Announces `body` and sends only its first `send` bytes, then stalls
+    /// (until the test kills it).
+    Stall { body: Vec<u8>, send: usize },
+    /// Reads requests and never answers them.
+    Silent,
+}
+
+pub struct Hostile {
+    pub peer: PeerId,
+    /// Ends in `/p2p/<peer id>`.
+    pub address: Multiaddr,
+    /// Requests received.
+    pub requests: Arc<AtomicU64>,
+    /// Body bytes written to streams.
+    pub bytes_sent: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Hostile {
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::SeqCst)
+    }
+
+    /// Dies: the task and its connections are dropped.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone)]
+struct HostileCodec {
+    mode: Arc<Mode>,
+    bytes_sent: Arc<AtomicU64>,
+}
+
+impl request_response::Codec for HostileCodec {
+    type Protocol = StreamProtocol;
+    type Request = RequestHeader;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<RequestHeader>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        wire::read_frame(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<()>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Err(io::Error::other("the hostile peer never asks"))
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: RequestHeader,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        Err(io::Error::other("the hostile peer never asks"))
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, (): ()) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let (announced, sent, stall) = match &*self.mode {
+            Mode::WrongBody { claimed, sent } => (claimed, &sent[..], false),
+            Mode::Stall { body, send } => (body, &body[..*send], true),
+            Mode::Silent => unreachable!("a silent peer never answers"),
+        };
+        let header = ResponseHeader {
+            version: WIRE_VERSION,
+            found: Some(FoundHeader {
+                output: Sha256::digest(announced).into(),
+                size: announced.len() as u64,
+                time_unix_nanos: 1,
+                body_included: true,
+            }),
+        };
+        wire::write_frame(io, &header).await?;
+        for chunk in sent.chunks(16 * 1024) {
+            io.write_all(chunk).await?;
+            io.flush().await?;
+            self.bytes_sent
+                .fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        }
+        if stall {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+/// Starts a hostile peer on loopback.
+pub async fn hostile(keypair: &Keypair, mode: Mode) -> Hostile {
+    let requests = Arc::new(AtomicU64::new(0));
+    let bytes_sent = Arc::new(AtomicU64::new(0));
+    let silent = matches!(mode, Mode::Silent);
+    let codec = HostileCodec {
+        mode: Arc::new(mode),
+        bytes_sent: bytes_sent.clone(),
+    };
+    let mut swarm = SwarmBuilder::with_existing_identity(keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                codec,
+                [(StreamProtocol::new(PROTOCOL_NAME), ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let address = loop {
+        let event = tokio::time::timeout(super::WAIT, swarm.select_next_some())
+            .await
+            .expect("the hostile peer to listen");
+        if let SwarmEvent::NewListenAddr { address, .. } = event {
+            break address;
+        }
+    };
+    let peer = *swarm.local_peer_id();
+    let counter = requests.clone();
+    let task = tokio::spawn(async move {
+        // A silent peer keeps the channels, so its streams stay open
+        // without an answer (dropping them would tell the requester).
+        let mut held = Vec::new();
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            }) = swarm.select_next_some().await
+            {
+                counter.fetch_add(1, Ordering::SeqCst);
+                if silent {
+                    held.push(channel);
+                } else {
+                    let _ = swarm.behaviour_mut().send_response(channel, ());
+                }
+            }
+        }
+    });
+    Hostile {
+        peer,
+        address: address.with_p2p(peer).unwrap(),
+        requests,
+        bytes_sent,
+        task,
+    }
+}

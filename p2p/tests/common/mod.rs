@@ -1,0 +1,374 @@
+//! Test support: a directory-backed store that records how it was used,
+//! nodes on loopback TCP, and event waits that fail instead of hanging.
+//!
+//! Everything here listens and dials on 127.0.0.1 only, and no node enables
+//! mDNS.
+
+#![allow(dead_code, unreachable_pub)] // Each test binary uses a different part.
+
+pub mod hostile;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use warren_p2p::identity::Keypair;
+use warren_p2p::{BodySink, Client, Event, Multiaddr, NodeConfig, PeerId, Served, Store};
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Counters of how the node used a [`DirStore`].
+#[derive(Debug, Default)]
+pub struct Usage {
+    pub opens: AtomicU64,
+    pub sinks: AtomicU64,
+    pub writes: AtomicU64,
+    pub largest_write: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub commits: AtomicU64,
+    /// Sinks dropped without a commit (failed, cancelled, rejected).
+    pub discarded: AtomicU64,
+}
+
+impl Usage {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    output: [u8; 32],
+    size: u64,
+    time_unix_nanos: u64,
+    path: PathBuf,
+}
+
+struct Inner {
+    dir: tempfile::TempDir,
+    entries: Mutex<HashMap<[u8; 32], Entry>>,
+    usage: Usage,
+}
+
+/// A store of one file per entry in a temp directory. Sinks write to a temp
+/// file and verify size and SHA-256 on commit, as warren's store does.
+#[derive(Clone)]
+pub struct DirStore(Arc<Inner>);
+
+impl DirStore {
+    pub fn new() -> Self {
+        Self(Arc::new(Inner {
+            dir: tempfile::tempdir().unwrap(),
+            entries: Mutex::default(),
+            usage: Usage::default(),
+        }))
+    }
+
+    pub fn usage(&self) -> &Usage {
+        &self.0.usage
+    }
+
+    /// Stores `body` under `action`; returns its OutputID.
+    pub fn put(&self, action: [u8; 32], body: &[u8]) -> [u8; 32] {
+        let output = Sha256::digest(body).into();
+        self.put_claiming(action, body, output);
+        output
+    }
+
+    /// Stores `body` under `action` with a made-up OutputID (a damaged store).
+    pub fn put_claiming(&self, action: [u8; 32], body: &[u8], output: [u8; 32]) {
+        let path = self.0.dir.path().join(hex::encode(action));
+        File::create(&path).unwrap().write_all(body).unwrap();
+        self.insert(action, output, body.len() as u64, path);
+    }
+
+    /// Stores a generated body of `size` bytes, written and hashed a chunk
+    /// at a time so the test itself never holds it in memory.
+    pub fn put_generated(&self, action: [u8; 32], size: u64) -> [u8; 32] {
+        let path = self.0.dir.path().join(hex::encode(action));
+        let mut file = io::BufWriter::new(File::create(&path).unwrap());
+        let mut hasher = Sha256::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut written = 0u64;
+        while written < size {
+            let len = (size - written).min(chunk.len() as u64) as usize;
+            for (i, byte) in chunk[..len].iter_mut().enumerate() {
+                *byte = ((written + i as u64) * 31 % 251) as u8;
+            }
+            hasher.update(&chunk[..len]);
+            file.write_all(&chunk[..len]).unwrap();
+            written += len as u64;
+        }
+        file.flush().unwrap();
+        let output = hasher.finalize().into();
+        self.insert(action, output, size, path);
+        output
+    }
+
+    fn insert(&self, action: [u8; 32], output: [u8; 32], size: u64, path: PathBuf) {
+        let entry = Entry {
+            output,
+            size,
+            time_unix_nanos: 1_700_000_000_000_000_000,
+            path,
+        };
+        self.0.entries.lock().unwrap().insert(action, entry);
+    }
+
+    pub fn has(&self, action: &[u8; 32]) -> bool {
+        self.0.entries.lock().unwrap().contains_key(action)
+    }
+
+    pub fn entry_count(&self) -> usize {
+        self.0.entries.lock().unwrap().len()
+    }
+
+    /// The stored body (small bodies only).
+    pub fn body(&self, action: &[u8; 32]) -> Option<Vec<u8>> {
+        let path = self.0.entries.lock().unwrap().get(action)?.path.clone();
+        Some(std::fs::read(path).unwrap())
+    }
+
+    /// SHA-256 of the stored body, read a chunk at a time.
+    pub fn hash_of(&self, action: &[u8; 32]) -> Option<[u8; 32]> {
+        let path = self.0.entries.lock().unwrap().get(action)?.path.clone();
+        let mut file = File::open(path).unwrap();
+        let mut hasher = Sha256::new();
+        let mut chunk = vec![0; 64 * 1024];
+        loop {
+            let read = file.read(&mut chunk).unwrap();
+            if read == 0 {
+                return Some(hasher.finalize().into());
+            }
+            hasher.update(&chunk[..read]);
+        }
+    }
+
+    pub fn as_store(&self) -> Arc<dyn Store> {
+        Arc::new(self.clone())
+    }
+}
+
+impl Store for DirStore {
+    fn open(&self, action: &[u8; 32]) -> io::Result<Option<Served>> {
+        self.0.usage.opens.fetch_add(1, Ordering::SeqCst);
+        let Some(entry) = self.0.entries.lock().unwrap().get(action).cloned() else {
+            return Ok(None);
+        };
+        Ok(Some(Served {
+            output: entry.output,
+            size: entry.size,
+            time_unix_nanos: entry.time_unix_nanos,
+            body: File::open(&entry.path)?,
+        }))
+    }
+
+    fn begin(
+        &self,
+        action: &[u8; 32],
+        output: &[u8; 32],
+        size: u64,
+    ) -> io::Result<Box<dyn BodySink>> {
+        self.0.usage.sinks.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::new(DirSink {
+            store: self.clone(),
+            action: *action,
+            output: *output,
+            size,
+            temp: Some(tempfile::NamedTempFile::new_in(self.0.dir.path())?),
+            hasher: Sha256::new(),
+            written: 0,
+        }))
+    }
+}
+
+struct DirSink {
+    store: DirStore,
+    action: [u8; 32],
+    output: [u8; 32],
+    size: u64,
+    temp: Option<tempfile::NamedTempFile>,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl Write for DirSink {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let usage = &self.store.0.usage;
+        usage.writes.fetch_add(1, Ordering::SeqCst);
+        usage
+            .largest_write
+            .fetch_max(bytes.len() as u64, Ordering::SeqCst);
+        usage
+            .bytes_written
+            .fetch_add(bytes.len() as u64, Ordering::SeqCst);
+        let temp = self.temp.as_mut().expect("an open sink");
+        temp.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl BodySink for DirSink {
+    fn commit(mut self: Box<Self>) -> io::Result<()> {
+        let actual: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        if self.written != self.size || actual != self.output {
+            return Err(io::Error::other("body does not match its OutputID"));
+        }
+        let path = self.store.0.dir.path().join(hex::encode(self.action));
+        self.temp
+            .take()
+            .expect("an open sink")
+            .persist(&path)
+            .map_err(|e| e.error)?;
+        self.store.insert(self.action, self.output, self.size, path);
+        self.store.0.usage.commits.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Drop for DirSink {
+    fn drop(&mut self) {
+        if self.temp.is_some() {
+            self.store.0.usage.discarded.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A node running on loopback, with its event stream.
+pub struct TestNode {
+    pub client: Client,
+    pub events: mpsc::Receiver<Event>,
+    pub peer: PeerId,
+    /// Its listen address, ending in `/p2p/<peer id>`.
+    pub address: Multiaddr,
+    pub store: DirStore,
+    task: JoinHandle<()>,
+}
+
+impl TestNode {
+    /// Ends the node as a crash would: its connections drop.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+
+    /// Waits (at most [`WAIT`]) for an event matching `wanted`; panics
+    /// otherwise, listing what came instead.
+    pub async fn wait_for(&mut self, wanted: impl Fn(&Event) -> bool) -> Event {
+        wait_for(&mut self.events, wanted).await
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Test defaults: loopback only, no mDNS, a lookup deadline that a loaded
+/// machine running debug builds still meets, quick redials.
+pub fn test_config(keypair: Keypair, allowlist: &[PeerId]) -> NodeConfig {
+    NodeConfig::new(keypair)
+        .with_listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+        .with_allowlist(allowlist.iter().copied().collect())
+        .with_mdns(None)
+        .with_lookup_deadline(Duration::from_secs(1))
+        .with_redial_backoff(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+pub async fn start(config: NodeConfig, store: DirStore) -> TestNode {
+    let peer = config.peer_id();
+    let (client, mut events, event_loop) = warren_p2p::new(config, store.as_store()).unwrap();
+    let task = tokio::spawn(event_loop.run());
+    let Event::Listening(address) =
+        wait_for(&mut events, |e| matches!(e, Event::Listening(_))).await
+    else {
+        unreachable!()
+    };
+    let address = address.with_p2p(peer).unwrap();
+    TestNode {
+        client,
+        events,
+        peer,
+        address,
+        store,
+        task,
+    }
+}
+
+/// A node with `keypair`, allowing `allowlist`, and an empty store.
+pub async fn node(keypair: &Keypair, allowlist: &[PeerId]) -> TestNode {
+    start(test_config(keypair.clone(), allowlist), DirStore::new()).await
+}
+
+pub fn keypairs<const N: usize>() -> [Keypair; N] {
+    std::array::from_fn(|_| Keypair::generate_ed25519())
+}
+
+pub fn id(keypair: &Keypair) -> PeerId {
+    keypair.public().to_peer_id()
+}
+
+/// `a` dials `b`; waits until both see the connection.
+pub async fn connect(a: &mut TestNode, b: &mut TestNode) {
+    a.client.dial(b.address.clone()).await.unwrap();
+    let b_peer = b.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(b_peer)).await;
+    let a_peer = a.peer;
+    b.wait_for(|e| *e == Event::PeerConnected(a_peer)).await;
+}
+
+pub async fn wait_for(
+    events: &mut mpsc::Receiver<Event>,
+    wanted: impl Fn(&Event) -> bool,
+) -> Event {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(event) = events.recv().await {
+            if wanted(&event) {
+                return Some(event);
+            }
+            seen.push(event);
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(event)) => event,
+        Ok(None) => panic!("event stream ended; saw {seen:?}"),
+        Err(_) => panic!("timed out waiting for an event; saw {seen:?}"),
+    }
+}
+
+/// Runs `future`, failing the test if it takes longer than `limit`.
+pub async fn within<F: Future>(limit: Duration, future: F) -> F::Output {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("took longer than {limit:?}"))
+}
+
+/// Waits until `condition` holds, polling; fails after [`WAIT`].
+pub async fn until(what: &str, condition: impl Fn() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < WAIT, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn action(n: u8) -> [u8; 32] {
+    [n; 32]
+}

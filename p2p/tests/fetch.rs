@@ -1,0 +1,245 @@
+//! Fetches between in-process nodes on loopback TCP: hits, misses, several
+//! peers, and peers that are slow, silent or die mid-transfer.
+
+mod common;
+
+use std::time::Duration;
+
+use common::hostile::{Mode, hostile};
+use common::{DirStore, Usage, action, connect, id, keypairs, node, start, test_config};
+use common::{until, within};
+use warren_p2p::Event;
+
+#[tokio::test]
+async fn hits_and_misses_between_two_nodes() {
+    let [ka, kb] = keypairs();
+    let mut a = node(&ka, &[id(&kb)]).await;
+    let mut b = node(&kb, &[id(&ka)]).await;
+    let body = b"a compiled package".repeat(1000);
+    let output = b.store.put(action(1), &body);
+    connect(&mut a, &mut b).await;
+
+    let fetched = within(Duration::from_secs(5), a.client.fetch(action(1)))
+        .await
+        .expect("a hit");
+    assert_eq!(fetched.peer, b.peer);
+    assert_eq!(fetched.output, output);
+    assert_eq!(fetched.size, body.len() as u64);
+    assert_eq!(fetched.time_unix_nanos, 1_700_000_000_000_000_000);
+    assert_eq!(a.store.body(&action(1)).unwrap(), body);
+    let a_peer = a.peer;
+    b.wait_for(|e| matches!(e, Event::Served { peer, bytes, .. } if *peer == a_peer && *bytes == body.len() as u64))
+        .await;
+
+    // A miss is quick and stores nothing.
+    let missed = within(Duration::from_secs(2), a.client.fetch(action(2))).await;
+    assert_eq!(missed, None);
+    assert!(!a.store.has(&action(2)));
+
+    let seen_by_a = a.client.peers().await;
+    let b_info = seen_by_a.iter().find(|p| p.peer == b.peer).unwrap();
+    assert!(b_info.allowlisted && b_info.connected && !b_info.in_cooldown);
+    assert_eq!(b_info.counters.hits_received, 1);
+    assert_eq!(b_info.counters.bytes_in, body.len() as u64);
+    assert!(b_info.last_seen.is_some());
+    let seen_by_b = b.client.peers().await;
+    let a_info = seen_by_b.iter().find(|p| p.peer == a.peer).unwrap();
+    assert_eq!(a_info.counters.hits_served, 1);
+    assert_eq!(a_info.counters.bytes_out, body.len() as u64);
+}
+
+#[tokio::test]
+async fn with_no_peers_a_fetch_misses_at_once() {
+    let [ka] = keypairs();
+    let a = node(&ka, &[]).await;
+    assert_eq!(
+        within(Duration::from_millis(200), a.client.fetch(action(1))).await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn of_three_nodes_one_sends_a_big_body_and_the_first_wins() {
+    let [ka, kb, kc] = keypairs();
+    let all = [id(&ka), id(&kb), id(&kc)];
+    let mut a = node(&ka, &all).await;
+    let mut b = node(&kb, &all).await;
+    let mut c = node(&kc, &all).await;
+    // Over the 1 MiB inline limit: both announce it, only one sends it.
+    let body: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    b.store.put(action(7), &body);
+    c.store.put(action(7), &body);
+    connect(&mut a, &mut b).await;
+    connect(&mut a, &mut c).await;
+
+    let fetched = within(Duration::from_secs(10), a.client.fetch(action(7)))
+        .await
+        .expect("a hit");
+    assert!(fetched.peer == b.peer || fetched.peer == c.peer);
+    assert_eq!(a.store.body(&action(7)).unwrap(), body);
+    assert_eq!(Usage::get(&a.store.usage().commits), 1);
+
+    // Exactly one body crossed the network.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let served = |node: &mut common::TestNode| {
+        let mut count = 0;
+        while let Ok(event) = node.events.try_recv() {
+            if matches!(event, Event::Served { .. }) {
+                count += 1;
+            }
+        }
+        count
+    };
+    assert_eq!(served(&mut b) + served(&mut c), 1);
+}
+
+#[tokio::test]
+async fn the_first_verified_body_wins_over_a_lying_peer() {
+    let [ka, kb, kh] = keypairs();
+    let mut a = node(&ka, &[id(&kb), id(&kh)]).await;
+    let mut b = node(&kb, &[id(&ka)]).await;
+    let body = b"the honest body".repeat(100);
+    let output = b.store.put(action(3), &body);
+    let liar = hostile(
+        &kh,
+        Mode::WrongBody {
+            claimed: body.clone(),
+            sent: vec![b'x'; body.len()],
+        },
+    )
+    .await;
+    connect(&mut a, &mut b).await;
+    a.client.dial(liar.address.clone()).await.unwrap();
+    let liar_peer = liar.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(liar_peer)).await;
+
+    let fetched = within(Duration::from_secs(5), a.client.fetch(action(3)))
+        .await
+        .expect("the honest peer's body");
+    assert_eq!(fetched.peer, b.peer);
+    assert_eq!(fetched.output, output);
+    assert_eq!(a.store.body(&action(3)).unwrap(), body);
+    assert_eq!(Usage::get(&a.store.usage().commits), 1);
+}
+
+#[tokio::test]
+async fn a_silent_peer_costs_no_more_than_the_lookup_deadline() {
+    let [ka, kh] = keypairs();
+    let deadline = Duration::from_millis(300);
+    let mut a = start(
+        test_config(ka.clone(), &[id(&kh)]).with_lookup_deadline(deadline),
+        DirStore::new(),
+    )
+    .await;
+    let silent = hostile(&kh, Mode::Silent).await;
+    a.client.dial(silent.address.clone()).await.unwrap();
+    let silent_peer = silent.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(silent_peer))
+        .await;
+
+    let started = tokio::time::Instant::now();
+    let fetched = within(Duration::from_secs(3), a.client.fetch(action(1))).await;
+    let took = started.elapsed();
+    assert_eq!(fetched, None);
+    assert_eq!(silent.requests(), 1, "the silent peer was asked");
+    assert!(took >= deadline - Duration::from_millis(50), "{took:?}");
+    assert!(took < deadline + Duration::from_millis(500), "{took:?}");
+    // The connection survives; the peer is not blamed for being slow.
+    let peers = a.client.peers().await;
+    let info = peers.iter().find(|p| p.peer == silent_peer).unwrap();
+    assert!(info.connected && !info.in_cooldown);
+}
+
+#[tokio::test]
+async fn a_silent_peer_does_not_delay_a_hit_from_another() {
+    let [ka, kb, kh] = keypairs();
+    let mut a = start(
+        test_config(ka.clone(), &[id(&kb), id(&kh)]).with_lookup_deadline(Duration::from_secs(5)),
+        DirStore::new(),
+    )
+    .await;
+    let mut b = node(&kb, &[id(&ka)]).await;
+    b.store.put(action(4), b"quick");
+    let silent = hostile(&kh, Mode::Silent).await;
+    connect(&mut a, &mut b).await;
+    a.client.dial(silent.address.clone()).await.unwrap();
+    let silent_peer = silent.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(silent_peer))
+        .await;
+
+    // Well under the 5 s deadline the silent peer could have cost.
+    let fetched = within(Duration::from_secs(2), a.client.fetch(action(4)))
+        .await
+        .expect("a hit");
+    assert_eq!(fetched.peer, b.peer);
+    until("the silent peer was asked", || silent.requests() == 1).await;
+}
+
+#[tokio::test]
+async fn a_peer_dying_mid_transfer_is_a_prompt_miss_with_nothing_stored() {
+    let [ka, kh] = keypairs();
+    let mut a = node(&ka, &[id(&kh)]).await;
+    // Under the 1 MiB inline limit, so it comes with the answer.
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 241) as u8).collect();
+    let dying = hostile(
+        &kh,
+        Mode::Stall {
+            body,
+            send: 700_000,
+        },
+    )
+    .await;
+    a.client.dial(dying.address.clone()).await.unwrap();
+    let dying_peer = dying.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(dying_peer)).await;
+
+    let client = a.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch(action(5)).await });
+    let usage = a.store.usage();
+    until("part of the body was written", || {
+        Usage::get(&usage.bytes_written) >= 500_000
+    })
+    .await;
+    dying.kill();
+    let started = tokio::time::Instant::now();
+    let fetched = within(Duration::from_secs(3), fetch).await.unwrap();
+    assert_eq!(fetched, None);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(!a.store.has(&action(5)));
+    assert_eq!(Usage::get(&usage.commits), 0);
+    until("the partial body was discarded", || {
+        Usage::get(&usage.discarded) == 1
+    })
+    .await;
+    a.wait_for(|e| *e == Event::PeerDisconnected(dying_peer))
+        .await;
+}
+
+#[tokio::test]
+async fn a_stalled_transfer_times_out_by_its_size() {
+    let [ka, kh] = keypairs();
+    // 1 MB at 500 kB/s: 1 s + 2 s allowed for the body.
+    let mut a = start(
+        test_config(ka.clone(), &[id(&kh)]).with_transfer_rate(500_000),
+        DirStore::new(),
+    )
+    .await;
+    let body = vec![1u8; 1_000_000];
+    let stalled = hostile(&kh, Mode::Stall { body, send: 10_000 }).await;
+    a.client.dial(stalled.address.clone()).await.unwrap();
+    let stalled_peer = stalled.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(stalled_peer))
+        .await;
+
+    let started = tokio::time::Instant::now();
+    let fetched = within(Duration::from_secs(8), a.client.fetch(action(6))).await;
+    let took = started.elapsed();
+    assert_eq!(fetched, None);
+    assert!(took >= Duration::from_millis(2900), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(Usage::get(&a.store.usage().commits), 0);
+    until("the partial body was discarded", || {
+        Usage::get(&a.store.usage().discarded) == 1
+    })
+    .await;
+}

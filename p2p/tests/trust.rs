@@ -1,0 +1,284 @@
+//! Who may connect, who is asked and served, and what happens to a peer that
+//! lies: in-process nodes on loopback TCP.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::hostile::{Mode, hostile};
+use common::{DirStore, Usage, action, connect, id, keypairs, node, start, test_config};
+use common::{until, within};
+use warren_p2p::{Error, Event, RejectReason};
+
+#[tokio::test]
+async fn a_peer_off_the_allowlist_cannot_connect_or_fetch() {
+    let [ka, kb] = keypairs();
+    // `a` holds the entry and allows nobody; `b` trusts `a`.
+    let mut a = node(&ka, &[]).await;
+    let b = node(&kb, &[id(&ka)]).await;
+    a.store.put(action(1), b"private");
+
+    b.client.dial(a.address.clone()).await.unwrap();
+    let b_peer = b.peer;
+    a.wait_for(|e| *e == Event::ConnectionDenied { peer: Some(b_peer) })
+        .await;
+    assert_eq!(
+        within(Duration::from_secs(3), b.client.fetch(action(1))).await,
+        None
+    );
+    assert!(!b.store.has(&action(1)));
+    // `a` never even looked in its store.
+    assert_eq!(Usage::get(&a.store.usage().opens), 0);
+    let a_peers = a.client.peers().await;
+    assert!(a_peers.iter().all(|p| !p.connected));
+    while let Ok(event) = a.events.try_recv() {
+        assert!(
+            !matches!(event, Event::Served { .. } | Event::PeerConnected(_)),
+            "{event:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn peers_off_the_allowlist_are_never_dialed() {
+    let [ka, kb] = keypairs();
+    let a = node(&ka, &[]).await;
+    let mut b = node(&kb, &[id(&ka)]).await;
+    let refused = a.client.dial(b.address.clone()).await;
+    assert!(
+        matches!(refused, Err(Error::NotAllowlisted { peer }) if peer == b.peer),
+        "{refused:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(event) = b.events.try_recv() {
+        assert!(
+            !matches!(
+                event,
+                Event::PeerConnected(_) | Event::ConnectionDenied { .. }
+            ),
+            "{event:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn removing_a_peer_from_the_allowlist_disconnects_it_at_once() {
+    let [ka, kb] = keypairs();
+    let mut a = node(&ka, &[id(&kb)]).await;
+    let mut b = node(&kb, &[id(&ka)]).await;
+    a.store.put(action(1), b"shared while trusted");
+    a.store.put(action(2), b"not shared any more");
+    // `b` dials, so it knows `a`'s address and redials it when lost.
+    connect(&mut b, &mut a).await;
+    assert!(
+        within(Duration::from_secs(5), b.client.fetch(action(1)))
+            .await
+            .is_some()
+    );
+    let opens = Usage::get(&a.store.usage().opens);
+
+    within(
+        Duration::from_secs(2),
+        a.client.set_allowlist(HashSet::new()),
+    )
+    .await;
+    let (a_peer, b_peer) = (a.peer, b.peer);
+    a.wait_for(|e| *e == Event::PeerDisconnected(b_peer)).await;
+    b.wait_for(|e| *e == Event::PeerDisconnected(a_peer)).await;
+
+    // `b` still trusts `a` and keeps redialing it, but is turned away.
+    a.wait_for(|e| *e == Event::ConnectionDenied { peer: Some(b_peer) })
+        .await;
+    assert_eq!(
+        within(Duration::from_secs(3), b.client.fetch(action(2))).await,
+        None
+    );
+    assert_eq!(Usage::get(&a.store.usage().opens), opens);
+    let info = a.client.peers().await;
+    let b_info = info.iter().find(|p| p.peer == b_peer).unwrap();
+    assert!(!b_info.allowlisted && !b_info.connected);
+
+    // Allowing it again lets it back in (its redial backoff is short here).
+    a.client.set_allowlist(HashSet::from([b_peer])).await;
+    a.wait_for(|e| *e == Event::PeerConnected(b_peer)).await;
+    // `b` may still be holding one of the connections `a` turned away.
+    let mut fetched = None;
+    for _ in 0..20 {
+        fetched = within(Duration::from_secs(3), b.client.fetch(action(2))).await;
+        if fetched.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fetched.map(|f| f.peer), Some(a_peer));
+}
+
+#[tokio::test]
+async fn a_lying_peer_is_rejected_counted_and_cooled_down() {
+    let [ka, kh] = keypairs();
+    let mut a = node(&ka, &[id(&kh)]).await;
+    let claimed = b"what the build needs".repeat(500);
+    let liar = hostile(
+        &kh,
+        Mode::WrongBody {
+            sent: vec![0; claimed.len()],
+            claimed,
+        },
+    )
+    .await;
+    a.client.dial(liar.address.clone()).await.unwrap();
+    let liar_peer = liar.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(liar_peer)).await;
+
+    assert_eq!(
+        within(Duration::from_secs(5), a.client.fetch(action(1))).await,
+        None
+    );
+    let rejected = a
+        .wait_for(|e| matches!(e, Event::BodyRejected { .. }))
+        .await;
+    let Event::BodyRejected {
+        peer,
+        action: rejected_action,
+        reason,
+    } = rejected
+    else {
+        unreachable!()
+    };
+    assert_eq!((peer, rejected_action), (liar_peer, action(1)));
+    assert!(
+        matches!(reason, RejectReason::HashMismatch { .. }),
+        "{reason:?}"
+    );
+    // Nothing was stored: the sink was opened, fed, and discarded.
+    let usage = a.store.usage();
+    assert_eq!(a.store.entry_count(), 0);
+    assert_eq!(Usage::get(&usage.commits), 0);
+    assert_eq!(Usage::get(&usage.sinks), 1);
+    until("the sink was discarded", || {
+        Usage::get(&usage.discarded) == 1
+    })
+    .await;
+
+    let peers = a.client.peers().await;
+    let info = peers.iter().find(|p| p.peer == liar_peer).unwrap();
+    assert_eq!(info.counters.rejected_bodies, 1);
+    assert!(info.in_cooldown);
+    assert!(info.connected);
+
+    // In cooldown it is not even asked.
+    assert_eq!(
+        within(Duration::from_millis(200), a.client.fetch(action(1))).await,
+        None
+    );
+    assert_eq!(liar.requests(), 1);
+}
+
+#[tokio::test]
+async fn cooldown_ends() {
+    let [ka, kh] = keypairs();
+    let mut a = start(
+        test_config(ka.clone(), &[id(&kh)]).with_cooldown(Duration::from_millis(500)),
+        DirStore::new(),
+    )
+    .await;
+    let liar = hostile(
+        &kh,
+        Mode::WrongBody {
+            claimed: b"real".to_vec(),
+            sent: b"fake".to_vec(),
+        },
+    )
+    .await;
+    a.client.dial(liar.address.clone()).await.unwrap();
+    let liar_peer = liar.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(liar_peer)).await;
+    assert_eq!(
+        within(Duration::from_secs(5), a.client.fetch(action(1))).await,
+        None
+    );
+    assert_eq!(
+        within(Duration::from_secs(5), a.client.fetch(action(1))).await,
+        None
+    );
+    assert_eq!(liar.requests(), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        within(Duration::from_secs(5), a.client.fetch(action(1))).await,
+        None
+    );
+    assert_eq!(liar.requests(), 2);
+    let peers = a.client.peers().await;
+    let info = peers.iter().find(|p| p.peer == liar_peer).unwrap();
+    assert_eq!(info.counters.rejected_bodies, 2);
+}
+
+#[tokio::test]
+async fn static_peers_are_dialed_and_redialed_after_a_restart() {
+    let [ka, kb] = keypairs();
+    let b = node(&kb, &[id(&ka)]).await;
+    b.store.put(action(1), b"from a static peer");
+    let b_address = b.address.clone();
+    let mut a = start(
+        test_config(ka.clone(), &[id(&kb)]).with_static_peers(vec![b_address.clone()]),
+        DirStore::new(),
+    )
+    .await;
+    let b_peer = b.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(b_peer)).await;
+    assert!(
+        within(Duration::from_secs(5), a.client.fetch(action(1)))
+            .await
+            .is_some()
+    );
+
+    // `b` crashes and comes back on the same address.
+    b.kill();
+    a.wait_for(|e| *e == Event::PeerDisconnected(b_peer)).await;
+    drop(b);
+    let listen = {
+        let mut bare = b_address.clone();
+        bare.pop();
+        bare
+    };
+    let store = DirStore::new();
+    store.put(action(2), b"after the restart");
+    let _b = start(
+        test_config(kb.clone(), &[id(&ka)]).with_listen(vec![listen]),
+        store,
+    )
+    .await;
+    a.wait_for(|e| *e == Event::PeerConnected(b_peer)).await;
+    assert!(
+        within(Duration::from_secs(5), a.client.fetch(action(2)))
+            .await
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn static_addresses_without_a_peer_id_reach_only_allowlisted_peers() {
+    let [ka, kb, kc] = keypairs();
+    let b = node(&kb, &[id(&ka)]).await;
+    let c = node(&kc, &[id(&ka)]).await;
+    let bare = |address: &warren_p2p::Multiaddr| {
+        let mut bare = address.clone();
+        bare.pop();
+        bare
+    };
+    // `a` allows `b` only, but knows both addresses without peer IDs.
+    let mut a = start(
+        test_config(ka.clone(), &[id(&kb)])
+            .with_static_peers(vec![bare(&b.address), bare(&c.address)]),
+        DirStore::new(),
+    )
+    .await;
+    let (b_peer, c_peer) = (b.peer, c.peer);
+    a.wait_for(|e| *e == Event::PeerConnected(b_peer)).await;
+    a.wait_for(|e| *e == Event::ConnectionDenied { peer: Some(c_peer) })
+        .await;
+    let peers = a.client.peers().await;
+    assert!(peers.iter().any(|p| p.peer == b_peer && p.connected));
+    assert!(!peers.iter().any(|p| p.peer == c_peer && p.connected));
+}

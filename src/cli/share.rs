@@ -1,0 +1,217 @@
+//! `warren init`, `warren id` and `warren peers`: identity and trust.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::PeersCommand;
+use crate::config::Config;
+use crate::identity;
+use crate::ipc;
+use crate::trust::Allowlist;
+
+/// What `warren init` writes when there is no config file yet.
+const INITIAL_CONFIG: &str = "\
+# warren configuration (see `warren config` and the annotated example in
+# warren's examples/config.toml).
+
+[share]
+# Ask the daemon (`warren daemon`) on a local miss, and let it serve this
+# machine's store to allowlisted coworkers (`warren peers add`).
+enabled = true
+# Start the daemon from a build when it is not running.
+autostart = true
+";
+
+pub(super) fn init(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let key_path = config.identity_path();
+    let (key, created) =
+        identity::load_or_create(&key_path).context("creating the identity key")?;
+    if created {
+        writeln!(out, "created identity key {}", key_path.display())?;
+    } else {
+        writeln!(out, "identity key {} already exists", key_path.display())?;
+    }
+    let config_path = config
+        .file
+        .clone()
+        .unwrap_or_else(|| config.config_dir.join("config.toml"));
+    if config_path.exists() {
+        writeln!(
+            out,
+            "config {} already exists (left as is)",
+            config_path.display()
+        )?;
+    } else {
+        crate::store::write_atomic(&config_path, INITIAL_CONFIG.as_bytes())
+            .context("writing the config file")?;
+        writeln!(out, "created config {} (sharing on)", config_path.display())?;
+    }
+    writeln!(out)?;
+    print_id(&identity::peer_id(&key).to_string(), out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn id(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let key = identity::load(&config.identity_path())?;
+    print_id(&identity::peer_id(&key).to_string(), out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_id(peer_id: &str, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "peer ID: {peer_id}")?;
+    writeln!(out, "A coworker trusts this machine by running:")?;
+    writeln!(out, "  warren peers add {peer_id} --name {}", hostname())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "NAME".to_owned())
+}
+
+pub(super) fn peers(
+    config: &Config,
+    action: Option<PeersCommand>,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let path = config.allowlist_path();
+    let mut allowlist = Allowlist::load(&path)?;
+    match action.unwrap_or(PeersCommand::List) {
+        PeersCommand::Add { peer_id, name } => {
+            if allowlist.add(&peer_id, name)? {
+                allowlist.save(&path)?;
+                writeln!(out, "trusted {}", peer_id.trim())?;
+            } else {
+                writeln!(out, "{} was already trusted", peer_id.trim())?;
+            }
+        }
+        PeersCommand::Remove { peer } => {
+            let removed = allowlist.remove(&peer);
+            if removed.is_empty() {
+                anyhow::bail!("no allowlisted peer has the ID or name {peer:?}");
+            }
+            allowlist.save(&path)?;
+            for peer in removed {
+                writeln!(out, "removed {}", peer.id)?;
+            }
+        }
+        PeersCommand::List => list(config, &allowlist, out)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let status = runtime.block_on(ipc::call(
+        &config.socket_path(),
+        &ipc::Request::Status,
+        Duration::from_secs(2),
+        Duration::from_secs(2),
+    ));
+    let peers = match status {
+        Ok(ipc::Response::Status(status)) => {
+            let listen: Vec<&str> = status["listen"]
+                .as_array()
+                .map(|addrs| addrs.iter().filter_map(|a| a.as_str()).collect())
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "daemon: running as {}, listening on {}",
+                status["peer_id"].as_str().unwrap_or("?"),
+                listen.join(" ")
+            )?;
+            status["peers"].as_array().cloned().unwrap_or_default()
+        }
+        Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        Err(e) => {
+            writeln!(out, "daemon: not running ({e})")?;
+            Vec::new()
+        }
+    };
+    if allowlist.peers.is_empty() && peers.is_empty() {
+        writeln!(
+            out,
+            "no peers: add one with `warren peers add <peer-id> --name NAME`"
+        )?;
+        return Ok(());
+    }
+    row(
+        out,
+        [
+            "name",
+            "peer ID",
+            "state",
+            "last seen",
+            "served",
+            "received",
+            "rejected",
+        ],
+    )?;
+    let mut shown = std::collections::HashSet::new();
+    for info in &peers {
+        let id = info["id"].as_str().unwrap_or("?");
+        shown.insert(id.to_owned());
+        let state = if info["connected"].as_bool() == Some(true) {
+            "connected"
+        } else if info["discovered"].as_bool() == Some(true) {
+            "discovered"
+        } else {
+            "offline"
+        };
+        let name = match allowlist.peers.iter().find(|peer| peer.id == id) {
+            Some(peer) => peer.name.clone().unwrap_or_default(),
+            None => "(untrusted)".to_owned(),
+        };
+        let count = |field: &str| info[field].as_u64().unwrap_or(0).to_string();
+        row(
+            out,
+            [
+                &name,
+                id,
+                state,
+                &last_seen(&info["last_seen_unix_ms"]),
+                &count("hits_served"),
+                &count("hits_received"),
+                &count("rejected"),
+            ],
+        )?;
+    }
+    for peer in allowlist
+        .peers
+        .iter()
+        .filter(|peer| !shown.contains(&peer.id))
+    {
+        let name = peer.name.clone().unwrap_or_default();
+        row(out, [&name, &peer.id, "offline", "never", "0", "0", "0"])?;
+    }
+    Ok(())
+}
+
+fn row(out: &mut impl Write, cells: [&str; 7]) -> std::io::Result<()> {
+    let [name, id, state, seen, served, received, rejected] = cells;
+    writeln!(
+        out,
+        "{name:<12} {id:<54} {state:<11} {seen:>10} {served:>8} {received:>9} {rejected:>8}"
+    )
+}
+
+/// "12s ago" from a Unix time in milliseconds.
+fn last_seen(unix_ms: &serde_json::Value) -> String {
+    let Some(ms) = unix_ms.as_u64() else {
+        return "never".to_owned();
+    };
+    let seen = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    let ago = std::time::SystemTime::now()
+        .duration_since(seen)
+        .unwrap_or_default();
+    format!("{}s ago", ago.as_secs())
+}

@@ -1,0 +1,387 @@
+//! The local socket between helpers and the daemon.
+//!
+//! `go` starts a helper per command and stops it on `close`, so the
+//! long-lived work (the libp2p node, mDNS, serving peers) lives in one
+//! daemon per user and store. A helper that misses locally asks the daemon
+//! over a Unix socket in the store directory (`<store>/daemon.sock`, mode
+//! 0600: only the owner can connect). Bodies never cross this socket: the
+//! daemon writes what it fetched into the shared store, after verifying it,
+//! and the helper then reads the store as for any local hit.
+//!
+//! Wire format: one JSON object per line each way, one request per
+//! connection. Connecting costs tens of microseconds, and a connection per
+//! lookup keeps slow lookups from queueing behind each other.
+//!
+//! The server follows mini-redis: a listener loop bounded by a semaphore, a
+//! task per connection, and shutdown through a [`CancellationToken`].
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ids::ActionId;
+use crate::tiered::BoxFuture;
+
+/// Connections served at once; more wait for a slot.
+const MAX_CONNECTIONS: usize = 512;
+/// Longest request line accepted.
+const MAX_LINE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connecting to the daemon at {}", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("talking to the daemon")]
+    Io(#[source] io::Error),
+    #[error("the daemon did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the daemon did not acknowledge a request within {0:?}")]
+    Unresponsive(Duration),
+    #[error("the daemon sent a malformed answer: {0}")]
+    Malformed(String),
+    #[error("a daemon is already serving {}", .0.display())]
+    AlreadyRunning(PathBuf),
+    #[error("listening on {}", path.display())]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// True when no daemon is there at all (as opposed to a slow one).
+    pub fn is_absent(&self) -> bool {
+        matches!(self, Error::Connect { source, .. }
+            if matches!(source.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused))
+    }
+}
+
+/// A helper's question.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Find `action` (hex) at a peer and store it locally.
+    Get { action: String },
+    /// The daemon's view of its peers, for `warren peers` and `warren stats`.
+    Status,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// Sent at once for every request, before the answer, so a helper can
+    /// tell a busy lookup from a stuck daemon.
+    Accepted,
+    /// The entry is now in the local store, fetched from `peer`.
+    Hit {
+        peer: String,
+        size: u64,
+    },
+    Miss,
+    Status(serde_json::Value),
+    Error {
+        message: String,
+    },
+}
+
+/// Sends one request. The daemon must acknowledge it within `ack_timeout`
+/// (a daemon that is there but stuck costs no more than that), and answer
+/// within `timeout` of the start.
+pub async fn call(
+    socket: &Path,
+    request: &Request,
+    ack_timeout: Duration,
+    timeout: Duration,
+) -> Result<Response, Error> {
+    let started = tokio::time::Instant::now();
+    let stream = tokio::time::timeout(ack_timeout, UnixStream::connect(socket))
+        .await
+        .map_err(|_| Error::Unresponsive(ack_timeout))?
+        .map_err(|source| Error::Connect {
+            path: socket.to_path_buf(),
+            source,
+        })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request).expect("requests to serialize");
+    line.push(b'\n');
+    let mut read = BufReader::new(read).take(MAX_LINE as u64 * 64);
+    let acknowledged = async {
+        write.write_all(&line).await.map_err(Error::Io)?;
+        read_response(&mut read).await
+    };
+    match tokio::time::timeout_at(started + ack_timeout, acknowledged).await {
+        Err(_) => return Err(Error::Unresponsive(ack_timeout)),
+        Ok(Ok(Response::Accepted)) => {}
+        Ok(Ok(other)) => {
+            return Err(Error::Malformed(format!(
+                "expected an acknowledgement, got {other:?}"
+            )));
+        }
+        Ok(Err(e)) => return Err(e),
+    }
+    tokio::time::timeout_at(started + timeout, read_response(&mut read))
+        .await
+        .map_err(|_| Error::Timeout(timeout))?
+}
+
+async fn read_response(
+    read: &mut (impl tokio::io::AsyncBufRead + Unpin),
+) -> Result<Response, Error> {
+    let mut answer = String::new();
+    read.read_line(&mut answer).await.map_err(Error::Io)?;
+    serde_json::from_str(&answer).map_err(|e| Error::Malformed(e.to_string()))
+}
+
+/// What the daemon does with requests.
+pub trait Handler: Send + Sync + 'static {
+    fn get(&self, action: ActionId) -> BoxFuture<'_, Response>;
+    fn status(&self) -> BoxFuture<'_, serde_json::Value>;
+}
+
+/// Binds the socket at `path`, owner-only. A stale socket left by a dead
+/// daemon is replaced; a live one is an error.
+pub async fn bind(path: &Path) -> Result<UnixListener, Error> {
+    if path.exists() {
+        match UnixStream::connect(path).await {
+            Ok(_) => return Err(Error::AlreadyRunning(path.to_path_buf())),
+            Err(_) => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    let bind_error = |source| Error::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    let listener = UnixListener::bind(path).map_err(bind_error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_error)?;
+    Ok(listener)
+}
+
+/// Serves connections until `shutdown` fires, then waits (at most
+/// `drain`) for the ones in progress.
+pub async fn serve(
+    listener: UnixListener,
+    handler: Arc<dyn Handler>,
+    shutdown: CancellationToken,
+    drain: Duration,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tasks = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => permit.expect("the semaphore not to close"),
+            () = shutdown.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("accepting a helper connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                result = handle(stream, handler.as_ref()) => {
+                    if let Err(e) = result {
+                        tracing::debug!("helper connection: {e}");
+                    }
+                }
+                () = shutdown.cancelled() => {}
+            }
+            drop(permit);
+        });
+    }
+    tasks.close();
+    let _ = tokio::time::timeout(drain, tasks.wait()).await;
+}
+
+async fn handle(stream: UnixStream, handler: &dyn Handler) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read)
+        .take(MAX_LINE as u64)
+        .read_line(&mut line)
+        .await?;
+    let request = serde_json::from_str::<Request>(&line);
+    if request.is_ok() {
+        write.write_all(b"\"accepted\"\n").await?;
+    }
+    let response = match request {
+        Ok(Request::Get { action }) => match ActionId::from_hex(&action) {
+            Ok(action) => handler.get(action).await,
+            Err(e) => Response::Error {
+                message: format!("action: {e}"),
+            },
+        },
+        Ok(Request::Status) => Response::Status(handler.status().await),
+        Err(e) => Response::Error {
+            message: format!("malformed request: {e}"),
+        },
+    };
+    let mut out = serde_json::to_vec(&response).expect("responses to serialize");
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    const ACK: Duration = Duration::from_secs(2);
+
+    struct Echo {
+        gets: AtomicUsize,
+        delay: Duration,
+    }
+
+    impl Handler for Echo {
+        fn get(&self, action: ActionId) -> BoxFuture<'_, Response> {
+            Box::pin(async move {
+                self.gets.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(self.delay).await;
+                Response::Hit {
+                    peer: action.to_hex(),
+                    size: 1,
+                }
+            })
+        }
+
+        fn status(&self) -> BoxFuture<'_, serde_json::Value> {
+            Box::pin(async { serde_json::json!({"peers": []}) })
+        }
+    }
+
+    async fn server(delay: Duration) -> (tempfile::TempDir, PathBuf, CancellationToken) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.sock");
+        let listener = bind(&path).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let handler = Arc::new(Echo {
+            gets: AtomicUsize::new(0),
+            delay,
+        });
+        tokio::spawn(serve(
+            listener,
+            handler,
+            shutdown.clone(),
+            Duration::from_secs(1),
+        ));
+        (dir, path, shutdown)
+    }
+
+    #[tokio::test]
+    async fn get_and_status_round_trip() {
+        let (_dir, path, _shutdown) = server(Duration::ZERO).await;
+        let action = ActionId::from_bytes([9; 32]);
+        let get = Request::Get {
+            action: action.to_hex(),
+        };
+        let answer = call(&path, &get, ACK, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            Response::Hit {
+                peer: action.to_hex(),
+                size: 1
+            }
+        );
+        let status = call(&path, &Request::Status, ACK, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(status, Response::Status(_)));
+        let permissions = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(permissions & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn absent_and_slow_daemons_are_distinguished() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = call(
+            &dir.path().join("none.sock"),
+            &Request::Status,
+            ACK,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        assert!(missing.is_absent(), "{missing}");
+
+        let (_dir, path, _shutdown) = server(Duration::from_secs(10)).await;
+        let get = Request::Get {
+            action: ActionId::from_bytes([1; 32]).to_hex(),
+        };
+        let slow = call(&path, &get, ACK, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(slow, Error::Timeout(_)), "{slow}");
+        assert!(!slow.is_absent());
+    }
+
+    #[tokio::test]
+    async fn second_daemon_on_one_socket_is_refused_and_stale_sockets_replaced() {
+        let (_dir, path, shutdown) = server(Duration::ZERO).await;
+        assert!(matches!(bind(&path).await, Err(Error::AlreadyRunning(_))));
+        shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The listener is gone but the file remains: a stale socket.
+        bind(&path).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_get_an_error() {
+        let (_dir, path, _shutdown) = server(Duration::ZERO).await;
+        let mut stream = UnixStream::connect(&path).await.unwrap();
+        stream
+            .write_all(b"{\"op\":\"get\",\"action\":\"zz\"}\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        BufReader::new(stream).read_to_string(&mut answer).await.unwrap();
+        assert!(answer.contains("error"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_stuck_daemon_costs_only_the_acknowledgement_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.sock");
+        // Bound but never accepting: connections queue, nothing is read.
+        let _listener = bind(&path).await.unwrap();
+        let started = std::time::Instant::now();
+        let ack = Duration::from_millis(20);
+        let err = call(&path, &Request::Status, ack, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unresponsive(_)), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}

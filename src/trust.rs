@@ -1,0 +1,191 @@
+//! The allowlist: which coworkers' peer IDs may connect and be asked.
+//!
+//! It lives in `peers.toml` beside the config file, apart from the
+//! hand-edited `config.toml`, so `warren peers add/remove` can rewrite it
+//! without touching anyone's comments. The daemon re-reads it when its
+//! mtime changes, so allowlist edits take effect without a restart.
+//!
+//! ```toml
+//! [[peer]]
+//! id = "12D3KooW…"      # the coworker's `warren id`
+//! name = "alice"         # optional, for humans
+//! ```
+
+use std::collections::HashSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use libp2p_identity::PeerId;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading allowlist {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("parsing allowlist {}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{id:?} in {} is not a peer ID", path.display())]
+    BadPeer { path: PathBuf, id: String },
+    #[error("{0:?} is not a peer ID (it looks like 12D3KooW…; `warren id` prints it)")]
+    BadArgument(String),
+    #[error("writing allowlist")]
+    Write(#[source] crate::store::Error),
+}
+
+/// One allowlisted coworker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The contents of `peers.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allowlist {
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<Peer>,
+}
+
+impl Allowlist {
+    /// Reads `path`; a missing file is an empty allowlist.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(Error::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let list: Self = toml::from_str(&text).map_err(|source| Error::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        for peer in &list.peers {
+            if PeerId::from_str(&peer.id).is_err() {
+                return Err(Error::BadPeer {
+                    path: path.to_path_buf(),
+                    id: peer.id.clone(),
+                });
+            }
+        }
+        Ok(list)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
+        let mut text = String::from(
+            "# Coworkers whose warren may connect to this one. Managed by\n\
+             # `warren peers add/remove`; edits by hand are picked up too.\n\n",
+        );
+        text += &toml::to_string(self).expect("the allowlist to serialize");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| {
+                Error::Write(crate::store::Error::Io {
+                    op: "creating",
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            })?;
+        }
+        crate::store::write_atomic(path, text.as_bytes()).map_err(Error::Write)
+    }
+
+    /// The peer IDs, parsed.
+    pub fn ids(&self) -> HashSet<PeerId> {
+        self.peers
+            .iter()
+            .filter_map(|peer| PeerId::from_str(&peer.id).ok())
+            .collect()
+    }
+
+    /// Adds `id` (or renames it if present). Returns false if nothing changed.
+    pub fn add(&mut self, id: &str, name: Option<String>) -> Result<bool, Error> {
+        let id = parse_peer_id(id)?.to_string();
+        if let Some(peer) = self.peers.iter_mut().find(|peer| peer.id == id) {
+            if name.is_none() || peer.name == name {
+                return Ok(false);
+            }
+            peer.name = name;
+            return Ok(true);
+        }
+        self.peers.push(Peer { id, name });
+        Ok(true)
+    }
+
+    /// Removes the peer with this ID or name. Returns the removed entries.
+    pub fn remove(&mut self, id_or_name: &str) -> Vec<Peer> {
+        let (removed, kept) = std::mem::take(&mut self.peers)
+            .into_iter()
+            .partition(|peer| peer.id == id_or_name || peer.name.as_deref() == Some(id_or_name));
+        self.peers = kept;
+        removed
+    }
+
+    pub fn name_of(&self, id: &PeerId) -> Option<&str> {
+        let id = id.to_string();
+        self.peers
+            .iter()
+            .find(|peer| peer.id == id)
+            .and_then(|peer| peer.name.as_deref())
+    }
+}
+
+pub fn parse_peer_id(text: &str) -> Result<PeerId, Error> {
+    PeerId::from_str(text.trim()).map_err(|_| Error::BadArgument(text.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn some_id() -> String {
+        libp2p_identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+            .to_string()
+    }
+
+    #[test]
+    fn add_save_load_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warren/peers.toml");
+        let mut list = Allowlist::load(&path).unwrap();
+        assert!(list.peers.is_empty());
+        let alice = some_id();
+        assert!(list.add(&alice, Some("alice".into())).unwrap());
+        assert!(!list.add(&alice, None).unwrap());
+        list.save(&path).unwrap();
+        let loaded = Allowlist::load(&path).unwrap();
+        assert_eq!(loaded, list);
+        assert_eq!(loaded.ids().len(), 1);
+        let mut list = loaded;
+        assert_eq!(list.remove("alice").len(), 1);
+        assert!(list.peers.is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_ids() {
+        let mut list = Allowlist::default();
+        assert!(matches!(
+            list.add("not-a-peer", None),
+            Err(Error::BadArgument(_))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers.toml");
+        crate::store::write_atomic(&path, b"[[peer]]\nid = \"nope\"\n").unwrap();
+        assert!(matches!(Allowlist::load(&path), Err(Error::BadPeer { .. })));
+    }
+}

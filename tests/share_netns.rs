@@ -1,0 +1,288 @@
+//! Sharing between coworkers, end to end: real `warren daemon`s with real
+//! mDNS on a private LAN of network namespaces, and real `go` builds.
+//!
+//! Each test builds its own LAN (see `netns/mod.rs`) and removes it after.
+//! They need root; under `CI=true` they must run.
+
+mod common;
+mod netns;
+
+use std::time::Duration;
+
+use common::{go, num};
+use netns::Lan;
+
+/// Sharing on, mDNS discovery, daemon started by the test.
+const SHARING: &str = "[share]\nenabled = true\nautostart = false\n";
+
+/// Two coworkers who trust each other, daemons up and connected.
+fn pair() -> Option<(Lan, String, String)> {
+    if !netns::available() {
+        return None;
+    }
+    let mut lan = Lan::new(2, go(None));
+    let a = lan.host(1).init(SHARING);
+    let b = lan.host(2).init(SHARING);
+    lan.host(1).trust(&b);
+    lan.host(2).trust(&a);
+    lan.host(1).start_daemon();
+    lan.host(2).start_daemon();
+    lan.host(2).wait_connected(&a, Duration::from_secs(30));
+    lan.host(1).wait_connected(&b, Duration::from_secs(30));
+    Some((lan, a, b))
+}
+
+/// B, with an empty store, builds what A built: at least 95% of B's
+/// lookups come from A, and B's outputs equal a plain build's.
+#[test]
+fn a_coworkers_build_comes_from_the_peer() {
+    let Some((mut lan, _, _)) = pair() else {
+        return;
+    };
+    lan.host(1).go("gocache", &["build", "std"]);
+    lan.host(1)
+        .go("gocache", &["build", "-o", "gofmt", "cmd/gofmt"]);
+
+    let b = lan.host(2);
+    b.go("gocache", &["build", "std"]);
+    let stats = b.lifetime();
+    let (gets, from_peer) = (num(&stats, "gets"), num(&stats, "peer_hits"));
+    assert!(gets > 500, "{stats}");
+    assert!(
+        from_peer * 100 >= gets * 95,
+        "only {from_peer} of {gets} lookups came from the peer: {stats}\n{}",
+        b.daemon_log()
+    );
+    assert_eq!(num(&stats, "errors"), 0);
+
+    // Outputs: gofmt through warren (from A's bodies) equals a plain build.
+    b.go("gocache", &["build", "-o", "gofmt-shared", "cmd/gofmt"]);
+    let plain = b
+        .command(&b.go.clone(), &["build", "-o", "gofmt-plain", "cmd/gofmt"])
+        .env("GOCACHE", b.path("builtin"))
+        .output()
+        .unwrap();
+    assert!(plain.status.success());
+    let read = |name: &str| std::fs::read(b.path("work").join(name)).unwrap();
+    assert!(
+        read("gofmt-shared") == read("gofmt-plain"),
+        "shared build differs from a plain one"
+    );
+}
+
+/// A peer that is not on the allowlist gets nothing and is never asked.
+#[test]
+fn an_untrusted_peer_gets_nothing() {
+    if !netns::available() {
+        return;
+    }
+    let mut lan = Lan::new(2, go(None));
+    let a = lan.host(1).init(SHARING);
+    let b = lan.host(2).init(SHARING);
+    // B trusts A, but A does not trust B.
+    lan.host(2).trust(&a);
+    lan.host(1).start_daemon();
+    lan.host(2).start_daemon();
+    lan.host(1).go("gocache", &["build", "fmt"]);
+    // Give discovery time to find (and refuse) the other side.
+    std::thread::sleep(Duration::from_secs(3));
+    let b_host = lan.host(2);
+    b_host.go("gocache", &["build", "fmt"]);
+    let stats = b_host.lifetime();
+    assert_eq!(
+        num(&stats, "peer_hits"),
+        0,
+        "an untrusting peer served B: {stats}"
+    );
+    assert!(num(&stats, "misses") > 0);
+    let listing = lan.host(1).warren(&["peers"]);
+    assert!(
+        !listing
+            .lines()
+            .any(|line| line.contains(&b) && line.contains("connected")),
+        "A kept a connection from an untrusted peer:\n{listing}"
+    );
+}
+
+/// With sharing on but no daemon running, builds are local and not slower
+/// than a few milliseconds per miss.
+#[test]
+fn no_daemon_means_local_only() {
+    if !netns::available() {
+        return;
+    }
+    let mut lan = Lan::new(1, go(None));
+    lan.host(1).init(SHARING);
+    let host = lan.host(1);
+    let started = std::time::Instant::now();
+    host.go("gocache", &["build", "fmt"]);
+    let stats = host.lifetime();
+    assert!(num(&stats, "misses") > 10);
+    assert_eq!(num(&stats, "peer_hits"), 0);
+    assert!(started.elapsed() < Duration::from_secs(120));
+}
+
+/// A peer that dies in the middle of B's build: B's build still succeeds,
+/// with correct outputs, and nothing half-fetched is left in B's store.
+#[test]
+fn a_peer_killed_mid_build_costs_only_rebuilds() {
+    let Some((mut lan, _, _)) = pair() else {
+        return;
+    };
+    lan.host(1).go("gocache", &["build", "std"]);
+
+    let b = lan.host(2);
+    let build = b
+        .command(&b.go.clone(), &["build", "-o", "gofmt-shared", "cmd/gofmt"])
+        .env("GOCACHEPROG", common::warren_bin())
+        .env("GOCACHE", b.path("gocache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let some lookups reach the peer, then take it down hard.
+    netns::wait_for(
+        Duration::from_secs(30),
+        "B's first peer hits",
+        || {
+            let stats: serde_json::Value =
+                serde_json::from_str(&b.warren(&["stats", "--json"])).unwrap();
+            stats["peers"].as_array().is_some_and(|peers| {
+                peers
+                    .iter()
+                    .any(|peer| peer["hits_received"].as_u64() > Some(0))
+            })
+        },
+        || b.daemon_log(),
+    );
+    lan.host(1).stop_daemon();
+
+    let b = lan.host(2);
+    let output = build.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "B's build failed after the peer died:\n{stderr}"
+    );
+    assert!(stderr.is_empty(), "B's build printed:\n{stderr}");
+    let stats = b.lifetime();
+    assert!(num(&stats, "peer_hits") > 0, "{stats}");
+
+    let plain = b
+        .command(&b.go.clone(), &["build", "-o", "gofmt-plain", "cmd/gofmt"])
+        .env("GOCACHE", b.path("builtin"))
+        .output()
+        .unwrap();
+    assert!(plain.status.success());
+    let read = |name: &str| std::fs::read(b.path("work").join(name)).unwrap();
+    assert!(
+        read("gofmt-shared") == read("gofmt-plain"),
+        "B's output differs from a plain build"
+    );
+    let verify = b.warren(&["verify"]);
+    assert!(verify.contains(", 0 files (0 B) corrupt"), "{verify}");
+}
+
+/// The tampering peer example of the p2p crate, built if needed.
+fn tampering_peer() -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "warren-p2p",
+            "--example",
+            "tampering_peer",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the tampering peer failed");
+    let bin_dir = std::path::Path::new(common::warren_bin())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    bin_dir.join("examples/tampering_peer")
+}
+
+/// A trusted peer that corrupts every body it sends: B rejects each one,
+/// stops asking it for a while, builds locally, and its outputs are right.
+#[test]
+fn a_tampering_peer_is_rejected_and_the_build_stays_correct() {
+    if !netns::available() {
+        return;
+    }
+    let hostile = tampering_peer();
+    let mut lan = Lan::new(2, go(None));
+    let a = lan.host(1).init("[share]\nenabled = false\n");
+    lan.host(1).go("gocache", &["build", "std"]);
+    let a_host = lan.host(1);
+    let address = format!("/ip4/{}/tcp/7311", a_host.address);
+    let mut peer = a_host
+        .command(
+            &hostile,
+            &[
+                a_host.store().to_str().unwrap(),
+                &address,
+                a_host.path("config/warren/identity.key").to_str().unwrap(),
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(peer.stdout.take().unwrap()));
+    let listening = lines.next().unwrap().unwrap();
+    assert!(listening.starts_with("listening "), "{listening}");
+    let served = std::thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .filter(|l| l.starts_with("served"))
+            .count()
+    });
+
+    let config = format!("{SHARING}mdns = false\nstatic-peers = [\"{address}/p2p/{a}\"]\n");
+    lan.host(2).init(&config);
+    lan.host(2).trust(&a);
+    lan.host(2).start_daemon();
+    lan.host(2).wait_connected(&a, Duration::from_secs(30));
+
+    let b = lan.host(2);
+    b.go("gocache", &["build", "-o", "gofmt-shared", "cmd/gofmt"]);
+    let stats: serde_json::Value = serde_json::from_str(&b.warren(&["stats", "--json"])).unwrap();
+    assert_eq!(
+        num(&stats["lifetime"], "peer_hits"),
+        0,
+        "a tampered body was used: {stats}"
+    );
+    let misses = num(&stats["lifetime"], "misses");
+    let rejected: u64 = stats["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|peer| peer["rejected"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(rejected > 0, "no body was rejected: {stats}");
+    let plain = b
+        .command(&b.go.clone(), &["build", "-o", "gofmt-plain", "cmd/gofmt"])
+        .env("GOCACHE", b.path("builtin"))
+        .output()
+        .unwrap();
+    assert!(plain.status.success());
+    let read = |name: &str| std::fs::read(b.path("work").join(name)).unwrap();
+    assert!(
+        read("gofmt-shared") == read("gofmt-plain"),
+        "B's output differs from a plain build"
+    );
+    assert!(b.warren(&["verify"]).contains(", 0 files (0 B) corrupt"));
+
+    let _ = peer.kill();
+    let _ = peer.wait();
+    let served = served.join().unwrap() as u64;
+    // The cooldown stops B from asking the liar again and again.
+    assert!(
+        served < misses / 4,
+        "B asked the tampering peer {served} times for {misses} misses"
+    );
+}
