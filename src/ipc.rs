@@ -362,7 +362,10 @@ mod tests {
             .await
             .unwrap();
         let mut answer = String::new();
-        BufReader::new(stream).read_to_string(&mut answer).await.unwrap();
+        BufReader::new(stream)
+            .read_to_string(&mut answer)
+            .await
+            .unwrap();
         assert!(answer.contains("error"), "{answer}");
     }
 
