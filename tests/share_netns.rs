@@ -57,17 +57,7 @@ fn a_coworkers_build_comes_from_the_peer() {
 
     // Outputs: gofmt through warren (from A's bodies) equals a plain build.
     b.go("gocache", &["build", "-o", "gofmt-shared", "cmd/gofmt"]);
-    let plain = b
-        .command(&b.go.clone(), &["build", "-o", "gofmt-plain", "cmd/gofmt"])
-        .env("GOCACHE", b.path("builtin"))
-        .output()
-        .unwrap();
-    assert!(plain.status.success());
-    let read = |name: &str| std::fs::read(b.path("work").join(name)).unwrap();
-    assert!(
-        read("gofmt-shared") == read("gofmt-plain"),
-        "shared build differs from a plain one"
-    );
+    b.assert_same_as_plain_gofmt("gofmt-shared");
 }
 
 /// A peer that is not on the allowlist gets nothing and is never asked.
@@ -104,8 +94,9 @@ fn an_untrusted_peer_gets_nothing() {
     );
 }
 
-/// With sharing on but no daemon running, builds are local and not slower
-/// than a few milliseconds per miss.
+/// With sharing on but no daemon running, builds are local, succeed and
+/// stay silent. (What an absent daemon costs per miss is measured in
+/// `remote.rs`'s tests and in the benchmark.)
 #[test]
 fn no_daemon_means_local_only() {
     if !netns::available() {
@@ -114,12 +105,10 @@ fn no_daemon_means_local_only() {
     let mut lan = Lan::new(1, go(None));
     lan.host(1).init(SHARING);
     let host = lan.host(1);
-    let started = std::time::Instant::now();
     host.go("gocache", &["build", "fmt"]);
     let stats = host.lifetime();
     assert!(num(&stats, "misses") > 10);
     assert_eq!(num(&stats, "peer_hits"), 0);
-    assert!(started.elapsed() < Duration::from_secs(120));
 }
 
 /// A peer that dies in the middle of B's build: B's build still succeeds,
@@ -168,17 +157,7 @@ fn a_peer_killed_mid_build_costs_only_rebuilds() {
     let stats = b.lifetime();
     assert!(num(&stats, "peer_hits") > 0, "{stats}");
 
-    let plain = b
-        .command(&b.go.clone(), &["build", "-o", "gofmt-plain", "cmd/gofmt"])
-        .env("GOCACHE", b.path("builtin"))
-        .output()
-        .unwrap();
-    assert!(plain.status.success());
-    let read = |name: &str| std::fs::read(b.path("work").join(name)).unwrap();
-    assert!(
-        read("gofmt-shared") == read("gofmt-plain"),
-        "B's output differs from a plain build"
-    );
+    b.assert_same_as_plain_gofmt("gofmt-shared");
     let verify = b.warren(&["verify"]);
     assert!(verify.contains(", 0 files (0 B) corrupt"), "{verify}");
 }
@@ -264,17 +243,7 @@ fn a_tampering_peer_is_rejected_and_the_build_stays_correct() {
         .map(|peer| peer["rejected"].as_u64().unwrap_or(0))
         .sum();
     assert!(rejected > 0, "no body was rejected: {stats}");
-    let plain = b
-        .command(&b.go.clone(), &["build", "-o", "gofmt-plain", "cmd/gofmt"])
-        .env("GOCACHE", b.path("builtin"))
-        .output()
-        .unwrap();
-    assert!(plain.status.success());
-    let read = |name: &str| std::fs::read(b.path("work").join(name)).unwrap();
-    assert!(
-        read("gofmt-shared") == read("gofmt-plain"),
-        "B's output differs from a plain build"
-    );
+    b.assert_same_as_plain_gofmt("gofmt-shared");
     assert!(b.warren(&["verify"]).contains(", 0 files (0 B) corrupt"));
 
     let _ = peer.kill();

@@ -298,6 +298,27 @@ impl Host {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Builds cmd/gofmt with Go's own cache and asserts that `shared`, a
+    /// gofmt built through warren in the work dir, is byte-identical.
+    pub fn assert_same_as_plain_gofmt(&self, shared: &str) {
+        let plain = self
+            .command(&self.go, &["build", "-o", "gofmt-plain", "cmd/gofmt"])
+            .env("GOCACHE", self.path("builtin"))
+            .output()
+            .unwrap();
+        assert!(
+            plain.status.success(),
+            "{}",
+            String::from_utf8_lossy(&plain.stderr)
+        );
+        let read = |name: &str| std::fs::read(self.path("work").join(name)).unwrap();
+        assert!(
+            read(shared) == read("gofmt-plain"),
+            "{}: {shared} differs from a build with Go's own cache",
+            self.name
+        );
+    }
+
     /// Lifetime figures of this host's store.
     pub fn lifetime(&self) -> serde_json::Value {
         let stats: serde_json::Value =
