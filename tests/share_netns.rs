@@ -92,6 +92,56 @@ fn an_untrusted_peer_gets_nothing() {
             .any(|line| line.contains(&b) && line.contains("connected")),
         "A kept a connection from an untrusted peer:\n{listing}"
     );
+
+    // Trusting B takes effect without restarting A's daemon.
+    lan.host(1).trust(&b);
+    lan.host(1).wait_connected(&b, Duration::from_secs(30));
+    lan.host(2).wait_connected(&a, Duration::from_secs(30));
+}
+
+/// With `autostart`, builds start the daemon themselves; two builds racing
+/// to do so leave exactly one daemon.
+#[test]
+fn builds_start_one_daemon() {
+    if !netns::available() {
+        return;
+    }
+    let mut lan = Lan::new(1, go(None));
+    lan.host(1)
+        .init("[share]\nenabled = true\nautostart = true\n");
+    let host = lan.host(1);
+    let builds: Vec<_> = ["gocache-1", "gocache-2"]
+        .iter()
+        .map(|gocache| {
+            host.command(&host.go.clone(), &["build", "fmt"])
+                .env("GOCACHEPROG", common::warren_bin())
+                .env("GOCACHE", host.path(gocache))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for build in builds {
+        let build = build.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&build.stderr);
+        assert!(build.status.success() && stderr.is_empty(), "{stderr}");
+    }
+    let store = host.store();
+    netns::wait_for(
+        Duration::from_secs(20),
+        "the daemon's socket",
+        || store.join("daemon.sock").exists(),
+        String::new,
+    );
+    let daemons = netns::processes_with(&["daemon", store.to_str().unwrap()]);
+    assert!(host.warren(&["peers"]).starts_with("daemon: running"));
+    for pid in &daemons {
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+    }
+    assert_eq!(daemons.len(), 1, "expected one daemon, found {daemons:?}");
 }
 
 /// With sharing on but no daemon running, builds are local, succeed and

@@ -346,3 +346,21 @@ pub fn wait_for(
         context()
     );
 }
+
+/// PIDs of processes whose command line contains every one of `words`.
+pub fn processes_with(words: &[&str]) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if words.iter().all(|word| cmdline.contains(word)) && pid != std::process::id() {
+            found.push(pid);
+        }
+    }
+    found
+}
