@@ -44,6 +44,12 @@ pub(super) fn init(config: &Config, out: &mut impl Write) -> anyhow::Result<Exit
             "config {} already exists (left as is)",
             config_path.display()
         )?;
+        if !config.share.enabled {
+            writeln!(
+                out,
+                "hint: sharing is off there; add a [share] table with `enabled = true`"
+            )?;
+        }
     } else {
         crate::store::write_atomic(&config_path, INITIAL_CONFIG.as_bytes())
             .context("writing the config file")?;
