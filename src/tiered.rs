@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::ids::ActionId;
-use crate::store::{self, DiskStore, Entry, Lookup, VerifiedObject};
+use crate::store::{self, DiskStore, Entry, Lookup};
 
 /// A boxed future, for object-safe async trait methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -71,17 +71,6 @@ impl MultiLevelStorage {
         &self.local
     }
 
-    pub async fn get(&self, action: ActionId) -> Result<Lookup, store::Error> {
-        let local = self.local.clone();
-        let found = tokio::task::spawn_blocking(move || local.get(&action))
-            .await
-            .expect("store lookups not to panic")?;
-        if let Lookup::Hit(_) = found {
-            return Ok(found);
-        }
-        Ok(self.get_remote(action).await)
-    }
-
     /// The local tier alone: a few small file reads, no waiting on anyone.
     pub fn get_local(&self, action: &ActionId) -> Result<Lookup, store::Error> {
         self.local.get(action)
@@ -98,19 +87,6 @@ impl MultiLevelStorage {
             Some(entry) => Lookup::Hit(entry),
             None => Lookup::Miss,
         }
-    }
-
-    /// Stores a verified body under `action` in the local store. Peers pull
-    /// from it; nothing is pushed.
-    pub async fn put(
-        &self,
-        action: ActionId,
-        object: VerifiedObject,
-    ) -> Result<Entry, store::Error> {
-        let local = self.local.clone();
-        tokio::task::spawn_blocking(move || local.commit(&action, object))
-            .await
-            .expect("store commits not to panic")
     }
 }
 
@@ -162,7 +138,8 @@ mod tests {
     async fn remote_hits_are_verified_and_backfilled() {
         let (_dir, storage) = storage(b"remote body", OutputId::of(b"remote body"));
         let action = ActionId::from_bytes([1; 32]);
-        let Lookup::Hit(entry) = storage.get(action).await.unwrap() else {
+        assert_eq!(storage.get_local(&action).unwrap(), Lookup::Miss);
+        let Lookup::Hit(entry) = storage.get_remote(action).await else {
             panic!("expected hit")
         };
         assert_eq!(std::fs::read(&entry.path).unwrap(), b"remote body");
@@ -177,7 +154,7 @@ mod tests {
     async fn lying_remotes_are_a_miss() {
         let (_dir, storage) = storage(b"tampered", OutputId::of(b"original"));
         let action = ActionId::from_bytes([1; 32]);
-        assert_eq!(storage.get(action).await.unwrap(), Lookup::Miss);
+        assert_eq!(storage.get_remote(action).await, Lookup::Miss);
         assert_eq!(storage.local().usage().unwrap(), store::Usage::default());
     }
 
@@ -185,9 +162,9 @@ mod tests {
     async fn local_only_misses_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let storage = MultiLevelStorage::local_only(Arc::new(DiskStore::open(dir.path()).unwrap()));
-        assert_eq!(
-            storage.get(ActionId::from_bytes([2; 32])).await.unwrap(),
-            Lookup::Miss
-        );
+        let action = ActionId::from_bytes([2; 32]);
+        assert_eq!(storage.get_local(&action).unwrap(), Lookup::Miss);
+        assert!(!storage.has_remote());
+        assert_eq!(storage.get_remote(action).await, Lookup::Miss);
     }
 }
