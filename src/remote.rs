@@ -3,8 +3,11 @@
 //! A missing daemon must never slow a build: connecting to an absent socket
 //! fails at once, and the helper then stops asking for a while
 //! ([`ABSENT_BACKOFF`]) instead of paying for a failed connect on every
-//! miss. A stuck daemon (one that does not acknowledge a lookup within
-//! [`ACK_TIMEOUT`]) is treated the same way. A daemon that is working on a
+//! miss. A stuck daemon (one that leaves [`STUCK_AFTER`] lookups in a row
+//! unacknowledged for [`ACK_TIMEOUT`]) is treated the same way; a single
+//! late acknowledgement is only a miss, because a daemon on a machine busy
+//! compiling is often a little late, and backing off for a second would
+//! throw away hundreds of peer hits. A daemon that is working on a
 //! lookup is cut off at the lookup deadline plus a transfer allowance; it
 //! still finishes a transfer it started and stores the body, so the next
 //! build hits it.
@@ -17,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use std::os::unix::process::CommandExt as _;
@@ -29,20 +32,25 @@ use crate::tiered::{BoxFuture, RemoteTier};
 
 /// How long a helper stops asking after finding no daemon.
 pub const ABSENT_BACKOFF: Duration = Duration::from_secs(1);
-/// How long a daemon may take to acknowledge a lookup. Past it, the
-/// daemon counts as stuck: the lookup is a miss and the helper stops asking
-/// for [`ABSENT_BACKOFF`], so a stuck daemon costs a build at most this much
-/// per second.
-pub const ACK_TIMEOUT: Duration = Duration::from_millis(20);
-/// Extra time a lookup may take once a peer is sending a body (LAN bodies
-/// of std's size take milliseconds; this covers tens of MB).
-pub const TRANSFER_ALLOWANCE: Duration = Duration::from_millis(250);
+/// How long a daemon may take to acknowledge a lookup before that lookup
+/// is a miss.
+pub const ACK_TIMEOUT: Duration = Duration::from_millis(50);
+/// Unacknowledged lookups in a row after which the daemon counts as stuck
+/// and is not asked for [`ABSENT_BACKOFF`]: a stuck daemon costs a build at
+/// most `STUCK_AFTER` × [`ACK_TIMEOUT`] per second.
+pub const STUCK_AFTER: u32 = 3;
+/// Extra time a lookup may take once a peer is sending a body. Bodies of
+/// std's size take milliseconds on a LAN, but a machine busy compiling can
+/// delay the daemons; the p2p layer bounds dead peers on its own.
+pub const TRANSFER_ALLOWANCE: Duration = Duration::from_secs(1);
 
 /// Asks the daemon behind `socket`.
 pub struct DaemonTier {
     socket: PathBuf,
     wait: Duration,
     absent_until: Mutex<Option<Instant>>,
+    /// Lookups in a row the daemon did not acknowledge in time.
+    unacknowledged: AtomicU32,
     /// How to start the daemon, if the config asks for it.
     autostart: Option<Vec<String>>,
     started: AtomicBool,
@@ -54,6 +62,7 @@ impl DaemonTier {
             socket,
             wait: lookup_deadline + TRANSFER_ALLOWANCE,
             absent_until: Mutex::new(None),
+            unacknowledged: AtomicU32::new(0),
             autostart: None,
             started: AtomicBool::new(false),
         }
@@ -98,7 +107,11 @@ impl RemoteTier for DaemonTier {
             let request = ipc::Request::Get {
                 action: action.to_hex(),
             };
-            match ipc::call(&self.socket, &request, ACK_TIMEOUT, self.wait).await {
+            let answer = ipc::call(&self.socket, &request, ACK_TIMEOUT, self.wait).await;
+            if !matches!(answer, Err(ipc::Error::Unresponsive(_))) {
+                self.unacknowledged.store(0, Ordering::Relaxed);
+            }
+            match answer {
                 Ok(ipc::Response::Hit { peer, .. }) => {
                     let store = store.clone();
                     let found = tokio::task::spawn_blocking(move || store.get(&action))
@@ -127,8 +140,15 @@ impl RemoteTier for DaemonTier {
                     None
                 }
                 Err(e @ ipc::Error::Unresponsive(_)) => {
-                    tracing::debug!("{e}; not asking it for {ABSENT_BACKOFF:?}");
-                    self.mark_absent();
+                    if self.unacknowledged.fetch_add(1, Ordering::Relaxed) + 1 >= STUCK_AFTER {
+                        tracing::debug!(
+                            "{e}, {STUCK_AFTER} times in a row; not asking it for {ABSENT_BACKOFF:?}"
+                        );
+                        self.unacknowledged.store(0, Ordering::Relaxed);
+                        self.mark_absent();
+                    } else {
+                        tracing::debug!("get {action}: {e}");
+                    }
                     None
                 }
                 Err(e) => {
@@ -160,6 +180,36 @@ fn start_daemon(args: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_stuck_daemon_is_skipped_only_after_several_late_acknowledgements() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(DiskStore::open(dir.path()).unwrap());
+        let socket = dir.path().join("daemon.sock");
+        // Bound but never accepting: connections queue, nothing is read.
+        let _listener = ipc::bind(&socket).await.unwrap();
+        let tier = DaemonTier::new(socket, Duration::from_millis(150));
+        for n in 1..STUCK_AFTER {
+            let started = Instant::now();
+            assert!(
+                tier.fetch(ActionId::from_bytes([n as u8; 32]), &store)
+                    .await
+                    .is_none()
+            );
+            assert!(
+                started.elapsed() < ACK_TIMEOUT * 4,
+                "{:?}",
+                started.elapsed()
+            );
+            assert!(!tier.absent(), "backed off after {n} late acknowledgements");
+        }
+        assert!(
+            tier.fetch(ActionId::from_bytes([9; 32]), &store)
+                .await
+                .is_none()
+        );
+        assert!(tier.absent());
+    }
 
     #[tokio::test]
     async fn an_absent_daemon_is_a_quick_miss_and_is_not_asked_again_at_once() {
