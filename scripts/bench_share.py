@@ -28,6 +28,11 @@ What it measures, side by side in one run:
    B's ``warren stats --json`` lifetime counters are read before and after
    each build; in the peer runs at least 95% of B's gets must be peer hits.
 
+   Then a latency probe, without go: through one B helper, with an empty
+   store, one ``get`` at a time for every action in A's store (peer hits,
+   bucketed by body size), the same again (now local hits), and random
+   ActionIDs with sharing on (a round trip to A, which has nothing) and off.
+
 2. Peers that hold nothing. A switches to an empty store (its daemon is
    restarted on it and stays up), and B builds cold with sharing on and with
    sharing off, interleaved. Every miss with sharing on costs a round trip to
@@ -39,11 +44,13 @@ What it measures, side by side in one run:
    verifies and stores it, and the helper answers with its DiskPath. The
    get's wall time gives MB/s (target >= 500 MB/s). B's daemon's peak RSS
    (VmHWM) is read before and after, to show that it does not grow with the
-   body. The helper gives up on the daemon after its lookup deadline + 250
-   ms (default 150 ms + 250 ms), too short for 256 MiB, so these gets run
-   with a helper config whose ``lookup-deadline`` is 60 s (the daemons keep
-   the default). One extra get with the default config shows what go would
-   see: a miss at ~0.4 s, and the body landing in B's store later.
+   body. The helper gives up on the daemon after its lookup deadline plus a
+   transfer allowance (src/remote.rs; about 1.15 s by default), which a
+   256 MiB body may not make, so these gets run with a helper config whose
+   ``lookup-deadline`` is 60 s (the daemons keep the default). One extra get
+   with the default config shows what go would see: a hit, or a miss when
+   the helper gave up, and when the body landed in B's store (the daemon
+   finishes the transfer either way).
 
 Method and hygiene:
 
@@ -249,7 +256,9 @@ def rmtree(path: Path) -> None:
 def sh(argv: list[str], what: str | None = None) -> str:
     r = subprocess.run(argv, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
-        raise BenchError(f"{what or ' '.join(argv)} failed (exit {r.returncode}): {r.stderr.strip()}")
+        raise BenchError(
+            f"{what or ' '.join(argv)} failed (exit {r.returncode}): {r.stderr.strip()}"
+        )
     return r.stdout
 
 
@@ -275,8 +284,23 @@ def make_lan(names: list[str]) -> dict[str, tuple[str, str]]:
         # Both veth ends are created directly in their namespaces: nothing
         # ever appears among the machine's own interfaces.
         port = f"p{name}"
-        sh(["ip", "link", "add", "eth0", "netns", netns, "type", "veth",
-            "peer", "name", port, "netns", switch])
+        sh(
+            [
+                "ip",
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                netns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                switch,
+            ]
+        )
         ns_exec(switch, ["ip", "link", "set", port, "master", "br0"])
         ns_exec(switch, ["ip", "link", "set", port, "up"])
         ns_exec(netns, ["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
@@ -360,8 +384,9 @@ def proc_cpu_s(pid: int) -> float:
 class Host:
     """One machine on the LAN: a namespace and a home of its own."""
 
-    def __init__(self, name: str, netns: str, address: str, root: Path, go: Path,
-                 warren: Path, t0: float) -> None:
+    def __init__(
+        self, name: str, netns: str, address: str, root: Path, go: Path, warren: Path, t0: float
+    ) -> None:
         self.name = name
         self.netns = netns
         self.address = address
@@ -490,9 +515,7 @@ class Host:
         deadline = time.monotonic() + SOCKET_TIMEOUT
         while not socket.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(
-                    f"{self.name}: daemon did not open {socket}\n{self.daemon.tail()}"
-                )
+                raise BenchError(f"{self.name}: daemon did not open {socket}\n{self.daemon.tail()}")
             time.sleep(0.05)
         # `ip netns exec` execs (no fork), so the child's PID is the daemon's.
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
@@ -553,8 +576,9 @@ def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if isinstance(v, int)}
 
 
-def go_build(host: Host, hosts: list[Host], target: str, kind: str, run: int,
-             share: bool | None) -> Build:
+def go_build(
+    host: Host, hosts: list[Host], target: str, kind: str, run: int, share: bool | None
+) -> Build:
     """`go build <target>` on ``host`` through warren, with a fresh GOCACHE."""
     gocache = host.fresh_gocache()
     extra = {"GOCACHE": str(gocache), "GOCACHEPROG": gocacheprog_value(host.warren)}
@@ -600,8 +624,15 @@ def go_build(host: Host, hosts: list[Host], target: str, kind: str, run: int,
             f"be silent:\n{stderr}"
         )
     stats = delta(host.lifetime(), before)
-    return Build(kind, run, wall, usage.ru_utime + usage.ru_stime,
-                 {k: cpu1[k] - cpu0[k] for k in cpu0}, stats, load1)
+    return Build(
+        kind,
+        run,
+        wall,
+        usage.ru_utime + usage.ru_stime,
+        {k: cpu1[k] - cpu0[k] for k in cpu0},
+        stats,
+        load1,
+    )
 
 
 def gocacheprog_value(warren: Path) -> str:
@@ -745,8 +776,12 @@ def put_on(host: Host, action: bytes, body: bytes) -> float:
     helper = Helper(host)
     try:
         resp, seconds = helper.request(
-            {"Command": "put", "ActionID": b64(action),
-             "OutputID": b64(hashlib.sha256(body).digest()), "BodySize": len(body)},
+            {
+                "Command": "put",
+                "ActionID": b64(action),
+                "OutputID": b64(hashlib.sha256(body).digest()),
+                "BodySize": len(body),
+            },
             body,
         )
     finally:
@@ -786,8 +821,9 @@ def transfer(a: Host, b: Host, size: int, run: int) -> Transfer:
     path = Path(resp["DiskPath"])
     if path.stat().st_size != size or sha256_file(path) != output:
         raise BenchError(f"B's stored copy {path} does not match the body put on A")
-    return Transfer(size, put_s, get_s, b_hwm0, b_hwm1, a_hwm0, a_hwm1,
-                    b_cpu1 - b_cpu0, a_cpu1 - a_cpu0)
+    return Transfer(
+        size, put_s, get_s, b_hwm0, b_hwm1, a_hwm0, a_hwm1, b_cpu1 - b_cpu0, a_cpu1 - a_cpu0
+    )
 
 
 @dataclass
@@ -870,7 +906,9 @@ def probe_latency(a: Host, b: Host, misses: int) -> Probe:
         for action in ids:
             resp, dt = helper.request({"Command": "get", "ActionID": b64(action)})
             if bool(resp.get("Miss")) == want_hit:
-                raise BenchError(f"probe: expected {'a hit' if want_hit else 'a miss'}, got {resp!r}")
+                raise BenchError(
+                    f"probe: expected {'a hit' if want_hit else 'a miss'}, got {resp!r}"
+                )
             times.append(dt)
         return times
 
@@ -898,8 +936,10 @@ def probe_latency(a: Host, b: Host, misses: int) -> Probe:
 def quantiles(times: list[float]) -> str:
     """Median and 90th percentile in ms, and the sum."""
     q = statistics.quantiles(times, n=10)
-    return (f"median {statistics.median(times) * 1e3:.2f} ms, p90 {q[8] * 1e3:.2f} ms, "
-            f"sum {sum(times):.2f} s (n={len(times)})")
+    return (
+        f"median {statistics.median(times) * 1e3:.2f} ms, p90 {q[8] * 1e3:.2f} ms, "
+        f"sum {sum(times):.2f} s (n={len(times)})"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -954,8 +994,10 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
     b.start_daemon(args.daemon_log)
     res.connect_s = b.wait_connected(a_id)
     a.wait_connected(b_id)
-    log(f"A {a.address} and B {b.address} connected after {res.connect_s:.1f} s "
-        f"(daemons: A pid {a.daemon.pid}, B pid {b.daemon.pid})")
+    log(
+        f"A {a.address} and B {b.address} connected after {res.connect_s:.1f} s "
+        f"(daemons: A pid {a.daemon.pid}, B pid {b.daemon.pid})"
+    )
     target = args.target
 
     def empty(host: Host) -> None:
@@ -985,33 +1027,47 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
                 else:
                     bd = go_build(b, hosts, target, "from peer", i, True)
                     res.from_peer.append(bd)
-                    log(f"run {i + 1}/{args.runs} B from warm peer: {bd.wall_s:.3f} s, "
+                    log(
+                        f"run {i + 1}/{args.runs} B from warm peer: {bd.wall_s:.3f} s, "
                         f"{bd.stats.get('peer_hits', 0)}/{bd.stats.get('gets', 0)} gets "
-                        f"from the peer ({bd.peer_share:.1%})")
+                        f"from the peer ({bd.peer_share:.1%})"
+                    )
                     bd = go_build(b, hosts, target, "warm local", i, True)
                     res.warm_local.append(bd)
-                    log(f"run {i + 1}/{args.runs} B warm locally: {bd.wall_s:.3f} s "
-                        f"({bd.stats.get('hits', 0)}/{bd.stats.get('gets', 0)} local hits)")
+                    log(
+                        f"run {i + 1}/{args.runs} B warm locally: {bd.wall_s:.3f} s "
+                        f"({bd.stats.get('hits', 0)}/{bd.stats.get('gets', 0)} local hits)"
+                    )
 
         if args.probe_misses:
             empty(b)
             connected()
             res.probe = probe_latency(a, b, args.probe_misses)
-            log(f"probe: peer hits {quantiles(res.probe.peer_hit_s)}; local hits "
-                f"{quantiles(res.probe.local_hit_s)}")
+            log(
+                f"probe: peer hits {quantiles(res.probe.peer_hit_s)}; local hits "
+                f"{quantiles(res.probe.local_hit_s)}"
+            )
 
     if not args.skip_empty_peer:
         empty(a)
         log("A's store emptied: cold builds with a peer that holds nothing")
         for i in range(args.runs):
-            for share in ((False, True) if i % 2 == 0 else (True, False)):
+            for share in (False, True) if i % 2 == 0 else (True, False):
                 empty(b)
                 connected()
-                bd = go_build(b, hosts, target, "cold, empty peer" if share else
-                              "cold local-only (empty-peer pair)", i, share)
+                bd = go_build(
+                    b,
+                    hosts,
+                    target,
+                    "cold, empty peer" if share else "cold local-only (empty-peer pair)",
+                    i,
+                    share,
+                )
                 (res.empty_on if share else res.empty_off).append(bd)
-                log(f"run {i + 1}/{args.runs} B cold, sharing {'on ' if share else 'off'}: "
-                    f"{bd.wall_s:.2f} s ({bd.stats.get('misses', 0)} misses)")
+                log(
+                    f"run {i + 1}/{args.runs} B cold, sharing {'on ' if share else 'off'}: "
+                    f"{bd.wall_s:.2f} s ({bd.stats.get('misses', 0)} misses)"
+                )
 
     if not args.skip_transfer:
         # Fresh random bodies each time: no store needs emptying.
@@ -1020,21 +1076,28 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
         for i in range(args.transfer_runs):
             t = transfer(a, b, size, i)
             res.transfers.append(t)
-            log(f"big get {i + 1}/{args.transfer_runs}: {t.get_s:.3f} s = {t.mb_s:.0f} MB/s; "
+            log(
+                f"big get {i + 1}/{args.transfer_runs}: {t.get_s:.3f} s = {t.mb_s:.0f} MB/s; "
                 f"B daemon VmHWM {mib(t.b_daemon_hwm_before_kib)} -> "
-                f"{mib(t.b_daemon_hwm_after_kib)}")
+                f"{mib(t.b_daemon_hwm_after_kib)}"
+            )
         res.default_deadline = transfer_default(a, b, size)
         d = res.default_deadline
         landed = "never" if d.landed_s is None else f"{d.landed_s:.3f} s"
-        log(f"big get, default helper config: {d.answer} after {d.get_s:.3f} s; "
-            f"body in B's store after {landed}")
+        log(
+            f"big get, default helper config: {d.answer} after {d.get_s:.3f} s; "
+            f"body in B's store after {landed}"
+        )
 
     # Anything alarming the daemons said.
     for h in hosts:
         h.daemon.stop()
     for h in hosts:
-        noisy = [ln for ln in h.daemon.log_path.read_text(errors="replace").splitlines()
-                 if "warren: warning:" in ln or "warren: error:" in ln]
+        noisy = [
+            ln
+            for ln in h.daemon.log_path.read_text(errors="replace").splitlines()
+            if "warren: warning:" in ln or "warren: error:" in ln
+        ]
         if noisy:
             log(f"{h.name}'s daemon logged {len(noisy)} warnings/errors; first: {noisy[0]}")
         # keep a copy of the logs next to the JSON, if any, for analysis
@@ -1061,10 +1124,20 @@ def mib(kib: int) -> str:
 
 def command_output(argv: list[str]) -> str:
     try:
-        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=30, check=False, env={"PATH": os.environ.get("PATH", ""),
-                                                         "HOME": "/nonexistent", "GOTOOLCHAIN": "local",
-                                                         "GOTELEMETRY": "off"})
+        r = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={
+                "PATH": os.environ.get("PATH", ""),
+                "HOME": "/nonexistent",
+                "GOTOOLCHAIN": "local",
+                "GOTELEMETRY": "off",
+            },
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"unknown ({e})"
     return (r.stdout.strip() or r.stderr.strip() or f"exit status {r.returncode}").splitlines()[0]
@@ -1081,9 +1154,23 @@ def cpu_model() -> str:
 def git_commit(warren: Path) -> str:
     """The checkout's commit, and whether the binary may not match it."""
     head = command_output(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"])
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src", "p2p",
-                            "Cargo.toml", "Cargo.lock"],
-                           capture_output=True, text=True, check=False).stdout.strip()
+    dirty = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "status",
+            "--porcelain",
+            "--",
+            "src",
+            "p2p",
+            "Cargo.toml",
+            "Cargo.lock",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     notes = ["uncommitted changes in src/p2p"] if dirty else []
     with contextlib.suppress(OSError):
         built = warren.stat().st_mtime
@@ -1121,19 +1208,37 @@ def summarize(res: Results) -> tuple[list[tuple[str, str, str, str]], dict]:
         cold, peer, warm = med(res.cold_local), med(res.from_peer), med(res.warm_local)
         share = statistics.median(b.peer_share for b in res.from_peer)
         min_share = min(b.peer_share for b in res.from_peer)
-        s.update(cold_local_s=cold, from_peer_s=peer, warm_local_s=warm,
-                 peer_speedup=cold / peer, peer_vs_local=peer / warm,
-                 peer_hit_share_median=share, peer_hit_share_min=min_share)
+        s.update(
+            cold_local_s=cold,
+            from_peer_s=peer,
+            warm_local_s=warm,
+            peer_speedup=cold / peer,
+            peer_vs_local=peer / warm,
+            peer_hit_share_median=share,
+            peer_hit_share_min=min_share,
+        )
         rows += [
             ("B cold, local-only", fmt_s(cold), "", ""),
             ("B from warm peer", fmt_s(peer), "", ""),
             ("B warm locally", fmt_s(warm), "", ""),
-            ("speedup: cold / from peer", f"{cold / peer:.1f}x",
-             f">= {TARGETS['peer_speedup']:.0f}x", verdict(cold / peer >= TARGETS["peer_speedup"])),
-            ("from peer / warm locally", f"{peer / warm:.2f}x",
-             f"<= {TARGETS['peer_vs_local']:.0f}x", verdict(peer / warm <= TARGETS["peer_vs_local"])),
-            ("B's gets that were peer hits", f"{share:.1%} (min {min_share:.1%})",
-             f">= {TARGETS['peer_hit_share']:.0%}", verdict(min_share >= TARGETS["peer_hit_share"])),
+            (
+                "speedup: cold / from peer",
+                f"{cold / peer:.1f}x",
+                f">= {TARGETS['peer_speedup']:.0f}x",
+                verdict(cold / peer >= TARGETS["peer_speedup"]),
+            ),
+            (
+                "from peer / warm locally",
+                f"{peer / warm:.2f}x",
+                f"<= {TARGETS['peer_vs_local']:.0f}x",
+                verdict(peer / warm <= TARGETS["peer_vs_local"]),
+            ),
+            (
+                "B's gets that were peer hits",
+                f"{share:.1%} (min {min_share:.1%})",
+                f">= {TARGETS['peer_hit_share']:.0%}",
+                verdict(min_share >= TARGETS["peer_hit_share"]),
+            ),
         ]
     if res.empty_on:
         off, on = med(res.empty_off), med(res.empty_on)
@@ -1141,15 +1246,24 @@ def summarize(res: Results) -> tuple[list[tuple[str, str, str, str]], dict]:
         def cpu(b: Build) -> float:
             return b.cpu_s + sum(b.daemon_cpu_s.values())
 
-        cpu_ratio = (statistics.median(cpu(b) for b in res.empty_on)
-                     / statistics.median(cpu(b) for b in res.empty_off))
-        s.update(empty_peer_off_s=off, empty_peer_on_s=on, empty_peer_ratio=on / off,
-                 empty_peer_cpu_ratio=cpu_ratio)
+        cpu_ratio = statistics.median(cpu(b) for b in res.empty_on) / statistics.median(
+            cpu(b) for b in res.empty_off
+        )
+        s.update(
+            empty_peer_off_s=off,
+            empty_peer_on_s=on,
+            empty_peer_ratio=on / off,
+            empty_peer_cpu_ratio=cpu_ratio,
+        )
         rows += [
             ("B cold, sharing off", fmt_s(off), "", ""),
             ("B cold, sharing on, peer holds nothing", fmt_s(on), "", ""),
-            ("ratio on / off", f"{on / off:.3f}x", f"<= {TARGETS['empty_peer_ratio']}x",
-             verdict(on / off <= TARGETS["empty_peer_ratio"])),
+            (
+                "ratio on / off",
+                f"{on / off:.3f}x",
+                f"<= {TARGETS['empty_peer_ratio']}x",
+                verdict(on / off <= TARGETS["empty_peer_ratio"]),
+            ),
             ("  CPU ratio (go + children + both daemons)", f"{cpu_ratio:.3f}x", "", ""),
         ]
     if res.transfers:
@@ -1160,17 +1274,33 @@ def summarize(res: Results) -> tuple[list[tuple[str, str, str, str]], dict]:
         a_before = min(t.a_daemon_hwm_before_kib for t in res.transfers)
         a_after = max(t.a_daemon_hwm_after_kib for t in res.transfers)
         size = res.transfers[0].size
-        s.update(transfer_mb_s=mbs, transfer_s=secs, b_daemon_hwm_before_kib=hwm_before,
-                 b_daemon_hwm_after_kib=hwm_after, a_daemon_hwm_before_kib=a_before,
-                 a_daemon_hwm_after_kib=a_after)
+        s.update(
+            transfer_mb_s=mbs,
+            transfer_s=secs,
+            b_daemon_hwm_before_kib=hwm_before,
+            b_daemon_hwm_after_kib=hwm_after,
+            a_daemon_hwm_before_kib=a_before,
+            a_daemon_hwm_after_kib=a_after,
+        )
         rows += [
-            (f"{size >> 20} MiB get from peer", f"{fmt_s(secs)} = {mbs:.0f} MB/s",
-             f">= {TARGETS['throughput_mb_s']:.0f} MB/s",
-             verdict(mbs >= TARGETS["throughput_mb_s"])),
-            ("B daemon peak RSS before -> after", f"{mib(hwm_before)} -> {mib(hwm_after)}",
-             "flat", verdict(hwm_after - hwm_before < 16 * 1024)),
-            ("A daemon peak RSS before -> after", f"{mib(a_before)} -> {mib(a_after)}",
-             "flat", verdict(a_after - a_before < 16 * 1024)),
+            (
+                f"{size >> 20} MiB get from peer",
+                f"{fmt_s(secs)} = {mbs:.0f} MB/s",
+                f">= {TARGETS['throughput_mb_s']:.0f} MB/s",
+                verdict(mbs >= TARGETS["throughput_mb_s"]),
+            ),
+            (
+                "B daemon peak RSS before -> after",
+                f"{mib(hwm_before)} -> {mib(hwm_after)}",
+                "flat",
+                verdict(hwm_after - hwm_before < 16 * 1024),
+            ),
+            (
+                "A daemon peak RSS before -> after",
+                f"{mib(a_before)} -> {mib(a_after)}",
+                "flat",
+                verdict(a_after - a_before < 16 * 1024),
+            ),
         ]
     return rows, s
 
@@ -1179,10 +1309,14 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
     print(f"date      {info['date']}")
     print(f"go        {info['go_version']}  ({info['go']})")
     print(f"warren    {info['warren_version']}, {info['warren_commit']}  ({info['warren']})")
-    print(f"machine   {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}; load average "
-          f"at start {info['load_avg_at_start']}, at end {info['load_avg_at_end']}")
-    print(f"workload  go build {args.target}; {args.runs} runs per side, interleaved; "
-          f"peers connected {res.connect_s:.1f} s after the daemons started")
+    print(
+        f"machine   {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}; load average "
+        f"at start {info['load_avg_at_start']}, at end {info['load_avg_at_end']}"
+    )
+    print(
+        f"workload  go build {args.target}; {args.runs} runs per side, interleaved; "
+        f"peers connected {res.connect_s:.1f} s after the daemons started"
+    )
     print()
     rows, s = summarize(res)
     rows.insert(0, ("measurement", "median", "target", ""))
@@ -1194,30 +1328,49 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
     def cells(builds: list[Build]) -> str:
         return " ".join(f"{b.wall_s:.3f}[{b.cpu_s:.1f}]({b.load1:.1f})" for b in builds)
 
-    print("raw wall times in run order, s [CPU s of go and its children] "
-          "(1-min load average at the start):")
-    for name, builds in (("B cold local-only ", res.cold_local), ("B from warm peer  ", res.from_peer),
-                         ("B warm locally    ", res.warm_local), ("B cold sharing off", res.empty_off),
-                         ("B cold empty peer ", res.empty_on)):
+    print(
+        "raw wall times in run order, s [CPU s of go and its children] "
+        "(1-min load average at the start):"
+    )
+    for name, builds in (
+        ("B cold local-only ", res.cold_local),
+        ("B from warm peer  ", res.from_peer),
+        ("B warm locally    ", res.warm_local),
+        ("B cold sharing off", res.empty_off),
+        ("B cold empty peer ", res.empty_on),
+    ):
         if builds:
             print(f"  {name} {cells(builds)}")
     if res.prep:
-        print(f"  A prep build       {res.prep.wall_s:.3f}[{res.prep.cpu_s:.1f}]; "
-              f"A's store {res.a_store_bytes / 1e6:.0f} MB")
+        print(
+            f"  A prep build       {res.prep.wall_s:.3f}[{res.prep.cpu_s:.1f}]; "
+            f"A's store {res.a_store_bytes / 1e6:.0f} MB"
+        )
     if res.from_peer:
-        print("daemon CPU during the from-peer builds (A serving / B fetching), s: "
-              + " ".join(f"{b.daemon_cpu_s.get('A', 0):.2f}/{b.daemon_cpu_s.get('B', 0):.2f}"
-                         for b in res.from_peer))
-        print("B's counters per from-peer build (gets, peer hits, misses, peer MB): "
-              + "; ".join(f"{b.stats.get('gets')}, {b.stats.get('peer_hits')}, "
-                          f"{b.stats.get('misses')}, {b.stats.get('peer_hit_bytes', 0) / 1e6:.0f}"
-                          for b in res.from_peer))
+        print(
+            "daemon CPU during the from-peer builds (A serving / B fetching), s: "
+            + " ".join(
+                f"{b.daemon_cpu_s.get('A', 0):.2f}/{b.daemon_cpu_s.get('B', 0):.2f}"
+                for b in res.from_peer
+            )
+        )
+        print(
+            "B's counters per from-peer build (gets, peer hits, misses, peer MB): "
+            + "; ".join(
+                f"{b.stats.get('gets')}, {b.stats.get('peer_hits')}, "
+                f"{b.stats.get('misses')}, {b.stats.get('peer_hit_bytes', 0) / 1e6:.0f}"
+                for b in res.from_peer
+            )
+        )
     if res.probe:
         pr = res.probe
         print("latency probe, one get at a time through one B helper (no go running):")
         print(f"  peer hit (fetched from A): {quantiles(pr.peer_hit_s)}")
-        for lo, hi, name in ((0, 64 << 10, "< 64 KiB"), (64 << 10, 1 << 20, "64 KiB-1 MiB"),
-                             (1 << 20, 1 << 62, ">= 1 MiB")):
+        for lo, hi, name in (
+            (0, 64 << 10, "< 64 KiB"),
+            (64 << 10, 1 << 20, "64 KiB-1 MiB"),
+            (1 << 20, 1 << 62, ">= 1 MiB"),
+        ):
             sel = [t for t, n in zip(pr.peer_hit_s, pr.peer_hit_sizes, strict=True) if lo <= n < hi]
             if len(sel) >= 2:
                 print(f"    bodies {name}: {quantiles(sel)}")
@@ -1225,24 +1378,37 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
         print(f"  miss, sharing on (A asked, has nothing): {quantiles(pr.miss_on_s)}")
         print(f"  miss, sharing off: {quantiles(pr.miss_off_s)}")
     if res.empty_on:
-        print("daemon CPU during the empty-peer builds (A / B), s: "
-              + " ".join(f"{b.daemon_cpu_s.get('A', 0):.2f}/{b.daemon_cpu_s.get('B', 0):.2f}"
-                         for b in res.empty_on))
+        print(
+            "daemon CPU during the empty-peer builds (A / B), s: "
+            + " ".join(
+                f"{b.daemon_cpu_s.get('A', 0):.2f}/{b.daemon_cpu_s.get('B', 0):.2f}"
+                for b in res.empty_on
+            )
+        )
     if res.transfers:
-        print("big gets: " + " ".join(
-            f"{t.get_s:.3f}s/{t.mb_s:.0f}MB/s" for t in res.transfers))
-        print("  B daemon VmHWM before->after: " + " ".join(
-            f"{mib(t.b_daemon_hwm_before_kib)}->{mib(t.b_daemon_hwm_after_kib)}"
-            for t in res.transfers))
-        print("  daemon CPU per get (A serving / B fetching), s: " + " ".join(
-            f"{t.a_daemon_cpu_s:.2f}/{t.b_daemon_cpu_s:.2f}" for t in res.transfers))
-        print("  A's helper put of the same body: " + " ".join(
-            f"{t.put_s:.3f}s/{t.size / 1e6 / t.put_s:.0f}MB/s" for t in res.transfers))
+        print("big gets: " + " ".join(f"{t.get_s:.3f}s/{t.mb_s:.0f}MB/s" for t in res.transfers))
+        print(
+            "  B daemon VmHWM before->after: "
+            + " ".join(
+                f"{mib(t.b_daemon_hwm_before_kib)}->{mib(t.b_daemon_hwm_after_kib)}"
+                for t in res.transfers
+            )
+        )
+        print(
+            "  daemon CPU per get (A serving / B fetching), s: "
+            + " ".join(f"{t.a_daemon_cpu_s:.2f}/{t.b_daemon_cpu_s:.2f}" for t in res.transfers)
+        )
+        print(
+            "  A's helper put of the same body: "
+            + " ".join(f"{t.put_s:.3f}s/{t.size / 1e6 / t.put_s:.0f}MB/s" for t in res.transfers)
+        )
     if res.default_deadline:
         d = res.default_deadline
         landed = "never (60 s)" if d.landed_s is None else f"{d.landed_s:.3f} s"
-        print(f"big get with the default helper config: {d.answer} after {d.get_s:.3f} s; "
-              f"body in B's store after {landed}")
+        print(
+            f"big get with the default helper config: {d.answer} after {d.get_s:.3f} s; "
+            f"body in B's store after {landed}"
+        )
     return s
 
 
@@ -1252,23 +1418,43 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark builds served by a peer's warren.")
     p.add_argument("--runs", type=int, default=3, help="timed runs per side (default 3)")
-    p.add_argument("--warren", type=Path, default=REPO / "target" / "release" / "warren",
-                   help="warren binary (default target/release/warren)")
+    p.add_argument(
+        "--warren",
+        type=Path,
+        default=REPO / "target" / "release" / "warren",
+        help="warren binary (default target/release/warren)",
+    )
     p.add_argument("--go", type=Path, help="go binary (default: scripts/go-toolchain.sh)")
-    p.add_argument("--target", "--cold-target", dest="target", default="std",
-                   help="package pattern every build builds (default std)")
+    p.add_argument(
+        "--target",
+        "--cold-target",
+        dest="target",
+        default="std",
+        help="package pattern every build builds (default std)",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--body-mib", type=int, default=BIG_BODY >> 20,
-                   help=f"size of the big body in MiB (default {BIG_BODY >> 20})")
+    p.add_argument(
+        "--body-mib",
+        type=int,
+        default=BIG_BODY >> 20,
+        help=f"size of the big body in MiB (default {BIG_BODY >> 20})",
+    )
     p.add_argument("--transfer-runs", type=int, default=3, help="big gets to time (default 3)")
     p.add_argument("--daemon-log", default="info", help="WARREN_LOG for the daemons (default info)")
-    p.add_argument("--probe-misses", type=int, default=300,
-                   help="random lookups in the latency probe after part 1 (default 300; "
-                   "0 skips the probe)")
-    p.add_argument("--reset", choices=("fresh", "clean"), default="fresh",
-                   help="how a store is emptied between runs: a fresh directory and a daemon "
-                   "restart (default), or `warren clean` (deletes files; slower creates on "
-                   "ext4 without a journal)")
+    p.add_argument(
+        "--probe-misses",
+        type=int,
+        default=300,
+        help="random lookups in the latency probe after part 1 (default 300; 0 skips the probe)",
+    )
+    p.add_argument(
+        "--reset",
+        choices=("fresh", "clean"),
+        default="fresh",
+        help="how a store is emptied between runs: a fresh directory and a daemon "
+        "restart (default), or `warren clean` (deletes files; slower creates on "
+        "ext4 without a journal)",
+    )
     p.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the daemon logs to DIR")
     p.add_argument("--keep-tmp", action="store_true", help="keep the scratch directory")
     p.add_argument("--skip-peer", action="store_true", help="skip part 1 (warm peer)")
@@ -1296,7 +1482,9 @@ def resolve_go(arg: Path | None) -> Path:
 def resolve_warren(arg: Path) -> Path:
     warren = Path(os.path.abspath(arg))
     if not os.access(warren, os.X_OK):
-        raise BenchError(f"warren binary {warren} not found; run `cargo build --release` or pass --warren")
+        raise BenchError(
+            f"warren binary {warren} not found; run `cargo build --release` or pass --warren"
+        )
     return warren
 
 
@@ -1316,7 +1504,8 @@ def main(argv: list[str] | None = None) -> int:
         go = resolve_go(args.go)
         warren = resolve_warren(args.warren)
         info = machine_info(go, warren)
-        log(f"{info['go_version']}; warren {info['warren_version']}; load {info['load_avg_at_start']}")
+        log(f"{info['go_version']}; warren {info['warren_version']}")
+        log(f"load average {info['load_avg_at_start']}")
         remove_stale_namespaces()
         scratch = Path(tempfile.mkdtemp(prefix="warren-bench-share-"))
         CLEANUP.scratch = scratch
@@ -1328,7 +1517,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.keep_logs.mkdir(parents=True, exist_ok=True)
                 for h in ("a", "b"):
                     with contextlib.suppress(OSError):
-                        shutil.copyfile(scratch / h / "daemon.log", args.keep_logs / f"daemon-{h}.log")
+                        shutil.copyfile(
+                            scratch / h / "daemon.log", args.keep_logs / f"daemon-{h}.log"
+                        )
             raise
     except BenchError as e:
         print(f"bench_share: error: {e}", file=sys.stderr)
@@ -1344,12 +1535,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         out = {
             "info": info,
-            "args": {"runs": args.runs, "target": args.target, "body_mib": args.body_mib,
-                     "transfer_runs": args.transfer_runs},
+            "args": {
+                "runs": args.runs,
+                "target": args.target,
+                "body_mib": args.body_mib,
+                "transfer_runs": args.transfer_runs,
+            },
             "targets": TARGETS,
             "summary": summary,
-            "builds": {k: [asdict(b) for b in getattr(res, k)] for k in
-                       ("cold_local", "from_peer", "warm_local", "empty_off", "empty_on")},
+            "builds": {
+                k: [asdict(b) for b in getattr(res, k)]
+                for k in ("cold_local", "from_peer", "warm_local", "empty_off", "empty_on")
+            },
             "prep": asdict(res.prep) if res.prep else None,
             "a_store_bytes": res.a_store_bytes,
             "transfers": [{**asdict(t), "mb_s": t.mb_s} for t in res.transfers],
