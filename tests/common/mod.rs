@@ -79,20 +79,8 @@ impl GoEnv {
     /// give separate `go` commands a cold built-in cache).
     pub fn go_command(&self, cache: Cache, gocache: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.go);
-        cmd.args(args)
-            .current_dir(self.path("work"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("config"))
-            .env("XDG_CACHE_HOME", self.path("home/.cache"))
-            .env("GOCACHE", self.path(gocache))
-            .env("GOPATH", self.path("gopath"))
-            .env("GOMODCACHE", self.path("gopath/pkg/mod"))
-            .env("GOTOOLCHAIN", "local")
-            .env("GOTELEMETRY", "off")
-            .env("GOPROXY", "off")
-            .env("GOFLAGS", "");
+        cmd.args(args);
+        isolate(&mut cmd, self.dir.path(), gocache);
         if cache == Cache::Warren {
             cmd.env("GOCACHEPROG", warren_bin())
                 .env("WARREN_DIR", self.store());
@@ -162,6 +150,25 @@ impl GoEnv {
             std::fs::write(work.join(name), text).unwrap();
         }
     }
+}
+
+/// Runs `cmd` in `<root>/work` with nothing from the caller's environment
+/// but PATH: its own HOME, config dirs, GOPATH and `<root>/<gocache>`, and
+/// the network and toolchain downloads off.
+pub fn isolate(cmd: &mut Command, root: &Path, gocache: &str) {
+    cmd.current_dir(root.join("work"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", root.join("home"))
+        .env("XDG_CONFIG_HOME", root.join("config"))
+        .env("XDG_CACHE_HOME", root.join("home/.cache"))
+        .env("GOCACHE", root.join(gocache))
+        .env("GOPATH", root.join("gopath"))
+        .env("GOMODCACHE", root.join("gopath/pkg/mod"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOTELEMETRY", "off")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "");
 }
 
 pub fn warren_bin() -> &'static str {

@@ -173,21 +173,9 @@ impl Host {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.netns])
             .arg(program)
-            .args(args)
-            .current_dir(self.path("work"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("config"))
-            .env("XDG_CACHE_HOME", self.path("home/.cache"))
-            .env("WARREN_DIR", self.store())
-            .env("GOCACHE", self.path("gocache"))
-            .env("GOPATH", self.path("gopath"))
-            .env("GOMODCACHE", self.path("gopath/pkg/mod"))
-            .env("GOTOOLCHAIN", "local")
-            .env("GOTELEMETRY", "off")
-            .env("GOPROXY", "off")
-            .env("GOFLAGS", "");
+            .args(args);
+        crate::common::isolate(&mut cmd, self.dir.path(), "gocache");
+        cmd.env("WARREN_DIR", self.store());
         cmd
     }
 
