@@ -24,7 +24,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use warren_p2p::{
-    BodySink, Client, Event, MdnsConfig, Multiaddr, NodeConfig, PeerId, PeerInfo, Served,
+    BodySink, Client, CommitError, Event, MdnsConfig, Multiaddr, NodeConfig, PeerId, PeerInfo,
+    Served,
 };
 
 use crate::config::Config;
@@ -57,8 +58,13 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     };
     let allowlist_path = config.allowlist_path();
     let allowlist = Allowlist::load(&allowlist_path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for all of the daemon's async work: a lookup passes through
+    // a dozen tasks (socket, event loop, connection, codec), and on a
+    // single thread handing over between them is a queue push, where on a
+    // multi-threaded runtime each hand-over can be a cross-core wake-up
+    // (measured: docs/benchmarks.md). File I/O and hashing run on the
+    // blocking pool, in parallel with it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -301,11 +307,65 @@ impl Write for Sink {
 }
 
 impl BodySink for Sink {
-    fn commit(self: Box<Self>) -> io::Result<()> {
-        let verified = self.writer.finish().map_err(io::Error::other)?;
+    /// The node's only check of a fetched body: [`ObjectWriter::finish`]
+    /// compares size and SHA-256 with what the peer announced.
+    fn commit(self: Box<Self>) -> Result<(), CommitError> {
+        let verified = self.writer.finish().map_err(|error| match error {
+            store::Error::Mismatch {
+                actual,
+                actual_size,
+                ..
+            } => CommitError::Mismatch {
+                actual: *actual.as_bytes(),
+                actual_size,
+            },
+            other => CommitError::Io(io::Error::other(other)),
+        })?;
         self.store
             .commit(&self.action, verified)
             .map(drop)
-            .map_err(|e: store::Error| io::Error::other(e))
+            .map_err(|error| CommitError::Io(io::Error::other(error)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use warren_p2p::Store as _;
+
+    use super::*;
+
+    /// The sink is the node's only check of a fetched body.
+    #[test]
+    fn sinks_store_only_the_announced_body_and_name_a_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(DiskStore::open(dir.path()).unwrap());
+        let adapter = StoreAdapter(store.clone());
+        let body = b"the real body";
+        let output = *OutputId::of(body).as_bytes();
+
+        let mut sink = adapter.begin(&[1; 32], &output, body.len() as u64).unwrap();
+        sink.write_all(b"a fake body!!").unwrap();
+        match sink.commit() {
+            Err(CommitError::Mismatch {
+                actual,
+                actual_size,
+            }) => {
+                assert_eq!(actual, *OutputId::of(b"a fake body!!").as_bytes());
+                assert_eq!(actual_size, 13);
+            }
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
+        assert_eq!(
+            store.get(&ActionId::from_bytes([1; 32])).unwrap(),
+            Lookup::Miss
+        );
+
+        let mut sink = adapter.begin(&[1; 32], &output, body.len() as u64).unwrap();
+        sink.write_all(body).unwrap();
+        sink.commit().unwrap();
+        let Lookup::Hit(entry) = store.get(&ActionId::from_bytes([1; 32])).unwrap() else {
+            panic!("a verified body is stored");
+        };
+        assert_eq!(std::fs::read(entry.path).unwrap(), body);
     }
 }

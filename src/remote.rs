@@ -113,11 +113,11 @@ impl RemoteTier for DaemonTier {
             }
             match answer {
                 Ok(ipc::Response::Hit { peer, .. }) => {
-                    let store = store.clone();
-                    let found = tokio::task::spawn_blocking(move || store.get(&action))
-                        .await
-                        .expect("store lookups not to panic");
-                    match found {
+                    // A few small file reads, done right here: a hand-over
+                    // to the blocking pool would cost more than the reads
+                    // (the helper's runtime is single-threaded, and nothing
+                    // else on it waits long for this).
+                    match store.get(&action) {
                         Ok(Lookup::Hit(entry)) => {
                             tracing::debug!("get {action}: from peer {peer}");
                             Some(entry)

@@ -100,8 +100,9 @@ impl Responder {
         ))))
     }
 
-    /// Writes one response. May block while `go` is not reading, so async
-    /// code calls it from a blocking task.
+    /// Writes one response. Blocks only while the pipe to `go` is full;
+    /// `go` reads answers on a goroutine of their own, whatever it is
+    /// doing, so that is brief, and async code may call this directly.
     fn send(&self, response: &Response) {
         let mut out = self
             .0
@@ -150,11 +151,11 @@ impl Context {
                                     if let Lookup::Hit(entry) = &found {
                                         counters.peer_hit(entry.size);
                                     }
-                                    let response = answer_get(id, &action, found, &counters);
-                                    let _ = tokio::task::spawn_blocking(move || {
-                                        responder.send(&response)
-                                    })
-                                    .await;
+                                    // Written from the runtime's thread: `go`
+                                    // reads answers as they come, so this does
+                                    // not block, and a hand-over to another
+                                    // thread would cost a wake-up per lookup.
+                                    responder.send(&answer_get(id, &action, found, &counters));
                                 },
                                 &self.runtime,
                             );

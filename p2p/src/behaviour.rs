@@ -80,7 +80,15 @@ pub(crate) fn build_swarm(
         .map_err(Error::Transport)?
         .with_behaviour(|_| behaviour)
         .expect("a ready-made behaviour cannot fail")
-        .with_swarm_config(|swarm| swarm.with_idle_connection_timeout(idle))
+        .with_swarm_config(|swarm| {
+            swarm
+                .with_idle_connection_timeout(idle)
+                // A fetch proposes exactly one protocol, so the requester
+                // can send its request with the protocol proposal instead of
+                // waiting a round trip for the server to confirm it (a
+                // server without the protocol resets the stream either way).
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
         .build();
     Ok(swarm)
 }

@@ -10,38 +10,34 @@
 //!    included" end there;
 //! 2. refuse a body bigger than `max_body_size` or than the `max_inline` we
 //!    asked for, before reading a byte of it;
-//! 3. open a sink with [`Store::begin`] and stream the body into it in
-//!    [`CHUNK_SIZE`] pieces through a small bounded queue to a blocking
-//!    writer, which hashes (SHA-256) as it writes: memory stays at a few
-//!    chunks whatever the body's size;
-//! 4. commit only if exactly `size` bytes arrived, within the transfer
-//!    timeout for that size, and their hash is the announced OutputID.
+//! 3. move the body into a sink from [`Store::begin`] ([`crate::body`]:
+//!    memory stays at a few pieces whatever the body's size), within the
+//!    transfer timeout for its size;
+//! 4. commit it: the sink stores it only if exactly `size` bytes arrived
+//!    and their SHA-256 is the announced OutputID.
 //!
 //! A cancelled fetch (another peer won, or the lookup gave up) drops the
 //! sink, which discards what it held. Failures of the stream are `io`
 //! errors (a miss); a body that arrived but did not verify is an
 //! [`Outcome::Rejected`] so the node can put that peer in cooldown.
 //!
-//! On the serving side the event loop hands the codec an already verified,
-//! open file ([`Reply`]); the codec streams it in chunks the same way.
+//! On the serving side the event loop hands the codec a [`Reply`] with the
+//! body read and verified (small bodies) or an open file, which
+//! [`crate::body::send`] verifies as it streams it.
 
-use std::fs::File;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncWrite};
 use libp2p::StreamProtocol;
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::body::{self, Outgoing, Received};
 use crate::config::transfer_timeout;
-use crate::store::{BodySink, Store};
-use crate::wire::{self, CHUNK_SIZE, FoundHeader, RequestHeader, ResponseHeader, WIRE_VERSION};
-
-/// Chunks queued between the stream and the blocking writer.
-const WRITE_QUEUE: usize = 4;
+use crate::store::Store;
+use crate::wire::{self, FoundHeader, RequestHeader, ResponseHeader, WIRE_VERSION};
 
 /// Why a received body was refused. A peer that causes one is put in cooldown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,16 +129,19 @@ pub(crate) enum Response {
 }
 
 /// What a server sends. `body` is `Some` exactly when `found` says the body
-/// is included; the file has been hashed against `found.output`.
+/// is included.
 #[derive(Debug)]
 pub(crate) struct Reply {
+    /// For the server's own logs.
+    pub(crate) action: [u8; 32],
     pub(crate) found: Option<FoundHeader>,
-    pub(crate) body: Option<File>,
+    pub(crate) body: Option<Outgoing>,
 }
 
 impl Reply {
-    pub(crate) fn not_found() -> Self {
+    pub(crate) fn not_found(action: [u8; 32]) -> Self {
         Self {
+            action,
             found: None,
             body: None,
         }
@@ -249,79 +248,27 @@ impl FetchCodec {
             .map_err(|_| timed_out("body not received within its transfer timeout"))?
     }
 
-    /// Streams `meta.size` body bytes into a store sink; see the module docs.
+    /// Streams `meta.size` body bytes into a store sink; see [`crate::body`].
     async fn receive_body<T>(&self, io: &mut T, action: [u8; 32], meta: Meta) -> io::Result<Outcome>
     where
         T: AsyncRead + Unpin + Send,
     {
         let store = self.store.clone();
-        let sink = match blocking(move || store.begin(&action, &meta.output, meta.size)).await {
-            Ok(sink) => sink,
-            Err(error) => {
-                tracing::warn!("cannot store a fetched body: {error}");
-                return Ok(Outcome::NotStored(meta));
-            }
-        };
-        let (chunks, mut queue) = tokio::sync::mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-        let writer = tokio::task::spawn_blocking(move || {
-            let mut sink = sink;
-            let mut hasher = Sha256::new();
-            while let Some(chunk) = queue.blocking_recv() {
-                hasher.update(&chunk);
-                if let Err(error) = sink.write_all(&chunk) {
-                    return (sink, Err(error));
-                }
-            }
-            (sink, Ok(<[u8; 32]>::from(hasher.finalize())))
-        });
-        let mut remaining = meta.size;
-        let mut read_error = None;
-        while remaining > 0 {
-            let want = remaining.min(CHUNK_SIZE as u64) as usize;
-            let mut chunk = vec![0; want];
-            if let Err(error) = io.read_exact(&mut chunk).await {
-                read_error = Some(error);
-                break;
-            }
-            remaining -= want as u64;
-            if chunks.send(chunk).await.is_err() {
-                break; // The writer failed; it reports why below.
-            }
-        }
-        // Ends the writer's loop. If this future is dropped instead
-        // (cancelled, timed out), the queue closes just the same and the
-        // writer drops the sink without committing it.
-        drop(chunks);
-        let (sink, written) = writer.await.map_err(io::Error::other)?;
-        if let Some(error) = read_error {
-            discard(sink).await;
-            return Err(error);
-        }
-        let actual = match written {
-            Ok(actual) => actual,
-            Err(error) => {
-                tracing::warn!("cannot store a fetched body: {error}");
-                discard(sink).await;
-                return Ok(Outcome::NotStored(meta));
-            }
-        };
-        if actual != meta.output {
-            discard(sink).await;
-            return Ok(Outcome::Rejected {
+        let begin = move || store.begin(&action, &meta.output, meta.size);
+        Ok(match body::receive(io, meta.size, begin).await? {
+            Received::Committed => Outcome::Committed(meta),
+            Received::Mismatch { actual } => Outcome::Rejected {
                 reason: RejectReason::HashMismatch {
                     expected: meta.output,
                     actual,
                 },
                 bytes: meta.size,
-            });
-        }
-        match blocking(move || sink.commit()).await {
-            Ok(()) => Ok(Outcome::Committed(meta)),
-            Err(error) => {
-                tracing::warn!("the store refused a verified body: {error}");
-                Ok(Outcome::NotStored(meta))
+            },
+            Received::NotStored(error) => {
+                tracing::warn!("cannot store a fetched body: {error}");
+                Outcome::NotStored(meta)
             }
-        }
+        })
     }
 }
 
@@ -387,7 +334,12 @@ impl libp2p::request_response::Codec for FetchCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let Response::Reply(Reply { found, body }) = response else {
+        let Response::Reply(Reply {
+            action,
+            found,
+            body,
+        }) = response
+        else {
             return Err(io::Error::other("only replies are written"));
         };
         let header = ResponseHeader {
@@ -395,52 +347,23 @@ impl libp2p::request_response::Codec for FetchCodec {
             found,
         };
         wire::write_frame(io, &header).await?;
-        match (header.found, body) {
-            (Some(found), Some(body)) if found.body_included => {
-                send_body(io, body, found.size).await
-            }
-            _ => Ok(()),
+        let (Some(found), Some(body)) = (header.found, body) else {
+            return Ok(());
+        };
+        if !found.body_included {
+            return Ok(());
         }
-    }
-}
-
-/// Streams `size` bytes of `file` in chunks. A file shorter than `size` is
-/// an error, which resets the stream: the requester sees a truncated body.
-async fn send_body<T>(io: &mut T, file: File, size: u64) -> io::Result<()>
-where
-    T: AsyncWrite + Unpin + Send,
-{
-    let mut file = tokio::fs::File::from_std(file);
-    let mut buffer = vec![0; CHUNK_SIZE];
-    let mut remaining = size;
-    while remaining > 0 {
-        let want = remaining.min(CHUNK_SIZE as u64) as usize;
-        let read = tokio::io::AsyncReadExt::read(&mut file, &mut buffer[..want]).await?;
-        if read == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "body file is shorter than its entry says",
-            ));
+        let sent = body::send(io, body, found.output, found.size).await;
+        if let Err(error) = &sent
+            && body::is_damaged(error)
+        {
+            tracing::warn!(
+                action = hex::encode(action),
+                "stopped serving a body that does not match its OutputID ({error}); the local store is damaged, `warren verify` repairs it"
+            );
         }
-        io.write_all(&buffer[..read]).await?;
-        remaining -= read as u64;
+        sent
     }
-    io.flush().await
-}
-
-/// Runs blocking store work off the async threads.
-async fn blocking<R: Send + 'static>(
-    work: impl FnOnce() -> io::Result<R> + Send + 'static,
-) -> io::Result<R> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(io::Error::other)?
-}
-
-/// Drops a sink (which discards its temp file) off the async threads, and
-/// waits for that, so nothing of a failed body outlives its fetch.
-async fn discard(sink: Box<dyn BodySink>) {
-    let _ = tokio::task::spawn_blocking(move || drop(sink)).await;
 }
 
 fn timed_out(what: &str) -> io::Error {
@@ -460,8 +383,11 @@ mod tests {
 
     use futures::io::Cursor;
     use libp2p::request_response::Codec;
+    use sha2::{Digest, Sha256};
 
     use super::*;
+    use crate::store::{BodySink, CommitError};
+    use crate::wire::CHUNK_SIZE;
 
     /// Commits verified bodies to a map; records the size of every write.
     #[derive(Default)]
@@ -489,9 +415,13 @@ mod tests {
     }
 
     impl BodySink for MapSink {
-        fn commit(self: Box<Self>) -> io::Result<()> {
-            if <[u8; 32]>::from(Sha256::digest(&self.body)) != self.output {
-                return Err(io::Error::other("mismatch"));
+        fn commit(self: Box<Self>) -> Result<(), CommitError> {
+            let actual = <[u8; 32]>::from(Sha256::digest(&self.body));
+            if actual != self.output {
+                return Err(CommitError::Mismatch {
+                    actual,
+                    actual_size: self.body.len() as u64,
+                });
             }
             self.store
                 .committed
@@ -578,11 +508,11 @@ mod tests {
     #[tokio::test]
     async fn verified_bodies_are_streamed_in_chunks_and_committed() {
         let store = Arc::new(MapStore::default());
-        let body: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
-        let outcome = exchange(&store, 1 << 20, answer(Some(found(&body, true)), &body))
+        let body: Vec<u8> = (0..(CHUNK_SIZE * 4 + 7) as u32).map(|i| i as u8).collect();
+        let outcome = exchange(&store, 1 << 30, answer(Some(found(&body, true)), &body))
             .await
             .unwrap();
-        assert!(matches!(outcome, Outcome::Committed(meta) if meta.size == 300_000));
+        assert!(matches!(outcome, Outcome::Committed(meta) if meta.size == body.len() as u64));
         assert_eq!(store.committed.lock().unwrap()[&[1; 32]], body);
         let writes = store.writes.lock().unwrap();
         assert!(writes.len() >= 5, "{writes:?}");
@@ -638,16 +568,18 @@ mod tests {
     #[tokio::test]
     async fn truncated_bodies_are_errors_and_not_committed() {
         let store = Arc::new(MapStore::default());
-        let body = vec![4; 200_000];
-        let error = exchange(
-            &store,
-            1 << 20,
-            answer(Some(found(&body, true)), &body[..150_000]),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(store.committed.lock().unwrap().is_empty());
+        for size in [1000, CHUNK_SIZE * 3] {
+            let body = vec![4; size];
+            let error = exchange(
+                &store,
+                1 << 30,
+                answer(Some(found(&body, true)), &body[..size - 10]),
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+            assert!(store.committed.lock().unwrap().is_empty());
+        }
     }
 
     #[tokio::test]
@@ -682,8 +614,9 @@ mod tests {
         let mut server = FetchCodec::new(Arc::new(Shared(store.clone())), 1 << 30, 1);
         let mut bytes = Vec::new();
         let reply = Reply {
+            action: [1; 32],
             found: Some(found(&body, true)),
-            body: Some(File::open(&path).unwrap()),
+            body: Some(Outgoing::File(std::fs::File::open(&path).unwrap())),
         };
         server
             .write_response(&protocol(), &mut bytes, Response::Reply(reply))

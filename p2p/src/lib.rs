@@ -50,6 +50,7 @@
 //! it in cooldown. Bad data from peers is a miss, never a panic.
 
 mod behaviour;
+mod body;
 mod client;
 mod codec;
 pub mod config;
@@ -67,7 +68,7 @@ pub use crate::client::{Client, Event, Fetched, PeerCounters, PeerInfo};
 pub use crate::codec::RejectReason;
 pub use crate::config::{MdnsConfig, NodeConfig};
 pub use crate::event_loop::EventLoop;
-pub use crate::store::{BodySink, Served, Store};
+pub use crate::store::{BodySink, CommitError, Served, Store};
 
 /// The libp2p protocol name peers speak; versioned so a later protocol (for
 /// example one that exchanges summaries of what each peer holds) can be

@@ -5,15 +5,26 @@
 //! verify size and SHA-256, rename) stay in one place, and the node adds its
 //! own checks on top:
 //!
-//! - serving: the node hashes a body before sending it and refuses to serve
-//!   one that does not match its OutputID, so a damaged local store is never
-//!   spread to peers;
-//! - fetching: the node hashes what it receives as well, and calls
-//!   [`BodySink::commit`] only if size and hash match; the store verifies
-//!   again on commit (defence in depth).
+//! - serving: the node hashes every body it sends and never lets a body
+//!   that does not match its OutputID arrive whole (a small one is checked
+//!   before it is sent; of a big one, hashed as it streams, the last bytes
+//!   are held back until the hash is known), so a damaged local store is
+//!   never spread to peers;
+//! - fetching: the store's sink verifies. [`BodySink::commit`] must check
+//!   size and SHA-256 against what [`Store::begin`] was given and report a
+//!   mismatch as [`CommitError::Mismatch`]; the node then discards the body
+//!   and puts the peer in cooldown. The node does not hash received bodies
+//!   itself: every byte of a 256 MiB body hashed twice on a busy 2-core
+//!   machine cost as much as receiving it (docs/benchmarks.md), and the
+//!   store that writes the body is the one place that can check exactly
+//!   what it stores.
 //!
-//! All methods do blocking file I/O; the node calls them from
-//! `spawn_blocking`, never on the event loop.
+//! All methods do blocking file I/O. The node calls [`Store::open`], and
+//! [`Store::begin`] with the sink's writes and commit for a body of one
+//! piece, on its async thread: they must be quick (a few small file
+//! operations, as on a local disk), because a thread hand-over for each
+//! costs more than the work. Bigger bodies are written and read on the
+//! blocking pool.
 
 use std::fs::File;
 use std::io;
@@ -27,6 +38,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// For fetching: a sink for a body of `size` bytes that must hash
     /// (SHA-256) to `output`, to be stored under `action` once committed.
+    /// The sink enforces that; see [`BodySink::commit`].
     ///
     /// Several sinks for the same action or output may be open at once (two
     /// peers racing to answer one lookup); committing identical verified
@@ -51,10 +63,26 @@ pub struct Served {
 }
 
 /// Receives one body. Dropping a sink without [`commit`](BodySink::commit)
-/// must discard what was written: the node drops sinks whose transfer failed,
-/// was cancelled or did not verify.
+/// must discard what was written: the node drops sinks whose transfer failed
+/// or was cancelled.
 pub trait BodySink: io::Write + Send {
-    /// Verifies and stores the body. An `Err` means it did not verify or
-    /// could not be stored, and then nothing was stored.
-    fn commit(self: Box<Self>) -> io::Result<()>;
+    /// Verifies the body and, only if it matches, stores it. It matches if
+    /// exactly the `size` given to [`Store::begin`] was written and its
+    /// SHA-256 is the `output` given there. The node relies on this check:
+    /// it is the only one a fetched body gets. On an `Err` nothing was
+    /// stored.
+    fn commit(self: Box<Self>) -> Result<(), CommitError>;
+}
+
+/// Why [`BodySink::commit`] stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The body is not the one announced: `actual` is the SHA-256 of the
+    /// `actual_size` bytes written. The sender is put in cooldown.
+    #[error("body of {actual_size} bytes hashes to {}", hex::encode(.actual))]
+    Mismatch { actual: [u8; 32], actual_size: u64 },
+    /// The body could not be stored (disk full, permissions, ...). Not the
+    /// sender's fault.
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }

@@ -36,8 +36,10 @@ pub const WIRE_VERSION: u32 = 1;
 /// The largest header frame either side accepts. Headers are a few hundred
 /// bytes; anything bigger is a broken or hostile peer.
 pub const MAX_HEADER_LEN: u32 = 64 * 1024;
-/// Bodies are read, hashed and written in pieces of at most this size.
-pub const CHUNK_SIZE: usize = 64 * 1024;
+/// Bodies are read, hashed and written in pieces of at most this size: big
+/// enough that handing a piece between threads costs little next to
+/// moving it, small enough that a few queued pieces are little memory.
+pub const CHUNK_SIZE: usize = 256 * 1024;
 
 /// What a requester asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,8 +31,8 @@ fn reset_peak() -> bool {
 #[tokio::test]
 async fn a_64_mib_body_streams_in_chunks_with_bounded_memory() {
     let [ka, kb] = keypairs();
-    // Debug builds hash at well under 100 MB/s and every chunk is hashed
-    // twice on the receiving side; allow 10 MB/s.
+    // Debug builds hash at well under 100 MB/s, and each side hashes every
+    // chunk; allow 10 MB/s.
     let config = |keypair: &warren_p2p::identity::Keypair, peer| {
         test_config(keypair.clone(), &[peer]).with_transfer_rate(10_000_000)
     };

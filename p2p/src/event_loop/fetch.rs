@@ -5,11 +5,9 @@
 //! ones answer "found, not included" ([`Outcome::Announced`]). Those become
 //! candidates, asked one at a time for the full body, so a big body is
 //! pulled from one peer, not from all. The first committed body answers the
-//! fetch and cancels the rest. This holds with a single peer too: a server
-//! hashes a body before answering, which for a big body takes longer than
-//! the lookup deadline allows, so big bodies always take the second request,
-//! whose deadline grows with the size (one extra LAN round trip, small next
-//! to moving more than a mebibyte).
+//! fetch and cancels the rest. With a single eligible peer there is nobody
+//! to choose between, so it is asked for any body inline: that saves the
+//! second round trip.
 //!
 //! Time limits: a lookup request that has not answered "found" by the
 //! lookup deadline is cancelled; a positive one then runs on its transfer
@@ -94,10 +92,11 @@ impl EventLoop {
             let _ = reply.send(None);
             return;
         }
-        // Even with one peer: a server hashes a body before its answer, and
-        // for a big body that takes longer than a lookup may. Big bodies are
-        // fetched by a second request whose deadline grows with their size.
-        let max_inline = self.config.inline_limit.min(self.config.max_body_size);
+        let max_inline = if peers.len() == 1 {
+            self.config.max_body_size
+        } else {
+            self.config.inline_limit.min(self.config.max_body_size)
+        };
         let id = self.next_fetch;
         self.next_fetch += 1;
         self.fetches.insert(
@@ -267,8 +266,8 @@ impl EventLoop {
             if !self.eligible(&peer, now) {
                 continue;
             }
-            // The server hashes the body before answering, at about the
-            // transfer rate at worst.
+            // The server has just said it holds the body, but may be busy:
+            // the header may take as long as the transfer.
             let transfer = self.config.transfer_timeout(meta.size);
             let header_deadline = now + self.config.lookup_deadline + transfer;
             let max_inline = self.config.max_body_size;

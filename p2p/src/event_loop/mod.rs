@@ -2,11 +2,12 @@
 //! the books.
 //!
 //! Shaped like rust-libp2p's `examples/file-sharing/src/network.rs`:
-//! [`EventLoop::run`] `select!`s over swarm events, client commands, serving
-//! replies that became ready, fetch timers, the redial tick and mDNS. It
-//! never blocks: file I/O for serving runs in `spawn_blocking` tasks that
-//! hand their reply back on a bounded channel, and bodies being fetched
-//! stream in the codec, on the connections' own tasks.
+//! [`EventLoop::run`] `select!`s over swarm events, client commands, fetch
+//! timers, the redial tick and mDNS. Its only file I/O is the lookup (and,
+//! for small bodies, the read) behind each request it serves, which is
+//! cheaper done in place than handed to another thread (see `serve`).
+//! Bodies stream in the codec, on the connections' own tasks, with their
+//! file I/O and hashing on the blocking pool.
 //!
 //! The loop's work is split by job, each an `impl EventLoop` of its own:
 //! `fetch` (asking peers, deadlines), `serve` (answering them) and `peers`
@@ -40,7 +41,7 @@ use tokio::time::Instant;
 
 use self::fetch::{FetchId, PendingFetch, RequestInfo, Timer};
 use self::peers::{AnonymousAddress, PeerState, split_peer_id};
-use self::serve::{ReadyReply, Serving};
+use self::serve::Serving;
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::client::{Command, Event};
 use crate::codec::{Request, Response};
@@ -52,8 +53,6 @@ use crate::store::Store;
 /// backoff starts over. Shorter ones (say, the remote drops us because we
 /// are not on its allowlist) keep backing off.
 const STABLE_CONNECTION: Duration = Duration::from_secs(30);
-/// Serving replies waiting for the event loop.
-const REPLY_QUEUE: usize = 64;
 /// Peers remembered that are neither allowlisted nor connected (seen on
 /// mDNS, so users can find IDs to allow). Bounded, so that spoofed
 /// announcements cannot grow memory.
@@ -76,9 +75,6 @@ pub struct EventLoop {
     requests: HashMap<OutboundRequestId, RequestInfo>,
     next_fetch: FetchId,
     timers: FuturesUnordered<Timer>,
-    /// Serving replies computed off the loop, to be sent from it.
-    ready_replies: mpsc::Receiver<ReadyReply>,
-    ready_sender: mpsc::Sender<ReadyReply>,
     /// Caps concurrent serves; a permit lives until its response is sent.
     serve_permits: Arc<Semaphore>,
     serving: HashMap<InboundRequestId, Serving>,
@@ -93,7 +89,6 @@ impl EventLoop {
         config: NodeConfig,
         discovery: Option<Discovery>,
     ) -> Self {
-        let (ready_sender, ready_replies) = mpsc::channel(REPLY_QUEUE);
         let mut event_loop = Self {
             swarm,
             commands,
@@ -107,8 +102,6 @@ impl EventLoop {
             requests: HashMap::new(),
             next_fetch: 0,
             timers: FuturesUnordered::new(),
-            ready_replies,
-            ready_sender,
             serve_permits: Arc::new(Semaphore::new(config.max_concurrent_serves)),
             serving: HashMap::new(),
             config,
@@ -134,7 +127,6 @@ impl EventLoop {
                     Some(command) => self.on_command(command),
                     None => break,
                 },
-                Some(ready) = self.ready_replies.recv() => self.on_reply_ready(ready),
                 Some(deadline) = self.timers.next(), if !self.timers.is_empty() => {
                     self.on_deadline(deadline);
                 }

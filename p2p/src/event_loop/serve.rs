@@ -1,11 +1,20 @@
 //! Serving: answering peers' requests from the local store.
 //!
-//! The event loop checks the allowlist, then a task opens and hashes the
-//! body off the loop (`spawn_blocking`) and hands the reply back to be sent.
-//! A body that does not hash to its OutputID is never served, so a damaged
-//! local store does not spread; any trouble is answered "not found".
+//! The event loop checks the allowlist and the serving cap, looks the
+//! entry up and, for a small body, reads and hashes it, all right here:
+//! from the page cache that is a few tens of microseconds, while handing it
+//! to the blocking pool and back cost a quarter of a millisecond per
+//! request on a busy 2-core machine, most of a small fetch
+//! (docs/benchmarks.md). A bigger body goes to the codec as an open file,
+//! which [`crate::body::send`] reads and hashes on a blocking thread as it
+//! streams it.
+//!
+//! A body that does not hash to its OutputID is never served whole, so a
+//! damaged local store does not spread: a small one is answered "not
+//! found", a big one is cut off before its last piece. Any other trouble is
+//! "not found" too.
 
-use std::io::{Read, Seek};
+use std::io::Read;
 
 use libp2p::PeerId;
 use libp2p::request_response::{InboundRequestId, ResponseChannel};
@@ -13,18 +22,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::EventLoop;
+use crate::body::{Outgoing, SMALL_BODY};
 use crate::codec::{Reply, Response};
 use crate::store::Store;
-use crate::wire::{CHUNK_SIZE, FoundHeader, RequestHeader};
-
-pub(super) struct ReadyReply {
-    pub(super) peer: PeerId,
-    pub(super) request_id: InboundRequestId,
-    pub(super) action: [u8; 32],
-    pub(super) channel: ResponseChannel<Response>,
-    pub(super) reply: Reply,
-    pub(super) permit: OwnedSemaphorePermit,
-}
+use crate::wire::{FoundHeader, RequestHeader};
 
 pub(super) struct Serving {
     pub(super) peer: PeerId,
@@ -54,42 +55,10 @@ impl EventLoop {
                 .swarm
                 .behaviour_mut()
                 .fetch
-                .send_response(channel, Response::Reply(Reply::not_found()));
+                .send_response(channel, Response::Reply(Reply::not_found(header.action)));
             return;
         };
-        let store = self.store.clone();
-        let ready = self.ready_sender.clone();
-        tokio::spawn(async move {
-            let action = header.action;
-            let reply = tokio::task::spawn_blocking(move || prepare_reply(&*store, &header))
-                .await
-                .unwrap_or_else(|_| Reply::not_found());
-            let ready_reply = ReadyReply {
-                peer,
-                request_id,
-                action,
-                channel,
-                reply,
-                permit,
-            };
-            // Fails only if the event loop has stopped.
-            let _ = ready.send(ready_reply).await;
-        });
-    }
-
-    pub(super) fn on_reply_ready(&mut self, ready: ReadyReply) {
-        let ReadyReply {
-            peer,
-            request_id,
-            action,
-            channel,
-            reply,
-            permit,
-        } = ready;
-        if !self.allowlist.contains(&peer) {
-            tracing::debug!(%peer, "removed from the allowlist while its answer was prepared");
-            return;
-        }
+        let reply = prepare_reply(&*self.store, &header);
         let bytes = reply
             .found
             .as_ref()
@@ -105,7 +74,7 @@ impl EventLoop {
                 request_id,
                 Serving {
                     peer,
-                    action,
+                    action: header.action,
                     bytes,
                     _permit: permit,
                 },
@@ -114,63 +83,65 @@ impl EventLoop {
     }
 }
 
-/// Decides what to answer a request with; blocking (file I/O). Any trouble
-/// is "not found": a peer asking is never told more than that.
+/// Decides what to answer a request with: a lookup and, for a small body,
+/// one read. Any trouble is "not found": a peer asking is never told more
+/// than that.
 fn prepare_reply(store: &dyn Store, header: &RequestHeader) -> Reply {
-    let action = hex::encode(header.action);
-    let served = match store.open(&header.action) {
+    let action = header.action;
+    let not_found = || Reply::not_found(action);
+    let served = match store.open(&action) {
         Ok(Some(served)) => served,
-        Ok(None) => return Reply::not_found(),
+        Ok(None) => return not_found(),
         Err(error) => {
-            tracing::warn!(action, "cannot open an entry to serve it: {error}");
-            return Reply::not_found();
+            tracing::warn!(
+                action = hex::encode(action),
+                "cannot open an entry to serve it: {error}"
+            );
+            return not_found();
         }
     };
     let include = served.size <= header.max_inline;
-    let mut body = served.body;
-    if include {
-        match hash_prefix(&mut body, served.size) {
-            Ok(actual) if actual == served.output => {}
-            Ok(_) => {
-                tracing::warn!(
-                    action,
-                    "not serving a body that does not match its OutputID (the local store is damaged; `warren verify` repairs it)"
-                );
-                return Reply::not_found();
-            }
+    let body = if !include {
+        None
+    } else if served.size <= SMALL_BODY {
+        match read_verified(served.body, served.size, &served.output) {
+            Ok(bytes) => Some(Outgoing::Bytes(bytes)),
             Err(error) => {
-                tracing::warn!(action, "cannot read a body to serve it: {error}");
-                return Reply::not_found();
+                tracing::warn!(action = hex::encode(action), "not serving a body: {error}");
+                return not_found();
             }
         }
-        if let Err(error) = body.rewind() {
-            tracing::warn!(action, "cannot rewind a body to serve it: {error}");
-            return Reply::not_found();
-        }
-    }
+    } else {
+        Some(Outgoing::File(served.body))
+    };
     Reply {
+        action,
         found: Some(FoundHeader {
             output: served.output,
             size: served.size,
             time_unix_nanos: served.time_unix_nanos,
             body_included: include,
         }),
-        body: include.then_some(body),
+        body,
     }
 }
 
-/// SHA-256 of exactly `size` bytes of `file`; a shorter file is an error.
-fn hash_prefix(file: &mut std::fs::File, size: u64) -> std::io::Result<[u8; 32]> {
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0; CHUNK_SIZE];
-    let mut remaining = size;
-    while remaining > 0 {
-        let want = remaining.min(CHUNK_SIZE as u64) as usize;
-        file.read_exact(&mut buffer[..want])?;
-        hasher.update(&buffer[..want]);
-        remaining -= want as u64;
+/// Exactly `size` bytes of `file`, which must hash to `output`.
+fn read_verified(
+    mut file: std::fs::File,
+    size: u64,
+    output: &[u8; 32],
+) -> std::io::Result<Vec<u8>> {
+    let mut bytes = vec![0; size as usize];
+    file.read_exact(&mut bytes)
+        .map_err(|error| std::io::Error::new(error.kind(), format!("cannot read it: {error}")))?;
+    if <[u8; 32]>::from(Sha256::digest(&bytes)) != *output {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "it does not match its OutputID (the local store is damaged; `warren verify` repairs it)",
+        ));
     }
-    Ok(hasher.finalize().into())
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -230,19 +201,30 @@ mod tests {
     }
 
     #[test]
-    fn verified_bodies_are_served_from_the_start() {
-        let body = vec![9; 100_000];
+    fn small_bodies_are_read_and_verified_before_answering() {
+        let body = vec![9; 1000];
         let (_dir, store) = store_with(&body, Sha256::digest(&body).into());
         let reply = prepare_reply(&store, &header(u64::MAX));
-        let found = reply.found.unwrap();
-        assert!(found.body_included);
+        assert!(reply.found.unwrap().body_included);
+        assert!(matches!(reply.body, Some(Outgoing::Bytes(bytes)) if bytes == body));
+    }
+
+    #[test]
+    fn bigger_bodies_are_handed_over_open_from_their_start() {
+        let body = vec![9; SMALL_BODY as usize + 1];
+        let (_dir, store) = store_with(&body, Sha256::digest(&body).into());
+        let reply = prepare_reply(&store, &header(u64::MAX));
+        assert!(reply.found.unwrap().body_included);
+        let Some(Outgoing::File(mut file)) = reply.body else {
+            panic!("expected an open file");
+        };
         let mut served = Vec::new();
-        reply.body.unwrap().read_to_end(&mut served).unwrap();
+        file.read_to_end(&mut served).unwrap();
         assert_eq!(served, body);
     }
 
     #[test]
-    fn corrupt_bodies_are_never_served() {
+    fn corrupt_small_bodies_are_never_served() {
         let (_dir, store) = store_with(b"corrupted", Sha256::digest(b"original").into());
         let reply = prepare_reply(&store, &header(u64::MAX));
         assert!(reply.found.is_none() && reply.body.is_none());

@@ -20,7 +20,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use warren_p2p::identity::Keypair;
-use warren_p2p::{BodySink, Client, Event, Multiaddr, NodeConfig, PeerId, Served, Store};
+use warren_p2p::{
+    BodySink, Client, CommitError, Event, Multiaddr, NodeConfig, PeerId, Served, Store,
+};
 
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -223,10 +225,13 @@ impl Write for DirSink {
 }
 
 impl BodySink for DirSink {
-    fn commit(mut self: Box<Self>) -> io::Result<()> {
+    fn commit(mut self: Box<Self>) -> Result<(), CommitError> {
         let actual: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
         if self.written != self.size || actual != self.output {
-            return Err(io::Error::other("body does not match its OutputID"));
+            return Err(CommitError::Mismatch {
+                actual,
+                actual_size: self.written,
+            });
         }
         let path = self.store.0.dir.path().join(hex::encode(self.action));
         self.temp
