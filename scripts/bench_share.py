@@ -475,7 +475,14 @@ class Host:
         self.warren_cmd("peers", "add", peer, "--name", name)
 
     def lifetime(self) -> dict[str, int]:
-        return json.loads(self.warren_cmd("stats", "--json"))["lifetime"]
+        """Lifetime counters, plus the daemon's peer counters summed over
+        peers as peer_bodies (hits received) and peer_read_ahead."""
+        stats = json.loads(self.warren_cmd("stats", "--json"))
+        counters = dict(stats["lifetime"])
+        peers = stats.get("peers") or []
+        counters["peer_bodies"] = sum(p.get("hits_received", 0) for p in peers)
+        counters["peer_read_ahead"] = sum(p.get("read_ahead", 0) for p in peers)
+        return counters
 
     def clean(self) -> None:
         self.warren_cmd("clean")
@@ -568,8 +575,12 @@ class Build:
 
     @property
     def peer_share(self) -> float:
+        """Of B's gets, those answered with the peer's entries: B's store
+        starts empty in these builds, so every hit is an entry B's daemon
+        fetched from A, when asked (a peer hit) or ahead of the build (read
+        ahead; the helper then finds it locally)."""
         gets = self.stats.get("gets", 0)
-        return self.stats.get("peer_hits", 0) / gets if gets else 0.0
+        return self.stats.get("hits", 0) / gets if gets else 0.0
 
 
 def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
@@ -591,6 +602,7 @@ def go_build(
         if h.daemon:
             h.daemon.mark(f"start {kind} run {run} on {host.name}")
     cpu0 = {h.name: h.daemon.cpu_s() for h in hosts if h.daemon}
+    os.sync()  # no dirty data of an earlier step is written back during this one
     load1 = os.getloadavg()[0]
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
@@ -766,10 +778,29 @@ class Transfer:
     a_daemon_hwm_after_kib: int
     b_daemon_cpu_s: float
     a_daemon_cpu_s: float
+    floor_s: float  # writing the same body as a new file in B's store directory
 
     @property
     def mb_s(self) -> float:
         return self.size / 1e6 / self.get_s
+
+    @property
+    def floor_mb_s(self) -> float:
+        return self.size / 1e6 / self.floor_s
+
+
+def write_floor(host: Host, body: bytes, run: int) -> float:
+    """Seconds to write ``body`` as a new file next to ``host``'s store, in
+    256 KiB writes (as warren writes bodies), without fsync: the least any
+    program storing the body there can take, measured under the same
+    conditions as the get. The file stays until the end, like the bodies."""
+    path = host.store.parent / f"write-floor-{host.store_n}-{run}"
+    view = memoryview(body)
+    t0 = time.perf_counter()
+    with open(path, "wb", buffering=0) as f:
+        for off in range(0, len(body), 256 << 10):
+            f.write(view[off : off + (256 << 10)])
+    return time.perf_counter() - t0
 
 
 def put_on(host: Host, action: bytes, body: bytes) -> float:
@@ -798,6 +829,9 @@ def transfer(a: Host, b: Host, size: int, run: int) -> Transfer:
     output = hashlib.sha256(body).digest()
     action = os.urandom(32)
     put_s = put_on(a, action, body)
+    os.sync()
+    floor_s = write_floor(b, body, run)
+    os.sync()
     for h in (a, b):
         h.daemon.mark(f"start big get run {run} ({size} bytes, action {action.hex()})")
     b_hwm0, a_hwm0 = b.daemon.hwm_kib(), a.daemon.hwm_kib()
@@ -822,7 +856,16 @@ def transfer(a: Host, b: Host, size: int, run: int) -> Transfer:
     if path.stat().st_size != size or sha256_file(path) != output:
         raise BenchError(f"B's stored copy {path} does not match the body put on A")
     return Transfer(
-        size, put_s, get_s, b_hwm0, b_hwm1, a_hwm0, a_hwm1, b_cpu1 - b_cpu0, a_cpu1 - a_cpu0
+        size,
+        put_s,
+        get_s,
+        b_hwm0,
+        b_hwm1,
+        a_hwm0,
+        a_hwm1,
+        b_cpu1 - b_cpu0,
+        a_cpu1 - a_cpu0,
+        floor_s,
     )
 
 
@@ -1029,8 +1072,10 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
                     res.from_peer.append(bd)
                     log(
                         f"run {i + 1}/{args.runs} B from warm peer: {bd.wall_s:.3f} s, "
-                        f"{bd.stats.get('peer_hits', 0)}/{bd.stats.get('gets', 0)} gets "
-                        f"from the peer ({bd.peer_share:.1%})"
+                        f"{bd.stats.get('hits', 0)}/{bd.stats.get('gets', 0)} gets "
+                        f"answered with A's entries ({bd.peer_share:.1%}; "
+                        f"{bd.stats.get('peer_hits', 0)} waited on A, "
+                        f"{bd.stats.get('peer_read_ahead', 0)} bodies read ahead)"
                     )
                     bd = go_build(b, hosts, target, "warm local", i, True)
                     res.warm_local.append(bd)
@@ -1077,7 +1122,8 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
             t = transfer(a, b, size, i)
             res.transfers.append(t)
             log(
-                f"big get {i + 1}/{args.transfer_runs}: {t.get_s:.3f} s = {t.mb_s:.0f} MB/s; "
+                f"big get {i + 1}/{args.transfer_runs}: {t.get_s:.3f} s = {t.mb_s:.0f} MB/s "
+                f"(writing it on B alone: {t.floor_s:.3f} s = {t.floor_mb_s:.0f} MB/s); "
                 f"B daemon VmHWM {mib(t.b_daemon_hwm_before_kib)} -> "
                 f"{mib(t.b_daemon_hwm_after_kib)}"
             )
@@ -1234,7 +1280,7 @@ def summarize(res: Results) -> tuple[list[tuple[str, str, str, str]], dict]:
                 verdict(peer / warm <= TARGETS["peer_vs_local"]),
             ),
             (
-                "B's gets that were peer hits",
+                "B's gets answered with A's entries",
                 f"{share:.1%} (min {min_share:.1%})",
                 f">= {TARGETS['peer_hit_share']:.0%}",
                 verdict(min_share >= TARGETS["peer_hit_share"]),
@@ -1274,9 +1320,11 @@ def summarize(res: Results) -> tuple[list[tuple[str, str, str, str]], dict]:
         a_before = min(t.a_daemon_hwm_before_kib for t in res.transfers)
         a_after = max(t.a_daemon_hwm_after_kib for t in res.transfers)
         size = res.transfers[0].size
+        floor = statistics.median(t.floor_mb_s for t in res.transfers)
         s.update(
             transfer_mb_s=mbs,
             transfer_s=secs,
+            write_floor_mb_s=floor,
             b_daemon_hwm_before_kib=hwm_before,
             b_daemon_hwm_after_kib=hwm_after,
             a_daemon_hwm_before_kib=a_before,
@@ -1288,6 +1336,12 @@ def summarize(res: Results) -> tuple[list[tuple[str, str, str, str]], dict]:
                 f"{fmt_s(secs)} = {mbs:.0f} MB/s",
                 f">= {TARGETS['throughput_mb_s']:.0f} MB/s",
                 verdict(mbs >= TARGETS["throughput_mb_s"]),
+            ),
+            (
+                f"  writing {size >> 20} MiB on B alone",
+                f"{floor:.0f} MB/s",
+                "(the machine's floor)",
+                "",
             ),
             (
                 "B daemon peak RSS before -> after",
@@ -1355,10 +1409,12 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
             )
         )
         print(
-            "B's counters per from-peer build (gets, peer hits, misses, peer MB): "
+            "B's counters per from-peer build (gets, hits, of which waited on A, misses; "
+            "bodies from A, of which read ahead): "
             + "; ".join(
-                f"{b.stats.get('gets')}, {b.stats.get('peer_hits')}, "
-                f"{b.stats.get('misses')}, {b.stats.get('peer_hit_bytes', 0) / 1e6:.0f}"
+                f"{b.stats.get('gets')}, {b.stats.get('hits')}, {b.stats.get('peer_hits')}, "
+                f"{b.stats.get('misses')}; {b.stats.get('peer_bodies')}, "
+                f"{b.stats.get('peer_read_ahead')}"
                 for b in res.from_peer
             )
         )
@@ -1387,6 +1443,10 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
         )
     if res.transfers:
         print("big gets: " + " ".join(f"{t.get_s:.3f}s/{t.mb_s:.0f}MB/s" for t in res.transfers))
+        print(
+            "  writing the body on B alone (before each get): "
+            + " ".join(f"{t.floor_s:.3f}s/{t.floor_mb_s:.0f}MB/s" for t in res.transfers)
+        )
         print(
             "  B daemon VmHWM before->after: "
             + " ".join(

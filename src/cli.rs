@@ -371,12 +371,13 @@ fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Resu
             let count = |field: &str| peer[field].as_u64().unwrap_or(0);
             writeln!(
                 out,
-                "  {}  served {} hits ({}), received {} hits ({}), rejected {} bodies",
+                "  {}  served {} hits ({}), received {} hits ({}; {} read ahead), rejected {} bodies",
                 peer["id"].as_str().unwrap_or("?"),
                 count("hits_served"),
                 ByteSize(count("bytes_served")).display().iec(),
                 count("hits_received"),
                 ByteSize(count("bytes_received")).display().iec(),
+                count("read_ahead"),
                 count("rejected"),
             )?;
         }

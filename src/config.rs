@@ -71,6 +71,7 @@ pub struct FileShare {
     pub static_peers: Option<Vec<String>>,
     pub lookup_deadline: Option<String>,
     pub max_body_size: Option<String>,
+    pub read_ahead: Option<usize>,
 }
 
 /// Default libp2p listen addresses: a fixed port, so coworkers behind
@@ -80,6 +81,8 @@ pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/7311", "/ip6/::/tcp/731
 pub const DEFAULT_LOOKUP_DEADLINE: Duration = Duration::from_millis(150);
 /// Largest body accepted from a peer.
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 4 * 1024 * 1024 * 1024;
+/// Entries fetched ahead of a build at once, on a peer's hints.
+pub const DEFAULT_READ_AHEAD: usize = 8;
 
 /// Sharing settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +103,9 @@ pub struct Share {
     pub lookup_deadline: Duration,
     /// Default: [`DEFAULT_MAX_BODY_SIZE`].
     pub max_body_size: u64,
+    /// Read-ahead fetches at once; 0 turns read-ahead off. Default:
+    /// [`DEFAULT_READ_AHEAD`].
+    pub read_ahead: usize,
 }
 
 /// Values from flags or the environment (already merged by clap).
@@ -182,6 +188,7 @@ impl Config {
                 Some(text) => parse_size(&text)?,
                 None => DEFAULT_MAX_BODY_SIZE,
             },
+            read_ahead: share.read_ahead.unwrap_or(DEFAULT_READ_AHEAD),
         };
         Ok(Self {
             dir,
@@ -289,7 +296,7 @@ mod tests {
         assert!(config.share.mdns);
         assert_eq!(config.share.lookup_deadline, DEFAULT_LOOKUP_DEADLINE);
         let file: FileConfig = toml::from_str(
-            "[share]\nenabled = true\nmdns = false\nlookup-deadline = \"80ms\"\nstatic-peers = [\"/ip4/192.0.2.1/tcp/7311\"]\n",
+            "[share]\nenabled = true\nmdns = false\nlookup-deadline = \"80ms\"\nread-ahead = 0\nstatic-peers = [\"/ip4/192.0.2.1/tcp/7311\"]\n",
         )
         .unwrap();
         let config = Config::resolve(
@@ -300,6 +307,7 @@ mod tests {
         .unwrap();
         assert!(config.share.enabled && !config.share.mdns);
         assert_eq!(config.share.lookup_deadline, Duration::from_millis(80));
+        assert_eq!(config.share.read_ahead, 0);
         assert_eq!(config.share.static_peers.len(), 1);
         assert_eq!(config.allowlist_path(), PathBuf::from("/etc/w/peers.toml"));
         let off = Overrides {

@@ -33,6 +33,7 @@ use crate::identity;
 use crate::ids::{ActionId, OutputId};
 use crate::ipc;
 use crate::lock::FileLock;
+use crate::put_order::PutOrder;
 use crate::store::{self, DiskStore, Lookup, ObjectWriter};
 use crate::tiered::BoxFuture;
 use crate::trust::Allowlist;
@@ -41,6 +42,8 @@ use crate::trust::Allowlist;
 const ALLOWLIST_POLL: Duration = Duration::from_secs(1);
 /// How long lookups in flight may finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(2);
+/// Hinted bodies bigger than this are left for a lookup to fetch.
+const READ_AHEAD_MAX_BODY: u64 = 64 << 20;
 
 /// Runs the daemon until a signal.
 pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
@@ -74,15 +77,16 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
             .with_allowlist(allowlist.ids())
             .with_static_peers(parse_addrs(&config.share.static_peers)?)
             .with_lookup_deadline(config.share.lookup_deadline)
-            .with_max_body_size(config.share.max_body_size);
+            .with_max_body_size(config.share.max_body_size)
+            .with_read_ahead(config.share.read_ahead, READ_AHEAD_MAX_BODY);
         if config.share.mdns {
             node = node.with_mdns(Some(
                 MdnsConfig::default().with_interfaces(config.share.interfaces.clone()),
             ));
         }
+        let adapter = StoreAdapter::new(store.clone()).context("indexing the store")?;
         let (client, events, event_loop) =
-            warren_p2p::new(node, Arc::new(StoreAdapter(store.clone())))
-                .context("starting the peer-to-peer node")?;
+            warren_p2p::new(node, Arc::new(adapter)).context("starting the peer-to-peer node")?;
         let node_task = tokio::spawn(event_loop.run());
         let listener = ipc::bind(&config.socket_path()).await?;
         let shutdown = CancellationToken::new();
@@ -170,6 +174,7 @@ fn peer_status(info: &PeerInfo) -> serde_json::Value {
         "bytes_served": counters.bytes_out,
         "bytes_received": counters.bytes_in,
         "rejected": counters.rejected_bodies,
+        "read_ahead": counters.read_ahead,
     })
 }
 
@@ -244,11 +249,36 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 /// The store as the p2p node sees it.
-struct StoreAdapter(Arc<DiskStore>);
+struct StoreAdapter {
+    store: Arc<DiskStore>,
+    order: Arc<PutOrder>,
+}
+
+impl StoreAdapter {
+    fn new(store: Arc<DiskStore>) -> io::Result<Self> {
+        let order = PutOrder::start(store.actions_dir().to_path_buf())?;
+        Ok(Self { store, order })
+    }
+}
 
 impl warren_p2p::Store for StoreAdapter {
+    fn following(&self, action: &[u8; 32], limit: usize) -> Vec<[u8; 32]> {
+        self.order
+            .following(&ActionId::from_bytes(*action), limit)
+            .iter()
+            .map(|action| *action.as_bytes())
+            .collect()
+    }
+
+    fn contains(&self, action: &[u8; 32]) -> bool {
+        matches!(
+            self.store.get(&ActionId::from_bytes(*action)),
+            Ok(Lookup::Hit(_))
+        )
+    }
+
     fn open(&self, action: &[u8; 32]) -> io::Result<Option<Served>> {
-        let entry = match self.0.get(&ActionId::from_bytes(*action)) {
+        let entry = match self.store.get(&ActionId::from_bytes(*action)) {
             Ok(Lookup::Hit(entry)) => entry,
             Ok(Lookup::Miss) => return Ok(None),
             Err(e) => return Err(io::Error::other(e)),
@@ -278,11 +308,11 @@ impl warren_p2p::Store for StoreAdapter {
         size: u64,
     ) -> io::Result<Box<dyn BodySink>> {
         let writer = self
-            .0
+            .store
             .begin_object(OutputId::from_bytes(*output), size)
             .map_err(io::Error::other)?;
         Ok(Box::new(Sink {
-            store: self.0.clone(),
+            store: self.store.clone(),
             action: ActionId::from_bytes(*action),
             writer,
         }))
@@ -339,7 +369,7 @@ mod tests {
     fn sinks_store_only_the_announced_body_and_name_a_mismatch() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(DiskStore::open(dir.path()).unwrap());
-        let adapter = StoreAdapter(store.clone());
+        let adapter = StoreAdapter::new(store.clone()).unwrap();
         let body = b"the real body";
         let output = *OutputId::of(body).as_bytes();
 

@@ -21,6 +21,7 @@
 //! - [`ipc`]: the socket between helpers and the daemon.
 //! - [`remote`]: the helper's remote tier, which asks the daemon.
 //! - [`daemon`]: `warren daemon`, which shares the store with peers.
+//! - [`put_order`]: the order entries were put in, for read-ahead hints.
 //! - [`logging`]: quiet-by-default diagnostics on stderr.
 
 pub mod cli;
@@ -33,6 +34,7 @@ pub mod ipc;
 pub mod lock;
 pub mod logging;
 pub mod protocol;
+pub mod put_order;
 pub mod remote;
 pub mod server;
 pub mod stats;

@@ -211,6 +211,11 @@ impl DiskStore {
         &self.root
     }
 
+    /// The directory of action entries (sharded by the first two hex digits).
+    pub fn actions_dir(&self) -> &Path {
+        &self.actions
+    }
+
     /// Corrupt or dangling files that reads removed since this store was opened.
     pub fn repaired(&self) -> u64 {
         self.repaired.load(Ordering::Relaxed)
@@ -605,6 +610,18 @@ fn parse_entry(text: &[u8]) -> Option<(OutputId, u64, SystemTime)> {
     let size = size.parse().ok()?;
     let nanos: u64 = nanos.parse().ok()?;
     Some((output, size, UNIX_EPOCH + Duration::from_nanos(nanos)))
+}
+
+/// When the entry in `path` was put, read without touching or repairing
+/// anything; `None` if it is gone or malformed.
+pub fn entry_put_time(path: &Path) -> Option<SystemTime> {
+    let mut text = Vec::with_capacity(MAX_ENTRY_LEN as usize);
+    File::open(path)
+        .ok()?
+        .take(MAX_ENTRY_LEN)
+        .read_to_end(&mut text)
+        .ok()?;
+    parse_entry(&text).map(|(_, _, time)| time)
 }
 
 /// Creates a temp file in `dir`, creating the directory on first use.

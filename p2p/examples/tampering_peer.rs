@@ -98,6 +98,7 @@ impl request_response::Codec for Tamper {
             let header = ResponseHeader {
                 version: WIRE_VERSION,
                 found: None,
+                next: Vec::new(),
             };
             return wire::write_frame(io, &header).await;
         };
@@ -110,6 +111,7 @@ impl request_response::Codec for Tamper {
                 time_unix_nanos: 1,
                 body_included: true,
             }),
+            next: Vec::new(),
         };
         wire::write_frame(io, &header).await?;
         io.write_all(&body).await?;

@@ -66,6 +66,9 @@ pub struct PeerCounters {
     pub bytes_out: u64,
     /// Bodies from the peer that failed verification.
     pub rejected_bodies: u64,
+    /// Of `hits_received`, bodies fetched ahead of any lookup, on the
+    /// peer's read-ahead hints.
+    pub read_ahead: u64,
 }
 
 fn as_string<S: serde::Serializer>(

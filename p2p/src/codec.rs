@@ -125,7 +125,15 @@ impl std::fmt::Debug for Request {
 #[derive(Debug)]
 pub(crate) enum Response {
     Reply(Reply),
-    Outcome(Outcome),
+    Answer(Answer),
+}
+
+/// What the requesting side made of a response.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) outcome: Outcome,
+    /// The server's read-ahead hints (at most as many as asked for).
+    pub(crate) next: Vec<[u8; 32]>,
 }
 
 /// What a server sends. `body` is `Some` exactly when `found` says the body
@@ -136,6 +144,8 @@ pub(crate) struct Reply {
     pub(crate) action: [u8; 32],
     pub(crate) found: Option<FoundHeader>,
     pub(crate) body: Option<Outgoing>,
+    /// Read-ahead hints, sent in the header.
+    pub(crate) next: Vec<[u8; 32]>,
 }
 
 impl Reply {
@@ -144,6 +154,7 @@ impl Reply {
             action,
             found: None,
             body: None,
+            next: Vec::new(),
         }
     }
 }
@@ -169,6 +180,7 @@ pub(crate) enum Outcome {
 struct Pending {
     action: [u8; 32],
     max_inline: u64,
+    hints: u32,
     local: Local,
 }
 
@@ -203,7 +215,7 @@ impl FetchCodec {
         }
     }
 
-    async fn receive<T>(&self, io: &mut T, pending: &Pending) -> io::Result<Outcome>
+    async fn receive<T>(&self, io: &mut T, pending: &Pending) -> io::Result<Answer>
     where
         T: AsyncRead + Unpin + Send,
     {
@@ -211,9 +223,28 @@ impl FetchCodec {
             tokio::time::timeout_at(pending.local.header_deadline, wire::read_frame(io))
                 .await
                 .map_err(|_| timed_out("no answer by the lookup deadline"))??;
+        let mut next = header.next;
+        next.truncate(pending.hints.min(wire::MAX_HINTS) as usize);
         let Some(found) = header.found else {
-            return Ok(Outcome::NotFound);
+            return Ok(Answer {
+                outcome: Outcome::NotFound,
+                next: Vec::new(),
+            });
         };
+        let outcome = self.receive_found(io, pending, found).await?;
+        Ok(Answer { outcome, next })
+    }
+
+    /// The rest of a "found" answer.
+    async fn receive_found<T>(
+        &self,
+        io: &mut T,
+        pending: &Pending,
+        found: FoundHeader,
+    ) -> io::Result<Outcome>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
         let meta = Meta::from(&found);
         if !found.body_included {
             if found.size > self.max_body_size {
@@ -299,7 +330,7 @@ impl libp2p::request_response::Codec for FetchCodec {
         tokio::select! {
             biased;
             () = cancel.cancelled() => Err(cancelled()),
-            outcome = self.receive(io, &pending) => outcome.map(Response::Outcome),
+            answer = self.receive(io, &pending) => answer.map(Response::Answer),
         }
     }
 
@@ -320,6 +351,7 @@ impl libp2p::request_response::Codec for FetchCodec {
         self.pending = Some(Pending {
             action: header.action,
             max_inline: header.max_inline,
+            hints: header.hints,
             local,
         });
         wire::write_frame(io, &header).await
@@ -338,6 +370,7 @@ impl libp2p::request_response::Codec for FetchCodec {
             action,
             found,
             body,
+            next,
         }) = response
         else {
             return Err(io::Error::other("only replies are written"));
@@ -345,6 +378,7 @@ impl libp2p::request_response::Codec for FetchCodec {
         let header = ResponseHeader {
             version: WIRE_VERSION,
             found,
+            next,
         };
         wire::write_frame(io, &header).await?;
         let (Some(found), Some(body)) = (header.found, body) else {
@@ -463,12 +497,24 @@ mod tests {
         max_inline: u64,
         server_bytes: Vec<u8>,
     ) -> io::Result<Outcome> {
+        Ok(exchange_with_hints(store, max_inline, 0, server_bytes)
+            .await?
+            .outcome)
+    }
+
+    async fn exchange_with_hints(
+        store: &Arc<MapStore>,
+        max_inline: u64,
+        hints: u32,
+        server_bytes: Vec<u8>,
+    ) -> io::Result<Answer> {
         let mut codec = FetchCodec::new(Arc::new(Shared(store.clone())), 1 << 30, 50_000_000);
         let request = Request {
             header: RequestHeader {
                 version: WIRE_VERSION,
                 action: [1; 32],
                 max_inline,
+                hints,
             },
             local: Some(Local {
                 header_deadline: Instant::now() + Duration::from_secs(5),
@@ -480,16 +526,21 @@ mod tests {
         codec.write_request(&protocol(), &mut sent, request).await?;
         let mut cursor = Cursor::new(server_bytes);
         match codec.read_response(&protocol(), &mut cursor).await? {
-            Response::Outcome(outcome) => Ok(outcome),
+            Response::Answer(answer) => Ok(answer),
             Response::Reply(_) => unreachable!("the requesting side reads outcomes"),
         }
     }
 
     fn answer(found: Option<FoundHeader>, body: &[u8]) -> Vec<u8> {
+        answer_with_next(found, Vec::new(), body)
+    }
+
+    fn answer_with_next(found: Option<FoundHeader>, next: Vec<[u8; 32]>, body: &[u8]) -> Vec<u8> {
         let mut bytes = Vec::new();
         let header = ResponseHeader {
             version: WIRE_VERSION,
             found,
+            next,
         };
         futures::executor::block_on(wire::write_frame(&mut bytes, &header)).unwrap();
         bytes.extend_from_slice(body);
@@ -617,13 +668,40 @@ mod tests {
             action: [1; 32],
             found: Some(found(&body, true)),
             body: Some(Outgoing::File(std::fs::File::open(&path).unwrap())),
+            next: vec![[2; 32], [3; 32]],
         };
         server
             .write_response(&protocol(), &mut bytes, Response::Reply(reply))
             .await
             .unwrap();
-        let outcome = exchange(&store, 1 << 20, bytes).await.unwrap();
-        assert!(matches!(outcome, Outcome::Committed(_)));
+        let answer = exchange_with_hints(&store, 1 << 20, 8, bytes)
+            .await
+            .unwrap();
+        assert!(matches!(answer.outcome, Outcome::Committed(_)));
+        assert_eq!(answer.next, vec![[2; 32], [3; 32]]);
         assert_eq!(store.committed.lock().unwrap()[&[1; 32]], body);
+    }
+
+    #[tokio::test]
+    async fn hints_are_kept_only_as_many_as_asked_and_only_with_a_hit() {
+        let store = Arc::new(MapStore::default());
+        let body = b"body";
+        let next: Vec<[u8; 32]> = (0..10).map(|n| [n; 32]).collect();
+        let bytes = answer_with_next(Some(found(body, true)), next.clone(), body);
+        let answer = exchange_with_hints(&store, 1 << 20, 3, bytes)
+            .await
+            .unwrap();
+        assert_eq!(answer.next, next[..3]);
+        let bytes = answer_with_next(Some(found(body, true)), next.clone(), body);
+        let answer = exchange_with_hints(&store, 1 << 20, 0, bytes)
+            .await
+            .unwrap();
+        assert!(answer.next.is_empty());
+        let bytes = answer_with_next(None, next, b"");
+        let answer = exchange_with_hints(&store, 1 << 20, 3, bytes)
+            .await
+            .unwrap();
+        assert_eq!(answer.outcome, Outcome::NotFound);
+        assert!(answer.next.is_empty());
     }
 }

@@ -37,6 +37,8 @@ pub struct NodeConfig {
     pub(crate) connection_limits: ConnectionLimits,
     pub(crate) max_concurrent_serves: usize,
     pub(crate) event_capacity: usize,
+    pub(crate) read_ahead: usize,
+    pub(crate) read_ahead_max_body: u64,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -52,6 +54,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("lookup_deadline", &self.lookup_deadline)
             .field("transfer_rate", &self.transfer_rate)
             .field("cooldown", &self.cooldown)
+            .field("read_ahead", &self.read_ahead)
             .finish_non_exhaustive()
     }
 }
@@ -82,7 +85,22 @@ impl NodeConfig {
                 .with_max_established_per_peer(Some(4)),
             max_concurrent_serves: 16,
             event_capacity: 256,
+            read_ahead: 8,
+            read_ahead_max_body: 64 << 20,
         }
+    }
+
+    /// Read-ahead: after a peer's body arrives, fetch up to `fetches` of the
+    /// entries it says it stored next (its hints) at once, ahead of any
+    /// lookup, so that a build asking for them finds them in the local
+    /// store. A build from a peer then waits on the network once per burst
+    /// instead of once per entry. Hinted bodies bigger than `max_body` are
+    /// left for a lookup to fetch. `0` turns read-ahead off. Default 8
+    /// fetches, 64 MiB.
+    pub fn with_read_ahead(mut self, fetches: usize, max_body: u64) -> Self {
+        self.read_ahead = fetches;
+        self.read_ahead_max_body = max_body;
+        self
     }
 
     /// This node's peer ID (derived from its keypair).
@@ -127,10 +145,10 @@ impl NodeConfig {
         self
     }
 
-    /// The largest body a peer may send with its answer to a lookup; a
-    /// bigger body is then fetched by a second request to one peer only, so
-    /// a lookup never pulls a large body from everyone at once, and never
-    /// waits on a server hashing a large body. Default 1 MiB.
+    /// The largest body a peer may send with its answer to a lookup when
+    /// several peers are asked; a bigger body is then fetched by a second
+    /// request to one peer only, so a lookup never pulls a large body from
+    /// everyone at once. Default 1 MiB.
     pub fn with_inline_limit(mut self, bytes: u64) -> Self {
         self.inline_limit = bytes;
         self

@@ -49,6 +49,24 @@ pub trait Store: Send + Sync + 'static {
         output: &[u8; 32],
         size: u64,
     ) -> io::Result<Box<dyn BodySink>>;
+
+    /// For read-ahead hints to peers: up to `limit` actions stored right
+    /// after `action`, in the order they were stored, and from the same
+    /// burst of work (a build): what a build that asked for `action` is
+    /// likely to ask for next. Quick, like [`Store::open`]. The default
+    /// knows no order and gives no hints.
+    fn following(&self, action: &[u8; 32], limit: usize) -> Vec<[u8; 32]> {
+        let _ = (action, limit);
+        Vec::new()
+    }
+
+    /// For read-ahead: whether an entry for `action` is stored already (then
+    /// it is not fetched ahead). Quick, like [`Store::open`]. The default
+    /// says no, so hinted entries are always fetched.
+    fn contains(&self, action: &[u8; 32]) -> bool {
+        let _ = action;
+        false
+    }
 }
 
 /// An entry being served: its metadata and its open body.

@@ -13,7 +13,8 @@
 //! Headers are small JSON objects so that a later version can add fields
 //! (for example summaries of what a peer holds) without breaking old peers:
 //! unknown fields are ignored and every field added after version 1 must
-//! carry `#[serde(default)]`. IDs are lowercase hex, as on disk.
+//! carry `#[serde(default)]`. IDs are lowercase hex, as on disk. Read-ahead
+//! hints (`hints` asked, `next` answered) were added that way.
 //!
 //! The body follows its header raw and unframed, so neither side ever holds
 //! more than a chunk of it in memory (the cbor/json codecs of
@@ -40,6 +41,8 @@ pub const MAX_HEADER_LEN: u32 = 64 * 1024;
 /// enough that handing a piece between threads costs little next to
 /// moving it, small enough that a few queued pieces are little memory.
 pub const CHUNK_SIZE: usize = 256 * 1024;
+/// Most read-ahead hints a server sends with one answer.
+pub const MAX_HINTS: u32 = 64;
 
 /// What a requester asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +56,10 @@ pub struct RequestHeader {
     /// bodies are announced ("found, not included") but not sent.
     #[serde(default)]
     pub max_inline: u64,
+    /// How many read-ahead hints ([`ResponseHeader::next`]) the requester
+    /// would like with a "found" answer (at most [`MAX_HINTS`] are sent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hints: u32,
 }
 
 /// A server's answer; the body (if included) follows it on the stream.
@@ -63,6 +70,12 @@ pub struct ResponseHeader {
     /// `None`: the server has no (servable) entry for the action.
     #[serde(default)]
     pub found: Option<FoundHeader>,
+    /// Read-ahead hints: actions the server stored right after this one,
+    /// in that order. A build that needed this entry is likely to ask for
+    /// those next, so the requester may fetch them ahead of time. Only with
+    /// a "found" answer, and at most the `hints` asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_ids")]
+    pub next: Vec<[u8; 32]>,
 }
 
 /// The entry a server holds for an action.
@@ -82,6 +95,10 @@ pub struct FoundHeader {
 
 fn version_one() -> u32 {
     1
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Writes `value` as one frame.
@@ -142,6 +159,32 @@ mod hex_id {
     }
 }
 
+/// Lists of 32-byte IDs as hex strings.
+mod hex_ids {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        ids: &[[u8; 32]],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(ids.iter().map(hex::encode))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<[u8; 32]>, D::Error> {
+        let texts = <Vec<std::borrow::Cow<'de, str>>>::deserialize(deserializer)?;
+        texts
+            .iter()
+            .map(|text| {
+                let mut id = [0; 32];
+                hex::decode_to_slice(text.as_bytes(), &mut id).map_err(serde::de::Error::custom)?;
+                Ok(id)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use futures::io::Cursor;
@@ -158,6 +201,7 @@ mod tests {
             version: WIRE_VERSION,
             action: [7; 32],
             max_inline: 1 << 20,
+            hints: 8,
         };
         let response = ResponseHeader {
             version: WIRE_VERSION,
@@ -167,6 +211,7 @@ mod tests {
                 time_unix_nanos: 34,
                 body_included: true,
             }),
+            next: vec![[1; 32], [2; 32]],
         };
         let mut bytes = Vec::new();
         block_on(write_frame(&mut bytes, &request)).unwrap();
@@ -191,8 +236,18 @@ mod tests {
         let header: RequestHeader = serde_json::from_str(&json).unwrap();
         assert_eq!(header.action, [0xab; 32]);
         assert_eq!(header.max_inline, 0);
+        assert_eq!(header.hints, 0);
         let header: ResponseHeader = serde_json::from_str("{}").unwrap();
         assert_eq!(header.found, None);
+        assert!(header.next.is_empty());
+        // What a version-1 peer without read-ahead writes and reads.
+        let request = RequestHeader {
+            version: WIRE_VERSION,
+            action: [1; 32],
+            max_inline: 0,
+            hints: 0,
+        };
+        assert!(!serde_json::to_string(&request).unwrap().contains("hints"));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::EventLoop;
+use super::read_ahead::HINTS;
 use crate::client::{Event, Fetched};
 use crate::codec::{Local, Meta, Outcome, RejectReason, Request};
 use crate::wire::{RequestHeader, WIRE_VERSION};
@@ -37,7 +38,11 @@ pub(super) type Timer = Pin<Box<dyn Future<Output = Deadline> + Send>>;
 
 pub(super) struct PendingFetch {
     pub(super) action: [u8; 32],
-    pub(super) reply: oneshot::Sender<Option<Fetched>>,
+    /// Lookups waiting for this fetch: none for a read-ahead, until a
+    /// lookup for the same action joins it.
+    pub(super) replies: Vec<oneshot::Sender<Option<Fetched>>>,
+    /// Started by read-ahead (and counted in its in-flight number).
+    pub(super) read_ahead: bool,
     /// Parent of every request's token: cancelling it stops them all.
     pub(super) cancel: CancellationToken,
     pub(super) requests: HashSet<OutboundRequestId>,
@@ -81,6 +86,16 @@ impl EventLoop {
         action: [u8; 32],
         reply: oneshot::Sender<Option<Fetched>>,
     ) {
+        // Already being fetched (read ahead, or asked by another helper).
+        if let Some(fetch) = self
+            .active
+            .get(&action)
+            .and_then(|id| self.fetches.get_mut(id))
+        {
+            fetch.replies.push(reply);
+            return;
+        }
+        self.read_ahead.take(&action);
         let now = Instant::now();
         let peers: Vec<PeerId> = self
             .swarm
@@ -97,24 +112,36 @@ impl EventLoop {
         } else {
             self.config.inline_limit.min(self.config.max_body_size)
         };
+        let id = self.new_fetch(action, Some(reply));
+        let deadline = now + self.config.lookup_deadline;
+        for peer in peers {
+            self.send_request(id, peer, Phase::Lookup, max_inline, deadline);
+        }
+        self.timers.push(timer(deadline, Deadline::Lookup(id)));
+    }
+
+    /// Books a new fetch of `action`: for a lookup (`reply`) or read-ahead.
+    pub(super) fn new_fetch(
+        &mut self,
+        action: [u8; 32],
+        reply: Option<oneshot::Sender<Option<Fetched>>>,
+    ) -> FetchId {
         let id = self.next_fetch;
         self.next_fetch += 1;
         self.fetches.insert(
             id,
             PendingFetch {
                 action,
-                reply,
+                read_ahead: reply.is_none(),
+                replies: reply.into_iter().collect(),
                 cancel: CancellationToken::new(),
                 requests: HashSet::new(),
                 candidates: VecDeque::new(),
                 body_request: None,
             },
         );
-        let deadline = now + self.config.lookup_deadline;
-        for peer in peers {
-            self.send_request(id, peer, Phase::Lookup, max_inline, deadline);
-        }
-        self.timers.push(timer(deadline, Deadline::Lookup(id)));
+        self.active.insert(action, id);
+        id
     }
 
     pub(super) fn send_request(
@@ -133,6 +160,11 @@ impl EventLoop {
                 version: WIRE_VERSION,
                 action: pending.action,
                 max_inline,
+                hints: if phase == Phase::Lookup && self.config.read_ahead > 0 {
+                    HINTS
+                } else {
+                    0
+                },
             },
             local: Some(Local {
                 header_deadline,
@@ -165,6 +197,7 @@ impl EventLoop {
         peer: PeerId,
         request_id: OutboundRequestId,
         outcome: Outcome,
+        next: Vec<[u8; 32]>,
     ) {
         let Some(info) = self.forget_request(request_id) else {
             return; // Its fetch is over.
@@ -173,13 +206,16 @@ impl EventLoop {
         let Some(fetch) = self.fetches.get(&info.fetch) else {
             return;
         };
-        let action = fetch.action;
+        let (action, read_ahead) = (fetch.action, fetch.read_ahead);
         match outcome {
             Outcome::Committed(meta) => {
                 let counters = &mut self.peer(peer).counters;
                 counters.hits_received += 1;
                 counters.bytes_in += meta.size;
-                tracing::debug!(%peer, size = meta.size, "fetched a verified body");
+                if read_ahead {
+                    counters.read_ahead += 1;
+                }
+                tracing::debug!(%peer, size = meta.size, read_ahead, "fetched a verified body");
                 let fetched = Fetched {
                     peer,
                     output: meta.output,
@@ -187,6 +223,7 @@ impl EventLoop {
                     time_unix_nanos: meta.time_unix_nanos,
                 };
                 self.finish(info.fetch, Some(fetched));
+                self.offer_hints(peer, next);
                 return;
             }
             Outcome::Announced(meta) if info.phase == Phase::Lookup => {
@@ -201,6 +238,13 @@ impl EventLoop {
             Outcome::NotFound | Outcome::NotStored(_) => {}
         }
         self.advance(info.fetch);
+        if !self
+            .peers
+            .get(&peer)
+            .is_some_and(|s| s.in_cooldown(Instant::now()))
+        {
+            self.offer_hints(peer, next);
+        }
     }
 
     pub(super) fn on_request_failed(&mut self, request_id: OutboundRequestId, why: &str) {
@@ -260,6 +304,10 @@ impl EventLoop {
             if fetch.body_request.is_some() {
                 return;
             }
+            if fetch.replies.is_empty() {
+                // Nobody is waiting: read-ahead leaves big bodies to lookups.
+                fetch.candidates.clear();
+            }
             let Some((peer, meta)) = fetch.candidates.pop_front() else {
                 break;
             };
@@ -297,7 +345,16 @@ impl EventLoop {
         for request_id in &fetch.requests {
             self.requests.remove(request_id);
         }
-        let _ = fetch.reply.send(result);
+        if self.active.get(&fetch.action) == Some(&id) {
+            self.active.remove(&fetch.action);
+        }
+        for reply in fetch.replies {
+            let _ = reply.send(result);
+        }
+        if fetch.read_ahead {
+            self.read_ahead.in_flight -= 1;
+            self.pump_read_ahead();
+        }
     }
 
     pub(super) fn on_deadline(&mut self, deadline: Deadline) {

@@ -10,7 +10,8 @@
 //! file I/O and hashing on the blocking pool.
 //!
 //! The loop's work is split by job, each an `impl EventLoop` of its own:
-//! `fetch` (asking peers, deadlines), `serve` (answering them) and `peers`
+//! `fetch` (asking peers, deadlines), `read_ahead` (fetching what peers
+//! hint a build will want next), `serve` (answering them) and `peers`
 //! (bookkeeping, allowlist, dialing).
 //!
 //! # Trust
@@ -24,6 +25,7 @@
 
 mod fetch;
 mod peers;
+mod read_ahead;
 mod serve;
 
 use std::collections::{HashMap, HashSet};
@@ -41,6 +43,7 @@ use tokio::time::Instant;
 
 use self::fetch::{FetchId, PendingFetch, RequestInfo, Timer};
 use self::peers::{AnonymousAddress, PeerState, split_peer_id};
+use self::read_ahead::ReadAhead;
 use self::serve::Serving;
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::client::{Command, Event};
@@ -72,6 +75,9 @@ pub struct EventLoop {
     /// Static addresses without a peer ID, until a dial tells us whose they are.
     anonymous: Vec<AnonymousAddress>,
     fetches: HashMap<FetchId, PendingFetch>,
+    /// The fetch in flight for each action: a second lookup joins it.
+    active: HashMap<[u8; 32], FetchId>,
+    read_ahead: ReadAhead,
     requests: HashMap<OutboundRequestId, RequestInfo>,
     next_fetch: FetchId,
     timers: FuturesUnordered<Timer>,
@@ -99,6 +105,8 @@ impl EventLoop {
             peers: HashMap::new(),
             anonymous: Vec::new(),
             fetches: HashMap::new(),
+            active: HashMap::new(),
+            read_ahead: ReadAhead::default(),
             requests: HashMap::new(),
             next_fetch: 0,
             timers: FuturesUnordered::new(),
@@ -343,7 +351,9 @@ impl EventLoop {
                     },
                 ..
             } => match response {
-                Response::Outcome(outcome) => self.on_outcome(peer, request_id, outcome),
+                Response::Answer(answer) => {
+                    self.on_outcome(peer, request_id, answer.outcome, answer.next);
+                }
                 Response::Reply(_) => {
                     tracing::error!("the codec produced a reply on the requesting side");
                     self.on_request_failed(request_id, "unexpected reply");

@@ -25,7 +25,7 @@ use super::EventLoop;
 use crate::body::{Outgoing, SMALL_BODY};
 use crate::codec::{Reply, Response};
 use crate::store::Store;
-use crate::wire::{FoundHeader, RequestHeader};
+use crate::wire::{FoundHeader, MAX_HINTS, RequestHeader};
 
 pub(super) struct Serving {
     pub(super) peer: PeerId,
@@ -114,6 +114,10 @@ fn prepare_reply(store: &dyn Store, header: &RequestHeader) -> Reply {
     } else {
         Some(Outgoing::File(served.body))
     };
+    let next = match header.hints.min(MAX_HINTS) {
+        0 => Vec::new(),
+        hints => store.following(&action, hints as usize),
+    };
     Reply {
         action,
         found: Some(FoundHeader {
@@ -123,6 +127,7 @@ fn prepare_reply(store: &dyn Store, header: &RequestHeader) -> Reply {
             body_included: include,
         }),
         body,
+        next,
     }
 }
 
@@ -197,6 +202,7 @@ mod tests {
             version: WIRE_VERSION,
             action: [1; 32],
             max_inline,
+            hints: 0,
         }
     }
 

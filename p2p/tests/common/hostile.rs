@@ -118,6 +118,7 @@ impl request_response::Codec for HostileCodec {
                 time_unix_nanos: 1,
                 body_included: true,
             }),
+            next: Vec::new(),
         };
         wire::write_frame(io, &header).await?;
         for chunk in sent.chunks(16 * 1024) {

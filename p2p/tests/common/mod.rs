@@ -57,6 +57,9 @@ struct Entry {
 struct Inner {
     dir: tempfile::TempDir,
     entries: Mutex<HashMap<[u8; 32], Entry>>,
+    /// Actions in the order they were stored, if the store gives
+    /// read-ahead hints (see [`DirStore::with_hints`]).
+    order: Option<Mutex<Vec<[u8; 32]>>>,
     usage: Usage,
 }
 
@@ -70,6 +73,18 @@ impl DirStore {
         Self(Arc::new(Inner {
             dir: tempfile::tempdir().unwrap(),
             entries: Mutex::default(),
+            order: None,
+            usage: Usage::default(),
+        }))
+    }
+
+    /// A store that hints, to peers it serves, the entries stored after
+    /// the one they fetched (in the order of `put`s), as warren's does.
+    pub fn with_hints() -> Self {
+        Self(Arc::new(Inner {
+            dir: tempfile::tempdir().unwrap(),
+            entries: Mutex::default(),
+            order: Some(Mutex::default()),
             usage: Usage::default(),
         }))
     }
@@ -123,6 +138,9 @@ impl DirStore {
             path,
         };
         self.0.entries.lock().unwrap().insert(action, entry);
+        if let Some(order) = &self.0.order {
+            order.lock().unwrap().push(action);
+        }
     }
 
     pub fn has(&self, action: &[u8; 32]) -> bool {
@@ -160,6 +178,21 @@ impl DirStore {
 }
 
 impl Store for DirStore {
+    fn following(&self, action: &[u8; 32], limit: usize) -> Vec<[u8; 32]> {
+        let Some(order) = &self.0.order else {
+            return Vec::new();
+        };
+        let order = order.lock().unwrap();
+        match order.iter().position(|stored| stored == action) {
+            Some(at) => order[at + 1..].iter().take(limit).copied().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn contains(&self, action: &[u8; 32]) -> bool {
+        self.has(action)
+    }
+
     fn open(&self, action: &[u8; 32]) -> io::Result<Option<Served>> {
         self.0.usage.opens.fetch_add(1, Ordering::SeqCst);
         let Some(entry) = self.0.entries.lock().unwrap().get(action).cloned() else {

@@ -1,0 +1,135 @@
+//! Read-ahead between in-process nodes on loopback TCP: after one fetch, the
+//! entries the server hinted arrive without being asked for, are verified
+//! like any other, are not fetched twice, and stop where the hints do.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{DirStore, Usage, action, connect, id, keypairs, start, test_config, until, within};
+
+const ENTRIES: u8 = 40;
+
+/// `server` stores `ENTRIES` small bodies in order; returns their bodies.
+fn fill(server: &DirStore) -> Vec<Vec<u8>> {
+    (1..=ENTRIES)
+        .map(|n| {
+            let body = format!("package {n}")
+                .repeat(usize::from(n) * 10)
+                .into_bytes();
+            server.put(action(n), &body);
+            body
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_fetch_brings_the_entries_stored_after_it() {
+    let [ka, kb] = keypairs();
+    let mut a = start(test_config(ka.clone(), &[id(&kb)]), DirStore::new()).await;
+    let mut b = start(test_config(kb.clone(), &[id(&ka)]), DirStore::with_hints()).await;
+    let bodies = fill(&b.store);
+    connect(&mut a, &mut b).await;
+
+    within(Duration::from_secs(5), a.client.fetch(action(1)))
+        .await
+        .expect("a hit");
+    // Hints come 32 at a time, and each fetched entry brings the next: the
+    // whole run arrives, though only the first was asked for.
+    until("every entry is read ahead", || {
+        a.store.entry_count() == usize::from(ENTRIES)
+    })
+    .await;
+    for n in 1..=ENTRIES {
+        assert_eq!(
+            a.store.body(&action(n)).unwrap(),
+            bodies[usize::from(n) - 1]
+        );
+    }
+    let info = a.client.peers().await;
+    let counters = info.iter().find(|p| p.peer == b.peer).unwrap().counters;
+    assert_eq!(counters.hits_received, u64::from(ENTRIES));
+    assert_eq!(counters.read_ahead, u64::from(ENTRIES) - 1);
+    // Each entry was served once: no entry was fetched twice.
+    assert_eq!(Usage::get(&b.store.usage().opens), u64::from(ENTRIES));
+
+    // A lookup now (the helper would have found the entry locally) is an
+    // ordinary fetch, and brings nothing new.
+    within(Duration::from_secs(5), a.client.fetch(action(7)))
+        .await
+        .expect("a hit");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(Usage::get(&b.store.usage().opens), u64::from(ENTRIES) + 1);
+}
+
+#[tokio::test]
+async fn lookups_racing_read_ahead_fetch_each_entry_once() {
+    let [ka, kb] = keypairs();
+    let mut a = start(test_config(ka.clone(), &[id(&kb)]), DirStore::new()).await;
+    let mut b = start(test_config(kb.clone(), &[id(&ka)]), DirStore::with_hints()).await;
+    fill(&b.store);
+    connect(&mut a, &mut b).await;
+
+    // As a parallel build would: the first lookup, then the next ones at
+    // once, while read-ahead is starting on the same entries.
+    within(Duration::from_secs(5), a.client.fetch(action(1)))
+        .await
+        .expect("a hit");
+    let lookups = (2..=12).map(|n| a.client.fetch(action(n)));
+    let found = within(Duration::from_secs(10), futures::future::join_all(lookups)).await;
+    assert!(found.iter().all(Option::is_some), "{found:?}");
+    until("every entry is read ahead", || {
+        a.store.entry_count() == usize::from(ENTRIES)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A lookup joined the read-ahead fetch of its entry, or took it from
+    // the queue: nothing was served twice.
+    assert_eq!(Usage::get(&b.store.usage().opens), u64::from(ENTRIES));
+}
+
+#[tokio::test]
+async fn without_read_ahead_only_what_is_asked_for_comes() {
+    let [ka, kb] = keypairs();
+    let config = test_config(ka.clone(), &[id(&kb)]).with_read_ahead(0, 0);
+    let mut a = start(config, DirStore::new()).await;
+    let mut b = start(test_config(kb.clone(), &[id(&ka)]), DirStore::with_hints()).await;
+    fill(&b.store);
+    connect(&mut a, &mut b).await;
+
+    within(Duration::from_secs(5), a.client.fetch(action(1)))
+        .await
+        .expect("a hit");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.store.entry_count(), 1);
+}
+
+#[tokio::test]
+async fn read_ahead_leaves_bodies_over_its_limit_to_lookups() {
+    let [ka, kb] = keypairs();
+    let config = test_config(ka.clone(), &[id(&kb)]).with_read_ahead(4, 1000);
+    let mut a = start(config, DirStore::new()).await;
+    let mut b = start(test_config(kb.clone(), &[id(&ka)]), DirStore::with_hints()).await;
+    b.store.put(action(1), b"first");
+    b.store.put(action(2), &vec![2; 5000]);
+    b.store.put(action(3), b"third");
+    connect(&mut a, &mut b).await;
+
+    within(Duration::from_secs(5), a.client.fetch(action(1)))
+        .await
+        .expect("a hit");
+    until("the small hinted entry is read ahead", || {
+        a.store.has(&action(3))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !a.store.has(&action(2)),
+        "a body over the limit was read ahead"
+    );
+    // A lookup still gets it.
+    within(Duration::from_secs(5), a.client.fetch(action(2)))
+        .await
+        .expect("a hit");
+    assert_eq!(a.store.body(&action(2)).unwrap(), vec![2; 5000]);
+}
