@@ -25,13 +25,19 @@ What it measures, side by side in one run:
      the peer run filled (fresh GOCACHE): every lookup is a local hit.
 
    Speedup = cold / peer (target >= 15x); peer / local-warm (target <= 3x).
-   B's ``warren stats --json`` lifetime counters are read before and after
-   each build; in the peer runs at least 95% of B's gets must be peer hits.
+   B's ``warren stats --json`` counters are read before and after each
+   build. In the peer runs at least 95% of B's gets must be answered with
+   A's entries: B's store starts empty, so every hit is an entry B's daemon
+   fetched from A, either when the helper asked (a peer hit) or ahead of
+   the build on A's read-ahead hints (the helper then finds it locally);
+   the log shows both numbers.
 
    Then a latency probe, without go: through one B helper, with an empty
-   store, one ``get`` at a time for every action in A's store (peer hits,
-   bucketed by body size), the same again (now local hits), and random
-   ActionIDs with sharing on (a round trip to A, which has nothing) and off.
+   store and B's daemon restarted with read-ahead off (else every get after
+   the first would be local), one ``get`` at a time for every action in A's
+   store (peer hits, bucketed by body size), the same again (now local
+   hits), and random ActionIDs with sharing on (a round trip to A, which
+   has nothing) and off.
 
 2. Peers that hold nothing. A switches to an empty store (its daemon is
    restarted on it and stays up), and B builds cold with sharing on and with
@@ -42,7 +48,12 @@ What it measures, side by side in one run:
    A's helper (the GOCACHEPROG protocol, as go speaks it). On B, one ``get``
    for that ActionID through B's helper: B's daemon fetches it from A,
    verifies and stores it, and the helper answers with its DiskPath. The
-   get's wall time gives MB/s (target >= 500 MB/s). B's daemon's peak RSS
+   get's wall time gives MB/s (target >= 500 MB/s). Next to each get, the
+   script writes the same body as a plain file in B's store directory: the
+   floor for any program that stores it there (on this project's VMs,
+   writing new data into the page cache runs anywhere from 400 MB/s to
+   4 GB/s, depending on the state of the machine's memory; the two
+   alternate which goes first). B's daemon's peak RSS
    (VmHWM) is read before and after, to show that it does not grow with the
    body. The helper gives up on the daemon after its lookup deadline plus a
    transfer allowance (src/remote.rs; about 1.15 s by default), which a
@@ -61,6 +72,8 @@ Method and hygiene:
   as on this project's machines, skip each recently deleted inode on every
   create: a filesystem artefact, not warren's cost. ``--reset clean``
   measures that way instead, with ``warren clean``.)
+* Every timed build and get starts after os.sync(), so no dirty data of
+  an earlier step is written back during it.
 * Builds are timed from spawning go to its exit (time.perf_counter), CPU
   time (go and everything it waited for) from os.wait4, and the daemons'
   own CPU time from /proc/<pid>/stat before and after each build.
@@ -396,6 +409,7 @@ class Host:
         self.t0 = t0
         self.daemon: Daemon | None = None
         self.daemon_level = "info"
+        self.daemon_env: dict[str, str] = {}  # extra environment for the daemon
         self.gocache_n = 0
         self.store_n = 0
         for sub in ("home", "config", "cache", "data", "state", "runtime", "gopath", "work"):
@@ -463,6 +477,8 @@ class Host:
         (self.config_dir / "long-wait.toml").write_text(
             config + f'lookup-deadline = "{LONG_WAIT_DEADLINE}"\n'
         )
+        # For the latency probe: a daemon that fetches only what it is asked.
+        (self.config_dir / "no-read-ahead.toml").write_text(config + "read-ahead = 0\n")
         return self.peer_id()
 
     def peer_id(self) -> str:
@@ -509,7 +525,7 @@ class Host:
         log_path = self.root / "daemon.log"
         proc = subprocess.Popen(
             self.argv(self.warren, "daemon"),
-            env=self.env(WARREN_LOG=level),
+            env=self.env(WARREN_LOG=level, **self.daemon_env),
             cwd=self.root / "work",
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -792,8 +808,8 @@ class Transfer:
 def write_floor(host: Host, body: bytes, run: int) -> float:
     """Seconds to write ``body`` as a new file next to ``host``'s store, in
     256 KiB writes (as warren writes bodies), without fsync: the least any
-    program storing the body there can take, measured under the same
-    conditions as the get. The file stays until the end, like the bodies."""
+    program storing the body there can take, measured next to the get. The
+    file stays until the end, like the bodies."""
     path = host.store.parent / f"write-floor-{host.store_n}-{run}"
     view = memoryview(body)
     t0 = time.perf_counter()
@@ -830,8 +846,12 @@ def transfer(a: Host, b: Host, size: int, run: int) -> Transfer:
     action = os.urandom(32)
     put_s = put_on(a, action, body)
     os.sync()
-    floor_s = write_floor(b, body, run)
-    os.sync()
+    # The floor and the get each write the body into new page cache, which
+    # on some VMs costs more for whichever comes second: alternate them.
+    floor_s = 0.0
+    if run % 2 == 0:
+        floor_s = write_floor(b, body, run)
+        os.sync()
     for h in (a, b):
         h.daemon.mark(f"start big get run {run} ({size} bytes, action {action.hex()})")
     b_hwm0, a_hwm0 = b.daemon.hwm_kib(), a.daemon.hwm_kib()
@@ -845,6 +865,9 @@ def transfer(a: Host, b: Host, size: int, run: int) -> Transfer:
     b_hwm1, a_hwm1 = b.daemon.hwm_kib(), a.daemon.hwm_kib()
     for h in (a, b):
         h.daemon.mark(f"end big get run {run}: {get_s:.3f} s")
+    if run % 2 == 1:
+        os.sync()
+        floor_s = write_floor(b, body, run)
     if resp.get("Miss") or not resp.get("DiskPath"):
         raise BenchError(
             f"B's get of the {size}-byte body was not a hit: {resp!r}\n--- B daemon ---\n"
@@ -1085,9 +1108,14 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
                     )
 
         if args.probe_misses:
-            empty(b)
+            # Per-lookup latency: with read-ahead, all but the first lookup
+            # would be local hits.
+            b.daemon_env = {"WARREN_CONFIG": str(b.config_dir / "no-read-ahead.toml")}
+            b.new_store()  # restarts the daemon with that config
             connected()
             res.probe = probe_latency(a, b, args.probe_misses)
+            b.daemon_env = {}
+            b.new_store()
             log(
                 f"probe: peer hits {quantiles(res.probe.peer_hit_s)}; local hits "
                 f"{quantiles(res.probe.local_hit_s)}"
@@ -1444,7 +1472,7 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
     if res.transfers:
         print("big gets: " + " ".join(f"{t.get_s:.3f}s/{t.mb_s:.0f}MB/s" for t in res.transfers))
         print(
-            "  writing the body on B alone (before each get): "
+            "  writing the body on B alone (next to each get, alternately before and after): "
             + " ".join(f"{t.floor_s:.3f}s/{t.floor_mb_s:.0f}MB/s" for t in res.transfers)
         )
         print(

@@ -12,13 +12,16 @@
 //! - [`config`]: [`NodeConfig`] and [`MdnsConfig`], every limit with its default;
 //! - `store`: the [`Store`] trait warren implements over its disk store;
 //! - [`wire`]: the fetch protocol's bytes (versioned JSON headers, raw bodies);
-//! - `codec`: the request-response codec that streams bodies in chunks
-//!   straight into the store, hashing as it goes;
+//! - `codec`: the request-response codec: headers, limits, and what an
+//!   answer comes to;
+//! - `body`: moving one body between a stream and the disk (small ones in
+//!   one piece, big ones in pieces through a blocking thread);
 //! - `behaviour`: the libp2p stack (TCP, Noise, Yamux; allowlist, connection
 //!   limits, ping, fetch);
 //! - `discovery`: mDNS advertisement and browsing (only when configured);
 //! - `event_loop`: [`EventLoop`], the one task that owns the swarm, its work
-//!   split into `fetch` (asking peers, deadlines, cooldown), `serve`
+//!   split into `fetch` (asking peers, deadlines, cooldown), `read_ahead`
+//!   (fetching what a peer hints a build will ask for next), `serve`
 //!   (answering them) and `peers` (bookkeeping, allowlist, dialing);
 //! - `client`: [`Client`], the cloneable handle, and the [`Event`]s it sees.
 //!
@@ -45,9 +48,10 @@
 //!
 //! Only peers on the allowlist can connect, are asked or are served; Noise
 //! proves each peer's ID. mDNS is only a hint of where a peer might be.
-//! Whatever an allowlisted peer sends is still verified: a body that does
-//! not hash to its OutputID is discarded, counted against the peer, and puts
-//! it in cooldown. Bad data from peers is a miss, never a panic.
+//! Whatever an allowlisted peer sends is still verified, by the store's
+//! sink ([`BodySink::commit`]): a body that does not hash to its OutputID is
+//! discarded, counted against the peer, and puts it in cooldown. Bad data
+//! from peers is a miss, never a panic.
 
 mod behaviour;
 mod body;
