@@ -6,9 +6,21 @@ mod common;
 
 use std::time::Duration;
 
-use common::{DirStore, Usage, action, connect, id, keypairs, start, test_config, until, within};
+use common::{DirStore, TestNode, Usage, action, connect, id, keypairs, start, test_config};
+use common::{until, within};
+use warren_p2p::NodeConfig;
 
 const ENTRIES: u8 = 40;
+
+/// A (the requester, set up by `config`) connected to B, whose store gives
+/// read-ahead hints.
+async fn pair(config: impl FnOnce(NodeConfig) -> NodeConfig) -> (TestNode, TestNode) {
+    let [ka, kb] = keypairs();
+    let mut a = start(config(test_config(ka.clone(), &[id(&kb)])), DirStore::new()).await;
+    let mut b = start(test_config(kb, &[id(&ka)]), DirStore::with_hints()).await;
+    connect(&mut a, &mut b).await;
+    (a, b)
+}
 
 /// `server` stores `ENTRIES` small bodies in order; returns their bodies.
 fn fill(server: &DirStore) -> Vec<Vec<u8>> {
@@ -25,11 +37,8 @@ fn fill(server: &DirStore) -> Vec<Vec<u8>> {
 
 #[tokio::test]
 async fn one_fetch_brings_the_entries_stored_after_it() {
-    let [ka, kb] = keypairs();
-    let mut a = start(test_config(ka.clone(), &[id(&kb)]), DirStore::new()).await;
-    let mut b = start(test_config(kb.clone(), &[id(&ka)]), DirStore::with_hints()).await;
+    let (a, b) = pair(|config| config).await;
     let bodies = fill(&b.store);
-    connect(&mut a, &mut b).await;
 
     within(Duration::from_secs(5), a.client.fetch(action(1)))
         .await
@@ -64,11 +73,8 @@ async fn one_fetch_brings_the_entries_stored_after_it() {
 
 #[tokio::test]
 async fn lookups_racing_read_ahead_fetch_each_entry_once() {
-    let [ka, kb] = keypairs();
-    let mut a = start(test_config(ka.clone(), &[id(&kb)]), DirStore::new()).await;
-    let mut b = start(test_config(kb.clone(), &[id(&ka)]), DirStore::with_hints()).await;
+    let (a, b) = pair(|config| config).await;
     fill(&b.store);
-    connect(&mut a, &mut b).await;
 
     // As a parallel build would: the first lookup, then the next ones at
     // once, while read-ahead is starting on the same entries.
@@ -90,12 +96,8 @@ async fn lookups_racing_read_ahead_fetch_each_entry_once() {
 
 #[tokio::test]
 async fn without_read_ahead_only_what_is_asked_for_comes() {
-    let [ka, kb] = keypairs();
-    let config = test_config(ka.clone(), &[id(&kb)]).with_read_ahead(0, 0);
-    let mut a = start(config, DirStore::new()).await;
-    let mut b = start(test_config(kb.clone(), &[id(&ka)]), DirStore::with_hints()).await;
+    let (a, b) = pair(|config| config.with_read_ahead(0, 0)).await;
     fill(&b.store);
-    connect(&mut a, &mut b).await;
 
     within(Duration::from_secs(5), a.client.fetch(action(1)))
         .await
@@ -106,14 +108,10 @@ async fn without_read_ahead_only_what_is_asked_for_comes() {
 
 #[tokio::test]
 async fn read_ahead_leaves_bodies_over_its_limit_to_lookups() {
-    let [ka, kb] = keypairs();
-    let config = test_config(ka.clone(), &[id(&kb)]).with_read_ahead(4, 1000);
-    let mut a = start(config, DirStore::new()).await;
-    let mut b = start(test_config(kb.clone(), &[id(&ka)]), DirStore::with_hints()).await;
+    let (a, b) = pair(|config| config.with_read_ahead(4, 1000)).await;
     b.store.put(action(1), b"first");
     b.store.put(action(2), &vec![2; 5000]);
     b.store.put(action(3), b"third");
-    connect(&mut a, &mut b).await;
 
     within(Duration::from_secs(5), a.client.fetch(action(1)))
         .await
