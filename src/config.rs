@@ -81,8 +81,8 @@ pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/7311", "/ip6/::/tcp/731
 pub const DEFAULT_LOOKUP_DEADLINE: Duration = Duration::from_millis(150);
 /// Largest body accepted from a peer.
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 4 * 1024 * 1024 * 1024;
-/// Entries fetched ahead of a build at once, on a peer's hints.
-pub const DEFAULT_READ_AHEAD: usize = 8;
+/// Entries fetched ahead of a build at once (in batches), on a peer's hints.
+pub const DEFAULT_READ_AHEAD: usize = 64;
 
 /// Sharing settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +103,7 @@ pub struct Share {
     pub lookup_deadline: Duration,
     /// Default: [`DEFAULT_MAX_BODY_SIZE`].
     pub max_body_size: u64,
-    /// Read-ahead fetches at once; 0 turns read-ahead off. Default:
+    /// Entries read ahead at once; 0 turns read-ahead off. Default:
     /// [`DEFAULT_READ_AHEAD`].
     pub read_ahead: usize,
 }

@@ -25,7 +25,11 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
 use warren_p2p::identity::Keypair;
-use warren_p2p::wire::{self, FoundHeader, RequestHeader, ResponseHeader, WIRE_VERSION};
+use warren_p2p::wire::{self, FoundHeader, RequestHeader, ResponseHeader};
+
+/// It answers one action per request (`also` is ignored), as wire version 1
+/// did, and says so.
+const VERSION: u32 = 1;
 use warren_p2p::{Multiaddr, PROTOCOL_NAME};
 
 #[derive(Clone)]
@@ -96,7 +100,7 @@ impl request_response::Codec for Tamper {
             lookup(&self.store, &request.action).filter(|(_, size, _)| *size > 0)
         else {
             let header = ResponseHeader {
-                version: WIRE_VERSION,
+                version: VERSION,
                 found: None,
                 next: Vec::new(),
             };
@@ -104,7 +108,7 @@ impl request_response::Codec for Tamper {
         };
         body[0] ^= 0xff;
         let header = ResponseHeader {
-            version: WIRE_VERSION,
+            version: VERSION,
             found: Some(FoundHeader {
                 output,
                 size,

@@ -4,10 +4,12 @@
 //! requesting side it calls `write_request` and then `read_response` on the
 //! same clone, which is how `read_response` learns what was asked
 //! ([`FetchCodec::pending`]). Reading a response does the real work of a
-//! fetch on the connection's own task, off the event loop:
+//! fetch on the connection's own task, off the event loop, for each action
+//! asked for (one, or a batch of them; see [`crate::wire`]):
 //!
-//! 1. read the header by the lookup's deadline; "not found" and "found, not
-//!    included" end there;
+//! 1. read the header by its deadline (the lookup's for the first; for each
+//!    later one of a batch, a fresh one after the previous entry); "not
+//!    found" and "found, not included" end there;
 //! 2. refuse a body bigger than `max_body_size` or than the `max_inline` we
 //!    asked for, before reading a byte of it;
 //! 3. move the body into a sink from [`Store::begin`] ([`crate::body`]:
@@ -16,28 +18,37 @@
 //! 4. commit it: the sink stores it only if exactly `size` bytes arrived
 //!    and their SHA-256 is the announced OutputID.
 //!
+//! A single request's outcome is its [`Answer`]. A batch reports each
+//! entry's outcome to the event loop as soon as it is known ([`Report`]), so
+//! a lookup waiting for one entry of a batch is answered when that entry
+//! lands, not when the batch ends; a batch stops at the first body that
+//! does not verify.
+//!
 //! A cancelled fetch (another peer won, or the lookup gave up) drops the
 //! sink, which discards what it held. Failures of the stream are `io`
 //! errors (a miss); a body that arrived but did not verify is an
 //! [`Outcome::Rejected`] so the node can put that peer in cooldown.
 //!
-//! On the serving side the event loop hands the codec a [`Reply`] with the
-//! body read and verified (small bodies) or an open file, which
-//! [`crate::body::send`] verifies as it streams it.
+//! On the serving side the event loop hands the codec a [`Reply`]: the
+//! actions to answer, which the codec looks up one at a time as it writes
+//! ([`crate::answer`]), streaming big bodies with [`crate::body::send`].
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::StreamProtocol;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{self, Outgoing, Received};
+use crate::answer::{self, Prepared};
+use crate::body::{self, Received};
 use crate::config::transfer_timeout;
 use crate::store::Store;
-use crate::wire::{self, FoundHeader, RequestHeader, ResponseHeader, WIRE_VERSION};
+use crate::wire::{self, BATCH_VERSION, FoundHeader, RequestHeader, ResponseHeader, WIRE_VERSION};
 
 /// Why a received body was refused. A peer that causes one is put in cooldown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,19 +113,40 @@ pub(crate) struct Request {
 
 /// The requesting side's context for one outbound request; never sent.
 pub(crate) struct Local {
-    /// The response header must arrive before this.
+    /// The (first) response header must arrive before this.
     pub(crate) header_deadline: Instant,
     /// Cancelled when the fetch no longer needs this request.
     pub(crate) cancel: CancellationToken,
     /// Set once the peer answered "found": the lookup then waits for the
     /// transfer instead of giving up at its deadline.
     pub(crate) positive: Arc<AtomicBool>,
+    /// For a batch (a header with `also`): where entries' outcomes go.
+    pub(crate) batch: Option<BatchReports>,
+}
+
+/// Where a batch's entries are reported, one [`Report`] each.
+pub(crate) struct BatchReports {
+    /// One per action asked for, `action` first; each report carries its
+    /// entry's token.
+    pub(crate) tokens: Vec<u64>,
+    pub(crate) reports: mpsc::Sender<Report>,
+    /// How long each header after the first may take, counted from the end
+    /// of the entry before it.
+    pub(crate) header_timeout: Duration,
+}
+
+/// What became of one entry of a batch.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) token: u64,
+    pub(crate) outcome: Outcome,
 }
 
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Request")
             .field("action", &hex::encode(self.header.action))
+            .field("also", &self.header.also.len())
             .field("max_inline", &self.header.max_inline)
             .finish_non_exhaustive()
     }
@@ -131,33 +163,31 @@ pub(crate) enum Response {
 /// What the requesting side made of a response.
 #[derive(Debug)]
 pub(crate) struct Answer {
-    pub(crate) outcome: Outcome,
+    /// A single request's outcome; `None` for a batch, whose entries were
+    /// reported one by one.
+    pub(crate) outcome: Option<Outcome>,
     /// The server's read-ahead hints (at most as many as asked for).
     pub(crate) next: Vec<[u8; 32]>,
+    /// The wire version of the server's first header.
+    pub(crate) version: u32,
 }
 
-/// What a server sends. `body` is `Some` exactly when `found` says the body
-/// is included.
+/// What a server sends: an answer for each of `actions`, in order.
 #[derive(Debug)]
 pub(crate) struct Reply {
-    /// For the server's own logs.
-    pub(crate) action: [u8; 32],
-    pub(crate) found: Option<FoundHeader>,
-    pub(crate) body: Option<Outgoing>,
-    /// Read-ahead hints, sent in the header.
-    pub(crate) next: Vec<[u8; 32]>,
+    pub(crate) actions: Vec<[u8; 32]>,
+    pub(crate) max_inline: u64,
+    /// Read-ahead hints asked for.
+    pub(crate) hints: u32,
+    /// Answer "not found" to every action without looking (the node is
+    /// serving all it may).
+    pub(crate) refuse: bool,
+    /// The bodies sent so far, for the node's counters.
+    pub(crate) sent: SentLog,
 }
 
-impl Reply {
-    pub(crate) fn not_found(action: [u8; 32]) -> Self {
-        Self {
-            action,
-            found: None,
-            body: None,
-            next: Vec::new(),
-        }
-    }
-}
+/// Bodies a server sent in one exchange, `(action, bytes)` each, in order.
+pub(crate) type SentLog = Arc<Mutex<Vec<([u8; 32], u64)>>>;
 
 /// What became of a response on the requesting side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,7 +208,7 @@ pub(crate) enum Outcome {
 
 /// What `read_response` needs to know about the request it answers.
 struct Pending {
-    action: [u8; 32],
+    actions: Vec<[u8; 32]>,
     max_inline: u64,
     hints: u32,
     local: Local,
@@ -215,31 +245,99 @@ impl FetchCodec {
         }
     }
 
+    /// Reads one header by `deadline`; keeps its hints (as many as asked).
+    async fn read_header<T>(
+        io: &mut T,
+        pending: &Pending,
+        deadline: Instant,
+        next: &mut Vec<[u8; 32]>,
+    ) -> io::Result<ResponseHeader>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut header: ResponseHeader = tokio::time::timeout_at(deadline, wire::read_frame(io))
+            .await
+            .map_err(|_| timed_out("no answer by its deadline"))??;
+        if !header.next.is_empty() {
+            *next = std::mem::take(&mut header.next);
+            next.truncate(pending.hints.min(wire::MAX_HINTS) as usize);
+        }
+        Ok(header)
+    }
+
+    /// A single request's response.
     async fn receive<T>(&self, io: &mut T, pending: &Pending) -> io::Result<Answer>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let header: ResponseHeader =
-            tokio::time::timeout_at(pending.local.header_deadline, wire::read_frame(io))
-                .await
-                .map_err(|_| timed_out("no answer by the lookup deadline"))??;
-        let mut next = header.next;
-        next.truncate(pending.hints.min(wire::MAX_HINTS) as usize);
-        let Some(found) = header.found else {
-            return Ok(Answer {
-                outcome: Outcome::NotFound,
-                next: Vec::new(),
-            });
+        let mut next = Vec::new();
+        let header =
+            Self::read_header(io, pending, pending.local.header_deadline, &mut next).await?;
+        let version = header.version;
+        let outcome = match header.found {
+            None => {
+                next.clear(); // Hints only come with a hit.
+                Outcome::NotFound
+            }
+            Some(found) => {
+                self.receive_found(io, pending, pending.actions[0], found)
+                    .await?
+            }
         };
-        let outcome = self.receive_found(io, pending, found).await?;
-        Ok(Answer { outcome, next })
+        Ok(Answer {
+            outcome: Some(outcome),
+            next,
+            version,
+        })
     }
 
-    /// The rest of a "found" answer.
+    /// A batch's response: each entry in turn, each reported at once.
+    async fn receive_batch<T>(
+        &self,
+        io: &mut T,
+        pending: &Pending,
+        batch: &BatchReports,
+    ) -> io::Result<Answer>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut next = Vec::new();
+        let mut version = WIRE_VERSION;
+        let mut deadline = pending.local.header_deadline;
+        for (index, (&action, &token)) in pending.actions.iter().zip(&batch.tokens).enumerate() {
+            let header = Self::read_header(io, pending, deadline, &mut next).await?;
+            if index == 0 {
+                version = header.version;
+                pending.local.positive.store(true, Ordering::Relaxed);
+            }
+            let outcome = match header.found {
+                None => Outcome::NotFound,
+                Some(found) => self.receive_found(io, pending, action, found).await?,
+            };
+            let rejected = matches!(outcome, Outcome::Rejected { .. });
+            if batch.reports.send(Report { token, outcome }).await.is_err() {
+                return Err(cancelled()); // The node is stopping.
+            }
+            // A version-1 server answers the first action only; a peer that
+            // sent a bad body is not read from any further.
+            if rejected || version < BATCH_VERSION {
+                break;
+            }
+            deadline = Instant::now() + batch.header_timeout;
+        }
+        Ok(Answer {
+            outcome: None,
+            next,
+            version,
+        })
+    }
+
+    /// The rest of a "found" answer for `action`.
     async fn receive_found<T>(
         &self,
         io: &mut T,
         pending: &Pending,
+        action: [u8; 32],
         found: FoundHeader,
     ) -> io::Result<Outcome>
     where
@@ -274,7 +372,7 @@ impl FetchCodec {
         }
         pending.local.positive.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + transfer_timeout(found.size, self.transfer_rate);
-        tokio::time::timeout_at(deadline, self.receive_body(io, pending.action, meta))
+        tokio::time::timeout_at(deadline, self.receive_body(io, action, meta))
             .await
             .map_err(|_| timed_out("body not received within its transfer timeout"))?
     }
@@ -300,6 +398,56 @@ impl FetchCodec {
                 Outcome::NotStored(meta)
             }
         })
+    }
+
+    /// Writes the answer for each action of `reply` in turn.
+    async fn send_reply<T>(&self, io: &mut T, reply: Reply) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let last = reply.actions.len().saturating_sub(1);
+        let mut last_held = None;
+        for (index, action) in reply.actions.iter().enumerate() {
+            let Prepared { found, body } = if reply.refuse {
+                Prepared::not_found()
+            } else {
+                answer::prepare(&*self.store, action, reply.max_inline)
+            };
+            if found.is_some() {
+                last_held = Some(action);
+            }
+            let next = match (index == last, last_held) {
+                (true, Some(held)) if reply.hints > 0 => self
+                    .store
+                    .following(held, reply.hints.min(wire::MAX_HINTS) as usize),
+                _ => Vec::new(),
+            };
+            let header = ResponseHeader {
+                version: WIRE_VERSION,
+                found,
+                next,
+            };
+            wire::write_frame(io, &header).await?;
+            let (Some(found), Some(body)) = (header.found, body) else {
+                continue;
+            };
+            let sent = body::send(io, body, found.output, found.size).await;
+            if let Err(error) = &sent
+                && body::is_damaged(error)
+            {
+                tracing::warn!(
+                    action = hex::encode(action),
+                    "stopped serving a body that does not match its OutputID ({error}); the local store is damaged, `warren verify` repairs it"
+                );
+            }
+            sent?;
+            reply
+                .sent
+                .lock()
+                .expect("lock not poisoned")
+                .push((*action, found.size));
+        }
+        Ok(())
     }
 }
 
@@ -327,10 +475,16 @@ impl libp2p::request_response::Codec for FetchCodec {
             .take()
             .ok_or_else(|| io::Error::other("a response without a request"))?;
         let cancel = pending.local.cancel.clone();
+        let receive = async {
+            match &pending.local.batch {
+                None => self.receive(io, &pending).await,
+                Some(batch) => self.receive_batch(io, &pending, batch).await,
+            }
+        };
         tokio::select! {
             biased;
             () = cancel.cancelled() => Err(cancelled()),
-            answer = self.receive(io, &pending) => answer.map(Response::Answer),
+            answer = receive => answer.map(Response::Answer),
         }
     }
 
@@ -348,8 +502,16 @@ impl libp2p::request_response::Codec for FetchCodec {
         if local.cancel.is_cancelled() {
             return Err(cancelled());
         }
+        let actions: Vec<[u8; 32]> = header.actions().copied().collect();
+        if local
+            .batch
+            .as_ref()
+            .is_some_and(|batch| batch.tokens.len() != actions.len())
+        {
+            return Err(io::Error::other("a batch needs one token per action"));
+        }
         self.pending = Some(Pending {
-            action: header.action,
+            actions,
             max_inline: header.max_inline,
             hints: header.hints,
             local,
@@ -366,37 +528,10 @@ impl libp2p::request_response::Codec for FetchCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let Response::Reply(Reply {
-            action,
-            found,
-            body,
-            next,
-        }) = response
-        else {
+        let Response::Reply(reply) = response else {
             return Err(io::Error::other("only replies are written"));
         };
-        let header = ResponseHeader {
-            version: WIRE_VERSION,
-            found,
-            next,
-        };
-        wire::write_frame(io, &header).await?;
-        let (Some(found), Some(body)) = (header.found, body) else {
-            return Ok(());
-        };
-        if !found.body_included {
-            return Ok(());
-        }
-        let sent = body::send(io, body, found.output, found.size).await;
-        if let Err(error) = &sent
-            && body::is_damaged(error)
-        {
-            tracing::warn!(
-                action = hex::encode(action),
-                "stopped serving a body that does not match its OutputID ({error}); the local store is damaged, `warren verify` repairs it"
-            );
-        }
-        sent
+        self.send_reply(io, reply).await
     }
 }
 
@@ -499,7 +634,8 @@ mod tests {
     ) -> io::Result<Outcome> {
         Ok(exchange_with_hints(store, max_inline, 0, server_bytes)
             .await?
-            .outcome)
+            .outcome
+            .expect("a single request's outcome"))
     }
 
     async fn exchange_with_hints(
@@ -515,11 +651,13 @@ mod tests {
                 action: [1; 32],
                 max_inline,
                 hints,
+                also: Vec::new(),
             },
             local: Some(Local {
                 header_deadline: Instant::now() + Duration::from_secs(5),
                 cancel: CancellationToken::new(),
                 positive: Arc::default(),
+                batch: None,
             }),
         };
         let mut sent = Vec::new();
@@ -656,30 +794,57 @@ mod tests {
     async fn served_bodies_round_trip_through_the_codec() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("body");
-        let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+        // Over SMALL_BODY: streamed from the open file, hashed as it goes.
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
         std::fs::File::create(&path)
             .unwrap()
             .write_all(&body)
             .unwrap();
-        let store = Arc::new(MapStore::default());
-        let mut server = FetchCodec::new(Arc::new(Shared(store.clone())), 1 << 30, 1);
+        let entries = HashMap::from([([1; 32], (path, Sha256::digest(&body).into(), body.len()))]);
+        let mut server =
+            FetchCodec::new(Arc::new(Files(Arc::new(Mutex::new(entries)))), 1 << 30, 1);
         let mut bytes = Vec::new();
         let reply = Reply {
-            action: [1; 32],
-            found: Some(found(&body, true)),
-            body: Some(Outgoing::File(std::fs::File::open(&path).unwrap())),
-            next: vec![[2; 32], [3; 32]],
+            actions: vec![[1; 32]],
+            max_inline: 1 << 20,
+            hints: 8,
+            refuse: false,
+            sent: Arc::default(),
         };
         server
             .write_response(&protocol(), &mut bytes, Response::Reply(reply))
             .await
             .unwrap();
+        let store = Arc::new(MapStore::default());
         let answer = exchange_with_hints(&store, 1 << 20, 8, bytes)
             .await
             .unwrap();
-        assert!(matches!(answer.outcome, Outcome::Committed(_)));
-        assert_eq!(answer.next, vec![[2; 32], [3; 32]]);
+        assert!(matches!(answer.outcome, Some(Outcome::Committed(_))));
+        assert_eq!(answer.next, vec![[2; 32]]);
         assert_eq!(store.committed.lock().unwrap()[&[1; 32]], body);
+    }
+
+    #[tokio::test]
+    async fn refused_replies_say_not_found_without_looking() {
+        let entries = Arc::new(Mutex::new(HashMap::new()));
+        let mut server = FetchCodec::new(Arc::new(Files(entries)), 1 << 30, 1);
+        let mut bytes = Vec::new();
+        let reply = Reply {
+            actions: vec![[1; 32], [2; 32]],
+            max_inline: 1 << 20,
+            hints: 8,
+            refuse: true,
+            sent: Arc::default(),
+        };
+        server
+            .write_response(&protocol(), &mut bytes, Response::Reply(reply))
+            .await
+            .unwrap();
+        let store = Arc::new(MapStore::default());
+        let (answer, reports) = exchange_batch(&store, &[[1; 32], [2; 32]], bytes).await;
+        assert!(answer.unwrap().next.is_empty());
+        assert!(reports.iter().all(|r| r.outcome == Outcome::NotFound));
+        assert_eq!(reports.len(), 2);
     }
 
     #[tokio::test]
@@ -701,7 +866,201 @@ mod tests {
         let answer = exchange_with_hints(&store, 1 << 20, 3, bytes)
             .await
             .unwrap();
-        assert_eq!(answer.outcome, Outcome::NotFound);
+        assert_eq!(answer.outcome, Some(Outcome::NotFound));
         assert!(answer.next.is_empty());
+    }
+
+    /// Runs the requesting side of a batch for `actions` against canned
+    /// server bytes; returns the reports (token = index) and the answer.
+    async fn exchange_batch(
+        store: &Arc<MapStore>,
+        actions: &[[u8; 32]],
+        server_bytes: Vec<u8>,
+    ) -> (io::Result<Answer>, Vec<Report>) {
+        let mut codec = FetchCodec::new(Arc::new(Shared(store.clone())), 1 << 30, 50_000_000);
+        let (reports, mut received) = mpsc::channel(64);
+        let request = Request {
+            header: RequestHeader {
+                version: WIRE_VERSION,
+                action: actions[0],
+                max_inline: 1 << 20,
+                hints: 8,
+                also: actions[1..].to_vec(),
+            },
+            local: Some(Local {
+                header_deadline: Instant::now() + Duration::from_secs(5),
+                cancel: CancellationToken::new(),
+                positive: Arc::default(),
+                batch: Some(BatchReports {
+                    tokens: (0..actions.len() as u64).collect(),
+                    reports,
+                    header_timeout: Duration::from_secs(5),
+                }),
+            }),
+        };
+        codec
+            .write_request(&protocol(), &mut Vec::new(), request)
+            .await
+            .unwrap();
+        let answer = codec
+            .read_response(&protocol(), &mut Cursor::new(server_bytes))
+            .await
+            .map(|response| match response {
+                Response::Answer(answer) => answer,
+                Response::Reply(_) => unreachable!("the requesting side reads outcomes"),
+            });
+        drop(codec);
+        let mut reports = Vec::new();
+        while let Ok(report) = received.try_recv() {
+            reports.push(report);
+        }
+        (answer, reports)
+    }
+
+    fn header_bytes(version: u32, found: Option<FoundHeader>, next: Vec<[u8; 32]>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let header = ResponseHeader {
+            version,
+            found,
+            next,
+        };
+        futures::executor::block_on(wire::write_frame(&mut bytes, &header)).unwrap();
+        bytes
+    }
+
+    #[tokio::test]
+    async fn batches_report_each_entry_in_order() {
+        let store = Arc::new(MapStore::default());
+        let bodies: [&[u8]; 3] = [b"first", b"", b"third body"];
+        let mut bytes = Vec::new();
+        bytes.extend(header_bytes(2, Some(found(bodies[0], true)), Vec::new()));
+        bytes.extend_from_slice(bodies[0]);
+        bytes.extend(header_bytes(2, None, Vec::new()));
+        bytes.extend(header_bytes(2, Some(found(bodies[2], true)), vec![[9; 32]]));
+        bytes.extend_from_slice(bodies[2]);
+        let (answer, reports) = exchange_batch(&store, &[[1; 32], [2; 32], [3; 32]], bytes).await;
+        let answer = answer.unwrap();
+        assert_eq!(answer.outcome, None);
+        assert_eq!(answer.next, vec![[9; 32]]);
+        assert_eq!(answer.version, 2);
+        let tokens: Vec<u64> = reports.iter().map(|r| r.token).collect();
+        assert_eq!(tokens, [0, 1, 2]);
+        assert!(matches!(reports[0].outcome, Outcome::Committed(_)));
+        assert_eq!(reports[1].outcome, Outcome::NotFound);
+        assert!(matches!(reports[2].outcome, Outcome::Committed(_)));
+        let committed = store.committed.lock().unwrap();
+        assert_eq!(committed[&[1; 32]], bodies[0]);
+        assert_eq!(committed[&[3; 32]], bodies[2]);
+    }
+
+    #[tokio::test]
+    async fn a_version_one_server_answers_the_first_entry_only() {
+        let store = Arc::new(MapStore::default());
+        let mut bytes = header_bytes(1, Some(found(b"only", true)), Vec::new());
+        bytes.extend_from_slice(b"only");
+        let (answer, reports) = exchange_batch(&store, &[[1; 32], [2; 32]], bytes).await;
+        assert_eq!(answer.unwrap().version, 1);
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert!(matches!(reports[0].outcome, Outcome::Committed(_)));
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_at_a_body_that_does_not_verify() {
+        let store = Arc::new(MapStore::default());
+        let mut bytes = header_bytes(2, Some(found(b"real", true)), Vec::new());
+        bytes.extend_from_slice(b"fake");
+        bytes.extend(header_bytes(2, Some(found(b"next", true)), Vec::new()));
+        bytes.extend_from_slice(b"next");
+        let (answer, reports) = exchange_batch(&store, &[[1; 32], [2; 32]], bytes).await;
+        answer.unwrap();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert!(matches!(
+            reports[0].outcome,
+            Outcome::Rejected {
+                reason: RejectReason::HashMismatch { .. },
+                ..
+            }
+        ));
+        assert!(store.committed.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_batch_cut_short_reports_what_arrived_and_fails() {
+        let store = Arc::new(MapStore::default());
+        let mut bytes = header_bytes(2, Some(found(b"whole", true)), Vec::new());
+        bytes.extend_from_slice(b"whole");
+        bytes.extend(header_bytes(2, Some(found(b"partial", true)), Vec::new()));
+        bytes.extend_from_slice(b"par");
+        let (answer, reports) = exchange_batch(&store, &[[1; 32], [2; 32], [3; 32]], bytes).await;
+        assert_eq!(answer.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(store.committed.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn servers_answer_every_action_of_a_batch_and_hint_after_the_last_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries = Arc::new(Mutex::new(HashMap::new()));
+        for (n, body) in [(1u8, b"one".as_slice()), (3, b"three")] {
+            let path = dir.path().join(n.to_string());
+            std::fs::File::create(&path)
+                .unwrap()
+                .write_all(body)
+                .unwrap();
+            entries
+                .lock()
+                .unwrap()
+                .insert([n; 32], (path, Sha256::digest(body).into(), body.len()));
+        }
+        let server_store = Arc::new(Files(entries));
+        let mut server = FetchCodec::new(server_store, 1 << 30, 1);
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let reply = Reply {
+            actions: vec![[1; 32], [2; 32], [3; 32]],
+            max_inline: 1 << 20,
+            hints: 4,
+            refuse: false,
+            sent: sent.clone(),
+        };
+        let mut bytes = Vec::new();
+        server
+            .write_response(&protocol(), &mut bytes, Response::Reply(reply))
+            .await
+            .unwrap();
+        assert_eq!(*sent.lock().unwrap(), [([1; 32], 3), ([3; 32], 5)]);
+
+        let store = Arc::new(MapStore::default());
+        let (answer, reports) = exchange_batch(&store, &[[1; 32], [2; 32], [3; 32]], bytes).await;
+        // The hints follow the last action the server holds: [3; 32].
+        assert_eq!(answer.unwrap().next, vec![[4; 32]]);
+        assert_eq!(reports.len(), 3);
+        assert_eq!(reports[1].outcome, Outcome::NotFound);
+        assert_eq!(store.committed.lock().unwrap()[&[3; 32]], b"three");
+    }
+
+    /// Path, OutputID and size of each entry of a [`Files`] store.
+    type FileEntries = HashMap<[u8; 32], (std::path::PathBuf, [u8; 32], usize)>;
+
+    /// A read-only store of files that hints `n + 1` after `n`.
+    struct Files(Arc<Mutex<FileEntries>>);
+
+    impl Store for Files {
+        fn open(&self, action: &[u8; 32]) -> io::Result<Option<crate::Served>> {
+            let Some((path, output, size)) = self.0.lock().unwrap().get(action).cloned() else {
+                return Ok(None);
+            };
+            Ok(Some(crate::Served {
+                output,
+                size: size as u64,
+                time_unix_nanos: 1,
+                body: std::fs::File::open(path)?,
+            }))
+        }
+        fn begin(&self, _: &[u8; 32], _: &[u8; 32], _: u64) -> io::Result<Box<dyn BodySink>> {
+            Err(io::Error::other("read-only"))
+        }
+        fn following(&self, action: &[u8; 32], _: usize) -> Vec<[u8; 32]> {
+            vec![[action[0] + 1; 32]]
+        }
     }
 }

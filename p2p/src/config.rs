@@ -85,20 +85,21 @@ impl NodeConfig {
                 .with_max_established_per_peer(Some(4)),
             max_concurrent_serves: 16,
             event_capacity: 256,
-            read_ahead: 8,
+            read_ahead: 64,
             read_ahead_max_body: 64 << 20,
         }
     }
 
-    /// Read-ahead: after a peer's body arrives, fetch up to `fetches` of the
-    /// entries it says it stored next (its hints) at once, ahead of any
+    /// Read-ahead: after a peer's body arrives, fetch the entries it says it
+    /// stored next (its hints), up to `entries` at once, ahead of any
     /// lookup, so that a build asking for them finds them in the local
     /// store. A build from a peer then waits on the network once per burst
-    /// instead of once per entry. Hinted bodies bigger than `max_body` are
-    /// left for a lookup to fetch. `0` turns read-ahead off. Default 8
-    /// fetches, 64 MiB.
-    pub fn with_read_ahead(mut self, fetches: usize, max_body: u64) -> Self {
-        self.read_ahead = fetches;
+    /// instead of once per entry. They are asked for in batches of up to
+    /// 16 per request. Hinted bodies bigger than `max_body` are left for a
+    /// lookup to fetch. `0` turns read-ahead off. Default 64 entries,
+    /// 64 MiB.
+    pub fn with_read_ahead(mut self, entries: usize, max_body: u64) -> Self {
+        self.read_ahead = entries;
         self.read_ahead_max_body = max_body;
         self
     }

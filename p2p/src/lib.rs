@@ -11,9 +11,12 @@
 //!
 //! - [`config`]: [`NodeConfig`] and [`MdnsConfig`], every limit with its default;
 //! - `store`: the [`Store`] trait warren implements over its disk store;
-//! - [`wire`]: the fetch protocol's bytes (versioned JSON headers, raw bodies);
+//! - [`wire`]: the fetch protocol's bytes (versioned JSON headers, raw
+//!   bodies, batches);
 //! - `codec`: the request-response codec: headers, limits, and what an
 //!   answer comes to;
+//! - `answer`: what a server answers for one action (lookup, and a small
+//!   body read and verified);
 //! - `body`: moving one body between a stream and the disk (small ones in
 //!   one piece, big ones in pieces through a blocking thread);
 //! - `behaviour`: the libp2p stack (TCP, Noise, Yamux; allowlist, connection
@@ -21,8 +24,9 @@
 //! - `discovery`: mDNS advertisement and browsing (only when configured);
 //! - `event_loop`: [`EventLoop`], the one task that owns the swarm, its work
 //!   split into `fetch` (asking peers, deadlines, cooldown), `read_ahead`
-//!   (fetching what a peer hints a build will ask for next), `serve`
-//!   (answering them) and `peers` (bookkeeping, allowlist, dialing);
+//!   (fetching, in batches, what a peer hints a build will ask for next),
+//!   `serve` (answering peers) and `peers` (bookkeeping, allowlist,
+//!   dialing);
 //! - `client`: [`Client`], the cloneable handle, and the [`Event`]s it sees.
 //!
 //! # Usage
@@ -53,6 +57,7 @@
 //! discarded, counted against the peer, and puts it in cooldown. Bad data
 //! from peers is a miss, never a panic.
 
+mod answer;
 mod behaviour;
 mod body;
 mod client;

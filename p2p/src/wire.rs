@@ -7,6 +7,7 @@
 //! requester ──> server   frame(RequestHeader)                    then closes its write side
 //! server ──> requester   frame(ResponseHeader)
 //!                        [size raw body bytes, only if found.body_included]
+//!                        ... once per action asked for (version 2, see below)
 //! frame(T) = u32 big-endian length (at most MAX_HEADER_LEN) ++ JSON of T
 //! ```
 //!
@@ -15,6 +16,14 @@
 //! unknown fields are ignored and every field added after version 1 must
 //! carry `#[serde(default)]`. IDs are lowercase hex, as on disk. Read-ahead
 //! hints (`hints` asked, `next` answered) were added that way.
+//!
+//! Version 2 adds batches: a request may name more actions in `also`, and a
+//! version-2 server answers each of them on the same stream, in order, with
+//! a header (and body) apiece. A version-1 server ignores `also` and answers
+//! `action` alone; the `version` in the first header tells the requester
+//! which it is talking to. Read-ahead fetches runs of entries this way: one
+//! stream per run instead of one per entry, whose setup cost more than
+//! moving a typical (small) body.
 //!
 //! The body follows its header raw and unframed, so neither side ever holds
 //! more than a chunk of it in memory (the cbor/json codecs of
@@ -33,7 +42,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The version this crate writes in headers.
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
+/// The first version that answers [`RequestHeader::also`].
+pub const BATCH_VERSION: u32 = 2;
+/// Most actions one request is answered for (`action` and `also` together);
+/// a server answers the first this many and ends the stream.
+pub const MAX_BATCH: usize = 32;
 /// The largest header frame either side accepts. Headers are a few hundred
 /// bytes; anything bigger is a broken or hostile peer.
 pub const MAX_HEADER_LEN: u32 = 64 * 1024;
@@ -60,6 +74,17 @@ pub struct RequestHeader {
     /// would like with a "found" answer (at most [`MAX_HINTS`] are sent).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub hints: u32,
+    /// Version 2: more actions to answer on this stream after `action`, in
+    /// this order, each with the same `max_inline`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_ids")]
+    pub also: Vec<[u8; 32]>,
+}
+
+impl RequestHeader {
+    /// Every action asked for, `action` first.
+    pub fn actions(&self) -> impl Iterator<Item = &[u8; 32]> {
+        std::iter::once(&self.action).chain(&self.also)
+    }
 }
 
 /// A server's answer; the body (if included) follows it on the stream.
@@ -70,10 +95,12 @@ pub struct ResponseHeader {
     /// `None`: the server has no (servable) entry for the action.
     #[serde(default)]
     pub found: Option<FoundHeader>,
-    /// Read-ahead hints: actions the server stored right after this one,
-    /// in that order. A build that needed this entry is likely to ask for
-    /// those next, so the requester may fetch them ahead of time. Only with
-    /// a "found" answer, and at most the `hints` asked for.
+    /// Read-ahead hints: actions the server stored right after the last
+    /// action of this exchange that it holds, in that order. A build that
+    /// needed those entries is likely to ask for these next, so the
+    /// requester may fetch them ahead of time. Only in the exchange's last
+    /// header, only if the server holds one of the actions asked for, and
+    /// at most the `hints` asked for.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_ids")]
     pub next: Vec<[u8; 32]>,
 }
@@ -202,6 +229,7 @@ mod tests {
             action: [7; 32],
             max_inline: 1 << 20,
             hints: 8,
+            also: vec![[3; 32], [4; 32]],
         };
         let response = ResponseHeader {
             version: WIRE_VERSION,
@@ -237,6 +265,7 @@ mod tests {
         assert_eq!(header.action, [0xab; 32]);
         assert_eq!(header.max_inline, 0);
         assert_eq!(header.hints, 0);
+        assert!(header.also.is_empty());
         let header: ResponseHeader = serde_json::from_str("{}").unwrap();
         assert_eq!(header.found, None);
         assert!(header.next.is_empty());
@@ -246,8 +275,24 @@ mod tests {
             action: [1; 32],
             max_inline: 0,
             hints: 0,
+            also: Vec::new(),
         };
-        assert!(!serde_json::to_string(&request).unwrap().contains("hints"));
+        let json = serde_json::to_string(&request).unwrap();
+        assert!(!json.contains("hints") && !json.contains("also"), "{json}");
+        // What a version-1 server makes of a batch: `action` alone.
+        let batch = RequestHeader {
+            also: vec![[2; 32]],
+            ..request
+        };
+        #[derive(Deserialize)]
+        struct VersionOne {
+            #[serde(with = "hex_id")]
+            action: [u8; 32],
+        }
+        let old: VersionOne =
+            serde_json::from_str(&serde_json::to_string(&batch).unwrap()).unwrap();
+        assert_eq!(old.action, [1; 32]);
+        assert_eq!(batch.actions().collect::<Vec<_>>(), [&[1; 32], &[2; 32]]);
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Read-ahead between in-process nodes on loopback TCP: after one fetch, the
-//! entries the server hinted arrive without being asked for, are verified
-//! like any other, are not fetched twice, and stop where the hints do.
+//! entries the server hinted arrive without being asked for (in batches, or
+//! one at a time from a version-1 peer), are verified like any other, are
+//! not fetched twice, and stop where the hints do.
 
 mod common;
 
 use std::time::Duration;
 
+use common::hostile::{Mode, hostile};
 use common::{DirStore, TestNode, Usage, action, connect, id, keypairs, start, test_config};
 use common::{until, within};
-use warren_p2p::NodeConfig;
+use warren_p2p::{Event, NodeConfig};
 
 const ENTRIES: u8 = 40;
 
@@ -130,4 +132,40 @@ async fn read_ahead_leaves_bodies_over_its_limit_to_lookups() {
         .await
         .expect("a hit");
     assert_eq!(a.store.body(&action(2)).unwrap(), vec![2; 5000]);
+}
+
+#[tokio::test]
+async fn a_version_one_peer_is_read_ahead_one_entry_per_request() {
+    let [ka, kh] = keypairs();
+    let entries: Vec<([u8; 32], Vec<u8>)> = (1..=20)
+        .map(|n| {
+            (
+                action(n),
+                format!("entry {n}").repeat(usize::from(n)).into_bytes(),
+            )
+        })
+        .collect();
+    let old = hostile(
+        &kh,
+        Mode::VersionOne {
+            entries: entries.clone(),
+        },
+    )
+    .await;
+    let mut a = start(test_config(ka, &[old.peer]), DirStore::new()).await;
+    a.client.dial(old.address.clone()).await.unwrap();
+    let old_peer = old.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(old_peer)).await;
+
+    within(Duration::from_secs(5), a.client.fetch(action(1)))
+        .await
+        .expect("a hit");
+    // The first batch is answered for its first action only; the rest are
+    // asked for again, one per request.
+    until("every entry is read ahead", || a.store.entry_count() == 20).await;
+    for (action, body) in &entries {
+        assert_eq!(a.store.body(action).as_ref(), Some(body));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(old.requests(), 20, "each entry asked for once");
 }

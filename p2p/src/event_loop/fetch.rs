@@ -14,6 +14,11 @@
 //! timeout (enforced by the codec, with a timer here as a backstop), as
 //! does each body request. So a fetch ends when its last request does, and
 //! no request outlives its limit.
+//!
+//! A request normally serves one fetch. A read-ahead batch (`read_ahead`)
+//! is one request serving a fetch per action: each of those ends when the
+//! codec reports its entry ([`EventLoop::on_report`]), or when the request
+//! ends without having reported it.
 
 use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
@@ -30,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 use super::EventLoop;
 use super::read_ahead::HINTS;
 use crate::client::{Event, Fetched};
-use crate::codec::{Local, Meta, Outcome, RejectReason, Request};
-use crate::wire::{RequestHeader, WIRE_VERSION};
+use crate::codec::{Answer, BatchReports, Local, Meta, Outcome, RejectReason, Report, Request};
+use crate::wire::{BATCH_VERSION, RequestHeader, WIRE_VERSION};
 
 pub(super) type FetchId = u64;
 pub(super) type Timer = Pin<Box<dyn Future<Output = Deadline> + Send>>;
@@ -49,10 +54,16 @@ pub(super) struct PendingFetch {
     /// Peers that hold the body but did not send it, in answer order.
     pub(super) candidates: VecDeque<(PeerId, Meta)>,
     pub(super) body_request: Option<OutboundRequestId>,
+    /// Lookup requests went to every eligible peer. A read-ahead fetch
+    /// that a lookup joined does that once, should its batch end without
+    /// the entry, so the lookup is not a miss because of read-ahead.
+    pub(super) asked_everyone: bool,
 }
 
 pub(super) struct RequestInfo {
-    pub(super) fetch: FetchId,
+    /// The fetches this request serves, in the order of its actions: one,
+    /// or a batch's that have not been reported yet.
+    pub(super) fetches: Vec<FetchId>,
     pub(super) peer: PeerId,
     pub(super) phase: Phase,
     pub(super) max_inline: u64,
@@ -66,6 +77,8 @@ pub(super) enum Phase {
     Lookup,
     /// Fetching an announced body from one peer.
     Body,
+    /// Fetching a run of hinted entries from one peer, ahead of lookups.
+    ReadAhead,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +109,24 @@ impl EventLoop {
             return;
         }
         self.read_ahead.take(&action);
+        if !self.has_eligible_peer() {
+            let _ = reply.send(None);
+            return;
+        }
+        let id = self.new_fetch(action, Some(reply));
+        self.ask_everyone(id);
+    }
+
+    fn has_eligible_peer(&self) -> bool {
+        let now = Instant::now();
+        self.swarm
+            .connected_peers()
+            .any(|peer| self.eligible(peer, now))
+    }
+
+    /// Sends lookup requests for fetch `id` to every eligible peer, under
+    /// the lookup deadline; `false` if there is nobody to ask.
+    fn ask_everyone(&mut self, id: FetchId) -> bool {
         let now = Instant::now();
         let peers: Vec<PeerId> = self
             .swarm
@@ -103,21 +134,24 @@ impl EventLoop {
             .filter(|peer| self.eligible(peer, now))
             .copied()
             .collect();
+        let Some(fetch) = self.fetches.get_mut(&id) else {
+            return false;
+        };
+        fetch.asked_everyone = true;
         if peers.is_empty() {
-            let _ = reply.send(None);
-            return;
+            return false;
         }
         let max_inline = if peers.len() == 1 {
             self.config.max_body_size
         } else {
             self.config.inline_limit.min(self.config.max_body_size)
         };
-        let id = self.new_fetch(action, Some(reply));
         let deadline = now + self.config.lookup_deadline;
         for peer in peers {
             self.send_request(id, peer, Phase::Lookup, max_inline, deadline);
         }
         self.timers.push(timer(deadline, Deadline::Lookup(id)));
+        true
     }
 
     /// Books a new fetch of `action`: for a lookup (`reply`) or read-ahead.
@@ -138,6 +172,7 @@ impl EventLoop {
                 requests: HashSet::new(),
                 candidates: VecDeque::new(),
                 body_request: None,
+                asked_everyone: false,
             },
         );
         self.active.insert(action, id);
@@ -152,24 +187,60 @@ impl EventLoop {
         max_inline: u64,
         header_deadline: Instant,
     ) -> Option<OutboundRequestId> {
-        let pending = self.fetches.get_mut(&fetch)?;
-        let cancel = pending.cancel.child_token();
+        let hints = if phase == Phase::Lookup && self.config.read_ahead > 0 {
+            HINTS
+        } else {
+            0
+        };
+        let cancel = self.fetches.get(&fetch)?.cancel.child_token();
+        self.send(
+            vec![fetch],
+            peer,
+            phase,
+            max_inline,
+            hints,
+            header_deadline,
+            cancel,
+        )
+    }
+
+    /// Sends one request for the actions of `fetches` (a batch if more
+    /// than one) and books it.
+    #[expect(clippy::too_many_arguments, reason = "one request's parameters, named")]
+    pub(super) fn send(
+        &mut self,
+        fetches: Vec<FetchId>,
+        peer: PeerId,
+        phase: Phase,
+        max_inline: u64,
+        hints: u32,
+        header_deadline: Instant,
+        cancel: CancellationToken,
+    ) -> Option<OutboundRequestId> {
+        let actions: Vec<[u8; 32]> = fetches
+            .iter()
+            .map(|id| self.fetches.get(id).map(|fetch| fetch.action))
+            .collect::<Option<_>>()?;
+        let (&action, also) = actions.split_first()?;
         let positive = Arc::new(AtomicBool::new(false));
+        let batch = (fetches.len() > 1).then(|| BatchReports {
+            tokens: fetches.clone(),
+            reports: self.report_sender.clone(),
+            header_timeout: self.config.lookup_deadline,
+        });
         let request = Request {
             header: RequestHeader {
                 version: WIRE_VERSION,
-                action: pending.action,
+                action,
                 max_inline,
-                hints: if phase == Phase::Lookup && self.config.read_ahead > 0 {
-                    HINTS
-                } else {
-                    0
-                },
+                hints,
+                also: also.to_vec(),
             },
             local: Some(Local {
                 header_deadline,
                 cancel: cancel.clone(),
                 positive: positive.clone(),
+                batch,
             }),
         };
         let request_id = self
@@ -177,11 +248,15 @@ impl EventLoop {
             .behaviour_mut()
             .fetch
             .send_request(&peer, request);
-        pending.requests.insert(request_id);
+        for id in &fetches {
+            if let Some(fetch) = self.fetches.get_mut(id) {
+                fetch.requests.insert(request_id);
+            }
+        }
         self.requests.insert(
             request_id,
             RequestInfo {
-                fetch,
+                fetches,
                 peer,
                 phase,
                 max_inline,
@@ -190,6 +265,73 @@ impl EventLoop {
             },
         );
         Some(request_id)
+    }
+
+    /// A single request's answer, or the end of a batch.
+    pub(super) fn on_answer(
+        &mut self,
+        peer: PeerId,
+        request_id: OutboundRequestId,
+        answer: Answer,
+    ) {
+        let Some(outcome) = answer.outcome else {
+            // A batch: its entries were reported one by one; whatever it
+            // did not report ends with it. A version-1 peer answered the
+            // first only: the rest are fetched again, one per request.
+            let batches = answer.version >= BATCH_VERSION;
+            let unanswered = if batches {
+                Vec::new()
+            } else {
+                self.unreported(request_id)
+            };
+            let state = self.peer(peer);
+            state.seen();
+            state.batches = batches;
+            self.on_request_failed(request_id, "ended");
+            self.requeue(peer, unanswered);
+            if !self
+                .peers
+                .get(&peer)
+                .is_some_and(|s| s.in_cooldown(Instant::now()))
+            {
+                self.offer_hints(peer, answer.next);
+            }
+            return;
+        };
+        self.on_outcome(peer, request_id, outcome, answer.next);
+    }
+
+    /// The actions of a batch request not reported yet that no lookup
+    /// waits for.
+    fn unreported(&self, request_id: OutboundRequestId) -> Vec<[u8; 32]> {
+        let Some(info) = self.requests.get(&request_id) else {
+            return Vec::new();
+        };
+        info.fetches
+            .iter()
+            .filter_map(|id| self.fetches.get(id))
+            .filter(|fetch| fetch.replies.is_empty())
+            .map(|fetch| fetch.action)
+            .collect()
+    }
+
+    /// One entry of a batch, reported as soon as it landed (or did not).
+    pub(super) fn on_report(&mut self, report: Report) {
+        let Report { token: id, outcome } = report;
+        let Some(fetch) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        let Some(request_id) = fetch.requests.iter().copied().next() else {
+            return;
+        };
+        fetch.requests.remove(&request_id);
+        let Some(info) = self.requests.get_mut(&request_id) else {
+            return;
+        };
+        info.fetches.retain(|fetch| *fetch != id);
+        let (peer, phase) = (info.peer, info.phase);
+        self.peer(peer).seen();
+        self.settle(id, peer, phase, outcome);
     }
 
     pub(super) fn on_outcome(
@@ -203,7 +345,23 @@ impl EventLoop {
             return; // Its fetch is over.
         };
         self.peer(peer).seen();
-        let Some(fetch) = self.fetches.get(&info.fetch) else {
+        let committed = matches!(outcome, Outcome::Committed(_));
+        for id in info.fetches {
+            self.settle(id, peer, info.phase, outcome.clone());
+        }
+        if committed
+            || !self
+                .peers
+                .get(&peer)
+                .is_some_and(|s| s.in_cooldown(Instant::now()))
+        {
+            self.offer_hints(peer, next);
+        }
+    }
+
+    /// What one fetch makes of what a peer answered for its action.
+    fn settle(&mut self, id: FetchId, peer: PeerId, phase: Phase, outcome: Outcome) {
+        let Some(fetch) = self.fetches.get(&id) else {
             return;
         };
         let (action, read_ahead) = (fetch.action, fetch.read_ahead);
@@ -222,12 +380,11 @@ impl EventLoop {
                     size: meta.size,
                     time_unix_nanos: meta.time_unix_nanos,
                 };
-                self.finish(info.fetch, Some(fetched));
-                self.offer_hints(peer, next);
+                self.finish(id, Some(fetched));
                 return;
             }
-            Outcome::Announced(meta) if info.phase == Phase::Lookup => {
-                if let Some(fetch) = self.fetches.get_mut(&info.fetch) {
+            Outcome::Announced(meta) if phase != Phase::Body => {
+                if let Some(fetch) = self.fetches.get_mut(&id) {
                     fetch.candidates.push_back((peer, meta));
                 }
             }
@@ -237,30 +394,27 @@ impl EventLoop {
             Outcome::Rejected { reason, bytes } => self.reject(peer, action, reason, bytes),
             Outcome::NotFound | Outcome::NotStored(_) => {}
         }
-        self.advance(info.fetch);
-        if !self
-            .peers
-            .get(&peer)
-            .is_some_and(|s| s.in_cooldown(Instant::now()))
-        {
-            self.offer_hints(peer, next);
-        }
+        self.advance(id);
     }
 
     pub(super) fn on_request_failed(&mut self, request_id: OutboundRequestId, why: &str) {
         if let Some(info) = self.forget_request(request_id) {
             tracing::trace!(peer = %info.peer, "request {why}");
-            self.advance(info.fetch);
+            for id in info.fetches {
+                self.advance(id);
+            }
         }
     }
 
-    /// Removes a request from the books (its fetch too).
+    /// Removes a request from the books (and from its fetches).
     pub(super) fn forget_request(&mut self, request_id: OutboundRequestId) -> Option<RequestInfo> {
         let info = self.requests.remove(&request_id)?;
-        if let Some(fetch) = self.fetches.get_mut(&info.fetch) {
-            fetch.requests.remove(&request_id);
-            if fetch.body_request == Some(request_id) {
-                fetch.body_request = None;
+        for id in &info.fetches {
+            if let Some(fetch) = self.fetches.get_mut(id) {
+                fetch.requests.remove(&request_id);
+                if fetch.body_request == Some(request_id) {
+                    fetch.body_request = None;
+                }
             }
         }
         Some(info)
@@ -330,9 +484,16 @@ impl EventLoop {
                     .push(timer(backstop, Deadline::Request(request_id)));
             }
         }
-        if self.fetches.get(&id).is_some_and(|f| f.requests.is_empty()) {
-            self.finish(id, None);
+        let Some(fetch) = self.fetches.get(&id) else {
+            return;
+        };
+        if !fetch.requests.is_empty() {
+            return;
         }
+        if !fetch.replies.is_empty() && !fetch.asked_everyone && self.ask_everyone(id) {
+            return;
+        }
+        self.finish(id, None);
     }
 
     pub(super) fn finish(&mut self, id: FetchId, result: Option<Fetched>) {
@@ -340,10 +501,17 @@ impl EventLoop {
             return;
         };
         // Stops every transfer still running for this fetch; their sinks
-        // are dropped uncommitted.
+        // are dropped uncommitted. (A batch's request has a token of its
+        // own: it goes on for the other entries.)
         fetch.cancel.cancel();
         for request_id in &fetch.requests {
-            self.requests.remove(request_id);
+            let done = self.requests.get_mut(request_id).is_none_or(|info| {
+                info.fetches.retain(|other| *other != id);
+                info.fetches.is_empty()
+            });
+            if done {
+                self.requests.remove(request_id);
+            }
         }
         if self.active.get(&fetch.action) == Some(&id) {
             self.active.remove(&fetch.action);
@@ -396,7 +564,9 @@ impl EventLoop {
                 if let Some(info) = self.forget_request(request_id) {
                     tracing::debug!(peer = %info.peer, "transfer took too long; cancelled");
                     info.cancel.cancel();
-                    self.advance(info.fetch);
+                    for id in info.fetches {
+                        self.advance(id);
+                    }
                 }
             }
         }

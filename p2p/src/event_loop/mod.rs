@@ -2,12 +2,12 @@
 //! the books.
 //!
 //! Shaped like rust-libp2p's `examples/file-sharing/src/network.rs`:
-//! [`EventLoop::run`] `select!`s over swarm events, client commands, fetch
-//! timers, the redial tick and mDNS. Its only file I/O is the lookup (and,
-//! for small bodies, the read) behind each request it serves, which is
-//! cheaper done in place than handed to another thread (see `serve`).
-//! Bodies stream in the codec, on the connections' own tasks, with their
-//! file I/O and hashing on the blocking pool.
+//! [`EventLoop::run`] `select!`s over batch reports, swarm events, client
+//! commands, fetch timers, the redial tick and mDNS. Its only file I/O is
+//! checking whether hinted entries are stored already. Requests are
+//! answered and bodies streamed in the codec, on the connections' own
+//! tasks (small lookups and reads in place, which is cheaper than a thread
+//! hand-over; big bodies' file I/O and hashing on the blocking pool).
 //!
 //! The loop's work is split by job, each an `impl EventLoop` of its own:
 //! `fetch` (asking peers, deadlines), `read_ahead` (fetching what peers
@@ -47,7 +47,7 @@ use self::read_ahead::ReadAhead;
 use self::serve::Serving;
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::client::{Command, Event};
-use crate::codec::{Request, Response};
+use crate::codec::{Report, Request, Response};
 use crate::config::NodeConfig;
 use crate::discovery::{self, Discovery, Found};
 use crate::store::Store;
@@ -60,6 +60,9 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 /// mDNS, so users can find IDs to allow). Bounded, so that spoofed
 /// announcements cannot grow memory.
 const MAX_STRANGERS: usize = 256;
+/// Batch entries reported but not yet handled; a codec with a report to
+/// make waits for room.
+const REPORT_QUEUE: usize = 256;
 
 /// Owns the swarm; see the module docs. Run it with [`EventLoop::run`].
 pub struct EventLoop {
@@ -79,6 +82,9 @@ pub struct EventLoop {
     active: HashMap<[u8; 32], FetchId>,
     read_ahead: ReadAhead,
     requests: HashMap<OutboundRequestId, RequestInfo>,
+    /// Batch entries as the codecs report them (see `fetch`).
+    reports: mpsc::Receiver<Report>,
+    report_sender: mpsc::Sender<Report>,
     next_fetch: FetchId,
     timers: FuturesUnordered<Timer>,
     /// Caps concurrent serves; a permit lives until its response is sent.
@@ -95,6 +101,7 @@ impl EventLoop {
         config: NodeConfig,
         discovery: Option<Discovery>,
     ) -> Self {
+        let (report_sender, reports) = mpsc::channel(REPORT_QUEUE);
         let mut event_loop = Self {
             swarm,
             commands,
@@ -108,6 +115,8 @@ impl EventLoop {
             active: HashMap::new(),
             read_ahead: ReadAhead::default(),
             requests: HashMap::new(),
+            reports,
+            report_sender,
             next_fetch: 0,
             timers: FuturesUnordered::new(),
             serve_permits: Arc::new(Semaphore::new(config.max_concurrent_serves)),
@@ -130,6 +139,11 @@ impl EventLoop {
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                // Reports first: a batch's last report must be handled
+                // before the end of its request, which comes as a swarm
+                // event queued after it.
+                biased;
+                Some(report) = self.reports.recv() => self.on_report(report),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
@@ -259,6 +273,7 @@ impl EventLoop {
         state.next_dial = None;
         state.seen();
         if connections == 1 {
+            state.batches = true; // It may have been upgraded.
             tracing::debug!(%peer, "connected");
             self.emit(Event::PeerConnected(peer));
         }
@@ -351,9 +366,7 @@ impl EventLoop {
                     },
                 ..
             } => match response {
-                Response::Answer(answer) => {
-                    self.on_outcome(peer, request_id, answer.outcome, answer.next);
-                }
+                Response::Answer(answer) => self.on_answer(peer, request_id, answer),
                 Response::Reply(_) => {
                     tracing::error!("the codec produced a reply on the requesting side");
                     self.on_request_failed(request_id, "unexpected reply");
@@ -375,26 +388,9 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, "serving a request failed: {error}");
-                self.serving.remove(&request_id);
+                self.served(request_id);
             }
-            E::ResponseSent {
-                peer, request_id, ..
-            } => {
-                let Some(serving) = self.serving.remove(&request_id) else {
-                    return;
-                };
-                let state = self.peer(peer);
-                state.seen();
-                if let Some(bytes) = serving.bytes {
-                    state.counters.hits_served += 1;
-                    state.counters.bytes_out += bytes;
-                    self.emit(Event::Served {
-                        peer: serving.peer,
-                        action: serving.action,
-                        bytes,
-                    });
-                }
-            }
+            E::ResponseSent { request_id, .. } => self.served(request_id),
         }
     }
 }

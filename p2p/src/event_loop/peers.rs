@@ -34,6 +34,9 @@ pub(super) struct PeerState {
     pub(super) backoff: Duration,
     /// `None`: dial as soon as the peer is allowlisted and disconnected.
     pub(super) next_dial: Option<Instant>,
+    /// Whether it answers batches (wire version 2); assumed until a batch
+    /// answer says otherwise, and again after it reconnects.
+    pub(super) batches: bool,
 }
 
 impl PeerState {
@@ -48,6 +51,7 @@ impl PeerState {
             cooldown_until: None,
             backoff,
             next_dial: None,
+            batches: true,
         }
     }
 

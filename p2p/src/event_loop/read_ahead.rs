@@ -21,12 +21,16 @@ use std::collections::{HashSet, VecDeque};
 
 use libp2p::PeerId;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::EventLoop;
-use super::fetch::{Deadline, Phase, timer};
+use super::fetch::{Deadline, FetchId, Phase, timer};
+use crate::wire::MAX_HINTS;
 
-/// Hints asked for with every lookup.
-pub(super) const HINTS: u32 = 32;
+/// Hints asked for with every lookup and batch: as many as a server sends.
+pub(super) const HINTS: u32 = MAX_HINTS;
+/// Most entries one read-ahead request asks for.
+pub(super) const BATCH: usize = 16;
 /// Most actions waiting to be read ahead; further hints are dropped.
 const MAX_QUEUED: usize = 512;
 /// Actions remembered as read ahead already (fetched or not), so hints that
@@ -60,6 +64,10 @@ impl ReadAhead {
         self.queue.push_back((peer, action));
     }
 
+    fn peek(&self) -> Option<(PeerId, [u8; 32])> {
+        self.queue.front().copied()
+    }
+
     fn pop(&mut self) -> Option<(PeerId, [u8; 32])> {
         let (peer, action) = self.queue.pop_front()?;
         self.queued.remove(&action);
@@ -85,35 +93,111 @@ impl EventLoop {
         self.pump_read_ahead();
     }
 
-    /// Starts queued read-ahead fetches up to the configured number.
+    /// Starts queued read-ahead fetches, in batches, up to the configured
+    /// number of entries in flight.
     pub(super) fn pump_read_ahead(&mut self) {
         let now = Instant::now();
-        while self.read_ahead.in_flight < self.config.read_ahead {
-            let Some((peer, action)) = self.read_ahead.pop() else {
+        while let Some(want) = batch_size(
+            self.read_ahead.in_flight,
+            self.config.read_ahead,
+            self.read_ahead.queue.len(),
+        ) {
+            let Some((peer, fetches)) = self.next_batch(want, now) else {
                 return;
             };
+            self.read_ahead.in_flight += fetches.len();
+            let max_inline = self
+                .config
+                .read_ahead_max_body
+                .min(self.config.max_body_size);
+            // The codec bounds each entry; this only catches a request
+            // that never got as far as the codec.
+            let per_entry = self.config.lookup_deadline + self.config.transfer_timeout(max_inline);
+            let backstop =
+                now + per_entry * fetches.len() as u32 + std::time::Duration::from_secs(1);
+            let deadline = now + self.config.lookup_deadline;
+            let cancel = CancellationToken::new();
+            if let Some(request_id) = self.send(
+                fetches,
+                peer,
+                Phase::ReadAhead,
+                max_inline,
+                HINTS,
+                deadline,
+                cancel,
+            ) {
+                self.timers
+                    .push(timer(backstop, Deadline::Request(request_id)));
+            }
+        }
+    }
+
+    /// Puts `actions` back at the front of the queue, to be fetched again:
+    /// a version-1 peer answered only the first action of their batch.
+    pub(super) fn requeue(&mut self, peer: PeerId, actions: Vec<[u8; 32]>) {
+        for action in actions.into_iter().rev() {
+            self.read_ahead.seen.remove(&action);
+            if self.read_ahead.queued.insert(action) {
+                self.read_ahead.queue.push_front((peer, action));
+            }
+        }
+        self.pump_read_ahead();
+    }
+
+    /// Books fetches for the next run of queued actions of one peer: those
+    /// not fetched or stored already, at most `room`, one only if the peer
+    /// does not answer batches.
+    fn next_batch(&mut self, room: usize, now: Instant) -> Option<(PeerId, Vec<FetchId>)> {
+        let mut peer_of_batch = None;
+        let mut fetches = Vec::new();
+        while fetches.len() < room {
+            let Some((peer, action)) = self.read_ahead.peek() else {
+                break;
+            };
+            if peer_of_batch.is_some_and(|batch_peer| batch_peer != peer) {
+                break;
+            }
+            self.read_ahead.pop();
             if self.active.contains_key(&action)
                 || !self.eligible(&peer, now)
                 || self.store.contains(&action)
             {
                 continue;
             }
-            let id = self.new_fetch(action, None);
-            self.read_ahead.in_flight += 1;
-            let deadline = now + self.config.lookup_deadline;
-            let max_inline = self
-                .config
-                .read_ahead_max_body
-                .min(self.config.max_body_size);
-            self.send_request(id, peer, Phase::Lookup, max_inline, deadline);
-            self.timers.push(timer(deadline, Deadline::Lookup(id)));
+            peer_of_batch = Some(peer);
+            fetches.push(self.new_fetch(action, None));
+            if !self.peers.get(&peer).is_some_and(|state| state.batches) {
+                break;
+            }
         }
+        Some((peer_of_batch?, fetches))
     }
+}
+
+/// How many queued actions to send as the next batch, if any now: a whole
+/// batch, or all that is queued if less, once that many fit under the
+/// limit of entries in flight. (Entries land one at a time; sending at
+/// every free slot would make batches of one.)
+fn batch_size(in_flight: usize, limit: usize, queued: usize) -> Option<usize> {
+    let want = BATCH.min(limit).min(queued);
+    (want > 0 && limit.saturating_sub(in_flight) >= want).then_some(want)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_wait_for_room_for_a_whole_batch() {
+        assert_eq!(batch_size(0, 64, 100), Some(BATCH));
+        assert_eq!(batch_size(64 - BATCH, 64, 100), Some(BATCH));
+        assert_eq!(batch_size(60, 64, 100), None, "not a batch of four");
+        assert_eq!(batch_size(60, 64, 3), Some(3), "what is left goes");
+        assert_eq!(batch_size(0, 4, 100), Some(4), "a limit under a batch");
+        assert_eq!(batch_size(0, 64, 0), None);
+        assert_eq!(batch_size(70, 64, 5), None);
+        assert_eq!(batch_size(0, 0, 5), None, "read-ahead off");
+    }
 
     #[test]
     fn hints_are_queued_once_and_bounded() {

@@ -1,5 +1,6 @@
 //! A peer that speaks the fetch protocol but misbehaves: it lies about a
-//! body, dies halfway through one, or never answers.
+//! body, dies halfway through one, or never answers; or an honest peer of
+//! wire version 1, which answers one action per request.
 //!
 //! It is built from libp2p directly and [`warren_p2p::wire`], not from a
 //! node, because a node refuses to serve a body that does not match its
@@ -17,7 +18,7 @@ use libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use warren_p2p::identity::Keypair;
-use warren_p2p::wire::{self, FoundHeader, RequestHeader, ResponseHeader, WIRE_VERSION};
+use warren_p2p::wire::{self, FoundHeader, RequestHeader, ResponseHeader};
 use warren_p2p::{Multiaddr, PROTOCOL_NAME, PeerId};
 
 /// How the hostile peer answers every request.
@@ -30,6 +31,9 @@ pub enum Mode {
     Stall { body: Vec<u8>, send: usize },
     /// Reads requests and never answers them.
     Silent,
+    /// Serves these entries honestly, as a version-1 node did: one action
+    /// per request (`also` is ignored), hints after it in this order.
+    VersionOne { entries: Vec<([u8; 32], Vec<u8>)> },
 }
 
 pub struct Hostile {
@@ -73,7 +77,7 @@ struct HostileCodec {
 impl request_response::Codec for HostileCodec {
     type Protocol = StreamProtocol;
     type Request = RequestHeader;
-    type Response = ();
+    type Response = RequestHeader;
 
     async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<RequestHeader>
     where
@@ -82,7 +86,7 @@ impl request_response::Codec for HostileCodec {
         wire::read_frame(io).await
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<()>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<RequestHeader>
     where
         T: AsyncRead + Unpin + Send,
     {
@@ -101,7 +105,12 @@ impl request_response::Codec for HostileCodec {
         Err(io::Error::other("the hostile peer never asks"))
     }
 
-    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, (): ()) -> io::Result<()>
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: RequestHeader,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
@@ -109,9 +118,11 @@ impl request_response::Codec for HostileCodec {
             Mode::WrongBody { claimed, sent } => (claimed, &sent[..], false),
             Mode::Stall { body, send } => (body, &body[..*send], true),
             Mode::Silent => unreachable!("a silent peer never answers"),
+            Mode::VersionOne { entries } => return version_one(io, entries, &request).await,
         };
+        // These answer one action per request, as version 1 did.
         let header = ResponseHeader {
-            version: WIRE_VERSION,
+            version: 1,
             found: Some(FoundHeader {
                 output: Sha256::digest(announced).into(),
                 size: announced.len() as u64,
@@ -132,6 +143,48 @@ impl request_response::Codec for HostileCodec {
         }
         Ok(())
     }
+}
+
+/// A version-1 server's answer: `request.action` alone, hints after it.
+async fn version_one<T>(
+    io: &mut T,
+    entries: &[([u8; 32], Vec<u8>)],
+    request: &RequestHeader,
+) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    let Some(at) = entries
+        .iter()
+        .position(|(action, _)| *action == request.action)
+    else {
+        let header = ResponseHeader {
+            version: 1,
+            found: None,
+            next: Vec::new(),
+        };
+        return wire::write_frame(io, &header).await;
+    };
+    let body = &entries[at].1;
+    let header = ResponseHeader {
+        version: 1,
+        found: Some(FoundHeader {
+            output: Sha256::digest(body).into(),
+            size: body.len() as u64,
+            time_unix_nanos: 1,
+            body_included: body.len() as u64 <= request.max_inline,
+        }),
+        next: entries[at + 1..]
+            .iter()
+            .take(request.hints as usize)
+            .map(|(action, _)| *action)
+            .collect(),
+    };
+    wire::write_frame(io, &header).await?;
+    if header.found.is_some_and(|found| found.body_included) {
+        io.write_all(body).await?;
+    }
+    io.flush().await
 }
 
 /// Starts a hostile peer on loopback.
@@ -180,7 +233,10 @@ pub async fn hostile(keypair: &Keypair, mode: Mode) -> Hostile {
         let mut held = Vec::new();
         loop {
             if let SwarmEvent::Behaviour(request_response::Event::Message {
-                message: request_response::Message::Request { channel, .. },
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
                 ..
             }) = swarm.select_next_some().await
             {
@@ -188,7 +244,7 @@ pub async fn hostile(keypair: &Keypair, mode: Mode) -> Hostile {
                 if silent {
                     held.push(channel);
                 } else {
-                    let _ = swarm.behaviour_mut().send_response(channel, ());
+                    let _ = swarm.behaviour_mut().send_response(channel, request);
                 }
             }
         }
