@@ -19,7 +19,7 @@ use std::io::Read;
 
 use sha2::{Digest, Sha256};
 
-use crate::body::{Outgoing, SMALL_BODY};
+use crate::body::{Outgoing, Piece, SMALL_BODY};
 use crate::store::Store;
 use crate::wire::FoundHeader;
 
@@ -79,16 +79,13 @@ pub(crate) fn prepare(store: &dyn Store, action: &[u8; 32], max_inline: u64) -> 
     }
 }
 
-/// Exactly `size` bytes of `file`, which must hash to `output`.
-fn read_verified(
-    mut file: std::fs::File,
-    size: u64,
-    output: &[u8; 32],
-) -> std::io::Result<Vec<u8>> {
-    let mut bytes = vec![0; size as usize];
+/// Exactly `size` (at most [`SMALL_BODY`]) bytes of `file`, which must
+/// hash to `output`.
+fn read_verified(mut file: std::fs::File, size: u64, output: &[u8; 32]) -> std::io::Result<Piece> {
+    let mut bytes = Piece::new(size as usize);
     file.read_exact(&mut bytes)
         .map_err(|error| std::io::Error::new(error.kind(), format!("cannot read it: {error}")))?;
-    if <[u8; 32]>::from(Sha256::digest(&bytes)) != *output {
+    if <[u8; 32]>::from(Sha256::digest(&*bytes)) != *output {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "it does not match its OutputID (the local store is damaged; `warren verify` repairs it)",
@@ -150,7 +147,7 @@ mod tests {
         let (_dir, store) = store_with(&body, Sha256::digest(&body).into());
         let prepared = prepare(&store, &[1; 32], u64::MAX);
         assert!(prepared.found.unwrap().body_included);
-        assert!(matches!(prepared.body, Some(Outgoing::Bytes(bytes)) if bytes == body));
+        assert!(matches!(prepared.body, Some(Outgoing::Bytes(bytes)) if *bytes == body[..]));
     }
 
     #[test]
