@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use warren_p2p::{
     BodySink, Client, CommitError, Event, MdnsConfig, Multiaddr, NodeConfig, PeerId, PeerInfo,
-    Served,
+    Served, SummaryChunk,
 };
 
 use crate::config::Config;
@@ -61,12 +61,12 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     };
     let allowlist_path = config.allowlist_path();
     let allowlist = Allowlist::load(&allowlist_path)?;
-    // One thread for all of the daemon's async work: a lookup passes through
-    // a dozen tasks (socket, event loop, connection, codec), and on a
+    // One thread for the peer-to-peer node's async work: a fetch passes
+    // through a dozen tasks (event loop, connection, codec), and on a
     // single thread handing over between them is a queue push, where on a
     // multi-threaded runtime each hand-over can be a cross-core wake-up
-    // (measured: docs/benchmarks.md). File I/O and hashing run on the
-    // blocking pool, in parallel with it.
+    // (measured: docs/benchmarks.md). File I/O and hashing of big bodies
+    // run on the blocking pool, in parallel with it.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -88,24 +88,76 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
         let (client, events, event_loop) =
             warren_p2p::new(node, Arc::new(adapter)).context("starting the peer-to-peer node")?;
         let node_task = tokio::spawn(event_loop.run());
-        let listener = ipc::bind(&config.socket_path()).await?;
         let shutdown = CancellationToken::new();
+        let handler = Arc::new(Daemon {
+            client: client.clone(),
+            peer_id,
+        });
+        let helpers = serve_helpers(config.socket_path(), handler, shutdown.clone()).await?;
         tokio::spawn(log_events(events));
         tokio::spawn(watch_allowlist(
-            client.clone(),
+            client,
             allowlist_path,
             allowlist,
             shutdown.clone(),
         ));
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tracing::info!("daemon {peer_id} serving {}", config.dir.display());
-        let handler = Arc::new(Daemon { client, peer_id });
-        ipc::serve(listener, handler, shutdown, DRAIN).await;
+        shutdown.cancelled().await;
+        // The helper thread drains lookups in flight (bounded), then ends.
+        let _ = tokio::task::spawn_blocking(move || helpers.join()).await;
         let _ = std::fs::remove_file(config.socket_path());
         node_task.abort();
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Answers helpers on `socket` from a thread of its own, until `shutdown`.
+///
+/// A helper counts a daemon that does not acknowledge a lookup within
+/// [`crate::remote::ACK_TIMEOUT`] as late, and one late three times in a
+/// row as stuck. On the node's thread, a busy stretch of fetching (a build
+/// reading ahead, more so in a debug build) delayed acknowledgements past
+/// that and made helpers stop asking for a second, which cost builds their
+/// peer hits. On its own thread the socket answers at once, however busy
+/// the node is; a lookup crosses to the node over a channel.
+async fn serve_helpers(
+    socket: PathBuf,
+    handler: Arc<Daemon>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let (bound, bind_result) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("warren-helpers".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = bound.send(Err(anyhow::Error::new(error)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match ipc::bind(&socket).await {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        let _ = bound.send(Err(error.into()));
+                        return;
+                    }
+                };
+                let _ = bound.send(Ok(()));
+                ipc::serve(listener, handler, shutdown, DRAIN).await;
+            });
+        })
+        .context("starting the helper socket's thread")?;
+    bind_result
+        .await
+        .context("the helper socket's thread ended at start")??;
+    Ok(thread)
 }
 
 fn parse_addrs(addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
@@ -175,6 +227,7 @@ fn peer_status(info: &PeerInfo) -> serde_json::Value {
         "bytes_received": counters.bytes_in,
         "rejected": counters.rejected_bodies,
         "read_ahead": counters.read_ahead,
+        "holds": info.summary_entries,
     })
 }
 
@@ -275,6 +328,10 @@ impl warren_p2p::Store for StoreAdapter {
             self.store.get(&ActionId::from_bytes(*action)),
             Ok(Lookup::Hit(_))
         )
+    }
+
+    fn summary(&self, epoch: u64, since: u64, limit: usize) -> Option<SummaryChunk> {
+        self.order.summary(epoch, since, limit)
     }
 
     fn open(&self, action: &[u8; 32]) -> io::Result<Option<Served>> {

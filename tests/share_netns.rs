@@ -71,6 +71,9 @@ fn a_coworkers_build_comes_from_the_peer() {
         num(peer, "read_ahead") * 2 > hits,
         "little was read ahead: {stats}"
     );
+    // B keeps a summary of A's store (so misses A cannot answer are not
+    // asked of it), and it names at least every entry A sent.
+    assert!(num(peer, "holds") >= hits, "B's summary of A: {stats}");
 
     // Outputs: gofmt through warren (from A's bodies) equals a plain build.
     b.go("gocache", &["build", "-o", "gofmt-shared", "cmd/gofmt"]);

@@ -12,6 +12,7 @@
 //! 3. `ping`: keeps a check on long-lived connections; a failed ping closes
 //!    the connection and the event loop redials.
 //! 4. `fetch`: the fetch protocol over [`FetchCodec`].
+//! 5. `summary`: peers' summaries of their stores ([`crate::summary`]).
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use libp2p::{request_response, tcp, yamux};
 use crate::codec::FetchCodec;
 use crate::config::NodeConfig;
 use crate::store::Store;
+use crate::summary::{self, SummaryCodec};
 use crate::{Error, PROTOCOL_NAME};
 
 const MAX_STREAMS_PER_CONNECTION: usize = 256;
@@ -33,6 +35,7 @@ pub(crate) struct Behaviour {
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) fetch: request_response::Behaviour<FetchCodec>,
+    pub(crate) summary: request_response::Behaviour<SummaryCodec>,
 }
 
 /// Builds the swarm (not yet listening or dialing). Needs a Tokio runtime.
@@ -63,11 +66,22 @@ pub(crate) fn build_swarm(
         )],
         fetch_config,
     );
+    // A summary request is held open by its server for up to MAX_WAIT.
+    let summary = request_response::Behaviour::with_codec(
+        SummaryCodec,
+        [(
+            StreamProtocol::new(summary::PROTOCOL_NAME),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(summary::MAX_WAIT + std::time::Duration::from_secs(10)),
+    );
     let behaviour = Behaviour {
         allowed,
         limits: connection_limits::Behaviour::new(config.connection_limits.clone()),
         ping: ping::Behaviour::new(ping::Config::new().with_interval(config.ping_interval)),
         fetch,
+        summary,
     };
     let idle = config.idle_connection_timeout;
     let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())

@@ -50,6 +50,9 @@ pub struct PeerInfo {
     pub addresses: Vec<Multiaddr>,
     /// Left out of lookups after sending a body that did not verify.
     pub in_cooldown: bool,
+    /// Entries its summary names (see [`crate::summary`]); `None` while we
+    /// have no summary of it, and it is asked about every lookup.
+    pub summary_entries: Option<u64>,
     pub counters: PeerCounters,
 }
 
@@ -261,6 +264,7 @@ mod tests {
             last_seen: Some(std::time::UNIX_EPOCH + Duration::from_millis(1500)),
             addresses: vec!["/ip4/10.0.0.2/tcp/4001".parse().unwrap()],
             in_cooldown: false,
+            summary_entries: Some(3),
             counters: PeerCounters {
                 hits_served: 2,
                 ..PeerCounters::default()
@@ -271,5 +275,6 @@ mod tests {
         assert_eq!(json["last_seen_unix_ms"], 1500);
         assert_eq!(json["addresses"][0], "/ip4/10.0.0.2/tcp/4001");
         assert_eq!(json["counters"]["hits_served"], 2);
+        assert_eq!(json["summary_entries"], 3);
     }
 }

@@ -324,6 +324,10 @@ impl FetchCodec {
                 break;
             }
             deadline = Instant::now() + batch.header_timeout;
+            // With the next entry already buffered, nothing here would wait,
+            // and on the daemon's one thread a batch would hold up helpers'
+            // lookups until it ended: let them in between entries.
+            tokio::task::yield_now().await;
         }
         Ok(Answer {
             outcome: None,

@@ -17,6 +17,8 @@
 //!   answer comes to;
 //! - `answer`: what a server answers for one action (lookup, and a small
 //!   body read and verified);
+//! - [`summary`]: peers' summaries of their stores, so misses they cannot
+//!   answer cost no round trip;
 //! - `body`: moving one body between a stream and the disk (small ones in
 //!   one piece, big ones in pieces through a blocking thread);
 //! - `behaviour`: the libp2p stack (TCP, Noise, Yamux; allowlist, connection
@@ -25,7 +27,8 @@
 //! - `event_loop`: [`EventLoop`], the one task that owns the swarm, its work
 //!   split into `fetch` (asking peers, deadlines, cooldown), `read_ahead`
 //!   (fetching, in batches, what a peer hints a build will ask for next),
-//!   `serve` (answering peers) and `peers` (bookkeeping, allowlist,
+//!   `serve` (answering peers), `summaries` (keeping peers' summaries,
+//!   answering theirs of ours) and `peers` (bookkeeping, allowlist,
 //!   dialing);
 //! - `client`: [`Client`], the cloneable handle, and the [`Event`]s it sees.
 //!
@@ -66,6 +69,7 @@ pub mod config;
 mod discovery;
 mod event_loop;
 mod store;
+pub mod summary;
 pub mod wire;
 
 use std::sync::Arc;
@@ -78,6 +82,7 @@ pub use crate::codec::RejectReason;
 pub use crate::config::{MdnsConfig, NodeConfig};
 pub use crate::event_loop::EventLoop;
 pub use crate::store::{BodySink, CommitError, Served, Store};
+pub use crate::summary::SummaryChunk;
 
 /// The libp2p protocol name peers speak; versioned so a later protocol (for
 /// example one that exchanges summaries of what each peer holds) can be

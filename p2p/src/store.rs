@@ -29,6 +29,8 @@
 use std::fs::File;
 use std::io;
 
+use crate::summary::SummaryChunk;
+
 /// What the node serves to peers and where fetched bodies go.
 pub trait Store: Send + Sync + 'static {
     /// For serving: the entry for `action` and an open file of its body, or
@@ -66,6 +68,18 @@ pub trait Store: Send + Sync + 'static {
     fn contains(&self, action: &[u8; 32]) -> bool {
         let _ = action;
         false
+    }
+
+    /// For peers' summaries of this store ([`crate::summary`]): the
+    /// store's summary log from entry `since` on, or from its start if
+    /// `epoch` is not the log's, at most `limit` prefixes; `None` if the
+    /// store keeps no summary (now), and peers then ask it about every
+    /// lookup. An entry must be in the log by the time the store serves it
+    /// in answer to a lookup, or soon after: until then peers do not ask
+    /// for it. Quick, like [`Store::open`]. The default keeps none.
+    fn summary(&self, epoch: u64, since: u64, limit: usize) -> Option<SummaryChunk> {
+        let _ = (epoch, since, limit);
+        None
     }
 }
 

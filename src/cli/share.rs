@@ -157,6 +157,7 @@ fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow:
             "peer ID",
             "state",
             "last seen",
+            "holds",
             "served",
             "received",
             "rejected",
@@ -185,6 +186,9 @@ fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow:
                 id,
                 state,
                 &last_seen(&info["last_seen_unix_ms"]),
+                &info["holds"]
+                    .as_u64()
+                    .map_or("?".to_owned(), |n| n.to_string()),
                 &count("hits_served"),
                 &count("hits_received"),
                 &count("rejected"),
@@ -197,16 +201,21 @@ fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow:
         .filter(|peer| !shown.contains(&peer.id))
     {
         let name = peer.name.clone().unwrap_or_default();
-        row(out, [&name, &peer.id, "offline", "never", "0", "0", "0"])?;
+        row(
+            out,
+            [&name, &peer.id, "offline", "never", "?", "0", "0", "0"],
+        )?;
     }
     Ok(())
 }
 
-fn row(out: &mut impl Write, cells: [&str; 7]) -> std::io::Result<()> {
-    let [name, id, state, seen, served, received, rejected] = cells;
+/// One line of `warren peers`: "holds" is how many entries the peer's
+/// summary names ("?" when there is none: it is asked about every lookup).
+fn row(out: &mut impl Write, cells: [&str; 8]) -> std::io::Result<()> {
+    let [name, id, state, seen, holds, served, received, rejected] = cells;
     writeln!(
         out,
-        "{name:<12} {id:<54} {state:<11} {seen:>10} {served:>8} {received:>9} {rejected:>8}"
+        "{name:<12} {id:<54} {state:<11} {seen:>10} {holds:>8} {served:>8} {received:>9} {rejected:>8}"
     )
 }
 

@@ -109,7 +109,9 @@ impl EventLoop {
             return;
         }
         self.read_ahead.take(&action);
-        if !self.has_eligible_peer() {
+        if !self.has_eligible_peer(&action) {
+            // Nobody to ask, or no summary names it: a miss at once.
+            tracing::trace!(action = hex::encode(action), "no peer may hold it");
             let _ = reply.send(None);
             return;
         }
@@ -117,21 +119,26 @@ impl EventLoop {
         self.ask_everyone(id);
     }
 
-    fn has_eligible_peer(&self) -> bool {
+    /// Whether some eligible peer may hold `action` (by its summary).
+    fn has_eligible_peer(&self, action: &[u8; 32]) -> bool {
         let now = Instant::now();
         self.swarm
             .connected_peers()
-            .any(|peer| self.eligible(peer, now))
+            .any(|peer| self.eligible(peer, now) && self.may_hold(peer, action))
     }
 
-    /// Sends lookup requests for fetch `id` to every eligible peer, under
-    /// the lookup deadline; `false` if there is nobody to ask.
+    /// Sends lookup requests for fetch `id` to every eligible peer that may
+    /// hold its action, under the lookup deadline; `false` if there is
+    /// nobody to ask.
     fn ask_everyone(&mut self, id: FetchId) -> bool {
         let now = Instant::now();
+        let Some(action) = self.fetches.get(&id).map(|fetch| fetch.action) else {
+            return false;
+        };
         let peers: Vec<PeerId> = self
             .swarm
             .connected_peers()
-            .filter(|peer| self.eligible(peer, now))
+            .filter(|peer| self.eligible(peer, now) && self.may_hold(peer, &action))
             .copied()
             .collect();
         let Some(fetch) = self.fetches.get_mut(&id) else {
@@ -515,6 +522,12 @@ impl EventLoop {
         }
         if self.active.get(&fetch.action) == Some(&id) {
             self.active.remove(&fetch.action);
+        }
+        if result.is_none() && !fetch.replies.is_empty() {
+            tracing::trace!(
+                action = hex::encode(fetch.action),
+                "lookup: no peer sent it"
+            );
         }
         for reply in fetch.replies {
             let _ = reply.send(result);

@@ -27,6 +27,7 @@ mod fetch;
 mod peers;
 mod read_ahead;
 mod serve;
+mod summaries;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -45,6 +46,7 @@ use self::fetch::{FetchId, PendingFetch, RequestInfo, Timer};
 use self::peers::{AnonymousAddress, PeerState, split_peer_id};
 use self::read_ahead::ReadAhead;
 use self::serve::Serving;
+use self::summaries::{PARK_CHECK, Parked};
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::client::{Command, Event};
 use crate::codec::{Report, Request, Response};
@@ -90,6 +92,8 @@ pub struct EventLoop {
     /// Caps concurrent serves; a permit lives until its response is sent.
     serve_permits: Arc<Semaphore>,
     serving: HashMap<InboundRequestId, Serving>,
+    /// Peers' summary requests waiting for our store to change.
+    parked: Vec<Parked>,
 }
 
 impl EventLoop {
@@ -121,6 +125,7 @@ impl EventLoop {
             timers: FuturesUnordered::new(),
             serve_permits: Arc::new(Semaphore::new(config.max_concurrent_serves)),
             serving: HashMap::new(),
+            parked: Vec::new(),
             config,
         };
         for address in event_loop.config.static_peers.clone() {
@@ -137,6 +142,8 @@ impl EventLoop {
             .clamp(Duration::from_millis(100), Duration::from_secs(1));
         let mut redial = tokio::time::interval(tick);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut park_check = tokio::time::interval(PARK_CHECK);
+        park_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 // Reports first: a batch's last report must be handled
@@ -152,7 +159,11 @@ impl EventLoop {
                 Some(deadline) = self.timers.next(), if !self.timers.is_empty() => {
                     self.on_deadline(deadline);
                 }
-                _ = redial.tick() => self.redial_due(),
+                _ = redial.tick() => {
+                    self.redial_due();
+                    self.retry_summaries();
+                }
+                _ = park_check.tick(), if !self.parked.is_empty() => self.check_parked(),
                 found = discovery::next(self.discovery.as_mut()) => self.on_discovery(found),
             }
         }
@@ -194,6 +205,7 @@ impl EventLoop {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Summary(event)) => self.on_summary_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,
@@ -276,6 +288,9 @@ impl EventLoop {
             state.batches = true; // It may have been upgraded.
             tracing::debug!(%peer, "connected");
             self.emit(Event::PeerConnected(peer));
+            if self.allowlist.contains(&peer) {
+                self.request_summary(peer);
+            }
         }
     }
 
@@ -287,6 +302,9 @@ impl EventLoop {
         if connections > 0 {
             return;
         }
+        state.summary = crate::summary::PeerSummary::Unknown;
+        state.summary_request = None;
+        state.summary_retry = None;
         if state
             .connected_since
             .take()

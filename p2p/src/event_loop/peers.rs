@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime};
 
 use libp2p::multiaddr::Protocol;
+use libp2p::request_response::OutboundRequestId;
 use libp2p::swarm::DialError;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId};
@@ -20,6 +21,7 @@ use tokio::time::Instant;
 use super::EventLoop;
 use crate::Error;
 use crate::client::{PeerCounters, PeerInfo};
+use crate::summary::PeerSummary;
 
 #[derive(Debug)]
 pub(super) struct PeerState {
@@ -37,6 +39,11 @@ pub(super) struct PeerState {
     /// Whether it answers batches (wire version 2); assumed until a batch
     /// answer says otherwise, and again after it reconnects.
     pub(super) batches: bool,
+    /// What we know of its store; reset when it disconnects.
+    pub(super) summary: PeerSummary,
+    pub(super) summary_request: Option<OutboundRequestId>,
+    /// When to ask for its summary again, after it had none to give.
+    pub(super) summary_retry: Option<Instant>,
 }
 
 impl PeerState {
@@ -52,6 +59,9 @@ impl PeerState {
             backoff,
             next_dial: None,
             batches: true,
+            summary: PeerSummary::Unknown,
+            summary_request: None,
+            summary_retry: None,
         }
     }
 
@@ -116,6 +126,7 @@ impl EventLoop {
                         .map(|s| s.addresses.iter().cloned().collect())
                         .unwrap_or_default(),
                     in_cooldown: state.is_some_and(|s| s.in_cooldown(now)),
+                    summary_entries: state.and_then(|s| s.summary.entries()),
                     counters: state.map(|s| s.counters).unwrap_or_default(),
                 }
             })

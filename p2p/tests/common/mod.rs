@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use warren_p2p::identity::Keypair;
 use warren_p2p::{
     BodySink, Client, CommitError, Event, Multiaddr, NodeConfig, PeerId, Served, Store,
+    SummaryChunk,
 };
 
 /// How long any single wait in a test may take before the test fails.
@@ -60,6 +61,9 @@ struct Inner {
     /// Actions in the order they were stored, if the store gives
     /// read-ahead hints (see [`DirStore::with_hints`]).
     order: Option<Mutex<Vec<[u8; 32]>>>,
+    /// The summary log and its epoch, if the store keeps one (see
+    /// [`DirStore::with_summary`]).
+    summary: Option<(u64, Mutex<Vec<u64>>)>,
     usage: Usage,
 }
 
@@ -70,21 +74,27 @@ pub struct DirStore(Arc<Inner>);
 
 impl DirStore {
     pub fn new() -> Self {
-        Self(Arc::new(Inner {
-            dir: tempfile::tempdir().unwrap(),
-            entries: Mutex::default(),
-            order: None,
-            usage: Usage::default(),
-        }))
+        Self::build(false, false)
     }
 
     /// A store that hints, to peers it serves, the entries stored after
     /// the one they fetched (in the order of `put`s), as warren's does.
     pub fn with_hints() -> Self {
+        Self::build(true, false)
+    }
+
+    /// A store that keeps a summary log for peers, as warren's does (but
+    /// with no indexing delay: an entry is in it once `put` returns).
+    pub fn with_summary() -> Self {
+        Self::build(false, true)
+    }
+
+    fn build(hints: bool, summary: bool) -> Self {
         Self(Arc::new(Inner {
             dir: tempfile::tempdir().unwrap(),
             entries: Mutex::default(),
-            order: Some(Mutex::default()),
+            order: hints.then(Mutex::default),
+            summary: summary.then(|| (rand_epoch(), Mutex::default())),
             usage: Usage::default(),
         }))
     }
@@ -141,6 +151,11 @@ impl DirStore {
         if let Some(order) = &self.0.order {
             order.lock().unwrap().push(action);
         }
+        if let Some((_, log)) = &self.0.summary {
+            log.lock()
+                .unwrap()
+                .push(warren_p2p::summary::prefix(&action));
+        }
     }
 
     pub fn has(&self, action: &[u8; 32]) -> bool {
@@ -191,6 +206,22 @@ impl Store for DirStore {
 
     fn contains(&self, action: &[u8; 32]) -> bool {
         self.has(action)
+    }
+
+    fn summary(&self, epoch: u64, since: u64, limit: usize) -> Option<SummaryChunk> {
+        let (own, log) = self.0.summary.as_ref()?;
+        let log = log.lock().unwrap();
+        let from = if epoch == *own {
+            (since as usize).min(log.len())
+        } else {
+            0
+        };
+        Some(SummaryChunk {
+            epoch: *own,
+            from: from as u64,
+            prefixes: log[from..].iter().take(limit).copied().collect(),
+            generation: log.len() as u64,
+        })
     }
 
     fn open(&self, action: &[u8; 32]) -> io::Result<Option<Served>> {
@@ -409,4 +440,34 @@ pub async fn until(what: &str, condition: impl Fn() -> bool) {
 
 pub fn action(n: u8) -> [u8; 32] {
     [n; 32]
+}
+
+/// A nonzero number unlikely to repeat between stores.
+fn rand_epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u8(1);
+    hasher.finish().max(1)
+}
+
+/// Waits until `node` has a summary of `peer` naming `entries` entries.
+pub async fn until_summary(node: &TestNode, peer: PeerId, entries: u64) {
+    let start = tokio::time::Instant::now();
+    loop {
+        let known = node
+            .client
+            .peers()
+            .await
+            .iter()
+            .find(|info| info.peer == peer)
+            .and_then(|info| info.summary_entries);
+        if known == Some(entries) {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out waiting for a summary of {entries} entries; have {known:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

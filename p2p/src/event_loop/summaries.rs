@@ -1,0 +1,204 @@
+//! Summaries of peers' stores: keeping ours of theirs up to date, and
+//! answering theirs of ours (see [`crate::summary`]).
+//!
+//! Each connected peer gets one summary request at a time, sent again as
+//! soon as the answer arrives, so its summary follows its store. A request
+//! with nothing new to answer is parked here and answered when the store's
+//! log grows (checked every [`PARK_CHECK`]) or its wait is over.
+
+use std::time::Duration;
+
+use libp2p::PeerId;
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
+use tokio::time::Instant;
+
+use super::EventLoop;
+use crate::summary::{MAX_CHUNK, MAX_WAIT, PeerSummary, SummaryAnswer, SummaryRequest};
+
+/// How often parked requests look for news.
+pub(super) const PARK_CHECK: Duration = Duration::from_millis(100);
+/// How long to wait before asking again a peer that had no summary or
+/// whose request failed.
+const RETRY: Duration = Duration::from_secs(10);
+
+/// A summary request waiting for the store's log to grow.
+pub(super) struct Parked {
+    request: SummaryRequest,
+    channel: ResponseChannel<SummaryAnswer>,
+    until: Instant,
+}
+
+impl EventLoop {
+    /// Whether `peer` may hold `action`, as far as its summary says.
+    pub(super) fn may_hold(&self, peer: &PeerId, action: &[u8; 32]) -> bool {
+        self.peers
+            .get(peer)
+            .is_none_or(|state| state.summary.may_hold(action))
+    }
+
+    /// Asks `peer` for (the rest of) its summary, unless a request is out.
+    pub(super) fn request_summary(&mut self, peer: PeerId) {
+        let state = self.peer(peer);
+        if state.summary_request.is_some() || matches!(state.summary, PeerSummary::Unavailable) {
+            return;
+        }
+        let request = state.summary.next_request();
+        let request_id = self
+            .swarm
+            .behaviour_mut()
+            .summary
+            .send_request(&peer, request);
+        let state = self.peer(peer);
+        state.summary_request = Some(request_id);
+        state.summary_retry = None;
+    }
+
+    /// Sends summary requests that were waiting to be retried.
+    pub(super) fn retry_summaries(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(peer, state)| {
+                state.summary_retry.is_some_and(|at| at <= now)
+                    && self.allowlist.contains(peer)
+                    && self.swarm.is_connected(peer)
+            })
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            self.request_summary(peer);
+        }
+    }
+
+    pub(super) fn on_summary_event(
+        &mut self,
+        event: request_response::Event<SummaryRequest, SummaryAnswer>,
+    ) {
+        use request_response::{Event as E, Message};
+        match event {
+            E::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.on_summary_request(peer, request, channel),
+            E::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self.on_summary(peer, request_id, response),
+            E::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => self.on_summary_failed(peer, request_id, &error),
+            E::InboundFailure { peer, error, .. } => {
+                tracing::trace!(%peer, "answering a summary request failed: {error}");
+            }
+            E::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_summary(&mut self, peer: PeerId, request_id: OutboundRequestId, answer: SummaryAnswer) {
+        let state = self.peer(peer);
+        if state.summary_request != Some(request_id) {
+            return; // From before a reconnection.
+        }
+        state.summary_request = None;
+        state.seen();
+        let (from, count) = (answer.header.from, answer.prefixes.len());
+        let again = state.summary.apply(answer);
+        tracing::trace!(%peer, from, count, entries = ?state.summary.entries(), "summary");
+        match (&state.summary, again) {
+            (PeerSummary::Unavailable, _) => {
+                tracing::debug!(%peer, "peer's summary is too big to keep; asking it about every lookup");
+            }
+            (_, true) => self.request_summary(peer),
+            (_, false) => state.summary_retry = Some(Instant::now() + RETRY),
+        }
+    }
+
+    fn on_summary_failed(
+        &mut self,
+        peer: PeerId,
+        request_id: OutboundRequestId,
+        error: &OutboundFailure,
+    ) {
+        let connected = self.swarm.is_connected(&peer);
+        let state = self.peer(peer);
+        if state.summary_request != Some(request_id) {
+            return;
+        }
+        state.summary_request = None;
+        if matches!(error, OutboundFailure::UnsupportedProtocols) {
+            // An older peer: asked about every lookup, as before.
+            state.summary = PeerSummary::Unavailable;
+        } else if connected {
+            tracing::debug!(%peer, "summary request failed ({error}); asking it about every lookup for now");
+            state.summary = PeerSummary::Unknown;
+            state.summary_retry = Some(Instant::now() + RETRY);
+        }
+    }
+
+    fn on_summary_request(
+        &mut self,
+        peer: PeerId,
+        request: SummaryRequest,
+        channel: ResponseChannel<SummaryAnswer>,
+    ) {
+        if !self.allowlist.contains(&peer) {
+            return; // Dropping the channel resets the stream.
+        }
+        let wait = Duration::from_millis(request.wait_ms).min(MAX_WAIT);
+        let parked = Parked {
+            request,
+            channel,
+            until: Instant::now() + wait,
+        };
+        if let Some(parked) = self.answer_summary(parked, false) {
+            self.parked.push(parked);
+        }
+    }
+
+    /// Answers a request if there is news, or its wait is over (`expired`);
+    /// otherwise hands it back to be parked.
+    fn answer_summary(&mut self, parked: Parked, expired: bool) -> Option<Parked> {
+        let chunk = self
+            .store
+            .summary(parked.request.epoch, parked.request.since, MAX_CHUNK);
+        let news = chunk
+            .as_ref()
+            .is_none_or(|chunk| chunk.epoch != parked.request.epoch || !chunk.prefixes.is_empty());
+        if !news && !expired {
+            return Some(parked);
+        }
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .summary
+            .send_response(parked.channel, SummaryAnswer::of(chunk));
+        None
+    }
+
+    /// Answers the parked requests that have news or waited long enough.
+    pub(super) fn check_parked(&mut self) {
+        let now = Instant::now();
+        for parked in std::mem::take(&mut self.parked) {
+            if !parked.channel.is_open() {
+                continue; // Its peer is gone.
+            }
+            let expired = parked.until <= now;
+            if let Some(parked) = self.answer_summary(parked, expired) {
+                self.parked.push(parked);
+            }
+        }
+    }
+}

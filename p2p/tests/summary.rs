@@ -1,0 +1,81 @@
+//! Summaries between in-process nodes on loopback TCP: a node asks a peer
+//! only about actions the peer's summary names, the summary follows the
+//! peer's store as it grows, and peers without summaries are asked about
+//! everything, as before.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{DirStore, action, connect, id, keypairs, start, test_config, until_summary, within};
+
+#[tokio::test]
+async fn misses_a_peer_cannot_answer_cost_no_request() {
+    let [ka, kb] = keypairs();
+    let mut a = start(test_config(ka.clone(), &[id(&kb)]), DirStore::new()).await;
+    let mut b = start(test_config(kb, &[id(&ka)]), DirStore::with_summary()).await;
+    b.store.put(action(1), b"held");
+    connect(&mut a, &mut b).await;
+    until_summary(&a, b.peer, 1).await;
+
+    // Not in B's summary: answered at once, B never asked.
+    let started = tokio::time::Instant::now();
+    for n in 2..=50 {
+        assert_eq!(a.client.fetch(action(n)).await, None);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        b.store
+            .usage()
+            .opens
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    // In it: asked, and found.
+    within(Duration::from_secs(5), a.client.fetch(action(1)))
+        .await
+        .expect("a hit");
+}
+
+#[tokio::test]
+async fn a_summary_follows_the_peers_store() {
+    let [ka, kb] = keypairs();
+    let mut a = start(test_config(ka.clone(), &[id(&kb)]), DirStore::new()).await;
+    let mut b = start(test_config(kb, &[id(&ka)]), DirStore::with_summary()).await;
+    connect(&mut a, &mut b).await;
+    until_summary(&a, b.peer, 0).await;
+    assert_eq!(a.client.fetch(action(7)).await, None);
+
+    // Stored after A's summary of B was made: the held request brings it.
+    b.store.put(action(7), b"new");
+    until_summary(&a, b.peer, 1).await;
+    within(Duration::from_secs(5), a.client.fetch(action(7)))
+        .await
+        .expect("a hit");
+}
+
+#[tokio::test]
+async fn peers_without_a_summary_are_asked_about_everything() {
+    let [ka, kb] = keypairs();
+    let mut a = start(test_config(ka.clone(), &[id(&kb)]), DirStore::new()).await;
+    let mut b = start(test_config(kb, &[id(&ka)]), DirStore::new()).await;
+    connect(&mut a, &mut b).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.client.fetch(action(3)).await, None);
+    b.store.put(action(3), b"late");
+    within(Duration::from_secs(5), a.client.fetch(action(3)))
+        .await
+        .expect("a hit without any summary");
+    let info = a.client.peers().await;
+    assert_eq!(
+        info.iter()
+            .find(|p| p.peer == b.peer)
+            .unwrap()
+            .summary_entries,
+        None
+    );
+}
