@@ -334,6 +334,10 @@ impl warren_p2p::Store for StoreAdapter {
         self.order.summary(epoch, since, limit)
     }
 
+    fn summary_updates(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        Some(self.order.updates())
+    }
+
     fn open(&self, action: &[u8; 32]) -> io::Result<Option<Served>> {
         let entry = match self.store.get(&ActionId::from_bytes(*action)) {
             Ok(Lookup::Hit(entry)) => entry,

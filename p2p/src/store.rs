@@ -81,6 +81,13 @@ pub trait Store: Send + Sync + 'static {
         let _ = (epoch, since, limit);
         None
     }
+
+    /// Marked changed whenever the summary log grows, so that peers'
+    /// summary requests held for news are answered at once. The default,
+    /// `None`, makes the node look every 100 ms while it holds any.
+    fn summary_updates(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        None
+    }
 }
 
 /// An entry being served: its metadata and its open body.

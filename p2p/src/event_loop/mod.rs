@@ -94,6 +94,8 @@ pub struct EventLoop {
     serving: HashMap<InboundRequestId, Serving>,
     /// Peers' summary requests waiting for our store to change.
     parked: Vec<Parked>,
+    /// Marked when our store's summary log grows, if the store tells.
+    summary_updates: Option<tokio::sync::watch::Receiver<()>>,
 }
 
 impl EventLoop {
@@ -106,6 +108,7 @@ impl EventLoop {
         discovery: Option<Discovery>,
     ) -> Self {
         let (report_sender, reports) = mpsc::channel(REPORT_QUEUE);
+        let summary_updates = store.summary_updates();
         let mut event_loop = Self {
             swarm,
             commands,
@@ -126,6 +129,7 @@ impl EventLoop {
             serve_permits: Arc::new(Semaphore::new(config.max_concurrent_serves)),
             serving: HashMap::new(),
             parked: Vec::new(),
+            summary_updates,
             config,
         };
         for address in event_loop.config.static_peers.clone() {
@@ -162,8 +166,14 @@ impl EventLoop {
                 _ = redial.tick() => {
                     self.redial_due();
                     self.retry_summaries();
+                    self.check_parked(); // Requests whose wait is over.
                 }
-                _ = park_check.tick(), if !self.parked.is_empty() => self.check_parked(),
+                Some(()) = summaries::updated(self.summary_updates.as_mut()), if !self.parked.is_empty() => {
+                    self.check_parked();
+                }
+                _ = park_check.tick(), if !self.parked.is_empty() && self.summary_updates.is_none() => {
+                    self.check_parked();
+                }
                 found = discovery::next(self.discovery.as_mut()) => self.on_discovery(found),
             }
         }

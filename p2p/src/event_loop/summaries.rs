@@ -4,7 +4,9 @@
 //! Each connected peer gets one summary request at a time, sent again as
 //! soon as the answer arrives, so its summary follows its store. A request
 //! with nothing new to answer is parked here and answered when the store's
-//! log grows (checked every [`PARK_CHECK`]) or its wait is over.
+//! log grows (at once if the store says so, see
+//! [`Store::summary_updates`](crate::Store::summary_updates); else looked
+//! for every [`PARK_CHECK`]) or its wait is over.
 
 use std::time::Duration;
 
@@ -20,6 +22,15 @@ pub(super) const PARK_CHECK: Duration = Duration::from_millis(100);
 /// How long to wait before asking again a peer that had no summary or
 /// whose request failed.
 const RETRY: Duration = Duration::from_secs(10);
+
+/// Resolves when the store's summary log has grown; never without `updates`
+/// (or once the store stops telling).
+pub(super) async fn updated(updates: Option<&mut tokio::sync::watch::Receiver<()>>) -> Option<()> {
+    match updates {
+        Some(updates) => updates.changed().await.ok(),
+        None => std::future::pending().await,
+    }
+}
 
 /// A summary request waiting for the store's log to grow.
 pub(super) struct Parked {
@@ -190,6 +201,9 @@ impl EventLoop {
 
     /// Answers the parked requests that have news or waited long enough.
     pub(super) fn check_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
         let now = Instant::now();
         for parked in std::mem::take(&mut self.parked) {
             if !parked.channel.is_open() {
