@@ -65,6 +65,11 @@ What it measures, side by side in one run:
 
 Method and hygiene:
 
+* The hosts' files (stores, GOCACHEs, go's TMPDIR) live on a fresh ext4
+  with a journal, on a loop device the script makes and removes
+  (``--fs root`` keeps them on the machine's own filesystem; see
+  make_filesystem() for why), and the LAN's bridge does not pass frames
+  through iptables.
 * "An empty store" is a new store directory, with B's daemon restarted on
   it and both sides connected again before the build; old stores and
   GOCACHEs are deleted only at the end. (Deleting a store of ~2,700 files

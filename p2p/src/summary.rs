@@ -20,10 +20,12 @@
 //!
 //! The requester keeps one request open per peer (a long poll): a server
 //! with nothing newer than `since` holds the request until it has, or
-//! [`MAX_WAIT`] passes. So a summary lags its store by the store's own
-//! indexing delay (about a second for warren's) plus a round trip: an
-//! entry a peer stored in that window is not asked for, and is built
-//! instead. Until a peer's first summary arrives, and for peers that keep
+//! [`MAX_WAIT`] passes; after an answer with news the requester waits a
+//! quarter of a second before asking again, so that a store filling up
+//! costs a few exchanges a second. A summary thus lags its store by the
+//! store's own indexing delay (milliseconds for warren's on Linux), that
+//! quarter second and a round trip: an entry a peer stored in that window
+//! is not asked for, and is built instead. Until a peer's first summary arrives, and for peers that keep
 //! none (older versions, or a store still indexing), every lookup asks it.
 //!
 //! # Wire

@@ -85,6 +85,8 @@ pub(super) enum Phase {
 pub(super) enum Deadline {
     Lookup(FetchId),
     Request(OutboundRequestId),
+    /// Time to ask this peer for the rest of its summary.
+    Summary(PeerId),
 }
 
 impl EventLoop {
@@ -540,6 +542,11 @@ impl EventLoop {
 
     pub(super) fn on_deadline(&mut self, deadline: Deadline) {
         match deadline {
+            Deadline::Summary(peer) => {
+                if self.allowlist.contains(&peer) && self.swarm.is_connected(&peer) {
+                    self.request_summary(peer);
+                }
+            }
             Deadline::Lookup(id) => {
                 let Some(fetch) = self.fetches.get(&id) else {
                     return;
