@@ -11,6 +11,7 @@
 //! ├── last-trim                its mtime is when the store was last trimmed
 //! └── v1/                      layout version; a new layout gets a new directory
 //!     ├── actions/00/ … ff/    one entry file per ActionID, named by its hex
+//!     │                        (shard directories are made with the store)
 //!     │                        "v1 <output hex> <size> <put time, unix ns>\n"
 //!     └── objects/00/ … ff/    one body per OutputID, named by its hex (no extension)
 //! ```
@@ -199,12 +200,25 @@ impl DiskStore {
         };
         let tag = store.root.join("CACHEDIR.TAG");
         if !tag.exists() {
-            // A new store: tag it, and start the trim clock now so the first
+            // A new store: make its shard directories up front, as Go's
+            // cache does, rather than one by one on the first writes of a
+            // build; tag it, and start the trim clock now so the first
             // automatic trim waits a full interval.
+            store.make_shards()?;
             write_atomic(&tag, CACHEDIR_TAG.as_bytes())?;
             store.mark_trimmed()?;
         }
         Ok(store)
+    }
+
+    fn make_shards(&self) -> Result<(), Error> {
+        for dir in [&self.actions, &self.objects] {
+            for shard in 0..=u8::MAX {
+                let path = dir.join(format!("{shard:02x}"));
+                fs::create_dir_all(&path).map_err(io_error("creating directory", &path))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {

@@ -303,6 +303,9 @@ fn store_write_failure_is_an_error_and_the_stream_stays_in_sync() {
     let body = random_bytes(300_000, 11);
     let shard = &hex::encode(sha256(&body))[..2];
     let blocked = sandbox.store().join("v1/objects").join(shard);
+    // Shard directories come with the store: swap this (empty) one for a
+    // file. (Removing a directory that holds the first body fails.)
+    let _ = std::fs::remove_dir(&blocked);
     if !blocked.exists() {
         File::create(&blocked).expect("blocking the shard directory");
     }
