@@ -11,9 +11,9 @@
 //! ├── last-trim                its mtime is when the store was last trimmed
 //! └── v1/                      layout version; a new layout gets a new directory
 //!     ├── actions/00/ … ff/    one entry file per ActionID, named by its hex
-//!     │                        (shard directories are made with the store)
 //!     │                        "v1 <output hex> <size> <put time, unix ns>\n"
 //!     └── objects/00/ … ff/    one body per OutputID, named by its hex (no extension)
+//!                              (all 512 shard directories are made with the store)
 //! ```
 //!
 //! # Writes

@@ -141,10 +141,8 @@ impl EventLoop {
                 tracing::debug!(%peer, "peer's summary is too big to keep; asking it about every lookup");
             }
             (PeerSummary::Known { .. }, true) if count > 0 => {
-                self.timers.push(timer(
-                    Instant::now() + COALESCE,
-                    Deadline::Summary(peer),
-                ));
+                self.timers
+                    .push(timer(Instant::now() + COALESCE, Deadline::Summary(peer)));
             }
             (_, true) => self.request_summary(peer),
             (_, false) => state.summary_retry = Some(Instant::now() + RETRY),
