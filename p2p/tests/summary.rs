@@ -7,15 +7,25 @@ mod common;
 
 use std::time::Duration;
 
-use common::{DirStore, action, connect, id, keypairs, start, test_config, until_summary, within};
+use common::{DirStore, TestNode, action, connect, id, keypairs, start, test_config};
+use common::{until_summary, within};
+
+/// A (the requester) connected to B, whose store is `b_store` with
+/// `entries` put before they connect.
+async fn pair(b_store: DirStore, entries: &[u8]) -> (TestNode, TestNode) {
+    let [ka, kb] = keypairs();
+    for n in entries {
+        b_store.put(action(*n), format!("entry {n}").as_bytes());
+    }
+    let mut a = start(test_config(ka.clone(), &[id(&kb)]), DirStore::new()).await;
+    let mut b = start(test_config(kb, &[id(&ka)]), b_store).await;
+    connect(&mut a, &mut b).await;
+    (a, b)
+}
 
 #[tokio::test]
 async fn misses_a_peer_cannot_answer_cost_no_request() {
-    let [ka, kb] = keypairs();
-    let mut a = start(test_config(ka.clone(), &[id(&kb)]), DirStore::new()).await;
-    let mut b = start(test_config(kb, &[id(&ka)]), DirStore::with_summary()).await;
-    b.store.put(action(1), b"held");
-    connect(&mut a, &mut b).await;
+    let (a, b) = pair(DirStore::with_summary(), &[1]).await;
     until_summary(&a, b.peer, 1).await;
 
     // Not in B's summary: answered at once, B never asked.
@@ -43,10 +53,7 @@ async fn misses_a_peer_cannot_answer_cost_no_request() {
 
 #[tokio::test]
 async fn a_summary_follows_the_peers_store() {
-    let [ka, kb] = keypairs();
-    let mut a = start(test_config(ka.clone(), &[id(&kb)]), DirStore::new()).await;
-    let mut b = start(test_config(kb, &[id(&ka)]), DirStore::with_summary()).await;
-    connect(&mut a, &mut b).await;
+    let (a, b) = pair(DirStore::with_summary(), &[]).await;
     until_summary(&a, b.peer, 0).await;
     assert_eq!(a.client.fetch(action(7)).await, None);
 
@@ -60,10 +67,7 @@ async fn a_summary_follows_the_peers_store() {
 
 #[tokio::test]
 async fn peers_without_a_summary_are_asked_about_everything() {
-    let [ka, kb] = keypairs();
-    let mut a = start(test_config(ka.clone(), &[id(&kb)]), DirStore::new()).await;
-    let mut b = start(test_config(kb, &[id(&ka)]), DirStore::new()).await;
-    connect(&mut a, &mut b).await;
+    let (a, b) = pair(DirStore::new(), &[]).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(a.client.fetch(action(3)).await, None);
     b.store.put(action(3), b"late");
