@@ -185,7 +185,15 @@ class Cleanup:
                 rmtree(self.scratch)
         if self.filesystem is not None and not self.keep_scratch:
             mount, device, image = self.filesystem
-            subprocess.run(["umount", str(mount)], capture_output=True, check=False)
+            # A process that was just stopped may still hold it for a moment
+            # (seen once, after a failed run); in the end, detach it lazily.
+            for _ in range(50):
+                r = subprocess.run(["umount", str(mount)], capture_output=True, check=False)
+                if r.returncode == 0:
+                    break
+                time.sleep(0.1)
+            else:
+                subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
             subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
             with contextlib.suppress(OSError):
                 image.unlink()
