@@ -111,22 +111,12 @@ impl EventLoop {
             return;
         }
         self.read_ahead.take(&action);
-        if !self.has_eligible_peer(&action) {
+        let id = self.new_fetch(action, Some(reply));
+        if !self.ask_everyone(id) {
             // Nobody to ask, or no summary names it: a miss at once.
             tracing::trace!(action = hex::encode(action), "no peer may hold it");
-            let _ = reply.send(None);
-            return;
+            self.finish(id, None);
         }
-        let id = self.new_fetch(action, Some(reply));
-        self.ask_everyone(id);
-    }
-
-    /// Whether some eligible peer may hold `action` (by its summary).
-    fn has_eligible_peer(&self, action: &[u8; 32]) -> bool {
-        let now = Instant::now();
-        self.swarm
-            .connected_peers()
-            .any(|peer| self.eligible(peer, now) && self.may_hold(peer, action))
     }
 
     /// Sends lookup requests for fetch `id` to every eligible peer that may
