@@ -93,7 +93,12 @@ impl EventLoop {
     pub(super) fn eligible(&self, peer: &PeerId, now: Instant) -> bool {
         self.allowlist.contains(peer)
             && self.swarm.is_connected(peer)
-            && !self.peers.get(peer).is_some_and(|s| s.in_cooldown(now))
+            && !self.in_cooldown(peer, now)
+    }
+
+    /// Whether `peer` is left out for having sent a body that failed.
+    fn in_cooldown(&self, peer: &PeerId, now: Instant) -> bool {
+        self.peers.get(peer).is_some_and(|s| s.in_cooldown(now))
     }
 
     pub(super) fn start_fetch(
@@ -288,11 +293,7 @@ impl EventLoop {
             state.batches = batches;
             self.on_request_failed(request_id, "ended");
             self.requeue(peer, unanswered);
-            if !self
-                .peers
-                .get(&peer)
-                .is_some_and(|s| s.in_cooldown(Instant::now()))
-            {
+            if !self.in_cooldown(&peer, Instant::now()) {
                 self.offer_hints(peer, answer.next);
             }
             return;
@@ -348,12 +349,7 @@ impl EventLoop {
         for id in info.fetches {
             self.settle(id, peer, info.phase, outcome.clone());
         }
-        if committed
-            || !self
-                .peers
-                .get(&peer)
-                .is_some_and(|s| s.in_cooldown(Instant::now()))
-        {
+        if committed || !self.in_cooldown(&peer, Instant::now()) {
             self.offer_hints(peer, next);
         }
     }
