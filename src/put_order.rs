@@ -186,9 +186,8 @@ impl PutOrder {
             .into_iter()
             .filter_map(|(shard, name)| {
                 let action = ActionId::from_hex(&name).ok()?;
-                let time = store::entry_put_time(&actions_dir.join(&shard).join(&name))?;
-                let nanos = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-                Some((shard, action, nanos.as_nanos() as u64))
+                let time = put_nanos(&actions_dir.join(&shard).join(&name))?;
+                Some((shard, action, time))
             })
             .collect();
         {
@@ -209,11 +208,14 @@ impl PutOrder {
         self.index.lock().expect("lock not poisoned").log.len()
     }
 
-    /// Wakes the node if the summary log grew since it was `before` long.
-    fn announce_growth(&self, before: usize) {
-        if self.generation() > before {
+    /// Wakes the node if the summary log grew since it was `before` long;
+    /// whether it grew.
+    fn announce_growth(&self, before: usize) -> bool {
+        let grew = self.generation() > before;
+        if grew {
             self.updates.send_replace(());
         }
+        grew
     }
 
     /// The entries indexed in shard `name`.
@@ -277,8 +279,7 @@ impl PutOrder {
         let before = self.generation();
         self.scan(actions_dir);
         self.ready.store(true, Ordering::Release);
-        self.announce_growth(before);
-        self.generation() > before
+        self.announce_growth(before)
     }
 
     fn scan(&self, actions_dir: &Path) {
@@ -383,6 +384,17 @@ impl Index {
     }
 }
 
+/// When the entry at `path` was put, in nanoseconds since the Unix epoch;
+/// `None` if it is gone or malformed.
+fn put_nanos(path: &Path) -> Option<u64> {
+    let time = store::entry_put_time(path)?;
+    Some(
+        time.duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64,
+    )
+}
+
 fn scan_shard(dir: &Path, name: String, mtime: SystemTime, known: &HashSet<ActionId>) -> ShardScan {
     let mut scan = ShardScan {
         name,
@@ -402,9 +414,8 @@ fn scan_shard(dir: &Path, name: String, mtime: SystemTime, known: &HashSet<Actio
         if known.contains(&action) {
             continue;
         }
-        if let Some(time) = store::entry_put_time(&entry.path()) {
-            let nanos = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-            scan.new.push((action, nanos.as_nanos() as u64));
+        if let Some(time) = put_nanos(&entry.path()) {
+            scan.new.push((action, time));
         } else {
             scan.present.remove(&action);
         }
