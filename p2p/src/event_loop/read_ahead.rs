@@ -64,6 +64,16 @@ impl ReadAhead {
         self.queue.push_back((peer, action));
     }
 
+    /// Puts `actions`, read ahead already, back at the front, in order.
+    fn requeue(&mut self, peer: PeerId, actions: Vec<[u8; 32]>) {
+        for action in actions.into_iter().rev() {
+            self.seen.remove(&action);
+            if self.queued.insert(action) {
+                self.queue.push_front((peer, action));
+            }
+        }
+    }
+
     fn peek(&self) -> Option<(PeerId, [u8; 32])> {
         self.queue.front().copied()
     }
@@ -135,12 +145,7 @@ impl EventLoop {
     /// Puts `actions` back at the front of the queue, to be fetched again:
     /// a version-1 peer answered only the first action of their batch.
     pub(super) fn requeue(&mut self, peer: PeerId, actions: Vec<[u8; 32]>) {
-        for action in actions.into_iter().rev() {
-            self.read_ahead.seen.remove(&action);
-            if self.read_ahead.queued.insert(action) {
-                self.read_ahead.queue.push_front((peer, action));
-            }
-        }
+        self.read_ahead.requeue(peer, actions);
         self.pump_read_ahead();
     }
 
