@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use warren_p2p::Compression;
 
 use crate::store::TrimPolicy;
 
@@ -72,6 +73,7 @@ pub struct FileShare {
     pub lookup_deadline: Option<String>,
     pub max_body_size: Option<String>,
     pub read_ahead: Option<usize>,
+    pub compression: Option<Compression>,
 }
 
 /// Default libp2p listen addresses: a fixed port, so coworkers behind
@@ -106,6 +108,9 @@ pub struct Share {
     /// Entries read ahead at once; 0 turns read-ahead off. Default:
     /// [`DEFAULT_READ_AHEAD`].
     pub read_ahead: usize,
+    /// Whether to ask peers for compressed bodies. Default: only over
+    /// links measured slow ([`Compression::Auto`]).
+    pub compression: Compression,
 }
 
 /// Values from flags or the environment (already merged by clap).
@@ -189,6 +194,7 @@ impl Config {
                 None => DEFAULT_MAX_BODY_SIZE,
             },
             read_ahead: share.read_ahead.unwrap_or(DEFAULT_READ_AHEAD),
+            compression: share.compression.unwrap_or_default(),
         };
         Ok(Self {
             dir,
@@ -296,7 +302,7 @@ mod tests {
         assert!(config.share.mdns);
         assert_eq!(config.share.lookup_deadline, DEFAULT_LOOKUP_DEADLINE);
         let file: FileConfig = toml::from_str(
-            "[share]\nenabled = true\nmdns = false\nlookup-deadline = \"80ms\"\nread-ahead = 0\nstatic-peers = [\"/ip4/192.0.2.1/tcp/7311\"]\n",
+            "[share]\nenabled = true\nmdns = false\nlookup-deadline = \"80ms\"\nread-ahead = 0\ncompression = \"never\"\nstatic-peers = [\"/ip4/192.0.2.1/tcp/7311\"]\n",
         )
         .unwrap();
         let config = Config::resolve(
@@ -308,6 +314,7 @@ mod tests {
         assert!(config.share.enabled && !config.share.mdns);
         assert_eq!(config.share.lookup_deadline, Duration::from_millis(80));
         assert_eq!(config.share.read_ahead, 0);
+        assert_eq!(config.share.compression, Compression::Never);
         assert_eq!(config.share.static_peers.len(), 1);
         assert_eq!(config.allowlist_path(), PathBuf::from("/etc/w/peers.toml"));
         let off = Overrides {
@@ -323,6 +330,8 @@ mod tests {
         assert!(parse_size("ten gigs").is_err());
         assert!(parse_age("soon").is_err());
         assert!(toml::from_str::<FileConfig>("max_size = \"1GiB\"").is_err());
+        let err = toml::from_str::<FileConfig>("[share]\ncompression = \"gzip\"").unwrap_err();
+        assert!(err.to_string().contains("always"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         std::fs::write(&path, "dir = 5").unwrap();

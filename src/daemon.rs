@@ -78,7 +78,8 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
             .with_static_peers(parse_addrs(&config.share.static_peers)?)
             .with_lookup_deadline(config.share.lookup_deadline)
             .with_max_body_size(config.share.max_body_size)
-            .with_read_ahead(config.share.read_ahead, READ_AHEAD_MAX_BODY);
+            .with_read_ahead(config.share.read_ahead, READ_AHEAD_MAX_BODY)
+            .with_compression(config.share.compression);
         if config.share.mdns {
             node = node.with_mdns(Some(
                 MdnsConfig::default().with_interfaces(config.share.interfaces.clone()),

@@ -25,7 +25,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
 use warren_p2p::identity::Keypair;
-use warren_p2p::wire::{self, FoundHeader, RequestHeader, ResponseHeader};
+use warren_p2p::wire::{self, Encoding, FoundHeader, RequestHeader, ResponseHeader};
 
 /// It answers one action per request (`also` is ignored), as wire version 1
 /// did, and says so.
@@ -114,6 +114,8 @@ impl request_response::Codec for Tamper {
                 size,
                 time_unix_nanos: 1,
                 body_included: true,
+                // Raw, whatever was accepted: the damage is in the body.
+                encoding: Encoding::Raw,
             }),
             next: Vec::new(),
         };

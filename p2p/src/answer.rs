@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::body::{Outgoing, Piece, SMALL_BODY};
 use crate::store::Store;
-use crate::wire::FoundHeader;
+use crate::wire::{Encoding, FoundHeader};
 
 /// The answer for one action: `body` is `Some` exactly when `found` says
 /// the body is included.
@@ -74,6 +74,8 @@ pub(crate) fn prepare(store: &dyn Store, action: &[u8; 32], max_inline: u64) -> 
             size: served.size,
             time_unix_nanos: served.time_unix_nanos,
             body_included: include,
+            // The codec says how it sends the body.
+            encoding: Encoding::Raw,
         }),
         body,
     }

@@ -32,6 +32,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::compress::{self, Chunk};
 use crate::store::{BodySink, CommitError};
 use crate::wire::CHUNK_SIZE;
 
@@ -64,6 +65,11 @@ impl Piece {
             .pop()
             .unwrap_or_else(|| vec![0; CHUNK_SIZE]);
         Self { buffer, len }
+    }
+
+    /// Keeps the first `len` bytes.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
     }
 }
 
@@ -100,17 +106,23 @@ pub(crate) enum Received {
     NotStored(io::Error),
 }
 
-/// Reads exactly `size` body bytes from `io` into the sink that `begin`
-/// opens, and commits it. An `Err` is a failed stream (truncated, reset):
-/// nothing is stored. Dropping the future part-way discards the body.
-pub(crate) async fn receive<T, B>(io: &mut T, size: u64, begin: B) -> io::Result<Received>
+/// Reads a body of `size` bytes from `io`, raw or (`compressed`) in
+/// chunks ([`crate::compress`]), into the sink that `begin` opens, and
+/// commits it. An `Err` is a failed stream (truncated, reset; an
+/// `InvalidData` one for a chunk that is not its piece): nothing is
+/// stored. Dropping the future part-way discards the body.
+pub(crate) async fn receive<T, B>(
+    io: &mut T,
+    size: u64,
+    compressed: bool,
+    begin: B,
+) -> io::Result<Received>
 where
     T: AsyncRead + Unpin,
     B: FnOnce() -> io::Result<Box<dyn BodySink>> + Send + 'static,
 {
     if size <= SMALL_BODY {
-        let mut body = Piece::new(size as usize);
-        io.read_exact(&mut body).await?;
+        let body = read_piece(io, size as usize, compressed).await?;
         return Ok(store_whole(begin, &body));
     }
     let (full, mut queue) = mpsc::channel::<Piece>(QUEUE);
@@ -134,11 +146,13 @@ where
     let mut read_error = None;
     while remaining > 0 {
         let want = remaining.min(CHUNK_SIZE as u64) as usize;
-        let mut piece = Piece::new(want);
-        if let Err(error) = io.read_exact(&mut piece).await {
-            read_error = Some(error);
-            break;
-        }
+        let piece = match read_piece(io, want, compressed).await {
+            Ok(piece) => piece,
+            Err(error) => {
+                read_error = Some(error);
+                break;
+            }
+        };
         remaining -= want as u64;
         if full.send(piece).await.is_err() {
             break; // The writer stopped; it says why.
@@ -151,6 +165,19 @@ where
         (None, Some(received)) => Ok(received),
         (None, None) => Err(io::Error::other("body writer stopped early")),
     }
+}
+
+/// The next `len` bytes of a body.
+async fn read_piece<T>(io: &mut T, len: usize, compressed: bool) -> io::Result<Piece>
+where
+    T: AsyncRead + Unpin,
+{
+    if compressed {
+        return compress::read_chunk(io, len).await;
+    }
+    let mut piece = Piece::new(len);
+    io.read_exact(&mut piece).await?;
+    Ok(piece)
 }
 
 fn store_whole<B>(begin: B, body: &[u8]) -> Received
@@ -189,31 +216,34 @@ pub(crate) fn is_damaged(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::InvalidData
 }
 
-/// Sends `size` bytes of `body`, which must hash to `output`. A file that
-/// is shorter, unreadable or does not hash to `output` is an error before
-/// its last piece is sent (an [`is_damaged`] one for a hash mismatch), and
-/// the caller's error resets the stream.
+/// Sends `size` bytes of `body`, which must hash to `output`, raw or
+/// (`compress`) in chunks ([`crate::compress`]). A file that is shorter,
+/// unreadable or does not hash to `output` is an error before its last
+/// piece is sent (an [`is_damaged`] one for a hash mismatch), and the
+/// caller's error resets the stream.
 pub(crate) async fn send<T>(
     io: &mut T,
     body: Outgoing,
     output: [u8; 32],
     size: u64,
+    compress: bool,
 ) -> io::Result<()>
 where
     T: AsyncWrite + Unpin,
 {
     let file = match body {
         Outgoing::Bytes(bytes) => {
-            io.write_all(&bytes).await?;
+            Chunk::encode(bytes, compress).write(io).await?;
             return io.flush().await;
         }
         Outgoing::File(file) => file,
     };
-    let (full, mut queue) = mpsc::channel::<Piece>(QUEUE);
-    let reader = tokio::task::spawn_blocking(move || read_verified(file, size, output, &full));
+    let (full, mut queue) = mpsc::channel::<Chunk>(QUEUE);
+    let reader =
+        tokio::task::spawn_blocking(move || read_verified(file, size, output, compress, &full));
     let mut sent = Ok(());
-    while let Some(piece) = queue.recv().await {
-        if let Err(error) = io.write_all(&piece).await {
+    while let Some(chunk) = queue.recv().await {
+        if let Err(error) = chunk.write(io).await {
             sent = Err(error);
             break;
         }
@@ -226,17 +256,19 @@ where
     io.flush().await
 }
 
-/// The serving side's blocking reader: pieces of `file` into `full`,
-/// holding the last one back until the whole body has hashed to `output`.
+/// The serving side's blocking reader: pieces of `file` into `full`
+/// (compressed if `compress`), holding the last one back until the whole
+/// body has hashed to `output`.
 fn read_verified(
     mut file: File,
     size: u64,
     output: [u8; 32],
-    full: &mpsc::Sender<Piece>,
+    compress: bool,
+    full: &mpsc::Sender<Chunk>,
 ) -> io::Result<()> {
     let mut hasher = Sha256::new();
     let mut remaining = size;
-    let mut held: Option<Piece> = None;
+    let mut held: Option<Chunk> = None;
     while remaining > 0 {
         let want = remaining.min(CHUNK_SIZE as u64) as usize;
         let mut piece = Piece::new(want);
@@ -252,7 +284,7 @@ fn read_verified(
         })?;
         hasher.update(&*piece);
         remaining -= want as u64;
-        if let Some(previous) = held.replace(piece)
+        if let Some(previous) = held.replace(Chunk::encode(piece, compress))
             && full.blocking_send(previous).is_err()
         {
             return Ok(()); // The stream side stopped; it reports why.
@@ -293,6 +325,7 @@ mod tests {
             Outgoing::File(File::open(&path).unwrap()),
             [0; 32],
             body.len() as u64,
+            false,
         )
         .await
         .unwrap_err();
@@ -307,10 +340,38 @@ mod tests {
             Outgoing::File(File::open(&path).unwrap()),
             output,
             body.len() as u64,
+            false,
         )
         .await
         .unwrap();
         assert_eq!(sent.into_inner(), body);
+    }
+
+    #[tokio::test]
+    async fn damaged_files_are_cut_off_when_compressed_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("body");
+        let body = vec![7u8; CHUNK_SIZE * 3 + 10];
+        File::create(&path).unwrap().write_all(&body).unwrap();
+        let mut sent = Cursor::new(Vec::new());
+        let error = send(
+            &mut sent,
+            Outgoing::File(File::open(&path).unwrap()),
+            [0; 32],
+            body.len() as u64,
+            true,
+        )
+        .await
+        .unwrap_err();
+        assert!(is_damaged(&error), "{error}");
+        // The first three pieces decode; the last never came.
+        let mut sent = Cursor::new(sent.into_inner());
+        for _ in 0..3 {
+            let piece = compress::read_chunk(&mut sent, CHUNK_SIZE).await.unwrap();
+            assert!(piece.iter().all(|&b| b == 7));
+        }
+        let error = compress::read_chunk(&mut sent, 10).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[tokio::test]
@@ -325,6 +386,7 @@ mod tests {
             Outgoing::File(File::open(&path).unwrap()),
             output,
             50,
+            false,
         )
         .await
         .unwrap_err();

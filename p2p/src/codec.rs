@@ -47,8 +47,11 @@ use tokio_util::sync::CancellationToken;
 use crate::answer::{self, Prepared};
 use crate::body::{self, Received};
 use crate::config::transfer_timeout;
+use crate::link::LinkMeter;
 use crate::store::Store;
-use crate::wire::{self, BATCH_VERSION, FoundHeader, RequestHeader, ResponseHeader, WIRE_VERSION};
+use crate::wire::{
+    self, BATCH_VERSION, Encoding, FoundHeader, RequestHeader, ResponseHeader, WIRE_VERSION,
+};
 
 /// Why a received body was refused. A peer that causes one is put in cooldown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +66,8 @@ pub enum RejectReason {
     TooLarge { size: u64, limit: u64 },
     /// The peer sent a body bigger than the `max_inline` it was asked for.
     Unrequested { size: u64, max_inline: u64 },
+    /// The peer sent a compressed body whose chunks do not decode to it.
+    Undecodable(String),
 }
 
 impl std::fmt::Display for RejectReason {
@@ -81,6 +86,7 @@ impl std::fmt::Display for RejectReason {
                 f,
                 "body of {size} bytes sent although at most {max_inline} were asked for"
             ),
+            Self::Undecodable(detail) => write!(f, "compressed body does not decode: {detail}"),
         }
     }
 }
@@ -122,6 +128,8 @@ pub(crate) struct Local {
     pub(crate) positive: Arc<AtomicBool>,
     /// For a batch (a header with `also`): where entries' outcomes go.
     pub(crate) batch: Option<BatchReports>,
+    /// The peer's link: raw bodies' rates are recorded there.
+    pub(crate) link: Arc<LinkMeter>,
 }
 
 /// Where a batch's entries are reported, one [`Report`] each.
@@ -179,6 +187,8 @@ pub(crate) struct Reply {
     pub(crate) max_inline: u64,
     /// Read-ahead hints asked for.
     pub(crate) hints: u32,
+    /// Send bodies compressed (the requester accepts zstd).
+    pub(crate) compress: bool,
     /// Answer "not found" to every action without looking (the node is
     /// serving all it may).
     pub(crate) refuse: bool,
@@ -211,6 +221,8 @@ struct Pending {
     actions: Vec<[u8; 32]>,
     max_inline: u64,
     hints: u32,
+    /// Whether we accepted compressed bodies.
+    compressed_ok: bool,
     local: Local,
 }
 
@@ -374,21 +386,55 @@ impl FetchCodec {
                 bytes: 0,
             });
         }
+        let compressed = match found.encoding {
+            Encoding::Raw => false,
+            Encoding::Zstd if pending.compressed_ok => true,
+            // Nothing of it can be read: the stream is out of step.
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("body sent as {other:?}, which was not asked for"),
+                ));
+            }
+        };
         pending.local.positive.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + transfer_timeout(found.size, self.transfer_rate);
-        tokio::time::timeout_at(deadline, self.receive_body(io, action, meta))
-            .await
-            .map_err(|_| timed_out("body not received within its transfer timeout"))?
+        let receiving = pending.local.link.receiving(compressed);
+        let outcome =
+            tokio::time::timeout_at(deadline, self.receive_body(io, action, meta, compressed))
+                .await
+                .map_err(|_| timed_out("body not received within its transfer timeout"))??;
+        if let Outcome::Committed(_) = outcome {
+            receiving.arrived(found.size);
+        }
+        Ok(outcome)
     }
 
     /// Streams `meta.size` body bytes into a store sink; see [`crate::body`].
-    async fn receive_body<T>(&self, io: &mut T, action: [u8; 32], meta: Meta) -> io::Result<Outcome>
+    async fn receive_body<T>(
+        &self,
+        io: &mut T,
+        action: [u8; 32],
+        meta: Meta,
+        compressed: bool,
+    ) -> io::Result<Outcome>
     where
         T: AsyncRead + Unpin + Send,
     {
         let store = self.store.clone();
         let begin = move || store.begin(&action, &meta.output, meta.size);
-        Ok(match body::receive(io, meta.size, begin).await? {
+        let received = match body::receive(io, meta.size, compressed, begin).await {
+            // A chunk that is not its piece: a bad body, like one that
+            // does not hash to its OutputID.
+            Err(error) if compressed && error.kind() == io::ErrorKind::InvalidData => {
+                return Ok(Outcome::Rejected {
+                    reason: RejectReason::Undecodable(error.to_string()),
+                    bytes: meta.size,
+                });
+            }
+            received => received?,
+        };
+        Ok(match received {
             Received::Committed => Outcome::Committed(meta),
             Received::Mismatch { actual } => Outcome::Rejected {
                 reason: RejectReason::HashMismatch {
@@ -426,16 +472,24 @@ impl FetchCodec {
                     .following(held, reply.hints.min(wire::MAX_HINTS) as usize),
                 _ => Vec::new(),
             };
+            let compress = reply.compress && body.is_some();
             let header = ResponseHeader {
                 version: WIRE_VERSION,
-                found,
+                found: found.map(|found| FoundHeader {
+                    encoding: if compress {
+                        Encoding::Zstd
+                    } else {
+                        Encoding::Raw
+                    },
+                    ..found
+                }),
                 next,
             };
             wire::write_frame(io, &header).await?;
             let (Some(found), Some(body)) = (header.found, body) else {
                 continue;
             };
-            let sent = body::send(io, body, found.output, found.size).await;
+            let sent = body::send(io, body, found.output, found.size, compress).await;
             if let Err(error) = &sent
                 && body::is_damaged(error)
             {
@@ -518,6 +572,7 @@ impl libp2p::request_response::Codec for FetchCodec {
             actions,
             max_inline: header.max_inline,
             hints: header.hints,
+            compressed_ok: header.accept.contains(&Encoding::Zstd),
             local,
         });
         wire::write_frame(io, &header).await
@@ -559,6 +614,7 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
+    use crate::compress;
     use crate::store::{BodySink, CommitError};
     use crate::wire::CHUNK_SIZE;
 
@@ -648,6 +704,26 @@ mod tests {
         hints: u32,
         server_bytes: Vec<u8>,
     ) -> io::Result<Answer> {
+        exchange_accepting(
+            store,
+            max_inline,
+            hints,
+            Vec::new(),
+            &Arc::default(),
+            server_bytes,
+        )
+        .await
+    }
+
+    /// One exchange whose request accepts `accept`, recording into `link`.
+    async fn exchange_accepting(
+        store: &Arc<MapStore>,
+        max_inline: u64,
+        hints: u32,
+        accept: Vec<Encoding>,
+        link: &Arc<LinkMeter>,
+        server_bytes: Vec<u8>,
+    ) -> io::Result<Answer> {
         let mut codec = FetchCodec::new(Arc::new(Shared(store.clone())), 1 << 30, 50_000_000);
         let request = Request {
             header: RequestHeader {
@@ -656,12 +732,14 @@ mod tests {
                 max_inline,
                 hints,
                 also: Vec::new(),
+                accept,
             },
             local: Some(Local {
                 header_deadline: Instant::now() + Duration::from_secs(5),
                 cancel: CancellationToken::new(),
                 positive: Arc::default(),
                 batch: None,
+                link: link.clone(),
             }),
         };
         let mut sent = Vec::new();
@@ -695,6 +773,7 @@ mod tests {
             size: body.len() as u64,
             time_unix_nanos: 5,
             body_included: included,
+            encoding: Encoding::Raw,
         }
     }
 
@@ -812,6 +891,7 @@ mod tests {
             actions: vec![[1; 32]],
             max_inline: 1 << 20,
             hints: 8,
+            compress: false,
             refuse: false,
             sent: Arc::default(),
         };
@@ -828,6 +908,166 @@ mod tests {
         assert_eq!(store.committed.lock().unwrap()[&[1; 32]], body);
     }
 
+    /// What a server writes for action `[1; 32]` holding `body` (from a
+    /// file), compressed or not.
+    async fn served_bytes(body: &[u8], compress: bool) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("body");
+        std::fs::File::create(&path).unwrap().write_all(body).unwrap();
+        let entries = HashMap::from([([1; 32], (path, Sha256::digest(body).into(), body.len()))]);
+        let mut server =
+            FetchCodec::new(Arc::new(Files(Arc::new(Mutex::new(entries)))), 1 << 30, 1);
+        let reply = Reply {
+            actions: vec![[1; 32]],
+            max_inline: 1 << 30,
+            hints: 0,
+            compress,
+            refuse: false,
+            sent: Arc::default(),
+        };
+        let mut bytes = Vec::new();
+        server
+            .write_response(&protocol(), &mut bytes, Response::Reply(reply))
+            .await
+            .unwrap();
+        bytes
+    }
+
+    /// Go-output-like bytes: compressible, but not trivially.
+    fn compressible(len: usize) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| {
+                if i % 64 < 48 {
+                    b"go.buildid"[i as usize % 10]
+                } else {
+                    (i / 64) as u8
+                }
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn compressed_bodies_round_trip_and_only_raw_ones_are_timed() {
+        let zstd = || vec![Encoding::Zstd];
+        // One piece (decoded on the async side) and several (streamed).
+        for size in [1000, CHUNK_SIZE * 2 + 1000] {
+            let body = compressible(size);
+            let bytes = served_bytes(&body, true).await;
+            assert!(bytes.len() < size / 3, "{} bytes for {size}", bytes.len());
+            let store = Arc::new(MapStore::default());
+            let link = Arc::new(LinkMeter::default());
+            let answer = exchange_accepting(&store, 1 << 30, 0, zstd(), &link, bytes.clone())
+                .await
+                .unwrap();
+            assert!(matches!(answer.outcome, Some(Outcome::Committed(_))));
+            assert_eq!(store.committed.lock().unwrap()[&[1; 32]], body);
+            assert_eq!(link.measured(), (0, size as u64));
+
+            // A requester that did not ask cannot read it: refused, not stored.
+            let store = Arc::new(MapStore::default());
+            let error = exchange_with_hints(&store, 1 << 30, 0, bytes)
+                .await
+                .unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+            assert!(store.writes.lock().unwrap().is_empty());
+
+            // A server that does not compress (older, or not asked) is fine.
+            // Each body is measured as what it was sent as.
+            let store = Arc::new(MapStore::default());
+            let raw = served_bytes(&body, false).await;
+            let answer = exchange_accepting(&store, 1 << 30, 0, zstd(), &link, raw)
+                .await
+                .unwrap();
+            assert!(matches!(answer.outcome, Some(Outcome::Committed(_))));
+            assert_eq!(store.committed.lock().unwrap()[&[1; 32]], body);
+            assert_eq!(link.measured(), (size as u64, size as u64));
+        }
+    }
+
+    #[tokio::test]
+    async fn compressed_bodies_that_do_not_decode_or_verify_are_rejected() {
+        let body = compressible(CHUNK_SIZE + 500);
+        let header = FoundHeader {
+            encoding: Encoding::Zstd,
+            ..found(&body, true)
+        };
+        let accept = || vec![Encoding::Zstd];
+        let link = Arc::new(LinkMeter::default());
+        let store = Arc::new(MapStore::default());
+
+        // Chunks that decode, to the wrong bytes: a hash mismatch.
+        let mut other = body.clone();
+        other[CHUNK_SIZE + 7] ^= 1;
+        let mut wrong = Vec::new();
+        for piece in other.chunks(CHUNK_SIZE) {
+            let mut buffer = body::Piece::new(piece.len());
+            buffer.copy_from_slice(piece);
+            compress::Chunk::encode(buffer, true)
+                .write(&mut wrong)
+                .await
+                .unwrap();
+        }
+        let got = exchange_accepting(
+            &store,
+            1 << 30,
+            0,
+            accept(),
+            &link,
+            answer(Some(header.clone()), &wrong),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            got.outcome,
+            Some(Outcome::Rejected {
+                reason: RejectReason::HashMismatch { .. },
+                ..
+            })
+        ));
+
+        // A chunk that is not zstd at all.
+        let mut garbage = 100u32.to_be_bytes().to_vec();
+        garbage.extend_from_slice(&[0x55; 100]);
+        let got = exchange_accepting(
+            &store,
+            1 << 30,
+            0,
+            accept(),
+            &link,
+            answer(Some(header.clone()), &garbage),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(
+                &got.outcome,
+                Some(Outcome::Rejected {
+                    reason: RejectReason::Undecodable(_),
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
+
+        // An encoding nobody asked for, from a newer peer: unreadable.
+        let unknown = FoundHeader {
+            encoding: Encoding::Unknown,
+            ..header
+        };
+        let error = exchange_accepting(
+            &store,
+            1 << 30,
+            0,
+            accept(),
+            &link,
+            answer(Some(unknown), &body),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(store.committed.lock().unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn refused_replies_say_not_found_without_looking() {
         let entries = Arc::new(Mutex::new(HashMap::new()));
@@ -837,6 +1077,7 @@ mod tests {
             actions: vec![[1; 32], [2; 32]],
             max_inline: 1 << 20,
             hints: 8,
+            compress: false,
             refuse: true,
             sent: Arc::default(),
         };
@@ -890,6 +1131,7 @@ mod tests {
                 max_inline: 1 << 20,
                 hints: 8,
                 also: actions[1..].to_vec(),
+                accept: Vec::new(),
             },
             local: Some(Local {
                 header_deadline: Instant::now() + Duration::from_secs(5),
@@ -900,6 +1142,7 @@ mod tests {
                     reports,
                     header_timeout: Duration::from_secs(5),
                 }),
+                link: Arc::default(),
             }),
         };
         codec
@@ -1023,6 +1266,7 @@ mod tests {
             actions: vec![[1; 32], [2; 32], [3; 32]],
             max_inline: 1 << 20,
             hints: 4,
+            compress: false,
             refuse: false,
             sent: sent.clone(),
         };

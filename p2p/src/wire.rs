@@ -25,7 +25,14 @@
 //! stream per run instead of one per entry, whose setup cost more than
 //! moving a typical (small) body.
 //!
-//! The body follows its header raw and unframed, so neither side ever holds
+//! Version 3 adds compressed bodies: a requester that lists `"zstd"` in
+//! `accept` may get a body as `encoding: "zstd"`: each piece of
+//! [`CHUNK_SIZE`] bytes as a u32 big-endian header (bit 31: stored as is;
+//! bits 0-30: the payload's length) and a payload, one zstd frame unless
+//! stored. A server that is not asked, or is older, sends
+//! it raw, and a requester refuses an encoding it did not ask for.
+//!
+//! A raw body follows its header unframed, so neither side ever holds
 //! more than a chunk of it in memory (the cbor/json codecs of
 //! `libp2p-request-response` would buffer whole messages and cap them at
 //! 10 MiB, and Go outputs are often bigger). A requester names the largest
@@ -42,7 +49,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The version this crate writes in headers.
-pub const WIRE_VERSION: u32 = 2;
+pub const WIRE_VERSION: u32 = 3;
 /// The first version that answers [`RequestHeader::also`].
 pub const BATCH_VERSION: u32 = 2;
 /// Most actions one request is answered for (`action` and `also` together);
@@ -78,6 +85,9 @@ pub struct RequestHeader {
     /// this order, each with the same `max_inline`.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_ids")]
     pub also: Vec<[u8; 32]>,
+    /// Version 3: body encodings the requester takes besides raw.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accept: Vec<Encoding>,
 }
 
 impl RequestHeader {
@@ -115,9 +125,32 @@ pub struct FoundHeader {
     /// When the entry was put on the server, in nanoseconds since the Unix epoch.
     #[serde(default)]
     pub time_unix_nanos: u64,
-    /// Whether exactly `size` body bytes follow this header.
+    /// Whether the body (of `size` bytes once decoded) follows this header.
     #[serde(default)]
     pub body_included: bool,
+    /// Version 3: how the included body is encoded; raw if absent.
+    #[serde(default, skip_serializing_if = "Encoding::is_raw")]
+    pub encoding: Encoding,
+}
+
+/// How a body travels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// `size` bytes as they are.
+    #[default]
+    Raw,
+    /// zstd, one frame per piece (see the module docs).
+    Zstd,
+    /// One this version does not know (from a newer peer); never sent.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Encoding {
+    fn is_raw(&self) -> bool {
+        *self == Self::Raw
+    }
 }
 
 fn version_one() -> u32 {
@@ -230,6 +263,7 @@ mod tests {
             max_inline: 1 << 20,
             hints: 8,
             also: vec![[3; 32], [4; 32]],
+            accept: vec![Encoding::Zstd],
         };
         let response = ResponseHeader {
             version: WIRE_VERSION,
@@ -238,6 +272,7 @@ mod tests {
                 size: 12,
                 time_unix_nanos: 34,
                 body_included: true,
+                encoding: Encoding::Zstd,
             }),
             next: vec![[1; 32], [2; 32]],
         };
@@ -268,6 +303,20 @@ mod tests {
         assert!(header.also.is_empty());
         let header: ResponseHeader = serde_json::from_str("{}").unwrap();
         assert_eq!(header.found, None);
+        // An encoding from a newer peer is known to be unknown, not an error
+        // that would lose the rest of the header.
+        let json = format!(
+            r#"{{"found":{{"output":"{}","size":1,"encoding":"brotli"}},"accept":["brotli","zstd"]}}"#,
+            "cd".repeat(32)
+        );
+        let newer: ResponseHeader = serde_json::from_str(&json).unwrap();
+        assert_eq!(newer.found.unwrap().encoding, Encoding::Unknown);
+        let json = format!(
+            r#"{{"action":"{}","accept":["brotli","zstd"]}}"#,
+            "ab".repeat(32)
+        );
+        let newer: RequestHeader = serde_json::from_str(&json).unwrap();
+        assert_eq!(newer.accept, [Encoding::Unknown, Encoding::Zstd]);
         assert!(header.next.is_empty());
         // What a version-1 peer without read-ahead writes and reads.
         let request = RequestHeader {
@@ -276,9 +325,13 @@ mod tests {
             max_inline: 0,
             hints: 0,
             also: Vec::new(),
+            accept: Vec::new(),
         };
         let json = serde_json::to_string(&request).unwrap();
-        assert!(!json.contains("hints") && !json.contains("also"), "{json}");
+        assert!(
+            !json.contains("hints") && !json.contains("also") && !json.contains("accept"),
+            "{json}"
+        );
         // What a version-1 server makes of a batch: `action` alone.
         let batch = RequestHeader {
             also: vec![[2; 32]],

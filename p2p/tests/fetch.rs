@@ -1,5 +1,6 @@
 //! Fetches between in-process nodes on loopback TCP: hits, misses, several
-//! peers, and peers that are slow, silent or die mid-transfer.
+//! peers, compressed bodies, and peers that are slow, silent or die
+//! mid-transfer.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 use common::hostile::{Mode, hostile};
 use common::{DirStore, Usage, action, connect, id, keypairs, node, start, test_config};
 use common::{until, within};
-use warren_p2p::Event;
+use warren_p2p::{Compression, Event};
 
 #[tokio::test]
 async fn hits_and_misses_between_two_nodes() {
@@ -242,4 +243,44 @@ async fn a_stalled_transfer_times_out_by_its_size() {
         Usage::get(&a.store.usage().discarded) == 1
     })
     .await;
+}
+
+#[tokio::test]
+async fn compressed_bodies_cross_between_two_nodes() {
+    let [ka, kb] = keypairs();
+    // A asks for compressed bodies; B, on its defaults, serves them.
+    let mut a = start(
+        test_config(ka.clone(), &[id(&kb)]).with_compression(Compression::Always),
+        DirStore::new(),
+    )
+    .await;
+    let mut b = node(&kb, &[id(&ka)]).await;
+    let small = b"package fmt; func Println() {}\n".repeat(40);
+    // Over the 1 MiB inline limit: announced, then fetched from B alone.
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| {
+            if i % 50 < 40 {
+                b"go.o"[i as usize % 4]
+            } else {
+                (i / 50) as u8
+            }
+        })
+        .collect();
+    let outputs = [
+        b.store.put(action(1), &small),
+        b.store.put(action(2), &big),
+        // Incompressible: its pieces travel stored.
+        b.store.put_generated(action(3), 700_000),
+        b.store.put(action(4), b""),
+    ];
+    connect(&mut a, &mut b).await;
+    for (n, output) in (1..).zip(outputs) {
+        let fetched = within(Duration::from_secs(10), a.client.fetch(action(n)))
+            .await
+            .unwrap_or_else(|| panic!("entry {n} from B"));
+        assert_eq!(fetched.output, output);
+        assert_eq!(a.store.hash_of(&action(n)), Some(output));
+    }
+    assert_eq!(a.store.body(&action(1)).unwrap(), small);
+    assert_eq!(a.store.body(&action(2)).unwrap(), big);
 }

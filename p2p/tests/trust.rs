@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::hostile::{Mode, hostile};
 use common::{DirStore, Usage, action, connect, id, keypairs, node, start, test_config};
 use common::{until, within};
-use warren_p2p::{Error, Event, RejectReason};
+use warren_p2p::{Compression, Error, Event, RejectReason};
 
 #[tokio::test]
 async fn a_peer_off_the_allowlist_cannot_connect_or_fetch() {
@@ -281,4 +281,53 @@ async fn static_addresses_without_a_peer_id_reach_only_allowlisted_peers() {
     let peers = a.client.peers().await;
     assert!(peers.iter().any(|p| p.peer == b_peer && p.connected));
     assert!(!peers.iter().any(|p| p.peer == c_peer && p.connected));
+}
+
+#[tokio::test]
+async fn compressed_chunks_that_do_not_decode_are_rejected_like_lies() {
+    let [ka, kb, kh] = keypairs();
+    let claimed = b"what the build needs".repeat(500);
+    let liar = hostile(&kh, Mode::BadChunks { claimed }).await;
+    let liar_peer = liar.peer;
+
+    // By default a node asks for compressed bodies only once a link has
+    // measured slow: a new one is asked for raw bodies (this peer then
+    // has none).
+    let mut plain = node(&kb, &[id(&kh)]).await;
+    plain.client.dial(liar.address.clone()).await.unwrap();
+    plain
+        .wait_for(|e| *e == Event::PeerConnected(liar_peer))
+        .await;
+    assert_eq!(
+        within(Duration::from_secs(5), plain.client.fetch(action(1))).await,
+        None
+    );
+    assert_eq!((liar.requests(), liar.accepting_zstd()), (1, 0));
+
+    let mut a = start(
+        test_config(ka.clone(), &[id(&kh)]).with_compression(Compression::Always),
+        DirStore::new(),
+    )
+    .await;
+    a.client.dial(liar.address.clone()).await.unwrap();
+    a.wait_for(|e| *e == Event::PeerConnected(liar_peer)).await;
+    assert_eq!(
+        within(Duration::from_secs(5), a.client.fetch(action(1))).await,
+        None
+    );
+    assert_eq!((liar.requests(), liar.accepting_zstd()), (2, 1));
+    let rejected = a
+        .wait_for(|e| matches!(e, Event::BodyRejected { .. }))
+        .await;
+    let Event::BodyRejected { peer, reason, .. } = rejected else {
+        unreachable!()
+    };
+    assert_eq!(peer, liar_peer);
+    assert!(matches!(reason, RejectReason::Undecodable(_)), "{reason:?}");
+    assert_eq!(a.store.entry_count(), 0);
+    assert_eq!(Usage::get(&a.store.usage().commits), 0);
+    let peers = a.client.peers().await;
+    let info = peers.iter().find(|p| p.peer == liar_peer).unwrap();
+    assert_eq!(info.counters.rejected_bodies, 1);
+    assert!(info.in_cooldown);
 }

@@ -36,7 +36,7 @@ use super::EventLoop;
 use super::read_ahead::HINTS;
 use crate::client::{Event, Fetched};
 use crate::codec::{Answer, BatchReports, Local, Meta, Outcome, RejectReason, Report, Request};
-use crate::wire::{BATCH_VERSION, RequestHeader, WIRE_VERSION};
+use crate::wire::{BATCH_VERSION, Encoding, RequestHeader, WIRE_VERSION};
 
 pub(super) type FetchId = u64;
 pub(super) type Timer = Pin<Box<dyn Future<Output = Deadline> + Send>>;
@@ -232,6 +232,19 @@ impl EventLoop {
             reports: self.report_sender.clone(),
             header_timeout: self.config.lookup_deadline,
         });
+        let mode = self.config.compression;
+        let state = self.peer(peer);
+        let link = state.link.clone();
+        let compress = link.compress(mode);
+        if compress != state.compressing {
+            state.compressing = compress;
+            tracing::debug!(%peer, ?mode, "asking for compressed bodies: {compress}");
+        }
+        let accept = if compress {
+            vec![Encoding::Zstd]
+        } else {
+            Vec::new()
+        };
         let request = Request {
             header: RequestHeader {
                 version: WIRE_VERSION,
@@ -239,12 +252,14 @@ impl EventLoop {
                 max_inline,
                 hints,
                 also: also.to_vec(),
+                accept,
             },
             local: Some(Local {
                 header_deadline,
                 cancel: cancel.clone(),
                 positive: positive.clone(),
                 batch,
+                link,
             }),
         };
         let request_id = self

@@ -9,6 +9,7 @@
 //! once, because we are not on its allowlist, is not hammered).
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use libp2p::multiaddr::Protocol;
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 use super::EventLoop;
 use crate::Error;
 use crate::client::{PeerCounters, PeerInfo};
+use crate::link::LinkMeter;
 use crate::summary::PeerSummary;
 
 #[derive(Debug)]
@@ -44,6 +46,10 @@ pub(super) struct PeerState {
     pub(super) summary_request: Option<OutboundRequestId>,
     /// When to ask for its summary again, after it had none to give.
     pub(super) summary_retry: Option<Instant>,
+    /// How fast its raw bodies arrive; new with each connection.
+    pub(super) link: Arc<LinkMeter>,
+    /// Whether we last asked it for compressed bodies.
+    pub(super) compressing: bool,
 }
 
 impl PeerState {
@@ -62,6 +68,8 @@ impl PeerState {
             summary: PeerSummary::Unknown,
             summary_request: None,
             summary_retry: None,
+            link: Arc::default(),
+            compressing: false,
         }
     }
 

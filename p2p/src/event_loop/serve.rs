@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::EventLoop;
 use crate::client::Event;
 use crate::codec::{Reply, Response, SentLog};
-use crate::wire::{MAX_BATCH, RequestHeader};
+use crate::wire::{Encoding, MAX_BATCH, RequestHeader};
 
 pub(super) struct Serving {
     pub(super) peer: PeerId,
@@ -47,6 +47,7 @@ impl EventLoop {
             actions: header.actions().take(MAX_BATCH).copied().collect(),
             max_inline: header.max_inline,
             hints: header.hints,
+            compress: header.accept.contains(&Encoding::Zstd),
             refuse: permit.is_none(),
             sent: Arc::clone(&sent),
         };

@@ -1,6 +1,7 @@
 //! A peer that speaks the fetch protocol but misbehaves: it lies about a
-//! body, dies halfway through one, or never answers; or an honest peer of
-//! wire version 1, which answers one action per request.
+//! body, sends compressed chunks that do not decode, dies halfway through
+//! a body, or never answers; or an honest peer of wire version 1, which
+//! answers one action per request.
 //!
 //! It is built from libp2p directly and [`warren_p2p::wire`], not from a
 //! node, because a node refuses to serve a body that does not match its
@@ -18,7 +19,7 @@ use libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use warren_p2p::identity::Keypair;
-use warren_p2p::wire::{self, FoundHeader, RequestHeader, ResponseHeader};
+use warren_p2p::wire::{self, Encoding, FoundHeader, RequestHeader, ResponseHeader};
 use warren_p2p::{Multiaddr, PROTOCOL_NAME, PeerId};
 
 /// How the hostile peer answers every request.
@@ -31,6 +32,9 @@ pub enum Mode {
     Stall { body: Vec<u8>, send: usize },
     /// Reads requests and never answers them.
     Silent,
+    /// Announces `claimed` compressed, to requests that accept zstd, and
+    /// sends a chunk that is not zstd; "not found" to other requests.
+    BadChunks { claimed: Vec<u8> },
     /// Serves these entries honestly, as a version-1 node did: one action
     /// per request (`also` is ignored), hints after it in this order.
     VersionOne { entries: Vec<([u8; 32], Vec<u8>)> },
@@ -42,6 +46,8 @@ pub struct Hostile {
     pub address: Multiaddr,
     /// Requests received.
     pub requests: Arc<AtomicU64>,
+    /// Requests received that accept zstd.
+    pub accepting_zstd: Arc<AtomicU64>,
     /// Body bytes written to streams.
     pub bytes_sent: Arc<AtomicU64>,
     task: JoinHandle<()>,
@@ -50,6 +56,10 @@ pub struct Hostile {
 impl Hostile {
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn accepting_zstd(&self) -> u64 {
+        self.accepting_zstd.load(Ordering::SeqCst)
     }
 
     pub fn bytes_sent(&self) -> u64 {
@@ -119,6 +129,7 @@ impl request_response::Codec for HostileCodec {
             Mode::Stall { body, send } => (body, &body[..*send], true),
             Mode::Silent => unreachable!("a silent peer never answers"),
             Mode::VersionOne { entries } => return version_one(io, entries, &request).await,
+            Mode::BadChunks { claimed } => return bad_chunks(io, claimed, &request).await,
         };
         // These answer one action per request, as version 1 did.
         let header = ResponseHeader {
@@ -128,6 +139,7 @@ impl request_response::Codec for HostileCodec {
                 size: announced.len() as u64,
                 time_unix_nanos: 1,
                 body_included: true,
+                encoding: Encoding::Raw,
             }),
             next: Vec::new(),
         };
@@ -173,6 +185,7 @@ where
             size: body.len() as u64,
             time_unix_nanos: 1,
             body_included: body.len() as u64 <= request.max_inline,
+            encoding: Encoding::Raw,
         }),
         next: entries[at + 1..]
             .iter()
@@ -187,9 +200,35 @@ where
     io.flush().await
 }
 
+/// A compressed answer whose one chunk is not zstd; or "not found".
+async fn bad_chunks<T>(io: &mut T, claimed: &[u8], request: &RequestHeader) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    let accepted = request.accept.contains(&Encoding::Zstd);
+    let header = ResponseHeader {
+        version: wire::WIRE_VERSION,
+        found: accepted.then(|| FoundHeader {
+            output: Sha256::digest(claimed).into(),
+            size: claimed.len() as u64,
+            time_unix_nanos: 1,
+            body_included: true,
+            encoding: Encoding::Zstd,
+        }),
+        next: Vec::new(),
+    };
+    wire::write_frame(io, &header).await?;
+    if accepted {
+        io.write_all(&8u32.to_be_bytes()).await?;
+        io.write_all(b"not zstd").await?;
+    }
+    io.flush().await
+}
+
 /// Starts a hostile peer on loopback.
 pub async fn hostile(keypair: &Keypair, mode: Mode) -> Hostile {
     let requests = Arc::new(AtomicU64::new(0));
+    let accepting_zstd = Arc::new(AtomicU64::new(0));
     let bytes_sent = Arc::new(AtomicU64::new(0));
     let silent = matches!(mode, Mode::Silent);
     let codec = HostileCodec {
@@ -227,6 +266,7 @@ pub async fn hostile(keypair: &Keypair, mode: Mode) -> Hostile {
     };
     let peer = *swarm.local_peer_id();
     let counter = requests.clone();
+    let accepting = accepting_zstd.clone();
     let task = tokio::spawn(async move {
         // A silent peer keeps the channels, so its streams stay open
         // without an answer (dropping them would tell the requester).
@@ -241,6 +281,9 @@ pub async fn hostile(keypair: &Keypair, mode: Mode) -> Hostile {
             }) = swarm.select_next_some().await
             {
                 counter.fetch_add(1, Ordering::SeqCst);
+                if request.accept.contains(&Encoding::Zstd) {
+                    accepting.fetch_add(1, Ordering::SeqCst);
+                }
                 if silent {
                     held.push(channel);
                 } else {
@@ -253,6 +296,7 @@ pub async fn hostile(keypair: &Keypair, mode: Mode) -> Hostile {
         peer,
         address: address.with_p2p(peer).unwrap(),
         requests,
+        accepting_zstd,
         bytes_sent,
         task,
     }
