@@ -32,6 +32,14 @@ What it measures, side by side in one run:
    the build on A's read-ahead hints (the helper then finds it locally);
    the log shows both numbers.
 
+   Then the same from-peer build with B asking for compressed bodies the
+   way the default does (``compression = "auto"``: it measures raw and
+   compressed bodies by turns and keeps the faster) and never
+   (``"never"``), interleaved, with the choice "auto" made in each run
+   (from B's daemon log). ``--link-rate 1gbit`` shapes each host's link
+   (tbf) as an office LAN's would be; unshaped, the veth LAN is as fast as
+   the two cores the hosts share.
+
    Then a latency probe, without go: through one B helper, with an empty
    store and B's daemon restarted with read-ahead off (else every get after
    the first would be local), one ``get`` at a time for every action in A's
@@ -132,6 +140,12 @@ SOCKET_TIMEOUT = 20.0
 LONG_WAIT_DEADLINE = "60s"  # the helper config used for the big get
 
 SHARING_CONFIG = "[share]\nenabled = true\nautostart = false\n"
+# Compared in part 1: the default, and no compression at all.
+COMPRESSION_MODES = ("auto", "never")
+# What B's daemon logs (at info) when "auto" has measured both.
+CHOICE = re.compile(
+    r"bodies came at (\d+) MB/s raw and (\d+) MB/s compressed: asking for (\w+) bodies"
+)
 
 TARGETS = {
     "peer_speedup": 15.0,  # cold / from-peer, at least
@@ -302,8 +316,9 @@ def ns_exec(ns: str, argv: list[str]) -> str:
     return sh(["ip", "netns", "exec", ns, *argv])
 
 
-def make_lan(names: list[str]) -> dict[str, tuple[str, str]]:
-    """Creates a switch and one namespace per host: {name: (netns, address)}."""
+def make_lan(names: list[str], rate: str | None = None) -> dict[str, tuple[str, str]]:
+    """Creates a switch and one namespace per host: {name: (netns, address)};
+    with ``rate`` (tc syntax, such as 1gbit), each host sends at most that."""
     pid = os.getpid()
     subnet = 1 + pid % 250
     switch = f"{NS_PREFIX}{pid}sw"
@@ -352,6 +367,13 @@ def make_lan(names: list[str]) -> dict[str, tuple[str, str]]:
         ns_exec(netns, ["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
         ns_exec(netns, ["ip", "link", "set", "eth0", "up"])
         ns_exec(netns, ["ip", "link", "set", "lo", "up"])
+        if rate:
+            # A token bucket as deep as a switch port's buffer, roughly.
+            ns_exec(
+                netns,
+                ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate]
+                + ["burst", "256kb", "latency", "10ms"],
+            )
         hosts[name] = (netns, address)
     return hosts
 
@@ -514,6 +536,10 @@ class Host:
         )
         # For the latency probe: a daemon that fetches only what it is asked.
         (self.config_dir / "no-read-ahead.toml").write_text(config + "read-ahead = 0\n")
+        for mode in COMPRESSION_MODES:
+            (self.config_dir / f"compression-{mode}.toml").write_text(
+                config + f'compression = "{mode}"\n'
+            )
         return self.peer_id()
 
     def peer_id(self) -> str:
@@ -1053,6 +1079,9 @@ class Results:
     cold_local: list[Build] = field(default_factory=list)
     from_peer: list[Build] = field(default_factory=list)
     warm_local: list[Build] = field(default_factory=list)
+    # Per mode: from-peer builds, and what "auto" chose in each.
+    compression: dict[str, list[Build]] = field(default_factory=dict)
+    auto_choices: list[str] = field(default_factory=list)
     empty_off: list[Build] = field(default_factory=list)
     empty_on: list[Build] = field(default_factory=list)
     transfers: list[Transfer] = field(default_factory=list)
@@ -1075,6 +1104,16 @@ def tree_size(path: Path) -> int:
     return total
 
 
+def auto_choice(log_path: Path, offset: int) -> str:
+    """What "auto" chose, from the daemon's log past ``offset``."""
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        f.seek(offset)
+        found = CHOICE.findall(f.read())
+    if not found:
+        return "(still measuring)"
+    return "; ".join(f"{kind} (raw {raw}, compressed {zstd} MB/s)" for raw, zstd, kind in found)
+
+
 def ensure_connected(a: Host, b: Host, a_id: str, b_id: str) -> None:
     if b.peers_state(a_id) != "connected" or a.peers_state(b_id) != "connected":
         b.wait_connected(a_id)
@@ -1083,7 +1122,7 @@ def ensure_connected(a: Host, b: Host, a_id: str, b_id: str) -> None:
 
 def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: Results) -> None:
     t0 = time.perf_counter()
-    lan = make_lan(["a", "b"])
+    lan = make_lan(["a", "b"], args.link_rate)
     a = Host("A", *lan["a"], scratch / "a", go, warren, t0)
     b = Host("B", *lan["b"], scratch / "b", go, warren, t0)
     hosts = [a, b]
@@ -1141,6 +1180,28 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
                         f"run {i + 1}/{args.runs} B warm locally: {bd.wall_s:.3f} s "
                         f"({bd.stats.get('hits', 0)}/{bd.stats.get('gets', 0)} local hits)"
                     )
+
+        if not args.skip_compression:
+            for i in range(args.runs):
+                modes = COMPRESSION_MODES if i % 2 == 0 else COMPRESSION_MODES[::-1]
+                for mode in modes:
+                    config = b.config_dir / f"compression-{mode}.toml"
+                    b.daemon_env = {"WARREN_CONFIG": str(config)}
+                    empty(b)  # restarts the daemon with that config
+                    connected()
+                    logged = b.daemon.log_path.stat().st_size
+                    bd = go_build(b, hosts, target, f"from peer, compression {mode}", i, True)
+                    res.compression.setdefault(mode, []).append(bd)
+                    note = ""
+                    if mode == "auto":
+                        note = auto_choice(b.daemon.log_path, logged)
+                        res.auto_choices.append(note)
+                    log(
+                        f"run {i + 1}/{args.runs} B from peer, compression {mode}: "
+                        f"{bd.wall_s:.3f} s {note}"
+                    )
+            b.daemon_env = {}
+            empty(b)
 
         if args.probe_misses:
             # Per-lookup latency: with read-ahead, all but the first lookup
@@ -1386,6 +1447,15 @@ def summarize(res: Results) -> tuple[list[tuple[str, str, str, str]], dict]:
                 verdict(min_share >= TARGETS["peer_hit_share"]),
             ),
         ]
+    if res.compression:
+        by_mode = {mode: med(builds) for mode, builds in res.compression.items()}
+        s.update(compression_from_peer_s=by_mode)
+        rows += [
+            (f"B from warm peer, compression {mode}", fmt_s(t), "", "")
+            for mode, t in by_mode.items()
+        ]
+        if "auto" in by_mode and "never" in by_mode:
+            rows.append(("  auto / never", f"{by_mode['auto'] / by_mode['never']:.2f}x", "", ""))
     if res.empty_on:
         off, on = med(res.empty_off), med(res.empty_on)
 
@@ -1469,7 +1539,8 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
     )
     print(
         f"workload  go build {args.target}; {args.runs} runs per side, interleaved; "
-        f"peers connected {res.connect_s:.1f} s after the daemons started"
+        f"peers connected {res.connect_s:.1f} s after the daemons started; link "
+        f"{args.link_rate or 'unshaped veth'}"
     )
     print()
     rows, s = summarize(res)
@@ -1490,6 +1561,7 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
         ("B cold local-only ", res.cold_local),
         ("B from warm peer  ", res.from_peer),
         ("B warm locally    ", res.warm_local),
+        *((f"B peer, {mode:<7} ", builds) for mode, builds in res.compression.items()),
         ("B cold sharing off", res.empty_off),
         ("B cold empty peer ", res.empty_on),
     ):
@@ -1518,6 +1590,8 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
                 for b in res.from_peer
             )
         )
+    if res.auto_choices:
+        print("compression \"auto\" chose, per run: " + " | ".join(res.auto_choices))
     if res.probe:
         pr = res.probe
         print("latency probe, one get at a time through one B helper (no go running):")
@@ -1627,7 +1701,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the daemon logs to DIR")
     p.add_argument("--keep-tmp", action="store_true", help="keep the scratch directory")
+    p.add_argument(
+        "--link-rate",
+        metavar="RATE",
+        help="shape each host's link to RATE (tc syntax, e.g. 1gbit: an office LAN); "
+        "default: unshaped",
+    )
     p.add_argument("--skip-peer", action="store_true", help="skip part 1 (warm peer)")
+    p.add_argument(
+        "--skip-compression",
+        action="store_true",
+        help="skip part 1's from-peer builds with compression auto vs never",
+    )
     p.add_argument("--skip-empty-peer", action="store_true", help="skip part 2 (empty peer)")
     p.add_argument("--skip-transfer", action="store_true", help="skip part 3 (big body)")
     args = p.parse_args(argv)
@@ -1665,6 +1750,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if shutil.which("ip") is None:
         print("bench_share: needs the `ip` command (iproute2)", file=sys.stderr)
+        return 1
+    if args.link_rate and shutil.which("tc") is None:
+        print("bench_share: --link-rate needs the `tc` command (iproute2)", file=sys.stderr)
         return 1
     atexit.register(CLEANUP.run)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -913,7 +913,10 @@ mod tests {
     async fn served_bytes(body: &[u8], compress: bool) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("body");
-        std::fs::File::create(&path).unwrap().write_all(body).unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(body)
+            .unwrap();
         let entries = HashMap::from([([1; 32], (path, Sha256::digest(body).into(), body.len()))]);
         let mut server =
             FetchCodec::new(Arc::new(Files(Arc::new(Mutex::new(entries)))), 1 << 30, 1);

@@ -11,8 +11,8 @@
 //!
 //! - [`config`]: [`NodeConfig`] and [`MdnsConfig`], every limit with its default;
 //! - `store`: the [`Store`] trait warren implements over its disk store;
-//! - [`wire`]: the fetch protocol's bytes (versioned JSON headers, raw
-//!   bodies, batches);
+//! - [`wire`]: the fetch protocol's bytes (versioned JSON headers, raw or
+//!   compressed bodies, batches);
 //! - `codec`: the request-response codec: headers, limits, and what an
 //!   answer comes to;
 //! - `answer`: what a server answers for one action (lookup, and a small
@@ -21,6 +21,9 @@
 //!   answer cost no round trip;
 //! - `body`: moving one body between a stream and the disk (small ones in
 //!   one piece, big ones in pieces through a blocking thread);
+//! - `compress`: a compressed body's pieces on the wire (zstd, one bounded
+//!   frame per piece), and `link`: whether asking for them pays on a
+//!   peer's link ([`Compression`]);
 //! - `behaviour`: the libp2p stack (TCP, Noise, Yamux; allowlist, connection
 //!   limits, ping, fetch);
 //! - `discovery`: mDNS advertisement and browsing (only when configured);
@@ -56,8 +59,9 @@
 //! Only peers on the allowlist can connect, are asked or are served; Noise
 //! proves each peer's ID. mDNS is only a hint of where a peer might be.
 //! Whatever an allowlisted peer sends is still verified, by the store's
-//! sink ([`BodySink::commit`]): a body that does not hash to its OutputID is
-//! discarded, counted against the peer, and puts it in cooldown. Bad data
+//! sink ([`BodySink::commit`]): a body that does not hash to its OutputID
+//! (or, compressed, does not decode to exactly its size) is discarded,
+//! counted against the peer, and puts it in cooldown. Bad data
 //! from peers is a miss, never a panic.
 
 mod answer;

@@ -70,6 +70,17 @@ struct State {
     last_event: Option<Instant>,
     /// Bytes since the choice was made.
     since_choice: u64,
+    /// A choice not yet reported by [`LinkMeter::take_choice`].
+    news: Option<Choice>,
+}
+
+/// What the trials measured, and what was chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Choice {
+    pub(crate) compress: bool,
+    /// Bytes per second, raw and compressed.
+    pub(crate) raw: f64,
+    pub(crate) zstd: f64,
 }
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -140,6 +151,11 @@ impl LinkMeter {
         (state.bytes[0], state.bytes[1])
     }
 
+    /// The choice made since the last call, if one was.
+    pub(crate) fn take_choice(&self) -> Option<Choice> {
+        self.state.lock().expect("lock not poisoned").news.take()
+    }
+
     /// Whether to ask for compressed bodies under `mode`.
     pub(crate) fn compress(&self, mode: Compression) -> bool {
         match mode {
@@ -186,11 +202,11 @@ impl State {
                 }
                 let (raw, zstd) = (self.rate(0), self.rate(1));
                 let compress = zstd >= raw * BETTER;
-                tracing::debug!(
-                    "a peer's link: raw bodies {:.0} MB/s, compressed {:.0} MB/s; compressing: {compress}",
-                    raw / 1e6,
-                    zstd / 1e6
-                );
+                self.news = Some(Choice {
+                    compress,
+                    raw,
+                    zstd,
+                });
                 self.phase = Phase::Chosen { compress };
                 self.since_choice = 0;
             }
@@ -271,6 +287,10 @@ mod tests {
             unreachable!()
         };
         assert_eq!(meter.compress(Compression::Auto), compress);
+        let choice = meter.take_choice().expect("news of the choice");
+        assert_eq!(choice.compress, compress);
+        assert!(choice.raw > 0.0 && choice.zstd > 0.0, "{choice:?}");
+        assert_eq!(meter.take_choice(), None, "told once");
         compress
     }
 

@@ -232,15 +232,17 @@ impl EventLoop {
             reports: self.report_sender.clone(),
             header_timeout: self.config.lookup_deadline,
         });
-        let mode = self.config.compression;
-        let state = self.peer(peer);
-        let link = state.link.clone();
-        let compress = link.compress(mode);
-        if compress != state.compressing {
-            state.compressing = compress;
-            tracing::debug!(%peer, ?mode, "asking for compressed bodies: {compress}");
+        let link = self.peer(peer).link.clone();
+        if let Some(choice) = link.take_choice() {
+            tracing::info!(
+                %peer,
+                "bodies came at {:.0} MB/s raw and {:.0} MB/s compressed: asking for {} bodies",
+                choice.raw / 1e6,
+                choice.zstd / 1e6,
+                if choice.compress { "compressed" } else { "raw" }
+            );
         }
-        let accept = if compress {
+        let accept = if link.compress(self.config.compression) {
             vec![Encoding::Zstd]
         } else {
             Vec::new()

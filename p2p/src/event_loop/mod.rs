@@ -296,9 +296,7 @@ impl EventLoop {
         state.seen();
         if connections == 1 {
             state.batches = true; // It may have been upgraded.
-            // It may be on another link.
-            state.link = Arc::default();
-            state.compressing = false;
+            state.link = Arc::default(); // It may be on another link.
             tracing::debug!(%peer, "connected");
             self.emit(Event::PeerConnected(peer));
             if self.allowlist.contains(&peer) {

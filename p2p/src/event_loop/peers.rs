@@ -48,8 +48,6 @@ pub(super) struct PeerState {
     pub(super) summary_retry: Option<Instant>,
     /// How fast its raw bodies arrive; new with each connection.
     pub(super) link: Arc<LinkMeter>,
-    /// Whether we last asked it for compressed bodies.
-    pub(super) compressing: bool,
 }
 
 impl PeerState {
@@ -69,7 +67,6 @@ impl PeerState {
             summary_request: None,
             summary_retry: None,
             link: Arc::default(),
-            compressing: false,
         }
     }
 
