@@ -96,9 +96,10 @@ impl NodeConfig {
     }
 
     /// Whether to ask peers for compressed (zstd) bodies: by default
-    /// ([`Compression::Auto`]) only over links measured slower than about
-    /// 1.6 Gb/s, where it saves more time than it costs. Peers that ask
-    /// are served compressed bodies whatever this says.
+    /// ([`Compression::Auto`]) each peer is asked for raw and compressed
+    /// bodies by turns at first (16 MiB in all), and then for whichever
+    /// came faster. Peers that ask are served compressed bodies whatever
+    /// this says.
     pub fn with_compression(mut self, compression: Compression) -> Self {
         self.compression = compression;
         self

@@ -245,6 +245,19 @@ async fn a_stalled_transfer_times_out_by_its_size() {
     .await;
 }
 
+/// Bytes that do not compress (xorshift).
+fn noise(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn compressed_bodies_cross_between_two_nodes() {
     let [ka, kb] = keypairs();
@@ -270,7 +283,7 @@ async fn compressed_bodies_cross_between_two_nodes() {
         b.store.put(action(1), &small),
         b.store.put(action(2), &big),
         // Incompressible: its pieces travel stored.
-        b.store.put_generated(action(3), 700_000),
+        b.store.put(action(3), &noise(700_000)),
         b.store.put(action(4), b""),
     ];
     connect(&mut a, &mut b).await;
@@ -283,4 +296,5 @@ async fn compressed_bodies_cross_between_two_nodes() {
     }
     assert_eq!(a.store.body(&action(1)).unwrap(), small);
     assert_eq!(a.store.body(&action(2)).unwrap(), big);
+    assert_eq!(a.store.body(&action(3)).unwrap(), noise(700_000));
 }
