@@ -229,6 +229,7 @@ fn peer_status(info: &PeerInfo) -> serde_json::Value {
         "rejected": counters.rejected_bodies,
         "read_ahead": counters.read_ahead,
         "holds": info.summary_entries,
+        "compressed": info.compressed,
     })
 }
 

@@ -82,6 +82,15 @@ fn a_coworkers_build_comes_from_the_peer() {
     // B keeps a summary of A's store (so misses A cannot answer are not
     // asked of it), and it names at least every entry A sent.
     assert!(num(peer, "holds") >= hits, "B's summary of A: {stats}");
+    // Asked for compressed bodies, as configured, and `warren peers` says so.
+    assert_eq!(peer["compressed"], true, "{stats}");
+    let listing = b.warren(&["peers"]);
+    assert!(
+        listing
+            .lines()
+            .any(|line| line.contains(a.as_str()) && line.contains(" zstd ")),
+        "{listing}"
+    );
 
     // Outputs: gofmt through warren (from A's bodies) equals a plain build.
     b.go("gocache", &["build", "-o", "gofmt-shared", "cmd/gofmt"]);

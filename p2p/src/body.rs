@@ -313,59 +313,53 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn damaged_files_are_cut_off_before_their_last_piece() {
+    /// A file of three pieces and a bit, in a directory kept alive by
+    /// the returned guard.
+    fn body_file() -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("body");
         let body = vec![7u8; CHUNK_SIZE * 3 + 10];
         File::create(&path).unwrap().write_all(&body).unwrap();
+        (dir, path, body)
+    }
+
+    /// Sends the file at `path` as a body hashing to `output`: what
+    /// `send` returned, and what went out.
+    async fn send_file(
+        path: &std::path::Path,
+        output: [u8; 32],
+        size: usize,
+        compress: bool,
+    ) -> (io::Result<()>, Vec<u8>) {
         let mut sent = Cursor::new(Vec::new());
-        let error = send(
-            &mut sent,
-            Outgoing::File(File::open(&path).unwrap()),
-            [0; 32],
-            body.len() as u64,
-            false,
-        )
-        .await
-        .unwrap_err();
+        let file = Outgoing::File(File::open(path).unwrap());
+        let result = send(&mut sent, file, output, size as u64, compress).await;
+        (result, sent.into_inner())
+    }
+
+    #[tokio::test]
+    async fn damaged_files_are_cut_off_before_their_last_piece() {
+        let (_dir, path, body) = body_file();
+        let (result, sent) = send_file(&path, [0; 32], body.len(), false).await;
+        let error = result.unwrap_err();
         assert!(is_damaged(&error), "{error}");
         // Everything but the last piece went out; the body never arrives whole.
-        assert_eq!(sent.get_ref().len(), CHUNK_SIZE * 3);
+        assert_eq!(sent.len(), CHUNK_SIZE * 3);
 
-        let mut sent = Cursor::new(Vec::new());
-        let output = Sha256::digest(&body).into();
-        send(
-            &mut sent,
-            Outgoing::File(File::open(&path).unwrap()),
-            output,
-            body.len() as u64,
-            false,
-        )
-        .await
-        .unwrap();
-        assert_eq!(sent.into_inner(), body);
+        let (result, sent) =
+            send_file(&path, Sha256::digest(&body).into(), body.len(), false).await;
+        result.unwrap();
+        assert_eq!(sent, body);
     }
 
     #[tokio::test]
     async fn damaged_files_are_cut_off_when_compressed_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("body");
-        let body = vec![7u8; CHUNK_SIZE * 3 + 10];
-        File::create(&path).unwrap().write_all(&body).unwrap();
-        let mut sent = Cursor::new(Vec::new());
-        let error = send(
-            &mut sent,
-            Outgoing::File(File::open(&path).unwrap()),
-            [0; 32],
-            body.len() as u64,
-            true,
-        )
-        .await
-        .unwrap_err();
+        let (_dir, path, body) = body_file();
+        let (result, sent) = send_file(&path, [0; 32], body.len(), true).await;
+        let error = result.unwrap_err();
         assert!(is_damaged(&error), "{error}");
         // The first three pieces decode; the last never came.
-        let mut sent = Cursor::new(sent.into_inner());
+        let mut sent = Cursor::new(sent);
         for _ in 0..3 {
             let piece = compress::read_chunk(&mut sent, CHUNK_SIZE).await.unwrap();
             assert!(piece.iter().all(|&b| b == 7));
@@ -379,18 +373,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("body");
         File::create(&path).unwrap().write_all(b"short").unwrap();
-        let mut sent = Cursor::new(Vec::new());
-        let output = Sha256::digest(b"short").into();
-        let error = send(
-            &mut sent,
-            Outgoing::File(File::open(&path).unwrap()),
-            output,
-            50,
-            false,
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(sent.get_ref().is_empty());
+        let (result, sent) = send_file(&path, Sha256::digest(b"short").into(), 50, false).await;
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert!(sent.is_empty());
     }
 }

@@ -53,6 +53,10 @@ pub struct PeerInfo {
     /// Entries its summary names (see [`crate::summary`]); `None` while we
     /// have no summary of it, and it is asked about every lookup.
     pub summary_entries: Option<u64>,
+    /// Whether it is asked for compressed bodies: `None` while that is
+    /// being measured (see [`Compression`](crate::Compression)), or while
+    /// it is not connected.
+    pub compressed: Option<bool>,
     pub counters: PeerCounters,
 }
 
@@ -265,6 +269,7 @@ mod tests {
             addresses: vec!["/ip4/10.0.0.2/tcp/4001".parse().unwrap()],
             in_cooldown: false,
             summary_entries: Some(3),
+            compressed: None,
             counters: PeerCounters {
                 hits_served: 2,
                 ..PeerCounters::default()
@@ -276,5 +281,6 @@ mod tests {
         assert_eq!(json["addresses"][0], "/ip4/10.0.0.2/tcp/4001");
         assert_eq!(json["counters"]["hits_served"], 2);
         assert_eq!(json["summary_entries"], 3);
+        assert_eq!(json["compressed"], serde_json::Value::Null);
     }
 }

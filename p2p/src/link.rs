@@ -156,6 +156,18 @@ impl LinkMeter {
         self.state.lock().expect("lock not poisoned").news.take()
     }
 
+    /// What is asked for under `mode` once it is settled: `None` while
+    /// `Auto` is still trying both.
+    pub(crate) fn settled(&self, mode: Compression) -> Option<bool> {
+        match mode {
+            Compression::Auto => match self.state.lock().expect("lock not poisoned").phase {
+                Phase::Trying { .. } => None,
+                Phase::Chosen { compress } => Some(compress),
+            },
+            _ => Some(self.compress(mode)),
+        }
+    }
+
     /// Whether to ask for compressed bodies under `mode`.
     pub(crate) fn compress(&self, mode: Compression) -> bool {
         match mode {
@@ -287,6 +299,7 @@ mod tests {
             unreachable!()
         };
         assert_eq!(meter.compress(Compression::Auto), compress);
+        assert_eq!(meter.settled(Compression::Auto), Some(compress));
         let choice = meter.take_choice().expect("news of the choice");
         assert_eq!(choice.compress, compress);
         assert!(choice.raw > 0.0 && choice.zstd > 0.0, "{choice:?}");
@@ -361,6 +374,9 @@ mod tests {
     #[test]
     fn always_and_never_do_not_measure() {
         let meter = LinkMeter::default();
+        assert_eq!(meter.settled(Compression::Auto), None, "still trying");
+        assert_eq!(meter.settled(Compression::Never), Some(false));
+        assert_eq!(meter.settled(Compression::Always), Some(true));
         let slow = Link {
             side_by_side: 1,
             size: MB,

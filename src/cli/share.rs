@@ -158,6 +158,7 @@ fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow:
             "state",
             "last seen",
             "holds",
+            "bodies",
             "served",
             "received",
             "rejected",
@@ -189,6 +190,7 @@ fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow:
                 &info["holds"]
                     .as_u64()
                     .map_or("?".to_owned(), |n| n.to_string()),
+                bodies(state, info.get("compressed")),
                 &count("hits_served"),
                 &count("hits_received"),
                 &count("rejected"),
@@ -203,20 +205,43 @@ fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow:
         let name = peer.name.clone().unwrap_or_default();
         row(
             out,
-            [&name, &peer.id, "offline", "never", "?", "0", "0", "0"],
+            [&name, &peer.id, "offline", "never", "?", "-", "0", "0", "0"],
         )?;
     }
     Ok(())
 }
 
 /// One line of `warren peers`: "holds" is how many entries the peer's
-/// summary names ("?" when there is none: it is asked about every lookup).
-fn row(out: &mut impl Write, cells: [&str; 8]) -> std::io::Result<()> {
-    let [name, id, state, seen, holds, served, received, rejected] = cells;
+/// summary names ("?" when there is none: it is asked about every lookup);
+/// "bodies" how they are asked for (see [`bodies`]).
+fn row(out: &mut impl Write, cells: [&str; 9]) -> std::io::Result<()> {
+    let [
+        name,
+        id,
+        state,
+        seen,
+        holds,
+        bodies,
+        served,
+        received,
+        rejected,
+    ] = cells;
     writeln!(
         out,
-        "{name:<12} {id:<54} {state:<11} {seen:>10} {holds:>8} {served:>8} {received:>9} {rejected:>8}"
+        "{name:<12} {id:<54} {state:<11} {seen:>10} {holds:>8} {bodies:>7} {served:>8} {received:>9} {rejected:>8}"
     )
+}
+
+/// "zstd" or "raw" as a connected peer is asked for bodies, "testing"
+/// while compression = "auto" measures which is faster; "-" otherwise
+/// (and from a daemon too old to say).
+fn bodies(state: &str, compressed: Option<&serde_json::Value>) -> &'static str {
+    match (state, compressed) {
+        ("connected", Some(serde_json::Value::Bool(true))) => "zstd",
+        ("connected", Some(serde_json::Value::Bool(false))) => "raw",
+        ("connected", Some(serde_json::Value::Null)) => "testing",
+        _ => "-",
+    }
 }
 
 /// "12s ago" from a Unix time in milliseconds.
@@ -229,4 +254,23 @@ fn last_seen(unix_ms: &serde_json::Value) -> String {
         .duration_since(seen)
         .unwrap_or_default();
     format!("{}s ago", ago.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    #[test]
+    fn the_bodies_column_says_how_a_connected_peer_is_asked() {
+        let info = |compressed: Value| json!({ "compressed": compressed });
+        let column = |state, info: &Value| bodies(state, info.get("compressed"));
+        assert_eq!(column("connected", &info(json!(true))), "zstd");
+        assert_eq!(column("connected", &info(json!(false))), "raw");
+        assert_eq!(column("connected", &info(Value::Null)), "testing");
+        assert_eq!(column("offline", &info(json!(true))), "-");
+        // An older daemon's answer has no such field.
+        assert_eq!(column("connected", &json!({})), "-");
+    }
 }

@@ -132,6 +132,9 @@ impl EventLoop {
                         .unwrap_or_default(),
                     in_cooldown: state.is_some_and(|s| s.in_cooldown(now)),
                     summary_entries: state.and_then(|s| s.summary.entries()),
+                    compressed: state
+                        .filter(|_| self.swarm.is_connected(&peer))
+                        .and_then(|s| s.link.settled(self.config.compression)),
                     counters: state.map(|s| s.counters).unwrap_or_default(),
                 }
             })
