@@ -30,6 +30,8 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::num::NonZero;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -44,11 +46,43 @@ const STORED: u32 = 1 << 31;
 /// Bytes of a chunk header.
 const HEADER: usize = 4;
 
+/// zstd contexts are worth keeping: making one costs more than compressing
+/// a small body. A compressing context holds about 1 MiB, and a serving
+/// daemon compresses on whichever of its blocking threads reads a body (a
+/// busy one has dozens), so spare ones wait in a pool no larger than the
+/// cores that could use them at once ([`keep`]), not one per thread.
+static COMPRESSORS: Mutex<Vec<zstd::bulk::Compressor<'static>>> = Mutex::new(Vec::new());
+
 thread_local! {
-    // zstd contexts are worth keeping: making one costs more than
-    // compressing a small body. One per thread that (de)compresses.
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    // Decompressing contexts are small and inflate on the async workers,
+    // whose number is fixed: one per thread.
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// How many spare compressing contexts the pool keeps.
+fn keep() -> usize {
+    static KEEP: OnceLock<usize> = OnceLock::new();
+    *KEEP.get_or_init(|| std::thread::available_parallelism().map_or(2, NonZero::get))
+}
+
+/// Runs `f` with a compressing context from the pool (or a new one), and
+/// puts the context back if the pool has room; `None` if zstd could not
+/// make one.
+fn with_compressor<R>(f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> R) -> Option<R> {
+    let spare = COMPRESSORS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .pop();
+    let mut compressor = match spare {
+        Some(compressor) => compressor,
+        None => zstd::bulk::Compressor::new(LEVEL).ok()?,
+    };
+    let result = f(&mut compressor);
+    let mut pool = COMPRESSORS.lock().unwrap_or_else(PoisonError::into_inner);
+    if pool.len() < keep() {
+        pool.push(compressor);
+    }
+    Some(result)
 }
 
 /// One piece of a body, ready for the stream.
@@ -72,17 +106,10 @@ impl Chunk {
         // within a pool buffer.
         let room = piece.len().saturating_sub(1).min(CHUNK_SIZE - HEADER);
         let mut out = Piece::new(HEADER + room);
-        let compressed = COMPRESSOR.with(|cell| {
-            let mut cell = cell.borrow_mut();
-            if cell.is_none() {
-                *cell = zstd::bulk::Compressor::new(LEVEL).ok();
-            }
-            let compressor = cell.as_mut()?;
-            compressor
-                .compress_to_buffer(&piece[..], &mut out[HEADER..])
-                .ok()
+        let compressed = with_compressor(|compressor| {
+            compressor.compress_to_buffer(&piece[..], &mut out[HEADER..])
         });
-        match compressed {
+        match compressed.and_then(Result::ok) {
             Some(len) => {
                 out[..HEADER].copy_from_slice(&(len as u32).to_be_bytes());
                 out.truncate(HEADER + len);
@@ -228,6 +255,21 @@ mod tests {
             let got = block_on(read_chunk(&mut Cursor::new(bytes), body.len())).unwrap();
             assert_eq!(&got[..], body);
         }
+    }
+
+    #[test]
+    fn spare_compressors_are_kept_up_to_the_cores() {
+        // More threads than cores each hold a context at the same time.
+        let threads = 4 * keep();
+        let all_hold = std::sync::Barrier::new(threads);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| with_compressor(|_| all_hold.wait()).expect("a context"));
+            }
+        });
+        // Other tests may take some meanwhile: only the bound is certain.
+        let spare = COMPRESSORS.lock().unwrap().len();
+        assert!(spare <= keep(), "{spare} spare contexts, {} cores", keep());
     }
 
     #[test]
