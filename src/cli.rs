@@ -369,14 +369,21 @@ fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Resu
         writeln!(out, "peers (from the running daemon):")?;
         for peer in peers {
             let count = |field: &str| peer[field].as_u64().unwrap_or(0);
+            let bytes = |field: &str| ByteSize(count(field)).display().iec();
+            writeln!(out, "  {}", peer["id"].as_str().unwrap_or("?"))?;
             writeln!(
                 out,
-                "  {}  served {} hits ({}), received {} hits ({}; {} read ahead), rejected {} bodies",
-                peer["id"].as_str().unwrap_or("?"),
+                "    served    {} hits ({}, {} on the wire)",
                 count("hits_served"),
-                ByteSize(count("bytes_served")).display().iec(),
+                bytes("bytes_served"),
+                bytes("wire_bytes_served"),
+            )?;
+            writeln!(
+                out,
+                "    received  {} hits ({}, {} on the wire), {} read ahead, {} rejected bodies",
                 count("hits_received"),
-                ByteSize(count("bytes_received")).display().iec(),
+                bytes("bytes_received"),
+                bytes("wire_bytes_received"),
                 count("read_ahead"),
                 count("rejected"),
             )?;

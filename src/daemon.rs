@@ -226,6 +226,8 @@ fn peer_status(info: &PeerInfo) -> serde_json::Value {
         "hits_received": counters.hits_received,
         "bytes_served": counters.bytes_out,
         "bytes_received": counters.bytes_in,
+        "wire_bytes_served": counters.wire_out,
+        "wire_bytes_received": counters.wire_in,
         "rejected": counters.rejected_bodies,
         "read_ahead": counters.read_ahead,
         "holds": info.summary_entries,

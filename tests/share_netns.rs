@@ -84,6 +84,18 @@ fn a_coworkers_build_comes_from_the_peer() {
     assert!(num(peer, "holds") >= hits, "B's summary of A: {stats}");
     // Asked for compressed bodies, as configured, and `warren peers` says so.
     assert_eq!(peer["compressed"], true, "{stats}");
+    // Go outputs shrink over 3x at zstd level 1: far fewer bytes crossed
+    // the link than were stored.
+    assert!(
+        num(peer, "wire_bytes_received") * 2 < num(peer, "bytes_received"),
+        "{stats}"
+    );
+    let text = b.warren(&["stats"]);
+    assert!(
+        text.lines()
+            .any(|line| line.trim_start().starts_with("received") && line.contains("on the wire")),
+        "{text}"
+    );
     let listing = b.warren(&["peers"]);
     assert!(
         listing

@@ -71,6 +71,11 @@ pub struct PeerCounters {
     pub bytes_in: u64,
     /// Body bytes sent to the peer.
     pub bytes_out: u64,
+    /// Bytes of the peer's answers as they crossed the link: bodies
+    /// compressed or not, and headers (whatever the outcome).
+    pub wire_in: u64,
+    /// Bytes of our answers to the peer as they crossed the link.
+    pub wire_out: u64,
     /// Bodies from the peer that failed verification.
     pub rejected_bodies: u64,
     /// Of `hits_received`, bodies fetched ahead of any lookup, on the

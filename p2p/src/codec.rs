@@ -48,6 +48,7 @@ use crate::answer::{self, Prepared};
 use crate::body::{self, Received};
 use crate::config::transfer_timeout;
 use crate::link::LinkMeter;
+use crate::metered::{Metered, Traffic};
 use crate::store::Store;
 use crate::wire::{
     self, BATCH_VERSION, Encoding, FoundHeader, RequestHeader, ResponseHeader, WIRE_VERSION,
@@ -130,6 +131,8 @@ pub(crate) struct Local {
     pub(crate) batch: Option<BatchReports>,
     /// The peer's link: raw bodies' rates are recorded there.
     pub(crate) link: Arc<LinkMeter>,
+    /// The answer's bytes are counted there as they arrive.
+    pub(crate) traffic: Arc<Traffic>,
 }
 
 /// Where a batch's entries are reported, one [`Report`] each.
@@ -194,6 +197,8 @@ pub(crate) struct Reply {
     pub(crate) refuse: bool,
     /// The bodies sent so far, for the node's counters.
     pub(crate) sent: SentLog,
+    /// The answer's bytes are counted there as they are written.
+    pub(crate) traffic: Arc<Traffic>,
 }
 
 /// Bodies a server sent in one exchange, `(action, bytes)` each, in order.
@@ -533,6 +538,8 @@ impl libp2p::request_response::Codec for FetchCodec {
             .take()
             .ok_or_else(|| io::Error::other("a response without a request"))?;
         let cancel = pending.local.cancel.clone();
+        let traffic = pending.local.traffic.clone();
+        let io = &mut Metered::new(io, &traffic.received);
         let receive = async {
             match &pending.local.batch {
                 None => self.receive(io, &pending).await,
@@ -590,7 +597,9 @@ impl libp2p::request_response::Codec for FetchCodec {
         let Response::Reply(reply) = response else {
             return Err(io::Error::other("only replies are written"));
         };
-        self.send_reply(io, reply).await
+        let traffic = reply.traffic.clone();
+        self.send_reply(&mut Metered::new(io, &traffic.sent), reply)
+            .await
     }
 }
 
@@ -740,6 +749,7 @@ mod tests {
                 positive: Arc::default(),
                 batch: None,
                 link: link.clone(),
+                traffic: Arc::default(),
             }),
         };
         let mut sent = Vec::new();
@@ -894,6 +904,7 @@ mod tests {
             compress: false,
             refuse: false,
             sent: Arc::default(),
+            traffic: Arc::default(),
         };
         server
             .write_response(&protocol(), &mut bytes, Response::Reply(reply))
@@ -927,6 +938,7 @@ mod tests {
             compress,
             refuse: false,
             sent: Arc::default(),
+            traffic: Arc::default(),
         };
         let mut bytes = Vec::new();
         server
@@ -1083,6 +1095,7 @@ mod tests {
             compress: false,
             refuse: true,
             sent: Arc::default(),
+            traffic: Arc::default(),
         };
         server
             .write_response(&protocol(), &mut bytes, Response::Reply(reply))
@@ -1146,6 +1159,7 @@ mod tests {
                     header_timeout: Duration::from_secs(5),
                 }),
                 link: Arc::default(),
+                traffic: Arc::default(),
             }),
         };
         codec
@@ -1272,6 +1286,7 @@ mod tests {
             compress: false,
             refuse: false,
             sent: sent.clone(),
+            traffic: Arc::default(),
         };
         let mut bytes = Vec::new();
         server

@@ -74,6 +74,7 @@ pub mod config;
 mod discovery;
 mod event_loop;
 mod link;
+mod metered;
 mod store;
 pub mod summary;
 pub mod wire;

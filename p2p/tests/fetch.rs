@@ -47,6 +47,14 @@ async fn hits_and_misses_between_two_nodes() {
     let a_info = seen_by_b.iter().find(|p| p.peer == a.peer).unwrap();
     assert_eq!(a_info.counters.hits_served, 1);
     assert_eq!(a_info.counters.bytes_out, body.len() as u64);
+    // On the link: the raw body and the answers' headers, counted alike
+    // on both sides.
+    let wire = b_info.counters.wire_in;
+    assert!(
+        wire > body.len() as u64 && wire < body.len() as u64 + 4096,
+        "{wire}"
+    );
+    assert_eq!(a_info.counters.wire_out, wire);
 }
 
 #[tokio::test]
@@ -297,4 +305,8 @@ async fn compressed_bodies_cross_between_two_nodes() {
     assert_eq!(a.store.body(&action(1)).unwrap(), small);
     assert_eq!(a.store.body(&action(2)).unwrap(), big);
     assert_eq!(a.store.body(&action(3)).unwrap(), noise(700_000));
+    let seen_by_a = a.client.peers().await;
+    let b_info = seen_by_a.iter().find(|p| p.peer == b.peer).unwrap();
+    let counters = b_info.counters;
+    assert!(counters.wire_in * 2 < counters.bytes_in, "{counters:?}");
 }

@@ -262,6 +262,7 @@ impl EventLoop {
                 positive: positive.clone(),
                 batch,
                 link,
+                traffic: self.peer(peer).traffic.clone(),
             }),
         };
         let request_id = self

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use libp2p::multiaddr::Protocol;
@@ -23,6 +24,7 @@ use super::EventLoop;
 use crate::Error;
 use crate::client::{PeerCounters, PeerInfo};
 use crate::link::LinkMeter;
+use crate::metered::Traffic;
 use crate::summary::PeerSummary;
 
 #[derive(Debug)]
@@ -48,6 +50,8 @@ pub(super) struct PeerState {
     pub(super) summary_retry: Option<Instant>,
     /// How fast its raw bodies arrive; new with each connection.
     pub(super) link: Arc<LinkMeter>,
+    /// Answer bytes on the link, both ways (counted by the codec).
+    pub(super) traffic: Arc<Traffic>,
 }
 
 impl PeerState {
@@ -67,6 +71,16 @@ impl PeerState {
             summary_request: None,
             summary_retry: None,
             link: Arc::default(),
+            traffic: Arc::default(),
+        }
+    }
+
+    /// Its counters, with the link's bytes as of now.
+    fn counters(&self) -> PeerCounters {
+        PeerCounters {
+            wire_in: self.traffic.received.load(Ordering::Relaxed),
+            wire_out: self.traffic.sent.load(Ordering::Relaxed),
+            ..self.counters
         }
     }
 
@@ -135,7 +149,7 @@ impl EventLoop {
                     compressed: state
                         .filter(|_| self.swarm.is_connected(&peer))
                         .and_then(|s| s.link.settled(self.config.compression)),
-                    counters: state.map(|s| s.counters).unwrap_or_default(),
+                    counters: state.map(PeerState::counters).unwrap_or_default(),
                 }
             })
             .collect()

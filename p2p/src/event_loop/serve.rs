@@ -50,6 +50,7 @@ impl EventLoop {
             compress: header.accept.contains(&Encoding::Zstd),
             refuse: permit.is_none(),
             sent: Arc::clone(&sent),
+            traffic: self.peer(peer).traffic.clone(),
         };
         let accepted = self
             .swarm
