@@ -26,7 +26,11 @@ Method:
 
 * builtin and warren runs are interleaved, alternating which goes first, so
   drifting machine load affects both sides alike; medians are reported, with
-  every raw time alongside.
+  every raw time alongside. Run i of both sides ran back to back, so the
+  median of the per-run ratios is reported too: on a machine whose speed
+  drifts over minutes (this VM's does, by 10-20%), it is steadier than the
+  ratio of the medians, which can pair a fast run of one side with a slow
+  run of the other.
 * Each go invocation gets its own HOME, GOPATH, GOMODCACHE and XDG_* dirs in a
   scratch directory, GOPROXY=off, GOTOOLCHAIN=local, GOTELEMETRY=off,
   GOENV=off, and no inherited GO* or WARREN_* variables, so neither the
@@ -210,6 +214,12 @@ class Sides:
 
     def ratio(self) -> float:
         return self.median("warren") / self.median("builtin")
+
+    def paired_ratio(self) -> float:
+        """Median of warren/builtin over runs taken back to back."""
+        return statistics.median(
+            w.wall_s / b.wall_s for b, w in zip(self.builtin, self.warren, strict=True)
+        )
 
 
 class Builder:
@@ -620,7 +630,15 @@ def print_report(info: dict, runs: int, builds: Builds, memory: Memory, put_size
     print(f"runs      {runs} per side, interleaved; scratch in {info['scratch']}")
     print()
 
-    rows = [("workload", "builtin median", "warren median", "ratio (warren/builtin)")]
+    rows = [
+        (
+            "workload",
+            "builtin median",
+            "warren median",
+            "ratio (warren/builtin)",
+            "median per-run ratio",
+        )
+    ]
     for name, sides in (("go build std (cold)", cold), ("go build std (warm)", warm)):
         if sides is None:
             continue
@@ -630,9 +648,10 @@ def print_report(info: dict, runs: int, builds: Builds, memory: Memory, put_size
                 fmt_s(sides.median("builtin")),
                 fmt_s(sides.median("warren")),
                 f"{sides.ratio():.2f}x",
+                f"{sides.paired_ratio():.2f}x",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     print(
@@ -796,6 +815,7 @@ def summary(sides: Sides | None) -> dict | None:
         "builtin_cpu_median_s": sides.cpu_median("builtin"),
         "warren_cpu_median_s": sides.cpu_median("warren"),
         "ratio": sides.ratio(),
+        "paired_ratio": sides.paired_ratio(),
         "builtin": [asdict(b) for b in sides.builtin],
         "warren": [asdict(b) for b in sides.warren],
     }

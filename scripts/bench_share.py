@@ -553,12 +553,15 @@ class Host:
 
     def lifetime(self) -> dict[str, int]:
         """Lifetime counters, plus the daemon's peer counters summed over
-        peers as peer_bodies (hits received) and peer_read_ahead."""
+        peers as peer_bodies (hits received), peer_read_ahead, peer_bytes
+        (body bytes received) and peer_wire (answer bytes on the link)."""
         stats = json.loads(self.warren_cmd("stats", "--json"))
         counters = dict(stats["lifetime"])
         peers = stats.get("peers") or []
         counters["peer_bodies"] = sum(p.get("hits_received", 0) for p in peers)
         counters["peer_read_ahead"] = sum(p.get("read_ahead", 0) for p in peers)
+        counters["peer_bytes"] = sum(p.get("bytes_received", 0) for p in peers)
+        counters["peer_wire"] = sum(p.get("wire_bytes_received", 0) for p in peers)
         return counters
 
     def clean(self) -> None:
@@ -1104,6 +1107,12 @@ def tree_size(path: Path) -> int:
     return total
 
 
+def wire_note(build: Build) -> str:
+    """Body bytes B received in a build, and what crossed the link."""
+    stored, wire = build.stats.get("peer_bytes", 0), build.stats.get("peer_wire", 0)
+    return f"{stored / 1e6:.0f} MB of bodies, {wire / 1e6:.0f} MB on the link"
+
+
 def auto_choice(log_path: Path, offset: int) -> str:
     """What "auto" chose, from the daemon's log past ``offset``."""
     with open(log_path, encoding="utf-8", errors="replace") as f:
@@ -1172,7 +1181,8 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
                         f"{bd.stats.get('hits', 0)}/{bd.stats.get('gets', 0)} gets "
                         f"answered with A's entries ({bd.peer_share:.1%}; "
                         f"{bd.stats.get('peer_hits', 0)} waited on A, "
-                        f"{bd.stats.get('peer_read_ahead', 0)} bodies read ahead)"
+                        f"{bd.stats.get('peer_read_ahead', 0)} bodies read ahead; "
+                        f"{wire_note(bd)})"
                     )
                     bd = go_build(b, hosts, target, "warm local", i, True)
                     res.warm_local.append(bd)
@@ -1198,7 +1208,7 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
                         res.auto_choices.append(note)
                     log(
                         f"run {i + 1}/{args.runs} B from peer, compression {mode}: "
-                        f"{bd.wall_s:.3f} s {note}"
+                        f"{bd.wall_s:.3f} s ({wire_note(bd)}) {note}"
                     )
             b.daemon_env = {}
             empty(b)
@@ -1590,6 +1600,18 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
                 for b in res.from_peer
             )
         )
+    for name, builds in (
+        ("from peer", res.from_peer),
+        *((f"compression {mode}", builds) for mode, builds in res.compression.items()),
+    ):
+        if builds:
+            print(
+                f"bodies from A per build, {name}, MB stored / on the link: "
+                + " ".join(
+                    f"{b.stats.get('peer_bytes', 0) / 1e6:.0f}/{b.stats.get('peer_wire', 0) / 1e6:.0f}"
+                    for b in builds
+                )
+            )
     if res.auto_choices:
         print("compression \"auto\" chose, per run: " + " | ".join(res.auto_choices))
     if res.probe:
