@@ -1113,6 +1113,12 @@ def wire_note(build: Build) -> str:
     return f"{stored / 1e6:.0f} MB of bodies, {wire / 1e6:.0f} MB on the link"
 
 
+def wait_note(build: Build) -> str:
+    """How long go waited on B's daemon in a build, after local misses."""
+    lookups, waited = build.stats.get("remote_lookups", 0), build.stats.get("remote_wait_us", 0)
+    return f"go waited {waited / 1e6:.3f} s on B's daemon over {lookups} lookups"
+
+
 def auto_choice(log_path: Path, offset: int) -> str:
     """What "auto" chose, from the daemon's log past ``offset``."""
     with open(log_path, encoding="utf-8", errors="replace") as f:
@@ -1182,7 +1188,7 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
                         f"answered with A's entries ({bd.peer_share:.1%}; "
                         f"{bd.stats.get('peer_hits', 0)} waited on A, "
                         f"{bd.stats.get('peer_read_ahead', 0)} bodies read ahead; "
-                        f"{wire_note(bd)})"
+                        f"{wire_note(bd)}; {wait_note(bd)})"
                     )
                     bd = go_build(b, hosts, target, "warm local", i, True)
                     res.warm_local.append(bd)
@@ -1245,7 +1251,7 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
                 (res.empty_on if share else res.empty_off).append(bd)
                 log(
                     f"run {i + 1}/{args.runs} B cold, sharing {'on ' if share else 'off'}: "
-                    f"{bd.wall_s:.2f} s ({bd.stats.get('misses', 0)} misses)"
+                    f"{bd.wall_s:.2f} s ({bd.stats.get('misses', 0)} misses; {wait_note(bd)})"
                 )
 
     if not args.skip_transfer:
@@ -1600,6 +1606,18 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
                 for b in res.from_peer
             )
         )
+    for name, builds in (
+        ("from peer", res.from_peer),
+        ("cold, empty peer", res.empty_on),
+    ):
+        if builds:
+            print(
+                f"go waiting on B's daemon per build, {name}, s over lookups: "
+                + " ".join(
+                    f"{b.stats.get('remote_wait_us', 0) / 1e6:.3f}/{b.stats.get('remote_lookups', 0)}"
+                    for b in builds
+                )
+            )
     for name, builds in (
         ("from peer", res.from_peer),
         *((f"compression {mode}", builds) for mode, builds in res.compression.items()),

@@ -353,6 +353,16 @@ fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Resu
         percent(lifetime.peer_hits),
         ByteSize(lifetime.peer_hit_bytes).display().iec()
     )?;
+    if lifetime.remote_lookups > 0 {
+        let waited = std::time::Duration::from_micros(lifetime.remote_wait_us);
+        writeln!(
+            out,
+            "waited       {:.3} s on the daemon, over {} local misses asked of peers ({:.2} ms each)",
+            waited.as_secs_f64(),
+            lifetime.remote_lookups,
+            waited.as_secs_f64() * 1e3 / lifetime.remote_lookups as f64
+        )?;
+    }
     writeln!(
         out,
         "puts         {} ({})",

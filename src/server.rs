@@ -147,7 +147,9 @@ impl Context {
                             let responder = self.responder.clone();
                             self.tracker.spawn_on(
                                 async move {
+                                    let asked = std::time::Instant::now();
                                     let found = storage.get_remote(action).await;
+                                    counters.remote_lookup(asked.elapsed());
                                     if let Lookup::Hit(entry) = &found {
                                         counters.peer_hit(entry.size);
                                     }

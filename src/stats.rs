@@ -53,6 +53,11 @@ pub struct Totals {
     /// Hits that came from a peer (through the daemon), and their bytes.
     pub peer_hits: u64,
     pub peer_hit_bytes: u64,
+    /// Local misses asked of the daemon (hits and misses), and how long
+    /// `go` waited on those answers in all, in microseconds: what sharing
+    /// cost the builds beyond the local store.
+    pub remote_lookups: u64,
+    pub remote_wait_us: u64,
 }
 
 impl Totals {
@@ -67,6 +72,8 @@ impl Totals {
         self.repaired += other.repaired;
         self.peer_hits += other.peer_hits;
         self.peer_hit_bytes += other.peer_hit_bytes;
+        self.remote_lookups += other.remote_lookups;
+        self.remote_wait_us += other.remote_wait_us;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -86,9 +93,19 @@ pub struct Counters {
     errors: AtomicU64,
     peer_hits: AtomicU64,
     peer_hit_bytes: AtomicU64,
+    remote_lookups: AtomicU64,
+    remote_wait_us: AtomicU64,
 }
 
 impl Counters {
+    /// A lookup asked of the daemon after a local miss, answered after
+    /// `waited` (counted besides [`Self::hit`] or [`Self::miss`]).
+    pub fn remote_lookup(&self, waited: Duration) {
+        self.remote_lookups.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.remote_wait_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
     /// A hit that a peer supplied (also counted by [`Self::hit`]).
     pub fn peer_hit(&self, bytes: u64) {
         self.peer_hits.fetch_add(1, Ordering::Relaxed);
@@ -129,6 +146,8 @@ impl Counters {
             repaired,
             peer_hits: get(&self.peer_hits),
             peer_hit_bytes: get(&self.peer_hit_bytes),
+            remote_lookups: get(&self.remote_lookups),
+            remote_wait_us: get(&self.remote_wait_us),
         }
     }
 }
@@ -172,6 +191,7 @@ mod tests {
         counters.hit(10);
         counters.miss();
         counters.put(7);
+        counters.remote_lookup(Duration::from_micros(1500));
         record(dir.path(), &counters.snapshot(1)).unwrap();
         record(dir.path(), &counters.snapshot(0)).unwrap();
         let totals = load(dir.path()).unwrap();
@@ -188,6 +208,8 @@ mod tests {
                 repaired: 1,
                 peer_hits: 0,
                 peer_hit_bytes: 0,
+                remote_lookups: 2,
+                remote_wait_us: 3000,
             }
         );
     }

@@ -570,6 +570,9 @@ fn stats_clean_and_trim_see_what_the_helper_did() {
         ("put_bytes", 12),
         ("hit_bytes", 5),
         ("errors", 0),
+        // Sharing is off: no miss was asked of a daemon.
+        ("remote_lookups", 0),
+        ("remote_wait_us", 0),
     ] {
         assert_eq!(
             field(&after_session, "lifetime", name),

@@ -208,6 +208,17 @@ fn no_daemon_means_local_only() {
     let stats = host.lifetime();
     assert!(num(&stats, "misses") > 10);
     assert_eq!(num(&stats, "peer_hits"), 0);
+    // Every miss went to the remote tier, and an absent daemon cost the
+    // build next to nothing: a refused connect, then a second of not asking.
+    assert_eq!(
+        num(&stats, "remote_lookups"),
+        num(&stats, "misses"),
+        "{stats}"
+    );
+    assert!(
+        num(&stats, "remote_wait_us") < 1_000 * num(&stats, "remote_lookups"),
+        "an absent daemon delayed the build: {stats}"
+    );
 }
 
 /// A peer that dies in the middle of B's build: B's build still succeeds,
