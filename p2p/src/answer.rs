@@ -7,7 +7,7 @@
 //! of microseconds, where handing it to the blocking pool and back cost a
 //! quarter of a millisecond per request on a busy 2-core machine, most of a
 //! small fetch (docs/benchmarks.md). A bigger body goes to the stream as an
-//! open file, which [`crate::body::send`] reads and hashes on a blocking
+//! open file, which [`crate::body::send_file`] reads and hashes on a blocking
 //! thread as it streams it.
 //!
 //! A body that does not hash to its OutputID is never served whole, so a

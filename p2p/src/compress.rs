@@ -135,8 +135,18 @@ impl Chunk {
         }
     }
 
+    /// Appends the chunk as it goes on the wire to `out`.
+    pub(crate) fn append_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Raw(piece) | Self::Compressed(piece) => out.extend_from_slice(piece),
+            Self::Stored(piece) => {
+                out.extend_from_slice(&(STORED | piece.len() as u32).to_be_bytes());
+                out.extend_from_slice(piece);
+            }
+        }
+    }
+
     /// Bytes this chunk takes on the wire.
-    #[cfg(test)]
     pub(crate) fn wire_len(&self) -> usize {
         match self {
             Self::Raw(piece) | Self::Compressed(piece) => piece.len(),

@@ -261,12 +261,15 @@ impl libp2p::request_response::Codec for SummaryCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        wire::write_frame(io, &answer.header).await?;
-        let bytes: Vec<u8> = answer
-            .prefixes
-            .iter()
-            .flat_map(|prefix| prefix.to_be_bytes())
-            .collect();
+        // Header and prefixes in one write: one frame on the connection.
+        let mut bytes = Vec::with_capacity(256 + answer.prefixes.len() * 8);
+        wire::encode_frame(&mut bytes, &answer.header)?;
+        bytes.extend(
+            answer
+                .prefixes
+                .iter()
+                .flat_map(|prefix| prefix.to_be_bytes()),
+        );
         io.write_all(&bytes).await?;
         io.flush().await
     }

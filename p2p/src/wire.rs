@@ -161,19 +161,37 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// Writes `value` as one frame.
+/// Appends `value` as one frame to `out`.
+pub fn encode_frame<T: Serialize>(out: &mut Vec<u8>, value: &T) -> io::Result<()> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut *out, value).map_err(io::Error::other)?;
+    let len = u32::try_from(out.len() - start - 4)
+        .ok()
+        .filter(|len| *len <= MAX_HEADER_LEN);
+    let Some(len) = len else {
+        out.truncate(start);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "header too long",
+        ));
+    };
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// Writes `value` as one frame, in one write and flushed. (Each write on
+/// a yamux stream is a frame of its own on the connection, and a Noise
+/// message and a TCP send each: a frame's length and JSON written apart
+/// would cost two of each.)
 pub async fn write_frame<W, T>(io: &mut W, value: &T) -> io::Result<()>
 where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    let json = serde_json::to_vec(value).map_err(io::Error::other)?;
-    let len = u32::try_from(json.len())
-        .ok()
-        .filter(|len| *len <= MAX_HEADER_LEN)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "header too long"))?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(&json).await?;
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, value)?;
+    io.write_all(&frame).await?;
     io.flush().await
 }
 
@@ -346,6 +364,24 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&batch).unwrap()).unwrap();
         assert_eq!(old.action, [1; 32]);
         assert_eq!(batch.actions().collect::<Vec<_>>(), [&[1; 32], &[2; 32]]);
+    }
+
+    #[test]
+    fn a_frame_is_one_write_and_a_refused_one_leaves_nothing() {
+        let mut writes = crate::body::testing::Writes::default();
+        let not_found = ResponseHeader {
+            version: WIRE_VERSION,
+            found: None,
+            next: Vec::new(),
+        };
+        block_on(write_frame(&mut writes, &not_found)).unwrap();
+        assert_eq!(writes.0.len(), 1, "length and JSON apart: {:?}", writes.0);
+
+        let mut out = b"kept".to_vec();
+        let huge = "x".repeat(MAX_HEADER_LEN as usize);
+        let error = encode_frame(&mut out, &huge).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(out, b"kept");
     }
 
     #[test]
