@@ -32,6 +32,13 @@ What it measures, side by side in one run:
    the build on A's read-ahead hints (the helper then finds it locally);
    the log shows both numbers.
 
+   Then "B fetching A's whole store, no go": B's store emptied again, one
+   get through B's helper for the first entry A stored, and B's daemon
+   follows A's read-ahead hints through the rest, as in a from-peer build
+   but with no go competing for the cores; timed until every entry of A's
+   is in B's store. It is the floor of a from-peer build on this machine:
+   what moving, verifying and storing the bodies takes on its own.
+
    Then the same from-peer build with B asking for compressed bodies the
    way the default does (``compression = "auto"``: it measures raw and
    compressed bodies by turns and keeps the faster) and never
@@ -138,6 +145,7 @@ HELPER_TIMEOUT = 300.0
 CONNECT_TIMEOUT = 30.0
 SOCKET_TIMEOUT = 20.0
 LONG_WAIT_DEADLINE = "60s"  # the helper config used for the big get
+MIRROR_TIMEOUT = 60.0  # B fetching A's whole store with no go running
 
 SHARING_CONFIG = "[share]\nenabled = true\nautostart = false\n"
 # Compared in part 1: the default, and no compression at all.
@@ -957,6 +965,76 @@ def transfer(a: Host, b: Host, size: int, run: int) -> Transfer:
 
 
 @dataclass
+class Mirror:
+    """B fetching all of A's store on read-ahead hints, with no go running."""
+
+    entries: int
+    bytes: int
+    seconds: float | None  # None: not all of it arrived within MIRROR_TIMEOUT
+    arrived: int  # entries of A's in B's store at the end
+    a_daemon_cpu_s: float
+    b_daemon_cpu_s: float
+
+
+def put_order(host: Host) -> list[tuple[bytes, int]]:
+    """(ActionID, body size) of every entry in a host's store, in the
+    order they were put (the put time on each entry's line)."""
+    out = []
+    for path in (host.store / "v1" / "actions").glob("*/*"):
+        if path.name.startswith("."):
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = path.read_text().split()
+            out.append((int(fields[3]), bytes.fromhex(path.name), int(fields[2])))
+    out.sort()
+    return [(action, size) for _, action, size in out]
+
+
+def mirror(a: Host, b: Host, order: list[tuple[bytes, int]], run: int) -> Mirror:
+    """B's store is empty and connected to A: one get for A's first entry,
+    then read-ahead alone, until every entry of A's has landed on B."""
+    if not order:
+        raise BenchError("A's store has no entries to fetch")
+    paths = [b.store / "v1" / "actions" / a.hex()[:2] / a.hex() for a, _ in order]
+    for h in (a, b):
+        h.daemon.mark(f"start transfer alone run {run}: {len(order)} entries")
+    os.sync()
+    a_cpu0, b_cpu0 = a.daemon.cpu_s(), b.daemon.cpu_s()
+    helper = Helper(b)
+    try:
+        t0 = time.perf_counter()
+        resp, _ = helper.request({"Command": "get", "ActionID": b64(order[0][0])})
+        if resp.get("Miss"):
+            raise BenchError(f"B's get of A's first entry missed: {resp!r}")
+        # Entries land in about A's put order: checking them in that order,
+        # one stat at a time, costs the cores next to nothing.
+        arrived = 0
+        while arrived < len(paths) and time.perf_counter() - t0 < MIRROR_TIMEOUT:
+            while arrived < len(paths) and paths[arrived].exists():
+                arrived += 1
+            if arrived < len(paths):
+                time.sleep(0.002)
+        seconds = time.perf_counter() - t0 if arrived == len(paths) else None
+    finally:
+        stderr = helper.close()
+    if stderr:
+        raise BenchError(f"B's helper wrote to stderr:\n{stderr}")
+    if seconds is None:
+        arrived = sum(1 for p in paths if p.exists())
+    a_cpu1, b_cpu1 = a.daemon.cpu_s(), b.daemon.cpu_s()
+    for h in (a, b):
+        h.daemon.mark(f"end transfer alone run {run}: {seconds} s")
+    return Mirror(
+        len(order),
+        sum(size for _, size in order),
+        seconds,
+        arrived,
+        a_cpu1 - a_cpu0,
+        b_cpu1 - b_cpu0,
+    )
+
+
+@dataclass
 class DefaultDeadline:
     """A big get with the default helper config: what go would see."""
 
@@ -1085,6 +1163,7 @@ class Results:
     # Per mode: from-peer builds, and what "auto" chose in each.
     compression: dict[str, list[Build]] = field(default_factory=dict)
     auto_choices: list[str] = field(default_factory=list)
+    mirrors: list[Mirror] = field(default_factory=list)
     empty_off: list[Build] = field(default_factory=list)
     empty_on: list[Build] = field(default_factory=list)
     transfers: list[Transfer] = field(default_factory=list)
@@ -1196,6 +1275,20 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
                         f"run {i + 1}/{args.runs} B warm locally: {bd.wall_s:.3f} s "
                         f"({bd.stats.get('hits', 0)}/{bd.stats.get('gets', 0)} local hits)"
                     )
+
+        if not args.skip_mirror:
+            order = put_order(a)
+            for i in range(args.runs):
+                empty(b)
+                connected()
+                m = mirror(a, b, order, i)
+                res.mirrors.append(m)
+                took = "did not finish" if m.seconds is None else f"{m.seconds:.3f} s"
+                log(
+                    f"run {i + 1}/{args.runs} B fetching A's whole store, no go: {took} "
+                    f"({m.arrived}/{m.entries} entries, {m.bytes / 1e6:.0f} MB; daemon CPU "
+                    f"A {m.a_daemon_cpu_s:.2f} s, B {m.b_daemon_cpu_s:.2f} s)"
+                )
 
         if not args.skip_compression:
             for i in range(args.runs):
@@ -1463,6 +1556,27 @@ def summarize(res: Results) -> tuple[list[tuple[str, str, str, str]], dict]:
                 verdict(min_share >= TARGETS["peer_hit_share"]),
             ),
         ]
+    if res.mirrors:
+        done = [m.seconds for m in res.mirrors if m.seconds is not None]
+        if done:
+            alone = statistics.median(done)
+            s.update(transfer_alone_s=alone, transfer_alone_finished=len(done))
+            rows.append(
+                (
+                    "B fetching A's whole store, no go",
+                    f"{fmt_s(alone)} ({res.mirrors[0].bytes / alone / 1e6:.0f} MB/s"
+                    + (f"; {len(done)} of {len(res.mirrors)} finished" if len(done) < len(res.mirrors) else "")
+                    + ")",
+                    "",
+                    "",
+                )
+            )
+            if res.from_peer:
+                rows.append(
+                    ("  from peer / that", f"{med(res.from_peer) / alone:.2f}x", "", "")
+                )
+        else:
+            rows.append(("B fetching A's whole store, no go", "never finished", "", ""))
     if res.compression:
         by_mode = {mode: med(builds) for mode, builds in res.compression.items()}
         s.update(compression_from_peer_s=by_mode)
@@ -1583,6 +1697,16 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
     ):
         if builds:
             print(f"  {name} {cells(builds)}")
+    if res.mirrors:
+        print(
+            "  B fetching A's store, no go: "
+            + " ".join(
+                ("unfinished" if m.seconds is None else f"{m.seconds:.3f}")
+                + f"[A {m.a_daemon_cpu_s:.2f} B {m.b_daemon_cpu_s:.2f}]"
+                for m in res.mirrors
+            )
+            + " (s [daemon CPU s])"
+        )
     if res.prep:
         print(
             f"  A prep build       {res.prep.wall_s:.3f}[{res.prep.cpu_s:.1f}]; "
@@ -1749,6 +1873,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--skip-peer", action="store_true", help="skip part 1 (warm peer)")
     p.add_argument(
+        "--skip-mirror",
+        action="store_true",
+        help="skip part 1's transfer of A's whole store with no go running",
+    )
+    p.add_argument(
         "--skip-compression",
         action="store_true",
         help="skip part 1's from-peer builds with compression auto vs never",
@@ -1850,6 +1979,7 @@ def main(argv: list[str] | None = None) -> int:
             "prep": asdict(res.prep) if res.prep else None,
             "a_store_bytes": res.a_store_bytes,
             "transfers": [{**asdict(t), "mb_s": t.mb_s} for t in res.transfers],
+            "transfer_alone": [asdict(m) for m in res.mirrors],
             "default_deadline": asdict(res.default_deadline) if res.default_deadline else None,
             "probe": asdict(res.probe) if res.probe else None,
         }
