@@ -340,7 +340,16 @@ def make_lan(names: list[str], rate: str | None = None) -> dict[str, tuple[str, 
     # time in a profile. Best effort: the keys exist only with the module.
     for table in ("iptables", "ip6tables", "arptables"):
         subprocess.run(
-            ["ip", "netns", "exec", switch, "sysctl", "-q", "-w", f"net.bridge.bridge-nf-call-{table}=0"],
+            [
+                "ip",
+                "netns",
+                "exec",
+                switch,
+                "sysctl",
+                "-q",
+                "-w",
+                f"net.bridge.bridge-nf-call-{table}=0",
+            ],
             capture_output=True,
             check=False,
         )
@@ -1565,16 +1574,18 @@ def summarize(res: Results) -> tuple[list[tuple[str, str, str, str]], dict]:
                 (
                     "B fetching A's whole store, no go",
                     f"{fmt_s(alone)} ({res.mirrors[0].bytes / alone / 1e6:.0f} MB/s"
-                    + (f"; {len(done)} of {len(res.mirrors)} finished" if len(done) < len(res.mirrors) else "")
+                    + (
+                        f"; {len(done)} of {len(res.mirrors)} finished"
+                        if len(done) < len(res.mirrors)
+                        else ""
+                    )
                     + ")",
                     "",
                     "",
                 )
             )
             if res.from_peer:
-                rows.append(
-                    ("  from peer / that", f"{med(res.from_peer) / alone:.2f}x", "", "")
-                )
+                rows.append(("  from peer / that", f"{med(res.from_peer) / alone:.2f}x", "", ""))
         else:
             rows.append(("B fetching A's whole store, no go", "never finished", "", ""))
     if res.compression:
@@ -1755,7 +1766,7 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
                 )
             )
     if res.auto_choices:
-        print("compression \"auto\" chose, per run: " + " | ".join(res.auto_choices))
+        print('compression "auto" chose, per run: ' + " | ".join(res.auto_choices))
     if res.probe:
         pr = res.probe
         print("latency probe, one get at a time through one B helper (no go running):")
