@@ -223,9 +223,9 @@ pub(crate) fn is_damaged(error: &io::Error) -> bool {
 /// A server's answers on their way to the stream, gathered into as few
 /// writes as they allow. Each write on a yamux stream becomes a frame of
 /// its own on the connection, and each frame a Noise message and a TCP
-/// send: written apart, a small entry's header and body would cost two of
-/// each, and a batch of small entries (most of a Go build's are a few
-/// bytes) one or two per entry.
+/// send: written apart, a small entry's header (its length, then its
+/// JSON) and body cost three of each, and a batch of small entries (most
+/// of a Go build's are a few bytes) three per entry.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     buffer: Vec<u8>,

@@ -45,8 +45,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::answer::{self, Prepared};
-use crate::body::Outgoing;
-use crate::body::{self, Received};
+use crate::body::{self, Outgoing, Received};
 use crate::config::transfer_timeout;
 use crate::link::LinkMeter;
 use crate::metered::{Metered, Traffic};
