@@ -988,15 +988,8 @@ class Mirror:
 def put_order(host: Host) -> list[tuple[bytes, int]]:
     """(ActionID, body size) of every entry in a host's store, in the
     order they were put (the put time on each entry's line)."""
-    out = []
-    for path in (host.store / "v1" / "actions").glob("*/*"):
-        if path.name.startswith("."):
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = path.read_text().split()
-            out.append((int(fields[3]), bytes.fromhex(path.name), int(fields[2])))
-    out.sort()
-    return [(action, size) for _, action, size in out]
+    entries = sorted(entries_of(host), key=lambda entry: entry[2])
+    return [(action, size) for action, size, _ in entries]
 
 
 def mirror(a: Host, b: Host, order: list[tuple[bytes, int]], run: int) -> Mirror:
@@ -1099,15 +1092,22 @@ class Probe:
     miss_off_s: list[float]  # random actions, sharing off
 
 
-def actions_of(host: Host) -> list[tuple[bytes, int]]:
-    """(ActionID, body size) of every entry in a host's store."""
+def entries_of(host: Host) -> list[tuple[bytes, int, int]]:
+    """(ActionID, body size, put time in ns) of every entry in a host's
+    store, in the order of their paths."""
     out = []
     for path in sorted((host.store / "v1" / "actions").glob("*/*")):
         if path.name.startswith("."):
             continue
         with contextlib.suppress(OSError, ValueError, IndexError):
-            out.append((bytes.fromhex(path.name), int(path.read_text().split()[2])))
+            fields = path.read_text().split()
+            out.append((bytes.fromhex(path.name), int(fields[2]), int(fields[3])))
     return out
+
+
+def actions_of(host: Host) -> list[tuple[bytes, int]]:
+    """(ActionID, body size) of every entry in a host's store."""
+    return [(action, size) for action, size, _ in entries_of(host)]
 
 
 def probe_latency(a: Host, b: Host, misses: int) -> Probe:
