@@ -179,7 +179,7 @@ struct Daemon {
 impl ipc::Handler for Daemon {
     fn get(&self, action: ActionId) -> BoxFuture<'_, ipc::Response> {
         Box::pin(async move {
-            match self.client.fetch(*action.as_bytes()).await {
+            match self.client.fetch(action).await {
                 Some(fetched) => ipc::Response::Hit {
                     peer: fetched.peer.to_string(),
                     size: fetched.size,
@@ -243,10 +243,7 @@ async fn log_events(mut events: tokio::sync::mpsc::Receiver<Event>) {
                 action,
                 reason,
             } => {
-                tracing::warn!(
-                    "rejected a body from peer {peer} for action {}: {reason}",
-                    hex::encode(action)
-                );
+                tracing::warn!("rejected a body from peer {peer} for action {action}: {reason}");
             }
             other => tracing::debug!("{other:?}"),
         }
@@ -319,19 +316,12 @@ impl StoreAdapter {
 }
 
 impl warren_p2p::Store for StoreAdapter {
-    fn following(&self, action: &[u8; 32], limit: usize) -> Vec<[u8; 32]> {
-        self.order
-            .following(&ActionId::from_bytes(*action), limit)
-            .iter()
-            .map(|action| *action.as_bytes())
-            .collect()
+    fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
+        self.order.following(action, limit)
     }
 
-    fn contains(&self, action: &[u8; 32]) -> bool {
-        matches!(
-            self.store.get(&ActionId::from_bytes(*action)),
-            Ok(Lookup::Hit(_))
-        )
+    fn contains(&self, action: &ActionId) -> bool {
+        matches!(self.store.get(action), Ok(Lookup::Hit(_)))
     }
 
     fn summary(&self, epoch: u64, since: u64, limit: usize) -> Option<SummaryChunk> {
@@ -342,8 +332,8 @@ impl warren_p2p::Store for StoreAdapter {
         Some(self.order.updates())
     }
 
-    fn open(&self, action: &[u8; 32]) -> io::Result<Option<Served>> {
-        let entry = match self.store.get(&ActionId::from_bytes(*action)) {
+    fn open(&self, action: &ActionId) -> io::Result<Option<Served>> {
+        let entry = match self.store.get(action) {
             Ok(Lookup::Hit(entry)) => entry,
             Ok(Lookup::Miss) => return Ok(None),
             Err(e) => return Err(io::Error::other(e)),
@@ -355,7 +345,7 @@ impl warren_p2p::Store for StoreAdapter {
             Err(e) => return Err(e),
         };
         Ok(Some(Served {
-            output: *entry.output.as_bytes(),
+            output: entry.output,
             size: entry.size,
             time_unix_nanos: entry
                 .time
@@ -368,17 +358,17 @@ impl warren_p2p::Store for StoreAdapter {
 
     fn begin(
         &self,
-        action: &[u8; 32],
-        output: &[u8; 32],
+        action: &ActionId,
+        output: &OutputId,
         size: u64,
     ) -> io::Result<Box<dyn BodySink>> {
         let writer = self
             .store
-            .begin_object(OutputId::from_bytes(*output), size)
+            .begin_object(*output, size)
             .map_err(io::Error::other)?;
         Ok(Box::new(Sink {
             store: self.store.clone(),
-            action: ActionId::from_bytes(*action),
+            action: *action,
             writer,
         }))
     }
@@ -411,7 +401,7 @@ impl BodySink for Sink {
                 actual_size,
                 ..
             } => CommitError::Mismatch {
-                actual: *actual.as_bytes(),
+                actual,
                 actual_size,
             },
             other => CommitError::Io(io::Error::other(other)),
@@ -436,16 +426,18 @@ mod tests {
         let store = Arc::new(DiskStore::open(dir.path()).unwrap());
         let adapter = StoreAdapter::new(store.clone()).unwrap();
         let body = b"the real body";
-        let output = *OutputId::of(body).as_bytes();
+        let output = OutputId::of(body);
 
-        let mut sink = adapter.begin(&[1; 32], &output, body.len() as u64).unwrap();
+        let mut sink = adapter
+            .begin(&ActionId::from_bytes([1; 32]), &output, body.len() as u64)
+            .unwrap();
         sink.write_all(b"a fake body!!").unwrap();
         match sink.commit() {
             Err(CommitError::Mismatch {
                 actual,
                 actual_size,
             }) => {
-                assert_eq!(actual, *OutputId::of(b"a fake body!!").as_bytes());
+                assert_eq!(actual, OutputId::of(b"a fake body!!"));
                 assert_eq!(actual_size, 13);
             }
             other => panic!("expected a mismatch, got {other:?}"),
@@ -455,7 +447,9 @@ mod tests {
             Lookup::Miss
         );
 
-        let mut sink = adapter.begin(&[1; 32], &output, body.len() as u64).unwrap();
+        let mut sink = adapter
+            .begin(&ActionId::from_bytes([1; 32]), &output, body.len() as u64)
+            .unwrap();
         sink.write_all(body).unwrap();
         sink.commit().unwrap();
         let Lookup::Hit(entry) = store.get(&ActionId::from_bytes([1; 32])).unwrap() else {

@@ -29,7 +29,7 @@ pub mod config;
 pub mod daemon;
 pub mod env;
 pub mod identity;
-pub mod ids;
+pub use warren_p2p::ids;
 pub mod ipc;
 pub mod lock;
 pub mod logging;

@@ -350,9 +350,7 @@ impl Index {
             Some(previous) => {
                 self.order.remove(&(previous, action));
             }
-            None => self
-                .log
-                .push(warren_p2p::summary::prefix(action.as_bytes())),
+            None => self.log.push(warren_p2p::summary::prefix(&action)),
         }
         self.order.insert((time, action));
     }
@@ -509,7 +507,7 @@ mod tests {
         assert_eq!(order.summary(0, 0, 10), None, "no summary before a scan");
         store.put_bytes(&action(1), b"one").unwrap();
         order.refresh(store.actions_dir());
-        let prefix = |n| warren_p2p::summary::prefix(action(n).as_bytes());
+        let prefix = |n| warren_p2p::summary::prefix(&action(n));
         let first = order.summary(0, 0, 10).unwrap();
         assert_ne!(first.epoch, 0);
         assert_eq!((first.from, first.generation), (0, 1));
@@ -574,6 +572,6 @@ mod tests {
             started.elapsed()
         );
         let log = order.summary(0, 0, 100).unwrap().prefixes;
-        assert!(log.contains(&warren_p2p::summary::prefix(action(2).as_bytes())));
+        assert!(log.contains(&warren_p2p::summary::prefix(&action(2))));
     }
 }

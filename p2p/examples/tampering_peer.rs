@@ -30,7 +30,7 @@ use warren_p2p::wire::{self, Encoding, FoundHeader, RequestHeader, ResponseHeade
 /// It answers one action per request (`also` is ignored), as wire version 1
 /// did, and says so.
 const VERSION: u32 = 1;
-use warren_p2p::{Multiaddr, PROTOCOL_NAME};
+use warren_p2p::{ActionId, Multiaddr, OutputId, PROTOCOL_NAME};
 
 #[derive(Clone)]
 struct Tamper {
@@ -38,13 +38,12 @@ struct Tamper {
 }
 
 /// An entry of a warren v1 store: `v1 <output hex> <size> <time ns>\n`.
-fn lookup(store: &Path, action: &[u8; 32]) -> Option<([u8; 32], u64, Vec<u8>)> {
-    let hex = hex::encode(action);
+fn lookup(store: &Path, action: &ActionId) -> Option<(OutputId, u64, Vec<u8>)> {
+    let hex = action.to_hex();
     let text = std::fs::read_to_string(store.join("v1/actions").join(&hex[..2]).join(&hex)).ok()?;
     let fields: Vec<&str> = text.split_whitespace().collect();
     let output_hex = fields.get(1)?;
-    let mut output = [0; 32];
-    hex::decode_to_slice(output_hex, &mut output).ok()?;
+    let output = OutputId::from_hex(output_hex).ok()?;
     let size: u64 = fields.get(2)?.parse().ok()?;
     let body = std::fs::read(
         store
@@ -122,7 +121,7 @@ impl request_response::Codec for Tamper {
         wire::write_frame(io, &header).await?;
         io.write_all(&body).await?;
         io.flush().await?;
-        println!("served {}", hex::encode(request.action));
+        println!("served {}", request.action.to_hex());
         Ok(())
     }
 }

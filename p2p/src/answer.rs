@@ -17,9 +17,8 @@
 
 use std::io::Read;
 
-use sha2::{Digest, Sha256};
-
 use crate::body::{Outgoing, Piece, SMALL_BODY};
+use crate::ids::{ActionId, OutputId};
 use crate::store::Store;
 use crate::wire::{Encoding, FoundHeader};
 
@@ -42,13 +41,13 @@ impl Prepared {
 
 /// Looks `action` up and, if its body is at most `max_inline` bytes and
 /// small, reads and verifies it.
-pub(crate) fn prepare(store: &dyn Store, action: &[u8; 32], max_inline: u64) -> Prepared {
+pub(crate) fn prepare(store: &dyn Store, action: &ActionId, max_inline: u64) -> Prepared {
     let served = match store.open(action) {
         Ok(Some(served)) => served,
         Ok(None) => return Prepared::not_found(),
         Err(error) => {
             tracing::warn!(
-                action = hex::encode(action),
+                action = action.to_hex(),
                 "cannot open an entry to serve it: {error}"
             );
             return Prepared::not_found();
@@ -61,7 +60,7 @@ pub(crate) fn prepare(store: &dyn Store, action: &[u8; 32], max_inline: u64) -> 
         match read_verified(served.body, served.size, &served.output) {
             Ok(bytes) => Some(Outgoing::Bytes(bytes)),
             Err(error) => {
-                tracing::warn!(action = hex::encode(action), "not serving a body: {error}");
+                tracing::warn!(action = action.to_hex(), "not serving a body: {error}");
                 return Prepared::not_found();
             }
         }
@@ -83,11 +82,11 @@ pub(crate) fn prepare(store: &dyn Store, action: &[u8; 32], max_inline: u64) -> 
 
 /// Exactly `size` (at most [`SMALL_BODY`]) bytes of `file`, which must
 /// hash to `output`.
-fn read_verified(mut file: std::fs::File, size: u64, output: &[u8; 32]) -> std::io::Result<Piece> {
+fn read_verified(mut file: std::fs::File, size: u64, output: &OutputId) -> std::io::Result<Piece> {
     let mut bytes = Piece::new(size as usize);
     file.read_exact(&mut bytes)
         .map_err(|error| std::io::Error::new(error.kind(), format!("cannot read it: {error}")))?;
-    if <[u8; 32]>::from(Sha256::digest(&*bytes)) != *output {
+    if OutputId::of(&bytes) != *output {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "it does not match its OutputID (the local store is damaged; `warren verify` repairs it)",
@@ -107,13 +106,13 @@ mod tests {
     /// Serves one file, claiming whatever output the test says.
     struct OneFile {
         path: std::path::PathBuf,
-        output: [u8; 32],
+        output: OutputId,
         size: u64,
         opened: Mutex<u32>,
     }
 
     impl Store for OneFile {
-        fn open(&self, _: &[u8; 32]) -> io::Result<Option<Served>> {
+        fn open(&self, _: &ActionId) -> io::Result<Option<Served>> {
             *self.opened.lock().unwrap() += 1;
             Ok(Some(Served {
                 output: self.output,
@@ -122,12 +121,12 @@ mod tests {
                 body: std::fs::File::open(&self.path)?,
             }))
         }
-        fn begin(&self, _: &[u8; 32], _: &[u8; 32], _: u64) -> io::Result<Box<dyn BodySink>> {
+        fn begin(&self, _: &ActionId, _: &OutputId, _: u64) -> io::Result<Box<dyn BodySink>> {
             Err(io::Error::other("read-only"))
         }
     }
 
-    fn store_with(body: &[u8], claimed: [u8; 32]) -> (tempfile::TempDir, OneFile) {
+    fn store_with(body: &[u8], claimed: OutputId) -> (tempfile::TempDir, OneFile) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("body");
         std::fs::File::create(&path)
@@ -146,8 +145,8 @@ mod tests {
     #[test]
     fn small_bodies_are_read_and_verified_before_answering() {
         let body = vec![9; 1000];
-        let (_dir, store) = store_with(&body, Sha256::digest(&body).into());
-        let prepared = prepare(&store, &[1; 32], u64::MAX);
+        let (_dir, store) = store_with(&body, OutputId::of(&body));
+        let prepared = prepare(&store, &ActionId::from_bytes([1; 32]), u64::MAX);
         assert!(prepared.found.unwrap().body_included);
         assert!(matches!(prepared.body, Some(Outgoing::Bytes(bytes)) if *bytes == body[..]));
     }
@@ -155,8 +154,8 @@ mod tests {
     #[test]
     fn bigger_bodies_are_handed_over_open_from_their_start() {
         let body = vec![9; SMALL_BODY as usize + 1];
-        let (_dir, store) = store_with(&body, Sha256::digest(&body).into());
-        let prepared = prepare(&store, &[1; 32], u64::MAX);
+        let (_dir, store) = store_with(&body, OutputId::of(&body));
+        let prepared = prepare(&store, &ActionId::from_bytes([1; 32]), u64::MAX);
         assert!(prepared.found.unwrap().body_included);
         let Some(Outgoing::File(mut file)) = prepared.body else {
             panic!("expected an open file");
@@ -168,23 +167,27 @@ mod tests {
 
     #[test]
     fn corrupt_small_bodies_are_never_served() {
-        let (_dir, store) = store_with(b"corrupted", Sha256::digest(b"original").into());
-        let prepared = prepare(&store, &[1; 32], u64::MAX);
+        let (_dir, store) = store_with(b"corrupted", OutputId::of(b"original"));
+        let prepared = prepare(&store, &ActionId::from_bytes([1; 32]), u64::MAX);
         assert!(prepared.found.is_none() && prepared.body.is_none());
     }
 
     #[test]
     fn big_bodies_are_announced_without_reading_them() {
-        let (_dir, store) = store_with(b"corrupted but not read", [0; 32]);
-        let prepared = prepare(&store, &[1; 32], 4);
+        let (_dir, store) = store_with(b"corrupted but not read", OutputId::from_bytes([0; 32]));
+        let prepared = prepare(&store, &ActionId::from_bytes([1; 32]), 4);
         assert!(!prepared.found.unwrap().body_included);
         assert!(prepared.body.is_none());
     }
 
     #[test]
     fn short_files_are_not_served() {
-        let (_dir, mut store) = store_with(b"short", Sha256::digest(b"short").into());
+        let (_dir, mut store) = store_with(b"short", OutputId::of(b"short"));
         store.size = 50;
-        assert!(prepare(&store, &[1; 32], u64::MAX).found.is_none());
+        assert!(
+            prepare(&store, &ActionId::from_bytes([1; 32]), u64::MAX)
+                .found
+                .is_none()
+        );
     }
 }

@@ -37,6 +37,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::compress::{self, Chunk};
+use crate::ids::OutputId;
 use crate::store::{BodySink, CommitError};
 use crate::wire::CHUNK_SIZE;
 
@@ -105,7 +106,7 @@ pub(crate) enum Received {
     /// Verified and stored.
     Committed,
     /// Not the announced body: nothing stored.
-    Mismatch { actual: [u8; 32] },
+    Mismatch { actual: OutputId },
     /// The store could not take it (the sender is not to blame).
     NotStored(io::Error),
 }
@@ -298,7 +299,7 @@ impl Outbox {
 pub(crate) async fn send_file<T>(
     io: &mut T,
     file: File,
-    output: [u8; 32],
+    output: OutputId,
     size: u64,
     compress: bool,
 ) -> io::Result<()>
@@ -329,7 +330,7 @@ where
 fn read_verified(
     mut file: File,
     size: u64,
-    output: [u8; 32],
+    output: OutputId,
     compress: bool,
     full: &mpsc::Sender<Chunk>,
 ) -> io::Result<()> {
@@ -357,14 +358,14 @@ fn read_verified(
             return Ok(()); // The stream side stopped; it reports why.
         }
     }
-    let actual: [u8; 32] = hasher.finalize().into();
+    let actual = OutputId::from_bytes(hasher.finalize().into());
     if actual != output {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
                 "body hashes to {}, not its OutputID {}",
-                hex::encode(actual),
-                hex::encode(output)
+                actual.to_hex(),
+                output.to_hex()
             ),
         ));
     }
@@ -485,7 +486,7 @@ mod tests {
     /// `send_file` returned, and what went out.
     async fn send_path(
         path: &std::path::Path,
-        output: [u8; 32],
+        output: OutputId,
         size: usize,
         compress: bool,
     ) -> (io::Result<()>, Vec<u8>) {
@@ -498,14 +499,14 @@ mod tests {
     #[tokio::test]
     async fn damaged_files_are_cut_off_before_their_last_piece() {
         let (_dir, path, body) = body_file();
-        let (result, sent) = send_path(&path, [0; 32], body.len(), false).await;
+        let (result, sent) =
+            send_path(&path, OutputId::from_bytes([0; 32]), body.len(), false).await;
         let error = result.unwrap_err();
         assert!(is_damaged(&error), "{error}");
         // Everything but the last piece went out; the body never arrives whole.
         assert_eq!(sent.len(), CHUNK_SIZE * 3);
 
-        let (result, sent) =
-            send_path(&path, Sha256::digest(&body).into(), body.len(), false).await;
+        let (result, sent) = send_path(&path, OutputId::of(&body), body.len(), false).await;
         result.unwrap();
         assert_eq!(sent, body);
     }
@@ -513,7 +514,8 @@ mod tests {
     #[tokio::test]
     async fn damaged_files_are_cut_off_when_compressed_too() {
         let (_dir, path, body) = body_file();
-        let (result, sent) = send_path(&path, [0; 32], body.len(), true).await;
+        let (result, sent) =
+            send_path(&path, OutputId::from_bytes([0; 32]), body.len(), true).await;
         let error = result.unwrap_err();
         assert!(is_damaged(&error), "{error}");
         // The first three pieces decode; the last never came.
@@ -531,7 +533,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("body");
         File::create(&path).unwrap().write_all(b"short").unwrap();
-        let (result, sent) = send_path(&path, Sha256::digest(b"short").into(), 50, false).await;
+        let (result, sent) = send_path(&path, OutputId::of(b"short"), 50, false).await;
         assert_eq!(result.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         assert!(sent.is_empty());
     }

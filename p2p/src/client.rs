@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
 use crate::codec::RejectReason;
+use crate::ids::{ActionId, OutputId};
 
 /// A body fetched from a peer, verified and committed through
 /// [`Store::begin`](crate::Store::begin) and [`BodySink::commit`](crate::BodySink::commit).
@@ -24,7 +25,7 @@ pub struct Fetched {
     /// The peer the body came from.
     pub peer: PeerId,
     /// SHA-256 of the body (Go's OutputID).
-    pub output: [u8; 32],
+    pub output: OutputId,
     pub size: u64,
     /// When the peer's entry was put, in nanoseconds since the Unix epoch.
     pub time_unix_nanos: u64,
@@ -133,13 +134,13 @@ pub enum Event {
     /// the peer is in cooldown.
     BodyRejected {
         peer: PeerId,
-        action: [u8; 32],
+        action: ActionId,
         reason: RejectReason,
     },
     /// A body was sent to a peer.
     Served {
         peer: PeerId,
-        action: [u8; 32],
+        action: ActionId,
         bytes: u64,
     },
 }
@@ -148,7 +149,7 @@ pub enum Event {
 #[derive(Debug)]
 pub(crate) enum Command {
     Fetch {
-        action: [u8; 32],
+        action: ActionId,
         reply: oneshot::Sender<Option<Fetched>>,
     },
     SetAllowlist {
@@ -199,7 +200,7 @@ impl Client {
     /// streams the body into the store. `None` for a miss and for every kind
     /// of trouble; bounded by the node's lookup deadline and transfer
     /// timeouts (see [`NodeConfig`](crate::NodeConfig)).
-    pub async fn fetch(&self, action: [u8; 32]) -> Option<Fetched> {
+    pub async fn fetch(&self, action: ActionId) -> Option<Fetched> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Fetch { action, reply })

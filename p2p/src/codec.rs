@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use crate::answer::{self, Prepared};
 use crate::body::{self, Outgoing, Received};
 use crate::config::transfer_timeout;
+use crate::ids::{ActionId, OutputId};
 use crate::link::LinkMeter;
 use crate::metered::{Metered, Traffic};
 use crate::store::Store;
@@ -60,8 +61,8 @@ use crate::wire::{
 pub enum RejectReason {
     /// The body's SHA-256 is not the OutputID it was announced with.
     HashMismatch {
-        expected: [u8; 32],
-        actual: [u8; 32],
+        expected: OutputId,
+        actual: OutputId,
     },
     /// The peer sent a body bigger than this node's `max_body_size`.
     TooLarge { size: u64, limit: u64 },
@@ -77,8 +78,8 @@ impl std::fmt::Display for RejectReason {
             Self::HashMismatch { expected, actual } => write!(
                 f,
                 "body hashes to {}, not its OutputID {}",
-                hex::encode(actual),
-                hex::encode(expected)
+                actual.to_hex(),
+                expected.to_hex()
             ),
             Self::TooLarge { size, limit } => {
                 write!(f, "body of {size} bytes is over the {limit} byte limit")
@@ -95,7 +96,7 @@ impl std::fmt::Display for RejectReason {
 /// An entry as a peer described it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Meta {
-    pub(crate) output: [u8; 32],
+    pub(crate) output: OutputId,
     pub(crate) size: u64,
     pub(crate) time_unix_nanos: u64,
 }
@@ -156,7 +157,7 @@ pub(crate) struct Report {
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Request")
-            .field("action", &hex::encode(self.header.action))
+            .field("action", &self.header.action.to_hex())
             .field("also", &self.header.also.len())
             .field("max_inline", &self.header.max_inline)
             .finish_non_exhaustive()
@@ -178,7 +179,7 @@ pub(crate) struct Answer {
     /// reported one by one.
     pub(crate) outcome: Option<Outcome>,
     /// The server's read-ahead hints (at most as many as asked for).
-    pub(crate) next: Vec<[u8; 32]>,
+    pub(crate) next: Vec<ActionId>,
     /// The wire version of the server's first header.
     pub(crate) version: u32,
 }
@@ -186,7 +187,7 @@ pub(crate) struct Answer {
 /// What a server sends: an answer for each of `actions`, in order.
 #[derive(Debug)]
 pub(crate) struct Reply {
-    pub(crate) actions: Vec<[u8; 32]>,
+    pub(crate) actions: Vec<ActionId>,
     pub(crate) max_inline: u64,
     /// Read-ahead hints asked for.
     pub(crate) hints: u32,
@@ -202,7 +203,7 @@ pub(crate) struct Reply {
 }
 
 /// Bodies a server sent in one exchange, `(action, bytes)` each, in order.
-pub(crate) type SentLog = Arc<Mutex<Vec<([u8; 32], u64)>>>;
+pub(crate) type SentLog = Arc<Mutex<Vec<(ActionId, u64)>>>;
 
 /// What became of a response on the requesting side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,7 +224,7 @@ pub(crate) enum Outcome {
 
 /// What `read_response` needs to know about the request it answers.
 struct Pending {
-    actions: Vec<[u8; 32]>,
+    actions: Vec<ActionId>,
     max_inline: u64,
     hints: u32,
     /// Whether we accepted compressed bodies.
@@ -267,7 +268,7 @@ impl FetchCodec {
         io: &mut T,
         pending: &Pending,
         deadline: Instant,
-        next: &mut Vec<[u8; 32]>,
+        next: &mut Vec<ActionId>,
     ) -> io::Result<ResponseHeader>
     where
         T: AsyncRead + Unpin + Send,
@@ -358,7 +359,7 @@ impl FetchCodec {
         &self,
         io: &mut T,
         pending: &Pending,
-        action: [u8; 32],
+        action: ActionId,
         found: FoundHeader,
     ) -> io::Result<Outcome>
     where
@@ -419,7 +420,7 @@ impl FetchCodec {
     async fn receive_body<T>(
         &self,
         io: &mut T,
-        action: [u8; 32],
+        action: ActionId,
         meta: Meta,
         compressed: bool,
     ) -> io::Result<Outcome>
@@ -509,7 +510,7 @@ impl FetchCodec {
                         && body::is_damaged(error)
                     {
                         tracing::warn!(
-                            action = hex::encode(action),
+                            action = action.to_hex(),
                             "stopped serving a body that does not match its OutputID ({error}); the local store is damaged, `warren verify` repairs it"
                         );
                     }
@@ -533,7 +534,7 @@ impl FetchCodec {
 }
 
 /// Moves bodies written to the stream into the reply's log of bodies sent.
-fn record_sent(reply: &Reply, written: &mut Vec<([u8; 32], u64)>) {
+fn record_sent(reply: &Reply, written: &mut Vec<(ActionId, u64)>) {
     if !written.is_empty() {
         reply
             .sent
@@ -596,7 +597,7 @@ impl libp2p::request_response::Codec for FetchCodec {
         if local.cancel.is_cancelled() {
             return Err(cancelled());
         }
-        let actions: Vec<[u8; 32]> = header.actions().copied().collect();
+        let actions: Vec<ActionId> = header.actions().copied().collect();
         if local
             .batch
             .as_ref()
@@ -649,7 +650,6 @@ mod tests {
 
     use futures::io::Cursor;
     use libp2p::request_response::Codec;
-    use sha2::{Digest, Sha256};
 
     use super::*;
     use crate::compress;
@@ -659,13 +659,13 @@ mod tests {
     /// Commits verified bodies to a map; records the size of every write.
     #[derive(Default)]
     struct MapStore {
-        committed: Mutex<HashMap<[u8; 32], Vec<u8>>>,
+        committed: Mutex<HashMap<ActionId, Vec<u8>>>,
         writes: Arc<Mutex<Vec<usize>>>,
     }
 
     struct MapSink {
-        action: [u8; 32],
-        output: [u8; 32],
+        action: ActionId,
+        output: OutputId,
         body: Vec<u8>,
         store: Arc<MapStore>,
     }
@@ -683,7 +683,7 @@ mod tests {
 
     impl BodySink for MapSink {
         fn commit(self: Box<Self>) -> Result<(), CommitError> {
-            let actual = <[u8; 32]>::from(Sha256::digest(&self.body));
+            let actual = OutputId::of(&self.body);
             if actual != self.output {
                 return Err(CommitError::Mismatch {
                     actual,
@@ -702,13 +702,13 @@ mod tests {
     struct Shared(Arc<MapStore>);
 
     impl Store for Shared {
-        fn open(&self, _: &[u8; 32]) -> io::Result<Option<crate::Served>> {
+        fn open(&self, _: &ActionId) -> io::Result<Option<crate::Served>> {
             Ok(None)
         }
         fn begin(
             &self,
-            action: &[u8; 32],
-            output: &[u8; 32],
+            action: &ActionId,
+            output: &OutputId,
             _: u64,
         ) -> io::Result<Box<dyn BodySink>> {
             Ok(Box::new(MapSink {
@@ -766,7 +766,7 @@ mod tests {
         let request = Request {
             header: RequestHeader {
                 version: WIRE_VERSION,
-                action: [1; 32],
+                action: ActionId::from_bytes([1; 32]),
                 max_inline,
                 hints,
                 also: Vec::new(),
@@ -794,7 +794,7 @@ mod tests {
         answer_with_next(found, Vec::new(), body)
     }
 
-    fn answer_with_next(found: Option<FoundHeader>, next: Vec<[u8; 32]>, body: &[u8]) -> Vec<u8> {
+    fn answer_with_next(found: Option<FoundHeader>, next: Vec<ActionId>, body: &[u8]) -> Vec<u8> {
         let mut bytes = Vec::new();
         let header = ResponseHeader {
             version: WIRE_VERSION,
@@ -808,7 +808,7 @@ mod tests {
 
     fn found(body: &[u8], included: bool) -> FoundHeader {
         FoundHeader {
-            output: Sha256::digest(body).into(),
+            output: OutputId::of(body),
             size: body.len() as u64,
             time_unix_nanos: 5,
             body_included: included,
@@ -824,7 +824,10 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(outcome, Outcome::Committed(meta) if meta.size == body.len() as u64));
-        assert_eq!(store.committed.lock().unwrap()[&[1; 32]], body);
+        assert_eq!(
+            store.committed.lock().unwrap()[&ActionId::from_bytes([1; 32])],
+            body
+        );
         let writes = store.writes.lock().unwrap();
         assert!(writes.len() >= 5, "{writes:?}");
         assert!(writes.iter().all(|len| *len <= CHUNK_SIZE));
@@ -922,12 +925,15 @@ mod tests {
             .unwrap()
             .write_all(&body)
             .unwrap();
-        let entries = HashMap::from([([1; 32], (path, Sha256::digest(&body).into(), body.len()))]);
+        let entries = HashMap::from([(
+            ActionId::from_bytes([1; 32]),
+            (path, OutputId::of(&body), body.len()),
+        )]);
         let mut server =
             FetchCodec::new(Arc::new(Files(Arc::new(Mutex::new(entries)))), 1 << 30, 1);
         let mut bytes = Vec::new();
         let reply = Reply {
-            actions: vec![[1; 32]],
+            actions: vec![ActionId::from_bytes([1; 32])],
             max_inline: 1 << 20,
             hints: 8,
             compress: false,
@@ -944,11 +950,14 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(answer.outcome, Some(Outcome::Committed(_))));
-        assert_eq!(answer.next, vec![[2; 32]]);
-        assert_eq!(store.committed.lock().unwrap()[&[1; 32]], body);
+        assert_eq!(answer.next, vec![ActionId::from_bytes([2; 32])]);
+        assert_eq!(
+            store.committed.lock().unwrap()[&ActionId::from_bytes([1; 32])],
+            body
+        );
     }
 
-    /// What a server writes for action `[1; 32]` holding `body` (from a
+    /// What a server writes for action `ActionId::from_bytes([1; 32])` holding `body` (from a
     /// file), compressed or not.
     async fn served_bytes(body: &[u8], compress: bool) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
@@ -957,11 +966,14 @@ mod tests {
             .unwrap()
             .write_all(body)
             .unwrap();
-        let entries = HashMap::from([([1; 32], (path, Sha256::digest(body).into(), body.len()))]);
+        let entries = HashMap::from([(
+            ActionId::from_bytes([1; 32]),
+            (path, OutputId::of(body), body.len()),
+        )]);
         let mut server =
             FetchCodec::new(Arc::new(Files(Arc::new(Mutex::new(entries)))), 1 << 30, 1);
         let reply = Reply {
-            actions: vec![[1; 32]],
+            actions: vec![ActionId::from_bytes([1; 32])],
             max_inline: 1 << 30,
             hints: 0,
             compress,
@@ -1004,7 +1016,10 @@ mod tests {
                 .await
                 .unwrap();
             assert!(matches!(answer.outcome, Some(Outcome::Committed(_))));
-            assert_eq!(store.committed.lock().unwrap()[&[1; 32]], body);
+            assert_eq!(
+                store.committed.lock().unwrap()[&ActionId::from_bytes([1; 32])],
+                body
+            );
             assert_eq!(link.measured(), (0, size as u64));
 
             // A requester that did not ask cannot read it: refused, not stored.
@@ -1023,7 +1038,10 @@ mod tests {
                 .await
                 .unwrap();
             assert!(matches!(answer.outcome, Some(Outcome::Committed(_))));
-            assert_eq!(store.committed.lock().unwrap()[&[1; 32]], body);
+            assert_eq!(
+                store.committed.lock().unwrap()[&ActionId::from_bytes([1; 32])],
+                body
+            );
             assert_eq!(link.measured(), (size as u64, size as u64));
         }
     }
@@ -1118,7 +1136,7 @@ mod tests {
         let mut server = FetchCodec::new(Arc::new(Files(entries)), 1 << 30, 1);
         let mut bytes = Vec::new();
         let reply = Reply {
-            actions: vec![[1; 32], [2; 32]],
+            actions: vec![ActionId::from_bytes([1; 32]), ActionId::from_bytes([2; 32])],
             max_inline: 1 << 20,
             hints: 8,
             compress: false,
@@ -1131,7 +1149,12 @@ mod tests {
             .await
             .unwrap();
         let store = Arc::new(MapStore::default());
-        let (answer, reports) = exchange_batch(&store, &[[1; 32], [2; 32]], bytes).await;
+        let (answer, reports) = exchange_batch(
+            &store,
+            &[ActionId::from_bytes([1; 32]), ActionId::from_bytes([2; 32])],
+            bytes,
+        )
+        .await;
         assert!(answer.unwrap().next.is_empty());
         assert!(reports.iter().all(|r| r.outcome == Outcome::NotFound));
         assert_eq!(reports.len(), 2);
@@ -1141,7 +1164,7 @@ mod tests {
     async fn hints_are_kept_only_as_many_as_asked_and_only_with_a_hit() {
         let store = Arc::new(MapStore::default());
         let body = b"body";
-        let next: Vec<[u8; 32]> = (0..10).map(|n| [n; 32]).collect();
+        let next: Vec<ActionId> = (0..10).map(|n| ActionId::from_bytes([n; 32])).collect();
         let bytes = answer_with_next(Some(found(body, true)), next.clone(), body);
         let answer = exchange_with_hints(&store, 1 << 20, 3, bytes)
             .await
@@ -1164,7 +1187,7 @@ mod tests {
     /// server bytes; returns the reports (token = index) and the answer.
     async fn exchange_batch(
         store: &Arc<MapStore>,
-        actions: &[[u8; 32]],
+        actions: &[ActionId],
         server_bytes: Vec<u8>,
     ) -> (io::Result<Answer>, Vec<Report>) {
         let mut codec = FetchCodec::new(Arc::new(Shared(store.clone())), 1 << 30, 50_000_000);
@@ -1210,7 +1233,7 @@ mod tests {
         (answer, reports)
     }
 
-    fn header_bytes(version: u32, found: Option<FoundHeader>, next: Vec<[u8; 32]>) -> Vec<u8> {
+    fn header_bytes(version: u32, found: Option<FoundHeader>, next: Vec<ActionId>) -> Vec<u8> {
         let mut bytes = Vec::new();
         let header = ResponseHeader {
             version,
@@ -1229,12 +1252,25 @@ mod tests {
         bytes.extend(header_bytes(2, Some(found(bodies[0], true)), Vec::new()));
         bytes.extend_from_slice(bodies[0]);
         bytes.extend(header_bytes(2, None, Vec::new()));
-        bytes.extend(header_bytes(2, Some(found(bodies[2], true)), vec![[9; 32]]));
+        bytes.extend(header_bytes(
+            2,
+            Some(found(bodies[2], true)),
+            vec![ActionId::from_bytes([9; 32])],
+        ));
         bytes.extend_from_slice(bodies[2]);
-        let (answer, reports) = exchange_batch(&store, &[[1; 32], [2; 32], [3; 32]], bytes).await;
+        let (answer, reports) = exchange_batch(
+            &store,
+            &[
+                ActionId::from_bytes([1; 32]),
+                ActionId::from_bytes([2; 32]),
+                ActionId::from_bytes([3; 32]),
+            ],
+            bytes,
+        )
+        .await;
         let answer = answer.unwrap();
         assert_eq!(answer.outcome, None);
-        assert_eq!(answer.next, vec![[9; 32]]);
+        assert_eq!(answer.next, vec![ActionId::from_bytes([9; 32])]);
         assert_eq!(answer.version, 2);
         let tokens: Vec<u64> = reports.iter().map(|r| r.token).collect();
         assert_eq!(tokens, [0, 1, 2]);
@@ -1242,8 +1278,8 @@ mod tests {
         assert_eq!(reports[1].outcome, Outcome::NotFound);
         assert!(matches!(reports[2].outcome, Outcome::Committed(_)));
         let committed = store.committed.lock().unwrap();
-        assert_eq!(committed[&[1; 32]], bodies[0]);
-        assert_eq!(committed[&[3; 32]], bodies[2]);
+        assert_eq!(committed[&ActionId::from_bytes([1; 32])], bodies[0]);
+        assert_eq!(committed[&ActionId::from_bytes([3; 32])], bodies[2]);
     }
 
     #[tokio::test]
@@ -1251,7 +1287,12 @@ mod tests {
         let store = Arc::new(MapStore::default());
         let mut bytes = header_bytes(1, Some(found(b"only", true)), Vec::new());
         bytes.extend_from_slice(b"only");
-        let (answer, reports) = exchange_batch(&store, &[[1; 32], [2; 32]], bytes).await;
+        let (answer, reports) = exchange_batch(
+            &store,
+            &[ActionId::from_bytes([1; 32]), ActionId::from_bytes([2; 32])],
+            bytes,
+        )
+        .await;
         assert_eq!(answer.unwrap().version, 1);
         assert_eq!(reports.len(), 1, "{reports:?}");
         assert!(matches!(reports[0].outcome, Outcome::Committed(_)));
@@ -1264,7 +1305,12 @@ mod tests {
         bytes.extend_from_slice(b"fake");
         bytes.extend(header_bytes(2, Some(found(b"next", true)), Vec::new()));
         bytes.extend_from_slice(b"next");
-        let (answer, reports) = exchange_batch(&store, &[[1; 32], [2; 32]], bytes).await;
+        let (answer, reports) = exchange_batch(
+            &store,
+            &[ActionId::from_bytes([1; 32]), ActionId::from_bytes([2; 32])],
+            bytes,
+        )
+        .await;
         answer.unwrap();
         assert_eq!(reports.len(), 1, "{reports:?}");
         assert!(matches!(
@@ -1284,7 +1330,16 @@ mod tests {
         bytes.extend_from_slice(b"whole");
         bytes.extend(header_bytes(2, Some(found(b"partial", true)), Vec::new()));
         bytes.extend_from_slice(b"par");
-        let (answer, reports) = exchange_batch(&store, &[[1; 32], [2; 32], [3; 32]], bytes).await;
+        let (answer, reports) = exchange_batch(
+            &store,
+            &[
+                ActionId::from_bytes([1; 32]),
+                ActionId::from_bytes([2; 32]),
+                ActionId::from_bytes([3; 32]),
+            ],
+            bytes,
+        )
+        .await;
         assert_eq!(answer.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         assert_eq!(reports.len(), 1);
         assert_eq!(store.committed.lock().unwrap().len(), 1);
@@ -1300,16 +1355,20 @@ mod tests {
                 .unwrap()
                 .write_all(body)
                 .unwrap();
-            entries
-                .lock()
-                .unwrap()
-                .insert([n; 32], (path, Sha256::digest(body).into(), body.len()));
+            entries.lock().unwrap().insert(
+                ActionId::from_bytes([n; 32]),
+                (path, OutputId::of(body), body.len()),
+            );
         }
         let server_store = Arc::new(Files(entries));
         let mut server = FetchCodec::new(server_store, 1 << 30, 1);
         let sent = Arc::new(Mutex::new(Vec::new()));
         let reply = Reply {
-            actions: vec![[1; 32], [2; 32], [3; 32]],
+            actions: vec![
+                ActionId::from_bytes([1; 32]),
+                ActionId::from_bytes([2; 32]),
+                ActionId::from_bytes([3; 32]),
+            ],
             max_inline: 1 << 20,
             hints: 4,
             compress: false,
@@ -1326,25 +1385,43 @@ mod tests {
         // write: one frame on the connection, not one or two per entry.
         assert_eq!(writes.0.len(), 1, "{} writes", writes.0.len());
         let bytes = writes.bytes();
-        assert_eq!(*sent.lock().unwrap(), [([1; 32], 3), ([3; 32], 5)]);
+        assert_eq!(
+            *sent.lock().unwrap(),
+            [
+                (ActionId::from_bytes([1; 32]), 3),
+                (ActionId::from_bytes([3; 32]), 5)
+            ]
+        );
 
         let store = Arc::new(MapStore::default());
-        let (answer, reports) = exchange_batch(&store, &[[1; 32], [2; 32], [3; 32]], bytes).await;
-        // The hints follow the last action the server holds: [3; 32].
-        assert_eq!(answer.unwrap().next, vec![[4; 32]]);
+        let (answer, reports) = exchange_batch(
+            &store,
+            &[
+                ActionId::from_bytes([1; 32]),
+                ActionId::from_bytes([2; 32]),
+                ActionId::from_bytes([3; 32]),
+            ],
+            bytes,
+        )
+        .await;
+        // The hints follow the last action the server holds: ActionId::from_bytes([3; 32]).
+        assert_eq!(answer.unwrap().next, vec![ActionId::from_bytes([4; 32])]);
         assert_eq!(reports.len(), 3);
         assert_eq!(reports[1].outcome, Outcome::NotFound);
-        assert_eq!(store.committed.lock().unwrap()[&[3; 32]], b"three");
+        assert_eq!(
+            store.committed.lock().unwrap()[&ActionId::from_bytes([3; 32])],
+            b"three"
+        );
     }
 
     /// Path, OutputID and size of each entry of a [`Files`] store.
-    type FileEntries = HashMap<[u8; 32], (std::path::PathBuf, [u8; 32], usize)>;
+    type FileEntries = HashMap<ActionId, (std::path::PathBuf, OutputId, usize)>;
 
     /// A read-only store of files that hints `n + 1` after `n`.
     struct Files(Arc<Mutex<FileEntries>>);
 
     impl Store for Files {
-        fn open(&self, action: &[u8; 32]) -> io::Result<Option<crate::Served>> {
+        fn open(&self, action: &ActionId) -> io::Result<Option<crate::Served>> {
             let Some((path, output, size)) = self.0.lock().unwrap().get(action).cloned() else {
                 return Ok(None);
             };
@@ -1355,11 +1432,11 @@ mod tests {
                 body: std::fs::File::open(path)?,
             }))
         }
-        fn begin(&self, _: &[u8; 32], _: &[u8; 32], _: u64) -> io::Result<Box<dyn BodySink>> {
+        fn begin(&self, _: &ActionId, _: &OutputId, _: u64) -> io::Result<Box<dyn BodySink>> {
             Err(io::Error::other("read-only"))
         }
-        fn following(&self, action: &[u8; 32], _: usize) -> Vec<[u8; 32]> {
-            vec![[action[0] + 1; 32]]
+        fn following(&self, action: &ActionId, _: usize) -> Vec<ActionId> {
+            vec![ActionId::from_bytes([action.as_bytes()[0] + 1; 32])]
         }
     }
 }

@@ -48,7 +48,7 @@
 //!     .with_listen(vec!["/ip4/0.0.0.0/tcp/0".parse().unwrap()]);
 //! let (client, mut events, event_loop) = warren_p2p::new(config, store)?;
 //! tokio::spawn(event_loop.run());
-//! if let Some(fetched) = client.fetch([0; 32]).await {
+//! if let Some(fetched) = client.fetch(warren_p2p::ActionId::from_bytes([0; 32])).await {
 //!     // The body is in the store, verified.
 //! }
 //! # Ok(()) }
@@ -73,6 +73,7 @@ mod compress;
 pub mod config;
 mod discovery;
 mod event_loop;
+pub mod ids;
 mod link;
 mod metered;
 mod store;
@@ -88,6 +89,7 @@ pub use crate::client::{Client, Event, Fetched, PeerCounters, PeerInfo};
 pub use crate::codec::RejectReason;
 pub use crate::config::{MdnsConfig, NodeConfig};
 pub use crate::event_loop::EventLoop;
+pub use crate::ids::{ActionId, OutputId};
 pub use crate::link::Compression;
 pub use crate::store::{BodySink, CommitError, Served, Store};
 pub use crate::summary::SummaryChunk;

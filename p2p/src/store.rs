@@ -29,6 +29,7 @@
 use std::fs::File;
 use std::io;
 
+use crate::ids::{ActionId, OutputId};
 use crate::summary::SummaryChunk;
 
 /// What the node serves to peers and where fetched bodies go.
@@ -36,7 +37,7 @@ pub trait Store: Send + Sync + 'static {
     /// For serving: the entry for `action` and an open file of its body, or
     /// `None` if there is none. The file must hold `size` bytes from its
     /// current position.
-    fn open(&self, action: &[u8; 32]) -> io::Result<Option<Served>>;
+    fn open(&self, action: &ActionId) -> io::Result<Option<Served>>;
 
     /// For fetching: a sink for a body of `size` bytes that must hash
     /// (SHA-256) to `output`, to be stored under `action` once committed.
@@ -47,8 +48,8 @@ pub trait Store: Send + Sync + 'static {
     /// bodies twice must be harmless.
     fn begin(
         &self,
-        action: &[u8; 32],
-        output: &[u8; 32],
+        action: &ActionId,
+        output: &OutputId,
         size: u64,
     ) -> io::Result<Box<dyn BodySink>>;
 
@@ -57,7 +58,7 @@ pub trait Store: Send + Sync + 'static {
     /// burst of work (a build): what a build that asked for `action` is
     /// likely to ask for next. Quick, like [`Store::open`]. The default
     /// knows no order and gives no hints.
-    fn following(&self, action: &[u8; 32], limit: usize) -> Vec<[u8; 32]> {
+    fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
         let _ = (action, limit);
         Vec::new()
     }
@@ -65,7 +66,7 @@ pub trait Store: Send + Sync + 'static {
     /// For read-ahead: whether an entry for `action` is stored already (then
     /// it is not fetched ahead). Quick, like [`Store::open`]. The default
     /// says no, so hinted entries are always fetched.
-    fn contains(&self, action: &[u8; 32]) -> bool {
+    fn contains(&self, action: &ActionId) -> bool {
         let _ = action;
         false
     }
@@ -94,7 +95,7 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct Served {
     /// SHA-256 of the body (Go's OutputID).
-    pub output: [u8; 32],
+    pub output: OutputId,
     pub size: u64,
     /// When the entry was put, in nanoseconds since the Unix epoch.
     pub time_unix_nanos: u64,
@@ -118,8 +119,8 @@ pub trait BodySink: io::Write + Send {
 pub enum CommitError {
     /// The body is not the one announced: `actual` is the SHA-256 of the
     /// `actual_size` bytes written. The sender is put in cooldown.
-    #[error("body of {actual_size} bytes hashes to {}", hex::encode(.actual))]
-    Mismatch { actual: [u8; 32], actual_size: u64 },
+    #[error("body of {actual_size} bytes hashes to {}", .actual)]
+    Mismatch { actual: OutputId, actual_size: u64 },
     /// The body could not be stored (disk full, permissions, ...). Not the
     /// sender's fault.
     #[error(transparent)]

@@ -48,6 +48,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
+use crate::ids::ActionId;
 use crate::wire;
 
 /// The libp2p protocol name of summaries.
@@ -96,8 +97,8 @@ pub struct SummaryChunk {
 }
 
 /// An action's summary prefix.
-pub fn prefix(action: &[u8; 32]) -> u64 {
-    u64::from_be_bytes(action[..8].try_into().expect("8 bytes"))
+pub fn prefix(action: &ActionId) -> u64 {
+    u64::from_be_bytes(action.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// The answer a requester reads.
@@ -126,7 +127,7 @@ pub(crate) enum PeerSummary {
 impl PeerSummary {
     /// Whether the peer may hold `action` (always, unless its summary is
     /// known and does not name it).
-    pub(crate) fn may_hold(&self, action: &[u8; 32]) -> bool {
+    pub(crate) fn may_hold(&self, action: &ActionId) -> bool {
         match self {
             Self::Known { prefixes, .. } => prefixes.contains(&prefix(action)),
             Self::Unknown | Self::Unavailable => true,
@@ -307,10 +308,10 @@ mod tests {
         }))
     }
 
-    fn action(first: u8) -> [u8; 32] {
+    fn action(first: u8) -> ActionId {
         let mut action = [0xee; 32];
         action[..8].copy_from_slice(&u64::from(first).to_be_bytes());
-        action
+        ActionId::from_bytes(action)
     }
 
     #[test]

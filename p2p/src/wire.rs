@@ -48,6 +48,8 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{ActionId, OutputId};
+
 /// The version this crate writes in headers.
 pub const WIRE_VERSION: u32 = 3;
 /// The first version that answers [`RequestHeader::also`].
@@ -71,8 +73,7 @@ pub struct RequestHeader {
     #[serde(default = "version_one")]
     pub version: u32,
     /// The Go ActionID being looked up.
-    #[serde(with = "hex_id")]
-    pub action: [u8; 32],
+    pub action: ActionId,
     /// The largest body the server should send with its answer. Bigger
     /// bodies are announced ("found, not included") but not sent.
     #[serde(default)]
@@ -83,8 +84,8 @@ pub struct RequestHeader {
     pub hints: u32,
     /// Version 2: more actions to answer on this stream after `action`, in
     /// this order, each with the same `max_inline`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_ids")]
-    pub also: Vec<[u8; 32]>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<ActionId>,
     /// Version 3: body encodings the requester takes besides raw.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accept: Vec<Encoding>,
@@ -92,7 +93,7 @@ pub struct RequestHeader {
 
 impl RequestHeader {
     /// Every action asked for, `action` first.
-    pub fn actions(&self) -> impl Iterator<Item = &[u8; 32]> {
+    pub fn actions(&self) -> impl Iterator<Item = &ActionId> {
         std::iter::once(&self.action).chain(&self.also)
     }
 }
@@ -111,16 +112,15 @@ pub struct ResponseHeader {
     /// requester may fetch them ahead of time. Only in the exchange's last
     /// header, only if the server holds one of the actions asked for, and
     /// at most the `hints` asked for.
-    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_ids")]
-    pub next: Vec<[u8; 32]>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next: Vec<ActionId>,
 }
 
 /// The entry a server holds for an action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FoundHeader {
     /// SHA-256 of the body (Go's OutputID).
-    #[serde(with = "hex_id")]
-    pub output: [u8; 32],
+    pub output: OutputId,
     pub size: u64,
     /// When the entry was put on the server, in nanoseconds since the Unix epoch.
     #[serde(default)]
@@ -216,53 +216,6 @@ where
     serde_json::from_slice(&json).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// 32-byte IDs as 64 lowercase hex digits.
-mod hex_id {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(
-        id: &[u8; 32],
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&hex::encode(id))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<[u8; 32], D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        let mut id = [0; 32];
-        hex::decode_to_slice(text.as_bytes(), &mut id).map_err(serde::de::Error::custom)?;
-        Ok(id)
-    }
-}
-
-/// Lists of 32-byte IDs as hex strings.
-mod hex_ids {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(
-        ids: &[[u8; 32]],
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(ids.iter().map(hex::encode))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Vec<[u8; 32]>, D::Error> {
-        let texts = <Vec<std::borrow::Cow<'de, str>>>::deserialize(deserializer)?;
-        texts
-            .iter()
-            .map(|text| {
-                let mut id = [0; 32];
-                hex::decode_to_slice(text.as_bytes(), &mut id).map_err(serde::de::Error::custom)?;
-                Ok(id)
-            })
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use futures::io::Cursor;
@@ -277,22 +230,22 @@ mod tests {
     fn headers_round_trip() {
         let request = RequestHeader {
             version: WIRE_VERSION,
-            action: [7; 32],
+            action: ActionId::from_bytes([7; 32]),
             max_inline: 1 << 20,
             hints: 8,
-            also: vec![[3; 32], [4; 32]],
+            also: vec![ActionId::from_bytes([3; 32]), ActionId::from_bytes([4; 32])],
             accept: vec![Encoding::Zstd],
         };
         let response = ResponseHeader {
             version: WIRE_VERSION,
             found: Some(FoundHeader {
-                output: [9; 32],
+                output: OutputId::from_bytes([9; 32]),
                 size: 12,
                 time_unix_nanos: 34,
                 body_included: true,
                 encoding: Encoding::Zstd,
             }),
-            next: vec![[1; 32], [2; 32]],
+            next: vec![ActionId::from_bytes([1; 32]), ActionId::from_bytes([2; 32])],
         };
         let mut bytes = Vec::new();
         block_on(write_frame(&mut bytes, &request)).unwrap();
@@ -315,7 +268,7 @@ mod tests {
             "ab".repeat(32)
         );
         let header: RequestHeader = serde_json::from_str(&json).unwrap();
-        assert_eq!(header.action, [0xab; 32]);
+        assert_eq!(header.action, ActionId::from_bytes([0xab; 32]));
         assert_eq!(header.max_inline, 0);
         assert_eq!(header.hints, 0);
         assert!(header.also.is_empty());
@@ -339,7 +292,7 @@ mod tests {
         // What a version-1 peer without read-ahead writes and reads.
         let request = RequestHeader {
             version: WIRE_VERSION,
-            action: [1; 32],
+            action: ActionId::from_bytes([1; 32]),
             max_inline: 0,
             hints: 0,
             also: Vec::new(),
@@ -352,18 +305,23 @@ mod tests {
         );
         // What a version-1 server makes of a batch: `action` alone.
         let batch = RequestHeader {
-            also: vec![[2; 32]],
+            also: vec![ActionId::from_bytes([2; 32])],
             ..request
         };
         #[derive(Deserialize)]
         struct VersionOne {
-            #[serde(with = "hex_id")]
-            action: [u8; 32],
+            action: ActionId,
         }
         let old: VersionOne =
             serde_json::from_str(&serde_json::to_string(&batch).unwrap()).unwrap();
-        assert_eq!(old.action, [1; 32]);
-        assert_eq!(batch.actions().collect::<Vec<_>>(), [&[1; 32], &[2; 32]]);
+        assert_eq!(old.action, ActionId::from_bytes([1; 32]));
+        assert_eq!(
+            batch.actions().collect::<Vec<_>>(),
+            [
+                &ActionId::from_bytes([1; 32]),
+                &ActionId::from_bytes([2; 32])
+            ]
+        );
     }
 
     #[test]

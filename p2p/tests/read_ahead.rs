@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::hostile::{Mode, hostile};
 use common::{DirStore, TestNode, Usage, action, connect, id, keypairs, start, test_config};
 use common::{until, within};
-use warren_p2p::{Event, NodeConfig};
+use warren_p2p::{ActionId, Event, NodeConfig};
 
 const ENTRIES: u8 = 40;
 
@@ -137,7 +137,7 @@ async fn read_ahead_leaves_bodies_over_its_limit_to_lookups() {
 #[tokio::test]
 async fn a_version_one_peer_is_read_ahead_one_entry_per_request() {
     let [ka, kh] = keypairs();
-    let entries: Vec<([u8; 32], Vec<u8>)> = (1..=20)
+    let entries: Vec<(ActionId, Vec<u8>)> = (1..=20)
         .map(|n| {
             (
                 action(n),

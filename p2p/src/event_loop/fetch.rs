@@ -36,13 +36,14 @@ use super::EventLoop;
 use super::read_ahead::HINTS;
 use crate::client::{Event, Fetched};
 use crate::codec::{Answer, BatchReports, Local, Meta, Outcome, RejectReason, Report, Request};
+use crate::ids::ActionId;
 use crate::wire::{BATCH_VERSION, Encoding, RequestHeader, WIRE_VERSION};
 
 pub(super) type FetchId = u64;
 pub(super) type Timer = Pin<Box<dyn Future<Output = Deadline> + Send>>;
 
 pub(super) struct PendingFetch {
-    pub(super) action: [u8; 32],
+    pub(super) action: ActionId,
     /// Lookups waiting for this fetch: none for a read-ahead, until a
     /// lookup for the same action joins it.
     pub(super) replies: Vec<oneshot::Sender<Option<Fetched>>>,
@@ -103,7 +104,7 @@ impl EventLoop {
 
     pub(super) fn start_fetch(
         &mut self,
-        action: [u8; 32],
+        action: ActionId,
         reply: oneshot::Sender<Option<Fetched>>,
     ) {
         // Already being fetched (read ahead, or asked by another helper).
@@ -119,7 +120,7 @@ impl EventLoop {
         let id = self.new_fetch(action, Some(reply));
         if !self.ask_everyone(id) {
             // Nobody to ask, or no summary names it: a miss at once.
-            tracing::trace!(action = hex::encode(action), "no peer may hold it");
+            tracing::trace!(action = action.to_hex(), "no peer may hold it");
             self.finish(id, None);
         }
     }
@@ -161,7 +162,7 @@ impl EventLoop {
     /// Books a new fetch of `action`: for a lookup (`reply`) or read-ahead.
     pub(super) fn new_fetch(
         &mut self,
-        action: [u8; 32],
+        action: ActionId,
         reply: Option<oneshot::Sender<Option<Fetched>>>,
     ) -> FetchId {
         let id = self.next_fetch;
@@ -221,7 +222,7 @@ impl EventLoop {
         header_deadline: Instant,
         cancel: CancellationToken,
     ) -> Option<OutboundRequestId> {
-        let actions: Vec<[u8; 32]> = fetches
+        let actions: Vec<ActionId> = fetches
             .iter()
             .map(|id| self.fetches.get(id).map(|fetch| fetch.action))
             .collect::<Option<_>>()?;
@@ -321,7 +322,7 @@ impl EventLoop {
 
     /// The actions of a batch request not reported yet that no lookup
     /// waits for.
-    fn unreported(&self, request_id: OutboundRequestId) -> Vec<[u8; 32]> {
+    fn unreported(&self, request_id: OutboundRequestId) -> Vec<ActionId> {
         let Some(info) = self.requests.get(&request_id) else {
             return Vec::new();
         };
@@ -357,7 +358,7 @@ impl EventLoop {
         peer: PeerId,
         request_id: OutboundRequestId,
         outcome: Outcome,
-        next: Vec<[u8; 32]>,
+        next: Vec<ActionId>,
     ) {
         let Some(info) = self.forget_request(request_id) else {
             return; // Its fetch is over.
@@ -436,7 +437,7 @@ impl EventLoop {
     pub(super) fn reject(
         &mut self,
         peer: PeerId,
-        action: [u8; 32],
+        action: ActionId,
         reason: RejectReason,
         bytes: u64,
     ) {
@@ -530,10 +531,7 @@ impl EventLoop {
             self.active.remove(&fetch.action);
         }
         if result.is_none() && !fetch.replies.is_empty() {
-            tracing::trace!(
-                action = hex::encode(fetch.action),
-                "lookup: no peer sent it"
-            );
+            tracing::trace!(action = fetch.action.to_hex(), "lookup: no peer sent it");
         }
         for reply in fetch.replies {
             let _ = reply.send(result);

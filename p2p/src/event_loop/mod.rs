@@ -52,6 +52,7 @@ use crate::client::{Command, Event};
 use crate::codec::{Report, Request, Response};
 use crate::config::NodeConfig;
 use crate::discovery::{self, Discovery, Found};
+use crate::ids::ActionId;
 use crate::store::Store;
 
 /// A connection that lasted this long counts as good: its peer's redial
@@ -81,7 +82,7 @@ pub struct EventLoop {
     anonymous: Vec<AnonymousAddress>,
     fetches: HashMap<FetchId, PendingFetch>,
     /// The fetch in flight for each action: a second lookup joins it.
-    active: HashMap<[u8; 32], FetchId>,
+    active: HashMap<ActionId, FetchId>,
     read_ahead: ReadAhead,
     requests: HashMap<OutboundRequestId, RequestInfo>,
     /// Batch entries as the codecs report them (see `fetch`).

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::EventLoop;
 use super::fetch::{Deadline, FetchId, Phase, timer};
+use crate::ids::ActionId;
 use crate::wire::MAX_HINTS;
 
 /// Hints asked for with every lookup and batch: as many as a server sends.
@@ -40,21 +41,21 @@ const MAX_SEEN: usize = 16_384;
 /// The read-ahead queue and what is in flight.
 #[derive(Default)]
 pub(super) struct ReadAhead {
-    queue: VecDeque<(PeerId, [u8; 32])>,
-    queued: HashSet<[u8; 32]>,
-    seen: HashSet<[u8; 32]>,
+    queue: VecDeque<(PeerId, ActionId)>,
+    queued: HashSet<ActionId>,
+    seen: HashSet<ActionId>,
     pub(super) in_flight: usize,
 }
 
 impl ReadAhead {
     /// Removes `action` from the queue: a lookup is about to fetch it.
-    pub(super) fn take(&mut self, action: &[u8; 32]) {
+    pub(super) fn take(&mut self, action: &ActionId) {
         if self.queued.remove(action) {
             self.queue.retain(|(_, queued)| queued != action);
         }
     }
 
-    fn offer(&mut self, peer: PeerId, action: [u8; 32]) {
+    fn offer(&mut self, peer: PeerId, action: ActionId) {
         if self.queue.len() >= MAX_QUEUED
             || self.seen.contains(&action)
             || !self.queued.insert(action)
@@ -65,7 +66,7 @@ impl ReadAhead {
     }
 
     /// Puts `actions`, read ahead already, back at the front, in order.
-    fn requeue(&mut self, peer: PeerId, actions: Vec<[u8; 32]>) {
+    fn requeue(&mut self, peer: PeerId, actions: Vec<ActionId>) {
         for action in actions.into_iter().rev() {
             self.seen.remove(&action);
             if self.queued.insert(action) {
@@ -74,11 +75,11 @@ impl ReadAhead {
         }
     }
 
-    fn peek(&self) -> Option<(PeerId, [u8; 32])> {
+    fn peek(&self) -> Option<(PeerId, ActionId)> {
         self.queue.front().copied()
     }
 
-    fn pop(&mut self) -> Option<(PeerId, [u8; 32])> {
+    fn pop(&mut self) -> Option<(PeerId, ActionId)> {
         let (peer, action) = self.queue.pop_front()?;
         self.queued.remove(&action);
         if self.seen.len() >= MAX_SEEN {
@@ -91,7 +92,7 @@ impl ReadAhead {
 
 impl EventLoop {
     /// Queues a peer's hints and starts what read-ahead allows.
-    pub(super) fn offer_hints(&mut self, peer: PeerId, next: Vec<[u8; 32]>) {
+    pub(super) fn offer_hints(&mut self, peer: PeerId, next: Vec<ActionId>) {
         if self.config.read_ahead == 0 {
             return;
         }
@@ -144,7 +145,7 @@ impl EventLoop {
 
     /// Puts `actions` back at the front of the queue, to be fetched again:
     /// a version-1 peer answered only the first action of their batch.
-    pub(super) fn requeue(&mut self, peer: PeerId, actions: Vec<[u8; 32]>) {
+    pub(super) fn requeue(&mut self, peer: PeerId, actions: Vec<ActionId>) {
         self.read_ahead.requeue(peer, actions);
         self.pump_read_ahead();
     }
@@ -208,20 +209,23 @@ mod tests {
     fn hints_are_queued_once_and_bounded() {
         let peer = PeerId::random();
         let mut read_ahead = ReadAhead::default();
-        read_ahead.offer(peer, [1; 32]);
-        read_ahead.offer(peer, [1; 32]);
-        read_ahead.offer(peer, [2; 32]);
-        read_ahead.take(&[2; 32]);
-        assert_eq!(read_ahead.pop(), Some((peer, [1; 32])));
+        read_ahead.offer(peer, ActionId::from_bytes([1; 32]));
+        read_ahead.offer(peer, ActionId::from_bytes([1; 32]));
+        read_ahead.offer(peer, ActionId::from_bytes([2; 32]));
+        read_ahead.take(&ActionId::from_bytes([2; 32]));
+        assert_eq!(
+            read_ahead.pop(),
+            Some((peer, ActionId::from_bytes([1; 32])))
+        );
         assert_eq!(read_ahead.pop(), None);
         // Once read ahead, not queued again.
-        read_ahead.offer(peer, [1; 32]);
+        read_ahead.offer(peer, ActionId::from_bytes([1; 32]));
         assert_eq!(read_ahead.pop(), None);
         for n in 0..(MAX_QUEUED + 10) as u32 {
             let mut action = [0; 32];
             action[..4].copy_from_slice(&n.to_be_bytes());
             action[31] = 9;
-            read_ahead.offer(peer, action);
+            read_ahead.offer(peer, ActionId::from_bytes(action));
         }
         assert_eq!(read_ahead.queue.len(), MAX_QUEUED);
     }

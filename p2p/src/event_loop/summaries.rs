@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::EventLoop;
 use super::fetch::{Deadline, timer};
+use crate::ids::ActionId;
 use crate::summary::{MAX_CHUNK, MAX_WAIT, PeerSummary, SummaryAnswer, SummaryRequest};
 
 /// How often parked requests look for news.
@@ -49,7 +50,7 @@ pub(super) struct Parked {
 
 impl EventLoop {
     /// Whether `peer` may hold `action`, as far as its summary says.
-    pub(super) fn may_hold(&self, peer: &PeerId, action: &[u8; 32]) -> bool {
+    pub(super) fn may_hold(&self, peer: &PeerId, action: &ActionId) -> bool {
         self.peers
             .get(peer)
             .is_none_or(|state| state.summary.may_hold(action))

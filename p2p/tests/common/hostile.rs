@@ -16,11 +16,10 @@ use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
-use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use warren_p2p::identity::Keypair;
 use warren_p2p::wire::{self, Encoding, FoundHeader, RequestHeader, ResponseHeader};
-use warren_p2p::{Multiaddr, PROTOCOL_NAME, PeerId};
+use warren_p2p::{ActionId, Multiaddr, OutputId, PROTOCOL_NAME, PeerId};
 
 /// How the hostile peer answers every request.
 #[derive(Debug, Clone)]
@@ -37,7 +36,7 @@ pub enum Mode {
     BadChunks { claimed: Vec<u8> },
     /// Serves these entries honestly, as a version-1 node did: one action
     /// per request (`also` is ignored), hints after it in this order.
-    VersionOne { entries: Vec<([u8; 32], Vec<u8>)> },
+    VersionOne { entries: Vec<(ActionId, Vec<u8>)> },
 }
 
 pub struct Hostile {
@@ -135,7 +134,7 @@ impl request_response::Codec for HostileCodec {
         let header = ResponseHeader {
             version: 1,
             found: Some(FoundHeader {
-                output: Sha256::digest(announced).into(),
+                output: OutputId::of(announced),
                 size: announced.len() as u64,
                 time_unix_nanos: 1,
                 body_included: true,
@@ -160,7 +159,7 @@ impl request_response::Codec for HostileCodec {
 /// A version-1 server's answer: `request.action` alone, hints after it.
 async fn version_one<T>(
     io: &mut T,
-    entries: &[([u8; 32], Vec<u8>)],
+    entries: &[(ActionId, Vec<u8>)],
     request: &RequestHeader,
 ) -> io::Result<()>
 where
@@ -181,7 +180,7 @@ where
     let header = ResponseHeader {
         version: 1,
         found: Some(FoundHeader {
-            output: Sha256::digest(body).into(),
+            output: OutputId::of(body),
             size: body.len() as u64,
             time_unix_nanos: 1,
             body_included: body.len() as u64 <= request.max_inline,
@@ -209,7 +208,7 @@ where
     let header = ResponseHeader {
         version: wire::WIRE_VERSION,
         found: accepted.then(|| FoundHeader {
-            output: Sha256::digest(claimed).into(),
+            output: OutputId::of(claimed),
             size: claimed.len() as u64,
             time_unix_nanos: 1,
             body_included: true,

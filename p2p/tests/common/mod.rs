@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use warren_p2p::identity::Keypair;
 use warren_p2p::{
-    BodySink, Client, CommitError, Event, Multiaddr, NodeConfig, PeerId, Served, Store,
-    SummaryChunk,
+    ActionId, BodySink, Client, CommitError, Event, Multiaddr, NodeConfig, OutputId, PeerId,
+    Served, Store, SummaryChunk,
 };
 
 /// How long any single wait in a test may take before the test fails.
@@ -49,7 +49,7 @@ impl Usage {
 
 #[derive(Debug, Clone)]
 struct Entry {
-    output: [u8; 32],
+    output: OutputId,
     size: u64,
     time_unix_nanos: u64,
     path: PathBuf,
@@ -57,10 +57,10 @@ struct Entry {
 
 struct Inner {
     dir: tempfile::TempDir,
-    entries: Mutex<HashMap<[u8; 32], Entry>>,
+    entries: Mutex<HashMap<ActionId, Entry>>,
     /// Actions in the order they were stored, if the store gives
     /// read-ahead hints (see [`DirStore::with_hints`]).
-    order: Option<Mutex<Vec<[u8; 32]>>>,
+    order: Option<Mutex<Vec<ActionId>>>,
     /// The summary log and its epoch, if the store keeps one (see
     /// [`DirStore::with_summary`]).
     summary: Option<(u64, Mutex<Vec<u64>>)>,
@@ -104,23 +104,23 @@ impl DirStore {
     }
 
     /// Stores `body` under `action`; returns its OutputID.
-    pub fn put(&self, action: [u8; 32], body: &[u8]) -> [u8; 32] {
-        let output = Sha256::digest(body).into();
+    pub fn put(&self, action: ActionId, body: &[u8]) -> OutputId {
+        let output = OutputId::of(body);
         self.put_claiming(action, body, output);
         output
     }
 
     /// Stores `body` under `action` with a made-up OutputID (a damaged store).
-    pub fn put_claiming(&self, action: [u8; 32], body: &[u8], output: [u8; 32]) {
-        let path = self.0.dir.path().join(hex::encode(action));
+    pub fn put_claiming(&self, action: ActionId, body: &[u8], output: OutputId) {
+        let path = self.0.dir.path().join(action.to_hex());
         File::create(&path).unwrap().write_all(body).unwrap();
         self.insert(action, output, body.len() as u64, path);
     }
 
     /// Stores a generated body of `size` bytes, written and hashed a chunk
     /// at a time so the test itself never holds it in memory.
-    pub fn put_generated(&self, action: [u8; 32], size: u64) -> [u8; 32] {
-        let path = self.0.dir.path().join(hex::encode(action));
+    pub fn put_generated(&self, action: ActionId, size: u64) -> OutputId {
+        let path = self.0.dir.path().join(action.to_hex());
         let mut file = io::BufWriter::new(File::create(&path).unwrap());
         let mut hasher = Sha256::new();
         let mut chunk = vec![0u8; 64 * 1024];
@@ -135,12 +135,12 @@ impl DirStore {
             written += len as u64;
         }
         file.flush().unwrap();
-        let output = hasher.finalize().into();
+        let output = OutputId::from_bytes(hasher.finalize().into());
         self.insert(action, output, size, path);
         output
     }
 
-    fn insert(&self, action: [u8; 32], output: [u8; 32], size: u64, path: PathBuf) {
+    fn insert(&self, action: ActionId, output: OutputId, size: u64, path: PathBuf) {
         let entry = Entry {
             output,
             size,
@@ -158,7 +158,7 @@ impl DirStore {
         }
     }
 
-    pub fn has(&self, action: &[u8; 32]) -> bool {
+    pub fn has(&self, action: &ActionId) -> bool {
         self.0.entries.lock().unwrap().contains_key(action)
     }
 
@@ -167,13 +167,13 @@ impl DirStore {
     }
 
     /// The stored body (small bodies only).
-    pub fn body(&self, action: &[u8; 32]) -> Option<Vec<u8>> {
+    pub fn body(&self, action: &ActionId) -> Option<Vec<u8>> {
         let path = self.0.entries.lock().unwrap().get(action)?.path.clone();
         Some(std::fs::read(path).unwrap())
     }
 
     /// SHA-256 of the stored body, read a chunk at a time.
-    pub fn hash_of(&self, action: &[u8; 32]) -> Option<[u8; 32]> {
+    pub fn hash_of(&self, action: &ActionId) -> Option<OutputId> {
         let path = self.0.entries.lock().unwrap().get(action)?.path.clone();
         let mut file = File::open(path).unwrap();
         let mut hasher = Sha256::new();
@@ -181,7 +181,7 @@ impl DirStore {
         loop {
             let read = file.read(&mut chunk).unwrap();
             if read == 0 {
-                return Some(hasher.finalize().into());
+                return Some(OutputId::from_bytes(hasher.finalize().into()));
             }
             hasher.update(&chunk[..read]);
         }
@@ -193,7 +193,7 @@ impl DirStore {
 }
 
 impl Store for DirStore {
-    fn following(&self, action: &[u8; 32], limit: usize) -> Vec<[u8; 32]> {
+    fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
         let Some(order) = &self.0.order else {
             return Vec::new();
         };
@@ -204,7 +204,7 @@ impl Store for DirStore {
         }
     }
 
-    fn contains(&self, action: &[u8; 32]) -> bool {
+    fn contains(&self, action: &ActionId) -> bool {
         self.has(action)
     }
 
@@ -224,7 +224,7 @@ impl Store for DirStore {
         })
     }
 
-    fn open(&self, action: &[u8; 32]) -> io::Result<Option<Served>> {
+    fn open(&self, action: &ActionId) -> io::Result<Option<Served>> {
         self.0.usage.opens.fetch_add(1, Ordering::SeqCst);
         let Some(entry) = self.0.entries.lock().unwrap().get(action).cloned() else {
             return Ok(None);
@@ -239,8 +239,8 @@ impl Store for DirStore {
 
     fn begin(
         &self,
-        action: &[u8; 32],
-        output: &[u8; 32],
+        action: &ActionId,
+        output: &OutputId,
         size: u64,
     ) -> io::Result<Box<dyn BodySink>> {
         self.0.usage.sinks.fetch_add(1, Ordering::SeqCst);
@@ -258,8 +258,8 @@ impl Store for DirStore {
 
 struct DirSink {
     store: DirStore,
-    action: [u8; 32],
-    output: [u8; 32],
+    action: ActionId,
+    output: OutputId,
     size: u64,
     temp: Option<tempfile::NamedTempFile>,
     hasher: Sha256,
@@ -290,14 +290,14 @@ impl Write for DirSink {
 
 impl BodySink for DirSink {
     fn commit(mut self: Box<Self>) -> Result<(), CommitError> {
-        let actual: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        let actual = OutputId::from_bytes(std::mem::take(&mut self.hasher).finalize().into());
         if self.written != self.size || actual != self.output {
             return Err(CommitError::Mismatch {
                 actual,
                 actual_size: self.written,
             });
         }
-        let path = self.store.0.dir.path().join(hex::encode(self.action));
+        let path = self.store.0.dir.path().join(self.action.to_hex());
         self.temp
             .take()
             .expect("an open sink")
@@ -438,8 +438,8 @@ pub async fn until(what: &str, condition: impl Fn() -> bool) {
     }
 }
 
-pub fn action(n: u8) -> [u8; 32] {
-    [n; 32]
+pub fn action(n: u8) -> ActionId {
+    ActionId::from_bytes([n; 32])
 }
 
 /// A nonzero number unlikely to repeat between stores.

@@ -1,13 +1,15 @@
-//! Newtypes for the two 32-byte keys of the Go build cache.
+//! Newtypes for the two 32-byte keys of the Go build cache, shared by both
+//! crates and the wire.
 //!
 //! Go names them `ActionID` (what was built, the cache key) and `OutputID`
 //! (the SHA-256 of what came out, which addresses the body). Keeping them as
 //! distinct types stops an action key from ever being used as an object name
-//! and vice versa; both render as lowercase hex, which is also how they are
-//! named on disk.
+//! and vice versa. Both render as lowercase hex, which is how they are named
+//! on disk and how they travel in the fetch protocol's JSON headers.
 
 use std::fmt;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 /// Length of both IDs in bytes (Go's `cache.HashSize`).
@@ -65,6 +67,29 @@ macro_rules! id_type {
                 write!(f, "{}({})", stringify!($name), self.to_hex())
             }
         }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(text: &str) -> Result<Self, IdError> {
+                Self::from_hex(text)
+            }
+        }
+
+        /// As 64 lowercase hex digits.
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut text = [0; ID_LEN * 2];
+                hex::encode_to_slice(self.0, &mut text).expect("a buffer of twice the length");
+                serializer.serialize_str(std::str::from_utf8(&text).expect("hex is ASCII"))
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                Self::from_hex(&text).map_err(serde::de::Error::custom)
+            }
+        }
     };
 }
 
@@ -100,6 +125,15 @@ mod tests {
         assert_eq!(ActionId::from_slice(&[0; 31]), Err(IdError::Length(31)));
         assert_eq!(OutputId::from_hex("zz"), Err(IdError::Hex));
         assert_eq!(OutputId::from_hex(&"g".repeat(64)), Err(IdError::Hex));
+    }
+
+    #[test]
+    fn serde_is_lowercase_hex() {
+        let id = OutputId::from_bytes([0xab; ID_LEN]);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{}\"", "ab".repeat(ID_LEN)));
+        assert_eq!(serde_json::from_str::<OutputId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<OutputId>("\"abc\"").is_err());
     }
 
     #[test]
