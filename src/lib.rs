@@ -2,42 +2,39 @@
 //!
 //! The `go` command starts `warren` as its `GOCACHEPROG` and talks JSON lines
 //! with it. With no configuration warren is a fast, safe local cache; peer
-//! sharing (daemon, mDNS, libp2p) plugs in behind [`tiered::RemoteTier`].
+//! sharing plugs in behind [`tiered::RemoteTier`]. The folders follow the
+//! processes: what runs in the helper that `go` starts, what runs in the
+//! long-lived daemon, and the store both of them use
+//! (`docs/architecture.md` follows a `get` and a `put` through them).
 //!
 //! Layout:
-//! - [`cli`]: command-line interface and subcommands (the binary is a thin
-//!   wrapper around [`cli::run`]).
-//! - [`config`]: defaults, config file, `WARREN_*` variables and flags.
-//! - [`mod@env`]: the names of those variables.
-//! - [`ids`]: `ActionId` and `OutputId`.
-//! - [`protocol`]: the GOCACHEPROG messages and their streaming decoder.
-//! - [`server`]: the request loop for one `go` command.
-//! - [`tiered`]: lookups as a chain of tiers (local store, then remote).
-//! - [`store`]: the local disk store: layout, verified writes, trimming.
-//! - [`lock`]: cross-process file locks with a bounded wait.
+//! - [`gocacheprog`]: the helper, one per `go` command: the protocol's
+//!   messages and the session that answers them.
+//! - [`tiered`]: where an entry comes from: the local store first, then the
+//!   remote tier; where a put goes.
+//! - [`store`]: the local disk store (layout, entries, verified writes,
+//!   trim) and, for the daemon, its index of put order.
+//! - [`share`]: sharing with coworkers: the daemon, the socket to it, the
+//!   helper's remote tier, identity and the allowlist.
+//! - [`cli`]: the command line (the binary is a thin wrapper around
+//!   [`cli::run`]).
+//! - [`config`]: defaults, config file, `WARREN_*` variables and flags;
+//!   [`mod@env`]: the names of those variables.
 //! - [`stats`]: lifetime counters.
-//! - [`identity`]: this machine's peer key.
-//! - [`trust`]: the allowlist of coworkers.
-//! - [`ipc`]: the socket between helpers and the daemon.
-//! - [`remote`]: the helper's remote tier, which asks the daemon.
-//! - [`daemon`]: `warren daemon`, which shares the store with peers.
-//! - [`put_order`]: the order entries were put in, for read-ahead hints.
+//! - [`fsutil`]: atomic file writes and cross-process locks.
 //! - [`logging`]: quiet-by-default diagnostics on stderr.
+//! - [`ids`]: `ActionId` and `OutputId` (from `warren_p2p`, shared by both
+//!   crates).
 
 pub mod cli;
 pub mod config;
-pub mod daemon;
 pub mod env;
-pub mod identity;
-pub use warren_p2p::ids;
-pub mod ipc;
-pub mod lock;
+pub mod fsutil;
+pub mod gocacheprog;
 pub mod logging;
-pub mod protocol;
-pub mod put_order;
-pub mod remote;
-pub mod server;
+pub mod share;
 pub mod stats;
 pub mod store;
 pub mod tiered;
-pub mod trust;
+
+pub use warren_p2p::ids;

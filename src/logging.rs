@@ -61,3 +61,15 @@ where
         writeln!(writer)
     }
 }
+
+/// An error and its sources on one line, for `Err` responses and logs.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lock::{FileLock, LockError};
-use crate::store;
+use crate::fsutil;
+use crate::fsutil::lock::{FileLock, LockError};
 
 const STATS_FILE: &str = "stats.json";
 const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,7 +31,7 @@ pub enum Error {
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
-    Store(#[from] store::Error),
+    File(#[from] fsutil::Error),
 }
 
 /// Totals, as stored in `stats.json` and printed by `warren stats --json`.
@@ -161,7 +161,7 @@ pub fn record(root: &Path, totals: &Totals) -> Result<(), Error> {
     let mut lifetime = load(root)?;
     lifetime.add(totals);
     let json = serde_json::to_vec_pretty(&lifetime).expect("totals to serialize");
-    store::write_atomic(&root.join(STATS_FILE), &json)?;
+    fsutil::write_atomic(&root.join(STATS_FILE), &json)?;
     Ok(())
 }
 
@@ -217,9 +217,9 @@ mod tests {
     #[test]
     fn damaged_or_old_files_do_not_break_stats() {
         let dir = tempfile::tempdir().unwrap();
-        store::write_atomic(&dir.path().join(STATS_FILE), b"{\"gets\": 3}").unwrap();
+        fsutil::write_atomic(&dir.path().join(STATS_FILE), b"{\"gets\": 3}").unwrap();
         assert_eq!(load(dir.path()).unwrap().gets, 3);
-        store::write_atomic(&dir.path().join(STATS_FILE), b"\0garbage").unwrap();
+        fsutil::write_atomic(&dir.path().join(STATS_FILE), b"\0garbage").unwrap();
         assert_eq!(load(dir.path()).unwrap(), Totals::default());
         let totals = Totals {
             puts: 1,

@@ -8,9 +8,9 @@ use anyhow::Context as _;
 
 use super::PeersCommand;
 use crate::config::Config;
-use crate::identity;
-use crate::ipc;
-use crate::trust::Allowlist;
+use crate::share::identity;
+use crate::share::ipc;
+use crate::share::trust::Allowlist;
 
 /// What `warren init` writes when there is no config file yet.
 const INITIAL_CONFIG: &str = "\
@@ -51,7 +51,7 @@ pub(super) fn init(config: &Config, out: &mut impl Write) -> anyhow::Result<Exit
             )?;
         }
     } else {
-        crate::store::write_atomic(&config_path, INITIAL_CONFIG.as_bytes())
+        crate::fsutil::write_atomic(&config_path, INITIAL_CONFIG.as_bytes())
             .context("writing the config file")?;
         writeln!(out, "created config {} (sharing on)", config_path.display())?;
     }
@@ -113,35 +113,23 @@ pub(super) fn peers(
 }
 
 fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let status = runtime.block_on(ipc::call(
-        &config.socket_path(),
-        &ipc::Request::Status,
-        Duration::from_secs(2),
-        Duration::from_secs(2),
-    ));
-    let peers = match status {
-        Ok(ipc::Response::Status(status)) => {
-            let listen: Vec<&str> = status["listen"]
-                .as_array()
-                .map(|addrs| addrs.iter().filter_map(|a| a.as_str()).collect())
-                .unwrap_or_default();
+    let peers = match super::daemon_status(config) {
+        Ok(status) => {
             writeln!(
                 out,
                 "daemon: running as {}, listening on {}",
-                status["peer_id"].as_str().unwrap_or("?"),
-                listen.join(" ")
+                status.peer_id,
+                status.listen.join(" ")
             )?;
-            status["peers"].as_array().cloned().unwrap_or_default()
+            status.peers
         }
-        Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
-        Err(e) => {
-            writeln!(out, "daemon: not running ({e})")?;
-            Vec::new()
-        }
+        Err(e) => match e.downcast::<ipc::Error>() {
+            Ok(e) => {
+                writeln!(out, "daemon: not running ({e})")?;
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        },
     };
     if allowlist.peers.is_empty() && peers.is_empty() {
         writeln!(
@@ -166,34 +154,30 @@ fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow:
     )?;
     let mut shown = std::collections::HashSet::new();
     for info in &peers {
-        let id = info["id"].as_str().unwrap_or("?");
-        shown.insert(id.to_owned());
-        let state = if info["connected"].as_bool() == Some(true) {
+        shown.insert(info.id.clone());
+        let state = if info.connected {
             "connected"
-        } else if info["discovered"].as_bool() == Some(true) {
+        } else if info.discovered {
             "discovered"
         } else {
             "offline"
         };
-        let name = match allowlist.peers.iter().find(|peer| peer.id == id) {
+        let name = match allowlist.peers.iter().find(|peer| peer.id == info.id) {
             Some(peer) => peer.name.clone().unwrap_or_default(),
             None => "(untrusted)".to_owned(),
         };
-        let count = |field: &str| info[field].as_u64().unwrap_or(0).to_string();
         row(
             out,
             [
                 &name,
-                id,
+                &info.id,
                 state,
-                &last_seen(&info["last_seen_unix_ms"]),
-                &info["holds"]
-                    .as_u64()
-                    .map_or("?".to_owned(), |n| n.to_string()),
-                bodies(state, info.get("compressed")),
-                &count("hits_served"),
-                &count("hits_received"),
-                &count("rejected"),
+                &last_seen(info.last_seen_unix_ms),
+                &info.holds.map_or("?".to_owned(), |n| n.to_string()),
+                bodies(state, info.compressed),
+                &info.hits_served.to_string(),
+                &info.hits_received.to_string(),
+                &info.rejected.to_string(),
             ],
         )?;
     }
@@ -235,18 +219,18 @@ fn row(out: &mut impl Write, cells: [&str; 9]) -> std::io::Result<()> {
 /// "zstd" or "raw" as a connected peer is asked for bodies, "testing"
 /// while compression = "auto" measures which is faster; "-" otherwise
 /// (and from a daemon too old to say).
-fn bodies(state: &str, compressed: Option<&serde_json::Value>) -> &'static str {
+fn bodies(state: &str, compressed: Option<Option<bool>>) -> &'static str {
     match (state, compressed) {
-        ("connected", Some(serde_json::Value::Bool(true))) => "zstd",
-        ("connected", Some(serde_json::Value::Bool(false))) => "raw",
-        ("connected", Some(serde_json::Value::Null)) => "testing",
+        ("connected", Some(Some(true))) => "zstd",
+        ("connected", Some(Some(false))) => "raw",
+        ("connected", Some(None)) => "testing",
         _ => "-",
     }
 }
 
 /// "12s ago" from a Unix time in milliseconds.
-fn last_seen(unix_ms: &serde_json::Value) -> String {
-    let Some(ms) = unix_ms.as_u64() else {
+fn last_seen(unix_ms: Option<u64>) -> String {
+    let Some(ms) = unix_ms else {
         return "never".to_owned();
     };
     let seen = std::time::UNIX_EPOCH + Duration::from_millis(ms);
@@ -261,11 +245,15 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::share::status::PeerStatus;
 
     #[test]
     fn the_bodies_column_says_how_a_connected_peer_is_asked() {
         let info = |compressed: Value| json!({ "compressed": compressed });
-        let column = |state, info: &Value| bodies(state, info.get("compressed"));
+        let column = |state, info: &Value| {
+            let peer: PeerStatus = serde_json::from_value(info.clone()).unwrap();
+            bodies(state, peer.compressed)
+        };
         assert_eq!(column("connected", &info(json!(true))), "zstd");
         assert_eq!(column("connected", &info(json!(false))), "raw");
         assert_eq!(column("connected", &info(Value::Null)), "testing");

@@ -18,8 +18,10 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, Overrides};
 use crate::env;
-use crate::remote::DaemonTier;
-use crate::server;
+use crate::gocacheprog::session;
+use crate::share::ipc;
+use crate::share::remote::DaemonTier;
+use crate::share::status::{DaemonStatus, PeerStatus};
 use crate::stats::{self, Counters};
 use crate::store::{DiskStore, TrimReport};
 use crate::tiered::MultiLevelStorage;
@@ -28,6 +30,8 @@ mod share;
 
 /// Reading stdin in big steps keeps large put bodies flowing.
 const STDIN_BUFFER: usize = 256 * 1024;
+/// How long `warren peers` and `warren stats` wait for the daemon.
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A Go build cache helper (GOCACHEPROG) that shares caches with trusted coworkers.
 ///
@@ -157,7 +161,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Init) => share::init(&config, &mut out),
         Some(Command::Id) => share::id(&config, &mut out),
         Some(Command::Peers { action }) => share::peers(&config, action, &mut out),
-        Some(Command::Daemon) => crate::daemon::run(&config),
+        Some(Command::Daemon) => crate::share::daemon::run(&config),
         Some(Command::Config) => {
             let file = match &config.file {
                 Some(path) => path.display().to_string(),
@@ -222,7 +226,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let end = runtime.block_on(server::serve(
+    let end = runtime.block_on(session::serve(
         storage,
         counters.clone(),
         BufReader::with_capacity(STDIN_BUFFER, input),
@@ -230,7 +234,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     ))?;
     tracing::debug!("session ended: {end:?}");
     if let Err(e) = stats::record(store.root(), &counters.snapshot(store.repaired())) {
-        tracing::warn!("could not record statistics: {}", server::chain(&e));
+        tracing::warn!("could not record statistics: {}", crate::logging::chain(&e));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -375,27 +379,26 @@ fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Resu
         "repaired     {} damaged files removed",
         lifetime.repaired
     )?;
-    if let Some(peers) = peers.as_ref().and_then(|p| p.as_array()) {
+    if let Some(peers) = &peers {
         writeln!(out, "peers (from the running daemon):")?;
         for peer in peers {
-            let count = |field: &str| peer[field].as_u64().unwrap_or(0);
-            let bytes = |field: &str| ByteSize(count(field)).display().iec();
-            writeln!(out, "  {}", peer["id"].as_str().unwrap_or("?"))?;
+            let bytes = |count: u64| ByteSize(count).display().iec();
+            writeln!(out, "  {}", peer.id)?;
             writeln!(
                 out,
                 "    served    {} hits ({}, {} on the wire)",
-                count("hits_served"),
-                bytes("bytes_served"),
-                bytes("wire_bytes_served"),
+                peer.hits_served,
+                bytes(peer.bytes_served),
+                bytes(peer.wire_bytes_served),
             )?;
             writeln!(
                 out,
                 "    received  {} hits ({}, {} on the wire), {} read ahead, {} rejected bodies",
-                count("hits_received"),
-                bytes("bytes_received"),
-                bytes("wire_bytes_received"),
-                count("read_ahead"),
-                count("rejected"),
+                peer.hits_received,
+                bytes(peer.bytes_received),
+                bytes(peer.wire_bytes_received),
+                peer.read_ahead,
+                peer.rejected,
             )?;
         }
     }
@@ -403,24 +406,29 @@ fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Resu
 }
 
 /// Per-peer figures from the daemon, if one is running for this store.
-fn daemon_peers(config: &Config) -> Option<serde_json::Value> {
+fn daemon_peers(config: &Config) -> Option<Vec<PeerStatus>> {
     let socket = config.socket_path();
     if !socket.exists() {
         return None;
     }
+    daemon_status(config).ok().map(|status| status.peers)
+}
+
+/// The running daemon's status, by the socket.
+fn daemon_status(config: &Config) -> anyhow::Result<DaemonStatus> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .ok()?;
-    let status = runtime.block_on(crate::ipc::call(
-        &socket,
-        &crate::ipc::Request::Status,
-        std::time::Duration::from_secs(2),
-        std::time::Duration::from_secs(2),
-    ));
+        .context("starting the async runtime")?;
+    let status = runtime.block_on(ipc::call(
+        &config.socket_path(),
+        &ipc::Request::Status,
+        STATUS_TIMEOUT,
+        STATUS_TIMEOUT,
+    ))?;
     match status {
-        Ok(crate::ipc::Response::Status(status)) => Some(status["peers"].clone()),
-        _ => None,
+        ipc::Response::Status(status) => Ok(status),
+        other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
     }
 }
 

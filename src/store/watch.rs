@@ -20,19 +20,19 @@ use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 
 /// What happened in the actions directory since the last look.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Changes {
+pub(crate) struct Changes {
     /// (shard, file name) of entries that landed.
-    pub(super) landed: Vec<(String, String)>,
+    pub(crate) landed: Vec<(String, String)>,
     /// (shard, file name) of entries that went.
-    pub(super) removed: Vec<(String, String)>,
+    pub(crate) removed: Vec<(String, String)>,
     /// Shards to scan whole (new ones, whose first entries may predate
     /// their watch).
-    pub(super) shards: Vec<String>,
+    pub(crate) shards: Vec<String>,
     /// Scan everything: inotify lost track.
-    pub(super) rescan: bool,
+    pub(crate) rescan: bool,
 }
 
-pub(super) struct Watch {
+pub(crate) struct Watch {
     fd: OwnedFd,
     actions_dir: PathBuf,
     root: i32,
@@ -49,7 +49,7 @@ const SHARD_EVENTS: WatchFlags = WatchFlags::MOVED_TO
 impl Watch {
     /// Watches `actions_dir` (created if missing) and its shards; `None`
     /// if inotify is not available (then the index only scans).
-    pub(super) fn new(actions_dir: &Path) -> Option<Self> {
+    pub(crate) fn new(actions_dir: &Path) -> Option<Self> {
         std::fs::create_dir_all(actions_dir).ok()?;
         let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).ok()?;
         let root = inotify::add_watch(
@@ -79,7 +79,7 @@ impl Watch {
     }
 
     /// Waits up to `timeout` for changes; empty changes if none came.
-    pub(super) fn wait(&mut self, timeout: Duration) -> Changes {
+    pub(crate) fn wait(&mut self, timeout: Duration) -> Changes {
         let mut changes = Changes::default();
         let timeout = Timespec {
             tv_sec: timeout.as_secs() as _,

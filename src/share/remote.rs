@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use std::os::unix::process::CommandExt as _;
 
 use crate::ids::ActionId;
-use crate::ipc;
+use crate::share::ipc;
 use crate::store::{DiskStore, Entry, Lookup};
 use crate::tiered::{BoxFuture, RemoteTier};
 
@@ -152,7 +152,7 @@ impl RemoteTier for DaemonTier {
                     None
                 }
                 Err(e) => {
-                    tracing::debug!("get {action}: {}", crate::server::chain(&e));
+                    tracing::debug!("get {action}: {}", crate::logging::chain(&e));
                     None
                 }
             }

@@ -3,7 +3,7 @@
 //!
 //! It owns what a per-command helper cannot: the libp2p node (connections
 //! kept open to allowlisted peers, mDNS), serving the local store to peers,
-//! and answering helpers' lookups on the local socket ([`crate::ipc`]).
+//! and answering helpers' lookups on the local socket ([`crate::share::ipc`]).
 //! Fetched bodies go through [`DiskStore::begin_object`], so they are
 //! verified (size and SHA-256 against the OutputID) before they land.
 //!
@@ -13,30 +13,26 @@
 //! file's mtime, so they apply without a restart.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
-use warren_p2p::{
-    BodySink, Client, CommitError, Event, MdnsConfig, Multiaddr, NodeConfig, PeerId, PeerInfo,
-    Served, SummaryChunk,
-};
+use warren_p2p::{Client, Event, MdnsConfig, Multiaddr, NodeConfig, PeerId};
 
 use crate::config::Config;
-use crate::identity;
-use crate::ids::{ActionId, OutputId};
-use crate::ipc;
-use crate::lock::FileLock;
-use crate::put_order::PutOrder;
-use crate::store::{self, DiskStore, Lookup, ObjectWriter};
+use crate::fsutil::lock::FileLock;
+use crate::ids::ActionId;
+use crate::share::identity;
+use crate::share::ipc;
+use crate::share::node_store::StoreAdapter;
+use crate::share::status::{DaemonStatus, PeerStatus};
+use crate::share::trust::Allowlist;
+use crate::store::DiskStore;
 use crate::tiered::BoxFuture;
-use crate::trust::Allowlist;
 
 /// How often the allowlist file is checked for changes.
 const ALLOWLIST_POLL: Duration = Duration::from_secs(1);
@@ -117,7 +113,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
 /// Answers helpers on `socket` from a thread of its own, until `shutdown`.
 ///
 /// A helper counts a daemon that does not acknowledge a lookup within
-/// [`crate::remote::ACK_TIMEOUT`] as late, and one late three times in a
+/// [`crate::share::remote::ACK_TIMEOUT`] as late, and one late three times in a
 /// row as stuck. On the node's thread, a busy stretch of fetching (a build
 /// reading ahead, more so in a debug build) delayed acknowledgements past
 /// that and made helpers stop asking for a second, which cost builds their
@@ -189,50 +185,17 @@ impl ipc::Handler for Daemon {
         })
     }
 
-    fn status(&self) -> BoxFuture<'_, serde_json::Value> {
+    fn status(&self) -> BoxFuture<'_, DaemonStatus> {
         Box::pin(async move {
             let peers = self.client.peers().await;
-            let listen: Vec<String> = self
-                .client
-                .listen_addrs()
-                .await
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            let peers: Vec<serde_json::Value> = peers.iter().map(peer_status).collect();
-            serde_json::json!({
-                "peer_id": self.peer_id.to_string(),
-                "listen": listen,
-                "peers": peers,
-            })
+            let listen = self.client.listen_addrs().await;
+            DaemonStatus {
+                peer_id: self.peer_id.to_string(),
+                listen: listen.iter().map(ToString::to_string).collect(),
+                peers: peers.iter().map(PeerStatus::from).collect(),
+            }
         })
     }
-}
-
-/// One peer in `warren peers` / `warren stats` terms.
-fn peer_status(info: &PeerInfo) -> serde_json::Value {
-    let counters = &info.counters;
-    serde_json::json!({
-        "id": info.peer.to_string(),
-        "allowlisted": info.allowlisted,
-        "discovered": info.discovered,
-        "connected": info.connected,
-        "in_cooldown": info.in_cooldown,
-        "last_seen_unix_ms": info.last_seen.map(|time| {
-            time.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-        }),
-        "addresses": info.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "hits_served": counters.hits_served,
-        "hits_received": counters.hits_received,
-        "bytes_served": counters.bytes_out,
-        "bytes_received": counters.bytes_in,
-        "wire_bytes_served": counters.wire_out,
-        "wire_bytes_received": counters.wire_in,
-        "rejected": counters.rejected_bodies,
-        "read_ahead": counters.read_ahead,
-        "holds": info.summary_entries,
-        "compressed": info.compressed,
-    })
 }
 
 async fn log_events(mut events: tokio::sync::mpsc::Receiver<Event>) {
@@ -279,7 +242,7 @@ async fn watch_allowlist(
             Ok(_) => {}
             Err(e) => tracing::warn!(
                 "keeping the previous allowlist: {}",
-                crate::server::chain(&e)
+                crate::logging::chain(&e)
             ),
         }
     }
@@ -300,161 +263,4 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutting down");
     shutdown.cancel();
-}
-
-/// The store as the p2p node sees it.
-struct StoreAdapter {
-    store: Arc<DiskStore>,
-    order: Arc<PutOrder>,
-}
-
-impl StoreAdapter {
-    fn new(store: Arc<DiskStore>) -> io::Result<Self> {
-        let order = PutOrder::start(store.actions_dir().to_path_buf())?;
-        Ok(Self { store, order })
-    }
-}
-
-impl warren_p2p::Store for StoreAdapter {
-    fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
-        self.order.following(action, limit)
-    }
-
-    fn contains(&self, action: &ActionId) -> bool {
-        matches!(self.store.get(action), Ok(Lookup::Hit(_)))
-    }
-
-    fn summary(&self, epoch: u64, since: u64, limit: usize) -> Option<SummaryChunk> {
-        self.order.summary(epoch, since, limit)
-    }
-
-    fn summary_updates(&self) -> Option<tokio::sync::watch::Receiver<()>> {
-        Some(self.order.updates())
-    }
-
-    fn open(&self, action: &ActionId) -> io::Result<Option<Served>> {
-        let entry = match self.store.get(action) {
-            Ok(Lookup::Hit(entry)) => entry,
-            Ok(Lookup::Miss) => return Ok(None),
-            Err(e) => return Err(io::Error::other(e)),
-        };
-        let body = match File::open(&entry.path) {
-            Ok(body) => body,
-            // Trimmed between the lookup and the open: a miss.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        Ok(Some(Served {
-            output: entry.output,
-            size: entry.size,
-            time_unix_nanos: entry
-                .time
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos() as u64,
-            body,
-        }))
-    }
-
-    fn begin(
-        &self,
-        action: &ActionId,
-        output: &OutputId,
-        size: u64,
-    ) -> io::Result<Box<dyn BodySink>> {
-        let writer = self
-            .store
-            .begin_object(*output, size)
-            .map_err(io::Error::other)?;
-        Ok(Box::new(Sink {
-            store: self.store.clone(),
-            action: *action,
-            writer,
-        }))
-    }
-}
-
-/// A body on its way from a peer into the store.
-struct Sink {
-    store: Arc<DiskStore>,
-    action: ActionId,
-    writer: ObjectWriter,
-}
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.writer.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.writer.flush()
-    }
-}
-
-impl BodySink for Sink {
-    /// The node's only check of a fetched body: [`ObjectWriter::finish`]
-    /// compares size and SHA-256 with what the peer announced.
-    fn commit(self: Box<Self>) -> Result<(), CommitError> {
-        let verified = self.writer.finish().map_err(|error| match error {
-            store::Error::Mismatch {
-                actual,
-                actual_size,
-                ..
-            } => CommitError::Mismatch {
-                actual,
-                actual_size,
-            },
-            other => CommitError::Io(io::Error::other(other)),
-        })?;
-        self.store
-            .commit(&self.action, verified)
-            .map(drop)
-            .map_err(|error| CommitError::Io(io::Error::other(error)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use warren_p2p::Store as _;
-
-    use super::*;
-
-    /// The sink is the node's only check of a fetched body.
-    #[test]
-    fn sinks_store_only_the_announced_body_and_name_a_mismatch() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(DiskStore::open(dir.path()).unwrap());
-        let adapter = StoreAdapter::new(store.clone()).unwrap();
-        let body = b"the real body";
-        let output = OutputId::of(body);
-
-        let mut sink = adapter
-            .begin(&ActionId::from_bytes([1; 32]), &output, body.len() as u64)
-            .unwrap();
-        sink.write_all(b"a fake body!!").unwrap();
-        match sink.commit() {
-            Err(CommitError::Mismatch {
-                actual,
-                actual_size,
-            }) => {
-                assert_eq!(actual, OutputId::of(b"a fake body!!"));
-                assert_eq!(actual_size, 13);
-            }
-            other => panic!("expected a mismatch, got {other:?}"),
-        }
-        assert_eq!(
-            store.get(&ActionId::from_bytes([1; 32])).unwrap(),
-            Lookup::Miss
-        );
-
-        let mut sink = adapter
-            .begin(&ActionId::from_bytes([1; 32]), &output, body.len() as u64)
-            .unwrap();
-        sink.write_all(body).unwrap();
-        sink.commit().unwrap();
-        let Lookup::Hit(entry) = store.get(&ActionId::from_bytes([1; 32])).unwrap() else {
-            panic!("a verified body is stored");
-        };
-        assert_eq!(std::fs::read(entry.path).unwrap(), body);
-    }
 }

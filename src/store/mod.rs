@@ -47,6 +47,10 @@
 //! running `go` command may still hold its DiskPath. It runs under
 //! `trim.lock`, at most once per [`TRIM_INTERVAL`] when automatic.
 
+pub mod index;
+#[cfg(target_os = "linux")]
+mod watch;
+
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -57,8 +61,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
+use crate::fsutil::lock::{FileLock, LockError};
+use crate::fsutil::{self, TEMP_PREFIX, temp_file_in, write_atomic};
 use crate::ids::{ActionId, OutputId};
-use crate::lock::{FileLock, LockError};
 
 /// Name of the current layout's directory under the root.
 pub const LAYOUT_VERSION: &str = "v1";
@@ -73,7 +78,6 @@ pub const TRIM_INTERVAL: Duration = Duration::from_secs(60 * 60);
 const TRIM_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Entries are one short line; anything longer is corrupt.
 const MAX_ENTRY_LEN: u64 = 256;
-const TEMP_PREFIX: &str = ".tmp";
 
 const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
 # This file is a cache directory tag created by warren.\n\
@@ -101,6 +105,8 @@ pub enum Error {
     NotUtf8(PathBuf),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    File(#[from] fsutil::Error),
 }
 
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -636,36 +642,6 @@ pub fn entry_put_time(path: &Path) -> Option<SystemTime> {
         .read_to_end(&mut text)
         .ok()?;
     parse_entry(&text).map(|(_, _, time)| time)
-}
-
-/// Creates a temp file in `dir`, creating the directory on first use.
-fn temp_file_in(dir: &Path) -> Result<NamedTempFile, Error> {
-    let create = || {
-        tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .tempfile_in(dir)
-    };
-    match create() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(io_error("creating directory", dir))?;
-            create()
-        }
-        other => other,
-    }
-    .map_err(io_error("creating temp file in", dir))
-}
-
-/// Writes `contents` to `path` through a temp file and a rename.
-pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
-    let mut temp = temp_file_in(parent(path))?;
-    temp.write_all(contents)
-        .map_err(io_error("writing", temp.path()))?;
-    temp.persist(path).map_err(|e| Error::Io {
-        op: "replacing",
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
 }
 
 fn hash_file(path: &Path) -> io::Result<OutputId> {

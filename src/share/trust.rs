@@ -38,7 +38,7 @@ pub enum Error {
     #[error("{0:?} is not a peer ID (it looks like 12D3KooW…; `warren id` prints it)")]
     BadArgument(String),
     #[error("writing allowlist")]
-    Write(#[source] crate::store::Error),
+    Write(#[source] crate::fsutil::Error),
 }
 
 /// One allowlisted coworker.
@@ -93,14 +93,14 @@ impl Allowlist {
         text += &toml::to_string(self).expect("the allowlist to serialize");
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| {
-                Error::Write(crate::store::Error::Io {
+                Error::Write(crate::fsutil::Error {
                     op: "creating",
                     path: dir.to_path_buf(),
                     source,
                 })
             })?;
         }
-        crate::store::write_atomic(path, text.as_bytes()).map_err(Error::Write)
+        crate::fsutil::write_atomic(path, text.as_bytes()).map_err(Error::Write)
     }
 
     /// The peer IDs, parsed.
@@ -185,7 +185,7 @@ mod tests {
         ));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("peers.toml");
-        crate::store::write_atomic(&path, b"[[peer]]\nid = \"nope\"\n").unwrap();
+        crate::fsutil::write_atomic(&path, b"[[peer]]\nid = \"nope\"\n").unwrap();
         assert!(matches!(Allowlist::load(&path), Err(Error::BadPeer { .. })));
     }
 }

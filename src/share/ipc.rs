@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ids::ActionId;
+use crate::share::status::DaemonStatus;
 use crate::tiered::BoxFuture;
 
 /// Connections served at once; more wait for a slot.
@@ -100,7 +101,7 @@ pub enum Response {
         size: u64,
     },
     Miss,
-    Status(serde_json::Value),
+    Status(DaemonStatus),
     Error {
         message: String,
     },
@@ -153,7 +154,7 @@ async fn read_response(
 /// What the daemon does with requests.
 pub trait Handler: Send + Sync + 'static {
     fn get(&self, action: ActionId) -> BoxFuture<'_, Response>;
-    fn status(&self) -> BoxFuture<'_, serde_json::Value>;
+    fn status(&self) -> BoxFuture<'_, DaemonStatus>;
 }
 
 /// Binds the socket at `path`, owner-only. A stale socket left by a dead
@@ -287,8 +288,8 @@ mod tests {
             })
         }
 
-        fn status(&self) -> BoxFuture<'_, serde_json::Value> {
-            Box::pin(async { serde_json::json!({"peers": []}) })
+        fn status(&self) -> BoxFuture<'_, DaemonStatus> {
+            Box::pin(async { DaemonStatus::default() })
         }
     }
 

@@ -132,7 +132,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("identity.key");
         assert!(matches!(load(&path), Err(Error::Missing(_))));
-        crate::store::write_atomic(&path, b"not a key").unwrap();
+        crate::fsutil::write_atomic(&path, b"not a key").unwrap();
         assert!(matches!(load(&path), Err(Error::Decode { .. })));
         fs::remove_file(&path).unwrap();
         load_or_create(&path).unwrap();

@@ -40,6 +40,8 @@ use warren_p2p::SummaryChunk;
 
 use crate::ids::ActionId;
 use crate::store;
+#[cfg(target_os = "linux")]
+use crate::store::watch;
 
 /// A pause between puts longer than this ends a run of hints.
 pub const BURST_GAP: Duration = Duration::from_secs(10);
@@ -51,9 +53,6 @@ pub const REFRESH: Duration = Duration::from_secs(1);
 pub const QUICK_REFRESH: Duration = Duration::from_millis(200);
 /// With inotify: how often the index rescans anyway.
 pub const SAFETY_SCAN: Duration = Duration::from_secs(10);
-
-#[cfg(target_os = "linux")]
-mod watch;
 
 /// See the module docs.
 pub struct PutOrder {

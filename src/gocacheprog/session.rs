@@ -31,8 +31,9 @@ use std::sync::{Arc, Mutex};
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
+use crate::gocacheprog::protocol::{DecodeError, Request, RequestReader, Response};
 use crate::ids::{ActionId, OutputId};
-use crate::protocol::{DecodeError, Request, RequestReader, Response};
+use crate::logging::chain;
 use crate::stats::Counters;
 use crate::store::Lookup;
 use crate::tiered::MultiLevelStorage;
@@ -264,16 +265,4 @@ fn answer_get(id: i64, action: &ActionId, found: Lookup, counters: &Counters) ->
             Response::miss(id)
         }
     }
-}
-
-/// An error and its sources on one line, for `Err` responses and logs.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -1,0 +1,69 @@
+//! File helpers for everything warren writes: the store's files, and the
+//! config, allowlist and statistics beside it.
+//!
+//! Every file is written to a temp file in its own directory and renamed
+//! into place ([`write_atomic`]), so a reader sees the old file or the new
+//! one, never half of one. Temp files start with [`TEMP_PREFIX`]: the
+//! store's trim knows leftovers of killed processes by it. Cross-process
+//! locks live in [`lock`].
+
+pub mod lock;
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+
+/// Names of temp files start with this.
+pub const TEMP_PREFIX: &str = ".tmp";
+
+/// A file operation failed; the message names the operation and the path.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}", path.display())]
+pub struct Error {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Wraps an `io::Error` of `op` on `path`.
+pub fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates a temp file in `dir`, creating the directory on first use.
+pub fn temp_file_in(dir: &Path) -> Result<NamedTempFile, Error> {
+    let create = || {
+        tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(dir)
+    };
+    match create() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(io_error("creating directory", dir))?;
+            create()
+        }
+        other => other,
+    }
+    .map_err(io_error("creating temp file in", dir))
+}
+
+/// Writes `contents` to `path` through a temp file and a rename.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = temp_file_in(dir)?;
+    temp.write_all(contents)
+        .map_err(io_error("writing", temp.path()))?;
+    temp.persist(path).map_err(|e| Error {
+        op: "replacing",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}

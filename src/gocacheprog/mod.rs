@@ -1,0 +1,10 @@
+//! The GOCACHEPROG helper: what runs in the process `go` starts, one per
+//! `go` command.
+//!
+//! - [`protocol`]: the messages, field by field, and their streaming
+//!   decoder;
+//! - [`session`]: one conversation with `go`, from the capabilities line to
+//!   `close`.
+
+pub mod protocol;
+pub mod session;

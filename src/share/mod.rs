@@ -1,0 +1,20 @@
+//! Sharing with coworkers: off until configured.
+//!
+//! The helper cannot serve peers (`go` stops it at `close`), so a
+//! long-lived daemon per user and store owns the peer-to-peer node:
+//!
+//! - [`daemon`]: `warren daemon`, which wires the node, the helper socket
+//!   and the allowlist together; [`node_store`]: the store as the node sees
+//!   it (serving, verified fetched bodies, hints, summaries);
+//! - [`ipc`]: the Unix socket between helpers and the daemon, and
+//!   [`status`]: the daemon's typed answer to `status`;
+//! - [`remote`]: the helper's remote tier, which asks the daemon;
+//! - [`identity`] and [`trust`]: this machine's key and the allowlist.
+
+pub mod daemon;
+pub mod identity;
+pub mod ipc;
+pub mod node_store;
+pub mod remote;
+pub mod status;
+pub mod trust;

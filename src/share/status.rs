@@ -1,0 +1,121 @@
+//! The daemon's answer to `status`: who it is, where it listens, and each
+//! peer's state and counters.
+//!
+//! One pair of types for both ends of the socket: the daemon builds it from
+//! the node's [`PeerInfo`], `warren peers` and `warren stats` read it (and
+//! `warren stats --json` prints its peers as they are). Every field has a
+//! default, so a CLI can read the answer of an older or newer daemon.
+
+use std::time::UNIX_EPOCH;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use warren_p2p::PeerInfo;
+
+/// The running daemon.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DaemonStatus {
+    /// This machine's peer ID.
+    pub peer_id: String,
+    /// Multiaddrs the node listens on.
+    pub listen: Vec<String>,
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One peer, as `warren peers` and `warren stats` show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PeerStatus {
+    /// Its peer ID.
+    pub id: String,
+    pub allowlisted: bool,
+    pub discovered: bool,
+    pub connected: bool,
+    /// Left out of lookups after sending a body that did not verify.
+    pub in_cooldown: bool,
+    pub last_seen_unix_ms: Option<u64>,
+    pub addresses: Vec<String>,
+    /// Bodies sent to it, and their bytes as stored and on the link.
+    pub hits_served: u64,
+    pub bytes_served: u64,
+    pub wire_bytes_served: u64,
+    /// Bodies fetched from it (verified), and their bytes.
+    pub hits_received: u64,
+    pub bytes_received: u64,
+    pub wire_bytes_received: u64,
+    /// Its bodies that failed verification.
+    pub rejected: u64,
+    /// Of `hits_received`, bodies fetched ahead of any lookup.
+    pub read_ahead: u64,
+    /// Entries its summary names; `None` while there is none.
+    pub holds: Option<u64>,
+    /// Whether it is asked for compressed bodies: `Some(None)` while that is
+    /// being measured, `None` from a daemon too old to say.
+    #[serde(deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<Option<bool>>,
+}
+
+/// A field that is there, even as `null`, is `Some`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+impl From<&PeerInfo> for PeerStatus {
+    fn from(info: &PeerInfo) -> Self {
+        let counters = &info.counters;
+        Self {
+            id: info.peer.to_string(),
+            allowlisted: info.allowlisted,
+            discovered: info.discovered,
+            connected: info.connected,
+            in_cooldown: info.in_cooldown,
+            last_seen_unix_ms: info.last_seen.map(|time| {
+                time.duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64
+            }),
+            addresses: info.addresses.iter().map(ToString::to_string).collect(),
+            hits_served: counters.hits_served,
+            bytes_served: counters.bytes_out,
+            wire_bytes_served: counters.wire_out,
+            hits_received: counters.hits_received,
+            bytes_received: counters.bytes_in,
+            wire_bytes_received: counters.wire_in,
+            rejected: counters.rejected_bodies,
+            read_ahead: counters.read_ahead,
+            holds: info.summary_entries,
+            compressed: Some(info.compressed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_reads_older_answers() {
+        let peer = PeerStatus {
+            id: "12D3KooW".into(),
+            connected: true,
+            hits_served: 3,
+            compressed: Some(None),
+            ..PeerStatus::default()
+        };
+        let status = DaemonStatus {
+            peer_id: "me".into(),
+            listen: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            peers: vec![peer],
+        };
+        let json = serde_json::to_string(&status).unwrap();
+        assert!(json.contains(r#""compressed":null"#), "{json}");
+        assert_eq!(serde_json::from_str::<DaemonStatus>(&json).unwrap(), status);
+        // An older daemon: no `compressed`, and fields this one lacks.
+        let old: PeerStatus = serde_json::from_str(r#"{"id":"x","holds":2,"new":1}"#).unwrap();
+        assert_eq!((old.compressed, old.holds), (None, Some(2)));
+    }
+}
