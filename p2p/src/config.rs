@@ -14,10 +14,21 @@ use libp2p::connection_limits::ConnectionLimits;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 
-use crate::link::Compression;
-
 /// The mDNS service type warren advertises and browses for.
 pub const DEFAULT_SERVICE_TYPE: &str = "_warren._tcp.local.";
+
+/// How the requester chooses whether to ask for compressed bodies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Measure both and keep the faster (see `fetch::link`).
+    #[default]
+    Auto,
+    /// Always ask.
+    Always,
+    /// Never ask. Peers are still served compressed bodies if they ask.
+    Never,
+}
 
 /// Settings of a node; see each setter for its default.
 #[derive(Clone)]

@@ -9,31 +9,24 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: [`NodeConfig`] and [`MdnsConfig`], every limit with its default;
+//! - [`ids`]: [`ActionId`] and [`OutputId`], used end to end (warren uses
+//!   them too);
+//! - [`config`]: [`NodeConfig`] and [`MdnsConfig`], every limit with its
+//!   default;
 //! - `store`: the [`Store`] trait warren implements over its disk store;
-//! - [`wire`]: the fetch protocol's bytes (versioned JSON headers, raw or
-//!   compressed bodies, batches);
-//! - `codec`: the request-response codec: headers, limits, and what an
-//!   answer comes to;
-//! - `answer`: what a server answers for one action (lookup, and a small
-//!   body read and verified);
+//! - `protocol`: the fetch protocol as bytes: [`wire`] (versioned JSON
+//!   headers, batches, hints), body pieces, compressed chunks, metering;
+//! - `fetch`: the requesting side of an exchange (reading answers and
+//!   bodies into the store, verified) and the link meter that decides on
+//!   compression ([`Compression`]);
+//! - `serve`: the answering side (what the store holds for an action,
+//!   small bodies verified before they are sent, big ones streamed);
 //! - [`summary`]: peers' summaries of their stores, so misses they cannot
 //!   answer cost no round trip;
-//! - `body`: moving one body between a stream and the disk (small ones in
-//!   one piece, big ones in pieces through a blocking thread);
-//! - `compress`: a compressed body's pieces on the wire (zstd, one bounded
-//!   frame per piece), and `link`: whether asking for them pays on a
-//!   peer's link ([`Compression`]);
-//! - `behaviour`: the libp2p stack (TCP, Noise, Yamux; allowlist, connection
-//!   limits, ping, fetch);
-//! - `discovery`: mDNS advertisement and browsing (only when configured);
-//! - `event_loop`: [`EventLoop`], the one task that owns the swarm, its work
-//!   split into `fetch` (asking peers, deadlines, cooldown), `read_ahead`
-//!   (fetching, in batches, what a peer hints a build will ask for next),
-//!   `serve` (answering peers), `summaries` (keeping peers' summaries,
-//!   answering theirs of ours) and `peers` (bookkeeping, allowlist,
-//!   dialing);
-//! - `client`: [`Client`], the cloneable handle, and the [`Event`]s it sees.
+//! - `node`: [`EventLoop`], the one task that owns the swarm and
+//!   dispatches to its jobs (fetching, read-ahead, serving, summaries,
+//!   peers), the libp2p behaviour and codec, mDNS discovery, and
+//!   [`Client`], the cloneable handle, with the [`Event`]s it sees.
 //!
 //! # Usage
 //!
@@ -64,33 +57,27 @@
 //! counted against the peer, and puts it in cooldown. Bad data
 //! from peers is a miss, never a panic.
 
-mod answer;
-mod behaviour;
-mod body;
-mod client;
-mod codec;
-mod compress;
 pub mod config;
-mod discovery;
-mod event_loop;
+mod fetch;
 pub mod ids;
-mod link;
-mod metered;
+mod node;
+mod protocol;
+mod serve;
 mod store;
 pub mod summary;
-pub mod wire;
+
+pub use crate::protocol::wire;
 
 use std::sync::Arc;
 
 pub use libp2p::{Multiaddr, PeerId, identity};
 use tokio::sync::mpsc;
 
-pub use crate::client::{Client, Event, Fetched, PeerCounters, PeerInfo};
-pub use crate::codec::RejectReason;
-pub use crate::config::{MdnsConfig, NodeConfig};
-pub use crate::event_loop::EventLoop;
+pub use crate::config::{Compression, MdnsConfig, NodeConfig};
+pub use crate::fetch::receive::RejectReason;
 pub use crate::ids::{ActionId, OutputId};
-pub use crate::link::Compression;
+pub use crate::node::EventLoop;
+pub use crate::node::client::{Client, Event, Fetched, PeerCounters, PeerInfo};
 pub use crate::store::{BodySink, CommitError, Served, Store};
 pub use crate::summary::SummaryChunk;
 
@@ -136,7 +123,7 @@ pub fn new(
     store: Arc<dyn Store>,
 ) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), Error> {
     let local_peer_id = config.peer_id();
-    let mut swarm = behaviour::build_swarm(&config, store.clone())?;
+    let mut swarm = node::behaviour::build_swarm(&config, store.clone())?;
     for address in &config.listen {
         swarm
             .listen_on(address.clone())
@@ -146,9 +133,9 @@ pub fn new(
             })?;
     }
     let discovery = match &config.mdns {
-        Some(mdns) => {
-            Some(discovery::Discovery::start(mdns.clone(), local_peer_id).map_err(Error::Mdns)?)
-        }
+        Some(mdns) => Some(
+            node::discovery::Discovery::start(mdns.clone(), local_peer_id).map_err(Error::Mdns)?,
+        ),
         None => None,
     };
     let (commands, command_receiver) = mpsc::channel(COMMAND_QUEUE);
@@ -156,7 +143,7 @@ pub fn new(
     let backstop = config.longest_fetch() + std::time::Duration::from_secs(1);
     let client = Client::new(commands, local_peer_id, backstop);
     let event_loop =
-        event_loop::EventLoop::new(swarm, command_receiver, events, store, config, discovery);
+        node::EventLoop::new(swarm, command_receiver, events, store, config, discovery);
     Ok((client, event_receiver, event_loop))
 }
 

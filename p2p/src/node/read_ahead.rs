@@ -24,9 +24,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::EventLoop;
-use super::fetch::{Deadline, FetchId, Phase, timer};
+use super::fetching::{Deadline, FetchId, Phase, timer};
 use crate::ids::ActionId;
-use crate::wire::MAX_HINTS;
+use crate::protocol::wire::MAX_HINTS;
 
 /// Hints asked for with every lookup and batch: as many as a server sends.
 pub(super) const HINTS: u32 = MAX_HINTS;

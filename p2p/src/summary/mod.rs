@@ -37,7 +37,7 @@
 //! server ──> requester   frame(SummaryHeader) ++ count × 8 bytes (prefixes, big-endian)
 //! ```
 //!
-//! with frames as in [`crate::wire`]. An `epoch` of 0 in the answer means
+//! with frames as in [`crate::protocol::wire`]. An `epoch` of 0 in the answer means
 //! "no summary now; ask me about everything".
 
 use std::collections::HashSet;
@@ -49,7 +49,7 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::ActionId;
-use crate::wire;
+use crate::protocol::wire;
 
 /// The libp2p protocol name of summaries.
 pub const PROTOCOL_NAME: &str = "/warren/summary/1";

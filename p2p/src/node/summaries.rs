@@ -15,7 +15,7 @@ use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, Respons
 use tokio::time::Instant;
 
 use super::EventLoop;
-use super::fetch::{Deadline, timer};
+use super::fetching::{Deadline, timer};
 use crate::ids::ActionId;
 use crate::summary::{MAX_CHUNK, MAX_WAIT, PeerSummary, SummaryAnswer, SummaryRequest};
 

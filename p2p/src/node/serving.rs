@@ -2,7 +2,7 @@
 //!
 //! The event loop checks the allowlist and the serving cap and hands the
 //! request's actions (at most [`MAX_BATCH`]) to the codec, which looks each
-//! up and streams its answer in turn ([`crate::answer`]). Over the cap,
+//! up and streams its answer in turn ([`crate::serve::answer`]). Over the cap,
 //! every action is answered "not found" at once, without a lookup. What
 //! was sent is counted when the exchange ends, as it ended.
 
@@ -13,9 +13,10 @@ use libp2p::request_response::{InboundRequestId, ResponseChannel};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::EventLoop;
-use crate::client::Event;
-use crate::codec::{Reply, Response, SentLog};
-use crate::wire::{Encoding, MAX_BATCH, RequestHeader};
+use crate::node::client::Event;
+use crate::node::codec::Response;
+use crate::protocol::wire::{Encoding, MAX_BATCH, RequestHeader};
+use crate::serve::reply::{Reply, SentLog};
 
 pub(super) struct Serving {
     pub(super) peer: PeerId,

@@ -22,9 +22,9 @@ use tokio::time::Instant;
 
 use super::EventLoop;
 use crate::Error;
-use crate::client::{PeerCounters, PeerInfo};
-use crate::link::LinkMeter;
-use crate::metered::Traffic;
+use crate::fetch::link::LinkMeter;
+use crate::node::client::{PeerCounters, PeerInfo};
+use crate::protocol::metered::Traffic;
 use crate::summary::PeerSummary;
 
 #[derive(Debug)]

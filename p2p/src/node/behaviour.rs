@@ -21,8 +21,8 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, Swarm, SwarmBuilder, connection_limits, noise, ping};
 use libp2p::{request_response, tcp, yamux};
 
-use crate::codec::FetchCodec;
 use crate::config::NodeConfig;
+use crate::node::codec::FetchCodec;
 use crate::store::Store;
 use crate::summary::{self, SummaryCodec};
 use crate::{Error, PROTOCOL_NAME};

@@ -22,7 +22,7 @@ use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 
 use crate::PROTOCOL_NAME;
 use crate::config::MdnsConfig;
-use crate::wire::WIRE_VERSION;
+use crate::protocol::wire::WIRE_VERSION;
 
 /// TXT key carrying the advertised peer ID.
 const PEER_KEY: &str = "peer";

@@ -17,10 +17,11 @@
 
 use std::io::Read;
 
-use crate::body::{Outgoing, Piece, SMALL_BODY};
 use crate::ids::{ActionId, OutputId};
+use crate::protocol::piece::{Piece, SMALL_BODY};
+use crate::protocol::wire::{Encoding, FoundHeader};
+use crate::serve::reply::Outgoing;
 use crate::store::Store;
-use crate::wire::{Encoding, FoundHeader};
 
 /// The answer for one action: `body` is `Some` exactly when `found` says
 /// the body is included.

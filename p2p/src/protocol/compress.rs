@@ -4,7 +4,7 @@
 //! MB to 49 MB), so on an office link of 1 Gb/s a build fetched from a peer
 //! waits on a quarter of the bytes. On a link faster than the sender can
 //! compress, the same work would slow it down: the requester asks for
-//! compression only when it wants it ([`crate::link`] decides), and a
+//! compression only when it wants it ([`crate::fetch::link`] decides), and a
 //! server that is not asked, or is older, sends bodies raw.
 //!
 //! A compressed body is cut into the same pieces as a raw one (of
@@ -35,8 +35,8 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::body::Piece;
-use crate::wire::CHUNK_SIZE;
+use crate::protocol::piece::Piece;
+use crate::protocol::wire::CHUNK_SIZE;
 
 /// zstd's fastest regular level: about 590 MB/s per core for Go outputs on
 /// the benchmark machine, which keeps a sender ahead of a 1 Gb/s link.

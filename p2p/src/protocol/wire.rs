@@ -326,7 +326,7 @@ mod tests {
 
     #[test]
     fn a_frame_is_one_write_and_a_refused_one_leaves_nothing() {
-        let mut writes = crate::body::testing::Writes::default();
+        let mut writes = crate::protocol::testing::Writes::default();
         let not_found = ResponseHeader {
             version: WIRE_VERSION,
             found: None,

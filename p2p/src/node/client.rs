@@ -15,7 +15,7 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
-use crate::codec::RejectReason;
+use crate::fetch::receive::RejectReason;
 use crate::ids::{ActionId, OutputId};
 
 /// A body fetched from a peer, verified and committed through

@@ -1,7 +1,7 @@
 //! Bytes as they cross the link, per peer.
 //!
 //! A peer's hit counters count bodies as stored. Compressed bodies
-//! ([`crate::compress`]) take fewer bytes on the link, and answers carry
+//! ([`crate::protocol::compress`]) take fewer bytes on the link, and answers carry
 //! headers and hints too, so what the fetch protocol actually moved is
 //! counted apart: each response stream is wrapped in a [`Metered`] that adds
 //! what passes through it as it goes, so a stream that fails part-way still

@@ -1,6 +1,6 @@
 //! Whether to ask a peer for compressed bodies: try both, keep the faster.
 //!
-//! Compression ([`crate::compress`]) pays when the link is slower than the
+//! Compression ([`crate::protocol::compress`]) pays when the link is slower than the
 //! machines: on 1 Gb/s Ethernet or Wi-Fi a from-peer build then moves a
 //! quarter of the bytes. Where the link is as fast as the machines (10 Gb/s,
 //! or hosts sharing one machine's cores), compressing only adds work: on
@@ -28,6 +28,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::config::Compression;
+
 /// Bytes measured per turn.
 pub(crate) const SLICE: u64 = 2 << 20;
 /// Turns before choosing, raw and compressed alternately.
@@ -36,19 +38,6 @@ pub(crate) const SLICES: u32 = 8;
 pub(crate) const BETTER: f64 = 1.2;
 /// Bytes after which both are tried again.
 pub(crate) const RETRY: u64 = 1 << 30;
-
-/// How the requester chooses whether to ask for compressed bodies.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    /// Measure both and keep the faster (see the module docs).
-    #[default]
-    Auto,
-    /// Always ask.
-    Always,
-    /// Never ask. Peers are still served compressed bodies if they ask.
-    Never,
-}
 
 /// What a requester measures of one peer's link, over one connection.
 #[derive(Debug, Default)]

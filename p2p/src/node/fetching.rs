@@ -34,10 +34,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::EventLoop;
 use super::read_ahead::HINTS;
-use crate::client::{Event, Fetched};
-use crate::codec::{Answer, BatchReports, Local, Meta, Outcome, RejectReason, Report, Request};
+use crate::fetch::receive::{Answer, BatchReports, Local, Meta, Outcome, RejectReason, Report};
 use crate::ids::ActionId;
-use crate::wire::{BATCH_VERSION, Encoding, RequestHeader, WIRE_VERSION};
+use crate::node::client::{Event, Fetched};
+use crate::node::codec::Request;
+use crate::protocol::wire::{BATCH_VERSION, Encoding, RequestHeader, WIRE_VERSION};
 
 pub(super) type FetchId = u64;
 pub(super) type Timer = Pin<Box<dyn Future<Output = Deadline> + Send>>;

@@ -1,115 +1,32 @@
-//! The request-response codec that streams bodies instead of buffering them.
+//! The fetch protocol's request-response codec: an adapter between
+//! `libp2p-request-response` and the two sides of an exchange.
 //!
-//! `libp2p-request-response` runs one codec clone per stream: on the
+//! `libp2p-request-response` runs one codec clone per stream. On the
 //! requesting side it calls `write_request` and then `read_response` on the
-//! same clone, which is how `read_response` learns what was asked
-//! ([`FetchCodec::pending`]). Reading a response does the real work of a
-//! fetch on the connection's own task, off the event loop, for each action
-//! asked for (one, or a batch of them; see [`crate::wire`]):
+//! same clone, which is how `read_response` learns what was asked: the
+//! [`Request`] carries, besides its wire header, the requester's context
+//! ([`Local`]: deadline, cancellation, where batch entries are reported,
+//! the peer's meters), which never goes on the wire. The bytes themselves
+//! are read by [`Requester`] and written by [`Server`].
 //!
-//! 1. read the header by its deadline (the lookup's for the first; for each
-//!    later one of a batch, a fresh one after the previous entry); "not
-//!    found" and "found, not included" end there;
-//! 2. refuse a body bigger than `max_body_size` or than the `max_inline` we
-//!    asked for, before reading a byte of it;
-//! 3. move the body into a sink from [`Store::begin`] ([`crate::body`]:
-//!    memory stays at a few pieces whatever the body's size), within the
-//!    transfer timeout for its size;
-//! 4. commit it: the sink stores it only if exactly `size` bytes arrived
-//!    and their SHA-256 is the announced OutputID.
-//!
-//! A single request's outcome is its [`Answer`]. A batch reports each
-//! entry's outcome to the event loop as soon as it is known ([`Report`]), so
-//! a lookup waiting for one entry of a batch is answered when that entry
-//! lands, not when the batch ends; a batch stops at the first body that
-//! does not verify.
-//!
-//! A cancelled fetch (another peer won, or the lookup gave up) drops the
-//! sink, which discards what it held. Failures of the stream are `io`
-//! errors (a miss); a body that arrived but did not verify is an
-//! [`Outcome::Rejected`] so the node can put that peer in cooldown.
-//!
-//! On the serving side the event loop hands the codec a [`Reply`]: the
-//! actions to answer, which the codec looks up one at a time as it writes
-//! ([`crate::answer`]), streaming big bodies with [`crate::body::send_file`].
+//! One type of response serves both directions because the behaviour has
+//! one: the serving side writes a [`Reply`], the requesting side reads an
+//! [`Answer`]. (A fetch as a plain `async fn` over a raw stream, with the
+//! `libp2p-stream` crate, would drop both of these wrappers; see
+//! `docs/architecture.md`.)
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::StreamProtocol;
-use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::answer::{self, Prepared};
-use crate::body::{self, Outgoing, Received};
-use crate::config::transfer_timeout;
-use crate::ids::{ActionId, OutputId};
-use crate::link::LinkMeter;
-use crate::metered::{Metered, Traffic};
+use crate::fetch::receive::{Answer, Local, Pending, Requester, cancelled};
+use crate::ids::ActionId;
+use crate::protocol::metered::Metered;
+use crate::protocol::wire::{self, Encoding, RequestHeader};
+use crate::serve::reply::{Reply, Server};
 use crate::store::Store;
-use crate::wire::{
-    self, BATCH_VERSION, Encoding, FoundHeader, RequestHeader, ResponseHeader, WIRE_VERSION,
-};
-
-/// Why a received body was refused. A peer that causes one is put in cooldown.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RejectReason {
-    /// The body's SHA-256 is not the OutputID it was announced with.
-    HashMismatch {
-        expected: OutputId,
-        actual: OutputId,
-    },
-    /// The peer sent a body bigger than this node's `max_body_size`.
-    TooLarge { size: u64, limit: u64 },
-    /// The peer sent a body bigger than the `max_inline` it was asked for.
-    Unrequested { size: u64, max_inline: u64 },
-    /// The peer sent a compressed body whose chunks do not decode to it.
-    Undecodable(String),
-}
-
-impl std::fmt::Display for RejectReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::HashMismatch { expected, actual } => write!(
-                f,
-                "body hashes to {}, not its OutputID {}",
-                actual.to_hex(),
-                expected.to_hex()
-            ),
-            Self::TooLarge { size, limit } => {
-                write!(f, "body of {size} bytes is over the {limit} byte limit")
-            }
-            Self::Unrequested { size, max_inline } => write!(
-                f,
-                "body of {size} bytes sent although at most {max_inline} were asked for"
-            ),
-            Self::Undecodable(detail) => write!(f, "compressed body does not decode: {detail}"),
-        }
-    }
-}
-
-/// An entry as a peer described it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Meta {
-    pub(crate) output: OutputId,
-    pub(crate) size: u64,
-    pub(crate) time_unix_nanos: u64,
-}
-
-impl From<&FoundHeader> for Meta {
-    fn from(found: &FoundHeader) -> Self {
-        Self {
-            output: found.output,
-            size: found.size,
-            time_unix_nanos: found.time_unix_nanos,
-        }
-    }
-}
 
 /// A request: the header that goes on the wire and, on the requesting side,
 /// how its response is to be handled.
@@ -117,41 +34,6 @@ pub(crate) struct Request {
     pub(crate) header: RequestHeader,
     /// `None` for requests read from a peer.
     pub(crate) local: Option<Local>,
-}
-
-/// The requesting side's context for one outbound request; never sent.
-pub(crate) struct Local {
-    /// The (first) response header must arrive before this.
-    pub(crate) header_deadline: Instant,
-    /// Cancelled when the fetch no longer needs this request.
-    pub(crate) cancel: CancellationToken,
-    /// Set once the peer answered "found": the lookup then waits for the
-    /// transfer instead of giving up at its deadline.
-    pub(crate) positive: Arc<AtomicBool>,
-    /// For a batch (a header with `also`): where entries' outcomes go.
-    pub(crate) batch: Option<BatchReports>,
-    /// The peer's link: raw bodies' rates are recorded there.
-    pub(crate) link: Arc<LinkMeter>,
-    /// The answer's bytes are counted there as they arrive.
-    pub(crate) traffic: Arc<Traffic>,
-}
-
-/// Where a batch's entries are reported, one [`Report`] each.
-pub(crate) struct BatchReports {
-    /// One per action asked for, `action` first; each report carries its
-    /// entry's token.
-    pub(crate) tokens: Vec<u64>,
-    pub(crate) reports: mpsc::Sender<Report>,
-    /// How long each header after the first may take, counted from the end
-    /// of the entry before it.
-    pub(crate) header_timeout: Duration,
-}
-
-/// What became of one entry of a batch.
-#[derive(Debug)]
-pub(crate) struct Report {
-    pub(crate) token: u64,
-    pub(crate) outcome: Outcome,
 }
 
 impl std::fmt::Debug for Request {
@@ -172,71 +54,10 @@ pub(crate) enum Response {
     Answer(Answer),
 }
 
-/// What the requesting side made of a response.
-#[derive(Debug)]
-pub(crate) struct Answer {
-    /// A single request's outcome; `None` for a batch, whose entries were
-    /// reported one by one.
-    pub(crate) outcome: Option<Outcome>,
-    /// The server's read-ahead hints (at most as many as asked for).
-    pub(crate) next: Vec<ActionId>,
-    /// The wire version of the server's first header.
-    pub(crate) version: u32,
-}
-
-/// What a server sends: an answer for each of `actions`, in order.
-#[derive(Debug)]
-pub(crate) struct Reply {
-    pub(crate) actions: Vec<ActionId>,
-    pub(crate) max_inline: u64,
-    /// Read-ahead hints asked for.
-    pub(crate) hints: u32,
-    /// Send bodies compressed (the requester accepts zstd).
-    pub(crate) compress: bool,
-    /// Answer "not found" to every action without looking (the node is
-    /// serving all it may).
-    pub(crate) refuse: bool,
-    /// The bodies sent so far, for the node's counters.
-    pub(crate) sent: SentLog,
-    /// The answer's bytes are counted there as they are written.
-    pub(crate) traffic: Arc<Traffic>,
-}
-
-/// Bodies a server sent in one exchange, `(action, bytes)` each, in order.
-pub(crate) type SentLog = Arc<Mutex<Vec<(ActionId, u64)>>>;
-
-/// What became of a response on the requesting side.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    NotFound,
-    /// Found, body not included (bigger than the `max_inline` asked for).
-    Announced(Meta),
-    /// The body arrived, verified, and was committed to the store.
-    Committed(Meta),
-    /// The body (of `bytes` bytes) arrived but was refused.
-    Rejected {
-        reason: RejectReason,
-        bytes: u64,
-    },
-    /// The body verified but the local store could not take it.
-    NotStored(Meta),
-}
-
-/// What `read_response` needs to know about the request it answers.
-struct Pending {
-    actions: Vec<ActionId>,
-    max_inline: u64,
-    hints: u32,
-    /// Whether we accepted compressed bodies.
-    compressed_ok: bool,
-    local: Local,
-}
-
 /// The fetch protocol's codec; see the module docs.
 pub(crate) struct FetchCodec {
-    store: Arc<dyn Store>,
-    max_body_size: u64,
-    transfer_rate: u64,
+    requester: Requester,
+    server: Server,
     /// Set by `write_request`, taken by `read_response` (same clone).
     pending: Option<Pending>,
 }
@@ -245,9 +66,8 @@ impl Clone for FetchCodec {
     /// A fresh codec for a new stream: nothing pending.
     fn clone(&self) -> Self {
         Self {
-            store: self.store.clone(),
-            max_body_size: self.max_body_size,
-            transfer_rate: self.transfer_rate,
+            requester: self.requester.clone(),
+            server: self.server.clone(),
             pending: None,
         }
     }
@@ -256,291 +76,14 @@ impl Clone for FetchCodec {
 impl FetchCodec {
     pub(crate) fn new(store: Arc<dyn Store>, max_body_size: u64, transfer_rate: u64) -> Self {
         Self {
-            store,
-            max_body_size,
-            transfer_rate,
+            requester: Requester {
+                store: store.clone(),
+                max_body_size,
+                transfer_rate,
+            },
+            server: Server { store },
             pending: None,
         }
-    }
-
-    /// Reads one header by `deadline`; keeps its hints (as many as asked).
-    async fn read_header<T>(
-        io: &mut T,
-        pending: &Pending,
-        deadline: Instant,
-        next: &mut Vec<ActionId>,
-    ) -> io::Result<ResponseHeader>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let mut header: ResponseHeader = tokio::time::timeout_at(deadline, wire::read_frame(io))
-            .await
-            .map_err(|_| timed_out("no answer by its deadline"))??;
-        if !header.next.is_empty() {
-            *next = std::mem::take(&mut header.next);
-            next.truncate(pending.hints.min(wire::MAX_HINTS) as usize);
-        }
-        Ok(header)
-    }
-
-    /// A single request's response.
-    async fn receive<T>(&self, io: &mut T, pending: &Pending) -> io::Result<Answer>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let mut next = Vec::new();
-        let header =
-            Self::read_header(io, pending, pending.local.header_deadline, &mut next).await?;
-        let version = header.version;
-        let outcome = match header.found {
-            None => {
-                next.clear(); // Hints only come with a hit.
-                Outcome::NotFound
-            }
-            Some(found) => {
-                self.receive_found(io, pending, pending.actions[0], found)
-                    .await?
-            }
-        };
-        Ok(Answer {
-            outcome: Some(outcome),
-            next,
-            version,
-        })
-    }
-
-    /// A batch's response: each entry in turn, each reported at once.
-    async fn receive_batch<T>(
-        &self,
-        io: &mut T,
-        pending: &Pending,
-        batch: &BatchReports,
-    ) -> io::Result<Answer>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let mut next = Vec::new();
-        let mut version = WIRE_VERSION;
-        let mut deadline = pending.local.header_deadline;
-        for (index, (&action, &token)) in pending.actions.iter().zip(&batch.tokens).enumerate() {
-            let header = Self::read_header(io, pending, deadline, &mut next).await?;
-            if index == 0 {
-                version = header.version;
-                pending.local.positive.store(true, Ordering::Relaxed);
-            }
-            let outcome = match header.found {
-                None => Outcome::NotFound,
-                Some(found) => self.receive_found(io, pending, action, found).await?,
-            };
-            let rejected = matches!(outcome, Outcome::Rejected { .. });
-            if batch.reports.send(Report { token, outcome }).await.is_err() {
-                return Err(cancelled()); // The node is stopping.
-            }
-            // A version-1 server answers the first action only; a peer that
-            // sent a bad body is not read from any further.
-            if rejected || version < BATCH_VERSION {
-                break;
-            }
-            deadline = Instant::now() + batch.header_timeout;
-            // With the next entry already buffered, nothing here would wait,
-            // and on the daemon's one thread a batch would hold up helpers'
-            // lookups until it ended: let them in between entries.
-            tokio::task::yield_now().await;
-        }
-        Ok(Answer {
-            outcome: None,
-            next,
-            version,
-        })
-    }
-
-    /// The rest of a "found" answer for `action`.
-    async fn receive_found<T>(
-        &self,
-        io: &mut T,
-        pending: &Pending,
-        action: ActionId,
-        found: FoundHeader,
-    ) -> io::Result<Outcome>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let meta = Meta::from(&found);
-        if !found.body_included {
-            if found.size > self.max_body_size {
-                tracing::debug!(size = found.size, "peer holds a body over our size limit");
-                return Ok(Outcome::NotFound);
-            }
-            pending.local.positive.store(true, Ordering::Relaxed);
-            return Ok(Outcome::Announced(meta));
-        }
-        if found.size > self.max_body_size {
-            return Ok(Outcome::Rejected {
-                reason: RejectReason::TooLarge {
-                    size: found.size,
-                    limit: self.max_body_size,
-                },
-                bytes: 0,
-            });
-        }
-        if found.size > pending.max_inline {
-            return Ok(Outcome::Rejected {
-                reason: RejectReason::Unrequested {
-                    size: found.size,
-                    max_inline: pending.max_inline,
-                },
-                bytes: 0,
-            });
-        }
-        let compressed = match found.encoding {
-            Encoding::Raw => false,
-            Encoding::Zstd if pending.compressed_ok => true,
-            // Nothing of it can be read: the stream is out of step.
-            other => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("body sent as {other:?}, which was not asked for"),
-                ));
-            }
-        };
-        pending.local.positive.store(true, Ordering::Relaxed);
-        let deadline = Instant::now() + transfer_timeout(found.size, self.transfer_rate);
-        let receiving = pending.local.link.receiving(compressed);
-        let outcome =
-            tokio::time::timeout_at(deadline, self.receive_body(io, action, meta, compressed))
-                .await
-                .map_err(|_| timed_out("body not received within its transfer timeout"))??;
-        if let Outcome::Committed(_) = outcome {
-            receiving.arrived(found.size);
-        }
-        Ok(outcome)
-    }
-
-    /// Streams `meta.size` body bytes into a store sink; see [`crate::body`].
-    async fn receive_body<T>(
-        &self,
-        io: &mut T,
-        action: ActionId,
-        meta: Meta,
-        compressed: bool,
-    ) -> io::Result<Outcome>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let store = self.store.clone();
-        let begin = move || store.begin(&action, &meta.output, meta.size);
-        let received = match body::receive(io, meta.size, compressed, begin).await {
-            // A chunk that is not its piece: a bad body, like one that
-            // does not hash to its OutputID.
-            Err(error) if compressed && error.kind() == io::ErrorKind::InvalidData => {
-                return Ok(Outcome::Rejected {
-                    reason: RejectReason::Undecodable(error.to_string()),
-                    bytes: meta.size,
-                });
-            }
-            received => received?,
-        };
-        Ok(match received {
-            Received::Committed => Outcome::Committed(meta),
-            Received::Mismatch { actual } => Outcome::Rejected {
-                reason: RejectReason::HashMismatch {
-                    expected: meta.output,
-                    actual,
-                },
-                bytes: meta.size,
-            },
-            Received::NotStored(error) => {
-                tracing::warn!("cannot store a fetched body: {error}");
-                Outcome::NotStored(meta)
-            }
-        })
-    }
-
-    /// Writes the answer for each action of `reply` in turn: headers and
-    /// small bodies gathered into as few writes as they fit in (see
-    /// [`body::Outbox`]), each big body streamed after what came before it.
-    async fn send_reply<T>(&self, io: &mut T, reply: Reply) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        let last = reply.actions.len().saturating_sub(1);
-        let mut last_held = None;
-        let mut outbox = body::Outbox::default();
-        // Bodies gathered, counted as sent once they are written.
-        let mut gathered = Vec::new();
-        for (index, action) in reply.actions.iter().enumerate() {
-            let Prepared { found, body } = if reply.refuse {
-                Prepared::not_found()
-            } else {
-                answer::prepare(&*self.store, action, reply.max_inline)
-            };
-            if found.is_some() {
-                last_held = Some(action);
-            }
-            let next = match (index == last, last_held) {
-                (true, Some(held)) if reply.hints > 0 => self
-                    .store
-                    .following(held, reply.hints.min(wire::MAX_HINTS) as usize),
-                _ => Vec::new(),
-            };
-            let compress = reply.compress && body.is_some();
-            let header = ResponseHeader {
-                version: WIRE_VERSION,
-                found: found.map(|found| FoundHeader {
-                    encoding: if compress {
-                        Encoding::Zstd
-                    } else {
-                        Encoding::Raw
-                    },
-                    ..found
-                }),
-                next,
-            };
-            outbox.header(&header)?;
-            match (header.found, body) {
-                (Some(found), Some(Outgoing::Bytes(piece))) => {
-                    outbox.body(io, piece, compress).await?;
-                    gathered.push((*action, found.size));
-                }
-                (Some(found), Some(Outgoing::File(file))) => {
-                    outbox.write(io).await?;
-                    record_sent(&reply, &mut gathered);
-                    let sent = body::send_file(io, file, found.output, found.size, compress).await;
-                    if let Err(error) = &sent
-                        && body::is_damaged(error)
-                    {
-                        tracing::warn!(
-                            action = action.to_hex(),
-                            "stopped serving a body that does not match its OutputID ({error}); the local store is damaged, `warren verify` repairs it"
-                        );
-                    }
-                    sent?;
-                    gathered.push((*action, found.size));
-                    record_sent(&reply, &mut gathered);
-                }
-                _ => {}
-            }
-            // What is gathered goes out when a frame's worth has come
-            // together, and at the end; the entries of a batch are read
-            // from the page cache one after another, tens of microseconds
-            // apart, so a small entry waits little for the ones after it.
-            if outbox.len() >= body::Outbox::LIMIT || index == last {
-                outbox.flush(io).await?;
-                record_sent(&reply, &mut gathered);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Moves bodies written to the stream into the reply's log of bodies sent.
-fn record_sent(reply: &Reply, written: &mut Vec<(ActionId, u64)>) {
-    if !written.is_empty() {
-        reply
-            .sent
-            .lock()
-            .expect("lock not poisoned")
-            .append(written);
     }
 }
 
@@ -567,20 +110,10 @@ impl libp2p::request_response::Codec for FetchCodec {
             .pending
             .take()
             .ok_or_else(|| io::Error::other("a response without a request"))?;
-        let cancel = pending.local.cancel.clone();
-        let traffic = pending.local.traffic.clone();
-        let io = &mut Metered::new(io, &traffic.received);
-        let receive = async {
-            match &pending.local.batch {
-                None => self.receive(io, &pending).await,
-                Some(batch) => self.receive_batch(io, &pending, batch).await,
-            }
-        };
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => Err(cancelled()),
-            answer = receive => answer.map(Response::Answer),
-        }
+        self.requester
+            .read_response(io, pending)
+            .await
+            .map(Response::Answer)
     }
 
     async fn write_request<T>(
@@ -628,17 +161,10 @@ impl libp2p::request_response::Codec for FetchCodec {
             return Err(io::Error::other("only replies are written"));
         };
         let traffic = reply.traffic.clone();
-        self.send_reply(&mut Metered::new(io, &traffic.sent), reply)
+        self.server
+            .send_reply(&mut Metered::new(io, &traffic.sent), reply)
             .await
     }
-}
-
-fn timed_out(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, what.to_owned())
-}
-
-fn cancelled() -> io::Error {
-    io::Error::new(io::ErrorKind::Interrupted, "fetch cancelled")
 }
 
 #[cfg(test)]
@@ -652,9 +178,17 @@ mod tests {
     use libp2p::request_response::Codec;
 
     use super::*;
-    use crate::compress;
+    use crate::fetch::link::LinkMeter;
+    use crate::fetch::receive::{BatchReports, Outcome, RejectReason, Report};
+    use crate::ids::OutputId;
+    use crate::protocol::compress;
+    use crate::protocol::piece::Piece;
+    use crate::protocol::wire::CHUNK_SIZE;
+    use crate::protocol::wire::{FoundHeader, ResponseHeader, WIRE_VERSION};
     use crate::store::{BodySink, CommitError};
-    use crate::wire::CHUNK_SIZE;
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
 
     /// Commits verified bodies to a map; records the size of every write.
     #[derive(Default)]
@@ -1062,7 +596,7 @@ mod tests {
         other[CHUNK_SIZE + 7] ^= 1;
         let mut wrong = Vec::new();
         for piece in other.chunks(CHUNK_SIZE) {
-            let mut buffer = body::Piece::new(piece.len());
+            let mut buffer = Piece::new(piece.len());
             buffer.copy_from_slice(piece);
             compress::Chunk::encode(buffer, true)
                 .write(&mut wrong)
@@ -1376,7 +910,7 @@ mod tests {
             sent: sent.clone(),
             traffic: Arc::default(),
         };
-        let mut writes = crate::body::testing::Writes::default();
+        let mut writes = crate::protocol::testing::Writes::default();
         server
             .write_response(&protocol(), &mut writes, Response::Reply(reply))
             .await

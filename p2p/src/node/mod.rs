@@ -10,9 +10,11 @@
 //! hand-over; big bodies' file I/O and hashing on the blocking pool).
 //!
 //! The loop's work is split by job, each an `impl EventLoop` of its own:
-//! `fetch` (asking peers, deadlines), `read_ahead` (fetching what peers
-//! hint a build will want next), `serve` (answering them) and `peers`
-//! (bookkeeping, allowlist, dialing).
+//! `fetching` (asking peers, deadlines), `read_ahead` (fetching what peers
+//! hint a build will want next), `serving` (answering them), `summaries`
+//! and `peers` (bookkeeping, allowlist, dialing). Beside them: `behaviour`
+//! (the libp2p stack), `codec` (the request-response adapter), `discovery`
+//! (mDNS) and `client` (the handle).
 //!
 //! # Trust
 //!
@@ -23,10 +25,14 @@
 //! A peer whose body fails verification is counted, reported and left out
 //! of lookups for the cooldown.
 
-mod fetch;
+pub(crate) mod behaviour;
+pub(crate) mod client;
+pub(crate) mod codec;
+pub(crate) mod discovery;
+mod fetching;
 mod peers;
 mod read_ahead;
-mod serve;
+mod serving;
 mod summaries;
 
 use std::collections::{HashMap, HashSet};
@@ -42,17 +48,18 @@ use libp2p::{PeerId, Swarm, ping};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
-use self::fetch::{FetchId, PendingFetch, RequestInfo, Timer};
+use self::discovery::{Discovery, Found};
+use self::fetching::{FetchId, PendingFetch, RequestInfo, Timer};
 use self::peers::{AnonymousAddress, PeerState, split_peer_id};
 use self::read_ahead::ReadAhead;
-use self::serve::Serving;
+use self::serving::Serving;
 use self::summaries::{PARK_CHECK, Parked};
-use crate::behaviour::{Behaviour, BehaviourEvent};
-use crate::client::{Command, Event};
-use crate::codec::{Report, Request, Response};
 use crate::config::NodeConfig;
-use crate::discovery::{self, Discovery, Found};
+use crate::fetch::receive::Report;
 use crate::ids::ActionId;
+use crate::node::behaviour::{Behaviour, BehaviourEvent};
+use crate::node::client::{Command, Event};
+use crate::node::codec::{Request, Response};
 use crate::store::Store;
 
 /// A connection that lasted this long counts as good: its peer's redial

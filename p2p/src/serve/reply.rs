@@ -1,209 +1,153 @@
-//! Moving one body between a libp2p stream and the disk.
+//! The serving side of one exchange: writing the answer for each action a
+//! peer asked for, and the bodies that go with them.
 //!
-//! Both directions keep file I/O and hashing off the async thread and keep
-//! memory at a few pieces whatever the body's size:
+//! The event loop checks the allowlist and the serving cap and hands the
+//! node's codec a [`Reply`]; [`Server::send_reply`] then looks each action
+//! up in turn ([`crate::serve::answer`]) and writes its answer:
 //!
-//! - **Small bodies** (up to [`SMALL_BODY`], most of a Go build) travel in
-//!   one piece: the receiver reads the whole body, then stores it right on
-//!   the async thread; the server read and hashed it before answering. That
-//!   is a few file operations of tens of microseconds in all, where a
-//!   round trip through the blocking pool cost about 0.25 ms on a busy
-//!   2-core machine: most of a small fetch (docs/benchmarks.md).
-//! - **Bigger bodies** stream in [`CHUNK_SIZE`] pieces through a small
-//!   bounded queue to or from one blocking thread, which writes into the
-//!   store's sink (receiving) or reads and hashes the file (serving). Piece
-//!   buffers come from a small process-wide pool and go back to it when
-//!   dropped: a buffer allocated per body was zeroed and page-faulted in
-//!   anew each time (the allocator hands such sizes back to the kernel),
-//!   a tenth of a serving daemon's CPU in a profile of a from-peer build.
-//! - **Writes are gathered** ([`Outbox`]): a server's headers and small
-//!   bodies go to the stream in as few writes as fit in a yamux frame,
-//!   since every write becomes a frame, a Noise message and a TCP send of
-//!   its own (a batch of small entries written apart took 3 sends each).
-//!
-//! Verification: a received body is checked by the store's sink on
-//! [`BodySink::commit`] (see [`crate::store`]). A served file is hashed as
-//! it is read, and its last piece is sent only once the hash is known to
-//! match: a damaged file makes the server reset the stream instead, so the
-//! requester sees a failed transfer, never a whole corrupt body.
+//! - **Small bodies** (up to [`SMALL_BODY`], most of a Go build) were read
+//!   and hashed whole before the answer; they go out with their header.
+//! - **Bigger bodies** stream from their file in pieces through one
+//!   blocking thread that reads and hashes them ([`send_file`]); the last
+//!   piece is sent only once the hash is known to match, so a damaged file
+//!   makes the server reset the stream and the requester sees a failed
+//!   transfer, never a whole corrupt body.
+//! - **Writes are gathered** ([`Outbox`]): headers and small bodies go to
+//!   the stream in as few writes as fit in a yamux frame, since every write
+//!   becomes a frame, a Noise message and a TCP send of its own (a batch of
+//!   small entries written apart took 3 sends each).
 
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::ops::{Deref, DerefMut};
-use std::sync::Mutex;
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncWrite, AsyncWriteExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::compress::{self, Chunk};
-use crate::ids::OutputId;
-use crate::store::{BodySink, CommitError};
-use crate::wire::CHUNK_SIZE;
+use crate::ids::{ActionId, OutputId};
+use crate::protocol::compress::Chunk;
+use crate::protocol::metered::Traffic;
+use crate::protocol::piece::{Piece, QUEUE};
+use crate::protocol::wire::{
+    self, CHUNK_SIZE, Encoding, FoundHeader, ResponseHeader, WIRE_VERSION,
+};
+use crate::serve::answer::{self, Prepared};
+use crate::store::Store;
 
-/// Bodies that fit in one piece are moved in one piece, held in memory
-/// whole (at most one piece per stream, as for bigger bodies).
-pub(crate) const SMALL_BODY: u64 = CHUNK_SIZE as u64;
-/// Pieces queued between the stream and the blocking thread.
-const QUEUE: usize = 4;
-/// Piece buffers kept for reuse (4 MiB); more are freed.
-const POOLED: usize = 16;
-
-/// Free piece buffers, each [`CHUNK_SIZE`] bytes long.
-static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-
-/// The first `len` bytes of a pooled buffer; the buffer goes back to the
-/// pool when the piece is dropped. Small bodies travel as one piece.
+/// What a server sends: an answer for each of `actions`, in order.
 #[derive(Debug)]
-pub(crate) struct Piece {
-    buffer: Vec<u8>,
-    len: usize,
+pub(crate) struct Reply {
+    pub(crate) actions: Vec<ActionId>,
+    pub(crate) max_inline: u64,
+    /// Read-ahead hints asked for.
+    pub(crate) hints: u32,
+    /// Send bodies compressed (the requester accepts zstd).
+    pub(crate) compress: bool,
+    /// Answer "not found" to every action without looking (the node is
+    /// serving all it may).
+    pub(crate) refuse: bool,
+    /// The bodies sent so far, for the node's counters.
+    pub(crate) sent: SentLog,
+    /// The answer's bytes are counted there as they are written.
+    pub(crate) traffic: Arc<Traffic>,
 }
 
-impl Piece {
-    /// A piece of `len` (at most [`CHUNK_SIZE`]) bytes, contents unspecified.
-    pub(crate) fn new(len: usize) -> Self {
-        debug_assert!(len <= CHUNK_SIZE);
-        let buffer = POOL
+/// Bodies a server sent in one exchange, `(action, bytes)` each, in order.
+pub(crate) type SentLog = Arc<Mutex<Vec<(ActionId, u64)>>>;
+
+/// Writes replies from the local store.
+#[derive(Clone)]
+pub(crate) struct Server {
+    pub(crate) store: Arc<dyn Store>,
+}
+
+impl Server {
+    /// Writes the answer for each action of `reply` in turn: headers and
+    /// small bodies gathered into as few writes as they fit in (see
+    /// [`Outbox`]), each big body streamed after what came before it.
+    pub(crate) async fn send_reply<T>(&self, io: &mut T, reply: Reply) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let last = reply.actions.len().saturating_sub(1);
+        let mut last_held = None;
+        let mut outbox = Outbox::default();
+        // Bodies gathered, counted as sent once they are written.
+        let mut gathered = Vec::new();
+        for (index, action) in reply.actions.iter().enumerate() {
+            let Prepared { found, body } = if reply.refuse {
+                Prepared::not_found()
+            } else {
+                answer::prepare(&*self.store, action, reply.max_inline)
+            };
+            if found.is_some() {
+                last_held = Some(action);
+            }
+            let next = match (index == last, last_held) {
+                (true, Some(held)) if reply.hints > 0 => self
+                    .store
+                    .following(held, reply.hints.min(wire::MAX_HINTS) as usize),
+                _ => Vec::new(),
+            };
+            let compress = reply.compress && body.is_some();
+            let header = ResponseHeader {
+                version: WIRE_VERSION,
+                found: found.map(|found| FoundHeader {
+                    encoding: if compress {
+                        Encoding::Zstd
+                    } else {
+                        Encoding::Raw
+                    },
+                    ..found
+                }),
+                next,
+            };
+            outbox.header(&header)?;
+            match (header.found, body) {
+                (Some(found), Some(Outgoing::Bytes(piece))) => {
+                    outbox.body(io, piece, compress).await?;
+                    gathered.push((*action, found.size));
+                }
+                (Some(found), Some(Outgoing::File(file))) => {
+                    outbox.write(io).await?;
+                    record_sent(&reply, &mut gathered);
+                    let sent = send_file(io, file, found.output, found.size, compress).await;
+                    if let Err(error) = &sent
+                        && is_damaged(error)
+                    {
+                        tracing::warn!(
+                            action = action.to_hex(),
+                            "stopped serving a body that does not match its OutputID ({error}); the local store is damaged, `warren verify` repairs it"
+                        );
+                    }
+                    sent?;
+                    gathered.push((*action, found.size));
+                    record_sent(&reply, &mut gathered);
+                }
+                _ => {}
+            }
+            // What is gathered goes out when a frame's worth has come
+            // together, and at the end; the entries of a batch are read
+            // from the page cache one after another, tens of microseconds
+            // apart, so a small entry waits little for the ones after it.
+            if outbox.len() >= Outbox::LIMIT || index == last {
+                outbox.flush(io).await?;
+                record_sent(&reply, &mut gathered);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves bodies written to the stream into the reply's log of bodies sent.
+fn record_sent(reply: &Reply, written: &mut Vec<(ActionId, u64)>) {
+    if !written.is_empty() {
+        reply
+            .sent
             .lock()
             .expect("lock not poisoned")
-            .pop()
-            .unwrap_or_else(|| vec![0; CHUNK_SIZE]);
-        Self { buffer, len }
-    }
-
-    /// Keeps the first `len` bytes.
-    pub(crate) fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-}
-
-impl Deref for Piece {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.buffer[..self.len]
-    }
-}
-
-impl DerefMut for Piece {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.buffer[..self.len]
-    }
-}
-
-impl Drop for Piece {
-    fn drop(&mut self) {
-        let mut pool = POOL.lock().expect("lock not poisoned");
-        if pool.len() < POOLED {
-            pool.push(std::mem::take(&mut self.buffer));
-        }
-    }
-}
-
-/// What became of a body that arrived whole.
-#[derive(Debug)]
-pub(crate) enum Received {
-    /// Verified and stored.
-    Committed,
-    /// Not the announced body: nothing stored.
-    Mismatch { actual: OutputId },
-    /// The store could not take it (the sender is not to blame).
-    NotStored(io::Error),
-}
-
-/// Reads a body of `size` bytes from `io`, raw or (`compressed`) in
-/// chunks ([`crate::compress`]), into the sink that `begin` opens, and
-/// commits it. An `Err` is a failed stream (truncated, reset; an
-/// `InvalidData` one for a chunk that is not its piece): nothing is
-/// stored. Dropping the future part-way discards the body.
-pub(crate) async fn receive<T, B>(
-    io: &mut T,
-    size: u64,
-    compressed: bool,
-    begin: B,
-) -> io::Result<Received>
-where
-    T: AsyncRead + Unpin,
-    B: FnOnce() -> io::Result<Box<dyn BodySink>> + Send + 'static,
-{
-    if size <= SMALL_BODY {
-        let body = read_piece(io, size as usize, compressed).await?;
-        return Ok(store_whole(begin, &body));
-    }
-    let (full, mut queue) = mpsc::channel::<Piece>(QUEUE);
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut sink = match begin() {
-            Ok(sink) => sink,
-            Err(error) => return Some(Received::NotStored(error)),
-        };
-        let mut written = 0;
-        while let Some(piece) = queue.blocking_recv() {
-            if let Err(error) = sink.write_all(&piece) {
-                return Some(Received::NotStored(error));
-            }
-            written += piece.len() as u64;
-        }
-        // The stream side stopped early (failed or was cancelled): the
-        // sink is dropped, which discards the partial body.
-        (written == size).then(|| commit(sink))
-    });
-    let mut remaining = size;
-    let mut read_error = None;
-    while remaining > 0 {
-        let want = remaining.min(CHUNK_SIZE as u64) as usize;
-        let piece = match read_piece(io, want, compressed).await {
-            Ok(piece) => piece,
-            Err(error) => {
-                read_error = Some(error);
-                break;
-            }
-        };
-        remaining -= want as u64;
-        if full.send(piece).await.is_err() {
-            break; // The writer stopped; it says why.
-        }
-    }
-    drop(full);
-    let received = writer.await.map_err(io::Error::other)?;
-    match (read_error, received) {
-        (Some(error), _) => Err(error),
-        (None, Some(received)) => Ok(received),
-        (None, None) => Err(io::Error::other("body writer stopped early")),
-    }
-}
-
-/// The next `len` bytes of a body.
-async fn read_piece<T>(io: &mut T, len: usize, compressed: bool) -> io::Result<Piece>
-where
-    T: AsyncRead + Unpin,
-{
-    if compressed {
-        return compress::read_chunk(io, len).await;
-    }
-    let mut piece = Piece::new(len);
-    io.read_exact(&mut piece).await?;
-    Ok(piece)
-}
-
-fn store_whole<B>(begin: B, body: &[u8]) -> Received
-where
-    B: FnOnce() -> io::Result<Box<dyn BodySink>>,
-{
-    let stored = begin().and_then(|mut sink| {
-        sink.write_all(body)?;
-        Ok(sink)
-    });
-    match stored {
-        Ok(sink) => commit(sink),
-        Err(error) => Received::NotStored(error),
-    }
-}
-
-fn commit(sink: Box<dyn BodySink>) -> Received {
-    match sink.commit() {
-        Ok(()) => Received::Committed,
-        Err(CommitError::Mismatch { actual, .. }) => Received::Mismatch { actual },
-        Err(CommitError::Io(error)) => Received::NotStored(error),
+            .append(written);
     }
 }
 
@@ -244,11 +188,11 @@ impl Outbox {
 
     /// Gathers one header frame.
     pub(crate) fn header<H: serde::Serialize>(&mut self, header: &H) -> io::Result<()> {
-        crate::wire::encode_frame(&mut self.buffer, header)
+        crate::protocol::wire::encode_frame(&mut self.buffer, header)
     }
 
     /// Gathers a small body (read whole and verified already) after its
-    /// header, raw or (`compress`) as one chunk ([`crate::compress`]). One
+    /// header, raw or (`compress`) as one chunk ([`crate::protocol::compress`]). One
     /// that does not fit is written at once, after what was gathered, so
     /// the buffer never grows past [`Self::LIMIT`] by more than a header.
     pub(crate) async fn body<T>(
@@ -292,7 +236,7 @@ impl Outbox {
 }
 
 /// Sends `size` bytes of the open `file`, which must hash to `output`, raw
-/// or (`compress`) in chunks ([`crate::compress`]), and flushes. A file
+/// or (`compress`) in chunks ([`crate::protocol::compress`]), and flushes. A file
 /// that is shorter, unreadable or does not hash to `output` is an error
 /// before its last piece is sent (an [`is_damaged`] one for a hash
 /// mismatch), and the caller's error resets the stream.
@@ -375,50 +319,14 @@ fn read_verified(
     Ok(())
 }
 
-/// Test helpers shared by the modules that write to streams.
-#[cfg(test)]
-pub(crate) mod testing {
-    use std::io;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use futures::AsyncWrite;
-
-    /// Keeps every write apart, as a yamux stream makes each one a frame.
-    #[derive(Debug, Default)]
-    pub(crate) struct Writes(pub(crate) Vec<Vec<u8>>);
-
-    impl Writes {
-        /// Everything written, in order.
-        pub(crate) fn bytes(&self) -> Vec<u8> {
-            self.0.concat()
-        }
-    }
-
-    impl AsyncWrite for Writes {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            bytes: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            self.0.push(bytes.to_vec());
-            Poll::Ready(Ok(bytes.len()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use futures::io::Cursor;
 
-    use super::testing::Writes;
     use super::*;
+    use crate::protocol::compress;
+    use crate::protocol::testing::Writes;
+    use std::io::Write;
 
     fn piece(bytes: &[u8]) -> Piece {
         let mut piece = Piece::new(bytes.len());
@@ -434,7 +342,7 @@ mod tests {
         for n in 0..10u8 {
             let header = serde_json::json!({ "entry": n });
             outbox.header(&header).unwrap();
-            crate::wire::encode_frame(&mut expected, &header).unwrap();
+            crate::protocol::wire::encode_frame(&mut expected, &header).unwrap();
             outbox.body(&mut io, piece(&[n; 9]), false).await.unwrap();
             expected.extend_from_slice(&[n; 9]);
         }
