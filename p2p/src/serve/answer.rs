@@ -15,13 +15,22 @@
 //! found", a big one is cut off before its last piece. Any other trouble is
 //! "not found" too: a peer asking is never told more than that.
 
+use std::fs::File;
 use std::io::Read;
 
 use crate::ids::{ActionId, OutputId};
 use crate::protocol::piece::{Piece, SMALL_BODY};
 use crate::protocol::wire::{Encoding, FoundHeader};
-use crate::serve::reply::Outgoing;
 use crate::store::Store;
+
+/// A body a server is about to send.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// Read whole and already verified.
+    Bytes(Piece),
+    /// An open file, to be verified as it is sent.
+    File(File),
+}
 
 /// The answer for one action: `body` is `Some` exactly when `found` says
 /// the body is included.

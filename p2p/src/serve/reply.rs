@@ -32,7 +32,7 @@ use crate::protocol::piece::{Piece, QUEUE};
 use crate::protocol::wire::{
     self, CHUNK_SIZE, Encoding, FoundHeader, ResponseHeader, WIRE_VERSION,
 };
-use crate::serve::answer::{self, Prepared};
+use crate::serve::answer::{self, Outgoing, Prepared};
 use crate::store::Store;
 
 /// What a server sends: an answer for each of `actions`, in order.
@@ -149,15 +149,6 @@ fn record_sent(reply: &Reply, written: &mut Vec<(ActionId, u64)>) {
             .expect("lock not poisoned")
             .append(written);
     }
-}
-
-/// A body a server is about to send.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    /// Read whole and already verified.
-    Bytes(Piece),
-    /// An open file, to be verified as it is sent.
-    File(File),
 }
 
 /// Why a served body was cut off.
