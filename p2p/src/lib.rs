@@ -74,10 +74,11 @@ pub use libp2p::{Multiaddr, PeerId, identity};
 use tokio::sync::mpsc;
 
 pub use crate::config::{Compression, MdnsConfig, NodeConfig};
+pub use crate::fetch::Fetched;
 pub use crate::fetch::receive::RejectReason;
 pub use crate::ids::{ActionId, OutputId};
 pub use crate::node::EventLoop;
-pub use crate::node::client::{Client, Event, Fetched, PeerCounters, PeerInfo};
+pub use crate::node::client::{Client, Event, PeerCounters, PeerInfo};
 pub use crate::store::{BodySink, CommitError, Served, Store};
 pub use crate::summary::SummaryChunk;
 

@@ -4,8 +4,30 @@
 //!   verified, within deadlines;
 //! - [`link`]: whether asking a peer for compressed bodies pays on its link.
 //!
-//! The bookkeeping of lookups in flight (whom to ask, deadlines, cooldown,
-//! read-ahead) is the node's: see [`crate::node`].
+//! - [`books`]: the bookkeeping of fetches in flight (whom to ask, whose
+//!   body to take, deadlines, cooldown), free of I/O: the node's event loop
+//!   feeds it events and carries out what it returns;
+//! - [`read_ahead`]: the queue of entries a peer hinted a build will ask
+//!   for next.
 
+pub(crate) mod books;
 pub(crate) mod link;
+pub(crate) mod read_ahead;
 pub(crate) mod receive;
+
+use libp2p::PeerId;
+
+use crate::ids::OutputId;
+
+/// A body fetched from a peer, verified and committed through
+/// [`Store::begin`](crate::Store::begin) and [`BodySink::commit`](crate::BodySink::commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fetched {
+    /// The peer the body came from.
+    pub peer: PeerId,
+    /// SHA-256 of the body (Go's OutputID).
+    pub output: OutputId,
+    pub size: u64,
+    /// When the peer's entry was put, in nanoseconds since the Unix epoch.
+    pub time_unix_nanos: u64,
+}

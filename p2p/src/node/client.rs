@@ -15,21 +15,9 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
+use crate::fetch::Fetched;
 use crate::fetch::receive::RejectReason;
-use crate::ids::{ActionId, OutputId};
-
-/// A body fetched from a peer, verified and committed through
-/// [`Store::begin`](crate::Store::begin) and [`BodySink::commit`](crate::BodySink::commit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fetched {
-    /// The peer the body came from.
-    pub peer: PeerId,
-    /// SHA-256 of the body (Go's OutputID).
-    pub output: OutputId,
-    pub size: u64,
-    /// When the peer's entry was put, in nanoseconds since the Unix epoch.
-    pub time_unix_nanos: u64,
-}
+use crate::ids::ActionId;
 
 /// What the node knows about one peer, for `warren status` and the like.
 /// Serializes to JSON with the peer ID and addresses as strings and

@@ -31,7 +31,6 @@ pub(crate) mod codec;
 pub(crate) mod discovery;
 mod fetching;
 mod peers;
-mod read_ahead;
 mod serving;
 mod summaries;
 
@@ -42,21 +41,20 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::core::ConnectedPoint;
-use libp2p::request_response::{self, InboundRequestId, OutboundRequestId};
+use libp2p::request_response::{self, InboundRequestId};
 use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{PeerId, Swarm, ping};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use self::discovery::{Discovery, Found};
-use self::fetching::{FetchId, PendingFetch, RequestInfo, Timer};
+use self::fetching::{Due, Sent, Timer};
 use self::peers::{AnonymousAddress, PeerState, split_peer_id};
-use self::read_ahead::ReadAhead;
 use self::serving::Serving;
 use self::summaries::{PARK_CHECK, Parked};
 use crate::config::NodeConfig;
+use crate::fetch::books::{Books, Limits};
 use crate::fetch::receive::Report;
-use crate::ids::ActionId;
 use crate::node::behaviour::{Behaviour, BehaviourEvent};
 use crate::node::client::{Command, Event};
 use crate::node::codec::{Request, Response};
@@ -87,15 +85,12 @@ pub struct EventLoop {
     peers: HashMap<PeerId, PeerState>,
     /// Static addresses without a peer ID, until a dial tells us whose they are.
     anonymous: Vec<AnonymousAddress>,
-    fetches: HashMap<FetchId, PendingFetch>,
-    /// The fetch in flight for each action: a second lookup joins it.
-    active: HashMap<ActionId, FetchId>,
-    read_ahead: ReadAhead,
-    requests: HashMap<OutboundRequestId, RequestInfo>,
-    /// Batch entries as the codecs report them (see `fetch`).
+    /// Fetches in flight, read-ahead and cooldowns (see `fetching`).
+    books: Books,
+    sent: Sent,
+    /// Batch entries as the codecs report them.
     reports: mpsc::Receiver<Report>,
     report_sender: mpsc::Sender<Report>,
-    next_fetch: FetchId,
     timers: FuturesUnordered<Timer>,
     /// Caps concurrent serves; a permit lives until its response is sent.
     serve_permits: Arc<Semaphore>,
@@ -126,13 +121,10 @@ impl EventLoop {
             allowlist: config.allowlist.clone(),
             peers: HashMap::new(),
             anonymous: Vec::new(),
-            fetches: HashMap::new(),
-            active: HashMap::new(),
-            read_ahead: ReadAhead::default(),
-            requests: HashMap::new(),
+            books: Books::new(Limits::of(&config)),
+            sent: Sent::new(),
             reports,
             report_sender,
-            next_fetch: 0,
             timers: FuturesUnordered::new(),
             serve_permits: Arc::new(Semaphore::new(config.max_concurrent_serves)),
             serving: HashMap::new(),
@@ -168,9 +160,14 @@ impl EventLoop {
                     Some(command) => self.on_command(command),
                     None => break,
                 },
-                Some(deadline) = self.timers.next(), if !self.timers.is_empty() => {
-                    self.on_deadline(deadline);
-                }
+                Some(due) = self.timers.next(), if !self.timers.is_empty() => match due {
+                    Due::Fetch(deadline) => self.on_fetch_deadline(deadline),
+                    Due::Summary(peer) => {
+                        if self.allowlist.contains(&peer) && self.swarm.is_connected(&peer) {
+                            self.request_summary(peer);
+                        }
+                    }
+                },
                 _ = redial.tick() => {
                     self.redial_due();
                     self.retry_summaries();

@@ -36,7 +36,6 @@ pub(super) struct PeerState {
     pub(super) connected_since: Option<Instant>,
     pub(super) last_seen: Option<SystemTime>,
     pub(super) counters: PeerCounters,
-    pub(super) cooldown_until: Option<Instant>,
     pub(super) backoff: Duration,
     /// `None`: dial as soon as the peer is allowlisted and disconnected.
     pub(super) next_dial: Option<Instant>,
@@ -63,7 +62,6 @@ impl PeerState {
             connected_since: None,
             last_seen: None,
             counters: PeerCounters::default(),
-            cooldown_until: None,
             backoff,
             next_dial: None,
             batches: true,
@@ -82,10 +80,6 @@ impl PeerState {
             wire_out: self.traffic.sent.load(Ordering::Relaxed),
             ..self.counters
         }
-    }
-
-    pub(super) fn in_cooldown(&self, now: Instant) -> bool {
-        self.cooldown_until.is_some_and(|until| until > now)
     }
 
     pub(super) fn seen(&mut self) {
@@ -144,7 +138,7 @@ impl EventLoop {
                     addresses: state
                         .map(|s| s.addresses.iter().cloned().collect())
                         .unwrap_or_default(),
-                    in_cooldown: state.is_some_and(|s| s.in_cooldown(now)),
+                    in_cooldown: self.books.in_cooldown(&peer, now),
                     summary_entries: state.and_then(|s| s.summary.entries()),
                     compressed: state
                         .filter(|_| self.swarm.is_connected(&peer))

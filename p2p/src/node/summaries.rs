@@ -15,8 +15,7 @@ use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, Respons
 use tokio::time::Instant;
 
 use super::EventLoop;
-use super::fetching::{Deadline, timer};
-use crate::ids::ActionId;
+use super::fetching::{Due, timer};
 use crate::summary::{MAX_CHUNK, MAX_WAIT, PeerSummary, SummaryAnswer, SummaryRequest};
 
 /// How often parked requests look for news.
@@ -49,13 +48,6 @@ pub(super) struct Parked {
 }
 
 impl EventLoop {
-    /// Whether `peer` may hold `action`, as far as its summary says.
-    pub(super) fn may_hold(&self, peer: &PeerId, action: &ActionId) -> bool {
-        self.peers
-            .get(peer)
-            .is_none_or(|state| state.summary.may_hold(action))
-    }
-
     /// Asks `peer` for (the rest of) its summary, unless a request is out.
     pub(super) fn request_summary(&mut self, peer: PeerId) {
         let state = self.peer(peer);
@@ -143,7 +135,7 @@ impl EventLoop {
             }
             (PeerSummary::Known { .. }, true) if count > 0 => {
                 self.timers
-                    .push(timer(Instant::now() + COALESCE, Deadline::Summary(peer)));
+                    .push(timer(Instant::now() + COALESCE, Due::Summary(peer)));
             }
             (_, true) => self.request_summary(peer),
             (_, false) => state.summary_retry = Some(Instant::now() + RETRY),

@@ -11,51 +11,51 @@
 //! next hints, so read-ahead follows the peer's build as far as it goes
 //! (the server ends hints at a pause in its puts: the end of a build).
 //!
-//! A lookup for an action being read ahead joins that fetch instead of
-//! asking again; one still queued is fetched at once as a normal lookup.
-//! Bodies fetched ahead go through the same verified path as any other.
-//! What is queued or remembered is bounded, and a hinted body bigger than
-//! the read-ahead limit is left for a lookup to fetch.
+//! This module is the queue of hinted actions; [`super::books`] starts
+//! their fetches, in batches of up to [`BATCH`] per request. A lookup for an
+//! action being read ahead joins that fetch instead of asking again; one
+//! still queued is fetched at once as a normal lookup. Bodies fetched ahead
+//! go through the same verified path as any other. What is queued or
+//! remembered is bounded, and a hinted body bigger than the read-ahead
+//! limit is left for a lookup to fetch.
 
 use std::collections::{HashSet, VecDeque};
 
 use libp2p::PeerId;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::EventLoop;
-use super::fetching::{Deadline, FetchId, Phase, timer};
 use crate::ids::ActionId;
 use crate::protocol::wire::MAX_HINTS;
 
 /// Hints asked for with every lookup and batch: as many as a server sends.
-pub(super) const HINTS: u32 = MAX_HINTS;
+pub(crate) const HINTS: u32 = MAX_HINTS;
 /// Most entries one read-ahead request asks for.
-pub(super) const BATCH: usize = 16;
+pub(crate) const BATCH: usize = 16;
 /// Most actions waiting to be read ahead; further hints are dropped.
 const MAX_QUEUED: usize = 512;
 /// Actions remembered as read ahead already (fetched or not), so hints that
 /// repeat them are skipped; forgotten all at once when it grows past this.
 const MAX_SEEN: usize = 16_384;
 
-/// The read-ahead queue and what is in flight.
-#[derive(Default)]
-pub(super) struct ReadAhead {
+/// The read-ahead queue and how many of its fetches are in flight.
+#[derive(Debug, Default)]
+pub(crate) struct ReadAhead {
     queue: VecDeque<(PeerId, ActionId)>,
     queued: HashSet<ActionId>,
     seen: HashSet<ActionId>,
-    pub(super) in_flight: usize,
+    pub(crate) in_flight: usize,
 }
 
 impl ReadAhead {
     /// Removes `action` from the queue: a lookup is about to fetch it.
-    pub(super) fn take(&mut self, action: &ActionId) {
+    pub(crate) fn take(&mut self, action: &ActionId) {
         if self.queued.remove(action) {
             self.queue.retain(|(_, queued)| queued != action);
         }
     }
 
-    fn offer(&mut self, peer: PeerId, action: ActionId) {
+    /// Queues `action`, hinted by `peer`, unless it is queued or was read
+    /// ahead already, or the queue is full.
+    pub(crate) fn offer(&mut self, peer: PeerId, action: ActionId) {
         if self.queue.len() >= MAX_QUEUED
             || self.seen.contains(&action)
             || !self.queued.insert(action)
@@ -66,7 +66,7 @@ impl ReadAhead {
     }
 
     /// Puts `actions`, read ahead already, back at the front, in order.
-    fn requeue(&mut self, peer: PeerId, actions: Vec<ActionId>) {
+    pub(crate) fn requeue(&mut self, peer: PeerId, actions: Vec<ActionId>) {
         for action in actions.into_iter().rev() {
             self.seen.remove(&action);
             if self.queued.insert(action) {
@@ -75,11 +75,11 @@ impl ReadAhead {
         }
     }
 
-    fn peek(&self) -> Option<(PeerId, ActionId)> {
+    pub(crate) fn peek(&self) -> Option<(PeerId, ActionId)> {
         self.queue.front().copied()
     }
 
-    fn pop(&mut self) -> Option<(PeerId, ActionId)> {
+    pub(crate) fn pop(&mut self) -> Option<(PeerId, ActionId)> {
         let (peer, action) = self.queue.pop_front()?;
         self.queued.remove(&action);
         if self.seen.len() >= MAX_SEEN {
@@ -88,95 +88,9 @@ impl ReadAhead {
         self.seen.insert(action);
         Some((peer, action))
     }
-}
 
-impl EventLoop {
-    /// Queues a peer's hints and starts what read-ahead allows.
-    pub(super) fn offer_hints(&mut self, peer: PeerId, next: Vec<ActionId>) {
-        if self.config.read_ahead == 0 {
-            return;
-        }
-        for action in next {
-            if !self.active.contains_key(&action) {
-                self.read_ahead.offer(peer, action);
-            }
-        }
-        self.pump_read_ahead();
-    }
-
-    /// Starts queued read-ahead fetches, in batches, up to the configured
-    /// number of entries in flight.
-    pub(super) fn pump_read_ahead(&mut self) {
-        let now = Instant::now();
-        while let Some(want) = batch_size(
-            self.read_ahead.in_flight,
-            self.config.read_ahead,
-            self.read_ahead.queue.len(),
-        ) {
-            let Some((peer, fetches)) = self.next_batch(want, now) else {
-                return;
-            };
-            self.read_ahead.in_flight += fetches.len();
-            let max_inline = self
-                .config
-                .read_ahead_max_body
-                .min(self.config.max_body_size);
-            // The codec bounds each entry; this only catches a request
-            // that never got as far as the codec.
-            let per_entry = self.config.lookup_deadline + self.config.transfer_timeout(max_inline);
-            let backstop =
-                now + per_entry * fetches.len() as u32 + std::time::Duration::from_secs(1);
-            let deadline = now + self.config.lookup_deadline;
-            let cancel = CancellationToken::new();
-            if let Some(request_id) = self.send(
-                fetches,
-                peer,
-                Phase::ReadAhead,
-                max_inline,
-                HINTS,
-                deadline,
-                cancel,
-            ) {
-                self.timers
-                    .push(timer(backstop, Deadline::Request(request_id)));
-            }
-        }
-    }
-
-    /// Puts `actions` back at the front of the queue, to be fetched again:
-    /// a version-1 peer answered only the first action of their batch.
-    pub(super) fn requeue(&mut self, peer: PeerId, actions: Vec<ActionId>) {
-        self.read_ahead.requeue(peer, actions);
-        self.pump_read_ahead();
-    }
-
-    /// Books fetches for the next run of queued actions of one peer: those
-    /// not fetched or stored already, at most `room`, one only if the peer
-    /// does not answer batches.
-    fn next_batch(&mut self, room: usize, now: Instant) -> Option<(PeerId, Vec<FetchId>)> {
-        let mut peer_of_batch = None;
-        let mut fetches = Vec::new();
-        while fetches.len() < room {
-            let Some((peer, action)) = self.read_ahead.peek() else {
-                break;
-            };
-            if peer_of_batch.is_some_and(|batch_peer| batch_peer != peer) {
-                break;
-            }
-            self.read_ahead.pop();
-            if self.active.contains_key(&action)
-                || !self.eligible(&peer, now)
-                || self.store.contains(&action)
-            {
-                continue;
-            }
-            peer_of_batch = Some(peer);
-            fetches.push(self.new_fetch(action, None));
-            if !self.peers.get(&peer).is_some_and(|state| state.batches) {
-                break;
-            }
-        }
-        Some((peer_of_batch?, fetches))
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.len()
     }
 }
 
@@ -184,7 +98,7 @@ impl EventLoop {
 /// batch, or all that is queued if less, once that many fit under the
 /// limit of entries in flight. (Entries land one at a time; sending at
 /// every free slot would make batches of one.)
-fn batch_size(in_flight: usize, limit: usize, queued: usize) -> Option<usize> {
+pub(crate) fn batch_size(in_flight: usize, limit: usize, queued: usize) -> Option<usize> {
     let want = BATCH.min(limit).min(queued);
     (want > 0 && limit.saturating_sub(in_flight) >= want).then_some(want)
 }

@@ -1,0 +1,1186 @@
+//! The books of fetches in flight: whom to ask, whose body to take, when to
+//! give up, what to read ahead, and who is in cooldown. Free of I/O.
+//!
+//! A fetch asks every connected, allowlisted peer that is not in cooldown
+//! (and whose summary may hold the action) at once, for bodies up to
+//! `inline_limit` (1 MiB) inline; peers with bigger ones answer "found, not
+//! included" ([`Outcome::Announced`]). Those become candidates, asked one at
+//! a time for the full body, so a big body is pulled from one peer, not from
+//! all. The first committed body answers the fetch and cancels the rest.
+//! With a single eligible peer there is nobody to choose between, so it is
+//! asked for any body inline: that saves the second round trip.
+//!
+//! Time limits: a lookup request that has not answered "found" by the
+//! lookup deadline is cancelled; a positive one then runs on its transfer
+//! timeout (enforced by the codec, with a timer here as a backstop), as
+//! does each body request. So a fetch ends when its last request does, and
+//! no request outlives its limit.
+//!
+//! A request normally serves one fetch. A read-ahead batch is one request
+//! serving a fetch per action: each of those ends when the codec reports
+//! its entry ([`Books::on_report`]), or when the request ends without
+//! having reported it.
+//!
+//! # Sans-IO
+//!
+//! [`Books`] only keeps state. The event loop feeds it what happened
+//! (a lookup, an answer, a report, a failure, a deadline) with the time and
+//! a [`Peers`] view of who is connected, and carries out what it asks for,
+//! in order ([`Books::poll_output`]): requests to send, timers to set, and
+//! counts to keep. So every rule above has unit tests of its own, with no
+//! network, below.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{NodeConfig, transfer_timeout};
+use crate::fetch::Fetched;
+use crate::fetch::read_ahead::{HINTS, ReadAhead, batch_size};
+use crate::fetch::receive::{Answer, Meta, Outcome, RejectReason};
+use crate::ids::ActionId;
+use crate::protocol::wire::BATCH_VERSION;
+
+/// Names one fetch (and, in a batch's reports, its entry).
+pub(crate) type FetchId = u64;
+
+/// Names one request of the books; the event loop maps it to libp2p's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct RequestKey(u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Asking everyone whether they hold the action.
+    Lookup,
+    /// Fetching an announced body from one peer.
+    Body,
+    /// Fetching a run of hinted entries from one peer, ahead of lookups.
+    ReadAhead,
+}
+
+/// A timer the books asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    /// The lookup deadline of a fetch.
+    Lookup(FetchId),
+    /// The backstop of a request the codec should have ended by now.
+    Request(RequestKey),
+}
+
+/// The limits the books apply, from the node's config.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub(crate) lookup_deadline: Duration,
+    pub(crate) inline_limit: u64,
+    pub(crate) max_body_size: u64,
+    pub(crate) transfer_rate: u64,
+    pub(crate) cooldown: Duration,
+    /// Entries read ahead at once; 0 turns read-ahead off.
+    pub(crate) read_ahead: usize,
+    pub(crate) read_ahead_max_body: u64,
+}
+
+impl Limits {
+    pub(crate) fn of(config: &NodeConfig) -> Self {
+        Self {
+            lookup_deadline: config.lookup_deadline,
+            inline_limit: config.inline_limit,
+            max_body_size: config.max_body_size,
+            transfer_rate: config.transfer_rate,
+            cooldown: config.cooldown,
+            read_ahead: config.read_ahead,
+            read_ahead_max_body: config.read_ahead_max_body,
+        }
+    }
+
+    fn transfer_timeout(&self, size: u64) -> Duration {
+        transfer_timeout(size, self.transfer_rate)
+    }
+}
+
+/// What the books need to know about peers, from the event loop.
+pub(crate) trait Peers {
+    /// Connected peers (allowlisted or not).
+    fn connected(&self) -> Vec<PeerId>;
+    /// Allowlisted and connected: may be asked.
+    fn usable(&self, peer: &PeerId) -> bool;
+    /// Whether its summary may name `action` (yes, without a summary).
+    fn may_hold(&self, peer: &PeerId, action: &ActionId) -> bool;
+    /// Whether it answers batches (wire version 2).
+    fn batches(&self, peer: &PeerId) -> bool;
+    /// Whether the local store holds `action` already.
+    fn stored(&self, action: &ActionId) -> bool;
+}
+
+/// A request the books want sent.
+#[derive(Debug)]
+pub(crate) struct Send {
+    pub(crate) key: RequestKey,
+    pub(crate) peer: PeerId,
+    /// Every action asked for, in order; more than one is a batch.
+    pub(crate) actions: Vec<ActionId>,
+    /// For a batch: the fetch of each action, which its report names.
+    pub(crate) batch: Option<Vec<FetchId>>,
+    pub(crate) max_inline: u64,
+    pub(crate) hints: u32,
+    /// The (first) answer's header must arrive before this.
+    pub(crate) header_deadline: Instant,
+    /// Cancelled when the books no longer need the request.
+    pub(crate) cancel: CancellationToken,
+    /// Set by the codec once the peer answered "found".
+    pub(crate) positive: Arc<AtomicBool>,
+}
+
+/// What the event loop is to do, in order.
+#[derive(Debug)]
+pub(crate) enum Output {
+    Send(Send),
+    Timer {
+        at: Instant,
+        deadline: Deadline,
+    },
+    /// A verified body from `peer` was committed: count it.
+    Committed {
+        peer: PeerId,
+        size: u64,
+        read_ahead: bool,
+    },
+    /// A body from `peer` failed verification; it is in cooldown now.
+    Rejected {
+        peer: PeerId,
+        action: ActionId,
+        reason: RejectReason,
+        bytes: u64,
+    },
+}
+
+struct PendingFetch {
+    action: ActionId,
+    /// Lookups waiting for this fetch: none for a read-ahead, until a
+    /// lookup for the same action joins it.
+    replies: Vec<oneshot::Sender<Option<Fetched>>>,
+    /// Started by read-ahead (and counted in its in-flight number).
+    read_ahead: bool,
+    /// Parent of every request's token: cancelling it stops them all.
+    cancel: CancellationToken,
+    requests: HashSet<RequestKey>,
+    /// Peers that hold the body but did not send it, in answer order.
+    candidates: VecDeque<(PeerId, Meta)>,
+    body_request: Option<RequestKey>,
+    /// Lookup requests went to every eligible peer. A read-ahead fetch
+    /// that a lookup joined does that once, should its batch end without
+    /// the entry, so the lookup is not a miss because of read-ahead.
+    asked_everyone: bool,
+}
+
+struct RequestInfo {
+    /// The fetches this request serves, in the order of its actions: one,
+    /// or a batch's that have not been reported yet.
+    fetches: Vec<FetchId>,
+    peer: PeerId,
+    phase: Phase,
+    max_inline: u64,
+    cancel: CancellationToken,
+    positive: Arc<AtomicBool>,
+}
+
+/// See the module docs.
+pub(crate) struct Books {
+    limits: Limits,
+    fetches: HashMap<FetchId, PendingFetch>,
+    /// The fetch in flight for each action: a second lookup joins it.
+    active: HashMap<ActionId, FetchId>,
+    requests: HashMap<RequestKey, RequestInfo>,
+    read_ahead: ReadAhead,
+    /// Peers left out of lookups, until when, for a body that failed.
+    cooldowns: HashMap<PeerId, Instant>,
+    next_fetch: FetchId,
+    next_request: u64,
+    out: VecDeque<Output>,
+}
+
+impl Books {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            fetches: HashMap::new(),
+            active: HashMap::new(),
+            requests: HashMap::new(),
+            read_ahead: ReadAhead::default(),
+            cooldowns: HashMap::new(),
+            next_fetch: 0,
+            next_request: 0,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The next thing to do, in the order it was decided.
+    pub(crate) fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Whether `peer` is left out for having sent a body that failed.
+    pub(crate) fn in_cooldown(&self, peer: &PeerId, now: Instant) -> bool {
+        self.cooldowns.get(peer).is_some_and(|until| *until > now)
+    }
+
+    fn eligible(&self, peer: &PeerId, now: Instant, peers: &impl Peers) -> bool {
+        peers.usable(peer) && !self.in_cooldown(peer, now)
+    }
+
+    /// A lookup of `action`, answered on `reply`.
+    pub(crate) fn lookup(
+        &mut self,
+        action: ActionId,
+        reply: oneshot::Sender<Option<Fetched>>,
+        now: Instant,
+        peers: &impl Peers,
+    ) {
+        // Already being fetched (read ahead, or asked by another helper).
+        if let Some(fetch) = self
+            .active
+            .get(&action)
+            .and_then(|id| self.fetches.get_mut(id))
+        {
+            fetch.replies.push(reply);
+            return;
+        }
+        self.read_ahead.take(&action);
+        let id = self.new_fetch(action, Some(reply));
+        if !self.ask_everyone(id, now, peers) {
+            // Nobody to ask, or no summary names it: a miss at once.
+            tracing::trace!(%action, "no peer may hold it");
+            self.finish(id, None, now, peers);
+        }
+    }
+
+    /// Sends lookup requests for fetch `id` to every eligible peer that may
+    /// hold its action, under the lookup deadline; `false` if there is
+    /// nobody to ask.
+    fn ask_everyone(&mut self, id: FetchId, now: Instant, peers: &impl Peers) -> bool {
+        let Some(action) = self.fetches.get(&id).map(|fetch| fetch.action) else {
+            return false;
+        };
+        let asked: Vec<PeerId> = peers
+            .connected()
+            .into_iter()
+            .filter(|peer| self.eligible(peer, now, peers) && peers.may_hold(peer, &action))
+            .collect();
+        let Some(fetch) = self.fetches.get_mut(&id) else {
+            return false;
+        };
+        fetch.asked_everyone = true;
+        if asked.is_empty() {
+            return false;
+        }
+        let max_inline = if asked.len() == 1 {
+            self.limits.max_body_size
+        } else {
+            self.limits.inline_limit.min(self.limits.max_body_size)
+        };
+        let deadline = now + self.limits.lookup_deadline;
+        for peer in asked {
+            self.send_one(id, peer, Phase::Lookup, max_inline, deadline);
+        }
+        self.timer(deadline, Deadline::Lookup(id));
+        true
+    }
+
+    /// Books a new fetch of `action`: for a lookup (`reply`) or read-ahead.
+    fn new_fetch(
+        &mut self,
+        action: ActionId,
+        reply: Option<oneshot::Sender<Option<Fetched>>>,
+    ) -> FetchId {
+        let id = self.next_fetch;
+        self.next_fetch += 1;
+        self.fetches.insert(
+            id,
+            PendingFetch {
+                action,
+                read_ahead: reply.is_none(),
+                replies: reply.into_iter().collect(),
+                cancel: CancellationToken::new(),
+                requests: HashSet::new(),
+                candidates: VecDeque::new(),
+                body_request: None,
+                asked_everyone: false,
+            },
+        );
+        self.active.insert(action, id);
+        id
+    }
+
+    /// One request for one fetch.
+    fn send_one(
+        &mut self,
+        fetch: FetchId,
+        peer: PeerId,
+        phase: Phase,
+        max_inline: u64,
+        header_deadline: Instant,
+    ) -> Option<RequestKey> {
+        let hints = if phase == Phase::Lookup && self.limits.read_ahead > 0 {
+            HINTS
+        } else {
+            0
+        };
+        let cancel = self.fetches.get(&fetch)?.cancel.child_token();
+        self.send(
+            vec![fetch],
+            peer,
+            phase,
+            Request {
+                max_inline,
+                hints,
+                header_deadline,
+                cancel,
+            },
+        )
+    }
+
+    /// Books one request for the actions of `fetches` (a batch if more
+    /// than one) and asks for it to be sent.
+    fn send(
+        &mut self,
+        fetches: Vec<FetchId>,
+        peer: PeerId,
+        phase: Phase,
+        request: Request,
+    ) -> Option<RequestKey> {
+        let actions: Vec<ActionId> = fetches
+            .iter()
+            .map(|id| self.fetches.get(id).map(|fetch| fetch.action))
+            .collect::<Option<_>>()?;
+        if actions.is_empty() {
+            return None;
+        }
+        let key = RequestKey(self.next_request);
+        self.next_request += 1;
+        let positive = Arc::new(AtomicBool::new(false));
+        for id in &fetches {
+            if let Some(fetch) = self.fetches.get_mut(id) {
+                fetch.requests.insert(key);
+            }
+        }
+        let batch = (fetches.len() > 1).then(|| fetches.clone());
+        self.requests.insert(
+            key,
+            RequestInfo {
+                fetches,
+                peer,
+                phase,
+                max_inline: request.max_inline,
+                cancel: request.cancel.clone(),
+                positive: positive.clone(),
+            },
+        );
+        self.out.push_back(Output::Send(Send {
+            key,
+            peer,
+            actions,
+            batch,
+            max_inline: request.max_inline,
+            hints: request.hints,
+            header_deadline: request.header_deadline,
+            cancel: request.cancel,
+            positive,
+        }));
+        Some(key)
+    }
+
+    fn timer(&mut self, at: Instant, deadline: Deadline) {
+        self.out.push_back(Output::Timer { at, deadline });
+    }
+
+    /// A single request's answer, or the end of a batch, from `peer`. For
+    /// a batch, the event loop has recorded whether `peer` answers batches
+    /// (from `answer.version`) before calling this.
+    pub(crate) fn on_answer(
+        &mut self,
+        key: RequestKey,
+        peer: PeerId,
+        answer: Answer,
+        now: Instant,
+        peers: &impl Peers,
+    ) {
+        let Some(outcome) = answer.outcome else {
+            // A batch: its entries were reported one by one; whatever it
+            // did not report ends with it. A version-1 peer answered the
+            // first only: the rest are fetched again, one per request.
+            let unanswered = if answer.version >= BATCH_VERSION {
+                Vec::new()
+            } else {
+                self.unreported(key)
+            };
+            self.on_failed(key, "ended", now, peers);
+            self.requeue(peer, unanswered, now, peers);
+            if !self.in_cooldown(&peer, now) {
+                self.offer_hints(peer, answer.next, now, peers);
+            }
+            return;
+        };
+        let Some(info) = self.forget_request(key) else {
+            return; // Its fetch is over.
+        };
+        let committed = matches!(outcome, Outcome::Committed(_));
+        for id in info.fetches {
+            self.settle(id, peer, info.phase, outcome.clone(), now, peers);
+        }
+        if committed || !self.in_cooldown(&peer, now) {
+            self.offer_hints(peer, answer.next, now, peers);
+        }
+    }
+
+    /// The actions of a batch request not reported yet that no lookup
+    /// waits for.
+    fn unreported(&self, key: RequestKey) -> Vec<ActionId> {
+        let Some(info) = self.requests.get(&key) else {
+            return Vec::new();
+        };
+        info.fetches
+            .iter()
+            .filter_map(|id| self.fetches.get(id))
+            .filter(|fetch| fetch.replies.is_empty())
+            .map(|fetch| fetch.action)
+            .collect()
+    }
+
+    /// One entry of a batch, reported as soon as it landed (or did not);
+    /// the peer it came from.
+    pub(crate) fn on_report(
+        &mut self,
+        id: FetchId,
+        outcome: Outcome,
+        now: Instant,
+        peers: &impl Peers,
+    ) -> Option<PeerId> {
+        let fetch = self.fetches.get_mut(&id)?;
+        let key = fetch.requests.iter().copied().next()?;
+        fetch.requests.remove(&key);
+        let info = self.requests.get_mut(&key)?;
+        info.fetches.retain(|fetch| *fetch != id);
+        let (peer, phase) = (info.peer, info.phase);
+        self.settle(id, peer, phase, outcome, now, peers);
+        Some(peer)
+    }
+
+    /// What one fetch makes of what a peer answered for its action.
+    fn settle(
+        &mut self,
+        id: FetchId,
+        peer: PeerId,
+        phase: Phase,
+        outcome: Outcome,
+        now: Instant,
+        peers: &impl Peers,
+    ) {
+        let Some(fetch) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        let (action, read_ahead) = (fetch.action, fetch.read_ahead);
+        match outcome {
+            Outcome::Committed(meta) => {
+                tracing::debug!(%peer, size = meta.size, read_ahead, "fetched a verified body");
+                self.out.push_back(Output::Committed {
+                    peer,
+                    size: meta.size,
+                    read_ahead,
+                });
+                let fetched = Fetched {
+                    peer,
+                    output: meta.output,
+                    size: meta.size,
+                    time_unix_nanos: meta.time_unix_nanos,
+                };
+                self.finish(id, Some(fetched), now, peers);
+                return;
+            }
+            Outcome::Announced(meta) if phase != Phase::Body => {
+                fetch.candidates.push_back((peer, meta));
+            }
+            Outcome::Announced(_) => {
+                tracing::debug!(%peer, "peer did not send a body it was asked for");
+            }
+            Outcome::Rejected { reason, bytes } => self.reject(peer, action, reason, bytes, now),
+            Outcome::NotFound | Outcome::NotStored(_) => {}
+        }
+        self.advance(id, now, peers);
+    }
+
+    /// A request that failed or ended: its fetches move on.
+    pub(crate) fn on_failed(
+        &mut self,
+        key: RequestKey,
+        why: &str,
+        now: Instant,
+        peers: &impl Peers,
+    ) {
+        if let Some(info) = self.forget_request(key) {
+            tracing::trace!(peer = %info.peer, "request {why}");
+            for id in info.fetches {
+                self.advance(id, now, peers);
+            }
+        }
+    }
+
+    /// Removes a request from the books (and from its fetches).
+    fn forget_request(&mut self, key: RequestKey) -> Option<RequestInfo> {
+        let info = self.requests.remove(&key)?;
+        for id in &info.fetches {
+            if let Some(fetch) = self.fetches.get_mut(id) {
+                fetch.requests.remove(&key);
+                if fetch.body_request == Some(key) {
+                    fetch.body_request = None;
+                }
+            }
+        }
+        Some(info)
+    }
+
+    fn reject(
+        &mut self,
+        peer: PeerId,
+        action: ActionId,
+        reason: RejectReason,
+        bytes: u64,
+        now: Instant,
+    ) {
+        let cooldown = self.limits.cooldown;
+        tracing::warn!(
+            %peer,
+            "peer sent a body that failed verification ({reason}); ignoring it for {cooldown:?}"
+        );
+        self.cooldowns.retain(|_, until| *until > now);
+        self.cooldowns.insert(peer, now + cooldown);
+        // No further bodies from it in any fetch.
+        for fetch in self.fetches.values_mut() {
+            fetch.candidates.retain(|(candidate, _)| *candidate != peer);
+        }
+        self.out.push_back(Output::Rejected {
+            peer,
+            action,
+            reason,
+            bytes,
+        });
+    }
+
+    /// Starts the next body request if none is running, and ends the fetch
+    /// with a miss once nothing is left to wait for.
+    fn advance(&mut self, id: FetchId, now: Instant, peers: &impl Peers) {
+        loop {
+            let Some(fetch) = self.fetches.get_mut(&id) else {
+                return;
+            };
+            if fetch.body_request.is_some() {
+                return;
+            }
+            if fetch.replies.is_empty() {
+                // Nobody is waiting: read-ahead leaves big bodies to lookups.
+                fetch.candidates.clear();
+            }
+            let Some((peer, meta)) = fetch.candidates.pop_front() else {
+                break;
+            };
+            if !self.eligible(&peer, now, peers) {
+                continue;
+            }
+            // The server has just said it holds the body, but may be busy:
+            // the header may take as long as the transfer.
+            let transfer = self.limits.transfer_timeout(meta.size);
+            let header_deadline = now + self.limits.lookup_deadline + transfer;
+            let max_inline = self.limits.max_body_size;
+            if let Some(key) = self.send_one(id, peer, Phase::Body, max_inline, header_deadline) {
+                if let Some(fetch) = self.fetches.get_mut(&id) {
+                    fetch.body_request = Some(key);
+                }
+                let backstop = header_deadline + transfer + Duration::from_secs(1);
+                self.timer(backstop, Deadline::Request(key));
+            }
+        }
+        let Some(fetch) = self.fetches.get(&id) else {
+            return;
+        };
+        if !fetch.requests.is_empty() {
+            return;
+        }
+        if !fetch.replies.is_empty() && !fetch.asked_everyone && self.ask_everyone(id, now, peers) {
+            return;
+        }
+        self.finish(id, None, now, peers);
+    }
+
+    fn finish(&mut self, id: FetchId, result: Option<Fetched>, now: Instant, peers: &impl Peers) {
+        let Some(fetch) = self.fetches.remove(&id) else {
+            return;
+        };
+        // Stops every transfer still running for this fetch; their sinks
+        // are dropped uncommitted. (A batch's request has a token of its
+        // own: it goes on for the other entries.)
+        fetch.cancel.cancel();
+        for key in &fetch.requests {
+            let done = self.requests.get_mut(key).is_none_or(|info| {
+                info.fetches.retain(|other| *other != id);
+                info.fetches.is_empty()
+            });
+            if done {
+                self.requests.remove(key);
+            }
+        }
+        if self.active.get(&fetch.action) == Some(&id) {
+            self.active.remove(&fetch.action);
+        }
+        if result.is_none() && !fetch.replies.is_empty() {
+            tracing::trace!(action = %fetch.action, "lookup: no peer sent it");
+        }
+        for reply in fetch.replies {
+            let _ = reply.send(result);
+        }
+        if fetch.read_ahead {
+            self.read_ahead.in_flight -= 1;
+            self.pump_read_ahead(now, peers);
+        }
+    }
+
+    /// A timer the books asked for is due.
+    pub(crate) fn on_deadline(&mut self, deadline: Deadline, now: Instant, peers: &impl Peers) {
+        match deadline {
+            Deadline::Lookup(id) => {
+                let Some(fetch) = self.fetches.get(&id) else {
+                    return;
+                };
+                let mut give_up = Vec::new();
+                let mut backstops = Vec::new();
+                for key in &fetch.requests {
+                    let Some(info) = self.requests.get(key) else {
+                        continue;
+                    };
+                    if info.phase != Phase::Lookup {
+                        continue;
+                    }
+                    if info.positive.load(Ordering::Relaxed) {
+                        let transfer = self.limits.transfer_timeout(info.max_inline);
+                        backstops.push((now + transfer + Duration::from_secs(1), *key));
+                    } else {
+                        give_up.push(*key);
+                    }
+                }
+                for (at, key) in backstops {
+                    self.timer(at, Deadline::Request(key));
+                }
+                for key in give_up {
+                    if let Some(info) = self.forget_request(key) {
+                        tracing::debug!(peer = %info.peer, "no answer by the lookup deadline");
+                        info.cancel.cancel();
+                    }
+                }
+                self.advance(id, now, peers);
+            }
+            Deadline::Request(key) => {
+                if let Some(info) = self.forget_request(key) {
+                    tracing::debug!(peer = %info.peer, "transfer took too long; cancelled");
+                    info.cancel.cancel();
+                    for id in info.fetches {
+                        self.advance(id, now, peers);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a peer's hints and starts what read-ahead allows.
+    fn offer_hints(&mut self, peer: PeerId, next: Vec<ActionId>, now: Instant, peers: &impl Peers) {
+        if self.limits.read_ahead == 0 {
+            return;
+        }
+        for action in next {
+            if !self.active.contains_key(&action) {
+                self.read_ahead.offer(peer, action);
+            }
+        }
+        self.pump_read_ahead(now, peers);
+    }
+
+    /// Puts `actions` back at the front of the queue, to be fetched again:
+    /// a version-1 peer answered only the first action of their batch.
+    fn requeue(&mut self, peer: PeerId, actions: Vec<ActionId>, now: Instant, peers: &impl Peers) {
+        self.read_ahead.requeue(peer, actions);
+        self.pump_read_ahead(now, peers);
+    }
+
+    /// Starts queued read-ahead fetches, in batches, up to the configured
+    /// number of entries in flight.
+    fn pump_read_ahead(&mut self, now: Instant, peers: &impl Peers) {
+        while let Some(want) = batch_size(
+            self.read_ahead.in_flight,
+            self.limits.read_ahead,
+            self.read_ahead.queued(),
+        ) {
+            let Some((peer, fetches)) = self.next_batch(want, now, peers) else {
+                return;
+            };
+            self.read_ahead.in_flight += fetches.len();
+            let max_inline = self
+                .limits
+                .read_ahead_max_body
+                .min(self.limits.max_body_size);
+            // The codec bounds each entry; this only catches a request
+            // that never got as far as the codec.
+            let per_entry = self.limits.lookup_deadline + self.limits.transfer_timeout(max_inline);
+            let backstop = now + per_entry * fetches.len() as u32 + Duration::from_secs(1);
+            let request = Request {
+                max_inline,
+                hints: HINTS,
+                header_deadline: now + self.limits.lookup_deadline,
+                cancel: CancellationToken::new(),
+            };
+            if let Some(key) = self.send(fetches, peer, Phase::ReadAhead, request) {
+                self.timer(backstop, Deadline::Request(key));
+            }
+        }
+    }
+
+    /// Books fetches for the next run of queued actions of one peer: those
+    /// not fetched or stored already, at most `room`, one only if the peer
+    /// does not answer batches.
+    fn next_batch(
+        &mut self,
+        room: usize,
+        now: Instant,
+        peers: &impl Peers,
+    ) -> Option<(PeerId, Vec<FetchId>)> {
+        let mut peer_of_batch = None;
+        let mut fetches = Vec::new();
+        while fetches.len() < room {
+            let Some((peer, action)) = self.read_ahead.peek() else {
+                break;
+            };
+            if peer_of_batch.is_some_and(|batch_peer| batch_peer != peer) {
+                break;
+            }
+            self.read_ahead.pop();
+            if self.active.contains_key(&action)
+                || !self.eligible(&peer, now, peers)
+                || peers.stored(&action)
+            {
+                continue;
+            }
+            peer_of_batch = Some(peer);
+            fetches.push(self.new_fetch(action, None));
+            if !peers.batches(&peer) {
+                break;
+            }
+        }
+        Some((peer_of_batch?, fetches))
+    }
+}
+
+/// One request's parameters, as [`Send`] carries them.
+struct Request {
+    max_inline: u64,
+    hints: u32,
+    header_deadline: Instant,
+    cancel: CancellationToken,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::fetch::read_ahead::BATCH;
+    use crate::ids::OutputId;
+    use crate::protocol::wire::WIRE_VERSION;
+
+    /// Peers as a test sets them: connected and allowlisted, summaries
+    /// (none: may hold anything), batches, and the local store.
+    #[derive(Default)]
+    struct FakePeers {
+        connected: Vec<PeerId>,
+        holds: HashMap<PeerId, HashSet<ActionId>>,
+        no_batches: HashSet<PeerId>,
+        stored: HashSet<ActionId>,
+    }
+
+    impl Peers for FakePeers {
+        fn connected(&self) -> Vec<PeerId> {
+            self.connected.clone()
+        }
+        fn usable(&self, peer: &PeerId) -> bool {
+            self.connected.contains(peer)
+        }
+        fn may_hold(&self, peer: &PeerId, action: &ActionId) -> bool {
+            self.holds
+                .get(peer)
+                .is_none_or(|held| held.contains(action))
+        }
+        fn batches(&self, peer: &PeerId) -> bool {
+            !self.no_batches.contains(peer)
+        }
+        fn stored(&self, action: &ActionId) -> bool {
+            self.stored.contains(action)
+        }
+    }
+
+    fn peers(n: usize) -> FakePeers {
+        FakePeers {
+            connected: (0..n).map(|_| PeerId::random()).collect(),
+            ..FakePeers::default()
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            lookup_deadline: Duration::from_millis(150),
+            inline_limit: 1 << 20,
+            max_body_size: 4 << 30,
+            transfer_rate: 50_000_000,
+            cooldown: Duration::from_secs(60),
+            read_ahead: 64,
+            read_ahead_max_body: 64 << 20,
+        }
+    }
+
+    fn action(n: u8) -> ActionId {
+        ActionId::from_bytes([n; 32])
+    }
+
+    fn meta(size: u64) -> Meta {
+        Meta {
+            output: OutputId::of(b"body"),
+            size,
+            time_unix_nanos: 1,
+        }
+    }
+
+    fn answered(outcome: Outcome, next: Vec<ActionId>) -> Answer {
+        Answer {
+            outcome: Some(outcome),
+            next,
+            version: WIRE_VERSION,
+        }
+    }
+
+    fn drain(books: &mut Books) -> (Vec<Send>, Vec<Output>) {
+        let mut sends = Vec::new();
+        let mut others = Vec::new();
+        while let Some(output) = books.poll_output() {
+            match output {
+                Output::Send(send) => sends.push(send),
+                other => others.push(other),
+            }
+        }
+        (sends, others)
+    }
+
+    fn lookup(
+        books: &mut Books,
+        action: ActionId,
+        now: Instant,
+        peers: &FakePeers,
+    ) -> oneshot::Receiver<Option<Fetched>> {
+        let (reply, answer) = oneshot::channel();
+        books.lookup(action, reply, now, peers);
+        answer
+    }
+
+    #[test]
+    fn a_lookup_nobody_may_answer_is_a_miss_at_once() {
+        let now = Instant::now();
+        let mut books = Books::new(limits());
+        let mut answer = lookup(&mut books, action(1), now, &FakePeers::default());
+        assert_eq!(answer.try_recv(), Ok(None));
+        assert!(books.poll_output().is_none(), "nothing sent");
+
+        // A peer whose summary does not name the action is not asked.
+        let mut peers = peers(1);
+        peers
+            .holds
+            .insert(peers.connected[0], HashSet::from([action(2)]));
+        let mut answer = lookup(&mut books, action(1), now, &peers);
+        assert_eq!(answer.try_recv(), Ok(None));
+        let mut answer = lookup(&mut books, action(2), now, &peers);
+        assert!(answer.try_recv().is_err(), "asked, waiting");
+        assert_eq!(drain(&mut books).0.len(), 1);
+    }
+
+    #[test]
+    fn a_lookup_asks_every_peer_at_once_and_the_first_body_wins() {
+        let now = Instant::now();
+        let peers = peers(2);
+        let mut books = Books::new(limits());
+        let mut answer = lookup(&mut books, action(1), now, &peers);
+        let (sends, others) = drain(&mut books);
+        assert_eq!(sends.len(), 2);
+        for send in &sends {
+            assert_eq!(send.actions, [action(1)]);
+            assert_eq!(
+                send.max_inline,
+                1 << 20,
+                "several asked: small bodies inline"
+            );
+            assert_eq!(send.hints, HINTS);
+            assert_eq!(send.header_deadline, now + Duration::from_millis(150));
+        }
+        assert!(matches!(
+            others[..],
+            [Output::Timer {
+                deadline: Deadline::Lookup(_),
+                ..
+            }]
+        ));
+        let (first, second) = (&sends[0], &sends[1]);
+        books.on_answer(
+            first.key,
+            first.peer,
+            answered(Outcome::Committed(meta(4)), vec![]),
+            now,
+            &peers,
+        );
+        let (more, others) = drain(&mut books);
+        assert!(more.is_empty());
+        assert!(matches!(
+            others[..],
+            [Output::Committed { peer, size: 4, read_ahead: false }] if peer == first.peer
+        ));
+        let fetched = answer.try_recv().unwrap().unwrap();
+        assert_eq!((fetched.peer, fetched.size), (first.peer, 4));
+        assert!(
+            second.cancel.is_cancelled(),
+            "the other peer's request stops"
+        );
+    }
+
+    #[test]
+    fn a_single_peer_is_asked_for_any_body_inline() {
+        let peers = peers(1);
+        let mut books = Books::new(limits());
+        let _answer = lookup(&mut books, action(1), Instant::now(), &peers);
+        let (sends, _) = drain(&mut books);
+        assert_eq!(sends[0].max_inline, 4 << 30);
+    }
+
+    #[test]
+    fn a_big_body_is_fetched_from_one_candidate_at_a_time() {
+        let now = Instant::now();
+        let peers = peers(2);
+        let mut books = Books::new(limits());
+        let mut answer = lookup(&mut books, action(1), now, &peers);
+        let (sends, _) = drain(&mut books);
+        let big = meta(100 << 20);
+        books.on_answer(
+            sends[0].key,
+            sends[0].peer,
+            answered(Outcome::Announced(big), vec![]),
+            now,
+            &peers,
+        );
+        books.on_answer(
+            sends[1].key,
+            sends[1].peer,
+            answered(Outcome::Announced(big), vec![]),
+            now,
+            &peers,
+        );
+        let (bodies, others) = drain(&mut books);
+        assert_eq!(bodies.len(), 1, "one body request at a time");
+        assert_eq!(bodies[0].peer, sends[0].peer, "in answer order");
+        assert_eq!(bodies[0].max_inline, 4 << 30);
+        assert_eq!(bodies[0].hints, 0);
+        let transfer = transfer_timeout(100 << 20, 50_000_000);
+        assert_eq!(
+            bodies[0].header_deadline,
+            now + Duration::from_millis(150) + transfer
+        );
+        assert!(matches!(
+            others[..],
+            [Output::Timer { deadline: Deadline::Request(key), .. }] if key == bodies[0].key
+        ));
+        // The first candidate's transfer fails: the second is asked.
+        books.on_failed(bodies[0].key, "failed", now, &peers);
+        let (bodies, _) = drain(&mut books);
+        assert_eq!(bodies.len(), 1);
+        assert_eq!(bodies[0].peer, sends[1].peer);
+        books.on_answer(
+            bodies[0].key,
+            bodies[0].peer,
+            answered(Outcome::Committed(big), vec![]),
+            now,
+            &peers,
+        );
+        assert_eq!(answer.try_recv().unwrap().unwrap().peer, sends[1].peer);
+    }
+
+    #[test]
+    fn a_body_that_fails_verification_puts_its_peer_in_cooldown() {
+        let now = Instant::now();
+        let peers = peers(1);
+        let peer = peers.connected[0];
+        let mut books = Books::new(limits());
+        let mut answer = lookup(&mut books, action(1), now, &peers);
+        let (sends, _) = drain(&mut books);
+        let reason = RejectReason::TooLarge { size: 9, limit: 1 };
+        books.on_answer(
+            sends[0].key,
+            peer,
+            answer_of(Outcome::Rejected {
+                reason: reason.clone(),
+                bytes: 9,
+            }),
+            now,
+            &peers,
+        );
+        let (_, others) = drain(&mut books);
+        assert!(matches!(
+            &others[..],
+            [Output::Rejected { peer: p, bytes: 9, reason: r, .. }] if *p == peer && *r == reason
+        ));
+        assert_eq!(answer.try_recv(), Ok(None));
+        assert!(books.in_cooldown(&peer, now));
+        // Not asked while in cooldown; asked again after it.
+        let mut answer = lookup(&mut books, action(2), now + Duration::from_secs(59), &peers);
+        assert_eq!(answer.try_recv(), Ok(None));
+        let later = now + Duration::from_secs(61);
+        assert!(!books.in_cooldown(&peer, later));
+        let _answer = lookup(&mut books, action(2), later, &peers);
+        assert_eq!(drain(&mut books).0.len(), 1);
+    }
+
+    fn answer_of(outcome: Outcome) -> Answer {
+        answered(outcome, Vec::new())
+    }
+
+    #[test]
+    fn the_lookup_deadline_gives_up_on_silent_peers_but_not_on_sending_ones() {
+        let now = Instant::now();
+        let peers = peers(2);
+        let mut books = Books::new(limits());
+        let mut answer = lookup(&mut books, action(1), now, &peers);
+        let (sends, others) = drain(&mut books);
+        let [Output::Timer { at, deadline }] = others[..] else {
+            panic!("a lookup deadline: {others:?}");
+        };
+        // One peer said "found" and is sending; the other said nothing.
+        sends[0].positive.store(true, Ordering::Relaxed);
+        books.on_deadline(deadline, at, &peers);
+        assert!(sends[1].cancel.is_cancelled());
+        assert!(!sends[0].cancel.is_cancelled());
+        let (_, others) = drain(&mut books);
+        assert!(matches!(
+            others[..],
+            [Output::Timer { deadline: Deadline::Request(key), .. }] if key == sends[0].key
+        ));
+        assert!(answer.try_recv().is_err(), "still waiting for the transfer");
+        books.on_answer(
+            sends[0].key,
+            sends[0].peer,
+            answer_of(Outcome::Committed(meta(3))),
+            at,
+            &peers,
+        );
+        assert!(answer.try_recv().unwrap().is_some());
+        drain(&mut books);
+
+        // Nobody answered: a miss at the deadline.
+        let mut answer = lookup(&mut books, action(2), now, &peers);
+        let (sends, others) = drain(&mut books);
+        let [Output::Timer { at, deadline }] = others[..] else {
+            panic!("a lookup deadline: {others:?}");
+        };
+        books.on_deadline(deadline, at, &peers);
+        assert_eq!(answer.try_recv(), Ok(None));
+        assert!(sends.iter().all(|send| send.cancel.is_cancelled()));
+    }
+
+    #[test]
+    fn hints_are_read_ahead_in_batches_that_lookups_join() {
+        let now = Instant::now();
+        let mut peers = peers(1);
+        let peer = peers.connected[0];
+        peers.stored.insert(action(30));
+        let mut books = Books::new(limits());
+        let _answer = lookup(&mut books, action(1), now, &peers);
+        let (sends, _) = drain(&mut books);
+        let hints: Vec<ActionId> = (10..31).map(action).collect();
+        books.on_answer(
+            sends[0].key,
+            peer,
+            answered(Outcome::Committed(meta(1)), hints.clone()),
+            now,
+            &peers,
+        );
+        let (batches, _) = drain(&mut books);
+        // 21 hints, one already stored: a batch of 16, then one of 4.
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].actions, hints[..BATCH]);
+        assert_eq!(batches[1].actions, hints[BATCH..20]);
+        for batch in &batches {
+            assert_eq!(batch.peer, peer);
+            assert_eq!(batch.max_inline, 64 << 20);
+            assert_eq!(batch.hints, HINTS);
+            assert_eq!(
+                batch.batch.as_ref().map(Vec::len),
+                Some(batch.actions.len())
+            );
+        }
+        // A lookup of an entry being read ahead joins its fetch: nothing
+        // new is sent, and the entry's report answers it.
+        let mut joined = lookup(&mut books, hints[3], now, &peers);
+        assert!(drain(&mut books).0.is_empty());
+        let token = batches[0].batch.as_ref().unwrap()[3];
+        assert_eq!(
+            books.on_report(token, Outcome::Committed(meta(2)), now, &peers),
+            Some(peer)
+        );
+        assert_eq!(joined.try_recv().unwrap().unwrap().size, 2);
+        let (_, others) = drain(&mut books);
+        assert!(matches!(
+            others[..],
+            [Output::Committed {
+                read_ahead: true,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_version_one_peer_gets_the_rest_of_a_batch_one_per_request() {
+        let now = Instant::now();
+        let mut peers = peers(1);
+        let peer = peers.connected[0];
+        let mut books = Books::new(limits());
+        let _answer = lookup(&mut books, action(1), now, &peers);
+        let (sends, _) = drain(&mut books);
+        let hints: Vec<ActionId> = (10..13).map(action).collect();
+        books.on_answer(
+            sends[0].key,
+            peer,
+            answered(Outcome::Committed(meta(1)), hints.clone()),
+            now,
+            &peers,
+        );
+        let (batches, _) = drain(&mut books);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].actions, hints);
+        // It answered the first only, and said it is version 1.
+        let token = batches[0].batch.as_ref().unwrap()[0];
+        books.on_report(token, Outcome::Committed(meta(1)), now, &peers);
+        peers.no_batches.insert(peer); // What the event loop records.
+        let end = Answer {
+            outcome: None,
+            next: Vec::new(),
+            version: 1,
+        };
+        books.on_answer(batches[0].key, peer, end, now, &peers);
+        let (again, _) = drain(&mut books);
+        let asked: Vec<Vec<ActionId>> = again.iter().map(|send| send.actions.clone()).collect();
+        assert_eq!(asked, [vec![hints[1]], vec![hints[2]]]);
+        assert!(again.iter().all(|send| send.batch.is_none()));
+    }
+}
