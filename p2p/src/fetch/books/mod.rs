@@ -40,125 +40,15 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{NodeConfig, transfer_timeout};
+mod ahead;
+mod io;
+
+pub(crate) use self::io::{Deadline, FetchId, Limits, Output, Peers, Phase, RequestKey, Send};
 use crate::fetch::Fetched;
-use crate::fetch::read_ahead::{HINTS, ReadAhead, batch_size};
+use crate::fetch::read_ahead::{HINTS, ReadAhead};
 use crate::fetch::receive::{Answer, Meta, Outcome, RejectReason};
 use crate::ids::ActionId;
 use crate::protocol::wire::BATCH_VERSION;
-
-/// Names one fetch (and, in a batch's reports, its entry).
-pub(crate) type FetchId = u64;
-
-/// Names one request of the books; the event loop maps it to libp2p's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct RequestKey(u64);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Asking everyone whether they hold the action.
-    Lookup,
-    /// Fetching an announced body from one peer.
-    Body,
-    /// Fetching a run of hinted entries from one peer, ahead of lookups.
-    ReadAhead,
-}
-
-/// A timer the books asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Deadline {
-    /// The lookup deadline of a fetch.
-    Lookup(FetchId),
-    /// The backstop of a request the codec should have ended by now.
-    Request(RequestKey),
-}
-
-/// The limits the books apply, from the node's config.
-#[derive(Debug, Clone)]
-pub(crate) struct Limits {
-    pub(crate) lookup_deadline: Duration,
-    pub(crate) inline_limit: u64,
-    pub(crate) max_body_size: u64,
-    pub(crate) transfer_rate: u64,
-    pub(crate) cooldown: Duration,
-    /// Entries read ahead at once; 0 turns read-ahead off.
-    pub(crate) read_ahead: usize,
-    pub(crate) read_ahead_max_body: u64,
-}
-
-impl Limits {
-    pub(crate) fn of(config: &NodeConfig) -> Self {
-        Self {
-            lookup_deadline: config.lookup_deadline,
-            inline_limit: config.inline_limit,
-            max_body_size: config.max_body_size,
-            transfer_rate: config.transfer_rate,
-            cooldown: config.cooldown,
-            read_ahead: config.read_ahead,
-            read_ahead_max_body: config.read_ahead_max_body,
-        }
-    }
-
-    fn transfer_timeout(&self, size: u64) -> Duration {
-        transfer_timeout(size, self.transfer_rate)
-    }
-}
-
-/// What the books need to know about peers, from the event loop.
-pub(crate) trait Peers {
-    /// Connected peers (allowlisted or not).
-    fn connected(&self) -> Vec<PeerId>;
-    /// Allowlisted and connected: may be asked.
-    fn usable(&self, peer: &PeerId) -> bool;
-    /// Whether its summary may name `action` (yes, without a summary).
-    fn may_hold(&self, peer: &PeerId, action: &ActionId) -> bool;
-    /// Whether it answers batches (wire version 2).
-    fn batches(&self, peer: &PeerId) -> bool;
-    /// Whether the local store holds `action` already.
-    fn stored(&self, action: &ActionId) -> bool;
-}
-
-/// A request the books want sent.
-#[derive(Debug)]
-pub(crate) struct Send {
-    pub(crate) key: RequestKey,
-    pub(crate) peer: PeerId,
-    /// Every action asked for, in order; more than one is a batch.
-    pub(crate) actions: Vec<ActionId>,
-    /// For a batch: the fetch of each action, which its report names.
-    pub(crate) batch: Option<Vec<FetchId>>,
-    pub(crate) max_inline: u64,
-    pub(crate) hints: u32,
-    /// The (first) answer's header must arrive before this.
-    pub(crate) header_deadline: Instant,
-    /// Cancelled when the books no longer need the request.
-    pub(crate) cancel: CancellationToken,
-    /// Set by the codec once the peer answered "found".
-    pub(crate) positive: Arc<AtomicBool>,
-}
-
-/// What the event loop is to do, in order.
-#[derive(Debug)]
-pub(crate) enum Output {
-    Send(Send),
-    Timer {
-        at: Instant,
-        deadline: Deadline,
-    },
-    /// A verified body from `peer` was committed: count it.
-    Committed {
-        peer: PeerId,
-        size: u64,
-        read_ahead: bool,
-    },
-    /// A body from `peer` failed verification; it is in cooldown now.
-    Rejected {
-        peer: PeerId,
-        action: ActionId,
-        reason: RejectReason,
-        bytes: u64,
-    },
-}
 
 struct PendingFetch {
     action: ActionId,
@@ -693,92 +583,6 @@ impl Books {
             }
         }
     }
-
-    /// Queues a peer's hints and starts what read-ahead allows.
-    fn offer_hints(&mut self, peer: PeerId, next: Vec<ActionId>, now: Instant, peers: &impl Peers) {
-        if self.limits.read_ahead == 0 {
-            return;
-        }
-        for action in next {
-            if !self.active.contains_key(&action) {
-                self.read_ahead.offer(peer, action);
-            }
-        }
-        self.pump_read_ahead(now, peers);
-    }
-
-    /// Puts `actions` back at the front of the queue, to be fetched again:
-    /// a version-1 peer answered only the first action of their batch.
-    fn requeue(&mut self, peer: PeerId, actions: Vec<ActionId>, now: Instant, peers: &impl Peers) {
-        self.read_ahead.requeue(peer, actions);
-        self.pump_read_ahead(now, peers);
-    }
-
-    /// Starts queued read-ahead fetches, in batches, up to the configured
-    /// number of entries in flight.
-    fn pump_read_ahead(&mut self, now: Instant, peers: &impl Peers) {
-        while let Some(want) = batch_size(
-            self.read_ahead.in_flight,
-            self.limits.read_ahead,
-            self.read_ahead.queued(),
-        ) {
-            let Some((peer, fetches)) = self.next_batch(want, now, peers) else {
-                return;
-            };
-            self.read_ahead.in_flight += fetches.len();
-            let max_inline = self
-                .limits
-                .read_ahead_max_body
-                .min(self.limits.max_body_size);
-            // The codec bounds each entry; this only catches a request
-            // that never got as far as the codec.
-            let per_entry = self.limits.lookup_deadline + self.limits.transfer_timeout(max_inline);
-            let backstop = now + per_entry * fetches.len() as u32 + Duration::from_secs(1);
-            let request = Request {
-                max_inline,
-                hints: HINTS,
-                header_deadline: now + self.limits.lookup_deadline,
-                cancel: CancellationToken::new(),
-            };
-            if let Some(key) = self.send(fetches, peer, Phase::ReadAhead, request) {
-                self.timer(backstop, Deadline::Request(key));
-            }
-        }
-    }
-
-    /// Books fetches for the next run of queued actions of one peer: those
-    /// not fetched or stored already, at most `room`, one only if the peer
-    /// does not answer batches.
-    fn next_batch(
-        &mut self,
-        room: usize,
-        now: Instant,
-        peers: &impl Peers,
-    ) -> Option<(PeerId, Vec<FetchId>)> {
-        let mut peer_of_batch = None;
-        let mut fetches = Vec::new();
-        while fetches.len() < room {
-            let Some((peer, action)) = self.read_ahead.peek() else {
-                break;
-            };
-            if peer_of_batch.is_some_and(|batch_peer| batch_peer != peer) {
-                break;
-            }
-            self.read_ahead.pop();
-            if self.active.contains_key(&action)
-                || !self.eligible(&peer, now, peers)
-                || peers.stored(&action)
-            {
-                continue;
-            }
-            peer_of_batch = Some(peer);
-            fetches.push(self.new_fetch(action, None));
-            if !peers.batches(&peer) {
-                break;
-            }
-        }
-        Some((peer_of_batch?, fetches))
-    }
 }
 
 /// One request's parameters, as [`Send`] carries them.
@@ -993,7 +797,7 @@ mod tests {
         assert_eq!(bodies[0].peer, sends[0].peer, "in answer order");
         assert_eq!(bodies[0].max_inline, 4 << 30);
         assert_eq!(bodies[0].hints, 0);
-        let transfer = transfer_timeout(100 << 20, 50_000_000);
+        let transfer = crate::config::transfer_timeout(100 << 20, 50_000_000);
         assert_eq!(
             bodies[0].header_deadline,
             now + Duration::from_millis(150) + transfer

@@ -1,0 +1,113 @@
+//! Read-ahead in the books: queueing a peer's hints and starting their
+//! fetches in batches (see [`crate::fetch::read_ahead`]).
+
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::io::{Deadline, FetchId, Peers, Phase};
+use super::{Books, Request};
+use crate::fetch::read_ahead::{HINTS, batch_size};
+use crate::ids::ActionId;
+
+impl Books {
+    /// Queues a peer's hints and starts what read-ahead allows.
+    pub(super) fn offer_hints(
+        &mut self,
+        peer: PeerId,
+        next: Vec<ActionId>,
+        now: Instant,
+        peers: &impl Peers,
+    ) {
+        if self.limits.read_ahead == 0 {
+            return;
+        }
+        for action in next {
+            if !self.active.contains_key(&action) {
+                self.read_ahead.offer(peer, action);
+            }
+        }
+        self.pump_read_ahead(now, peers);
+    }
+
+    /// Puts `actions` back at the front of the queue, to be fetched again:
+    /// a version-1 peer answered only the first action of their batch.
+    pub(super) fn requeue(
+        &mut self,
+        peer: PeerId,
+        actions: Vec<ActionId>,
+        now: Instant,
+        peers: &impl Peers,
+    ) {
+        self.read_ahead.requeue(peer, actions);
+        self.pump_read_ahead(now, peers);
+    }
+
+    /// Starts queued read-ahead fetches, in batches, up to the configured
+    /// number of entries in flight.
+    pub(super) fn pump_read_ahead(&mut self, now: Instant, peers: &impl Peers) {
+        while let Some(want) = batch_size(
+            self.read_ahead.in_flight,
+            self.limits.read_ahead,
+            self.read_ahead.queued(),
+        ) {
+            let Some((peer, fetches)) = self.next_batch(want, now, peers) else {
+                return;
+            };
+            self.read_ahead.in_flight += fetches.len();
+            let max_inline = self
+                .limits
+                .read_ahead_max_body
+                .min(self.limits.max_body_size);
+            // The codec bounds each entry; this only catches a request
+            // that never got as far as the codec.
+            let per_entry = self.limits.lookup_deadline + self.limits.transfer_timeout(max_inline);
+            let backstop = now + per_entry * fetches.len() as u32 + Duration::from_secs(1);
+            let request = Request {
+                max_inline,
+                hints: HINTS,
+                header_deadline: now + self.limits.lookup_deadline,
+                cancel: CancellationToken::new(),
+            };
+            if let Some(key) = self.send(fetches, peer, Phase::ReadAhead, request) {
+                self.timer(backstop, Deadline::Request(key));
+            }
+        }
+    }
+
+    /// Books fetches for the next run of queued actions of one peer: those
+    /// not fetched or stored already, at most `room`, one only if the peer
+    /// does not answer batches.
+    fn next_batch(
+        &mut self,
+        room: usize,
+        now: Instant,
+        peers: &impl Peers,
+    ) -> Option<(PeerId, Vec<FetchId>)> {
+        let mut peer_of_batch = None;
+        let mut fetches = Vec::new();
+        while fetches.len() < room {
+            let Some((peer, action)) = self.read_ahead.peek() else {
+                break;
+            };
+            if peer_of_batch.is_some_and(|batch_peer| batch_peer != peer) {
+                break;
+            }
+            self.read_ahead.pop();
+            if self.active.contains_key(&action)
+                || !self.eligible(&peer, now, peers)
+                || peers.stored(&action)
+            {
+                continue;
+            }
+            peer_of_batch = Some(peer);
+            fetches.push(self.new_fetch(action, None));
+            if !peers.batches(&peer) {
+                break;
+            }
+        }
+        Some((peer_of_batch?, fetches))
+    }
+}
