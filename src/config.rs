@@ -222,7 +222,7 @@ impl Config {
 
     /// The daemon's socket: in the store, so one daemon serves one store.
     pub fn socket_path(&self) -> PathBuf {
-        self.dir.join("daemon.sock")
+        crate::store::layout::daemon_socket(&self.dir)
     }
 }
 

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
 use crate::fsutil::lock::{FileLock, LockError};
+use crate::store::layout;
 
-const STATS_FILE: &str = "stats.json";
 const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
@@ -157,11 +157,11 @@ pub fn record(root: &Path, totals: &Totals) -> Result<(), Error> {
     if totals.is_empty() {
         return Ok(());
     }
-    let _lock = FileLock::acquire(&root.join("stats.lock"), LOCK_TIMEOUT)?;
+    let _lock = FileLock::acquire(&layout::stats_lock(root), LOCK_TIMEOUT)?;
     let mut lifetime = load(root)?;
     lifetime.add(totals);
     let json = serde_json::to_vec_pretty(&lifetime).expect("totals to serialize");
-    fsutil::write_atomic(&root.join(STATS_FILE), &json)?;
+    fsutil::write_atomic(&layout::stats_file(root), &json)?;
     Ok(())
 }
 
@@ -169,7 +169,7 @@ pub fn record(root: &Path, totals: &Totals) -> Result<(), Error> {
 /// damaged file is reported and counted from zero, not fatal: these are
 /// statistics, and the cache must keep working.
 pub fn load(root: &Path) -> Result<Totals, Error> {
-    let path = root.join(STATS_FILE);
+    let path = layout::stats_file(root);
     match fs::read(&path) {
         Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             tracing::warn!("ignoring damaged {}: {e}", path.display());
@@ -217,9 +217,9 @@ mod tests {
     #[test]
     fn damaged_or_old_files_do_not_break_stats() {
         let dir = tempfile::tempdir().unwrap();
-        fsutil::write_atomic(&dir.path().join(STATS_FILE), b"{\"gets\": 3}").unwrap();
+        fsutil::write_atomic(&layout::stats_file(dir.path()), b"{\"gets\": 3}").unwrap();
         assert_eq!(load(dir.path()).unwrap().gets, 3);
-        fsutil::write_atomic(&dir.path().join(STATS_FILE), b"\0garbage").unwrap();
+        fsutil::write_atomic(&layout::stats_file(dir.path()), b"\0garbage").unwrap();
         assert_eq!(load(dir.path()).unwrap(), Totals::default());
         let totals = Totals {
             puts: 1,

@@ -31,7 +31,7 @@ use crate::share::ipc;
 use crate::share::node_store::StoreAdapter;
 use crate::share::status::{DaemonStatus, PeerStatus};
 use crate::share::trust::Allowlist;
-use crate::store::DiskStore;
+use crate::store::{DiskStore, layout};
 use crate::tiered::BoxFuture;
 
 /// How often the allowlist file is checked for changes.
@@ -49,7 +49,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
         DiskStore::open(&config.dir)
             .with_context(|| format!("opening the store at {}", config.dir.display()))?,
     );
-    let Some(_running) = FileLock::try_acquire(&config.dir.join("daemon.lock"))? else {
+    let Some(_running) = FileLock::try_acquire(&layout::daemon_lock(&config.dir))? else {
         anyhow::bail!(
             "a warren daemon is already running for {}",
             config.dir.display()

@@ -9,6 +9,8 @@
 //! ├── stats.lock
 //! ├── trim.lock                held while trimming or cleaning
 //! ├── last-trim                its mtime is when the store was last trimmed
+//! ├── daemon.lock              held by the running `warren daemon`
+//! ├── daemon.sock              its socket for helpers (see `share::ipc`)
 //! └── v1/                      layout version; a new layout gets a new directory
 //!     ├── actions/00/ … ff/    one entry file per ActionID, named by its hex
 //!     │                        "v1 <output hex> <size> <put time, unix ns>\n"
@@ -38,6 +40,13 @@
 //! Bodies from outside the process (protocol puts, and peers later) are always
 //! hashed before they land, by [`ObjectWriter`].
 //!
+//! # Modules
+//!
+//! [`layout`] names every path above; `entry` reads and writes the entry
+//! line; `writer` verifies bodies on their way in; `trim` walks the store
+//! (trim, clean, verify, usage). The daemon's [`index`] of put order (and
+//! its inotify `watch`) reads entries too, for peers' hints and summaries.
+//!
 //! # Use tracking and trimming
 //!
 //! A file's mtime records its last use, refreshed at most once per
@@ -51,37 +60,30 @@ pub mod index;
 #[cfg(target_os = "linux")]
 mod watch;
 
+mod entry;
+pub mod layout;
+mod trim;
+mod writer;
+
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use sha2::{Digest, Sha256};
-use tempfile::NamedTempFile;
-
-use crate::fsutil::lock::{FileLock, LockError};
-use crate::fsutil::{self, TEMP_PREFIX, temp_file_in, write_atomic};
+pub use self::entry::entry_put_time;
+use self::entry::{MAX_ENTRY_LEN, entry_line, parse_entry};
+pub use self::layout::LAYOUT_VERSION;
+use self::layout::{CACHEDIR_TAG, CACHEDIR_TAG_CONTENTS, shard_path};
+pub use self::trim::{TRIM_GRACE, TRIM_INTERVAL, TrimPolicy, TrimReport, Usage};
+pub use self::writer::{ObjectWriter, VerifiedObject};
+use crate::fsutil::lock::LockError;
+use crate::fsutil::{self, write_atomic};
 use crate::ids::{ActionId, OutputId};
 
-/// Name of the current layout's directory under the root.
-pub const LAYOUT_VERSION: &str = "v1";
 /// A file's mtime is refreshed on use at most this often.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60 * 60);
-/// Files used more recently than this are never trimmed. It must exceed
-/// [`TOUCH_INTERVAL`], since a file in use may look that much older.
-pub const TRIM_GRACE: Duration = Duration::from_secs(2 * 60 * 60);
-/// Automatic trims run at most this often.
-pub const TRIM_INTERVAL: Duration = Duration::from_secs(60 * 60);
-/// How long `trim`/`clean` wait for another process's trim to finish.
-const TRIM_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
-/// Entries are one short line; anything longer is corrupt.
-const MAX_ENTRY_LEN: u64 = 256;
-
-const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
-# This file is a cache directory tag created by warren.\n\
-# For information about cache directory tags see https://bford.info/cachedir/\n";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -138,32 +140,6 @@ pub enum Lookup {
 /// Source of "now", injectable so tests can age files.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
-/// Limits for trimming; see the module docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrimPolicy {
-    /// Trim least recently used files until the store is at most this big.
-    pub max_size: u64,
-    /// Remove files unused for longer than this.
-    pub max_unused: Duration,
-}
-
-/// What a trim, clean or verify did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct TrimReport {
-    pub removed_files: u64,
-    pub removed_bytes: u64,
-    pub kept_files: u64,
-    pub kept_bytes: u64,
-}
-
-/// Size of the store, for `warren stats`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Usage {
-    pub entries: u64,
-    pub objects: u64,
-    pub bytes: u64,
-}
-
 /// The local store. Cheap to share behind an `Arc`; all methods do blocking
 /// file I/O, so async callers run them in `spawn_blocking`.
 pub struct DiskStore {
@@ -196,22 +172,22 @@ impl DiskStore {
         if root.to_str().is_none() {
             return Err(Error::NotUtf8(root));
         }
-        let version = root.join(LAYOUT_VERSION);
+        let (actions, objects) = layout::data_dirs(&root);
         let store = Self {
-            actions: version.join("actions"),
-            objects: version.join("objects"),
+            actions,
+            objects,
             root,
             clock,
             repaired: AtomicU64::new(0),
         };
-        let tag = store.root.join("CACHEDIR.TAG");
+        let tag = store.root.join(CACHEDIR_TAG);
         if !tag.exists() {
             // A new store: make its shard directories up front, as Go's
             // cache does, rather than one by one on the first writes of a
             // build; tag it, and start the trim clock now so the first
             // automatic trim waits a full interval.
             store.make_shards()?;
-            write_atomic(&tag, CACHEDIR_TAG.as_bytes())?;
+            write_atomic(&tag, CACHEDIR_TAG_CONTENTS.as_bytes())?;
             store.mark_trimmed()?;
         }
         Ok(store)
@@ -219,8 +195,8 @@ impl DiskStore {
 
     fn make_shards(&self) -> Result<(), Error> {
         for dir in [&self.actions, &self.objects] {
-            for shard in 0..=u8::MAX {
-                let path = dir.join(format!("{shard:02x}"));
+            for shard in layout::shards() {
+                let path = dir.join(shard);
                 fs::create_dir_all(&path).map_err(io_error("creating directory", &path))?;
             }
         }
@@ -314,38 +290,6 @@ impl DiskStore {
         Lookup::Miss
     }
 
-    /// Starts receiving a body that must hash to `output` and be `size` bytes.
-    /// Write the body into the returned writer, then [`ObjectWriter::finish`]
-    /// verifies it and [`DiskStore::commit`] stores it under an action.
-    pub fn begin_object(&self, output: OutputId, size: u64) -> Result<ObjectWriter, Error> {
-        let final_path = self.object_path(&output);
-        let temp = if self.object_is_fresh(&final_path, size) {
-            None
-        } else {
-            Some(temp_file_in(parent(&final_path))?)
-        };
-        Ok(ObjectWriter {
-            output,
-            size,
-            final_path,
-            temp,
-            hasher: Sha256::new(),
-            written: 0,
-        })
-    }
-
-    /// True if the object exists with the right size and was used recently
-    /// enough that no trim can remove it before the put that reuses it lands.
-    fn object_is_fresh(&self, path: &Path, size: u64) -> bool {
-        fs::metadata(path).is_ok_and(|meta| {
-            meta.is_file()
-                && meta.len() == size
-                && meta.modified().is_ok_and(|used| {
-                    self.now().duration_since(used).unwrap_or_default() < TOUCH_INTERVAL
-                })
-        })
-    }
-
     /// Stores a verified body (if not already present) and the entry that
     /// maps `action` to it. Returns the entry as a later `get` would.
     pub fn commit(&self, action: &ActionId, object: VerifiedObject) -> Result<Entry, Error> {
@@ -363,11 +307,7 @@ impl DiskStore {
             })?;
         }
         let time = self.now();
-        let nanos = time
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let line = format!("{LAYOUT_VERSION} {} {size} {nanos}\n", output.to_hex());
+        let line = entry_line(&output, size, time);
         write_atomic(&self.entry_path(action), line.as_bytes())?;
         Ok(Entry {
             output,
@@ -386,330 +326,10 @@ impl DiskStore {
         let verified = writer.finish()?;
         self.commit(action, verified)
     }
-
-    /// True when an automatic trim is due (the last one is older than
-    /// [`TRIM_INTERVAL`]). Costs one `stat`.
-    pub fn trim_due(&self) -> bool {
-        let marker = fs::metadata(self.root.join("last-trim")).and_then(|m| m.modified());
-        match marker {
-            Ok(last) => self.now().duration_since(last).unwrap_or_default() >= TRIM_INTERVAL,
-            Err(_) => true,
-        }
-    }
-
-    /// Trims the store by `policy`. With `wait` false, returns `Ok(None)` if
-    /// another process is already trimming.
-    pub fn trim(&self, policy: TrimPolicy, wait: bool) -> Result<Option<TrimReport>, Error> {
-        let Some(_lock) = self.trim_lock(wait)? else {
-            return Ok(None);
-        };
-        let now = self.now();
-        let recent = |used: SystemTime| now.duration_since(used).unwrap_or_default() < TRIM_GRACE;
-        let mut files = Vec::new();
-        let mut report = TrimReport::default();
-        for dir in [&self.actions, &self.objects] {
-            walk_files(dir, &mut |file| {
-                if file.temp {
-                    // Leftovers of killed processes; live ones are recent.
-                    if !recent(file.modified) {
-                        remove_counted(&file.path, file.size, &mut report);
-                    }
-                } else {
-                    files.push(file);
-                }
-            })?;
-        }
-        let max_unused = policy.max_unused.max(TRIM_GRACE);
-        files.retain(|file| {
-            let unused = now.duration_since(file.modified).unwrap_or_default();
-            if unused > max_unused {
-                remove_counted(&file.path, file.size, &mut report);
-                false
-            } else {
-                true
-            }
-        });
-        let mut total: u64 = files.iter().map(|f| f.size).sum();
-        let mut kept_files = files.len() as u64;
-        if total > policy.max_size {
-            files.sort_by_key(|f| f.modified);
-            for file in &files {
-                if total <= policy.max_size || recent(file.modified) {
-                    break;
-                }
-                if remove_counted(&file.path, file.size, &mut report) {
-                    total -= file.size;
-                    kept_files -= 1;
-                }
-            }
-            if total > policy.max_size {
-                tracing::debug!(
-                    "store is {total} bytes, over its {} byte limit, but the rest was used in the last {}",
-                    policy.max_size,
-                    humantime::format_duration(TRIM_GRACE)
-                );
-            }
-        }
-        report.kept_files = kept_files;
-        report.kept_bytes = total;
-        self.mark_trimmed()?;
-        Ok(Some(report))
-    }
-
-    /// Records "trimmed now" (by this store's clock) in the marker's mtime.
-    fn mark_trimmed(&self) -> Result<(), Error> {
-        let marker = self.root.join("last-trim");
-        write_atomic(&marker, b"")?;
-        File::open(&marker)
-            .and_then(|file| file.set_modified(self.now()))
-            .map_err(io_error("updating", &marker))
-    }
-
-    fn trim_lock(&self, wait: bool) -> Result<Option<FileLock>, Error> {
-        let path = self.root.join("trim.lock");
-        Ok(if wait {
-            Some(FileLock::acquire(&path, TRIM_LOCK_TIMEOUT)?)
-        } else {
-            FileLock::try_acquire(&path)?
-        })
-    }
-
-    /// Removes every entry and object (`warren clean`). Running `go`
-    /// commands that still hold a DiskPath lose it, as with `go clean -cache`.
-    pub fn clean(&self) -> Result<TrimReport, Error> {
-        let _lock = self.trim_lock(true)?;
-        let mut report = TrimReport::default();
-        for dir in [&self.actions, &self.objects] {
-            walk_files(dir, &mut |file| {
-                remove_counted(&file.path, file.size, &mut report);
-            })?;
-        }
-        Ok(report)
-    }
-
-    /// Re-hashes every object and removes those that do not match their name.
-    pub fn verify(&self) -> Result<TrimReport, Error> {
-        let mut report = TrimReport::default();
-        let mut failure = None;
-        walk_files(&self.objects, &mut |file| {
-            if file.temp || failure.is_some() {
-                return;
-            }
-            let name = file.path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let good = match (OutputId::from_hex(name), hash_file(&file.path)) {
-                (Ok(expected), Ok(actual)) => expected == actual,
-                (Err(_), _) => false,
-                (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => return,
-                (_, Err(e)) => {
-                    failure = Some(io_error("reading object", &file.path)(e));
-                    return;
-                }
-            };
-            if good {
-                report.kept_files += 1;
-                report.kept_bytes += file.size;
-            } else {
-                tracing::warn!("removing corrupt object {}", file.path.display());
-                remove_counted(&file.path, file.size, &mut report);
-            }
-        })?;
-        failure.map_or(Ok(report), Err)
-    }
-
-    /// Counts entries, objects and bytes.
-    pub fn usage(&self) -> Result<Usage, Error> {
-        let mut usage = Usage::default();
-        for (dir, is_entry) in [(&self.actions, true), (&self.objects, false)] {
-            walk_files(dir, &mut |file| {
-                if file.temp {
-                    return;
-                }
-                if is_entry {
-                    usage.entries += 1;
-                } else {
-                    usage.objects += 1;
-                }
-                usage.bytes += file.size;
-            })?;
-        }
-        Ok(usage)
-    }
-}
-
-/// Receives a body, hashing as it goes; see [`DiskStore::begin_object`].
-pub struct ObjectWriter {
-    output: OutputId,
-    size: u64,
-    final_path: PathBuf,
-    /// `None` when an identical object is already stored: hash only.
-    temp: Option<NamedTempFile>,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl Write for ObjectWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = match &mut self.temp {
-            Some(temp) => temp.write(buf)?,
-            None => buf.len(),
-        };
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl ObjectWriter {
-    /// Checks size and SHA-256. On a mismatch the temp file is deleted and
-    /// nothing reaches the store.
-    pub fn finish(self) -> Result<VerifiedObject, Error> {
-        let actual = OutputId::from_bytes(self.hasher.finalize().into());
-        if actual != self.output || self.written != self.size {
-            return Err(Error::Mismatch {
-                expected: self.output,
-                expected_size: self.size,
-                actual,
-                actual_size: self.written,
-            });
-        }
-        Ok(VerifiedObject {
-            output: self.output,
-            size: self.size,
-            final_path: self.final_path,
-            temp: self.temp,
-        })
-    }
-}
-
-/// A body whose size and hash matched; dropping it uncommitted deletes it.
-pub struct VerifiedObject {
-    output: OutputId,
-    size: u64,
-    final_path: PathBuf,
-    temp: Option<NamedTempFile>,
-}
-
-impl VerifiedObject {
-    pub fn output(&self) -> OutputId {
-        self.output
-    }
-}
-
-fn shard_path(dir: &Path, hex: &str) -> PathBuf {
-    let mut path = dir.join(&hex[..2]);
-    path.push(hex);
-    path
-}
-
-fn parent(path: &Path) -> &Path {
-    path.parent()
-        .expect("store paths to have a shard directory")
 }
 
 fn is_stale(used: Option<SystemTime>, now: SystemTime) -> bool {
     used.is_none_or(|used| now.duration_since(used).unwrap_or_default() >= TOUCH_INTERVAL)
-}
-
-fn parse_entry(text: &[u8]) -> Option<(OutputId, u64, SystemTime)> {
-    let text = std::str::from_utf8(text).ok()?.strip_suffix('\n')?;
-    let mut fields = text.split(' ');
-    let (version, output, size, nanos) = (
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-    );
-    if version != LAYOUT_VERSION || fields.next().is_some() {
-        return None;
-    }
-    let output = OutputId::from_hex(output).ok()?;
-    let size = size.parse().ok()?;
-    let nanos: u64 = nanos.parse().ok()?;
-    Some((output, size, UNIX_EPOCH + Duration::from_nanos(nanos)))
-}
-
-/// When the entry in `path` was put, read without touching or repairing
-/// anything; `None` if it is gone or malformed.
-pub fn entry_put_time(path: &Path) -> Option<SystemTime> {
-    let mut text = Vec::with_capacity(MAX_ENTRY_LEN as usize);
-    File::open(path)
-        .ok()?
-        .take(MAX_ENTRY_LEN)
-        .read_to_end(&mut text)
-        .ok()?;
-    parse_entry(&text).map(|(_, _, time)| time)
-}
-
-fn hash_file(path: &Path) -> io::Result<OutputId> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher)?;
-    Ok(OutputId::from_bytes(hasher.finalize().into()))
-}
-
-struct WalkedFile {
-    path: PathBuf,
-    size: u64,
-    modified: SystemTime,
-    temp: bool,
-}
-
-/// Calls `visit` for each regular file in the shard directories under `dir`.
-/// Files that vanish during the walk (another process trimming or renaming)
-/// are skipped.
-fn walk_files(dir: &Path, visit: &mut dyn FnMut(WalkedFile)) -> Result<(), Error> {
-    let shards = match fs::read_dir(dir) {
-        Ok(shards) => shards,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_error("listing", dir)(e)),
-    };
-    for shard in shards {
-        let shard = shard.map_err(io_error("listing", dir))?;
-        let shard_path = shard.path();
-        let files = match fs::read_dir(&shard_path) {
-            Ok(files) => files,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            // A stray file where a shard directory should be.
-            Err(e) if e.raw_os_error() == Some(20) => continue,
-            Err(e) => return Err(io_error("listing", &shard_path)(e)),
-        };
-        for file in files {
-            let Ok(file) = file else { continue };
-            let Ok(meta) = file.metadata() else { continue };
-            if !meta.is_file() {
-                continue;
-            }
-            let name = file.file_name();
-            visit(WalkedFile {
-                temp: name.to_string_lossy().starts_with(TEMP_PREFIX),
-                path: file.path(),
-                size: meta.len(),
-                modified: meta.modified().unwrap_or(UNIX_EPOCH),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Removes a file for trim/clean; returns whether it was removed.
-fn remove_counted(path: &Path, size: u64, report: &mut TrimReport) -> bool {
-    match fs::remove_file(path) {
-        Ok(()) => {
-            report.removed_files += 1;
-            report.removed_bytes += size;
-            true
-        }
-        Err(e) => {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!("cannot remove {}: {e}", path.display());
-            }
-            false
-        }
-    }
 }
 
 #[cfg(test)]
@@ -720,6 +340,9 @@ fn remove_counted(path: &Path, size: u64, report: &mut TrimReport) -> bool {
 mod tests {
     use std::sync::Mutex;
 
+    use sha2::{Digest, Sha256};
+
+    use super::trim::walk_files;
     use super::*;
 
     /// A store whose clock the test moves.

@@ -1,0 +1,73 @@
+//! Every name and path in the store, in one place: the root's files, the
+//! layout version, the shard directories. Other modules ask for these
+//! paths; none builds one itself. (The tree is drawn in the store's
+//! module docs.)
+
+use std::path::{Path, PathBuf};
+
+/// Name of the current layout's directory under the root.
+pub const LAYOUT_VERSION: &str = "v1";
+
+/// Tells backup tools to skip the store (<https://bford.info/cachedir/>).
+pub(super) const CACHEDIR_TAG: &str = "CACHEDIR.TAG";
+pub(super) const CACHEDIR_TAG_CONTENTS: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+# This file is a cache directory tag created by warren.\n\
+# For information about cache directory tags see https://bford.info/cachedir/\n";
+/// Lifetime counters (see `crate::stats`), and the lock that merges them.
+const STATS_FILE: &str = "stats.json";
+const STATS_LOCK: &str = "stats.lock";
+/// Held while trimming or cleaning.
+const TRIM_LOCK: &str = "trim.lock";
+/// Its mtime is when the store was last trimmed.
+const LAST_TRIM: &str = "last-trim";
+/// Held by the running daemon (`warren daemon`).
+const DAEMON_LOCK: &str = "daemon.lock";
+/// The daemon's socket, in the store so that one daemon serves one store.
+const DAEMON_SOCKET: &str = "daemon.sock";
+
+pub fn stats_file(root: &Path) -> PathBuf {
+    root.join(STATS_FILE)
+}
+
+pub fn stats_lock(root: &Path) -> PathBuf {
+    root.join(STATS_LOCK)
+}
+
+pub(super) fn trim_lock(root: &Path) -> PathBuf {
+    root.join(TRIM_LOCK)
+}
+
+pub(super) fn last_trim(root: &Path) -> PathBuf {
+    root.join(LAST_TRIM)
+}
+
+pub fn daemon_lock(root: &Path) -> PathBuf {
+    root.join(DAEMON_LOCK)
+}
+
+pub fn daemon_socket(root: &Path) -> PathBuf {
+    root.join(DAEMON_SOCKET)
+}
+
+/// The directories of action entries and of objects.
+pub(super) fn data_dirs(root: &Path) -> (PathBuf, PathBuf) {
+    let version = root.join(LAYOUT_VERSION);
+    (version.join("actions"), version.join("objects"))
+}
+
+/// The shard directory names, `00` to `ff`.
+pub(super) fn shards() -> impl Iterator<Item = String> {
+    (0..=u8::MAX).map(|shard| format!("{shard:02x}"))
+}
+
+/// `<dir>/<first two hex digits>/<hex>`.
+pub(super) fn shard_path(dir: &Path, hex: &str) -> PathBuf {
+    let mut path = dir.join(&hex[..2]);
+    path.push(hex);
+    path
+}
+
+pub(super) fn parent(path: &Path) -> &Path {
+    path.parent()
+        .expect("store paths to have a shard directory")
+}
