@@ -1,9 +1,22 @@
-//! Lookups as a chain of tiers: the local store first, then whatever lies
-//! beyond it (the warren daemon and its peers, in part 2).
+//! Where an entry comes from and where a put goes: the local store first,
+//! then whatever lies beyond it (the daemon and its peers).
 //!
-//! This is the one place that decides where a body comes from, so peer
-//! sharing plugs in as another [`RemoteTier`] without touching the protocol
-//! loop. A remote tier never hands bodies to `go` directly: it writes them
+//! This is the one place that decides the order of tiers, so peer sharing
+//! plugs in as a [`RemoteTier`] without touching the GOCACHEPROG session,
+//! which only decides which thread runs each step:
+//!
+//! - **get**: [`MultiLevelStorage::get`] asks the local tier, a few small
+//!   file reads. It either answers ([`Step::Answered`]: a hit, or a miss no
+//!   other tier can change) or says the remote tier may know
+//!   ([`Step::AskRemote`]); [`MultiLevelStorage::get_remote`] then waits on
+//!   the network. A local error is a miss, and asks the remote tier like
+//!   one.
+//! - **put**: bodies go to the local store only, hashed as they arrive
+//!   ([`MultiLevelStorage::begin_put`]) and stored once verified
+//!   ([`MultiLevelStorage::commit_put`]). Peers learn of new entries from
+//!   the daemon's index of the store, not from the helper.
+//!
+//! A remote tier never hands bodies to `go` directly: it writes them
 //! through [`DiskStore::begin_object`], which verifies size and SHA-256
 //! before anything lands, and the local store then serves the verified copy
 //! (backfilled, so the next lookup is local).
@@ -12,8 +25,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::ids::ActionId;
-use crate::store::{self, DiskStore, Entry, Lookup};
+use crate::ids::{ActionId, OutputId};
+use crate::logging::chain;
+use crate::store::{self, DiskStore, Entry, Lookup, ObjectWriter, VerifiedObject};
 
 /// A boxed future, for object-safe async trait methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -71,23 +85,51 @@ impl MultiLevelStorage {
         &self.local
     }
 
-    /// The local tier alone: a few small file reads, no waiting on anyone.
-    pub fn get_local(&self, action: &ActionId) -> Result<Lookup, store::Error> {
-        self.local.get(action)
+    /// The first step of a lookup: the local tier alone, a few small file
+    /// reads and no waiting on anyone.
+    pub fn get(&self, action: &ActionId) -> Step {
+        let found = self.local.get(action).unwrap_or_else(|e| {
+            tracing::warn!("cache lookup failed, treating it as a miss: {}", chain(&e));
+            Lookup::Miss
+        });
+        match found {
+            Lookup::Miss if self.remote.is_enabled() => Step::AskRemote,
+            found => Step::Answered(found),
+        }
     }
 
-    /// Whether a local miss is worth a remote lookup.
-    pub fn has_remote(&self) -> bool {
-        self.remote.is_enabled()
-    }
-
-    /// The tiers beyond the local store.
+    /// The second step of a lookup the local tier missed: the tiers beyond
+    /// it. Waits on the network (bounded by the tier).
     pub async fn get_remote(&self, action: ActionId) -> Lookup {
         match self.remote.fetch(action, &self.local).await {
             Some(entry) => Lookup::Hit(entry),
             None => Lookup::Miss,
         }
     }
+
+    /// Starts a put of a body of `size` bytes that must hash to `output`.
+    pub fn begin_put(&self, output: OutputId, size: u64) -> Result<ObjectWriter, store::Error> {
+        self.local.begin_object(output, size)
+    }
+
+    /// Stores a verified put body under `action`.
+    pub fn commit_put(
+        &self,
+        action: &ActionId,
+        body: VerifiedObject,
+    ) -> Result<Entry, store::Error> {
+        self.local.commit(action, body)
+    }
+}
+
+/// What the local tier made of a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A hit, or a miss that no other tier can change.
+    Answered(Lookup),
+    /// A miss the remote tier may answer: finish with
+    /// [`MultiLevelStorage::get_remote`].
+    AskRemote,
 }
 
 #[cfg(test)]
@@ -138,15 +180,15 @@ mod tests {
     async fn remote_hits_are_verified_and_backfilled() {
         let (_dir, storage) = storage(b"remote body", OutputId::of(b"remote body"));
         let action = ActionId::from_bytes([1; 32]);
-        assert_eq!(storage.get_local(&action).unwrap(), Lookup::Miss);
+        assert_eq!(storage.get(&action), Step::AskRemote);
         let Lookup::Hit(entry) = storage.get_remote(action).await else {
             panic!("expected hit")
         };
         assert_eq!(std::fs::read(&entry.path).unwrap(), b"remote body");
         // The second lookup is served locally.
         assert!(matches!(
-            storage.local().get(&action).unwrap(),
-            Lookup::Hit(_)
+            storage.get(&action),
+            Step::Answered(Lookup::Hit(_))
         ));
     }
 
@@ -163,8 +205,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = MultiLevelStorage::local_only(Arc::new(DiskStore::open(dir.path()).unwrap()));
         let action = ActionId::from_bytes([2; 32]);
-        assert_eq!(storage.get_local(&action).unwrap(), Lookup::Miss);
-        assert!(!storage.has_remote());
+        assert_eq!(storage.get(&action), Step::Answered(Lookup::Miss));
         assert_eq!(storage.get_remote(action).await, Lookup::Miss);
     }
 }

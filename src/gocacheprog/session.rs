@@ -36,7 +36,7 @@ use crate::ids::{ActionId, OutputId};
 use crate::logging::chain;
 use crate::stats::Counters;
 use crate::store::Lookup;
-use crate::tiered::MultiLevelStorage;
+use crate::tiered::{MultiLevelStorage, Step};
 
 const STDOUT_BUFFER: usize = 64 * 1024;
 
@@ -137,12 +137,8 @@ impl Context {
                     // few small file reads, cheaper than the thread hops of
                     // a task (measured: see docs/benchmarks.md). Only a
                     // remote lookup, which waits on the network, gets a task.
-                    let found = self.storage.get_local(&action).unwrap_or_else(|e| {
-                        tracing::warn!("cache lookup failed, treating it as a miss: {}", chain(&e));
-                        Lookup::Miss
-                    });
-                    match found {
-                        Lookup::Miss if self.storage.has_remote() => {
+                    match self.storage.get(&action) {
+                        Step::AskRemote => {
                             let storage = self.storage.clone();
                             let counters = self.counters.clone();
                             let responder = self.responder.clone();
@@ -163,7 +159,7 @@ impl Context {
                                 &self.runtime,
                             );
                         }
-                        found => {
+                        Step::Answered(found) => {
                             self.responder
                                 .send(&answer_get(id, &action, found, &self.counters));
                         }
@@ -189,7 +185,7 @@ impl Context {
                     let responder = self.responder.clone();
                     self.tracker.spawn_blocking_on(
                         move || {
-                            let response = match storage.local().commit(&action, verified) {
+                            let response = match storage.commit_put(&action, verified) {
                                 Ok(entry) => {
                                     tracing::trace!("put {id} {action}: stored {body_size} bytes");
                                     counters.put(body_size);
@@ -229,7 +225,7 @@ impl Context {
         output: OutputId,
         body_size: u64,
     ) -> Result<crate::store::VerifiedObject, String> {
-        let mut writer = match self.storage.local().begin_object(output, body_size) {
+        let mut writer = match self.storage.begin_put(output, body_size) {
             Ok(writer) => writer,
             Err(e) => {
                 if body_size > 0 {
