@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use warren_p2p::Compression;
+use warren_p2p::config::defaults;
 
 use crate::store::TrimPolicy;
 
@@ -79,12 +80,6 @@ pub struct FileShare {
 /// Default libp2p listen addresses: a fixed port, so coworkers behind
 /// networks without multicast can list this machine as a static peer.
 pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/7311", "/ip6/::/tcp/7311"];
-/// How long a lookup may wait for a peer to say it has an entry.
-pub const DEFAULT_LOOKUP_DEADLINE: Duration = Duration::from_millis(150);
-/// Largest body accepted from a peer.
-pub const DEFAULT_MAX_BODY_SIZE: u64 = 4 * 1024 * 1024 * 1024;
-/// Entries fetched ahead of a build at once (in batches), on a peer's hints.
-pub const DEFAULT_READ_AHEAD: usize = 64;
 
 /// Sharing settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,12 +96,12 @@ pub struct Share {
     pub interfaces: Vec<String>,
     /// Peers to dial without mDNS (multiaddrs ending in `/p2p/<peer id>`).
     pub static_peers: Vec<String>,
-    /// Default: [`DEFAULT_LOOKUP_DEADLINE`].
+    /// Default: [`defaults::LOOKUP_DEADLINE`].
     pub lookup_deadline: Duration,
-    /// Default: [`DEFAULT_MAX_BODY_SIZE`].
+    /// Default: [`defaults::MAX_BODY_SIZE`].
     pub max_body_size: u64,
     /// Entries read ahead at once; 0 turns read-ahead off. Default:
-    /// [`DEFAULT_READ_AHEAD`].
+    /// [`defaults::READ_AHEAD`].
     pub read_ahead: usize,
     /// Whether to ask peers for compressed bodies. Default: only over
     /// links measured slow ([`Compression::Auto`]).
@@ -187,13 +182,13 @@ impl Config {
             static_peers: share.static_peers.unwrap_or_default(),
             lookup_deadline: match share.lookup_deadline {
                 Some(text) => parse_age(&text)?,
-                None => DEFAULT_LOOKUP_DEADLINE,
+                None => defaults::LOOKUP_DEADLINE,
             },
             max_body_size: match share.max_body_size {
                 Some(text) => parse_size(&text)?,
-                None => DEFAULT_MAX_BODY_SIZE,
+                None => defaults::MAX_BODY_SIZE,
             },
-            read_ahead: share.read_ahead.unwrap_or(DEFAULT_READ_AHEAD),
+            read_ahead: share.read_ahead.unwrap_or(defaults::READ_AHEAD),
             compression: share.compression.unwrap_or_default(),
         };
         Ok(Self {
@@ -300,7 +295,7 @@ mod tests {
         let config = Config::resolve(&Overrides::default(), FileConfig::default(), None).unwrap();
         assert!(!config.share.enabled);
         assert!(config.share.mdns);
-        assert_eq!(config.share.lookup_deadline, DEFAULT_LOOKUP_DEADLINE);
+        assert_eq!(config.share.lookup_deadline, defaults::LOOKUP_DEADLINE);
         let file: FileConfig = toml::from_str(
             "[share]\nenabled = true\nmdns = false\nlookup-deadline = \"80ms\"\nread-ahead = 0\ncompression = \"never\"\nstatic-peers = [\"/ip4/192.0.2.1/tcp/7311\"]\n",
         )

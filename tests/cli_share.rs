@@ -87,3 +87,24 @@ fn peers_add_list_remove() {
     let missing = sandbox.run(&["peers", "remove", "bob"]);
     assert!(!missing.status.success());
 }
+
+#[test]
+fn config_shows_every_setting_with_share_ones_after_init() {
+    let sandbox = Sandbox::new();
+    let before = stdout(&sandbox, &["config"]);
+    for line in [
+        "enabled:         off",
+        "lookup-deadline: 150ms",
+        "max-body-size:   4.0 GiB",
+        "read-ahead:      64",
+        "compression:     auto",
+        "listen:          /ip4/0.0.0.0/tcp/7311 /ip6/::/tcp/7311",
+    ] {
+        assert!(before.lines().any(|l| l == line), "{line:?} in\n{before}");
+    }
+    assert!(before.ends_with('\n'));
+    stdout(&sandbox, &["init"]);
+    let after = stdout(&sandbox, &["config"]);
+    assert!(after.lines().any(|l| l == "enabled:         on"), "{after}");
+    assert!(after.lines().any(|l| l == "autostart:       on"), "{after}");
+}

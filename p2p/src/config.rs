@@ -14,6 +14,30 @@ use libp2p::connection_limits::ConnectionLimits;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 
+/// Every default of [`NodeConfig`], named once: the node uses them, and
+/// warren layers its own settings over them (and shows them in
+/// `warren config`).
+pub mod defaults {
+    use std::time::Duration;
+
+    /// See [`NodeConfig::with_max_body_size`](super::NodeConfig::with_max_body_size).
+    pub const MAX_BODY_SIZE: u64 = 4 << 30;
+    /// See [`NodeConfig::with_inline_limit`](super::NodeConfig::with_inline_limit).
+    pub const INLINE_LIMIT: u64 = 1 << 20;
+    /// See [`NodeConfig::with_lookup_deadline`](super::NodeConfig::with_lookup_deadline).
+    pub const LOOKUP_DEADLINE: Duration = Duration::from_millis(150);
+    /// See [`NodeConfig::with_transfer_rate`](super::NodeConfig::with_transfer_rate).
+    pub const TRANSFER_RATE: u64 = 50_000_000;
+    /// See [`NodeConfig::with_cooldown`](super::NodeConfig::with_cooldown).
+    pub const COOLDOWN: Duration = Duration::from_secs(60);
+    /// See [`NodeConfig::with_read_ahead`](super::NodeConfig::with_read_ahead).
+    pub const READ_AHEAD: usize = 64;
+    /// See [`NodeConfig::with_read_ahead`](super::NodeConfig::with_read_ahead).
+    pub const READ_AHEAD_MAX_BODY: u64 = 64 << 20;
+    /// See [`NodeConfig::with_max_concurrent_serves`](super::NodeConfig::with_max_concurrent_serves).
+    pub const MAX_CONCURRENT_SERVES: usize = 16;
+}
+
 /// The mDNS service type warren advertises and browses for.
 pub const DEFAULT_SERVICE_TYPE: &str = "_warren._tcp.local.";
 
@@ -85,11 +109,11 @@ impl NodeConfig {
             allowlist: HashSet::new(),
             static_peers: Vec::new(),
             mdns: None,
-            max_body_size: 4 << 30,
-            inline_limit: 1 << 20,
-            lookup_deadline: Duration::from_millis(150),
-            transfer_rate: 50_000_000,
-            cooldown: Duration::from_secs(60),
+            max_body_size: defaults::MAX_BODY_SIZE,
+            inline_limit: defaults::INLINE_LIMIT,
+            lookup_deadline: defaults::LOOKUP_DEADLINE,
+            transfer_rate: defaults::TRANSFER_RATE,
+            cooldown: defaults::COOLDOWN,
             idle_connection_timeout: Duration::from_secs(60 * 60),
             ping_interval: Duration::from_secs(15),
             redial_min: Duration::from_secs(1),
@@ -98,10 +122,10 @@ impl NodeConfig {
                 .with_max_pending_incoming(Some(32))
                 .with_max_established_incoming(Some(128))
                 .with_max_established_per_peer(Some(4)),
-            max_concurrent_serves: 16,
+            max_concurrent_serves: defaults::MAX_CONCURRENT_SERVES,
             event_capacity: 256,
-            read_ahead: 64,
-            read_ahead_max_body: 64 << 20,
+            read_ahead: defaults::READ_AHEAD,
+            read_ahead_max_body: defaults::READ_AHEAD_MAX_BODY,
             compression: Compression::Auto,
         }
     }

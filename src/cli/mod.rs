@@ -162,29 +162,74 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Id) => share::id(&config, &mut out),
         Some(Command::Peers { action }) => share::peers(&config, action, &mut out),
         Some(Command::Daemon) => crate::share::daemon::run(&config),
-        Some(Command::Config) => {
-            let file = match &config.file {
-                Some(path) => path.display().to_string(),
-                None => match config::default_config_path() {
-                    Some(path) => format!("none ({} does not exist)", path.display()),
-                    None => "none".into(),
-                },
-            };
-            writeln!(out, "config file: {file}")?;
-            writeln!(out, "dir:         {}", config.dir.display())?;
-            writeln!(
-                out,
-                "max-size:    {}",
-                ByteSize(config.trim.max_size).display().iec()
-            )?;
-            writeln!(
-                out,
-                "max-age:     {}",
-                humantime::format_duration(config.trim.max_unused)
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Some(Command::Config) => show_config(&config, &mut out),
     }
+}
+
+/// Every effective setting, `[share]` included.
+fn show_config(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let file = match &config.file {
+        Some(path) => path.display().to_string(),
+        None => match config::default_config_path() {
+            Some(path) => format!("none ({} does not exist)", path.display()),
+            None => "none".into(),
+        },
+    };
+    let on = |yes: bool| if yes { "on" } else { "off" };
+    let list = |items: &[String], empty: &str| {
+        if items.is_empty() {
+            empty.to_owned()
+        } else {
+            items.join(" ")
+        }
+    };
+    let share = &config.share;
+    writeln!(out, "config file: {file}")?;
+    writeln!(out, "dir:         {}", config.dir.display())?;
+    writeln!(
+        out,
+        "max-size:    {}",
+        ByteSize(config.trim.max_size).display().iec()
+    )?;
+    writeln!(
+        out,
+        "max-age:     {}",
+        humantime::format_duration(config.trim.max_unused)
+    )?;
+    writeln!(out, "[share]")?;
+    writeln!(out, "enabled:         {}", on(share.enabled))?;
+    writeln!(out, "autostart:       {}", on(share.autostart))?;
+    writeln!(out, "listen:          {}", list(&share.listen, "none"))?;
+    writeln!(out, "mdns:            {}", on(share.mdns))?;
+    writeln!(out, "interfaces:      {}", list(&share.interfaces, "all"))?;
+    writeln!(
+        out,
+        "static-peers:    {}",
+        list(&share.static_peers, "none")
+    )?;
+    writeln!(
+        out,
+        "lookup-deadline: {}",
+        humantime::format_duration(share.lookup_deadline)
+    )?;
+    writeln!(
+        out,
+        "max-body-size:   {}",
+        ByteSize(share.max_body_size).display().iec()
+    )?;
+    writeln!(out, "read-ahead:      {}", share.read_ahead)?;
+    writeln!(
+        out,
+        "compression:     {}",
+        format!("{:?}", share.compression).to_lowercase()
+    )?;
+    writeln!(out, "identity key:    {}", config.identity_path().display())?;
+    writeln!(
+        out,
+        "allowlist:       {}",
+        config.allowlist_path().display()
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn open_store(config: &Config) -> anyhow::Result<DiskStore> {

@@ -38,8 +38,6 @@ use crate::tiered::BoxFuture;
 const ALLOWLIST_POLL: Duration = Duration::from_secs(1);
 /// How long lookups in flight may finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(2);
-/// Hinted bodies bigger than this are left for a lookup to fetch.
-const READ_AHEAD_MAX_BODY: u64 = 64 << 20;
 
 /// Runs the daemon until a signal.
 pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
@@ -74,7 +72,10 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
             .with_static_peers(parse_addrs(&config.share.static_peers)?)
             .with_lookup_deadline(config.share.lookup_deadline)
             .with_max_body_size(config.share.max_body_size)
-            .with_read_ahead(config.share.read_ahead, READ_AHEAD_MAX_BODY)
+            .with_read_ahead(
+                config.share.read_ahead,
+                warren_p2p::config::defaults::READ_AHEAD_MAX_BODY,
+            )
             .with_compression(config.share.compression);
         if config.share.mdns {
             node = node.with_mdns(Some(
