@@ -79,7 +79,7 @@ pub use crate::fetch::receive::RejectReason;
 pub use crate::ids::{ActionId, OutputId};
 pub use crate::node::EventLoop;
 pub use crate::node::client::{Client, Event, PeerCounters, PeerInfo};
-pub use crate::store::{BodySink, CommitError, Served, Store};
+pub use crate::store::{Bodies, BodySink, CommitError, Hints, Served, Store, Summaries};
 pub use crate::summary::SummaryChunk;
 
 /// The libp2p protocol name peers speak; versioned so a later protocol (for

@@ -11,7 +11,7 @@
 //!   are held back until the hash is known), so a damaged local store is
 //!   never spread to peers;
 //! - fetching: the store's sink verifies. [`BodySink::commit`] must check
-//!   size and SHA-256 against what [`Store::begin`] was given and report a
+//!   size and SHA-256 against what [`Bodies::begin`] was given and report a
 //!   mismatch as [`CommitError::Mismatch`]; the node then discards the body
 //!   and puts the peer in cooldown. The node does not hash received bodies
 //!   itself: every byte of a 256 MiB body hashed twice on a busy 2-core
@@ -19,8 +19,8 @@
 //!   store that writes the body is the one place that can check exactly
 //!   what it stores.
 //!
-//! All methods do blocking file I/O. The node calls [`Store::open`], and
-//! [`Store::begin`] with the sink's writes and commit for a body of one
+//! All methods do blocking file I/O. The node calls [`Bodies::open`], and
+//! [`Bodies::begin`] with the sink's writes and commit for a body of one
 //! piece, on its async thread: they must be quick (a few small file
 //! operations, as on a local disk), because a thread hand-over for each
 //! costs more than the work. Bigger bodies are written and read on the
@@ -32,8 +32,14 @@ use std::io;
 use crate::ids::{ActionId, OutputId};
 use crate::summary::SummaryChunk;
 
-/// What the node serves to peers and where fetched bodies go.
-pub trait Store: Send + Sync + 'static {
+/// Everything a node needs of a store: its bodies, the order they were
+/// put in, and a summary log. Implemented for any type that has all three.
+pub trait Store: Bodies + Hints + Summaries + Send + Sync + 'static {}
+
+impl<T: Bodies + Hints + Summaries + Send + Sync + 'static> Store for T {}
+
+/// Bodies: what the node serves to peers and where fetched bodies go.
+pub trait Bodies {
     /// For serving: the entry for `action` and an open file of its body, or
     /// `None` if there is none. The file must hold `size` bytes from its
     /// current position.
@@ -53,31 +59,36 @@ pub trait Store: Send + Sync + 'static {
         size: u64,
     ) -> io::Result<Box<dyn BodySink>>;
 
-    /// For read-ahead hints to peers: up to `limit` actions stored right
-    /// after `action`, in the order they were stored, and from the same
-    /// burst of work (a build): what a build that asked for `action` is
-    /// likely to ask for next. Quick, like [`Store::open`]. The default
-    /// knows no order and gives no hints.
-    fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
-        let _ = (action, limit);
-        Vec::new()
-    }
-
     /// For read-ahead: whether an entry for `action` is stored already (then
-    /// it is not fetched ahead). Quick, like [`Store::open`]. The default
+    /// it is not fetched ahead). Quick, like [`Bodies::open`]. The default
     /// says no, so hinted entries are always fetched.
     fn contains(&self, action: &ActionId) -> bool {
         let _ = action;
         false
     }
+}
 
-    /// For peers' summaries of this store ([`crate::summary`]): the
-    /// store's summary log from entry `since` on, or from its start if
-    /// `epoch` is not the log's, at most `limit` prefixes; `None` if the
-    /// store keeps no summary (now), and peers then ask it about every
-    /// lookup. An entry must be in the log by the time the store serves it
-    /// in answer to a lookup, or soon after: until then peers do not ask
-    /// for it. Quick, like [`Store::open`]. The default keeps none.
+/// Read-ahead hints for peers: the order entries were put in.
+pub trait Hints {
+    /// Up to `limit` actions stored right after `action`, in the order they
+    /// were stored, and from the same burst of work (a build): what a build
+    /// that asked for `action` is likely to ask for next. Quick, like
+    /// [`Bodies::open`]. The default knows no order and gives no hints.
+    fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
+        let _ = (action, limit);
+        Vec::new()
+    }
+}
+
+/// The store's summary log, for peers' summaries of it ([`crate::summary`];
+/// [`crate::summary::Log`] keeps one).
+pub trait Summaries {
+    /// The log from entry `since` on, or from its start if `epoch` is not
+    /// the log's, at most `limit` prefixes; `None` if the store keeps no
+    /// summary (now), and peers then ask it about every lookup. An entry
+    /// must be in the log by the time the store serves it in answer to a
+    /// lookup, or soon after: until then peers do not ask for it. Quick,
+    /// like [`Bodies::open`]. The default keeps none.
     fn summary(&self, epoch: u64, since: u64, limit: usize) -> Option<SummaryChunk> {
         let _ = (epoch, since, limit);
         None
@@ -107,7 +118,7 @@ pub struct Served {
 /// or was cancelled.
 pub trait BodySink: io::Write + Send {
     /// Verifies the body and, only if it matches, stores it. It matches if
-    /// exactly the `size` given to [`Store::begin`] was written and its
+    /// exactly the `size` given to [`Bodies::begin`] was written and its
     /// SHA-256 is the `output` given there. The node relies on this check:
     /// it is the only one a fetched body gets. On an `Err` nothing was
     /// stored.

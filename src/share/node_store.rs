@@ -31,21 +31,9 @@ impl StoreAdapter {
     }
 }
 
-impl warren_p2p::Store for StoreAdapter {
-    fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
-        self.order.following(action, limit)
-    }
-
+impl warren_p2p::Bodies for StoreAdapter {
     fn contains(&self, action: &ActionId) -> bool {
         matches!(self.store.get(action), Ok(Lookup::Hit(_)))
-    }
-
-    fn summary(&self, epoch: u64, since: u64, limit: usize) -> Option<SummaryChunk> {
-        self.order.summary(epoch, since, limit)
-    }
-
-    fn summary_updates(&self) -> Option<tokio::sync::watch::Receiver<()>> {
-        Some(self.order.updates())
     }
 
     fn open(&self, action: &ActionId) -> io::Result<Option<Served>> {
@@ -90,6 +78,22 @@ impl warren_p2p::Store for StoreAdapter {
     }
 }
 
+impl warren_p2p::Hints for StoreAdapter {
+    fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
+        self.order.following(action, limit)
+    }
+}
+
+impl warren_p2p::Summaries for StoreAdapter {
+    fn summary(&self, epoch: u64, since: u64, limit: usize) -> Option<SummaryChunk> {
+        self.order.summary(epoch, since, limit)
+    }
+
+    fn summary_updates(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        Some(self.order.updates())
+    }
+}
+
 /// A body on its way from a peer into the store.
 struct Sink {
     store: Arc<DiskStore>,
@@ -131,7 +135,7 @@ impl BodySink for Sink {
 
 #[cfg(test)]
 mod tests {
-    use warren_p2p::Store as _;
+    use warren_p2p::Bodies as _;
 
     use super::*;
 

@@ -37,6 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch as notify;
 use warren_p2p::SummaryChunk;
+use warren_p2p::summary;
 
 use crate::ids::ActionId;
 use crate::store;
@@ -57,8 +58,6 @@ pub const SAFETY_SCAN: Duration = Duration::from_secs(10);
 /// See the module docs.
 pub struct PutOrder {
     index: Mutex<Index>,
-    /// Names this index's summary log; never 0.
-    epoch: u64,
     /// Set by the first full scan.
     ready: AtomicBool,
     /// Told each time the summary log grows.
@@ -72,26 +71,11 @@ impl Default for PutOrder {
     fn default() -> Self {
         Self {
             index: Mutex::default(),
-            epoch: random_epoch(),
             ready: AtomicBool::new(false),
             updates: notify::Sender::new(()),
             live: AtomicBool::new(false),
         }
     }
-}
-
-/// A random, nonzero epoch: the hasher of a fresh `RandomState` is keyed
-/// from the OS's random source.
-fn random_epoch() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    hasher.finish().max(1)
 }
 
 #[derive(Default)]
@@ -102,7 +86,7 @@ struct Index {
     /// Shard directory name → its mtime when last read, and its entries.
     shards: HashMap<String, (SystemTime, HashSet<ActionId>)>,
     /// The summary log: action prefixes, in the order first indexed.
-    log: Vec<u64>,
+    log: summary::Log,
 }
 
 /// One shard directory as read from disk.
@@ -203,6 +187,12 @@ impl PutOrder {
         self.announce_growth(before);
     }
 
+    /// The epoch of the summary log.
+    #[cfg(test)]
+    fn summary_epoch(&self) -> u64 {
+        self.index.lock().expect("lock not poisoned").log.epoch()
+    }
+
     fn generation(&self) -> usize {
         self.index.lock().expect("lock not poisoned").log.len()
     }
@@ -258,18 +248,7 @@ impl PutOrder {
             return None;
         }
         let index = self.index.lock().expect("lock not poisoned");
-        let len = index.log.len();
-        let from = if epoch == self.epoch {
-            usize::try_from(since).unwrap_or(usize::MAX).min(len)
-        } else {
-            0
-        };
-        Some(SummaryChunk {
-            epoch: self.epoch,
-            from: from as u64,
-            prefixes: index.log[from..].iter().take(limit).copied().collect(),
-            generation: len as u64,
-        })
+        Some(index.log.chunk(epoch, since, limit))
     }
 
     /// Brings the index up to date with the directory; whether it found
@@ -349,7 +328,7 @@ impl Index {
             Some(previous) => {
                 self.order.remove(&(previous, action));
             }
-            None => self.log.push(warren_p2p::summary::prefix(&action)),
+            None => self.log.push(&action),
         }
         self.order.insert((time, action));
     }
@@ -530,7 +509,7 @@ mod tests {
         // Another epoch (the daemon restarted): the whole log, limited.
         let all = order.summary(first.epoch + 1, 2, 1).unwrap();
         assert_eq!((all.from, all.prefixes.len()), (0, 1));
-        assert_ne!(PutOrder::default().epoch, first.epoch);
+        assert_ne!(PutOrder::default().summary_epoch(), first.epoch);
     }
 
     #[cfg(target_os = "linux")]

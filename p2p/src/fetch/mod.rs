@@ -20,7 +20,7 @@ use libp2p::PeerId;
 use crate::ids::OutputId;
 
 /// A body fetched from a peer, verified and committed through
-/// [`Store::begin`](crate::Store::begin) and [`BodySink::commit`](crate::BodySink::commit).
+/// [`Bodies::begin`](crate::Bodies::begin) and [`BodySink::commit`](crate::BodySink::commit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fetched {
     /// The peer the body came from.

@@ -5,7 +5,7 @@
 //! of them for `go build std`. But a build asks for entries in much the
 //! order in which the peer's own build stored them. So every answer from a
 //! peer carries hints, the actions it stored right after the one asked for
-//! ([`Store::following`](crate::Store::following)), and the node fetches
+//! ([`Hints::following`](crate::Hints::following)), and the node fetches
 //! those it lacks in the background, a few at a time, from that peer. The
 //! helper then finds them in the local store; each fetched entry brings the
 //! next hints, so read-ahead follows the peer's build as far as it goes

@@ -10,7 +10,7 @@
 //!    found" and "found, not included" end there;
 //! 2. refuse a body bigger than `max_body_size` or than the `max_inline` we
 //!    asked for, before reading a byte of it;
-//! 3. move the body into a sink from [`Store::begin`](crate::Store::begin):
+//! 3. move the body into a sink from [`Bodies::begin`](crate::Bodies::begin):
 //!    a small one whole, a bigger one in pieces through a blocking thread
 //!    ([`receive`]), within the transfer timeout for its size;
 //! 4. commit it: the sink stores it only if exactly `size` bytes arrived and

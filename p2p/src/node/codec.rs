@@ -185,7 +185,7 @@ mod tests {
     use crate::protocol::piece::Piece;
     use crate::protocol::wire::CHUNK_SIZE;
     use crate::protocol::wire::{FoundHeader, ResponseHeader, WIRE_VERSION};
-    use crate::store::{BodySink, CommitError};
+    use crate::store::{Bodies, BodySink, CommitError, Hints, Summaries};
     use tokio::sync::mpsc;
     use tokio::time::Instant;
     use tokio_util::sync::CancellationToken;
@@ -235,10 +235,11 @@ mod tests {
 
     struct Shared(Arc<MapStore>);
 
-    impl Store for Shared {
+    impl Bodies for Shared {
         fn open(&self, _: &ActionId) -> io::Result<Option<crate::Served>> {
             Ok(None)
         }
+
         fn begin(
             &self,
             action: &ActionId,
@@ -253,6 +254,10 @@ mod tests {
             }))
         }
     }
+
+    impl Hints for Shared {}
+
+    impl Summaries for Shared {}
 
     fn protocol() -> StreamProtocol {
         StreamProtocol::new(crate::PROTOCOL_NAME)
@@ -954,7 +959,7 @@ mod tests {
     /// A read-only store of files that hints `n + 1` after `n`.
     struct Files(Arc<Mutex<FileEntries>>);
 
-    impl Store for Files {
+    impl Bodies for Files {
         fn open(&self, action: &ActionId) -> io::Result<Option<crate::Served>> {
             let Some((path, output, size)) = self.0.lock().unwrap().get(action).cloned() else {
                 return Ok(None);
@@ -966,11 +971,17 @@ mod tests {
                 body: std::fs::File::open(path)?,
             }))
         }
+
         fn begin(&self, _: &ActionId, _: &OutputId, _: u64) -> io::Result<Box<dyn BodySink>> {
             Err(io::Error::other("read-only"))
         }
+    }
+
+    impl Hints for Files {
         fn following(&self, action: &ActionId, _: usize) -> Vec<ActionId> {
             vec![ActionId::from_bytes([action.as_bytes()[0] + 1; 32])]
         }
     }
+
+    impl Summaries for Files {}
 }

@@ -5,7 +5,7 @@
 //! soon as the answer arrives, so its summary follows its store. A request
 //! with nothing new to answer is parked here and answered when the store's
 //! log grows (at once if the store says so, see
-//! [`Store::summary_updates`](crate::Store::summary_updates); else looked
+//! [`Summaries::summary_updates`](crate::Summaries::summary_updates); else looked
 //! for every [`PARK_CHECK`]) or its wait is over.
 
 use std::time::Duration;

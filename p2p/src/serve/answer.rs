@@ -7,7 +7,7 @@
 //! of microseconds, where handing it to the blocking pool and back cost a
 //! quarter of a millisecond per request on a busy 2-core machine, most of a
 //! small fetch (docs/benchmarks.md). A bigger body goes to the stream as an
-//! open file, which [`crate::body::send_file`] reads and hashes on a blocking
+//! open file, which [`crate::serve::reply::send_file`] reads and hashes on a blocking
 //! thread as it streams it.
 //!
 //! A body that does not hash to its OutputID is never served whole, so a
@@ -111,7 +111,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::store::{BodySink, Served};
+    use crate::store::{Bodies, BodySink, Hints, Served, Summaries};
 
     /// Serves one file, claiming whatever output the test says.
     struct OneFile {
@@ -121,7 +121,7 @@ mod tests {
         opened: Mutex<u32>,
     }
 
-    impl Store for OneFile {
+    impl Bodies for OneFile {
         fn open(&self, _: &ActionId) -> io::Result<Option<Served>> {
             *self.opened.lock().unwrap() += 1;
             Ok(Some(Served {
@@ -131,10 +131,15 @@ mod tests {
                 body: std::fs::File::open(&self.path)?,
             }))
         }
+
         fn begin(&self, _: &ActionId, _: &OutputId, _: u64) -> io::Result<Box<dyn BodySink>> {
             Err(io::Error::other("read-only"))
         }
     }
+
+    impl Hints for OneFile {}
+
+    impl Summaries for OneFile {}
 
     fn store_with(body: &[u8], claimed: OutputId) -> (tempfile::TempDir, OneFile) {
         let dir = tempfile::tempdir().unwrap();

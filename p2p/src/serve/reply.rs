@@ -5,7 +5,7 @@
 //! node's codec a [`Reply`]; [`Server::send_reply`] then looks each action
 //! up in turn ([`crate::serve::answer`]) and writes its answer:
 //!
-//! - **Small bodies** (up to [`SMALL_BODY`], most of a Go build) were read
+//! - **Small bodies** (up to [`SMALL_BODY`](crate::protocol::piece::SMALL_BODY), most of a Go build) were read
 //!   and hashed whole before the answer; they go out with their header.
 //! - **Bigger bodies** stream from their file in pieces through one
 //!   blocking thread that reads and hashes them ([`send_file`]); the last

@@ -48,6 +48,9 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
+mod log;
+
+pub use self::log::Log;
 use crate::ids::ActionId;
 use crate::protocol::wire;
 
@@ -83,7 +86,7 @@ pub struct SummaryHeader {
     pub generation: u64,
 }
 
-/// A piece of a store's summary log, as [`Store::summary`](crate::Store::summary) gives it.
+/// A piece of a store's summary log, as [`Summaries::summary`](crate::Summaries::summary) gives it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SummaryChunk {
     /// Names the log; never 0.

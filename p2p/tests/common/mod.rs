@@ -20,9 +20,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use warren_p2p::identity::Keypair;
+use warren_p2p::summary;
 use warren_p2p::{
-    ActionId, BodySink, Client, CommitError, Event, Multiaddr, NodeConfig, OutputId, PeerId,
-    Served, Store, SummaryChunk,
+    ActionId, Bodies, BodySink, Client, CommitError, Event, Hints, Multiaddr, NodeConfig, OutputId,
+    PeerId, Served, Store, Summaries, SummaryChunk,
 };
 
 /// How long any single wait in a test may take before the test fails.
@@ -63,7 +64,7 @@ struct Inner {
     order: Option<Mutex<Vec<ActionId>>>,
     /// The summary log and its epoch, if the store keeps one (see
     /// [`DirStore::with_summary`]).
-    summary: Option<(u64, Mutex<Vec<u64>>)>,
+    summary: Option<Mutex<summary::Log>>,
     usage: Usage,
 }
 
@@ -94,7 +95,7 @@ impl DirStore {
             dir: tempfile::tempdir().unwrap(),
             entries: Mutex::default(),
             order: hints.then(Mutex::default),
-            summary: summary.then(|| (rand_epoch(), Mutex::default())),
+            summary: summary.then(|| Mutex::new(summary::Log::new())),
             usage: Usage::default(),
         }))
     }
@@ -151,10 +152,8 @@ impl DirStore {
         if let Some(order) = &self.0.order {
             order.lock().unwrap().push(action);
         }
-        if let Some((_, log)) = &self.0.summary {
-            log.lock()
-                .unwrap()
-                .push(warren_p2p::summary::prefix(&action));
+        if let Some(log) = &self.0.summary {
+            log.lock().unwrap().push(&action);
         }
     }
 
@@ -192,36 +191,9 @@ impl DirStore {
     }
 }
 
-impl Store for DirStore {
-    fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
-        let Some(order) = &self.0.order else {
-            return Vec::new();
-        };
-        let order = order.lock().unwrap();
-        match order.iter().position(|stored| stored == action) {
-            Some(at) => order[at + 1..].iter().take(limit).copied().collect(),
-            None => Vec::new(),
-        }
-    }
-
+impl Bodies for DirStore {
     fn contains(&self, action: &ActionId) -> bool {
         self.has(action)
-    }
-
-    fn summary(&self, epoch: u64, since: u64, limit: usize) -> Option<SummaryChunk> {
-        let (own, log) = self.0.summary.as_ref()?;
-        let log = log.lock().unwrap();
-        let from = if epoch == *own {
-            (since as usize).min(log.len())
-        } else {
-            0
-        };
-        Some(SummaryChunk {
-            epoch: *own,
-            from: from as u64,
-            prefixes: log[from..].iter().take(limit).copied().collect(),
-            generation: log.len() as u64,
-        })
     }
 
     fn open(&self, action: &ActionId) -> io::Result<Option<Served>> {
@@ -253,6 +225,26 @@ impl Store for DirStore {
             hasher: Sha256::new(),
             written: 0,
         }))
+    }
+}
+
+impl Hints for DirStore {
+    fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
+        let Some(order) = &self.0.order else {
+            return Vec::new();
+        };
+        let order = order.lock().unwrap();
+        match order.iter().position(|stored| stored == action) {
+            Some(at) => order[at + 1..].iter().take(limit).copied().collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Summaries for DirStore {
+    fn summary(&self, epoch: u64, since: u64, limit: usize) -> Option<SummaryChunk> {
+        let log = self.0.summary.as_ref()?.lock().unwrap();
+        Some(log.chunk(epoch, since, limit))
     }
 }
 
@@ -440,14 +432,6 @@ pub async fn until(what: &str, condition: impl Fn() -> bool) {
 
 pub fn action(n: u8) -> ActionId {
     ActionId::from_bytes([n; 32])
-}
-
-/// A nonzero number unlikely to repeat between stores.
-fn rand_epoch() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u8(1);
-    hasher.finish().max(1)
 }
 
 /// Waits until `node` has a summary of `peer` naming `entries` entries.
