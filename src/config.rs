@@ -19,13 +19,13 @@ use crate::store::TrimPolicy;
 
 /// Default store size limit: room for dozens of `go build std`-sized
 /// workloads (each ~180 MB) without filling a laptop disk.
-pub const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024 * 1024;
 /// Default unused-time limit. Go's own cache uses 5 days; a week keeps what
 /// was built before a weekend or a short holiday.
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+pub(crate) const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("reading config file {}", path.display())]
     Read {
         path: PathBuf,
@@ -53,7 +53,7 @@ pub enum Error {
 /// The config file's contents. Keys are kebab-case.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     pub dir: Option<PathBuf>,
     pub max_size: Option<String>,
     pub max_age: Option<String>,
@@ -64,7 +64,7 @@ pub struct FileConfig {
 /// The `[share]` table: sharing with coworkers (off unless enabled).
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileShare {
+pub(crate) struct FileShare {
     pub enabled: Option<bool>,
     pub autostart: Option<bool>,
     pub listen: Option<Vec<String>>,
@@ -79,11 +79,11 @@ pub struct FileShare {
 
 /// Default libp2p listen addresses: a fixed port, so coworkers behind
 /// networks without multicast can list this machine as a static peer.
-pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/7311", "/ip6/::/tcp/7311"];
+pub(crate) const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/7311", "/ip6/::/tcp/7311"];
 
 /// Sharing settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Share {
+pub(crate) struct Share {
     /// Helpers ask the daemon on a local miss. Default: false.
     pub enabled: bool,
     /// Helpers start the daemon when it is not running. Default: false.
@@ -110,7 +110,7 @@ pub struct Share {
 
 /// Values from flags or the environment (already merged by clap).
 #[derive(Debug, Default, Clone)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     pub config: Option<PathBuf>,
     pub dir: Option<PathBuf>,
     pub max_size: Option<String>,
@@ -121,7 +121,7 @@ pub struct Overrides {
 
 /// Effective settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
+pub(crate) struct Config {
     /// Store directory. Default: `<platform cache dir>/warren`.
     pub dir: PathBuf,
     /// Trim limits. Default: [`DEFAULT_MAX_SIZE`], [`DEFAULT_MAX_AGE`].
@@ -136,7 +136,7 @@ pub struct Config {
 
 impl Config {
     /// Resolves settings from `overrides` and the config file.
-    pub fn load(overrides: &Overrides) -> Result<Self, Error> {
+    pub(crate) fn load(overrides: &Overrides) -> Result<Self, Error> {
         let (file, path) = match &overrides.config {
             Some(path) => (read_file(path)?, Some(path.clone())),
             None => match default_config_path() {
@@ -206,23 +206,23 @@ impl Config {
 
 impl Config {
     /// This machine's identity key (`warren init`).
-    pub fn identity_path(&self) -> PathBuf {
+    pub(crate) fn identity_path(&self) -> PathBuf {
         self.config_dir.join("identity.key")
     }
 
     /// The allowlist (`warren peers`).
-    pub fn allowlist_path(&self) -> PathBuf {
+    pub(crate) fn allowlist_path(&self) -> PathBuf {
         self.config_dir.join("peers.toml")
     }
 
     /// The daemon's socket: in the store, so one daemon serves one store.
-    pub fn socket_path(&self) -> PathBuf {
+    pub(crate) fn socket_path(&self) -> PathBuf {
         crate::store::layout::daemon_socket(&self.dir)
     }
 }
 
 /// `$XDG_CONFIG_HOME/warren/config.toml` or the platform's equivalent.
-pub fn default_config_path() -> Option<PathBuf> {
+pub(crate) fn default_config_path() -> Option<PathBuf> {
     Some(dirs::config_dir()?.join("warren").join("config.toml"))
 }
 
@@ -238,7 +238,7 @@ fn read_file(path: &Path) -> Result<FileConfig, Error> {
 }
 
 /// Parses sizes such as `10GiB`, `500 MB` or `1048576`.
-pub fn parse_size(text: &str) -> Result<u64, Error> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, Error> {
     text.trim()
         .parse::<bytesize::ByteSize>()
         .map(|size| size.as_u64())
@@ -250,7 +250,7 @@ pub fn parse_size(text: &str) -> Result<u64, Error> {
 }
 
 /// Parses durations such as `7days`, `36h` or `1w`.
-pub fn parse_age(text: &str) -> Result<Duration, Error> {
+pub(crate) fn parse_age(text: &str) -> Result<Duration, Error> {
     humantime::parse_duration(text.trim()).map_err(|e| Error::Value {
         what: "age",
         value: text.into(),

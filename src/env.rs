@@ -4,15 +4,15 @@
 //! file, in that order of precedence.
 
 /// Store directory (`--dir`, config `dir`).
-pub const WARREN_DIR: &str = "WARREN_DIR";
+pub(crate) const WARREN_DIR: &str = "WARREN_DIR";
 /// Config file path (`--config`).
-pub const WARREN_CONFIG: &str = "WARREN_CONFIG";
+pub(crate) const WARREN_CONFIG: &str = "WARREN_CONFIG";
 /// Trim limit on store size (`--max-size`, config `max-size`), e.g. `10GiB`.
-pub const WARREN_MAX_SIZE: &str = "WARREN_MAX_SIZE";
+pub(crate) const WARREN_MAX_SIZE: &str = "WARREN_MAX_SIZE";
 /// Trim limit on unused time (`--max-age`, config `max-age`), e.g. `7days`.
-pub const WARREN_MAX_AGE: &str = "WARREN_MAX_AGE";
+pub(crate) const WARREN_MAX_AGE: &str = "WARREN_MAX_AGE";
 /// Log filter (`tracing` env-filter syntax, e.g. `debug`); `-v` overrides it.
-pub const WARREN_LOG: &str = "WARREN_LOG";
+pub(crate) const WARREN_LOG: &str = "WARREN_LOG";
 /// Sharing with coworkers on (`1`, `true`) or off (`0`, `false`), over the
 /// config file's `[share] enabled`.
-pub const WARREN_SHARE: &str = "WARREN_SHARE";
+pub(crate) const WARREN_SHARE: &str = "WARREN_SHARE";

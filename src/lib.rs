@@ -26,15 +26,23 @@
 //! - [`ids`]: `ActionId` and `OutputId` (from `warren_p2p`, shared by both
 //!   crates).
 
-pub mod cli;
-pub mod config;
-pub mod env;
-pub mod fsutil;
-pub mod gocacheprog;
-pub mod logging;
-pub mod share;
-pub mod stats;
-pub mod store;
-pub mod tiered;
+// The library exists for the binary (and its tests): only what `main.rs`
+// uses is public, so the compiler reports what nothing uses. Its docs are
+// read with `--document-private-items`, where these links resolve.
+#![allow(
+    rustdoc::private_intra_doc_links,
+    reason = "the crate's docs are built with --document-private-items"
+)]
 
-pub use warren_p2p::ids;
+pub mod cli;
+mod config;
+mod env;
+mod fsutil;
+mod gocacheprog;
+pub mod logging;
+mod share;
+mod stats;
+mod store;
+mod tiered;
+
+use warren_p2p::ids;

@@ -21,7 +21,7 @@ use crate::store::layout;
 const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("reading {}", path.display())]
     Read {
         path: PathBuf,
@@ -37,7 +37,7 @@ pub enum Error {
 /// Totals, as stored in `stats.json` and printed by `warren stats --json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Totals {
+pub(crate) struct Totals {
     pub gets: u64,
     pub hits: u64,
     pub misses: u64,
@@ -76,14 +76,14 @@ impl Totals {
         self.remote_wait_us += other.remote_wait_us;
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == Totals::default()
     }
 }
 
 /// In-memory counters of one process.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     gets: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -100,40 +100,40 @@ pub struct Counters {
 impl Counters {
     /// A lookup asked of the daemon after a local miss, answered after
     /// `waited` (counted besides [`Self::hit`] or [`Self::miss`]).
-    pub fn remote_lookup(&self, waited: Duration) {
+    pub(crate) fn remote_lookup(&self, waited: Duration) {
         self.remote_lookups.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
         self.remote_wait_us.fetch_add(micros, Ordering::Relaxed);
     }
 
     /// A hit that a peer supplied (also counted by [`Self::hit`]).
-    pub fn peer_hit(&self, bytes: u64) {
+    pub(crate) fn peer_hit(&self, bytes: u64) {
         self.peer_hits.fetch_add(1, Ordering::Relaxed);
         self.peer_hit_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    pub fn hit(&self, bytes: u64) {
+    pub(crate) fn hit(&self, bytes: u64) {
         self.gets.fetch_add(1, Ordering::Relaxed);
         self.hits.fetch_add(1, Ordering::Relaxed);
         self.hit_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    pub fn miss(&self) {
+    pub(crate) fn miss(&self) {
         self.gets.fetch_add(1, Ordering::Relaxed);
         self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn put(&self, bytes: u64) {
+    pub(crate) fn put(&self, bytes: u64) {
         self.puts.fetch_add(1, Ordering::Relaxed);
         self.put_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    pub fn error(&self) {
+    pub(crate) fn error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The totals so far; `repaired` comes from the store.
-    pub fn snapshot(&self, repaired: u64) -> Totals {
+    pub(crate) fn snapshot(&self, repaired: u64) -> Totals {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Totals {
             gets: get(&self.gets),
@@ -153,7 +153,7 @@ impl Counters {
 }
 
 /// Adds `totals` to the lifetime figures in the store at `root`.
-pub fn record(root: &Path, totals: &Totals) -> Result<(), Error> {
+pub(crate) fn record(root: &Path, totals: &Totals) -> Result<(), Error> {
     if totals.is_empty() {
         return Ok(());
     }
@@ -168,7 +168,7 @@ pub fn record(root: &Path, totals: &Totals) -> Result<(), Error> {
 /// The lifetime figures of the store at `root` (zero if none yet). A
 /// damaged file is reported and counted from zero, not fatal: these are
 /// statistics, and the cache must keep working.
-pub fn load(root: &Path) -> Result<Totals, Error> {
+pub(crate) fn load(root: &Path) -> Result<Totals, Error> {
     let path = layout::stats_file(root);
     match fs::read(&path) {
         Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {

@@ -30,10 +30,10 @@ use crate::logging::chain;
 use crate::store::{self, DiskStore, Entry, Lookup, ObjectWriter, VerifiedObject};
 
 /// A boxed future, for object-safe async trait methods.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A source of entries consulted after a local miss.
-pub trait RemoteTier: Send + Sync {
+pub(crate) trait RemoteTier: Send + Sync {
     /// Looks up `action` beyond the local store. A found body must be
     /// committed to `store` (which verifies it) before it is returned.
     /// Trouble of any kind is a miss (`None`), and implementations bound
@@ -53,7 +53,7 @@ pub trait RemoteTier: Send + Sync {
 
 /// The remote tier when sharing is not configured: always a miss, at once.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct NoRemote;
+pub(crate) struct NoRemote;
 
 impl RemoteTier for NoRemote {
     fn fetch<'a>(&'a self, _: ActionId, _: &'a Arc<DiskStore>) -> BoxFuture<'a, Option<Entry>> {
@@ -66,28 +66,29 @@ impl RemoteTier for NoRemote {
 }
 
 /// The local store backed by a remote tier.
-pub struct MultiLevelStorage {
+pub(crate) struct MultiLevelStorage {
     local: Arc<DiskStore>,
     remote: Box<dyn RemoteTier>,
 }
 
 impl MultiLevelStorage {
-    pub fn new(local: Arc<DiskStore>, remote: Box<dyn RemoteTier>) -> Self {
+    pub(crate) fn new(local: Arc<DiskStore>, remote: Box<dyn RemoteTier>) -> Self {
         Self { local, remote }
     }
 
     /// Only the local store.
-    pub fn local_only(local: Arc<DiskStore>) -> Self {
+    pub(crate) fn local_only(local: Arc<DiskStore>) -> Self {
         Self::new(local, Box::new(NoRemote))
     }
 
-    pub fn local(&self) -> &Arc<DiskStore> {
+    #[cfg(test)]
+    pub(crate) fn local(&self) -> &Arc<DiskStore> {
         &self.local
     }
 
     /// The first step of a lookup: the local tier alone, a few small file
     /// reads and no waiting on anyone.
-    pub fn get(&self, action: &ActionId) -> Step {
+    pub(crate) fn get(&self, action: &ActionId) -> Step {
         let found = self.local.get(action).unwrap_or_else(|e| {
             tracing::warn!("cache lookup failed, treating it as a miss: {}", chain(&e));
             Lookup::Miss
@@ -100,7 +101,7 @@ impl MultiLevelStorage {
 
     /// The second step of a lookup the local tier missed: the tiers beyond
     /// it. Waits on the network (bounded by the tier).
-    pub async fn get_remote(&self, action: ActionId) -> Lookup {
+    pub(crate) async fn get_remote(&self, action: ActionId) -> Lookup {
         match self.remote.fetch(action, &self.local).await {
             Some(entry) => Lookup::Hit(entry),
             None => Lookup::Miss,
@@ -108,12 +109,16 @@ impl MultiLevelStorage {
     }
 
     /// Starts a put of a body of `size` bytes that must hash to `output`.
-    pub fn begin_put(&self, output: OutputId, size: u64) -> Result<ObjectWriter, store::Error> {
+    pub(crate) fn begin_put(
+        &self,
+        output: OutputId,
+        size: u64,
+    ) -> Result<ObjectWriter, store::Error> {
         self.local.begin_object(output, size)
     }
 
     /// Stores a verified put body under `action`.
-    pub fn commit_put(
+    pub(crate) fn commit_put(
         &self,
         action: &ActionId,
         body: VerifiedObject,
@@ -124,7 +129,7 @@ impl MultiLevelStorage {
 
 /// What the local tier made of a lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// A hit, or a miss that no other tier can change.
     Answered(Lookup),
     /// A miss the remote tier may answer: finish with
@@ -197,7 +202,10 @@ mod tests {
         let (_dir, storage) = storage(b"tampered", OutputId::of(b"original"));
         let action = ActionId::from_bytes([1; 32]);
         assert_eq!(storage.get_remote(action).await, Lookup::Miss);
-        assert_eq!(storage.local().usage().unwrap(), store::Usage::default());
+        assert_eq!(
+            storage.local().usage().unwrap(),
+            store::trim::Usage::default()
+        );
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
-pub enum LockError {
+pub(crate) enum LockError {
     #[error("opening lock file {}", path.display())]
     Open {
         path: PathBuf,
@@ -38,21 +38,17 @@ pub enum LockError {
 
 /// An exclusive lock on a file, held until dropped.
 #[derive(Debug)]
-pub struct FileLock {
+pub(crate) struct FileLock {
     // Held only for its lock; closing the file releases it.
     _file: File,
-    path: PathBuf,
 }
 
 impl FileLock {
     /// Takes the lock if it is free; `Ok(None)` if another process holds it.
-    pub fn try_acquire(path: &Path) -> Result<Option<Self>, LockError> {
+    pub(crate) fn try_acquire(path: &Path) -> Result<Option<Self>, LockError> {
         let file = open(path)?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(Self {
-                _file: file,
-                path: path.to_path_buf(),
-            })),
+            Ok(()) => Ok(Some(Self { _file: file })),
             Err(TryLockError::WouldBlock) => Ok(None),
             Err(TryLockError::Error(source)) => Err(LockError::Lock {
                 path: path.to_path_buf(),
@@ -62,7 +58,7 @@ impl FileLock {
     }
 
     /// Takes the lock, waiting at most `timeout` for another holder.
-    pub fn acquire(path: &Path, timeout: Duration) -> Result<Self, LockError> {
+    pub(crate) fn acquire(path: &Path, timeout: Duration) -> Result<Self, LockError> {
         if let Some(lock) = Self::try_acquire(path)? {
             return Ok(lock);
         }
@@ -82,10 +78,6 @@ impl FileLock {
             }
             pause = (pause * 2).min(Duration::from_millis(50));
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -7,7 +7,7 @@
 //! store's trim knows leftovers of killed processes by it. Cross-process
 //! locks live in [`lock`].
 
-pub mod lock;
+pub(crate) mod lock;
 
 use std::fs;
 use std::io::{self, Write};
@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use tempfile::NamedTempFile;
 
 /// Names of temp files start with this.
-pub const TEMP_PREFIX: &str = ".tmp";
+pub(crate) const TEMP_PREFIX: &str = ".tmp";
 
 /// A file operation failed; the message names the operation and the path.
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {}", path.display())]
-pub struct Error {
+pub(crate) struct Error {
     pub op: &'static str,
     pub path: PathBuf,
     #[source]
@@ -29,7 +29,10 @@ pub struct Error {
 }
 
 /// Wraps an `io::Error` of `op` on `path`.
-pub fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+pub(crate) fn io_error<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> Error + 'a {
     move |source| Error {
         op,
         path: path.to_path_buf(),
@@ -38,7 +41,7 @@ pub fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) 
 }
 
 /// Creates a temp file in `dir`, creating the directory on first use.
-pub fn temp_file_in(dir: &Path) -> Result<NamedTempFile, Error> {
+pub(crate) fn temp_file_in(dir: &Path) -> Result<NamedTempFile, Error> {
     let create = || {
         tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
@@ -55,7 +58,7 @@ pub fn temp_file_in(dir: &Path) -> Result<NamedTempFile, Error> {
 }
 
 /// Writes `contents` to `path` through a temp file and a rename.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
+pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = temp_file_in(dir)?;
     temp.write_all(contents)

@@ -6,5 +6,5 @@
 //! - [`session`]: one conversation with `go`, from the capabilities line to
 //!   `close`.
 
-pub mod protocol;
-pub mod session;
+pub(crate) mod protocol;
+pub(crate) mod session;

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::ids::{ActionId, OutputId};
 
 /// The commands warren declares in its capabilities response.
-pub const KNOWN_COMMANDS: [&str; 3] = ["get", "put", "close"];
+pub(crate) const KNOWN_COMMANDS: [&str; 3] = ["get", "put", "close"];
 
 /// Longest request header line accepted. Real headers are under 300 bytes;
 /// the cap keeps a stray body line or garbage from being buffered whole.
@@ -44,7 +44,7 @@ const BODY_CHUNK: usize = 64 * 1024;
 
 /// A request from the `go` command, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
+pub(crate) enum Request {
     /// Look up an action. Answer with a hit (OutputID, Size, Time, DiskPath)
     /// or `Miss`.
     Get { id: i64, action: ActionId },
@@ -60,17 +60,9 @@ pub enum Request {
     Close { id: i64 },
 }
 
-impl Request {
-    pub fn id(&self) -> i64 {
-        match self {
-            Request::Get { id, .. } | Request::Put { id, .. } | Request::Close { id } => *id,
-        }
-    }
-}
-
 /// A request header that could not be used.
 #[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// The header was read but is not a valid request. `id` is set when the
     /// request ID could be recovered, so the request can still be answered.
     #[error("malformed request{}: {reason}", id.map(|id| format!(" {id}")).unwrap_or_default())]
@@ -84,7 +76,7 @@ pub enum DecodeError {
 
 /// A `put` body that could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("put body is not a base64 JSON string: {0}")]
     Malformed(String),
     #[error("put body has {actual} bytes but BodySize said {expected}")]
@@ -113,7 +105,7 @@ struct RawRequest {
 }
 
 /// Decodes one header line into a [`Request`].
-pub fn parse_header(line: &[u8]) -> Result<Request, DecodeError> {
+pub(crate) fn parse_header(line: &[u8]) -> Result<Request, DecodeError> {
     let raw: RawRequest = serde_json::from_slice(line).map_err(|error| DecodeError::Malformed {
         id: recover_id(line),
         reason: error.to_string(),
@@ -164,13 +156,13 @@ fn recover_id(line: &[u8]) -> Option<i64> {
 }
 
 /// Reads requests (and streams `put` bodies) from the `go` command.
-pub struct RequestReader<R> {
+pub(crate) struct RequestReader<R> {
     input: R,
     line: Vec<u8>,
 }
 
 impl<R: BufRead> RequestReader<R> {
-    pub fn new(input: R) -> Self {
+    pub(crate) fn new(input: R) -> Self {
         Self {
             input,
             line: Vec::with_capacity(512),
@@ -182,7 +174,7 @@ impl<R: BufRead> RequestReader<R> {
     /// Blank lines between requests are skipped. After a `put` with a
     /// non-zero `body_size`, the caller must call [`Self::read_body`] before
     /// asking for the next request.
-    pub fn next_request(&mut self) -> Result<Option<Request>, DecodeError> {
+    pub(crate) fn next_request(&mut self) -> Result<Option<Request>, DecodeError> {
         loop {
             match self.read_line()? {
                 Line::End => return Ok(None),
@@ -248,7 +240,11 @@ impl<R: BufRead> RequestReader<R> {
     ///
     /// The whole body line is always consumed, even when it is malformed or
     /// the sink fails, so the next request is read from the right place.
-    pub fn read_body(&mut self, expected: u64, sink: &mut impl Write) -> Result<u64, BodyError> {
+    pub(crate) fn read_body(
+        &mut self,
+        expected: u64,
+        sink: &mut impl Write,
+    ) -> Result<u64, BodyError> {
         self.skip_whitespace()?;
         match self.input.fill_buf().map_err(BodyError::Io)?.first() {
             Some(b'"') => self.input.consume(1),
@@ -421,7 +417,7 @@ impl ChunkDecoder {
 /// A response line to the `go` command. Field names and omission rules match
 /// Go's `cacheprog.Response`, so `go` decodes exactly what it expects.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct Response {
+pub(crate) struct Response {
     #[serde(rename = "ID")]
     pub id: i64,
     #[serde(rename = "Err", skip_serializing_if = "Option::is_none")]
@@ -454,14 +450,14 @@ pub struct Response {
 
 impl Response {
     /// The ID-0 line that must be the helper's first output.
-    pub fn capabilities() -> Self {
+    pub(crate) fn capabilities() -> Self {
         Self {
             known_commands: &KNOWN_COMMANDS,
             ..Self::default()
         }
     }
 
-    pub fn miss(id: i64) -> Self {
+    pub(crate) fn miss(id: i64) -> Self {
         Self {
             id,
             miss: true,
@@ -469,7 +465,7 @@ impl Response {
         }
     }
 
-    pub fn hit(id: i64, output: OutputId, size: u64, time: SystemTime, path: &Path) -> Self {
+    pub(crate) fn hit(id: i64, output: OutputId, size: u64, time: SystemTime, path: &Path) -> Self {
         Self {
             id,
             output_id: Some(output),
@@ -480,7 +476,7 @@ impl Response {
         }
     }
 
-    pub fn stored(id: i64, path: &Path) -> Self {
+    pub(crate) fn stored(id: i64, path: &Path) -> Self {
         Self {
             id,
             disk_path: Some(path.to_string_lossy().into_owned()),
@@ -488,7 +484,7 @@ impl Response {
         }
     }
 
-    pub fn error(id: i64, message: impl Into<String>) -> Self {
+    pub(crate) fn error(id: i64, message: impl Into<String>) -> Self {
         Self {
             id,
             err: Some(message.into()),
@@ -496,7 +492,7 @@ impl Response {
         }
     }
 
-    pub fn ack(id: i64) -> Self {
+    pub(crate) fn ack(id: i64) -> Self {
         Self {
             id,
             ..Self::default()
@@ -504,7 +500,7 @@ impl Response {
     }
 
     /// Appends the response as one JSON line.
-    pub fn write_line(&self, out: &mut impl Write) -> io::Result<()> {
+    pub(crate) fn write_line(&self, out: &mut impl Write) -> io::Result<()> {
         serde_json::to_writer(&mut *out, self)?;
         out.write_all(b"\n")
     }

@@ -42,7 +42,7 @@ const STDOUT_BUFFER: usize = 64 * 1024;
 
 /// How the conversation with `go` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// `go` sent `close` and got its answer.
     Closed,
     /// Input ended without `close`.
@@ -50,7 +50,7 @@ pub enum End {
 }
 
 /// Serves one `go` command: requests from `input`, responses to `output`.
-pub async fn serve<R, W>(
+pub(crate) async fn serve<R, W>(
     storage: Arc<MultiLevelStorage>,
     counters: Arc<Counters>,
     input: R,

@@ -40,7 +40,7 @@ const ALLOWLIST_POLL: Duration = Duration::from_secs(1);
 const DRAIN: Duration = Duration::from_secs(2);
 
 /// Runs the daemon until a signal.
-pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let key = identity::load(&config.identity_path())?;
     let peer_id = identity::peer_id(&key);
     let store = Arc::new(

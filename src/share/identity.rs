@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use libp2p_identity::{Keypair, PeerId};
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("no identity key at {} (create one with `warren init`)", .0.display())]
     Missing(PathBuf),
     #[error("{op} {}", path.display())]
@@ -39,7 +39,7 @@ pub enum Error {
 }
 
 /// Loads the key at `path`.
-pub fn load(path: &Path) -> Result<Keypair, Error> {
+pub(crate) fn load(path: &Path) -> Result<Keypair, Error> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -75,7 +75,7 @@ pub fn load(path: &Path) -> Result<Keypair, Error> {
 
 /// Loads the key at `path`, creating a new one if there is none. Returns
 /// the key and whether it was created.
-pub fn load_or_create(path: &Path) -> Result<(Keypair, bool), Error> {
+pub(crate) fn load_or_create(path: &Path) -> Result<(Keypair, bool), Error> {
     match load(path) {
         Err(Error::Missing(_)) => {}
         other => return other.map(|key| (key, false)),
@@ -104,7 +104,7 @@ pub fn load_or_create(path: &Path) -> Result<(Keypair, bool), Error> {
 }
 
 /// The peer ID of `key`, as coworkers allowlist it.
-pub fn peer_id(key: &Keypair) -> PeerId {
+pub(crate) fn peer_id(key: &Keypair) -> PeerId {
     key.public().to_peer_id()
 }
 

@@ -42,10 +42,10 @@ const MAX_CONNECTIONS: usize = 512;
 const MAX_LINE: usize = 4096;
 /// A request not answered within this long is acknowledged first. Well
 /// under any helper's acknowledgement timeout.
-pub const ACK_DELAY: Duration = Duration::from_millis(5);
+pub(crate) const ACK_DELAY: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("connecting to the daemon at {}", path.display())]
     Connect {
         path: PathBuf,
@@ -72,7 +72,7 @@ pub enum Error {
 
 impl Error {
     /// True when no daemon is there at all (as opposed to a slow one).
-    pub fn is_absent(&self) -> bool {
+    pub(crate) fn is_absent(&self) -> bool {
         matches!(self, Error::Connect { source, .. }
             if matches!(source.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused))
     }
@@ -81,7 +81,7 @@ impl Error {
 /// A helper's question.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
+pub(crate) enum Request {
     /// Find `action` (hex) at a peer and store it locally.
     Get { action: String },
     /// The daemon's view of its peers, for `warren peers` and `warren stats`.
@@ -91,7 +91,7 @@ pub enum Request {
 /// The daemon's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Response {
+pub(crate) enum Response {
     /// Sent before the answer when the answer takes longer than
     /// [`ACK_DELAY`], so a helper can tell a busy lookup from a stuck daemon.
     Accepted,
@@ -110,7 +110,7 @@ pub enum Response {
 /// Sends one request. The daemon must answer or acknowledge it within
 /// `ack_timeout` (a daemon that is there but stuck costs no more than
 /// that), and answer within `timeout` of the start.
-pub async fn call(
+pub(crate) async fn call(
     socket: &Path,
     request: &Request,
     ack_timeout: Duration,
@@ -152,14 +152,14 @@ async fn read_response(
 }
 
 /// What the daemon does with requests.
-pub trait Handler: Send + Sync + 'static {
+pub(crate) trait Handler: Send + Sync + 'static {
     fn get(&self, action: ActionId) -> BoxFuture<'_, Response>;
     fn status(&self) -> BoxFuture<'_, DaemonStatus>;
 }
 
 /// Binds the socket at `path`, owner-only. A stale socket left by a dead
 /// daemon is replaced; a live one is an error.
-pub async fn bind(path: &Path) -> Result<UnixListener, Error> {
+pub(crate) async fn bind(path: &Path) -> Result<UnixListener, Error> {
     if path.exists() {
         match UnixStream::connect(path).await {
             Ok(_) => return Err(Error::AlreadyRunning(path.to_path_buf())),
@@ -179,7 +179,7 @@ pub async fn bind(path: &Path) -> Result<UnixListener, Error> {
 
 /// Serves connections until `shutdown` fires, then waits (at most
 /// `drain`) for the ones in progress.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: UnixListener,
     handler: Arc<dyn Handler>,
     shutdown: CancellationToken,

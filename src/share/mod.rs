@@ -11,10 +11,10 @@
 //! - [`remote`]: the helper's remote tier, which asks the daemon;
 //! - [`identity`] and [`trust`]: this machine's key and the allowlist.
 
-pub mod daemon;
-pub mod identity;
-pub mod ipc;
-pub mod node_store;
-pub mod remote;
-pub mod status;
-pub mod trust;
+pub(crate) mod daemon;
+pub(crate) mod identity;
+pub(crate) mod ipc;
+pub(crate) mod node_store;
+pub(crate) mod remote;
+pub(crate) mod status;
+pub(crate) mod trust;

@@ -18,14 +18,14 @@ use crate::store::index::PutOrder;
 use crate::store::{self, DiskStore, Lookup, ObjectWriter};
 
 /// The store as the p2p node sees it.
-pub struct StoreAdapter {
+pub(crate) struct StoreAdapter {
     store: Arc<DiskStore>,
     order: Arc<PutOrder>,
 }
 
 impl StoreAdapter {
     /// Starts indexing `store` for hints and summaries.
-    pub fn new(store: Arc<DiskStore>) -> io::Result<Self> {
+    pub(crate) fn new(store: Arc<DiskStore>) -> io::Result<Self> {
         let order = PutOrder::start(store.actions_dir().to_path_buf())?;
         Ok(Self { store, order })
     }

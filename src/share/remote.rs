@@ -31,21 +31,21 @@ use crate::store::{DiskStore, Entry, Lookup};
 use crate::tiered::{BoxFuture, RemoteTier};
 
 /// How long a helper stops asking after finding no daemon.
-pub const ABSENT_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const ABSENT_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a daemon may take to acknowledge a lookup before that lookup
 /// is a miss.
-pub const ACK_TIMEOUT: Duration = Duration::from_millis(50);
+pub(crate) const ACK_TIMEOUT: Duration = Duration::from_millis(50);
 /// Unacknowledged lookups in a row after which the daemon counts as stuck
 /// and is not asked for [`ABSENT_BACKOFF`]: a stuck daemon costs a build at
 /// most `STUCK_AFTER` × [`ACK_TIMEOUT`] per second.
-pub const STUCK_AFTER: u32 = 3;
+pub(crate) const STUCK_AFTER: u32 = 3;
 /// Extra time a lookup may take once a peer is sending a body. Bodies of
 /// std's size take milliseconds on a LAN, but a machine busy compiling can
 /// delay the daemons; the p2p layer bounds dead peers on its own.
-pub const TRANSFER_ALLOWANCE: Duration = Duration::from_secs(1);
+pub(crate) const TRANSFER_ALLOWANCE: Duration = Duration::from_secs(1);
 
 /// Asks the daemon behind `socket`.
-pub struct DaemonTier {
+pub(crate) struct DaemonTier {
     socket: PathBuf,
     wait: Duration,
     absent_until: Mutex<Option<Instant>>,
@@ -57,7 +57,7 @@ pub struct DaemonTier {
 }
 
 impl DaemonTier {
-    pub fn new(socket: PathBuf, lookup_deadline: Duration) -> Self {
+    pub(crate) fn new(socket: PathBuf, lookup_deadline: Duration) -> Self {
         Self {
             socket,
             wait: lookup_deadline + TRANSFER_ALLOWANCE,
@@ -69,7 +69,7 @@ impl DaemonTier {
     }
 
     /// Start `warren <args>` when no daemon answers.
-    pub fn with_autostart(mut self, args: Vec<String>) -> Self {
+    pub(crate) fn with_autostart(mut self, args: Vec<String>) -> Self {
         self.autostart = Some(args);
         self
     }

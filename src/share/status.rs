@@ -14,7 +14,7 @@ use warren_p2p::PeerInfo;
 /// The running daemon.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct DaemonStatus {
+pub(crate) struct DaemonStatus {
     /// This machine's peer ID.
     pub peer_id: String,
     /// Multiaddrs the node listens on.
@@ -25,7 +25,7 @@ pub struct DaemonStatus {
 /// One peer, as `warren peers` and `warren stats` show it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct PeerStatus {
+pub(crate) struct PeerStatus {
     /// Its peer ID.
     pub id: String,
     pub allowlisted: bool,

@@ -20,7 +20,7 @@ use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("reading allowlist {}", path.display())]
     Read {
         path: PathBuf,
@@ -43,7 +43,7 @@ pub enum Error {
 
 /// One allowlisted coworker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Peer {
+pub(crate) struct Peer {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -52,14 +52,14 @@ pub struct Peer {
 /// The contents of `peers.toml`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Allowlist {
+pub(crate) struct Allowlist {
     #[serde(default, rename = "peer")]
     pub peers: Vec<Peer>,
 }
 
 impl Allowlist {
     /// Reads `path`; a missing file is an empty allowlist.
-    pub fn load(path: &Path) -> Result<Self, Error> {
+    pub(crate) fn load(path: &Path) -> Result<Self, Error> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
@@ -85,7 +85,7 @@ impl Allowlist {
         Ok(list)
     }
 
-    pub fn save(&self, path: &Path) -> Result<(), Error> {
+    pub(crate) fn save(&self, path: &Path) -> Result<(), Error> {
         let mut text = String::from(
             "# Coworkers whose warren may connect to this one. Managed by\n\
              # `warren peers add/remove`; edits by hand are picked up too.\n\n",
@@ -104,7 +104,7 @@ impl Allowlist {
     }
 
     /// The peer IDs, parsed.
-    pub fn ids(&self) -> HashSet<PeerId> {
+    pub(crate) fn ids(&self) -> HashSet<PeerId> {
         self.peers
             .iter()
             .filter_map(|peer| PeerId::from_str(&peer.id).ok())
@@ -112,7 +112,7 @@ impl Allowlist {
     }
 
     /// Adds `id` (or renames it if present). Returns false if nothing changed.
-    pub fn add(&mut self, id: &str, name: Option<String>) -> Result<bool, Error> {
+    pub(crate) fn add(&mut self, id: &str, name: Option<String>) -> Result<bool, Error> {
         let id = parse_peer_id(id)?.to_string();
         if let Some(peer) = self.peers.iter_mut().find(|peer| peer.id == id) {
             if name.is_none() || peer.name == name {
@@ -126,24 +126,16 @@ impl Allowlist {
     }
 
     /// Removes the peer with this ID or name. Returns the removed entries.
-    pub fn remove(&mut self, id_or_name: &str) -> Vec<Peer> {
+    pub(crate) fn remove(&mut self, id_or_name: &str) -> Vec<Peer> {
         let (removed, kept) = std::mem::take(&mut self.peers)
             .into_iter()
             .partition(|peer| peer.id == id_or_name || peer.name.as_deref() == Some(id_or_name));
         self.peers = kept;
         removed
     }
-
-    pub fn name_of(&self, id: &PeerId) -> Option<&str> {
-        let id = id.to_string();
-        self.peers
-            .iter()
-            .find(|peer| peer.id == id)
-            .and_then(|peer| peer.name.as_deref())
-    }
 }
 
-pub fn parse_peer_id(text: &str) -> Result<PeerId, Error> {
+pub(crate) fn parse_peer_id(text: &str) -> Result<PeerId, Error> {
     PeerId::from_str(text.trim()).map_err(|_| Error::BadArgument(text.into()))
 }
 

@@ -41,7 +41,7 @@ pub(super) fn parse_entry(text: &[u8]) -> Option<(OutputId, u64, SystemTime)> {
 
 /// When the entry in `path` was put, read without touching or repairing
 /// anything; `None` if it is gone or malformed.
-pub fn entry_put_time(path: &Path) -> Option<SystemTime> {
+pub(crate) fn entry_put_time(path: &Path) -> Option<SystemTime> {
     let mut text = Vec::with_capacity(MAX_ENTRY_LEN as usize);
     File::open(path)
         .ok()?

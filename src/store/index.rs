@@ -45,18 +45,18 @@ use crate::store;
 use crate::store::watch;
 
 /// A pause between puts longer than this ends a run of hints.
-pub const BURST_GAP: Duration = Duration::from_secs(10);
+pub(crate) const BURST_GAP: Duration = Duration::from_secs(10);
 /// Without inotify: how often the index looks for new entries when the
 /// store is quiet.
-pub const REFRESH: Duration = Duration::from_secs(1);
+pub(crate) const REFRESH: Duration = Duration::from_secs(1);
 /// Without inotify: how soon it looks again after finding some, while a
 /// build is putting them.
-pub const QUICK_REFRESH: Duration = Duration::from_millis(200);
+pub(crate) const QUICK_REFRESH: Duration = Duration::from_millis(200);
 /// With inotify: how often the index rescans anyway.
-pub const SAFETY_SCAN: Duration = Duration::from_secs(10);
+pub(crate) const SAFETY_SCAN: Duration = Duration::from_secs(10);
 
 /// See the module docs.
-pub struct PutOrder {
+pub(crate) struct PutOrder {
     index: Mutex<Index>,
     /// Set by the first full scan.
     ready: AtomicBool,
@@ -101,7 +101,7 @@ struct ShardScan {
 impl PutOrder {
     /// Indexes the entries in `actions_dir` on a thread of its own, for as
     /// long as the returned index is in use.
-    pub fn start(actions_dir: PathBuf) -> std::io::Result<Arc<Self>> {
+    pub(crate) fn start(actions_dir: PathBuf) -> std::io::Result<Arc<Self>> {
         let order = Arc::new(Self::default());
         let weak = Arc::downgrade(&order);
         std::thread::Builder::new()
@@ -135,12 +135,13 @@ impl PutOrder {
 
     /// Whether entries are learned of as they land, rather than by the
     /// next scan.
-    pub fn is_live(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
     }
 
     /// Woken each time the summary log grows.
-    pub fn updates(&self) -> notify::Receiver<()> {
+    pub(crate) fn updates(&self) -> notify::Receiver<()> {
         self.updates.subscribe()
     }
 
@@ -219,7 +220,7 @@ impl PutOrder {
 
     /// Up to `limit` actions put right after `action`, in put order,
     /// without crossing a pause of more than [`BURST_GAP`].
-    pub fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
+    pub(crate) fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
         let index = self.index.lock().expect("lock not poisoned");
         let Some(&time) = index.time_of.get(action) else {
             return Vec::new();
@@ -243,7 +244,7 @@ impl PutOrder {
     /// The summary log from entry `since` on (from its start if `epoch` is
     /// not this index's), at most `limit` prefixes; `None` before the
     /// first full scan.
-    pub fn summary(&self, epoch: u64, since: u64, limit: usize) -> Option<SummaryChunk> {
+    pub(crate) fn summary(&self, epoch: u64, since: u64, limit: usize) -> Option<SummaryChunk> {
         if !self.ready.load(Ordering::Acquire) {
             return None;
         }
@@ -253,7 +254,7 @@ impl PutOrder {
 
     /// Brings the index up to date with the directory; whether it found
     /// new entries.
-    pub fn refresh(&self, actions_dir: &Path) -> bool {
+    pub(crate) fn refresh(&self, actions_dir: &Path) -> bool {
         let before = self.generation();
         self.scan(actions_dir);
         self.ready.store(true, Ordering::Release);

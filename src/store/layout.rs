@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 /// Name of the current layout's directory under the root.
-pub const LAYOUT_VERSION: &str = "v1";
+pub(crate) const LAYOUT_VERSION: &str = "v1";
 
 /// Tells backup tools to skip the store (<https://bford.info/cachedir/>).
 pub(super) const CACHEDIR_TAG: &str = "CACHEDIR.TAG";
@@ -25,11 +25,11 @@ const DAEMON_LOCK: &str = "daemon.lock";
 /// The daemon's socket, in the store so that one daemon serves one store.
 const DAEMON_SOCKET: &str = "daemon.sock";
 
-pub fn stats_file(root: &Path) -> PathBuf {
+pub(crate) fn stats_file(root: &Path) -> PathBuf {
     root.join(STATS_FILE)
 }
 
-pub fn stats_lock(root: &Path) -> PathBuf {
+pub(crate) fn stats_lock(root: &Path) -> PathBuf {
     root.join(STATS_LOCK)
 }
 
@@ -41,11 +41,11 @@ pub(super) fn last_trim(root: &Path) -> PathBuf {
     root.join(LAST_TRIM)
 }
 
-pub fn daemon_lock(root: &Path) -> PathBuf {
+pub(crate) fn daemon_lock(root: &Path) -> PathBuf {
     root.join(DAEMON_LOCK)
 }
 
-pub fn daemon_socket(root: &Path) -> PathBuf {
+pub(crate) fn daemon_socket(root: &Path) -> PathBuf {
     root.join(DAEMON_SOCKET)
 }
 

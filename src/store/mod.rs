@@ -52,41 +52,40 @@
 //! A file's mtime records its last use, refreshed at most once per
 //! [`TOUCH_INTERVAL`] as Go does. Trimming removes files unused for longer than
 //! the policy's `max_unused`, then the least recently used files until the
-//! store fits `max_size`, but never a file used within [`TRIM_GRACE`]: a
+//! store fits `max_size`, but never a file used within [`TRIM_GRACE`](trim::TRIM_GRACE): a
 //! running `go` command may still hold its DiskPath. It runs under
-//! `trim.lock`, at most once per [`TRIM_INTERVAL`] when automatic.
+//! `trim.lock`, at most once per [`TRIM_INTERVAL`](trim::TRIM_INTERVAL) when automatic.
 
-pub mod index;
+pub(crate) mod index;
 #[cfg(target_os = "linux")]
 mod watch;
 
 mod entry;
-pub mod layout;
-mod trim;
+pub(crate) mod layout;
+pub(crate) mod trim;
 mod writer;
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-pub use self::entry::entry_put_time;
+pub(crate) use self::entry::entry_put_time;
 use self::entry::{MAX_ENTRY_LEN, entry_line, parse_entry};
-pub use self::layout::LAYOUT_VERSION;
 use self::layout::{CACHEDIR_TAG, CACHEDIR_TAG_CONTENTS, shard_path};
-pub use self::trim::{TRIM_GRACE, TRIM_INTERVAL, TrimPolicy, TrimReport, Usage};
-pub use self::writer::{ObjectWriter, VerifiedObject};
+pub(crate) use self::trim::{TrimPolicy, TrimReport};
+pub(crate) use self::writer::{ObjectWriter, VerifiedObject};
 use crate::fsutil::lock::LockError;
 use crate::fsutil::{self, write_atomic};
 use crate::ids::{ActionId, OutputId};
 
 /// A file's mtime is refreshed on use at most this often.
-pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60 * 60);
+pub(crate) const TOUCH_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("{op} {}", path.display())]
     Io {
         op: &'static str,
@@ -121,7 +120,7 @@ fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> E
 
 /// A stored action: what `go` gets back on a hit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub output: OutputId,
     pub size: u64,
     /// When the entry was put.
@@ -132,17 +131,17 @@ pub struct Entry {
 
 /// The result of a lookup; a miss is a value, not an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     Hit(Entry),
     Miss,
 }
 
 /// Source of "now", injectable so tests can age files.
-pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// The local store. Cheap to share behind an `Arc`; all methods do blocking
 /// file I/O, so async callers run them in `spawn_blocking`.
-pub struct DiskStore {
+pub(crate) struct DiskStore {
     root: PathBuf,
     actions: PathBuf,
     objects: PathBuf,
@@ -161,11 +160,11 @@ impl std::fmt::Debug for DiskStore {
 
 impl DiskStore {
     /// Opens (creating if needed) the store at `root`, with the system clock.
-    pub fn open(root: &Path) -> Result<Self, Error> {
+    pub(crate) fn open(root: &Path) -> Result<Self, Error> {
         Self::open_with_clock(root, Arc::new(SystemTime::now))
     }
 
-    pub fn open_with_clock(root: &Path, clock: Clock) -> Result<Self, Error> {
+    pub(crate) fn open_with_clock(root: &Path, clock: Clock) -> Result<Self, Error> {
         fs::create_dir_all(root).map_err(io_error("creating store directory", root))?;
         // DiskPath must be absolute; resolve once here.
         let root = fs::canonicalize(root).map_err(io_error("resolving store directory", root))?;
@@ -203,17 +202,17 @@ impl DiskStore {
         Ok(())
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// The directory of action entries (sharded by the first two hex digits).
-    pub fn actions_dir(&self) -> &Path {
+    pub(crate) fn actions_dir(&self) -> &Path {
         &self.actions
     }
 
     /// Corrupt or dangling files that reads removed since this store was opened.
-    pub fn repaired(&self) -> u64 {
+    pub(crate) fn repaired(&self) -> u64 {
         self.repaired.load(Ordering::Relaxed)
     }
 
@@ -231,7 +230,7 @@ impl DiskStore {
 
     /// Looks up an action. Corrupt or dangling entries are removed and
     /// reported as a miss.
-    pub fn get(&self, action: &ActionId) -> Result<Lookup, Error> {
+    pub(crate) fn get(&self, action: &ActionId) -> Result<Lookup, Error> {
         let entry_path = self.entry_path(action);
         let mut file = match File::open(&entry_path) {
             Ok(file) => file,
@@ -292,7 +291,7 @@ impl DiskStore {
 
     /// Stores a verified body (if not already present) and the entry that
     /// maps `action` to it. Returns the entry as a later `get` would.
-    pub fn commit(&self, action: &ActionId, object: VerifiedObject) -> Result<Entry, Error> {
+    pub(crate) fn commit(&self, action: &ActionId, object: VerifiedObject) -> Result<Entry, Error> {
         let VerifiedObject {
             output,
             size,
@@ -318,7 +317,9 @@ impl DiskStore {
     }
 
     /// Convenience for tests and tools: stores `body` under `action`.
-    pub fn put_bytes(&self, action: &ActionId, body: &[u8]) -> Result<Entry, Error> {
+    #[cfg(test)]
+    pub(crate) fn put_bytes(&self, action: &ActionId, body: &[u8]) -> Result<Entry, Error> {
+        use std::io::Write as _;
         let mut writer = self.begin_object(OutputId::of(body), body.len() as u64)?;
         writer
             .write_all(body)
@@ -340,9 +341,11 @@ fn is_stale(used: Option<SystemTime>, now: SystemTime) -> bool {
 mod tests {
     use std::sync::Mutex;
 
+    use std::io::Write;
+
     use sha2::{Digest, Sha256};
 
-    use super::trim::walk_files;
+    use super::trim::{TRIM_GRACE, TRIM_INTERVAL, Usage, walk_files};
     use super::*;
 
     /// A store whose clock the test moves.

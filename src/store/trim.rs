@@ -23,15 +23,15 @@ use crate::ids::OutputId;
 /// Files used more recently than this are never trimmed. It must exceed
 /// [`TOUCH_INTERVAL`](super::TOUCH_INTERVAL), since a file in use may look
 /// that much older.
-pub const TRIM_GRACE: Duration = Duration::from_secs(2 * 60 * 60);
+pub(crate) const TRIM_GRACE: Duration = Duration::from_secs(2 * 60 * 60);
 /// Automatic trims run at most this often.
-pub const TRIM_INTERVAL: Duration = Duration::from_secs(60 * 60);
+pub(crate) const TRIM_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// How long `trim`/`clean` wait for another process's trim to finish.
 const TRIM_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Limits for trimming; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrimPolicy {
+pub(crate) struct TrimPolicy {
     /// Trim least recently used files until the store is at most this big.
     pub max_size: u64,
     /// Remove files unused for longer than this.
@@ -40,7 +40,7 @@ pub struct TrimPolicy {
 
 /// What a trim, clean or verify did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct TrimReport {
+pub(crate) struct TrimReport {
     pub removed_files: u64,
     pub removed_bytes: u64,
     pub kept_files: u64,
@@ -49,7 +49,7 @@ pub struct TrimReport {
 
 /// Size of the store, for `warren stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Usage {
+pub(crate) struct Usage {
     pub entries: u64,
     pub objects: u64,
     pub bytes: u64,
@@ -58,7 +58,7 @@ pub struct Usage {
 impl DiskStore {
     /// True when an automatic trim is due (the last one is older than
     /// [`TRIM_INTERVAL`]). Costs one `stat`.
-    pub fn trim_due(&self) -> bool {
+    pub(crate) fn trim_due(&self) -> bool {
         let marker = fs::metadata(layout::last_trim(&self.root)).and_then(|m| m.modified());
         match marker {
             Ok(last) => self.now().duration_since(last).unwrap_or_default() >= TRIM_INTERVAL,
@@ -68,7 +68,7 @@ impl DiskStore {
 
     /// Trims the store by `policy`. With `wait` false, returns `Ok(None)` if
     /// another process is already trimming.
-    pub fn trim(&self, policy: TrimPolicy, wait: bool) -> Result<Option<TrimReport>, Error> {
+    pub(crate) fn trim(&self, policy: TrimPolicy, wait: bool) -> Result<Option<TrimReport>, Error> {
         let Some(_lock) = self.trim_lock(wait)? else {
             return Ok(None);
         };
@@ -145,7 +145,7 @@ impl DiskStore {
 
     /// Removes every entry and object (`warren clean`). Running `go`
     /// commands that still hold a DiskPath lose it, as with `go clean -cache`.
-    pub fn clean(&self) -> Result<TrimReport, Error> {
+    pub(crate) fn clean(&self) -> Result<TrimReport, Error> {
         let _lock = self.trim_lock(true)?;
         let mut report = TrimReport::default();
         for dir in [&self.actions, &self.objects] {
@@ -157,7 +157,7 @@ impl DiskStore {
     }
 
     /// Re-hashes every object and removes those that do not match their name.
-    pub fn verify(&self) -> Result<TrimReport, Error> {
+    pub(crate) fn verify(&self) -> Result<TrimReport, Error> {
         let mut report = TrimReport::default();
         let mut failure = None;
         walk_files(&self.objects, &mut |file| {
@@ -186,7 +186,7 @@ impl DiskStore {
     }
 
     /// Counts entries, objects and bytes.
-    pub fn usage(&self) -> Result<Usage, Error> {
+    pub(crate) fn usage(&self) -> Result<Usage, Error> {
         let mut usage = Usage::default();
         for (dir, is_entry) in [(&self.actions, true), (&self.objects, false)] {
             walk_files(dir, &mut |file| {

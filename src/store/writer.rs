@@ -19,7 +19,7 @@ impl DiskStore {
     /// Starts receiving a body that must hash to `output` and be `size` bytes.
     /// Write the body into the returned writer, then [`ObjectWriter::finish`]
     /// verifies it and [`DiskStore::commit`] stores it under an action.
-    pub fn begin_object(&self, output: OutputId, size: u64) -> Result<ObjectWriter, Error> {
+    pub(crate) fn begin_object(&self, output: OutputId, size: u64) -> Result<ObjectWriter, Error> {
         let final_path = self.object_path(&output);
         let temp = if self.object_is_fresh(&final_path, size) {
             None
@@ -50,7 +50,7 @@ impl DiskStore {
 }
 
 /// Receives a body, hashing as it goes; see [`DiskStore::begin_object`].
-pub struct ObjectWriter {
+pub(crate) struct ObjectWriter {
     output: OutputId,
     size: u64,
     final_path: PathBuf,
@@ -79,7 +79,7 @@ impl Write for ObjectWriter {
 impl ObjectWriter {
     /// Checks size and SHA-256. On a mismatch the temp file is deleted and
     /// nothing reaches the store.
-    pub fn finish(self) -> Result<VerifiedObject, Error> {
+    pub(crate) fn finish(self) -> Result<VerifiedObject, Error> {
         let actual = OutputId::from_bytes(self.hasher.finalize().into());
         if actual != self.output || self.written != self.size {
             return Err(Error::Mismatch {
@@ -99,15 +99,9 @@ impl ObjectWriter {
 }
 
 /// A body whose size and hash matched; dropping it uncommitted deletes it.
-pub struct VerifiedObject {
+pub(crate) struct VerifiedObject {
     pub(super) output: OutputId,
     pub(super) size: u64,
     pub(super) final_path: PathBuf,
     pub(super) temp: Option<NamedTempFile>,
-}
-
-impl VerifiedObject {
-    pub fn output(&self) -> OutputId {
-        self.output
-    }
 }
