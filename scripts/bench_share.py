@@ -7,7 +7,7 @@ Usage:
 
 Two hosts, A (the coworker) and B (you), each a Linux network namespace with
 its own address on a private LAN (a bridge in a third namespace, as in
-shared/NETNS.md and tests/netns/mod.rs), its own HOME, XDG dirs, GOCACHE,
+tests/netns/mod.rs), its own HOME, XDG dirs, GOCACHE,
 GOPATH and warren store, and its own ``warren daemon`` with mDNS. The two
 trust each other (``warren peers add``) and the benchmark waits until both
 show the other as connected.

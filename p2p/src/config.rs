@@ -14,9 +14,9 @@ use libp2p::connection_limits::ConnectionLimits;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 
-/// Every default of [`NodeConfig`], named once: the node uses them, and
-/// warren layers its own settings over them (and shows them in
-/// `warren config`).
+/// Every default of [`NodeConfig`], named once: the node uses them, and an
+/// application that layers settings of its own over them (warren does) can
+/// show them.
 pub mod defaults {
     use std::time::Duration;
 

@@ -82,9 +82,9 @@ pub use crate::node::client::{Client, Event, PeerCounters, PeerInfo};
 pub use crate::store::{Bodies, BodySink, CommitError, Hints, Served, Store, Summaries};
 pub use crate::summary::SummaryChunk;
 
-/// The libp2p protocol name peers speak; versioned so a later protocol (for
-/// example one that exchanges summaries of what each peer holds) can be
-/// offered alongside without breaking old peers.
+/// The libp2p protocol name of fetches; versioned so that a later protocol
+/// can be offered alongside without breaking old peers (as summaries are,
+/// under [`summary::PROTOCOL_NAME`]).
 pub const PROTOCOL_NAME: &str = "/warren/fetch/1";
 
 /// Commands waiting for the event loop.

@@ -1,5 +1,5 @@
 //! Hosts on a private LAN made of Linux network namespaces, for peer tests
-//! with real daemons and real mDNS (see `shared/NETNS.md`).
+//! with real daemons and real mDNS.
 //!
 //! One namespace holds a bridge (the switch); each host namespace gets one
 //! end of a veth pair on it, with an address in 10.77.<n>.0/24. Multicast

@@ -19,7 +19,7 @@ use crate::fetch::Fetched;
 use crate::fetch::receive::RejectReason;
 use crate::ids::ActionId;
 
-/// What the node knows about one peer, for `warren status` and the like.
+/// What the node knows about one peer, for status displays.
 /// Serializes to JSON with the peer ID and addresses as strings and
 /// `last_seen` as `last_seen_unix_ms`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -12,10 +12,11 @@
 //! ```
 //!
 //! Headers are small JSON objects so that a later version can add fields
-//! (for example summaries of what a peer holds) without breaking old peers:
-//! unknown fields are ignored and every field added after version 1 must
-//! carry `#[serde(default)]`. IDs are lowercase hex, as on disk. Read-ahead
-//! hints (`hints` asked, `next` answered) were added that way.
+//! without breaking old peers: unknown fields are ignored and every field
+//! added after version 1 must carry `#[serde(default)]`. IDs are lowercase
+//! hex, as on disk. Read-ahead hints (`hints` asked, `next` answered) were
+//! added that way. (Summaries of what a peer holds are a protocol of their
+//! own: [`crate::summary`].)
 //!
 //! Version 2 adds batches: a request may name more actions in `also`, and a
 //! version-2 server answers each of them on the same stream, in order, with

@@ -99,7 +99,7 @@ fn read_verified(mut file: std::fs::File, size: u64, output: &OutputId) -> std::
     if OutputId::of(&bytes) != *output {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            "it does not match its OutputID (the local store is damaged; `warren verify` repairs it)",
+            "it does not match its OutputID (the local store is damaged)",
         ));
     }
     Ok(bytes)

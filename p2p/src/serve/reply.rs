@@ -118,7 +118,7 @@ impl Server {
                     {
                         tracing::warn!(
                             action = action.to_hex(),
-                            "stopped serving a body that does not match its OutputID ({error}); the local store is damaged, `warren verify` repairs it"
+                            "stopped serving a body that does not match its OutputID ({error}); the local store is damaged"
                         );
                     }
                     sent?;
