@@ -63,35 +63,42 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import datetime
 import hashlib
 import json
 import os
-import platform
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-TOOLCHAIN_SCRIPT = REPO / "scripts" / "go-toolchain.sh"
+from benchlib import (
+    BenchError,
+    Watchdog,
+    big_body_args,
+    common_args,
+    fmt_s,
+    gocacheprog_value,
+    logger,
+    mib,
+    parse_counts,
+    resolve_go,
+    resolve_warren,
+    rmtree,
+    tree_size,
+    wait_with_timeout,
+)
+from benchlib import machine_info as common_machine_info
 
-BIG_PUT = 256 << 20  # bytes
+log = logger("bench")
+
 # Raw bytes per base64 chunk: a multiple of 3, so chunks encode independently
 # (no '=' padding except in the last one) and concatenate to valid base64.
 B64_CHUNK = 3 << 20
 BUILD_TIMEOUT = 3600.0  # seconds, per go invocation
 HELPER_TIMEOUT = 300.0  # seconds, per direct helper session
-
-
-class BenchError(Exception):
-    """A failure that ends the benchmark."""
 
 
 # --------------------------------------------------------------------------
@@ -124,24 +131,6 @@ class Scratch:
             rmtree(self.root)
 
 
-def rmtree(path: Path) -> None:
-    """Removes a tree, including the read-only files of a Go module cache."""
-
-    def retry(func, p, _exc):  # shutil's onerror/onexc signature
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-            func(p)
-        except FileNotFoundError:
-            pass  # e.g. removed meanwhile by warren's background trim
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry)
-    else:
-        shutil.rmtree(path, onerror=retry)
-
-
 def base_env(home: Path) -> dict[str, str]:
     """The environment shared by every go and warren process of one run.
 
@@ -169,17 +158,6 @@ def base_env(home: Path) -> dict[str, str]:
         GOENV="off",
     )
     return env
-
-
-def gocacheprog_value(warren: Path) -> str:
-    """GOCACHEPROG is split into words by go (cmd/internal/quoted): quote."""
-    s = str(warren)
-    if not any(c.isspace() for c in s):
-        return s
-    for q in ("'", '"'):
-        if q not in s:
-            return f"{q}{s}{q}"
-    raise BenchError(f"cannot quote {s!r} for GOCACHEPROG")
 
 
 # --------------------------------------------------------------------------
@@ -270,51 +248,6 @@ class Builder:
 def mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-class Watchdog:
-    """Kills a process's session (see start_new_session) if it outlives a timeout."""
-
-    def __init__(self, proc: subprocess.Popen, timeout: float) -> None:
-        self.proc = proc
-        self.timeout = timeout
-        self.fired = False
-        self._timer = threading.Timer(timeout, self._kill)
-
-    def _kill(self) -> None:
-        self.fired = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-
-    def __enter__(self) -> Watchdog:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-
-
-def wait_with_timeout(proc: subprocess.Popen, timeout: float) -> tuple[int, os.struct_rusage]:
-    """os.wait4 on ``proc``: (exit code, rusage). Kills its session on timeout."""
-    with Watchdog(proc, timeout) as watchdog:
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if watchdog.fired:
-        raise BenchError(f"{proc.args[0]} timed out after {timeout:.0f} s")
-    return proc.returncode, usage
-
-
-def tree_size(path: Path) -> int:
-    """Bytes in regular files under ``path``."""
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except FileNotFoundError:
-                continue
-            total += st.st_size
-    return total
 
 
 @dataclass
@@ -558,64 +491,10 @@ def bench_memory(warren: Path, scratch: Scratch, size: int, repeats: int) -> Mem
 # Reporting
 
 
-def log(msg: str) -> None:
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-def fmt_s(seconds: float) -> str:
-    """Three significant digits: 23.8 s, 2.38 s, 0.254 s."""
-    if seconds >= 10:
-        return f"{seconds:.1f} s"
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    return f"{seconds:.3f} s"
-
-
-def mib(kib: int) -> str:
-    return f"{kib / 1024:.1f} MiB"
-
-
-def command_output(argv: list[str], env: dict[str, str] | None = None) -> str:
-    try:
-        r = subprocess.run(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            check=False,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"unknown ({e})"
-    return (r.stdout.strip() or r.stderr.strip() or f"exit status {r.returncode}").splitlines()[0]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info(go: Path, warren: Path, scratch: Scratch) -> dict[str, str | int]:
-    env = base_env(scratch.new("info"))
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "go": str(go),
-        "go_version": command_output([str(go), "version"], env),
-        "warren": str(warren),
-        "warren_version": command_output([str(warren), "--version"], env),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu_model(),
-        "kernel": platform.release(),
-        "scratch": str(scratch.root),
-        "load_avg_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
+    info = common_machine_info(go, warren, base_env(scratch.new("info")))
+    info["scratch"] = str(scratch.root)
+    return info
 
 
 def print_report(info: dict, runs: int, builds: Builds, memory: Memory, put_size: int) -> None:
@@ -695,53 +574,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Benchmark go build std with the builtin cache and with warren.",
     )
-    p.add_argument(
-        "--runs", type=int, default=5, help="timed runs per side and workload (default 5)"
-    )
-    p.add_argument(
-        "--warren",
-        type=Path,
-        default=REPO / "target" / "release" / "warren",
-        help="warren binary (default target/release/warren)",
-    )
-    p.add_argument("--go", type=Path, help="go binary (default: output of scripts/go-toolchain.sh)")
+    common_args(p, 5, "timed runs per side and workload")
     p.add_argument("--skip-cold", action="store_true", help="skip the cold-cache workload")
-    p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
-    p.add_argument(
-        "--put-mib",
-        type=int,
-        default=BIG_PUT >> 20,
-        help=f"size of the big put in MiB (default {BIG_PUT >> 20})",
-    )
-    p.add_argument("--put-runs", type=int, default=3, help="big puts to time (default 3)")
-    p.add_argument("--keep-tmp", action="store_true", help="keep the scratch directory")
-    args = p.parse_args(argv)
-    if args.runs < 1 or args.put_runs < 1 or args.put_mib < 1:
-        p.error("--runs, --put-runs and --put-mib must be at least 1")
-    return args
-
-
-def resolve_go(arg: Path | None) -> Path:
-    if arg is not None:
-        go = Path(os.path.abspath(arg))
-    else:
-        r = subprocess.run([str(TOOLCHAIN_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
-        if r.returncode != 0 or not r.stdout.strip():
-            raise BenchError(f"{TOOLCHAIN_SCRIPT} failed (exit status {r.returncode})")
-        go = Path(r.stdout.strip())
-    if not os.access(go, os.X_OK):
-        raise BenchError(f"go binary {go} is not executable")
-    return go
-
-
-def resolve_warren(arg: Path) -> Path:
-    warren = Path(os.path.abspath(arg))
-    if not os.access(warren, os.X_OK):
-        raise BenchError(
-            f"warren binary {warren} not found or not executable; "
-            "build it with `cargo build --release` or pass --warren"
-        )
-    return warren
+    big_body_args(p, "put-mib", "put-runs", "put")
+    return parse_counts(p, argv, ("runs", "put_runs", "put_mib"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,11 +117,9 @@ import argparse
 import atexit
 import base64
 import contextlib
-import datetime
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -134,11 +132,26 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-TOOLCHAIN_SCRIPT = REPO / "scripts" / "go-toolchain.sh"
+from benchlib import (
+    BenchError,
+    big_body_args,
+    common_args,
+    fmt_s,
+    gocacheprog_value,
+    logger,
+    machine_info,
+    mib,
+    parse_counts,
+    resolve_go,
+    resolve_warren,
+    rmtree,
+    tree_size,
+    wait_with_timeout,
+)
+
+log = logger("bench_share")
 
 NS_PREFIX = "wbsh"  # namespaces are wbsh<pid>sw, wbsh<pid>a, wbsh<pid>b
-BIG_BODY = 256 << 20
 B64_CHUNK = 3 << 20  # a multiple of 3: chunks encode independently
 BUILD_TIMEOUT = 1800.0
 HELPER_TIMEOUT = 300.0
@@ -162,14 +175,6 @@ TARGETS = {
     "empty_peer_ratio": 1.03,  # cold with empty peers / cold local-only, at most
     "throughput_mb_s": 500.0,  # at least
 }
-
-
-class BenchError(Exception):
-    """A failure that ends the benchmark."""
-
-
-def log(msg: str) -> None:
-    print(f"bench_share: {msg}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------
@@ -287,24 +292,6 @@ def remove_stale_namespaces() -> None:
         log(f"removing stale namespace {name}")
         kill_namespace_pids(name)
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-
-
-def rmtree(path: Path) -> None:
-    """Removes a tree, including the read-only files of a Go module cache."""
-
-    def retry(func, p, _exc):
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-            func(p)
-        except FileNotFoundError:
-            pass
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry)
-    else:
-        shutil.rmtree(path, onerror=retry)
 
 
 # --------------------------------------------------------------------------
@@ -744,36 +731,6 @@ def go_build(
     )
 
 
-def gocacheprog_value(warren: Path) -> str:
-    s = str(warren)
-    if not any(c.isspace() for c in s):
-        return s
-    for q in ("'", '"'):
-        if q not in s:
-            return f"{q}{s}{q}"
-    raise BenchError(f"cannot quote {s!r} for GOCACHEPROG")
-
-
-def wait_with_timeout(proc: subprocess.Popen, timeout: float) -> tuple[int, os.struct_rusage]:
-    fired = threading.Event()
-
-    def kill() -> None:
-        fired.set()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    timer = threading.Timer(timeout, kill)
-    timer.start()
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        timer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if fired.is_set():
-        raise BenchError(f"{' '.join(map(str, proc.args))} timed out after {timeout:.0f} s")
-    return proc.returncode, usage
-
-
 # --------------------------------------------------------------------------
 # The helper protocol, spoken directly (see scripts/bench.py)
 
@@ -1186,15 +1143,6 @@ def med(builds: list[Build], attr: str = "wall_s") -> float:
     return statistics.median(getattr(b, attr) for b in builds)
 
 
-def tree_size(path: Path) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
-
-
 def wire_note(build: Build) -> str:
     """Body bytes B received in a build, and what crossed the link."""
     stored, wire = build.stats.get("peer_bytes", 0), build.stats.get("peer_wire", 0)
@@ -1398,77 +1346,6 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
 # Reporting
 
 
-def fmt_s(seconds: float) -> str:
-    if seconds >= 10:
-        return f"{seconds:.1f} s"
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    return f"{seconds:.3f} s"
-
-
-def mib(kib: int) -> str:
-    return f"{kib / 1024:.1f} MiB"
-
-
-def command_output(argv: list[str]) -> str:
-    try:
-        r = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            env={
-                "PATH": os.environ.get("PATH", ""),
-                "HOME": "/nonexistent",
-                "GOTOOLCHAIN": "local",
-                "GOTELEMETRY": "off",
-            },
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"unknown ({e})"
-    return (r.stdout.strip() or r.stderr.strip() or f"exit status {r.returncode}").splitlines()[0]
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def git_commit(warren: Path) -> str:
-    """The checkout's commit, and whether the binary may not match it."""
-    head = command_output(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"])
-    dirty = subprocess.run(
-        [
-            "git",
-            "-C",
-            str(REPO),
-            "status",
-            "--porcelain",
-            "--",
-            "src",
-            "p2p",
-            "Cargo.toml",
-            "Cargo.lock",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    notes = ["uncommitted changes in src/p2p"] if dirty else []
-    with contextlib.suppress(OSError):
-        built = warren.stat().st_mtime
-        sources = [f for d in ("src", "p2p") for f in (REPO / d).rglob("*.rs")]
-        sources += [REPO / "Cargo.toml", REPO / "Cargo.lock"]
-        if any(f.stat().st_mtime > built for f in sources if f.exists()):
-            notes.append("the binary is OLDER than the sources")
-    return head + (f" ({'; '.join(notes)})" if notes else "")
-
-
 def make_filesystem(scratch: Path, args: argparse.Namespace) -> str:
     """Puts the hosts' files on a filesystem of their own (``--fs ext4``,
     the default): a fresh ext4 with a journal, as on a developer's disk, on
@@ -1504,21 +1381,6 @@ def make_filesystem(scratch: Path, args: argparse.Namespace) -> str:
         raise
     CLEANUP.filesystem = (scratch, device, image)
     return f"a new {args.fs_gib} GiB ext4 with a journal on {device} ({image}, sparse)"
-
-
-def machine_info(go: Path, warren: Path) -> dict:
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "go": str(go),
-        "go_version": command_output([str(go), "version"]),
-        "warren": str(warren),
-        "warren_version": command_output([str(warren), "--version"]),
-        "warren_commit": git_commit(warren),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu_model(),
-        "kernel": platform.release(),
-        "load_avg_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
 
 
 def verdict(ok: bool) -> str:
@@ -1833,14 +1695,7 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark builds served by a peer's warren.")
-    p.add_argument("--runs", type=int, default=3, help="timed runs per side (default 3)")
-    p.add_argument(
-        "--warren",
-        type=Path,
-        default=REPO / "target" / "release" / "warren",
-        help="warren binary (default target/release/warren)",
-    )
-    p.add_argument("--go", type=Path, help="go binary (default: scripts/go-toolchain.sh)")
+    common_args(p, 3, "timed runs per side")
     p.add_argument(
         "--target",
         "--cold-target",
@@ -1848,14 +1703,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="std",
         help="package pattern every build builds (default std)",
     )
-    p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
-    p.add_argument(
-        "--body-mib",
-        type=int,
-        default=BIG_BODY >> 20,
-        help=f"size of the big body in MiB (default {BIG_BODY >> 20})",
-    )
-    p.add_argument("--transfer-runs", type=int, default=3, help="big gets to time (default 3)")
+    big_body_args(p, "body-mib", "transfer-runs", "get")
     p.add_argument("--daemon-log", default="info", help="WARREN_LOG for the daemons (default info)")
     p.add_argument(
         "--probe-misses",
@@ -1882,7 +1730,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fs-gib", type=int, default=24, help="size of the --fs ext4 image (sparse; default 24)"
     )
     p.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the daemon logs to DIR")
-    p.add_argument("--keep-tmp", action="store_true", help="keep the scratch directory")
     p.add_argument(
         "--link-rate",
         metavar="RATE",
@@ -1902,32 +1749,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--skip-empty-peer", action="store_true", help="skip part 2 (empty peer)")
     p.add_argument("--skip-transfer", action="store_true", help="skip part 3 (big body)")
-    args = p.parse_args(argv)
-    if args.runs < 1 or args.transfer_runs < 1 or args.body_mib < 1:
-        p.error("--runs, --transfer-runs and --body-mib must be at least 1")
-    return args
-
-
-def resolve_go(arg: Path | None) -> Path:
-    if arg is not None:
-        go = Path(os.path.abspath(arg))
-    else:
-        r = subprocess.run([str(TOOLCHAIN_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
-        if r.returncode != 0 or not r.stdout.strip():
-            raise BenchError(f"{TOOLCHAIN_SCRIPT} failed (exit status {r.returncode})")
-        go = Path(r.stdout.strip())
-    if not os.access(go, os.X_OK):
-        raise BenchError(f"go binary {go} is not executable")
-    return go
-
-
-def resolve_warren(arg: Path) -> Path:
-    warren = Path(os.path.abspath(arg))
-    if not os.access(warren, os.X_OK):
-        raise BenchError(
-            f"warren binary {warren} not found; run `cargo build --release` or pass --warren"
-        )
-    return warren
+    return parse_counts(p, argv, ("runs", "transfer_runs", "body_mib"))
 
 
 def main(argv: list[str] | None = None) -> int:
