@@ -221,6 +221,24 @@ impl Config {
     }
 }
 
+/// What `warren init` writes when there is no config file yet.
+const INITIAL_CONFIG: &str = "\
+# warren configuration (see `warren config` and the annotated example in
+# warren's examples/config.toml).
+
+[share]
+# Ask the daemon (`warren daemon`) on a local miss, and let it serve this
+# machine's store to allowlisted coworkers (`warren peers add`).
+enabled = true
+# Start the daemon from a build when it is not running.
+autostart = true
+";
+
+/// Writes the config `warren init` starts with (sharing on) to `path`.
+pub(crate) fn create_file(path: &Path) -> Result<(), crate::fsutil::Error> {
+    crate::fsutil::write_atomic(path, INITIAL_CONFIG.as_bytes())
+}
+
 /// `$XDG_CONFIG_HOME/warren/config.toml` or the platform's equivalent.
 pub(crate) fn default_config_path() -> Option<PathBuf> {
     Some(dirs::config_dir()?.join("warren").join("config.toml"))

@@ -12,19 +12,6 @@ use crate::share::identity;
 use crate::share::ipc;
 use crate::share::trust::Allowlist;
 
-/// What `warren init` writes when there is no config file yet.
-const INITIAL_CONFIG: &str = "\
-# warren configuration (see `warren config` and the annotated example in
-# warren's examples/config.toml).
-
-[share]
-# Ask the daemon (`warren daemon`) on a local miss, and let it serve this
-# machine's store to allowlisted coworkers (`warren peers add`).
-enabled = true
-# Start the daemon from a build when it is not running.
-autostart = true
-";
-
 pub(super) fn init(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let key_path = config.identity_path();
     let (key, created) =
@@ -51,8 +38,7 @@ pub(super) fn init(config: &Config, out: &mut impl Write) -> anyhow::Result<Exit
             )?;
         }
     } else {
-        crate::fsutil::write_atomic(&config_path, INITIAL_CONFIG.as_bytes())
-            .context("writing the config file")?;
+        crate::config::create_file(&config_path).context("writing the config file")?;
         writeln!(out, "created config {} (sharing on)", config_path.display())?;
     }
     writeln!(out)?;
