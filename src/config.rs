@@ -15,6 +15,7 @@ use serde::Deserialize;
 use warren_p2p::Compression;
 use warren_p2p::config::defaults;
 
+use crate::fsutil::private::{self, NotPrivate};
 use crate::store::TrimPolicy;
 
 /// Default store size limit: room for dozens of `go build std`-sized
@@ -43,6 +44,12 @@ pub(crate) enum Error {
         what: &'static str,
         value: String,
         reason: String,
+    },
+    #[error("refusing the {what}")]
+    NotPrivate {
+        what: &'static str,
+        #[source]
+        source: NotPrivate,
     },
     #[error("no cache directory known for this platform; set --dir or WARREN_DIR")]
     NoCacheDir,
@@ -138,7 +145,15 @@ impl Config {
     /// Resolves settings from `overrides` and the config file.
     pub(crate) fn load(overrides: &Overrides) -> Result<Self, Error> {
         let (file, path) = match &overrides.config {
-            Some(path) => (read_file(path)?, Some(path.clone())),
+            // Absolute at once: the key and the allowlist are found beside
+            // it, and a daemon started from a build runs in go's directory.
+            Some(path) => {
+                let path = std::path::absolute(path).map_err(|source| Error::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                (read_file(&path)?, Some(path))
+            }
             None => match default_config_path() {
                 Some(path) if path.exists() => (read_file(&path)?, Some(path)),
                 _ => (FileConfig::default(), None),
@@ -245,6 +260,10 @@ pub(crate) fn default_config_path() -> Option<PathBuf> {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, Error> {
+    private::check_file(path).map_err(|source| Error::NotPrivate {
+        what: "config file",
+        source,
+    })?;
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
@@ -354,6 +373,53 @@ mod tests {
         };
         let err = Config::load(&overrides).unwrap_err();
         assert!(err.to_string().contains("config.toml"), "{err}");
+    }
+
+    /// Part 4, finding 15: a config others can edit decides whom we
+    /// trust; a relative one moved with the working directory.
+    #[test]
+    fn configs_others_can_write_are_refused_and_relative_ones_made_absolute() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[share]\nenabled = true\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let overrides = Overrides {
+            config: Some(path.clone()),
+            ..Overrides::default()
+        };
+        let err = Config::load(&overrides).unwrap_err();
+        let chain = crate::logging::chain(&err);
+        assert!(
+            chain.contains("refusing the config file") && chain.contains("chmod go-w"),
+            "{chain}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Config::load(&overrides).unwrap().share.enabled);
+
+        // Relative to the directory it was given in, once and for all.
+        // Unit tests run in the crate's directory.
+        let under = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/config-tests");
+        std::fs::create_dir_all(&under).unwrap();
+        let here = tempfile::tempdir_in(&under).unwrap();
+        let relative_dir = here
+            .path()
+            .strip_prefix(std::env::current_dir().unwrap())
+            .unwrap()
+            .to_path_buf();
+        std::fs::write(here.path().join("config.toml"), "").unwrap();
+        let relative = Overrides {
+            config: Some(relative_dir.join("config.toml")),
+            ..Overrides::default()
+        };
+        let config = Config::load(&relative).unwrap();
+        assert!(
+            config.config_dir.is_absolute(),
+            "{}",
+            config.config_dir.display()
+        );
+        assert_eq!(config.config_dir, here.path());
     }
 
     #[test]

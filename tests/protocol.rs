@@ -776,3 +776,28 @@ fn a_due_trim_runs_in_the_background() {
     let trimmed_at = fs::metadata(&marker).unwrap().modified().unwrap();
     assert!(trimmed_at > two_hours_ago, "the trim clock did not restart");
 }
+
+/// Part 4, finding 1: a store directory other users can write (here made
+/// before warren, as another user could in /var/tmp) is refused, by the
+/// helper that `go` runs and by every subcommand, with one line that says
+/// what to fix; nothing is written into it.
+#[test]
+fn a_store_others_can_write_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let sandbox = Sandbox::new();
+    let store = sandbox.store();
+    fs::create_dir_all(&store).unwrap();
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o777)).unwrap();
+    let fix = format!("`chmod go-w {}`", store.canonicalize().unwrap().display());
+    for args in [&[][..], &["stats"][..], &["trim"][..]] {
+        let output = sandbox.run(args);
+        assert!(!output.status.success(), "warren {args:?} used the store");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&fix), "warren {args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "nothing for go to read");
+    }
+    assert_eq!(fs::read_dir(&store).unwrap().count(), 0, "nothing written");
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(sandbox.run(&["stats"]).status.success());
+}

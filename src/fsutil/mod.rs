@@ -4,12 +4,13 @@
 //! Every file is written to a temp file in its own directory and renamed
 //! into place ([`write_atomic`]), so a reader sees the old file or the new
 //! one, never half of one. Temp files start with [`TEMP_PREFIX`]: the
-//! store's trim knows leftovers of killed processes by it. Cross-process
-//! locks live in [`lock`].
+//! store's trim knows leftovers of killed processes by it. Directories are
+//! created owner-only, and [`private`] checks that one is ours alone.
+//! Cross-process locks live in [`lock`].
 
 pub(crate) mod lock;
+pub(crate) mod private;
 
-use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -49,7 +50,7 @@ pub(crate) fn temp_file_in(dir: &Path) -> Result<NamedTempFile, Error> {
     };
     match create() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(io_error("creating directory", dir))?;
+            private::create_dir_all(dir).map_err(io_error("creating directory", dir))?;
             create()
         }
         other => other,

@@ -19,6 +19,8 @@ use std::str::FromStr;
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil::private::{self, NotPrivate};
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
     #[error("reading allowlist {}", path.display())]
@@ -39,6 +41,8 @@ pub(crate) enum Error {
     BadArgument(String),
     #[error("writing allowlist")]
     Write(#[source] crate::fsutil::Error),
+    #[error("refusing the allowlist")]
+    NotPrivate(#[source] NotPrivate),
 }
 
 /// One allowlisted coworker.
@@ -60,6 +64,10 @@ pub(crate) struct Allowlist {
 impl Allowlist {
     /// Reads `path`; a missing file is an empty allowlist.
     pub(crate) fn load(path: &Path) -> Result<Self, Error> {
+        match private::check_file(path) {
+            Err(NotPrivate::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            checked => checked.map_err(Error::NotPrivate)?,
+        }
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
@@ -179,5 +187,25 @@ mod tests {
         let path = dir.path().join("peers.toml");
         crate::fsutil::write_atomic(&path, b"[[peer]]\nid = \"nope\"\n").unwrap();
         assert!(matches!(Allowlist::load(&path), Err(Error::BadPeer { .. })));
+    }
+
+    /// Part 4, finding 15: an allowlist others can edit decides whom we
+    /// trust.
+    #[test]
+    fn an_allowlist_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers.toml");
+        let mut list = Allowlist::default();
+        list.add(&some_id(), None).unwrap();
+        list.save(&path).unwrap();
+        assert_eq!(Allowlist::load(&path).unwrap(), list);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o646)).unwrap();
+        let err = Allowlist::load(&path).unwrap_err();
+        assert!(
+            matches!(err, Error::NotPrivate(NotPrivate::Writable { .. })),
+            "{err}"
+        );
     }
 }

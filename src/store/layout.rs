@@ -49,9 +49,14 @@ pub(crate) fn daemon_socket(root: &Path) -> PathBuf {
     root.join(DAEMON_SOCKET)
 }
 
+/// The current layout's directory.
+pub(super) fn version_dir(root: &Path) -> PathBuf {
+    root.join(LAYOUT_VERSION)
+}
+
 /// The directories of action entries and of objects.
 pub(super) fn data_dirs(root: &Path) -> (PathBuf, PathBuf) {
-    let version = root.join(LAYOUT_VERSION);
+    let version = version_dir(root);
     (version.join("actions"), version.join("objects"))
 }
 

@@ -67,6 +67,7 @@ mod writer;
 
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +79,7 @@ use self::layout::{CACHEDIR_TAG, CACHEDIR_TAG_CONTENTS, shard_path};
 pub(crate) use self::trim::{TrimPolicy, TrimReport};
 pub(crate) use self::writer::{ObjectWriter, VerifiedObject};
 use crate::fsutil::lock::LockError;
+use crate::fsutil::private::{self, NotPrivate};
 use crate::fsutil::{self, write_atomic};
 use crate::ids::{ActionId, OutputId};
 
@@ -108,6 +110,8 @@ pub(crate) enum Error {
     Lock(#[from] LockError),
     #[error(transparent)]
     File(#[from] fsutil::Error),
+    #[error(transparent)]
+    NotPrivate(#[from] NotPrivate),
 }
 
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -165,13 +169,23 @@ impl DiskStore {
     }
 
     pub(crate) fn open_with_clock(root: &Path, clock: Clock) -> Result<Self, Error> {
-        fs::create_dir_all(root).map_err(io_error("creating store directory", root))?;
+        private::create_dir_all(root).map_err(io_error("creating store directory", root))?;
         // DiskPath must be absolute; resolve once here.
         let root = fs::canonicalize(root).map_err(io_error("resolving store directory", root))?;
         if root.to_str().is_none() {
             return Err(Error::NotUtf8(root));
         }
         let (actions, objects) = layout::data_dirs(&root);
+        // Ours alone, or not used at all: whoever can write here can plant
+        // entries in our builds (see `fsutil::private`). The shards below
+        // are made owner-only inside these.
+        private::check_dir(&root)?;
+        for dir in [layout::version_dir(&root), actions.clone(), objects.clone()] {
+            match private::check_dir(&dir) {
+                Err(NotPrivate::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                checked => checked?,
+            }
+        }
         let store = Self {
             actions,
             objects,
@@ -196,7 +210,7 @@ impl DiskStore {
         for dir in [&self.actions, &self.objects] {
             for shard in layout::shards() {
                 let path = dir.join(shard);
-                fs::create_dir_all(&path).map_err(io_error("creating directory", &path))?;
+                private::create_dir_all(&path).map_err(io_error("creating directory", &path))?;
             }
         }
         Ok(())
@@ -232,9 +246,17 @@ impl DiskStore {
     /// reported as a miss.
     pub(crate) fn get(&self, action: &ActionId) -> Result<Lookup, Error> {
         let entry_path = self.entry_path(action);
-        let mut file = match File::open(&entry_path) {
+        // Never through a symbolic link: the store's files are its own.
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&entry_path);
+        let mut file = match opened {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lookup::Miss),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                return Ok(self.discard(&entry_path, "entry is a symbolic link"));
+            }
             Err(e) => return Err(io_error("opening entry", &entry_path)(e)),
         };
         let meta = file
@@ -250,7 +272,7 @@ impl DiskStore {
             return Ok(self.discard(&entry_path, "malformed entry"));
         };
         let object_path = self.object_path(&output);
-        let object_meta = match fs::metadata(&object_path) {
+        let object_meta = match fs::symlink_metadata(&object_path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(self.discard(&entry_path, "entry without object"));
@@ -339,9 +361,9 @@ fn is_stale(used: Option<SystemTime>, now: SystemTime) -> bool {
     reason = "tests damage store files in place, as a crash or bit rot would"
 )]
 mod tests {
-    use std::sync::Mutex;
-
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Mutex;
 
     use sha2::{Digest, Sha256};
 
@@ -608,6 +630,103 @@ mod tests {
         assert_eq!(f.store.get(&action(1)).unwrap(), Lookup::Miss);
         f.store.put_bytes(&action(1), b"one").unwrap();
         f.hit(&action(1));
+    }
+
+    #[test]
+    fn a_new_store_is_its_owners_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("new/store");
+        let store = DiskStore::open(&root).unwrap();
+        for path in [&root, &store.actions, &store.actions.join("ab")] {
+            let mode = fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", path.display());
+        }
+    }
+
+    /// Part 4, finding 1: a store directory others can write lets them
+    /// plant entries in our builds; it is refused, saying what to fix.
+    #[test]
+    #[expect(clippy::print_stderr, reason = "a skipped part says why")]
+    fn a_store_others_can_write_is_refused_with_the_fix() {
+        let f = Fixture::new();
+        let root = f.store.root().to_path_buf();
+        for dir in [root.clone(), f.store.actions.clone()] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+            let error = DiskStore::open(&root).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("`chmod go-w {}`", dir.display())),
+                "{error}"
+            );
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        DiskStore::open(&root).unwrap();
+        if private::my_uid() == 0 {
+            std::os::unix::fs::chown(&root, Some(65534), None).unwrap();
+            let error = DiskStore::open(&root).unwrap_err().to_string();
+            assert!(error.contains("belongs to uid 65534"), "{error}");
+            std::os::unix::fs::chown(&root, Some(0), None).unwrap();
+        } else {
+            eprintln!("skipped the other owner's store: only root can make one");
+        }
+        // A link where the layout's directory should be.
+        let objects = f.store.objects.clone();
+        let elsewhere = tempfile::tempdir().unwrap();
+        fs::rename(&objects, elsewhere.path().join("objects")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("objects"), &objects).unwrap();
+        let error = DiskStore::open(&root).unwrap_err().to_string();
+        assert!(error.contains("symbolic link"), "{error}");
+    }
+
+    /// Part 4, finding 1: trim and clean followed a symlinked shard and
+    /// deleted the files of whatever directory it pointed at.
+    #[test]
+    fn walks_do_not_follow_a_linked_shard() {
+        let f = Fixture::new();
+        f.store.put_bytes(&action(1), b"one").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let precious = outside.path().join("precious");
+        fs::write(&precious, b"not the store's").unwrap();
+        set_mtime(
+            &precious,
+            SystemTime::now() - Duration::from_secs(365 * 86400),
+        );
+        let shard = f.store.objects.join("ab");
+        fs::remove_dir(&shard).unwrap();
+        std::os::unix::fs::symlink(outside.path(), &shard).unwrap();
+        let policy = TrimPolicy {
+            max_size: 0,
+            max_unused: Duration::ZERO,
+        };
+        f.advance(Duration::from_secs(365 * 86400));
+        f.store.trim(policy, true).unwrap();
+        f.store.clean().unwrap();
+        assert!(f.store.verify().is_ok());
+        assert_eq!(fs::read(&precious).unwrap(), b"not the store's");
+    }
+
+    #[test]
+    fn entries_and_objects_behind_links_are_misses() {
+        let f = Fixture::new();
+        let elsewhere = tempfile::tempdir().unwrap();
+        // An entry that is a link to a well-formed entry elsewhere.
+        let entry = f.store.put_bytes(&action(1), b"one").unwrap();
+        let entry_path = f.store.entry_path(&action(1));
+        let copy = elsewhere.path().join("entry");
+        fs::copy(&entry_path, &copy).unwrap();
+        fs::remove_file(&entry_path).unwrap();
+        std::os::unix::fs::symlink(&copy, &entry_path).unwrap();
+        assert_eq!(f.store.get(&action(1)).unwrap(), Lookup::Miss);
+        assert!(
+            fs::symlink_metadata(&entry_path).is_err(),
+            "the link is removed"
+        );
+        // An object that is a link to a body of the right size elsewhere.
+        f.store.put_bytes(&action(2), b"one").unwrap();
+        let body = elsewhere.path().join("body");
+        fs::write(&body, b"one").unwrap();
+        fs::remove_file(&entry.path).unwrap();
+        std::os::unix::fs::symlink(&body, &entry.path).unwrap();
+        assert_eq!(f.store.get(&action(2)).unwrap(), Lookup::Miss);
     }
 
     #[test]

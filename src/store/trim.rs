@@ -230,6 +230,11 @@ pub(super) fn walk_files(dir: &Path, visit: &mut dyn FnMut(WalkedFile)) -> Resul
     };
     for shard in shards {
         let shard = shard.map_err(io_error("listing", dir))?;
+        // Only real shard directories: a symbolic link here would make a
+        // trim or clean delete files wherever it points.
+        if !shard.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
         let shard_path = shard.path();
         let files = match fs::read_dir(&shard_path) {
             Ok(files) => files,
