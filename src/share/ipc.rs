@@ -32,6 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::fsutil::private;
 use crate::ids::ActionId;
 use crate::share::status::DaemonStatus;
 use crate::tiered::BoxFuture;
@@ -60,6 +61,11 @@ pub(crate) enum Error {
     Unresponsive(Duration),
     #[error("the daemon sent a malformed answer: {0}")]
     Malformed(String),
+    #[error(
+        "the daemon socket {} is served by uid {uid}, not by you: not using it",
+        path.display()
+    )]
+    Impostor { path: PathBuf, uid: u32 },
     #[error("a daemon is already serving {}", .0.display())]
     AlreadyRunning(PathBuf),
     #[error("listening on {}", path.display())]
@@ -124,6 +130,14 @@ pub(crate) async fn call(
             path: socket.to_path_buf(),
             source,
         })?;
+    // Only a daemon of our own: another user's could answer with anything.
+    let uid = stream.peer_cred().map_err(Error::Io)?.uid();
+    if uid != private::my_uid() {
+        return Err(Error::Impostor {
+            path: socket.to_path_buf(),
+            uid,
+        });
+    }
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request).expect("requests to serialize");
     line.push(b'\n');
@@ -194,7 +208,19 @@ pub(crate) async fn serve(
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                // Only helpers of our own user: the socket's mode is set
+                // just after it is made, and the store may be readable.
+                Ok((stream, _)) => match stream.peer_cred() {
+                    Ok(cred) if cred.uid() == private::my_uid() => stream,
+                    Ok(cred) => {
+                        tracing::warn!("refused a connection to the daemon socket from uid {}", cred.uid());
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!("no credentials for a helper connection: {e}");
+                        continue;
+                    }
+                },
                 Err(e) => {
                     tracing::warn!("accepting a helper connection: {e}");
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -402,6 +428,95 @@ mod tests {
             started.elapsed() < Duration::from_secs(1),
             "{:?}",
             started.elapsed()
+        );
+    }
+
+    /// Runs `python3 -c <code> <args>` as uid 65534 (another user), if this
+    /// process is root; `None` (after saying why) elsewhere. Under
+    /// `CI=true` it must be able to.
+    #[expect(clippy::print_stderr, reason = "a skipped test says why")]
+    fn as_another_user(code: &str, args: &[&Path]) -> Option<std::process::Child> {
+        use std::os::unix::process::CommandExt;
+        if private::my_uid() != 0 {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+            eprintln!("skipped: only root can run a process as another user");
+            return None;
+        }
+        let child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(code)
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 to run (the test suite installs Go with it)");
+        Some(child)
+    }
+
+    /// Part 4, finding 14: the socket's mode was set only after `bind`, and
+    /// anyone who reached it then was served.
+    #[tokio::test]
+    async fn the_daemon_serves_no_other_user() {
+        let (dir, path, _shutdown) = server(Duration::ZERO).await;
+        // The window between bind and chmod, held open.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let client = "import socket, sys\n\
+s = socket.socket(socket.AF_UNIX)\n\
+s.connect(sys.argv[1])\n\
+s.sendall(b'{\"op\":\"status\"}\\n')\n\
+print(s.recv(4096).decode())";
+        let Some(child) = as_another_user(client, &[&path]) else {
+            return;
+        };
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            !answer.contains("status"),
+            "another user was served: {answer}"
+        );
+        // Our own helpers still are.
+        let status = call(&path, &Request::Status, ACK, Duration::from_secs(5)).await;
+        assert!(matches!(status, Ok(Response::Status(_))), "{status:?}");
+    }
+
+    /// Part 4, finding 14: a helper asked whatever daemon answered on the
+    /// socket, another user's too.
+    #[tokio::test]
+    async fn helpers_ask_no_daemon_of_another_user() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).ok();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("daemon.sock");
+        let impostor = "import os, socket, sys\n\
+s = socket.socket(socket.AF_UNIX)\n\
+s.bind(sys.argv[1])\n\
+os.chmod(sys.argv[1], 0o666)\n\
+s.listen(1)\n\
+c, _ = s.accept()\n\
+c.sendall(b'\"miss\"\\n')\n\
+c.recv(4096)";
+        let Some(mut child) = as_another_user(impostor, &[&path]) else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        while !path.exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the impostor never bound"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let answer = call(&path, &Request::Status, ACK, Duration::from_secs(5)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            matches!(answer, Err(Error::Impostor { uid: 65534, .. })),
+            "{answer:?}"
         );
     }
 }

@@ -54,6 +54,8 @@ pub(crate) struct DaemonTier {
     /// How to start the daemon, if the config asks for it.
     autostart: Option<Vec<String>>,
     started: AtomicBool,
+    /// Warned already that the socket is another user's.
+    warned: AtomicBool,
 }
 
 impl DaemonTier {
@@ -65,6 +67,7 @@ impl DaemonTier {
             unacknowledged: AtomicU32::new(0),
             autostart: None,
             started: AtomicBool::new(false),
+            warned: AtomicBool::new(false),
         }
     }
 
@@ -137,6 +140,15 @@ impl RemoteTier for DaemonTier {
                     tracing::debug!("no daemon: {e}");
                     self.mark_absent();
                     self.autostart();
+                    None
+                }
+                Err(e @ ipc::Error::Impostor { .. }) => {
+                    // Someone else's socket where ours should be: say so
+                    // once per go command, then leave it alone.
+                    if !self.warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!("{e}");
+                    }
+                    self.mark_absent();
                     None
                 }
                 Err(e @ ipc::Error::Unresponsive(_)) => {
