@@ -58,6 +58,24 @@ pub(crate) fn temp_file_in(dir: &Path) -> Result<NamedTempFile, Error> {
     .map_err(io_error("creating temp file in", dir))
 }
 
+/// Writes `contents` to `path` through a temp file, only if `path` does not
+/// exist (then nothing is written and the answer is `false`).
+pub(crate) fn write_new(path: &Path, contents: &[u8]) -> Result<bool, Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = temp_file_in(dir)?;
+    temp.write_all(contents)
+        .map_err(io_error("writing", temp.path()))?;
+    match temp.persist_noclobber(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error {
+            op: "creating",
+            path: path.to_path_buf(),
+            source: e.error,
+        }),
+    }
+}
+
 /// Writes `contents` to `path` through a temp file and a rename.
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));

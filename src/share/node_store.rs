@@ -127,7 +127,7 @@ impl BodySink for Sink {
             other => CommitError::Io(io::Error::other(other)),
         })?;
         self.store
-            .commit(&self.action, verified)
+            .commit_fetched(&self.action, verified)
             .map(drop)
             .map_err(|error| CommitError::Io(io::Error::other(error)))
     }

@@ -67,7 +67,7 @@ mod writer;
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,10 +78,21 @@ use self::entry::{MAX_ENTRY_LEN, entry_line, parse_entry};
 use self::layout::{CACHEDIR_TAG, CACHEDIR_TAG_CONTENTS, shard_path};
 pub(crate) use self::trim::{TrimPolicy, TrimReport};
 pub(crate) use self::writer::{ObjectWriter, VerifiedObject};
+use crate::fsutil::TEMP_PREFIX;
 use crate::fsutil::lock::LockError;
 use crate::fsutil::private::{self, NotPrivate};
 use crate::fsutil::{self, write_atomic};
 use crate::ids::{ActionId, OutputId};
+
+/// Names of files moved aside to be discarded, unique in this process.
+static DISCARDS: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a commit replaces an entry already there.
+#[derive(Debug, Clone, Copy)]
+enum Replace {
+    Yes,
+    No,
+}
 
 /// A file's mtime is refreshed on use at most this often.
 pub(crate) const TOUCH_INTERVAL: Duration = Duration::from_secs(60 * 60);
@@ -255,7 +266,10 @@ impl DiskStore {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lookup::Miss),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-                return Ok(self.discard(&entry_path, "entry is a symbolic link"));
+                return Ok(match fs::symlink_metadata(&entry_path) {
+                    Ok(seen) => self.discard(&entry_path, &seen, "entry is a symbolic link"),
+                    Err(_) => Lookup::Miss,
+                });
             }
             Err(e) => return Err(io_error("opening entry", &entry_path)(e)),
         };
@@ -263,25 +277,25 @@ impl DiskStore {
             .metadata()
             .map_err(io_error("reading entry", &entry_path))?;
         if meta.len() > MAX_ENTRY_LEN {
-            return Ok(self.discard(&entry_path, "entry too long"));
+            return Ok(self.discard(&entry_path, &meta, "entry too long"));
         }
         let mut text = Vec::with_capacity(meta.len() as usize);
         file.read_to_end(&mut text)
             .map_err(io_error("reading entry", &entry_path))?;
         let Some((output, size, time)) = parse_entry(&text) else {
-            return Ok(self.discard(&entry_path, "malformed entry"));
+            return Ok(self.discard(&entry_path, &meta, "malformed entry"));
         };
         let object_path = self.object_path(&output);
         let object_meta = match fs::symlink_metadata(&object_path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(self.discard(&entry_path, "entry without object"));
+                return Ok(self.discard(&entry_path, &meta, "entry without object"));
             }
             Err(e) => return Err(io_error("reading object", &object_path)(e)),
         };
         if !object_meta.is_file() || object_meta.len() != size {
-            self.discard(&object_path, "object has the wrong size");
-            return Ok(self.discard(&entry_path, "entry for a damaged object"));
+            self.discard(&object_path, &object_meta, "object has the wrong size");
+            return Ok(self.discard(&entry_path, &meta, "entry for a damaged object"));
         }
         let now = self.now();
         if is_stale(meta.modified().ok(), now) {
@@ -299,14 +313,34 @@ impl DiskStore {
         }))
     }
 
-    fn discard(&self, path: &Path, reason: &str) -> Lookup {
+    /// Removes the damaged file at `path`, which was `seen` so: moved aside
+    /// first (atomically), then removed only if it is that very file. A
+    /// good file another process renamed into place meanwhile is put back,
+    /// unless a newer one took its place too.
+    fn discard(&self, path: &Path, seen: &fs::Metadata, reason: &str) -> Lookup {
         tracing::debug!("removing {}: {reason}", path.display());
-        match fs::remove_file(path) {
-            Ok(()) => {
-                self.repaired.fetch_add(1, Ordering::Relaxed);
+        let aside = layout::parent(path).join(format!(
+            "{TEMP_PREFIX}discard-{}-{}",
+            std::process::id(),
+            DISCARDS.fetch_add(1, Ordering::Relaxed)
+        ));
+        match fs::rename(path, &aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Lookup::Miss,
+            Err(e) => {
+                tracing::warn!("cannot remove damaged cache file {}: {e}", path.display());
+                return Lookup::Miss;
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!("cannot remove damaged cache file {}: {e}", path.display()),
+        }
+        let same = fs::symlink_metadata(&aside)
+            .is_ok_and(|moved| moved.dev() == seen.dev() && moved.ino() == seen.ino());
+        if same {
+            self.repaired.fetch_add(1, Ordering::Relaxed);
+        } else if fs::hard_link(&aside, path).is_ok() {
+            tracing::debug!("{} was replaced meanwhile; kept", path.display());
+        }
+        if let Err(e) = fs::remove_file(&aside) {
+            tracing::warn!("cannot remove {}: {e}", aside.display());
         }
         Lookup::Miss
     }
@@ -314,6 +348,26 @@ impl DiskStore {
     /// Stores a verified body (if not already present) and the entry that
     /// maps `action` to it. Returns the entry as a later `get` would.
     pub(crate) fn commit(&self, action: &ActionId, object: VerifiedObject) -> Result<Entry, Error> {
+        self.store(action, object, Replace::Yes)
+    }
+
+    /// Like [`DiskStore::commit`], for a body fetched after a local miss:
+    /// if an entry for `action` landed meanwhile (`go` built and put it
+    /// while the fetch was on its way), that one stays, and is returned.
+    pub(crate) fn commit_fetched(
+        &self,
+        action: &ActionId,
+        object: VerifiedObject,
+    ) -> Result<Entry, Error> {
+        self.store(action, object, Replace::No)
+    }
+
+    fn store(
+        &self,
+        action: &ActionId,
+        object: VerifiedObject,
+        replace: Replace,
+    ) -> Result<Entry, Error> {
         let VerifiedObject {
             output,
             size,
@@ -329,7 +383,19 @@ impl DiskStore {
         }
         let time = self.now();
         let line = entry_line(&output, size, time);
-        write_atomic(&self.entry_path(action), line.as_bytes())?;
+        let entry_path = self.entry_path(action);
+        match replace {
+            Replace::Yes => write_atomic(&entry_path, line.as_bytes())?,
+            Replace::No => {
+                if !fsutil::write_new(&entry_path, line.as_bytes())? {
+                    if let Lookup::Hit(existing) = self.get(action)? {
+                        return Ok(existing);
+                    }
+                    // It was damaged, and is gone now: ours takes its place.
+                    write_atomic(&entry_path, line.as_bytes())?;
+                }
+            }
+        }
         Ok(Entry {
             output,
             size,
@@ -727,6 +793,60 @@ mod tests {
         fs::remove_file(&entry.path).unwrap();
         std::os::unix::fs::symlink(&body, &entry.path).unwrap();
         assert_eq!(f.store.get(&action(2)).unwrap(), Lookup::Miss);
+    }
+
+    /// Part 4, finding 11: a fetched body that landed after the helper
+    /// gave up on it renamed its entry over the one `go` had just put.
+    #[test]
+    fn a_late_fetched_body_does_not_replace_what_go_put() {
+        let f = Fixture::new();
+        let put = f.store.put_bytes(&action(1), b"go's own").unwrap();
+        let mut writer = f
+            .store
+            .begin_object(OutputId::of(b"the peer's"), 10)
+            .unwrap();
+        writer.write_all(b"the peer's").unwrap();
+        let kept = f
+            .store
+            .commit_fetched(&action(1), writer.finish().unwrap())
+            .unwrap();
+        assert_eq!(kept.output, put.output);
+        assert_eq!(f.hit(&action(1)).output, OutputId::of(b"go's own"));
+        // With no entry there, the fetched one lands as any other.
+        let mut writer = f
+            .store
+            .begin_object(OutputId::of(b"the peer's"), 10)
+            .unwrap();
+        writer.write_all(b"the peer's").unwrap();
+        f.store
+            .commit_fetched(&action(2), writer.finish().unwrap())
+            .unwrap();
+        assert_eq!(f.hit(&action(2)).output, OutputId::of(b"the peer's"));
+    }
+
+    /// Part 4, finding 12: a reader that found a damaged file removed it by
+    /// path, after a check, so a good file another process renamed into
+    /// place in between was removed instead.
+    #[test]
+    fn a_discard_keeps_a_file_committed_in_its_place_meanwhile() {
+        let f = Fixture::new();
+        f.store.put_bytes(&action(1), b"one").unwrap();
+        let path = f.store.entry_path(&action(1));
+        fs::write(&path, b"garbage").unwrap();
+        let seen = fs::symlink_metadata(&path).unwrap();
+        // Another process commits a good entry (temp file and rename).
+        f.store.put_bytes(&action(1), b"one").unwrap();
+        assert_eq!(f.store.discard(&path, &seen, "test"), Lookup::Miss);
+        f.hit(&action(1));
+        assert_eq!(f.store.repaired(), 0);
+        // The damaged file itself goes, and nothing is left aside.
+        fs::write(&path, b"garbage").unwrap();
+        let seen = fs::symlink_metadata(&path).unwrap();
+        f.store.discard(&path, &seen, "test");
+        assert!(!path.exists());
+        assert_eq!(f.store.repaired(), 1);
+        let shard = layout::parent(&path);
+        assert_eq!(fs::read_dir(shard).unwrap().count(), 0, "no leftovers");
     }
 
     #[test]
