@@ -9,6 +9,7 @@
 
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -92,8 +93,7 @@ impl DiskStore {
         files.retain(|file| {
             let unused = now.duration_since(file.modified).unwrap_or_default();
             if unused > max_unused {
-                remove_counted(&file.path, file.size, &mut report);
-                false
+                !remove_if_unchanged(file, &mut report)
             } else {
                 true
             }
@@ -106,7 +106,7 @@ impl DiskStore {
                 if total <= policy.max_size || recent(file.modified) {
                     break;
                 }
-                if remove_counted(&file.path, file.size, &mut report) {
+                if remove_if_unchanged(file, &mut report) {
                     total -= file.size;
                     kept_files -= 1;
                 }
@@ -213,6 +213,7 @@ fn hash_file(path: &Path) -> io::Result<OutputId> {
 }
 
 pub(super) struct WalkedFile {
+    ino: u64,
     path: PathBuf,
     size: u64,
     modified: SystemTime,
@@ -251,6 +252,7 @@ pub(super) fn walk_files(dir: &Path, visit: &mut dyn FnMut(WalkedFile)) -> Resul
             }
             let name = file.file_name();
             visit(WalkedFile {
+                ino: meta.ino(),
                 temp: name.to_string_lossy().starts_with(TEMP_PREFIX),
                 path: file.path(),
                 size: meta.len(),
@@ -259,6 +261,17 @@ pub(super) fn walk_files(dir: &Path, visit: &mut dyn FnMut(WalkedFile)) -> Resul
         }
     }
     Ok(())
+}
+
+/// Removes a file the walk chose, unless it was used (its mtime moved) or
+/// replaced since the walk looked at it: a walk of a big store takes a
+/// while, and an object handed to `go` meanwhile must stay. Returns whether
+/// it was removed.
+fn remove_if_unchanged(file: &WalkedFile, report: &mut TrimReport) -> bool {
+    let unchanged = fs::symlink_metadata(&file.path).is_ok_and(|now| {
+        now.ino() == file.ino && now.modified().unwrap_or(UNIX_EPOCH) == file.modified
+    });
+    unchanged && remove_counted(&file.path, file.size, report)
 }
 
 /// Removes a file for trim/clean; returns whether it was removed.
@@ -275,5 +288,66 @@ fn remove_counted(path: &Path, size: u64, report: &mut TrimReport) -> bool {
             }
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ActionId;
+
+    /// Part 4, finding 13: trim decided on the mtimes it read during its
+    /// walk, so an object handed to `go` after the walk read it (its mtime
+    /// refreshed) could still be removed.
+    #[test]
+    fn a_file_used_after_the_walk_saw_it_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        let entry = store
+            .put_bytes(&ActionId::from_bytes([1; 32]), b"body")
+            .unwrap();
+        let long_ago = SystemTime::now() - Duration::from_secs(30 * 86400);
+        File::open(&entry.path)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let walk = || {
+            let mut walked = Vec::new();
+            walk_files(&store.objects, &mut |file| walked.push(file)).unwrap();
+            walked.pop().expect("the one object")
+        };
+        let seen = walk();
+        // A lookup hands the object to go now, refreshing its mtime.
+        File::open(&entry.path)
+            .unwrap()
+            .set_modified(SystemTime::now())
+            .unwrap();
+        let mut report = TrimReport::default();
+        assert!(!remove_if_unchanged(&seen, &mut report));
+        assert!(entry.path.exists());
+        // Replaced since the walk: kept too.
+        File::open(&entry.path)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let seen = walk();
+        store
+            .put_bytes(&ActionId::from_bytes([2; 32]), b"body")
+            .unwrap();
+        assert_ne!(
+            fs::symlink_metadata(&entry.path).unwrap().ino(),
+            seen.ino,
+            "the put rewrote the object"
+        );
+        assert!(!remove_if_unchanged(&seen, &mut report));
+        // Unchanged since the walk: removed.
+        File::open(&entry.path)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let seen = walk();
+        assert!(remove_if_unchanged(&seen, &mut report));
+        assert!(!entry.path.exists());
+        assert_eq!(report.removed_files, 1);
     }
 }
