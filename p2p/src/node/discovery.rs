@@ -47,7 +47,7 @@ pub(crate) struct Discovery {
     config: MdnsConfig,
     local_peer: PeerId,
     /// Full instance names seen, to recognise removals.
-    instances: HashMap<String, PeerId>,
+    instances: Instances,
     /// The port advertised, once the swarm listens.
     advertised_port: Option<u16>,
 }
@@ -76,7 +76,7 @@ impl Discovery {
             browse,
             config,
             local_peer,
-            instances: HashMap::new(),
+            instances: Instances::default(),
             advertised_port: None,
         })
     }
@@ -144,18 +144,40 @@ impl Discovery {
                     .filter(|ip| dialable(ip, self.config.ipv6))
                     .map(|ip| tcp_address(ip, service.port))
                     .collect::<Vec<_>>();
-                self.instances.insert(service.fullname.clone(), peer);
+                self.instances.resolved(&service.fullname, peer);
                 if addresses.is_empty() {
                     return Found::Nothing;
                 }
                 Found::Peer { peer, addresses }
             }
-            ServiceEvent::ServiceRemoved(_, fullname) => match self.instances.remove(&fullname) {
+            ServiceEvent::ServiceRemoved(_, fullname) => match self.instances.removed(&fullname) {
                 Some(peer) => Found::Gone(peer),
                 None => Found::Nothing,
             },
             _ => Found::Nothing,
         }
+    }
+}
+
+/// Most mDNS instances remembered (to recognise their goodbyes): anyone on
+/// the LAN can announce any number of them, so their memory is bounded.
+const MAX_INSTANCES: usize = 1024;
+
+/// Instance names resolved to peer IDs, at most [`MAX_INSTANCES`]; beyond
+/// that, new ones are not remembered (their goodbyes are then ignored, and
+/// they expire with the peer's other state).
+#[derive(Debug, Default)]
+struct Instances(HashMap<String, PeerId>);
+
+impl Instances {
+    fn resolved(&mut self, fullname: &str, peer: PeerId) {
+        if self.0.len() < MAX_INSTANCES || self.0.contains_key(fullname) {
+            self.0.insert(fullname.to_owned(), peer);
+        }
+    }
+
+    fn removed(&mut self, fullname: &str) -> Option<PeerId> {
+        self.0.remove(fullname)
     }
 }
 
@@ -226,6 +248,27 @@ mod tests {
             tcp_address(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 7),
             "/ip4/10.0.0.2/tcp/7".parse::<Multiaddr>().unwrap()
         );
+    }
+
+    /// Part 4, finding 10: announced instances were remembered without
+    /// bound.
+    #[test]
+    fn instances_are_remembered_up_to_a_bound() {
+        let mut instances = Instances::default();
+        let peer = PeerId::random();
+        for n in 0..MAX_INSTANCES + 100 {
+            instances.resolved(&format!("{n}._warren._tcp.local."), peer);
+        }
+        assert_eq!(instances.0.len(), MAX_INSTANCES);
+        let known = "5._warren._tcp.local.";
+        let other = PeerId::random();
+        instances.resolved(known, other);
+        assert_eq!(
+            instances.removed(known),
+            Some(other),
+            "known ones are updated"
+        );
+        assert_eq!(instances.removed(known), None);
     }
 
     #[test]

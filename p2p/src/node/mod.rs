@@ -362,7 +362,12 @@ impl EventLoop {
                     }
                 }
             }
-            Found::Gone(peer) => self.peer(peer).discovered = false,
+            // Only a peer we keep state of: a goodbye is no reason to start.
+            Found::Gone(peer) => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.discovered = false;
+                }
+            }
             Found::Nothing => {}
             Found::Stopped => {
                 tracing::warn!("mDNS discovery stopped");
@@ -426,5 +431,46 @@ impl EventLoop {
             }
             E::ResponseSent { request_id, .. } => self.served(request_id),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Bodies, BodySink, Hints, Served, Summaries};
+
+    struct Empty;
+
+    impl Bodies for Empty {
+        fn open(&self, _: &crate::ActionId) -> std::io::Result<Option<Served>> {
+            Ok(None)
+        }
+        fn begin(
+            &self,
+            _: &crate::ActionId,
+            _: &crate::OutputId,
+            _: u64,
+        ) -> std::io::Result<Box<dyn BodySink>> {
+            Err(std::io::Error::other("read-only"))
+        }
+    }
+    impl Hints for Empty {}
+    impl Summaries for Empty {}
+
+    /// Part 4, finding 10: an mDNS goodbye created peer state for any ID,
+    /// past the bound on strangers.
+    #[tokio::test]
+    async fn goodbyes_of_unknown_peers_leave_no_state() {
+        let config = NodeConfig::new(libp2p::identity::Keypair::generate_ed25519())
+            .with_listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]);
+        let (_client, _events, mut event_loop) = crate::new(config, Arc::new(Empty)).unwrap();
+        for _ in 0..MAX_STRANGERS + 10 {
+            event_loop.on_discovery(Found::Gone(PeerId::random()));
+        }
+        assert!(
+            event_loop.peers.is_empty(),
+            "{} peers",
+            event_loop.peers.len()
+        );
     }
 }
