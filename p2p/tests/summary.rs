@@ -83,3 +83,20 @@ async fn peers_without_a_summary_are_asked_about_everything() {
         None
     );
 }
+
+/// Part 4, finding 6: a peer that answers summary requests at once with
+/// nothing new made its requester ask again at once, in a loop on the
+/// node's one thread. Asking again waits a quarter of a second at least.
+#[tokio::test]
+async fn a_peer_answering_summaries_at_once_is_not_asked_in_a_loop() {
+    let [ka, ks] = keypairs();
+    let spammer = common::hostile::summary_spammer(&ks).await;
+    let mut a = common::node(&ka, &[id(&ks)]).await;
+    a.client.dial(spammer.address.clone()).await.unwrap();
+    let peer = spammer.peer;
+    a.wait_for(|e| *e == warren_p2p::Event::PeerConnected(peer))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked = spammer.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=12).contains(&asked), "asked {asked} times in 2 s");
+}

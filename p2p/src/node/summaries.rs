@@ -23,12 +23,13 @@ pub(super) const PARK_CHECK: Duration = Duration::from_millis(100);
 /// How long to wait before asking again a peer that had no summary or
 /// whose request failed.
 const RETRY: Duration = Duration::from_secs(10);
-/// After an answer with news, how long to wait before asking again: a
-/// store filling up (a build on the peer, or a build of ours fetching from
-/// it) then costs a few exchanges a second, not one per entry, and a
-/// summary lags its store by at most this (plus a round trip). Asking at
-/// once after every answer cost both daemons a third of a CPU-second per
-/// build in the sharing benchmark.
+/// After an answer, how long to wait before asking again: a store filling
+/// up (a build on the peer, or a build of ours fetching from it) then costs
+/// a few exchanges a second, not one per entry, and a summary lags its
+/// store by at most this (plus a round trip). Asking at once after every
+/// answer cost both daemons a third of a CPU-second per build in the
+/// sharing benchmark, and after an empty one let a peer that answers at
+/// once keep us asking in a loop.
 const COALESCE: Duration = Duration::from_millis(250);
 
 /// Resolves when the store's summary log has grown; never without `updates`
@@ -133,11 +134,13 @@ impl EventLoop {
             (PeerSummary::Unavailable, _) => {
                 tracing::debug!(%peer, "peer's summary is too big to keep; asking it about every lookup");
             }
-            (PeerSummary::Known { .. }, true) if count > 0 => {
+            // Never at once, even after an answer with nothing new: an
+            // honest peer holds such a request until it has news, and one
+            // that answers at once would have us ask in a loop.
+            (_, true) => {
                 self.timers
                     .push(timer(Instant::now() + COALESCE, Due::Summary(peer)));
             }
-            (_, true) => self.request_summary(peer),
             (_, false) => state.summary_retry = Some(Instant::now() + RETRY),
         }
     }

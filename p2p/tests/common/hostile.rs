@@ -19,7 +19,7 @@ use libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
 use tokio::task::JoinHandle;
 use warren_p2p::identity::Keypair;
 use warren_p2p::wire::{self, Encoding, FoundHeader, RequestHeader, ResponseHeader};
-use warren_p2p::{ActionId, Multiaddr, OutputId, PROTOCOL_NAME, PeerId};
+use warren_p2p::{ActionId, Multiaddr, OutputId, PROTOCOL_NAME, PeerId, summary};
 
 /// How the hostile peer answers every request.
 #[derive(Debug, Clone)]
@@ -297,6 +297,128 @@ pub async fn hostile(keypair: &Keypair, mode: Mode) -> Hostile {
         requests,
         accepting_zstd,
         bytes_sent,
+        task,
+    }
+}
+
+/// A peer that answers every summary request at once with an empty
+/// summary of one epoch, instead of holding it until it has news: what a
+/// buggy or hostile peer does to make its requester ask again and again.
+/// Counts the requests it gets.
+pub struct SummarySpammer {
+    pub peer: PeerId,
+    /// Ends in `/p2p/<peer id>`.
+    pub address: Multiaddr,
+    pub requests: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SummarySpammer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone, Default)]
+struct EmptySummaries;
+
+impl request_response::Codec for EmptySummaries {
+    type Protocol = StreamProtocol;
+    type Request = summary::SummaryRequest;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Self::Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        wire::read_frame(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<()>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Err(io::Error::other("the spammer only answers"))
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Self::Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        Err(io::Error::other("the spammer only answers"))
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, (): ()) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let header = summary::SummaryHeader {
+            epoch: 7,
+            from: 0,
+            count: 0,
+            generation: 0,
+        };
+        wire::write_frame(io, &header).await
+    }
+}
+
+pub async fn summary_spammer(keypair: &Keypair) -> SummarySpammer {
+    let requests = Arc::new(AtomicU64::new(0));
+    let mut swarm = SwarmBuilder::with_existing_identity(keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                EmptySummaries,
+                [(
+                    StreamProtocol::new(summary::PROTOCOL_NAME),
+                    ProtocolSupport::Full,
+                )],
+                request_response::Config::default(),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let address = loop {
+        let event = tokio::time::timeout(super::WAIT, swarm.select_next_some())
+            .await
+            .expect("the spammer to listen");
+        if let SwarmEvent::NewListenAddr { address, .. } = event {
+            break address;
+        }
+    };
+    let peer = *swarm.local_peer_id();
+    let counter = requests.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            }) = swarm.select_next_some().await
+            {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = swarm.behaviour_mut().send_response(channel, ());
+            }
+        }
+    });
+    SummarySpammer {
+        peer,
+        address: address.with_p2p(peer).unwrap(),
+        requests,
         task,
     }
 }
