@@ -52,6 +52,9 @@ pub(crate) const REFRESH: Duration = Duration::from_secs(1);
 /// Without inotify: how soon it looks again after finding some, while a
 /// build is putting them.
 pub(crate) const QUICK_REFRESH: Duration = Duration::from_millis(200);
+/// A summary log shorter than this is never compacted (see
+/// `Index::compact`): starting over costs every peer a full summary.
+const COMPACT_MIN: usize = 4096;
 /// With inotify: how often the index rescans anyway.
 pub(crate) const SAFETY_SCAN: Duration = Duration::from_secs(10);
 
@@ -186,12 +189,23 @@ impl PutOrder {
             }
         }
         self.announce_growth(before);
+        self.compact();
     }
 
     /// The epoch of the summary log.
     #[cfg(test)]
     fn summary_epoch(&self) -> u64 {
         self.index.lock().expect("lock not poisoned").log.epoch()
+    }
+
+    /// Compacts the summary log if it is mostly gone, and wakes the node
+    /// (held summary requests of the old epoch are answered at once).
+    fn compact(&self) {
+        let compacted = self.index.lock().expect("lock not poisoned").compact();
+        if compacted {
+            tracing::debug!("summary log compacted under a new epoch");
+            self.updates.send_replace(());
+        }
     }
 
     fn generation(&self) -> usize {
@@ -258,7 +272,9 @@ impl PutOrder {
         let before = self.generation();
         self.scan(actions_dir);
         self.ready.store(true, Ordering::Release);
-        self.announce_growth(before)
+        let grew = self.announce_growth(before);
+        self.compact();
+        grew
     }
 
     fn scan(&self, actions_dir: &Path) {
@@ -338,6 +354,23 @@ impl Index {
         if let Some(time) = self.time_of.remove(action) {
             self.order.remove(&(time, *action));
         }
+    }
+
+    /// Starts the summary log over, under a new epoch, with only the
+    /// entries indexed now, once more than half of a log of at least
+    /// [`COMPACT_MIN`] names entries that are gone (trimmed or cleaned):
+    /// the log only grows otherwise. Peers that held the old epoch's log
+    /// take the new one from its start. Whether it did.
+    fn compact(&mut self) -> bool {
+        if self.log.len() < COMPACT_MIN || self.time_of.len() * 2 >= self.log.len() {
+            return false;
+        }
+        let mut log = summary::Log::new();
+        for (_, action) in &self.order {
+            log.push(action);
+        }
+        self.log = log;
+        true
     }
 
     /// An entry that landed in `shard` (seen by inotify).
@@ -511,6 +544,40 @@ mod tests {
         let all = order.summary(first.epoch + 1, 2, 1).unwrap();
         assert_eq!((all.from, all.prefixes.len()), (0, 1));
         assert_ne!(PutOrder::default().summary_epoch(), first.epoch);
+    }
+
+    /// Part 4, finding 17: the summary log only grew, whatever was removed.
+    #[test]
+    fn a_mostly_removed_log_starts_over_with_what_is_left() {
+        let mut index = Index::default();
+        let action = |n: u32| {
+            let mut bytes = [7; 32];
+            bytes[..4].copy_from_slice(&n.to_be_bytes());
+            ActionId::from_bytes(bytes)
+        };
+        let total = COMPACT_MIN as u32 + 100;
+        for n in 0..total {
+            index.insert(action(n), u64::from(n));
+        }
+        let epoch = index.log.epoch();
+        // Half gone: kept as it is.
+        for n in 0..total / 2 {
+            index.forget(&action(n));
+        }
+        assert!(!index.compact());
+        assert_eq!(index.log.len(), total as usize);
+        // Most gone: a new log of what is left, in put order.
+        for n in total / 2..total - 10 {
+            index.forget(&action(n));
+        }
+        assert!(index.compact());
+        assert_ne!(index.log.epoch(), epoch);
+        let chunk = index.log.chunk(index.log.epoch(), 0, 100);
+        let left: Vec<u64> = (total - 10..total)
+            .map(|n| warren_p2p::summary::prefix(&action(n)))
+            .collect();
+        assert_eq!(chunk.prefixes, left);
+        assert!(!index.compact(), "once");
     }
 
     #[cfg(target_os = "linux")]
