@@ -260,7 +260,8 @@ impl NodeConfig {
     }
 
     /// How many requests are served at once (each may hash and stream a
-    /// body); more are answered "not found" at once. Default 16.
+    /// body), of which one peer may hold three quarters; more are answered
+    /// "not found" at once. Default 16 (12 per peer).
     pub fn with_max_concurrent_serves(mut self, serves: usize) -> Self {
         self.max_concurrent_serves = serves.max(1);
         self

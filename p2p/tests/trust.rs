@@ -331,3 +331,30 @@ async fn compressed_chunks_that_do_not_decode_are_rejected_like_lies() {
     assert_eq!(info.counters.rejected_bodies, 1);
     assert!(info.in_cooldown);
 }
+
+/// Part 4, finding 8: one peer that asks and never reads its answers held
+/// every serving slot, and every other peer was answered "not found".
+#[tokio::test]
+async fn a_slow_reader_does_not_starve_other_peers() {
+    let [ka, kb, ks] = keypairs();
+    let server = common::start(
+        common::test_config(kb.clone(), &[id(&ka), id(&ks)]),
+        common::DirStore::new(),
+    )
+    .await;
+    // Bodies bigger than a stream's window, so that serving one blocks
+    // until it is read.
+    let actions: Vec<_> = (1..=40).map(action).collect();
+    for action in &actions {
+        server.store.put_generated(*action, 2 << 20);
+    }
+    let _slow = common::hostile::slow_reader(&ks, &server.address, &actions[..32]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut a = node(&ka, &[id(&kb)]).await;
+    a.client.dial(server.address.clone()).await.unwrap();
+    let server_peer = server.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(server_peer))
+        .await;
+    let fetched = within(Duration::from_secs(10), a.client.fetch(actions[39])).await;
+    assert!(fetched.is_some(), "the honest peer was starved");
+}

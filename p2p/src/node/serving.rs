@@ -1,6 +1,9 @@
 //! Serving: answering peers' requests from the local store.
 //!
-//! The event loop checks the allowlist and the serving cap and hands the
+//! The event loop checks the allowlist and the serving cap (in all, and
+//! three quarters of it per peer, so that one slow reader cannot hold
+//! every permit)
+//! and hands the
 //! request's actions (at most [`MAX_BATCH`]) to the codec, which looks each
 //! up and streams its answer in turn ([`crate::serve::answer`]). Over the cap,
 //! every action is answered "not found" at once, without a lookup. What
@@ -39,9 +42,23 @@ impl EventLoop {
             return;
         }
         self.peer(peer).seen();
-        let permit = self.serve_permits.clone().try_acquire_owned().ok();
+        // One peer gets at most three quarters of the permits, so a peer
+        // that reads slowly (or not at all) cannot hold them all: a quarter
+        // stays for the others, and one busy peer still gets most.
+        let total = self.config.max_concurrent_serves;
+        let share = (total - total / 4).max(1);
+        let held = self
+            .serving
+            .values()
+            .filter(|serving| serving.peer == peer)
+            .count();
+        let permit = if held < share {
+            self.serve_permits.clone().try_acquire_owned().ok()
+        } else {
+            None
+        };
         if permit.is_none() {
-            tracing::debug!(%peer, "too many requests being served; answering not found");
+            tracing::debug!(%peer, held, "too many requests being served; answering not found");
         }
         let sent = Arc::default();
         let reply = Reply {

@@ -422,3 +422,116 @@ pub async fn summary_spammer(keypair: &Keypair) -> SummarySpammer {
         task,
     }
 }
+
+/// A requester that asks and never reads the answers: each of its
+/// requests holds a stream (and, on the serving side, whatever serves it)
+/// until the server gives up. Dropped, it disconnects.
+pub struct SlowReader {
+    task: JoinHandle<()>,
+}
+
+impl Drop for SlowReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone, Default)]
+struct NeverReads;
+
+impl request_response::Codec for NeverReads {
+    type Protocol = StreamProtocol;
+    type Request = RequestHeader;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<RequestHeader>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Err(io::Error::other("the slow reader serves nothing"))
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<()>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        std::future::pending().await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: RequestHeader,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        wire::write_frame(io, &request).await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, _: &mut T, (): ()) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        Err(io::Error::other("the slow reader serves nothing"))
+    }
+}
+
+/// Connects to `server` and asks it for each of `actions` (whole bodies,
+/// one request each), never reading an answer.
+pub async fn slow_reader(
+    keypair: &Keypair,
+    server: &Multiaddr,
+    actions: &[ActionId],
+) -> SlowReader {
+    let mut swarm = SwarmBuilder::with_existing_identity(keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                NeverReads,
+                [(
+                    StreamProtocol::new(PROTOCOL_NAME),
+                    ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(600))
+                    .with_max_concurrent_streams(1024),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+        .build();
+    swarm.dial(server.clone()).unwrap();
+    let server_peer = loop {
+        let event = tokio::time::timeout(super::WAIT, swarm.select_next_some())
+            .await
+            .expect("the slow reader to connect");
+        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = event {
+            break peer_id;
+        }
+    };
+    for action in actions {
+        let request = RequestHeader {
+            version: wire::WIRE_VERSION,
+            action: *action,
+            max_inline: u64::MAX,
+            hints: 0,
+            also: Vec::new(),
+            accept: Vec::new(),
+        };
+        swarm.behaviour_mut().send_request(&server_peer, request);
+    }
+    let task = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    SlowReader { task }
+}
