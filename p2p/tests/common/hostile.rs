@@ -234,35 +234,15 @@ pub async fn hostile(keypair: &Keypair, mode: Mode) -> Hostile {
         mode: Arc::new(mode),
         bytes_sent: bytes_sent.clone(),
     };
-    let mut swarm = SwarmBuilder::with_existing_identity(keypair.clone())
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                codec,
-                [(StreamProtocol::new(PROTOCOL_NAME), ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    swarm
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let address = loop {
-        let event = tokio::time::timeout(super::WAIT, swarm.select_next_some())
-            .await
-            .expect("the hostile peer to listen");
-        if let SwarmEvent::NewListenAddr { address, .. } = event {
-            break address;
-        }
-    };
+    let mut swarm = swarm(
+        keypair,
+        request_response::Behaviour::with_codec(
+            codec,
+            [(StreamProtocol::new(PROTOCOL_NAME), ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+        ),
+    );
+    let address = listen(&mut swarm).await;
     let peer = *swarm.local_peer_id();
     let counter = requests.clone();
     let accepting = accepting_zstd.clone();
@@ -369,38 +349,18 @@ impl request_response::Codec for EmptySummaries {
 
 pub async fn summary_spammer(keypair: &Keypair) -> SummarySpammer {
     let requests = Arc::new(AtomicU64::new(0));
-    let mut swarm = SwarmBuilder::with_existing_identity(keypair.clone())
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                EmptySummaries,
-                [(
-                    StreamProtocol::new(summary::PROTOCOL_NAME),
-                    ProtocolSupport::Full,
-                )],
-                request_response::Config::default(),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    swarm
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let address = loop {
-        let event = tokio::time::timeout(super::WAIT, swarm.select_next_some())
-            .await
-            .expect("the spammer to listen");
-        if let SwarmEvent::NewListenAddr { address, .. } = event {
-            break address;
-        }
-    };
+    let mut swarm = swarm(
+        keypair,
+        request_response::Behaviour::with_codec(
+            EmptySummaries,
+            [(
+                StreamProtocol::new(summary::PROTOCOL_NAME),
+                ProtocolSupport::Full,
+            )],
+            request_response::Config::default(),
+        ),
+    );
+    let address = listen(&mut swarm).await;
     let peer = *swarm.local_peer_id();
     let counter = requests.clone();
     let task = tokio::spawn(async move {
@@ -485,29 +445,19 @@ pub async fn slow_reader(
     server: &Multiaddr,
     actions: &[ActionId],
 ) -> SlowReader {
-    let mut swarm = SwarmBuilder::with_existing_identity(keypair.clone())
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                NeverReads,
-                [(
-                    StreamProtocol::new(PROTOCOL_NAME),
-                    ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default()
-                    .with_request_timeout(Duration::from_secs(600))
-                    .with_max_concurrent_streams(1024),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
-        .build();
+    let mut swarm = swarm(
+        keypair,
+        request_response::Behaviour::with_codec(
+            NeverReads,
+            [(
+                StreamProtocol::new(PROTOCOL_NAME),
+                ProtocolSupport::Outbound,
+            )],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(600))
+                .with_max_concurrent_streams(1024),
+        ),
+    );
     swarm.dial(server.clone()).unwrap();
     let server_peer = loop {
         let event = tokio::time::timeout(super::WAIT, swarm.select_next_some())
@@ -534,4 +484,36 @@ pub async fn slow_reader(
         }
     });
     SlowReader { task }
+}
+
+/// A swarm over TCP, Noise and Yamux with one behaviour, as a hostile peer
+/// needs (no allowlist, connections kept for a minute at least).
+fn swarm<B: libp2p::swarm::NetworkBehaviour>(keypair: &Keypair, behaviour: B) -> libp2p::Swarm<B> {
+    SwarmBuilder::with_existing_identity(keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+        .build()
+}
+
+/// Listens on loopback; the address it got.
+async fn listen<B: libp2p::swarm::NetworkBehaviour>(swarm: &mut libp2p::Swarm<B>) -> Multiaddr {
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    loop {
+        let event = tokio::time::timeout(super::WAIT, swarm.select_next_some())
+            .await
+            .expect("the hostile peer to listen");
+        if let SwarmEvent::NewListenAddr { address, .. } = event {
+            return address;
+        }
+    }
 }
