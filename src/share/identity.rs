@@ -88,7 +88,8 @@ pub(crate) fn load_or_create(path: &Path) -> Result<(Keypair, bool), Error> {
         }
     };
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io_error("creating the directory of"))?;
+        crate::fsutil::private::create_dir_all(dir)
+            .map_err(io_error("creating the directory of"))?;
     }
     let key = Keypair::generate_ed25519();
     let bytes = key.to_protobuf_encoding().expect("ed25519 keys to encode");
@@ -118,6 +119,15 @@ mod tests {
         let path = dir.path().join("warren/identity.key");
         let (first, created) = load_or_create(&path).unwrap();
         assert!(created);
+        assert_eq!(
+            fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700,
+            "the key's new directory is owner-only"
+        );
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600

@@ -99,15 +99,7 @@ impl Allowlist {
              # `warren peers add/remove`; edits by hand are picked up too.\n\n",
         );
         text += &toml::to_string(self).expect("the allowlist to serialize");
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| {
-                Error::Write(crate::fsutil::Error {
-                    op: "creating",
-                    path: dir.to_path_buf(),
-                    source,
-                })
-            })?;
-        }
+        // Makes a missing directory, owner-only, like every directory of ours.
         crate::fsutil::write_atomic(path, text.as_bytes()).map_err(Error::Write)
     }
 
@@ -174,6 +166,22 @@ mod tests {
         let mut list = loaded;
         assert_eq!(list.remove("alice").len(), 1);
         assert!(list.peers.is_empty());
+    }
+
+    /// A directory made with the umask (group-writable under 002) would be
+    /// refused by the next load.
+    #[test]
+    fn a_new_allowlist_directory_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/warren/peers.toml");
+        Allowlist::default().save(&path).unwrap();
+        for made in [dir.path().join("new"), dir.path().join("new/warren")] {
+            let mode = std::fs::metadata(&made).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", made.display());
+        }
+        Allowlist::load(&path).unwrap();
     }
 
     #[test]

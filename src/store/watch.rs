@@ -50,7 +50,7 @@ impl Watch {
     /// Watches `actions_dir` (created if missing) and its shards; `None`
     /// if inotify is not available (then the index only scans).
     pub(crate) fn new(actions_dir: &Path) -> Option<Self> {
-        std::fs::create_dir_all(actions_dir).ok()?;
+        crate::fsutil::private::create_dir_all(actions_dir).ok()?;
         let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).ok()?;
         let root = inotify::add_watch(
             &fd,
