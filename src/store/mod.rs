@@ -99,13 +99,9 @@ pub(crate) const TOUCH_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
-    #[error("{op} {}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// A file operation failed (it names the operation and the path).
+    #[error(transparent)]
+    File(#[from] fsutil::Error),
     #[error(
         "body does not match its OutputID: expected {expected_size} bytes with SHA-256 {expected}, got {actual_size} bytes with SHA-256 {actual}"
     )]
@@ -120,17 +116,12 @@ pub(crate) enum Error {
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
-    File(#[from] fsutil::Error),
-    #[error(transparent)]
     NotPrivate(#[from] NotPrivate),
 }
 
+/// [`fsutil::io_error`], as a store error.
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| Error::File(fsutil::io_error(op, path)(source))
 }
 
 /// A stored action: what `go` gets back on a hit.
@@ -375,11 +366,8 @@ impl DiskStore {
             temp,
         } = object;
         if let Some(temp) = temp {
-            temp.persist(&final_path).map_err(|e| Error::Io {
-                op: "storing object",
-                path: final_path.clone(),
-                source: e.error,
-            })?;
+            temp.persist(&final_path)
+                .map_err(|e| io_error("storing object", &final_path)(e.error))?;
         }
         let time = self.now();
         let line = entry_line(&output, size, time);
