@@ -260,10 +260,14 @@ pub(crate) fn default_config_path() -> Option<PathBuf> {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, Error> {
-    private::check_file(path).map_err(|source| Error::NotPrivate {
-        what: "config file",
-        source,
-    })?;
+    match private::check_file(path) {
+        // Missing: reading it says so, naming the file.
+        Err(NotPrivate::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+        checked => checked.map_err(|source| Error::NotPrivate {
+            what: "config file",
+            source,
+        })?,
+    }
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
@@ -397,6 +401,16 @@ mod tests {
         );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(Config::load(&overrides).unwrap().share.enabled);
+        // A missing one is a missing one, not a refused one.
+        let missing = Overrides {
+            config: Some(dir.path().join("none.toml")),
+            ..Overrides::default()
+        };
+        let chain = crate::logging::chain(&Config::load(&missing).unwrap_err());
+        assert!(
+            chain.starts_with("reading config file") && chain.contains("none.toml"),
+            "{chain}"
+        );
 
         // Relative to the directory it was given in, once and for all.
         // Unit tests run in the crate's directory.
