@@ -88,6 +88,72 @@ fn peers_add_list_remove() {
     assert!(!missing.status.success());
 }
 
+/// Roles and re-sharing are set by `peers add`, kept in `peers.toml`, and
+/// shown by `warren peers`; removing a peer says how much it purged.
+#[test]
+fn peers_add_sets_roles_and_resharing() {
+    let sandbox = Sandbox::new();
+    let (laptop, ci) = (Sandbox::new(), Sandbox::new());
+    let laptop = peer_id(&stdout(&laptop, &["init"]));
+    let ci = peer_id(&stdout(&ci, &["init"]));
+    let role = |name: &str| {
+        let listing = stdout(&sandbox, &["peers"]);
+        let line = (listing.lines())
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in\n{listing}"))
+            .to_owned();
+        line.split_whitespace().nth(2).unwrap().to_owned()
+    };
+    stdout(
+        &sandbox,
+        &[
+            "peers",
+            "add",
+            &laptop,
+            "--name",
+            "laptop",
+            "--role",
+            "serve-only",
+        ],
+    );
+    stdout(
+        &sandbox,
+        &[
+            "peers",
+            "add",
+            &ci,
+            "--name",
+            "ci",
+            "--role",
+            "pull-only",
+            "--reshare",
+        ],
+    );
+    assert_eq!(role("laptop"), "serve");
+    assert_eq!(role("ci"), "pull");
+    let file =
+        std::fs::read_to_string(sandbox.root().join("home/.config/warren/peers.toml")).unwrap();
+    assert!(
+        file.contains("role = \"serve-only\"") && file.contains("reshare = true"),
+        "{file}"
+    );
+    // Changing one field keeps the others.
+    stdout(&sandbox, &["peers", "add", &ci, "--role", "pull-and-serve"]);
+    assert_eq!(role("ci"), "both");
+    let file =
+        std::fs::read_to_string(sandbox.root().join("home/.config/warren/peers.toml")).unwrap();
+    assert!(
+        file.contains("reshare = true") && file.contains("name = \"ci\""),
+        "{file}"
+    );
+    let bad = sandbox.run(&["peers", "add", &ci, "--role", "sometimes"]);
+    assert!(!bad.status.success());
+
+    let removed = stdout(&sandbox, &["peers", "remove", "ci"]);
+    assert!(removed.contains(&format!("removed {ci}")), "{removed}");
+    assert!(removed.contains("purged 0 entries"), "{removed}");
+}
+
 #[test]
 fn config_shows_every_setting_with_share_ones_after_init() {
     let sandbox = Sandbox::new();

@@ -365,3 +365,102 @@ fn a_tampering_peer_is_rejected_and_the_build_stays_correct() {
         "B asked the tampering peer {served} times for {misses} misses"
     );
 }
+
+/// What B holds per source, from `warren stats --json`: (built here,
+/// entries from the peer `from`).
+fn held(host: &netns::Host, from: &str) -> (u64, u64) {
+    let stats: serde_json::Value =
+        serde_json::from_str(&host.warren(&["stats", "--json"])).unwrap();
+    let sources = &stats["sources"];
+    let from_peer = (sources["peers"].as_array().unwrap().iter())
+        .find(|peer| peer["peer"] == from)
+        .map_or(0, |peer| num(peer, "entries"));
+    (num(&sources["local"], "entries"), from_peer)
+}
+
+/// Part 4, on three hosts. A and B trust each other, B and C trust each
+/// other, C never allowlisted A. C gets none of A's entries through B
+/// (trust is not transitive); then B revokes A, which purges what A sent
+/// at once; and a store another user could write is refused.
+#[test]
+fn trust_is_not_transitive_and_revoking_a_peer_purges_its_entries() {
+    if !netns::available() {
+        return;
+    }
+    let mut lan = Lan::new(3, go(None));
+    let a = lan.host(1).init(SHARING);
+    let b = lan.host(2).init(SHARING);
+    let c = lan.host(3).init(SHARING);
+    lan.host(1).trust(&b);
+    lan.host(2).trust(&a);
+    lan.host(2).trust(&c);
+    lan.host(3).trust(&b);
+    for n in 1..=3 {
+        lan.host(n).start_daemon();
+    }
+    lan.host(2).wait_connected(&a, Duration::from_secs(30));
+    lan.host(2).wait_connected(&c, Duration::from_secs(30));
+    lan.host(3).wait_connected(&b, Duration::from_secs(30));
+
+    lan.host(1).go("gocache", &["build", "fmt"]);
+    lan.host(2).go("gocache", &["build", "fmt"]);
+    let (b_local, b_from_a) = held(lan.host(2), &a);
+    // (Most came by read-ahead, so they were local hits for B's build.)
+    assert!(
+        b_from_a > 20,
+        "B got too little from A to test with: {b_from_a} entries"
+    );
+
+    // C asks B for everything and gets at most what B built itself.
+    let c_host = lan.host(3);
+    c_host.go("gocache", &["build", "fmt"]);
+    let c_stats = c_host.lifetime();
+    let (_, c_from_b) = held(c_host, &b);
+    assert!(
+        num(&c_stats, "peer_hits") <= b_local && c_from_b <= b_local,
+        "C got entries that A built, through B (B built {b_local} itself): {c_stats}\n{}",
+        lan.host(2).daemon_log()
+    );
+    let (_, c_from_a) = held(lan.host(3), &a);
+    assert_eq!(c_from_a, 0);
+
+    // B revokes A: A's entries are purged, and counted.
+    let b_host = lan.host(2);
+    let removed = b_host.warren(&["peers", "remove", &a]);
+    assert!(
+        removed.contains(&format!("purged {b_from_a} entries")),
+        "{removed}"
+    );
+    assert_eq!(held(b_host, &a).1, 0);
+    let hits_from_a = |host: &netns::Host| {
+        let stats: serde_json::Value =
+            serde_json::from_str(&host.warren(&["stats", "--json"])).unwrap();
+        (stats["peers"].as_array().unwrap().iter())
+            .find(|peer| peer["id"] == a.as_str())
+            .map_or(0, |peer| num(peer, "hits_received"))
+    };
+    let before = hits_from_a(b_host);
+    // What B misses now it may get from C, which built it; never from A.
+    b_host.go("gocache-2", &["build", "fmt"]);
+    assert!(hits_from_a(b_host) <= before, "B still fetched from A");
+    assert_eq!(held(b_host, &a).1, 0, "B holds A's entries again");
+
+    // A store another user could write is not used, and the error says
+    // what to fix.
+    let store = lan.host(3).store();
+    let status = std::process::Command::new("chmod")
+        .args(["g+w", store.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let refused = lan
+        .host(3)
+        .command(std::path::Path::new(common::warren_bin()), &["stats"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("chmod go-w"),
+        "{stderr}"
+    );
+}

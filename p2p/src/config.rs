@@ -7,9 +7,9 @@
 //! about one), while a body, once found, may take as long as its size
 //! needs. Setters follow the `with_*` style of libp2p's own configs.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::allowlist::Allowlist;
 use libp2p::connection_limits::ConnectionLimits;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
@@ -59,7 +59,7 @@ pub enum Compression {
 pub struct NodeConfig {
     pub(crate) keypair: Keypair,
     pub(crate) listen: Vec<Multiaddr>,
-    pub(crate) allowlist: HashSet<PeerId>,
+    pub(crate) allowlist: Allowlist,
     pub(crate) static_peers: Vec<Multiaddr>,
     pub(crate) mdns: Option<MdnsConfig>,
     pub(crate) max_body_size: u64,
@@ -106,7 +106,7 @@ impl NodeConfig {
         Self {
             keypair,
             listen: vec!["/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr")],
-            allowlist: HashSet::new(),
+            allowlist: Allowlist::default(),
             static_peers: Vec::new(),
             mdns: None,
             max_body_size: defaults::MAX_BODY_SIZE,
@@ -166,10 +166,12 @@ impl NodeConfig {
         self
     }
 
-    /// Peers allowed to connect and to be asked or served. Default: none.
-    /// Can be replaced at runtime with [`Client::set_allowlist`](crate::Client::set_allowlist).
-    pub fn with_allowlist(mut self, peers: HashSet<PeerId>) -> Self {
-        self.allowlist = peers;
+    /// Peers allowed to connect, each with its [`Role`](crate::Role) (a
+    /// set of peer IDs gives each the default role: asked and served).
+    /// Default: none. Can be replaced at runtime with
+    /// [`Client::set_allowlist`](crate::Client::set_allowlist).
+    pub fn with_allowlist(mut self, peers: impl Into<Allowlist>) -> Self {
+        self.allowlist = peers.into();
         self
     }
 

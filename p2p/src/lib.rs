@@ -57,6 +57,7 @@
 //! counted against the peer, and puts it in cooldown. Bad data
 //! from peers is a miss, never a panic.
 
+mod allowlist;
 pub mod config;
 mod fetch;
 pub mod ids;
@@ -73,6 +74,7 @@ use std::sync::Arc;
 pub use libp2p::{Multiaddr, PeerId, identity};
 use tokio::sync::mpsc;
 
+pub use crate::allowlist::{Allowlist, Role};
 pub use crate::config::{Compression, MdnsConfig, NodeConfig};
 pub use crate::fetch::Fetched;
 pub use crate::fetch::receive::RejectReason;

@@ -29,6 +29,8 @@
 use std::fs::File;
 use std::io;
 
+use libp2p::PeerId;
+
 use crate::ids::{ActionId, OutputId};
 use crate::summary::SummaryChunk;
 
@@ -47,7 +49,10 @@ pub trait Bodies {
 
     /// For fetching: a sink for a body of `size` bytes that must hash
     /// (SHA-256) to `output`, to be stored under `action` once committed.
-    /// The sink enforces that; see [`BodySink::commit`].
+    /// The sink enforces that; see [`BodySink::commit`]. `from` is the
+    /// peer that sent it: the store records it, so that the entry is not
+    /// served on as if built here and can be purged when that peer is
+    /// removed.
     ///
     /// Several sinks for the same action or output may be open at once (two
     /// peers racing to answer one lookup); committing identical verified
@@ -57,6 +62,7 @@ pub trait Bodies {
         action: &ActionId,
         output: &OutputId,
         size: u64,
+        from: &PeerId,
     ) -> io::Result<Box<dyn BodySink>>;
 
     /// For read-ahead: whether an entry for `action` is stored already (then

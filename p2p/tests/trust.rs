@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::hostile::{Mode, hostile};
 use common::{DirStore, Usage, action, connect, id, keypairs, node, start, test_config};
 use common::{until, within};
-use warren_p2p::{Compression, Error, Event, RejectReason};
+use warren_p2p::{Allowlist, Compression, Error, Event, RejectReason, Role};
 
 #[tokio::test]
 async fn a_peer_off_the_allowlist_cannot_connect_or_fetch() {
@@ -112,6 +112,56 @@ async fn removing_a_peer_from_the_allowlist_disconnects_it_at_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(fetched.map(|f| f.peer), Some(a_peer));
+}
+
+/// Roles: `a` only serves `b` (a laptop whose builds `a` does not want),
+/// and `b` only pulls from `a`. Entries flow from `a` to `b`, never back.
+#[tokio::test]
+async fn roles_let_entries_flow_one_way_only() {
+    let [ka, kb] = keypairs();
+    let serve_only: Allowlist = [(id(&kb), Role::ServeOnly)].into_iter().collect();
+    let pull_only: Allowlist = [(id(&ka), Role::PullOnly)].into_iter().collect();
+    let mut a = start(
+        test_config(ka.clone(), &[]).with_allowlist(serve_only),
+        DirStore::new(),
+    )
+    .await;
+    let mut b = start(
+        test_config(kb.clone(), &[]).with_allowlist(pull_only),
+        DirStore::new(),
+    )
+    .await;
+    a.store.put(action(1), b"built on a");
+    b.store.put(action(2), b"built on b");
+    connect(&mut b, &mut a).await;
+
+    let fetched = within(Duration::from_secs(5), b.client.fetch(action(1))).await;
+    assert_eq!(fetched.map(|f| f.peer), Some(a.peer));
+    assert_eq!(
+        b.store.body(&action(1)).as_deref(),
+        Some(&b"built on a"[..])
+    );
+    // `a` never asks `b`, and `b` would not answer it anyway.
+    let opens = Usage::get(&b.store.usage().opens);
+    assert_eq!(
+        within(Duration::from_secs(3), a.client.fetch(action(2))).await,
+        None
+    );
+    assert!(!a.store.has(&action(2)));
+    assert_eq!(Usage::get(&b.store.usage().opens), opens);
+
+    // Were `a` to ask, `b` serves it nothing: it only pulls from `a`.
+    a.client.set_allowlist(HashSet::from([b.peer])).await;
+    assert_eq!(
+        within(Duration::from_secs(3), a.client.fetch(action(2))).await,
+        None
+    );
+    assert!(!a.store.has(&action(2)));
+    assert_eq!(Usage::get(&b.store.usage().opens), opens);
+    // And `b` still pulls from `a`.
+    a.store.put(action(3), b"also built on a");
+    let fetched = within(Duration::from_secs(5), b.client.fetch(action(3))).await;
+    assert_eq!(fetched.map(|f| f.peer), Some(a.peer));
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ use crate::share::ipc;
 use crate::share::remote::DaemonTier;
 use crate::share::status::{DaemonStatus, PeerStatus};
 use crate::stats::{self, Counters};
-use crate::store::{DiskStore, TrimReport};
+use crate::store::{self, DiskStore, TrimReport};
 use crate::tiered::MultiLevelStorage;
 
 mod share;
@@ -105,16 +105,44 @@ pub enum Command {
 pub enum PeersCommand {
     /// Allowlisted, discovered and connected peers, with what they served
     List,
-    /// Trust a coworker's machine (its `warren id`)
+    /// Trust a coworker's machine (its `warren id`), or change how
     Add {
         /// The coworker's peer ID (12D3KooW…)
         peer_id: String,
         /// A name to show instead of the ID
         #[arg(long)]
         name: Option<String>,
+        /// Which way entries flow [default for a new peer: pull-and-serve]
+        #[arg(long)]
+        role: Option<RoleArg>,
+        /// Serve on what this peer sent us, as if built here (say, for the
+        /// team's CI machine); by default only entries built here are served
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        reshare: Option<bool>,
     },
-    /// Stop trusting a peer, by ID or name
+    /// Stop trusting a peer, by ID or name, and purge the entries it sent
     Remove { peer: String },
+}
+
+/// `--role` of `warren peers add`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    /// Ask it on a miss, and serve it
+    PullAndServe,
+    /// Serve it, never ask it (its builds are not wanted here)
+    ServeOnly,
+    /// Ask it, never serve it
+    PullOnly,
+}
+
+impl From<RoleArg> for warren_p2p::Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::PullAndServe => Self::PullAndServe,
+            RoleArg::ServeOnly => Self::ServeOnly,
+            RoleArg::PullOnly => Self::PullOnly,
+        }
+    }
 }
 
 impl Cli {
@@ -344,16 +372,86 @@ fn trim(config: &Config, auto: bool, out: &mut impl Write) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// Entries held per source, for `warren stats`.
+#[derive(Debug, serde::Serialize)]
+struct Sources {
+    local: store::SourceUsage,
+    /// Written by a warren before provenance was recorded.
+    unknown: store::SourceUsage,
+    peers: Vec<PeerSource>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct PeerSource {
+    peer: String,
+    name: Option<String>,
+    #[serde(flatten)]
+    usage: store::SourceUsage,
+}
+
+impl Sources {
+    fn of(config: &Config, store: &DiskStore) -> anyhow::Result<Self> {
+        // Names only; an unreadable allowlist leaves them out.
+        let allowlist = crate::share::trust::Allowlist::load(&config.allowlist_path()).ok();
+        let mut sources = Self {
+            local: store::SourceUsage::default(),
+            unknown: store::SourceUsage::default(),
+            peers: Vec::new(),
+        };
+        for (source, usage) in store.sources().context("reading the store's entries")? {
+            match source {
+                store::Source::Local => sources.local = usage,
+                store::Source::Unknown => sources.unknown = usage,
+                store::Source::Peer(peer) => sources.peers.push(PeerSource {
+                    name: (allowlist.as_ref())
+                        .and_then(|list| list.name_of(&peer))
+                        .map(str::to_owned),
+                    peer: peer.to_string(),
+                    usage,
+                }),
+            }
+        }
+        sources
+            .peers
+            .sort_by_key(|peer| std::cmp::Reverse(peer.usage.entries));
+        Ok(sources)
+    }
+
+    /// "1200 built here, 300 from peers (alice 250, 12D3KooW… 50)".
+    fn line(&self) -> String {
+        let from_peers: u64 = self.peers.iter().map(|peer| peer.usage.entries).sum();
+        let mut line = format!("{} built here, {from_peers} from peers", self.local.entries);
+        if !self.peers.is_empty() {
+            let each: Vec<String> = (self.peers.iter())
+                .map(|peer| {
+                    let who = peer.name.as_deref().unwrap_or(&peer.peer);
+                    format!("{who} {}", peer.usage.entries)
+                })
+                .collect();
+            line += &format!(" ({})", each.join(", "));
+        }
+        if self.unknown.entries > 0 {
+            line += &format!(
+                ", {} of unknown source (from an older warren; never served)",
+                self.unknown.entries
+            );
+        }
+        line
+    }
+}
+
 fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let store = open_store(config)?;
     let lifetime = stats::load(store.root()).context("reading statistics")?;
     let usage = store.usage().context("measuring the store")?;
+    let sources = Sources::of(config, &store)?;
     let peers = daemon_peers(config);
     if json {
         let value = serde_json::json!({
             "dir": store.root(),
             "lifetime": lifetime,
             "store": usage,
+            "sources": sources,
             "peers": peers,
             "limits": {
                 "max_size": config.trim.max_size,
@@ -381,6 +479,7 @@ fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Resu
         ByteSize(config.trim.max_size).display().iec(),
         humantime::format_duration(config.trim.max_unused)
     )?;
+    writeln!(out, "entries      {}", sources.line())?;
     writeln!(
         out,
         "gets         {} ({} hits = {:.1}%, {} misses = {:.1}%)",
@@ -461,20 +560,29 @@ fn daemon_peers(config: &Config) -> Option<Vec<PeerStatus>> {
 
 /// The running daemon's status, by the socket.
 fn daemon_status(config: &Config) -> anyhow::Result<DaemonStatus> {
+    match ask_daemon(config, &ipc::Request::Status, STATUS_TIMEOUT)? {
+        ipc::Response::Status(status) => Ok(status),
+        other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+    }
+}
+
+/// Sends `request` to the running daemon; an [`ipc::Error`] if there is
+/// none (or it does not answer within `timeout`).
+fn ask_daemon(
+    config: &Config,
+    request: &ipc::Request,
+    timeout: std::time::Duration,
+) -> anyhow::Result<ipc::Response> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let status = runtime.block_on(ipc::call(
+    Ok(runtime.block_on(ipc::call(
         &config.socket_path(),
-        &ipc::Request::Status,
+        request,
         STATUS_TIMEOUT,
-        STATUS_TIMEOUT,
-    ))?;
-    match status {
-        ipc::Response::Status(status) => Ok(status),
-        other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
-    }
+        timeout,
+    ))?)
 }
 
 fn files(count: u64, bytes: u64) -> String {

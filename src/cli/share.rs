@@ -1,16 +1,20 @@
 //! `warren init`, `warren id` and `warren peers`: identity and trust.
 
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bytesize::ByteSize;
+use warren_p2p::PeerId;
 
 use super::PeersCommand;
 use crate::config::Config;
 use crate::share::identity;
 use crate::share::ipc;
-use crate::share::trust::Allowlist;
+use crate::share::trust::{Allowlist, Update};
+use crate::store::{Source, SourceUsage};
 
 pub(super) fn init(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let key_path = config.identity_path();
@@ -75,12 +79,28 @@ pub(super) fn peers(
     let path = config.allowlist_path();
     let mut allowlist = Allowlist::load(&path)?;
     match action.unwrap_or(PeersCommand::List) {
-        PeersCommand::Add { peer_id, name } => {
-            if allowlist.add(&peer_id, name)? {
+        PeersCommand::Add {
+            peer_id,
+            name,
+            role,
+            reshare,
+        } => {
+            let update = Update {
+                name,
+                role: role.map(Into::into),
+                reshare,
+            };
+            if allowlist.add(&peer_id, update)? {
                 allowlist.save(&path)?;
                 writeln!(out, "trusted {}", peer_id.trim())?;
+                // Made serve-only: what it sent is no longer wanted.
+                apply_allowlist(config, &allowlist, out)?;
             } else {
-                writeln!(out, "{} was already trusted", peer_id.trim())?;
+                writeln!(
+                    out,
+                    "{} was already trusted so; nothing changed",
+                    peer_id.trim()
+                )?;
             }
         }
         PeersCommand::Remove { peer } => {
@@ -89,13 +109,71 @@ pub(super) fn peers(
                 anyhow::bail!("no allowlisted peer has the ID or name {peer:?}");
             }
             allowlist.save(&path)?;
-            for peer in removed {
+            for peer in &removed {
                 writeln!(out, "removed {}", peer.id)?;
             }
+            apply_allowlist(config, &allowlist, out)?;
         }
         PeersCommand::List => list(config, &allowlist, out)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Applies a changed allowlist: the running daemon re-reads it at once
+/// (so no more bodies from a removed peer land, nor is it asked again),
+/// and the entries of every peer no longer pulled from (removed, or made
+/// serve-only) are purged. Says how many.
+fn apply_allowlist(
+    config: &Config,
+    allowlist: &Allowlist,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut purged = SourceUsage::default();
+    match super::ask_daemon(config, &ipc::Request::ReloadAllowlist, RELOAD_TIMEOUT) {
+        Ok(ipc::Response::Reloaded {
+            purged_entries,
+            purged_bytes,
+        }) => {
+            purged.entries += purged_entries;
+            purged.bytes += purged_bytes;
+        }
+        Ok(other) => warn_daemon(&format!("{other:?}")),
+        // No daemon: the store alone is purged.
+        Err(e)
+            if e.downcast_ref::<ipc::Error>()
+                .is_some_and(ipc::Error::is_absent) => {}
+        Err(e) => warn_daemon(&crate::logging::chain(&*e)),
+    }
+    let store = super::open_store(config)?;
+    let pulled = allowlist.sharing().pull;
+    let unpulled: HashSet<PeerId> = (store.sources().context("reading the store")?)
+        .into_keys()
+        .filter_map(|source| source.peer().copied())
+        .filter(|peer| !pulled.contains(peer))
+        .collect();
+    let here = store.purge(&unpulled).context("purging entries")?;
+    purged.entries += here.entries;
+    purged.bytes += here.bytes;
+    writeln!(
+        out,
+        "purged {} entries ({}) that peers no longer pulled from had sent",
+        purged.entries,
+        ByteSize(purged.bytes).display().iec()
+    )?;
+    Ok(())
+}
+
+/// How long the daemon may take to re-read the allowlist and purge.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[expect(
+    clippy::print_stderr,
+    reason = "a warning for the user at the terminal"
+)]
+fn warn_daemon(what: &str) {
+    eprintln!(
+        "warren: warning: the running daemon did not take the new allowlist ({what}); it re-reads the file within a second"
+    );
 }
 
 fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow::Result<()> {
@@ -124,11 +202,30 @@ fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow:
         )?;
         return Ok(());
     }
+    // Entries held per source; a store that cannot be read counts none.
+    let held: BTreeMap<Source, crate::store::SourceUsage> = super::open_store(config)
+        .and_then(|store| Ok(store.sources()?))
+        .unwrap_or_default();
+    let entries_from = |id: &str| {
+        let count = id
+            .parse::<PeerId>()
+            .ok()
+            .and_then(|id| held.get(&Source::Peer(id)))
+            .map_or(0, |usage| usage.entries);
+        count.to_string()
+    };
+    let role_of = |id: &str| {
+        (allowlist.peers.iter())
+            .find(|peer| peer.id == id)
+            .map_or("-", |peer| role_name(peer.role))
+    };
     row(
         out,
         [
             "name",
             "peer ID",
+            "role",
+            "entries",
             "state",
             "last seen",
             "holds",
@@ -157,6 +254,8 @@ fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow:
             [
                 &name,
                 &info.id,
+                role_of(&info.id),
+                &entries_from(&info.id),
                 state,
                 &last_seen(info.last_seen_unix_ms),
                 &info.holds.map_or("?".to_owned(), |n| n.to_string()),
@@ -175,19 +274,46 @@ fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow:
         let name = peer.name.clone().unwrap_or_default();
         row(
             out,
-            [&name, &peer.id, "offline", "never", "?", "-", "0", "0", "0"],
+            [
+                &name,
+                &peer.id,
+                role_name(peer.role),
+                &entries_from(&peer.id),
+                "offline",
+                "never",
+                "?",
+                "-",
+                "0",
+                "0",
+                "0",
+            ],
         )?;
     }
+    let local = held.get(&Source::Local).copied().unwrap_or_default();
+    writeln!(out, "built here: {} entries", local.entries)?;
     Ok(())
 }
 
-/// One line of `warren peers`: "holds" is how many entries the peer's
-/// summary names ("?" when there is none: it is asked about every lookup);
-/// "bodies" how they are asked for (see [`bodies`]).
-fn row(out: &mut impl Write, cells: [&str; 9]) -> std::io::Result<()> {
+/// A role as `warren peers` shows it: which way entries flow.
+fn role_name(role: warren_p2p::Role) -> &'static str {
+    match role {
+        warren_p2p::Role::PullAndServe => "both",
+        warren_p2p::Role::ServeOnly => "serve",
+        warren_p2p::Role::PullOnly => "pull",
+    }
+}
+
+/// One line of `warren peers`: "role" which way entries flow ("both",
+/// "serve": we only serve it, "pull": we only ask it); "entries" how many
+/// entries it sent us are held here; "holds" is how many entries the
+/// peer's summary names ("?" when there is none: it is asked about every
+/// lookup); "bodies" how they are asked for (see [`bodies`]).
+fn row(out: &mut impl Write, cells: [&str; 11]) -> std::io::Result<()> {
     let [
         name,
         id,
+        role,
+        entries,
         state,
         seen,
         holds,
@@ -198,7 +324,7 @@ fn row(out: &mut impl Write, cells: [&str; 9]) -> std::io::Result<()> {
     ] = cells;
     writeln!(
         out,
-        "{name:<12} {id:<54} {state:<11} {seen:>10} {holds:>8} {bodies:>7} {served:>8} {received:>9} {rejected:>8}"
+        "{name:<12} {id:<54} {role:<5} {entries:>7} {state:<11} {seen:>10} {holds:>8} {bodies:>7} {served:>8} {received:>9} {rejected:>8}"
     )
 }
 

@@ -9,8 +9,9 @@
 //!
 //! Shutdown follows sccache's server: on SIGINT/SIGTERM the socket stops
 //! accepting, lookups in flight get a bounded drain, and the node stops.
-//! Allowlist edits (`warren peers add/remove`) are picked up by polling the
-//! file's mtime, so they apply without a restart.
+//! Allowlist edits apply without a restart: `warren peers add/remove` asks
+//! the daemon to re-read the file at once, and edits by hand are picked up
+//! by polling its mtime.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -28,10 +29,10 @@ use crate::fsutil::lock::FileLock;
 use crate::ids::ActionId;
 use crate::share::identity;
 use crate::share::ipc;
-use crate::share::node_store::StoreAdapter;
+use crate::share::node_store::{Sharing, StoreAdapter};
 use crate::share::status::{DaemonStatus, PeerStatus};
-use crate::share::trust::Allowlist;
-use crate::store::{DiskStore, layout};
+use crate::share::trust::{self, Allowlist};
+use crate::store::{DiskStore, SourceUsage as Purged, layout};
 use crate::tiered::BoxFuture;
 
 /// How often the allowlist file is checked for changes.
@@ -68,7 +69,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let mut node = NodeConfig::new(key)
             .with_listen(parse_addrs(&config.share.listen)?)
-            .with_allowlist(allowlist.ids())
+            .with_allowlist(allowlist.roles())
             .with_static_peers(parse_addrs(&config.share.static_peers)?)
             .with_lookup_deadline(config.share.lookup_deadline)
             .with_max_body_size(config.share.max_body_size)
@@ -82,23 +83,28 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
                 MdnsConfig::default().with_interfaces(config.share.interfaces.clone()),
             ));
         }
-        let adapter = StoreAdapter::new(store.clone()).context("indexing the store")?;
+        let sharing = Sharing::new(allowlist.sharing());
+        let adapter =
+            StoreAdapter::new(store.clone(), sharing.clone()).context("indexing the store")?;
         let (client, events, event_loop) =
             warren_p2p::new(node, Arc::new(adapter)).context("starting the peer-to-peer node")?;
         let node_task = tokio::spawn(event_loop.run());
         let shutdown = CancellationToken::new();
+        let trust = Arc::new(Trust {
+            client: client.clone(),
+            sharing,
+            store: store.clone(),
+            path: allowlist_path,
+            current: tokio::sync::Mutex::new(allowlist),
+        });
         let handler = Arc::new(Daemon {
             client: client.clone(),
             peer_id,
+            trust: trust.clone(),
         });
         let helpers = serve_helpers(config.socket_path(), handler, shutdown.clone()).await?;
         tokio::spawn(log_events(events));
-        tokio::spawn(watch_allowlist(
-            client,
-            allowlist_path,
-            allowlist,
-            shutdown.clone(),
-        ));
+        tokio::spawn(watch_allowlist(trust, shutdown.clone()));
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tracing::info!("daemon {peer_id} serving {}", config.dir.display());
         shutdown.cancelled().await;
@@ -171,6 +177,7 @@ fn parse_addrs(addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
 struct Daemon {
     client: Client,
     peer_id: PeerId,
+    trust: Arc<Trust>,
 }
 
 impl ipc::Handler for Daemon {
@@ -182,6 +189,20 @@ impl ipc::Handler for Daemon {
                     size: fetched.size,
                 },
                 None => ipc::Response::Miss,
+            }
+        })
+    }
+
+    fn reload_allowlist(&self) -> BoxFuture<'_, ipc::Response> {
+        Box::pin(async move {
+            match self.trust.reload().await {
+                Ok(purged) => ipc::Response::Reloaded {
+                    purged_entries: purged.entries,
+                    purged_bytes: purged.bytes,
+                },
+                Err(e) => ipc::Response::Error {
+                    message: crate::logging::chain(&e),
+                },
             }
         })
     }
@@ -214,37 +235,73 @@ async fn log_events(mut events: tokio::sync::mpsc::Receiver<Event>) {
     }
 }
 
-/// Pushes allowlist edits to the node.
-async fn watch_allowlist(
+/// The allowlist as the daemon applies it: to the node (who may connect,
+/// who is asked and served) and to the store (whose bodies land, whose
+/// entries are served on). Re-read when the file changes, or at once when
+/// `warren peers add/remove` asks; either way the entries of peers no
+/// longer pulled from are purged, bodies that were on their way included.
+struct Trust {
     client: Client,
+    sharing: Arc<Sharing>,
+    store: Arc<DiskStore>,
     path: PathBuf,
-    mut current: Allowlist,
-    shutdown: CancellationToken,
-) {
+    current: tokio::sync::Mutex<Allowlist>,
+}
+
+impl Trust {
+    /// Re-reads the allowlist and applies any change; the entries purged.
+    async fn reload(&self) -> Result<Purged, trust::Error> {
+        let list = Allowlist::load(&self.path)?;
+        let mut current = self.current.lock().await;
+        if list == *current {
+            return Ok(Purged::default());
+        }
+        let roles = list.roles();
+        tracing::info!("allowlist changed: {} peers", roles.len());
+        let sharing = list.sharing();
+        let unpulled: HashSet<PeerId> = (current.sharing().pull)
+            .difference(&sharing.pull)
+            .copied()
+            .collect();
+        // The store first: from now on no body of theirs lands.
+        self.sharing.set(sharing);
+        self.client.set_allowlist(roles).await;
+        *current = list;
+        drop(current);
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.purge(&unpulled)).await {
+            Ok(Ok(purged)) => Ok(purged),
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    "cannot purge removed peers' entries: {}",
+                    crate::logging::chain(&e)
+                );
+                Ok(Purged::default())
+            }
+            Err(_) => Ok(Purged::default()),
+        }
+    }
+}
+
+/// Applies allowlist edits made by hand (`warren peers` asks at once).
+async fn watch_allowlist(trust: Arc<Trust>, shutdown: CancellationToken) {
     let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let mut seen = modified(&path);
+    let mut seen = modified(&trust.path);
     loop {
         tokio::select! {
             () = tokio::time::sleep(ALLOWLIST_POLL) => {}
             () = shutdown.cancelled() => return,
         }
-        let now = modified(&path);
+        let now = modified(&trust.path);
         if now == seen {
             continue;
         }
         seen = now;
-        match Allowlist::load(&path) {
-            Ok(list) if list != current => {
-                let ids: HashSet<PeerId> = list.ids();
-                tracing::info!("allowlist changed: {} peers", ids.len());
-                client.set_allowlist(ids).await;
-                current = list;
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(
+        if let Err(e) = trust.reload().await {
+            tracing::warn!(
                 "keeping the previous allowlist: {}",
                 crate::logging::chain(&e)
-            ),
+            );
         }
     }
 }

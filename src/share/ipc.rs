@@ -92,6 +92,9 @@ pub(crate) enum Request {
     Get { action: String },
     /// The daemon's view of its peers, for `warren peers` and `warren stats`.
     Status,
+    /// Re-read the allowlist now (`warren peers add/remove` just wrote
+    /// it), and purge what peers no longer pulled from sent.
+    ReloadAllowlist,
 }
 
 /// The daemon's answer.
@@ -108,6 +111,11 @@ pub(crate) enum Response {
     },
     Miss,
     Status(DaemonStatus),
+    /// The allowlist was re-read; entries purged because of it.
+    Reloaded {
+        purged_entries: u64,
+        purged_bytes: u64,
+    },
     Error {
         message: String,
     },
@@ -169,6 +177,8 @@ async fn read_response(
 pub(crate) trait Handler: Send + Sync + 'static {
     fn get(&self, action: ActionId) -> BoxFuture<'_, Response>;
     fn status(&self) -> BoxFuture<'_, DaemonStatus>;
+    /// See [`Request::ReloadAllowlist`]; the answer is `Reloaded` or `Error`.
+    fn reload_allowlist(&self) -> BoxFuture<'_, Response>;
 }
 
 /// Binds the socket at `path`, owner-only. A stale socket left by a dead
@@ -265,6 +275,9 @@ async fn handle(stream: UnixStream, handler: &dyn Handler) -> io::Result<()> {
             let status = async { Response::Status(handler.status().await) };
             answer_or_acknowledge(&mut write, status).await?
         }
+        Ok(Request::ReloadAllowlist) => {
+            answer_or_acknowledge(&mut write, handler.reload_allowlist()).await?
+        }
         Err(e) => Response::Error {
             message: format!("malformed request: {e}"),
         },
@@ -316,6 +329,15 @@ mod tests {
 
         fn status(&self) -> BoxFuture<'_, DaemonStatus> {
             Box::pin(async { DaemonStatus::default() })
+        }
+
+        fn reload_allowlist(&self) -> BoxFuture<'_, Response> {
+            Box::pin(async {
+                Response::Reloaded {
+                    purged_entries: 0,
+                    purged_bytes: 0,
+                }
+            })
         }
     }
 

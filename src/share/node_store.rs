@@ -3,31 +3,98 @@
 //! Serving opens an entry's body through [`DiskStore::get`]; a fetched body
 //! goes through [`DiskStore::begin_object`] and [`ObjectWriter::finish`],
 //! which compare its size and SHA-256 with what the peer announced, so
-//! nothing a peer sends lands unverified. Read-ahead hints and summaries
-//! come from the store's [`PutOrder`] index.
+//! nothing a peer sends lands unverified, and records the peer as the
+//! entry's source. Read-ahead hints and summaries come from the store's
+//! [`PutOrder`] index.
+//!
+//! Trust is not transitive: only entries built here are served, hinted or
+//! named in our summary, never one a peer sent us, unless [`Sharing`]
+//! says that peer's entries are re-shared (a team's CI machine, say). A
+//! peer that is no longer pulled from (removed, or made serve-only) gets
+//! no more bodies into the store: its sinks refuse to commit.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::UNIX_EPOCH;
 
-use warren_p2p::{BodySink, CommitError, Served, SummaryChunk};
+use warren_p2p::{BodySink, CommitError, PeerId, Served, SummaryChunk};
 
 use crate::ids::{ActionId, OutputId};
 use crate::store::index::PutOrder;
-use crate::store::{self, DiskStore, Lookup, ObjectWriter};
+use crate::store::{self, DiskStore, Lookup, ObjectWriter, Source};
+
+/// Whose entries are taken and whose are served on; replaced when the
+/// allowlist changes.
+#[derive(Debug, Default)]
+pub(crate) struct Sharing {
+    state: RwLock<SharingState>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct SharingState {
+    /// Peers we take entries from.
+    pub pull: HashSet<PeerId>,
+    /// Peers whose entries we serve on as if built here.
+    pub reshare: HashSet<PeerId>,
+}
+
+impl Sharing {
+    pub(crate) fn new(state: SharingState) -> Arc<Self> {
+        Arc::new(Self {
+            state: RwLock::new(state),
+        })
+    }
+
+    pub(crate) fn set(&self, state: SharingState) {
+        *self.state.write().expect("lock not poisoned") = state;
+    }
+
+    /// Whether an entry from `source` may be served to peers.
+    pub(crate) fn serves(&self, source: &Source) -> bool {
+        match source {
+            Source::Local => true,
+            Source::Peer(peer) => self
+                .state
+                .read()
+                .expect("lock not poisoned")
+                .reshare
+                .contains(peer),
+            Source::Unknown => false,
+        }
+    }
+
+    fn takes_from(&self, peer: &PeerId) -> bool {
+        self.state
+            .read()
+            .expect("lock not poisoned")
+            .pull
+            .contains(peer)
+    }
+}
 
 /// The store as the p2p node sees it.
 pub(crate) struct StoreAdapter {
     store: Arc<DiskStore>,
     order: Arc<PutOrder>,
+    sharing: Arc<Sharing>,
 }
 
 impl StoreAdapter {
-    /// Starts indexing `store` for hints and summaries.
-    pub(crate) fn new(store: Arc<DiskStore>) -> io::Result<Self> {
-        let order = PutOrder::start(store.actions_dir().to_path_buf())?;
-        Ok(Self { store, order })
+    /// Starts indexing `store` for hints and summaries: only the entries
+    /// that `sharing` serves (as it says at the time each is indexed).
+    pub(crate) fn new(store: Arc<DiskStore>, sharing: Arc<Sharing>) -> io::Result<Self> {
+        let servable = {
+            let sharing = sharing.clone();
+            Arc::new(move |source: &Source| sharing.serves(source))
+        };
+        let order = PutOrder::start(store.actions_dir().to_path_buf(), servable)?;
+        Ok(Self {
+            store,
+            order,
+            sharing,
+        })
     }
 }
 
@@ -38,8 +105,9 @@ impl warren_p2p::Bodies for StoreAdapter {
 
     fn open(&self, action: &ActionId) -> io::Result<Option<Served>> {
         let entry = match self.store.get(action) {
-            Ok(Lookup::Hit(entry)) => entry,
-            Ok(Lookup::Miss) => return Ok(None),
+            Ok(Lookup::Hit(entry)) if self.sharing.serves(&entry.source) => entry,
+            // Not ours to pass on: for the asking peer, a miss.
+            Ok(Lookup::Hit(_) | Lookup::Miss) => return Ok(None),
             Err(e) => return Err(io::Error::other(e)),
         };
         let body = match File::open(&entry.path) {
@@ -65,6 +133,7 @@ impl warren_p2p::Bodies for StoreAdapter {
         action: &ActionId,
         output: &OutputId,
         size: u64,
+        from: &PeerId,
     ) -> io::Result<Box<dyn BodySink>> {
         let writer = self
             .store
@@ -72,7 +141,9 @@ impl warren_p2p::Bodies for StoreAdapter {
             .map_err(io::Error::other)?;
         Ok(Box::new(Sink {
             store: self.store.clone(),
+            sharing: self.sharing.clone(),
             action: *action,
+            from: *from,
             writer,
         }))
     }
@@ -97,7 +168,9 @@ impl warren_p2p::Summaries for StoreAdapter {
 /// A body on its way from a peer into the store.
 struct Sink {
     store: Arc<DiskStore>,
+    sharing: Arc<Sharing>,
     action: ActionId,
+    from: PeerId,
     writer: ObjectWriter,
 }
 
@@ -126,8 +199,16 @@ impl BodySink for Sink {
             },
             other => CommitError::Io(io::Error::other(other)),
         })?;
+        // Removed while its body was on its way (a `warren peers remove`
+        // purges what it sent; this must not land after the purge).
+        if !self.sharing.takes_from(&self.from) {
+            return Err(CommitError::Io(io::Error::other(format!(
+                "peer {} is no longer pulled from",
+                self.from
+            ))));
+        }
         self.store
-            .commit_fetched(&self.action, verified)
+            .commit_fetched(&self.action, verified, self.from)
             .map(drop)
             .map_err(|error| CommitError::Io(io::Error::other(error)))
     }
@@ -139,17 +220,53 @@ mod tests {
 
     use super::*;
 
+    fn peer() -> PeerId {
+        libp2p_identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
+
+    fn adapter(dir: &std::path::Path, state: SharingState) -> (Arc<DiskStore>, StoreAdapter) {
+        let store = Arc::new(DiskStore::open(dir).unwrap());
+        let adapter = StoreAdapter::new(store.clone(), Sharing::new(state)).unwrap();
+        (store, adapter)
+    }
+
+    fn fetch(adapter: &StoreAdapter, n: u8, body: &[u8], from: &PeerId) -> Result<(), CommitError> {
+        let mut sink = adapter
+            .begin(
+                &ActionId::from_bytes([n; 32]),
+                &OutputId::of(body),
+                body.len() as u64,
+                from,
+            )
+            .unwrap();
+        sink.write_all(body).unwrap();
+        sink.commit()
+    }
+
     /// The sink is the node's only check of a fetched body.
     #[test]
     fn sinks_store_only_the_announced_body_and_name_a_mismatch() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(DiskStore::open(dir.path()).unwrap());
-        let adapter = StoreAdapter::new(store.clone()).unwrap();
+        let alice = peer();
+        let (store, adapter) = adapter(
+            dir.path(),
+            SharingState {
+                pull: HashSet::from([alice]),
+                ..SharingState::default()
+            },
+        );
         let body = b"the real body";
         let output = OutputId::of(body);
 
         let mut sink = adapter
-            .begin(&ActionId::from_bytes([1; 32]), &output, body.len() as u64)
+            .begin(
+                &ActionId::from_bytes([1; 32]),
+                &output,
+                body.len() as u64,
+                &alice,
+            )
             .unwrap();
         sink.write_all(b"a fake body!!").unwrap();
         match sink.commit() {
@@ -167,14 +284,69 @@ mod tests {
             Lookup::Miss
         );
 
-        let mut sink = adapter
-            .begin(&ActionId::from_bytes([1; 32]), &output, body.len() as u64)
-            .unwrap();
-        sink.write_all(body).unwrap();
-        sink.commit().unwrap();
+        fetch(&adapter, 1, body, &alice).unwrap();
         let Lookup::Hit(entry) = store.get(&ActionId::from_bytes([1; 32])).unwrap() else {
             panic!("a verified body is stored");
         };
         assert_eq!(std::fs::read(entry.path).unwrap(), body);
+        assert_eq!(entry.source, Source::Peer(alice));
+    }
+
+    /// Part 4, trust is not transitive: what a peer sent us is used here
+    /// but not served on, unless that peer is re-shared.
+    #[test]
+    fn only_entries_built_here_are_served_unless_their_peer_is_reshared() {
+        let dir = tempfile::tempdir().unwrap();
+        let (alice, ci) = (peer(), peer());
+        let (store, adapter) = adapter(
+            dir.path(),
+            SharingState {
+                pull: HashSet::from([alice, ci]),
+                reshare: HashSet::from([ci]),
+            },
+        );
+        store
+            .put_bytes(&ActionId::from_bytes([1; 32]), b"built here")
+            .unwrap();
+        fetch(&adapter, 2, b"from alice", &alice).unwrap();
+        fetch(&adapter, 3, b"from ci", &ci).unwrap();
+
+        let served = |n: u8| {
+            adapter
+                .open(&ActionId::from_bytes([n; 32]))
+                .unwrap()
+                .is_some()
+        };
+        assert!(served(1), "built here");
+        assert!(!served(2), "fetched from alice: used here, never served on");
+        assert!(served(3), "fetched from a re-shared peer");
+        assert!(matches!(
+            store.get(&ActionId::from_bytes([2; 32])).unwrap(),
+            Lookup::Hit(_)
+        ));
+    }
+
+    /// A body from a peer removed while it was on its way does not land
+    /// after `warren peers remove` purged that peer's entries.
+    #[test]
+    fn a_body_from_a_peer_no_longer_pulled_from_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let alice = peer();
+        let (store, adapter) = adapter(
+            dir.path(),
+            SharingState {
+                pull: HashSet::from([alice]),
+                ..SharingState::default()
+            },
+        );
+        adapter.sharing.set(SharingState::default());
+        assert!(matches!(
+            fetch(&adapter, 1, b"late body", &alice),
+            Err(CommitError::Io(_))
+        ));
+        assert_eq!(
+            store.get(&ActionId::from_bytes([1; 32])).unwrap(),
+            Lookup::Miss
+        );
     }
 }

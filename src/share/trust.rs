@@ -9,17 +9,26 @@
 //! [[peer]]
 //! id = "12D3KooW…"      # the coworker's `warren id`
 //! name = "alice"         # optional, for humans
+//! role = "pull-only"     # optional: "pull-and-serve" (default),
+//!                        # "serve-only" or "pull-only"
+//! reshare = true         # optional: serve on what we fetched from it
 //! ```
+//!
+//! Trust is not transitive: by default the daemon serves only entries built
+//! on this machine, never one a peer sent it. `reshare` widens that for
+//! one peer, for example the team's CI machine whose entries everyone
+//! should get, through whoever fetched them.
 
-use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
+use warren_p2p::Role;
 
 use crate::fsutil::private::{self, NotPrivate};
+use crate::share::node_store::SharingState;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
@@ -47,10 +56,21 @@ pub(crate) enum Error {
 
 /// One allowlisted coworker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Peer {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Which way entries flow.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub role: Role,
+    /// Entries fetched from this peer are served on, as if built here.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub reshare: bool,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// The contents of `peers.toml`.
@@ -103,26 +123,58 @@ impl Allowlist {
         crate::fsutil::write_atomic(path, text.as_bytes()).map_err(Error::Write)
     }
 
-    /// The peer IDs, parsed.
-    pub(crate) fn ids(&self) -> HashSet<PeerId> {
-        self.peers
-            .iter()
-            .filter_map(|peer| PeerId::from_str(&peer.id).ok())
-            .collect()
+    fn parsed(&self) -> impl Iterator<Item = (PeerId, &Peer)> {
+        (self.peers.iter()).filter_map(|peer| Some((PeerId::from_str(&peer.id).ok()?, peer)))
     }
 
-    /// Adds `id` (or renames it if present). Returns false if nothing changed.
-    pub(crate) fn add(&mut self, id: &str, name: Option<String>) -> Result<bool, Error> {
-        let id = parse_peer_id(id)?.to_string();
-        if let Some(peer) = self.peers.iter_mut().find(|peer| peer.id == id) {
-            if name.is_none() || peer.name == name {
-                return Ok(false);
-            }
-            peer.name = name;
-            return Ok(true);
+    /// The allowlist as the node enforces it: who may connect, and which
+    /// way entries flow with each.
+    pub(crate) fn roles(&self) -> warren_p2p::Allowlist {
+        self.parsed().map(|(id, peer)| (id, peer.role)).collect()
+    }
+
+    /// What the store takes and serves on.
+    pub(crate) fn sharing(&self) -> SharingState {
+        SharingState {
+            pull: (self.parsed())
+                .filter(|(_, peer)| peer.role.pulls())
+                .map(|(id, _)| id)
+                .collect(),
+            reshare: (self.parsed())
+                .filter(|(_, peer)| peer.reshare && peer.role.pulls())
+                .map(|(id, _)| id)
+                .collect(),
         }
-        self.peers.push(Peer { id, name });
-        Ok(true)
+    }
+
+    /// The name of `id`, if it has one here.
+    pub(crate) fn name_of(&self, id: &PeerId) -> Option<&str> {
+        (self.parsed())
+            .find(|(parsed, _)| parsed == id)
+            .and_then(|(_, peer)| peer.name.as_deref())
+    }
+
+    /// Adds `id`, or updates the fields given. Returns false if nothing
+    /// changed.
+    pub(crate) fn add(&mut self, id: &str, update: Update) -> Result<bool, Error> {
+        let id = parse_peer_id(id)?.to_string();
+        let peer = match self.peers.iter_mut().position(|peer| peer.id == id) {
+            Some(at) => &mut self.peers[at],
+            None => {
+                self.peers.push(Peer {
+                    id,
+                    name: None,
+                    role: Role::default(),
+                    reshare: false,
+                });
+                let peer = self.peers.last_mut().expect("just pushed");
+                update.apply(peer);
+                return Ok(true);
+            }
+        };
+        let before = peer.clone();
+        update.apply(peer);
+        Ok(*peer != before)
     }
 
     /// Removes the peer with this ID or name. Returns the removed entries.
@@ -132,6 +184,28 @@ impl Allowlist {
             .partition(|peer| peer.id == id_or_name || peer.name.as_deref() == Some(id_or_name));
         self.peers = kept;
         removed
+    }
+}
+
+/// The fields `warren peers add` sets; `None` leaves one as it is.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Update {
+    pub name: Option<String>,
+    pub role: Option<Role>,
+    pub reshare: Option<bool>,
+}
+
+impl Update {
+    fn apply(self, peer: &mut Peer) {
+        if let Some(name) = self.name {
+            peer.name = Some(name);
+        }
+        if let Some(role) = self.role {
+            peer.role = role;
+        }
+        if let Some(reshare) = self.reshare {
+            peer.reshare = reshare;
+        }
     }
 }
 
@@ -157,12 +231,17 @@ mod tests {
         let mut list = Allowlist::load(&path).unwrap();
         assert!(list.peers.is_empty());
         let alice = some_id();
-        assert!(list.add(&alice, Some("alice".into())).unwrap());
-        assert!(!list.add(&alice, None).unwrap());
+        let named = |name: &str| Update {
+            name: Some(name.into()),
+            ..Update::default()
+        };
+        assert!(list.add(&alice, named("alice")).unwrap());
+        assert!(!list.add(&alice, Update::default()).unwrap());
+        assert!(!list.add(&alice, named("alice")).unwrap());
         list.save(&path).unwrap();
         let loaded = Allowlist::load(&path).unwrap();
         assert_eq!(loaded, list);
-        assert_eq!(loaded.ids().len(), 1);
+        assert_eq!(loaded.roles().len(), 1);
         let mut list = loaded;
         assert_eq!(list.remove("alice").len(), 1);
         assert!(list.peers.is_empty());
@@ -185,10 +264,50 @@ mod tests {
     }
 
     #[test]
+    fn roles_and_resharing_are_saved_and_given_to_the_node_and_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers.toml");
+        let (laptop, ci, alice) = (some_id(), some_id(), some_id());
+        let mut list = Allowlist::default();
+        let role = |role| Update {
+            role: Some(role),
+            ..Update::default()
+        };
+        list.add(&laptop, role(Role::ServeOnly)).unwrap();
+        list.add(
+            &ci,
+            Update {
+                reshare: Some(true),
+                ..role(Role::PullOnly)
+            },
+        )
+        .unwrap();
+        list.add(&alice, Update::default()).unwrap();
+        list.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("role = \"serve-only\""), "{text}");
+        assert!(text.contains("reshare = true"), "{text}");
+        let loaded = Allowlist::load(&path).unwrap();
+        assert_eq!(loaded, list);
+
+        let id = |text: &str| PeerId::from_str(text).unwrap();
+        let roles = loaded.roles();
+        assert!(roles.serves(&id(&laptop)) && !roles.pulls_from(&id(&laptop)));
+        assert!(roles.pulls_from(&id(&ci)) && !roles.serves(&id(&ci)));
+        assert!(roles.pulls_from(&id(&alice)) && roles.serves(&id(&alice)));
+        let sharing = loaded.sharing();
+        assert_eq!(
+            sharing.pull,
+            std::collections::HashSet::from([id(&ci), id(&alice)])
+        );
+        assert_eq!(sharing.reshare, std::collections::HashSet::from([id(&ci)]));
+    }
+
+    #[test]
     fn rejects_bad_ids() {
         let mut list = Allowlist::default();
         assert!(matches!(
-            list.add("not-a-peer", None),
+            list.add("not-a-peer", Update::default()),
             Err(Error::BadArgument(_))
         ));
         let dir = tempfile::tempdir().unwrap();
@@ -206,7 +325,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("peers.toml");
         let mut list = Allowlist::default();
-        list.add(&some_id(), None).unwrap();
+        list.add(&some_id(), Update::default()).unwrap();
         list.save(&path).unwrap();
         assert_eq!(Allowlist::load(&path).unwrap(), list);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o646)).unwrap();

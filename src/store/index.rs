@@ -19,6 +19,12 @@
 //! indexed yet. Memory is about 160 bytes an entry (16 MB for 100,000
 //! entries).
 //!
+//! Only entries the daemon serves are indexed (built here, or from a
+//! re-shared peer; see `share::node_store`), as decided when each is
+//! first read: so no peer is hinted at, or told of, an entry it would be
+//! refused. Entries not served are remembered per shard all the same, so
+//! a rescan does not read them again.
+//!
 //! The same index keeps the store's summary log for peers
 //! ([`PutOrder::summary`], see `warren_p2p::summary`): the first 8 bytes of
 //! each action, in the order the index learned of them, under an epoch
@@ -58,9 +64,13 @@ const COMPACT_MIN: usize = 4096;
 /// With inotify: how often the index rescans anyway.
 pub(crate) const SAFETY_SCAN: Duration = Duration::from_secs(10);
 
+/// Which entries are indexed, by their source.
+pub(crate) type Servable = Arc<dyn Fn(&store::Source) -> bool + Send + Sync>;
+
 /// See the module docs.
 pub(crate) struct PutOrder {
     index: Mutex<Index>,
+    servable: Servable,
     /// Set by the first full scan.
     ready: AtomicBool,
     /// Told each time the summary log grows.
@@ -70,10 +80,11 @@ pub(crate) struct PutOrder {
     live: AtomicBool,
 }
 
-impl Default for PutOrder {
-    fn default() -> Self {
+impl PutOrder {
+    fn new(servable: Servable) -> Self {
         Self {
             index: Mutex::default(),
+            servable,
             ready: AtomicBool::new(false),
             updates: notify::Sender::new(()),
             live: AtomicBool::new(false),
@@ -86,7 +97,8 @@ struct Index {
     /// (put time in ns since the epoch, action), in put order.
     order: BTreeSet<(u64, ActionId)>,
     time_of: HashMap<ActionId, u64>,
-    /// Shard directory name → its mtime when last read, and its entries.
+    /// Shard directory name → its mtime when last read, and its entries
+    /// (indexed or not served).
     shards: HashMap<String, (SystemTime, HashSet<ActionId>)>,
     /// The summary log: action prefixes, in the order first indexed.
     log: summary::Log,
@@ -97,15 +109,25 @@ struct ShardScan {
     name: String,
     mtime: SystemTime,
     present: HashSet<ActionId>,
-    /// Entries not indexed before, with their put times.
+    /// Entries not indexed before, with their put times (served ones only).
     new: Vec<(ActionId, u64)>,
+}
+
+/// What reading one entry for the index found.
+enum Read {
+    /// Gone, or malformed.
+    Gone,
+    /// Present but not served: remembered, not indexed.
+    Kept,
+    /// Served; put at this time, in ns since the Unix epoch.
+    Served(u64),
 }
 
 impl PutOrder {
     /// Indexes the entries in `actions_dir` on a thread of its own, for as
     /// long as the returned index is in use.
-    pub(crate) fn start(actions_dir: PathBuf) -> std::io::Result<Arc<Self>> {
-        let order = Arc::new(Self::default());
+    pub(crate) fn start(actions_dir: PathBuf, servable: Servable) -> std::io::Result<Arc<Self>> {
+        let order = Arc::new(Self::new(servable));
         let weak = Arc::downgrade(&order);
         std::thread::Builder::new()
             .name("warren-put-order".into())
@@ -167,14 +189,17 @@ impl PutOrder {
             let path = actions_dir.join(&name);
             let known = self.known_in(&name);
             // Its mtime is left unknown so that the next scan looks again.
-            self.apply(scan_shard(&path, name, UNIX_EPOCH, &known));
+            self.apply(self.scan_shard(&path, name, UNIX_EPOCH, &known));
         }
-        let landed: Vec<(String, ActionId, u64)> = landed
+        let landed: Vec<(String, ActionId, Option<u64>)> = landed
             .into_iter()
             .filter_map(|(shard, name)| {
                 let action = ActionId::from_hex(&name).ok()?;
-                let time = put_nanos(&actions_dir.join(&shard).join(&name))?;
-                Some((shard, action, time))
+                match self.read(&actions_dir.join(&shard).join(&name)) {
+                    Read::Gone => None,
+                    Read::Kept => Some((shard, action, None)),
+                    Read::Served(time) => Some((shard, action, Some(time))),
+                }
             })
             .collect();
         {
@@ -300,7 +325,7 @@ impl PutOrder {
             }
             let known = self.known_in(&name);
             // Read outside the lock: answering peers must not wait on disk.
-            let scan = scan_shard(&shard.path(), name, mtime, &known);
+            let scan = self.scan_shard(&shard.path(), name, mtime, &known);
             self.apply(scan);
         }
         // Shard directories that are gone (a `warren clean`).
@@ -373,15 +398,20 @@ impl Index {
         true
     }
 
-    /// An entry that landed in `shard` (seen by inotify).
+    /// An entry that landed in `shard` (seen by inotify), put at `time`
+    /// if it is served.
     #[cfg(target_os = "linux")]
-    fn add(&mut self, shard: &str, action: ActionId, time: u64) {
+    fn add(&mut self, shard: &str, action: ActionId, time: Option<u64>) {
         self.shards
             .entry(shard.to_owned())
             .or_insert_with(|| (UNIX_EPOCH, HashSet::new()))
             .1
             .insert(action);
-        self.insert(action, time);
+        match time {
+            Some(time) => self.insert(action, time),
+            // It replaced a served entry with one that is not.
+            None => self.forget(&action),
+        }
     }
 
     /// An entry that left `shard` (seen by inotify).
@@ -394,43 +424,61 @@ impl Index {
     }
 }
 
-/// When the entry at `path` was put, in nanoseconds since the Unix epoch;
-/// `None` if it is gone or malformed.
-fn put_nanos(path: &Path) -> Option<u64> {
-    let time = store::entry_put_time(path)?;
-    Some(
-        time.duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64,
-    )
-}
-
-fn scan_shard(dir: &Path, name: String, mtime: SystemTime, known: &HashSet<ActionId>) -> ShardScan {
-    let mut scan = ShardScan {
-        name,
-        mtime,
-        present: HashSet::new(),
-        new: Vec::new(),
-    };
-    let Ok(entries) = fs::read_dir(dir) else {
-        return scan;
-    };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(action) = file_name.to_str().and_then(|n| ActionId::from_hex(n).ok()) else {
-            continue; // Temp files and strangers.
+impl PutOrder {
+    /// Reads the entry at `path` for the index.
+    fn read(&self, path: &Path) -> Read {
+        let Some(line) = store::read_entry(path) else {
+            return Read::Gone;
         };
-        scan.present.insert(action);
-        if known.contains(&action) {
-            continue;
+        if !(self.servable)(&line.source) {
+            return Read::Kept;
         }
-        if let Some(time) = put_nanos(&entry.path()) {
-            scan.new.push((action, time));
-        } else {
-            scan.present.remove(&action);
-        }
+        Read::Served(
+            line.time
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64,
+        )
     }
-    scan
+
+    fn scan_shard(
+        &self,
+        dir: &Path,
+        name: String,
+        mtime: SystemTime,
+        known: &HashSet<ActionId>,
+    ) -> ShardScan {
+        let mut scan = ShardScan {
+            name,
+            mtime,
+            present: HashSet::new(),
+            new: Vec::new(),
+        };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return scan;
+        };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(action) = file_name.to_str().and_then(|n| ActionId::from_hex(n).ok()) else {
+                continue; // Temp files and strangers.
+            };
+            if known.contains(&action) {
+                scan.present.insert(action);
+                continue;
+            }
+            match self.read(&entry.path()) {
+                Read::Gone => {}
+                Read::Kept => {
+                    scan.present.insert(action);
+                }
+                Read::Served(time) => {
+                    scan.present.insert(action);
+                    scan.new.push((action, time));
+                }
+            }
+        }
+        scan
+    }
 }
 
 #[cfg(test)]
@@ -439,6 +487,10 @@ mod tests {
 
     use super::*;
     use crate::store::DiskStore;
+
+    fn only_local() -> Servable {
+        Arc::new(|source: &store::Source| *source == store::Source::Local)
+    }
 
     fn action(n: u8) -> ActionId {
         let mut bytes = [n; 32];
@@ -470,7 +522,7 @@ mod tests {
         now.fetch_add(BURST_GAP.as_secs() + 1, Ordering::SeqCst);
         store.put_bytes(&action(6), b"later").unwrap();
 
-        let order = PutOrder::default();
+        let order = PutOrder::new(only_local());
         order.refresh(store.actions_dir());
         assert_eq!(order.following(&action(1), 2), [action(2), action(3)]);
         assert_eq!(order.following(&action(3), 10), [action(4), action(5)]);
@@ -479,11 +531,49 @@ mod tests {
         assert!(order.following(&action(9), 10).is_empty());
     }
 
+    /// Trust is not transitive: an entry a peer sent is neither hinted at
+    /// nor named in the summary, so no peer asks for what it would be
+    /// refused.
+    #[test]
+    fn entries_fetched_from_peers_are_not_indexed() {
+        use std::io::Write as _;
+
+        let (_dir, store, now) = store();
+        for n in 1..=4 {
+            now.fetch_add(1, Ordering::SeqCst);
+            if n % 2 == 0 {
+                let body = [n; 3];
+                let mut writer = store
+                    .begin_object(crate::ids::OutputId::of(&body), 3)
+                    .unwrap();
+                writer.write_all(&body).unwrap();
+                store
+                    .commit_fetched(
+                        &action(n),
+                        writer.finish().unwrap(),
+                        libp2p_identity::PeerId::random(),
+                    )
+                    .unwrap();
+            } else {
+                store.put_bytes(&action(n), &[n]).unwrap();
+            }
+        }
+        let order = PutOrder::new(only_local());
+        order.refresh(store.actions_dir());
+        assert_eq!(order.following(&action(1), 10), [action(3)]);
+        assert!(order.following(&action(2), 10).is_empty());
+        let summary = order.summary(0, 0, 100).unwrap();
+        assert_eq!(summary.prefixes.len(), 2, "{summary:?}");
+        // A rescan does not read the kept entries again, nor index them.
+        order.refresh(store.actions_dir());
+        assert_eq!(order.summary(0, 0, 100).unwrap().prefixes.len(), 2);
+    }
+
     #[test]
     fn refreshes_pick_up_new_entries_and_drop_removed_ones() {
         let (_dir, store, now) = store();
         store.put_bytes(&action(1), b"one").unwrap();
-        let order = PutOrder::default();
+        let order = PutOrder::new(only_local());
         order.refresh(store.actions_dir());
         assert!(order.following(&action(1), 10).is_empty());
 
@@ -515,7 +605,7 @@ mod tests {
     #[test]
     fn the_summary_log_grows_with_new_entries_under_one_epoch() {
         let (_dir, store, now) = store();
-        let order = PutOrder::default();
+        let order = PutOrder::new(only_local());
         assert_eq!(order.summary(0, 0, 10), None, "no summary before a scan");
         store.put_bytes(&action(1), b"one").unwrap();
         order.refresh(store.actions_dir());
@@ -543,7 +633,7 @@ mod tests {
         // Another epoch (the daemon restarted): the whole log, limited.
         let all = order.summary(first.epoch + 1, 2, 1).unwrap();
         assert_eq!((all.from, all.prefixes.len()), (0, 1));
-        assert_ne!(PutOrder::default().summary_epoch(), first.epoch);
+        assert_ne!(PutOrder::new(only_local()).summary_epoch(), first.epoch);
     }
 
     /// Part 4, finding 17: the summary log only grew, whatever was removed.
@@ -605,7 +695,7 @@ mod tests {
     async fn a_started_index_learns_of_entries_as_they_land() {
         let (_dir, store, _) = store();
         store.put_bytes(&action(1), b"before").unwrap();
-        let order = PutOrder::start(store.actions_dir().to_path_buf()).unwrap();
+        let order = PutOrder::start(store.actions_dir().to_path_buf(), only_local()).unwrap();
         let mut updates = order.updates();
         wait_for_generation(&order, &mut updates, 1).await;
         assert!(order.is_live(), "inotify is not in use");

@@ -13,7 +13,7 @@
 //! ├── daemon.sock              its socket for helpers (see `share::ipc`)
 //! └── v1/                      layout version; a new layout gets a new directory
 //!     ├── actions/00/ … ff/    one entry file per ActionID, named by its hex
-//!     │                        "v1 <output hex> <size> <put time, unix ns>\n"
+//!     │                        "v1 <output hex> <size> <put time, unix ns> <source>\n"
 //!     └── objects/00/ … ff/    one body per OutputID, named by its hex (no extension)
 //!                              (all 512 shard directories are made with the store)
 //! ```
@@ -43,8 +43,9 @@
 //! # Modules
 //!
 //! [`layout`] names every path above; `entry` reads and writes the entry
-//! line; `writer` verifies bodies on their way in; `trim` walks the store
-//! (trim, clean, verify, usage). The daemon's [`index`] of put order (and
+//! line with its provenance ([`Source`]); `writer` verifies bodies on their
+//! way in; `trim` walks the store (trim, clean, verify, usage);
+//! `provenance` counts and purges entries by source. The daemon's [`index`] of put order (and
 //! its inotify `watch`) reads entries too, for peers' hints and summaries.
 //!
 //! # Use tracking and trimming
@@ -62,6 +63,7 @@ mod watch;
 
 mod entry;
 pub(crate) mod layout;
+mod provenance;
 pub(crate) mod trim;
 mod writer;
 
@@ -73,9 +75,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-pub(crate) use self::entry::entry_put_time;
+pub(crate) use self::entry::{Line, Source, read_entry};
 use self::entry::{MAX_ENTRY_LEN, entry_line, parse_entry};
 use self::layout::{CACHEDIR_TAG, CACHEDIR_TAG_CONTENTS, shard_path};
+pub(crate) use self::provenance::SourceUsage;
 pub(crate) use self::trim::{TrimPolicy, TrimReport};
 pub(crate) use self::writer::{ObjectWriter, VerifiedObject};
 use crate::fsutil::TEMP_PREFIX;
@@ -83,6 +86,7 @@ use crate::fsutil::lock::LockError;
 use crate::fsutil::private::{self, NotPrivate};
 use crate::fsutil::{self, write_atomic};
 use crate::ids::{ActionId, OutputId};
+use libp2p_identity::PeerId;
 
 /// Names of files moved aside to be discarded, unique in this process.
 static DISCARDS: AtomicU64 = AtomicU64::new(0);
@@ -131,6 +135,8 @@ pub(crate) struct Entry {
     pub size: u64,
     /// When the entry was put.
     pub time: SystemTime,
+    /// Built here or fetched from a peer.
+    pub source: Source,
     /// Absolute path of the body.
     pub path: PathBuf,
 }
@@ -273,7 +279,13 @@ impl DiskStore {
         let mut text = Vec::with_capacity(meta.len() as usize);
         file.read_to_end(&mut text)
             .map_err(io_error("reading entry", &entry_path))?;
-        let Some((output, size, time)) = parse_entry(&text) else {
+        let Some(Line {
+            output,
+            size,
+            time,
+            source,
+        }) = parse_entry(&text)
+        else {
             return Ok(self.discard(&entry_path, &meta, "malformed entry"));
         };
         let object_path = self.object_path(&output);
@@ -300,38 +312,17 @@ impl DiskStore {
             output,
             size,
             time,
+            source,
             path: object_path,
         }))
     }
 
-    /// Removes the damaged file at `path`, which was `seen` so: moved aside
-    /// first (atomically), then removed only if it is that very file. A
-    /// good file another process renamed into place meanwhile is put back,
-    /// unless a newer one took its place too.
+    /// Removes the damaged file at `path`, which was `seen` so, with
+    /// [`remove_seen`]: a good file committed in its place meanwhile stays.
     fn discard(&self, path: &Path, seen: &fs::Metadata, reason: &str) -> Lookup {
         tracing::debug!("removing {}: {reason}", path.display());
-        let aside = layout::parent(path).join(format!(
-            "{TEMP_PREFIX}discard-{}-{}",
-            std::process::id(),
-            DISCARDS.fetch_add(1, Ordering::Relaxed)
-        ));
-        match fs::rename(path, &aside) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Lookup::Miss,
-            Err(e) => {
-                tracing::warn!("cannot remove damaged cache file {}: {e}", path.display());
-                return Lookup::Miss;
-            }
-        }
-        let same = fs::symlink_metadata(&aside)
-            .is_ok_and(|moved| moved.dev() == seen.dev() && moved.ino() == seen.ino());
-        if same {
+        if remove_seen(path, seen) {
             self.repaired.fetch_add(1, Ordering::Relaxed);
-        } else if fs::hard_link(&aside, path).is_ok() {
-            tracing::debug!("{} was replaced meanwhile; kept", path.display());
-        }
-        if let Err(e) = fs::remove_file(&aside) {
-            tracing::warn!("cannot remove {}: {e}", aside.display());
         }
         Lookup::Miss
     }
@@ -339,18 +330,20 @@ impl DiskStore {
     /// Stores a verified body (if not already present) and the entry that
     /// maps `action` to it. Returns the entry as a later `get` would.
     pub(crate) fn commit(&self, action: &ActionId, object: VerifiedObject) -> Result<Entry, Error> {
-        self.store(action, object, Replace::Yes)
+        self.store(action, object, Replace::Yes, Source::Local)
     }
 
     /// Like [`DiskStore::commit`], for a body fetched after a local miss:
     /// if an entry for `action` landed meanwhile (`go` built and put it
     /// while the fetch was on its way), that one stays, and is returned.
+    /// The entry records `from` as its source.
     pub(crate) fn commit_fetched(
         &self,
         action: &ActionId,
         object: VerifiedObject,
+        from: PeerId,
     ) -> Result<Entry, Error> {
-        self.store(action, object, Replace::No)
+        self.store(action, object, Replace::No, Source::Peer(from))
     }
 
     fn store(
@@ -358,6 +351,7 @@ impl DiskStore {
         action: &ActionId,
         object: VerifiedObject,
         replace: Replace,
+        source: Source,
     ) -> Result<Entry, Error> {
         let VerifiedObject {
             output,
@@ -370,7 +364,7 @@ impl DiskStore {
                 .map_err(|e| io_error("storing object", &final_path)(e.error))?;
         }
         let time = self.now();
-        let line = entry_line(&output, size, time);
+        let line = entry_line(&output, size, time, &source);
         let entry_path = self.entry_path(action);
         match replace {
             Replace::Yes => write_atomic(&entry_path, line.as_bytes())?,
@@ -388,6 +382,7 @@ impl DiskStore {
             output,
             size,
             time,
+            source,
             path: final_path,
         })
     }
@@ -403,6 +398,35 @@ impl DiskStore {
         let verified = writer.finish()?;
         self.commit(action, verified)
     }
+}
+
+/// Removes the file at `path`, which was `seen` so: moved aside first
+/// (atomically), then removed only if it is that very file. A file another
+/// process renamed into place meanwhile is put back, unless a newer one
+/// took its place too. Whether `seen` was removed.
+fn remove_seen(path: &Path, seen: &fs::Metadata) -> bool {
+    let aside = layout::parent(path).join(format!(
+        "{TEMP_PREFIX}discard-{}-{}",
+        std::process::id(),
+        DISCARDS.fetch_add(1, Ordering::Relaxed)
+    ));
+    match fs::rename(path, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
+        Err(e) => {
+            tracing::warn!("cannot remove cache file {}: {e}", path.display());
+            return false;
+        }
+    }
+    let same = fs::symlink_metadata(&aside)
+        .is_ok_and(|moved| moved.dev() == seen.dev() && moved.ino() == seen.ino());
+    if !same && fs::hard_link(&aside, path).is_ok() {
+        tracing::debug!("{} was replaced meanwhile; kept", path.display());
+    }
+    if let Err(e) = fs::remove_file(&aside) {
+        tracing::warn!("cannot remove {}: {e}", aside.display());
+    }
+    same
 }
 
 fn is_stale(used: Option<SystemTime>, now: SystemTime) -> bool {
@@ -796,7 +820,7 @@ mod tests {
         writer.write_all(b"the peer's").unwrap();
         let kept = f
             .store
-            .commit_fetched(&action(1), writer.finish().unwrap())
+            .commit_fetched(&action(1), writer.finish().unwrap(), PeerId::random())
             .unwrap();
         assert_eq!(kept.output, put.output);
         assert_eq!(f.hit(&action(1)).output, OutputId::of(b"go's own"));
@@ -807,7 +831,7 @@ mod tests {
             .unwrap();
         writer.write_all(b"the peer's").unwrap();
         f.store
-            .commit_fetched(&action(2), writer.finish().unwrap())
+            .commit_fetched(&action(2), writer.finish().unwrap(), PeerId::random())
             .unwrap();
         assert_eq!(f.hit(&action(2)).output, OutputId::of(b"the peer's"));
     }

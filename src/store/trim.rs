@@ -214,10 +214,10 @@ fn hash_file(path: &Path) -> io::Result<OutputId> {
 
 pub(super) struct WalkedFile {
     ino: u64,
-    path: PathBuf,
+    pub(super) path: PathBuf,
     size: u64,
     modified: SystemTime,
-    temp: bool,
+    pub(super) temp: bool,
 }
 
 /// Calls `visit` for each regular file in the shard directories under `dir`.

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt};
+use libp2p::PeerId;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -106,6 +107,8 @@ impl From<&FoundHeader> for Meta {
 
 /// The requesting side's context for one outbound request; never sent.
 pub(crate) struct Local {
+    /// The peer asked: fetched bodies are recorded as coming from it.
+    pub(crate) peer: PeerId,
     /// The (first) response header must arrive before this.
     pub(crate) header_deadline: Instant,
     /// Cancelled when the fetch no longer needs this request.
@@ -352,10 +355,12 @@ impl Requester {
         pending.local.positive.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + transfer_timeout(found.size, self.transfer_rate);
         let receiving = pending.local.link.receiving(compressed);
-        let outcome =
-            tokio::time::timeout_at(deadline, self.receive_body(io, action, meta, compressed))
-                .await
-                .map_err(|_| timed_out("body not received within its transfer timeout"))??;
+        let outcome = tokio::time::timeout_at(
+            deadline,
+            self.receive_body(io, pending.local.peer, action, meta, compressed),
+        )
+        .await
+        .map_err(|_| timed_out("body not received within its transfer timeout"))??;
         if let Outcome::Committed(_) = outcome {
             receiving.arrived(found.size);
         }
@@ -366,6 +371,7 @@ impl Requester {
     async fn receive_body<T>(
         &self,
         io: &mut T,
+        peer: PeerId,
         action: ActionId,
         meta: Meta,
         compressed: bool,
@@ -374,7 +380,8 @@ impl Requester {
         T: AsyncRead + Unpin + Send,
     {
         let store = self.store.clone();
-        let begin = move || store.begin(&action, &meta.output, meta.size);
+        let from = peer;
+        let begin = move || store.begin(&action, &meta.output, meta.size, &from);
         let received = match receive(io, meta.size, compressed, begin).await {
             // A chunk that is not its piece: a bad body, like one that
             // does not hash to its OutputID.

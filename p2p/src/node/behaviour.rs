@@ -44,7 +44,7 @@ pub(crate) fn build_swarm(
     store: Arc<dyn Store>,
 ) -> Result<Swarm<Behaviour>, Error> {
     let mut allowed = allow_block_list::Behaviour::<AllowedPeers>::default();
-    for peer in &config.allowlist {
+    for peer in config.allowlist.ids() {
         allowed.allow_peer(*peer);
     }
     let codec = FetchCodec::new(store, config.max_body_size, config.transfer_rate);

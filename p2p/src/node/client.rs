@@ -8,13 +8,13 @@
 //! peers) instead of failing: peers are an optimisation, never a reason for a
 //! build to fail.
 
-use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
+use crate::allowlist::Allowlist;
 use crate::fetch::Fetched;
 use crate::fetch::receive::RejectReason;
 use crate::ids::ActionId;
@@ -141,7 +141,7 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Option<Fetched>>,
     },
     SetAllowlist {
-        peers: HashSet<PeerId>,
+        peers: Allowlist,
         reply: oneshot::Sender<()>,
     },
     Peers {
@@ -203,7 +203,8 @@ impl Client {
     /// Replaces the allowlist. Takes effect at once: connections to peers no
     /// longer on it are closed, and newly allowed peers with known addresses
     /// are dialed.
-    pub async fn set_allowlist(&self, peers: HashSet<PeerId>) {
+    pub async fn set_allowlist(&self, peers: impl Into<Allowlist>) {
+        let peers = peers.into();
         let (reply, answer) = oneshot::channel();
         if self
             .commands

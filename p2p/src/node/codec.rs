@@ -245,6 +245,7 @@ mod tests {
             action: &ActionId,
             output: &OutputId,
             _: u64,
+            _: &libp2p::PeerId,
         ) -> io::Result<Box<dyn BodySink>> {
             Ok(Box::new(MapSink {
                 action: *action,
@@ -312,6 +313,7 @@ mod tests {
                 accept,
             },
             local: Some(Local {
+                peer: libp2p::PeerId::random(),
                 header_deadline: Instant::now() + Duration::from_secs(5),
                 cancel: CancellationToken::new(),
                 positive: Arc::default(),
@@ -741,6 +743,7 @@ mod tests {
                 accept: Vec::new(),
             },
             local: Some(Local {
+                peer: libp2p::PeerId::random(),
                 header_deadline: Instant::now() + Duration::from_secs(5),
                 cancel: CancellationToken::new(),
                 positive: Arc::default(),
@@ -972,7 +975,13 @@ mod tests {
             }))
         }
 
-        fn begin(&self, _: &ActionId, _: &OutputId, _: u64) -> io::Result<Box<dyn BodySink>> {
+        fn begin(
+            &self,
+            _: &ActionId,
+            _: &OutputId,
+            _: u64,
+            _: &libp2p::PeerId,
+        ) -> io::Result<Box<dyn BodySink>> {
             Err(io::Error::other("read-only"))
         }
     }

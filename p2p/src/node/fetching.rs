@@ -7,7 +7,7 @@
 //! what their summaries hold, whether they answer batches, and whether the
 //! local store has an entry already.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::pin::Pin;
 
 use libp2p::request_response::OutboundRequestId;
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::EventLoop;
 use super::peers::PeerState;
+use crate::allowlist::Allowlist;
 use crate::fetch::Fetched;
 use crate::fetch::books::{self, Deadline, Output, Peers, RequestKey};
 use crate::fetch::receive::{Answer, BatchReports, Local, Report};
@@ -48,7 +49,7 @@ pub(super) fn timer(at: Instant, due: Due) -> Timer {
 /// The books' view of peers and the store, borrowed from the event loop.
 pub(super) struct View<'a> {
     pub(super) swarm: &'a Swarm<Behaviour>,
-    pub(super) allowlist: &'a HashSet<PeerId>,
+    pub(super) allowlist: &'a Allowlist,
     pub(super) peers: &'a HashMap<PeerId, PeerState>,
     pub(super) store: &'a dyn Store,
 }
@@ -59,7 +60,7 @@ impl Peers for View<'_> {
     }
 
     fn usable(&self, peer: &PeerId) -> bool {
-        self.allowlist.contains(peer) && self.swarm.is_connected(peer)
+        self.allowlist.pulls_from(peer) && self.swarm.is_connected(peer)
     }
 
     fn may_hold(&self, peer: &PeerId, action: &ActionId) -> bool {
@@ -234,6 +235,7 @@ impl EventLoop {
                 accept,
             },
             local: Some(Local {
+                peer,
                 header_deadline,
                 cancel,
                 positive,

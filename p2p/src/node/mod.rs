@@ -34,7 +34,7 @@ mod peers;
 mod serving;
 mod summaries;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +52,7 @@ use self::fetching::{Due, Sent, Timer};
 use self::peers::{AnonymousAddress, PeerState, split_peer_id};
 use self::serving::Serving;
 use self::summaries::{PARK_CHECK, Parked};
+use crate::allowlist::Allowlist;
 use crate::config::NodeConfig;
 use crate::fetch::books::{Books, Limits};
 use crate::fetch::receive::Report;
@@ -81,7 +82,7 @@ pub struct EventLoop {
     config: NodeConfig,
     discovery: Option<Discovery>,
     /// Same set as the `allow_block_list` behaviour holds.
-    allowlist: HashSet<PeerId>,
+    allowlist: Allowlist,
     peers: HashMap<PeerId, PeerState>,
     /// Static addresses without a peer ID, until a dial tells us whose they are.
     anonymous: Vec<AnonymousAddress>,
@@ -450,6 +451,7 @@ mod tests {
             _: &crate::ActionId,
             _: &crate::OutputId,
             _: u64,
+            _: &libp2p::PeerId,
         ) -> std::io::Result<Box<dyn BodySink>> {
             Err(std::io::Error::other("read-only"))
         }

@@ -8,7 +8,7 @@
 //! starts over only after a connection that lasted (a peer that drops us at
 //! once, because we are not on its allowlist, is not hammered).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::EventLoop;
 use crate::Error;
+use crate::allowlist::Allowlist;
 use crate::fetch::link::LinkMeter;
 use crate::node::client::{PeerCounters, PeerInfo};
 use crate::protocol::metered::Traffic;
@@ -95,9 +96,15 @@ pub(super) struct AnonymousAddress {
 }
 
 impl EventLoop {
-    pub(super) fn set_allowlist(&mut self, peers: HashSet<PeerId>) {
-        let removed: Vec<PeerId> = self.allowlist.difference(&peers).copied().collect();
-        let added: Vec<PeerId> = peers.difference(&self.allowlist).copied().collect();
+    pub(super) fn set_allowlist(&mut self, peers: Allowlist) {
+        let removed: Vec<PeerId> = (self.allowlist.ids())
+            .filter(|peer| !peers.contains(peer))
+            .copied()
+            .collect();
+        let added: Vec<PeerId> = (peers.ids())
+            .filter(|peer| !self.allowlist.contains(peer))
+            .copied()
+            .collect();
         for peer in removed {
             tracing::debug!(%peer, "removed from the allowlist; disconnecting");
             // Closes its connections at once.
@@ -124,7 +131,7 @@ impl EventLoop {
     pub(super) fn peer_infos(&self) -> Vec<PeerInfo> {
         let now = Instant::now();
         let mut known: BTreeSet<PeerId> = self.peers.keys().copied().collect();
-        known.extend(self.allowlist.iter().copied());
+        known.extend(self.allowlist.ids().copied());
         known
             .into_iter()
             .map(|peer| {

@@ -36,9 +36,9 @@ impl EventLoop {
         header: RequestHeader,
         channel: ResponseChannel<Response>,
     ) {
-        if !self.allowlist.contains(&peer) {
+        if !self.allowlist.serves(&peer) {
             // Dropping the channel answers nothing; the stream is reset.
-            tracing::debug!(%peer, "request from a peer not on the allowlist; ignored");
+            tracing::debug!(%peer, "request from a peer we do not serve; ignored");
             return;
         }
         self.peer(peer).seen();

@@ -49,8 +49,12 @@ pub(super) struct Parked {
 }
 
 impl EventLoop {
-    /// Asks `peer` for (the rest of) its summary, unless a request is out.
+    /// Asks `peer` for (the rest of) its summary, unless a request is out
+    /// or we do not pull from it.
     pub(super) fn request_summary(&mut self, peer: PeerId) {
+        if !self.allowlist.pulls_from(&peer) {
+            return;
+        }
         let state = self.peer(peer);
         if state.summary_request.is_some() || matches!(state.summary, PeerSummary::Unavailable) {
             return;
@@ -74,7 +78,7 @@ impl EventLoop {
             .iter()
             .filter(|(peer, state)| {
                 state.summary_retry.is_some_and(|at| at <= now)
-                    && self.allowlist.contains(peer)
+                    && self.allowlist.pulls_from(peer)
                     && self.swarm.is_connected(peer)
             })
             .map(|(peer, _)| *peer)
@@ -173,7 +177,7 @@ impl EventLoop {
         request: SummaryRequest,
         channel: ResponseChannel<SummaryAnswer>,
     ) {
-        if !self.allowlist.contains(&peer) {
+        if !self.allowlist.serves(&peer) {
             return; // Dropping the channel resets the stream.
         }
         let wait = Duration::from_millis(request.wait_ms).min(MAX_WAIT);

@@ -132,7 +132,13 @@ mod tests {
             }))
         }
 
-        fn begin(&self, _: &ActionId, _: &OutputId, _: u64) -> io::Result<Box<dyn BodySink>> {
+        fn begin(
+            &self,
+            _: &ActionId,
+            _: &OutputId,
+            _: u64,
+            _: &libp2p::PeerId,
+        ) -> io::Result<Box<dyn BodySink>> {
             Err(io::Error::other("read-only"))
         }
     }

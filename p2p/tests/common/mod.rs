@@ -214,6 +214,7 @@ impl Bodies for DirStore {
         action: &ActionId,
         output: &OutputId,
         size: u64,
+        _: &warren_p2p::PeerId,
     ) -> io::Result<Box<dyn BodySink>> {
         self.0.usage.sinks.fetch_add(1, Ordering::SeqCst);
         Ok(Box::new(DirSink {
@@ -344,7 +345,12 @@ impl Drop for TestNode {
 pub fn test_config(keypair: Keypair, allowlist: &[PeerId]) -> NodeConfig {
     NodeConfig::new(keypair)
         .with_listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
-        .with_allowlist(allowlist.iter().copied().collect())
+        .with_allowlist(
+            allowlist
+                .iter()
+                .copied()
+                .collect::<std::collections::HashSet<_>>(),
+        )
         .with_mdns(None)
         .with_lookup_deadline(Duration::from_secs(1))
         .with_redial_backoff(Duration::from_millis(100), Duration::from_secs(1))
