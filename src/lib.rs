@@ -38,6 +38,9 @@ pub mod cli;
 mod config;
 mod env;
 mod fsutil;
+#[cfg(feature = "fuzz")]
+#[doc(hidden)]
+pub mod fuzz;
 mod gocacheprog;
 pub mod logging;
 mod share;

@@ -60,6 +60,9 @@
 mod allowlist;
 pub mod config;
 mod fetch;
+#[cfg(feature = "fuzz")]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ids;
 mod node;
 mod protocol;

@@ -56,7 +56,7 @@ const LOCAL: &str = "local";
 pub(super) const MAX_ENTRY_LEN: u64 = 256;
 
 /// The line that records `output` of `size` bytes, put at `time`.
-pub(super) fn entry_line(
+pub(crate) fn entry_line(
     output: &OutputId,
     size: u64,
     time: SystemTime,

@@ -75,8 +75,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-pub(crate) use self::entry::{Line, Source, read_entry};
-use self::entry::{MAX_ENTRY_LEN, entry_line, parse_entry};
+use self::entry::MAX_ENTRY_LEN;
+pub(crate) use self::entry::{Line, Source, entry_line, parse_entry, read_entry};
 use self::layout::{CACHEDIR_TAG, CACHEDIR_TAG_CONTENTS, shard_path};
 pub(crate) use self::provenance::SourceUsage;
 pub(crate) use self::trim::{TrimPolicy, TrimReport};
