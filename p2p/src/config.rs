@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use crate::allowlist::Allowlist;
+pub use crate::fetch::budget::ReadAheadLimits;
 use libp2p::connection_limits::ConnectionLimits;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
@@ -34,6 +35,16 @@ pub mod defaults {
     pub const READ_AHEAD: usize = 64;
     /// See [`NodeConfig::with_read_ahead`](super::NodeConfig::with_read_ahead).
     pub const READ_AHEAD_MAX_BODY: u64 = 64 << 20;
+    /// Read-ahead runs only this long after a lookup got a body from a
+    /// peer (see `fetch::budget`).
+    pub const READ_AHEAD_LIVE_FOR: Duration = Duration::from_secs(30);
+    /// The read-ahead budgets are per window of this length.
+    pub const READ_AHEAD_WINDOW: Duration = Duration::from_secs(10 * 60);
+    /// Bytes read ahead from one peer per window: five times a `go build
+    /// std` (183 MB).
+    pub const READ_AHEAD_PER_PEER: u64 = 1 << 30;
+    /// Bytes read ahead in all per window.
+    pub const READ_AHEAD_TOTAL: u64 = 2 << 30;
     /// See [`NodeConfig::with_max_concurrent_serves`](super::NodeConfig::with_max_concurrent_serves).
     pub const MAX_CONCURRENT_SERVES: usize = 16;
 }
@@ -76,6 +87,7 @@ pub struct NodeConfig {
     pub(crate) event_capacity: usize,
     pub(crate) read_ahead: usize,
     pub(crate) read_ahead_max_body: u64,
+    pub(crate) read_ahead_budget: ReadAheadLimits,
     pub(crate) compression: Compression,
 }
 
@@ -126,6 +138,12 @@ impl NodeConfig {
             event_capacity: 256,
             read_ahead: defaults::READ_AHEAD,
             read_ahead_max_body: defaults::READ_AHEAD_MAX_BODY,
+            read_ahead_budget: ReadAheadLimits {
+                live_for: defaults::READ_AHEAD_LIVE_FOR,
+                window: defaults::READ_AHEAD_WINDOW,
+                per_peer: defaults::READ_AHEAD_PER_PEER,
+                total: defaults::READ_AHEAD_TOTAL,
+            },
             compression: Compression::Auto,
         }
     }
@@ -155,6 +173,15 @@ impl NodeConfig {
     }
 
     /// This node's peer ID (derived from its keypair).
+    /// When read-ahead runs and how much it may bring (see
+    /// [`ReadAheadLimits`]). Defaults: [`defaults::READ_AHEAD_LIVE_FOR`],
+    /// [`defaults::READ_AHEAD_WINDOW`], [`defaults::READ_AHEAD_PER_PEER`],
+    /// [`defaults::READ_AHEAD_TOTAL`].
+    pub fn with_read_ahead_budget(mut self, limits: ReadAheadLimits) -> Self {
+        self.read_ahead_budget = limits;
+        self
+    }
+
     pub fn peer_id(&self) -> PeerId {
         self.keypair.public().to_peer_id()
     }

@@ -169,3 +169,47 @@ async fn a_version_one_peer_is_read_ahead_one_entry_per_request() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(old.requests(), 20, "each entry asked for once");
 }
+
+/// Part 4, finding 3: the read-ahead flooder answers every request with
+/// fabricated bodies that verify, each naming fresh hints. Read-ahead
+/// stops at the peer's budget instead of filling the disk, and without a
+/// build using peers it does not start again.
+#[tokio::test]
+async fn a_read_ahead_flooder_gets_no_more_than_its_budget() {
+    use warren_p2p::config::ReadAheadLimits;
+
+    const BODY: usize = 4096;
+    const BUDGET: u64 = 256 << 10;
+    let [ka, kh] = keypairs();
+    let flooder = hostile(&kh, Mode::Flood { size: BODY }).await;
+    let config = test_config(ka, &[flooder.peer]).with_read_ahead_budget(ReadAheadLimits {
+        live_for: Duration::from_secs(2),
+        window: Duration::from_secs(600),
+        per_peer: BUDGET,
+        total: 2 * BUDGET,
+    });
+    let a = start(config, DirStore::new()).await;
+    a.client.dial(flooder.address.clone()).await.unwrap();
+    let mut fetched = None;
+    for _ in 0..50 {
+        fetched = within(Duration::from_secs(2), a.client.fetch(action(1))).await;
+        if fetched.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fetched.is_some(), "the flooder answers lookups");
+    // Give read-ahead all the time it wants.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stored = a.store.entry_count() as u64;
+    assert!(
+        stored * BODY as u64 <= BUDGET + BODY as u64,
+        "{stored} entries of {BODY} bytes read ahead, over the {BUDGET}-byte budget"
+    );
+    assert!(stored > 8, "read-ahead did not run at all ({stored} entries)");
+    // Budget spent and no build using peers: nothing more arrives.
+    let requests = flooder.requests();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(a.store.entry_count() as u64, stored);
+    assert_eq!(flooder.requests(), requests);
+}

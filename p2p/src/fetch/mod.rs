@@ -8,9 +8,10 @@
 //!   body to take, deadlines, cooldown), free of I/O: the node's event loop
 //!   feeds it events and carries out what it returns;
 //! - [`read_ahead`]: the queue of entries a peer hinted a build will ask
-//!   for next.
+//!   for next, and [`budget`]: how much read-ahead may bring, and when.
 
 pub(crate) mod books;
+pub(crate) mod budget;
 pub(crate) mod link;
 pub(crate) mod read_ahead;
 pub(crate) mod receive;

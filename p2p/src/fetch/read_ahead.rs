@@ -75,6 +75,18 @@ impl ReadAhead {
         }
     }
 
+    /// Forgets every action queued from `peer`.
+    pub(crate) fn drop_peer(&mut self, peer: &PeerId) {
+        let queued = &mut self.queued;
+        self.queue.retain(|(from, action)| {
+            let keep = from != peer;
+            if !keep {
+                queued.remove(action);
+            }
+            keep
+        });
+    }
+
     pub(crate) fn peek(&self) -> Option<(PeerId, ActionId)> {
         self.queue.front().copied()
     }

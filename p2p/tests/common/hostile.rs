@@ -37,6 +37,10 @@ pub enum Mode {
     /// Serves these entries honestly, as a version-1 node did: one action
     /// per request (`also` is ignored), hints after it in this order.
     VersionOne { entries: Vec<(ActionId, Vec<u8>)> },
+    /// The read-ahead flooder: "holds" every action asked for, with a
+    /// fabricated body of `size` bytes (it verifies against its own hash),
+    /// and hints as many fresh actions as it may after each answer.
+    Flood { size: usize },
 }
 
 pub struct Hostile {
@@ -129,6 +133,7 @@ impl request_response::Codec for HostileCodec {
             Mode::Silent => unreachable!("a silent peer never answers"),
             Mode::VersionOne { entries } => return version_one(io, entries, &request).await,
             Mode::BadChunks { claimed } => return bad_chunks(io, claimed, &request).await,
+            Mode::Flood { size } => return flood(io, *size, &request, &self.bytes_sent).await,
         };
         // These answer one action per request, as version 1 did.
         let header = ResponseHeader {
@@ -154,6 +159,57 @@ impl request_response::Codec for HostileCodec {
         }
         Ok(())
     }
+}
+
+/// A made-up body of `size` bytes that no other call returns.
+fn fresh_body(size: usize) -> Vec<u8> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst).to_be_bytes();
+    n.iter().copied().cycle().take(size.max(8)).collect()
+}
+
+fn fresh_action() -> ActionId {
+    ActionId::from_bytes(*OutputId::of(&fresh_body(32)).as_bytes())
+}
+
+/// Every action asked for, "found" with a fabricated body, and fresh hints.
+async fn flood<T>(
+    io: &mut T,
+    size: usize,
+    request: &RequestHeader,
+    bytes_sent: &AtomicU64,
+) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    let actions: Vec<ActionId> = request.actions().copied().collect();
+    for (index, _) in actions.iter().enumerate() {
+        let body = fresh_body(size);
+        let inline = body.len() as u64 <= request.max_inline;
+        let last = index + 1 == actions.len();
+        let header = ResponseHeader {
+            version: wire::WIRE_VERSION,
+            found: Some(FoundHeader {
+                output: OutputId::of(&body),
+                size: body.len() as u64,
+                time_unix_nanos: 1,
+                body_included: inline,
+                encoding: Encoding::Raw,
+            }),
+            next: if last {
+                (0..request.hints).map(|_| fresh_action()).collect()
+            } else {
+                Vec::new()
+            },
+        };
+        wire::write_frame(io, &header).await?;
+        if inline {
+            io.write_all(&body).await?;
+            io.flush().await?;
+            bytes_sent.fetch_add(body.len() as u64, Ordering::SeqCst);
+        }
+    }
+    Ok(())
 }
 
 /// A version-1 server's answer: `request.action` alone, hints after it.

@@ -46,21 +46,43 @@ impl Books {
     }
 
     /// Starts queued read-ahead fetches, in batches, up to the configured
-    /// number of entries in flight.
+    /// number of entries in flight, while a build is using peers and
+    /// within the budget (see [`crate::fetch::budget`]): the hints of a
+    /// peer whose budget is spent are dropped.
     pub(super) fn pump_read_ahead(&mut self, now: Instant, peers: &impl Peers) {
         while let Some(want) = batch_size(
             self.read_ahead.in_flight,
             self.limits.read_ahead,
             self.read_ahead.queued(),
         ) {
+            let Some((next_peer, _)) = self.read_ahead.peek() else {
+                return;
+            };
+            let body_limit = self
+                .limits
+                .read_ahead_max_body
+                .min(self.limits.max_body_size);
+            let Some(max_inline) =
+                self.budget
+                    .max_inline(&next_peer, self.limits.read_ahead, body_limit, now)
+            else {
+                if self.budget.is_live(now) {
+                    tracing::debug!(peer = %next_peer, "read-ahead budget spent; dropping its hints");
+                    self.read_ahead.drop_peer(&next_peer);
+                    continue;
+                }
+                return; // No build is using peers: hints wait.
+            };
             let Some((peer, fetches)) = self.next_batch(want, now, peers) else {
                 return;
             };
             self.read_ahead.in_flight += fetches.len();
-            let max_inline = self
-                .limits
-                .read_ahead_max_body
-                .min(self.limits.max_body_size);
+            for id in &fetches {
+                if let Some(fetch) = self.fetches.get_mut(id) {
+                    fetch.reserved = Some((peer, max_inline));
+                    self.budget.reserve(peer, max_inline);
+                }
+            }
             // The codec bounds each entry; this only catches a request
             // that never got as far as the codec.
             let per_entry = self.limits.lookup_deadline + self.limits.transfer_timeout(max_inline);

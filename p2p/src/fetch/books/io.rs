@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{NodeConfig, transfer_timeout};
+use crate::fetch::budget::ReadAheadLimits;
 use crate::fetch::receive::RejectReason;
 use crate::ids::ActionId;
 
@@ -51,6 +52,7 @@ pub(crate) struct Limits {
     /// Entries read ahead at once; 0 turns read-ahead off.
     pub(crate) read_ahead: usize,
     pub(crate) read_ahead_max_body: u64,
+    pub(crate) read_ahead_budget: ReadAheadLimits,
 }
 
 impl Limits {
@@ -63,6 +65,7 @@ impl Limits {
             cooldown: config.cooldown,
             read_ahead: config.read_ahead,
             read_ahead_max_body: config.read_ahead_max_body,
+            read_ahead_budget: config.read_ahead_budget,
         }
     }
 

@@ -45,6 +45,7 @@ mod io;
 
 pub(crate) use self::io::{Deadline, FetchId, Limits, Output, Peers, Phase, RequestKey, Send};
 use crate::fetch::Fetched;
+use crate::fetch::budget::ReadAheadBudget;
 use crate::fetch::read_ahead::{HINTS, ReadAhead};
 use crate::fetch::receive::{Answer, Meta, Outcome, RejectReason};
 use crate::ids::ActionId;
@@ -57,6 +58,8 @@ struct PendingFetch {
     replies: Vec<oneshot::Sender<Option<Fetched>>>,
     /// Started by read-ahead (and counted in its in-flight number).
     read_ahead: bool,
+    /// For read-ahead: the peer asked and the bytes reserved in the budget.
+    reserved: Option<(PeerId, u64)>,
     /// Parent of every request's token: cancelling it stops them all.
     cancel: CancellationToken,
     requests: HashSet<RequestKey>,
@@ -88,6 +91,7 @@ pub(crate) struct Books {
     active: HashMap<ActionId, FetchId>,
     requests: HashMap<RequestKey, RequestInfo>,
     read_ahead: ReadAhead,
+    budget: ReadAheadBudget,
     /// Peers left out of lookups, until when, for a body that failed.
     cooldowns: HashMap<PeerId, Instant>,
     next_fetch: FetchId,
@@ -98,6 +102,7 @@ pub(crate) struct Books {
 impl Books {
     pub(crate) fn new(limits: Limits) -> Self {
         Self {
+            budget: ReadAheadBudget::new(limits.read_ahead_budget),
             limits,
             fetches: HashMap::new(),
             active: HashMap::new(),
@@ -195,6 +200,7 @@ impl Books {
             PendingFetch {
                 action,
                 read_ahead: reply.is_none(),
+                reserved: None,
                 replies: reply.into_iter().collect(),
                 cancel: CancellationToken::new(),
                 requests: HashSet::new(),
@@ -529,11 +535,22 @@ impl Books {
         if result.is_none() && !fetch.replies.is_empty() {
             tracing::trace!(action = %fetch.action, "lookup: no peer sent it");
         }
+        let hit = result.is_some() && !fetch.replies.is_empty();
         for reply in fetch.replies {
             let _ = reply.send(result);
         }
+        if let Some((peer, reserved)) = fetch.reserved {
+            let landed = result.map_or(0, |fetched| fetched.size);
+            self.budget.settle(peer, reserved, landed, now);
+        }
+        if hit {
+            // A build is using peers: read-ahead may go on.
+            self.budget.lookup_hit(now);
+        }
         if fetch.read_ahead {
             self.read_ahead.in_flight -= 1;
+        }
+        if fetch.read_ahead || hit {
             self.pump_read_ahead(now, peers);
         }
     }
@@ -648,6 +665,13 @@ mod tests {
             cooldown: Duration::from_secs(60),
             read_ahead: 64,
             read_ahead_max_body: 64 << 20,
+            read_ahead_budget: crate::config::ReadAheadLimits {
+                live_for: Duration::from_secs(30),
+                window: Duration::from_secs(600),
+                // 64 entries in flight may bring 64 MiB each.
+                per_peer: 4 << 30,
+                total: 8 << 30,
+            },
         }
     }
 
@@ -666,6 +690,15 @@ mod tests {
     fn answered(outcome: Outcome, next: Vec<ActionId>) -> Answer {
         Answer {
             outcome: Some(outcome),
+            next,
+            version: WIRE_VERSION,
+        }
+    }
+
+    /// The end of a batch whose entries were reported.
+    fn answered_batch(next: Vec<ActionId>) -> Answer {
+        Answer {
+            outcome: None,
             next,
             version: WIRE_VERSION,
         }
@@ -902,6 +935,66 @@ mod tests {
         assert!(sends.iter().all(|send| send.cancel.is_cancelled()));
     }
 
+    /// Part 4, finding 3: hints are followed only while a build is using
+    /// peers, and within the peer's budget; past it they are dropped.
+    #[test]
+    fn read_ahead_needs_a_live_build_and_stays_within_its_budget() {
+        let now = Instant::now();
+        let peers = peers(1);
+        let peer = peers.connected[0];
+        let mut limits = limits();
+        limits.read_ahead = 16;
+        limits.read_ahead_budget.per_peer = 16 * 4096;
+        let mut books = Books::new(limits);
+        let hints = |from: u8| (from..from + 16).map(action).collect::<Vec<_>>();
+
+        // A lookup that missed brings hints: no build is using peers.
+        let _answer = lookup(&mut books, action(1), now, &peers);
+        let (sends, _) = drain(&mut books);
+        books.on_answer(
+            sends[0].key,
+            peer,
+            answered(Outcome::NotFound, hints(10)),
+            now,
+            &peers,
+        );
+        let (sent, _) = drain(&mut books);
+        assert!(
+            sent.is_empty(),
+            "read ahead with no build using peers: {sent:?}"
+        );
+
+        // A lookup that got a body: now they are followed, each entry
+        // allowed a sixteenth of the budget.
+        let _answer = lookup(&mut books, action(2), now, &peers);
+        let (sends, _) = drain(&mut books);
+        books.on_answer(
+            sends[0].key,
+            peer,
+            answered(Outcome::Committed(meta(1)), hints(40)),
+            now,
+            &peers,
+        );
+        let (batches, _) = drain(&mut books);
+        assert_eq!(batches.len(), 1, "{batches:?}");
+        assert_eq!(batches[0].max_inline, 4096);
+        // All of it lands: the budget is spent, and further hints are
+        // dropped rather than fetched.
+        for token in batches[0].batch.clone().unwrap() {
+            books.on_report(token, Outcome::Committed(meta(4096)), now, &peers);
+        }
+        books.on_answer(batches[0].key, peer, answered_batch(hints(70)), now, &peers);
+        let (sent, _) = drain(&mut books);
+        assert!(sent.is_empty(), "read ahead past the budget: {sent:?}");
+        assert_eq!(books.read_ahead.queued(), 0);
+
+        // The live window passes with no lookup hit: nothing either, even
+        // in a new budget window.
+        let later = now + Duration::from_secs(601);
+        books.offer_hints(peer, hints(100), later, &peers);
+        assert!(drain(&mut books).0.is_empty());
+    }
+
     #[test]
     fn hints_are_read_ahead_in_batches_that_lookups_join() {
         let now = Instant::now();
@@ -924,9 +1017,12 @@ mod tests {
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[0].actions, hints[..BATCH]);
         assert_eq!(batches[1].actions, hints[BATCH..20]);
+        // Each entry reserves what it may bring: the first batch took a
+        // quarter of the budget, so the second may bring less per entry.
+        assert_eq!(batches[0].max_inline, 64 << 20);
+        assert_eq!(batches[1].max_inline, (3 << 30) / 64);
         for batch in &batches {
             assert_eq!(batch.peer, peer);
-            assert_eq!(batch.max_inline, 64 << 20);
             assert_eq!(batch.hints, HINTS);
             assert_eq!(
                 batch.batch.as_ref().map(Vec::len),
