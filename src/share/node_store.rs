@@ -7,6 +7,14 @@
 //! entry's source. Read-ahead hints and summaries come from the store's
 //! [`PutOrder`] index.
 //!
+//! Fetched bytes count against the store's `max-size`: a body that would
+//! take the store past it is refused (for the peer, not its fault) and a
+//! trim is started, which frees what was not used within the trim grace.
+//! The daemon keeps its own count of the store's size, from a walk at
+//! start and after each trim, plus what it stored since; `go`'s own puts
+//! are counted at the next walk (at most [`RECOUNT`] apart while bodies
+//! arrive).
+//!
 //! Trust is not transitive: only entries built here are served, hinted or
 //! named in our summary, never one a peer sent us, unless [`Sharing`]
 //! says that peer's entries are re-shared (a team's CI machine, say). A
@@ -16,14 +24,15 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Write};
-use std::sync::{Arc, RwLock};
-use std::time::UNIX_EPOCH;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use warren_p2p::{BodySink, CommitError, PeerId, Served, SummaryChunk};
 
 use crate::ids::{ActionId, OutputId};
 use crate::store::index::PutOrder;
-use crate::store::{self, DiskStore, Lookup, ObjectWriter, Source};
+use crate::store::{self, DiskStore, Lookup, ObjectWriter, Source, TrimPolicy};
 
 /// Whose entries are taken and whose are served on; replaced when the
 /// allowlist changes.
@@ -79,12 +88,101 @@ pub(crate) struct StoreAdapter {
     store: Arc<DiskStore>,
     order: Arc<PutOrder>,
     sharing: Arc<Sharing>,
+    quota: Arc<Quota>,
+}
+
+/// How often the store's size is walked again while bodies arrive.
+pub(crate) const RECOUNT: Duration = Duration::from_secs(10 * 60);
+/// Trims started because fetched bodies hit `max-size` run at most this
+/// often.
+const QUOTA_TRIM_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The store's size as the daemon counts it, against `max-size`.
+struct Quota {
+    policy: TrimPolicy,
+    used: AtomicU64,
+    /// When the size was last walked or trimmed; `None` while a walk or
+    /// trim runs.
+    counted: Mutex<Option<Instant>>,
+    /// When a trim for room was last started.
+    trimmed: Mutex<Option<Instant>>,
+}
+
+impl Quota {
+    /// Whether `size` more bytes fit; if not, starts a trim (at most one
+    /// per [`QUOTA_TRIM_INTERVAL`]) to make room for later ones.
+    fn admit(self: &Arc<Self>, store: &Arc<DiskStore>, size: u64) -> bool {
+        let now = Instant::now();
+        self.recount_if_stale(store, now);
+        let fits = self.used.load(Ordering::Relaxed).saturating_add(size) <= self.policy.max_size;
+        if !fits {
+            let mut trimmed = self.trimmed.lock().expect("lock not poisoned");
+            if trimmed.is_none_or(|at| now.duration_since(at) >= QUOTA_TRIM_INTERVAL) {
+                *trimmed = Some(now);
+                self.spawn_count(store, true);
+            }
+        }
+        fits
+    }
+
+    fn recount_if_stale(self: &Arc<Self>, store: &Arc<DiskStore>, now: Instant) {
+        let stale = self
+            .counted
+            .lock()
+            .expect("lock not poisoned")
+            .is_some_and(|at| now.duration_since(at) >= RECOUNT);
+        if stale {
+            self.spawn_count(store, false);
+        }
+    }
+
+    /// Walks (or, with `trim`, trims) the store on a thread of its own and
+    /// takes the size it found.
+    fn spawn_count(self: &Arc<Self>, store: &Arc<DiskStore>, trim: bool) {
+        *self.counted.lock().expect("lock not poisoned") = None;
+        let (quota, store) = (self.clone(), store.clone());
+        let spawned = std::thread::Builder::new()
+            .name("warren-quota".into())
+            .spawn(move || {
+                let bytes = if trim {
+                    match store.trim(quota.policy, false) {
+                        Ok(Some(report)) => Some(report.kept_bytes),
+                        Ok(None) => None, // Another process trims.
+                        Err(e) => {
+                            tracing::warn!("cannot trim the store: {}", crate::logging::chain(&e));
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                let bytes = bytes.or_else(|| store.usage().ok().map(|usage| usage.bytes));
+                if let Some(bytes) = bytes {
+                    quota.used.store(bytes, Ordering::Relaxed);
+                }
+                *quota.counted.lock().expect("lock not poisoned") = Some(Instant::now());
+            });
+        if spawned.is_err() {
+            *self.counted.lock().expect("lock not poisoned") = Some(Instant::now());
+        }
+    }
 }
 
 impl StoreAdapter {
     /// Starts indexing `store` for hints and summaries: only the entries
     /// that `sharing` serves (as it says at the time each is indexed).
-    pub(crate) fn new(store: Arc<DiskStore>, sharing: Arc<Sharing>) -> io::Result<Self> {
+    pub(crate) fn new(
+        store: Arc<DiskStore>,
+        sharing: Arc<Sharing>,
+        policy: TrimPolicy,
+    ) -> io::Result<Self> {
+        let used = store.usage().map_err(io::Error::other)?.bytes;
+        let quota = Arc::new(Quota {
+            policy,
+            used: AtomicU64::new(used),
+            counted: Mutex::new(Some(Instant::now())),
+            trimmed: Mutex::new(None),
+        });
         let servable = {
             let sharing = sharing.clone();
             Arc::new(move |source: &Source| sharing.serves(source))
@@ -94,6 +192,7 @@ impl StoreAdapter {
             store,
             order,
             sharing,
+            quota,
         })
     }
 }
@@ -135,6 +234,15 @@ impl warren_p2p::Bodies for StoreAdapter {
         size: u64,
         from: &PeerId,
     ) -> io::Result<Box<dyn BodySink>> {
+        if !self.quota.admit(&self.store, size) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "the store is at its max-size ({} bytes); trimming",
+                    self.quota.policy.max_size
+                ),
+            ));
+        }
         let writer = self
             .store
             .begin_object(*output, size)
@@ -142,6 +250,8 @@ impl warren_p2p::Bodies for StoreAdapter {
         Ok(Box::new(Sink {
             store: self.store.clone(),
             sharing: self.sharing.clone(),
+            quota: self.quota.clone(),
+            size,
             action: *action,
             from: *from,
             writer,
@@ -169,6 +279,8 @@ impl warren_p2p::Summaries for StoreAdapter {
 struct Sink {
     store: Arc<DiskStore>,
     sharing: Arc<Sharing>,
+    quota: Arc<Quota>,
+    size: u64,
     action: ActionId,
     from: PeerId,
     writer: ObjectWriter,
@@ -209,8 +321,9 @@ impl BodySink for Sink {
         }
         self.store
             .commit_fetched(&self.action, verified, self.from)
-            .map(drop)
-            .map_err(|error| CommitError::Io(io::Error::other(error)))
+            .map_err(|error| CommitError::Io(io::Error::other(error)))?;
+        self.quota.used.fetch_add(self.size, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -226,9 +339,14 @@ mod tests {
             .to_peer_id()
     }
 
+    const POLICY: TrimPolicy = TrimPolicy {
+        max_size: 1 << 30,
+        max_unused: Duration::from_secs(3600),
+    };
+
     fn adapter(dir: &std::path::Path, state: SharingState) -> (Arc<DiskStore>, StoreAdapter) {
         let store = Arc::new(DiskStore::open(dir).unwrap());
-        let adapter = StoreAdapter::new(store.clone(), Sharing::new(state)).unwrap();
+        let adapter = StoreAdapter::new(store.clone(), Sharing::new(state), POLICY).unwrap();
         (store, adapter)
     }
 
@@ -348,5 +466,44 @@ mod tests {
             store.get(&ActionId::from_bytes([1; 32])).unwrap(),
             Lookup::Miss
         );
+    }
+
+    /// Part 4, budgets: fetched bytes count against `max-size`; past it
+    /// bodies are refused (the build compiles instead), not stored.
+    #[test]
+    fn fetched_bodies_that_would_pass_max_size_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let alice = peer();
+        let store = Arc::new(DiskStore::open(dir.path()).unwrap());
+        store
+            .put_bytes(&ActionId::from_bytes([1; 32]), &[1; 10_000])
+            .unwrap();
+        let policy = TrimPolicy {
+            max_size: 25_000,
+            ..POLICY
+        };
+        let sharing = Sharing::new(SharingState {
+            pull: HashSet::from([alice]),
+            ..SharingState::default()
+        });
+        let adapter = StoreAdapter::new(store.clone(), sharing, policy).unwrap();
+        fetch(&adapter, 2, &[2; 10_000], &alice).unwrap();
+        let refused = adapter.begin(
+            &ActionId::from_bytes([3; 32]),
+            &OutputId::of(&[3; 10_000]),
+            10_000,
+            &alice,
+        );
+        assert!(
+            matches!(&refused, Err(e) if e.kind() == io::ErrorKind::StorageFull),
+            "{:?}",
+            refused.map(drop)
+        );
+        assert_eq!(
+            store.get(&ActionId::from_bytes([3; 32])).unwrap(),
+            Lookup::Miss
+        );
+        // Small bodies still fit.
+        fetch(&adapter, 4, &[4; 100], &alice).unwrap();
     }
 }
