@@ -206,7 +206,10 @@ async fn a_read_ahead_flooder_gets_no_more_than_its_budget() {
         stored * BODY as u64 <= BUDGET + BODY as u64,
         "{stored} entries of {BODY} bytes read ahead, over the {BUDGET}-byte budget"
     );
-    assert!(stored > 8, "read-ahead did not run at all ({stored} entries)");
+    assert!(
+        stored > 8,
+        "read-ahead did not run at all ({stored} entries)"
+    );
     // Budget spent and no build using peers: nothing more arrives.
     let requests = flooder.requests();
     tokio::time::sleep(Duration::from_secs(2)).await;

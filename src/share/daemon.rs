@@ -84,9 +84,8 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             ));
         }
         let sharing = Sharing::new(allowlist.sharing());
-        let adapter =
-            StoreAdapter::new(store.clone(), sharing.clone(), config.trim)
-                .context("indexing the store")?;
+        let adapter = StoreAdapter::new(store.clone(), sharing.clone(), config.trim)
+            .context("indexing the store")?;
         let (client, events, event_loop) =
             warren_p2p::new(node, Arc::new(adapter)).context("starting the peer-to-peer node")?;
         let node_task = tokio::spawn(event_loop.run());

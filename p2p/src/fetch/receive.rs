@@ -64,7 +64,15 @@ pub enum RejectReason {
     Unrequested { size: u64, max_inline: u64 },
     /// The peer sent a compressed body whose chunks do not decode to it.
     Undecodable(String),
+    /// The peer announced a body and then sent none of it, or not one piece
+    /// within [`STALL`].
+    Stalled,
 }
+
+/// A body whose next piece (at most 256 KiB) takes longer than this to
+/// arrive is given up: a peer that stalls, or drips a big body it claimed,
+/// is cut off after this much silence, whatever size it claimed.
+pub(crate) const STALL: Duration = Duration::from_secs(2);
 
 impl std::fmt::Display for RejectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,6 +91,7 @@ impl std::fmt::Display for RejectReason {
                 "body of {size} bytes sent although at most {max_inline} were asked for"
             ),
             Self::Undecodable(detail) => write!(f, "compressed body does not decode: {detail}"),
+            Self::Stalled => write!(f, "no piece of the body for {STALL:?}"),
         }
     }
 }
@@ -482,8 +491,28 @@ where
     }
 }
 
-/// The next `len` bytes of a body.
+/// The next `len` bytes of a body, within [`STALL`].
 async fn read_piece<T>(io: &mut T, len: usize, compressed: bool) -> io::Result<Piece>
+where
+    T: AsyncRead + Unpin,
+{
+    tokio::time::timeout(STALL, read_piece_now(io, len, compressed))
+        .await
+        .map_err(|_| stalled())?
+}
+
+/// Whether `error` (a failed fetch request's) says the peer stalled a body.
+pub(crate) fn is_stall(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::TimedOut && error.to_string() == STALLED
+}
+
+const STALLED: &str = "the peer stalled in the middle of a body";
+
+fn stalled() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, STALLED)
+}
+
+async fn read_piece_now<T>(io: &mut T, len: usize, compressed: bool) -> io::Result<Piece>
 where
     T: AsyncRead + Unpin,
 {

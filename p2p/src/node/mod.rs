@@ -419,7 +419,9 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, "fetch request failed: {error}");
-                self.on_request_failed(request_id, "failed");
+                let stalled = matches!(&error,
+                    request_response::OutboundFailure::Io(e) if crate::fetch::receive::is_stall(e));
+                self.on_request_failed(request_id, if stalled { "stalled" } else { "failed" });
             }
             E::InboundFailure {
                 peer,

@@ -420,6 +420,14 @@ impl Books {
     ) {
         if let Some(info) = self.forget_request(key) {
             tracing::trace!(peer = %info.peer, "request {why}");
+            if why == "stalled" {
+                // It said "found" and then sent nothing for a while: left
+                // out like a peer that sent a bad body.
+                let action = (info.fetches.first())
+                    .and_then(|id| self.fetches.get(id))
+                    .map_or(ActionId::from_bytes([0; 32]), |fetch| fetch.action);
+                self.reject(info.peer, action, RejectReason::Stalled, 0, now);
+            }
             for id in info.fetches {
                 self.advance(id, now, peers);
             }
@@ -455,9 +463,16 @@ impl Books {
         );
         self.cooldowns.retain(|_, until| *until > now);
         self.cooldowns.insert(peer, now + cooldown);
-        // No further bodies from it in any fetch.
+        // No further bodies from it in any fetch, and none of those on
+        // their way: its requests are cancelled (they end as failed, and
+        // their fetches move on to other peers).
         for fetch in self.fetches.values_mut() {
             fetch.candidates.retain(|(candidate, _)| *candidate != peer);
+        }
+        for info in self.requests.values() {
+            if info.peer == peer {
+                info.cancel.cancel();
+            }
         }
         self.out.push_back(Output::Rejected {
             peer,
@@ -852,6 +867,46 @@ mod tests {
             &peers,
         );
         assert_eq!(answer.try_recv().unwrap().unwrap().peer, sends[1].peer);
+    }
+
+    /// Part 4, finding 7: a peer that sent a bad body gets to finish no
+    /// other transfer either, and one that stalled is put in cooldown.
+    #[test]
+    fn a_bad_or_stalled_body_stops_every_transfer_from_its_peer() {
+        let now = Instant::now();
+        let peers = peers(1);
+        let peer = peers.connected[0];
+        let mut books = Books::new(limits());
+        let _first = lookup(&mut books, action(1), now, &peers);
+        let _second = lookup(&mut books, action(2), now, &peers);
+        let (sends, _) = drain(&mut books);
+        assert_eq!(sends.len(), 2);
+        books.on_answer(
+            sends[0].key,
+            peer,
+            answer_of(Outcome::Rejected {
+                reason: RejectReason::TooLarge { size: 9, limit: 1 },
+                bytes: 9,
+            }),
+            now,
+            &peers,
+        );
+        assert!(sends[1].cancel.is_cancelled(), "its other transfer goes on");
+
+        let later = now + Duration::from_secs(61);
+        assert!(!books.in_cooldown(&peer, later));
+        let _third = lookup(&mut books, action(3), later, &peers);
+        let (sends, _) = drain(&mut books);
+        books.on_failed(sends[0].key, "stalled", later, &peers);
+        let (_, others) = drain(&mut books);
+        assert!(
+            others.iter().any(|output| matches!(
+                output,
+                Output::Rejected { reason: RejectReason::Stalled, .. }
+            )),
+            "{others:?}"
+        );
+        assert!(books.in_cooldown(&peer, later));
     }
 
     #[test]
