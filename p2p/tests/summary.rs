@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{DirStore, TestNode, action, connect, id, keypairs, start, test_config};
 use common::{until_summary, within};
+use warren_p2p::{ActionId, Event};
 
 /// A (the requester) connected to B, whose store is `b_store` with
 /// `entries` put before they connect.
@@ -99,4 +100,46 @@ async fn a_peer_answering_summaries_at_once_is_not_asked_in_a_loop() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let asked = spammer.requests.load(std::sync::atomic::Ordering::SeqCst);
     assert!((1..=12).contains(&asked), "asked {asked} times in 2 s");
+}
+
+/// Part 4, finding 4: the summary bomber asks for a victim's summary under
+/// foreign epochs, many times at once. Each answer is at most
+/// `SERVE_CHUNK` prefixes (it was the whole log, up to a million), only a
+/// few streams per connection are taken, and the victim goes on serving.
+#[tokio::test]
+async fn a_summary_bomber_gets_small_answers_and_few_of_them() {
+    use warren_p2p::summary::SERVE_CHUNK;
+
+    let [ka, kb, kh] = keypairs();
+    let bomber_id = id(&kh);
+    let mut a = common::start(
+        common::test_config(ka.clone(), &[bomber_id, id(&kb)]),
+        DirStore::with_summary(),
+    )
+    .await;
+    a.store.log_only((0..200_000u32).map(|n| {
+        let mut bytes = [7; 32];
+        bytes[..4].copy_from_slice(&n.to_be_bytes());
+        ActionId::from_bytes(bytes)
+    }));
+    a.store.put(action(1), b"still served");
+    let bomber = common::hostile::summary_bomber(&kh, a.address.clone(), 100).await;
+    a.wait_for(|e| *e == Event::PeerConnected(bomber_id)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let answers = bomber.answers.lock().unwrap().clone();
+    assert!(!answers.is_empty(), "the victim answered nothing");
+    assert!(
+        answers.iter().all(|count| *count <= SERVE_CHUNK as u64),
+        "{answers:?}"
+    );
+    assert!(
+        answers.len() <= 16,
+        "{} answers to one peer at once",
+        answers.len()
+    );
+    // Others are still served.
+    let mut b = common::node(&kb, &[id(&ka)]).await;
+    common::connect(&mut b, &mut a).await;
+    let fetched = common::within(Duration::from_secs(5), b.client.fetch(action(1))).await;
+    assert_eq!(fetched.map(|f| f.peer), Some(a.peer));
 }

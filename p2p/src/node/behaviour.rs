@@ -38,6 +38,9 @@ pub(crate) struct Behaviour {
     pub(crate) summary: request_response::Behaviour<SummaryCodec>,
 }
 
+/// Summary streams per connection, both ways.
+const SUMMARY_STREAMS_PER_CONNECTION: usize = 4;
+
 /// Builds the swarm (not yet listening or dialing). Needs a Tokio runtime.
 pub(crate) fn build_swarm(
     config: &NodeConfig,
@@ -67,6 +70,9 @@ pub(crate) fn build_swarm(
         fetch_config,
     );
     // A summary request is held open by its server for up to MAX_WAIT.
+    // Each side sends one at a time; a few more streams cover a
+    // reconnection, and bound what a peer that sends many can make us
+    // hold (each answer is at most SERVE_CHUNK prefixes, 512 KiB).
     let summary = request_response::Behaviour::with_codec(
         SummaryCodec,
         [(
@@ -74,7 +80,8 @@ pub(crate) fn build_swarm(
             request_response::ProtocolSupport::Full,
         )],
         request_response::Config::default()
-            .with_request_timeout(summary::MAX_WAIT + std::time::Duration::from_secs(10)),
+            .with_request_timeout(summary::MAX_WAIT + std::time::Duration::from_secs(10))
+            .with_max_concurrent_streams(SUMMARY_STREAMS_PER_CONNECTION),
     );
     let behaviour = Behaviour {
         allowed,

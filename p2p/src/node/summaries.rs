@@ -1,8 +1,10 @@
 //! Summaries of peers' stores: keeping ours of theirs up to date, and
 //! answering theirs of ours (see [`crate::summary`]).
 //!
-//! Each connected peer gets one summary request at a time, sent again as
-//! soon as the answer arrives, so its summary follows its store. A request
+//! Each connected peer gets one summary request at a time, sent again
+//! shortly after the answer arrives, so its summary follows its store; we
+//! hold at most one request of each peer's, and answer with at most
+//! [`SERVE_CHUNK`] prefixes at a time, whatever epoch it names. A request
 //! with nothing new to answer is parked here and answered when the store's
 //! log grows (at once if the store says so, see
 //! [`Summaries::summary_updates`](crate::Summaries::summary_updates); else looked
@@ -16,7 +18,7 @@ use tokio::time::Instant;
 
 use super::EventLoop;
 use super::fetching::{Due, timer};
-use crate::summary::{MAX_CHUNK, MAX_WAIT, PeerSummary, SummaryAnswer, SummaryRequest};
+use crate::summary::{MAX_WAIT, PeerSummary, SERVE_CHUNK, SummaryAnswer, SummaryRequest};
 
 /// How often parked requests look for news.
 pub(super) const PARK_CHECK: Duration = Duration::from_millis(100);
@@ -43,6 +45,7 @@ pub(super) async fn updated(updates: Option<&mut tokio::sync::watch::Receiver<()
 
 /// A summary request waiting for the store's log to grow.
 pub(super) struct Parked {
+    peer: PeerId,
     request: SummaryRequest,
     channel: ResponseChannel<SummaryAnswer>,
     until: Instant,
@@ -180,8 +183,13 @@ impl EventLoop {
         if !self.allowlist.serves(&peer) {
             return; // Dropping the channel resets the stream.
         }
+        // One request held per peer: a newer one replaces it (dropping
+        // its channel resets that stream), so a peer cannot make us hold
+        // hundreds of them.
+        self.parked.retain(|parked| parked.peer != peer);
         let wait = Duration::from_millis(request.wait_ms).min(MAX_WAIT);
         let parked = Parked {
+            peer,
             request,
             channel,
             until: Instant::now() + wait,
@@ -196,7 +204,7 @@ impl EventLoop {
     fn answer_summary(&mut self, parked: Parked, expired: bool) -> Option<Parked> {
         let chunk = self
             .store
-            .summary(parked.request.epoch, parked.request.since, MAX_CHUNK);
+            .summary(parked.request.epoch, parked.request.since, SERVE_CHUNK);
         let news = chunk
             .as_ref()
             .is_none_or(|chunk| chunk.epoch != parked.request.epoch || !chunk.prefixes.is_empty());

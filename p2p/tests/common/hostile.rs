@@ -573,3 +573,113 @@ async fn listen<B: libp2p::swarm::NetworkBehaviour>(swarm: &mut libp2p::Swarm<B>
         }
     }
 }
+
+/// The summary bomber: asks a victim for its summary under a foreign
+/// epoch, `requests` times at once, and records how many prefixes each
+/// answer carried.
+pub struct SummaryBomber {
+    pub peer: PeerId,
+    /// Prefix counts of the answers received.
+    pub answers: Arc<std::sync::Mutex<Vec<u64>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SummaryBomber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn summary_bomber(
+    keypair: &Keypair,
+    victim: Multiaddr,
+    requests: usize,
+) -> SummaryBomber {
+    let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut swarm = swarm(
+        keypair,
+        request_response::Behaviour::with_codec(
+            CountingSummaries,
+            [(
+                StreamProtocol::new(summary::PROTOCOL_NAME),
+                ProtocolSupport::Full,
+            )],
+            request_response::Config::default()
+                .with_request_timeout(std::time::Duration::from_secs(60)),
+        ),
+    );
+    let peer = *swarm.local_peer_id();
+    swarm.dial(victim).unwrap();
+    let recorded = answers.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    for n in 0..requests {
+                        let request = summary::SummaryRequest {
+                            epoch: 0xbad_0000 + n as u64,
+                            since: 0,
+                            wait_ms: 30_000,
+                        };
+                        swarm.behaviour_mut().send_request(&peer_id, request);
+                    }
+                }
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => recorded.lock().unwrap().push(response),
+                _ => {}
+            }
+        }
+    });
+    SummaryBomber {
+        peer,
+        answers,
+        task,
+    }
+}
+
+#[derive(Clone)]
+struct CountingSummaries;
+
+impl request_response::Codec for CountingSummaries {
+    type Protocol = StreamProtocol;
+    type Request = summary::SummaryRequest;
+    type Response = u64;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Self::Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Err(io::Error::other("the bomber only asks"))
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<u64>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let header: summary::SummaryHeader = wire::read_frame(io).await?;
+        let mut sink = futures::io::sink();
+        futures::io::copy(futures::AsyncReadExt::take(io, header.count * 8), &mut sink).await?;
+        Ok(header.count)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: Self::Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        wire::write_frame(io, &request).await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, _: &mut T, _: u64) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        Err(io::Error::other("the bomber only asks"))
+    }
+}

@@ -104,6 +104,21 @@ impl DirStore {
         &self.0.usage
     }
 
+    /// Names `actions` in the summary log only (no bodies): a big store's
+    /// summary, cheaply.
+    pub fn log_only(&self, actions: impl Iterator<Item = ActionId>) {
+        let mut log = self
+            .0
+            .summary
+            .as_ref()
+            .expect("a summary store")
+            .lock()
+            .unwrap();
+        for action in actions {
+            log.push(&action);
+        }
+    }
+
     /// Stores `body` under `action`; returns its OutputID.
     pub fn put(&self, action: ActionId, body: &[u8]) -> OutputId {
         let output = OutputId::of(body);

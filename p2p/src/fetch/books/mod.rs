@@ -902,7 +902,10 @@ mod tests {
         assert!(
             others.iter().any(|output| matches!(
                 output,
-                Output::Rejected { reason: RejectReason::Stalled, .. }
+                Output::Rejected {
+                    reason: RejectReason::Stalled,
+                    ..
+                }
             )),
             "{others:?}"
         );
