@@ -333,6 +333,7 @@ pub struct MdnsConfig {
     pub(crate) service_type: String,
     pub(crate) interfaces: Vec<String>,
     pub(crate) ipv6: bool,
+    pub(crate) loopback: bool,
 }
 
 impl Default for MdnsConfig {
@@ -341,6 +342,7 @@ impl Default for MdnsConfig {
             service_type: DEFAULT_SERVICE_TYPE.to_owned(),
             interfaces: Vec::new(),
             ipv6: false,
+            loopback: false,
         }
     }
 }
@@ -364,6 +366,14 @@ impl MdnsConfig {
     /// addresses need a scope that TCP multiaddrs cannot carry.
     pub fn with_ipv6(mut self, ipv6: bool) -> Self {
         self.ipv6 = ipv6;
+        self
+    }
+
+    /// Accept loopback addresses in announcements. Default `false`: an
+    /// announcement that names one is someone pointing us at ourselves
+    /// (or at another local service), never a coworker.
+    pub fn with_loopback(mut self, loopback: bool) -> Self {
+        self.loopback = loopback;
         self
     }
 }

@@ -8,6 +8,14 @@
 //! during the handshake, so a spoofed announcement cannot impersonate
 //! anyone; at worst it makes us dial an address that fails the handshake.
 //!
+//! Anyone on the LAN can announce an allowlisted peer's ID (it is in its
+//! advert) with any addresses. So an announced address is taken only if it
+//! lies in the subnet of the interface the announcement came in on, and
+//! never a loopback one unless configured ([`MdnsConfig::with_loopback`]);
+//! the event loop keeps at most [`MAX_ANNOUNCED`] of them per peer, drops
+//! them after [`ANNOUNCED_TTL`] without a new announcement, and dials a
+//! peer on discovery no sooner than its redial backoff allows.
+//!
 //! Nothing here runs unless [`NodeConfig::with_mdns`](crate::NodeConfig::with_mdns)
 //! asked for it: creating the daemon already opens multicast sockets. The
 //! daemon runs on its own thread; the event loop awaits its browse channel
@@ -18,7 +26,7 @@ use std::net::IpAddr;
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
+use mdns_sd::{IfKind, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo};
 
 use crate::PROTOCOL_NAME;
 use crate::config::MdnsConfig;
@@ -26,6 +34,12 @@ use crate::protocol::wire::WIRE_VERSION;
 
 /// TXT key carrying the advertised peer ID.
 const PEER_KEY: &str = "peer";
+/// Most announced addresses kept per peer; the oldest go first.
+pub(crate) const MAX_ANNOUNCED: usize = 8;
+/// An announced address not announced again for this long is forgotten
+/// (unless a connection to it proved it; mDNS refreshes records well
+/// within this).
+pub(crate) const ANNOUNCED_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// What browsing turned up.
 #[derive(Debug)]
@@ -137,12 +151,20 @@ impl Discovery {
                 if peer == self.local_peer {
                     return Found::Nothing;
                 }
+                let interfaces = if_addrs::get_if_addrs().unwrap_or_default();
                 let addresses = service
                     .get_addresses()
                     .iter()
-                    .map(|address| address.to_ip_addr())
-                    .filter(|ip| dialable(ip, self.config.ipv6))
-                    .map(|ip| tcp_address(ip, service.port))
+                    .filter(|address| {
+                        let ip = address.to_ip_addr();
+                        let local = on_link(address, &interfaces);
+                        if !local {
+                            tracing::debug!(%peer, %ip, "announced address outside the receiving interface's subnet; ignored");
+                        }
+                        dialable(&ip, self.config.ipv6, self.config.loopback) && local
+                    })
+                    .map(|address| tcp_address(address.to_ip_addr(), service.port))
+                    .take(MAX_ANNOUNCED)
                     .collect::<Vec<_>>();
                 self.instances.resolved(&service.fullname, peer);
                 if addresses.is_empty() {
@@ -196,13 +218,50 @@ pub(crate) async fn next(discovery: Option<&mut Discovery>) -> Found {
     }
 }
 
-fn dialable(ip: &IpAddr, ipv6: bool) -> bool {
+fn dialable(ip: &IpAddr, ipv6: bool, loopback: bool) -> bool {
+    if ip.is_loopback() && !loopback {
+        return false;
+    }
     match ip {
         IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_multicast() && !v4.is_broadcast(),
         // Link-local addresses need a scope that a multiaddr cannot carry.
         IpAddr::V6(v6) => {
             ipv6 && !v6.is_unspecified() && !v6.is_multicast() && !v6.is_unicast_link_local()
         }
+    }
+}
+
+/// Whether `address` lies in the subnet of (one of) the interfaces it was
+/// announced on, as `interfaces` (this machine's) says.
+fn on_link(address: &ScopedIp, interfaces: &[if_addrs::Interface]) -> bool {
+    let (ip, received_on): (IpAddr, Vec<&str>) = match address {
+        ScopedIp::V4(v4) => (
+            IpAddr::V4(*v4.addr()),
+            v4.interface_ids()
+                .iter()
+                .map(|id| id.name.as_str())
+                .collect(),
+        ),
+        ScopedIp::V6(v6) => (IpAddr::V6(*v6.addr()), vec![v6.scope_id().name.as_str()]),
+        _ => return false,
+    };
+    interfaces
+        .iter()
+        .filter(|interface| received_on.contains(&interface.name.as_str()))
+        .any(|interface| in_subnet(ip, &interface.addr))
+}
+
+fn in_subnet(ip: IpAddr, interface: &if_addrs::IfAddr) -> bool {
+    match (ip, interface) {
+        (IpAddr::V4(ip), if_addrs::IfAddr::V4(net)) => {
+            let mask = u32::from(net.netmask);
+            u32::from(ip) & mask == u32::from(net.ip) & mask
+        }
+        (IpAddr::V6(ip), if_addrs::IfAddr::V6(net)) => {
+            let mask = u128::from(net.netmask);
+            u128::from(ip) & mask == u128::from(net.ip) & mask
+        }
+        _ => false,
     }
 }
 
@@ -273,12 +332,37 @@ mod tests {
 
     #[test]
     fn only_usable_addresses_are_dialed() {
-        assert!(dialable(&IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), false));
-        assert!(!dialable(&IpAddr::V4(Ipv4Addr::UNSPECIFIED), false));
+        assert!(dialable(
+            &IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            false,
+            false
+        ));
+        assert!(!dialable(&IpAddr::V4(Ipv4Addr::UNSPECIFIED), false, false));
         let global = IpAddr::V6("2001:db8::1".parse::<Ipv6Addr>().unwrap());
-        assert!(!dialable(&global, false));
-        assert!(dialable(&global, true));
+        assert!(!dialable(&global, false, false));
+        assert!(dialable(&global, true, false));
         let link_local = IpAddr::V6("fe80::1".parse::<Ipv6Addr>().unwrap());
-        assert!(!dialable(&link_local, true));
+        assert!(!dialable(&link_local, true, false));
+        // Part 4, finding 2: loopback only where configured.
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert!(!dialable(&loopback, false, false));
+        assert!(dialable(&loopback, false, true));
+        assert!(!dialable(&IpAddr::V6(Ipv6Addr::LOCALHOST), true, false));
+    }
+
+    /// Part 4, finding 2: an announced address counts only inside the
+    /// subnet of the interface it came in on.
+    #[test]
+    fn announced_addresses_must_be_on_the_receiving_link() {
+        let lan = if_addrs::IfAddr::V4(if_addrs::Ifv4Addr {
+            ip: Ipv4Addr::new(10, 0, 0, 5),
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            prefixlen: 24,
+            broadcast: None,
+        });
+        assert!(in_subnet(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)), &lan));
+        assert!(!in_subnet(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 9)), &lan));
+        assert!(!in_subnet(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), &lan));
+        assert!(!in_subnet(IpAddr::V6(Ipv6Addr::LOCALHOST), &lan));
     }
 }

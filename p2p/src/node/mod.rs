@@ -344,20 +344,25 @@ impl EventLoop {
                     tracing::debug!(%peer, "too many unknown peers on mDNS; ignoring one more");
                     return;
                 }
+                let now = Instant::now();
                 let state = self.peer(peer);
                 state.discovered = true;
                 state.seen();
-                let added = addresses
-                    .iter()
-                    .filter(|address| state.addresses.insert((*address).clone()))
-                    .count();
+                let added = state.announce(&addresses, now);
+                // Dialed at once only when the announcement is news and the
+                // redial backoff allows: anyone can announce an allowlisted
+                // peer's ID, as often as they like.
+                let due = state.next_dial.is_none_or(|at| at <= now);
                 if added > 0 {
                     self.emit(Event::PeerDiscovered { peer, addresses });
                 }
                 // Only an address hint: dialed only if allowlisted, and Noise
                 // checks that whoever answers holds the peer ID's key.
-                if self.allowlist.contains(&peer) && !self.swarm.is_connected(&peer) {
-                    self.peer(peer).next_dial = None;
+                if added > 0
+                    && due
+                    && self.allowlist.contains(&peer)
+                    && !self.swarm.is_connected(&peer)
+                {
                     if let Err(error) = self.dial_peer(peer) {
                         tracing::debug!(%peer, "cannot dial a discovered peer: {error}");
                     }
@@ -367,6 +372,7 @@ impl EventLoop {
             Found::Gone(peer) => {
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.discovered = false;
+                    state.announced.clear();
                 }
             }
             Found::Nothing => {}

@@ -8,7 +8,7 @@
 //! starts over only after a connection that lasted (a peer that drops us at
 //! once, because we are not on its allowlist, is not hammered).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -25,13 +25,18 @@ use crate::Error;
 use crate::allowlist::Allowlist;
 use crate::fetch::link::LinkMeter;
 use crate::node::client::{PeerCounters, PeerInfo};
+use crate::node::discovery::{ANNOUNCED_TTL, MAX_ANNOUNCED};
 use crate::protocol::metered::Traffic;
 use crate::summary::PeerSummary;
 
 #[derive(Debug)]
 pub(super) struct PeerState {
-    /// Dialable addresses, without `/p2p`.
+    /// Dialable addresses, without `/p2p`: configured, or proved by a
+    /// connection we dialed.
     pub(super) addresses: BTreeSet<Multiaddr>,
+    /// Addresses only announced on mDNS, with when they last were; at most
+    /// `MAX_ANNOUNCED`, each kept for `ANNOUNCED_TTL` (see `discovery`).
+    pub(super) announced: HashMap<Multiaddr, Instant>,
     pub(super) discovered: bool,
     pub(super) connections: u32,
     pub(super) connected_since: Option<Instant>,
@@ -58,6 +63,7 @@ impl PeerState {
     pub(super) fn new(backoff: Duration) -> Self {
         Self {
             addresses: BTreeSet::new(),
+            announced: HashMap::new(),
             discovered: false,
             connections: 0,
             connected_since: None,
@@ -85,6 +91,43 @@ impl PeerState {
 
     pub(super) fn seen(&mut self) {
         self.last_seen = Some(SystemTime::now());
+    }
+
+    /// Takes in announced addresses; how many are new.
+    pub(super) fn announce(&mut self, addresses: &[Multiaddr], now: Instant) -> usize {
+        let mut added = 0;
+        for address in addresses {
+            if self.addresses.contains(address) {
+                continue;
+            }
+            if self.announced.insert(address.clone(), now).is_none() {
+                added += 1;
+            }
+        }
+        while self.announced.len() > MAX_ANNOUNCED {
+            let oldest = (self.announced.iter())
+                .min_by_key(|(_, at)| **at)
+                .map(|(address, _)| address.clone());
+            if let Some(oldest) = oldest {
+                self.announced.remove(&oldest);
+            }
+        }
+        added
+    }
+
+    /// Every address to dial now: the proved ones and the announced ones
+    /// that have not expired (expired ones are dropped).
+    pub(super) fn dial_addresses(&mut self, now: Instant) -> Vec<Multiaddr> {
+        self.announced
+            .retain(|_, at| now.saturating_duration_since(*at) < ANNOUNCED_TTL);
+        (self.addresses.iter())
+            .chain(self.announced.keys())
+            .cloned()
+            .collect()
+    }
+
+    pub(super) fn has_addresses(&self) -> bool {
+        !self.addresses.is_empty() || !self.announced.is_empty()
     }
 }
 
@@ -143,7 +186,12 @@ impl EventLoop {
                     connected: self.swarm.is_connected(&peer),
                     last_seen: state.and_then(|s| s.last_seen),
                     addresses: state
-                        .map(|s| s.addresses.iter().cloned().collect())
+                        .map(|s| {
+                            (s.addresses.iter())
+                                .chain(s.announced.keys())
+                                .cloned()
+                                .collect()
+                        })
                         .unwrap_or_default(),
                     in_cooldown: self.books.in_cooldown(&peer, now),
                     summary_entries: state.and_then(|s| s.summary.entries()),
@@ -206,7 +254,7 @@ impl EventLoop {
         }
         let (min, max) = (self.config.redial_min, self.config.redial_max);
         let state = self.peer(peer);
-        let addresses: Vec<Multiaddr> = state.addresses.iter().cloned().collect();
+        let addresses = state.dial_addresses(Instant::now());
         if addresses.is_empty() {
             return Ok(());
         }
@@ -237,7 +285,7 @@ impl EventLoop {
             .filter(|(peer, state)| {
                 self.allowlist.contains(peer)
                     && state.connections == 0
-                    && !state.addresses.is_empty()
+                    && state.has_addresses()
                     && state.next_dial.is_none_or(|at| at <= now)
             })
             .map(|(peer, _)| *peer)
@@ -275,6 +323,24 @@ pub(super) fn split_peer_id(mut address: Multiaddr) -> (Multiaddr, Option<PeerId
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Part 4, finding 2: announced addresses are capped per peer and
+    /// expire; proved ones stay.
+    #[test]
+    fn announced_addresses_are_capped_and_expire() {
+        let now = Instant::now();
+        let mut state = PeerState::new(Duration::from_secs(1));
+        let address = |n: u16| -> Multiaddr { format!("/ip4/10.0.0.1/tcp/{n}").parse().unwrap() };
+        state.addresses.insert(address(1));
+        let flood: Vec<Multiaddr> = (2..100).map(address).collect();
+        assert_eq!(state.announce(&flood, now), 98);
+        assert_eq!(state.announced.len(), MAX_ANNOUNCED);
+        assert_eq!(state.announce(&[address(1)], now), 0, "proved already");
+        assert_eq!(state.dial_addresses(now).len(), MAX_ANNOUNCED + 1);
+        let later = now + ANNOUNCED_TTL;
+        assert_eq!(state.dial_addresses(later), [address(1)]);
+        assert!(state.has_addresses());
+    }
 
     #[test]
     fn peer_ids_are_split_off_addresses() {
