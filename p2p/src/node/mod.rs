@@ -362,10 +362,9 @@ impl EventLoop {
                     && due
                     && self.allowlist.contains(&peer)
                     && !self.swarm.is_connected(&peer)
+                    && let Err(error) = self.dial_peer(peer)
                 {
-                    if let Err(error) = self.dial_peer(peer) {
-                        tracing::debug!(%peer, "cannot dial a discovered peer: {error}");
-                    }
+                    tracing::debug!(%peer, "cannot dial a discovered peer: {error}");
                 }
             }
             // Only a peer we keep state of: a goodbye is no reason to start.
