@@ -58,13 +58,22 @@ pub(crate) fn temp_file_in(dir: &Path) -> Result<NamedTempFile, Error> {
     .map_err(io_error("creating temp file in", dir))
 }
 
+/// `fdatasync` of a temp file about to be renamed into place.
+pub(crate) fn sync_data(temp: &NamedTempFile) -> Result<(), Error> {
+    temp.as_file()
+        .sync_data()
+        .map_err(io_error("syncing", temp.path()))
+}
+
 /// Writes `contents` to `path` through a temp file, only if `path` does not
-/// exist (then nothing is written and the answer is `false`).
+/// exist (then nothing is written and the answer is `false`). The data is
+/// on disk before the name is (see [`write_atomic`]).
 pub(crate) fn write_new(path: &Path, contents: &[u8]) -> Result<bool, Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = temp_file_in(dir)?;
     temp.write_all(contents)
         .map_err(io_error("writing", temp.path()))?;
+    sync_data(&temp)?;
     match temp.persist_noclobber(path) {
         Ok(_) => Ok(true),
         Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
@@ -76,12 +85,16 @@ pub(crate) fn write_new(path: &Path, contents: &[u8]) -> Result<bool, Error> {
     }
 }
 
-/// Writes `contents` to `path` through a temp file and a rename.
+/// Writes `contents` to `path` through a temp file and a rename. The data
+/// is synced to disk before the rename, so after a power loss `path` holds
+/// the old contents or the new, never a part or a hole (the rename itself
+/// may be lost: the directory is not synced).
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = temp_file_in(dir)?;
     temp.write_all(contents)
         .map_err(io_error("writing", temp.path()))?;
+    sync_data(&temp)?;
     temp.persist(path).map_err(|e| Error {
         op: "replacing",
         path: path.to_path_buf(),

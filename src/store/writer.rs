@@ -1,17 +1,17 @@
 //! Verified writes: a body is hashed as it is written to a temp file in its
 //! shard, and only a body whose size and SHA-256 match its OutputID can be
 //! committed ([`ObjectWriter::finish`] gives the [`VerifiedObject`] that
-//! [`DiskStore::commit`] takes). Identical outputs are stored once.
+//! [`DiskStore::commit`] takes). Identical outputs are stored once: each put
+//! of one renames its (verified) bytes over the object.
 
-use std::fs;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
 use super::layout::parent;
-use super::{DiskStore, Error, TOUCH_INTERVAL};
+use super::{DiskStore, Error};
 use crate::fsutil::temp_file_in;
 use crate::ids::OutputId;
 
@@ -21,11 +21,11 @@ impl DiskStore {
     /// verifies it and [`DiskStore::commit`] stores it under an action.
     pub(crate) fn begin_object(&self, output: OutputId, size: u64) -> Result<ObjectWriter, Error> {
         let final_path = self.object_path(&output);
-        let temp = if self.object_is_fresh(&final_path, size) {
-            None
-        } else {
-            Some(temp_file_in(parent(&final_path))?)
-        };
+        // Always written, even when an object of that size is there: it
+        // may be damaged (reads check only sizes), and this body, verified
+        // as it arrives, is known good. The rename replaces it with the
+        // same bytes, so it is still stored once.
+        let temp = temp_file_in(parent(&final_path))?;
         Ok(ObjectWriter {
             output,
             size,
@@ -35,18 +35,6 @@ impl DiskStore {
             written: 0,
         })
     }
-
-    /// True if the object exists with the right size and was used recently
-    /// enough that no trim can remove it before the put that reuses it lands.
-    pub(super) fn object_is_fresh(&self, path: &Path, size: u64) -> bool {
-        fs::metadata(path).is_ok_and(|meta| {
-            meta.is_file()
-                && meta.len() == size
-                && meta.modified().is_ok_and(|used| {
-                    self.now().duration_since(used).unwrap_or_default() < TOUCH_INTERVAL
-                })
-        })
-    }
 }
 
 /// Receives a body, hashing as it goes; see [`DiskStore::begin_object`].
@@ -54,18 +42,14 @@ pub(crate) struct ObjectWriter {
     output: OutputId,
     size: u64,
     final_path: PathBuf,
-    /// `None` when an identical object is already stored: hash only.
-    temp: Option<NamedTempFile>,
+    temp: NamedTempFile,
     hasher: Sha256,
     written: u64,
 }
 
 impl Write for ObjectWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = match &mut self.temp {
-            Some(temp) => temp.write(buf)?,
-            None => buf.len(),
-        };
+        let n = self.temp.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.written += n as u64;
         Ok(n)
@@ -103,5 +87,5 @@ pub(crate) struct VerifiedObject {
     pub(super) output: OutputId,
     pub(super) size: u64,
     pub(super) final_path: PathBuf,
-    pub(super) temp: Option<NamedTempFile>,
+    pub(super) temp: NamedTempFile,
 }
