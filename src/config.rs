@@ -76,6 +76,7 @@ pub(crate) struct FileShare {
     pub autostart: Option<bool>,
     pub listen: Option<Vec<String>>,
     pub mdns: Option<bool>,
+    pub inbound_from_anywhere: Option<bool>,
     pub interfaces: Option<Vec<String>>,
     pub static_peers: Option<Vec<String>>,
     pub lookup_deadline: Option<String>,
@@ -99,6 +100,9 @@ pub(crate) struct Share {
     pub listen: Vec<String>,
     /// Advertise and browse with mDNS. Default: true.
     pub mdns: bool,
+    /// Let connections from non-LAN addresses reach the handshake (a VPN
+    /// with global addresses). Default: false.
+    pub inbound_from_anywhere: bool,
     /// Interfaces mDNS may use (names); empty means all. Default: all.
     pub interfaces: Vec<String>,
     /// Peers to dial without mDNS (multiaddrs ending in `/p2p/<peer id>`).
@@ -193,6 +197,7 @@ impl Config {
                 .listen
                 .unwrap_or_else(|| DEFAULT_LISTEN.iter().map(|s| s.to_string()).collect()),
             mdns: share.mdns.unwrap_or(true),
+            inbound_from_anywhere: share.inbound_from_anywhere.unwrap_or(false),
             interfaces: share.interfaces.unwrap_or_default(),
             static_peers: share.static_peers.unwrap_or_default(),
             lookup_deadline: match share.lookup_deadline {

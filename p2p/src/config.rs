@@ -89,6 +89,7 @@ pub struct NodeConfig {
     pub(crate) read_ahead_max_body: u64,
     pub(crate) read_ahead_budget: ReadAheadLimits,
     pub(crate) compression: Compression,
+    pub(crate) inbound_from_anywhere: bool,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -145,6 +146,7 @@ impl NodeConfig {
                 total: defaults::READ_AHEAD_TOTAL,
             },
             compression: Compression::Auto,
+            inbound_from_anywhere: false,
         }
     }
 
@@ -179,6 +181,13 @@ impl NodeConfig {
     /// [`defaults::READ_AHEAD_TOTAL`].
     pub fn with_read_ahead_budget(mut self, limits: ReadAheadLimits) -> Self {
         self.read_ahead_budget = limits;
+        self
+    }
+
+    /// Let incoming connections from any address reach the handshake, not
+    /// only LAN ones (see `node::admission`). Default `false`.
+    pub fn with_inbound_from_anywhere(mut self, anywhere: bool) -> Self {
+        self.inbound_from_anywhere = anywhere;
         self
     }
 

@@ -408,3 +408,52 @@ async fn a_slow_reader_does_not_starve_other_peers() {
     let fetched = within(Duration::from_secs(10), a.client.fetch(actions[39])).await;
     assert!(fetched.is_some(), "the honest peer was starved");
 }
+
+/// Part 4, finding 9: the handshake flooder opens connection after
+/// connection from one address. Past a small burst they are closed before
+/// any handshake (the victim never even sends its protocol header), and a
+/// coworker on another address still connects and fetches.
+#[tokio::test]
+async fn a_handshake_flooder_is_refused_and_others_still_get_in() {
+    use tokio::io::AsyncReadExt as _;
+
+    let [ka, kb] = keypairs();
+    let mut a = node(&ka, &[id(&kb)]).await;
+    a.store.put(action(1), b"for a coworker");
+    let port = a
+        .address
+        .iter()
+        .find_map(|protocol| match protocol {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    // Another loopback address, so the coworker below is not the same IP.
+    let flooder: std::net::SocketAddr = "127.0.0.2:0".parse().unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..40 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(flooder).unwrap();
+        let address = format!("127.0.0.1:{port}").parse().unwrap();
+        streams.push(socket.connect(address).await.unwrap());
+    }
+    // A refused connection is closed at once; an admitted one waits for
+    // our side of the handshake.
+    let reads = streams.into_iter().map(|mut stream| async move {
+        let mut byte = [0; 1];
+        let read = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut byte)).await;
+        !matches!(read, Ok(Ok(0) | Err(_)))
+    });
+    let answered = futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter(|admitted| *admitted)
+        .count();
+    assert!(answered <= 12, "{answered} of 40 connections from one IP got a handshake");
+    assert!(answered >= 1, "not even the first connection was let in");
+
+    let mut b = node(&kb, &[id(&ka)]).await;
+    connect(&mut b, &mut a).await;
+    let fetched = within(Duration::from_secs(5), b.client.fetch(action(1))).await;
+    assert_eq!(fetched.map(|f| f.peer), Some(a.peer));
+}

@@ -229,6 +229,11 @@ fn show_config(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode
     writeln!(out, "autostart:       {}", on(share.autostart))?;
     writeln!(out, "listen:          {}", list(&share.listen, "none"))?;
     writeln!(out, "mdns:            {}", on(share.mdns))?;
+    writeln!(
+        out,
+        "inbound-from-anywhere: {}",
+        on(share.inbound_from_anywhere)
+    )?;
     writeln!(out, "interfaces:      {}", list(&share.interfaces, "all"))?;
     writeln!(
         out,

@@ -77,7 +77,8 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
                 config.share.read_ahead,
                 warren_p2p::config::defaults::READ_AHEAD_MAX_BODY,
             )
-            .with_compression(config.share.compression);
+            .with_compression(config.share.compression)
+            .with_inbound_from_anywhere(config.share.inbound_from_anywhere);
         if config.share.mdns {
             node = node.with_mdns(Some(
                 MdnsConfig::default().with_interfaces(config.share.interfaces.clone()),

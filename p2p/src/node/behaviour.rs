@@ -5,6 +5,9 @@
 //! remote's peer ID), multiplexed with Yamux. The behaviours, in the order
 //! the swarm consults them:
 //!
+//! 1. `admission`: before any handshake, an incoming connection must come
+//!    from a LAN address and within its IP's handshake rate
+//!    ([`admission`]).
 //! 1. `allowed`: the allowlist. A connection to or from a peer ID that is not
 //!    on it is denied as soon as the handshake has told us who it is, before
 //!    any protocol runs on it, and removing a peer closes its connections.
@@ -22,6 +25,7 @@ use libp2p::{StreamProtocol, Swarm, SwarmBuilder, connection_limits, noise, ping
 use libp2p::{request_response, tcp, yamux};
 
 use crate::config::NodeConfig;
+use crate::node::admission;
 use crate::node::codec::FetchCodec;
 use crate::store::Store;
 use crate::summary::{self, SummaryCodec};
@@ -31,6 +35,7 @@ const MAX_STREAMS_PER_CONNECTION: usize = 256;
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    pub(crate) admission: admission::Behaviour,
     pub(crate) allowed: allow_block_list::Behaviour<AllowedPeers>,
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) ping: ping::Behaviour,
@@ -84,6 +89,7 @@ pub(crate) fn build_swarm(
             .with_max_concurrent_streams(SUMMARY_STREAMS_PER_CONNECTION),
     );
     let behaviour = Behaviour {
+        admission: admission::Behaviour::new(config.inbound_from_anywhere),
         allowed,
         limits: connection_limits::Behaviour::new(config.connection_limits.clone()),
         ping: ping::Behaviour::new(ping::Config::new().with_interval(config.ping_interval)),

@@ -251,7 +251,7 @@ fn on_link(address: &ScopedIp, interfaces: &[if_addrs::Interface]) -> bool {
         .any(|interface| in_subnet(ip, &interface.addr))
 }
 
-fn in_subnet(ip: IpAddr, interface: &if_addrs::IfAddr) -> bool {
+pub(crate) fn in_subnet(ip: IpAddr, interface: &if_addrs::IfAddr) -> bool {
     match (ip, interface) {
         (IpAddr::V4(ip), if_addrs::IfAddr::V4(net)) => {
             let mask = u32::from(net.netmask);

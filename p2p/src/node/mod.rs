@@ -13,8 +13,9 @@
 //! `fetching` (asking peers, deadlines), `read_ahead` (fetching what peers
 //! hint a build will want next), `serving` (answering them), `summaries`
 //! and `peers` (bookkeeping, allowlist, dialing). Beside them: `behaviour`
-//! (the libp2p stack), `codec` (the request-response adapter), `discovery`
-//! (mDNS) and `client` (the handle).
+//! (the libp2p stack), `admission` (which incoming connections may start a
+//! handshake), `codec` (the request-response adapter), `discovery` (mDNS)
+//! and `client` (the handle).
 //!
 //! # Trust
 //!
@@ -25,6 +26,7 @@
 //! A peer whose body fails verification is counted, reported and left out
 //! of lookups for the cooldown.
 
+mod admission;
 pub(crate) mod behaviour;
 pub(crate) mod client;
 pub(crate) mod codec;
@@ -237,7 +239,9 @@ impl EventLoop {
                 }
             },
             SwarmEvent::Behaviour(
-                BehaviourEvent::Allowed(never) | BehaviourEvent::Limits(never),
+                BehaviourEvent::Admission(never)
+                | BehaviourEvent::Allowed(never)
+                | BehaviourEvent::Limits(never),
             ) => match never {},
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::debug!(%address, "listening");
