@@ -168,6 +168,21 @@ fn concurrent_builds_share_one_store() {
     assert_eq!(num(&after, "errors"), 0);
     let verify = env.warren(&["verify"]);
     assert!(verify.contains(", 0 files (0 B) corrupt"), "{verify}");
+    // Part 4: Go's archives carry their own action ID where warren's
+    // consistency check reads it; this holds it to the real `go`.
+    let census = verify
+        .lines()
+        .find(|line| line.contains("archives whose build ID names their action"))
+        .unwrap_or_else(|| panic!("{verify}"));
+    let numbers: Vec<u64> = census
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [_entries, archives, foreign, _indexes] = numbers[..] else {
+        panic!("{census}");
+    };
+    assert!(archives > 30, "{census}");
+    assert_eq!(foreign, 0, "{census}");
 }
 
 /// Truncated objects and garbage entries are misses: `go` rebuilds, and the

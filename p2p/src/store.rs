@@ -138,6 +138,11 @@ pub enum CommitError {
     /// `actual_size` bytes written. The sender is put in cooldown.
     #[error("body of {actual_size} bytes hashes to {}", .actual)]
     Mismatch { actual: OutputId, actual_size: u64 },
+    /// The body is the one announced, but the store's own checks found it
+    /// wrong for its action (say, an archive built by another action).
+    /// The sender is put in cooldown.
+    #[error("body refused: {0}")]
+    Refused(String),
     /// The body could not be stored (disk full, permissions, ...). Not the
     /// sender's fault.
     #[error(transparent)]

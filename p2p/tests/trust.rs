@@ -449,7 +449,10 @@ async fn a_handshake_flooder_is_refused_and_others_still_get_in() {
         .into_iter()
         .filter(|admitted| *admitted)
         .count();
-    assert!(answered <= 12, "{answered} of 40 connections from one IP got a handshake");
+    assert!(
+        answered <= 12,
+        "{answered} of 40 connections from one IP got a handshake"
+    );
     assert!(answered >= 1, "not even the first connection was let in");
 
     let mut b = node(&kb, &[id(&ka)]).await;

@@ -175,15 +175,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Verify) => {
-            let report = open_store(&config)?
-                .verify()
-                .context("verifying the store")?;
+            let store = open_store(&config)?;
+            let report = store.verify().context("verifying the store")?;
             writeln!(
                 out,
                 "{} verified, {} corrupt and removed",
                 files(report.kept_files, report.kept_bytes),
                 files(report.removed_files, report.removed_bytes)
             )?;
+            let checks = crate::share::consistency::Census::of(&store)
+                .context("checking the store's entries")?;
+            writeln!(out, "{checks}")?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Init) => share::init(&config, &mut out),

@@ -5,12 +5,14 @@
 //!
 //! - [`daemon`]: `warren daemon`, which wires the node, the helper socket
 //!   and the allowlist together; [`node_store`]: the store as the node sees
-//!   it (serving, verified fetched bodies, hints, summaries);
+//!   it (serving, verified fetched bodies, hints, summaries), with the
+//!   [`consistency`] checks Go's own records allow;
 //! - [`ipc`]: the Unix socket between helpers and the daemon, and
 //!   [`status`]: the daemon's typed answer to `status`;
 //! - [`remote`]: the helper's remote tier, which asks the daemon;
 //! - [`identity`] and [`trust`]: this machine's key and the allowlist.
 
+pub(crate) mod consistency;
 pub(crate) mod daemon;
 pub(crate) mod identity;
 pub(crate) mod ipc;

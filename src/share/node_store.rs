@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use warren_p2p::{BodySink, CommitError, PeerId, Served, SummaryChunk};
 
 use crate::ids::{ActionId, OutputId};
+use crate::share::consistency;
 use crate::store::index::PutOrder;
 use crate::store::{self, DiskStore, Lookup, ObjectWriter, Source, TrimPolicy};
 
@@ -184,8 +185,10 @@ impl StoreAdapter {
             trimmed: Mutex::new(None),
         });
         let servable = {
-            let sharing = sharing.clone();
-            Arc::new(move |source: &Source| sharing.serves(source))
+            let (sharing, store) = (sharing.clone(), store.clone());
+            Arc::new(move |line: &store::Line| {
+                sharing.serves(&line.source) && !is_module_index(&store.object_path(&line.output))
+            })
         };
         let order = PutOrder::start(store.actions_dir().to_path_buf(), servable)?;
         Ok(Self {
@@ -204,7 +207,11 @@ impl warren_p2p::Bodies for StoreAdapter {
 
     fn open(&self, action: &ActionId) -> io::Result<Option<Served>> {
         let entry = match self.store.get(action) {
-            Ok(Lookup::Hit(entry)) if self.sharing.serves(&entry.source) => entry,
+            Ok(Lookup::Hit(entry))
+                if self.sharing.serves(&entry.source) && !is_module_index(&entry.path) =>
+            {
+                entry
+            }
             // Not ours to pass on: for the asking peer, a miss.
             Ok(Lookup::Hit(_) | Lookup::Miss) => return Ok(None),
             Err(e) => return Err(io::Error::other(e)),
@@ -248,6 +255,7 @@ impl warren_p2p::Bodies for StoreAdapter {
             .begin_object(*output, size)
             .map_err(io::Error::other)?;
         Ok(Box::new(Sink {
+            head: Vec::with_capacity(consistency::HEAD.min(size as usize)),
             store: self.store.clone(),
             sharing: self.sharing.clone(),
             quota: self.quota.clone(),
@@ -275,8 +283,20 @@ impl warren_p2p::Summaries for StoreAdapter {
     }
 }
 
+/// Whether the body at `path` is a module index (never served; see
+/// [`consistency`]). Costs one small read.
+fn is_module_index(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileExt as _;
+    let mut head = [0; 16];
+    File::open(path)
+        .and_then(|file| file.read_at(&mut head, 0))
+        .is_ok_and(|n| !consistency::servable(&head[..n]))
+}
+
 /// A body on its way from a peer into the store.
 struct Sink {
+    /// The body's first bytes, for [`consistency`].
+    head: Vec<u8>,
     store: Arc<DiskStore>,
     sharing: Arc<Sharing>,
     quota: Arc<Quota>,
@@ -288,7 +308,10 @@ struct Sink {
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.writer.write(buf)
+        let written = self.writer.write(buf)?;
+        let room = consistency::HEAD - self.head.len().min(consistency::HEAD);
+        self.head.extend_from_slice(&buf[..written.min(room)]);
+        Ok(written)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -311,6 +334,13 @@ impl BodySink for Sink {
             },
             other => CommitError::Io(io::Error::other(other)),
         })?;
+        if let Some(why) = consistency::refuse_fetched(&self.action, &self.head) {
+            return Err(match consistency::kind(&self.head) {
+                // Not the peer's fault if it runs an older warren.
+                consistency::Kind::ModuleIndex => CommitError::Io(io::Error::other(why)),
+                _ => CommitError::Refused(why),
+            });
+        }
         // Removed while its body was on its way (a `warren peers remove`
         // purges what it sent; this must not land after the purge).
         if !self.sharing.takes_from(&self.from) {
@@ -435,9 +465,16 @@ mod tests {
                 .unwrap()
                 .is_some()
         };
+        store
+            .put_bytes(
+                &ActionId::from_bytes([4; 32]),
+                b"go index v2\n\0\0machine-specific",
+            )
+            .unwrap();
         assert!(served(1), "built here");
         assert!(!served(2), "fetched from alice: used here, never served on");
         assert!(served(3), "fetched from a re-shared peer");
+        assert!(!served(4), "a module index is never served");
         assert!(matches!(
             store.get(&ActionId::from_bytes([2; 32])).unwrap(),
             Lookup::Hit(_)
@@ -505,5 +542,41 @@ mod tests {
         );
         // Small bodies still fit.
         fetch(&adapter, 4, &[4; 100], &alice).unwrap();
+    }
+
+    /// Part 4: an archive whose build ID names another action is refused,
+    /// and counted against its peer; a module index is not stored either.
+    #[test]
+    fn archives_fetched_under_another_action_and_module_indexes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let alice = peer();
+        let (store, adapter) = adapter(
+            dir.path(),
+            SharingState {
+                pull: HashSet::from([alice]),
+                ..SharingState::default()
+            },
+        );
+        let action = ActionId::from_bytes([7; 32]);
+        let archive = |build_id: &str| {
+            format!("!<arch>\n__.PKGDEF 0 0 0 644 10 `\ngo object linux amd64 go1.26 X:none\nbuild id \"{build_id}\"\n")
+                .into_bytes()
+        };
+        let own = format!("{}/content", consistency::hash_to_string(&action));
+        let foreign = format!(
+            "{}/content",
+            consistency::hash_to_string(&ActionId::from_bytes([8; 32]))
+        );
+        assert!(matches!(
+            fetch(&adapter, 7, &archive(&foreign), &alice),
+            Err(CommitError::Refused(_))
+        ));
+        assert_eq!(store.get(&action).unwrap(), Lookup::Miss);
+        fetch(&adapter, 7, &archive(&own), &alice).unwrap();
+        assert!(matches!(store.get(&action).unwrap(), Lookup::Hit(_)));
+        assert!(matches!(
+            fetch(&adapter, 9, b"go index v2\nfrom elsewhere", &alice),
+            Err(CommitError::Io(_))
+        ));
     }
 }

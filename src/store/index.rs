@@ -20,7 +20,8 @@
 //! entries).
 //!
 //! Only entries the daemon serves are indexed (built here, or from a
-//! re-shared peer; see `share::node_store`), as decided when each is
+//! re-shared peer, and not a module index; see `share::node_store`), as
+//! decided when each is
 //! first read: so no peer is hinted at, or told of, an entry it would be
 //! refused. Entries not served are remembered per shard all the same, so
 //! a rescan does not read them again.
@@ -64,8 +65,8 @@ const COMPACT_MIN: usize = 4096;
 /// With inotify: how often the index rescans anyway.
 pub(crate) const SAFETY_SCAN: Duration = Duration::from_secs(10);
 
-/// Which entries are indexed, by their source.
-pub(crate) type Servable = Arc<dyn Fn(&store::Source) -> bool + Send + Sync>;
+/// Which entries are indexed, by their line.
+pub(crate) type Servable = Arc<dyn Fn(&store::Line) -> bool + Send + Sync>;
 
 /// See the module docs.
 pub(crate) struct PutOrder {
@@ -430,7 +431,7 @@ impl PutOrder {
         let Some(line) = store::read_entry(path) else {
             return Read::Gone;
         };
-        if !(self.servable)(&line.source) {
+        if !(self.servable)(&line) {
             return Read::Kept;
         }
         Read::Served(
@@ -489,7 +490,7 @@ mod tests {
     use crate::store::DiskStore;
 
     fn only_local() -> Servable {
-        Arc::new(|source: &store::Source| *source == store::Source::Local)
+        Arc::new(|line: &store::Line| line.source == store::Source::Local)
     }
 
     fn action(n: u8) -> ActionId {

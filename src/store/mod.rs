@@ -251,7 +251,7 @@ impl DiskStore {
         shard_path(&self.actions, &action.to_hex())
     }
 
-    fn object_path(&self, output: &OutputId) -> PathBuf {
+    pub(crate) fn object_path(&self, output: &OutputId) -> PathBuf {
         shard_path(&self.objects, &output.to_hex())
     }
 

@@ -64,11 +64,52 @@ impl DiskStore {
         Ok(purged)
     }
 
+    /// Calls `visit` with each well-formed entry's action and the first
+    /// `head` bytes of its body (entries whose body is gone are skipped).
+    pub(crate) fn each_entry_head(
+        &self,
+        head: usize,
+        visit: &mut dyn FnMut(&crate::ids::ActionId, &[u8]),
+    ) -> Result<(), Error> {
+        let mut bytes = vec![0; head];
+        let objects = self.objects.clone();
+        self.each_entry_line(&mut |path, line| {
+            let Some(action) = (path.file_name())
+                .and_then(|name| name.to_str())
+                .and_then(|name| crate::ids::ActionId::from_hex(name).ok())
+            else {
+                return;
+            };
+            let object = super::layout::shard_path(&objects, &line.output.to_hex());
+            let Ok(file) = fs::File::open(object) else {
+                return;
+            };
+            use std::os::unix::fs::FileExt as _;
+            if let Ok(n) = file.read_at(&mut bytes, 0) {
+                visit(&action, &bytes[..n]);
+            }
+        })
+    }
+
     /// Calls `visit` with each well-formed entry: its path, its metadata as
     /// read (for [`remove_seen`]), its source and its body's size.
     fn each_entry(
         &self,
         visit: &mut dyn FnMut(&std::path::Path, &fs::Metadata, Source, u64),
+    ) -> Result<(), Error> {
+        self.each_entry_full(&mut |path, meta, line| visit(path, meta, line.source, line.size))
+    }
+
+    fn each_entry_line(
+        &self,
+        visit: &mut dyn FnMut(&std::path::Path, &super::entry::Line),
+    ) -> Result<(), Error> {
+        self.each_entry_full(&mut |path, _, line| visit(path, line))
+    }
+
+    fn each_entry_full(
+        &self,
+        visit: &mut dyn FnMut(&std::path::Path, &fs::Metadata, &super::entry::Line),
     ) -> Result<(), Error> {
         walk_files(&self.actions, &mut |file| {
             if file.temp {
@@ -93,7 +134,7 @@ impl DiskStore {
                 return;
             }
             if let Some(line) = parse_entry(&text) {
-                visit(&file.path, &meta, line.source, line.size);
+                visit(&file.path, &meta, &line);
             }
         })
     }

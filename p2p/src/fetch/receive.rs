@@ -67,6 +67,8 @@ pub enum RejectReason {
     /// The peer announced a body and then sent none of it, or not one piece
     /// within [`STALL`].
     Stalled,
+    /// The body verified, but the store found it wrong for its action.
+    Refused(String),
 }
 
 /// A body whose next piece (at most 256 KiB) takes longer than this to
@@ -92,6 +94,7 @@ impl std::fmt::Display for RejectReason {
             ),
             Self::Undecodable(detail) => write!(f, "compressed body does not decode: {detail}"),
             Self::Stalled => write!(f, "no piece of the body for {STALL:?}"),
+            Self::Refused(why) => write!(f, "the store refused it: {why}"),
         }
     }
 }
@@ -404,6 +407,10 @@ impl Requester {
         };
         Ok(match received {
             Received::Committed => Outcome::Committed(meta),
+            Received::Refused(why) => Outcome::Rejected {
+                reason: RejectReason::Refused(why),
+                bytes: meta.size,
+            },
             Received::Mismatch { actual } => Outcome::Rejected {
                 reason: RejectReason::HashMismatch {
                     expected: meta.output,
@@ -426,6 +433,8 @@ pub(crate) enum Received {
     Committed,
     /// Not the announced body: nothing stored.
     Mismatch { actual: OutputId },
+    /// Refused by the store's own checks: nothing stored.
+    Refused(String),
     /// The store could not take it (the sender is not to blame).
     NotStored(io::Error),
 }
@@ -542,6 +551,7 @@ fn commit(sink: Box<dyn BodySink>) -> Received {
     match sink.commit() {
         Ok(()) => Received::Committed,
         Err(CommitError::Mismatch { actual, .. }) => Received::Mismatch { actual },
+        Err(CommitError::Refused(why)) => Received::Refused(why),
         Err(CommitError::Io(error)) => Received::NotStored(error),
     }
 }
