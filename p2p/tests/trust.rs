@@ -409,6 +409,48 @@ async fn a_slow_reader_does_not_starve_other_peers() {
     assert!(fetched.is_some(), "the honest peer was starved");
 }
 
+/// Part 4, finding 8: a peer that stops reading loses its serve permits
+/// once it falls behind the minimum send rate (after a grace of 5 s), so
+/// even a server with a single permit serves others again.
+#[tokio::test]
+async fn a_slow_reader_is_cut_off_at_the_minimum_send_rate() {
+    let [ka, kb, ks] = keypairs();
+    let server = common::start(
+        common::test_config(kb.clone(), &[id(&ka), id(&ks)]).with_max_concurrent_serves(1),
+        common::DirStore::new(),
+    )
+    .await;
+    let actions: Vec<_> = (1..=2).map(action).collect();
+    for action in &actions {
+        server.store.put_generated(*action, 4 << 20);
+    }
+    let _slow = common::hostile::slow_reader(&ks, &server.address, &actions[..1]).await;
+    let slow_since = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut a = node(&ka, &[id(&kb)]).await;
+    a.client.dial(server.address.clone()).await.unwrap();
+    let server_peer = server.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(server_peer))
+        .await;
+    // The one permit is held: a miss at once.
+    assert_eq!(
+        within(Duration::from_secs(3), a.client.fetch(actions[1])).await,
+        None
+    );
+    // Until the slow reader is cut off: 5 s of grace, then it falls behind
+    // (what its buffers took counts at 64 KiB/s: a few seconds more).
+    let mut fetched = None;
+    while fetched.is_none() && slow_since.elapsed() < Duration::from_secs(12) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        fetched = within(Duration::from_secs(2), a.client.fetch(actions[1])).await;
+    }
+    assert!(
+        fetched.is_some(),
+        "the slow reader kept the permit for {:?}",
+        slow_since.elapsed()
+    );
+}
+
 /// Part 4, finding 9: the handshake flooder opens connection after
 /// connection from one address. Past a small burst they are closed before
 /// any handshake (the victim never even sends its protocol header), and a

@@ -25,6 +25,7 @@ use crate::fetch::receive::{Answer, Local, Pending, Requester, cancelled};
 use crate::ids::ActionId;
 use crate::protocol::metered::Metered;
 use crate::protocol::wire::{self, Encoding, RequestHeader};
+use crate::serve::paced::MinRate;
 use crate::serve::reply::{Reply, Server};
 use crate::store::Store;
 
@@ -162,7 +163,7 @@ impl libp2p::request_response::Codec for FetchCodec {
         };
         let traffic = reply.traffic.clone();
         self.server
-            .send_reply(&mut Metered::new(io, &traffic.sent), reply)
+            .send_reply(&mut MinRate::new(Metered::new(io, &traffic.sent)), reply)
             .await
     }
 }
