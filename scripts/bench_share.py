@@ -618,8 +618,11 @@ class Host:
         for line in self.warren_cmd("peers").splitlines():
             cols = line.split()
             if peer in cols:
-                i = cols.index(peer)
-                return cols[i + 1] if i + 1 < len(cols) else "?"
+                # The state column follows the ID (and, since part 4, its
+                # role and entry count).
+                after = cols[cols.index(peer) + 1 :]
+                states = [c for c in after if c in ("connected", "discovered", "offline")]
+                return states[0] if states else "?"
         return "absent"
 
     def wait_connected(self, peer: str, timeout: float = CONNECT_TIMEOUT) -> float:
