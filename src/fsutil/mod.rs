@@ -66,14 +66,14 @@ pub(crate) fn sync_data(temp: &NamedTempFile) -> Result<(), Error> {
 }
 
 /// Writes `contents` to `path` through a temp file, only if `path` does not
-/// exist (then nothing is written and the answer is `false`). The data is
-/// on disk before the name is (see [`write_atomic`]).
-pub(crate) fn write_new(path: &Path, contents: &[u8]) -> Result<bool, Error> {
+/// exist (then nothing is written and the answer is `false`). Not synced:
+/// only a cache of what a peer holds is written so (see `store`'s module
+/// docs).
+pub(crate) fn write_new_unsynced(path: &Path, contents: &[u8]) -> Result<bool, Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = temp_file_in(dir)?;
     temp.write_all(contents)
         .map_err(io_error("writing", temp.path()))?;
-    sync_data(&temp)?;
     match temp.persist_noclobber(path) {
         Ok(_) => Ok(true),
         Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
@@ -90,11 +90,22 @@ pub(crate) fn write_new(path: &Path, contents: &[u8]) -> Result<bool, Error> {
 /// the old contents or the new, never a part or a hole (the rename itself
 /// may be lost: the directory is not synced).
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    write_atomic_with(path, contents, true)
+}
+
+/// [`write_atomic`] without the sync, for what [`write_new_unsynced`] is for.
+pub(crate) fn write_atomic_unsynced(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    write_atomic_with(path, contents, false)
+}
+
+fn write_atomic_with(path: &Path, contents: &[u8], sync: bool) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = temp_file_in(dir)?;
     temp.write_all(contents)
         .map_err(io_error("writing", temp.path()))?;
-    sync_data(&temp)?;
+    if sync {
+        sync_data(&temp)?;
+    }
     temp.persist(path).map_err(|e| Error {
         op: "replacing",
         path: path.to_path_buf(),

@@ -29,12 +29,19 @@
 //! write one store at once without locks: they only ever rename complete,
 //! verified files over identical ones.
 //!
-//! Each file's data is synced (`fdatasync`) before its rename, the object's
+//! What `go` puts is synced (`fdatasync`) before its rename, the object
 //! before the entry is written: a killed process loses nothing that was
-//! answered, and after a power loss every entry that is there names a
-//! complete object (a put of the last moments may be missing: a miss).
-//! Directories are not synced. Measured: about 0.6 ms a put on this
-//! project's VM (docs/benchmarks.md); Go's own cache syncs nothing.
+//! answered, and after a power loss every entry of a put that is there
+//! names a complete object (a put of the last moments may be missing: a
+//! miss). Directories are not synced. Measured: about 0.6 ms a file on
+//! this project's VM (docs/benchmarks.md); Go's own cache syncs nothing.
+//! Bodies fetched from peers are not synced: the daemon commits small
+//! ones on its one async thread, where two syncs a body slowed a from-peer
+//! build severalfold, and they are only a copy of what the peer holds.
+//! After a power loss such an entry may name an object that lost its
+//! data; on ext4, XFS and APFS that object comes back shorter than its
+//! entry says (their on-disk size follows the data written), and the read
+//! check below makes it a miss.
 //!
 //! # Reads
 //!
@@ -364,8 +371,11 @@ impl DiskStore {
             final_path,
             temp,
         } = object;
-        // On disk before any entry can name it.
-        fsutil::sync_data(&temp)?;
+        // On disk before any entry can name it; see the module docs for
+        // why fetched bodies are not synced.
+        if matches!(source, Source::Local | Source::Unknown) {
+            fsutil::sync_data(&temp)?;
+        }
         temp.persist(&final_path)
             .map_err(|e| io_error("storing object", &final_path)(e.error))?;
         let time = self.now();
@@ -374,12 +384,14 @@ impl DiskStore {
         match replace {
             Replace::Yes => write_atomic(&entry_path, line.as_bytes())?,
             Replace::No => {
-                if !fsutil::write_new(&entry_path, line.as_bytes())? {
+                // Only fetched bodies are committed so, and they are not
+                // synced (see the module docs).
+                if !fsutil::write_new_unsynced(&entry_path, line.as_bytes())? {
                     if let Lookup::Hit(existing) = self.get(action)? {
                         return Ok(existing);
                     }
                     // It was damaged, and is gone now: ours takes its place.
-                    write_atomic(&entry_path, line.as_bytes())?;
+                    fsutil::write_atomic_unsynced(&entry_path, line.as_bytes())?;
                 }
             }
         }
