@@ -5,7 +5,7 @@
 //! bodies (they verify against their own hashes), each naming fresh hints,
 //! and without a bound this went on until the disk was full, with no
 //! build running. So read-ahead runs only while builds are using peers (a
-//! lookup got a body from one within [`ReadAheadBudget::live_for`]), and
+//! lookup got a body from one within [`ReadAheadLimits::live_for`]), and
 //! within byte budgets per window: one per peer and one in all.
 //!
 //! Each read-ahead entry reserves the most it may bring, its `max_inline`,

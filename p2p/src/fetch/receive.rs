@@ -65,7 +65,7 @@ pub enum RejectReason {
     /// The peer sent a compressed body whose chunks do not decode to it.
     Undecodable(String),
     /// The peer announced a body and then sent none of it, or not one piece
-    /// within [`STALL`].
+    /// within 2 s.
     Stalled,
     /// The body verified, but the store found it wrong for its action.
     Refused(String),
