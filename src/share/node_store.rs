@@ -216,11 +216,7 @@ impl warren_p2p::Bodies for StoreAdapter {
 
     fn open(&self, action: &ActionId) -> io::Result<Option<Served>> {
         let entry = match self.store.get(action) {
-            Ok(Lookup::Hit(entry))
-                if self.sharing.serves(&entry.source) && !is_module_index(&entry.path) =>
-            {
-                entry
-            }
+            Ok(Lookup::Hit(entry)) if self.sharing.serves(&entry.source) => entry,
             // Not ours to pass on: for the asking peer, a miss.
             Ok(Lookup::Hit(_) | Lookup::Miss) => return Ok(None),
             Err(e) => return Err(io::Error::other(e)),
@@ -231,6 +227,9 @@ impl warren_p2p::Bodies for StoreAdapter {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
+        if starts_module_index(&body) {
+            return Ok(None);
+        }
         Ok(Some(Served {
             output: entry.output,
             size: entry.size,
@@ -305,12 +304,17 @@ impl warren_p2p::Summaries for StoreAdapter {
 }
 
 /// Whether the body at `path` is a module index (never served; see
-/// [`consistency`]). Costs one small read.
+/// [`consistency`]).
 fn is_module_index(path: &std::path::Path) -> bool {
+    File::open(path).is_ok_and(|file| starts_module_index(&file))
+}
+
+/// Whether the open `body` is a module index: one small read at its start
+/// (the file's position stays where it is, for serving).
+fn starts_module_index(body: &File) -> bool {
     use std::os::unix::fs::FileExt as _;
     let mut head = [0; 16];
-    File::open(path)
-        .and_then(|file| file.read_at(&mut head, 0))
+    body.read_at(&mut head, 0)
         .is_ok_and(|n| !consistency::servable(&head[..n]))
 }
 

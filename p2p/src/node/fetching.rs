@@ -19,7 +19,7 @@ use super::EventLoop;
 use super::peers::PeerState;
 use crate::allowlist::Allowlist;
 use crate::fetch::Fetched;
-use crate::fetch::books::{self, Deadline, Output, Peers, RequestKey};
+use crate::fetch::books::{self, Deadline, Failure, Output, Peers, RequestKey};
 use crate::fetch::receive::{Answer, BatchReports, Local, Report};
 use crate::ids::ActionId;
 use crate::node::behaviour::Behaviour;
@@ -134,7 +134,7 @@ impl EventLoop {
         self.carry_out();
     }
 
-    pub(super) fn on_request_failed(&mut self, request_id: OutboundRequestId, why: &str) {
+    pub(super) fn on_request_failed(&mut self, request_id: OutboundRequestId, why: Failure) {
         if let Some(key) = self.sent.remove(&request_id) {
             self.books.on_failed(key, why, Instant::now(), &view!(self));
             self.carry_out();

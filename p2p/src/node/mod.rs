@@ -56,7 +56,7 @@ use self::serving::Serving;
 use self::summaries::{PARK_CHECK, Parked};
 use crate::allowlist::Allowlist;
 use crate::config::NodeConfig;
-use crate::fetch::books::{Books, Limits};
+use crate::fetch::books::{Books, Failure, Limits};
 use crate::fetch::receive::Report;
 use crate::node::behaviour::{Behaviour, BehaviourEvent};
 use crate::node::client::{Command, Event};
@@ -418,7 +418,7 @@ impl EventLoop {
                 Response::Answer(answer) => self.on_answer(peer, request_id, answer),
                 Response::Reply(_) => {
                     tracing::error!("the codec produced a reply on the requesting side");
-                    self.on_request_failed(request_id, "unexpected reply");
+                    self.on_request_failed(request_id, Failure::Ended);
                 }
             },
             E::OutboundFailure {
@@ -430,7 +430,14 @@ impl EventLoop {
                 tracing::debug!(%peer, "fetch request failed: {error}");
                 let stalled = matches!(&error,
                     request_response::OutboundFailure::Io(e) if crate::fetch::receive::is_stall(e));
-                self.on_request_failed(request_id, if stalled { "stalled" } else { "failed" });
+                self.on_request_failed(
+                    request_id,
+                    if stalled {
+                        Failure::Stalled
+                    } else {
+                        Failure::Ended
+                    },
+                );
             }
             E::InboundFailure {
                 peer,

@@ -41,6 +41,16 @@ pub(crate) enum Deadline {
     Request(RequestKey),
 }
 
+/// Why a request failed, as far as the books care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// It ended, failed or was cancelled: its fetches move on.
+    Ended,
+    /// The peer said "found" and then stalled the body: it is cooled
+    /// down too, like a peer that sent a bad body.
+    Stalled,
+}
+
 /// The limits the books apply, from the node's config.
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {

@@ -43,7 +43,9 @@ use tokio_util::sync::CancellationToken;
 mod ahead;
 mod io;
 
-pub(crate) use self::io::{Deadline, FetchId, Limits, Output, Peers, Phase, RequestKey, Send};
+pub(crate) use self::io::{
+    Deadline, Failure, FetchId, Limits, Output, Peers, Phase, RequestKey, Send,
+};
 use crate::fetch::Fetched;
 use crate::fetch::budget::ReadAheadBudget;
 use crate::fetch::read_ahead::{HINTS, ReadAhead};
@@ -315,7 +317,7 @@ impl Books {
             } else {
                 self.unreported(key)
             };
-            self.on_failed(key, "ended", now, peers);
+            self.on_failed(key, Failure::Ended, now, peers);
             self.requeue(peer, unanswered, now, peers);
             if !self.in_cooldown(&peer, now) {
                 self.offer_hints(peer, answer.next, now, peers);
@@ -414,13 +416,13 @@ impl Books {
     pub(crate) fn on_failed(
         &mut self,
         key: RequestKey,
-        why: &str,
+        why: Failure,
         now: Instant,
         peers: &impl Peers,
     ) {
         if let Some(info) = self.forget_request(key) {
-            tracing::trace!(peer = %info.peer, "request {why}");
-            if why == "stalled" {
+            tracing::trace!(peer = %info.peer, "request ended: {why:?}");
+            if why == Failure::Stalled {
                 // It said "found" and then sent nothing for a while: left
                 // out like a peer that sent a bad body.
                 let action = (info.fetches.first())
@@ -855,7 +857,7 @@ mod tests {
             [Output::Timer { deadline: Deadline::Request(key), .. }] if key == bodies[0].key
         ));
         // The first candidate's transfer fails: the second is asked.
-        books.on_failed(bodies[0].key, "failed", now, &peers);
+        books.on_failed(bodies[0].key, Failure::Ended, now, &peers);
         let (bodies, _) = drain(&mut books);
         assert_eq!(bodies.len(), 1);
         assert_eq!(bodies[0].peer, sends[1].peer);
@@ -897,7 +899,7 @@ mod tests {
         assert!(!books.in_cooldown(&peer, later));
         let _third = lookup(&mut books, action(3), later, &peers);
         let (sends, _) = drain(&mut books);
-        books.on_failed(sends[0].key, "stalled", later, &peers);
+        books.on_failed(sends[0].key, Failure::Stalled, later, &peers);
         let (_, others) = drain(&mut books);
         assert!(
             others.iter().any(|output| matches!(
