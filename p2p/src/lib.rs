@@ -147,9 +147,9 @@ pub fn new(
     let (commands, command_receiver) = mpsc::channel(COMMAND_QUEUE);
     let (events, event_receiver) = mpsc::channel(config.event_capacity);
     let backstop = config.longest_fetch() + std::time::Duration::from_secs(1);
-    let client = Client::new(commands, local_peer_id, backstop);
     let event_loop =
         node::EventLoop::new(swarm, command_receiver, events, store, config, discovery);
+    let client = Client::new(commands, local_peer_id, event_loop.holders(), backstop);
     Ok((client, event_receiver, event_loop))
 }
 

@@ -7,11 +7,14 @@
 //! - [`books`]: the bookkeeping of fetches in flight (whom to ask, whose
 //!   body to take, deadlines, cooldown), free of I/O: the node's event loop
 //!   feeds it events and carries out what it returns;
+//! - [`holders`]: what a client may answer without the event loop (a
+//!   lookup no peer can answer);
 //! - [`read_ahead`]: the queue of entries a peer hinted a build will ask
 //!   for next, and [`budget`]: how much read-ahead may bring, and when.
 
 pub(crate) mod books;
 pub(crate) mod budget;
+pub(crate) mod holders;
 pub(crate) mod link;
 pub(crate) mod read_ahead;
 pub(crate) mod receive;

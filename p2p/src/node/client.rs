@@ -8,6 +8,7 @@
 //! peers) instead of failing: peers are an optimisation, never a reason for a
 //! build to fail.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use libp2p::{Multiaddr, PeerId};
@@ -16,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::Error;
 use crate::allowlist::Allowlist;
 use crate::fetch::Fetched;
+use crate::fetch::holders::Holders;
 use crate::fetch::receive::RejectReason;
 use crate::ids::ActionId;
 
@@ -161,6 +163,8 @@ pub(crate) enum Command {
 pub struct Client {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
+    /// Answers a lookup that no peer can, without the event loop.
+    holders: Arc<Holders>,
     /// Longest a fetch can take (the event loop enforces tighter limits;
     /// this only guards against a stuck loop).
     backstop: Duration,
@@ -170,11 +174,13 @@ impl Client {
     pub(crate) fn new(
         commands: mpsc::Sender<Command>,
         local_peer_id: PeerId,
+        holders: Arc<Holders>,
         backstop: Duration,
     ) -> Self {
         Self {
             commands,
             local_peer_id,
+            holders,
             backstop,
         }
     }
@@ -187,8 +193,13 @@ impl Client {
     /// Looks `action` up at the connected, allowlisted peers and, on a hit,
     /// streams the body into the store. `None` for a miss and for every kind
     /// of trouble; bounded by the node's lookup deadline and transfer
-    /// timeouts (see [`NodeConfig`](crate::NodeConfig)).
+    /// timeouts (see [`NodeConfig`](crate::NodeConfig)). A lookup that no
+    /// connected peer's summary names is a miss at once, without waiting
+    /// for a busy event loop (see [`crate::fetch::holders`]).
     pub async fn fetch(&self, action: ActionId) -> Option<Fetched> {
+        if self.holders.surely_none(&action) {
+            return None;
+        }
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Fetch { action, reply })

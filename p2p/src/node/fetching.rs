@@ -66,7 +66,7 @@ impl Peers for View<'_> {
     fn may_hold(&self, peer: &PeerId, action: &ActionId) -> bool {
         self.peers
             .get(peer)
-            .is_none_or(|state| state.summary.may_hold(action))
+            .is_none_or(|state| state.summary.read().may_hold(action))
     }
 
     fn batches(&self, peer: &PeerId) -> bool {

@@ -188,6 +188,23 @@ impl EventLoop {
         tracing::debug!("every client dropped; stopping the p2p node");
     }
 
+    /// What clients read to answer a sure miss themselves.
+    pub(crate) fn holders(&self) -> Arc<crate::fetch::holders::Holders> {
+        self.books.holders()
+    }
+
+    /// Tells clients whom a lookup would ask now: after connections and
+    /// the allowlist change (see [`crate::fetch::holders`]).
+    fn publish_asked(&self) {
+        let asked = self
+            .peers
+            .iter()
+            .filter(|(peer, _)| self.allowlist.pulls_from(peer) && self.swarm.is_connected(peer))
+            .map(|(_, state)| state.summary.clone())
+            .collect();
+        self.books.holders().set_asked(asked);
+    }
+
     fn emit(&self, event: Event) {
         if let Err(error) = self.events.try_send(event) {
             tracing::trace!("p2p event not delivered: {error}");
@@ -312,6 +329,7 @@ impl EventLoop {
             if self.allowlist.contains(&peer) {
                 self.request_summary(peer);
             }
+            self.publish_asked();
         }
     }
 
@@ -323,7 +341,7 @@ impl EventLoop {
         if connections > 0 {
             return;
         }
-        state.summary = crate::summary::PeerSummary::Unknown;
+        *state.summary.write() = crate::summary::PeerSummary::Unknown;
         state.summary_request = None;
         state.summary_retry = None;
         if state
@@ -335,6 +353,7 @@ impl EventLoop {
         }
         state.next_dial = Some(Instant::now() + state.backoff);
         state.backoff = (state.backoff * 2).clamp(min, max);
+        self.publish_asked();
         self.emit(Event::PeerDisconnected(peer));
     }
 

@@ -23,11 +23,11 @@ use tokio::time::Instant;
 use super::EventLoop;
 use crate::Error;
 use crate::allowlist::Allowlist;
+use crate::fetch::holders::SharedSummary;
 use crate::fetch::link::LinkMeter;
 use crate::node::client::{PeerCounters, PeerInfo};
 use crate::node::discovery::{ANNOUNCED_TTL, MAX_ANNOUNCED};
 use crate::protocol::metered::Traffic;
-use crate::summary::PeerSummary;
 
 #[derive(Debug)]
 pub(super) struct PeerState {
@@ -49,7 +49,7 @@ pub(super) struct PeerState {
     /// answer says otherwise, and again after it reconnects.
     pub(super) batches: bool,
     /// What we know of its store; reset when it disconnects.
-    pub(super) summary: PeerSummary,
+    pub(super) summary: SharedSummary,
     pub(super) summary_request: Option<OutboundRequestId>,
     /// When to ask for its summary again, after it had none to give.
     pub(super) summary_retry: Option<Instant>,
@@ -72,7 +72,7 @@ impl PeerState {
             backoff,
             next_dial: None,
             batches: true,
-            summary: PeerSummary::Unknown,
+            summary: SharedSummary::default(),
             summary_request: None,
             summary_retry: None,
             link: Arc::default(),
@@ -162,6 +162,7 @@ impl EventLoop {
             }
         }
         self.allowlist = peers;
+        self.publish_asked();
         // A static address may now lead to an allowed peer.
         let now = Instant::now();
         for anonymous in &mut self.anonymous {
@@ -194,7 +195,7 @@ impl EventLoop {
                         })
                         .unwrap_or_default(),
                     in_cooldown: self.books.in_cooldown(&peer, now),
-                    summary_entries: state.and_then(|s| s.summary.entries()),
+                    summary_entries: state.and_then(|s| s.summary.read().entries()),
                     compressed: state
                         .filter(|_| self.swarm.is_connected(&peer))
                         .and_then(|s| s.link.settled(self.config.compression)),

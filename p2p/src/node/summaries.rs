@@ -59,10 +59,12 @@ impl EventLoop {
             return;
         }
         let state = self.peer(peer);
-        if state.summary_request.is_some() || matches!(state.summary, PeerSummary::Unavailable) {
+        if state.summary_request.is_some()
+            || matches!(*state.summary.read(), PeerSummary::Unavailable)
+        {
             return;
         }
-        let request = state.summary.next_request();
+        let request = state.summary.read().next_request();
         let request_id = self
             .swarm
             .behaviour_mut()
@@ -135,10 +137,14 @@ impl EventLoop {
         state.summary_request = None;
         state.seen();
         let (from, count) = (answer.header.from, answer.prefixes.len());
-        let again = state.summary.apply(answer);
-        tracing::trace!(%peer, from, count, entries = ?state.summary.entries(), "summary");
-        match (&state.summary, again) {
-            (PeerSummary::Unavailable, _) => {
+        let (again, unavailable) = {
+            let mut summary = state.summary.write();
+            let again = summary.apply(answer);
+            tracing::trace!(%peer, from, count, entries = ?summary.entries(), "summary");
+            (again, matches!(*summary, PeerSummary::Unavailable))
+        };
+        match (unavailable, again) {
+            (true, _) => {
                 tracing::debug!(%peer, "peer's summary is too big to keep; asking it about every lookup");
             }
             // Never at once, even after an answer with nothing new: an
@@ -166,10 +172,10 @@ impl EventLoop {
         state.summary_request = None;
         if matches!(error, OutboundFailure::UnsupportedProtocols) {
             // An older peer: asked about every lookup, as before.
-            state.summary = PeerSummary::Unavailable;
+            *state.summary.write() = PeerSummary::Unavailable;
         } else if connected {
             tracing::debug!(%peer, "summary request failed ({error}); asking it about every lookup for now");
-            state.summary = PeerSummary::Unknown;
+            *state.summary.write() = PeerSummary::Unknown;
             state.summary_retry = Some(Instant::now() + RETRY);
         }
     }

@@ -48,6 +48,7 @@ pub(crate) use self::io::{
 };
 use crate::fetch::Fetched;
 use crate::fetch::budget::ReadAheadBudget;
+use crate::fetch::holders::Holders;
 use crate::fetch::read_ahead::{HINTS, ReadAhead};
 use crate::fetch::receive::{Answer, Meta, Outcome, RejectReason};
 use crate::ids::ActionId;
@@ -91,6 +92,8 @@ pub(crate) struct Books {
     fetches: HashMap<FetchId, PendingFetch>,
     /// The fetch in flight for each action: a second lookup joins it.
     active: HashMap<ActionId, FetchId>,
+    /// `active`'s actions, as clients see them.
+    holders: Arc<Holders>,
     requests: HashMap<RequestKey, RequestInfo>,
     read_ahead: ReadAhead,
     budget: ReadAheadBudget,
@@ -108,6 +111,7 @@ impl Books {
             limits,
             fetches: HashMap::new(),
             active: HashMap::new(),
+            holders: Arc::default(),
             requests: HashMap::new(),
             read_ahead: ReadAhead::default(),
             cooldowns: HashMap::new(),
@@ -115,6 +119,11 @@ impl Books {
             next_request: 0,
             out: VecDeque::new(),
         }
+    }
+
+    /// What clients read to answer a sure miss themselves.
+    pub(crate) fn holders(&self) -> Arc<Holders> {
+        self.holders.clone()
     }
 
     /// The next thing to do, in the order it was decided.
@@ -212,6 +221,7 @@ impl Books {
             },
         );
         self.active.insert(action, id);
+        self.holders.started(action);
         id
     }
 
@@ -548,6 +558,7 @@ impl Books {
         }
         if self.active.get(&fetch.action) == Some(&id) {
             self.active.remove(&fetch.action);
+            self.holders.ended(&fetch.action);
         }
         if result.is_none() && !fetch.replies.is_empty() {
             tracing::trace!(action = %fetch.action, "lookup: no peer sent it");

@@ -1,0 +1,145 @@
+//! Who may hold an action, readable off the event loop's thread.
+//!
+//! A build asks its daemon about every action its local store misses, and
+//! most of those no peer holds: a `go build std` looks up 383 module
+//! indexes, which peers never share. The event loop answers such a lookup
+//! at once, but while a build reads ahead it is busy, and each miss waited
+//! its turn behind that work: 1.9-2.1 s of a from-peer build went on ~460
+//! daemon lookups, against 0.27 ms for one miss on an idle daemon
+//! (docs/benchmarks.md). [`Holders`] lets a [`Client`](crate::Client)
+//! answer such a miss itself: the event loop publishes the summaries of
+//! the peers it would ask, and the books the actions being fetched. A
+//! lookup that no published summary names and nobody is fetching is a
+//! miss without a turn through the loop; everything else (a peer with no
+//! summary yet, a name in a summary, a fetch in flight) goes to the loop,
+//! which decides as before. Peers in cooldown are published too, so the
+//! shortcut never answers a lookup that the loop would have asked about.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::ids::ActionId;
+use crate::summary::PeerSummary;
+
+/// One peer's summary, written by the event loop and read by clients.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SharedSummary(Arc<RwLock<PeerSummary>>);
+
+impl SharedSummary {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, PeerSummary> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, PeerSummary> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct Holders {
+    /// The peers a lookup would ask: connected and pulled from.
+    asked: RwLock<Vec<SharedSummary>>,
+    /// Actions with a fetch in flight, which a lookup joins.
+    fetching: Mutex<HashSet<ActionId>>,
+}
+
+impl Holders {
+    /// Whether a lookup of `action` is surely a miss: nobody to ask, or
+    /// every summary says no, and nobody is fetching it.
+    pub(crate) fn surely_none(&self, action: &ActionId) -> bool {
+        if self
+            .fetching
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(action)
+        {
+            return false;
+        }
+        self.asked
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .all(|summary| !summary.read().may_hold(action))
+    }
+
+    /// Replaces the peers a lookup would ask.
+    pub(crate) fn set_asked(&self, asked: Vec<SharedSummary>) {
+        *self.asked.write().unwrap_or_else(PoisonError::into_inner) = asked;
+    }
+
+    pub(crate) fn started(&self, action: ActionId) {
+        self.fetching
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(action);
+    }
+
+    pub(crate) fn ended(&self, action: &ActionId) {
+        self.fetching
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(action);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::summary::{SummaryAnswer, SummaryHeader, prefix};
+
+    fn action(n: u8) -> ActionId {
+        ActionId::from_bytes([n; 32])
+    }
+
+    fn known(actions: &[ActionId]) -> SharedSummary {
+        let summary = SharedSummary::default();
+        let prefixes: Vec<u64> = actions.iter().map(prefix).collect();
+        summary.write().apply(SummaryAnswer {
+            header: SummaryHeader {
+                epoch: 7,
+                from: 0,
+                count: prefixes.len() as u64,
+                generation: prefixes.len() as u64,
+            },
+            prefixes,
+        });
+        summary
+    }
+
+    #[test]
+    fn a_miss_is_sure_only_when_every_asked_summary_says_no() {
+        let holders = Holders::default();
+        // Nobody to ask.
+        assert!(holders.surely_none(&action(1)));
+        let (a, b) = (known(&[action(1)]), known(&[action(2)]));
+        holders.set_asked(vec![a, b.clone()]);
+        assert!(!holders.surely_none(&action(1)));
+        assert!(!holders.surely_none(&action(2)));
+        assert!(holders.surely_none(&action(3)));
+        // A summary that grows is read as it is now.
+        b.write().apply(SummaryAnswer {
+            header: SummaryHeader {
+                epoch: 7,
+                from: 1,
+                count: 1,
+                generation: 2,
+            },
+            prefixes: vec![prefix(&action(3))],
+        });
+        assert!(!holders.surely_none(&action(3)));
+        // A peer with no summary yet may hold anything.
+        holders.set_asked(vec![b, SharedSummary::default()]);
+        assert!(!holders.surely_none(&action(4)));
+    }
+
+    #[test]
+    fn an_action_being_fetched_is_left_to_the_event_loop() {
+        let holders = Holders::default();
+        holders.set_asked(vec![known(&[])]);
+        holders.started(action(5));
+        assert!(!holders.surely_none(&action(5)));
+        holders.ended(&action(5));
+        assert!(holders.surely_none(&action(5)));
+    }
+}
