@@ -286,27 +286,20 @@ fn a_peer_killed_mid_build_costs_only_rebuilds() {
     assert!(verify.contains(", 0 files (0 B) corrupt"), "{verify}");
 }
 
-/// The tampering peer example of the p2p crate, built if needed.
-fn tampering_peer() -> std::path::PathBuf {
+/// An example of the p2p crate (a hostile peer), built if needed.
+fn p2p_example(name: &str) -> std::path::PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "warren-p2p",
-            "--example",
-            "tampering_peer",
-        ])
+        .args(["build", "--quiet", "-p", "warren-p2p", "--example", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .unwrap();
-    assert!(status.success(), "building the tampering peer failed");
+    assert!(status.success(), "building the {name} example failed");
     let bin_dir = std::path::Path::new(common::warren_bin())
         .parent()
         .unwrap()
         .to_path_buf();
-    bin_dir.join("examples/tampering_peer")
+    bin_dir.join("examples").join(name)
 }
 
 /// A trusted peer that corrupts every body it sends: B rejects each one,
@@ -316,7 +309,7 @@ fn a_tampering_peer_is_rejected_and_the_build_stays_correct() {
     if !netns::available() {
         return;
     }
-    let hostile = tampering_peer();
+    let hostile = p2p_example("tampering_peer");
     let mut lan = Lan::new(2, go(None));
     let a = lan.host(1).init("[share]\nenabled = false\n");
     lan.host(1).go("gocache", &["build", "std"]);
@@ -477,4 +470,161 @@ fn trust_is_not_transitive_and_revoking_a_peer_purges_its_entries() {
         !refused.status.success() && stderr.contains("chmod go-w"),
         "{stderr}"
     );
+}
+
+/// A test tool's process, ended by its PID however the test ends.
+struct Tool(std::process::Child);
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a test tool's stdout, collected as they come.
+fn collect_lines(tool: &mut Tool) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stdout = tool.0.stdout.take().unwrap();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// Part 4, finding 2, played on a LAN: a third host announces A's peer ID
+/// (taken from A's own advert) at loopback, at an address of another
+/// network, and at 24 addresses of the LAN that it owns, twice a second.
+/// B keeps its connection to the real A; its view of A holds none of the
+/// forbidden addresses and at most 8 spoofed ones; and when A goes away,
+/// B's redials reach at most those 8, with backoff, never loopback.
+#[test]
+fn an_address_spoofer_is_held_to_the_lan_and_the_bounds() {
+    if !netns::available() {
+        return;
+    }
+    let spoofer = p2p_example("address_spoofer");
+    let mut lan = Lan::new(3, go(None));
+    let a = lan.host(1).init(SHARING);
+    let b = lan.host(2).init(SHARING);
+    lan.host(1).trust(&b);
+    lan.host(2).trust(&a);
+    lan.host(1).start_daemon();
+    lan.host(2).start_daemon();
+    lan.host(2).wait_connected(&a, Duration::from_secs(30));
+
+    // The spoofer owns 24 more addresses of the LAN, and sends multicast.
+    let (netns_c, veth_c) = (lan.host(3).netns.clone(), lan.host(3).veth.clone());
+    let subnet = lan.host(3).address.rsplit_once('.').unwrap().0.to_owned();
+    let ip = |args: &[&str]| {
+        let status = std::process::Command::new("ip")
+            .args(["netns", "exec", &netns_c, "ip"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    let owned: Vec<String> = (100..124).map(|n| format!("{subnet}.{n}")).collect();
+    for address in &owned {
+        ip(&["addr", "add", &format!("{address}/24"), "dev", &veth_c]);
+    }
+    ip(&["route", "add", "224.0.0.0/4", "dev", &veth_c]);
+    const PORT: &str = "7399";
+    let spawn = |host: &netns::Host, args: &[&str]| {
+        Tool(
+            host.command(&spoofer, args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    // What B dials: on the spoofer's addresses, and on B's own loopback.
+    let mut reached = spawn(lan.host(3), &["listen", &format!("0.0.0.0:{PORT}")]);
+    let mut canary = spawn(lan.host(2), &["listen", &format!("127.0.0.1:{PORT}")]);
+    let reached_lines = collect_lines(&mut reached);
+    let canary_lines = collect_lines(&mut canary);
+    let mut announce_args = vec![
+        "announce",
+        "_warren._tcp.local.",
+        a.as_str(),
+        PORT,
+        "127.0.0.1",
+        "192.0.2.7",
+    ];
+    announce_args.extend(owned.iter().map(String::as_str));
+    let announcer = spawn(lan.host(3), &announce_args);
+
+    // B resolves the spoofed instance and keeps the bounded part of it.
+    let spoofed_of_a = |host: &netns::Host| -> Vec<String> {
+        let stats: serde_json::Value =
+            serde_json::from_str(&host.warren(&["stats", "--json"])).unwrap();
+        (stats["peers"].as_array().unwrap().iter())
+            .find(|peer| peer["id"] == a.as_str())
+            .map(|peer| {
+                (peer["addresses"].as_array().unwrap().iter())
+                    .map(|address| address.as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    netns::wait_for(
+        Duration::from_secs(20),
+        "B learns the spoofed addresses",
+        || {
+            spoofed_of_a(&lan.hosts[1])
+                .iter()
+                .any(|address| address.contains(&format!("/tcp/{PORT}")))
+        },
+        || lan.hosts[1].daemon_log(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let addresses = spoofed_of_a(lan.host(2));
+    let spoofed = addresses
+        .iter()
+        .filter(|address| address.contains(&format!("/tcp/{PORT}")));
+    assert!(
+        spoofed.count() <= 8,
+        "more than 8 announced addresses kept: {addresses:?}"
+    );
+    assert!(
+        addresses
+            .iter()
+            .all(|address| !address.contains("/127.") && !address.contains("192.0.2.")),
+        "a loopback or off-link address was kept: {addresses:?}"
+    );
+    lan.host(2).wait_connected(&a, Duration::from_secs(5));
+
+    // A goes away: B redials A at what it knows, the spoofed ones too.
+    lan.host(1).stop_daemon();
+    std::thread::sleep(Duration::from_secs(15));
+    let dialed: Vec<String> = (reached_lines.lock().unwrap().iter())
+        .filter(|line| line.starts_with("dialed "))
+        .cloned()
+        .collect();
+    let distinct: std::collections::HashSet<&String> = dialed.iter().collect();
+    assert!(
+        distinct.len() <= 8,
+        "B dialed {} spoofed addresses: {distinct:?}",
+        distinct.len()
+    );
+    // Backoff from 1 s, doubling: within 15 s, a handful of rounds.
+    assert!(
+        dialed.len() <= 8 * 6,
+        "B dialed the spoofed addresses {} times in 15 s",
+        dialed.len()
+    );
+    let loopback = canary_lines.lock().unwrap().clone();
+    assert!(
+        loopback.iter().all(|line| !line.starts_with("dialed ")),
+        "B dialed its own loopback: {loopback:?}"
+    );
+
+    // A comes back; B reaches the real A again.
+    lan.host(1).start_daemon();
+    lan.host(2).wait_connected(&a, Duration::from_secs(30));
+    drop((announcer, reached, canary));
 }
