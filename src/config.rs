@@ -83,6 +83,7 @@ pub(crate) struct FileShare {
     pub max_body_size: Option<String>,
     pub read_ahead: Option<usize>,
     pub compression: Option<Compression>,
+    pub agreement: Option<bool>,
 }
 
 /// Default libp2p listen addresses: a fixed port, so coworkers behind
@@ -117,6 +118,10 @@ pub(crate) struct Share {
     /// Whether to ask peers for compressed bodies. Default: only over
     /// links measured slow ([`Compression::Auto`]).
     pub compression: Compression,
+    /// Store a peer's entry only when a second source agrees on it (two
+    /// peers that built it, or a peer and an earlier build here); turns
+    /// read-ahead off. Default: false.
+    pub agreement: bool,
 }
 
 /// Values from flags or the environment (already merged by clap).
@@ -210,6 +215,7 @@ impl Config {
             },
             read_ahead: share.read_ahead.unwrap_or(defaults::READ_AHEAD),
             compression: share.compression.unwrap_or_default(),
+            agreement: share.agreement.unwrap_or(false),
         };
         Ok(Self {
             dir,
@@ -340,10 +346,11 @@ mod tests {
     fn sharing_is_off_by_default_and_configurable() {
         let config = Config::resolve(&Overrides::default(), FileConfig::default(), None).unwrap();
         assert!(!config.share.enabled);
+        assert!(!config.share.agreement);
         assert!(config.share.mdns);
         assert_eq!(config.share.lookup_deadline, defaults::LOOKUP_DEADLINE);
         let file: FileConfig = toml::from_str(
-            "[share]\nenabled = true\nmdns = false\nlookup-deadline = \"80ms\"\nread-ahead = 0\ncompression = \"never\"\nstatic-peers = [\"/ip4/192.0.2.1/tcp/7311\"]\n",
+            "[share]\nenabled = true\nmdns = false\nlookup-deadline = \"80ms\"\nread-ahead = 0\ncompression = \"never\"\nagreement = true\nstatic-peers = [\"/ip4/192.0.2.1/tcp/7311\"]\n",
         )
         .unwrap();
         let config = Config::resolve(
@@ -356,6 +363,7 @@ mod tests {
         assert_eq!(config.share.lookup_deadline, Duration::from_millis(80));
         assert_eq!(config.share.read_ahead, 0);
         assert_eq!(config.share.compression, Compression::Never);
+        assert!(config.share.agreement);
         assert_eq!(config.share.static_peers.len(), 1);
         assert_eq!(config.allowlist_path(), PathBuf::from("/etc/w/peers.toml"));
         let off = Overrides {

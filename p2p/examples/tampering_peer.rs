@@ -115,6 +115,7 @@ impl request_response::Codec for Tamper {
                 body_included: true,
                 // Raw, whatever was accepted: the damage is in the body.
                 encoding: Encoding::Raw,
+                built_here: true,
             }),
             next: Vec::new(),
         };

@@ -90,6 +90,7 @@ pub struct NodeConfig {
     pub(crate) read_ahead_budget: ReadAheadLimits,
     pub(crate) compression: Compression,
     pub(crate) inbound_from_anywhere: bool,
+    pub(crate) agreement: bool,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -107,6 +108,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("cooldown", &self.cooldown)
             .field("read_ahead", &self.read_ahead)
             .field("compression", &self.compression)
+            .field("agreement", &self.agreement)
             .finish_non_exhaustive()
     }
 }
@@ -147,6 +149,7 @@ impl NodeConfig {
             },
             compression: Compression::Auto,
             inbound_from_anywhere: false,
+            agreement: false,
         }
     }
 
@@ -188,6 +191,15 @@ impl NodeConfig {
     /// only LAN ones (see `node::admission`). Default `false`.
     pub fn with_inbound_from_anywhere(mut self, anywhere: bool) -> Self {
         self.inbound_from_anywhere = anywhere;
+        self
+    }
+
+    /// Agreement: store a fetched entry only when two sources agree on
+    /// its OutputID: two peers that built it themselves, or one peer and
+    /// an earlier build here ([`crate::Bodies::built_here`]). Read-ahead is
+    /// off with it. Default `false`. See `crate::fetch::agreement`.
+    pub fn with_agreement(mut self, agreement: bool) -> Self {
+        self.agreement = agreement;
         self
     }
 

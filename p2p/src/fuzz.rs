@@ -172,6 +172,7 @@ impl Bodies for MemStore {
             output: OutputId::of(BODY),
             size: BODY.len() as u64,
             time_unix_nanos: 1,
+            built_here: true,
             body,
         }))
     }
@@ -266,6 +267,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             time_unix_nanos: 5,
             body_included: included,
             encoding,
+            built_here: true,
         }),
         next: vec![ActionId::from_bytes([4; 32])],
     };

@@ -72,6 +72,15 @@ pub trait Bodies {
         let _ = action;
         false
     }
+
+    /// For agreement ([`crate::NodeConfig::with_agreement`]): the OutputID
+    /// an earlier build on this machine recorded for `action`, if the
+    /// store remembers one (even with its body gone). Quick, like
+    /// [`Bodies::open`]. The default remembers none.
+    fn built_here(&self, action: &ActionId) -> Option<OutputId> {
+        let _ = action;
+        None
+    }
 }
 
 /// Read-ahead hints for peers: the order entries were put in.
@@ -116,6 +125,9 @@ pub struct Served {
     pub size: u64,
     /// When the entry was put, in nanoseconds since the Unix epoch.
     pub time_unix_nanos: u64,
+    /// Whether it was built on this machine (not fetched from a peer); a
+    /// requester with agreement on counts only such answers.
+    pub built_here: bool,
     pub body: File,
 }
 
@@ -143,6 +155,10 @@ pub enum CommitError {
     /// The sender is put in cooldown.
     #[error("body refused: {0}")]
     Refused(String),
+    /// Agreement is on and no second source confirmed the mapping
+    /// (`crate::fetch::agreement`): nothing stored, nobody to blame.
+    #[error("no second source agrees on its OutputID")]
+    Unconfirmed,
     /// The body could not be stored (disk full, permissions, ...). Not the
     /// sender's fault.
     #[error(transparent)]

@@ -252,12 +252,17 @@ fn show_config(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode
         "max-body-size:   {}",
         ByteSize(share.max_body_size).display().iec()
     )?;
-    writeln!(out, "read-ahead:      {}", share.read_ahead)?;
+    if share.agreement {
+        writeln!(out, "read-ahead:      0 (off: agreement is on)")?;
+    } else {
+        writeln!(out, "read-ahead:      {}", share.read_ahead)?;
+    }
     writeln!(
         out,
         "compression:     {}",
         format!("{:?}", share.compression).to_lowercase()
     )?;
+    writeln!(out, "agreement:       {}", share.agreement)?;
     writeln!(out, "identity key:    {}", config.identity_path().display())?;
     writeln!(
         out,

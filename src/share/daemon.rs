@@ -78,6 +78,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
                 warren_p2p::config::defaults::READ_AHEAD_MAX_BODY,
             )
             .with_compression(config.share.compression)
+            .with_agreement(config.share.agreement)
             .with_inbound_from_anywhere(config.share.inbound_from_anywhere);
         if config.share.mdns {
             node = node.with_mdns(Some(
@@ -85,8 +86,13 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             ));
         }
         let sharing = Sharing::new(allowlist.sharing());
-        let adapter = StoreAdapter::new(store.clone(), sharing.clone(), config.trim)
-            .context("indexing the store")?;
+        let adapter = StoreAdapter::new(
+            store.clone(),
+            sharing.clone(),
+            config.trim,
+            config.share.agreement,
+        )
+        .context("indexing the store")?;
         let (client, events, event_loop) =
             warren_p2p::new(node, Arc::new(adapter)).context("starting the peer-to-peer node")?;
         let node_task = tokio::spawn(event_loop.run());

@@ -6,7 +6,8 @@
 //! - [`daemon`]: `warren daemon`, which wires the node, the helper socket
 //!   and the allowlist together; [`node_store`]: the store as the node sees
 //!   it (serving, verified fetched bodies, hints, summaries), with the
-//!   [`consistency`] checks Go's own records allow;
+//!   [`consistency`] checks Go's own records allow, and the [`ledger`] of
+//!   what was built here that agreement consults;
 //! - [`ipc`]: the Unix socket between helpers and the daemon, and
 //!   [`status`]: the daemon's typed answer to `status`;
 //! - [`remote`]: the helper's remote tier, which asks the daemon;
@@ -16,6 +17,7 @@ pub(crate) mod consistency;
 pub(crate) mod daemon;
 pub(crate) mod identity;
 pub(crate) mod ipc;
+pub(crate) mod ledger;
 pub(crate) mod node_store;
 pub(crate) mod remote;
 pub(crate) mod status;

@@ -21,6 +21,10 @@
 //! says that peer's entries are re-shared (a team's CI machine, say). A
 //! peer that is no longer pulled from (removed, or made serve-only) gets
 //! no more bodies into the store: its sinks refuse to commit.
+//!
+//! With agreement on, the adapter also remembers what was built here
+//! ([`Ledger`]), so that one peer's answer can be confirmed by an earlier
+//! build of our own.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -33,6 +37,7 @@ use warren_p2p::{BodySink, CommitError, PeerId, Served, SummaryChunk};
 
 use crate::ids::{ActionId, OutputId};
 use crate::share::consistency;
+use crate::share::ledger::Ledger;
 use crate::store::index::PutOrder;
 use crate::store::{self, DiskStore, Lookup, ObjectWriter, Source, TrimPolicy};
 
@@ -93,6 +98,8 @@ pub(crate) struct StoreAdapter {
     quota: Arc<Quota>,
     /// Bytes of the sinks open now.
     in_flight: Arc<AtomicU64>,
+    /// With agreement on: what was built here.
+    ledger: Option<Arc<Ledger>>,
 }
 
 /// Most bytes of bodies being received at once (each reserved in full
@@ -180,10 +187,12 @@ impl Quota {
 impl StoreAdapter {
     /// Starts indexing `store` for hints and summaries: only the entries
     /// that `sharing` serves (as it says at the time each is indexed).
+    /// With `agreement`, it also remembers what was built here.
     pub(crate) fn new(
         store: Arc<DiskStore>,
         sharing: Arc<Sharing>,
         policy: TrimPolicy,
+        agreement: bool,
     ) -> io::Result<Self> {
         let used = store.usage().map_err(io::Error::other)?.bytes;
         let quota = Arc::new(Quota {
@@ -192,9 +201,15 @@ impl StoreAdapter {
             counted: Mutex::new(Some(Instant::now())),
             trimmed: Mutex::new(None),
         });
+        let ledger = agreement.then(Arc::<Ledger>::default);
         let servable = {
-            let (sharing, store) = (sharing.clone(), store.clone());
-            Arc::new(move |line: &store::Line| {
+            let (sharing, store, ledger) = (sharing.clone(), store.clone(), ledger.clone());
+            Arc::new(move |action: &ActionId, line: &store::Line| {
+                if let Some(ledger) = &ledger
+                    && line.source == Source::Local
+                {
+                    ledger.record(action, line.output);
+                }
                 sharing.serves(&line.source) && !is_module_index(&store.object_path(&line.output))
             })
         };
@@ -205,6 +220,7 @@ impl StoreAdapter {
             sharing,
             quota,
             in_flight: Arc::default(),
+            ledger,
         })
     }
 }
@@ -231,6 +247,7 @@ impl warren_p2p::Bodies for StoreAdapter {
             return Ok(None);
         }
         Ok(Some(Served {
+            built_here: entry.source == Source::Local,
             output: entry.output,
             size: entry.size,
             time_unix_nanos: entry
@@ -240,6 +257,10 @@ impl warren_p2p::Bodies for StoreAdapter {
                 .as_nanos() as u64,
             body,
         }))
+    }
+
+    fn built_here(&self, action: &ActionId) -> Option<OutputId> {
+        self.ledger.as_ref()?.output(action)
     }
 
     fn begin(
@@ -414,7 +435,7 @@ mod tests {
 
     fn adapter(dir: &std::path::Path, state: SharingState) -> (Arc<DiskStore>, StoreAdapter) {
         let store = Arc::new(DiskStore::open(dir).unwrap());
-        let adapter = StoreAdapter::new(store.clone(), Sharing::new(state), POLICY).unwrap();
+        let adapter = StoreAdapter::new(store.clone(), Sharing::new(state), POLICY, false).unwrap();
         (store, adapter)
     }
 
@@ -519,6 +540,55 @@ mod tests {
         ));
     }
 
+    /// Part 4, agreement: the adapter remembers what was built here (not
+    /// what peers sent), past the entry's removal, and tells peers which
+    /// entries it built.
+    #[test]
+    fn with_agreement_builds_here_are_remembered_after_their_entry_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let alice = peer();
+        let store = Arc::new(DiskStore::open(dir.path()).unwrap());
+        let built = ActionId::from_bytes([1; 32]);
+        let output = store.put_bytes(&built, b"built here").unwrap().output;
+        let sharing = Sharing::new(SharingState {
+            pull: HashSet::from([alice]),
+            reshare: HashSet::from([alice]),
+        });
+        let adapter = StoreAdapter::new(store.clone(), sharing, POLICY, true).unwrap();
+        fetch(&adapter, 2, b"from alice", &alice).unwrap();
+        let start = Instant::now();
+        while adapter.built_here(&built).is_none() {
+            assert!(start.elapsed() < Duration::from_secs(10), "never indexed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(adapter.built_here(&built), Some(output));
+        assert!(adapter.open(&built).unwrap().unwrap().built_here);
+        // Alice's entry is served on (she is re-shared), but not as ours.
+        let relayed = adapter.open(&ActionId::from_bytes([2; 32])).unwrap();
+        assert!(!relayed.unwrap().built_here);
+        assert_eq!(adapter.built_here(&ActionId::from_bytes([2; 32])), None);
+
+        let hex = built.to_hex();
+        let entry = std::fs::read_dir(store.actions_dir())
+            .unwrap()
+            .map(|shard| shard.unwrap().path().join(&hex))
+            .find(|path| path.exists())
+            .unwrap();
+        std::fs::remove_file(entry).unwrap();
+        assert_eq!(store.get(&built).unwrap(), Lookup::Miss);
+        assert_eq!(adapter.built_here(&built), Some(output));
+
+        let other = tempfile::tempdir().unwrap();
+        let without = StoreAdapter::new(
+            Arc::new(DiskStore::open(other.path()).unwrap()),
+            Sharing::new(SharingState::default()),
+            POLICY,
+            false,
+        )
+        .unwrap();
+        assert_eq!(without.built_here(&built), None, "agreement off: no ledger");
+    }
+
     /// A body from a peer removed while it was on its way does not land
     /// after `warren peers remove` purged that peer's entries.
     #[test]
@@ -561,7 +631,7 @@ mod tests {
             pull: HashSet::from([alice]),
             ..SharingState::default()
         });
-        let adapter = StoreAdapter::new(store.clone(), sharing, policy).unwrap();
+        let adapter = StoreAdapter::new(store.clone(), sharing, policy, false).unwrap();
         fetch(&adapter, 2, &[2; 10_000], &alice).unwrap();
         let refused = adapter.begin(
             &ActionId::from_bytes([3; 32]),

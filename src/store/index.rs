@@ -65,8 +65,9 @@ const COMPACT_MIN: usize = 4096;
 /// With inotify: how often the index rescans anyway.
 pub(crate) const SAFETY_SCAN: Duration = Duration::from_secs(10);
 
-/// Which entries are indexed, by their line.
-pub(crate) type Servable = Arc<dyn Fn(&store::Line) -> bool + Send + Sync>;
+/// Which entries are indexed, by their action and line; called once for
+/// each entry the index reads.
+pub(crate) type Servable = Arc<dyn Fn(&ActionId, &store::Line) -> bool + Send + Sync>;
 
 /// See the module docs.
 pub(crate) struct PutOrder {
@@ -196,7 +197,7 @@ impl PutOrder {
             .into_iter()
             .filter_map(|(shard, name)| {
                 let action = ActionId::from_hex(&name).ok()?;
-                match self.read(&actions_dir.join(&shard).join(&name)) {
+                match self.read(&action, &actions_dir.join(&shard).join(&name)) {
                     Read::Gone => None,
                     Read::Kept => Some((shard, action, None)),
                     Read::Served(time) => Some((shard, action, Some(time))),
@@ -427,11 +428,11 @@ impl Index {
 
 impl PutOrder {
     /// Reads the entry at `path` for the index.
-    fn read(&self, path: &Path) -> Read {
+    fn read(&self, action: &ActionId, path: &Path) -> Read {
         let Some(line) = store::read_entry(path) else {
             return Read::Gone;
         };
-        if !(self.servable)(&line) {
+        if !(self.servable)(action, &line) {
             return Read::Kept;
         }
         Read::Served(
@@ -467,7 +468,7 @@ impl PutOrder {
                 scan.present.insert(action);
                 continue;
             }
-            match self.read(&entry.path()) {
+            match self.read(&action, &entry.path()) {
                 Read::Gone => {}
                 Read::Kept => {
                     scan.present.insert(action);
@@ -490,7 +491,7 @@ mod tests {
     use crate::store::DiskStore;
 
     fn only_local() -> Servable {
-        Arc::new(|line: &store::Line| line.source == store::Source::Local)
+        Arc::new(|_: &ActionId, line: &store::Line| line.source == store::Source::Local)
     }
 
     fn action(n: u8) -> ActionId {

@@ -7,11 +7,14 @@
 //! - [`books`]: the bookkeeping of fetches in flight (whom to ask, whose
 //!   body to take, deadlines, cooldown), free of I/O: the node's event loop
 //!   feeds it events and carries out what it returns;
+//! - [`agreement`]: with agreement on, a body is stored only when two
+//!   sources agree on its OutputID;
 //! - [`holders`]: what a client may answer without the event loop (a
 //!   lookup no peer can answer);
 //! - [`read_ahead`]: the queue of entries a peer hinted a build will ask
 //!   for next, and [`budget`]: how much read-ahead may bring, and when.
 
+pub(crate) mod agreement;
 pub(crate) mod books;
 pub(crate) mod budget;
 pub(crate) mod holders;

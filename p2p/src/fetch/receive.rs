@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::transfer_timeout;
+use crate::fetch::agreement::{Agreeing, Claims};
 use crate::fetch::link::LinkMeter;
 use crate::ids::{ActionId, OutputId};
 use crate::protocol::compress;
@@ -199,6 +200,9 @@ pub(crate) struct Requester {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) max_body_size: u64,
     pub(crate) transfer_rate: u64,
+    /// With agreement on: what peers that built an entry said of it, and a
+    /// body is committed only if its mapping is agreed.
+    pub(crate) agreement: Option<Arc<Claims>>,
 }
 
 impl Requester {
@@ -327,6 +331,16 @@ impl Requester {
         T: AsyncRead + Unpin + Send,
     {
         let meta = Meta::from(&found);
+        if let Some(claims) = &self.agreement
+            && found.built_here
+        {
+            claims.claim(
+                action,
+                pending.local.peer,
+                found.output,
+                std::time::Instant::now(),
+            );
+        }
         if !found.body_included {
             if found.size > self.max_body_size {
                 tracing::debug!(size = found.size, "peer holds a body over our size limit");
@@ -393,7 +407,20 @@ impl Requester {
     {
         let store = self.store.clone();
         let from = peer;
-        let begin = move || store.begin(&action, &meta.output, meta.size, &from);
+        let agreement = self.agreement.clone();
+        let begin = move || {
+            let sink = store.begin(&action, &meta.output, meta.size, &from)?;
+            Ok(match agreement {
+                None => sink,
+                Some(claims) => Box::new(Agreeing {
+                    sink,
+                    claims,
+                    store,
+                    action,
+                    output: meta.output,
+                }),
+            })
+        };
         let received = match receive(io, meta.size, compressed, begin).await {
             // A chunk that is not its piece: a bad body, like one that
             // does not hash to its OutputID.
@@ -422,6 +449,10 @@ impl Requester {
                 tracing::warn!("cannot store a fetched body: {error}");
                 Outcome::NotStored(meta)
             }
+            Received::Unconfirmed => {
+                tracing::debug!(%peer, %action, "fetched body not stored: no second source agrees");
+                Outcome::NotStored(meta)
+            }
         })
     }
 }
@@ -437,6 +468,8 @@ pub(crate) enum Received {
     Refused(String),
     /// The store could not take it (the sender is not to blame).
     NotStored(io::Error),
+    /// Agreement is on and nothing confirmed its mapping: not stored.
+    Unconfirmed,
 }
 
 /// Reads a body of `size` bytes from `io`, raw or (`compressed`) in
@@ -553,6 +586,7 @@ fn commit(sink: Box<dyn BodySink>) -> Received {
         Err(CommitError::Mismatch { actual, .. }) => Received::Mismatch { actual },
         Err(CommitError::Refused(why)) => Received::Refused(why),
         Err(CommitError::Io(error)) => Received::NotStored(error),
+        Err(CommitError::Unconfirmed) => Received::Unconfirmed,
     }
 }
 

@@ -55,7 +55,10 @@ pub(crate) fn build_swarm(
     for peer in config.allowlist.ids() {
         allowed.allow_peer(*peer);
     }
-    let codec = FetchCodec::new(store, config.max_body_size, config.transfer_rate);
+    let mut codec = FetchCodec::new(store, config.max_body_size, config.transfer_rate);
+    if config.agreement {
+        codec = codec.agreeing();
+    }
     // libp2p's request timeout bounds a whole exchange, body included, on
     // both sides; our own deadlines (lookup, transfer) are tighter and are
     // enforced by the codec and the event loop.

@@ -81,10 +81,18 @@ impl FetchCodec {
                 store: store.clone(),
                 max_body_size,
                 transfer_rate,
+                agreement: None,
             },
             server: Server { store },
             pending: None,
         }
+    }
+
+    /// Commits a fetched body only when its mapping is agreed (see
+    /// [`crate::fetch::agreement`]).
+    pub(crate) fn agreeing(mut self) -> Self {
+        self.requester.agreement = Some(Arc::default());
+        self
     }
 }
 
@@ -355,6 +363,7 @@ mod tests {
             time_unix_nanos: 5,
             body_included: included,
             encoding: Encoding::Raw,
+            built_here: true,
         }
     }
 
@@ -972,6 +981,7 @@ mod tests {
                 output,
                 size: size as u64,
                 time_unix_nanos: 1,
+                built_here: true,
                 body: std::fs::File::open(path)?,
             }))
         }

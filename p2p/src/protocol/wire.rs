@@ -33,6 +33,10 @@
 //! stored. A server that is not asked, or is older, sends
 //! it raw, and a requester refuses an encoding it did not ask for.
 //!
+//! Version 4 adds [`FoundHeader::built_here`], which a requester with
+//! agreement on needs (see `crate::fetch::agreement`); an older server's
+//! answers lack it and count as relayed.
+//!
 //! A raw body follows its header unframed, so neither side ever holds
 //! more than a chunk of it in memory (the cbor/json codecs of
 //! `libp2p-request-response` would buffer whole messages and cap them at
@@ -52,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{ActionId, OutputId};
 
 /// The version this crate writes in headers.
-pub const WIRE_VERSION: u32 = 3;
+pub const WIRE_VERSION: u32 = 4;
 /// The first version that answers [`RequestHeader::also`].
 pub const BATCH_VERSION: u32 = 2;
 /// Most actions one request is answered for (`action` and `also` together);
@@ -132,6 +136,11 @@ pub struct FoundHeader {
     /// Version 3: how the included body is encoded; raw if absent.
     #[serde(default, skip_serializing_if = "Encoding::is_raw")]
     pub encoding: Encoding,
+    /// Version 4: the server built this entry itself (it did not fetch it
+    /// from a peer). A requester with agreement on counts only such
+    /// answers as sources; older servers never say so.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub built_here: bool,
 }
 
 /// How a body travels.
@@ -152,6 +161,10 @@ impl Encoding {
     fn is_raw(&self) -> bool {
         *self == Self::Raw
     }
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 fn version_one() -> u32 {
@@ -245,6 +258,7 @@ mod tests {
                 time_unix_nanos: 34,
                 body_included: true,
                 encoding: Encoding::Zstd,
+                built_here: true,
             }),
             next: vec![ActionId::from_bytes([1; 32]), ActionId::from_bytes([2; 32])],
         };

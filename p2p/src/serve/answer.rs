@@ -85,6 +85,7 @@ pub(crate) fn prepare(store: &dyn Store, action: &ActionId, max_inline: u64) -> 
             body_included: include,
             // The codec says how it sends the body.
             encoding: Encoding::Raw,
+            built_here: served.built_here,
         }),
         body,
     }
@@ -128,6 +129,7 @@ mod tests {
                 output: self.output,
                 size: self.size,
                 time_unix_nanos: 1,
+                built_here: true,
                 body: std::fs::File::open(&self.path)?,
             }))
         }

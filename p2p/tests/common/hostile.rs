@@ -144,6 +144,7 @@ impl request_response::Codec for HostileCodec {
                 time_unix_nanos: 1,
                 body_included: true,
                 encoding: Encoding::Raw,
+                built_here: true,
             }),
             next: Vec::new(),
         };
@@ -195,6 +196,7 @@ where
                 time_unix_nanos: 1,
                 body_included: inline,
                 encoding: Encoding::Raw,
+                built_here: true,
             }),
             next: if last {
                 (0..request.hints).map(|_| fresh_action()).collect()
@@ -241,6 +243,7 @@ where
             time_unix_nanos: 1,
             body_included: body.len() as u64 <= request.max_inline,
             encoding: Encoding::Raw,
+            built_here: true,
         }),
         next: entries[at + 1..]
             .iter()
@@ -269,6 +272,7 @@ where
             time_unix_nanos: 1,
             body_included: true,
             encoding: Encoding::Zstd,
+            built_here: true,
         }),
         next: Vec::new(),
     };

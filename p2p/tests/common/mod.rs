@@ -54,6 +54,8 @@ struct Entry {
     size: u64,
     time_unix_nanos: u64,
     path: PathBuf,
+    /// Put here (not fetched from a peer).
+    built_here: bool,
 }
 
 struct Inner {
@@ -66,6 +68,9 @@ struct Inner {
     /// [`DirStore::with_summary`]).
     summary: Option<Mutex<summary::Log>>,
     usage: Usage,
+    /// OutputIDs of earlier builds here, for agreement (see
+    /// [`DirStore::remember_built`]).
+    built: Mutex<HashMap<ActionId, OutputId>>,
 }
 
 /// A store of one file per entry in a temp directory. Sinks write to a temp
@@ -97,6 +102,7 @@ impl DirStore {
             order: hints.then(Mutex::default),
             summary: summary.then(|| Mutex::new(summary::Log::new())),
             usage: Usage::default(),
+            built: Mutex::default(),
         }))
     }
 
@@ -130,7 +136,13 @@ impl DirStore {
     pub fn put_claiming(&self, action: ActionId, body: &[u8], output: OutputId) {
         let path = self.0.dir.path().join(action.to_hex());
         File::create(&path).unwrap().write_all(body).unwrap();
-        self.insert(action, output, body.len() as u64, path);
+        self.insert(action, output, body.len() as u64, path, true);
+    }
+
+    /// Records that an earlier build here made `output` for `action`
+    /// (its body gone): what [`Bodies::built_here`] answers.
+    pub fn remember_built(&self, action: ActionId, output: OutputId) {
+        self.0.built.lock().unwrap().insert(action, output);
     }
 
     /// Stores a generated body of `size` bytes, written and hashed a chunk
@@ -152,16 +164,17 @@ impl DirStore {
         }
         file.flush().unwrap();
         let output = OutputId::from_bytes(hasher.finalize().into());
-        self.insert(action, output, size, path);
+        self.insert(action, output, size, path, true);
         output
     }
 
-    fn insert(&self, action: ActionId, output: OutputId, size: u64, path: PathBuf) {
+    fn insert(&self, action: ActionId, output: OutputId, size: u64, path: PathBuf, built: bool) {
         let entry = Entry {
             output,
             size,
             time_unix_nanos: 1_700_000_000_000_000_000,
             path,
+            built_here: built,
         };
         self.0.entries.lock().unwrap().insert(action, entry);
         if let Some(order) = &self.0.order {
@@ -220,8 +233,13 @@ impl Bodies for DirStore {
             output: entry.output,
             size: entry.size,
             time_unix_nanos: entry.time_unix_nanos,
+            built_here: entry.built_here,
             body: File::open(&entry.path)?,
         }))
+    }
+
+    fn built_here(&self, action: &ActionId) -> Option<OutputId> {
+        self.0.built.lock().unwrap().get(action).copied()
     }
 
     fn begin(
@@ -311,7 +329,8 @@ impl BodySink for DirSink {
             .expect("an open sink")
             .persist(&path)
             .map_err(|e| e.error)?;
-        self.store.insert(self.action, self.output, self.size, path);
+        self.store
+            .insert(self.action, self.output, self.size, path, false);
         self.store.0.usage.commits.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }

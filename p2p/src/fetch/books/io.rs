@@ -73,7 +73,12 @@ impl Limits {
             max_body_size: config.max_body_size,
             transfer_rate: config.transfer_rate,
             cooldown: config.cooldown,
-            read_ahead: config.read_ahead,
+            // Read-ahead takes one peer's word: not with agreement on.
+            read_ahead: if config.agreement {
+                0
+            } else {
+                config.read_ahead
+            },
             read_ahead_max_body: config.read_ahead_max_body,
             read_ahead_budget: config.read_ahead_budget,
         }
