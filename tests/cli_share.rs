@@ -164,6 +164,7 @@ fn config_shows_every_setting_with_share_ones_after_init() {
         "max-body-size:   4.0 GiB",
         "read-ahead:      64",
         "compression:     auto",
+        "agreement:       false",
         "listen:          /ip4/0.0.0.0/tcp/7311 /ip6/::/tcp/7311",
     ] {
         assert!(before.lines().any(|l| l == line), "{line:?} in\n{before}");
@@ -173,4 +174,24 @@ fn config_shows_every_setting_with_share_ones_after_init() {
     let after = stdout(&sandbox, &["config"]);
     assert!(after.lines().any(|l| l == "enabled:         on"), "{after}");
     assert!(after.lines().any(|l| l == "autostart:       on"), "{after}");
+
+    // Agreement turns read-ahead off, and says so.
+    let file = sandbox.root().join("home/.config/warren/config.toml");
+    let config = std::fs::read_to_string(&file).unwrap();
+    let config = config.replacen("[share]\n", "[share]\nagreement = true\n", 1);
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a test writes a plain config file"
+    )]
+    std::fs::write(&file, config).unwrap();
+    let agreeing = stdout(&sandbox, &["config"]);
+    for line in [
+        "agreement:       true",
+        "read-ahead:      0 (off: agreement is on)",
+    ] {
+        assert!(
+            agreeing.lines().any(|l| l == line),
+            "{line:?} in\n{agreeing}"
+        );
+    }
 }
