@@ -195,7 +195,7 @@ impl Client {
     /// of trouble; bounded by the node's lookup deadline and transfer
     /// timeouts (see [`NodeConfig`](crate::NodeConfig)). A lookup that no
     /// connected peer's summary names is a miss at once, without waiting
-    /// for a busy event loop (see [`crate::fetch::holders`]).
+    /// for a busy event loop (see `fetch::holders`).
     pub async fn fetch(&self, action: ActionId) -> Option<Fetched> {
         if self.holders.surely_none(&action) {
             return None;
