@@ -20,7 +20,6 @@ import argparse
 import atexit
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -155,11 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fs", choices=("ext4", "root"), default="ext4", help="see bench_share.py")
     p.add_argument("--fs-gib", type=int, default=24, help="size of the --fs ext4 image")
     args = parse_counts(p, argv, ("runs",))
-    if os.geteuid() != 0:
-        print("bench_agreement: needs root (network namespaces)", file=sys.stderr)
-        return 1
-    if shutil.which("ip") is None:
-        print("bench_agreement: needs the `ip` command (iproute2)", file=sys.stderr)
+    if not bs.can_make_namespaces("bench_agreement"):
         return 1
     atexit.register(bs.CLEANUP.run)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

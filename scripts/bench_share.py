@@ -1760,13 +1760,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parse_counts(p, argv, ("runs", "transfer_runs", "body_mib"))
 
 
+def can_make_namespaces(name: str) -> bool:
+    """Whether this machine lets the benchmark ``name`` build its LAN of
+    namespaces (root, and the `ip` command); says why not."""
+    if os.geteuid() != 0:
+        print(f"{name}: needs root (network namespaces)", file=sys.stderr)
+        return False
+    if shutil.which("ip") is None:
+        print(f"{name}: needs the `ip` command (iproute2)", file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench_share: needs root (network namespaces)", file=sys.stderr)
-        return 1
-    if shutil.which("ip") is None:
-        print("bench_share: needs the `ip` command (iproute2)", file=sys.stderr)
+    if not can_make_namespaces("bench_share"):
         return 1
     if args.link_rate and shutil.which("tc") is None:
         print("bench_share: --link-rate needs the `tc` command (iproute2)", file=sys.stderr)
