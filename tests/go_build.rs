@@ -225,3 +225,83 @@ fn damaged_store_files_cost_rebuilds_not_correctness() {
     let (stdout, _) = env.run(Cache::Warren, "gocache-3", &["run", "."]);
     assert_eq!(stdout.trim(), "hello, Warren");
 }
+
+/// Whether this process may mount a filesystem (root). Panics under CI
+/// without it: there the test must run.
+fn may_mount() -> bool {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+    assert!(
+        root || std::env::var("CI").as_deref() != Ok("true"),
+        "the full-disk test mounts a tmpfs and must run as root under CI"
+    );
+    if !root {
+        skip("full-disk test skipped: not root (it mounts a tmpfs; it always runs in CI)");
+    }
+    root
+}
+
+#[expect(clippy::print_stderr, reason = "a skipped test says why")]
+fn skip(message: &str) {
+    eprintln!("{message}");
+}
+
+/// A tmpfs mounted for one test, unmounted however the test ends.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: std::path::PathBuf, size: &str) -> Self {
+        fs::create_dir_all(&at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs at {}", at.display());
+        Self(at)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Part 5: with the store on a disk that fills up, `go build std` still
+/// succeeds, and warren says so once for the whole command (it printed one
+/// error per failed put: 787 lines), with what failed and what to do.
+#[test]
+fn a_full_disk_costs_caching_and_one_warning() {
+    if !may_mount() {
+        return;
+    }
+    let env = GoEnv::new();
+    // std's outputs are ~180 MB: the disk fills up early in the build.
+    let disk = Tmpfs::mount(env.path("small"), "16m");
+    let store = disk.0.join("store");
+
+    let output = env
+        .go_command(Cache::Warren, "gocache", &["build", "std"])
+        .env("WARREN_DIR", &store)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "go build std failed:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line:\n{stderr}");
+    assert!(
+        lines[0].starts_with("warren: warning: ")
+            && lines[0].contains("could not be stored")
+            && lines[0].contains("free space"),
+        "{stderr}"
+    );
+}

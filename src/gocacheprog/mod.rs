@@ -6,5 +6,6 @@
 //! - [`session`]: one conversation with `go`, from the capabilities line to
 //!   `close`.
 
+pub(crate) mod faults;
 pub(crate) mod protocol;
 pub(crate) mod session;

@@ -23,7 +23,8 @@
 //! written last, and [`serve`] returns. End of input without `close` is a
 //! clean exit too. Problems with one request are answered on that request:
 //! a `get` that fails is a miss (most of `go` treats a `get` error like a miss
-//! anyway, but a miss keeps the build quiet), a `put` that fails gets `Err`.
+//! anyway, but a miss keeps the build quiet), a `put` that fails gets `Err`
+//! and is counted in [`Faults`], which the caller reports once.
 
 use std::io::{self, BufRead, BufWriter, Write};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
+use crate::gocacheprog::faults::Faults;
 use crate::gocacheprog::protocol::{DecodeError, Request, RequestReader, Response};
 use crate::ids::{ActionId, OutputId};
 use crate::logging::chain;
@@ -53,6 +55,7 @@ pub(crate) enum End {
 pub(crate) async fn serve<R, W>(
     storage: Arc<MultiLevelStorage>,
     counters: Arc<Counters>,
+    faults: Arc<Faults>,
     input: R,
     output: W,
 ) -> io::Result<End>
@@ -67,6 +70,7 @@ where
         let context = Context {
             storage,
             counters,
+            faults,
             responder: responder.clone(),
             tracker: tracker.clone(),
             runtime: Handle::current(),
@@ -120,6 +124,7 @@ impl Responder {
 struct Context {
     storage: Arc<MultiLevelStorage>,
     counters: Arc<Counters>,
+    faults: Arc<Faults>,
     responder: Responder,
     tracker: TaskTracker,
     runtime: Handle,
@@ -174,14 +179,15 @@ impl Context {
                     let verified = self.receive_body(&mut reader, output, body_size);
                     let verified = match verified {
                         Ok(verified) => verified,
-                        Err(message) => {
-                            tracing::error!("put {id} failed: {message}");
-                            self.answer(Response::error(id, message));
+                        Err(e) => {
+                            self.faults.put_failed(&*e);
+                            self.answer(Response::error(id, chain(&*e)));
                             continue;
                         }
                     };
                     let storage = self.storage.clone();
                     let counters = self.counters.clone();
+                    let faults = self.faults.clone();
                     let responder = self.responder.clone();
                     self.tracker.spawn_blocking_on(
                         move || {
@@ -192,10 +198,9 @@ impl Context {
                                     Response::stored(id, &entry.path)
                                 }
                                 Err(e) => {
-                                    let message = chain(&e);
-                                    tracing::error!("put {id} failed: {message}");
+                                    faults.put_failed(&e);
                                     counters.error();
-                                    Response::error(id, message)
+                                    Response::error(id, chain(&e))
                                 }
                             };
                             responder.send(&response);
@@ -224,22 +229,20 @@ impl Context {
         reader: &mut RequestReader<R>,
         output: OutputId,
         body_size: u64,
-    ) -> Result<crate::store::VerifiedObject, String> {
+    ) -> Result<crate::store::VerifiedObject, Box<dyn std::error::Error + Send + Sync>> {
         let mut writer = match self.storage.begin_put(output, body_size) {
             Ok(writer) => writer,
             Err(e) => {
                 if body_size > 0 {
                     let _ = reader.read_body(body_size, &mut io::sink());
                 }
-                return Err(chain(&e));
+                return Err(e.into());
             }
         };
         if body_size > 0 {
-            reader
-                .read_body(body_size, &mut writer)
-                .map_err(|e| chain(&e))?;
+            reader.read_body(body_size, &mut writer)?;
         }
-        writer.finish().map_err(|e| chain(&e))
+        Ok(writer.finish()?)
     }
 
     fn answer(&self, response: Response) {
