@@ -77,6 +77,23 @@ fn peers_add_list_remove() {
         "{listing}"
     );
     assert!(stdout(&sandbox, &["peers", "add", &coworker]).contains("already trusted"));
+    // Part 5: the same, machine-readable.
+    for args in [&["peers", "--json"][..], &["peers", "list", "--json"]] {
+        let report: serde_json::Value = serde_json::from_str(&stdout(&sandbox, args)).unwrap();
+        assert_eq!(report["daemon"]["running"], false, "{report}");
+        assert!(report["daemon"]["error"].is_string(), "{report}");
+        assert_eq!(report["built_here"], 0, "{report}");
+        let peers = report["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 1, "{report}");
+        let bob = &peers[0];
+        assert_eq!(bob["id"], coworker.as_str());
+        assert_eq!(bob["name"], "bob");
+        assert_eq!(bob["allowlisted"], true);
+        assert_eq!(bob["role"], "both");
+        assert_eq!(bob["state"], "offline");
+        assert_eq!(bob["entries"], 0);
+        assert!(bob["daemon"].is_null(), "{report}");
+    }
 
     let bad = sandbox.run(&["peers", "add", "not-a-peer-id"]);
     assert!(!bad.status.success());

@@ -628,3 +628,78 @@ fn an_address_spoofer_is_held_to_the_lan_and_the_bounds() {
     lan.host(2).wait_connected(&a, Duration::from_secs(30));
     drop((announcer, reached, canary));
 }
+
+/// Part 4, agreement, with real daemons: A and C each build `fmt`; B, with
+/// `agreement = true`, takes their entries because both built them and
+/// name the same outputs (wire version 4's `built_here`). Packages only A
+/// built are not taken from A alone: B builds them itself.
+#[test]
+fn with_agreement_two_builders_are_needed() {
+    if !netns::available() {
+        return;
+    }
+    let mut lan = Lan::new(3, go(None));
+    let a = lan.host(1).init(SHARING);
+    let c = lan.host(2).init(SHARING);
+    let b = lan.host(3).init(&format!("{SHARING}agreement = true\n"));
+    lan.host(1).trust(&b);
+    lan.host(2).trust(&b);
+    lan.host(3).trust(&a);
+    lan.host(3).trust(&c);
+    for n in 1..=3 {
+        lan.host(n).start_daemon();
+    }
+    lan.host(3).wait_connected(&a, Duration::from_secs(30));
+    lan.host(3).wait_connected(&c, Duration::from_secs(30));
+    // `warren peers --json` (part 5) says as much, with the daemon's view.
+    let report: serde_json::Value =
+        serde_json::from_str(&lan.host(3).warren(&["peers", "--json"])).unwrap();
+    assert_eq!(report["daemon"]["running"], true, "{report}");
+    assert_eq!(report["daemon"]["peer_id"], b.as_str(), "{report}");
+    for id in [&a, &c] {
+        let peer = (report["peers"].as_array().unwrap().iter())
+            .find(|peer| peer["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} in {report}"));
+        assert_eq!(peer["state"], "connected", "{report}");
+        assert_eq!(peer["daemon"]["connected"], true, "{report}");
+    }
+    let only_a = ["container/list", "container/ring", "hash/adler32"];
+    lan.host(1).go("gocache", &["build", "fmt"]);
+    lan.host(1)
+        .go("gocache", &["build", only_a[0], only_a[1], only_a[2]]);
+    lan.host(2).go("gocache", &["build", "fmt"]);
+
+    let b_host = lan.host(3);
+    b_host.go("gocache", &["build", "fmt"]);
+    let after_fmt = b_host.lifetime();
+    let (gets, hits) = (num(&after_fmt, "gets"), num(&after_fmt, "hits"));
+    let indexes = module_indexes(b_host);
+    assert!(
+        hits * 100 >= (gets - indexes) * 90,
+        "only {hits} of {gets} lookups ({indexes} module indexes) were answered by two builders: {after_fmt}\n{}",
+        b_host.daemon_log()
+    );
+    let (_, from_a) = held(b_host, &a);
+    let (_, from_c) = held(b_host, &c);
+    assert!(
+        from_a + from_c > 0 && from_a + from_c <= hits,
+        "{from_a} + {from_c} entries from A and C for {hits} hits"
+    );
+    // Read-ahead takes one peer's word: it is off.
+    let stats: serde_json::Value =
+        serde_json::from_str(&b_host.warren(&["stats", "--json"])).unwrap();
+    let read_ahead: u64 = (stats["peers"].as_array().unwrap().iter())
+        .map(|peer| num(peer, "read_ahead"))
+        .sum();
+    assert_eq!(read_ahead, 0, "{stats}");
+
+    b_host.go("gocache", &["build", only_a[0], only_a[1], only_a[2]]);
+    // Its dependencies are local hits now; what only A built is missed.
+    let after = b_host.lifetime();
+    assert_eq!(
+        num(&after, "peer_hits"),
+        num(&after_fmt, "peer_hits"),
+        "B took entries only A built: {after}"
+    );
+    assert!(num(&after, "misses") > num(&after_fmt, "misses"), "{after}");
+}

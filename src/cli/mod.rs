@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, Overrides};
 use crate::env;
+use crate::gocacheprog::faults::Faults;
 use crate::gocacheprog::session;
 use crate::share::ipc;
 use crate::share::remote::DaemonTier;
@@ -30,6 +31,9 @@ mod share;
 
 /// Reading stdin in big steps keeps large put bodies flowing.
 const STDIN_BUFFER: usize = 256 * 1024;
+/// The heading of the options every subcommand takes: listed after a
+/// subcommand's own.
+const GLOBAL: &str = "Global options";
 /// How long `warren peers` and `warren stats` wait for the daemon.
 const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -40,28 +44,28 @@ const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 #[command(name = "warren", version, about, long_about, max_term_width = 100)]
 pub struct Cli {
     /// Store directory [default: warren/ in the platform cache dir]
-    #[arg(long, global = true, env = env::WARREN_DIR, value_name = "DIR")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = env::WARREN_DIR, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
     /// Config file [default: warren/config.toml in the platform config dir]
-    #[arg(long, global = true, env = env::WARREN_CONFIG, value_name = "FILE")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = env::WARREN_CONFIG, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Trim the store to this size, e.g. 10GiB [default: 10 GiB]
-    #[arg(long, global = true, env = env::WARREN_MAX_SIZE, value_name = "SIZE")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = env::WARREN_MAX_SIZE, value_name = "SIZE")]
     pub max_size: Option<String>,
 
     /// Trim files unused for this long, e.g. 7days [default: 7 days]
-    #[arg(long, global = true, env = env::WARREN_MAX_AGE, value_name = "AGE")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = env::WARREN_MAX_AGE, value_name = "AGE")]
     pub max_age: Option<String>,
 
     /// Share with coworkers: ask the daemon on a local miss (overrides `[share] enabled`)
-    #[arg(long, global = true, env = env::WARREN_SHARE, value_name = "BOOL",
+    #[arg(long, global = true, help_heading = GLOBAL, env = env::WARREN_SHARE, value_name = "BOOL",
           value_parser = clap::builder::BoolishValueParser::new(), hide_short_help = true)]
     pub share: Option<bool>,
 
     /// More diagnostics on stderr (-v info, -vv debug, -vvv trace); see also WARREN_LOG
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, help_heading = GLOBAL, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
     #[command(subcommand)]
@@ -94,6 +98,9 @@ pub enum Command {
     Id,
     /// List, add or remove allowlisted coworkers
     Peers {
+        /// Print the list as JSON instead of text
+        #[arg(long)]
+        json: bool,
         #[command(subcommand)]
         action: Option<PeersCommand>,
     },
@@ -104,7 +111,11 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum PeersCommand {
     /// Allowlisted, discovered and connected peers, with what they served
-    List,
+    List {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Trust a coworker's machine (its `warren id`), or change how
     Add {
         /// The coworker's peer ID (12D3KooW…)
@@ -190,7 +201,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Init) => share::init(&config, &mut out),
         Some(Command::Id) => share::id(&config, &mut out),
-        Some(Command::Peers { action }) => share::peers(&config, action, &mut out),
+        Some(Command::Peers { json, action }) => share::peers(&config, action, json, &mut out),
         Some(Command::Daemon) => crate::share::daemon::run(&config),
         Some(Command::Config) => show_config(&config, &mut out),
     }
@@ -311,15 +322,39 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let faults = Arc::new(Faults::new({
+        let (store, policy) = (store.clone(), config.trim);
+        move || {
+            let store = store.clone();
+            let _ = std::thread::Builder::new()
+                .name("warren-trim".into())
+                .spawn(move || {
+                    if let Err(e) = store.trim(policy, false) {
+                        tracing::debug!("trimming a full store: {}", crate::logging::chain(&e));
+                    }
+                });
+        }
+    }));
     let end = runtime.block_on(session::serve(
         storage,
         counters.clone(),
+        faults.clone(),
         BufReader::with_capacity(STDIN_BUFFER, input),
         output,
     ))?;
     tracing::debug!("session ended: {end:?}");
+    // At most one warning per go command (see gocacheprog::faults).
+    let summary = faults.summary();
     if let Err(e) = stats::record(store.root(), &counters.snapshot(store.repaired())) {
-        tracing::warn!("could not record statistics: {}", crate::logging::chain(&e));
+        let message = crate::logging::chain(&e);
+        if summary.is_some() {
+            tracing::debug!("could not record statistics: {message}");
+        } else {
+            tracing::warn!("could not record statistics: {message}");
+        }
+    }
+    if let Some(summary) = summary {
+        tracing::warn!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -603,4 +638,40 @@ fn files(count: u64, bytes: u64) -> String {
         if count == 1 { "" } else { "s" },
         ByteSize(bytes).display().iec()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn help(path: &[&str]) -> String {
+        let mut command = Cli::command();
+        command.build(); // propagates the global options
+        for name in path {
+            command = command.find_subcommand(name).unwrap().clone();
+        }
+        command.render_long_help().to_string()
+    }
+
+    /// Part 5: a subcommand's help shows its own options first, and the
+    /// global ones once, under their own heading.
+    #[test]
+    fn subcommand_help_lists_its_own_options_before_the_global_ones() {
+        Cli::command().debug_assert();
+        let stats = help(&["stats"]);
+        let (own, global) = stats.split_once("Global options:").expect(&stats);
+        assert!(own.contains("--json"), "{stats}");
+        for flag in ["--max-size", "--max-age", "--share", "--dir", "--config"] {
+            assert!(
+                !own.contains(flag),
+                "{flag} among stats' own options:\n{stats}"
+            );
+            assert!(global.contains(flag), "{flag} missing:\n{stats}");
+        }
+        let peers = help(&["peers"]);
+        let own = peers.split_once("Global options:").expect(&peers).0;
+        assert!(!own.contains("--max-size"), "{peers}");
+    }
 }

@@ -13,6 +13,7 @@ use super::PeersCommand;
 use crate::config::Config;
 use crate::share::identity;
 use crate::share::ipc;
+use crate::share::status::PeerStatus;
 use crate::share::trust::{Allowlist, Update};
 use crate::store::{Source, SourceUsage};
 
@@ -74,11 +75,12 @@ fn hostname() -> String {
 pub(super) fn peers(
     config: &Config,
     action: Option<PeersCommand>,
+    json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let path = config.allowlist_path();
     let mut allowlist = Allowlist::load(&path)?;
-    match action.unwrap_or(PeersCommand::List) {
+    match action.unwrap_or(PeersCommand::List { json: false }) {
         PeersCommand::Add {
             peer_id,
             name,
@@ -114,7 +116,7 @@ pub(super) fn peers(
             }
             apply_allowlist(config, &allowlist, out)?;
         }
-        PeersCommand::List => list(config, &allowlist, out)?,
+        PeersCommand::List { json: list_json } => list(config, &allowlist, json || list_json, out)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -176,49 +178,98 @@ fn warn_daemon(what: &str) {
     );
 }
 
-fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow::Result<()> {
-    let peers = match super::daemon_status(config) {
-        Ok(status) => {
-            writeln!(
-                out,
-                "daemon: running as {}, listening on {}",
-                status.peer_id,
-                status.listen.join(" ")
-            )?;
-            status.peers
-        }
+/// One peer as `warren peers` shows it, and `--json` prints it.
+#[derive(Debug, serde::Serialize)]
+struct PeerRow {
+    id: String,
+    /// From the allowlist; empty if none was given.
+    name: String,
+    allowlisted: bool,
+    /// Which way entries flow ([`role_name`]); `None` if not allowlisted.
+    role: Option<&'static str>,
+    /// Entries it sent us that are held here.
+    entries: u64,
+    /// "connected", "discovered" or "offline".
+    state: &'static str,
+    /// What the daemon knows of it; `None` if the daemon does not run or
+    /// never heard of it.
+    daemon: Option<PeerStatus>,
+}
+
+/// The daemon, as `warren peers --json` reports it.
+#[derive(Debug, serde::Serialize)]
+struct DaemonRow {
+    running: bool,
+    /// Why it could not be asked, if it could not.
+    error: Option<String>,
+    peer_id: Option<String>,
+    listen: Vec<String>,
+}
+
+fn list(
+    config: &Config,
+    allowlist: &Allowlist,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let (daemon, peers) = match super::daemon_status(config) {
+        Ok(status) => (
+            DaemonRow {
+                running: true,
+                error: None,
+                peer_id: Some(status.peer_id),
+                listen: status.listen,
+            },
+            status.peers,
+        ),
         Err(e) => match e.downcast::<ipc::Error>() {
-            Ok(e) => {
-                writeln!(out, "daemon: not running ({e})")?;
-                Vec::new()
-            }
+            Ok(e) => (
+                DaemonRow {
+                    running: false,
+                    error: Some(e.to_string()),
+                    peer_id: None,
+                    listen: Vec::new(),
+                },
+                Vec::new(),
+            ),
             Err(e) => return Err(e),
         },
     };
-    if allowlist.peers.is_empty() && peers.is_empty() {
+    // Entries held per source; a store that cannot be read counts none.
+    let held: BTreeMap<Source, SourceUsage> = super::open_store(config)
+        .and_then(|store| Ok(store.sources()?))
+        .unwrap_or_default();
+    let rows = rows(allowlist, peers, &held);
+    let built_here = held.get(&Source::Local).copied().unwrap_or_default();
+    if json {
+        let report = serde_json::json!({
+            "daemon": daemon,
+            "peers": rows,
+            "built_here": built_here.entries,
+        });
+        serde_json::to_writer_pretty(&mut *out, &report)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    match (&daemon.peer_id, &daemon.error) {
+        (Some(id), _) => writeln!(
+            out,
+            "daemon: running as {id}, listening on {}",
+            daemon.listen.join(" ")
+        )?,
+        (None, error) => writeln!(
+            out,
+            "daemon: not running ({})",
+            error.as_deref().unwrap_or("?")
+        )?,
+    }
+    if rows.is_empty() {
         writeln!(
             out,
             "no peers: add one with `warren peers add <peer-id> --name NAME`"
         )?;
         return Ok(());
     }
-    // Entries held per source; a store that cannot be read counts none.
-    let held: BTreeMap<Source, crate::store::SourceUsage> = super::open_store(config)
-        .and_then(|store| Ok(store.sources()?))
-        .unwrap_or_default();
-    let entries_from = |id: &str| {
-        let count = id
-            .parse::<PeerId>()
-            .ok()
-            .and_then(|id| held.get(&Source::Peer(id)))
-            .map_or(0, |usage| usage.entries);
-        count.to_string()
-    };
-    let role_of = |id: &str| {
-        (allowlist.peers.iter())
-            .find(|peer| peer.id == id)
-            .map_or("-", |peer| role_name(peer.role))
-    };
     row(
         out,
         [
@@ -235,63 +286,82 @@ fn list(config: &Config, allowlist: &Allowlist, out: &mut impl Write) -> anyhow:
             "rejected",
         ],
     )?;
-    let mut shown = std::collections::HashSet::new();
-    for info in &peers {
-        shown.insert(info.id.clone());
-        let state = if info.connected {
-            "connected"
-        } else if info.discovered {
-            "discovered"
+    for peer in &rows {
+        let name = if peer.allowlisted {
+            peer.name.clone()
         } else {
-            "offline"
+            "(untrusted)".to_owned()
         };
-        let name = match allowlist.peers.iter().find(|peer| peer.id == info.id) {
-            Some(peer) => peer.name.clone().unwrap_or_default(),
-            None => "(untrusted)".to_owned(),
-        };
-        row(
-            out,
-            [
-                &name,
-                &info.id,
-                role_of(&info.id),
-                &entries_from(&info.id),
-                state,
-                &last_seen(info.last_seen_unix_ms),
-                &info.holds.map_or("?".to_owned(), |n| n.to_string()),
-                bodies(state, info.compressed),
-                &info.hits_served.to_string(),
-                &info.hits_received.to_string(),
-                &info.rejected.to_string(),
-            ],
-        )?;
-    }
-    for peer in allowlist
-        .peers
-        .iter()
-        .filter(|peer| !shown.contains(&peer.id))
-    {
-        let name = peer.name.clone().unwrap_or_default();
+        let status = peer.daemon.clone().unwrap_or_default();
         row(
             out,
             [
                 &name,
                 &peer.id,
-                role_name(peer.role),
-                &entries_from(&peer.id),
-                "offline",
-                "never",
-                "?",
-                "-",
-                "0",
-                "0",
-                "0",
+                peer.role.unwrap_or("-"),
+                &peer.entries.to_string(),
+                peer.state,
+                &last_seen(status.last_seen_unix_ms),
+                &status.holds.map_or("?".to_owned(), |n| n.to_string()),
+                bodies(peer.state, status.compressed),
+                &status.hits_served.to_string(),
+                &status.hits_received.to_string(),
+                &status.rejected.to_string(),
             ],
         )?;
     }
-    let local = held.get(&Source::Local).copied().unwrap_or_default();
-    writeln!(out, "built here: {} entries", local.entries)?;
+    writeln!(out, "built here: {} entries", built_here.entries)?;
     Ok(())
+}
+
+/// The peers the daemon knows of, then the allowlisted ones it does not.
+fn rows(
+    allowlist: &Allowlist,
+    peers: Vec<PeerStatus>,
+    held: &BTreeMap<Source, SourceUsage>,
+) -> Vec<PeerRow> {
+    let entries_from = |id: &str| {
+        id.parse::<PeerId>()
+            .ok()
+            .and_then(|id| held.get(&Source::Peer(id)))
+            .map_or(0, |usage| usage.entries)
+    };
+    let trusted = |id: &str| allowlist.peers.iter().find(|peer| peer.id == id);
+    let mut rows: Vec<PeerRow> = peers
+        .into_iter()
+        .map(|info| {
+            let state = if info.connected {
+                "connected"
+            } else if info.discovered {
+                "discovered"
+            } else {
+                "offline"
+            };
+            let peer = trusted(&info.id);
+            PeerRow {
+                id: info.id.clone(),
+                name: peer.and_then(|peer| peer.name.clone()).unwrap_or_default(),
+                allowlisted: peer.is_some(),
+                role: peer.map(|peer| role_name(peer.role)),
+                entries: entries_from(&info.id),
+                state,
+                daemon: Some(info),
+            }
+        })
+        .collect();
+    let shown: HashSet<String> = rows.iter().map(|row| row.id.clone()).collect();
+    for peer in (allowlist.peers.iter()).filter(|peer| !shown.contains(&peer.id)) {
+        rows.push(PeerRow {
+            id: peer.id.clone(),
+            name: peer.name.clone().unwrap_or_default(),
+            allowlisted: true,
+            role: Some(role_name(peer.role)),
+            entries: entries_from(&peer.id),
+            state: "offline",
+            daemon: None,
+        });
+    }
+    rows
 }
 
 /// A role as `warren peers` shows it: which way entries flow.
