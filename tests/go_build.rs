@@ -305,3 +305,41 @@ fn a_full_disk_costs_caching_and_one_warning() {
         "{stderr}"
     );
 }
+
+/// Part 5: a store that has become read-only (say, a remount after disk
+/// errors) costs caching and one warning, like a full one.
+#[test]
+fn a_read_only_store_costs_caching_and_one_warning() {
+    if !may_mount() {
+        return;
+    }
+    let env = GoEnv::new();
+    let disk = Tmpfs::mount(env.path("ro"), "256m");
+    let store = disk.0.join("store");
+    let build = |args: &[&str]| {
+        env.go_command(Cache::Warren, "gocache", args)
+            .env("WARREN_DIR", &store)
+            .output()
+            .unwrap()
+    };
+    let warm = build(&["build", "fmt"]);
+    assert!(warm.status.success() && warm.stderr.is_empty(), "{warm:?}");
+    let status = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&disk.0)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let output = build(&["build", "std"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "go build std failed:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line:\n{stderr}");
+    assert!(
+        lines[0].starts_with("warren: warning: ")
+            && lines[0].contains("could not be stored")
+            && lines[0].contains("make the store writable"),
+        "{stderr}"
+    );
+}

@@ -5,7 +5,9 @@
 //! and `go` builds anyway. So a failed put is logged at debug level and
 //! counted here, and the helper prints one warning when `go` is done
 //! ([`Faults::summary`]): how many puts failed, the first reason, and what
-//! to do. The first put that finds the disk full also starts a trim
+//! to do. (A put the store refuses outright, read-only say, is still given
+//! a scratch file by the session, so `go` has its file.) The first put
+//! that finds the disk full also starts a trim
 //! ([`Faults::new`]'s `on_full`), which frees what was not used within
 //! the trim grace, so later puts may fit.
 
@@ -25,6 +27,7 @@ struct Inner {
     failed_puts: u64,
     first: Option<String>,
     full: bool,
+    read_only: bool,
 }
 
 impl Faults {
@@ -43,8 +46,9 @@ impl Faults {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             inner.failed_puts += 1;
             inner.first.get_or_insert(message);
-            let first_full = is_full(why) && !inner.full;
+            let first_full = has_kind(why, FULL) && !inner.full;
             inner.full |= first_full;
+            inner.read_only |= has_kind(why, READ_ONLY);
             first_full
         };
         if first_full {
@@ -62,6 +66,8 @@ impl Faults {
         };
         let fix = if inner.full {
             "; free space on the store's disk, or lower max-size (a trim was started)"
+        } else if inner.read_only {
+            "; make the store writable again, or point WARREN_DIR at another directory"
         } else {
             ""
         };
@@ -71,15 +77,20 @@ impl Faults {
     }
 }
 
-/// Whether `error`, or one of its sources, says the disk (or quota) is full.
-fn is_full(error: &(dyn Error + 'static)) -> bool {
+/// A disk (or quota) that is full.
+const FULL: &[io::ErrorKind] = &[io::ErrorKind::StorageFull, io::ErrorKind::QuotaExceeded];
+/// A store that cannot be written at all.
+const READ_ONLY: &[io::ErrorKind] = &[
+    io::ErrorKind::ReadOnlyFilesystem,
+    io::ErrorKind::PermissionDenied,
+];
+
+/// Whether `error`, or one of its sources, is an I/O error of one of `kinds`.
+fn has_kind(error: &(dyn Error + 'static), kinds: &[io::ErrorKind]) -> bool {
     let mut next = Some(error);
     while let Some(error) = next {
         if let Some(io) = error.downcast_ref::<io::Error>()
-            && matches!(
-                io.kind(),
-                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-            )
+            && kinds.contains(&io.kind())
         {
             return true;
         }
@@ -126,9 +137,10 @@ mod tests {
     #[test]
     fn other_failures_are_summarized_without_a_trim() {
         let faults = Faults::new(|| panic!("not full"));
-        faults.put_failed(&io::Error::from(io::ErrorKind::PermissionDenied));
+        faults.put_failed(&io::Error::from(io::ErrorKind::ReadOnlyFilesystem));
         let summary = faults.summary().unwrap();
         assert!(summary.starts_with("1 put could not"), "{summary}");
         assert!(!summary.contains("free space"), "{summary}");
+        assert!(summary.contains("make the store writable"), "{summary}");
     }
 }

@@ -66,11 +66,13 @@ where
     let responder = Responder::new(output);
     responder.send(&Response::capabilities());
     let tracker = TaskTracker::new();
+    let scratch = Arc::new(Scratch::default());
     let reader = {
         let context = Context {
             storage,
             counters,
             faults,
+            scratch: scratch.clone(),
             responder: responder.clone(),
             tracker: tracker.clone(),
             runtime: Handle::current(),
@@ -84,6 +86,8 @@ where
         // Answer `close` only once everything before it is answered.
         responder.send(&Response::ack(id));
     }
+    // go is done with the files of puts the store could not take.
+    drop(scratch);
     Ok(if close.is_some() {
         End::Closed
     } else {
@@ -120,11 +124,40 @@ impl Responder {
     }
 }
 
+/// A put body as received.
+enum Body {
+    /// Verified, on its way into the store.
+    Verified(crate::store::VerifiedObject),
+    /// In a scratch file, because the store took nothing.
+    Scratch(std::path::PathBuf),
+}
+
+/// Files for puts the store cannot take, in a directory of the system's
+/// temp dir that lasts one `go` command (owner-only, removed at the end).
+#[derive(Default)]
+pub(crate) struct Scratch(Mutex<Option<tempfile::TempDir>>);
+
+impl Scratch {
+    fn file(&self, output: OutputId) -> io::Result<(std::fs::File, std::path::PathBuf)> {
+        let mut dir = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if dir.is_none() {
+            *dir = Some(tempfile::Builder::new().prefix("warren-").tempdir()?);
+        }
+        let path = dir
+            .as_ref()
+            .expect("made above")
+            .path()
+            .join(output.to_hex());
+        Ok((std::fs::File::create(&path)?, path))
+    }
+}
+
 /// What the reader thread needs to start request tasks.
 struct Context {
     storage: Arc<MultiLevelStorage>,
     counters: Arc<Counters>,
     faults: Arc<Faults>,
+    scratch: Arc<Scratch>,
     responder: Responder,
     tracker: TaskTracker,
     runtime: Handle,
@@ -178,7 +211,12 @@ impl Context {
                 })) => {
                     let verified = self.receive_body(&mut reader, output, body_size);
                     let verified = match verified {
-                        Ok(verified) => verified,
+                        Ok(Body::Verified(verified)) => verified,
+                        Ok(Body::Scratch(path)) => {
+                            // Not cached, but go gets its file and goes on.
+                            self.responder.send(&Response::stored(id, &path));
+                            continue;
+                        }
                         Err(e) => {
                             self.faults.put_failed(&*e);
                             self.answer(Response::error(id, chain(&*e)));
@@ -229,20 +267,35 @@ impl Context {
         reader: &mut RequestReader<R>,
         output: OutputId,
         body_size: u64,
-    ) -> Result<crate::store::VerifiedObject, Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<Body, Box<dyn std::error::Error + Send + Sync>> {
         let mut writer = match self.storage.begin_put(output, body_size) {
             Ok(writer) => writer,
             Err(e) => {
+                // The store takes nothing (read-only, say): go still needs
+                // a file for what it put (module indexes fail its build
+                // without one), so it gets one that lasts this command.
+                self.faults.put_failed(&e);
+                let scratch = self.scratch.file(output);
+                let (mut file, path) = match scratch {
+                    Ok(file) => file,
+                    Err(scratch) => {
+                        tracing::debug!("no scratch file either: {scratch}");
+                        if body_size > 0 {
+                            let _ = reader.read_body(body_size, &mut io::sink());
+                        }
+                        return Err(e.into());
+                    }
+                };
                 if body_size > 0 {
-                    let _ = reader.read_body(body_size, &mut io::sink());
+                    reader.read_body(body_size, &mut file)?;
                 }
-                return Err(e.into());
+                return Ok(Body::Scratch(path));
             }
         };
         if body_size > 0 {
             reader.read_body(body_size, &mut writer)?;
         }
-        Ok(writer.finish()?)
+        Ok(Body::Verified(writer.finish()?))
     }
 
     fn answer(&self, response: Response) {
