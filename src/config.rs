@@ -8,6 +8,7 @@
 //! file is fine; a file that does not parse is an error that names it,
 //! because silently ignoring a typo in a limit is worse than stopping.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -133,6 +134,41 @@ pub(crate) struct Overrides {
     pub max_age: Option<String>,
     /// `WARREN_SHARE`: turns sharing on or off over the config file.
     pub share: Option<bool>,
+    /// Which of these a flag gave and which the environment.
+    pub origins: OverrideOrigins,
+}
+
+/// Where a setting's value came from, as `warren config` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// `--<name>` on the command line.
+    Flag(&'static str),
+    /// The environment variable of that name.
+    Env(&'static str),
+    File,
+    Default,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Flag(name) => write!(f, "flag --{name}"),
+            Self::Env(var) => write!(f, "env {var}"),
+            Self::File => f.write_str("config file"),
+            Self::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// For each field of [`Overrides`] that is set: a flag or the environment.
+/// Unknown (`None`) counts as a flag.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct OverrideOrigins {
+    pub config: Option<Origin>,
+    pub dir: Option<Origin>,
+    pub max_size: Option<Origin>,
+    pub max_age: Option<Origin>,
+    pub share: Option<Origin>,
 }
 
 /// Effective settings.
@@ -148,6 +184,10 @@ pub(crate) struct Config {
     /// directory.
     pub config_dir: PathBuf,
     pub share: Share,
+    /// Where each setting came from, by its config-file key (`max-size`,
+    /// `lookup-deadline`, `config` for the file itself); unlisted ones are
+    /// defaults.
+    pub origins: HashMap<&'static str, Origin>,
 }
 
 impl Config {
@@ -176,6 +216,74 @@ impl Config {
         file: FileConfig,
         path: Option<PathBuf>,
     ) -> Result<Self, Error> {
+        let mut origins = HashMap::new();
+        let over = |set: bool, origin: Option<Origin>, flag: &'static str| {
+            set.then(|| origin.unwrap_or(Origin::Flag(flag)))
+        };
+        for (key, flag, in_file) in [
+            (
+                "config",
+                over(
+                    overrides.config.is_some(),
+                    overrides.origins.config,
+                    "config",
+                ),
+                false,
+            ),
+            (
+                "dir",
+                over(overrides.dir.is_some(), overrides.origins.dir, "dir"),
+                file.dir.is_some(),
+            ),
+            (
+                "max-size",
+                over(
+                    overrides.max_size.is_some(),
+                    overrides.origins.max_size,
+                    "max-size",
+                ),
+                file.max_size.is_some(),
+            ),
+            (
+                "max-age",
+                over(
+                    overrides.max_age.is_some(),
+                    overrides.origins.max_age,
+                    "max-age",
+                ),
+                file.max_age.is_some(),
+            ),
+            (
+                "enabled",
+                over(overrides.share.is_some(), overrides.origins.share, "share"),
+                file.share.enabled.is_some(),
+            ),
+        ] {
+            if let Some(origin) = flag.or(in_file.then_some(Origin::File)) {
+                origins.insert(key, origin);
+            }
+        }
+        let share = &file.share;
+        for (key, in_file) in [
+            ("autostart", share.autostart.is_some()),
+            ("listen", share.listen.is_some()),
+            ("mdns", share.mdns.is_some()),
+            (
+                "inbound-from-anywhere",
+                share.inbound_from_anywhere.is_some(),
+            ),
+            ("interfaces", share.interfaces.is_some()),
+            ("static-peers", share.static_peers.is_some()),
+            ("lookup-deadline", share.lookup_deadline.is_some()),
+            ("max-body-size", share.max_body_size.is_some()),
+            ("read-ahead", share.read_ahead.is_some()),
+            ("compression", share.compression.is_some()),
+            ("agreement", share.agreement.is_some()),
+        ] {
+            if in_file {
+                origins.insert(key, Origin::File);
+            }
+        }
         let dir = match overrides.dir.clone().or(file.dir) {
             Some(dir) => dir,
             None => dirs::cache_dir().ok_or(Error::NoCacheDir)?.join("warren"),
@@ -226,7 +334,13 @@ impl Config {
             file: path,
             config_dir,
             share,
+            origins,
         })
+    }
+
+    /// Where the setting of config-file key `key` came from.
+    pub(crate) fn origin(&self, key: &str) -> Origin {
+        self.origins.get(key).copied().unwrap_or(Origin::Default)
     }
 }
 
@@ -340,6 +454,33 @@ mod tests {
         assert_eq!(config.dir, PathBuf::from("/from/flag"));
         assert_eq!(config.trim.max_size, 500_000_000);
         assert_eq!(config.trim.max_unused, Duration::from_secs(3 * 24 * 3600));
+    }
+
+    /// Part 5: `warren config` says where each setting came from.
+    #[test]
+    fn each_setting_knows_where_it_came_from() {
+        let file: FileConfig =
+            toml::from_str("max-age = \"2days\"\n[share]\nenabled = true\nmdns = false\n").unwrap();
+        let overrides = Overrides {
+            dir: Some("/from/env".into()),
+            share: Some(false),
+            origins: OverrideOrigins {
+                dir: Some(Origin::Env("WARREN_DIR")),
+                share: Some(Origin::Flag("share")),
+                ..OverrideOrigins::default()
+            },
+            ..Overrides::default()
+        };
+        let config = Config::resolve(&overrides, file, Some("/etc/w/config.toml".into())).unwrap();
+        assert_eq!(config.origin("dir"), Origin::Env("WARREN_DIR"));
+        assert_eq!(config.origin("enabled"), Origin::Flag("share"));
+        assert!(!config.share.enabled, "the flag wins over the file");
+        assert_eq!(config.origin("max-age"), Origin::File);
+        assert_eq!(config.origin("mdns"), Origin::File);
+        assert_eq!(config.origin("max-size"), Origin::Default);
+        assert_eq!(config.origin("compression"), Origin::Default);
+        assert_eq!(Origin::Env("WARREN_DIR").to_string(), "env WARREN_DIR");
+        assert_eq!(Origin::Flag("max-size").to_string(), "flag --max-size");
     }
 
     #[test]

@@ -2,10 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 fn main() -> ExitCode {
-    let cli = warren::cli::Cli::parse();
+    let cli = warren::cli::Cli::from_command_line();
     warren::logging::init(cli.verbose);
     match warren::cli::run(cli) {
         Ok(code) => code,

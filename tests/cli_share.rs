@@ -175,22 +175,41 @@ fn peers_add_sets_roles_and_resharing() {
 fn config_shows_every_setting_with_share_ones_after_init() {
     let sandbox = Sandbox::new();
     let before = stdout(&sandbox, &["config"]);
+    // Part 5: each with where it came from.
+    let dir = format!(
+        "dir:         {}  (env WARREN_DIR)",
+        sandbox.store().display()
+    );
     for line in [
-        "enabled:         off",
-        "lookup-deadline: 150ms",
-        "max-body-size:   4.0 GiB",
-        "read-ahead:      64",
-        "compression:     auto",
-        "agreement:       false",
-        "listen:          /ip4/0.0.0.0/tcp/7311 /ip6/::/tcp/7311",
+        "enabled:         off  (default)",
+        "lookup-deadline: 150ms  (default)",
+        "max-body-size:   4.0 GiB  (default)",
+        "read-ahead:      64  (default)",
+        "compression:     auto  (default)",
+        "agreement:       false  (default)",
+        "listen:          /ip4/0.0.0.0/tcp/7311 /ip6/::/tcp/7311  (default)",
+        "max-size:    10.0 GiB  (default)",
+        &dir,
     ] {
         assert!(before.lines().any(|l| l == line), "{line:?} in\n{before}");
     }
     assert!(before.ends_with('\n'));
+    let flagged = stdout(&sandbox, &["config", "--max-size", "5GiB", "--share", "on"]);
+    for line in [
+        "max-size:    5.0 GiB  (flag --max-size)",
+        "enabled:         on  (flag --share)",
+    ] {
+        assert!(flagged.lines().any(|l| l == line), "{line:?} in\n{flagged}");
+    }
     stdout(&sandbox, &["init"]);
     let after = stdout(&sandbox, &["config"]);
-    assert!(after.lines().any(|l| l == "enabled:         on"), "{after}");
-    assert!(after.lines().any(|l| l == "autostart:       on"), "{after}");
+    for line in [
+        "enabled:         on  (config file)",
+        "autostart:       on  (config file)",
+        "compression:     auto  (default)",
+    ] {
+        assert!(after.lines().any(|l| l == line), "{line:?} in\n{after}");
+    }
 
     // Agreement turns read-ahead off, and says so.
     let file = sandbox.root().join("home/.config/warren/config.toml");
@@ -203,8 +222,8 @@ fn config_shows_every_setting_with_share_ones_after_init() {
     std::fs::write(&file, config).unwrap();
     let agreeing = stdout(&sandbox, &["config"]);
     for line in [
-        "agreement:       true",
-        "read-ahead:      0 (off: agreement is on)",
+        "agreement:       true  (config file)",
+        "read-ahead:      0 (off: agreement is on)  (default)",
     ] {
         assert!(
             agreeing.lines().any(|l| l == line),

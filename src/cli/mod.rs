@@ -70,6 +70,10 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// Which settings came from flags and which from the environment.
+    #[arg(skip)]
+    origins: config::OverrideOrigins,
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +161,24 @@ impl From<RoleArg> for warren_p2p::Role {
 }
 
 impl Cli {
+    /// Parses the process's arguments (exiting on bad ones, as clap does),
+    /// noting for `warren config` which settings came from a flag and
+    /// which from the environment.
+    pub fn from_command_line() -> Self {
+        let matches = <Self as clap::CommandFactory>::command().get_matches();
+        let mut cli = <Self as clap::FromArgMatches>::from_arg_matches(&matches)
+            .unwrap_or_else(|error| error.exit());
+        let of = |id: &str, flag: &'static str, var: &'static str| origin(&matches, id, flag, var);
+        cli.origins = config::OverrideOrigins {
+            config: of("config", "config", env::WARREN_CONFIG),
+            dir: of("dir", "dir", env::WARREN_DIR),
+            max_size: of("max_size", "max-size", env::WARREN_MAX_SIZE),
+            max_age: of("max_age", "max-age", env::WARREN_MAX_AGE),
+            share: of("share", "share", env::WARREN_SHARE),
+        };
+        cli
+    }
+
     fn overrides(&self) -> Overrides {
         Overrides {
             config: self.config.clone(),
@@ -164,8 +186,34 @@ impl Cli {
             max_size: self.max_size.clone(),
             max_age: self.max_age.clone(),
             share: self.share,
+            origins: self.origins.clone(),
         }
     }
+}
+
+/// Whether global option `id` was given on the command line (at any
+/// subcommand's level) or by its environment variable.
+fn origin(
+    matches: &clap::ArgMatches,
+    id: &str,
+    flag: &'static str,
+    var: &'static str,
+) -> Option<config::Origin> {
+    let mut found = None;
+    let mut level = Some(matches);
+    while let Some(matches) = level {
+        match matches.value_source(id) {
+            Some(clap::parser::ValueSource::CommandLine) => {
+                return Some(config::Origin::Flag(flag));
+            }
+            Some(clap::parser::ValueSource::EnvVariable) => {
+                found = Some(config::Origin::Env(var));
+            }
+            _ => {}
+        }
+        level = matches.subcommand().map(|(_, sub)| sub);
+    }
+    found
 }
 
 /// Runs the parsed command line.
@@ -207,7 +255,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Every effective setting, `[share]` included.
+/// Every effective setting, `[share]` included, each with where it came
+/// from (a flag, the environment, the config file, or the default).
 fn show_config(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let file = match &config.file {
         Some(path) => path.display().to_string(),
@@ -216,7 +265,7 @@ fn show_config(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode
             None => "none".into(),
         },
     };
-    let on = |yes: bool| if yes { "on" } else { "off" };
+    let on = |yes: bool| if yes { "on" } else { "off" }.to_owned();
     let list = |items: &[String], empty: &str| {
         if items.is_empty() {
             empty.to_owned()
@@ -225,55 +274,67 @@ fn show_config(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode
         }
     };
     let share = &config.share;
-    writeln!(out, "config file: {file}")?;
-    writeln!(out, "dir:         {}", config.dir.display())?;
-    writeln!(
-        out,
-        "max-size:    {}",
-        ByteSize(config.trim.max_size).display().iec()
-    )?;
-    writeln!(
-        out,
-        "max-age:     {}",
-        humantime::format_duration(config.trim.max_unused)
-    )?;
-    writeln!(out, "[share]")?;
-    writeln!(out, "enabled:         {}", on(share.enabled))?;
-    writeln!(out, "autostart:       {}", on(share.autostart))?;
-    writeln!(out, "listen:          {}", list(&share.listen, "none"))?;
-    writeln!(out, "mdns:            {}", on(share.mdns))?;
-    writeln!(
-        out,
-        "inbound-from-anywhere: {}",
-        on(share.inbound_from_anywhere)
-    )?;
-    writeln!(out, "interfaces:      {}", list(&share.interfaces, "all"))?;
-    writeln!(
-        out,
-        "static-peers:    {}",
-        list(&share.static_peers, "none")
-    )?;
-    writeln!(
-        out,
-        "lookup-deadline: {}",
-        humantime::format_duration(share.lookup_deadline)
-    )?;
-    writeln!(
-        out,
-        "max-body-size:   {}",
-        ByteSize(share.max_body_size).display().iec()
-    )?;
-    if share.agreement {
-        writeln!(out, "read-ahead:      0 (off: agreement is on)")?;
+    let read_ahead = if share.agreement {
+        "0 (off: agreement is on)".to_owned()
     } else {
-        writeln!(out, "read-ahead:      {}", share.read_ahead)?;
+        share.read_ahead.to_string()
+    };
+    let settings: [(&str, &str, String); 16] = [
+        ("config file:", "config", file),
+        ("dir:        ", "dir", config.dir.display().to_string()),
+        (
+            "max-size:   ",
+            "max-size",
+            ByteSize(config.trim.max_size).display().iec().to_string(),
+        ),
+        (
+            "max-age:    ",
+            "max-age",
+            humantime::format_duration(config.trim.max_unused).to_string(),
+        ),
+        ("enabled:        ", "enabled", on(share.enabled)),
+        ("autostart:      ", "autostart", on(share.autostart)),
+        ("listen:         ", "listen", list(&share.listen, "none")),
+        ("mdns:           ", "mdns", on(share.mdns)),
+        (
+            "inbound-from-anywhere:",
+            "inbound-from-anywhere",
+            on(share.inbound_from_anywhere),
+        ),
+        (
+            "interfaces:     ",
+            "interfaces",
+            list(&share.interfaces, "all"),
+        ),
+        (
+            "static-peers:   ",
+            "static-peers",
+            list(&share.static_peers, "none"),
+        ),
+        (
+            "lookup-deadline:",
+            "lookup-deadline",
+            humantime::format_duration(share.lookup_deadline).to_string(),
+        ),
+        (
+            "max-body-size:  ",
+            "max-body-size",
+            ByteSize(share.max_body_size).display().iec().to_string(),
+        ),
+        ("read-ahead:     ", "read-ahead", read_ahead),
+        (
+            "compression:    ",
+            "compression",
+            format!("{:?}", share.compression).to_lowercase(),
+        ),
+        ("agreement:      ", "agreement", share.agreement.to_string()),
+    ];
+    for (label, key, value) in &settings {
+        if *key == "enabled" {
+            writeln!(out, "[share]")?;
+        }
+        writeln!(out, "{label} {value}  ({})", config.origin(key))?;
     }
-    writeln!(
-        out,
-        "compression:     {}",
-        format!("{:?}", share.compression).to_lowercase()
-    )?;
-    writeln!(out, "agreement:       {}", share.agreement)?;
     writeln!(out, "identity key:    {}", config.identity_path().display())?;
     writeln!(
         out,
