@@ -23,8 +23,12 @@
 //! written last, and [`serve`] returns. End of input without `close` is a
 //! clean exit too. Problems with one request are answered on that request:
 //! a `get` that fails is a miss (most of `go` treats a `get` error like a miss
-//! anyway, but a miss keeps the build quiet), a `put` that fails gets `Err`
-//! and is counted in [`Faults`], which the caller reports once.
+//! anyway, but a miss keeps the build quiet). A `put` whose body is wrong
+//! gets `Err` and an error line. A `put` the store cannot take is a fault
+//! of the machine, counted in [`Faults`] and told once by the caller: it
+//! gets `Err` if it failed part-way, and if the store refused it outright
+//! (read-only, say) a scratch file that lasts the `go` command, because
+//! `go` fails a build when a module index it puts is refused.
 
 use std::io::{self, BufRead, BufWriter, Write};
 use std::sync::{Arc, Mutex};
@@ -33,7 +37,7 @@ use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
 use crate::gocacheprog::faults::Faults;
-use crate::gocacheprog::protocol::{DecodeError, Request, RequestReader, Response};
+use crate::gocacheprog::protocol::{BodyError, DecodeError, Request, RequestReader, Response};
 use crate::ids::{ActionId, OutputId};
 use crate::logging::chain;
 use crate::stats::Counters;
@@ -124,12 +128,34 @@ impl Responder {
     }
 }
 
+/// Why a put body was not received.
+enum PutError {
+    /// The store could not take it (a full disk, say): counted in
+    /// [`Faults`], told once.
+    Store(Box<dyn std::error::Error + Send + Sync>),
+    /// What `go` sent is wrong (a malformed body, or one that does not
+    /// match its OutputID): told on the put.
+    Request(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl PutError {
+    fn of_body(error: BodyError) -> Self {
+        match error {
+            BodyError::Sink(_) => Self::Store(error.into()),
+            _ => Self::Request(error.into()),
+        }
+    }
+}
+
 /// A put body as received.
 enum Body {
     /// Verified, on its way into the store.
     Verified(crate::store::VerifiedObject),
-    /// In a scratch file, because the store took nothing.
-    Scratch(std::path::PathBuf),
+    /// In a scratch file, because the store took nothing, for `why`.
+    Scratch {
+        path: std::path::PathBuf,
+        why: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Files for puts the store cannot take, in a directory of the system's
@@ -212,14 +238,22 @@ impl Context {
                     let verified = self.receive_body(&mut reader, output, body_size);
                     let verified = match verified {
                         Ok(Body::Verified(verified)) => verified,
-                        Ok(Body::Scratch(path)) => {
+                        Ok(Body::Scratch { path, why }) => {
                             // Not cached, but go gets its file and goes on.
+                            self.faults.put_failed(&*why);
                             self.responder.send(&Response::stored(id, &path));
                             continue;
                         }
-                        Err(e) => {
+                        Err(PutError::Store(e)) => {
                             self.faults.put_failed(&*e);
                             self.answer(Response::error(id, chain(&*e)));
+                            continue;
+                        }
+                        Err(PutError::Request(e)) => {
+                            // What go sent is wrong: said on this put.
+                            let message = chain(&*e);
+                            tracing::error!("put {id} failed: {message}");
+                            self.answer(Response::error(id, message));
                             continue;
                         }
                     };
@@ -267,14 +301,13 @@ impl Context {
         reader: &mut RequestReader<R>,
         output: OutputId,
         body_size: u64,
-    ) -> Result<Body, Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<Body, PutError> {
         let mut writer = match self.storage.begin_put(output, body_size) {
             Ok(writer) => writer,
             Err(e) => {
                 // The store takes nothing (read-only, say): go still needs
                 // a file for what it put (module indexes fail its build
                 // without one), so it gets one that lasts this command.
-                self.faults.put_failed(&e);
                 let scratch = self.scratch.file(output);
                 let (mut file, path) = match scratch {
                     Ok(file) => file,
@@ -283,19 +316,29 @@ impl Context {
                         if body_size > 0 {
                             let _ = reader.read_body(body_size, &mut io::sink());
                         }
-                        return Err(e.into());
+                        return Err(PutError::Store(e.into()));
                     }
                 };
                 if body_size > 0 {
-                    reader.read_body(body_size, &mut file)?;
+                    reader
+                        .read_body(body_size, &mut file)
+                        .map_err(PutError::of_body)?;
                 }
-                return Ok(Body::Scratch(path));
+                return Ok(Body::Scratch {
+                    path,
+                    why: e.into(),
+                });
             }
         };
         if body_size > 0 {
-            reader.read_body(body_size, &mut writer)?;
+            reader
+                .read_body(body_size, &mut writer)
+                .map_err(PutError::of_body)?;
         }
-        Ok(Body::Verified(writer.finish()?))
+        writer.finish().map(Body::Verified).map_err(|e| match e {
+            crate::store::Error::Mismatch { .. } => PutError::Request(e.into()),
+            e => PutError::Store(e.into()),
+        })
     }
 
     fn answer(&self, response: Response) {
