@@ -353,7 +353,7 @@ fn open_store(config: &Config) -> anyhow::Result<DiskStore> {
 fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     let store = Arc::new(open_store(config)?);
     if store.trim_due() {
-        spawn_background_trim(config);
+        spawn_background_trim(config, true);
     }
     // Own copies of fds 0 and 1: a large read buffer for bodies, and no
     // line buffering on the way out (the writer flushes in batches).
@@ -383,18 +383,11 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // A full disk: trim now, in a process of its own that outlives this
+    // helper if the build ends first.
     let faults = Arc::new(Faults::new({
-        let (store, policy) = (store.clone(), config.trim);
-        move || {
-            let store = store.clone();
-            let _ = std::thread::Builder::new()
-                .name("warren-trim".into())
-                .spawn(move || {
-                    if let Err(e) = store.trim(policy, false) {
-                        tracing::debug!("trimming a full store: {}", crate::logging::chain(&e));
-                    }
-                });
-        }
+        let config = config.clone();
+        move || spawn_background_trim(&config, false)
     }));
     let end = runtime.block_on(session::serve(
         storage,
@@ -430,8 +423,9 @@ fn daemon_args(config: &Config) -> Vec<String> {
     args
 }
 
-/// Starts `warren trim --auto` detached, so trimming never slows a build.
-fn spawn_background_trim(config: &Config) {
+/// Starts `warren trim` detached, so trimming never slows a build: with
+/// `auto`, only if a trim is due (`--auto`); otherwise at once.
+fn spawn_background_trim(config: &Config, auto: bool) {
     let spawned = std::env::current_exe().and_then(|exe| {
         Process::new(exe)
             .arg("--dir")
@@ -440,7 +434,8 @@ fn spawn_background_trim(config: &Config) {
             .arg(config.trim.max_size.to_string())
             .arg("--max-age")
             .arg(format!("{}s", config.trim.max_unused.as_secs()))
-            .args(["trim", "--auto"])
+            .arg("trim")
+            .args(auto.then_some("--auto"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
