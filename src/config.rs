@@ -216,72 +216,58 @@ impl Config {
         file: FileConfig,
         path: Option<PathBuf>,
     ) -> Result<Self, Error> {
-        let mut origins = HashMap::new();
-        let over = |set: bool, origin: Option<Origin>, flag: &'static str| {
+        // Where each setting came from: a flag or the environment (what
+        // `overrides.origins` says; a flag if it does not say), else the
+        // file if it sets it, else the default (left out).
+        let given = |set: bool, origin: Option<Origin>, flag: &'static str| {
             set.then(|| origin.unwrap_or(Origin::Flag(flag)))
         };
-        for (key, flag, in_file) in [
+        let (over, share) = (&overrides.origins, &file.share);
+        let mut origins = HashMap::new();
+        for (key, given, in_file) in [
             (
                 "config",
-                over(
-                    overrides.config.is_some(),
-                    overrides.origins.config,
-                    "config",
-                ),
+                given(overrides.config.is_some(), over.config, "config"),
                 false,
             ),
             (
                 "dir",
-                over(overrides.dir.is_some(), overrides.origins.dir, "dir"),
+                given(overrides.dir.is_some(), over.dir, "dir"),
                 file.dir.is_some(),
             ),
             (
                 "max-size",
-                over(
-                    overrides.max_size.is_some(),
-                    overrides.origins.max_size,
-                    "max-size",
-                ),
+                given(overrides.max_size.is_some(), over.max_size, "max-size"),
                 file.max_size.is_some(),
             ),
             (
                 "max-age",
-                over(
-                    overrides.max_age.is_some(),
-                    overrides.origins.max_age,
-                    "max-age",
-                ),
+                given(overrides.max_age.is_some(), over.max_age, "max-age"),
                 file.max_age.is_some(),
             ),
             (
                 "enabled",
-                over(overrides.share.is_some(), overrides.origins.share, "share"),
-                file.share.enabled.is_some(),
+                given(overrides.share.is_some(), over.share, "share"),
+                share.enabled.is_some(),
             ),
-        ] {
-            if let Some(origin) = flag.or(in_file.then_some(Origin::File)) {
-                origins.insert(key, origin);
-            }
-        }
-        let share = &file.share;
-        for (key, in_file) in [
-            ("autostart", share.autostart.is_some()),
-            ("listen", share.listen.is_some()),
-            ("mdns", share.mdns.is_some()),
+            ("autostart", None, share.autostart.is_some()),
+            ("listen", None, share.listen.is_some()),
+            ("mdns", None, share.mdns.is_some()),
             (
                 "inbound-from-anywhere",
+                None,
                 share.inbound_from_anywhere.is_some(),
             ),
-            ("interfaces", share.interfaces.is_some()),
-            ("static-peers", share.static_peers.is_some()),
-            ("lookup-deadline", share.lookup_deadline.is_some()),
-            ("max-body-size", share.max_body_size.is_some()),
-            ("read-ahead", share.read_ahead.is_some()),
-            ("compression", share.compression.is_some()),
-            ("agreement", share.agreement.is_some()),
+            ("interfaces", None, share.interfaces.is_some()),
+            ("static-peers", None, share.static_peers.is_some()),
+            ("lookup-deadline", None, share.lookup_deadline.is_some()),
+            ("max-body-size", None, share.max_body_size.is_some()),
+            ("read-ahead", None, share.read_ahead.is_some()),
+            ("compression", None, share.compression.is_some()),
+            ("agreement", None, share.agreement.is_some()),
         ] {
-            if in_file {
-                origins.insert(key, Origin::File);
+            if let Some(origin) = given.or(in_file.then_some(Origin::File)) {
+                origins.insert(key, origin);
             }
         }
         let dir = match overrides.dir.clone().or(file.dir) {
