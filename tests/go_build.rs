@@ -229,10 +229,7 @@ fn damaged_store_files_cost_rebuilds_not_correctness() {
 /// Whether this process may mount a filesystem (root). Panics under CI
 /// without it: there the test must run.
 fn may_mount() -> bool {
-    let root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+    let root = common::is_root();
     assert!(
         root || std::env::var("CI").as_deref() != Ok("true"),
         "the full-disk test mounts a tmpfs and must run as root under CI"
@@ -272,7 +269,14 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        // A trim the helper started may still hold it: detach it lazily then.
+        let unmounted = std::process::Command::new("umount").arg(&self.0).status();
+        if !unmounted.is_ok_and(|status| status.success()) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
     }
 }
 

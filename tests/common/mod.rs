@@ -171,6 +171,15 @@ pub fn isolate(cmd: &mut Command, root: &Path, gocache: &str) {
         .env("GOFLAGS", "");
 }
 
+/// Whether this process runs as root (tests that mount filesystems or
+/// create network namespaces need it).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
 pub fn warren_bin() -> &'static str {
     env!("CARGO_BIN_EXE_warren")
 }

@@ -25,10 +25,7 @@ static NEXT_LAN: AtomicU32 = AtomicU32::new(0);
 
 /// Whether this process may create namespaces. Panics under CI without it.
 pub fn available() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+    let root = crate::common::is_root();
     let ip = Command::new("ip").arg("-V").output().is_ok();
     if root && ip {
         return true;
