@@ -20,7 +20,8 @@
 //!   [`cli::run`]).
 //! - [`config`]: defaults, config file, `WARREN_*` variables and flags;
 //!   [`mod@env`]: the names of those variables.
-//! - [`stats`]: lifetime counters.
+//! - [`stats`]: lifetime counters; [`trace`]: what each lookup of a build
+//!   did, for `warren trace`.
 //! - [`fsutil`]: atomic file writes and cross-process locks.
 //! - [`logging`]: quiet-by-default diagnostics on stderr.
 //! - [`ids`]: `ActionId` and `OutputId` (from `warren_p2p`, shared by both
@@ -47,5 +48,6 @@ mod share;
 mod stats;
 mod store;
 mod tiered;
+mod trace;
 
 use warren_p2p::ids;

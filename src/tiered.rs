@@ -28,6 +28,7 @@ use std::sync::Arc;
 use crate::ids::{ActionId, OutputId};
 use crate::logging::chain;
 use crate::store::{self, DiskStore, Entry, Lookup, ObjectWriter, VerifiedObject};
+use crate::trace::{Miss, Outcome};
 
 /// A boxed future, for object-safe async trait methods.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -36,13 +37,14 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) trait RemoteTier: Send + Sync {
     /// Looks up `action` beyond the local store. A found body must be
     /// committed to `store` (which verifies it) before it is returned.
-    /// Trouble of any kind is a miss (`None`), and implementations bound
-    /// their own latency: a slow remote must not slow the build.
+    /// Trouble of any kind is a miss (`Err`, with the miss [`Outcome`] that
+    /// says why), and implementations bound their own latency: a slow
+    /// remote must not slow the build.
     fn fetch<'a>(
         &'a self,
         action: ActionId,
         store: &'a Arc<DiskStore>,
-    ) -> BoxFuture<'a, Option<Entry>>;
+    ) -> BoxFuture<'a, Result<Entry, Miss>>;
 
     /// False for a tier that can never find anything, so callers skip it
     /// without the cost of a task.
@@ -56,8 +58,12 @@ pub(crate) trait RemoteTier: Send + Sync {
 pub(crate) struct NoRemote;
 
 impl RemoteTier for NoRemote {
-    fn fetch<'a>(&'a self, _: ActionId, _: &'a Arc<DiskStore>) -> BoxFuture<'a, Option<Entry>> {
-        Box::pin(std::future::ready(None))
+    fn fetch<'a>(
+        &'a self,
+        _: ActionId,
+        _: &'a Arc<DiskStore>,
+    ) -> BoxFuture<'a, Result<Entry, Miss>> {
+        Box::pin(std::future::ready(Err(Outcome::SharingOff.into())))
     }
 
     fn is_enabled(&self) -> bool {
@@ -100,12 +106,9 @@ impl MultiLevelStorage {
     }
 
     /// The second step of a lookup the local tier missed: the tiers beyond
-    /// it. Waits on the network (bounded by the tier).
-    pub(crate) async fn get_remote(&self, action: ActionId) -> Lookup {
-        match self.remote.fetch(action, &self.local).await {
-            Some(entry) => Lookup::Hit(entry),
-            None => Lookup::Miss,
-        }
+    /// it. Waits on the network (bounded by the tier). A miss says why.
+    pub(crate) async fn get_remote(&self, action: ActionId) -> Result<Entry, Miss> {
+        self.remote.fetch(action, &self.local).await
     }
 
     /// Starts a put of a body of `size` bytes that must hash to `output`.
@@ -157,15 +160,18 @@ mod tests {
             &'a self,
             action: ActionId,
             store: &'a Arc<DiskStore>,
-        ) -> BoxFuture<'a, Option<Entry>> {
+        ) -> BoxFuture<'a, Result<Entry, Miss>> {
             Box::pin(async move {
                 self.calls.fetch_add(1, Ordering::Relaxed);
-                let mut writer = store
-                    .begin_object(self.claimed, self.body.len() as u64)
-                    .ok()?;
-                writer.write_all(&self.body).ok()?;
-                let verified = writer.finish().ok()?;
-                store.commit(&action, verified).ok()
+                let stored = (|| {
+                    let mut writer = store
+                        .begin_object(self.claimed, self.body.len() as u64)
+                        .ok()?;
+                    writer.write_all(&self.body).ok()?;
+                    let verified = writer.finish().ok()?;
+                    store.commit(&action, verified).ok()
+                })();
+                stored.ok_or(Outcome::NotFound.into())
             })
         }
     }
@@ -186,9 +192,7 @@ mod tests {
         let (_dir, storage) = storage(b"remote body", OutputId::of(b"remote body"));
         let action = ActionId::from_bytes([1; 32]);
         assert_eq!(storage.get(&action), Step::AskRemote);
-        let Lookup::Hit(entry) = storage.get_remote(action).await else {
-            panic!("expected hit")
-        };
+        let entry = storage.get_remote(action).await.expect("a hit");
         assert_eq!(std::fs::read(&entry.path).unwrap(), b"remote body");
         // The second lookup is served locally.
         assert!(matches!(
@@ -201,7 +205,10 @@ mod tests {
     async fn lying_remotes_are_a_miss() {
         let (_dir, storage) = storage(b"tampered", OutputId::of(b"original"));
         let action = ActionId::from_bytes([1; 32]);
-        assert_eq!(storage.get_remote(action).await, Lookup::Miss);
+        assert_eq!(
+            storage.get_remote(action).await,
+            Err(Outcome::NotFound.into())
+        );
         assert_eq!(
             storage.local().usage().unwrap(),
             store::trim::Usage::default()
@@ -214,6 +221,9 @@ mod tests {
         let storage = MultiLevelStorage::local_only(Arc::new(DiskStore::open(dir.path()).unwrap()));
         let action = ActionId::from_bytes([2; 32]);
         assert_eq!(storage.get(&action), Step::Answered(Lookup::Miss));
-        assert_eq!(storage.get_remote(action).await, Lookup::Miss);
+        assert_eq!(
+            storage.get_remote(action).await,
+            Err(Outcome::SharingOff.into())
+        );
     }
 }

@@ -106,9 +106,76 @@ fn a_coworkers_build_comes_from_the_peer() {
         "{listing}"
     );
 
+    // `warren trace`: the build's lookups add up to its gets, and its hits
+    // came from A (asked for or read ahead) or were B's own module indexes.
+    let trace = last_build_trace(b);
+    assert_eq!(num(&trace, "gets"), gets, "{trace}");
+    let totals = &trace["totals"];
+    let total = |outcome: &str| totals[outcome].as_u64().unwrap_or(0);
+    let sum: u64 = totals
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|n| n.as_u64())
+        .sum();
+    assert_eq!(sum, gets, "{totals}");
+    assert_eq!(
+        total("peer_hit") + total("read_ahead_hit") + total("local_hit"),
+        hits,
+        "{totals}"
+    );
+    assert!(
+        total("peer_hit") + total("read_ahead_hit") >= hits - indexes,
+        "{totals}"
+    );
+    let lookups = trace["lookups"].as_array().unwrap();
+    assert!(
+        lookups
+            .iter()
+            .filter(
+                |lookup| lookup["outcome"].as_str().unwrap().ends_with("_hit")
+                    && lookup["outcome"] != "local_hit"
+            )
+            .all(|lookup| lookup["peer"] == a.as_str()),
+        "a peer hit from someone other than A: {trace}"
+    );
+    let text = b.warren(&["trace"]);
+    assert!(
+        text.lines()
+            .any(|line| line.contains("peer hit") || line.contains("read-ahead hit")),
+        "{text}"
+    );
+
     // Outputs: gofmt through warren (from A's bodies) equals a plain build.
     b.go("gocache", &["build", "-o", "gofmt-shared", "cmd/gofmt"]);
     b.assert_same_as_plain_gofmt("gofmt-shared");
+
+    // With sharing off for one command, its misses say so, and nothing is
+    // asked of A.
+    let before = num(&b.lifetime(), "gets");
+    b.go_with("gocache", &["vet", "fmt"], &[("WARREN_SHARE", "0")]);
+    let gets = num(&b.lifetime(), "gets") - before;
+    let trace = last_build_trace(b);
+    assert_eq!(num(&trace, "gets"), gets, "{trace}");
+    let totals = trace["totals"].as_object().unwrap();
+    assert!(num(&trace["totals"], "sharing_off") > 0, "{trace}");
+    assert_eq!(
+        totals.values().filter_map(|n| n.as_u64()).sum::<u64>(),
+        gets,
+        "{trace}"
+    );
+    assert!(
+        totals
+            .keys()
+            .all(|outcome| outcome == "local_hit" || outcome == "sharing_off"),
+        "{trace}"
+    );
+    assert!(b.warren(&["why"]).contains("miss: sharing off"));
+}
+
+/// `warren trace --json` of the last build.
+fn last_build_trace(host: &netns::Host) -> serde_json::Value {
+    serde_json::from_str(&host.warren(&["trace", "--json"])).unwrap()
 }
 
 /// How many module-index entries a host holds, from `warren verify`.

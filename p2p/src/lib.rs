@@ -79,8 +79,8 @@ use tokio::sync::mpsc;
 
 pub use crate::allowlist::{Allowlist, Role};
 pub use crate::config::{Compression, MdnsConfig, NodeConfig};
-pub use crate::fetch::Fetched;
 pub use crate::fetch::receive::RejectReason;
+pub use crate::fetch::{Fetched, Miss};
 pub use crate::ids::{ActionId, OutputId};
 pub use crate::node::EventLoop;
 pub use crate::node::client::{Client, Event, PeerCounters, PeerInfo};

@@ -26,8 +26,10 @@ use crate::share::status::{DaemonStatus, PeerStatus};
 use crate::stats::{self, Counters};
 use crate::store::{self, DiskStore, TrimReport};
 use crate::tiered::MultiLevelStorage;
+use crate::trace::Recorder;
 
 mod share;
+mod trace;
 
 /// Reading stdin in big steps keeps large put bodies flowing.
 const STDIN_BUFFER: usize = 256 * 1024;
@@ -110,6 +112,24 @@ pub enum Command {
     },
     /// Run the per-user daemon that shares the store with allowlisted peers
     Daemon,
+    /// Why lookups hit or missed: the last build's, one build's, or one ActionID's
+    #[command(visible_alias = "why")]
+    Trace {
+        /// An ActionID (hex): every recent lookup of it
+        action: Option<String>,
+        /// A build's number instead of the last build (see --builds)
+        #[arg(long, value_name = "N", conflicts_with = "action")]
+        build: Option<u64>,
+        /// List the builds traced
+        #[arg(long, conflicts_with_all = ["action", "build"])]
+        builds: bool,
+        /// List every lookup, not just the totals
+        #[arg(long)]
+        lookups: bool,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,6 +272,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Peers { json, action }) => share::peers(&config, action, json, &mut out),
         Some(Command::Daemon) => crate::share::daemon::run(&config),
         Some(Command::Config) => show_config(&config, &mut out),
+        Some(Command::Trace {
+            action,
+            build,
+            builds,
+            lookups,
+            json,
+        }) => trace::trace(
+            &config,
+            trace::Query {
+                action,
+                build,
+                builds,
+                lookups,
+                json,
+            },
+            &mut out,
+        ),
     }
 }
 
@@ -389,14 +426,18 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         let config = config.clone();
         move || spawn_background_trim(&config, false)
     }));
+    let trace = Arc::new(Recorder::default());
     let end = runtime.block_on(session::serve(
         storage,
         counters.clone(),
+        trace.clone(),
         faults.clone(),
         BufReader::with_capacity(STDIN_BUFFER, input),
         output,
     ))?;
     tracing::debug!("session ended: {end:?}");
+    // For `warren trace`, kept by the daemon if one runs.
+    runtime.block_on(trace.report(&config.socket_path()));
     // At most one warning per go command (see gocacheprog::faults).
     let summary = faults.summary();
     if let Err(e) = stats::record(store.root(), &counters.snapshot(store.repaired())) {

@@ -43,6 +43,7 @@ use crate::logging::chain;
 use crate::stats::Counters;
 use crate::store::Lookup;
 use crate::tiered::{MultiLevelStorage, Step};
+use crate::trace::{Outcome, Recorder};
 
 const STDOUT_BUFFER: usize = 64 * 1024;
 
@@ -59,6 +60,7 @@ pub(crate) enum End {
 pub(crate) async fn serve<R, W>(
     storage: Arc<MultiLevelStorage>,
     counters: Arc<Counters>,
+    trace: Arc<Recorder>,
     faults: Arc<Faults>,
     input: R,
     output: W,
@@ -75,6 +77,7 @@ where
         let context = Context {
             storage,
             counters,
+            trace,
             faults,
             scratch: scratch.clone(),
             responder: responder.clone(),
@@ -182,6 +185,7 @@ impl Scratch {
 struct Context {
     storage: Arc<MultiLevelStorage>,
     counters: Arc<Counters>,
+    trace: Arc<Recorder>,
     faults: Arc<Faults>,
     scratch: Arc<Scratch>,
     responder: Responder,
@@ -206,14 +210,35 @@ impl Context {
                             let storage = self.storage.clone();
                             let counters = self.counters.clone();
                             let responder = self.responder.clone();
+                            let trace = self.trace.clone();
                             self.tracker.spawn_on(
                                 async move {
                                     let asked = std::time::Instant::now();
                                     let found = storage.get_remote(action).await;
-                                    counters.remote_lookup(asked.elapsed());
-                                    if let Lookup::Hit(entry) = &found {
-                                        counters.peer_hit(entry.size);
-                                    }
+                                    let waited = asked.elapsed();
+                                    counters.remote_lookup(waited);
+                                    let found = match found {
+                                        Ok(entry) => {
+                                            counters.peer_hit(entry.size);
+                                            let peer = entry.source.peer().copied();
+                                            trace.note(
+                                                action,
+                                                Outcome::PeerHit,
+                                                peer,
+                                                Some(waited),
+                                            );
+                                            Lookup::Hit(entry)
+                                        }
+                                        Err(miss) => {
+                                            trace.note(
+                                                action,
+                                                miss.outcome,
+                                                miss.peer,
+                                                Some(waited),
+                                            );
+                                            Lookup::Miss
+                                        }
+                                    };
                                     // Written from the runtime's thread: `go`
                                     // reads answers as they come, so this does
                                     // not block, and a hand-over to another
@@ -224,6 +249,7 @@ impl Context {
                             );
                         }
                         Step::Answered(found) => {
+                            self.note_local(action, &found);
                             self.responder
                                 .send(&answer_get(id, &action, found, &self.counters));
                         }
@@ -344,6 +370,21 @@ impl Context {
     fn answer(&self, response: Response) {
         self.counters.error();
         self.responder.send(&response);
+    }
+
+    /// Traces a lookup the local store answered: a peer's entry stored
+    /// since this `go` command started was read ahead for it.
+    fn note_local(&self, action: ActionId, found: &Lookup) {
+        match found {
+            Lookup::Hit(entry) => match entry.source.peer() {
+                Some(peer) if entry.time >= self.trace.started() => {
+                    self.trace
+                        .note(action, Outcome::ReadAheadHit, Some(*peer), None);
+                }
+                _ => self.trace.note(action, Outcome::LocalHit, None, None),
+            },
+            Lookup::Miss => self.trace.note(action, Outcome::SharingOff, None, None),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
-use warren_p2p::{Client, Event, MdnsConfig, Multiaddr, NodeConfig, PeerId};
+use warren_p2p::{Client, Event, MdnsConfig, Miss, Multiaddr, NodeConfig, PeerId};
 
 use crate::config::Config;
 use crate::fsutil::lock::FileLock;
@@ -34,6 +34,7 @@ use crate::share::status::{DaemonStatus, PeerStatus};
 use crate::share::trust::{self, Allowlist};
 use crate::store::{DiskStore, SourceUsage as Purged, layout};
 use crate::tiered::BoxFuture;
+use crate::trace::{self, Build, Outcome};
 
 /// How often the allowlist file is checked for changes.
 const ALLOWLIST_POLL: Duration = Duration::from_secs(1);
@@ -108,6 +109,8 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             client: client.clone(),
             peer_id,
             trust: trust.clone(),
+            lookup_deadline: config.share.lookup_deadline,
+            builds: std::sync::Mutex::default(),
         });
         let helpers = serve_helpers(config.socket_path(), handler, shutdown.clone()).await?;
         tokio::spawn(log_events(events));
@@ -185,19 +188,56 @@ struct Daemon {
     client: Client,
     peer_id: PeerId,
     trust: Arc<Trust>,
+    lookup_deadline: Duration,
+    /// Recent builds' lookups, for `warren trace`.
+    builds: std::sync::Mutex<trace::Ring>,
+}
+
+impl Daemon {
+    /// Why peers could not answer a lookup that took `took`.
+    async fn why_unanswered(&self, took: Duration) -> (Outcome, Option<String>) {
+        if took >= self.lookup_deadline {
+            return (Outcome::Deadline, None);
+        }
+        let peers = self.client.peers().await;
+        match peers.iter().find(|peer| peer.connected && peer.in_cooldown) {
+            Some(peer) => (Outcome::Cooldown, Some(peer.peer.to_string())),
+            None => (Outcome::NotFound, None),
+        }
+    }
 }
 
 impl ipc::Handler for Daemon {
     fn get(&self, action: ActionId) -> BoxFuture<'_, ipc::Response> {
         Box::pin(async move {
-            match self.client.fetch(action).await {
-                Some(fetched) => ipc::Response::Hit {
-                    peer: fetched.peer.to_string(),
-                    size: fetched.size,
-                },
-                None => ipc::Response::Miss,
-            }
+            let started = tokio::time::Instant::now();
+            let (reason, peer) = match self.client.lookup(action).await {
+                Ok(fetched) => {
+                    return ipc::Response::Hit {
+                        peer: fetched.peer.to_string(),
+                        size: fetched.size,
+                    };
+                }
+                Err(Miss::NoPeers) => (Outcome::NoPeers, None),
+                Err(Miss::NotInSummaries) => (Outcome::NotInSummaries, None),
+                Err(Miss::Unanswered) => self.why_unanswered(started.elapsed()).await,
+            };
+            ipc::Response::Missed { reason, peer }
         })
+    }
+
+    fn report(&self, build: Build) {
+        self.builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(build);
+    }
+
+    fn trace(&self) -> Vec<Build> {
+        self.builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .builds()
     }
 
     fn reload_allowlist(&self) -> BoxFuture<'_, ipc::Response> {

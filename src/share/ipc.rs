@@ -36,11 +36,15 @@ use crate::fsutil::private;
 use crate::ids::ActionId;
 use crate::share::status::DaemonStatus;
 use crate::tiered::BoxFuture;
+use crate::trace::{Build, Outcome};
 
 /// Connections served at once; more wait for a slot.
 const MAX_CONNECTIONS: usize = 512;
-/// Longest request line accepted.
-const MAX_LINE: usize = 4096;
+/// Longest request line accepted: a helper's report of its lookups
+/// ([`crate::trace`]) is the longest, ~120 bytes per lookup.
+const MAX_LINE: usize = 4 << 20;
+/// Longest answer line accepted: the trace of every build held.
+const MAX_ANSWER: u64 = 16 << 20;
 /// A request not answered within this long is acknowledged first. Well
 /// under any helper's acknowledgement timeout.
 pub(crate) const ACK_DELAY: Duration = Duration::from_millis(5);
@@ -85,7 +89,7 @@ impl Error {
 }
 
 /// A helper's question.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum Request {
     /// Find `action` (hex) at a peer and store it locally.
@@ -95,6 +99,10 @@ pub(crate) enum Request {
     /// Re-read the allowlist now (`warren peers add/remove` just wrote
     /// it), and purge what peers no longer pulled from sent.
     ReloadAllowlist,
+    /// A helper's lookups of the `go` command it served, to keep.
+    Report(Box<Build>),
+    /// The builds kept, for `warren trace`.
+    Trace,
 }
 
 /// The daemon's answer.
@@ -110,11 +118,24 @@ pub(crate) enum Response {
         size: u64,
     },
     Miss,
+    /// A miss, and why (one of the miss [`Outcome`]s); `peer` names the
+    /// peer in cooldown.
+    Missed {
+        reason: Outcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peer: Option<String>,
+    },
     Status(DaemonStatus),
     /// The allowlist was re-read; entries purged because of it.
     Reloaded {
         purged_entries: u64,
         purged_bytes: u64,
+    },
+    /// A report was kept.
+    Reported,
+    /// The builds kept, oldest first.
+    Trace {
+        builds: Vec<Build>,
     },
     Error {
         message: String,
@@ -149,7 +170,7 @@ pub(crate) async fn call(
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request).expect("requests to serialize");
     line.push(b'\n');
-    let mut read = BufReader::new(read).take(MAX_LINE as u64 * 64);
+    let mut read = BufReader::new(read).take(MAX_ANSWER);
     let acknowledged = async {
         write.write_all(&line).await.map_err(Error::Io)?;
         read_response(&mut read).await
@@ -179,6 +200,10 @@ pub(crate) trait Handler: Send + Sync + 'static {
     fn status(&self) -> BoxFuture<'_, DaemonStatus>;
     /// See [`Request::ReloadAllowlist`]; the answer is `Reloaded` or `Error`.
     fn reload_allowlist(&self) -> BoxFuture<'_, Response>;
+    /// Keeps a helper's report of its lookups.
+    fn report(&self, build: Build);
+    /// The builds kept.
+    fn trace(&self) -> Vec<Build>;
 }
 
 /// Binds the socket at `path`, owner-only. A stale socket left by a dead
@@ -278,6 +303,13 @@ async fn handle(stream: UnixStream, handler: &dyn Handler) -> io::Result<()> {
         Ok(Request::ReloadAllowlist) => {
             answer_or_acknowledge(&mut write, handler.reload_allowlist()).await?
         }
+        Ok(Request::Report(build)) => {
+            handler.report(*build);
+            Response::Reported
+        }
+        Ok(Request::Trace) => Response::Trace {
+            builds: handler.trace(),
+        },
         Err(e) => Response::Error {
             message: format!("malformed request: {e}"),
         },
@@ -313,6 +345,7 @@ mod tests {
     struct Echo {
         gets: AtomicUsize,
         delay: Duration,
+        ring: std::sync::Mutex<crate::trace::Ring>,
     }
 
     impl Handler for Echo {
@@ -339,6 +372,14 @@ mod tests {
                 }
             })
         }
+
+        fn report(&self, build: Build) {
+            self.ring.lock().unwrap().add(build);
+        }
+
+        fn trace(&self) -> Vec<Build> {
+            self.ring.lock().unwrap().builds()
+        }
     }
 
     async fn server(delay: Duration) -> (tempfile::TempDir, PathBuf, CancellationToken) {
@@ -349,6 +390,7 @@ mod tests {
         let handler = Arc::new(Echo {
             gets: AtomicUsize::new(0),
             delay,
+            ring: Default::default(),
         });
         tokio::spawn(serve(
             listener,
@@ -382,6 +424,35 @@ mod tests {
         assert!(matches!(status, Response::Status(_)));
         let permissions = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(permissions & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn a_full_report_crosses_the_socket_and_comes_back_in_the_trace() {
+        let (_dir, path, _shutdown) = server(Duration::ZERO).await;
+        let recorder = crate::trace::Recorder::default();
+        for n in 0..crate::trace::CAPACITY {
+            let mut bytes = [0xab; 32];
+            bytes[..8].copy_from_slice(&(n as u64).to_be_bytes());
+            let peer = warren_p2p::PeerId::random();
+            recorder.note(
+                ActionId::from_bytes(bytes),
+                Outcome::PeerHit,
+                Some(peer),
+                Some(Duration::from_millis(3)),
+            );
+        }
+        recorder.report(&path).await;
+        let answer = call(&path, &Request::Trace, ACK, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let Response::Trace { builds } = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(builds.len(), 1);
+        assert_eq!(builds[0].lookups.len(), crate::trace::CAPACITY);
+        let sent = recorder.build();
+        assert_eq!((builds[0].number, builds[0].gets), (1, sent.gets));
+        assert_eq!(builds[0].lookups, sent.lookups);
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@ use crate::ids::ActionId;
 use crate::share::ipc;
 use crate::store::{DiskStore, Entry, Lookup};
 use crate::tiered::{BoxFuture, RemoteTier};
+use crate::trace::{Miss, Outcome};
 
 /// How long a helper stops asking after finding no daemon.
 pub(crate) const ABSENT_BACKOFF: Duration = Duration::from_secs(1);
@@ -102,10 +103,10 @@ impl RemoteTier for DaemonTier {
         &'a self,
         action: ActionId,
         store: &'a Arc<DiskStore>,
-    ) -> BoxFuture<'a, Option<Entry>> {
+    ) -> BoxFuture<'a, Result<Entry, Miss>> {
         Box::pin(async move {
             if self.absent() {
-                return None;
+                return Err(Outcome::NoDaemon.into());
             }
             let request = ipc::Request::Get {
                 action: action.to_hex(),
@@ -123,24 +124,29 @@ impl RemoteTier for DaemonTier {
                     match store.get(&action) {
                         Ok(Lookup::Hit(entry)) => {
                             tracing::debug!("get {action}: from peer {peer}");
-                            Some(entry)
+                            Ok(entry)
                         }
                         other => {
                             tracing::debug!("get {action}: daemon said hit, store says {other:?}");
-                            None
+                            Err(Outcome::NotFound.into())
                         }
                     }
                 }
-                Ok(ipc::Response::Miss) => None,
+                // A daemon from before traces.
+                Ok(ipc::Response::Miss) => Err(Outcome::NotFound.into()),
+                Ok(ipc::Response::Missed { reason, peer }) if !reason.is_hit() => Err(Miss {
+                    outcome: reason,
+                    peer: peer.and_then(|peer| peer.parse().ok()),
+                }),
                 Ok(other) => {
                     tracing::debug!("get {action}: unexpected daemon answer {other:?}");
-                    None
+                    Err(Outcome::NotFound.into())
                 }
                 Err(e) if e.is_absent() => {
                     tracing::debug!("no daemon: {e}");
                     self.mark_absent();
                     self.autostart();
-                    None
+                    Err(Outcome::NoDaemon.into())
                 }
                 Err(e @ ipc::Error::Impostor { .. }) => {
                     // Someone else's socket where ours should be: say so
@@ -149,7 +155,7 @@ impl RemoteTier for DaemonTier {
                         tracing::warn!("{e}");
                     }
                     self.mark_absent();
-                    None
+                    Err(Outcome::NoDaemon.into())
                 }
                 Err(e @ ipc::Error::Unresponsive(_)) => {
                     if self.unacknowledged.fetch_add(1, Ordering::Relaxed) + 1 >= STUCK_AFTER {
@@ -161,11 +167,15 @@ impl RemoteTier for DaemonTier {
                     } else {
                         tracing::debug!("get {action}: {e}");
                     }
-                    None
+                    Err(Outcome::NoDaemon.into())
+                }
+                Err(e @ ipc::Error::Timeout(_)) => {
+                    tracing::debug!("get {action}: {e}");
+                    Err(Outcome::Deadline.into())
                 }
                 Err(e) => {
                     tracing::debug!("get {action}: {}", crate::logging::chain(&e));
-                    None
+                    Err(Outcome::NoDaemon.into())
                 }
             }
         })
@@ -206,7 +216,7 @@ mod tests {
             assert!(
                 tier.fetch(ActionId::from_bytes([n as u8; 32]), &store)
                     .await
-                    .is_none()
+                    .is_err()
             );
             assert!(
                 started.elapsed() < ACK_TIMEOUT * 4,
@@ -218,7 +228,7 @@ mod tests {
         assert!(
             tier.fetch(ActionId::from_bytes([9; 32]), &store)
                 .await
-                .is_none()
+                .is_err()
         );
         assert!(tier.absent());
     }
@@ -232,13 +242,13 @@ mod tests {
         assert!(
             tier.fetch(ActionId::from_bytes([1; 32]), &store)
                 .await
-                .is_none()
+                .is_err()
         );
         assert!(tier.absent());
         assert!(
             tier.fetch(ActionId::from_bytes([2; 32]), &store)
                 .await
-                .is_none()
+                .is_err()
         );
         assert!(
             started.elapsed() < Duration::from_millis(100),

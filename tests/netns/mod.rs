@@ -261,10 +261,16 @@ impl Host {
 
     /// Runs `go <args>` with warren; asserts success and a silent warren.
     pub fn go(&self, gocache: &str, args: &[&str]) -> String {
+        self.go_with(gocache, args, &[])
+    }
+
+    /// [`Host::go`] with more environment variables.
+    pub fn go_with(&self, gocache: &str, args: &[&str], env: &[(&str, &str)]) -> String {
         let output = self
             .command(&self.go, args)
             .env("GOCACHEPROG", warren_bin())
             .env("GOCACHE", self.path(gocache))
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);

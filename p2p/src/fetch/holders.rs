@@ -18,6 +18,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::fetch::Miss;
 use crate::ids::ActionId;
 use crate::summary::PeerSummary;
 
@@ -45,22 +46,30 @@ pub(crate) struct Holders {
 }
 
 impl Holders {
-    /// Whether a lookup of `action` is surely a miss: nobody to ask, or
-    /// every summary says no, and nobody is fetching it.
-    pub(crate) fn surely_none(&self, action: &ActionId) -> bool {
+    /// Whether a lookup of `action` is surely a miss, and why: nobody to
+    /// ask, or every summary says no, and nobody is fetching it.
+    pub(crate) fn sure_miss(&self, action: &ActionId) -> Option<Miss> {
         if self
             .fetching
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(action)
         {
-            return false;
+            return None;
         }
-        self.asked
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .all(|summary| !summary.read().may_hold(action))
+        let asked = self.asked.read().unwrap_or_else(PoisonError::into_inner);
+        if asked.is_empty() {
+            Some(Miss::NoPeers)
+        } else if asked.iter().all(|summary| !summary.read().may_hold(action)) {
+            Some(Miss::NotInSummaries)
+        } else {
+            None
+        }
+    }
+
+    #[cfg(test)]
+    fn surely_none(&self, action: &ActionId) -> bool {
+        self.sure_miss(action).is_some()
     }
 
     /// Replaces the peers a lookup would ask.
@@ -111,12 +120,12 @@ mod tests {
     fn a_miss_is_sure_only_when_every_asked_summary_says_no() {
         let holders = Holders::default();
         // Nobody to ask.
-        assert!(holders.surely_none(&action(1)));
+        assert_eq!(holders.sure_miss(&action(1)), Some(Miss::NoPeers));
         let (a, b) = (known(&[action(1)]), known(&[action(2)]));
         holders.set_asked(vec![a, b.clone()]);
         assert!(!holders.surely_none(&action(1)));
         assert!(!holders.surely_none(&action(2)));
-        assert!(holders.surely_none(&action(3)));
+        assert_eq!(holders.sure_miss(&action(3)), Some(Miss::NotInSummaries));
         // A summary that grows is read as it is now.
         b.write().apply(SummaryAnswer {
             header: SummaryHeader {

@@ -38,3 +38,16 @@ pub struct Fetched {
     /// When the peer's entry was put, in nanoseconds since the Unix epoch.
     pub time_unix_nanos: u64,
 }
+
+/// Why a lookup found nothing, as far as the node can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// No allowlisted peer we pull from is connected.
+    NoPeers,
+    /// No connected peer's summary names the action.
+    NotInSummaries,
+    /// Peers were asked (or the lookup joined a fetch in flight) and no
+    /// verified body came: they did not have it, were in cooldown, or did
+    /// not answer in time.
+    Unanswered,
+}

@@ -16,9 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
 use crate::allowlist::Allowlist;
-use crate::fetch::Fetched;
 use crate::fetch::holders::Holders;
 use crate::fetch::receive::RejectReason;
+use crate::fetch::{Fetched, Miss};
 use crate::ids::ActionId;
 
 /// What the node knows about one peer, for status displays.
@@ -197,18 +197,25 @@ impl Client {
     /// connected peer's summary names is a miss at once, without waiting
     /// for a busy event loop (see `fetch::holders`).
     pub async fn fetch(&self, action: ActionId) -> Option<Fetched> {
-        if self.holders.surely_none(&action) {
-            return None;
+        self.lookup(action).await.ok()
+    }
+
+    /// [`fetch`](Self::fetch), saying why a miss was one (for traces).
+    pub async fn lookup(&self, action: ActionId) -> Result<Fetched, Miss> {
+        if let Some(miss) = self.holders.sure_miss(&action) {
+            return Err(miss);
         }
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Fetch { action, reply })
             .await
-            .ok()?;
+            .map_err(|_| Miss::NoPeers)?;
         tokio::time::timeout(self.backstop, answer)
             .await
-            .ok()?
-            .ok()?
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .ok_or(Miss::Unanswered)
     }
 
     /// Replaces the allowlist. Takes effect at once: connections to peers no

@@ -1,0 +1,319 @@
+//! `warren trace` (also `warren why`): what the lookups of the last build,
+//! or of one ActionID, came to, from the daemon's ring ([`crate::trace`]).
+//!
+//! The default answers "why did this build not use Bob's outputs?": totals
+//! per outcome, with the peers involved by their allowlist names.
+//! `--lookups` lists every lookup, and an ActionID shows each time any
+//! recent build looked it up.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::share::ipc;
+use crate::share::trust::Allowlist;
+use crate::trace::{Build, Lookup, Outcome};
+
+/// How long `warren trace` waits for the daemon.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What to show.
+pub(super) struct Query {
+    pub action: Option<String>,
+    /// The build's number, as `warren trace --builds` lists them.
+    pub build: Option<u64>,
+    pub builds: bool,
+    pub lookups: bool,
+    pub json: bool,
+}
+
+pub(super) fn trace(
+    config: &Config,
+    query: Query,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let builds = match super::ask_daemon(config, &ipc::Request::Trace, TIMEOUT) {
+        Ok(ipc::Response::Trace { builds }) => builds,
+        Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        Err(e) => {
+            return Err(e).context(
+                "the lookup trace lives in the daemon, and none answered; \
+                 start it with `warren daemon` (run `warren doctor` to see why)",
+            );
+        }
+    };
+    let names = Names::load(config);
+    if query.builds {
+        return list_builds(&builds, query.json, out);
+    }
+    if let Some(action) = &query.action {
+        return show_action(&builds, action, &names, query.json, out);
+    }
+    let build = match query.build {
+        Some(number) => builds
+            .iter()
+            .find(|b| b.number == number)
+            .with_context(|| {
+                format!("no build {number} in the trace (`warren trace --builds` lists them)")
+            })?,
+        None => match builds.last() {
+            Some(build) => build,
+            None => {
+                writeln!(
+                    out,
+                    "no build traced yet: the daemon keeps the lookups of go commands run \
+                     since it started"
+                )?;
+                return Ok(ExitCode::SUCCESS);
+            }
+        },
+    };
+    if query.json {
+        serde_json::to_writer_pretty(&mut *out, &BuildJson::of(build, &names))?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    show_build(build, &names, query.lookups, out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Peer IDs by allowlist name.
+struct Names(Allowlist);
+
+impl Names {
+    fn load(config: &Config) -> Self {
+        Self(Allowlist::load(&config.allowlist_path()).unwrap_or_default())
+    }
+
+    /// The peer's allowlist name, else its ID.
+    fn of(&self, peer: &str) -> String {
+        peer.parse()
+            .ok()
+            .and_then(|id| self.0.name_of(&id).map(str::to_owned))
+            .unwrap_or_else(|| peer.to_owned())
+    }
+
+    fn describe(&self, lookup: &Lookup) -> String {
+        let peer = lookup.peer.as_deref().map(|peer| self.of(peer));
+        let mut text = lookup.outcome.describe(peer.as_deref());
+        if lookup.outcome == Outcome::PeerHit
+            && let Some(ms) = lookup.ms
+        {
+            text.push_str(&format!(" in {ms} ms"));
+        }
+        text
+    }
+}
+
+fn show_build(
+    build: &Build,
+    names: &Names,
+    lookups: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let seconds = build.ended_unix_ms.saturating_sub(build.started_unix_ms) as f64 / 1000.0;
+    writeln!(
+        out,
+        "build {}: {} ({:.1} s, {} gets{})",
+        build.number,
+        if build.command.is_empty() {
+            "go"
+        } else {
+            &build.command
+        },
+        seconds,
+        build.gets,
+        if (build.lookups.len() as u64) < build.gets {
+            format!(", the last {} traced", build.lookups.len())
+        } else {
+            String::new()
+        }
+    )?;
+    for (outcome, count) in build.totals() {
+        let by_peer = peers_of(build, outcome, names);
+        writeln!(out, "  {count:>6}  {}{by_peer}", outcome.label())?;
+    }
+    if lookups {
+        for lookup in &build.lookups {
+            writeln!(out, "  {}  {}", lookup.action, names.describe(lookup))?;
+        }
+    }
+    Ok(())
+}
+
+/// "  (bob 700, carol 52; median 3 ms)" for outcomes that name peers.
+fn peers_of(build: &Build, outcome: Outcome, names: &Names) -> String {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut waits: Vec<f64> = Vec::new();
+    for lookup in build.lookups.iter().filter(|l| l.outcome == outcome) {
+        if let Some(peer) = &lookup.peer {
+            *counts.entry(names.of(peer)).or_default() += 1;
+        }
+        if outcome == Outcome::PeerHit
+            && let Some(ms) = lookup.ms
+        {
+            waits.push(ms);
+        }
+    }
+    let mut parts: Vec<String> = counts
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    if !waits.is_empty() {
+        waits.sort_by(f64::total_cmp);
+        parts.push(format!("median {} ms", waits[waits.len() / 2]));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", parts.join(", "))
+    }
+}
+
+fn show_action(
+    builds: &[Build],
+    action: &str,
+    names: &Names,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let action = action.to_ascii_lowercase();
+    crate::ids::ActionId::from_hex(&action)
+        .map_err(|e| anyhow::anyhow!("{action:?} is not an ActionID: {e}"))?;
+    let seen: Vec<(&Build, &Lookup)> = builds
+        .iter()
+        .flat_map(|build| build.lookups.iter().map(move |lookup| (build, lookup)))
+        .filter(|(_, lookup)| lookup.action == action)
+        .collect();
+    if json {
+        let seen: Vec<_> = seen
+            .iter()
+            .map(|(build, lookup)| ActionJson {
+                build: build.number,
+                command: &build.command,
+                lookup: LookupJson::of(lookup, names),
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut *out, &seen)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if seen.is_empty() {
+        writeln!(
+            out,
+            "{action}: not looked up by any build in the trace (it holds the last {} lookups)",
+            crate::trace::CAPACITY
+        )?;
+    }
+    for (build, lookup) in seen {
+        writeln!(
+            out,
+            "build {} ({}): {}",
+            build.number,
+            build.command,
+            names.describe(lookup)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_builds(builds: &[Build], json: bool, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    if json {
+        let list: Vec<_> = builds
+            .iter()
+            .map(|build| {
+                serde_json::json!({
+                    "build": build.number,
+                    "command": build.command,
+                    "pid": build.pid,
+                    "started_unix_ms": build.started_unix_ms,
+                    "gets": build.gets,
+                    "traced": build.lookups.len(),
+                })
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut *out, &list)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for build in builds {
+        let hits = build.lookups.iter().filter(|l| l.outcome.is_hit()).count();
+        writeln!(
+            out,
+            "build {:>4}  {:>6} gets  {:>6} hits  {}",
+            build.number, build.gets, hits, build.command
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct BuildJson<'a> {
+    build: u64,
+    command: &'a str,
+    pid: u32,
+    started_unix_ms: u64,
+    ended_unix_ms: u64,
+    gets: u64,
+    /// Lookups per outcome.
+    totals: BTreeMap<Outcome, u64>,
+    lookups: Vec<LookupJson<'a>>,
+}
+
+impl<'a> BuildJson<'a> {
+    fn of(build: &'a Build, names: &Names) -> Self {
+        Self {
+            build: build.number,
+            command: &build.command,
+            pid: build.pid,
+            started_unix_ms: build.started_unix_ms,
+            ended_unix_ms: build.ended_unix_ms,
+            gets: build.gets,
+            totals: build.totals().into_iter().collect(),
+            lookups: build
+                .lookups
+                .iter()
+                .map(|lookup| LookupJson::of(lookup, names))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct LookupJson<'a> {
+    action: &'a str,
+    outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ms: Option<f64>,
+}
+
+impl<'a> LookupJson<'a> {
+    fn of(lookup: &'a Lookup, names: &Names) -> Self {
+        let peer = lookup.peer.as_deref();
+        Self {
+            action: &lookup.action,
+            outcome: lookup.outcome,
+            peer,
+            peer_name: peer
+                .map(|peer| names.of(peer))
+                .filter(|name| Some(name.as_str()) != peer),
+            ms: lookup.ms,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ActionJson<'a> {
+    build: u64,
+    command: &'a str,
+    #[serde(flatten)]
+    lookup: LookupJson<'a>,
+}
