@@ -74,7 +74,7 @@ pub use crate::protocol::wire;
 
 use std::sync::Arc;
 
-pub use libp2p::{Multiaddr, PeerId, identity};
+pub use libp2p::{Multiaddr, PeerId, identity, multiaddr};
 use tokio::sync::mpsc;
 
 pub use crate::allowlist::{Allowlist, Role};
@@ -84,6 +84,7 @@ pub use crate::fetch::{Fetched, Miss};
 pub use crate::ids::{ActionId, OutputId};
 pub use crate::node::EventLoop;
 pub use crate::node::client::{Client, Event, PeerCounters, PeerInfo};
+pub use crate::node::failure::ConnectFailure;
 pub use crate::store::{Bodies, BodySink, CommitError, Hints, Served, Store, Summaries};
 pub use crate::summary::SummaryChunk;
 

@@ -28,6 +28,7 @@ use crate::store::{self, DiskStore, TrimReport};
 use crate::tiered::MultiLevelStorage;
 use crate::trace::Recorder;
 
+mod doctor;
 mod share;
 mod trace;
 
@@ -112,6 +113,12 @@ pub enum Command {
     },
     /// Run the per-user daemon that shares the store with allowlisted peers
     Daemon,
+    /// Check everything sharing depends on; say what is wrong and how to fix it
+    Doctor {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Why lookups hit or missed: the last build's, one build's, or one ActionID's
     #[command(visible_alias = "why")]
     Trace {
@@ -238,8 +245,13 @@ fn origin(
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&cli.overrides()).context("loading settings")?;
+    let config = Config::load(&cli.overrides()).context("loading settings");
     let mut out = io::stdout().lock();
+    // The doctor reports a config it cannot read; everything else needs one.
+    if let Some(Command::Doctor { json }) = cli.command {
+        return doctor::doctor(config, json, &mut out);
+    }
+    let config = config?;
     match cli.command {
         None => serve(&config),
         Some(Command::Stats { json }) => show_stats(&config, json, &mut out),
@@ -272,6 +284,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Peers { json, action }) => share::peers(&config, action, json, &mut out),
         Some(Command::Daemon) => crate::share::daemon::run(&config),
         Some(Command::Config) => show_config(&config, &mut out),
+        Some(Command::Doctor { .. }) => unreachable!("handled above"),
         Some(Command::Trace {
             action,
             build,

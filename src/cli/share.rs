@@ -63,7 +63,7 @@ fn print_id(peer_id: &str, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "  warren peers add {peer_id} --name {}", hostname())
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,7 @@ use crate::ids::ActionId;
 use crate::share::identity;
 use crate::share::ipc;
 use crate::share::node_store::{Sharing, StoreAdapter};
-use crate::share::status::{DaemonStatus, PeerStatus};
+use crate::share::status::{DaemonStatus, PeerStatus, unix_ms};
 use crate::share::trust::{self, Allowlist};
 use crate::store::{DiskStore, SourceUsage as Purged, layout};
 use crate::tiered::BoxFuture;
@@ -40,6 +40,13 @@ use crate::trace::{self, Build, Outcome};
 const ALLOWLIST_POLL: Duration = Duration::from_secs(1);
 /// How long lookups in flight may finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(2);
+/// A probe's answer waits at least this long (a peer that does not trust
+/// us closes the connection just after the handshake), at most
+/// `PROBE_MAX` (a dial still going then counts as timed out), and checks
+/// every `PROBE_POLL`.
+const PROBE_MIN: Duration = Duration::from_millis(1500);
+const PROBE_MAX: Duration = Duration::from_secs(6);
+const PROBE_POLL: Duration = Duration::from_millis(250);
 
 /// Runs the daemon until a signal.
 pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
@@ -111,6 +118,9 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             trust: trust.clone(),
             lookup_deadline: config.share.lookup_deadline,
             builds: std::sync::Mutex::default(),
+            started: SystemTime::now(),
+            mdns: config.share.mdns,
+            interfaces: config.share.interfaces.clone(),
         });
         let helpers = serve_helpers(config.socket_path(), handler, shutdown.clone()).await?;
         tokio::spawn(log_events(events));
@@ -191,6 +201,9 @@ struct Daemon {
     lookup_deadline: Duration,
     /// Recent builds' lookups, for `warren trace`.
     builds: std::sync::Mutex<trace::Ring>,
+    started: SystemTime,
+    mdns: bool,
+    interfaces: Vec<String>,
 }
 
 impl Daemon {
@@ -262,7 +275,45 @@ impl ipc::Handler for Daemon {
                 peer_id: self.peer_id.to_string(),
                 listen: listen.iter().map(ToString::to_string).collect(),
                 peers: peers.iter().map(PeerStatus::from).collect(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                pid: std::process::id(),
+                started_unix_ms: unix_ms(self.started),
+                mdns: self.mdns,
+                interfaces: self.interfaces.clone(),
+                probed_unix_ms: None,
             }
+        })
+    }
+
+    fn probe(&self) -> BoxFuture<'_, DaemonStatus> {
+        Box::pin(async move {
+            let start = SystemTime::now();
+            let began = tokio::time::Instant::now();
+            self.client.probe().await;
+            // Every dial ends in a connection or a failure; a peer that
+            // does not trust us closes its connection a moment after it
+            // opened, so the answer waits that moment at least.
+            loop {
+                tokio::time::sleep(PROBE_POLL).await;
+                let peers = self.client.peers().await;
+                let settled = peers
+                    .iter()
+                    .filter(|peer| peer.allowlisted && !peer.addresses.is_empty())
+                    .all(|peer| {
+                        peer.connected
+                            || peer
+                                .last_failure
+                                .as_ref()
+                                .is_some_and(|(at, _)| *at >= start)
+                    });
+                let waited = began.elapsed();
+                if (settled && waited >= PROBE_MIN) || waited >= PROBE_MAX {
+                    break;
+                }
+            }
+            let mut status = self.status().await;
+            status.probed_unix_ms = Some(unix_ms(start));
+            status
         })
     }
 }

@@ -103,6 +103,9 @@ pub(crate) enum Request {
     Report(Box<Build>),
     /// The builds kept, for `warren trace`.
     Trace,
+    /// Dial every allowlisted peer not connected now, wait a little for
+    /// what comes of it, and answer with the status (`warren doctor`).
+    Probe,
 }
 
 /// The daemon's answer.
@@ -204,6 +207,8 @@ pub(crate) trait Handler: Send + Sync + 'static {
     fn report(&self, build: Build);
     /// The builds kept.
     fn trace(&self) -> Vec<Build>;
+    /// See [`Request::Probe`].
+    fn probe(&self) -> BoxFuture<'_, DaemonStatus>;
 }
 
 /// Binds the socket at `path`, owner-only. A stale socket left by a dead
@@ -310,6 +315,10 @@ async fn handle(stream: UnixStream, handler: &dyn Handler) -> io::Result<()> {
         Ok(Request::Trace) => Response::Trace {
             builds: handler.trace(),
         },
+        Ok(Request::Probe) => {
+            let status = async { Response::Status(handler.probe().await) };
+            answer_or_acknowledge(&mut write, status).await?
+        }
         Err(e) => Response::Error {
             message: format!("malformed request: {e}"),
         },
@@ -379,6 +388,10 @@ mod tests {
 
         fn trace(&self) -> Vec<Build> {
             self.ring.lock().unwrap().builds()
+        }
+
+        fn probe(&self) -> BoxFuture<'_, DaemonStatus> {
+            Box::pin(async { DaemonStatus::default() })
         }
     }
 

@@ -6,10 +6,10 @@
 //! `warren stats --json` prints its peers as they are). Every field has a
 //! default, so a CLI can read the answer of an older or newer daemon.
 
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize};
-use warren_p2p::PeerInfo;
+use warren_p2p::{ConnectFailure, PeerInfo};
 
 /// The running daemon.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +20,15 @@ pub(crate) struct DaemonStatus {
     /// Multiaddrs the node listens on.
     pub listen: Vec<String>,
     pub peers: Vec<PeerStatus>,
+    /// The daemon's warren version (empty from a daemon before it said).
+    pub version: String,
+    pub pid: u32,
+    pub started_unix_ms: u64,
+    /// Whether mDNS runs, and on which interfaces (empty: all).
+    pub mdns: bool,
+    pub interfaces: Vec<String>,
+    /// For an answer to a probe: when the probe's dials started.
+    pub probed_unix_ms: Option<u64>,
 }
 
 /// One peer, as `warren peers` and `warren stats` show it.
@@ -53,6 +62,17 @@ pub(crate) struct PeerStatus {
     /// being measured, `None` from a daemon too old to say.
     #[serde(deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub compressed: Option<Option<bool>>,
+    /// Why the last connection attempt failed, and when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<ConnectFailure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure_unix_ms: Option<u64>,
+}
+
+pub(crate) fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 /// A field that is there, even as `null`, is `Some`.
@@ -73,11 +93,7 @@ impl From<&PeerInfo> for PeerStatus {
             discovered: info.discovered,
             connected: info.connected,
             in_cooldown: info.in_cooldown,
-            last_seen_unix_ms: info.last_seen.map(|time| {
-                time.duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis() as u64
-            }),
+            last_seen_unix_ms: info.last_seen.map(unix_ms),
             addresses: info.addresses.iter().map(ToString::to_string).collect(),
             hits_served: counters.hits_served,
             bytes_served: counters.bytes_out,
@@ -89,6 +105,11 @@ impl From<&PeerInfo> for PeerStatus {
             read_ahead: counters.read_ahead,
             holds: info.summary_entries,
             compressed: Some(info.compressed),
+            last_failure: info
+                .last_failure
+                .as_ref()
+                .map(|(_, failure)| failure.clone()),
+            last_failure_unix_ms: info.last_failure.as_ref().map(|(at, _)| unix_ms(*at)),
         }
     }
 }
@@ -110,6 +131,7 @@ mod tests {
             peer_id: "me".into(),
             listen: vec!["/ip4/127.0.0.1/tcp/1".into()],
             peers: vec![peer],
+            ..DaemonStatus::default()
         };
         let json = serde_json::to_string(&status).unwrap();
         assert!(json.contains(r#""compressed":null"#), "{json}");

@@ -33,7 +33,7 @@ pub(crate) fn stats_lock(root: &Path) -> PathBuf {
     root.join(STATS_LOCK)
 }
 
-pub(super) fn trim_lock(root: &Path) -> PathBuf {
+pub(crate) fn trim_lock(root: &Path) -> PathBuf {
     root.join(TRIM_LOCK)
 }
 

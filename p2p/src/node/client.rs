@@ -20,6 +20,7 @@ use crate::fetch::holders::Holders;
 use crate::fetch::receive::RejectReason;
 use crate::fetch::{Fetched, Miss};
 use crate::ids::ActionId;
+use crate::node::failure::ConnectFailure;
 
 /// What the node knows about one peer, for status displays.
 /// Serializes to JSON with the peer ID and addresses as strings and
@@ -49,6 +50,17 @@ pub struct PeerInfo {
     /// it is not connected.
     pub compressed: Option<bool>,
     pub counters: PeerCounters,
+    /// Why the last connection attempt failed, and when (see
+    /// [`ConnectFailure`]); kept after a later success.
+    #[serde(serialize_with = "as_failure")]
+    pub last_failure: Option<(SystemTime, ConnectFailure)>,
+}
+
+fn as_failure<S: serde::Serializer>(
+    failure: &Option<(SystemTime, ConnectFailure)>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&failure.as_ref().map(|(_, failure)| failure), serializer)
 }
 
 /// Per-peer traffic counters since the node started.
@@ -156,6 +168,9 @@ pub(crate) enum Command {
         address: Multiaddr,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    Probe {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A handle on a node; see the module docs.
@@ -257,6 +272,14 @@ impl Client {
         answer.await.map_err(|_| Error::Stopped)?
     }
 
+    /// Dials every allowlisted peer that is not connected, and every
+    /// static address, at once, ignoring redial backoff. What comes of it
+    /// shows in [`peers`](Self::peers): connected, or a
+    /// [`PeerInfo::last_failure`] newer than the call.
+    pub async fn probe(&self) {
+        self.ask(|reply| Command::Probe { reply }).await
+    }
+
     async fn ask<T: Default>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> T {
         let (reply, answer) = oneshot::channel();
         if self.commands.send(command(reply)).await.is_err() {
@@ -287,6 +310,7 @@ mod tests {
                 hits_served: 2,
                 ..PeerCounters::default()
             },
+            last_failure: Some((SystemTime::now(), ConnectFailure::ClosedAfterHandshake)),
         };
         let json = serde_json::to_value(&info).unwrap();
         assert_eq!(json["peer"], peer.to_string());
@@ -295,5 +319,6 @@ mod tests {
         assert_eq!(json["counters"]["hits_served"], 2);
         assert_eq!(json["summary_entries"], 3);
         assert_eq!(json["compressed"], serde_json::Value::Null);
+        assert_eq!(json["last_failure"]["kind"], "closed_after_handshake");
     }
 }

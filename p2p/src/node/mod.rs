@@ -31,6 +31,7 @@ pub(crate) mod behaviour;
 pub(crate) mod client;
 pub(crate) mod codec;
 pub(crate) mod discovery;
+pub(crate) mod failure;
 mod fetching;
 mod peers;
 mod serving;
@@ -61,6 +62,7 @@ use crate::fetch::receive::Report;
 use crate::node::behaviour::{Behaviour, BehaviourEvent};
 use crate::node::client::{Command, Event};
 use crate::node::codec::{Request, Response};
+use crate::node::failure::ConnectFailure;
 use crate::store::Store;
 
 /// A connection that lasted this long counts as good: its peer's redial
@@ -234,6 +236,10 @@ impl EventLoop {
             Command::Dial { address, reply } => {
                 let _ = reply.send(self.dial_address(address));
             }
+            Command::Probe { reply } => {
+                self.probe();
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -282,6 +288,15 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                let lasted = (self.peers.get(&peer_id))
+                    .and_then(|state| state.connected_since)
+                    .map(|since| since.elapsed());
+                if num_established == 0
+                    && let Some(lasted) = lasted
+                    && let Some(failure) = ConnectFailure::of_close(cause.as_ref(), lasted)
+                {
+                    self.peer(peer_id).failed(failure);
+                }
                 self.on_disconnected(peer_id, num_established);
             }
             SwarmEvent::IncomingConnectionError {
@@ -297,6 +312,11 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, "dial failed: {error}");
+                if let Some(peer) = peer_id
+                    && let Some(failure) = ConnectFailure::of_dial(&error)
+                {
+                    self.peer(peer).failed(failure);
+                }
                 if matches!(error, DialError::Denied { .. }) {
                     self.emit(Event::ConnectionDenied { peer: peer_id });
                 }
@@ -447,6 +467,12 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, "fetch request failed: {error}");
+                if matches!(
+                    error,
+                    request_response::OutboundFailure::UnsupportedProtocols
+                ) {
+                    self.peer(peer).failed(ConnectFailure::Protocol);
+                }
                 let stalled = matches!(&error,
                     request_response::OutboundFailure::Io(e) if crate::fetch::receive::is_stall(e));
                 self.on_request_failed(

@@ -27,6 +27,7 @@ use crate::fetch::holders::SharedSummary;
 use crate::fetch::link::LinkMeter;
 use crate::node::client::{PeerCounters, PeerInfo};
 use crate::node::discovery::{ANNOUNCED_TTL, MAX_ANNOUNCED};
+use crate::node::failure::ConnectFailure;
 use crate::protocol::metered::Traffic;
 
 #[derive(Debug)]
@@ -57,6 +58,8 @@ pub(super) struct PeerState {
     pub(super) link: Arc<LinkMeter>,
     /// Answer bytes on the link, both ways (counted by the codec).
     pub(super) traffic: Arc<Traffic>,
+    /// Why the last connection attempt failed, and when.
+    pub(super) last_failure: Option<(SystemTime, ConnectFailure)>,
 }
 
 impl PeerState {
@@ -77,7 +80,12 @@ impl PeerState {
             summary_retry: None,
             link: Arc::default(),
             traffic: Arc::default(),
+            last_failure: None,
         }
+    }
+
+    pub(super) fn failed(&mut self, failure: ConnectFailure) {
+        self.last_failure = Some((SystemTime::now(), failure));
     }
 
     /// Its counters, with the link's bytes as of now.
@@ -200,6 +208,7 @@ impl EventLoop {
                         .filter(|_| self.swarm.is_connected(&peer))
                         .and_then(|s| s.link.settled(self.config.compression)),
                     counters: state.map(PeerState::counters).unwrap_or_default(),
+                    last_failure: state.and_then(|s| s.last_failure.clone()),
                 }
             })
             .collect()
@@ -275,6 +284,21 @@ impl EventLoop {
             entry.backoff = (entry.backoff * 2).clamp(min, max);
         }
         self.swarm.dial(address)
+    }
+
+    /// Dials every allowlisted peer that is not connected, and every
+    /// static address, now, whatever their backoff (for `warren doctor`).
+    pub(super) fn probe(&mut self) {
+        let now = Instant::now();
+        for (peer, state) in &mut self.peers {
+            if self.allowlist.contains(peer) && state.connections == 0 {
+                state.next_dial = None;
+            }
+        }
+        for anonymous in &mut self.anonymous {
+            anonymous.next_dial = now;
+        }
+        self.redial_due();
     }
 
     /// Redials allowlisted peers and static addresses whose backoff is over.

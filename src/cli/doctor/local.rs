@@ -1,0 +1,301 @@
+//! Checks of this machine alone: the Go side, the store, the identity.
+
+use std::path::{Path, PathBuf};
+
+use bytesize::ByteSize;
+
+use super::{Report, plural};
+use crate::config::Config;
+use crate::fsutil::lock::FileLock;
+use crate::fsutil::private;
+use crate::share::identity;
+use crate::share::trust::Allowlist;
+use crate::store::{DiskStore, layout};
+
+/// Free space below this is worth a warning.
+const LOW_DISK: u64 = 1 << 30;
+/// The oldest `go` that speaks GOCACHEPROG without an experiment flag.
+const GO_MIN: (u32, u32) = (1, 24);
+
+// --- The Go side ---
+
+pub(super) fn check_go(report: &mut Report) {
+    report.section("Go");
+    let Some(go) = find_in_path("go") else {
+        report.problem(
+            "go is not on PATH",
+            None,
+            Some("install Go 1.24 or later (https://go.dev/dl/) and put its bin/ on PATH".into()),
+        );
+        return;
+    };
+    let version = run(&go, &["env", "GOVERSION"]).unwrap_or_default();
+    match parse_go_version(&version) {
+        Some(v) if v >= GO_MIN => report.ok(format!("{version} at {}", go.display())),
+        Some(_) => report.problem(
+            format!("{version} at {} is too old for GOCACHEPROG", go.display()),
+            Some("go speaks GOCACHEPROG from Go 1.24 on".into()),
+            Some("install Go 1.24 or later (https://go.dev/dl/)".into()),
+        ),
+        None => report.warning(
+            format!("cannot tell the version of {}", go.display()),
+            Some(format!("`go env GOVERSION` said {version:?}")),
+            None,
+        ),
+    }
+    let me = std::env::current_exe().ok();
+    let me_shown = me
+        .as_deref()
+        .map_or_else(|| "warren".to_owned(), |p| p.display().to_string());
+    let set_it = format!("go env -w GOCACHEPROG={me_shown}");
+    let prog = run(&go, &["env", "GOCACHEPROG"]).unwrap_or_default();
+    if prog.is_empty() {
+        report.warning(
+            "GOCACHEPROG is not set: go uses its own cache unless you set it per command",
+            None,
+            Some(set_it),
+        );
+        return;
+    }
+    let program = prog.split_whitespace().next().unwrap_or_default();
+    let resolved = if program.contains('/') {
+        Some(PathBuf::from(program))
+    } else {
+        find_in_path(program)
+    };
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    match (resolved, &me) {
+        (Some(found), Some(me)) if same(&found, me) => {
+            report.ok(format!("GOCACHEPROG runs this warren ({prog})"));
+        }
+        (Some(found), _) => report.warning(
+            format!(
+                "GOCACHEPROG runs {}, not this warren ({me_shown})",
+                found.display()
+            ),
+            None,
+            Some(set_it),
+        ),
+        (None, _) => report.problem(
+            format!("GOCACHEPROG is {prog:?}, which is not on PATH: go commands will fail"),
+            None,
+            Some(set_it),
+        ),
+    }
+}
+
+/// `go1.24.3` (or `go1.25rc1`) → (1, 24).
+fn parse_go_version(version: &str) -> Option<(u32, u32)> {
+    let rest = version.strip_prefix("go")?;
+    let mut parts = rest.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor: String = parts
+        .next()?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Some((major, minor.parse().ok()?))
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| {
+            path.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+fn run(program: &Path, args: &[&str]) -> Option<String> {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+// --- The store ---
+
+pub(super) fn check_store(config: &Config, report: &mut Report) {
+    report.section("Store");
+    let dir = &config.dir;
+    if !dir.exists() {
+        report.ok(format!(
+            "{} does not exist yet: the first build through warren creates it",
+            dir.display()
+        ));
+        return;
+    }
+    match private::check_dir(dir) {
+        Ok(()) => report.ok(format!("{}: yours, not writable by others", dir.display())),
+        Err(e) => {
+            report.problem(
+                format!("{} is not private", dir.display()),
+                Some(e.to_string()),
+                Some(format!(
+                    "chmod go-w {0} (if another user owns it, use a store of your own: --dir or WARREN_DIR)",
+                    dir.display()
+                )),
+            );
+            return;
+        }
+    }
+    let free = rustix::fs::statvfs(dir.as_path())
+        .ok()
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize));
+    let used = DiskStore::open(dir).and_then(|store| store.usage());
+    let max = config.trim.max_size;
+    let size = |n: u64| ByteSize(n).display().iec().to_string();
+    match used {
+        Ok(usage) if usage.bytes > max => report.warning(
+            format!(
+                "{} in {} entries, over max-size {}",
+                size(usage.bytes),
+                usage.entries,
+                size(max)
+            ),
+            Some("a trim runs in the background after builds, at most once an hour".into()),
+            Some("warren trim".into()),
+        ),
+        Ok(usage) => report.ok(format!(
+            "{} in {} entries, of max-size {}",
+            size(usage.bytes),
+            usage.entries,
+            size(max)
+        )),
+        Err(e) => report.problem(
+            "cannot read the store",
+            Some(crate::logging::chain(&e)),
+            Some("warren verify".into()),
+        ),
+    }
+    match free {
+        Some(free) if free < LOW_DISK => report.warning(
+            format!("only {} free on its disk", size(free)),
+            Some("when the disk is full, builds go on but are not cached".into()),
+            Some("free space, or lower max-size and run `warren trim`".into()),
+        ),
+        Some(free) => report.ok(format!("{} free on its disk", size(free))),
+        None => {}
+    }
+    // An flock dies with its process, so a held lock is a live trim.
+    match FileLock::try_acquire(&layout::trim_lock(dir)) {
+        Ok(Some(_lock)) => report.ok("no trim running; the trim lock is free"),
+        Ok(None) => report.ok("a trim is running now"),
+        Err(e) => report.warning(
+            "cannot check the trim lock",
+            Some(crate::logging::chain(&e)),
+            None,
+        ),
+    }
+}
+
+// --- Identity and config ---
+
+/// This machine's peer ID, if sharing is on and the key is good.
+pub(super) fn check_identity(config: &Config, report: &mut Report) -> Option<Me> {
+    report.section("Identity");
+    match &config.file {
+        Some(file) => report.ok(format!("config {} is valid", file.display())),
+        None => report.ok("no config file: the defaults apply"),
+    }
+    if !config.share.enabled {
+        report.ok("sharing is off: warren is a local cache (`warren init` turns sharing on)");
+        return None;
+    }
+    let path = config.identity_path();
+    let me = match identity::load(&path) {
+        Ok(key) => {
+            let id = identity::peer_id(&key).to_string();
+            report.ok(format!("key {} (owner-only), peer ID {id}", path.display()));
+            Me {
+                id,
+                name: crate::cli::share::hostname(),
+            }
+        }
+        Err(identity::Error::Missing(_)) => {
+            report.problem(
+                format!(
+                    "sharing is on, but there is no identity key at {}",
+                    path.display()
+                ),
+                None,
+                Some("warren init".into()),
+            );
+            return None;
+        }
+        Err(e @ identity::Error::Permissions { .. }) => {
+            report.problem(
+                "the identity key is readable by others",
+                Some(e.to_string()),
+                Some(format!("chmod 600 {}", path.display())),
+            );
+            return None;
+        }
+        Err(e) => {
+            report.problem(
+                "the identity key cannot be read",
+                Some(crate::logging::chain(&e)),
+                Some(format!(
+                    "move {} aside and run `warren init` (coworkers then add your new ID)",
+                    path.display()
+                )),
+            );
+            return None;
+        }
+    };
+    report.ok("sharing is on");
+    match Allowlist::load(&config.allowlist_path()) {
+        Ok(list) if list.peers.is_empty() => report.warning(
+            "no coworker is allowlisted",
+            None,
+            Some(
+                "warren peers add <their peer ID> --name NAME (they get it from `warren id`)"
+                    .into(),
+            ),
+        ),
+        Ok(list) => report.ok(format!(
+            "{} peer{} allowlisted in {}",
+            list.peers.len(),
+            plural(list.peers.len()),
+            config.allowlist_path().display()
+        )),
+        Err(e) => report.problem(
+            "the allowlist cannot be read",
+            Some(crate::logging::chain(&e)),
+            Some(format!(
+                "correct or remove {}",
+                config.allowlist_path().display()
+            )),
+        ),
+    }
+    Some(me)
+}
+
+pub(super) struct Me {
+    pub(super) id: String,
+    pub(super) name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_versions_are_read() {
+        assert_eq!(parse_go_version("go1.24.3"), Some((1, 24)));
+        assert_eq!(parse_go_version("go1.25rc1"), Some((1, 25)));
+        assert_eq!(parse_go_version("go1.9"), Some((1, 9)));
+        assert_eq!(parse_go_version("devel +abc"), None);
+        assert!(parse_go_version("go1.23.9").unwrap() < GO_MIN);
+    }
+}

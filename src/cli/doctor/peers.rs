@@ -1,0 +1,272 @@
+//! Checks of each allowlisted peer and each static address, from the
+//! daemon's probe: connected, or why not, with the fix.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use warren_p2p::multiaddr::Protocol;
+use warren_p2p::{ConnectFailure, Multiaddr};
+
+use super::Report;
+use super::local::Me;
+use crate::config::Config;
+use crate::share::status::DaemonStatus;
+use crate::share::trust::Allowlist;
+
+// --- Peers ---
+
+/// Peer IDs by allowlist name.
+pub(super) struct Names(pub(super) Allowlist);
+
+impl Names {
+    pub(super) fn of(&self, id: &str) -> String {
+        id.parse()
+            .ok()
+            .and_then(|peer| self.0.name_of(&peer).map(str::to_owned))
+            .unwrap_or_else(|| id.to_owned())
+    }
+}
+
+pub(super) fn check_peers(
+    config: &Config,
+    status: &DaemonStatus,
+    names: &Names,
+    me: &Me,
+    report: &mut Report,
+) {
+    report.section("Peers");
+    if names.0.peers.is_empty() {
+        report.ok("none allowlisted");
+        return;
+    }
+    let probed = status.probed_unix_ms.unwrap_or(u64::MAX);
+    for entry in &names.0.peers {
+        let name = entry.name.clone().unwrap_or_else(|| entry.id.clone());
+        let daemon = status.peers.iter().find(|p| p.id == entry.id);
+        let Some(peer) = daemon.filter(|p| p.allowlisted) else {
+            report.warning(
+                format!("{name}: the daemon does not know it yet"),
+                Some("the allowlist changed a moment ago".into()),
+                Some("run `warren doctor` again".into()),
+            );
+            continue;
+        };
+        if peer.connected {
+            if let Some(ConnectFailure::Protocol) = &peer.last_failure {
+                report.problem(
+                    format!("{name}: connected, but it speaks another protocol version"),
+                    None,
+                    Some(format!("run the same warren release as {name}")),
+                );
+                continue;
+            }
+            let summary = match peer.holds {
+                Some(n) => format!("its summary names {n} entries"),
+                None => "no summary of it yet".into(),
+            };
+            report.ok(format!(
+                "{name}: connected at {}, last seen {}; {summary}",
+                peer.addresses.join(", "),
+                ago(peer.last_seen_unix_ms)
+            ));
+            continue;
+        }
+        let fresh = peer
+            .last_failure_unix_ms
+            .is_some_and(|at| at >= probed)
+            .then_some(peer.last_failure.as_ref())
+            .flatten();
+        if peer.addresses.is_empty() {
+            report.problem(
+                format!("{name}: not found: no mDNS announcement and no static address"),
+                Some(format!(
+                    "{name}'s daemon is not running, or {name} is on another network or \
+                     subnet, or multicast is dropped between you"
+                )),
+                Some(format!(
+                    "ask {name} to run `warren doctor`; or add {name}'s address: \
+                     `static-peers = [\"/ip4/<IP>/tcp/7311/p2p/{}\"]` under [share] in {}",
+                    entry.id,
+                    config_file(config)
+                )),
+            );
+            continue;
+        }
+        let at = peer.addresses.join(", ");
+        let (what, cause, fix) = match fresh {
+            Some(ConnectFailure::Refused { address }) => (
+                format!("{name}: connection refused at {address}"),
+                format!("{name}'s machine is up, but its warren daemon is not running"),
+                format!("ask {name} to start it: `warren daemon`"),
+            ),
+            Some(
+                ConnectFailure::TimedOut { address } | ConnectFailure::Unreachable { address },
+            ) => blocked(&name, address),
+            None => blocked(&name, &at),
+            Some(ConnectFailure::ClosedAfterHandshake) => (
+                format!("{name}: closed the connection right after the handshake"),
+                format!("{name} has not allowlisted you yet"),
+                format!(
+                    "ask {name} to run `warren peers add {} --name {}`",
+                    me.id, me.name
+                ),
+            ),
+            Some(ConnectFailure::WrongPeerId { address, obtained }) => (
+                format!(
+                    "{name}: {address} answered as another peer, {}",
+                    names.of(obtained)
+                ),
+                format!("the address given for {name} is stale or wrong"),
+                format!(
+                    "correct {name}'s address in `static-peers` under [share] in {}",
+                    config_file(config)
+                ),
+            ),
+            Some(ConnectFailure::Protocol) => (
+                format!("{name}: speaks another protocol version"),
+                "one of you runs an older warren".into(),
+                format!("run the same warren release as {name}"),
+            ),
+            Some(ConnectFailure::Other { message }) => (
+                format!("{name}: cannot connect at {at}"),
+                message.clone(),
+                "see the daemon's log: warren -vv daemon".into(),
+            ),
+        };
+        report.problem(what, Some(cause), Some(fix));
+    }
+}
+
+fn blocked(name: &str, address: &str) -> (String, String, String) {
+    let port = address
+        .parse::<Multiaddr>()
+        .ok()
+        .and_then(|a| multiaddr_ip_port(&a))
+        .map_or(7311, |s| s.port());
+    (
+        format!("{name}: no answer from {address}"),
+        "a firewall drops the port, or the link between you is down".into(),
+        format!(
+            "ask {name} to allow TCP port {port} (for example `sudo ufw allow {port}/tcp`), \
+             and check that you are on the same network"
+        ),
+    )
+}
+
+pub(super) fn is_link_local(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(ip) => ip.is_link_local(),
+        std::net::IpAddr::V6(ip) => ip.is_unicast_link_local(),
+    }
+}
+
+/// The IP address and TCP port of `/ip4/A/tcp/P` (or `/ip6/…`).
+pub(super) fn multiaddr_ip_port(address: &Multiaddr) -> Option<SocketAddr> {
+    let mut parts = address.iter();
+    let ip: std::net::IpAddr = match parts.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    match parts.next()? {
+        Protocol::Tcp(port) => Some(SocketAddr::new(ip, port)),
+        _ => None,
+    }
+}
+
+fn config_file(config: &Config) -> String {
+    config
+        .file
+        .clone()
+        .or_else(crate::config::default_config_path)
+        .map_or_else(|| "your config file".into(), |p| p.display().to_string())
+}
+
+fn ago(unix_ms: Option<u64>) -> String {
+    let Some(ms) = unix_ms else {
+        return "never".into();
+    };
+    let then = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    match SystemTime::now().duration_since(then) {
+        Ok(d) => format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(d.as_secs().max(1)))
+        ),
+        Err(_) => "just now".into(),
+    }
+}
+
+// --- Static peers ---
+
+pub(super) fn check_static_peers(
+    config: &Config,
+    status: &DaemonStatus,
+    names: &Names,
+    report: &mut Report,
+) {
+    if config.share.static_peers.is_empty() {
+        return;
+    }
+    report.section("Static peers");
+    for text in &config.share.static_peers {
+        let Ok(address) = text.parse::<Multiaddr>() else {
+            report.problem(
+                format!("{text}: not a multiaddr"),
+                None,
+                Some("write it as /ip4/<IP>/tcp/7311/p2p/<peer ID>".into()),
+            );
+            continue;
+        };
+        if multiaddr_ip_port(&address).is_none() {
+            report.problem(
+                format!("{text}: not an IP address and TCP port"),
+                Some("warren does not resolve host names".into()),
+                Some("write it as /ip4/<IP>/tcp/7311/p2p/<peer ID>".into()),
+            );
+            continue;
+        }
+        let id = address.iter().find_map(|p| match p {
+            Protocol::P2p(id) => Some(id.to_string()),
+            _ => None,
+        });
+        match id {
+            Some(id) => {
+                let name = names.of(&id);
+                match status.peers.iter().find(|p| p.id == id) {
+                    Some(peer) if !peer.allowlisted => report.problem(
+                        format!("{text}: {name} is not allowlisted, so it is never dialed"),
+                        None,
+                        Some(format!("warren peers add {id} --name NAME")),
+                    ),
+                    Some(peer) if peer.connected => {
+                        report.ok(format!("{text}: connected to {name}"))
+                    }
+                    None if names.of(&id) == id => report.problem(
+                        format!("{text}: {id} is not allowlisted, so it is never dialed"),
+                        None,
+                        Some(format!("warren peers add {id} --name NAME")),
+                    ),
+                    _ => report.ok(format!("{text}: not connected (see {name} under Peers)")),
+                }
+            }
+            None => {
+                let bare = text.trim_end_matches('/');
+                let answered = status
+                    .peers
+                    .iter()
+                    .find(|p| p.connected && p.addresses.iter().any(|a| a == bare));
+                match answered {
+                    Some(peer) => report.ok(format!("{text}: connected to {}", names.of(&peer.id))),
+                    None => report.warning(
+                        format!("{text}: not connected"),
+                        Some("without a peer ID the address cannot be told from its owner".into()),
+                        Some(format!(
+                            "end the address with the peer's ID, /p2p/<peer ID>, in {}",
+                            config_file(config)
+                        )),
+                    ),
+                }
+            }
+        }
+    }
+}
