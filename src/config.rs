@@ -85,6 +85,7 @@ pub(crate) struct FileShare {
     pub read_ahead: Option<usize>,
     pub compression: Option<Compression>,
     pub agreement: Option<bool>,
+    pub metrics_listen: Option<String>,
 }
 
 /// Default libp2p listen addresses: a fixed port, so coworkers behind
@@ -123,6 +124,10 @@ pub(crate) struct Share {
     /// peers that built it, or a peer and an earlier build here); turns
     /// read-ahead off. Default: false.
     pub agreement: bool,
+    /// Where the daemon serves its counters in the Prometheus text format
+    /// (`metrics-listen`: an address and port, or a port on loopback).
+    /// Default: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Values from flags or the environment (already merged by clap).
@@ -265,6 +270,7 @@ impl Config {
             ("read-ahead", None, share.read_ahead.is_some()),
             ("compression", None, share.compression.is_some()),
             ("agreement", None, share.agreement.is_some()),
+            ("metrics-listen", None, share.metrics_listen.is_some()),
         ] {
             if let Some(origin) = given.or(in_file.then_some(Origin::File)) {
                 origins.insert(key, origin);
@@ -310,6 +316,11 @@ impl Config {
             read_ahead: share.read_ahead.unwrap_or(defaults::READ_AHEAD),
             compression: share.compression.unwrap_or_default(),
             agreement: share.agreement.unwrap_or(false),
+            metrics_listen: share
+                .metrics_listen
+                .as_deref()
+                .map(parse_listen)
+                .transpose()?,
         };
         Ok(Self {
             dir,
@@ -390,6 +401,19 @@ fn read_file(path: &Path) -> Result<FileConfig, Error> {
 }
 
 /// Parses sizes such as `10GiB`, `500 MB` or `1048576`.
+/// `127.0.0.1:9311`, `[::1]:9311`, or a bare port, which means loopback.
+pub(crate) fn parse_listen(text: &str) -> Result<std::net::SocketAddr, Error> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok((std::net::Ipv4Addr::LOCALHOST, port).into());
+    }
+    text.parse()
+        .map_err(|e: std::net::AddrParseError| Error::Value {
+            what: "metrics-listen",
+            value: text.to_owned(),
+            reason: format!("{e} (write an address and port, like 127.0.0.1:9311, or a port)"),
+        })
+}
+
 pub(crate) fn parse_size(text: &str) -> Result<u64, Error> {
     text.trim()
         .parse::<bytesize::ByteSize>()
@@ -502,6 +526,20 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_takes_an_address_or_a_port_on_loopback() {
+        assert_eq!(parse_listen("9311").unwrap().to_string(), "127.0.0.1:9311");
+        assert_eq!(
+            parse_listen("0.0.0.0:9311").unwrap().to_string(),
+            "0.0.0.0:9311"
+        );
+        assert_eq!(
+            parse_listen("[::1]:9311").unwrap().to_string(),
+            "[::1]:9311"
+        );
+        assert!(parse_listen("localhost:9311").is_err());
+    }
+
+    #[test]
     fn bad_values_and_unknown_keys_are_errors() {
         assert!(parse_size("ten gigs").is_err());
         assert!(parse_age("soon").is_err());
@@ -581,5 +619,22 @@ mod tests {
         let text = include_str!("../examples/config.toml");
         let file: FileConfig = toml::from_str(text).unwrap();
         Config::resolve(&Overrides::default(), file, None).unwrap();
+        // Every setting it comments out is one the file may hold.
+        let uncommented: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest
+                        .split_once(" = ")
+                        .is_some_and(|(key, _)| !key.contains(' ')) =>
+                {
+                    format!("{rest}\n")
+                }
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        let file: FileConfig =
+            toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert_eq!(file.share.metrics_listen.as_deref(), Some("127.0.0.1:9311"));
     }
 }

@@ -329,7 +329,11 @@ fn show_config(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode
     } else {
         share.read_ahead.to_string()
     };
-    let settings: [(&str, &str, String); 16] = [
+    let metrics = match share.metrics_listen {
+        Some(address) => format!("http://{address}/metrics"),
+        None => "off".to_owned(),
+    };
+    let settings: [(&str, &str, String); 17] = [
         ("config file:", "config", file),
         ("dir:        ", "dir", config.dir.display().to_string()),
         (
@@ -378,6 +382,7 @@ fn show_config(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode
             format!("{:?}", share.compression).to_lowercase(),
         ),
         ("agreement:      ", "agreement", share.agreement.to_string()),
+        ("metrics-listen: ", "metrics-listen", metrics),
     ];
     for (label, key, value) in &settings {
         if *key == "enabled" {

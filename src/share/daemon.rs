@@ -122,8 +122,23 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             mdns: config.share.mdns,
             interfaces: config.share.interfaces.clone(),
         });
+        let started = unix_ms(handler.started);
         let helpers = serve_helpers(config.socket_path(), handler, shutdown.clone()).await?;
         tokio::spawn(log_events(events));
+        if let Some(address) = config.share.metrics_listen {
+            let metrics = crate::share::metrics::serve(
+                address,
+                client.clone(),
+                config.dir.clone(),
+                started,
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = metrics.await {
+                    tracing::warn!("cannot serve metrics on {address}: {e}");
+                }
+            });
+        }
         tokio::spawn(watch_allowlist(trust, shutdown.clone()));
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tracing::info!("daemon {peer_id} serving {}", config.dir.display());

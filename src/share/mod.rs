@@ -11,6 +11,7 @@
 //! - [`ipc`]: the Unix socket between helpers and the daemon, and
 //!   [`status`]: the daemon's typed answer to `status`;
 //! - [`remote`]: the helper's remote tier, which asks the daemon;
+//! - [`metrics`]: the daemon's counters for Prometheus, if configured;
 //! - [`identity`] and [`trust`]: this machine's key and the allowlist.
 
 pub(crate) mod consistency;
@@ -18,6 +19,7 @@ pub(crate) mod daemon;
 pub(crate) mod identity;
 pub(crate) mod ipc;
 pub(crate) mod ledger;
+pub(crate) mod metrics;
 pub(crate) mod node_store;
 pub(crate) mod remote;
 pub(crate) mod status;

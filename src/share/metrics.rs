@@ -1,0 +1,319 @@
+//! The daemon's counters in the Prometheus text format, for teams that run
+//! an always-on daemon (a build server, an office machine) and watch it.
+//!
+//! Off unless `metrics-listen` is set (a bare port means loopback). Each
+//! scrape takes a fresh snapshot, the same figures `warren stats --json`
+//! prints: the store's lifetime totals from `stats.json` and each peer's
+//! counters from the node, and encodes it with `prometheus-client`. The
+//! HTTP side is as small as a scrape needs: one `GET /metrics` per
+//! connection, bounded in size and time.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use warren_p2p::Client;
+
+use crate::share::status::PeerStatus;
+use crate::stats::{self, Totals};
+
+/// A request larger than this, or slower than [`REQUEST_TIMEOUT`], is
+/// dropped.
+const MAX_REQUEST: usize = 8 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a scrape shows.
+#[derive(Debug)]
+struct Snapshot {
+    lifetime: Totals,
+    peers: Vec<PeerStatus>,
+    started_unix_ms: u64,
+}
+
+/// Serves `GET /metrics` on `address` until `shutdown`.
+pub(crate) async fn serve(
+    address: SocketAddr,
+    client: Client,
+    store: PathBuf,
+    started_unix_ms: u64,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(address).await?;
+    tracing::info!(
+        "serving metrics on http://{}/metrics",
+        listener.local_addr()?
+    );
+    let source = Arc::new(Source {
+        client,
+        store,
+        started_unix_ms,
+    });
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!("accepting a metrics connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, &source).await {
+                tracing::debug!("metrics connection: {e}");
+            }
+        });
+    }
+}
+
+struct Source {
+    client: Client,
+    store: PathBuf,
+    started_unix_ms: u64,
+}
+
+impl Source {
+    async fn snapshot(&self) -> Snapshot {
+        let store = self.store.clone();
+        let lifetime = tokio::task::spawn_blocking(move || stats::load(&store))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let peers = self.client.peers().await;
+        Snapshot {
+            lifetime,
+            peers: peers.iter().map(PeerStatus::from).collect(),
+            started_unix_ms: self.started_unix_ms,
+        }
+    }
+}
+
+async fn answer(mut stream: TcpStream, source: &Source) -> std::io::Result<()> {
+    let mut request = Vec::new();
+    let read = async {
+        let mut buffer = [0; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_REQUEST {
+            let n = stream.read(&mut buffer).await?;
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&buffer[..n]);
+        }
+        std::io::Result::Ok(())
+    };
+    if tokio::time::timeout(REQUEST_TIMEOUT, read).await.is_err() {
+        return Ok(());
+    }
+    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+    let (status, kind, body) = if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
+        let body = encode(source.snapshot().await);
+        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
+    } else {
+        ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// The snapshot in the Prometheus text format.
+fn encode(snapshot: Snapshot) -> String {
+    let mut registry = Registry::with_prefix("warren");
+    registry.register_collector(Box::new(snapshot));
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+        text.clear();
+        let _ = writeln!(text, "# encoding the metrics failed");
+    }
+    text
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let lifetime = &self.lifetime;
+        let totals: [(&str, &str, u64); 12] = [
+            ("gets", "Lookups go sent", lifetime.gets),
+            ("hits", "Lookups answered with an entry", lifetime.hits),
+            ("misses", "Lookups answered with a miss", lifetime.misses),
+            ("puts", "Entries go stored", lifetime.puts),
+            ("put_bytes", "Body bytes go stored", lifetime.put_bytes),
+            (
+                "hit_bytes",
+                "Body bytes of hits handed to go",
+                lifetime.hit_bytes,
+            ),
+            ("errors", "Requests answered with an error", lifetime.errors),
+            ("repaired", "Damaged store files removed", lifetime.repaired),
+            ("peer_hits", "Hits fetched from a peer", lifetime.peer_hits),
+            (
+                "peer_hit_bytes",
+                "Body bytes of hits fetched from a peer",
+                lifetime.peer_hit_bytes,
+            ),
+            (
+                "remote_lookups",
+                "Local misses asked of the daemon",
+                lifetime.remote_lookups,
+            ),
+            (
+                "remote_wait_microseconds",
+                "Time go waited on the daemon's answers",
+                lifetime.remote_wait_us,
+            ),
+        ];
+        for (name, help, value) in totals {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let started = ConstGauge::new(self.started_unix_ms as f64 / 1000.0);
+        started.encode(encoder.encode_descriptor(
+            "daemon_start_time_seconds",
+            "When the daemon started, in seconds since the Unix epoch",
+            None,
+            started.metric_type(),
+        )?)?;
+        type Field = fn(&PeerStatus) -> u64;
+        let counters: [(&str, &str, Field); 8] = [
+            ("peer_hits_served", "Bodies sent to the peer", |p| {
+                p.hits_served
+            }),
+            ("peer_bytes_served", "Body bytes sent to the peer", |p| {
+                p.bytes_served
+            }),
+            (
+                "peer_wire_bytes_served",
+                "Bytes of answers to the peer on the link",
+                |p| p.wire_bytes_served,
+            ),
+            (
+                "peer_hits_received",
+                "Verified bodies fetched from the peer",
+                |p| p.hits_received,
+            ),
+            (
+                "peer_bytes_received",
+                "Body bytes fetched from the peer",
+                |p| p.bytes_received,
+            ),
+            (
+                "peer_wire_bytes_received",
+                "Bytes of the peer's answers on the link",
+                |p| p.wire_bytes_received,
+            ),
+            (
+                "peer_rejected_bodies",
+                "Bodies from the peer that failed verification",
+                |p| p.rejected,
+            ),
+            (
+                "peer_read_ahead",
+                "Bodies fetched from the peer ahead of any lookup",
+                |p| p.read_ahead,
+            ),
+        ];
+        let labels: Vec<[(&str, &str); 1]> = self
+            .peers
+            .iter()
+            .map(|p| [("peer", p.id.as_str())])
+            .collect();
+        for (name, help, field) in counters {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (peer, labels) in self.peers.iter().zip(&labels) {
+                ConstCounter::new(field(peer)).encode(family.encode_family(labels)?)?;
+            }
+        }
+        let gauges: [(&str, &str, Field); 3] = [
+            (
+                "peer_connected",
+                "1 while a connection to the peer is up",
+                |p| u64::from(p.connected),
+            ),
+            (
+                "peer_allowlisted",
+                "1 if the peer is on the allowlist",
+                |p| u64::from(p.allowlisted),
+            ),
+            (
+                "peer_summary_entries",
+                "Entries the peer's summary names",
+                |p| p.holds.unwrap_or(0),
+            ),
+        ];
+        for (name, help, field) in gauges {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (peer, labels) in self.peers.iter().zip(&labels) {
+                ConstGauge::new(field(peer) as i64).encode(family.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_reads_as_prometheus_text() {
+        let snapshot = Snapshot {
+            lifetime: Totals {
+                gets: 1135,
+                peer_hits: 752,
+                ..Totals::default()
+            },
+            peers: vec![PeerStatus {
+                id: "12D3KooWexample".into(),
+                connected: true,
+                hits_served: 7,
+                holds: Some(900),
+                ..PeerStatus::default()
+            }],
+            started_unix_ms: 1_500,
+        };
+        let text = encode(snapshot);
+        for line in [
+            "warren_gets_total 1135",
+            "warren_peer_hits_total 752",
+            "warren_daemon_start_time_seconds 1.5",
+            "warren_peer_hits_served_total{peer=\"12D3KooWexample\"} 7",
+            "warren_peer_connected{peer=\"12D3KooWexample\"} 1",
+            "warren_peer_summary_entries{peer=\"12D3KooWexample\"} 900",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+        }
+        assert!(text.contains("# TYPE warren_gets counter"), "{text}");
+    }
+}
