@@ -53,6 +53,20 @@ pub(crate) trait RemoteTier: Send + Sync {
     }
 }
 
+impl<T: RemoteTier> RemoteTier for Arc<T> {
+    fn fetch<'a>(
+        &'a self,
+        action: ActionId,
+        store: &'a Arc<DiskStore>,
+    ) -> BoxFuture<'a, Result<Entry, Miss>> {
+        self.as_ref().fetch(action, store)
+    }
+
+    fn is_enabled(&self) -> bool {
+        self.as_ref().is_enabled()
+    }
+}
+
 /// The remote tier when sharing is not configured: always a miss, at once.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct NoRemote;

@@ -285,7 +285,15 @@ fn no_daemon_means_local_only() {
     let mut lan = Lan::new(1, go(None));
     lan.host(1).init(SHARING);
     let host = lan.host(1);
-    host.go("gocache", &["build", "fmt"]);
+    // Said once: sharing is on, yet the build went without peers.
+    let stderr = host.go_stderr("gocache", &["build", "fmt"]);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("warren: warning: sharing is on, but no daemon answered")
+            && lines[0].contains("warren daemon"),
+        "{stderr}"
+    );
     let stats = host.lifetime();
     assert!(num(&stats, "misses") > 10);
     assert_eq!(num(&stats, "peer_hits"), 0);
@@ -299,6 +307,33 @@ fn no_daemon_means_local_only() {
     assert!(
         num(&stats, "remote_wait_us") < 1_000 * num(&stats, "remote_lookups"),
         "an absent daemon delayed the build: {stats}"
+    );
+}
+
+/// A peer that keeps dropping (here: its daemon restarted again and
+/// again) is one warning in B's daemon log, with the count, not a line per
+/// disconnect.
+#[test]
+fn a_flapping_peer_is_one_warning() {
+    let Some((mut lan, a, b)) = pair() else {
+        return;
+    };
+    for _ in 0..6 {
+        lan.host(1).stop_daemon();
+        lan.host(1).start_daemon();
+        lan.host(2).wait_connected(&a, Duration::from_secs(30));
+        lan.host(1).wait_connected(&b, Duration::from_secs(30));
+    }
+    let log = lan.host(2).daemon_log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|line| line.starts_with("warren: warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", warnings.join("\n"));
+    assert!(
+        warnings[0].contains(&format!("peer {a} lost its connection 5 times")),
+        "{}",
+        warnings[0]
     );
 }
 

@@ -425,14 +425,16 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             .context("duplicating stdout")?,
     );
     let counters = Arc::new(Counters::default());
-    let storage = Arc::new(if config.share.enabled {
+    let daemon = config.share.enabled.then(|| {
         let mut tier = DaemonTier::new(config.socket_path(), config.share.lookup_deadline);
         if config.share.autostart {
             tier = tier.with_autostart(daemon_args(config));
         }
-        MultiLevelStorage::new(store.clone(), Box::new(tier))
-    } else {
-        MultiLevelStorage::local_only(store.clone())
+        Arc::new(tier)
+    });
+    let storage = Arc::new(match &daemon {
+        Some(tier) => MultiLevelStorage::new(store.clone(), Box::new(tier.clone())),
+        None => MultiLevelStorage::local_only(store.clone()),
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -456,7 +458,8 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     tracing::debug!("session ended: {end:?}");
     // For `warren trace`, kept by the daemon if one runs.
     runtime.block_on(trace.report(&config.socket_path()));
-    // At most one warning per go command (see gocacheprog::faults).
+    // At most one warning per fault and go command (see gocacheprog::faults).
+    let daemon_summary = daemon.as_ref().and_then(|tier| tier.summary());
     let summary = faults.summary();
     if let Err(e) = stats::record(store.root(), &counters.snapshot(store.repaired())) {
         let message = crate::logging::chain(&e);
@@ -466,7 +469,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             tracing::warn!("could not record statistics: {message}");
         }
     }
-    if let Some(summary) = summary {
+    for summary in summary.into_iter().chain(daemon_summary) {
         tracing::warn!("{summary}");
     }
     Ok(ExitCode::SUCCESS)

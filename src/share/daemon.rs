@@ -30,6 +30,7 @@ use crate::ids::ActionId;
 use crate::share::identity;
 use crate::share::ipc;
 use crate::share::node_store::{Sharing, StoreAdapter};
+use crate::share::quiet::{self, Flaps, Quiet};
 use crate::share::status::{DaemonStatus, PeerStatus, unix_ms};
 use crate::share::trust::{self, Allowlist};
 use crate::store::{DiskStore, SourceUsage as Purged, layout};
@@ -333,15 +334,38 @@ impl ipc::Handler for Daemon {
     }
 }
 
+/// Logs the node's events: faults that repeat (a peer's bad bodies, a
+/// peer that keeps dropping) once in a while, with a count ([`quiet`]).
 async fn log_events(mut events: tokio::sync::mpsc::Receiver<Event>) {
+    let quiet = Quiet::default();
+    let mut flaps = Flaps::default();
     while let Some(event) = events.recv().await {
+        let now = tokio::time::Instant::now();
         match event {
             Event::BodyRejected {
                 peer,
                 action,
                 reason,
-            } => {
-                tracing::warn!("rejected a body from peer {peer} for action {action}: {reason}");
+            } => match quiet.occurred(&format!("rejected {peer}"), now) {
+                Some(n) => tracing::warn!(
+                    "rejected {n} bod{} from peer {peer} since the last warning \
+                     (latest for action {action}: {reason}); it is left out of lookups for a while",
+                    if n == 1 { "y" } else { "ies" }
+                ),
+                None => tracing::debug!("rejected a body from peer {peer}: {reason}"),
+            },
+            Event::PeerDisconnected(peer) => {
+                tracing::debug!("peer {peer} disconnected");
+                if let Some(n) = flaps.disconnected(peer, now)
+                    && quiet.occurred(&format!("flapping {peer}"), now).is_some()
+                {
+                    tracing::warn!(
+                        "peer {peer} lost its connection {n} times in {} minutes: its network \
+                         or its daemon is unstable, and lookups waiting on it missed; \
+                         `warren doctor` shows the last failure",
+                        quiet::WINDOW.as_secs() / 60
+                    );
+                }
             }
             other => tracing::debug!("{other:?}"),
         }

@@ -12,6 +12,7 @@
 //!   [`status`]: the daemon's typed answer to `status`;
 //! - [`remote`]: the helper's remote tier, which asks the daemon;
 //! - [`metrics`]: the daemon's counters for Prometheus, if configured;
+//!   [`quiet`]: its warnings, each fault once in a while with a count;
 //! - [`identity`] and [`trust`]: this machine's key and the allowlist.
 
 pub(crate) mod consistency;
@@ -21,6 +22,7 @@ pub(crate) mod ipc;
 pub(crate) mod ledger;
 pub(crate) mod metrics;
 pub(crate) mod node_store;
+pub(crate) mod quiet;
 pub(crate) mod remote;
 pub(crate) mod status;
 pub(crate) mod trust;

@@ -38,6 +38,7 @@ use warren_p2p::{BodySink, CommitError, PeerId, Served, SummaryChunk};
 use crate::ids::{ActionId, OutputId};
 use crate::share::consistency;
 use crate::share::ledger::Ledger;
+use crate::share::quiet::Quiet;
 use crate::store::index::PutOrder;
 use crate::store::{self, DiskStore, Lookup, ObjectWriter, Source, TrimPolicy};
 
@@ -100,6 +101,8 @@ pub(crate) struct StoreAdapter {
     in_flight: Arc<AtomicU64>,
     /// With agreement on: what was built here.
     ledger: Option<Arc<Ledger>>,
+    /// A store that cannot take fetched bodies is told once in a while.
+    quiet: Arc<Quiet>,
 }
 
 /// Most bytes of bodies being received at once (each reserved in full
@@ -221,7 +224,21 @@ impl StoreAdapter {
             quota,
             in_flight: Arc::default(),
             ledger,
+            quiet: Arc::default(),
         })
+    }
+}
+
+/// Says, at most once per [`crate::share::quiet::WINDOW`], that fetched bodies cannot be
+/// stored (a full or read-only disk), and how many were lost.
+fn warn_not_stored(quiet: &Quiet, error: &store::Error) {
+    let message = crate::logging::chain(error);
+    match quiet.occurred("store", tokio::time::Instant::now()) {
+        Some(n) => tracing::warn!(
+            "cannot store bodies fetched from peers ({n} since the last warning): {message}; \
+             free space on the store's disk (see `warren doctor`)"
+        ),
+        None => tracing::debug!("cannot store a fetched body: {message}"),
     }
 }
 
@@ -290,13 +307,14 @@ impl warren_p2p::Bodies for StoreAdapter {
                 ),
             ));
         }
-        let writer = self
-            .store
-            .begin_object(*output, size)
-            .map_err(io::Error::other)?;
+        let writer = self.store.begin_object(*output, size).map_err(|e| {
+            warn_not_stored(&self.quiet, &e);
+            io::Error::other(e)
+        })?;
         Ok(Box::new(Sink {
             head: Vec::with_capacity(consistency::HEAD.min(size as usize)),
             store: self.store.clone(),
+            quiet: self.quiet.clone(),
             sharing: self.sharing.clone(),
             quota: self.quota.clone(),
             size,
@@ -357,6 +375,7 @@ struct Sink {
     /// The body's first bytes, for [`consistency`].
     head: Vec<u8>,
     store: Arc<DiskStore>,
+    quiet: Arc<Quiet>,
     sharing: Arc<Sharing>,
     quota: Arc<Quota>,
     size: u64,
@@ -410,7 +429,10 @@ impl BodySink for Sink {
         }
         self.store
             .commit_fetched(&self.action, verified, self.from)
-            .map_err(|error| CommitError::Io(io::Error::other(error)))?;
+            .map_err(|error| {
+                warn_not_stored(&self.quiet, &error);
+                CommitError::Io(io::Error::other(error))
+            })?;
         self.quota.used.fetch_add(self.size, Ordering::Relaxed);
         Ok(())
     }

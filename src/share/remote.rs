@@ -15,12 +15,16 @@
 //! With `autostart`, the first lookup that finds no daemon starts one
 //! (`warren daemon`, detached). Several helpers may race to do this; the
 //! daemon that binds the socket first wins and the others exit at once.
+//! Without it, a daemon that is not running (never started, or gone
+//! mid-build) costs the build its peers, which the helper says once, when
+//! `go` is done ([`DaemonTier::summary`]): how many lookups, and the fix.
+//! A late daemon is not worth a warning.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use std::os::unix::process::CommandExt as _;
@@ -57,6 +61,14 @@ pub(crate) struct DaemonTier {
     started: AtomicBool,
     /// Warned already that the socket is another user's.
     warned: AtomicBool,
+    /// Whether the last backoff was for a daemon that is not running
+    /// (rather than one that was late: a busy machine's daemon is, now and
+    /// then).
+    gone: AtomicBool,
+    /// Lookups that went without a daemon because none was running, and
+    /// the first reason: told once, at the end.
+    unanswered: AtomicU64,
+    first_reason: Mutex<Option<String>>,
 }
 
 impl DaemonTier {
@@ -69,7 +81,46 @@ impl DaemonTier {
             autostart: None,
             started: AtomicBool::new(false),
             warned: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            unanswered: AtomicU64::new(0),
+            first_reason: Mutex::new(None),
         }
+    }
+
+    /// A lookup that went without the daemon, and why.
+    fn unanswered(&self, why: impl FnOnce() -> String) -> Result<Entry, Miss> {
+        self.unanswered.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_reason.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            *first = Some(why());
+        }
+        Err(Outcome::NoDaemon.into())
+    }
+
+    /// The one warning for a `go` command whose lookups went without the
+    /// daemon, if any did. None when this helper started the daemon
+    /// (lookups before it is up are expected to miss).
+    pub(crate) fn summary(&self) -> Option<String> {
+        let n = self.unanswered.load(Ordering::Relaxed);
+        if n == 0 || self.started.load(Ordering::Relaxed) {
+            return None;
+        }
+        let first = self
+            .first_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default();
+        let lookups = if n == 1 {
+            "1 lookup"
+        } else {
+            &format!("{n} lookups")
+        };
+        Some(format!(
+            "sharing is on, but no daemon answered, so {lookups} went without peers ({first}); \
+             start it with `warren daemon` (or set `autostart = true` under [share]), \
+             and see `warren doctor`"
+        ))
     }
 
     /// Start `warren <args>` when no daemon answers.
@@ -106,7 +157,11 @@ impl RemoteTier for DaemonTier {
     ) -> BoxFuture<'a, Result<Entry, Miss>> {
         Box::pin(async move {
             if self.absent() {
-                return Err(Outcome::NoDaemon.into());
+                return if self.gone.load(Ordering::Relaxed) {
+                    self.unanswered(|| "it is not running".into())
+                } else {
+                    Err(Outcome::NoDaemon.into())
+                };
             }
             let request = ipc::Request::Get {
                 action: action.to_hex(),
@@ -114,6 +169,9 @@ impl RemoteTier for DaemonTier {
             let answer = ipc::call(&self.socket, &request, ACK_TIMEOUT, self.wait).await;
             if !matches!(answer, Err(ipc::Error::Unresponsive(_))) {
                 self.unacknowledged.store(0, Ordering::Relaxed);
+            }
+            if answer.is_ok() {
+                self.gone.store(false, Ordering::Relaxed);
             }
             match answer {
                 Ok(ipc::Response::Hit { peer, .. }) => {
@@ -144,9 +202,10 @@ impl RemoteTier for DaemonTier {
                 }
                 Err(e) if e.is_absent() => {
                     tracing::debug!("no daemon: {e}");
+                    self.gone.store(true, Ordering::Relaxed);
                     self.mark_absent();
                     self.autostart();
-                    Err(Outcome::NoDaemon.into())
+                    self.unanswered(|| "it is not running".into())
                 }
                 Err(e @ ipc::Error::Impostor { .. }) => {
                     // Someone else's socket where ours should be: say so
@@ -163,10 +222,12 @@ impl RemoteTier for DaemonTier {
                             "{e}, {STUCK_AFTER} times in a row; not asking it for {ABSENT_BACKOFF:?}"
                         );
                         self.unacknowledged.store(0, Ordering::Relaxed);
+                        self.gone.store(false, Ordering::Relaxed);
                         self.mark_absent();
                     } else {
                         tracing::debug!("get {action}: {e}");
                     }
+                    // A busy machine delays a daemon now and then: quiet.
                     Err(Outcome::NoDaemon.into())
                 }
                 Err(e @ ipc::Error::Timeout(_)) => {
@@ -255,5 +316,12 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+        // Told once, at the end: how many lookups, why, and the fix.
+        let summary = tier.summary().unwrap();
+        assert!(
+            summary.contains("2 lookups went without peers (it is not running)"),
+            "{summary}"
+        );
+        assert!(summary.contains("warren daemon"), "{summary}");
     }
 }

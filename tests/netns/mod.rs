@@ -264,6 +264,23 @@ impl Host {
         self.go_with(gocache, args, &[])
     }
 
+    /// Runs `go <args>` with warren; asserts success, returns stderr.
+    pub fn go_stderr(&self, gocache: &str, args: &[&str]) -> String {
+        let output = self
+            .command(&self.go, args)
+            .env("GOCACHEPROG", warren_bin())
+            .env("GOCACHE", self.path(gocache))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            output.status.success(),
+            "{}: go failed:\n{stderr}",
+            self.name
+        );
+        stderr
+    }
+
     /// [`Host::go`] with more environment variables.
     pub fn go_with(&self, gocache: &str, args: &[&str], env: &[(&str, &str)]) -> String {
         let output = self

@@ -446,7 +446,9 @@ impl Requester {
                 bytes: meta.size,
             },
             Received::NotStored(error) => {
-                tracing::warn!("cannot store a fetched body: {error}");
+                // The store reports its own faults (warren's: once in a
+                // while, with a count); a full store fails every body.
+                tracing::debug!("cannot store a fetched body: {error}");
                 Outcome::NotStored(meta)
             }
             Received::Unconfirmed => {

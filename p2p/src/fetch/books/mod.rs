@@ -469,7 +469,8 @@ impl Books {
         now: Instant,
     ) {
         let cooldown = self.limits.cooldown;
-        tracing::warn!(
+        // Told to the node's user as `Event::BodyRejected`.
+        tracing::debug!(
             %peer,
             "peer sent a body that failed verification ({reason}); ignoring it for {cooldown:?}"
         );
