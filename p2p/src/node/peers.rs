@@ -194,11 +194,14 @@ impl EventLoop {
                     discovered: state.is_some_and(|s| s.discovered),
                     connected: self.swarm.is_connected(&peer),
                     last_seen: state.and_then(|s| s.last_seen),
+                    // Proved and announced addresses overlap: each once.
                     addresses: state
                         .map(|s| {
                             (s.addresses.iter())
                                 .chain(s.announced.keys())
                                 .cloned()
+                                .collect::<BTreeSet<_>>()
+                                .into_iter()
                                 .collect()
                         })
                         .unwrap_or_default(),
