@@ -301,6 +301,95 @@ fn a_full_disk_costs_caching_and_one_warning() {
     assert_built_with_one_warning(&output, "free space");
 }
 
+/// Part 5: a full disk is trimmed to make room before puts fail. Entries
+/// unused for two hours go, least recently used first, and the build that
+/// met the full disk is cached whole; warren says once what it did.
+#[test]
+fn a_full_disk_is_trimmed_to_make_room() {
+    if !may_mount() {
+        return;
+    }
+    let env = GoEnv::new();
+    let disk = Tmpfs::mount(env.path("full"), "320m");
+    let store = disk.0.join("store");
+    let build = |args: &[&str]| {
+        env.go_command(Cache::Warren, "gocache", args)
+            .env("WARREN_DIR", &store)
+            .output()
+            .unwrap()
+    };
+    // Old entries: a whole std build, last used three hours ago.
+    let old = build(&["build", "std"]);
+    assert!(old.status.success() && old.stderr.is_empty(), "{old:?}");
+    let three_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
+    age(&store.join("v1"), three_hours_ago);
+    // The disk fills up, with room left for a few MiB.
+    fill(&disk.0.join("filler"), 4 << 20);
+
+    let unoptimized = ["build", "-gcflags=all=-N", "fmt"];
+    let full = build(&unoptimized);
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert!(full.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line:\n{stderr}");
+    assert!(
+        lines[0].starts_with("warren: warning: the store's disk was full; trimmed "),
+        "{stderr}"
+    );
+    // Everything it put was stored: the same build again is all hits.
+    let lifetime = || {
+        let output = std::process::Command::new(common::warren_bin())
+            .args(["stats", "--json"])
+            .env_remove("WARREN_CONFIG")
+            .env("XDG_CONFIG_HOME", env.path("config"))
+            .env("WARREN_DIR", &store)
+            .output()
+            .unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        stats["lifetime"].clone()
+    };
+    let before = lifetime();
+    let again = build(&unoptimized);
+    assert!(
+        again.status.success() && again.stderr.is_empty(),
+        "{again:?}"
+    );
+    let after = lifetime();
+    let gets = num(&after, "gets") - num(&before, "gets");
+    assert!(gets > 0);
+    assert_eq!(num(&after, "hits") - num(&before, "hits"), gets, "{after}");
+    assert_eq!(num(&after, "errors"), 0, "{after}");
+}
+
+/// Sets the modification time of every file under `dir` to `when`.
+fn age(dir: &Path, when: std::time::SystemTime) {
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            age(&path, when);
+        } else {
+            fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|file| file.set_modified(when))
+                .unwrap();
+        }
+    }
+}
+
+/// Fills the filesystem of `path` with a file there, then leaves `room`
+/// bytes free.
+fn fill(path: &Path, room: u64) {
+    use std::io::Write as _;
+    let mut file = fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; 1 << 20];
+    let mut written = 0u64;
+    while file.write_all(&chunk).is_ok() {
+        written += chunk.len() as u64;
+    }
+    file.set_len(written.saturating_sub(room)).unwrap();
+}
+
 /// `go` succeeded, and its stderr is one warning from warren that names
 /// failed puts and `fix`.
 fn assert_built_with_one_warning(output: &std::process::Output, fix: &str) {

@@ -408,7 +408,7 @@ fn open_store(config: &Config) -> anyhow::Result<DiskStore> {
 fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     let store = Arc::new(open_store(config)?);
     if store.trim_due() {
-        spawn_background_trim(config, true);
+        spawn_background_trim(config);
     }
     // Own copies of fds 0 and 1: a large read buffer for bodies, and no
     // line buffering on the way out (the writer flushes in batches).
@@ -440,12 +440,20 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // A full disk: trim now, in a process of its own that outlives this
-    // helper if the build ends first.
-    let faults = Arc::new(Faults::new({
-        let config = config.clone();
-        move || spawn_background_trim(&config, false)
-    }));
+    // A full disk: trim at once to make room (see gocacheprog::faults).
+    let faults = Arc::new(Faults::new(
+        {
+            let (store, policy) = (store.clone(), config.trim);
+            move || make_room(&store, policy)
+        },
+        {
+            let root = store.root().to_path_buf();
+            move || {
+                let stats = rustix::fs::statvfs(&root).ok()?;
+                Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+            }
+        },
+    ));
     let trace = Arc::new(Recorder::default());
     let end = runtime.block_on(session::serve(
         storage,
@@ -475,6 +483,33 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Trims the store to half its size (least recently used first, never a
+/// file used within the trim grace), for a disk that is full; the bytes
+/// freed.
+fn make_room(store: &DiskStore, policy: store::TrimPolicy) -> u64 {
+    let used = match store.usage() {
+        Ok(usage) => usage.bytes,
+        Err(e) => {
+            tracing::debug!(
+                "measuring the store to make room: {}",
+                crate::logging::chain(&e)
+            );
+            return 0;
+        }
+    };
+    let policy = store::TrimPolicy {
+        max_size: used / 2,
+        ..policy
+    };
+    match store.trim(policy, false) {
+        Ok(report) => report.map_or(0, |report| report.removed_bytes),
+        Err(e) => {
+            tracing::debug!("trimming to make room: {}", crate::logging::chain(&e));
+            0
+        }
+    }
+}
+
 /// The arguments that start a daemon with this helper's settings.
 fn daemon_args(config: &Config) -> Vec<String> {
     let mut args = vec!["--dir".to_owned(), config.dir.display().to_string()];
@@ -485,9 +520,8 @@ fn daemon_args(config: &Config) -> Vec<String> {
     args
 }
 
-/// Starts `warren trim` detached, so trimming never slows a build: with
-/// `auto`, only if a trim is due (`--auto`); otherwise at once.
-fn spawn_background_trim(config: &Config, auto: bool) {
+/// Starts `warren trim --auto` detached, so trimming never slows a build.
+fn spawn_background_trim(config: &Config) {
     let spawned = std::env::current_exe().and_then(|exe| {
         Process::new(exe)
             .arg("--dir")
@@ -496,8 +530,7 @@ fn spawn_background_trim(config: &Config, auto: bool) {
             .arg(config.trim.max_size.to_string())
             .arg("--max-age")
             .arg(format!("{}s", config.trim.max_unused.as_secs()))
-            .arg("trim")
-            .args(auto.then_some("--auto"))
+            .args(["trim", "--auto"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

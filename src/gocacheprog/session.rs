@@ -328,6 +328,7 @@ impl Context {
         output: OutputId,
         body_size: u64,
     ) -> Result<Body, PutError> {
+        self.faults.before_put(body_size);
         let mut writer = match self.storage.begin_put(output, body_size) {
             Ok(writer) => writer,
             Err(e) => {
