@@ -291,13 +291,7 @@ fn a_full_disk_costs_caching_and_one_warning() {
     let env = GoEnv::new();
     // std's outputs are ~180 MB: the disk fills up early in the build.
     let disk = Tmpfs::mount(env.path("small"), "16m");
-    let store = disk.0.join("store");
-
-    let output = env
-        .go_command(Cache::Warren, "gocache", &["build", "std"])
-        .env("WARREN_DIR", &store)
-        .output()
-        .unwrap();
+    let output = build_at(&env, &disk.0.join("store"), &["build", "std"]);
     assert_built_with_one_warning(&output, "free space");
 }
 
@@ -312,12 +306,7 @@ fn a_full_disk_is_trimmed_to_make_room() {
     let env = GoEnv::new();
     let disk = Tmpfs::mount(env.path("full"), "320m");
     let store = disk.0.join("store");
-    let build = |args: &[&str]| {
-        env.go_command(Cache::Warren, "gocache", args)
-            .env("WARREN_DIR", &store)
-            .output()
-            .unwrap()
-    };
+    let build = |args: &[&str]| build_at(&env, &store, args);
     // Old entries: a whole std build, last used three hours ago.
     let old = build(&["build", "std"]);
     assert!(old.status.success() && old.stderr.is_empty(), "{old:?}");
@@ -359,6 +348,14 @@ fn a_full_disk_is_trimmed_to_make_room() {
     assert!(gets > 0);
     assert_eq!(num(&after, "hits") - num(&before, "hits"), gets, "{after}");
     assert_eq!(num(&after, "errors"), 0, "{after}");
+}
+
+/// `go <args>` through warren, with the store at `store`.
+fn build_at(env: &GoEnv, store: &Path, args: &[&str]) -> std::process::Output {
+    env.go_command(Cache::Warren, "gocache", args)
+        .env("WARREN_DIR", store)
+        .output()
+        .unwrap()
 }
 
 /// Sets the modification time of every file under `dir` to `when`.
@@ -415,12 +412,7 @@ fn a_read_only_store_costs_caching_and_one_warning() {
     let env = GoEnv::new();
     let disk = Tmpfs::mount(env.path("ro"), "256m");
     let store = disk.0.join("store");
-    let build = |args: &[&str]| {
-        env.go_command(Cache::Warren, "gocache", args)
-            .env("WARREN_DIR", &store)
-            .output()
-            .unwrap()
-    };
+    let build = |args: &[&str]| build_at(&env, &store, args);
     let warm = build(&["build", "fmt"]);
     assert!(warm.status.success() && warm.stderr.is_empty(), "{warm:?}");
     let status = std::process::Command::new("mount")
