@@ -13,9 +13,12 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use warren_p2p::PeerId;
 
 use crate::ids::ActionId;
 use crate::share::ipc;
@@ -166,28 +169,40 @@ impl Build {
 /// The helper's notes of one `go` command.
 pub(crate) struct Recorder {
     started: SystemTime,
-    lookups: Mutex<VecDeque<Noted>>,
-    gets: std::sync::atomic::AtomicU64,
+    /// Off when no daemon runs (nobody would keep the notes): a plain
+    /// local cache pays nothing for traces.
+    enabled: bool,
+    notes: Mutex<Notes>,
+    gets: AtomicU64,
+}
+
+/// Compact: a lookup is ~40 bytes, so [`CAPACITY`] of them ~400 KB.
+#[derive(Default)]
+struct Notes {
+    lookups: VecDeque<Noted>,
+    /// The peers named, each once; lookups hold an index.
+    peers: Vec<PeerId>,
 }
 
 struct Noted {
     action: ActionId,
     outcome: Outcome,
-    peer: Option<warren_p2p::PeerId>,
-    waited: Option<Duration>,
-}
-
-impl Default for Recorder {
-    fn default() -> Self {
-        Self {
-            started: SystemTime::now(),
-            lookups: Mutex::default(),
-            gets: Default::default(),
-        }
-    }
+    peer: Option<u16>,
+    /// Microseconds `go` waited on the daemon, if it was asked.
+    waited_us: Option<u32>,
 }
 
 impl Recorder {
+    /// A recorder that notes lookups only if `enabled`.
+    pub(crate) fn new(enabled: bool) -> Self {
+        Self {
+            started: SystemTime::now(),
+            enabled,
+            notes: Mutex::default(),
+            gets: AtomicU64::new(0),
+        }
+    }
+
     /// When the `go` command started: a peer's entry stored since then,
     /// and found locally, was read ahead for this build.
     pub(crate) fn started(&self) -> SystemTime {
@@ -199,39 +214,58 @@ impl Recorder {
         &self,
         action: ActionId,
         outcome: Outcome,
-        peer: Option<warren_p2p::PeerId>,
+        peer: Option<PeerId>,
         waited: Option<Duration>,
     ) {
-        self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut lookups = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
-        if lookups.len() == CAPACITY {
-            lookups.pop_front();
+        if !self.enabled {
+            return;
         }
-        lookups.push_back(Noted {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        let mut notes = self.notes.lock().unwrap_or_else(|p| p.into_inner());
+        let peer = peer.and_then(|peer| {
+            let index = match notes.peers.iter().position(|known| *known == peer) {
+                Some(index) => index,
+                None => {
+                    notes.peers.push(peer);
+                    notes.peers.len() - 1
+                }
+            };
+            u16::try_from(index).ok()
+        });
+        if notes.lookups.len() == CAPACITY {
+            notes.lookups.pop_front();
+        }
+        notes.lookups.push_back(Noted {
             action,
             outcome,
             peer,
-            waited,
+            waited_us: waited.map(|d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX)),
         });
     }
 
     /// The build as noted so far.
     pub(crate) fn build(&self) -> Build {
-        let lookups = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
+        let notes = self.notes.lock().unwrap_or_else(|p| p.into_inner());
         Build {
             number: 0,
             command: go_command(),
             pid: std::process::id(),
             started_unix_ms: unix_ms(self.started),
             ended_unix_ms: unix_ms(SystemTime::now()),
-            gets: self.gets.load(std::sync::atomic::Ordering::Relaxed),
-            lookups: lookups
+            gets: self.gets.load(Ordering::Relaxed),
+            lookups: notes
+                .lookups
                 .iter()
                 .map(|noted| Lookup {
                     action: noted.action.to_hex(),
                     outcome: noted.outcome,
-                    peer: noted.peer.map(|peer| peer.to_string()),
-                    ms: noted.waited.map(|d| (d.as_secs_f64() * 1e4).round() / 10.0),
+                    peer: noted
+                        .peer
+                        .and_then(|index| notes.peers.get(usize::from(index)))
+                        .map(ToString::to_string),
+                    ms: noted
+                        .waited_us
+                        .map(|us| (f64::from(us) / 100.0).round() / 10.0),
                 })
                 .collect(),
         }
@@ -240,7 +274,7 @@ impl Recorder {
     /// Sends the build to the daemon behind `socket`, if one is there.
     /// Best effort and bounded: a trace is not worth a slower build.
     pub(crate) async fn report(&self, socket: &Path) {
-        if self.gets.load(std::sync::atomic::Ordering::Relaxed) == 0 || !socket.exists() {
+        if self.gets.load(Ordering::Relaxed) == 0 || !socket.exists() {
             return;
         }
         let request = ipc::Request::Report(Box::new(self.build()));
@@ -354,14 +388,15 @@ mod tests {
 
     #[test]
     fn the_recorder_keeps_its_last_lookups_and_counts_every_get() {
-        let recorder = Recorder::default();
+        let recorder = Recorder::new(true);
+        let peer = PeerId::random();
         for n in 0..CAPACITY + 3 {
             let mut bytes = [0; 32];
             bytes[..8].copy_from_slice(&(n as u64).to_be_bytes());
             recorder.note(
                 ActionId::from_bytes(bytes),
                 Outcome::PeerHit,
-                None,
+                Some(peer),
                 Some(Duration::from_micros(1_234)),
             );
         }
@@ -369,7 +404,12 @@ mod tests {
         assert_eq!(build.gets, CAPACITY as u64 + 3);
         assert_eq!(build.lookups.len(), CAPACITY);
         assert_eq!(build.lookups[0].ms, Some(1.2));
+        assert_eq!(build.lookups[0].peer, Some(peer.to_string()));
         assert_eq!(build.pid, std::process::id());
+        // With no daemon to keep them, nothing is noted.
+        let off = Recorder::new(false);
+        off.note(ActionId::from_bytes([1; 32]), Outcome::LocalHit, None, None);
+        assert_eq!(off.build().gets, 0);
     }
 
     #[test]

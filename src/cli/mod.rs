@@ -454,7 +454,8 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             }
         },
     ));
-    let trace = Arc::new(Recorder::default());
+    // Lookups are noted for `warren trace` only if a daemon runs to keep them.
+    let trace = Arc::new(Recorder::new(config.socket_path().exists()));
     let end = runtime.block_on(session::serve(
         storage,
         counters.clone(),

@@ -442,7 +442,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_report_crosses_the_socket_and_comes_back_in_the_trace() {
         let (_dir, path, _shutdown) = server(Duration::ZERO).await;
-        let recorder = crate::trace::Recorder::default();
+        let recorder = crate::trace::Recorder::new(true);
         for n in 0..crate::trace::CAPACITY {
             let mut bytes = [0xab; 32];
             bytes[..8].copy_from_slice(&(n as u64).to_be_bytes());
