@@ -241,6 +241,11 @@ impl Host {
         }
     }
 
+    /// The running daemon's PID.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
     }
