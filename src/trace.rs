@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,7 @@ use warren_p2p::PeerId;
 
 use crate::ids::ActionId;
 use crate::share::ipc;
+use crate::share::status::unix_ms;
 
 /// Lookups the daemon keeps, over all builds.
 pub(crate) const CAPACITY: usize = 10_000;
@@ -319,12 +320,6 @@ impl Ring {
     pub(crate) fn builds(&self) -> Vec<Build> {
         self.builds.iter().cloned().collect()
     }
-}
-
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }
 
 /// The command line of the `go` command that started this helper.

@@ -411,7 +411,7 @@ fn bodies(state: &str, compressed: Option<Option<bool>>) -> &'static str {
 }
 
 /// "12s ago" from a Unix time in milliseconds.
-fn last_seen(unix_ms: Option<u64>) -> String {
+pub(super) fn last_seen(unix_ms: Option<u64>) -> String {
     let Some(ms) = unix_ms else {
         return "never".to_owned();
     };

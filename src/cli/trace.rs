@@ -46,7 +46,7 @@ pub(super) fn trace(
             );
         }
     };
-    let names = Names::load(config);
+    let names = Allowlist::load(&config.allowlist_path()).unwrap_or_default();
     if query.builds {
         return list_builds(&builds, query.json, out);
     }
@@ -81,37 +81,21 @@ pub(super) fn trace(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Peer IDs by allowlist name.
-struct Names(Allowlist);
-
-impl Names {
-    fn load(config: &Config) -> Self {
-        Self(Allowlist::load(&config.allowlist_path()).unwrap_or_default())
+/// A lookup in words, its peer by allowlist name.
+fn describe(names: &Allowlist, lookup: &Lookup) -> String {
+    let peer = lookup.peer.as_deref().map(|peer| names.name_or_id(peer));
+    let mut text = lookup.outcome.describe(peer.as_deref());
+    if lookup.outcome == Outcome::PeerHit
+        && let Some(ms) = lookup.ms
+    {
+        text.push_str(&format!(" in {ms} ms"));
     }
-
-    /// The peer's allowlist name, else its ID.
-    fn of(&self, peer: &str) -> String {
-        peer.parse()
-            .ok()
-            .and_then(|id| self.0.name_of(&id).map(str::to_owned))
-            .unwrap_or_else(|| peer.to_owned())
-    }
-
-    fn describe(&self, lookup: &Lookup) -> String {
-        let peer = lookup.peer.as_deref().map(|peer| self.of(peer));
-        let mut text = lookup.outcome.describe(peer.as_deref());
-        if lookup.outcome == Outcome::PeerHit
-            && let Some(ms) = lookup.ms
-        {
-            text.push_str(&format!(" in {ms} ms"));
-        }
-        text
-    }
+    text
 }
 
 fn show_build(
     build: &Build,
-    names: &Names,
+    names: &Allowlist,
     lookups: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
@@ -139,19 +123,19 @@ fn show_build(
     }
     if lookups {
         for lookup in &build.lookups {
-            writeln!(out, "  {}  {}", lookup.action, names.describe(lookup))?;
+            writeln!(out, "  {}  {}", lookup.action, describe(names, lookup))?;
         }
     }
     Ok(())
 }
 
 /// "  (bob 700, carol 52; median 3 ms)" for outcomes that name peers.
-fn peers_of(build: &Build, outcome: Outcome, names: &Names) -> String {
+fn peers_of(build: &Build, outcome: Outcome, names: &Allowlist) -> String {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut waits: Vec<f64> = Vec::new();
     for lookup in build.lookups.iter().filter(|l| l.outcome == outcome) {
         if let Some(peer) = &lookup.peer {
-            *counts.entry(names.of(peer)).or_default() += 1;
+            *counts.entry(names.name_or_id(peer)).or_default() += 1;
         }
         if outcome == Outcome::PeerHit
             && let Some(ms) = lookup.ms
@@ -177,7 +161,7 @@ fn peers_of(build: &Build, outcome: Outcome, names: &Names) -> String {
 fn show_action(
     builds: &[Build],
     action: &str,
-    names: &Names,
+    names: &Allowlist,
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
@@ -215,7 +199,7 @@ fn show_action(
             "build {} ({}): {}",
             build.number,
             build.command,
-            names.describe(lookup)
+            describe(names, lookup)
         )?;
     }
     Ok(ExitCode::SUCCESS)
@@ -265,7 +249,7 @@ struct BuildJson<'a> {
 }
 
 impl<'a> BuildJson<'a> {
-    fn of(build: &'a Build, names: &Names) -> Self {
+    fn of(build: &'a Build, names: &Allowlist) -> Self {
         Self {
             build: build.number,
             command: &build.command,
@@ -296,14 +280,14 @@ struct LookupJson<'a> {
 }
 
 impl<'a> LookupJson<'a> {
-    fn of(lookup: &'a Lookup, names: &Names) -> Self {
+    fn of(lookup: &'a Lookup, names: &Allowlist) -> Self {
         let peer = lookup.peer.as_deref();
         Self {
             action: &lookup.action,
             outcome: lookup.outcome,
             peer,
             peer_name: peer
-                .map(|peer| names.of(peer))
+                .map(|peer| names.name_or_id(peer))
                 .filter(|name| Some(name.as_str()) != peer),
             ms: lookup.ms,
         }

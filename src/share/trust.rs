@@ -154,6 +154,14 @@ impl Allowlist {
             .and_then(|(_, peer)| peer.name.as_deref())
     }
 
+    /// What to call the peer `id` (as text): its name here, else the ID.
+    pub(crate) fn name_or_id(&self, id: &str) -> String {
+        id.parse()
+            .ok()
+            .and_then(|peer| self.name_of(&peer).map(str::to_owned))
+            .unwrap_or_else(|| id.to_owned())
+    }
+
     /// Adds `id`, or updates the fields given. Returns false if nothing
     /// changed.
     pub(crate) fn add(&mut self, id: &str, update: Update) -> Result<bool, Error> {

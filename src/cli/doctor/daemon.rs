@@ -7,10 +7,11 @@ use std::time::{Duration, SystemTime};
 use warren_p2p::Multiaddr;
 
 use super::Report;
-use super::peers::{Names, is_link_local, multiaddr_ip_port};
+use super::peers::{is_link_local, multiaddr_ip_port};
 use crate::config::Config;
 use crate::share::ipc;
 use crate::share::status::{DaemonStatus, PeerStatus};
+use crate::share::trust::Allowlist;
 
 /// Longest wait for the daemon's probe (it waits at most 6 s for dials).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -154,7 +155,7 @@ pub(super) fn check_listening(status: &DaemonStatus, report: &mut Report) {
 pub(super) fn check_mdns(
     config: &Config,
     status: &DaemonStatus,
-    names: &Names,
+    names: &Allowlist,
     report: &mut Report,
 ) {
     report.section("mDNS");
@@ -208,7 +209,7 @@ pub(super) fn check_mdns(
     let (known, strangers): (Vec<&PeerStatus>, Vec<&PeerStatus>) =
         discovered.iter().copied().partition(|p| p.allowlisted);
     if !known.is_empty() {
-        let list: Vec<String> = known.iter().map(|p| names.of(&p.id)).collect();
+        let list: Vec<String> = known.iter().map(|p| names.name_or_id(&p.id)).collect();
         report.ok(format!("discovered: {}", list.join(", ")));
     }
     if !strangers.is_empty() {

@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use self::daemon::{check_daemon, check_listening, check_mdns};
 use self::local::{check_go, check_identity, check_store};
-use self::peers::{Names, check_peers, check_static_peers};
+use self::peers::{check_peers, check_static_peers};
 use crate::config::Config;
 use crate::share::trust::Allowlist;
 
@@ -180,7 +180,7 @@ fn check_warren(config: &Config, report: &mut Report) {
     let Some(me) = check_identity(config, report) else {
         return;
     };
-    let names = Names(Allowlist::load(&config.allowlist_path()).unwrap_or_default());
+    let names = Allowlist::load(&config.allowlist_path()).unwrap_or_default();
     let Some(status) = check_daemon(config, report) else {
         return;
     };

@@ -2,7 +2,6 @@
 //! daemon's probe: connected, or why not, with the fix.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
 
 use warren_p2p::multiaddr::Protocol;
 use warren_p2p::{ConnectFailure, Multiaddr};
@@ -15,32 +14,20 @@ use crate::share::trust::Allowlist;
 
 // --- Peers ---
 
-/// Peer IDs by allowlist name.
-pub(super) struct Names(pub(super) Allowlist);
-
-impl Names {
-    pub(super) fn of(&self, id: &str) -> String {
-        id.parse()
-            .ok()
-            .and_then(|peer| self.0.name_of(&peer).map(str::to_owned))
-            .unwrap_or_else(|| id.to_owned())
-    }
-}
-
 pub(super) fn check_peers(
     config: &Config,
     status: &DaemonStatus,
-    names: &Names,
+    names: &Allowlist,
     me: &Me,
     report: &mut Report,
 ) {
     report.section("Peers");
-    if names.0.peers.is_empty() {
+    if names.peers.is_empty() {
         report.ok("none allowlisted");
         return;
     }
     let probed = status.probed_unix_ms.unwrap_or(u64::MAX);
-    for entry in &names.0.peers {
+    for entry in &names.peers {
         let name = entry.name.clone().unwrap_or_else(|| entry.id.clone());
         let daemon = status.peers.iter().find(|p| p.id == entry.id);
         let Some(peer) = daemon.filter(|p| p.allowlisted) else {
@@ -67,7 +54,7 @@ pub(super) fn check_peers(
             report.ok(format!(
                 "{name}: connected at {}, last seen {}; {summary}",
                 peer.addresses.join(", "),
-                ago(peer.last_seen_unix_ms)
+                crate::cli::share::last_seen(peer.last_seen_unix_ms)
             ));
             continue;
         }
@@ -114,7 +101,7 @@ pub(super) fn check_peers(
             Some(ConnectFailure::WrongPeerId { address, obtained }) => (
                 format!(
                     "{name}: {address} answered as another peer, {}",
-                    names.of(obtained)
+                    names.name_or_id(obtained)
                 ),
                 format!("the address given for {name} is stale or wrong"),
                 format!(
@@ -182,26 +169,12 @@ fn config_file(config: &Config) -> String {
         .map_or_else(|| "your config file".into(), |p| p.display().to_string())
 }
 
-fn ago(unix_ms: Option<u64>) -> String {
-    let Some(ms) = unix_ms else {
-        return "never".into();
-    };
-    let then = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-    match SystemTime::now().duration_since(then) {
-        Ok(d) => format!(
-            "{} ago",
-            humantime::format_duration(Duration::from_secs(d.as_secs().max(1)))
-        ),
-        Err(_) => "just now".into(),
-    }
-}
-
 // --- Static peers ---
 
 pub(super) fn check_static_peers(
     config: &Config,
     status: &DaemonStatus,
-    names: &Names,
+    names: &Allowlist,
     report: &mut Report,
 ) {
     if config.share.static_peers.is_empty() {
@@ -231,22 +204,19 @@ pub(super) fn check_static_peers(
         });
         match id {
             Some(id) => {
-                let name = names.of(&id);
-                match status.peers.iter().find(|p| p.id == id) {
-                    Some(peer) if !peer.allowlisted => report.problem(
+                let name = names.name_or_id(&id);
+                let allowlisted = names.peers.iter().any(|peer| peer.id == id);
+                let connected = (status.peers.iter()).any(|peer| peer.id == id && peer.connected);
+                if !allowlisted {
+                    report.problem(
                         format!("{text}: {name} is not allowlisted, so it is never dialed"),
                         None,
                         Some(format!("warren peers add {id} --name NAME")),
-                    ),
-                    Some(peer) if peer.connected => {
-                        report.ok(format!("{text}: connected to {name}"))
-                    }
-                    None if names.of(&id) == id => report.problem(
-                        format!("{text}: {id} is not allowlisted, so it is never dialed"),
-                        None,
-                        Some(format!("warren peers add {id} --name NAME")),
-                    ),
-                    _ => report.ok(format!("{text}: not connected (see {name} under Peers)")),
+                    );
+                } else if connected {
+                    report.ok(format!("{text}: connected to {name}"));
+                } else {
+                    report.ok(format!("{text}: not connected (see {name} under Peers)"));
                 }
             }
             None => {
@@ -256,7 +226,10 @@ pub(super) fn check_static_peers(
                     .iter()
                     .find(|p| p.connected && p.addresses.iter().any(|a| a == bare));
                 match answered {
-                    Some(peer) => report.ok(format!("{text}: connected to {}", names.of(&peer.id))),
+                    Some(peer) => report.ok(format!(
+                        "{text}: connected to {}",
+                        names.name_or_id(&peer.id)
+                    )),
                     None => report.warning(
                         format!("{text}: not connected"),
                         Some("without a peer ID the address cannot be told from its owner".into()),
