@@ -180,6 +180,14 @@ fn the_doctor_names_each_failure_and_its_fix() {
     let (passed, report) = doctor(lan.host(2));
     assert!(!passed);
     assert_problem(&report, "Peers", "dave: /ip4/", "static-peers");
+    assert_eq!(
+        check(
+            &report,
+            "Static peers",
+            "not connected (see dave under Peers)"
+        )["status"],
+        "ok"
+    );
     let wrong = check(&report, "Peers", "dave: /ip4/");
     assert!(
         wrong["what"]
