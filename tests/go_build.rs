@@ -249,6 +249,13 @@ fn skip(message: &str) {
 struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
+    /// A tmpfs of `size` at `at`, and where a store on it goes.
+    fn with_store(at: std::path::PathBuf, size: &str) -> (Self, std::path::PathBuf) {
+        let disk = Self::mount(at, size);
+        let store = disk.0.join("store");
+        (disk, store)
+    }
+
     fn mount(at: std::path::PathBuf, size: &str) -> Self {
         fs::create_dir_all(&at).unwrap();
         let status = std::process::Command::new("mount")
@@ -304,8 +311,7 @@ fn a_full_disk_is_trimmed_to_make_room() {
         return;
     }
     let env = GoEnv::new();
-    let disk = Tmpfs::mount(env.path("full"), "320m");
-    let store = disk.0.join("store");
+    let (disk, store) = Tmpfs::with_store(env.path("full"), "320m");
     let build = |args: &[&str]| build_at(&env, &store, args);
     // Old entries: a whole std build, last used three hours ago.
     let old = build(&["build", "std"]);
@@ -410,8 +416,7 @@ fn a_read_only_store_costs_caching_and_one_warning() {
         return;
     }
     let env = GoEnv::new();
-    let disk = Tmpfs::mount(env.path("ro"), "256m");
-    let store = disk.0.join("store");
+    let (disk, store) = Tmpfs::with_store(env.path("ro"), "256m");
     let build = |args: &[&str]| build_at(&env, &store, args);
     let warm = build(&["build", "fmt"]);
     assert!(warm.status.success() && warm.stderr.is_empty(), "{warm:?}");

@@ -448,10 +448,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         },
         {
             let root = store.root().to_path_buf();
-            move || {
-                let stats = rustix::fs::statvfs(&root).ok()?;
-                Some(stats.f_bavail.saturating_mul(stats.f_frsize))
-            }
+            move || crate::fsutil::free_space(&root)
         },
     ));
     // Lookups are noted for `warren trace` only if a daemon runs to keep them.

@@ -16,6 +16,13 @@ use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
 
+/// Bytes an unprivileged process may still write on the filesystem that
+/// holds `path`; `None` if that cannot be told.
+pub(crate) fn free_space(path: &Path) -> Option<u64> {
+    let stats = rustix::fs::statvfs(path).ok()?;
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
 /// Names of temp files start with this.
 pub(crate) const TEMP_PREFIX: &str = ".tmp";
 

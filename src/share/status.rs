@@ -69,6 +69,16 @@ pub(crate) struct PeerStatus {
     pub last_failure_unix_ms: Option<u64>,
 }
 
+impl DaemonStatus {
+    /// How long the daemon has been running (zero if its clock is ahead).
+    pub(crate) fn up_for(&self) -> std::time::Duration {
+        let started = UNIX_EPOCH + std::time::Duration::from_millis(self.started_unix_ms);
+        SystemTime::now()
+            .duration_since(started)
+            .unwrap_or_default()
+    }
+}
+
 pub(crate) fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .unwrap_or_default()

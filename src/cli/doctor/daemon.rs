@@ -2,7 +2,7 @@
 //! mDNS.
 
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use warren_p2p::Multiaddr;
 
@@ -62,10 +62,7 @@ pub(super) fn check_daemon(config: &Config, report: &mut Report) -> Option<Daemo
             return None;
         }
     };
-    let up = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH + Duration::from_millis(status.started_unix_ms))
-        .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
-        .unwrap_or_else(|_| "?".into());
+    let up = humantime::format_duration(Duration::from_secs(status.up_for().as_secs()));
     let mine = env!("CARGO_PKG_VERSION");
     if status.version != mine {
         let theirs = if status.version.is_empty() {
@@ -219,10 +216,7 @@ pub(super) fn check_mdns(
             list.join(", ")
         ));
     }
-    let up_for = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH + Duration::from_millis(status.started_unix_ms))
-        .unwrap_or_default();
-    if discovered.is_empty() && usable > 0 && up_for > Duration::from_secs(10) {
+    if discovered.is_empty() && usable > 0 && status.up_for() > Duration::from_secs(10) {
         report.warning(
             "mDNS has found no one",
             Some(

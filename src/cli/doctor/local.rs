@@ -149,9 +149,7 @@ pub(super) fn check_store(config: &Config, report: &mut Report) {
             return;
         }
     }
-    let free = rustix::fs::statvfs(dir.as_path())
-        .ok()
-        .map(|s| s.f_bavail.saturating_mul(s.f_frsize));
+    let free = crate::fsutil::free_space(dir);
     let used = DiskStore::open(dir).and_then(|store| store.usage());
     let max = config.trim.max_size;
     let size = |n: u64| ByteSize(n).display().iec().to_string();
