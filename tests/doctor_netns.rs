@@ -156,10 +156,10 @@ fn the_doctor_names_each_failure_and_its_fix() {
         "ask alice to start it: `warren daemon`",
     );
 
-    // A's daemon runs again, but A's link is down: nothing answers.
-    lan.host(1).start_daemon();
+    // A's daemon runs again, but A's link went down first: nothing answers.
     let veth = lan.host(1).veth.clone();
     ip(lan.host(1), &["link", "set", &veth, "down"]);
+    lan.host(1).start_daemon();
     let (_, report) = doctor(lan.host(2));
     assert_problem(
         &report,

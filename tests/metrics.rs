@@ -34,7 +34,11 @@ impl Daemon {
             .unwrap();
         let daemon = Self(child);
         let socket = sandbox.store().join("daemon.sock");
-        wait(|| socket.exists(), "the daemon's socket");
+        // Accepting, not just there: the first daemon's socket file stays.
+        wait(
+            || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+            "the daemon's socket",
+        );
         daemon
     }
 

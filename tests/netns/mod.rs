@@ -225,11 +225,13 @@ impl Host {
             .spawn()
             .unwrap();
         self.daemon = Some(child);
+        // Accepting, not just there: a daemon killed before leaves its
+        // socket file behind until the new one replaces it.
         let socket = self.store().join("daemon.sock");
         wait_for(
             Duration::from_secs(20),
             &format!("{}: daemon socket", self.name),
-            || socket.exists(),
+            || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
             || self.daemon_log(),
         );
     }
