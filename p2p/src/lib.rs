@@ -58,6 +58,7 @@
 //! from peers is a miss, never a panic.
 
 mod allowlist;
+pub mod catalog;
 pub mod config;
 mod fetch;
 #[cfg(feature = "fuzz")]
@@ -119,6 +120,10 @@ pub enum Error {
     },
     #[error("the p2p event loop has stopped")]
     Stopped,
+    #[error("peer {peer} is not connected")]
+    NotConnected { peer: PeerId },
+    #[error("peer {peer} did not give its catalog: {reason}")]
+    Catalog { peer: PeerId, reason: String },
 }
 
 /// Sets up a node: builds the swarm, starts listening (and mDNS, if

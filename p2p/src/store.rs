@@ -31,6 +31,7 @@ use std::io;
 
 use libp2p::PeerId;
 
+use crate::catalog::{Catalog, Cursor};
 use crate::ids::{ActionId, OutputId};
 use crate::summary::SummaryChunk;
 
@@ -92,6 +93,20 @@ pub trait Hints {
     fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
         let _ = (action, limit);
         Vec::new()
+    }
+
+    /// For replicating peers ([`crate::catalog`]): up to `limit` entries
+    /// built on this machine and served, put after `after` and at most
+    /// `max_age` ago, in put order. `None` if the store keeps no order (now).
+    /// Quick, like [`Bodies::open`]. The default keeps none.
+    fn catalog(
+        &self,
+        after: &Cursor,
+        max_age: std::time::Duration,
+        limit: usize,
+    ) -> Option<Catalog> {
+        let _ = (after, max_age, limit);
+        None
     }
 }
 

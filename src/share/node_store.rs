@@ -330,6 +330,15 @@ impl warren_p2p::Hints for StoreAdapter {
     fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
         self.order.following(action, limit)
     }
+
+    fn catalog(
+        &self,
+        after: &warren_p2p::catalog::Cursor,
+        max_age: std::time::Duration,
+        limit: usize,
+    ) -> Option<warren_p2p::catalog::Catalog> {
+        self.order.catalog(after, max_age, limit)
+    }
 }
 
 impl warren_p2p::Summaries for StoreAdapter {

@@ -16,6 +16,7 @@
 //!    the connection and the event loop redials.
 //! 4. `fetch`: the fetch protocol over [`FetchCodec`].
 //! 5. `summary`: peers' summaries of their stores ([`crate::summary`]).
+//! 6. `catalog`: what a peer built, for replication ([`crate::catalog`]).
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, Swarm, SwarmBuilder, connection_limits, noise, ping};
 use libp2p::{request_response, tcp, yamux};
 
+use crate::catalog::{self, CatalogCodec};
 use crate::config::NodeConfig;
 use crate::node::admission;
 use crate::node::codec::FetchCodec;
@@ -41,7 +43,14 @@ pub(crate) struct Behaviour {
     pub(crate) ping: ping::Behaviour,
     pub(crate) fetch: request_response::Behaviour<FetchCodec>,
     pub(crate) summary: request_response::Behaviour<SummaryCodec>,
+    pub(crate) catalog: request_response::Behaviour<CatalogCodec>,
 }
+
+/// Catalog streams per connection, both ways: a replicating peer asks one
+/// at a time.
+const CATALOG_STREAMS_PER_CONNECTION: usize = 2;
+/// Longest a catalog exchange may take (it is answered from memory).
+const CATALOG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Summary streams per connection, both ways.
 const SUMMARY_STREAMS_PER_CONNECTION: usize = 4;
@@ -91,6 +100,16 @@ pub(crate) fn build_swarm(
             .with_request_timeout(summary::MAX_WAIT + std::time::Duration::from_secs(10))
             .with_max_concurrent_streams(SUMMARY_STREAMS_PER_CONNECTION),
     );
+    let catalog = request_response::Behaviour::with_codec(
+        CatalogCodec,
+        [(
+            StreamProtocol::new(catalog::PROTOCOL_NAME),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(CATALOG_TIMEOUT)
+            .with_max_concurrent_streams(CATALOG_STREAMS_PER_CONNECTION),
+    );
     let behaviour = Behaviour {
         admission: admission::Behaviour::new(config.inbound_from_anywhere),
         allowed,
@@ -98,6 +117,7 @@ pub(crate) fn build_swarm(
         ping: ping::Behaviour::new(ping::Config::new().with_interval(config.ping_interval)),
         fetch,
         summary,
+        catalog,
     };
     let idle = config.idle_connection_timeout;
     let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())

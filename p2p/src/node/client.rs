@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
 use crate::allowlist::Allowlist;
+use crate::catalog::{Catalog, CatalogRequest};
 use crate::fetch::holders::Holders;
 use crate::fetch::receive::RejectReason;
 use crate::fetch::{Fetched, Miss};
@@ -154,6 +155,16 @@ pub(crate) enum Command {
         action: ActionId,
         reply: oneshot::Sender<Option<Fetched>>,
     },
+    Replicate {
+        peer: PeerId,
+        actions: Vec<ActionId>,
+        reply: oneshot::Sender<Vec<Option<Fetched>>>,
+    },
+    Catalog {
+        peer: PeerId,
+        request: CatalogRequest,
+        reply: oneshot::Sender<Result<Catalog, Error>>,
+    },
     SetAllowlist {
         peers: Allowlist,
         reply: oneshot::Sender<()>,
@@ -231,6 +242,49 @@ impl Client {
             .and_then(Result::ok)
             .flatten()
             .ok_or(Miss::Unanswered)
+    }
+
+    /// Asks `peer` for a piece of its catalog: what it built, in put order
+    /// ([`crate::catalog`]). An error if it is not connected, or does not
+    /// answer (an older warren, or one that does not serve us).
+    pub async fn catalog(&self, peer: PeerId, request: CatalogRequest) -> Result<Catalog, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Catalog {
+                peer,
+                request,
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Fetches `actions` from `peer` in the background, for replication:
+    /// in batches, with no read-ahead, and without making read-ahead think
+    /// a build is using peers. Bodies are verified and stored like any
+    /// other. A lookup for one of them joins its fetch. One answer per
+    /// action, in order: `None` for one not fetched (already stored, gone,
+    /// or the peer did not answer).
+    pub async fn replicate(&self, peer: PeerId, actions: Vec<ActionId>) -> Vec<Option<Fetched>> {
+        let count = actions.len();
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .commands
+            .send(Command::Replicate {
+                peer,
+                actions,
+                reply,
+            })
+            .await;
+        let answers = match sent {
+            Ok(()) => tokio::time::timeout(self.backstop * 2, answer)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
+        };
+        answers.unwrap_or_else(|| vec![None; count])
     }
 
     /// Replaces the allowlist. Takes effect at once: connections to peers no

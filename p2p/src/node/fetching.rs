@@ -102,6 +102,30 @@ impl EventLoop {
         self.carry_out();
     }
 
+    /// Replicates `actions` from `peer`; one answer per action on `reply`
+    /// once all have ended.
+    pub(super) fn start_replication(
+        &mut self,
+        peer: PeerId,
+        actions: Vec<ActionId>,
+        reply: oneshot::Sender<Vec<Option<Fetched>>>,
+    ) {
+        let (entries, answers): (Vec<_>, Vec<_>) = actions
+            .into_iter()
+            .map(|action| {
+                let (sender, answer) = oneshot::channel();
+                ((action, sender), answer)
+            })
+            .unzip();
+        self.books
+            .replicate(peer, entries, Instant::now(), &view!(self));
+        self.carry_out();
+        tokio::spawn(async move {
+            let results = futures::future::join_all(answers).await;
+            let _ = reply.send(results.into_iter().map(|r| r.ok().flatten()).collect());
+        });
+    }
+
     /// A single request's answer, or the end of a batch.
     pub(super) fn on_answer(
         &mut self,

@@ -28,6 +28,7 @@
 
 mod admission;
 pub(crate) mod behaviour;
+mod catalogs;
 pub(crate) mod client;
 pub(crate) mod codec;
 pub(crate) mod discovery;
@@ -104,6 +105,8 @@ pub struct EventLoop {
     parked: Vec<Parked>,
     /// Marked when our store's summary log grows, if the store tells.
     summary_updates: Option<tokio::sync::watch::Receiver<()>>,
+    /// Catalog requests out, for clients (see `catalogs`).
+    catalogs: catalogs::Asked,
 }
 
 impl EventLoop {
@@ -135,6 +138,7 @@ impl EventLoop {
             serving: HashMap::new(),
             parked: Vec::new(),
             summary_updates,
+            catalogs: catalogs::Asked::new(),
             config,
         };
         for address in event_loop.config.static_peers.clone() {
@@ -223,6 +227,16 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Fetch { action, reply } => self.start_fetch(action, reply),
+            Command::Replicate {
+                peer,
+                actions,
+                reply,
+            } => self.start_replication(peer, actions, reply),
+            Command::Catalog {
+                peer,
+                request,
+                reply,
+            } => self.ask_catalog(peer, request, reply),
             Command::SetAllowlist { peers, reply } => {
                 self.set_allowlist(peers);
                 let _ = reply.send(());
@@ -247,6 +261,7 @@ impl EventLoop {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Summary(event)) => self.on_summary_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Catalog(event)) => self.on_catalog_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,

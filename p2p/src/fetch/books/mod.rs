@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 mod ahead;
 mod io;
+mod replicate;
 
 pub(crate) use self::io::{
     Deadline, Failure, FetchId, Limits, Output, Peers, Phase, RequestKey, Send,
@@ -61,6 +62,9 @@ struct PendingFetch {
     replies: Vec<oneshot::Sender<Option<Fetched>>>,
     /// Started by read-ahead (and counted in its in-flight number).
     read_ahead: bool,
+    /// Started by replication, and no lookup has joined it: its body is
+    /// not a sign that a build is using peers.
+    background: bool,
     /// For read-ahead: the peer asked and the bytes reserved in the budget.
     reserved: Option<(PeerId, u64)>,
     /// Parent of every request's token: cancelling it stops them all.
@@ -155,6 +159,7 @@ impl Books {
             .and_then(|id| self.fetches.get_mut(id))
         {
             fetch.replies.push(reply);
+            fetch.background = false;
             return;
         }
         self.read_ahead.take(&action);
@@ -211,6 +216,7 @@ impl Books {
             PendingFetch {
                 action,
                 read_ahead: reply.is_none(),
+                background: false,
                 reserved: None,
                 replies: reply.into_iter().collect(),
                 cancel: CancellationToken::new(),
@@ -392,7 +398,7 @@ impl Books {
         let Some(fetch) = self.fetches.get_mut(&id) else {
             return;
         };
-        let (action, read_ahead) = (fetch.action, fetch.read_ahead);
+        let (action, read_ahead) = (fetch.action, fetch.read_ahead || fetch.background);
         match outcome {
             Outcome::Committed(meta) => {
                 tracing::debug!(%peer, size = meta.size, read_ahead, "fetched a verified body");
@@ -564,7 +570,7 @@ impl Books {
         if result.is_none() && !fetch.replies.is_empty() {
             tracing::trace!(action = %fetch.action, "lookup: no peer sent it");
         }
-        let hit = result.is_some() && !fetch.replies.is_empty();
+        let hit = result.is_some() && !fetch.replies.is_empty() && !fetch.background;
         for reply in fetch.replies {
             let _ = reply.send(result);
         }
@@ -1154,5 +1160,54 @@ mod tests {
         let asked: Vec<Vec<ActionId>> = again.iter().map(|send| send.actions.clone()).collect();
         assert_eq!(asked, [vec![hints[1]], vec![hints[2]]]);
         assert!(again.iter().all(|send| send.batch.is_none()));
+    }
+
+    #[test]
+    fn replication_asks_one_peer_in_batches_and_does_not_wake_read_ahead() {
+        let now = Instant::now();
+        let mut peers = peers(2);
+        let (peer, other) = (peers.connected[0], peers.connected[1]);
+        peers.stored.insert(action(5));
+        let mut books = Books::new(limits());
+        let mut answers = Vec::new();
+        let entries = (1..=20)
+            .map(|n| {
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                (action(n), reply)
+            })
+            .collect();
+        books.replicate(peer, entries, now, &peers);
+        // Stored already: answered at once, not asked for.
+        assert_eq!(answers[4].try_recv(), Ok(None));
+        let (batches, _) = drain(&mut books);
+        assert_eq!(batches.len(), 2, "19 entries: a batch of 16 and one of 3");
+        assert!(batches.iter().all(|batch| batch.peer == peer));
+        assert!(batches.iter().all(|batch| batch.hints == 0));
+        assert_eq!(batches[0].max_inline, 1 << 20, "big bodies come alone");
+        // A lookup of a replicated entry joins it: nothing is sent.
+        let mut joined = lookup(&mut books, action(2), now, &peers);
+        assert!(drain(&mut books).0.is_empty());
+        let token = |n: usize| batches[0].batch.as_ref().unwrap()[n];
+        books.on_report(token(0), Outcome::Committed(meta(7)), now, &peers);
+        assert_eq!(answers[0].try_recv().unwrap().unwrap().size, 7);
+        // A replicated body alone does not make read-ahead think a build
+        // is using peers; one a lookup waited for does.
+        assert!(!books.budget.is_live(now));
+        books.on_report(token(1), Outcome::Committed(meta(8)), now, &peers);
+        assert_eq!(joined.try_recv().unwrap().unwrap().size, 8);
+        assert!(books.budget.is_live(now));
+        // A big one is announced, then fetched alone from the same peer.
+        books.on_report(token(2), Outcome::Announced(meta(5 << 20)), now, &peers);
+        let (body, _) = drain(&mut books);
+        assert_eq!(body.len(), 1);
+        assert_eq!(
+            (body[0].peer, body[0].actions.clone()),
+            (peer, vec![action(3)])
+        );
+        // One the peer no longer has is a miss: the other peer is not asked.
+        books.on_report(token(3), Outcome::NotFound, now, &peers);
+        assert_eq!(answers[3].try_recv(), Ok(None));
+        assert!(drain(&mut books).0.iter().all(|send| send.peer != other));
     }
 }

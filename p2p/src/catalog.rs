@@ -1,0 +1,293 @@
+//! Catalogs: the entries a peer built itself, in the order it stored them,
+//! for replication.
+//!
+//! A summary ([`crate::summary`]) names 8 bytes of each action, enough to
+//! decide whom to ask about a lookup, but not enough to fetch anything
+//! unasked. A replicating node asks the peer for its catalog instead: the
+//! full action, size and put time of each entry, oldest first, from a
+//! cursor on. With sizes in hand the requester keeps its budgets (bytes on
+//! disk, bandwidth) before it fetches, and in put order a build that starts
+//! during replication finds its first entries first.
+//!
+//! A server lists only entries built on its own machine, younger than the
+//! age the requester asks for (by the server's own clock, so clock skew
+//! between machines does not matter), and only to peers it serves. The
+//! bodies then come through the fetch protocol like any other, verified
+//! the same way.
+//!
+//! # Wire
+//!
+//! Protocol [`PROTOCOL_NAME`], one exchange per stream:
+//!
+//! ```text
+//! requester ──> server   frame(CatalogRequest)
+//! server ──> requester   frame(CatalogHeader) ++ count × 48 bytes
+//!                        (action 32, size 8, put time in ns 8; big-endian)
+//! ```
+//!
+//! with frames as in [`crate::protocol::wire`]. A peer without the
+//! protocol (an older warren) refuses the stream, and is not replicated
+//! from.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::ActionId;
+use crate::protocol::wire;
+
+/// The libp2p protocol name of catalogs.
+pub const PROTOCOL_NAME: &str = "/warren/catalog/1";
+/// Most entries in one answer, both ways (48 bytes each: 96 KiB).
+pub const MAX_ENTRIES: usize = 2048;
+/// Bytes of one entry on the wire.
+const ENTRY_LEN: usize = 48;
+
+/// Where a catalog continues: after the entry put at `time_unix_nanos`
+/// with action `action` (entries are ordered by both, as a store's
+/// put-order index keeps them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Cursor {
+    pub time_unix_nanos: u64,
+    pub action: Option<ActionId>,
+}
+
+/// What a requester asks: entries after `after`, put at most `max_age_secs`
+/// ago, at most `limit` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogRequest {
+    pub after: Cursor,
+    pub max_age_secs: u64,
+    pub limit: u32,
+}
+
+/// The header of an answer; `count` entries follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogHeader {
+    pub count: u32,
+    /// Whether the server has more after the last entry.
+    pub more: bool,
+}
+
+/// One entry a peer built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogEntry {
+    pub action: ActionId,
+    pub size: u64,
+    pub time_unix_nanos: u64,
+}
+
+impl CatalogEntry {
+    /// The cursor that continues after this entry.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            time_unix_nanos: self.time_unix_nanos,
+            action: Some(self.action),
+        }
+    }
+}
+
+/// A piece of a peer's catalog.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    pub entries: Vec<CatalogEntry>,
+    pub more: bool,
+}
+
+/// The catalog protocol's codec; entries are raw bytes after a frame.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CatalogCodec;
+
+impl libp2p::request_response::Codec for CatalogCodec {
+    type Protocol = StreamProtocol;
+    type Request = CatalogRequest;
+    type Response = Catalog;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Self::Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        wire::read_frame(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Catalog>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let header: CatalogHeader = wire::read_frame(io).await?;
+        let count = header.count as usize;
+        if count > MAX_ENTRIES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a catalog of {count} entries at once"),
+            ));
+        }
+        let mut bytes = vec![0; count * ENTRY_LEN];
+        io.read_exact(&mut bytes).await?;
+        let entries = bytes.chunks_exact(ENTRY_LEN).map(decode).collect();
+        Ok(Catalog {
+            entries,
+            more: header.more,
+        })
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: CatalogRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        wire::write_frame(io, &request).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        catalog: Catalog,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let entries = &catalog.entries[..catalog.entries.len().min(MAX_ENTRIES)];
+        let header = CatalogHeader {
+            count: entries.len() as u32,
+            more: catalog.more || entries.len() < catalog.entries.len(),
+        };
+        // Header and entries in one write: one frame on the connection.
+        let mut bytes = Vec::with_capacity(64 + entries.len() * ENTRY_LEN);
+        wire::encode_frame(&mut bytes, &header)?;
+        for entry in entries {
+            bytes.extend_from_slice(entry.action.as_bytes());
+            bytes.extend_from_slice(&entry.size.to_be_bytes());
+            bytes.extend_from_slice(&entry.time_unix_nanos.to_be_bytes());
+        }
+        io.write_all(&bytes).await?;
+        io.flush().await
+    }
+}
+
+fn decode(bytes: &[u8]) -> CatalogEntry {
+    let (action, rest) = bytes.split_at(32);
+    let (size, time) = rest.split_at(8);
+    CatalogEntry {
+        action: ActionId::from_bytes(action.try_into().expect("32 bytes")),
+        size: u64::from_be_bytes(size.try_into().expect("8 bytes")),
+        time_unix_nanos: u64::from_be_bytes(time.try_into().expect("8 bytes")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::io::Cursor as Bytes;
+    use libp2p::request_response::Codec;
+
+    use super::*;
+
+    fn entry(n: u8) -> CatalogEntry {
+        CatalogEntry {
+            action: ActionId::from_bytes([n; 32]),
+            size: u64::from(n) << 33,
+            time_unix_nanos: 1_700_000_000_000_000_000 + u64::from(n),
+        }
+    }
+
+    fn protocol() -> StreamProtocol {
+        StreamProtocol::new(PROTOCOL_NAME)
+    }
+
+    #[test]
+    fn catalogs_round_trip() {
+        futures::executor::block_on(async {
+            let catalog = Catalog {
+                entries: (1..=5).map(entry).collect(),
+                more: true,
+            };
+            let mut bytes = Vec::new();
+            CatalogCodec
+                .write_response(&protocol(), &mut bytes, catalog.clone())
+                .await
+                .unwrap();
+            let read = CatalogCodec
+                .read_response(&protocol(), &mut Bytes::new(bytes))
+                .await
+                .unwrap();
+            assert_eq!(read, catalog);
+            assert_eq!(read.entries[1].cursor().action, Some(entry(2).action));
+
+            let request = CatalogRequest {
+                after: entry(3).cursor(),
+                max_age_secs: 86_400,
+                limit: 100,
+            };
+            let mut bytes = Vec::new();
+            CatalogCodec
+                .write_request(&protocol(), &mut bytes, request)
+                .await
+                .unwrap();
+            let read = CatalogCodec
+                .read_request(&protocol(), &mut Bytes::new(bytes))
+                .await
+                .unwrap();
+            assert_eq!(read, request);
+        });
+    }
+
+    #[test]
+    fn oversized_or_short_answers_are_refused() {
+        futures::executor::block_on(async {
+            let mut bytes = Vec::new();
+            let header = CatalogHeader {
+                count: MAX_ENTRIES as u32 + 1,
+                more: false,
+            };
+            wire::encode_frame(&mut bytes, &header).unwrap();
+            let error = CatalogCodec
+                .read_response(&protocol(), &mut Bytes::new(bytes))
+                .await
+                .unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+
+            // Says two, sends one.
+            let mut bytes = Vec::new();
+            let header = CatalogHeader {
+                count: 2,
+                more: false,
+            };
+            wire::encode_frame(&mut bytes, &header).unwrap();
+            bytes.extend_from_slice(&[7; ENTRY_LEN]);
+            assert!(
+                CatalogCodec
+                    .read_response(&protocol(), &mut Bytes::new(bytes))
+                    .await
+                    .is_err()
+            );
+        });
+    }
+
+    #[test]
+    fn a_server_never_sends_more_than_the_limit() {
+        futures::executor::block_on(async {
+            let catalog = Catalog {
+                entries: vec![entry(1); MAX_ENTRIES + 3],
+                more: false,
+            };
+            let mut bytes = Vec::new();
+            CatalogCodec
+                .write_response(&protocol(), &mut bytes, catalog)
+                .await
+                .unwrap();
+            let read = CatalogCodec
+                .read_response(&protocol(), &mut Bytes::new(bytes))
+                .await
+                .unwrap();
+            assert_eq!(read.entries.len(), MAX_ENTRIES);
+            assert!(read.more, "the rest is still there");
+        });
+    }
+}

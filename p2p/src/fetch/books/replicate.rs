@@ -1,0 +1,71 @@
+//! Replication in the books: a run of a peer's entries fetched in the
+//! background, as batches to that peer (see `Client::replicate`).
+//!
+//! A replicated fetch is a fetch like any other (verified by the store's
+//! sink, joined by a lookup for the same action), with three differences:
+//! it asks only the peer whose catalog named it, it asks for no hints, and
+//! its body does not count as a build using peers, which would let
+//! read-ahead run with no build. A big body comes back "found, not
+//! included" and is then fetched alone, as a lookup's would be.
+
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::io::{Deadline, Peers, Phase};
+use super::{Books, Request};
+use crate::fetch::Fetched;
+use crate::fetch::read_ahead::BATCH;
+use crate::ids::ActionId;
+
+impl Books {
+    /// Fetches `entries` from `peer`, answering each on its own sender:
+    /// `None` at once for one stored already, or with nobody to ask.
+    pub(crate) fn replicate(
+        &mut self,
+        peer: PeerId,
+        entries: Vec<(ActionId, oneshot::Sender<Option<Fetched>>)>,
+        now: Instant,
+        peers: &impl Peers,
+    ) {
+        let usable = self.eligible(&peer, now, peers);
+        let mut fetches = Vec::new();
+        for (action, reply) in entries {
+            if let Some(fetch) = (self.active.get(&action)).and_then(|id| self.fetches.get_mut(id))
+            {
+                fetch.replies.push(reply);
+                continue;
+            }
+            if !usable || peers.stored(&action) {
+                let _ = reply.send(None);
+                continue;
+            }
+            self.read_ahead.take(&action);
+            let id = self.new_fetch(action, Some(reply));
+            if let Some(fetch) = self.fetches.get_mut(&id) {
+                fetch.background = true;
+                // Only this peer is asked: should it not send the body,
+                // the fetch ends as a miss rather than asking everyone.
+                fetch.asked_everyone = true;
+            }
+            fetches.push(id);
+        }
+        let max_inline = self.limits.inline_limit.min(self.limits.max_body_size);
+        for batch in fetches.chunks(if peers.batches(&peer) { BATCH } else { 1 }) {
+            let per_entry = self.limits.lookup_deadline + self.limits.transfer_timeout(max_inline);
+            let backstop = now + per_entry * batch.len() as u32 + Duration::from_secs(1);
+            let request = Request {
+                max_inline,
+                hints: 0,
+                header_deadline: now + self.limits.lookup_deadline,
+                cancel: CancellationToken::new(),
+            };
+            if let Some(key) = self.send(batch.to_vec(), peer, Phase::ReadAhead, request) {
+                self.timer(backstop, Deadline::Request(key));
+            }
+        }
+    }
+}
