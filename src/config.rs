@@ -86,7 +86,60 @@ pub(crate) struct FileShare {
     pub compression: Option<Compression>,
     pub agreement: Option<bool>,
     pub metrics_listen: Option<String>,
+    pub replicate: Option<Replicate>,
+    pub replicate_max_size: Option<String>,
+    pub replicate_rate: Option<String>,
+    pub replicate_window: Option<String>,
 }
+
+/// Whose new entries the daemon fetches in the background (`replicate`):
+/// `"none"`, `"all"` allowlisted peers it pulls from, or a list of peers by
+/// name (or peer ID) in the allowlist.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum Replicate {
+    #[default]
+    None,
+    All,
+    Peers(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Replicate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            Names(Vec<String>),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Word(word) if word == "none" => Ok(Self::None),
+            Raw::Word(word) if word == "all" => Ok(Self::All),
+            Raw::Word(word) => Err(serde::de::Error::custom(format!(
+                "replicate = {word:?}: write \"none\", \"all\" or a list of peer names, \
+                 like [\"alice\", \"bob\"]"
+            ))),
+            Raw::Names(names) => Ok(Self::Peers(names)),
+        }
+    }
+}
+
+impl std::fmt::Display for Replicate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::All => f.write_str("all"),
+            Self::Peers(names) => f.write_str(&names.join(" ")),
+        }
+    }
+}
+
+/// Default of `replicate-max-size`.
+pub(crate) const DEFAULT_REPLICATE_MAX_SIZE: u64 = 2 << 30;
+/// Default of `replicate-rate`: a third of gigabit Ethernet, so that
+/// replication leaves the link to builds and everyone else.
+pub(crate) const DEFAULT_REPLICATE_RATE: u64 = 40 << 20;
+/// Default of `replicate-window`.
+pub(crate) const DEFAULT_REPLICATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Default libp2p listen addresses: a fixed port, so coworkers behind
 /// networks without multicast can list this machine as a static peer.
@@ -128,6 +181,17 @@ pub(crate) struct Share {
     /// (`metrics-listen`: an address and port, or a port on loopback).
     /// Default: off.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Whose entries to replicate. Default: none.
+    pub replicate: Replicate,
+    /// Most bytes of peers' entries in the store that replication fills up
+    /// to. Default: [`DEFAULT_REPLICATE_MAX_SIZE`].
+    pub replicate_max_size: u64,
+    /// Most bytes a second replication fetches. Default:
+    /// [`DEFAULT_REPLICATE_RATE`].
+    pub replicate_rate: u64,
+    /// Only entries a peer stored this recently are replicated. Default:
+    /// [`DEFAULT_REPLICATE_WINDOW`].
+    pub replicate_window: Duration,
 }
 
 /// Values from flags or the environment (already merged by clap).
@@ -271,6 +335,14 @@ impl Config {
             ("compression", None, share.compression.is_some()),
             ("agreement", None, share.agreement.is_some()),
             ("metrics-listen", None, share.metrics_listen.is_some()),
+            ("replicate", None, share.replicate.is_some()),
+            (
+                "replicate-max-size",
+                None,
+                share.replicate_max_size.is_some(),
+            ),
+            ("replicate-rate", None, share.replicate_rate.is_some()),
+            ("replicate-window", None, share.replicate_window.is_some()),
         ] {
             if let Some(origin) = given.or(in_file.then_some(Origin::File)) {
                 origins.insert(key, origin);
@@ -321,6 +393,19 @@ impl Config {
                 .as_deref()
                 .map(parse_listen)
                 .transpose()?,
+            replicate: share.replicate.unwrap_or_default(),
+            replicate_max_size: match share.replicate_max_size {
+                Some(text) => parse_size(&text)?,
+                None => DEFAULT_REPLICATE_MAX_SIZE,
+            },
+            replicate_rate: match share.replicate_rate {
+                Some(text) => parse_rate(&text)?,
+                None => DEFAULT_REPLICATE_RATE,
+            },
+            replicate_window: match share.replicate_window {
+                Some(text) => parse_age(&text)?,
+                None => DEFAULT_REPLICATE_WINDOW,
+            },
         };
         Ok(Self {
             dir,
@@ -412,6 +497,20 @@ pub(crate) fn parse_listen(text: &str) -> Result<std::net::SocketAddr, Error> {
             value: text.to_owned(),
             reason: format!("{e} (write an address and port, like 127.0.0.1:9311, or a port)"),
         })
+}
+
+/// A rate such as `40 MiB/s` or `40MiB` (per second), at least 1 KiB/s.
+pub(crate) fn parse_rate(text: &str) -> Result<u64, Error> {
+    let size = text.trim().trim_end_matches("/s");
+    let rate = parse_size(size)?;
+    if rate < 1024 {
+        return Err(Error::Value {
+            what: "replicate-rate",
+            value: text.to_owned(),
+            reason: "at least 1 KiB/s".into(),
+        });
+    }
+    Ok(rate)
 }
 
 pub(crate) fn parse_size(text: &str) -> Result<u64, Error> {

@@ -333,7 +333,7 @@ fn show_config(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode
         Some(address) => format!("http://{address}/metrics"),
         None => "off".to_owned(),
     };
-    let settings: [(&str, &str, String); 17] = [
+    let settings: [(&str, &str, String); 21] = [
         ("config file:", "config", file),
         ("dir:        ", "dir", config.dir.display().to_string()),
         (
@@ -383,6 +383,25 @@ fn show_config(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode
         ),
         ("agreement:      ", "agreement", share.agreement.to_string()),
         ("metrics-listen: ", "metrics-listen", metrics),
+        ("replicate:      ", "replicate", share.replicate.to_string()),
+        (
+            "replicate-max-size:",
+            "replicate-max-size",
+            ByteSize(share.replicate_max_size)
+                .display()
+                .iec()
+                .to_string(),
+        ),
+        (
+            "replicate-rate: ",
+            "replicate-rate",
+            format!("{}/s", ByteSize(share.replicate_rate).display().iec()),
+        ),
+        (
+            "replicate-window:",
+            "replicate-window",
+            humantime::format_duration(share.replicate_window).to_string(),
+        ),
     ];
     for (label, key, value) in &settings {
         if *key == "enabled" {
@@ -740,6 +759,9 @@ fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Resu
                 peer.read_ahead,
                 peer.rejected,
             )?;
+            if let Some(replication) = &peer.replication {
+                writeln!(out, "    replicate {}", replication.describe())?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

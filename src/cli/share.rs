@@ -310,6 +310,11 @@ fn list(
             ],
         )?;
     }
+    for peer in &rows {
+        if let Some(replication) = peer.daemon.as_ref().and_then(|d| d.replication.as_ref()) {
+            writeln!(out, "replicating {}: {}", peer.name, replication.describe())?;
+        }
+    }
     writeln!(out, "built here: {} entries", built_here.entries)?;
     Ok(())
 }

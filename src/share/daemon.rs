@@ -24,13 +24,14 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use warren_p2p::{Client, Event, MdnsConfig, Miss, Multiaddr, NodeConfig, PeerId};
 
-use crate::config::Config;
+use crate::config::{Config, Replicate};
 use crate::fsutil::lock::FileLock;
 use crate::ids::ActionId;
 use crate::share::identity;
 use crate::share::ipc;
 use crate::share::node_store::{Sharing, StoreAdapter};
 use crate::share::quiet::{self, Flaps, Quiet};
+use crate::share::replicate;
 use crate::share::status::{DaemonStatus, PeerStatus, unix_ms};
 use crate::share::trust::{self, Allowlist};
 use crate::store::{DiskStore, SourceUsage as Purged, layout};
@@ -106,14 +107,37 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             warren_p2p::new(node, Arc::new(adapter)).context("starting the peer-to-peer node")?;
         let node_task = tokio::spawn(event_loop.run());
         let shutdown = CancellationToken::new();
+        let replicated = replicate::chosen(&config.share.replicate, &allowlist);
+        warn_unknown_replicated(&config.share.replicate, &allowlist);
         let trust = Arc::new(Trust {
             client: client.clone(),
+            replicate: config.share.replicate.clone(),
+            replicated: Arc::new(std::sync::Mutex::new(replicated)),
             sharing,
             store: store.clone(),
             path: allowlist_path,
             current: tokio::sync::Mutex::new(allowlist),
         });
+        let activity = Arc::new(replicate::Activity::default());
+        let replication = Arc::new(replicate::State::default());
+        if trust.replicate != Replicate::None {
+            let replicator = replicate::Replicator {
+                client: client.clone(),
+                store: store.clone(),
+                settings: replicate::Settings {
+                    max_size: config.share.replicate_max_size,
+                    rate: config.share.replicate_rate,
+                    window: config.share.replicate_window,
+                },
+                targets: trust.replicated.clone(),
+                activity: activity.clone(),
+                state: replication.clone(),
+            };
+            tokio::spawn(replicator.run(shutdown.clone()));
+        }
         let handler = Arc::new(Daemon {
+            activity,
+            replication,
             client: client.clone(),
             peer_id,
             trust: trust.clone(),
@@ -212,6 +236,9 @@ fn parse_addrs(addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
 /// Answers helpers.
 struct Daemon {
     client: Client,
+    /// When helpers last asked: replication yields to them.
+    activity: Arc<replicate::Activity>,
+    replication: Arc<replicate::State>,
     peer_id: PeerId,
     trust: Arc<Trust>,
     lookup_deadline: Duration,
@@ -239,6 +266,7 @@ impl Daemon {
 impl ipc::Handler for Daemon {
     fn get(&self, action: ActionId) -> BoxFuture<'_, ipc::Response> {
         Box::pin(async move {
+            self.activity.lookup();
             let started = tokio::time::Instant::now();
             let (reason, peer) = match self.client.lookup(action).await {
                 Ok(fetched) => {
@@ -287,10 +315,18 @@ impl ipc::Handler for Daemon {
         Box::pin(async move {
             let peers = self.client.peers().await;
             let listen = self.client.listen_addrs().await;
+            let mut replication = self.replication.snapshot();
+            let peers = peers
+                .iter()
+                .map(|info| PeerStatus {
+                    replication: replication.remove(&info.peer),
+                    ..PeerStatus::from(info)
+                })
+                .collect();
             DaemonStatus {
                 peer_id: self.peer_id.to_string(),
                 listen: listen.iter().map(ToString::to_string).collect(),
-                peers: peers.iter().map(PeerStatus::from).collect(),
+                peers,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 pid: std::process::id(),
                 started_unix_ms: unix_ms(self.started),
@@ -379,6 +415,9 @@ async fn log_events(mut events: tokio::sync::mpsc::Receiver<Event>) {
 /// longer pulled from are purged, bodies that were on their way included.
 struct Trust {
     client: Client,
+    /// `[share] replicate`, and the peers it names as the allowlist stands.
+    replicate: Replicate,
+    replicated: Arc<std::sync::Mutex<HashSet<PeerId>>>,
     sharing: Arc<Sharing>,
     store: Arc<DiskStore>,
     path: PathBuf,
@@ -403,6 +442,9 @@ impl Trust {
         // The store first: from now on no body of theirs lands.
         self.sharing.set(sharing);
         self.client.set_allowlist(roles).await;
+        *self.replicated.lock().unwrap_or_else(|p| p.into_inner()) =
+            replicate::chosen(&self.replicate, &list);
+        warn_unknown_replicated(&self.replicate, &list);
         *current = list;
         drop(current);
         let store = self.store.clone();
@@ -417,6 +459,18 @@ impl Trust {
             }
             Err(_) => Ok(Purged::default()),
         }
+    }
+}
+
+/// Says which names in `replicate` name no allowlisted peer pulled from.
+fn warn_unknown_replicated(replicate: &Replicate, allowlist: &Allowlist) {
+    let unknown = replicate::unknown(replicate, allowlist);
+    if !unknown.is_empty() {
+        tracing::warn!(
+            "replicate names {} but the allowlist has no such peer that is pulled from; \
+             `warren peers` lists them",
+            unknown.join(", ")
+        );
     }
 }
 

@@ -11,6 +11,8 @@
 //! - [`ipc`]: the Unix socket between helpers and the daemon, and
 //!   [`status`]: the daemon's typed answer to `status`;
 //! - [`remote`]: the helper's remote tier, which asks the daemon;
+//! - [`replicate`]: fetching coworkers' new entries in the background, if
+//!   configured;
 //! - [`metrics`]: the daemon's counters for Prometheus, if configured;
 //!   [`quiet`]: its warnings, each fault once in a while with a count;
 //! - [`identity`] and [`trust`]: this machine's key and the allowlist.
@@ -24,5 +26,6 @@ pub(crate) mod metrics;
 pub(crate) mod node_store;
 pub(crate) mod quiet;
 pub(crate) mod remote;
+pub(crate) mod replicate;
 pub(crate) mod status;
 pub(crate) mod trust;

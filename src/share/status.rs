@@ -11,6 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Deserializer, Serialize};
 use warren_p2p::{ConnectFailure, PeerInfo};
 
+pub(crate) use crate::share::replicate::PeerReplication;
+
 /// The running daemon.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -67,6 +69,9 @@ pub(crate) struct PeerStatus {
     pub last_failure: Option<ConnectFailure>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_failure_unix_ms: Option<u64>,
+    /// Replication from it, if it is replicated (`[share] replicate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<PeerReplication>,
 }
 
 impl DaemonStatus {
@@ -120,6 +125,7 @@ impl From<&PeerInfo> for PeerStatus {
                 .as_ref()
                 .map(|(_, failure)| failure.clone()),
             last_failure_unix_ms: info.last_failure.as_ref().map(|(at, _)| unix_ms(*at)),
+            replication: None,
         }
     }
 }

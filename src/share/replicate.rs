@@ -1,0 +1,559 @@
+//! Replication: fetching what coworkers' builds store, in the background,
+//! so that the next build here finds it local (`[share] replicate`).
+//!
+//! On demand, a build from a warm peer still waits on the network for
+//! every entry read-ahead has not brought yet; fetching all of a peer's
+//! `go build std` with no build running takes longer than a warm local
+//! build. Only having the entries before the build starts beats that.
+//!
+//! For each replicated peer that is connected, the daemon reads the peer's
+//! catalog (`warren_p2p::catalog`: what it built itself, in the order it
+//! stored it, within `replicate-window` by the peer's clock) from a cursor
+//! on, and fetches the entries it lacks with `Client::replicate`: from that
+//! peer, in batches, through the same verified sink as any fetched body,
+//! with the same provenance (so removing the peer purges them). It learns
+//! of new entries when the peer's summary grows, and looks anyway every
+//! [`REVISIT`].
+//!
+//! Budgets, checked before each fetch:
+//! - live lookups come first: while a helper asked the daemon within
+//!   [`YIELD_FOR`], replication waits (that build's lookups and read-ahead
+//!   have the link), and a lookup for an entry being replicated joins it;
+//! - bytes on disk: replication stops adding once peers' entries in the
+//!   store take `replicate-max-size` (counted from the store, on start
+//!   and every [`RECOUNT`], plus what it fetched since); an entry that
+//!   would pass it is skipped, and counted as such;
+//! - bandwidth: at most `replicate-rate` bytes a second, on average over
+//!   each batch.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use warren_p2p::catalog::{CatalogEntry, CatalogRequest, Cursor};
+use warren_p2p::{Client, PeerId};
+
+use crate::config::Replicate;
+use crate::ids::ActionId;
+use crate::store::{DiskStore, Lookup, Source};
+
+/// Replication waits while a helper asked the daemon this recently.
+pub(crate) const YIELD_FOR: Duration = Duration::from_millis(300);
+/// How often an idle replicator looks at its peers.
+const TICK: Duration = Duration::from_millis(250);
+/// A peer's catalog is read again at least this often.
+const REVISIT: Duration = Duration::from_secs(10);
+/// After a catalog request failed, wait this long before asking again.
+const RETRY: Duration = Duration::from_secs(30);
+/// Entries asked for per catalog request.
+const CATALOG_PAGE: u32 = 1024;
+/// Most entries queued per peer; the catalog is read on when it drains.
+const MAX_QUEUED: usize = 50_000;
+/// Most entries in one `Client::replicate` call.
+const BATCH: usize = 32;
+/// How often the bytes of peers' entries in the store are counted again
+/// (lookups and trims change them too).
+const RECOUNT: Duration = Duration::from_secs(60);
+
+/// The settings, from `[share]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub max_size: u64,
+    pub rate: u64,
+    pub window: Duration,
+}
+
+/// When a helper last asked the daemon for something.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    /// A helper asked now.
+    pub(crate) fn lookup(&self) {
+        let ms = self.start.elapsed().as_millis() as u64 + 1;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn recent(&self, within: Duration) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        last != 0
+            && (self.start.elapsed().as_millis() as u64).saturating_sub(last)
+                < within.as_millis() as u64
+    }
+}
+
+/// One peer's replication, as `warren peers` and `warren stats` show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct PeerReplication {
+    /// Entries listed by its catalog and not fetched or skipped yet.
+    pub behind: u64,
+    /// Whether its catalog has more than `behind` says.
+    pub more: bool,
+    /// Entries fetched by replication, and their bytes.
+    pub entries: u64,
+    pub bytes: u64,
+    /// Entries left out because `replicate-max-size` was reached.
+    pub skipped_for_budget: u64,
+    pub skipped_bytes: u64,
+    /// Why it is not being replicated from now, if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl PeerReplication {
+    /// One line: how far behind, what came, what the budget left out.
+    pub(crate) fn describe(&self) -> String {
+        let bytes = |count: u64| bytesize::ByteSize(count).display().iec().to_string();
+        let behind = match (self.behind, self.more) {
+            (0, false) => "up to date".to_owned(),
+            (n, more) => format!("behind by {n}{} entries", if more { "+" } else { "" }),
+        };
+        let mut line = format!(
+            "{behind}; replicated {} entries ({})",
+            self.entries,
+            bytes(self.bytes)
+        );
+        if self.skipped_for_budget > 0 {
+            line += &format!(
+                "; {} entries ({}) skipped: replicate-max-size reached",
+                self.skipped_for_budget,
+                bytes(self.skipped_bytes)
+            );
+        }
+        if let Some(note) = &self.note {
+            line += &format!("; {note}");
+        }
+        line
+    }
+}
+
+/// What the replicator keeps per peer.
+#[derive(Debug, Default)]
+struct Peer {
+    cursor: Cursor,
+    queue: VecDeque<CatalogEntry>,
+    more: bool,
+    /// The peer's summary size when its catalog was last read.
+    summary_seen: Option<u64>,
+    next_read: Option<Instant>,
+    shown: PeerReplication,
+}
+
+/// The replicator's state, shared with the daemon's status.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    peers: Mutex<HashMap<PeerId, Peer>>,
+}
+
+impl State {
+    /// Each replicated peer's state.
+    pub(crate) fn snapshot(&self) -> HashMap<PeerId, PeerReplication> {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers
+            .iter()
+            .map(|(id, peer)| {
+                let mut shown = peer.shown.clone();
+                shown.behind = peer.queue.len() as u64;
+                shown.more = peer.more;
+                (*id, shown)
+            })
+            .collect()
+    }
+}
+
+/// Which allowlisted peers `replicate` names: the peers pulled from,
+/// all of them or those named (by name or peer ID).
+pub(crate) fn chosen(
+    replicate: &Replicate,
+    allowlist: &crate::share::trust::Allowlist,
+) -> HashSet<PeerId> {
+    let pulled = allowlist.sharing().pull;
+    match replicate {
+        Replicate::None => HashSet::new(),
+        Replicate::All => pulled,
+        Replicate::Peers(names) => pulled
+            .into_iter()
+            .filter(|id| {
+                let text = id.to_string();
+                let name = allowlist.name_of(id);
+                names
+                    .iter()
+                    .any(|wanted| *wanted == text || Some(wanted.as_str()) == name)
+            })
+            .collect(),
+    }
+}
+
+/// The names in `replicate` that name no peer pulled from, for a warning.
+pub(crate) fn unknown(
+    replicate: &Replicate,
+    allowlist: &crate::share::trust::Allowlist,
+) -> Vec<String> {
+    let Replicate::Peers(names) = replicate else {
+        return Vec::new();
+    };
+    let found = chosen(replicate, allowlist);
+    names
+        .iter()
+        .filter(|name| {
+            !found
+                .iter()
+                .any(|id| id.to_string() == **name || allowlist.name_of(id) == Some(name.as_str()))
+        })
+        .cloned()
+        .collect()
+}
+
+/// The replicator; [`run`](Replicator::run) it as a task.
+pub(crate) struct Replicator {
+    pub client: Client,
+    pub store: Arc<DiskStore>,
+    pub settings: Settings,
+    /// The peers `replicate` names, as the allowlist stands.
+    pub targets: Arc<Mutex<HashSet<PeerId>>>,
+    pub activity: Arc<Activity>,
+    pub state: Arc<State>,
+}
+
+impl Replicator {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        let mut from_peers = Budget::new(self.settings.max_size);
+        let mut turn = 0usize;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if from_peers.due() {
+                let store = self.store.clone();
+                if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || peer_bytes(&store)).await
+                {
+                    from_peers.recounted(bytes);
+                }
+            }
+            let worked = self.step(&mut from_peers, &mut turn).await;
+            if !worked {
+                tokio::select! {
+                    () = tokio::time::sleep(TICK) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    /// Reads catalogs that are due and fetches one batch; whether there
+    /// was anything to do.
+    async fn step(&self, budget: &mut Budget, turn: &mut usize) -> bool {
+        let targets = self
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let infos = self.client.peers().await;
+        let connected: Vec<(PeerId, Option<u64>)> = infos
+            .iter()
+            .filter(|info| info.connected && targets.contains(&info.peer))
+            .map(|info| (info.peer, info.summary_entries))
+            .collect();
+        {
+            let mut peers = self.lock();
+            peers.retain(|id, _| targets.contains(id));
+            for id in &targets {
+                peers.entry(*id).or_default();
+            }
+        }
+        for (peer, summary) in &connected {
+            if self.catalog_due(peer, *summary) {
+                self.read_catalog(*peer, *summary).await;
+            }
+        }
+        // One batch, from the connected peers in turn.
+        let busy: Vec<PeerId> = {
+            let peers = self.lock();
+            connected
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| peers.get(id).is_some_and(|peer| !peer.queue.is_empty()))
+                .collect()
+        };
+        if busy.is_empty() {
+            return false;
+        }
+        *turn = turn.wrapping_add(1);
+        let peer = busy[*turn % busy.len()];
+        while self.activity.recent(YIELD_FOR) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.fetch_batch(peer, budget).await;
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Peer>> {
+        self.state.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn catalog_due(&self, peer: &PeerId, summary: Option<u64>) -> bool {
+        let peers = self.lock();
+        let Some(state) = peers.get(peer) else {
+            return false;
+        };
+        if state.queue.len() >= MAX_QUEUED {
+            return false;
+        }
+        let now = Instant::now();
+        match state.next_read {
+            None => true,
+            Some(at) if at <= now => true,
+            // Retrying after a failure: not before its time.
+            Some(_) if state.shown.note.is_some() => false,
+            Some(_) => state.more || (summary.is_some() && summary != state.summary_seen),
+        }
+    }
+
+    async fn read_catalog(&self, peer: PeerId, summary: Option<u64>) {
+        let after = self.lock().get(&peer).map(|state| state.cursor);
+        let Some(after) = after else { return };
+        let request = CatalogRequest {
+            after,
+            max_age_secs: self.settings.window.as_secs(),
+            limit: CATALOG_PAGE,
+        };
+        let answer = self.client.catalog(peer, request).await;
+        let mut peers = self.lock();
+        let Some(state) = peers.get_mut(&peer) else {
+            return;
+        };
+        match answer {
+            Ok(catalog) => {
+                tracing::debug!(%peer, entries = catalog.entries.len(), more = catalog.more, "catalog");
+                if let Some(last) = catalog.entries.last() {
+                    state.cursor = last.cursor();
+                }
+                state.queue.extend(catalog.entries);
+                state.more = catalog.more;
+                state.summary_seen = summary;
+                state.shown.note = None;
+                state.next_read = Some(Instant::now() + REVISIT);
+            }
+            Err(error) => {
+                tracing::debug!(%peer, "cannot read its catalog: {error}");
+                state.shown.note = Some(format!("no catalog: {error}"));
+                state.next_read = Some(Instant::now() + RETRY);
+            }
+        }
+    }
+
+    /// Fetches the next entries of `peer`'s queue that are missing here and
+    /// within the budget, at most [`BATCH`] and a quarter second's worth of
+    /// the rate, then waits out the rest of the rate's time.
+    async fn fetch_batch(&self, peer: PeerId, budget: &mut Budget) {
+        let quarter = (self.settings.rate / 4).max(1);
+        let mut batch: Vec<CatalogEntry> = Vec::new();
+        let mut bytes = 0u64;
+        let mut skipped = (0u64, 0u64);
+        {
+            let mut peers = self.lock();
+            let Some(state) = peers.get_mut(&peer) else {
+                return;
+            };
+            while batch.len() < BATCH && (batch.is_empty() || bytes < quarter) {
+                let Some(entry) = state.queue.pop_front() else {
+                    break;
+                };
+                if stored(&self.store, &entry.action) {
+                    continue;
+                }
+                if !budget.take(entry.size) {
+                    skipped.0 += 1;
+                    skipped.1 += entry.size;
+                    continue;
+                }
+                bytes += entry.size;
+                batch.push(entry);
+            }
+            state.shown.skipped_for_budget += skipped.0;
+            state.shown.skipped_bytes += skipped.1;
+        }
+        if skipped.0 > 0 {
+            tracing::debug!(%peer, entries = skipped.0, bytes = skipped.1, "skipped for the replication budget");
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let actions: Vec<ActionId> = batch.iter().map(|entry| entry.action).collect();
+        let results = self.client.replicate(peer, actions).await;
+        let (mut entries, mut landed) = (0u64, 0u64);
+        for (entry, result) in batch.iter().zip(&results) {
+            match result {
+                Some(fetched) => {
+                    entries += 1;
+                    landed += fetched.size;
+                }
+                // Not fetched (stored meanwhile, gone, or unanswered): its
+                // reservation goes back.
+                None => budget.release(entry.size),
+            }
+        }
+        if let Some(state) = self.lock().get_mut(&peer) {
+            state.shown.entries += entries;
+            state.shown.bytes += landed;
+        }
+        let due = Duration::from_secs_f64(bytes as f64 / self.settings.rate as f64);
+        if let Some(rest) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
+    }
+}
+
+fn stored(store: &DiskStore, action: &ActionId) -> bool {
+    matches!(store.get(action), Ok(Lookup::Hit(_)))
+}
+
+/// Bytes of entries in the store that came from peers.
+fn peer_bytes(store: &DiskStore) -> Result<u64, crate::store::Error> {
+    Ok(store
+        .sources()?
+        .iter()
+        .filter(|(source, _)| matches!(source, Source::Peer(_)))
+        .map(|(_, usage)| usage.bytes)
+        .sum())
+}
+
+/// Bytes of peers' entries in the store against `replicate-max-size`.
+#[derive(Debug)]
+struct Budget {
+    max: u64,
+    /// As last counted, plus what was taken since.
+    used: u64,
+    counted: Option<Instant>,
+}
+
+impl Budget {
+    fn new(max: u64) -> Self {
+        Self {
+            max,
+            used: 0,
+            counted: None,
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.counted.is_none_or(|at| at.elapsed() >= RECOUNT)
+    }
+
+    fn recounted(&mut self, bytes: u64) {
+        self.used = bytes;
+        self.counted = Some(Instant::now());
+    }
+
+    /// Takes `size` bytes if they fit.
+    fn take(&mut self, size: u64) -> bool {
+        let fits = self.used.saturating_add(size) <= self.max;
+        if fits {
+            self.used += size;
+        }
+        fits
+    }
+
+    fn release(&mut self, size: u64) {
+        self.used = self.used.saturating_sub(size);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::share::trust::{Allowlist, Peer as Listed};
+
+    #[test]
+    fn the_budget_never_lets_peers_entries_pass_it() {
+        let mut budget = Budget::new(100);
+        assert!(budget.due(), "counted first");
+        budget.recounted(60);
+        assert!(!budget.due());
+        assert!(budget.take(30));
+        assert!(!budget.take(11), "60 + 30 + 11 > 100");
+        assert!(budget.take(10));
+        budget.release(30);
+        assert!(budget.take(30));
+        assert!(!budget.take(1));
+    }
+
+    #[test]
+    fn the_state_reads_in_one_line() {
+        let mut state = PeerReplication {
+            entries: 3,
+            bytes: 2048,
+            ..PeerReplication::default()
+        };
+        assert_eq!(
+            state.describe(),
+            "up to date; replicated 3 entries (2.0 KiB)"
+        );
+        state.behind = 5;
+        state.more = true;
+        state.skipped_for_budget = 2;
+        state.skipped_bytes = 1 << 20;
+        assert_eq!(
+            state.describe(),
+            "behind by 5+ entries; replicated 3 entries (2.0 KiB); \
+             2 entries (1.0 MiB) skipped: replicate-max-size reached"
+        );
+    }
+
+    #[test]
+    fn activity_is_recent_only_after_a_lookup() {
+        let activity = Activity::default();
+        assert!(!activity.recent(Duration::from_secs(3600)));
+        activity.lookup();
+        assert!(activity.recent(Duration::from_secs(3600)));
+        assert!(!activity.recent(Duration::ZERO));
+    }
+
+    #[test]
+    fn replicate_names_peers_pulled_from_by_name_or_id() {
+        let ids: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        let listed = |id: &PeerId, name: &str, role: warren_p2p::Role| Listed {
+            id: id.to_string(),
+            name: Some(name.into()),
+            role,
+            reshare: false,
+        };
+        let allowlist = Allowlist {
+            peers: vec![
+                listed(&ids[0], "alice", warren_p2p::Role::PullAndServe),
+                listed(&ids[1], "bob", warren_p2p::Role::PullAndServe),
+                // Served, never pulled from: never replicated.
+                listed(&ids[2], "carol", warren_p2p::Role::ServeOnly),
+            ],
+        };
+        assert!(chosen(&Replicate::None, &allowlist).is_empty());
+        assert_eq!(
+            chosen(&Replicate::All, &allowlist),
+            HashSet::from([ids[0], ids[1]])
+        );
+        let named = Replicate::Peers(vec!["bob".into(), "carol".into()]);
+        assert_eq!(chosen(&named, &allowlist), HashSet::from([ids[1]]));
+        let by_id = Replicate::Peers(vec![ids[0].to_string(), "nobody".into()]);
+        assert_eq!(chosen(&by_id, &allowlist), HashSet::from([ids[0]]));
+        assert_eq!(unknown(&by_id, &allowlist), ["nobody"]);
+        assert_eq!(unknown(&named, &allowlist), ["carol"], "not pulled from");
+    }
+}
