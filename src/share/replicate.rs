@@ -405,6 +405,8 @@ impl Replicator {
                 Some(fetched) => {
                     entries += 1;
                     landed += fetched.size;
+                    // What landed counts, not what the catalog said.
+                    budget.correct(entry.size, fetched.size);
                 }
                 // Not fetched (stored meanwhile, gone, or unanswered): its
                 // reservation goes back.
@@ -472,6 +474,11 @@ impl Budget {
         fits
     }
 
+    /// An entry that took `taken` bytes of the budget brought `landed`.
+    fn correct(&mut self, taken: u64, landed: u64) {
+        self.used = self.used.saturating_sub(taken).saturating_add(landed);
+    }
+
     fn release(&mut self, size: u64) {
         self.used = self.used.saturating_sub(size);
     }
@@ -493,6 +500,12 @@ mod tests {
         assert!(budget.take(10));
         budget.release(30);
         assert!(budget.take(30));
+        assert!(!budget.take(1));
+        // A catalog that said 10 bytes for a body of 20: the 20 count.
+        budget.recounted(0);
+        assert!(budget.take(10));
+        budget.correct(10, 20);
+        assert!(budget.take(80));
         assert!(!budget.take(1));
     }
 
