@@ -26,19 +26,7 @@ fn held_from(host: &netns::Host, from: &str) -> (u64, u64) {
 fn served(host: &netns::Host) -> u64 {
     let stats: serde_json::Value =
         serde_json::from_str(&host.warren(&["stats", "--json"])).unwrap();
-    num(&stats["sources"]["local"], "entries") - module_indexes(host)
-}
-
-/// How many module-index entries `host` holds, from `warren verify`.
-fn module_indexes(host: &netns::Host) -> u64 {
-    let verify = host.warren(&["verify"]);
-    let census = (verify.lines())
-        .find(|line| line.contains("module indexes"))
-        .unwrap_or_else(|| panic!("{verify}"));
-    let numbers: Vec<u64> = (census.split(|c: char| !c.is_ascii_digit()))
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    numbers[3]
+    num(&stats["sources"]["local"], "entries") - host.module_indexes()
 }
 
 /// `host`'s replication state of `peer`, from `warren stats --json`.
@@ -168,7 +156,7 @@ fn entries_flow_to_replicating_peers_within_their_budgets() {
     let b_host = lan.host(2);
     b_host.go("gocache", &["build", "fmt"]);
     let lifetime = b_host.lifetime();
-    let shareable = num(&lifetime, "gets") - module_indexes(b_host);
+    let shareable = num(&lifetime, "gets") - b_host.module_indexes();
     assert_eq!(num(&lifetime, "errors"), 0, "{lifetime}");
     assert!(
         num(&lifetime, "hits") * 100 >= shareable * 95,

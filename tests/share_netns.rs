@@ -60,7 +60,7 @@ fn a_coworkers_build_comes_from_the_peer() {
     // is one of A's entries. Module indexes are never shared (part 4): B
     // made its own, and they are left out of the count.
     let (gets, hits) = (num(lifetime, "gets"), num(lifetime, "hits"));
-    let indexes = module_indexes(b);
+    let indexes = b.module_indexes();
     assert!(gets > 500 && indexes > 0, "{stats}");
     assert!(
         hits * 100 >= (gets - indexes) * 95,
@@ -176,18 +176,6 @@ fn a_coworkers_build_comes_from_the_peer() {
 /// `warren trace --json` of the last build.
 fn last_build_trace(host: &netns::Host) -> serde_json::Value {
     serde_json::from_str(&host.warren(&["trace", "--json"])).unwrap()
-}
-
-/// How many module-index entries a host holds, from `warren verify`.
-fn module_indexes(host: &netns::Host) -> u64 {
-    let verify = host.warren(&["verify"]);
-    let census = (verify.lines())
-        .find(|line| line.contains("module indexes"))
-        .unwrap_or_else(|| panic!("{verify}"));
-    let numbers: Vec<u64> = (census.split(|c: char| !c.is_ascii_digit()))
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    numbers[3]
 }
 
 /// A peer that is not on the allowlist gets nothing and is never asked.
@@ -775,7 +763,7 @@ fn with_agreement_two_builders_are_needed() {
     b_host.go("gocache", &["build", "fmt"]);
     let after_fmt = b_host.lifetime();
     let (gets, hits) = (num(&after_fmt, "gets"), num(&after_fmt, "hits"));
-    let indexes = module_indexes(b_host);
+    let indexes = b_host.module_indexes();
     assert!(
         hits * 100 >= (gets - indexes) * 90,
         "only {hits} of {gets} lookups ({indexes} module indexes) were answered by two builders: {after_fmt}\n{}",

@@ -334,6 +334,18 @@ impl Host {
         );
     }
 
+    /// How many module-index entries this host holds, from `warren verify`.
+    pub fn module_indexes(&self) -> u64 {
+        let verify = self.warren(&["verify"]);
+        let census = (verify.lines())
+            .find(|line| line.contains("module indexes"))
+            .unwrap_or_else(|| panic!("{verify}"));
+        let numbers: Vec<u64> = (census.split(|c: char| !c.is_ascii_digit()))
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        numbers[3]
+    }
+
     /// Lifetime figures of this host's store.
     pub fn lifetime(&self) -> serde_json::Value {
         let stats: serde_json::Value =

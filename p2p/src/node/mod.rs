@@ -379,6 +379,7 @@ impl EventLoop {
         *state.summary.write() = crate::summary::PeerSummary::Unknown;
         state.summary_request = None;
         state.summary_retry = None;
+        state.summary_misses = 0;
         if state
             .connected_since
             .take()

@@ -54,6 +54,8 @@ pub(super) struct PeerState {
     pub(super) summary_request: Option<OutboundRequestId>,
     /// When to ask for its summary again, after it had none to give.
     pub(super) summary_retry: Option<Instant>,
+    /// Answers in a row that had no summary (see `summaries::retry_after`).
+    pub(super) summary_misses: u32,
     /// How fast its raw bodies arrive; new with each connection.
     pub(super) link: Arc<LinkMeter>,
     /// Answer bytes on the link, both ways (counted by the codec).
@@ -78,6 +80,7 @@ impl PeerState {
             summary: SharedSummary::default(),
             summary_request: None,
             summary_retry: None,
+            summary_misses: 0,
             link: Arc::default(),
             traffic: Arc::default(),
             last_failure: None,
