@@ -84,6 +84,13 @@ def action_of(seed: int, n: int) -> bytes:
     return hashlib.sha256(f"office {seed} action {n}".encode()).digest()
 
 
+def summary_keys(seed: int, entries: int) -> int:
+    """How many entries a peer's summary of host ``seed`` names: distinct
+    4-byte keys (p2p/src/summary), so among 20,000 actions two may share
+    one (odds ~1 in 20 per host)."""
+    return len({action_of(seed, n)[:4] for n in range(entries)})
+
+
 def fill(host: Host, seed: int, entries: int) -> float:
     """``entries`` puts through ``host``'s helper; returns the seconds."""
     lines = []
@@ -171,14 +178,14 @@ def holds_all(host: Host, peers: dict[str, int]) -> bool:
     )
 
 
-def wait_rest(hosts: list[Host], ids: list[str], entries: int, timeout: float) -> float:
+def wait_rest(hosts: list[Host], ids: list[str], keys: list[int], timeout: float) -> float:
     t0 = time.perf_counter()
     pending = list(range(len(hosts)))
     while pending:
         pending = [
             i
             for i in pending
-            if not holds_all(hosts[i], {p: entries for j, p in enumerate(ids) if j != i})
+            if not holds_all(hosts[i], {p: keys[j] for j, p in enumerate(ids) if j != i})
         ]
         if time.perf_counter() - t0 > timeout:
             raise BenchError(
@@ -214,11 +221,12 @@ def measure(
     office, joiner = hosts[: n - 1], hosts[n - 1]
     for host in office:
         host.start_daemon(args.daemon_log)
-    rest_s = wait_rest(office, ids[: n - 1], args.entries, JOIN_TIMEOUT)
+    keys = [summary_keys(seed, args.entries) for seed in range(n)]
+    rest_s = wait_rest(office, ids[: n - 1], keys, JOIN_TIMEOUT)
     before = net_bytes(joiner)
     t0 = time.perf_counter()
     joiner.start_daemon(args.daemon_log)
-    peers = {peer: args.entries for peer in ids[: n - 1]}
+    peers = {peer: keys[j] for j, peer in enumerate(ids[: n - 1])}
     while not holds_all(joiner, peers):
         if time.perf_counter() - t0 > JOIN_TIMEOUT:
             raise BenchError(f"N={n}: the joiner lacks summaries after {JOIN_TIMEOUT:.0f} s")
@@ -226,7 +234,7 @@ def measure(
     join_s = time.perf_counter() - t0
     join_bytes = net_bytes(joiner) - before
     log(f"N={n}: office at rest after {rest_s:.1f} s; join {join_s:.2f} s, {join_bytes} bytes")
-    wait_rest(hosts[:n], ids[:n], args.entries, JOIN_TIMEOUT)
+    wait_rest(hosts[:n], ids[:n], keys, JOIN_TIMEOUT)
     time.sleep(REST_S)
     running = hosts[:n]
     cpu0 = [h.daemon.cpu_s() for h in running]
