@@ -149,7 +149,7 @@ def away(b: Host) -> None:
     b.daemon = None
 
 
-def prime(b: Host, hosts: list[Host], target: str, run: int) -> int:
+def prime(b: Host, target: str) -> int:
     """``go list <target>`` on B: B's own module indexes, which every
     machine that ever built has, and which are never shared. Returns the
     entries it put."""
@@ -234,7 +234,7 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path) -> di
         for run in range(args.runs):
             # B primes its module indexes, goes home; A builds; B comes back.
             fresh(a, b, a_id, b_id, args.daemon_log)
-            primed = prime(b, hosts, target, run)
+            primed = prime(b, target)
             away(b)
             build = go_build(a, hosts, target, "A builds", run, False)
             started = start_b(a, b, a_id, b_id, args.daemon_log)
@@ -268,7 +268,7 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path) -> di
                     else {}
                 )
                 fresh(a, b, a_id, b_id, args.daemon_log)
-                prime(b, hosts, target, run)
+                prime(b, target)
                 away(b)
                 go_build(a, hosts, target, "A builds", run, False)
                 start_b(a, b, a_id, b_id, args.daemon_log)

@@ -240,7 +240,8 @@ impl Replicator {
             if shutdown.is_cancelled() {
                 return;
             }
-            if from_peers.due() {
+            // Counting walks the store: only when replication has work.
+            if from_peers.due() && (from_peers.counted.is_none() || self.has_work()) {
                 let store = self.store.clone();
                 if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || peer_bytes(&store)).await
                 {
@@ -302,6 +303,11 @@ impl Replicator {
         }
         self.fetch_batch(peer, budget).await;
         true
+    }
+
+    /// Whether any peer has entries queued.
+    fn has_work(&self) -> bool {
+        self.lock().values().any(|peer| !peer.queue.is_empty())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Peer>> {
