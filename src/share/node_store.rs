@@ -244,7 +244,7 @@ fn warn_not_stored(quiet: &Quiet, error: &store::Error) {
 
 impl warren_p2p::Bodies for StoreAdapter {
     fn contains(&self, action: &ActionId) -> bool {
-        matches!(self.store.get(action), Ok(Lookup::Hit(_)))
+        self.store.holds(action)
     }
 
     fn open(&self, action: &ActionId) -> io::Result<Option<Served>> {

@@ -39,7 +39,7 @@ use warren_p2p::{Client, PeerId};
 
 use crate::config::Replicate;
 use crate::ids::ActionId;
-use crate::store::{DiskStore, Lookup, Source};
+use crate::store::{DiskStore, Source};
 
 /// Replication waits while a helper asked the daemon this recently.
 pub(crate) const YIELD_FOR: Duration = Duration::from_millis(300);
@@ -382,7 +382,7 @@ impl Replicator {
                 let Some(entry) = state.queue.pop_front() else {
                     break;
                 };
-                if stored(&self.store, &entry.action) {
+                if self.store.holds(&entry.action) {
                     continue;
                 }
                 if !budget.take(entry.size) {
@@ -428,10 +428,6 @@ impl Replicator {
             tokio::time::sleep(rest).await;
         }
     }
-}
-
-fn stored(store: &DiskStore, action: &ActionId) -> bool {
-    matches!(store.get(action), Ok(Lookup::Hit(_)))
 }
 
 /// Bytes of entries in the store that came from peers.

@@ -262,6 +262,12 @@ impl DiskStore {
         shard_path(&self.objects, &output.to_hex())
     }
 
+    /// Whether an entry for `action` is here (a [`get`](Self::get) that
+    /// hits; an error counts as not here).
+    pub(crate) fn holds(&self, action: &ActionId) -> bool {
+        matches!(self.get(action), Ok(Lookup::Hit(_)))
+    }
+
     /// Looks up an action. Corrupt or dangling entries are removed and
     /// reported as a miss.
     pub(crate) fn get(&self, action: &ActionId) -> Result<Lookup, Error> {
