@@ -45,9 +45,9 @@ pub const MAX_ENTRIES: usize = 2048;
 /// Bytes of one entry on the wire.
 const ENTRY_LEN: usize = 48;
 
-/// Where a catalog continues: after the entry put at `time_unix_nanos`
-/// with action `action` (entries are ordered by both, as a store's
-/// put-order index keeps them).
+/// Where a catalog continues: right after the entry put at
+/// `time_unix_nanos` with action `action` in the server's put order, or,
+/// if that entry is gone, after every entry put in that nanosecond.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Cursor {
     pub time_unix_nanos: u64,

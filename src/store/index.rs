@@ -16,8 +16,13 @@
 //! the rescans come every [`REFRESH`], sooner ([`QUICK_REFRESH`]) while
 //! entries keep coming. Entries land by a rename into their shard
 //! directory, which changes its mtime, and a rescan reads only entries not
-//! indexed yet. Memory is about 180 bytes an entry (18 MB for 100,000
-//! entries).
+//! indexed yet.
+//!
+//! An office of peers each holding a few hundred thousand entries must fit
+//! in a daemon of tens of MiB, so each entry the index knows of is kept
+//! once, in a 48-byte slot ([`Slot`]); the action table, the put order and
+//! the shards refer to it by its 4-byte number, and a shard's entries are
+//! the slots whose action it is named for.
 //!
 //! Only entries the daemon serves are indexed (built here, or from a
 //! re-shared peer, and not a module index; see `share::node_store`), as
@@ -36,12 +41,14 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
+use std::hash::{BuildHasher, RandomState};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use hashbrown::HashTable;
 use tokio::sync::watch as notify;
 use warren_p2p::SummaryChunk;
 use warren_p2p::{catalog, summary};
@@ -94,14 +101,28 @@ impl PutOrder {
     }
 }
 
+/// A slot's number: its place in [`Index::slots`].
+type SlotId = u32;
+
+/// The index proper. Every entry of the store it has read is in one slot,
+/// served or not (so that a rescan does not read it again).
 #[derive(Default)]
 struct Index {
-    /// (put time in ns since the epoch, action), in put order.
-    order: BTreeSet<(u64, ActionId)>,
-    meta_of: HashMap<ActionId, Meta>,
-    /// Shard directory name → its mtime when last read, and its entries
-    /// (indexed or not served).
-    shards: HashMap<String, (SystemTime, HashSet<ActionId>)>,
+    slots: Vec<Slot>,
+    /// Slots given back by removed entries, taken first.
+    free: Vec<SlotId>,
+    /// Each slot in use, found by its action (hashed with [`Index::keys`]).
+    by_action: HashTable<SlotId>,
+    /// A per-process key, so that peers who pick the actions we replicate
+    /// cannot pick the table's collisions.
+    keys: RandomState,
+    /// (put time in ns since the epoch, slot) of each served entry, in put
+    /// order. Entries put in the same nanosecond are in slot order.
+    order: BTreeSet<(u64, SlotId)>,
+    /// Served entries (those in `order`).
+    served: usize,
+    /// Shard directory name → its mtime when last read.
+    shards: HashMap<String, SystemTime>,
     /// The summary log: action prefixes, in the order first indexed.
     log: summary::Log,
 }
@@ -116,13 +137,71 @@ struct Meta {
     built_here: bool,
 }
 
+/// One entry the index knows of, in 48 bytes: its action, and its [`Meta`]
+/// if it is served, with the flags in the top bits of its size.
+#[derive(Clone, Copy)]
+struct Slot {
+    action: ActionId,
+    time: u64,
+    bits: u64,
+}
+
+const SERVED: u64 = 1 << 63;
+const BUILT_HERE: u64 = 1 << 62;
+/// A free slot (see [`Index::free`]).
+const FREE: u64 = 1 << 61;
+const SIZE: u64 = FREE - 1;
+
+impl Slot {
+    fn new(action: ActionId, meta: Option<Meta>) -> Self {
+        let Some(meta) = meta else {
+            return Self {
+                action,
+                time: 0,
+                bits: 0,
+            };
+        };
+        let built_here = if meta.built_here { BUILT_HERE } else { 0 };
+        Self {
+            action,
+            time: meta.time,
+            bits: SERVED | built_here | meta.size.min(SIZE),
+        }
+    }
+
+    fn meta(&self) -> Option<Meta> {
+        (self.bits & SERVED != 0).then_some(Meta {
+            time: self.time,
+            size: self.bits & SIZE,
+            built_here: self.bits & BUILT_HERE != 0,
+        })
+    }
+
+    fn is_free(&self) -> bool {
+        self.bits & FREE != 0
+    }
+}
+
+/// The shard directory an action's entry belongs in (`store::layout`).
+fn shard_of(action: &ActionId) -> u8 {
+    action.as_bytes()[0]
+}
+
+/// The shard a directory name is, if it is one (`00` to `ff`).
+fn shard_named(name: &str) -> Option<u8> {
+    let shard = u8::from_str_radix(name, 16).ok()?;
+    (name == format!("{shard:02x}")).then_some(shard)
+}
+
 /// One shard directory as read from disk.
 struct ShardScan {
     name: String,
     mtime: SystemTime,
-    present: HashSet<ActionId>,
-    /// Entries not indexed before, with their put times (served ones only).
-    new: Vec<(ActionId, Meta)>,
+    /// Entries the index knew of that are gone.
+    gone: Vec<ActionId>,
+    /// Entries the index did not know of, with what it keeps of the
+    /// served ones.
+    new: Vec<(ActionId, Option<Meta>)>,
 }
 
 /// What reading one entry for the index found.
@@ -197,16 +276,17 @@ impl PutOrder {
             return;
         }
         let before = self.generation();
+        let mut known = self.known_in(&shards);
         for name in shards {
             let path = actions_dir.join(&name);
-            let known = self.known_in(&name);
+            let known = known.remove(&name).unwrap_or_default();
             // Its mtime is left unknown so that the next scan looks again.
             self.apply(self.scan_shard(&path, name, UNIX_EPOCH, &known));
         }
         let landed: Vec<(String, ActionId, Option<Meta>)> = landed
             .into_iter()
             .filter_map(|(shard, name)| {
-                let action = ActionId::from_hex(&name).ok()?;
+                let action = entry_named(&shard, &name)?;
                 match self.read(&action, &actions_dir.join(&shard).join(&name)) {
                     Read::Gone => None,
                     Read::Kept => Some((shard, action, None)),
@@ -216,12 +296,14 @@ impl PutOrder {
             .collect();
         {
             let index = &mut *self.index.lock().expect("lock not poisoned");
-            for (shard, action, time) in landed {
-                index.add(&shard, action, time);
+            for (shard, action, meta) in landed {
+                index.shards.entry(shard).or_insert(UNIX_EPOCH);
+                // A new entry, or one that replaced another (served or not).
+                index.set(action, meta);
             }
             for (shard, name) in removed {
-                if let Ok(action) = ActionId::from_hex(&name) {
-                    index.remove(&shard, &action);
+                if let Some(action) = entry_named(&shard, &name) {
+                    index.remove(&action);
                 }
             }
         }
@@ -259,34 +341,43 @@ impl PutOrder {
         grew
     }
 
-    /// The entries indexed in shard `name`.
-    fn known_in(&self, name: &str) -> HashSet<ActionId> {
+    /// The entries indexed in each of the shards `names`, in one pass over
+    /// the slots.
+    fn known_in(&self, names: &[String]) -> HashMap<String, HashSet<ActionId>> {
+        let mut wanted: [Option<HashSet<ActionId>>; 256] = std::array::from_fn(|_| None);
+        for shard in names.iter().filter_map(|name| shard_named(name)) {
+            wanted[usize::from(shard)] = Some(HashSet::new());
+        }
         let index = self.index.lock().expect("lock not poisoned");
-        index
-            .shards
-            .get(name)
-            .map(|(_, entries)| entries.clone())
-            .unwrap_or_default()
+        for slot in index.slots.iter().filter(|slot| !slot.is_free()) {
+            if let Some(known) = &mut wanted[usize::from(shard_of(&slot.action))] {
+                known.insert(slot.action);
+            }
+        }
+        (0..=u8::MAX)
+            .zip(wanted)
+            .filter_map(|(shard, known)| Some((format!("{shard:02x}"), known?)))
+            .collect()
     }
 
     /// Up to `limit` actions put right after `action`, in put order,
     /// without crossing a pause of more than [`BURST_GAP`].
     pub(crate) fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
         let index = self.index.lock().expect("lock not poisoned");
-        let Some(time) = index.meta_of.get(action).map(|meta| meta.time) else {
+        let Some((slot, meta)) = index.served(action) else {
             return Vec::new();
         };
         let gap = BURST_GAP.as_nanos() as u64;
-        let mut last = time;
+        let mut last = meta.time;
         let mut next = Vec::new();
         for &(put, following) in index
             .order
-            .range((Bound::Excluded((time, *action)), Bound::Unbounded))
+            .range((Bound::Excluded((meta.time, slot)), Bound::Unbounded))
         {
             if next.len() == limit || put.saturating_sub(last) > gap {
                 break;
             }
-            next.push(following);
+            next.push(index.slots[following as usize].action);
             last = put;
         }
         next
@@ -319,19 +410,23 @@ impl PutOrder {
             .checked_sub(max_age)
             .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |age| age.as_nanos() as u64);
+        let index = self.index.lock().expect("lock not poisoned");
         let start = match after.action {
             Some(action) if after.time_unix_nanos >= oldest => {
-                Bound::Excluded((after.time_unix_nanos, action))
+                // Right after the cursor's entry; if that is gone, after
+                // every entry put in the same nanosecond.
+                let slot = index
+                    .served(&action)
+                    .filter(|(_, meta)| meta.time == after.time_unix_nanos)
+                    .map_or(SlotId::MAX, |(slot, _)| slot);
+                Bound::Excluded((after.time_unix_nanos, slot))
             }
-            _ => Bound::Included((
-                oldest.max(after.time_unix_nanos),
-                ActionId::from_bytes([0; 32]),
-            )),
+            _ => Bound::Included((oldest.max(after.time_unix_nanos), 0)),
         };
-        let index = self.index.lock().expect("lock not poisoned");
         let mut catalog = catalog::Catalog::default();
-        for &(time, action) in index.order.range((start, Bound::Unbounded)) {
-            let Some(meta) = index.meta_of.get(&action) else {
+        for &(time, slot) in index.order.range((start, Bound::Unbounded)) {
+            let Slot { action, .. } = index.slots[slot as usize];
+            let Some(meta) = index.slots[slot as usize].meta() else {
                 continue;
             };
             if !meta.built_here {
@@ -373,83 +468,143 @@ impl PutOrder {
     }
 
     fn scan(&self, actions_dir: &Path) {
-        let Ok(shards) = fs::read_dir(actions_dir) else {
+        let Ok(dirs) = fs::read_dir(actions_dir) else {
             return; // No entries yet.
         };
         let mut listed = HashSet::new();
-        for shard in shards.flatten() {
+        let mut changed = Vec::new();
+        for shard in dirs.flatten() {
             let name = shard.file_name().to_string_lossy().into_owned();
             listed.insert(name.clone());
             let Some(mtime) = shard.metadata().ok().and_then(|m| m.modified().ok()) else {
                 continue;
             };
-            let unchanged = {
-                let index = self.index.lock().expect("lock not poisoned");
-                index
-                    .shards
-                    .get(&name)
-                    .is_some_and(|(seen, _)| *seen == mtime)
-            };
-            if unchanged {
-                continue;
-            }
-            let known = self.known_in(&name);
+            changed.push((name, shard.path(), mtime));
+        }
+        {
+            let index = self.index.lock().expect("lock not poisoned");
+            changed.retain(|(name, _, mtime)| index.shards.get(name) != Some(mtime));
+        }
+        let names: Vec<String> = changed.iter().map(|(name, ..)| name.clone()).collect();
+        let mut known = self.known_in(&names);
+        for (name, path, mtime) in changed {
+            let known = known.remove(&name).unwrap_or_default();
             // Read outside the lock: answering peers must not wait on disk.
-            let scan = self.scan_shard(&shard.path(), name, mtime, &known);
+            let scan = self.scan_shard(&path, name, mtime, &known);
             self.apply(scan);
         }
         // Shard directories that are gone (a `warren clean`).
         let index = &mut *self.index.lock().expect("lock not poisoned");
-        let gone: Vec<String> = index
-            .shards
-            .keys()
-            .filter(|name| !listed.contains(*name))
-            .cloned()
+        index.shards.retain(|name, _| listed.contains(name));
+        let gone: Vec<ActionId> = index
+            .slots
+            .iter()
+            .filter(|slot| !slot.is_free())
+            .map(|slot| slot.action)
+            .filter(|action| !listed.contains(&format!("{:02x}", shard_of(action))))
             .collect();
-        for name in gone {
-            if let Some((_, entries)) = index.shards.remove(&name) {
-                for action in entries {
-                    index.forget(&action);
-                }
-            }
+        for action in gone {
+            index.remove(&action);
         }
     }
 
     fn apply(&self, scan: ShardScan) {
         let mut index = self.index.lock().expect("lock not poisoned");
-        let index = &mut *index;
-        let old = index
-            .shards
-            .remove(&scan.name)
-            .map(|(_, entries)| entries)
-            .unwrap_or_default();
-        for gone in old.difference(&scan.present) {
-            index.forget(gone);
+        for gone in &scan.gone {
+            index.remove(gone);
         }
         for (action, meta) in scan.new {
-            index.insert(action, meta);
+            index.set(action, meta);
         }
-        index.shards.insert(scan.name, (scan.mtime, scan.present));
+        index.shards.insert(scan.name, scan.mtime);
     }
 }
 
+/// The action of the entry file `name` in shard directory `shard`, if it
+/// is one: a file whose name is not an action, or that is in another
+/// action's shard, is not an entry (lookups would never find it).
+fn entry_named(shard: &str, name: &str) -> Option<ActionId> {
+    let action = ActionId::from_hex(name).ok()?;
+    (shard_named(shard) == Some(shard_of(&action))).then_some(action)
+}
+
 impl Index {
-    /// Indexes `action`, put at `time`; a new action goes into the log.
-    fn insert(&mut self, action: ActionId, meta: Meta) {
-        let time = meta.time;
-        match self.meta_of.insert(action, meta) {
-            Some(previous) => {
-                self.order.remove(&(previous.time, action));
-            }
-            None => self.log.push(&action),
-        }
-        self.order.insert((time, action));
+    fn slot_of(&self, action: &ActionId) -> Option<SlotId> {
+        let hash = self.keys.hash_one(action);
+        let slots = &self.slots;
+        self.by_action
+            .find(hash, |&slot| slots[slot as usize].action == *action)
+            .copied()
     }
 
-    fn forget(&mut self, action: &ActionId) {
-        if let Some(meta) = self.meta_of.remove(action) {
-            self.order.remove(&(meta.time, *action));
+    /// The slot and what is kept of `action`, if it is served.
+    fn served(&self, action: &ActionId) -> Option<(SlotId, Meta)> {
+        let slot = self.slot_of(action)?;
+        Some((slot, self.slots[slot as usize].meta()?))
+    }
+
+    /// Indexes `action` as served (`Some`, put at its time) or only known
+    /// to be in the store (`None`), whatever it was before. An action
+    /// newly served goes into the log.
+    fn set(&mut self, action: ActionId, meta: Option<Meta>) {
+        let slot = match self.slot_of(&action) {
+            Some(slot) => slot,
+            None => self.take_slot(action),
+        };
+        if let Some(previous) = self.slots[slot as usize].meta() {
+            self.order.remove(&(previous.time, slot));
+            self.served -= 1;
+        } else if meta.is_some() {
+            self.log.push(&action);
         }
+        if let Some(meta) = meta {
+            self.order.insert((meta.time, slot));
+            self.served += 1;
+        }
+        self.slots[slot as usize] = Slot::new(action, meta);
+    }
+
+    /// A slot for a new `action`, in the table; not served yet.
+    fn take_slot(&mut self, action: ActionId) -> SlotId {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Slot::new(action, None);
+                slot
+            }
+            None => {
+                self.slots.push(Slot::new(action, None));
+                SlotId::try_from(self.slots.len() - 1).expect("fewer than 2^32 entries")
+            }
+        };
+        let (keys, slots) = (&self.keys, &self.slots);
+        self.by_action
+            .insert_unique(keys.hash_one(action), slot, |&slot| {
+                keys.hash_one(slots[slot as usize].action)
+            });
+        slot
+    }
+
+    /// Forgets `action`: it left the store.
+    fn remove(&mut self, action: &ActionId) {
+        let hash = self.keys.hash_one(action);
+        let slots = &self.slots;
+        let Ok(found) = self
+            .by_action
+            .find_entry(hash, |&slot| slots[slot as usize].action == *action)
+        else {
+            return;
+        };
+        let (slot, _) = found.remove();
+        if let Some(meta) = self.slots[slot as usize].meta() {
+            self.order.remove(&(meta.time, slot));
+            self.served -= 1;
+        }
+        self.slots[slot as usize] = Slot {
+            action: ActionId::from_bytes([0; 32]),
+            time: 0,
+            bits: FREE,
+        };
+        self.free.push(slot);
     }
 
     /// Starts the summary log over, under a new epoch, with only the
@@ -458,40 +613,15 @@ impl Index {
     /// the log only grows otherwise. Peers that held the old epoch's log
     /// take the new one from its start. Whether it did.
     fn compact(&mut self) -> bool {
-        if self.log.len() < COMPACT_MIN || self.meta_of.len() * 2 >= self.log.len() {
+        if self.log.len() < COMPACT_MIN || self.served * 2 >= self.log.len() {
             return false;
         }
         let mut log = summary::Log::new();
-        for (_, action) in &self.order {
-            log.push(action);
+        for &(_, slot) in &self.order {
+            log.push(&self.slots[slot as usize].action);
         }
         self.log = log;
         true
-    }
-
-    /// An entry that landed in `shard` (seen by inotify), put at `time`
-    /// if it is served.
-    #[cfg(target_os = "linux")]
-    fn add(&mut self, shard: &str, action: ActionId, meta: Option<Meta>) {
-        self.shards
-            .entry(shard.to_owned())
-            .or_insert_with(|| (UNIX_EPOCH, HashSet::new()))
-            .1
-            .insert(action);
-        match meta {
-            Some(meta) => self.insert(action, meta),
-            // It replaced a served entry with one that is not.
-            None => self.forget(&action),
-        }
-    }
-
-    /// An entry that left `shard` (seen by inotify).
-    #[cfg(target_os = "linux")]
-    fn remove(&mut self, shard: &str, action: &ActionId) {
-        if let Some((_, entries)) = self.shards.get_mut(shard) {
-            entries.remove(action);
-        }
-        self.forget(action);
     }
 }
 
@@ -525,32 +655,29 @@ impl PutOrder {
         let mut scan = ShardScan {
             name,
             mtime,
-            present: HashSet::new(),
+            gone: Vec::new(),
             new: Vec::new(),
         };
-        let Ok(entries) = fs::read_dir(dir) else {
-            return scan;
-        };
-        for entry in entries.flatten() {
-            let file_name = entry.file_name();
-            let Some(action) = file_name.to_str().and_then(|n| ActionId::from_hex(n).ok()) else {
-                continue; // Temp files and strangers.
-            };
-            if known.contains(&action) {
-                scan.present.insert(action);
-                continue;
-            }
-            match self.read(&action, &entry.path()) {
-                Read::Gone => {}
-                Read::Kept => {
-                    scan.present.insert(action);
+        let mut present = HashSet::new();
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let file_name = entry.file_name();
+                let Some(action) = file_name.to_str().and_then(|n| entry_named(&scan.name, n))
+                else {
+                    continue; // Temp files and strangers.
+                };
+                if known.contains(&action) {
+                    present.insert(action);
+                    continue;
                 }
-                Read::Served(meta) => {
-                    scan.present.insert(action);
-                    scan.new.push((action, meta));
+                match self.read(&action, &entry.path()) {
+                    Read::Gone => {}
+                    Read::Kept => scan.new.push((action, None)),
+                    Read::Served(meta) => scan.new.push((action, Some(meta))),
                 }
             }
         }
+        scan.gone = known.difference(&present).copied().collect();
         scan
     }
 }
@@ -728,9 +855,7 @@ mod tests {
             .unwrap()
             .shards
             .values_mut()
-            .for_each(|shard| {
-                shard.0 = UNIX_EPOCH;
-            });
+            .for_each(|mtime| *mtime = UNIX_EPOCH);
         order.refresh(store.actions_dir());
         assert!(order.following(&action(1), 10).is_empty());
         assert!(order.index.lock().unwrap().order.is_empty());
@@ -770,6 +895,121 @@ mod tests {
         assert_ne!(PutOrder::new(only_local()).summary_epoch(), first.epoch);
     }
 
+    /// Removed entries give their slots to new ones, and every view of the
+    /// index (the table, the put order, hints, catalogs, the shards'
+    /// listings) agrees with what is left.
+    #[test]
+    fn slots_are_reused_and_every_view_agrees() {
+        let order = PutOrder::new(only_local());
+        let action = |n: u32| {
+            let mut bytes = [n as u8; 32];
+            bytes[1..5].copy_from_slice(&n.to_be_bytes());
+            ActionId::from_bytes(bytes)
+        };
+        let meta = |n: u32| Meta {
+            time: 1_000 + u64::from(n),
+            size: u64::from(n),
+            built_here: !n.is_multiple_of(3),
+        };
+        {
+            let mut index = order.index.lock().unwrap();
+            for n in 0..100 {
+                index.set(action(n), Some(meta(n)));
+            }
+            index.set(action(100), None); // in the store, not served
+            for n in (0..100).step_by(2) {
+                index.remove(&action(n));
+            }
+            for n in 200..250 {
+                index.set(action(n), Some(meta(n)));
+            }
+            assert_eq!(index.slots.len(), 101, "freed slots were taken first");
+            assert_eq!(index.served, 100);
+            assert_eq!(index.order.len(), 100);
+            assert!(index.slot_of(&action(4)).is_none());
+            assert_eq!(index.served(&action(5)).unwrap().1, meta(5));
+            assert!(index.slot_of(&action(100)).is_some());
+            assert!(index.served(&action(100)).is_none());
+        }
+        order.ready.store(true, Ordering::Release);
+        let odd: Vec<ActionId> = (1..100).step_by(2).map(action).collect();
+        assert_eq!(order.following(&action(1), 3), odd[1..4]);
+        let catalog = order
+            .catalog_at(
+                &catalog::Cursor::default(),
+                Duration::from_secs(u64::MAX / 4),
+                1000,
+                UNIX_EPOCH + Duration::from_secs(10),
+            )
+            .unwrap();
+        let listed: Vec<ActionId> = catalog.entries.iter().map(|e| e.action).collect();
+        let built_here: Vec<ActionId> = (1..100)
+            .step_by(2)
+            .chain(200..250)
+            .filter(|n: &u32| !n.is_multiple_of(3))
+            .map(action)
+            .collect();
+        assert_eq!(listed, built_here);
+        let known = order.known_in(&["01".to_owned(), "64".to_owned(), "zz".to_owned()]);
+        assert_eq!(known.len(), 2, "{:?}", known.keys());
+        assert_eq!(known["01"], HashSet::from([action(1)]));
+        assert_eq!(known["64"], HashSet::from([action(100)]));
+    }
+
+    /// A catalog cursor whose entry was trimmed since goes on after its
+    /// put time.
+    #[test]
+    fn a_cursor_whose_entry_is_gone_goes_on_after_its_time() {
+        let order = PutOrder::new(only_local());
+        let meta = |time| Meta {
+            time,
+            size: 1,
+            built_here: true,
+        };
+        {
+            let mut index = order.index.lock().unwrap();
+            for n in 1..=3 {
+                index.set(action(n), Some(meta(u64::from(n) * 10)));
+            }
+            index.remove(&action(2));
+        }
+        order.ready.store(true, Ordering::Release);
+        let cursor = catalog::Cursor {
+            time_unix_nanos: 20,
+            action: Some(action(2)),
+        };
+        let next = order
+            .catalog_at(
+                &cursor,
+                Duration::from_secs(60),
+                10,
+                UNIX_EPOCH + Duration::from_secs(1),
+            )
+            .unwrap();
+        let listed: Vec<ActionId> = next.entries.iter().map(|e| e.action).collect();
+        assert_eq!(listed, [action(3)]);
+    }
+
+    /// An entry file in another action's shard directory is not an entry:
+    /// lookups would never find it, so it is neither hinted nor listed.
+    #[test]
+    fn entries_in_the_wrong_shard_are_not_indexed() {
+        let (_dir, store, _) = store();
+        store.put_bytes(&action(1), b"one").unwrap();
+        let right = store.entry_path(&action(1));
+        let wrong_shard = store.actions_dir().join("zz");
+        fs::create_dir_all(&wrong_shard).unwrap();
+        fs::copy(&right, wrong_shard.join(action(2).to_hex())).unwrap();
+        // action(3)'s name in action(1)'s shard.
+        assert_ne!(shard_of(&action(1)), shard_of(&action(3)));
+        fs::copy(&right, right.with_file_name(action(3).to_hex())).unwrap();
+        let order = PutOrder::new(only_local());
+        order.refresh(store.actions_dir());
+        let index = order.index.lock().unwrap();
+        assert_eq!((index.served, index.slots.len()), (1, 1));
+        assert!(index.served(&action(1)).is_some());
+    }
+
     /// Part 4, finding 17: the summary log only grew, whatever was removed.
     #[test]
     fn a_mostly_removed_log_starts_over_with_what_is_left() {
@@ -786,18 +1026,18 @@ mod tests {
                 size: 1,
                 built_here: true,
             };
-            index.insert(action(n), meta);
+            index.set(action(n), Some(meta));
         }
         let epoch = index.log.epoch();
         // Half gone: kept as it is.
         for n in 0..total / 2 {
-            index.forget(&action(n));
+            index.remove(&action(n));
         }
         assert!(!index.compact());
         assert_eq!(index.log.len(), total as usize);
         // Most gone: a new log of what is left, in put order.
         for n in total / 2..total - 10 {
-            index.forget(&action(n));
+            index.remove(&action(n));
         }
         assert!(index.compact());
         assert_ne!(index.log.epoch(), epoch);
