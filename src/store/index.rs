@@ -494,14 +494,17 @@ impl PutOrder {
             self.apply(scan);
         }
         // Shard directories that are gone (a `warren clean`).
+        let mut present = [false; 256];
+        for shard in listed.iter().filter_map(|name| shard_named(name)) {
+            present[usize::from(shard)] = true;
+        }
         let index = &mut *self.index.lock().expect("lock not poisoned");
         index.shards.retain(|name, _| listed.contains(name));
         let gone: Vec<ActionId> = index
             .slots
             .iter()
-            .filter(|slot| !slot.is_free())
+            .filter(|slot| !slot.is_free() && !present[usize::from(shard_of(&slot.action))])
             .map(|slot| slot.action)
-            .filter(|action| !listed.contains(&format!("{:02x}", shard_of(action))))
             .collect();
         for action in gone {
             index.remove(&action);
