@@ -63,12 +63,17 @@ What it measures, side by side in one run:
    A's helper (the GOCACHEPROG protocol, as go speaks it). On B, one ``get``
    for that ActionID through B's helper: B's daemon fetches it from A,
    verifies and stores it, and the helper answers with its DiskPath. The
-   get's wall time gives MB/s (target >= 500 MB/s). Next to each get, the
-   script writes the same body as a plain file in B's store directory: the
-   floor for any program that stores it there (on this project's VMs,
-   writing new data into the page cache runs anywhere from 400 MB/s to
-   4 GB/s, depending on the state of the machine's memory; the two
-   alternate which goes first). B's daemon's peak RSS
+   get's wall time gives MB/s. Next to each get, the script writes the
+   same body as a plain file in B's store directory: the floor for any
+   program that stores it there (on this project's VMs, writing new data
+   into the page cache runs anywhere from 200 MB/s to 4.5 GB/s, depending
+   on the state of the machine's memory, so the floor is the mean of one
+   write just before the get and one just after). The target is the get at >= 0.85 of that floor, pair by pair
+   (the median of the per-pair ratios). Each pair also times SHA-256 of the
+   body on one core (hashlib): no receiver that verifies what it stores
+   can beat that either, so where the write is the faster of the two the
+   target is out of reach by construction, and the table says so with
+   the ratio to the slower of the two. B's daemon's peak RSS
    (VmHWM) is read before and after, to show that it does not grow with the
    body. The helper gives up on the daemon after its lookup deadline plus a
    transfer allowance (src/remote.rs; about 1.15 s by default), which a
@@ -173,7 +178,7 @@ TARGETS = {
     "peer_vs_local": 3.0,  # from-peer / warm-locally, at most
     "peer_hit_share": 0.95,  # of B's gets in a from-peer build, at least
     "empty_peer_ratio": 1.03,  # cold with empty peers / cold local-only, at most
-    "throughput_mb_s": 500.0,  # at least
+    "transfer_ratio": 0.85,  # at least: the big get against writing the body alone
 }
 
 
@@ -835,7 +840,8 @@ class Transfer:
     a_daemon_hwm_after_kib: int
     b_daemon_cpu_s: float
     a_daemon_cpu_s: float
-    floor_s: float  # writing the same body as a new file in B's store directory
+    floor_s: float  # writing the same body as a new file in B's store directory (mean of two)
+    hash_s: float  # SHA-256 of the body on one core, next to the write
 
     @property
     def mb_s(self) -> float:
@@ -844,6 +850,17 @@ class Transfer:
     @property
     def floor_mb_s(self) -> float:
         return self.size / 1e6 / self.floor_s
+
+    @property
+    def ratio(self) -> float:
+        """The get's rate as a fraction of writing the body alone."""
+        return self.floor_s / self.get_s
+
+    @property
+    def verify_floor_s(self) -> float:
+        """The least a receiver that hashes what it writes can take, with
+        the write and the hash on two cores at once."""
+        return max(self.floor_s, self.hash_s)
 
 
 def write_floor(host: Host, body: bytes, run: int) -> float:
@@ -857,6 +874,14 @@ def write_floor(host: Host, body: bytes, run: int) -> float:
     with open(path, "wb", buffering=0) as f:
         for off in range(0, len(body), 256 << 10):
             f.write(view[off : off + (256 << 10)])
+    return time.perf_counter() - t0
+
+
+def hash_floor(body: bytes) -> float:
+    """Seconds for SHA-256 of ``body`` on one core (OpenSSL, through
+    hashlib): what every receiver that verifies the body pays."""
+    t0 = time.perf_counter()
+    hashlib.sha256(body).digest()
     return time.perf_counter() - t0
 
 
@@ -887,12 +912,12 @@ def transfer(a: Host, b: Host, size: int, run: int) -> Transfer:
     action = os.urandom(32)
     put_s = put_on(a, action, body)
     os.sync()
-    # The floor and the get each write the body into new page cache, which
-    # on some VMs costs more for whichever comes second: alternate them.
-    floor_s = 0.0
-    if run % 2 == 0:
-        floor_s = write_floor(b, body, run)
-        os.sync()
+    # The floor and the get each write the body into new page cache, whose
+    # cost on this project's VMs drifts by 2x within a minute: the floor is
+    # the mean of one write just before the get and one just after.
+    floor_before_s = write_floor(b, body, 2 * run)
+    hash_s = hash_floor(body)
+    os.sync()
     for h in (a, b):
         h.daemon.mark(f"start big get run {run} ({size} bytes, action {action.hex()})")
     b_hwm0, a_hwm0 = b.daemon.hwm_kib(), a.daemon.hwm_kib()
@@ -906,9 +931,8 @@ def transfer(a: Host, b: Host, size: int, run: int) -> Transfer:
     b_hwm1, a_hwm1 = b.daemon.hwm_kib(), a.daemon.hwm_kib()
     for h in (a, b):
         h.daemon.mark(f"end big get run {run}: {get_s:.3f} s")
-    if run % 2 == 1:
-        os.sync()
-        floor_s = write_floor(b, body, run)
+    os.sync()
+    floor_s = (floor_before_s + write_floor(b, body, 2 * run + 1)) / 2
     if resp.get("Miss") or not resp.get("DiskPath"):
         raise BenchError(
             f"B's get of the {size}-byte body was not a hit: {resp!r}\n--- B daemon ---\n"
@@ -930,6 +954,7 @@ def transfer(a: Host, b: Host, size: int, run: int) -> Transfer:
         b_cpu1 - b_cpu0,
         a_cpu1 - a_cpu0,
         floor_s,
+        hash_s,
     )
 
 
@@ -1321,7 +1346,8 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
             res.transfers.append(t)
             log(
                 f"big get {i + 1}/{args.transfer_runs}: {t.get_s:.3f} s = {t.mb_s:.0f} MB/s "
-                f"(writing it on B alone: {t.floor_s:.3f} s = {t.floor_mb_s:.0f} MB/s); "
+                f"(writing it on B alone: {t.floor_s:.3f} s = {t.floor_mb_s:.0f} MB/s, "
+                f"ratio {t.ratio:.2f}; SHA-256 alone {t.hash_s:.3f} s); "
                 f"B daemon VmHWM {mib(t.b_daemon_hwm_before_kib)} -> "
                 f"{mib(t.b_daemon_hwm_after_kib)}"
             )
@@ -1509,26 +1535,41 @@ def summarize(res: Results) -> tuple[list[tuple[str, str, str, str]], dict]:
         a_after = max(t.a_daemon_hwm_after_kib for t in res.transfers)
         size = res.transfers[0].size
         floor = statistics.median(t.floor_mb_s for t in res.transfers)
+        ratio = statistics.median(t.ratio for t in res.transfers)
+        verify_ratio = statistics.median(t.verify_floor_s / t.get_s for t in res.transfers)
+        hash_mb_s = statistics.median(t.size / 1e6 / t.hash_s for t in res.transfers)
+        # Pairs whose write ran faster than 0.85 of the hash: the target
+        # cannot be met there by anything that verifies the body.
+        out_of_reach = sum(
+            1 for t in res.transfers if t.hash_s > t.floor_s / TARGETS["transfer_ratio"]
+        )
         s.update(
             transfer_mb_s=mbs,
             transfer_s=secs,
             write_floor_mb_s=floor,
+            transfer_ratio=ratio,
+            transfer_verify_ratio=verify_ratio,
+            hash_floor_mb_s=hash_mb_s,
+            transfer_pairs_out_of_reach=out_of_reach,
             b_daemon_hwm_before_kib=hwm_before,
             b_daemon_hwm_after_kib=hwm_after,
             a_daemon_hwm_before_kib=a_before,
             a_daemon_hwm_after_kib=a_after,
         )
         rows += [
+            (f"{size >> 20} MiB get from peer", f"{fmt_s(secs)} = {mbs:.0f} MB/s", "", ""),
+            (f"  writing {size >> 20} MiB on B alone", f"{floor:.0f} MB/s", "", ""),
             (
-                f"{size >> 20} MiB get from peer",
-                f"{fmt_s(secs)} = {mbs:.0f} MB/s",
-                f">= {TARGETS['throughput_mb_s']:.0f} MB/s",
-                verdict(mbs >= TARGETS["throughput_mb_s"]),
+                "  get / write alone, median of pairs",
+                f"{ratio:.2f}",
+                f">= {TARGETS['transfer_ratio']:.2f}",
+                verdict(ratio >= TARGETS["transfer_ratio"]),
             ),
+            (f"  SHA-256 of {size >> 20} MiB alone", f"{hash_mb_s:.0f} MB/s", "", ""),
             (
-                f"  writing {size >> 20} MiB on B alone",
-                f"{floor:.0f} MB/s",
-                "(the machine's floor)",
+                "  get / max(write, SHA-256), median",
+                f"{verify_ratio:.2f}",
+                f"({out_of_reach} of {len(res.transfers)} pairs out of reach)",
                 "",
             ),
             (
@@ -1670,8 +1711,14 @@ def print_report(info: dict, args: argparse.Namespace, res: Results) -> dict:
     if res.transfers:
         print("big gets: " + " ".join(f"{t.get_s:.3f}s/{t.mb_s:.0f}MB/s" for t in res.transfers))
         print(
-            "  writing the body on B alone (next to each get, alternately before and after): "
+            "  writing the body on B alone (mean of one write before and one after each get): "
             + " ".join(f"{t.floor_s:.3f}s/{t.floor_mb_s:.0f}MB/s" for t in res.transfers)
+        )
+        print(
+            "  get / write alone, per pair: "
+            + " ".join(f"{t.ratio:.2f}" for t in res.transfers)
+            + "; SHA-256 alone, s: "
+            + " ".join(f"{t.hash_s:.3f}" for t in res.transfers)
         )
         print(
             "  B daemon VmHWM before->after: "
