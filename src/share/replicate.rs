@@ -22,7 +22,9 @@
 //! - bytes on disk: replication stops adding once peers' entries in the
 //!   store take `replicate-max-size` (counted from the store, on start
 //!   and every [`RECOUNT`], plus what it fetched since); an entry that
-//!   would pass it is skipped, and counted as such;
+//!   would pass it is skipped, and counted as such. Once the count finds
+//!   room for the smallest of them (a trim, an entry removed), the
+//!   catalog is read again from the first one skipped;
 //! - bandwidth: at most `replicate-rate` bytes a second, on average over
 //!   each batch.
 
@@ -153,7 +155,59 @@ struct Peer {
     /// The peer's summary size when its catalog was last read.
     summary_seen: Option<u64>,
     next_read: Option<Instant>,
+    /// Entries skipped for the budget, to look at again once it has room.
+    skipped: Option<Skipped>,
     shown: PeerReplication,
+}
+
+/// Where the first entry skipped for the budget is in a peer's catalog,
+/// and the smallest size skipped.
+#[derive(Debug, Clone, Copy)]
+struct Skipped {
+    from: Cursor,
+    smallest: u64,
+}
+
+impl Peer {
+    /// Counts `entry` as left out for the budget.
+    fn skip(&mut self, entry: &CatalogEntry) {
+        // From its put time on, itself included (a cursor without an
+        // action starts at its time).
+        let from = Cursor {
+            time_unix_nanos: entry.time_unix_nanos,
+            action: None,
+        };
+        self.skipped = Some(match self.skipped {
+            Some(skipped) => Skipped {
+                from: skipped.from.min(from),
+                smallest: skipped.smallest.min(entry.size),
+            },
+            None => Skipped {
+                from,
+                smallest: entry.size,
+            },
+        });
+        self.shown.skipped_for_budget += 1;
+        self.shown.skipped_bytes += entry.size;
+    }
+
+    /// Once the catalog read so far is done and `budget` has room for the
+    /// smallest entry skipped, goes back to the first one skipped (those
+    /// fetched meanwhile, or held, are passed over again); whether it did.
+    fn rewind_if_room(&mut self, budget: &Budget) -> bool {
+        let Some(skipped) = self.skipped else {
+            return false;
+        };
+        if !self.queue.is_empty() || self.more || !budget.fits(skipped.smallest) {
+            return false;
+        }
+        self.cursor = skipped.from;
+        self.skipped = None;
+        self.shown.skipped_for_budget = 0;
+        self.shown.skipped_bytes = 0;
+        self.next_read = None;
+        true
+    }
 }
 
 /// The replicator's state, shared with the daemon's status.
@@ -276,7 +330,10 @@ impl Replicator {
             let mut peers = self.lock();
             peers.retain(|id, _| targets.contains(id));
             for id in &targets {
-                peers.entry(*id).or_default();
+                let peer = peers.entry(*id).or_default();
+                if peer.rewind_if_room(budget) {
+                    tracing::debug!(%id, "the replication budget has room: skipped entries again");
+                }
             }
         }
         for (peer, summary) in &connected {
@@ -305,9 +362,12 @@ impl Replicator {
         true
     }
 
-    /// Whether any peer has entries queued.
+    /// Whether any peer has entries queued, or skipped for the budget
+    /// (which only a count can find room for).
     fn has_work(&self) -> bool {
-        self.lock().values().any(|peer| !peer.queue.is_empty())
+        self.lock()
+            .values()
+            .any(|peer| !peer.queue.is_empty() || peer.skipped.is_some())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Peer>> {
@@ -386,6 +446,7 @@ impl Replicator {
                     continue;
                 }
                 if !budget.take(entry.size) {
+                    state.skip(&entry);
                     skipped.0 += 1;
                     skipped.1 += entry.size;
                     continue;
@@ -393,8 +454,6 @@ impl Replicator {
                 bytes += entry.size;
                 batch.push(entry);
             }
-            state.shown.skipped_for_budget += skipped.0;
-            state.shown.skipped_bytes += skipped.1;
         }
         if skipped.0 > 0 {
             tracing::debug!(%peer, entries = skipped.0, bytes = skipped.1, "skipped for the replication budget");
@@ -467,9 +526,13 @@ impl Budget {
         self.counted = Some(Instant::now());
     }
 
+    fn fits(&self, size: u64) -> bool {
+        self.used.saturating_add(size) <= self.max
+    }
+
     /// Takes `size` bytes if they fit.
     fn take(&mut self, size: u64) -> bool {
-        let fits = self.used.saturating_add(size) <= self.max;
+        let fits = self.fits(size);
         if fits {
             self.used += size;
         }
@@ -509,6 +572,52 @@ mod tests {
         budget.correct(10, 20);
         assert!(budget.take(80));
         assert!(!budget.take(1));
+    }
+
+    /// Entries skipped for the budget are looked at again, from the first
+    /// one skipped, once the catalog read so far is done and the budget
+    /// has room for the smallest of them; not before.
+    #[test]
+    fn skipped_entries_come_back_when_the_budget_has_room() {
+        let entry = |n: u8, time: u64, size: u64| CatalogEntry {
+            action: ActionId::from_bytes([n; 32]),
+            size,
+            time_unix_nanos: time,
+        };
+        let mut peer = Peer {
+            cursor: entry(9, 900, 1).cursor(),
+            ..Peer::default()
+        };
+        let mut budget = Budget::new(100);
+        budget.recounted(95);
+        assert!(!peer.rewind_if_room(&budget), "nothing skipped");
+        peer.skip(&entry(3, 300, 40));
+        peer.skip(&entry(2, 200, 10));
+        peer.skip(&entry(5, 500, 70));
+        assert_eq!(
+            (peer.shown.skipped_for_budget, peer.shown.skipped_bytes),
+            (3, 120)
+        );
+        assert!(!peer.rewind_if_room(&budget), "no room for 10 bytes");
+        budget.recounted(85);
+        peer.queue.push_back(entry(10, 1000, 1));
+        assert!(!peer.rewind_if_room(&budget), "entries still queued");
+        peer.queue.clear();
+        peer.more = true;
+        assert!(!peer.rewind_if_room(&budget), "the catalog has more");
+        peer.more = false;
+        peer.next_read = Some(Instant::now() + REVISIT);
+        assert!(peer.rewind_if_room(&budget));
+        assert_eq!(
+            peer.cursor,
+            Cursor {
+                time_unix_nanos: 200,
+                action: None
+            }
+        );
+        assert_eq!(peer.next_read, None, "read again at once");
+        assert_eq!(peer.shown.skipped_for_budget, 0);
+        assert!(!peer.rewind_if_room(&budget), "once");
     }
 
     #[test]
