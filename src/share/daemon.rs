@@ -32,7 +32,7 @@ use crate::share::ipc;
 use crate::share::node_store::{Sharing, StoreAdapter};
 use crate::share::quiet::{self, Flaps, Quiet};
 use crate::share::replicate;
-use crate::share::status::{DaemonStatus, PeerStatus, unix_ms};
+use crate::share::status::{DaemonStatus, unix_ms};
 use crate::share::trust::{self, Allowlist};
 use crate::store::{DiskStore, SourceUsage as Purged, layout};
 use crate::tiered::BoxFuture;
@@ -148,14 +148,18 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             interfaces: config.share.interfaces.clone(),
         });
         let started = unix_ms(handler.started);
+        let replication = handler.replication.clone();
         let helpers = serve_helpers(config.socket_path(), handler, shutdown.clone()).await?;
         tokio::spawn(log_events(events));
         if let Some(address) = config.share.metrics_listen {
             let metrics = crate::share::metrics::serve(
                 address,
-                client.clone(),
-                config.dir.clone(),
-                started,
+                crate::share::metrics::Source {
+                    client: client.clone(),
+                    replication,
+                    store: config.dir.clone(),
+                    started_unix_ms: started,
+                },
                 shutdown.clone(),
             );
             tokio::spawn(async move {
@@ -315,14 +319,7 @@ impl ipc::Handler for Daemon {
         Box::pin(async move {
             let peers = self.client.peers().await;
             let listen = self.client.listen_addrs().await;
-            let mut replication = self.replication.snapshot();
-            let peers = peers
-                .iter()
-                .map(|info| PeerStatus {
-                    replication: replication.remove(&info.peer),
-                    ..PeerStatus::from(info)
-                })
-                .collect();
+            let peers = self.replication.statuses(&peers);
             DaemonStatus {
                 peer_id: self.peer_id.to_string(),
                 listen: listen.iter().map(ToString::to_string).collect(),

@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use warren_p2p::Client;
 
+use crate::share::replicate::{self, PeerReplication};
 use crate::share::status::PeerStatus;
 use crate::stats::{self, Totals};
 
@@ -43,9 +44,7 @@ struct Snapshot {
 /// Serves `GET /metrics` on `address` until `shutdown`.
 pub(crate) async fn serve(
     address: SocketAddr,
-    client: Client,
-    store: PathBuf,
-    started_unix_ms: u64,
+    source: Source,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(address).await?;
@@ -53,11 +52,7 @@ pub(crate) async fn serve(
         "serving metrics on http://{}/metrics",
         listener.local_addr()?
     );
-    let source = Arc::new(Source {
-        client,
-        store,
-        started_unix_ms,
-    });
+    let source = Arc::new(source);
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -79,10 +74,12 @@ pub(crate) async fn serve(
     }
 }
 
-struct Source {
-    client: Client,
-    store: PathBuf,
-    started_unix_ms: u64,
+/// Where a scrape's figures come from.
+pub(crate) struct Source {
+    pub client: Client,
+    pub replication: Arc<replicate::State>,
+    pub store: PathBuf,
+    pub started_unix_ms: u64,
 }
 
 impl Source {
@@ -96,7 +93,7 @@ impl Source {
         let peers = self.client.peers().await;
         Snapshot {
             lifetime,
-            peers: peers.iter().map(PeerStatus::from).collect(),
+            peers: self.replication.statuses(&peers),
             started_unix_ms: self.started_unix_ms,
         }
     }
@@ -278,6 +275,64 @@ impl Collector for Snapshot {
                 ConstGauge::new(field(peer) as i64).encode(family.encode_family(labels)?)?;
             }
         }
+        self.encode_replication(&mut encoder, &labels)
+    }
+}
+
+impl Snapshot {
+    /// Replication, for the peers that are replicated.
+    fn encode_replication(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        labels: &[[(&str, &str); 1]],
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType::{self, Counter, Gauge};
+        type Field = fn(&PeerReplication) -> u64;
+        let families: [(&str, &str, MetricType, Field); 5] = [
+            (
+                "peer_replication_behind",
+                "Entries of the peer's catalog not replicated or skipped yet",
+                Gauge,
+                |r| r.behind,
+            ),
+            (
+                "peer_replicated_entries",
+                "Entries replicated from the peer",
+                Counter,
+                |r| r.entries,
+            ),
+            (
+                "peer_replicated_bytes",
+                "Body bytes replicated from the peer",
+                Counter,
+                |r| r.bytes,
+            ),
+            (
+                "peer_replication_skipped_entries",
+                "Entries of the peer's left out for replicate-max-size",
+                Gauge,
+                |r| r.skipped_for_budget,
+            ),
+            (
+                "peer_replication_skipped_bytes",
+                "Bytes of the entries left out for replicate-max-size",
+                Gauge,
+                |r| r.skipped_bytes,
+            ),
+        ];
+        for (name, help, kind, field) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (peer, labels) in self.peers.iter().zip(labels) {
+                let Some(replication) = &peer.replication else {
+                    continue;
+                };
+                let value = field(replication);
+                match kind {
+                    Counter => ConstCounter::new(value).encode(family.encode_family(labels)?)?,
+                    _ => ConstGauge::new(value as i64).encode(family.encode_family(labels)?)?,
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -294,13 +349,27 @@ mod tests {
                 peer_hits: 752,
                 ..Totals::default()
             },
-            peers: vec![PeerStatus {
-                id: "12D3KooWexample".into(),
-                connected: true,
-                hits_served: 7,
-                holds: Some(900),
-                ..PeerStatus::default()
-            }],
+            peers: vec![
+                PeerStatus {
+                    id: "12D3KooWexample".into(),
+                    connected: true,
+                    hits_served: 7,
+                    holds: Some(900),
+                    ..PeerStatus::default()
+                },
+                PeerStatus {
+                    id: "12D3KooWalice".into(),
+                    replication: Some(PeerReplication {
+                        behind: 12,
+                        entries: 1162,
+                        bytes: 182_000_000,
+                        skipped_for_budget: 3,
+                        skipped_bytes: 4096,
+                        ..PeerReplication::default()
+                    }),
+                    ..PeerStatus::default()
+                },
+            ],
             started_unix_ms: 1_500,
         };
         let text = encode(snapshot);
@@ -311,9 +380,21 @@ mod tests {
             "warren_peer_hits_served_total{peer=\"12D3KooWexample\"} 7",
             "warren_peer_connected{peer=\"12D3KooWexample\"} 1",
             "warren_peer_summary_entries{peer=\"12D3KooWexample\"} 900",
+            "warren_peer_replication_behind{peer=\"12D3KooWalice\"} 12",
+            "warren_peer_replicated_entries_total{peer=\"12D3KooWalice\"} 1162",
+            "warren_peer_replicated_bytes_total{peer=\"12D3KooWalice\"} 182000000",
+            "warren_peer_replication_skipped_entries{peer=\"12D3KooWalice\"} 3",
+            "warren_peer_replication_skipped_bytes{peer=\"12D3KooWalice\"} 4096",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
         }
+        // A peer that is not replicated has no replication figures.
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.contains("replicat") && l.contains("12D3KooWexample")),
+            "{text}"
+        );
         assert!(text.contains("# TYPE warren_gets counter"), "{text}");
     }
 }

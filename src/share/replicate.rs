@@ -41,6 +41,7 @@ use warren_p2p::{Client, PeerId};
 
 use crate::config::Replicate;
 use crate::ids::ActionId;
+use crate::share::status::PeerStatus;
 use crate::store::{DiskStore, Source};
 
 /// Replication waits while a helper asked the daemon this recently.
@@ -217,6 +218,18 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Each peer's status, with its replication state if it is replicated.
+    pub(crate) fn statuses(&self, infos: &[warren_p2p::PeerInfo]) -> Vec<PeerStatus> {
+        let mut replication = self.snapshot();
+        infos
+            .iter()
+            .map(|info| PeerStatus {
+                replication: replication.remove(&info.peer),
+                ..PeerStatus::from(info)
+            })
+            .collect()
+    }
+
     /// Each replicated peer's state.
     pub(crate) fn snapshot(&self) -> HashMap<PeerId, PeerReplication> {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
