@@ -7,7 +7,7 @@ mod netns;
 
 use std::time::Duration;
 
-use common::{go, num};
+use common::{go, num, warren_bin};
 use netns::{Lan, wait_for};
 
 const SHARING: &str = "[share]\nenabled = true\nautostart = false\n";
@@ -30,6 +30,24 @@ fn served(host: &netns::Host) -> u64 {
 }
 
 /// `host`'s replication state of `peer`, from `warren stats --json`.
+/// The checks `warren doctor --json` on `host` lists under Replication,
+/// as (status, line).
+fn doctor_replication(host: &netns::Host) -> Vec<(String, String)> {
+    let output = host
+        .command(std::path::Path::new(warren_bin()), &["doctor", "--json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{}: doctor printed no JSON: {e}", host.name));
+    (report["checks"].as_array().unwrap().iter())
+        .filter(|check| check["section"] == "Replication")
+        .map(|check| {
+            let text = |key: &str| check[key].as_str().unwrap_or_default().to_owned();
+            (text("status"), text("what"))
+        })
+        .collect()
+}
+
 fn replication(host: &netns::Host, peer: &str) -> serde_json::Value {
     let stats: serde_json::Value =
         serde_json::from_str(&host.warren(&["stats", "--json"])).unwrap();
@@ -107,6 +125,13 @@ fn entries_flow_to_replicating_peers_within_their_budgets() {
     assert!(replication(b_host, &c).is_null());
     let peers = b_host.warren(&["peers"]);
     assert!(peers.contains("replicating alice: "), "{peers}");
+    let doctor = doctor_replication(b_host);
+    assert!(
+        doctor
+            .iter()
+            .any(|(status, what)| status == "ok" && what.starts_with("alice: ")),
+        "{doctor:?}"
+    );
 
     // D's budget: what peers sent never passes 1 MiB, and the rest is
     // counted as skipped.
@@ -124,6 +149,12 @@ fn entries_flow_to_replicating_peers_within_their_budgets() {
         "D holds {from_a} + {from_c} bytes from peers, over its 1 MiB budget"
     );
     assert!(from_a + from_c > 0, "D replicated nothing");
+    let doctor = doctor_replication(d_host);
+    assert!(
+        doctor.iter().any(|(status, what)| status == "warning"
+            && what.contains("skipped: replicate-max-size reached")),
+        "{doctor:?}"
+    );
 
     // E starts once A's build is older than its window: nothing of it
     // comes, but A's next build does.

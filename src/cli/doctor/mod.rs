@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use self::daemon::{check_daemon, check_listening, check_mdns};
 use self::local::{check_go, check_identity, check_store};
-use self::peers::{check_peers, check_static_peers};
+use self::peers::{check_peers, check_replication, check_static_peers};
 use crate::config::Config;
 use crate::share::trust::Allowlist;
 
@@ -187,6 +187,7 @@ fn check_warren(config: &Config, report: &mut Report) {
     check_listening(&status, report);
     check_mdns(config, &status, &names, report);
     check_peers(config, &status, &names, &me, report);
+    check_replication(config, &status, &names, &me, report);
     check_static_peers(config, &status, &names, report);
 }
 

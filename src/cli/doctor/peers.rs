@@ -8,7 +8,8 @@ use warren_p2p::{ConnectFailure, Multiaddr};
 
 use super::Report;
 use super::local::Me;
-use crate::config::Config;
+use crate::config::{Config, Replicate};
+use crate::share::replicate;
 use crate::share::status::DaemonStatus;
 use crate::share::trust::Allowlist;
 
@@ -169,6 +170,91 @@ fn config_file(config: &Config) -> String {
         .map_or_else(|| "your config file".into(), |p| p.display().to_string())
 }
 
+// --- Replication ---
+
+/// What `[share] replicate` does: names that match no peer pulled from,
+/// and for each replicated peer how far along it is, or why it cannot be.
+pub(super) fn check_replication(
+    config: &Config,
+    status: &DaemonStatus,
+    names: &Allowlist,
+    me: &Me,
+    report: &mut Report,
+) {
+    let replicate = &config.share.replicate;
+    if *replicate == Replicate::None {
+        return;
+    }
+    report.section("Replication");
+    let unknown = replicate::unknown(replicate, names);
+    if !unknown.is_empty() {
+        report.warning(
+            format!(
+                "`replicate` names {}, which no peer you pull from is called",
+                unknown.join(", ")
+            ),
+            Some("a typo, a peer not on the allowlist, or one you only serve".into()),
+            Some(format!(
+                "`warren peers` lists the names; correct `replicate` under [share] in {}",
+                config_file(config)
+            )),
+        );
+    }
+    let replicated: Vec<_> = status
+        .peers
+        .iter()
+        .filter_map(|peer| Some((peer, peer.replication.as_ref()?)))
+        .collect();
+    if replicated.is_empty() {
+        if unknown.is_empty() {
+            report.warning(
+                format!("`replicate = {replicate}`, but no peer you pull from is replicated yet"),
+                Some(
+                    "no allowlisted peer is pulled from, or the allowlist changed a moment ago"
+                        .into(),
+                ),
+                Some("`warren peers` lists them; run `warren doctor` again".into()),
+            );
+        }
+        return;
+    }
+    for (peer, replication) in replicated {
+        let name = names.name_or_id(&peer.id);
+        let line = format!("{name}: {}", replication.describe());
+        if replication.note.is_some() {
+            report.warning(
+                line,
+                Some(format!(
+                    "{name}'s daemon does not list its builds to you: it runs an older \
+                     warren, or does not serve you"
+                )),
+                Some(format!(
+                    "ask {name} to run the same warren release, and to serve you: \
+                     `warren peers add {} --name {}`",
+                    me.id, me.name
+                )),
+            );
+        } else if replication.skipped_for_budget > 0 {
+            report.warning(
+                line,
+                Some(format!(
+                    "entries from peers take all of `replicate-max-size` ({})",
+                    bytesize::ByteSize(config.share.replicate_max_size)
+                        .display()
+                        .iec()
+                )),
+                Some(format!(
+                    "raise `replicate-max-size` under [share] in {}, or make room with \
+                     `warren trim`; what was skipped comes once there is room",
+                    config_file(config)
+                )),
+            );
+        } else {
+            report.ok(line);
+        }
+    }
+}
+
 // --- Static peers ---
 
 pub(super) fn check_static_peers(
@@ -241,5 +327,111 @@ pub(super) fn check_static_peers(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use warren_p2p::{PeerId, Role};
+
+    use super::*;
+    use crate::config::Overrides;
+    use crate::share::replicate::PeerReplication;
+    use crate::share::status::PeerStatus;
+    use crate::share::trust::Peer as Listed;
+
+    /// Each replicated peer gets a line that says how far along it is, a
+    /// warning with the fix when its catalog cannot be read or the budget
+    /// is full, and a name in `replicate` that matches no peer one too.
+    #[test]
+    fn replication_is_checked_per_peer_with_its_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        crate::fsutil::write_atomic(
+            &file,
+            b"[share]\nreplicate = [\"alice\", \"bob\", \"carol\", \"nobody\"]\n\
+              replicate-max-size = \"1 MiB\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&Overrides {
+            config: Some(file),
+            ..Overrides::default()
+        })
+        .unwrap();
+        let ids: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        let names = Allowlist {
+            peers: ["alice", "bob", "carol"]
+                .iter()
+                .zip(&ids)
+                .map(|(name, id)| Listed {
+                    id: id.to_string(),
+                    name: Some((*name).into()),
+                    role: Role::PullAndServe,
+                    reshare: false,
+                })
+                .collect(),
+        };
+        let peer = |id: &PeerId, replication: PeerReplication| PeerStatus {
+            id: id.to_string(),
+            replication: Some(replication),
+            ..PeerStatus::default()
+        };
+        let status = DaemonStatus {
+            peers: vec![
+                peer(
+                    &ids[0],
+                    PeerReplication {
+                        entries: 10,
+                        ..PeerReplication::default()
+                    },
+                ),
+                peer(
+                    &ids[1],
+                    PeerReplication {
+                        skipped_for_budget: 4,
+                        skipped_bytes: 4096,
+                        ..PeerReplication::default()
+                    },
+                ),
+                peer(
+                    &ids[2],
+                    PeerReplication {
+                        note: Some("no catalog: the peer refused".into()),
+                        ..PeerReplication::default()
+                    },
+                ),
+            ],
+            ..DaemonStatus::default()
+        };
+        let me = Me {
+            id: "12D3KooWme".into(),
+            name: "dave".into(),
+        };
+        let mut report = Report::default();
+        check_replication(&config, &status, &names, &me, &mut report);
+        let mut out = Vec::new();
+        report.print(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for line in [
+            "  warning  `replicate` names nobody, which no peer you pull from is called",
+            "  ok       alice: up to date; replicated 10 entries (0 B)",
+            "  warning  bob: up to date; replicated 0 entries (0 B); 4 entries (4.0 KiB) \
+             skipped: replicate-max-size reached",
+            "           cause: entries from peers take all of `replicate-max-size` (1.0 MiB)",
+            "  warning  carol: up to date; replicated 0 entries (0 B); no catalog: the peer refused",
+            "           fix: ask carol to run the same warren release, and to serve you: \
+             `warren peers add 12D3KooWme --name dave`",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+        }
+        assert!(text.ends_with("0 problems, 3 warnings.\n"), "{text}");
+
+        // Off: no section at all.
+        let mut report = Report::default();
+        let mut quiet = config.clone();
+        quiet.share.replicate = Replicate::None;
+        check_replication(&quiet, &status, &names, &me, &mut report);
+        assert_eq!(report.count(super::super::Status::Warning), 0);
+        assert!(report.checks.is_empty());
     }
 }
