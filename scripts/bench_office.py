@@ -15,8 +15,10 @@ std``'s (three in four of a few to 60 bytes, one in ten ~20 KiB, one in a
 hundred ~200 KiB; the biggest bodies of a real build, up to ~13 MB, are left
 out to keep 32 stores on one disk).
 
-For each N, daemons run on hosts 1..N-1; once each holds every other's
-summary the office is at rest, and host N joins (its daemon starts).
+For each N, daemons run on hosts 1..N-1; once each has scanned its own
+store (its ``warren_summary_entries`` gauge is there) and holds every
+other's summary, the office is at rest, and host N joins (its daemon
+starts).
 Measured:
 
 * **join**: the time from the joiner's daemon start until it holds every
@@ -161,6 +163,9 @@ def scrape(host: Host) -> dict[str, dict[str, float]]:
     ).stdout
     gauges: dict[str, dict[str, float]] = {}
     for line in out.splitlines():
+        if line.startswith("warren_summary_entries "):
+            # Our own summary, there once the store's first scan is done.
+            gauges.setdefault("warren_summary_entries", {})[""] = float(line.split()[1])
         if line.startswith("#") or '{peer="' not in line:
             continue
         name, rest = line.split("{", 1)
@@ -169,8 +174,12 @@ def scrape(host: Host) -> dict[str, dict[str, float]]:
     return gauges
 
 
-def holds_all(host: Host, peers: dict[str, int]) -> bool:
+def holds_all(host: Host, peers: dict[str, int], own: bool = False) -> bool:
+    """Whether ``host`` holds each of ``peers``' summaries ({peer ID:
+    distinct keys}), and (``own``) has its own summary to give."""
     gauges = scrape(host)
+    if own and "warren_summary_entries" not in gauges:
+        return False
     connected = gauges.get("warren_peer_connected", {})
     holds = gauges.get("warren_peer_summary_entries", {})
     return all(
@@ -185,7 +194,9 @@ def wait_rest(hosts: list[Host], ids: list[str], keys: list[int], timeout: float
         pending = [
             i
             for i in pending
-            if not holds_all(hosts[i], {p: keys[j] for j, p in enumerate(ids) if j != i})
+            if not holds_all(
+                hosts[i], {p: keys[j] for j, p in enumerate(ids) if j != i}, own=True
+            )
         ]
         if time.perf_counter() - t0 > timeout:
             raise BenchError(

@@ -184,6 +184,16 @@ fn metrics_are_off_by_default_and_match_stats_when_on() {
     }
     assert_eq!(value(&metrics, "warren_gets_total"), 2);
     assert_eq!(value(&metrics, "warren_remote_lookups_total"), 1);
+    // The two entries put here, in our summary for peers (inotify, or the
+    // next rescan, tells the index).
+    wait(
+        || {
+            scrape(port)
+                .lines()
+                .any(|l| l == "warren_summary_entries 2")
+        },
+        "the summary to name both entries",
+    );
     // Anything else is not found.
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();

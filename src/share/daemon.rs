@@ -103,6 +103,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             config.share.agreement,
         )
         .context("indexing the store")?;
+        let put_order = adapter.put_order();
         let (client, events, event_loop) =
             warren_p2p::new(node, Arc::new(adapter)).context("starting the peer-to-peer node")?;
         let node_task = tokio::spawn(event_loop.run());
@@ -157,6 +158,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
                 crate::share::metrics::Source {
                     client: client.clone(),
                     replication,
+                    put_order,
                     store: config.dir.clone(),
                     started_unix_ms: started,
                 },

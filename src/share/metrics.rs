@@ -27,6 +27,7 @@ use warren_p2p::Client;
 use crate::share::replicate::{self, PeerReplication};
 use crate::share::status::PeerStatus;
 use crate::stats::{self, Totals};
+use crate::store::index::PutOrder;
 
 /// A request larger than this, or slower than [`REQUEST_TIMEOUT`], is
 /// dropped.
@@ -37,6 +38,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 struct Snapshot {
     lifetime: Totals,
+    /// Entries our summary names; `None` until the store's first scan.
+    offered: Option<u64>,
     peers: Vec<PeerStatus>,
     started_unix_ms: u64,
 }
@@ -78,6 +81,8 @@ pub(crate) async fn serve(
 pub(crate) struct Source {
     pub client: Client,
     pub replication: Arc<replicate::State>,
+    /// The store's index: what our summary offers peers.
+    pub put_order: Arc<PutOrder>,
     pub store: PathBuf,
     pub started_unix_ms: u64,
 }
@@ -93,6 +98,7 @@ impl Source {
         let peers = self.client.peers().await;
         Snapshot {
             lifetime,
+            offered: self.put_order.offered(),
             peers: self.replication.statuses(&peers),
             started_unix_ms: self.started_unix_ms,
         }
@@ -192,6 +198,15 @@ impl Collector for Snapshot {
             None,
             started.metric_type(),
         )?)?;
+        if let Some(offered) = self.offered {
+            let gauge = ConstGauge::new(offered as i64);
+            gauge.encode(encoder.encode_descriptor(
+                "summary_entries",
+                "Entries this daemon's summary offers peers (absent until the store is scanned)",
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
         type Field = fn(&PeerStatus) -> u64;
         let counters: [(&str, &str, Field); 8] = [
             ("peer_hits_served", "Bodies sent to the peer", |p| {
@@ -371,12 +386,14 @@ mod tests {
                 },
             ],
             started_unix_ms: 1_500,
+            offered: Some(20_000),
         };
         let text = encode(snapshot);
         for line in [
             "warren_gets_total 1135",
             "warren_peer_hits_total 752",
             "warren_daemon_start_time_seconds 1.5",
+            "warren_summary_entries 20000",
             "warren_peer_hits_served_total{peer=\"12D3KooWexample\"} 7",
             "warren_peer_connected{peer=\"12D3KooWexample\"} 1",
             "warren_peer_summary_entries{peer=\"12D3KooWexample\"} 900",

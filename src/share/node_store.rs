@@ -188,6 +188,11 @@ impl Quota {
 }
 
 impl StoreAdapter {
+    /// The put-order index behind hints, summaries and catalogs.
+    pub(crate) fn put_order(&self) -> Arc<PutOrder> {
+        self.order.clone()
+    }
+
     /// Starts indexing `store` for hints and summaries: only the entries
     /// that `sharing` serves (as it says at the time each is indexed).
     /// With `agreement`, it also remembers what was built here.

@@ -445,6 +445,15 @@ impl PutOrder {
         Some(catalog)
     }
 
+    /// How many entries the summary log names (what peers are offered);
+    /// `None` before the first full scan.
+    pub(crate) fn offered(&self) -> Option<u64> {
+        if !self.ready.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.generation() as u64)
+    }
+
     /// The summary log from entry `since` on (from its start if `epoch` is
     /// not this index's), at most `limit` prefixes; `None` before the
     /// first full scan.
