@@ -202,7 +202,8 @@ impl Collector for Snapshot {
             let gauge = ConstGauge::new(offered as i64);
             gauge.encode(encoder.encode_descriptor(
                 "summary_entries",
-                "Entries this daemon's summary offers peers (absent until the store is scanned)",
+                "Entries this daemon's summary for peers names, removed ones too until it is \
+                 compacted (absent until the store is scanned)",
                 None,
                 gauge.metric_type(),
             )?)?;

@@ -445,8 +445,8 @@ impl PutOrder {
         Some(catalog)
     }
 
-    /// How many entries the summary log names (what peers are offered);
-    /// `None` before the first full scan.
+    /// How many entries the summary log names (removed ones too, until it
+    /// is compacted); `None` before the first full scan.
     pub(crate) fn offered(&self) -> Option<u64> {
         if !self.ready.load(Ordering::Acquire) {
             return None;
