@@ -55,6 +55,7 @@ use warren_p2p::{catalog, summary};
 
 use crate::ids::ActionId;
 use crate::store;
+use crate::store::layout::{self, shard_named};
 #[cfg(target_os = "linux")]
 use crate::store::watch;
 
@@ -182,15 +183,9 @@ impl Slot {
     }
 }
 
-/// The shard directory an action's entry belongs in (`store::layout`).
+/// The shard directory an action's entry belongs in.
 fn shard_of(action: &ActionId) -> u8 {
-    action.as_bytes()[0]
-}
-
-/// The shard a directory name is, if it is one (`00` to `ff`).
-fn shard_named(name: &str) -> Option<u8> {
-    let shard = u8::from_str_radix(name, 16).ok()?;
-    (name == format!("{shard:02x}")).then_some(shard)
+    layout::shard_of(action.as_bytes())
 }
 
 /// One shard directory as read from disk.
@@ -356,7 +351,7 @@ impl PutOrder {
         }
         (0..=u8::MAX)
             .zip(wanted)
-            .filter_map(|(shard, known)| Some((format!("{shard:02x}"), known?)))
+            .filter_map(|(shard, known)| Some((layout::shard_name(shard), known?)))
             .collect()
     }
 

@@ -62,7 +62,24 @@ pub(super) fn data_dirs(root: &Path) -> (PathBuf, PathBuf) {
 
 /// The shard directory names, `00` to `ff`.
 pub(super) fn shards() -> impl Iterator<Item = String> {
-    (0..=u8::MAX).map(|shard| format!("{shard:02x}"))
+    (0..=u8::MAX).map(shard_name)
+}
+
+/// Shard `shard`'s directory name: two lowercase hex digits.
+pub(super) fn shard_name(shard: u8) -> String {
+    format!("{shard:02x}")
+}
+
+/// The shard of an ID (an action or an output): its first byte, which
+/// [`shard_path`] names by the first two hex digits.
+pub(super) fn shard_of(id: &[u8; 32]) -> u8 {
+    id[0]
+}
+
+/// The shard a directory name is, if it is one of [`shards`].
+pub(super) fn shard_named(name: &str) -> Option<u8> {
+    let shard = u8::from_str_radix(name, 16).ok()?;
+    (name == shard_name(shard)).then_some(shard)
 }
 
 /// `<dir>/<first two hex digits>/<hex>`.
