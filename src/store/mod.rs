@@ -569,6 +569,30 @@ mod tests {
     }
 
     #[test]
+    fn big_writes_are_hashed_like_small_ones() {
+        let f = Fixture::new();
+        let body: Vec<u8> = (0..3 * writer::PARALLEL_HASH + 7)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let output = OutputId::of(&body);
+        // Big writes (hashed beside the write) mixed with small ones.
+        let write = |body: &[u8]| {
+            let mut writer = f.store.begin_object(output, body.len() as u64).unwrap();
+            let (big, rest) = body.split_at(2 * writer::PARALLEL_HASH);
+            writer.write_all(big).unwrap();
+            writer.write_all(&rest[..5]).unwrap();
+            writer.write_all(&rest[5..]).unwrap();
+            writer.finish()
+        };
+        let mut damaged = body.clone();
+        damaged[writer::PARALLEL_HASH + 1] ^= 1;
+        assert!(matches!(write(&damaged), Err(Error::Mismatch { .. })));
+        let entry = f.store.commit(&action(1), write(&body).unwrap()).unwrap();
+        assert_eq!(entry.output, output);
+        assert_eq!(fs::read(f.store.object_path(&output)).unwrap(), body);
+    }
+
+    #[test]
     fn corrupt_entries_are_misses_and_removed() {
         let f = Fixture::new();
         for (n, damage) in [
