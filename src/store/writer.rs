@@ -77,23 +77,29 @@ impl Write for ObjectWriter {
         // The hash of the whole `buf` runs beside the write of the whole
         // of it; a write that fails part-way leaves the hash ahead of the
         // file, so the writer is broken for good (`finish` then fails).
+        // With no thread to spare (a process limit), it hashes here.
         let (hasher, temp) = (&mut self.hasher, &mut self.temp);
-        let wrote = std::thread::scope(|scope| {
-            let hashing = scope.spawn(move || hasher.update(buf));
+        let (wrote, hashed) = std::thread::scope(|scope| {
+            let hashing = std::thread::Builder::new()
+                .name("warren-hash".into())
+                .spawn_scoped(scope, || hasher.update(buf));
             let wrote = temp.write_all(buf);
-            hashing.join().expect("SHA-256 not to panic");
-            wrote
+            (wrote, hashing.ok().map(|hashing| hashing.join().is_ok()))
         });
-        match wrote {
-            Ok(()) => {
-                self.written += buf.len() as u64;
-                Ok(buf.len())
-            }
-            Err(error) => {
+        match (wrote, hashed) {
+            (Ok(()), Some(true)) => {}
+            (Ok(()), None) => self.hasher.update(buf),
+            (Ok(()), Some(false)) => {
                 self.broken = true;
-                Err(error)
+                return Err(io::Error::other("hashing the body failed"));
+            }
+            (Err(error), _) => {
+                self.broken = true;
+                return Err(error);
             }
         }
+        self.written += buf.len() as u64;
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
