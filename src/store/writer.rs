@@ -58,8 +58,8 @@ pub(crate) struct ObjectWriter {
     temp: NamedTempFile,
     hasher: Sha256,
     written: u64,
-    /// A write failed after its bytes were hashed: nothing more may be
-    /// written or committed.
+    /// A big write, or its hash on the second thread, failed: the hash and
+    /// the file may disagree, so nothing more may be written or committed.
     broken: bool,
 }
 
