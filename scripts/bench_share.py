@@ -72,16 +72,17 @@ What it measures, side by side in one run:
    at >= 0.85 of that floor, pair by pair (the median of the per-pair
    ratios). Each pair also times SHA-256 of the body on one core
    (hashlib): no receiver that verifies what it stores can beat that
-   either, so where the write ran faster than 0.85 of the hash allows the
-   target is out of reach by construction. The table counts such pairs,
-   gives their ratio to the slower of the two, and judges the target on
-   the median of the other pairs (the median of all pairs is shown too).
-   B's daemon's peak RSS
-   (VmHWM) is read before and after, to show that it does not grow with the
-   body. The helper gives up on the daemon after its lookup deadline plus a
-   transfer allowance (src/remote.rs; about 1.15 s by default), which a
-   256 MiB body may not make, so these gets run with a helper config whose
-   ``lookup-deadline`` is 60 s (the daemons keep the default). One extra get
+   either, so where the hash alone takes longer than the target allows the
+   get (the write's time / 0.85), the target is out of reach by
+   construction. The table counts such pairs, gives their ratio to the
+   slower of write and hash, and judges the target on the median of the
+   other pairs (the median of all pairs is shown too). B's daemon's peak
+   RSS (VmHWM) is read before and after, to show that it does not grow
+   with the body. The helper gives up on the daemon after its lookup
+   deadline plus a transfer allowance (src/share/remote.rs; about 1.15 s
+   by default), which a 256 MiB body may not make, so these gets run with
+   a helper config whose ``lookup-deadline`` is 60 s (the daemons keep the
+   default). One extra get
    with the default config shows what go would see: a hit, or a miss when
    the helper gave up, and when the body landed in B's store (the daemon
    finishes the transfer either way).
@@ -861,8 +862,8 @@ class Transfer:
 
     @property
     def out_of_reach(self) -> bool:
-        """Whether writing alone ran faster than SHA-256 lets a receiver
-        that verifies the body reach 0.85 of it."""
+        """Whether SHA-256 alone takes longer than the target allows the
+        get, so that no receiver that verifies the body can meet it."""
         return self.hash_s > self.floor_s / TARGETS["transfer_ratio"]
 
     @property
@@ -1547,9 +1548,8 @@ def summarize(res: Results) -> tuple[list[tuple[str, str, str, str]], dict]:
         ratio = statistics.median(t.ratio for t in res.transfers)
         verify_ratio = statistics.median(t.verify_floor_s / t.get_s for t in res.transfers)
         hash_mb_s = statistics.median(t.size / 1e6 / t.hash_s for t in res.transfers)
-        # Pairs whose write ran faster than the hash allows (0.85 of it):
-        # the target cannot be met there by anything that verifies the
-        # body, so the verdict is the median of the other pairs.
+        # The target is judged on the pairs where a verifying receiver
+        # could meet it at all.
         reachable = [t for t in res.transfers if not t.out_of_reach]
         out_of_reach = len(res.transfers) - len(reachable)
         reachable_ratio = (
