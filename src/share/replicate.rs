@@ -412,6 +412,7 @@ impl Replicator {
             after,
             max_age_secs: self.settings.window.as_secs(),
             limit: CATALOG_PAGE,
+            since: None,
         };
         let answer = self.client.catalog(peer, request).await;
         let mut peers = self.lock();
