@@ -184,10 +184,11 @@ pub(crate) struct Share {
     /// Whose entries to replicate. Default: none.
     pub replicate: Replicate,
     /// Most bytes of peers' entries in the store that replication fills up
-    /// to. Default: [`DEFAULT_REPLICATE_MAX_SIZE`].
+    /// to (and it leaves the last tenth of `max-size` free). Default:
+    /// [`DEFAULT_REPLICATE_MAX_SIZE`].
     pub replicate_max_size: u64,
-    /// Most bytes a second replication fetches. Default:
-    /// [`DEFAULT_REPLICATE_RATE`].
+    /// Most bytes a second replication fetches, as they cross the link.
+    /// Default: [`DEFAULT_REPLICATE_RATE`].
     pub replicate_rate: u64,
     /// Only entries a peer stored this recently are replicated. Default:
     /// [`DEFAULT_REPLICATE_WINDOW`].

@@ -6,9 +6,9 @@
 //! unasked. A replicating node asks the peer for its catalog instead: the
 //! full action, size and put time of each entry, in the order the server
 //! learned of them, from a position on. With sizes in hand the requester
-//! keeps its budgets (bytes on disk, bandwidth) before it fetches, and in
-//! put order a build that starts during replication finds its first
-//! entries first.
+//! keeps its budgets (bytes on disk, bandwidth) before it fetches, and
+//! takes no body bigger than the size its catalog listed; in put order a
+//! build that starts during replication finds its first entries first.
 //!
 //! A server lists only entries built on its own machine, younger than the
 //! age the requester asks for (by the server's own clock, so clock skew

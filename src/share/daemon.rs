@@ -129,6 +129,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
                     max_size: config.share.replicate_max_size,
                     rate: config.share.replicate_rate,
                     window: config.share.replicate_window,
+                    store_max_size: config.trim.max_size,
                 },
                 targets: trust.replicated.clone(),
                 activity: activity.clone(),

@@ -234,6 +234,21 @@ pub(super) fn check_replication(
                     me.id, me.name
                 )),
             );
+        } else if replication.skipped_for_room > 0 {
+            report.warning(
+                line,
+                Some(format!(
+                    "the store is within {}% of `max-size` ({}): replication leaves that \
+                     room to builds",
+                    replicate::budget::HEADROOM_PERCENT,
+                    bytesize::ByteSize(config.trim.max_size).display().iec()
+                )),
+                Some(format!(
+                    "raise `max-size` in {}, or make room with `warren trim`; what was \
+                     skipped comes once there is room",
+                    config_file(config)
+                )),
+            );
         } else if replication.skipped_for_budget > 0 {
             report.warning(
                 line,
@@ -425,6 +440,30 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
         }
         assert!(text.ends_with("0 problems, 3 warnings.\n"), "{text}");
+
+        // A store near max-size: its own cause and fix.
+        let near = DaemonStatus {
+            peers: vec![peer(
+                &ids[0],
+                PeerReplication {
+                    skipped_for_room: 2,
+                    skipped_room_bytes: 2048,
+                    ..PeerReplication::default()
+                },
+            )],
+            ..DaemonStatus::default()
+        };
+        let mut report = Report::default();
+        check_replication(&config, &near, &names, &me, &mut report);
+        let mut out = Vec::new();
+        report.print(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.lines().any(|l| l
+                == "           cause: the store is within 10% of `max-size` (10.0 GiB): \
+                    replication leaves that room to builds"),
+            "{text}"
+        );
 
         // Off: no section at all.
         let mut report = Report::default();

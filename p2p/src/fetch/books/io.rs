@@ -113,6 +113,10 @@ pub(crate) struct Send {
     /// For a batch: the fetch of each action, which its report names.
     pub(crate) batch: Option<Vec<FetchId>>,
     pub(crate) max_inline: u64,
+    /// For replication: the largest body taken for each action (the size
+    /// its catalog listed); a bigger one is refused and counts against the
+    /// peer.
+    pub(crate) listed: Option<Vec<u64>>,
     pub(crate) hints: u32,
     /// The (first) answer's header must arrive before this.
     pub(crate) header_deadline: Instant,
