@@ -121,7 +121,12 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         });
         let activity = Arc::new(replicate::Activity::default());
         let replication = Arc::new(replicate::State::default());
-        if trust.replicate != Replicate::None {
+        if let Some(why) = replicate::off_because(&config.share) {
+            tracing::warn!(
+                "replicate = {} is off: {why} (`warren doctor` says more)",
+                config.share.replicate
+            );
+        } else if trust.replicate != Replicate::None {
             let replicator = replicate::Replicator {
                 client: client.clone(),
                 store: store.clone(),

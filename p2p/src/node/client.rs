@@ -267,7 +267,8 @@ impl Client {
     /// lists is taken (one is refused, and the peer cooled down). A
     /// lookup for one of them joins its fetch. One answer per entry, in
     /// order: `None` for one not fetched (already stored, gone, refused,
-    /// or the peer did not answer).
+    /// or the peer did not answer). With agreement on, nothing is fetched
+    /// (see `fetch::books::replicate`).
     pub async fn replicate(
         &self,
         peer: PeerId,

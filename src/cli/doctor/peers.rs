@@ -186,6 +186,23 @@ pub(super) fn check_replication(
         return;
     }
     report.section("Replication");
+    if let Some(why) = replicate::off_because(&config.share) {
+        report.warning(
+            format!("`replicate = {replicate}` is off: {why}"),
+            Some(
+                "with agreement, an entry is stored only when two sources agree on it, and \
+                 replication fetches each entry from one peer: every body would be fetched \
+                 and thrown away"
+                    .into(),
+            ),
+            Some(format!(
+                "choose one under [share] in {}: `agreement = false` to replicate, or \
+                 `replicate = \"none\"` to say so",
+                config_file(config)
+            )),
+        );
+        return;
+    }
     let unknown = replicate::unknown(replicate, names);
     if !unknown.is_empty() {
         report.warning(
@@ -464,6 +481,22 @@ mod tests {
                     replication leaves that room to builds"),
             "{text}"
         );
+
+        // With agreement on, replication is off, and says why.
+        let mut agreeing = config.clone();
+        agreeing.share.agreement = true;
+        let mut report = Report::default();
+        check_replication(&agreeing, &status, &names, &me, &mut report);
+        let mut out = Vec::new();
+        report.print(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l
+                    == "  warning  `replicate = alice bob carol nobody` is off: agreement is on"),
+            "{text}"
+        );
+        assert!(!text.contains("alice:"), "no peer is replicated: {text}");
 
         // Off: no section at all.
         let mut report = Report::default();

@@ -34,6 +34,10 @@
 //!   is more, as compressed bodies are), paced after each batch, and each
 //!   batch at most a quarter second's worth by the sizes listed (which no
 //!   body may exceed).
+//!
+//! With agreement on, replication is off ([`off_because`]): it takes one
+//! peer's word for every entry, which agreement never stores, so every
+//! body would be fetched only to be thrown away.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use warren_p2p::catalog::{CatalogEntry, CatalogRequest, Cursor, Position};
 use warren_p2p::{Client, PeerId};
 
-use crate::config::Replicate;
+use crate::config::{Replicate, Share};
 use crate::share::status::PeerStatus;
 use crate::store::{DiskStore, Source};
 
@@ -83,6 +87,13 @@ pub(crate) struct Settings {
     pub window: Duration,
     /// The store's `max-size`, less whose headroom replication fills.
     pub store_max_size: u64,
+}
+
+/// Why replication is off although `replicate` names peers, if it is:
+/// with agreement on, a replicated body (one peer's word) would never be
+/// stored, so none is fetched.
+pub(crate) fn off_because(share: &Share) -> Option<&'static str> {
+    (share.agreement && share.replicate != Replicate::None).then_some("agreement is on")
 }
 
 /// When a helper last asked the daemon for something.
@@ -688,6 +699,19 @@ mod tests {
         assert_eq!(peer.shown.skipped_for_budget, 0);
         assert_eq!(peer.shown.skipped_for_room, 0);
         assert!(!peer.rewind_if_room(&budget), "once");
+    }
+
+    /// With agreement on, `replicate` is off, whatever it names.
+    #[test]
+    fn agreement_turns_replication_off() {
+        let mut share = crate::config::tests::default_share();
+        assert_eq!(off_because(&share), None, "replicate is none");
+        share.replicate = Replicate::All;
+        assert_eq!(off_because(&share), None);
+        share.agreement = true;
+        assert_eq!(off_because(&share), Some("agreement is on"));
+        share.replicate = Replicate::None;
+        assert_eq!(off_because(&share), None, "nothing to turn off");
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub(crate) struct Limits {
     pub(crate) max_body_size: u64,
     pub(crate) transfer_rate: u64,
     pub(crate) cooldown: Duration,
+    /// Agreement is on: nothing is replicated (see `replicate`).
+    pub(crate) agreement: bool,
     /// Entries read ahead at once; 0 turns read-ahead off.
     pub(crate) read_ahead: usize,
     pub(crate) read_ahead_max_body: u64,
@@ -73,6 +75,7 @@ impl Limits {
             max_body_size: config.max_body_size,
             transfer_rate: config.transfer_rate,
             cooldown: config.cooldown,
+            agreement: config.agreement,
             // Read-ahead takes one peer's word: not with agreement on.
             read_ahead: if config.agreement {
                 0

@@ -715,6 +715,7 @@ mod tests {
             max_body_size: 4 << 30,
             transfer_rate: 50_000_000,
             cooldown: Duration::from_secs(60),
+            agreement: false,
             read_ahead: 64,
             read_ahead_max_body: 64 << 20,
             read_ahead_budget: crate::config::ReadAheadLimits {
@@ -1278,5 +1279,25 @@ mod tests {
             "not asked while cooled down"
         );
         assert_eq!(later[0].try_recv(), Ok(None));
+    }
+
+    /// With agreement on, one peer's word is never enough to store a
+    /// body: replicating would move bodies only to throw them away.
+    #[test]
+    fn nothing_is_replicated_with_agreement_on() {
+        let now = Instant::now();
+        let peers = peers(1);
+        let mut books = Books::new(Limits {
+            agreement: true,
+            ..limits()
+        });
+        let (entries, mut answers) = replicated(1..=4, 10);
+        books.replicate(peers.connected[0], entries, now, &peers);
+        assert!(drain(&mut books).0.is_empty(), "nothing asked for");
+        assert!(
+            answers
+                .iter_mut()
+                .all(|answer| answer.try_recv() == Ok(None))
+        );
     }
 }

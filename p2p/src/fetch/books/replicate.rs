@@ -18,6 +18,10 @@
 //! only up to the largest size it lists, so a peer whose catalog says
 //! "1 byte" cannot push a bigger body down the stream unasked.
 //!
+//! With agreement on, nothing is replicated: a replicated body comes from
+//! one peer, and agreement stores nothing on one peer's word, so every
+//! body would be moved only to be thrown away.
+//!
 //! [`RejectReason::LargerThanListed`]: crate::fetch::receive::RejectReason::LargerThanListed
 
 use std::time::Duration;
@@ -36,7 +40,7 @@ use crate::ids::ActionId;
 impl Books {
     /// Fetches `entries` (each with the size its catalog listed) from
     /// `peer`, answering each on its own sender: `None` at once for one
-    /// stored already, or with nobody to ask.
+    /// stored already, with nobody to ask, or with agreement on.
     pub(crate) fn replicate(
         &mut self,
         peer: PeerId,
@@ -44,7 +48,7 @@ impl Books {
         now: Instant,
         peers: &impl Peers,
     ) {
-        let usable = self.eligible(&peer, now, peers);
+        let usable = self.eligible(&peer, now, peers) && !self.limits.agreement;
         let mut fetches = Vec::new();
         for (action, listed, reply) in entries {
             if let Some(fetch) = (self.active.get(&action)).and_then(|id| self.fetches.get_mut(id))
