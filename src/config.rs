@@ -175,19 +175,21 @@ pub(crate) struct Share {
     pub compression: Compression,
     /// Store a peer's entry only when a second source agrees on it (two
     /// peers that built it, or a peer and an earlier build here); turns
-    /// read-ahead off. Default: false.
+    /// read-ahead and replication off. Default: false.
     pub agreement: bool,
     /// Where the daemon serves its counters in the Prometheus text format
     /// (`metrics-listen`: an address and port, or a port on loopback).
     /// Default: off.
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Whose entries to replicate. Default: none.
+    /// Whose entries to replicate; off while `agreement` is on (see
+    /// `share::replicate::off_because`). Default: none.
     pub replicate: Replicate,
     /// Most bytes of peers' entries in the store that replication fills up
-    /// to. Default: [`DEFAULT_REPLICATE_MAX_SIZE`].
+    /// to (and it leaves the last tenth of `max-size` free). Default:
+    /// [`DEFAULT_REPLICATE_MAX_SIZE`].
     pub replicate_max_size: u64,
-    /// Most bytes a second replication fetches. Default:
-    /// [`DEFAULT_REPLICATE_RATE`].
+    /// Most bytes a second replication fetches, as they cross the link.
+    /// Default: [`DEFAULT_REPLICATE_RATE`].
     pub replicate_rate: u64,
     /// Only entries a peer stored this recently are replicated. Default:
     /// [`DEFAULT_REPLICATE_WINDOW`].
@@ -538,8 +540,15 @@ pub(crate) fn parse_age(text: &str) -> Result<Duration, Error> {
     clippy::disallowed_methods,
     reason = "tests write config files, not store files"
 )]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// `[share]` as it is with no config file.
+    pub(crate) fn default_share() -> Share {
+        Config::resolve(&Overrides::default(), FileConfig::default(), None)
+            .expect("the defaults resolve")
+            .share
+    }
 
     #[test]
     fn defaults_apply_without_file_or_overrides() {

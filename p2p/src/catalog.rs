@@ -4,16 +4,28 @@
 //! A summary ([`crate::summary`]) names 8 bytes of each action, enough to
 //! decide whom to ask about a lookup, but not enough to fetch anything
 //! unasked. A replicating node asks the peer for its catalog instead: the
-//! full action, size and put time of each entry, oldest first, from a
-//! cursor on. With sizes in hand the requester keeps its budgets (bytes on
-//! disk, bandwidth) before it fetches, and in put order a build that starts
-//! during replication finds its first entries first.
+//! full action, size and put time of each entry, in the order the server
+//! learned of them, from a position on. With sizes in hand the requester
+//! keeps its budgets (bytes on disk, bandwidth) before it fetches, and
+//! takes no body bigger than the size its catalog listed; in put order a
+//! build that starts during replication finds its first entries first.
 //!
 //! A server lists only entries built on its own machine, younger than the
 //! age the requester asks for (by the server's own clock, so clock skew
 //! between machines does not matter), and only to peers it serves. The
 //! bodies then come through the fetch protocol like any other, verified
 //! the same way.
+//!
+//! # Where a catalog continues
+//!
+//! A requester pages through a catalog with a [`Position`]: a number the
+//! server gives each entry as it learns of it, under an epoch drawn when
+//! its index starts. Put times would not do: a server whose clock jumped
+//! forward and was set right again puts its next entries before the ones
+//! it put in the meantime, and a requester that went on after the latest
+//! put time would never see them. A position of another epoch (the server
+//! restarted) starts over from the oldest entry in the window; the
+//! requester passes over what it holds.
 //!
 //! # Wire
 //!
@@ -27,7 +39,11 @@
 //!
 //! with frames as in [`crate::protocol::wire`]. A peer without the
 //! protocol (an older warren) refuses the stream, and is not replicated
-//! from.
+//! from. Positions came later, as optional fields of both frames
+//! ([`CatalogRequest::since`], [`CatalogHeader::next`]): an older server
+//! ignores `since` and pages by put time ([`CatalogRequest::after`]), which
+//! the requester then keeps using; an older requester sends no `since`
+//! and is answered by put time as before.
 
 use std::io;
 
@@ -45,22 +61,42 @@ pub const MAX_ENTRIES: usize = 2048;
 /// Bytes of one entry on the wire.
 const ENTRY_LEN: usize = 48;
 
-/// Where a catalog continues: right after the entry put at
-/// `time_unix_nanos` with action `action` in the server's put order, or,
-/// if that entry is gone, after every entry put in that nanosecond.
+/// Where a catalog continues by put time (as older servers page): right
+/// after the entry put at `time_unix_nanos` with action `action` in the
+/// server's put order, or, if that entry is gone, after every entry put in
+/// that nanosecond.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Cursor {
     pub time_unix_nanos: u64,
     pub action: Option<ActionId>,
 }
 
-/// What a requester asks: entries after `after`, put at most `max_age_secs`
-/// ago, at most `limit` of them.
+/// Where a catalog continues: after the entry numbered `seq` in the order
+/// the server learned of its entries, under `epoch` (see the module docs).
+/// [`Position::START`] asks for the start of the catalog.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl Position {
+    /// The start of any server's catalog (no server draws epoch 0).
+    pub const START: Self = Self { epoch: 0, seq: 0 };
+}
+
+/// What a requester asks: entries after `since` (or, from an older
+/// requester, after `after`), put at most `max_age_secs` ago, at most
+/// `limit` of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogRequest {
     pub after: Cursor,
     pub max_age_secs: u64,
     pub limit: u32,
+    /// Where to continue, by the server's own numbering; absent from older
+    /// requesters, and ignored by older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Position>,
 }
 
 /// The header of an answer; `count` entries follow it.
@@ -69,6 +105,10 @@ pub struct CatalogHeader {
     pub count: u32,
     /// Whether the server has more after the last entry.
     pub more: bool,
+    /// Where the next request continues, in answer to a `since`; absent
+    /// from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Position>,
 }
 
 /// One entry a peer built.
@@ -94,6 +134,8 @@ impl CatalogEntry {
 pub struct Catalog {
     pub entries: Vec<CatalogEntry>,
     pub more: bool,
+    /// See [`CatalogHeader::next`].
+    pub next: Option<Position>,
 }
 
 /// The catalog protocol's codec; entries are raw bytes after a frame.
@@ -130,6 +172,7 @@ impl libp2p::request_response::Codec for CatalogCodec {
         Ok(Catalog {
             entries,
             more: header.more,
+            next: header.next,
         })
     }
 
@@ -155,9 +198,13 @@ impl libp2p::request_response::Codec for CatalogCodec {
         T: AsyncWrite + Unpin + Send,
     {
         let entries = &catalog.entries[..catalog.entries.len().min(MAX_ENTRIES)];
+        // A server that lists more than the limit (it never does) would
+        // leave `next` past what was sent: no position then, only times.
+        let cut = entries.len() < catalog.entries.len();
         let header = CatalogHeader {
             count: entries.len() as u32,
-            more: catalog.more || entries.len() < catalog.entries.len(),
+            more: catalog.more || cut,
+            next: if cut { None } else { catalog.next },
         };
         // Header and entries in one write: one frame on the connection.
         let mut bytes = Vec::with_capacity(64 + entries.len() * ENTRY_LEN);
@@ -207,6 +254,7 @@ mod tests {
             let catalog = Catalog {
                 entries: (1..=5).map(entry).collect(),
                 more: true,
+                next: Some(Position { epoch: 7, seq: 42 }),
             };
             let mut bytes = Vec::new();
             CatalogCodec
@@ -220,22 +268,86 @@ mod tests {
             assert_eq!(read, catalog);
             assert_eq!(read.entries[1].cursor().action, Some(entry(2).action));
 
-            let request = CatalogRequest {
-                after: entry(3).cursor(),
-                max_age_secs: 86_400,
-                limit: 100,
-            };
-            let mut bytes = Vec::new();
-            CatalogCodec
-                .write_request(&protocol(), &mut bytes, request)
-                .await
-                .unwrap();
-            let read = CatalogCodec
-                .read_request(&protocol(), &mut Bytes::new(bytes))
-                .await
-                .unwrap();
-            assert_eq!(read, request);
+            for since in [
+                None,
+                Some(Position::START),
+                Some(Position { epoch: 7, seq: 9 }),
+            ] {
+                let request = CatalogRequest {
+                    after: entry(3).cursor(),
+                    max_age_secs: 86_400,
+                    limit: 100,
+                    since,
+                };
+                let mut bytes = Vec::new();
+                CatalogCodec
+                    .write_request(&protocol(), &mut bytes, request)
+                    .await
+                    .unwrap();
+                let read = CatalogCodec
+                    .read_request(&protocol(), &mut Bytes::new(bytes))
+                    .await
+                    .unwrap();
+                assert_eq!(read, request);
+            }
         });
+    }
+
+    /// Positions are optional fields: an older peer's frames (without
+    /// them) are read as asking and answering by put time, and an older
+    /// peer reads ours, ignoring them.
+    #[test]
+    fn positions_keep_older_peers_working() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct OlderRequest {
+            after: Cursor,
+            max_age_secs: u64,
+            limit: u32,
+        }
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct OlderHeader {
+            count: u32,
+            more: bool,
+        }
+        let older = OlderRequest {
+            after: entry(3).cursor(),
+            max_age_secs: 60,
+            limit: 10,
+        };
+        let read: CatalogRequest =
+            serde_json::from_slice(&serde_json::to_vec(&older).unwrap()).unwrap();
+        assert_eq!(read.since, None);
+        let ours = CatalogRequest {
+            after: Cursor::default(),
+            max_age_secs: 60,
+            limit: 10,
+            since: Some(Position { epoch: 3, seq: 4 }),
+        };
+        let read: OlderRequest =
+            serde_json::from_slice(&serde_json::to_vec(&ours).unwrap()).unwrap();
+        assert_eq!(read.limit, 10);
+
+        let header = CatalogHeader {
+            count: 2,
+            more: true,
+            next: Some(Position { epoch: 3, seq: 6 }),
+        };
+        let read: OlderHeader =
+            serde_json::from_slice(&serde_json::to_vec(&header).unwrap()).unwrap();
+        assert_eq!(
+            read,
+            OlderHeader {
+                count: 2,
+                more: true
+            }
+        );
+        let older = OlderHeader {
+            count: 0,
+            more: false,
+        };
+        let read: CatalogHeader =
+            serde_json::from_slice(&serde_json::to_vec(&older).unwrap()).unwrap();
+        assert_eq!(read.next, None);
     }
 
     #[test]
@@ -245,6 +357,7 @@ mod tests {
             let header = CatalogHeader {
                 count: MAX_ENTRIES as u32 + 1,
                 more: false,
+                next: None,
             };
             wire::encode_frame(&mut bytes, &header).unwrap();
             let error = CatalogCodec
@@ -258,6 +371,7 @@ mod tests {
             let header = CatalogHeader {
                 count: 2,
                 more: false,
+                next: None,
             };
             wire::encode_frame(&mut bytes, &header).unwrap();
             bytes.extend_from_slice(&[7; ENTRY_LEN]);
@@ -276,6 +390,7 @@ mod tests {
             let catalog = Catalog {
                 entries: vec![entry(1); MAX_ENTRIES + 3],
                 more: false,
+                next: Some(Position { epoch: 1, seq: 99 }),
             };
             let mut bytes = Vec::new();
             CatalogCodec
@@ -288,6 +403,7 @@ mod tests {
                 .unwrap();
             assert_eq!(read.entries.len(), MAX_ENTRIES);
             assert!(read.more, "the rest is still there");
+            assert_eq!(read.next, None, "not past what was sent");
         });
     }
 }

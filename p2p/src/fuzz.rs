@@ -84,6 +84,7 @@ pub fn fetch_response(data: &[u8]) {
             batch: None,
             link: Arc::default(),
             traffic: Arc::default(),
+            listed: None,
         }),
     };
     block_on(async {

@@ -31,7 +31,7 @@ use std::io;
 
 use libp2p::PeerId;
 
-use crate::catalog::{Catalog, Cursor};
+use crate::catalog::{Catalog, CatalogRequest};
 use crate::ids::{ActionId, OutputId};
 use crate::summary::SummaryChunk;
 
@@ -95,17 +95,16 @@ pub trait Hints {
         Vec::new()
     }
 
-    /// For replicating peers ([`crate::catalog`]): up to `limit` entries
-    /// built on this machine and served, put after `after` and at most
-    /// `max_age` ago, in put order. `None` if the store keeps no order (now).
-    /// Quick, like [`Bodies::open`]. The default keeps none.
-    fn catalog(
-        &self,
-        after: &Cursor,
-        max_age: std::time::Duration,
-        limit: usize,
-    ) -> Option<Catalog> {
-        let _ = (after, max_age, limit);
+    /// For replicating peers ([`crate::catalog`]): up to `request.limit`
+    /// entries built on this machine and served, put at most
+    /// `request.max_age_secs` ago, in the store's order from
+    /// `request.since` on (with [`Catalog::next`] saying where the next
+    /// request continues), or, without `since`, by put time after
+    /// `request.after`. The node caps `limit` at
+    /// [`crate::catalog::MAX_ENTRIES`]. `None` if the store keeps no order
+    /// (now). Quick, like [`Bodies::open`]. The default keeps none.
+    fn catalog(&self, request: &CatalogRequest) -> Option<Catalog> {
+        let _ = request;
         None
     }
 }

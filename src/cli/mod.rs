@@ -329,6 +329,10 @@ fn show_config(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode
     } else {
         share.read_ahead.to_string()
     };
+    let replicate = match crate::share::replicate::off_because(share) {
+        Some(why) => format!("{} (off: {why})", share.replicate),
+        None => share.replicate.to_string(),
+    };
     let metrics = match share.metrics_listen {
         Some(address) => format!("http://{address}/metrics"),
         None => "off".to_owned(),
@@ -383,7 +387,7 @@ fn show_config(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode
         ),
         ("agreement:      ", "agreement", share.agreement.to_string()),
         ("metrics-listen: ", "metrics-listen", metrics),
-        ("replicate:      ", "replicate", share.replicate.to_string()),
+        ("replicate:      ", "replicate", replicate),
         (
             "replicate-max-size:",
             "replicate-max-size",

@@ -121,7 +121,12 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         });
         let activity = Arc::new(replicate::Activity::default());
         let replication = Arc::new(replicate::State::default());
-        if trust.replicate != Replicate::None {
+        if let Some(why) = replicate::off_because(&config.share) {
+            tracing::warn!(
+                "replicate = {} is off: {why} (`warren doctor` says more)",
+                config.share.replicate
+            );
+        } else if trust.replicate != Replicate::None {
             let replicator = replicate::Replicator {
                 client: client.clone(),
                 store: store.clone(),
@@ -129,6 +134,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
                     max_size: config.share.replicate_max_size,
                     rate: config.share.replicate_rate,
                     window: config.share.replicate_window,
+                    store_max_size: config.trim.max_size,
                 },
                 targets: trust.replicated.clone(),
                 activity: activity.clone(),

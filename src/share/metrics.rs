@@ -304,7 +304,7 @@ impl Snapshot {
     ) -> Result<(), std::fmt::Error> {
         use prometheus_client::metrics::MetricType::{self, Counter, Gauge};
         type Field = fn(&PeerReplication) -> u64;
-        let families: [(&str, &str, MetricType, Field); 5] = [
+        let families: [(&str, &str, MetricType, Field); 7] = [
             (
                 "peer_replication_behind",
                 "Entries of the peer's catalog not replicated or skipped yet",
@@ -334,6 +334,18 @@ impl Snapshot {
                 "Bytes of the entries left out for replicate-max-size",
                 Gauge,
                 |r| r.skipped_bytes,
+            ),
+            (
+                "peer_replication_skipped_for_room_entries",
+                "Entries of the peer's left out because the store is near max-size",
+                Gauge,
+                |r| r.skipped_for_room,
+            ),
+            (
+                "peer_replication_skipped_for_room_bytes",
+                "Bytes of the entries left out because the store is near max-size",
+                Gauge,
+                |r| r.skipped_room_bytes,
             ),
         ];
         for (name, help, kind, field) in families {
@@ -381,6 +393,8 @@ mod tests {
                         bytes: 182_000_000,
                         skipped_for_budget: 3,
                         skipped_bytes: 4096,
+                        skipped_for_room: 2,
+                        skipped_room_bytes: 512,
                         ..PeerReplication::default()
                     }),
                     ..PeerStatus::default()
@@ -403,6 +417,8 @@ mod tests {
             "warren_peer_replicated_bytes_total{peer=\"12D3KooWalice\"} 182000000",
             "warren_peer_replication_skipped_entries{peer=\"12D3KooWalice\"} 3",
             "warren_peer_replication_skipped_bytes{peer=\"12D3KooWalice\"} 4096",
+            "warren_peer_replication_skipped_for_room_entries{peer=\"12D3KooWalice\"} 2",
+            "warren_peer_replication_skipped_for_room_bytes{peer=\"12D3KooWalice\"} 512",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
         }

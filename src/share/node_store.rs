@@ -338,11 +338,9 @@ impl warren_p2p::Hints for StoreAdapter {
 
     fn catalog(
         &self,
-        after: &warren_p2p::catalog::Cursor,
-        max_age: std::time::Duration,
-        limit: usize,
+        request: &warren_p2p::catalog::CatalogRequest,
     ) -> Option<warren_p2p::catalog::Catalog> {
-        self.order.catalog(after, max_age, limit)
+        self.order.catalog(request)
     }
 }
 

@@ -20,9 +20,17 @@
 //!
 //! An office of peers each holding a few hundred thousand entries must fit
 //! in a daemon of tens of MiB, so each entry the index knows of is kept
-//! once, in a 48-byte slot ([`Slot`]); the action table, the put order and
-//! the shards refer to it by its 4-byte number, and a shard's entries are
-//! the slots whose action it is named for.
+//! once, in a 56-byte slot ([`Slot`]); the action table, the put order, the
+//! catalog's listing and the shards refer to it by its 4-byte number, and a
+//! shard's entries are the slots whose action it is named for.
+//!
+//! Catalogs for replicating peers ([`PutOrder::catalog`]) list entries
+//! built here by a number the index gives each as it learns of it (in put
+//! order for the first full scan, then as they land), under an epoch drawn
+//! when the daemon starts: a peer that continues from a number never misses
+//! an entry, even one whose put time lies before entries it has seen (a
+//! clock that jumped forward and was set right again; see
+//! `warren_p2p::catalog`).
 //!
 //! Only entries the daemon serves are indexed (built here, or from a
 //! re-shared peer, and not a module index; see `share::node_store`), as
@@ -39,7 +47,7 @@
 //! the node); without, within [`REFRESH`]. None is given before the first
 //! full scan is done, since it would leave most entries out.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::hash::{BuildHasher, RandomState};
 use std::ops::Bound;
@@ -72,6 +80,9 @@ pub(crate) const QUICK_REFRESH: Duration = Duration::from_millis(200);
 const COMPACT_MIN: usize = 4096;
 /// With inotify: how often the index rescans anyway.
 pub(crate) const SAFETY_SCAN: Duration = Duration::from_secs(10);
+/// Most entries one catalog answer looks at, listed or passed over as
+/// older than the window asked for: the index stays locked that long.
+const CATALOG_SCAN: usize = 65_536;
 
 /// Which entries are indexed, by their action and line; called once for
 /// each entry the index reads.
@@ -126,6 +137,40 @@ struct Index {
     shards: HashMap<String, SystemTime>,
     /// The summary log: action prefixes, in the order first indexed.
     log: summary::Log,
+    /// Entries built here, numbered, for catalogs.
+    listing: Listing,
+}
+
+/// Served entries built here, each under a number given as the index
+/// learned of it (see the module docs): what catalogs page through.
+struct Listing {
+    /// Drawn when the index is made, never 0 (which asks for the start).
+    epoch: u64,
+    /// The number the next entry gets; numbers start at 1.
+    next: u64,
+    by_seq: BTreeMap<u64, SlotId>,
+}
+
+impl Default for Listing {
+    fn default() -> Self {
+        // Keyed from the OS's random source, like the summary log's epoch.
+        let epoch = RandomState::new().hash_one(SystemTime::now()).max(1);
+        Self {
+            epoch,
+            next: 1,
+            by_seq: BTreeMap::new(),
+        }
+    }
+}
+
+impl Listing {
+    /// Numbers `slot` as the latest entry.
+    fn push(&mut self, slot: SlotId) -> u64 {
+        let seq = self.next;
+        self.next += 1;
+        self.by_seq.insert(seq, slot);
+        seq
+    }
 }
 
 /// What the index keeps of a served entry.
@@ -138,13 +183,15 @@ struct Meta {
     built_here: bool,
 }
 
-/// One entry the index knows of, in 48 bytes: its action, and its [`Meta`]
-/// if it is served, with the flags in the top bits of its size.
+/// One entry the index knows of, in 56 bytes: its action, its [`Meta`] if
+/// it is served (with the flags in the top bits of its size), and its
+/// number in the [`Listing`] if it is listed (0 if not).
 #[derive(Clone, Copy)]
 struct Slot {
     action: ActionId,
     time: u64,
     bits: u64,
+    seq: u64,
 }
 
 const SERVED: u64 = 1 << 63;
@@ -154,12 +201,13 @@ const FREE: u64 = 1 << 61;
 const SIZE: u64 = FREE - 1;
 
 impl Slot {
-    fn new(action: ActionId, meta: Option<Meta>) -> Self {
+    fn new(action: ActionId, meta: Option<Meta>, seq: u64) -> Self {
         let Some(meta) = meta else {
             return Self {
                 action,
                 time: 0,
                 bits: 0,
+                seq: 0,
             };
         };
         let built_here = if meta.built_here { BUILT_HERE } else { 0 };
@@ -167,6 +215,7 @@ impl Slot {
             action,
             time: meta.time,
             bits: SERVED | built_here | meta.size.min(SIZE),
+            seq,
         }
     }
 
@@ -378,66 +427,34 @@ impl PutOrder {
         next
     }
 
-    /// Up to `limit` entries built here and put after `after` (and at
-    /// most `max_age` ago), in put order, and whether more follow: a
-    /// replicating peer's catalog (`warren_p2p::catalog`). `None` before
-    /// the first full scan.
-    pub(crate) fn catalog(
-        &self,
-        after: &catalog::Cursor,
-        max_age: Duration,
-        limit: usize,
-    ) -> Option<catalog::Catalog> {
-        self.catalog_at(after, max_age, limit, SystemTime::now())
+    /// A replicating peer's catalog (`warren_p2p::catalog`): up to
+    /// `request.limit` entries built here and put at most
+    /// `request.max_age_secs` ago, from `request.since` on in the
+    /// [`Listing`]'s order (or, for an older peer that sends no position,
+    /// after `request.after` in put order), and whether more follow.
+    /// `None` before the first full scan.
+    pub(crate) fn catalog(&self, request: &catalog::CatalogRequest) -> Option<catalog::Catalog> {
+        self.catalog_at(request, SystemTime::now())
     }
 
     fn catalog_at(
         &self,
-        after: &catalog::Cursor,
-        max_age: Duration,
-        limit: usize,
+        request: &catalog::CatalogRequest,
         now: SystemTime,
     ) -> Option<catalog::Catalog> {
         if !self.ready.load(Ordering::Acquire) {
             return None;
         }
         let oldest = now
-            .checked_sub(max_age)
+            .checked_sub(Duration::from_secs(request.max_age_secs))
             .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |age| age.as_nanos() as u64);
+        let limit = request.limit as usize;
         let index = self.index.lock().expect("lock not poisoned");
-        let start = match after.action {
-            Some(action) if after.time_unix_nanos >= oldest => {
-                // Right after the cursor's entry; if that is gone, after
-                // every entry put in the same nanosecond.
-                let slot = index
-                    .served(&action)
-                    .filter(|(_, meta)| meta.time == after.time_unix_nanos)
-                    .map_or(SlotId::MAX, |(slot, _)| slot);
-                Bound::Excluded((after.time_unix_nanos, slot))
-            }
-            _ => Bound::Included((oldest.max(after.time_unix_nanos), 0)),
-        };
-        let mut catalog = catalog::Catalog::default();
-        for &(time, slot) in index.order.range((start, Bound::Unbounded)) {
-            let Slot { action, .. } = index.slots[slot as usize];
-            let Some(meta) = index.slots[slot as usize].meta() else {
-                continue;
-            };
-            if !meta.built_here {
-                continue;
-            }
-            if catalog.entries.len() == limit {
-                catalog.more = true;
-                break;
-            }
-            catalog.entries.push(catalog::CatalogEntry {
-                action,
-                size: meta.size,
-                time_unix_nanos: time,
-            });
-        }
-        Some(catalog)
+        Some(match request.since {
+            Some(since) => index.listed_since(since, oldest, limit),
+            None => index.listed_after(&request.after, oldest, limit),
+        })
     }
 
     /// How many entries the summary log names (removed ones too, until it
@@ -464,7 +481,12 @@ impl PutOrder {
     /// new entries.
     pub(crate) fn refresh(&self, actions_dir: &Path) -> bool {
         let before = self.generation();
+        let first = !self.ready.load(Ordering::Acquire);
         self.scan(actions_dir);
+        if first {
+            // Read shard by shard; listed oldest first from now on.
+            self.index.lock().expect("lock not poisoned").renumber();
+        }
         self.ready.store(true, Ordering::Release);
         let grew = self.announce_growth(before);
         self.compact();
@@ -536,6 +558,97 @@ fn entry_named(shard: &str, name: &str) -> Option<ActionId> {
 }
 
 impl Index {
+    /// Entries of the listing after `since` (from its start if `since` is
+    /// of another epoch), passing over those put before `oldest`; the
+    /// position to continue from says how far it looked.
+    fn listed_since(
+        &self,
+        since: catalog::Position,
+        oldest: u64,
+        limit: usize,
+    ) -> catalog::Catalog {
+        let epoch = self.listing.epoch;
+        let from = if since.epoch == epoch { since.seq } else { 0 };
+        let mut listed = catalog::Catalog {
+            next: Some(catalog::Position { epoch, seq: from }),
+            ..catalog::Catalog::default()
+        };
+        let after = self
+            .listing
+            .by_seq
+            .range((Bound::Excluded(from), Bound::Unbounded));
+        for (looked, (&seq, &slot)) in after.enumerate() {
+            if listed.entries.len() == limit || looked == CATALOG_SCAN {
+                listed.more = true;
+                break;
+            }
+            listed.next = Some(catalog::Position { epoch, seq });
+            let Slot { action, .. } = self.slots[slot as usize];
+            let Some(meta) = self.slots[slot as usize].meta() else {
+                continue;
+            };
+            if meta.time < oldest {
+                continue;
+            }
+            listed.entries.push(catalog::CatalogEntry {
+                action,
+                size: meta.size,
+                time_unix_nanos: meta.time,
+            });
+        }
+        listed
+    }
+
+    /// Entries built here in put order after `after` (as older peers
+    /// page), from `oldest` on.
+    fn listed_after(&self, after: &catalog::Cursor, oldest: u64, limit: usize) -> catalog::Catalog {
+        let start = match after.action {
+            Some(action) if after.time_unix_nanos >= oldest => {
+                // Right after the cursor's entry; if that is gone, after
+                // every entry put in the same nanosecond.
+                let slot = self
+                    .served(&action)
+                    .filter(|(_, meta)| meta.time == after.time_unix_nanos)
+                    .map_or(SlotId::MAX, |(slot, _)| slot);
+                Bound::Excluded((after.time_unix_nanos, slot))
+            }
+            _ => Bound::Included((oldest.max(after.time_unix_nanos), 0)),
+        };
+        let mut listed = catalog::Catalog::default();
+        for &(time, slot) in self.order.range((start, Bound::Unbounded)) {
+            let Slot { action, .. } = self.slots[slot as usize];
+            let Some(meta) = self.slots[slot as usize].meta() else {
+                continue;
+            };
+            if !meta.built_here {
+                continue;
+            }
+            if listed.entries.len() == limit {
+                listed.more = true;
+                break;
+            }
+            listed.entries.push(catalog::CatalogEntry {
+                action,
+                size: meta.size,
+                time_unix_nanos: time,
+            });
+        }
+        listed
+    }
+
+    /// Numbers the listed entries again, in put order (after the first
+    /// full scan, which reads them shard by shard).
+    fn renumber(&mut self) {
+        self.listing.by_seq.clear();
+        let in_order: Vec<SlotId> = self.order.iter().map(|&(_, slot)| slot).collect();
+        for slot in in_order {
+            let listed = self.slots[slot as usize]
+                .meta()
+                .is_some_and(|meta| meta.built_here);
+            self.slots[slot as usize].seq = if listed { self.listing.push(slot) } else { 0 };
+        }
+    }
+
     fn slot_of(&self, action: &ActionId) -> Option<SlotId> {
         let hash = self.keys.hash_one(action);
         let slots = &self.slots;
@@ -558,7 +671,8 @@ impl Index {
             Some(slot) => slot,
             None => self.take_slot(action),
         };
-        if let Some(previous) = self.slots[slot as usize].meta() {
+        let before = self.slots[slot as usize];
+        if let Some(previous) = before.meta() {
             self.order.remove(&(previous.time, slot));
             self.served -= 1;
         } else if meta.is_some() {
@@ -568,18 +682,34 @@ impl Index {
             self.order.insert((meta.time, slot));
             self.served += 1;
         }
-        self.slots[slot as usize] = Slot::new(action, meta);
+        // Listed under a new number, unless it is the same entry seen
+        // again (an entry inotify reported and a scan read too).
+        let seq = match meta {
+            Some(meta) if meta.built_here && before.seq != 0 && before.meta() == Some(meta) => {
+                before.seq
+            }
+            _ => {
+                if before.seq != 0 {
+                    self.listing.by_seq.remove(&before.seq);
+                }
+                match meta {
+                    Some(meta) if meta.built_here => self.listing.push(slot),
+                    _ => 0,
+                }
+            }
+        };
+        self.slots[slot as usize] = Slot::new(action, meta, seq);
     }
 
     /// A slot for a new `action`, in the table; not served yet.
     fn take_slot(&mut self, action: ActionId) -> SlotId {
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot as usize] = Slot::new(action, None);
+                self.slots[slot as usize] = Slot::new(action, None, 0);
                 slot
             }
             None => {
-                self.slots.push(Slot::new(action, None));
+                self.slots.push(Slot::new(action, None, 0));
                 SlotId::try_from(self.slots.len() - 1).expect("fewer than 2^32 entries")
             }
         };
@@ -606,10 +736,15 @@ impl Index {
             self.order.remove(&(meta.time, slot));
             self.served -= 1;
         }
+        let seq = self.slots[slot as usize].seq;
+        if seq != 0 {
+            self.listing.by_seq.remove(&seq);
+        }
         self.slots[slot as usize] = Slot {
             action: ActionId::from_bytes([0; 32]),
             time: 0,
             bits: FREE,
+            seq: 0,
         };
         self.free.push(slot);
     }
@@ -698,6 +833,34 @@ mod tests {
 
     fn only_local() -> Servable {
         Arc::new(|_: &ActionId, line: &store::Line| line.source == store::Source::Local)
+    }
+
+    /// A request as an older peer sends it: by put time, after `after`.
+    fn by_time(after: &catalog::Cursor, max_age: Duration, limit: u32) -> catalog::CatalogRequest {
+        catalog::CatalogRequest {
+            after: *after,
+            max_age_secs: max_age.as_secs(),
+            limit,
+            since: None,
+        }
+    }
+
+    /// A request by position, from `since` on.
+    fn by_position(
+        since: catalog::Position,
+        max_age: Duration,
+        limit: u32,
+    ) -> catalog::CatalogRequest {
+        catalog::CatalogRequest {
+            after: catalog::Cursor::default(),
+            max_age_secs: max_age.as_secs(),
+            limit,
+            since: Some(since),
+        }
+    }
+
+    fn actions_of(catalog: &catalog::Catalog) -> Vec<ActionId> {
+        catalog.entries.iter().map(|entry| entry.action).collect()
     }
 
     fn action(n: u8) -> ActionId {
@@ -809,13 +972,13 @@ mod tests {
         let at = UNIX_EPOCH + Duration::from_secs(now.load(Ordering::SeqCst));
         let day = Duration::from_secs(86_400);
         let start = catalog::Cursor::default();
-        let first = order.catalog_at(&start, day, 2, at).unwrap();
+        let first = order.catalog_at(&by_time(&start, day, 2), at).unwrap();
         let listed: Vec<ActionId> = first.entries.iter().map(|entry| entry.action).collect();
         assert_eq!(listed, [action(1), action(2)]);
         assert_eq!(first.entries[1].size, 2);
         assert!(first.more);
         let rest = order
-            .catalog_at(&first.entries[1].cursor(), day, 10, at)
+            .catalog_at(&by_time(&first.entries[1].cursor(), day, 10), at)
             .unwrap();
         let listed: Vec<ActionId> = rest.entries.iter().map(|entry| entry.action).collect();
         assert_eq!(
@@ -826,13 +989,16 @@ mod tests {
         assert!(!rest.more);
         // Only what was put in the last 25 s (the last two, 10 s apart).
         let young = order
-            .catalog_at(&start, Duration::from_secs(25), 10, at)
+            .catalog_at(&by_time(&start, Duration::from_secs(25), 10), at)
             .unwrap();
         let listed: Vec<ActionId> = young.entries.iter().map(|entry| entry.action).collect();
         assert_eq!(listed, [action(5), action(6)]);
         // A cursor older than the window starts at the window.
         let old_cursor = order
-            .catalog_at(&first.entries[0].cursor(), Duration::from_secs(25), 10, at)
+            .catalog_at(
+                &by_time(&first.entries[0].cursor(), Duration::from_secs(25), 10),
+                at,
+            )
             .unwrap();
         assert_eq!(old_cursor.entries.len(), 2);
     }
@@ -941,22 +1107,26 @@ mod tests {
         order.ready.store(true, Ordering::Release);
         let odd: Vec<ActionId> = (1..100).step_by(2).map(action).collect();
         assert_eq!(order.following(&action(1), 3), odd[1..4]);
+        let forever = Duration::from_secs(u64::MAX / 4);
+        let at = UNIX_EPOCH + Duration::from_secs(10);
         let catalog = order
-            .catalog_at(
-                &catalog::Cursor::default(),
-                Duration::from_secs(u64::MAX / 4),
-                1000,
-                UNIX_EPOCH + Duration::from_secs(10),
-            )
+            .catalog_at(&by_time(&catalog::Cursor::default(), forever, 1000), at)
             .unwrap();
-        let listed: Vec<ActionId> = catalog.entries.iter().map(|e| e.action).collect();
         let built_here: Vec<ActionId> = (1..100)
             .step_by(2)
             .chain(200..250)
             .filter(|n: &u32| !n.is_multiple_of(3))
             .map(action)
             .collect();
-        assert_eq!(listed, built_here);
+        assert_eq!(actions_of(&catalog), built_here);
+        let catalog = order
+            .catalog_at(&by_position(catalog::Position::START, forever, 1000), at)
+            .unwrap();
+        assert_eq!(actions_of(&catalog), built_here);
+        assert_eq!(
+            order.index.lock().unwrap().listing.by_seq.len(),
+            built_here.len()
+        );
         let known = order.known_in(&["01".to_owned(), "64".to_owned(), "zz".to_owned()]);
         assert_eq!(known.len(), 2, "{:?}", known.keys());
         assert_eq!(known["01"], HashSet::from([action(1)]));
@@ -987,14 +1157,114 @@ mod tests {
         };
         let next = order
             .catalog_at(
-                &cursor,
-                Duration::from_secs(60),
-                10,
+                &by_time(&cursor, Duration::from_secs(60), 10),
                 UNIX_EPOCH + Duration::from_secs(1),
             )
             .unwrap();
         let listed: Vec<ActionId> = next.entries.iter().map(|e| e.action).collect();
         assert_eq!(listed, [action(3)]);
+    }
+
+    /// A peer whose clock jumped a day ahead and was set right again puts
+    /// its next entries before those of the jump. A catalog paged by put
+    /// time never lists them to a requester that saw the jump's; paged by
+    /// position, it lists each entry once, whatever its put time.
+    #[test]
+    fn positions_survive_a_clock_that_jumped_ahead_and_back() {
+        let (_dir, store, now) = store();
+        let day = Duration::from_secs(86_400);
+        let put = |n: u8| store.put_bytes(&action(n), &[n; 4]).unwrap();
+        now.store(100_000, Ordering::SeqCst);
+        put(1);
+        now.store(100_000 + day.as_secs(), Ordering::SeqCst);
+        put(2);
+        now.fetch_add(1, Ordering::SeqCst);
+        put(3);
+        let order = PutOrder::new(only_local());
+        order.refresh(store.actions_dir());
+        // The clock is set right: the next puts come before the jump's.
+        now.store(100_010, Ordering::SeqCst);
+        for n in [4, 5] {
+            now.fetch_add(1, Ordering::SeqCst);
+            put(n);
+            order.index.lock().unwrap().shards.clear();
+            order.refresh(store.actions_dir());
+        }
+
+        let at = UNIX_EPOCH + Duration::from_secs(100_020);
+        let first = order
+            .catalog_at(&by_position(catalog::Position::START, day, 3), at)
+            .unwrap();
+        assert_eq!(actions_of(&first), [action(1), action(2), action(3)]);
+        let next = first.next.expect("a position to go on from");
+        let rest = order.catalog_at(&by_position(next, day, 10), at).unwrap();
+        assert_eq!(actions_of(&rest), [action(4), action(5)]);
+        assert!(!rest.more);
+        let end = rest.next.unwrap();
+        assert!(
+            order
+                .catalog_at(&by_position(end, day, 10), at)
+                .unwrap()
+                .entries
+                .is_empty(),
+            "each entry once"
+        );
+        // By put time (what an older peer asks), 4 and 5 sort before the
+        // last entry seen, and are never listed after it.
+        let after_jump = first.entries[2].cursor();
+        let by_time = order
+            .catalog_at(&by_time(&after_jump, day, 10), at)
+            .unwrap();
+        assert!(by_time.entries.is_empty(), "{by_time:?}");
+        assert_eq!(by_time.next, None, "no position for an older peer");
+
+        // A position of another run (the peer restarted) starts over.
+        let stale = catalog::Position {
+            epoch: end.epoch.wrapping_add(1).max(1),
+            seq: end.seq,
+        };
+        let again = order.catalog_at(&by_position(stale, day, 10), at).unwrap();
+        assert_eq!(again.entries.len(), 5);
+    }
+
+    /// Entries older than the window are passed over, and the position
+    /// still moves past them; one answer looks at no more than
+    /// [`CATALOG_SCAN`] of them.
+    #[test]
+    fn positions_move_past_entries_older_than_the_window() {
+        let order = PutOrder::new(only_local());
+        let meta = |time| Meta {
+            time,
+            size: 1,
+            built_here: true,
+        };
+        let action = |n: u32| {
+            let mut bytes = [9; 32];
+            bytes[..4].copy_from_slice(&n.to_be_bytes());
+            ActionId::from_bytes(bytes)
+        };
+        let old = CATALOG_SCAN as u32 + 5;
+        {
+            let mut index = order.index.lock().unwrap();
+            for n in 0..old {
+                index.set(action(n), Some(meta(1)));
+            }
+            index.set(action(old), Some(meta(50_000_000_000)));
+        }
+        order.ready.store(true, Ordering::Release);
+        let at = UNIX_EPOCH + Duration::from_secs(60);
+        let window = Duration::from_secs(30);
+        let first = order
+            .catalog_at(&by_position(catalog::Position::START, window, 10), at)
+            .unwrap();
+        assert!(first.entries.is_empty());
+        assert!(first.more, "looked at as many as it may");
+        assert_eq!(first.next.unwrap().seq, CATALOG_SCAN as u64);
+        let rest = order
+            .catalog_at(&by_position(first.next.unwrap(), window, 10), at)
+            .unwrap();
+        assert_eq!(actions_of(&rest), [action(old)]);
+        assert!(!rest.more);
     }
 
     /// An entry file in another action's shard directory is not an entry:

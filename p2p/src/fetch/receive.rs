@@ -8,8 +8,9 @@
 //! 1. read the header by its deadline (the lookup's for the first; for each
 //!    later one of a batch, a fresh one after the previous entry); "not
 //!    found" and "found, not included" end there;
-//! 2. refuse a body bigger than `max_body_size` or than the `max_inline` we
-//!    asked for, before reading a byte of it;
+//! 2. refuse a body bigger than `max_body_size`, than the `max_inline` we
+//!    asked for, or (replication) than the size the peer's catalog listed,
+//!    before reading a byte of it;
 //! 3. move the body into a sink from [`Bodies::begin`](crate::Bodies::begin):
 //!    a small one whole, a bigger one in pieces through a blocking thread
 //!    ([`receive`]), within the transfer timeout for its size;
@@ -63,6 +64,9 @@ pub enum RejectReason {
     TooLarge { size: u64, limit: u64 },
     /// The peer sent a body bigger than the `max_inline` it was asked for.
     Unrequested { size: u64, max_inline: u64 },
+    /// The peer announced a body bigger than the size its catalog listed
+    /// for the entry (replication plans its budgets from those sizes).
+    LargerThanListed { size: u64, listed: u64 },
     /// The peer sent a compressed body whose chunks do not decode to it.
     Undecodable(String),
     /// The peer announced a body and then sent none of it, or not one piece
@@ -92,6 +96,10 @@ impl std::fmt::Display for RejectReason {
             Self::Unrequested { size, max_inline } => write!(
                 f,
                 "body of {size} bytes sent although at most {max_inline} were asked for"
+            ),
+            Self::LargerThanListed { size, listed } => write!(
+                f,
+                "body of {size} bytes although its catalog listed {listed}"
             ),
             Self::Undecodable(detail) => write!(f, "compressed body does not decode: {detail}"),
             Self::Stalled => write!(f, "no piece of the body for {STALL:?}"),
@@ -135,6 +143,9 @@ pub(crate) struct Local {
     pub(crate) link: Arc<LinkMeter>,
     /// The answer's bytes are counted there as they arrive.
     pub(crate) traffic: Arc<Traffic>,
+    /// For replication: the size each action's catalog listed, one per
+    /// action asked for; a bigger body is refused.
+    pub(crate) listed: Option<Vec<u64>>,
 }
 
 /// Where a batch's entries are reported, one [`Report`] each.
@@ -262,10 +273,7 @@ impl Requester {
                 next.clear(); // Hints only come with a hit.
                 Outcome::NotFound
             }
-            Some(found) => {
-                self.receive_found(io, pending, pending.actions[0], found)
-                    .await?
-            }
+            Some(found) => self.receive_found(io, pending, 0, found).await?,
         };
         Ok(Answer {
             outcome: Some(outcome),
@@ -287,7 +295,7 @@ impl Requester {
         let mut next = Vec::new();
         let mut version = WIRE_VERSION;
         let mut deadline = pending.local.header_deadline;
-        for (index, (&action, &token)) in pending.actions.iter().zip(&batch.tokens).enumerate() {
+        for (index, &token) in batch.tokens.iter().enumerate() {
             let header = Self::read_header(io, pending, deadline, &mut next).await?;
             if index == 0 {
                 version = header.version;
@@ -295,7 +303,7 @@ impl Requester {
             }
             let outcome = match header.found {
                 None => Outcome::NotFound,
-                Some(found) => self.receive_found(io, pending, action, found).await?,
+                Some(found) => self.receive_found(io, pending, index, found).await?,
             };
             let rejected = matches!(outcome, Outcome::Rejected { .. });
             if batch.reports.send(Report { token, outcome }).await.is_err() {
@@ -319,18 +327,36 @@ impl Requester {
         })
     }
 
-    /// The rest of a "found" answer for `action`.
+    /// The rest of a "found" answer for the action at `index` of those
+    /// asked for.
     async fn receive_found<T>(
         &self,
         io: &mut T,
         pending: &Pending,
-        action: ActionId,
+        index: usize,
         found: FoundHeader,
     ) -> io::Result<Outcome>
     where
         T: AsyncRead + Unpin + Send,
     {
+        let Some(&action) = pending.actions.get(index) else {
+            return Err(io::Error::other("an answer for an action not asked for"));
+        };
         let meta = Meta::from(&found);
+        // Before a claim counts or a byte of the body is read: the peer's
+        // own catalog said it is no bigger.
+        let listed = (pending.local.listed.as_ref()).and_then(|listed| listed.get(index));
+        if let Some(&listed) = listed
+            && found.size > listed
+        {
+            return Ok(Outcome::Rejected {
+                reason: RejectReason::LargerThanListed {
+                    size: found.size,
+                    listed,
+                },
+                bytes: 0,
+            });
+        }
         if let Some(claims) = &self.agreement
             && found.built_here
         {

@@ -3,7 +3,6 @@
 //! [`crate::catalog`]).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use libp2p::PeerId;
 use libp2p::request_response::{self, OutboundRequestId};
@@ -55,12 +54,11 @@ impl EventLoop {
                     return;
                 }
                 self.peer(peer).seen();
-                let limit = (request.limit as usize).min(MAX_ENTRIES);
-                let max_age = Duration::from_secs(request.max_age_secs);
-                let catalog = self
-                    .store
-                    .catalog(&request.after, max_age, limit)
-                    .unwrap_or_default();
+                let request = CatalogRequest {
+                    limit: request.limit.min(MAX_ENTRIES as u32),
+                    ..request
+                };
+                let catalog = self.store.catalog(&request).unwrap_or_default();
                 let _ = self
                     .swarm
                     .behaviour_mut()

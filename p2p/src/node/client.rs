@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
 use crate::allowlist::Allowlist;
-use crate::catalog::{Catalog, CatalogRequest};
+use crate::catalog::{Catalog, CatalogEntry, CatalogRequest};
 use crate::fetch::holders::Holders;
 use crate::fetch::receive::RejectReason;
 use crate::fetch::{Fetched, Miss};
@@ -157,7 +157,7 @@ pub(crate) enum Command {
     },
     Replicate {
         peer: PeerId,
-        actions: Vec<ActionId>,
+        entries: Vec<CatalogEntry>,
         reply: oneshot::Sender<Vec<Option<Fetched>>>,
     },
     Catalog {
@@ -260,20 +260,27 @@ impl Client {
         answer.await.map_err(|_| Error::Stopped)?
     }
 
-    /// Fetches `actions` from `peer` in the background, for replication:
-    /// in batches, with no read-ahead, and without making read-ahead think
-    /// a build is using peers. Bodies are verified and stored like any
-    /// other. A lookup for one of them joins its fetch. One answer per
-    /// action, in order: `None` for one not fetched (already stored, gone,
-    /// or the peer did not answer).
-    pub async fn replicate(&self, peer: PeerId, actions: Vec<ActionId>) -> Vec<Option<Fetched>> {
-        let count = actions.len();
+    /// Fetches `entries` of `peer`'s catalog in the background, for
+    /// replication: in batches, with no read-ahead, and without making
+    /// read-ahead think a build is using peers. Bodies are verified and
+    /// stored like any other, and none bigger than the size its entry
+    /// lists is taken (one is refused, and the peer cooled down). A
+    /// lookup for one of them joins its fetch. One answer per entry, in
+    /// order: `None` for one not fetched (already stored, gone, refused,
+    /// or the peer did not answer). With agreement on, nothing is fetched
+    /// (see `fetch::books::replicate`).
+    pub async fn replicate(
+        &self,
+        peer: PeerId,
+        entries: Vec<CatalogEntry>,
+    ) -> Vec<Option<Fetched>> {
+        let count = entries.len();
         let (reply, answer) = oneshot::channel();
         let sent = self
             .commands
             .send(Command::Replicate {
                 peer,
-                actions,
+                entries,
                 reply,
             })
             .await;

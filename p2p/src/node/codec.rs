@@ -147,6 +147,9 @@ impl libp2p::request_response::Codec for FetchCodec {
         {
             return Err(io::Error::other("a batch needs one token per action"));
         }
+        if (local.listed.as_ref()).is_some_and(|listed| listed.len() != actions.len()) {
+            return Err(io::Error::other("one listed size per action, or none"));
+        }
         self.pending = Some(Pending {
             actions,
             max_inline: header.max_inline,
@@ -329,6 +332,7 @@ mod tests {
                 batch: None,
                 link: link.clone(),
                 traffic: Arc::default(),
+                listed: None,
             }),
         };
         let mut sent = Vec::new();
@@ -741,6 +745,16 @@ mod tests {
         actions: &[ActionId],
         server_bytes: Vec<u8>,
     ) -> (io::Result<Answer>, Vec<Report>) {
+        exchange_listed(store, actions, None, server_bytes).await
+    }
+
+    /// [`exchange_batch`] with the sizes a catalog listed (replication).
+    async fn exchange_listed(
+        store: &Arc<MapStore>,
+        actions: &[ActionId],
+        listed: Option<Vec<u64>>,
+        server_bytes: Vec<u8>,
+    ) -> (io::Result<Answer>, Vec<Report>) {
         let mut codec = FetchCodec::new(Arc::new(Shared(store.clone())), 1 << 30, 50_000_000);
         let (reports, mut received) = mpsc::channel(64);
         let request = Request {
@@ -764,6 +778,7 @@ mod tests {
                 }),
                 link: Arc::default(),
                 traffic: Arc::default(),
+                listed,
             }),
         };
         codec
@@ -794,6 +809,57 @@ mod tests {
         };
         futures::executor::block_on(wire::write_frame(&mut bytes, &header)).unwrap();
         bytes
+    }
+
+    /// A replicated entry announced bigger than its catalog listed is
+    /// refused before a byte of its body is read (no sink is opened), and
+    /// the batch stops there, as at a body that does not verify.
+    #[tokio::test]
+    async fn a_body_bigger_than_listed_is_refused_unread() {
+        let store = Arc::new(MapStore::default());
+        let bodies: [&[u8]; 3] = [b"first", b"third body", b"more"];
+        let mut bytes = Vec::new();
+        for body in bodies {
+            bytes.extend(header_bytes(
+                WIRE_VERSION,
+                Some(found(body, true)),
+                Vec::new(),
+            ));
+            bytes.extend_from_slice(body);
+        }
+        let actions: Vec<ActionId> = (1..=3).map(|n| ActionId::from_bytes([n; 32])).collect();
+        let (answer, reports) =
+            exchange_listed(&store, &actions, Some(vec![5, 3, 100]), bytes).await;
+        answer.unwrap();
+        assert_eq!(reports.len(), 2, "stopped at the refused one: {reports:?}");
+        assert!(matches!(reports[0].outcome, Outcome::Committed(_)));
+        assert_eq!(
+            reports[1].outcome,
+            Outcome::Rejected {
+                reason: RejectReason::LargerThanListed {
+                    size: 10,
+                    listed: 3
+                },
+                bytes: 0,
+            }
+        );
+        assert_eq!(store.committed.lock().unwrap().len(), 1);
+        assert_eq!(
+            store.writes.lock().unwrap().iter().sum::<usize>(),
+            5,
+            "only the first body was written"
+        );
+        // An announcement says the same.
+        let mut bytes = header_bytes(WIRE_VERSION, Some(found(bodies[1], false)), Vec::new());
+        bytes.extend(header_bytes(WIRE_VERSION, None, Vec::new()));
+        let (_, reports) = exchange_listed(&store, &actions[1..], Some(vec![3, 3]), bytes).await;
+        assert!(matches!(
+            reports[0].outcome,
+            Outcome::Rejected {
+                reason: RejectReason::LargerThanListed { .. },
+                ..
+            }
+        ));
     }
 
     #[tokio::test]

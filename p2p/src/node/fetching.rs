@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::EventLoop;
 use super::peers::PeerState;
 use crate::allowlist::Allowlist;
+use crate::catalog::CatalogEntry;
 use crate::fetch::Fetched;
 use crate::fetch::books::{self, Deadline, Failure, Output, Peers, RequestKey};
 use crate::fetch::receive::{Answer, BatchReports, Local, Report};
@@ -102,19 +103,19 @@ impl EventLoop {
         self.carry_out();
     }
 
-    /// Replicates `actions` from `peer`; one answer per action on `reply`
-    /// once all have ended.
+    /// Replicates `entries` of `peer`'s catalog; one answer per entry on
+    /// `reply` once all have ended.
     pub(super) fn start_replication(
         &mut self,
         peer: PeerId,
-        actions: Vec<ActionId>,
+        entries: Vec<CatalogEntry>,
         reply: oneshot::Sender<Vec<Option<Fetched>>>,
     ) {
-        let (entries, answers): (Vec<_>, Vec<_>) = actions
+        let (entries, answers): (Vec<_>, Vec<_>) = entries
             .into_iter()
-            .map(|action| {
+            .map(|entry| {
                 let (sender, answer) = oneshot::channel();
-                ((action, sender), answer)
+                ((entry.action, entry.size, sender), answer)
             })
             .unzip();
         self.books
@@ -219,6 +220,7 @@ impl EventLoop {
             actions,
             batch,
             max_inline,
+            listed,
             hints,
             header_deadline,
             cancel,
@@ -266,6 +268,7 @@ impl EventLoop {
                 batch,
                 link,
                 traffic,
+                listed,
             }),
         };
         let request_id = self

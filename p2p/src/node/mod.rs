@@ -229,9 +229,9 @@ impl EventLoop {
             Command::Fetch { action, reply } => self.start_fetch(action, reply),
             Command::Replicate {
                 peer,
-                actions,
+                entries,
                 reply,
-            } => self.start_replication(peer, actions, reply),
+            } => self.start_replication(peer, entries, reply),
             Command::Catalog {
                 peer,
                 request,

@@ -186,6 +186,23 @@ pub(super) fn check_replication(
         return;
     }
     report.section("Replication");
+    if let Some(why) = replicate::off_because(&config.share) {
+        report.warning(
+            format!("`replicate = {replicate}` is off: {why}"),
+            Some(
+                "with agreement, an entry is stored only when two sources agree on it, and \
+                 replication fetches each entry from one peer: every body would be fetched \
+                 and thrown away"
+                    .into(),
+            ),
+            Some(format!(
+                "choose one under [share] in {}: `agreement = false` to replicate, or \
+                 `replicate = \"none\"` to say so",
+                config_file(config)
+            )),
+        );
+        return;
+    }
     let unknown = replicate::unknown(replicate, names);
     if !unknown.is_empty() {
         report.warning(
@@ -232,6 +249,21 @@ pub(super) fn check_replication(
                     "ask {name} to run the same warren release, and to serve you: \
                      `warren peers add {} --name {}`",
                     me.id, me.name
+                )),
+            );
+        } else if replication.skipped_for_room > 0 {
+            report.warning(
+                line,
+                Some(format!(
+                    "the store is within {}% of `max-size` ({}): replication leaves that \
+                     room to builds",
+                    replicate::budget::HEADROOM_PERCENT,
+                    bytesize::ByteSize(config.trim.max_size).display().iec()
+                )),
+                Some(format!(
+                    "raise `max-size` in {}, or make room with `warren trim`; what was \
+                     skipped comes once there is room",
+                    config_file(config)
                 )),
             );
         } else if replication.skipped_for_budget > 0 {
@@ -425,6 +457,46 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
         }
         assert!(text.ends_with("0 problems, 3 warnings.\n"), "{text}");
+
+        // A store near max-size: its own cause and fix.
+        let near = DaemonStatus {
+            peers: vec![peer(
+                &ids[0],
+                PeerReplication {
+                    skipped_for_room: 2,
+                    skipped_room_bytes: 2048,
+                    ..PeerReplication::default()
+                },
+            )],
+            ..DaemonStatus::default()
+        };
+        let mut report = Report::default();
+        check_replication(&config, &near, &names, &me, &mut report);
+        let mut out = Vec::new();
+        report.print(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.lines().any(|l| l
+                == "           cause: the store is within 10% of `max-size` (10.0 GiB): \
+                    replication leaves that room to builds"),
+            "{text}"
+        );
+
+        // With agreement on, replication is off, and says why.
+        let mut agreeing = config.clone();
+        agreeing.share.agreement = true;
+        let mut report = Report::default();
+        check_replication(&agreeing, &status, &names, &me, &mut report);
+        let mut out = Vec::new();
+        report.print(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l
+                    == "  warning  `replicate = alice bob carol nobody` is off: agreement is on"),
+            "{text}"
+        );
+        assert!(!text.contains("alice:"), "no peer is replicated: {text}");
 
         // Off: no section at all.
         let mut report = Report::default();

@@ -59,6 +59,8 @@ pub(crate) struct Limits {
     pub(crate) max_body_size: u64,
     pub(crate) transfer_rate: u64,
     pub(crate) cooldown: Duration,
+    /// Agreement is on: nothing is replicated (see `replicate`).
+    pub(crate) agreement: bool,
     /// Entries read ahead at once; 0 turns read-ahead off.
     pub(crate) read_ahead: usize,
     pub(crate) read_ahead_max_body: u64,
@@ -73,6 +75,7 @@ impl Limits {
             max_body_size: config.max_body_size,
             transfer_rate: config.transfer_rate,
             cooldown: config.cooldown,
+            agreement: config.agreement,
             // Read-ahead takes one peer's word: not with agreement on.
             read_ahead: if config.agreement {
                 0
@@ -113,6 +116,10 @@ pub(crate) struct Send {
     /// For a batch: the fetch of each action, which its report names.
     pub(crate) batch: Option<Vec<FetchId>>,
     pub(crate) max_inline: u64,
+    /// For replication: the largest body taken for each action (the size
+    /// its catalog listed); a bigger one is refused and counts against the
+    /// peer.
+    pub(crate) listed: Option<Vec<u64>>,
     pub(crate) hints: u32,
     /// The (first) answer's header must arrive before this.
     pub(crate) header_deadline: Instant,

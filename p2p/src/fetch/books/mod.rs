@@ -67,6 +67,9 @@ struct PendingFetch {
     background: bool,
     /// For read-ahead: the peer asked and the bytes reserved in the budget.
     reserved: Option<(PeerId, u64)>,
+    /// For replication: the size the peer's catalog listed, the largest
+    /// body taken (see `replicate`).
+    listed: Option<u64>,
     /// Parent of every request's token: cancelling it stops them all.
     cancel: CancellationToken,
     requests: HashSet<RequestKey>,
@@ -218,6 +221,7 @@ impl Books {
                 read_ahead: reply.is_none(),
                 background: false,
                 reserved: None,
+                listed: None,
                 replies: reply.into_iter().collect(),
                 cancel: CancellationToken::new(),
                 requests: HashSet::new(),
@@ -275,6 +279,14 @@ impl Books {
         if actions.is_empty() {
             return None;
         }
+        let listed: Vec<Option<u64>> = (fetches.iter())
+            .map(|id| self.fetches.get(id).and_then(|fetch| fetch.listed))
+            .collect();
+        let listed = listed.iter().any(Option::is_some).then(|| {
+            (listed.iter())
+                .map(|size| size.unwrap_or(self.limits.max_body_size))
+                .collect()
+        });
         let key = RequestKey(self.next_request);
         self.next_request += 1;
         let positive = Arc::new(AtomicBool::new(false));
@@ -301,6 +313,7 @@ impl Books {
             actions,
             batch,
             max_inline: request.max_inline,
+            listed,
             hints: request.hints,
             header_deadline: request.header_deadline,
             cancel: request.cancel,
@@ -518,6 +531,7 @@ impl Books {
             let Some((peer, meta)) = fetch.candidates.pop_front() else {
                 break;
             };
+            let listed = fetch.listed;
             if !self.eligible(&peer, now, peers) {
                 continue;
             }
@@ -525,7 +539,10 @@ impl Books {
             // the header may take as long as the transfer.
             let transfer = self.limits.transfer_timeout(meta.size);
             let header_deadline = now + self.limits.lookup_deadline + transfer;
-            let max_inline = self.limits.max_body_size;
+            // A replicated body no bigger than its catalog listed.
+            let max_inline = (listed)
+                .unwrap_or(self.limits.max_body_size)
+                .min(self.limits.max_body_size);
             if let Some(key) = self.send_one(id, peer, Phase::Body, max_inline, header_deadline) {
                 if let Some(fetch) = self.fetches.get_mut(&id) {
                     fetch.body_request = Some(key);
@@ -698,6 +715,7 @@ mod tests {
             max_body_size: 4 << 30,
             transfer_rate: 50_000_000,
             cooldown: Duration::from_secs(60),
+            agreement: false,
             read_ahead: 64,
             read_ahead_max_body: 64 << 20,
             read_ahead_budget: crate::config::ReadAheadLimits {
@@ -1162,6 +1180,20 @@ mod tests {
         assert!(again.iter().all(|send| send.batch.is_none()));
     }
 
+    type Replies = Vec<oneshot::Receiver<Option<Fetched>>>;
+    type Entries = Vec<(ActionId, u64, oneshot::Sender<Option<Fetched>>)>;
+
+    /// Entries to replicate, `listed` bytes each (action 3: 5 MiB).
+    fn replicated(range: std::ops::RangeInclusive<u8>, listed: u64) -> (Entries, Replies) {
+        range
+            .map(|n| {
+                let (reply, answer) = oneshot::channel();
+                let size = if n == 3 { 5 << 20 } else { listed };
+                ((action(n), size, reply), answer)
+            })
+            .unzip()
+    }
+
     #[test]
     fn replication_asks_one_peer_in_batches_and_does_not_wake_read_ahead() {
         let now = Instant::now();
@@ -1169,14 +1201,7 @@ mod tests {
         let (peer, other) = (peers.connected[0], peers.connected[1]);
         peers.stored.insert(action(5));
         let mut books = Books::new(limits());
-        let mut answers = Vec::new();
-        let entries = (1..=20)
-            .map(|n| {
-                let (reply, answer) = oneshot::channel();
-                answers.push(answer);
-                (action(n), reply)
-            })
-            .collect();
+        let (entries, mut answers) = replicated(1..=20, 1000);
         books.replicate(peer, entries, now, &peers);
         // Stored already: answered at once, not asked for.
         assert_eq!(answers[4].try_recv(), Ok(None));
@@ -1185,6 +1210,12 @@ mod tests {
         assert!(batches.iter().all(|batch| batch.peer == peer));
         assert!(batches.iter().all(|batch| batch.hints == 0));
         assert_eq!(batches[0].max_inline, 1 << 20, "big bodies come alone");
+        assert_eq!(
+            batches[1].max_inline, 1000,
+            "nothing bigger than the catalog listed comes inline"
+        );
+        let listed = batches[0].listed.as_ref().expect("sizes listed");
+        assert_eq!((listed.len(), listed[0], listed[2]), (16, 1000, 5 << 20));
         // A lookup of a replicated entry joins it: nothing is sent.
         let mut joined = lookup(&mut books, action(2), now, &peers);
         assert!(drain(&mut books).0.is_empty());
@@ -1197,7 +1228,8 @@ mod tests {
         books.on_report(token(1), Outcome::Committed(meta(8)), now, &peers);
         assert_eq!(joined.try_recv().unwrap().unwrap().size, 8);
         assert!(books.budget.is_live(now));
-        // A big one is announced, then fetched alone from the same peer.
+        // A big one is announced, then fetched alone from the same peer,
+        // no bigger than listed.
         books.on_report(token(2), Outcome::Announced(meta(5 << 20)), now, &peers);
         let (body, _) = drain(&mut books);
         assert_eq!(body.len(), 1);
@@ -1205,9 +1237,67 @@ mod tests {
             (body[0].peer, body[0].actions.clone()),
             (peer, vec![action(3)])
         );
+        assert_eq!(body[0].max_inline, 5 << 20);
+        assert_eq!(body[0].listed, Some(vec![5 << 20]));
         // One the peer no longer has is a miss: the other peer is not asked.
         books.on_report(token(3), Outcome::NotFound, now, &peers);
         assert_eq!(answers[3].try_recv(), Ok(None));
         assert!(drain(&mut books).0.iter().all(|send| send.peer != other));
+        // A lookup's requests take any size.
+        let _answer = lookup(&mut books, action(30), now, &peers);
+        assert!(drain(&mut books).0.iter().all(|send| send.listed.is_none()));
+    }
+
+    /// A body bigger than its catalog listed counts against the peer as a
+    /// body that does not verify: its other transfers end, and it is not
+    /// asked again during its cooldown.
+    #[test]
+    fn a_body_bigger_than_listed_cools_its_peer_down() {
+        let now = Instant::now();
+        let peers = peers(1);
+        let peer = peers.connected[0];
+        let mut books = Books::new(limits());
+        let (entries, mut answers) = replicated(1..=2, 1);
+        books.replicate(peer, entries, now, &peers);
+        let (batches, _) = drain(&mut books);
+        let token = batches[0].batch.as_ref().unwrap()[0];
+        let rejected = Outcome::Rejected {
+            reason: RejectReason::LargerThanListed {
+                size: 1 << 20,
+                listed: 1,
+            },
+            bytes: 0,
+        };
+        books.on_report(token, rejected, now, &peers);
+        assert_eq!(answers[0].try_recv(), Ok(None));
+        assert!(books.in_cooldown(&peer, now));
+        assert!(batches[0].cancel.is_cancelled(), "its batch is cut off");
+        let (entries, mut later) = replicated(10..=11, 1);
+        books.replicate(peer, entries, now, &peers);
+        assert!(
+            drain(&mut books).0.is_empty(),
+            "not asked while cooled down"
+        );
+        assert_eq!(later[0].try_recv(), Ok(None));
+    }
+
+    /// With agreement on, one peer's word is never enough to store a
+    /// body: replicating would move bodies only to throw them away.
+    #[test]
+    fn nothing_is_replicated_with_agreement_on() {
+        let now = Instant::now();
+        let peers = peers(1);
+        let mut books = Books::new(Limits {
+            agreement: true,
+            ..limits()
+        });
+        let (entries, mut answers) = replicated(1..=4, 10);
+        books.replicate(peers.connected[0], entries, now, &peers);
+        assert!(drain(&mut books).0.is_empty(), "nothing asked for");
+        assert!(
+            answers
+                .iter_mut()
+                .all(|answer| answer.try_recv() == Ok(None))
+        );
     }
 }

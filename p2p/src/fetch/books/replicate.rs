@@ -2,11 +2,27 @@
 //! background, as batches to that peer (see `Client::replicate`).
 //!
 //! A replicated fetch is a fetch like any other (verified by the store's
-//! sink, joined by a lookup for the same action), with three differences:
-//! it asks only the peer whose catalog named it, it asks for no hints, and
-//! its body does not count as a build using peers, which would let
-//! read-ahead run with no build. A big body comes back "found, not
-//! included" and is then fetched alone, as a lookup's would be.
+//! sink, joined by a lookup for the same action), with four differences:
+//! it asks only the peer whose catalog named it, it asks for no hints, its
+//! body does not count as a build using peers (which would let read-ahead
+//! run with no build), and it takes no body bigger than the size the
+//! catalog listed. A big body comes back "found, not included" and is then
+//! fetched alone, as a lookup's would be.
+//!
+//! The listed size bounds what replication moves: the requester plans its
+//! budgets and its rate from the catalog, so a catalog that understated
+//! sizes would bring more than planned. A body announced bigger than
+//! listed is refused before a byte of it is read
+//! ([`RejectReason::LargerThanListed`]), and counts against the peer like
+//! a body that does not verify (cooldown). A batch asks for bodies inline
+//! only up to the largest size it lists, so a peer whose catalog says
+//! "1 byte" cannot push a bigger body down the stream unasked.
+//!
+//! With agreement on, nothing is replicated: a replicated body comes from
+//! one peer, and agreement stores nothing on one peer's word, so every
+//! body would be moved only to be thrown away.
+//!
+//! [`RejectReason::LargerThanListed`]: crate::fetch::receive::RejectReason::LargerThanListed
 
 use std::time::Duration;
 
@@ -22,18 +38,19 @@ use crate::fetch::read_ahead::BATCH;
 use crate::ids::ActionId;
 
 impl Books {
-    /// Fetches `entries` from `peer`, answering each on its own sender:
-    /// `None` at once for one stored already, or with nobody to ask.
+    /// Fetches `entries` (each with the size its catalog listed) from
+    /// `peer`, answering each on its own sender: `None` at once for one
+    /// stored already, with nobody to ask, or with agreement on.
     pub(crate) fn replicate(
         &mut self,
         peer: PeerId,
-        entries: Vec<(ActionId, oneshot::Sender<Option<Fetched>>)>,
+        entries: Vec<(ActionId, u64, oneshot::Sender<Option<Fetched>>)>,
         now: Instant,
         peers: &impl Peers,
     ) {
-        let usable = self.eligible(&peer, now, peers);
+        let usable = self.eligible(&peer, now, peers) && !self.limits.agreement;
         let mut fetches = Vec::new();
-        for (action, reply) in entries {
+        for (action, listed, reply) in entries {
             if let Some(fetch) = (self.active.get(&action)).and_then(|id| self.fetches.get_mut(id))
             {
                 fetch.replies.push(reply);
@@ -50,11 +67,18 @@ impl Books {
                 // Only this peer is asked: should it not send the body,
                 // the fetch ends as a miss rather than asking everyone.
                 fetch.asked_everyone = true;
+                fetch.listed = Some(listed);
             }
             fetches.push(id);
         }
-        let max_inline = self.limits.inline_limit.min(self.limits.max_body_size);
         for batch in fetches.chunks(if peers.batches(&peer) { BATCH } else { 1 }) {
+            let largest = (batch.iter())
+                .filter_map(|id| self.fetches.get(id)?.listed)
+                .max()
+                .unwrap_or(0);
+            let max_inline = (self.limits.inline_limit)
+                .min(self.limits.max_body_size)
+                .min(largest);
             let per_entry = self.limits.lookup_deadline + self.limits.transfer_timeout(max_inline);
             let backstop = now + per_entry * batch.len() as u32 + Duration::from_secs(1);
             let request = Request {

@@ -8,25 +8,36 @@
 //!
 //! For each replicated peer that is connected, the daemon reads the peer's
 //! catalog (`warren_p2p::catalog`: what it built itself, in the order it
-//! stored it, within `replicate-window` by the peer's clock) from a cursor
-//! on, and fetches the entries it lacks with `Client::replicate`: from that
-//! peer, in batches, through the same verified sink as any fetched body,
-//! with the same provenance (so removing the peer purges them). It learns
-//! of new entries when the peer's summary grows, and looks anyway every
-//! [`REVISIT`].
+//! stored it, within `replicate-window` by the peer's clock) from a
+//! position on (the peer's own numbering, so that a peer clock set back
+//! loses nothing), and fetches the entries it lacks with
+//! `Client::replicate`: from that peer, in batches, through the same
+//! verified sink as any fetched body, with the same provenance (so removing
+//! the peer purges them), and none bigger than its catalog listed. It
+//! learns of new entries when the peer's summary grows, and looks anyway
+//! every [`REVISIT`].
 //!
-//! Budgets, checked before each fetch:
+//! Budgets, checked before each fetch with the sizes the catalog listed
+//! (see [`budget`]):
 //! - live lookups come first: while a helper asked the daemon within
 //!   [`YIELD_FOR`], replication waits (that build's lookups and read-ahead
 //!   have the link), and a lookup for an entry being replicated joins it;
 //! - bytes on disk: replication stops adding once peers' entries in the
-//!   store take `replicate-max-size` (counted from the store, on start
-//!   and every [`RECOUNT`], plus what it fetched since); an entry that
-//!   would pass it is skipped, and counted as such. Once the count finds
-//!   room for the smallest of them (a trim, an entry removed), the
+//!   store take `replicate-max-size`, or once the store would come within
+//!   [`budget::HEADROOM_PERCENT`] of `max-size` (so it never makes a trim
+//!   for room remove this machine's own entries). An entry that would pass
+//!   either is skipped, and counted as such. Once a count of the store
+//!   finds room for the smallest of them (a trim, an entry removed), the
 //!   catalog is read again from the first one skipped;
-//! - bandwidth: at most `replicate-rate` bytes a second, on average over
-//!   each batch.
+//! - bandwidth: at most `replicate-rate` bytes a second, counted as they
+//!   cross the link (headers and refused bodies too; what landed, if that
+//!   is more, as compressed bodies are), paced after each batch, and each
+//!   batch at most a quarter second's worth by the sizes listed (which no
+//!   body may exceed).
+//!
+//! With agreement on, replication is off ([`off_because`]): it takes one
+//! peer's word for every entry, which agreement never stores, so every
+//! body would be fetched only to be thrown away.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,13 +47,18 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use warren_p2p::catalog::{CatalogEntry, CatalogRequest, Cursor};
+use warren_p2p::catalog::{CatalogEntry, CatalogRequest, Cursor, Position};
 use warren_p2p::{Client, PeerId};
 
-use crate::config::Replicate;
-use crate::ids::ActionId;
+use crate::config::{Replicate, Share};
 use crate::share::status::PeerStatus;
 use crate::store::{DiskStore, Source};
+
+pub(crate) mod budget;
+#[cfg(test)]
+mod peer_tests;
+
+use self::budget::{Budget, Full};
 
 /// Replication waits while a helper asked the daemon this recently.
 pub(crate) const YIELD_FOR: Duration = Duration::from_millis(300);
@@ -58,16 +74,26 @@ const CATALOG_PAGE: u32 = 1024;
 const MAX_QUEUED: usize = 50_000;
 /// Most entries in one `Client::replicate` call.
 const BATCH: usize = 32;
-/// How often the bytes of peers' entries in the store are counted again
-/// (lookups and trims change them too).
+/// How often the store is counted again (lookups, `go`'s puts and trims
+/// change it too).
 const RECOUNT: Duration = Duration::from_secs(60);
 
-/// The settings, from `[share]`.
+/// The settings, from `[share]` (and the store's `max-size`).
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
+    /// `replicate-max-size`.
     pub max_size: u64,
     pub rate: u64,
     pub window: Duration,
+    /// The store's `max-size`, less whose headroom replication fills.
+    pub store_max_size: u64,
+}
+
+/// Why replication is off although `replicate` names peers, if it is:
+/// with agreement on, a replicated body (one peer's word) would never be
+/// stored, so none is fetched.
+pub(crate) fn off_because(share: &Share) -> Option<&'static str> {
+    (share.agreement && share.replicate != Replicate::None).then_some("agreement is on")
 }
 
 /// When a helper last asked the daemon for something.
@@ -115,13 +141,17 @@ pub(crate) struct PeerReplication {
     /// Entries left out because `replicate-max-size` was reached.
     pub skipped_for_budget: u64,
     pub skipped_bytes: u64,
+    /// Entries left out because the store is near `max-size` (see
+    /// [`budget::HEADROOM_PERCENT`]).
+    pub skipped_for_room: u64,
+    pub skipped_room_bytes: u64,
     /// Why it is not being replicated from now, if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
 impl PeerReplication {
-    /// One line: how far behind, what came, what the budget left out.
+    /// One line: how far behind, what came, what the budgets left out.
     pub(crate) fn describe(&self) -> String {
         let bytes = |count: u64| bytesize::ByteSize(count).display().iec().to_string();
         let behind = match (self.behind, self.more) {
@@ -140,6 +170,13 @@ impl PeerReplication {
                 bytes(self.skipped_bytes)
             );
         }
+        if self.skipped_for_room > 0 {
+            line += &format!(
+                "; {} entries ({}) skipped: the store is near max-size",
+                self.skipped_for_room,
+                bytes(self.skipped_room_bytes)
+            );
+        }
         if let Some(note) = &self.note {
             line += &format!("; {note}");
         }
@@ -147,49 +184,89 @@ impl PeerReplication {
     }
 }
 
-/// What the replicator keeps per peer.
-#[derive(Debug, Default)]
-struct Peer {
+/// Where to read a peer's catalog from again to see an entry once more:
+/// the position its page was asked from (servers that number entries),
+/// and its put time (older servers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Resume {
+    position: Position,
     cursor: Cursor,
-    queue: VecDeque<CatalogEntry>,
+}
+
+/// An entry of a peer's catalog waiting to be fetched.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    entry: CatalogEntry,
+    from: Resume,
+}
+
+/// What the replicator keeps per peer.
+#[derive(Debug)]
+struct Peer {
+    /// Where its catalog continues: by its numbering, and, for an older
+    /// peer that does not number, by put time.
+    position: Position,
+    cursor: Cursor,
+    queue: VecDeque<Queued>,
     more: bool,
     /// The peer's summary size when its catalog was last read.
     summary_seen: Option<u64>,
     next_read: Option<Instant>,
-    /// Entries skipped for the budget, to look at again once it has room.
+    /// Entries skipped for a budget, to look at again once it has room.
     skipped: Option<Skipped>,
     shown: PeerReplication,
 }
 
-/// Where the first entry skipped for the budget is in a peer's catalog,
-/// and the smallest size skipped.
+impl Default for Peer {
+    fn default() -> Self {
+        Self {
+            position: Position::START,
+            cursor: Cursor::default(),
+            queue: VecDeque::new(),
+            more: false,
+            summary_seen: None,
+            next_read: None,
+            skipped: None,
+            shown: PeerReplication::default(),
+        }
+    }
+}
+
+/// Where the first entry skipped for a budget is in a peer's catalog, and
+/// the smallest size skipped.
 #[derive(Debug, Clone, Copy)]
 struct Skipped {
-    from: Cursor,
+    from: Resume,
     smallest: u64,
 }
 
 impl Peer {
-    /// Counts `entry` as left out for the budget.
-    fn skip(&mut self, entry: &CatalogEntry) {
-        // From its put time on, itself included (a cursor without an
-        // action starts at its time).
-        let from = Cursor {
-            time_unix_nanos: entry.time_unix_nanos,
-            action: None,
-        };
+    /// Counts `queued` as left out because `full`.
+    fn skip(&mut self, queued: &Queued, full: Full) {
+        let size = queued.entry.size;
         self.skipped = Some(match self.skipped {
+            // The first skipped comes first in the catalog's order.
             Some(skipped) => Skipped {
-                from: skipped.from.min(from),
-                smallest: skipped.smallest.min(entry.size),
+                from: skipped.from,
+                smallest: skipped.smallest.min(size),
             },
             None => Skipped {
-                from,
-                smallest: entry.size,
+                from: queued.from,
+                smallest: size,
             },
         });
-        self.shown.skipped_for_budget += 1;
-        self.shown.skipped_bytes += entry.size;
+        let (count, bytes) = match full {
+            Full::Peers => (
+                &mut self.shown.skipped_for_budget,
+                &mut self.shown.skipped_bytes,
+            ),
+            Full::Store => (
+                &mut self.shown.skipped_for_room,
+                &mut self.shown.skipped_room_bytes,
+            ),
+        };
+        *count += 1;
+        *bytes += size;
     }
 
     /// Once the catalog read so far is done and `budget` has room for the
@@ -202,10 +279,13 @@ impl Peer {
         if !self.queue.is_empty() || self.more || !budget.fits(skipped.smallest) {
             return false;
         }
-        self.cursor = skipped.from;
+        self.position = skipped.from.position;
+        self.cursor = skipped.from.cursor;
         self.skipped = None;
         self.shown.skipped_for_budget = 0;
         self.shown.skipped_bytes = 0;
+        self.shown.skipped_for_room = 0;
+        self.shown.skipped_room_bytes = 0;
         self.next_read = None;
         true
     }
@@ -301,21 +381,22 @@ pub(crate) struct Replicator {
 
 impl Replicator {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
-        let mut from_peers = Budget::new(self.settings.max_size);
+        let mut budget = Budget::new(self.settings.max_size, self.settings.store_max_size);
         let mut turn = 0usize;
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
             // Counting walks the store: only when replication has work.
-            if from_peers.due() && (from_peers.counted.is_none() || self.has_work()) {
+            if budget.due() && (budget.counted.is_none() || self.has_work()) {
                 let store = self.store.clone();
-                if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || peer_bytes(&store)).await
+                if let Ok(Ok((peers, all))) =
+                    tokio::task::spawn_blocking(move || count(&store)).await
                 {
-                    from_peers.recounted(bytes);
+                    budget.recounted(peers, all);
                 }
             }
-            let worked = self.step(&mut from_peers, &mut turn).await;
+            let worked = self.step(&mut budget, &mut turn).await;
             if !worked {
                 tokio::select! {
                     () = tokio::time::sleep(TICK) => {}
@@ -375,7 +456,7 @@ impl Replicator {
         true
     }
 
-    /// Whether any peer has entries queued, or skipped for the budget
+    /// Whether any peer has entries queued, or skipped for a budget
     /// (which only a count can find room for).
     fn has_work(&self) -> bool {
         self.lock()
@@ -406,12 +487,16 @@ impl Replicator {
     }
 
     async fn read_catalog(&self, peer: PeerId, summary: Option<u64>) {
-        let after = self.lock().get(&peer).map(|state| state.cursor);
-        let Some(after) = after else { return };
+        let from = self.lock().get(&peer).map(|state| Resume {
+            position: state.position,
+            cursor: state.cursor,
+        });
+        let Some(from) = from else { return };
         let request = CatalogRequest {
-            after,
+            after: from.cursor,
             max_age_secs: self.settings.window.as_secs(),
             limit: CATALOG_PAGE,
+            since: Some(from.position),
         };
         let answer = self.client.catalog(peer, request).await;
         let mut peers = self.lock();
@@ -424,7 +509,23 @@ impl Replicator {
                 if let Some(last) = catalog.entries.last() {
                     state.cursor = last.cursor();
                 }
-                state.queue.extend(catalog.entries);
+                if let Some(next) = catalog.next {
+                    state.position = next;
+                }
+                state
+                    .queue
+                    .extend(catalog.entries.into_iter().map(|entry| Queued {
+                        entry,
+                        from: Resume {
+                            position: from.position,
+                            // From its put time on, itself included (a cursor
+                            // without an action starts at its time).
+                            cursor: Cursor {
+                                time_unix_nanos: entry.time_unix_nanos,
+                                action: None,
+                            },
+                        },
+                    }));
                 state.more = catalog.more;
                 state.summary_seen = summary;
                 state.shown.note = None;
@@ -440,43 +541,45 @@ impl Replicator {
 
     /// Fetches the next entries of `peer`'s queue that are missing here and
     /// within the budget, at most [`BATCH`] and a quarter second's worth of
-    /// the rate, then waits out the rest of the rate's time.
+    /// the rate by the sizes listed, then waits out the rest of the rate's
+    /// time for what crossed the link.
     async fn fetch_batch(&self, peer: PeerId, budget: &mut Budget) {
         let quarter = (self.settings.rate / 4).max(1);
         let mut batch: Vec<CatalogEntry> = Vec::new();
-        let mut bytes = 0u64;
+        let mut listed = 0u64;
         let mut skipped = (0u64, 0u64);
         {
             let mut peers = self.lock();
             let Some(state) = peers.get_mut(&peer) else {
                 return;
             };
-            while batch.len() < BATCH && (batch.is_empty() || bytes < quarter) {
-                let Some(entry) = state.queue.pop_front() else {
+            while batch.len() < BATCH && (batch.is_empty() || listed < quarter) {
+                let Some(queued) = state.queue.pop_front() else {
                     break;
                 };
+                let entry = queued.entry;
                 if self.store.holds(&entry.action) {
                     continue;
                 }
-                if !budget.take(entry.size) {
-                    state.skip(&entry);
+                if let Err(full) = budget.take(entry.size) {
+                    state.skip(&queued, full);
                     skipped.0 += 1;
                     skipped.1 += entry.size;
                     continue;
                 }
-                bytes += entry.size;
+                listed += entry.size;
                 batch.push(entry);
             }
         }
         if skipped.0 > 0 {
-            tracing::debug!(%peer, entries = skipped.0, bytes = skipped.1, "skipped for the replication budget");
+            tracing::debug!(%peer, entries = skipped.0, bytes = skipped.1, "skipped for the replication budgets");
         }
         if batch.is_empty() {
             return;
         }
         let started = Instant::now();
-        let actions: Vec<ActionId> = batch.iter().map(|entry| entry.action).collect();
-        let results = self.client.replicate(peer, actions).await;
+        let before = self.wire_in(&peer).await;
+        let results = self.client.replicate(peer, batch.clone()).await;
         let (mut entries, mut landed) = (0u64, 0u64);
         for (entry, result) in batch.iter().zip(&results) {
             match result {
@@ -486,8 +589,8 @@ impl Replicator {
                     // What landed counts, not what the catalog said.
                     budget.correct(entry.size, fetched.size);
                 }
-                // Not fetched (stored meanwhile, gone, or unanswered): its
-                // reservation goes back.
+                // Not fetched (stored meanwhile, gone, refused, or
+                // unanswered): its reservation goes back.
                 None => budget.release(entry.size),
             }
         }
@@ -495,125 +598,88 @@ impl Replicator {
             state.shown.entries += entries;
             state.shown.bytes += landed;
         }
-        let due = Duration::from_secs_f64(bytes as f64 / self.settings.rate as f64);
-        if let Some(rest) = due.checked_sub(started.elapsed()) {
-            tokio::time::sleep(rest).await;
-        }
+        // What crossed the link from the peer meanwhile (a lookup's answer
+        // too, at worst slowing replication), or what landed if that is
+        // more (compressed bodies) or the peer is gone, with its counters.
+        let arrived = match (before, self.wire_in(&peer).await) {
+            (Some(before), Some(after)) => after.saturating_sub(before).max(landed),
+            _ => landed,
+        };
+        tokio::time::sleep(budget::pause(
+            arrived,
+            self.settings.rate,
+            started.elapsed(),
+        ))
+        .await;
+    }
+
+    /// Bytes of `peer`'s answers that have crossed the link so far.
+    async fn wire_in(&self, peer: &PeerId) -> Option<u64> {
+        let infos = self.client.peers().await;
+        let info = infos.iter().find(|info| info.peer == *peer)?;
+        Some(info.counters.wire_in)
     }
 }
 
-/// Bytes of entries in the store that came from peers.
-fn peer_bytes(store: &DiskStore) -> Result<u64, crate::store::Error> {
-    Ok(store
+/// Bytes of entries in the store that came from peers, and of the whole
+/// store as a trim counts it.
+fn count(store: &DiskStore) -> Result<(u64, u64), crate::store::Error> {
+    let peers = store
         .sources()?
         .iter()
         .filter(|(source, _)| matches!(source, Source::Peer(_)))
         .map(|(_, usage)| usage.bytes)
-        .sum())
-}
-
-/// Bytes of peers' entries in the store against `replicate-max-size`.
-#[derive(Debug)]
-struct Budget {
-    max: u64,
-    /// As last counted, plus what was taken since.
-    used: u64,
-    counted: Option<Instant>,
-}
-
-impl Budget {
-    fn new(max: u64) -> Self {
-        Self {
-            max,
-            used: 0,
-            counted: None,
-        }
-    }
-
-    fn due(&self) -> bool {
-        self.counted.is_none_or(|at| at.elapsed() >= RECOUNT)
-    }
-
-    fn recounted(&mut self, bytes: u64) {
-        self.used = bytes;
-        self.counted = Some(Instant::now());
-    }
-
-    fn fits(&self, size: u64) -> bool {
-        self.used.saturating_add(size) <= self.max
-    }
-
-    /// Takes `size` bytes if they fit.
-    fn take(&mut self, size: u64) -> bool {
-        let fits = self.fits(size);
-        if fits {
-            self.used += size;
-        }
-        fits
-    }
-
-    /// An entry that took `taken` bytes of the budget brought `landed`.
-    fn correct(&mut self, taken: u64, landed: u64) {
-        self.used = self.used.saturating_sub(taken).saturating_add(landed);
-    }
-
-    fn release(&mut self, size: u64) {
-        self.used = self.used.saturating_sub(size);
-    }
+        .sum();
+    Ok((peers, store.usage()?.bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::ActionId;
     use crate::share::trust::{Allowlist, Peer as Listed};
 
-    #[test]
-    fn the_budget_never_lets_peers_entries_pass_it() {
-        let mut budget = Budget::new(100);
-        assert!(budget.due(), "counted first");
-        budget.recounted(60);
-        assert!(!budget.due());
-        assert!(budget.take(30));
-        assert!(!budget.take(11), "60 + 30 + 11 > 100");
-        assert!(budget.take(10));
-        budget.release(30);
-        assert!(budget.take(30));
-        assert!(!budget.take(1));
-        // A catalog that said 10 bytes for a body of 20: the 20 count.
-        budget.recounted(0);
-        assert!(budget.take(10));
-        budget.correct(10, 20);
-        assert!(budget.take(80));
-        assert!(!budget.take(1));
-    }
-
-    /// Entries skipped for the budget are looked at again, from the first
+    /// Entries skipped for a budget are looked at again, from the first
     /// one skipped, once the catalog read so far is done and the budget
     /// has room for the smallest of them; not before.
     #[test]
     fn skipped_entries_come_back_when_the_budget_has_room() {
-        let entry = |n: u8, time: u64, size: u64| CatalogEntry {
-            action: ActionId::from_bytes([n; 32]),
-            size,
-            time_unix_nanos: time,
+        let page = |seq| Position { epoch: 7, seq };
+        let queued = |n: u8, time: u64, size: u64, from: u64| Queued {
+            entry: CatalogEntry {
+                action: ActionId::from_bytes([n; 32]),
+                size,
+                time_unix_nanos: time,
+            },
+            from: Resume {
+                position: page(from),
+                cursor: Cursor {
+                    time_unix_nanos: time,
+                    action: None,
+                },
+            },
         };
         let mut peer = Peer {
-            cursor: entry(9, 900, 1).cursor(),
+            position: page(90),
             ..Peer::default()
         };
-        let mut budget = Budget::new(100);
-        budget.recounted(95);
+        let mut budget = Budget::new(100, u64::MAX / 2);
+        budget.recounted(95, 95);
         assert!(!peer.rewind_if_room(&budget), "nothing skipped");
-        peer.skip(&entry(3, 300, 40));
-        peer.skip(&entry(2, 200, 10));
-        peer.skip(&entry(5, 500, 70));
+        peer.skip(&queued(2, 200, 40, 10), Full::Peers);
+        peer.skip(&queued(3, 300, 10, 10), Full::Peers);
+        peer.skip(&queued(5, 500, 70, 40), Full::Store);
         assert_eq!(
             (peer.shown.skipped_for_budget, peer.shown.skipped_bytes),
-            (3, 120)
+            (2, 50)
+        );
+        assert_eq!(
+            (peer.shown.skipped_for_room, peer.shown.skipped_room_bytes),
+            (1, 70)
         );
         assert!(!peer.rewind_if_room(&budget), "no room for 10 bytes");
-        budget.recounted(85);
-        peer.queue.push_back(entry(10, 1000, 1));
+        budget.recounted(85, 85);
+        peer.queue.push_back(queued(10, 1000, 1, 90));
         assert!(!peer.rewind_if_room(&budget), "entries still queued");
         peer.queue.clear();
         peer.more = true;
@@ -621,6 +687,7 @@ mod tests {
         peer.more = false;
         peer.next_read = Some(Instant::now() + REVISIT);
         assert!(peer.rewind_if_room(&budget));
+        assert_eq!(peer.position, page(10), "the first one's page");
         assert_eq!(
             peer.cursor,
             Cursor {
@@ -630,7 +697,21 @@ mod tests {
         );
         assert_eq!(peer.next_read, None, "read again at once");
         assert_eq!(peer.shown.skipped_for_budget, 0);
+        assert_eq!(peer.shown.skipped_for_room, 0);
         assert!(!peer.rewind_if_room(&budget), "once");
+    }
+
+    /// With agreement on, `replicate` is off, whatever it names.
+    #[test]
+    fn agreement_turns_replication_off() {
+        let mut share = crate::config::tests::default_share();
+        assert_eq!(off_because(&share), None, "replicate is none");
+        share.replicate = Replicate::All;
+        assert_eq!(off_because(&share), None);
+        share.agreement = true;
+        assert_eq!(off_because(&share), Some("agreement is on"));
+        share.replicate = Replicate::None;
+        assert_eq!(off_because(&share), None, "nothing to turn off");
     }
 
     #[test]
@@ -652,6 +733,15 @@ mod tests {
             state.describe(),
             "behind by 5+ entries; replicated 3 entries (2.0 KiB); \
              2 entries (1.0 MiB) skipped: replicate-max-size reached"
+        );
+        state.skipped_for_room = 1;
+        state.skipped_room_bytes = 4096;
+        assert!(
+            state
+                .describe()
+                .ends_with("; 1 entries (4.0 KiB) skipped: the store is near max-size"),
+            "{}",
+            state.describe()
         );
     }
 
