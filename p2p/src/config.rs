@@ -47,6 +47,8 @@ pub mod defaults {
     pub const READ_AHEAD_TOTAL: u64 = 2 << 30;
     /// See [`NodeConfig::with_max_concurrent_serves`](super::NodeConfig::with_max_concurrent_serves).
     pub const MAX_CONCURRENT_SERVES: usize = 16;
+    /// See [`NodeConfig::with_max_in_flight`](super::NodeConfig::with_max_in_flight).
+    pub const MAX_IN_FLIGHT: u64 = 1 << 30;
 }
 
 /// The mDNS service type warren advertises and browses for.
@@ -74,6 +76,7 @@ pub struct NodeConfig {
     pub(crate) static_peers: Vec<Multiaddr>,
     pub(crate) mdns: Option<MdnsConfig>,
     pub(crate) max_body_size: u64,
+    pub(crate) max_in_flight: u64,
     pub(crate) inline_limit: u64,
     pub(crate) lookup_deadline: Duration,
     pub(crate) transfer_rate: u64,
@@ -102,6 +105,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("static_peers", &self.static_peers)
             .field("mdns", &self.mdns)
             .field("max_body_size", &self.max_body_size)
+            .field("max_in_flight", &self.max_in_flight)
             .field("inline_limit", &self.inline_limit)
             .field("lookup_deadline", &self.lookup_deadline)
             .field("transfer_rate", &self.transfer_rate)
@@ -125,6 +129,7 @@ impl NodeConfig {
             static_peers: Vec::new(),
             mdns: None,
             max_body_size: defaults::MAX_BODY_SIZE,
+            max_in_flight: defaults::MAX_IN_FLIGHT,
             inline_limit: defaults::INLINE_LIMIT,
             lookup_deadline: defaults::LOOKUP_DEADLINE,
             transfer_rate: defaults::TRANSFER_RATE,
@@ -246,6 +251,17 @@ impl NodeConfig {
         self
     }
 
+    /// The bytes of bodies being received at once, counted as they arrive
+    /// (not as claimed): all bodies on their way but the biggest must fit
+    /// in it together, so one body may be as big as the body limit while
+    /// others still arrive beside it. A body that does not fit is given up
+    /// (the peer is not blamed). It bounds what the temp files of bodies
+    /// on their way add to the store. Default 1 GiB.
+    pub fn with_max_in_flight(mut self, bytes: u64) -> Self {
+        self.max_in_flight = bytes;
+        self
+    }
+
     /// The largest body a peer may send with its answer to a lookup when
     /// several peers are asked; a bigger body is then fetched by a second
     /// request to one peer only, so a lookup never pulls a large body from
@@ -265,15 +281,19 @@ impl NodeConfig {
 
     /// The slowest transfer rate tolerated, in bytes per second: a body of
     /// `size` bytes must arrive within `1 s + size / rate` of its header (see
-    /// [`transfer_timeout`](Self::transfer_timeout)). Default 50 MB/s, well
-    /// under gigabit Ethernet. Zero is treated as one.
+    /// [`transfer_timeout`](Self::transfer_timeout)), counting only the time
+    /// spent waiting for the peer, and the peer may never fall more than 2 s
+    /// behind this rate on the way, nor take over 2 s for a piece (256
+    /// KiB); a peer that does is cut off and cooled down. Default 50 MB/s,
+    /// well under gigabit Ethernet. Zero is treated as one.
     pub fn with_transfer_rate(mut self, bytes_per_second: u64) -> Self {
         self.transfer_rate = bytes_per_second.max(1);
         self
     }
 
-    /// How long a peer that sent a body which did not verify is left out of
-    /// lookups. Default 60 s.
+    /// How long a peer that sent a body which did not verify, or did not
+    /// deliver a body it announced in time, is left out of lookups.
+    /// Default 60 s.
     pub fn with_cooldown(mut self, cooldown: Duration) -> Self {
         self.cooldown = cooldown;
         self
@@ -333,11 +353,13 @@ impl NodeConfig {
     /// An upper bound on any single fetch, used as libp2p's request timeout
     /// and as the client's backstop.
     pub(crate) fn longest_fetch(&self) -> Duration {
-        // A lookup, then a body request whose server hashes the body (at the
-        // transfer rate or better) before streaming it.
+        // A lookup, then a body request whose header is due within the
+        // stall after the lookup deadline, and whose body may take its
+        // transfer timeout waiting for the peer and as long again on our
+        // side (see `fetch::pace`).
         self.lookup_deadline * 2
             + self.transfer_timeout(self.inline_limit)
-            + self.transfer_timeout(self.max_body_size) * 2
+            + crate::fetch::pace::Pace::longest(self.max_body_size, self.transfer_rate)
             + Duration::from_secs(5)
     }
 }

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::fetch::in_flight::InFlight;
 use crate::fetch::receive::Local;
 use crate::ids::{ActionId, OutputId};
 use crate::node::codec::{FetchCodec, Request, Response};
@@ -61,7 +62,7 @@ pub fn fetch_response(data: &[u8]) {
         return;
     };
     let store = Arc::new(MemStore);
-    let mut codec = FetchCodec::new(store, 1 << 20, 1_000_000_000);
+    let mut codec = FetchCodec::new(store, 1 << 20, 1_000_000_000, InFlight::new(1 << 30));
     let accept = if choice & 1 != 0 {
         vec![Encoding::Zstd]
     } else {
@@ -80,7 +81,7 @@ pub fn fetch_response(data: &[u8]) {
             peer: libp2p::PeerId::random(),
             header_deadline: Instant::now() + Duration::from_secs(60),
             cancel: CancellationToken::new(),
-            positive: Arc::default(),
+            promise: Arc::default(),
             batch: None,
             link: Arc::default(),
             traffic: Arc::default(),
@@ -107,7 +108,12 @@ pub fn fetch_response(data: &[u8]) {
 /// it names is looked up in a store that holds one entry.
 pub fn fetch_request(data: &[u8]) {
     let store = MemStore;
-    let mut codec = FetchCodec::new(Arc::new(MemStore), 1 << 20, 1_000_000_000);
+    let mut codec = FetchCodec::new(
+        Arc::new(MemStore),
+        1 << 20,
+        1_000_000_000,
+        InFlight::new(1 << 30),
+    );
     block_on(async {
         let mut io = AllowStdIo::new(Cursor::new(data));
         let Ok(request) = codec.read_request(&protocol(), &mut io).await else {

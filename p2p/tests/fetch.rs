@@ -269,6 +269,123 @@ async fn a_stalled_transfer_is_cut_off_and_its_peer_cooled_down() {
     assert_eq!(stalled.requests(), requests);
 }
 
+/// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon
+/// do": a peer with no summary is asked about every lookup. This one says
+/// "found" with a 100 KB body and stops after 10 KB. At the default rate
+/// (50 MB/s) the body's transfer timeout (1 s + 2 ms) passes before a
+/// piece's 2 s stall would; that too is the peer's fault, so it is cooled
+/// down after this one stall, and every lookup after it is answered
+/// within the lookup deadline without asking it.
+#[tokio::test]
+async fn a_staller_at_the_default_rate_is_cooled_down_after_its_first_stall() {
+    let [ka, kh] = keypairs();
+    let deadline = Duration::from_millis(300);
+    let mut a = start(
+        test_config(ka.clone(), &[id(&kh)]).with_lookup_deadline(deadline),
+        DirStore::new(),
+    )
+    .await;
+    let body = vec![1u8; 100_000];
+    let stalled = hostile(&kh, Mode::Stall { body, send: 10_000 }).await;
+    a.client.dial(stalled.address.clone()).await.unwrap();
+    let stalled_peer = stalled.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(stalled_peer))
+        .await;
+
+    assert_eq!(
+        within(Duration::from_secs(5), a.client.fetch(action(1))).await,
+        None
+    );
+    for n in 2..6 {
+        let started = tokio::time::Instant::now();
+        let fetched = within(Duration::from_secs(5), a.client.fetch(action(n))).await;
+        let took = started.elapsed();
+        assert_eq!(fetched, None);
+        assert!(
+            took < deadline + Duration::from_millis(200),
+            "lookup {n} took {took:?}, over the lookup deadline of {deadline:?}"
+        );
+    }
+    assert_eq!(stalled.requests(), 1, "the staller was asked again");
+    a.wait_for(|e| {
+        matches!(e, Event::BodyRejected { peer, reason: RejectReason::Stalled, .. } if *peer == stalled_peer)
+    })
+    .await;
+    let peers = a.client.peers().await;
+    let info = peers.iter().find(|p| p.peer == stalled_peer).unwrap();
+    assert!(info.in_cooldown);
+    assert_eq!(Usage::get(&a.store.usage().commits), 0);
+}
+
+/// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon
+/// do": a peer announces a 2 GiB body (more than the 1 GiB of bodies in
+/// flight) and then drips it, a piece a second, never slow enough for a
+/// piece to stall. While that claim is pending, an honest peer's body is
+/// still taken: bodies in flight are counted as they arrive, not as they
+/// are claimed. The dripper falls behind the transfer rate within
+/// seconds, not the 44 s its claimed size would allow, and is cooled down.
+#[tokio::test]
+async fn a_dripped_huge_claim_is_cut_off_and_locks_no_honest_body_out() {
+    let [ka, kb, kh] = keypairs();
+    let mut a = node(&ka, &[id(&kb), id(&kh)]).await;
+    let mut b = node(&kb, &[id(&ka)]).await;
+    let honest = b"an honest peer's body".repeat(10_000);
+    b.store.put(action(2), &honest);
+    let dripper = hostile(
+        &kh,
+        Mode::Drip {
+            size: 2 << 30,
+            piece: 64 * 1024,
+            every: Duration::from_millis(250),
+        },
+    )
+    .await;
+    connect(&mut a, &mut b).await;
+    a.client.dial(dripper.address.clone()).await.unwrap();
+    let dripper_peer = dripper.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(dripper_peer))
+        .await;
+
+    // B misses; the dripper announces its body and is asked for it.
+    let client = a.client.clone();
+    let claim = tokio::spawn(async move { client.fetch(action(1)).await });
+    until("the dripper is sending its body", || {
+        dripper.bytes_sent() > 0
+    })
+    .await;
+    let fetched = within(Duration::from_secs(5), a.client.fetch(action(2)))
+        .await
+        .expect("the honest body, beside the pending claim");
+    assert_eq!(fetched.peer, b.peer);
+    assert_eq!(a.store.body(&action(2)).unwrap(), honest);
+    assert!(!claim.is_finished(), "the claim was still pending");
+
+    let started = tokio::time::Instant::now();
+    assert_eq!(within(Duration::from_secs(8), claim).await.unwrap(), None);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    a.wait_for(|e| {
+        matches!(e, Event::BodyRejected { peer, reason: RejectReason::Stalled, .. } if *peer == dripper_peer)
+    })
+    .await;
+    until("the partial body was discarded", || {
+        Usage::get(&a.store.usage().discarded) == 1
+    })
+    .await;
+    // In cooldown: the next lookup asks B alone, and misses at once.
+    let requests = dripper.requests();
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        within(Duration::from_secs(2), a.client.fetch(action(3))).await,
+        None
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(dripper.requests(), requests);
+}
+
 /// Bytes that do not compress (xorshift).
 fn noise(len: usize) -> Vec<u8> {
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;

@@ -7,7 +7,9 @@
 //! entry's source. Read-ahead hints and summaries come from the store's
 //! [`PutOrder`] index.
 //!
-//! At most [`MAX_IN_FLIGHT`] bytes of bodies are received at once.
+//! The node bounds the bytes of bodies on their way, counted as they
+//! arrive (`warren_p2p`'s `NodeConfig::with_max_in_flight`, 1 GiB), so a
+//! peer's claim of a huge body it never sends holds no room here.
 //! Fetched bytes count against the store's `max-size`: a body that would
 //! take the store past it is refused (for the peer, not its fault) and a
 //! trim is started, which frees what was not used within the trim grace.
@@ -97,18 +99,11 @@ pub(crate) struct StoreAdapter {
     order: Arc<PutOrder>,
     sharing: Arc<Sharing>,
     quota: Arc<Quota>,
-    /// Bytes of the sinks open now.
-    in_flight: Arc<AtomicU64>,
     /// With agreement on: what was built here.
     ledger: Option<Arc<Ledger>>,
     /// A store that cannot take fetched bodies is told once in a while.
     quiet: Arc<Quiet>,
 }
-
-/// Most bytes of bodies being received at once (each reserved in full
-/// when its sink opens); one body bigger than this is still taken when
-/// nothing else is on its way.
-pub(crate) const MAX_IN_FLIGHT: u64 = 1 << 30;
 
 /// How often the store's size is walked again while bodies arrive.
 pub(crate) const RECOUNT: Duration = Duration::from_secs(10 * 60);
@@ -227,7 +222,6 @@ impl StoreAdapter {
             order,
             sharing,
             quota,
-            in_flight: Arc::default(),
             ledger,
             quiet: Arc::default(),
         })
@@ -292,17 +286,6 @@ impl warren_p2p::Bodies for StoreAdapter {
         size: u64,
         from: &PeerId,
     ) -> io::Result<Box<dyn BodySink>> {
-        let reserved = self.in_flight.fetch_add(size, Ordering::Relaxed);
-        let in_flight = InFlight {
-            bytes: self.in_flight.clone(),
-            size,
-        };
-        if reserved > 0 && reserved.saturating_add(size) > MAX_IN_FLIGHT {
-            return Err(io::Error::new(
-                io::ErrorKind::QuotaExceeded,
-                format!("{reserved} bytes of bodies on their way already"),
-            ));
-        }
         if !self.quota.admit(&self.store, size) {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
@@ -323,7 +306,6 @@ impl warren_p2p::Bodies for StoreAdapter {
             sharing: self.sharing.clone(),
             quota: self.quota.clone(),
             size,
-            _in_flight: in_flight,
             action: *action,
             from: *from,
             writer,
@@ -370,20 +352,7 @@ fn starts_module_index(body: &File) -> bool {
 }
 
 /// A body on its way from a peer into the store.
-/// A body's share of [`MAX_IN_FLIGHT`], given back when its sink goes.
-struct InFlight {
-    bytes: Arc<AtomicU64>,
-    size: u64,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.bytes.fetch_sub(self.size, Ordering::Relaxed);
-    }
-}
-
 struct Sink {
-    _in_flight: InFlight,
     /// The body's first bytes, for [`consistency`].
     head: Vec<u8>,
     store: Arc<DiskStore>,
@@ -722,36 +691,35 @@ mod tests {
         ));
     }
 
-    /// Part 4, budgets: the bodies on their way at once are capped in
-    /// bytes; a body alone may be as big as the body limit.
+    /// A peer's claim of a 2 GiB body that it then stalls or drips holds
+    /// no room in the store: the node counts bodies in flight as their
+    /// bytes arrive (`warren_p2p::NodeConfig::with_max_in_flight`), so an
+    /// honest peer's body is stored while the claim is on its way.
     #[test]
-    fn bodies_in_flight_are_capped_in_bytes() {
+    fn a_huge_claim_on_its_way_does_not_refuse_other_bodies() {
         let dir = tempfile::tempdir().unwrap();
-        let alice = peer();
-        let (_store, adapter) = adapter(
+        let (alice, mallory) = (peer(), peer());
+        let (store, adapter) = adapter(
             dir.path(),
             SharingState {
-                pull: HashSet::from([alice]),
+                pull: HashSet::from([alice, mallory]),
                 ..SharingState::default()
             },
         );
-        let policy_room = POLICY.max_size;
-        assert!(policy_room > MAX_IN_FLIGHT + 1);
-        let begin = |n: u8, size: u64| {
-            adapter.begin(
-                &ActionId::from_bytes([n; 32]),
-                &OutputId::of(b"x"),
-                size,
-                &alice,
+        let mut claim = adapter
+            .begin(
+                &ActionId::from_bytes([1; 32]),
+                &OutputId::of(b"never sent"),
+                2 << 30,
+                &mallory,
             )
-        };
-        let big = begin(1, MAX_IN_FLIGHT + 1).expect("alone, any size");
-        assert!(begin(2, 10).is_err(), "nothing more while it is on its way");
-        drop(big);
-        let half = begin(3, MAX_IN_FLIGHT / 2).unwrap();
-        let _quarter = begin(4, MAX_IN_FLIGHT / 4).unwrap();
-        assert!(begin(5, MAX_IN_FLIGHT / 2).is_err());
-        drop(half);
-        begin(6, MAX_IN_FLIGHT / 2).unwrap();
+            .unwrap();
+        claim.write_all(&[0; 4096]).unwrap();
+        fetch(&adapter, 2, b"an honest body", &alice).unwrap();
+        assert!(matches!(
+            store.get(&ActionId::from_bytes([2; 32])).unwrap(),
+            Lookup::Hit(_)
+        ));
+        drop(claim);
     }
 }

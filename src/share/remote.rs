@@ -46,7 +46,11 @@ pub(crate) const ACK_TIMEOUT: Duration = Duration::from_millis(50);
 pub(crate) const STUCK_AFTER: u32 = 3;
 /// Extra time a lookup may take once a peer is sending a body. Bodies of
 /// std's size take milliseconds on a LAN, but a machine busy compiling can
-/// delay the daemons; the p2p layer bounds dead peers on its own.
+/// delay the daemons. The p2p layer bounds dead peers on its own: a peer
+/// that said "found" and then stalls or drips the body is cut off within
+/// its transfer timeout or 2 s, and left out of lookups for its cooldown,
+/// so a build waits this long once per such peer and cooldown, not on
+/// every lookup.
 pub(crate) const TRANSFER_ALLOWANCE: Duration = Duration::from_secs(1);
 
 /// Asks the daemon behind `socket`.

@@ -1,7 +1,11 @@
 //! Fetching from peers: the requesting side of the fetch protocol.
 //!
 //! - [`receive`]: reading one exchange's answers and bodies into the store,
-//!   verified, within deadlines;
+//!   verified, within deadlines; [`pace`]: how long a peer may take over a
+//!   body it announced (a stall is its fault), [`promise`]: what it said
+//!   on a request, for the books to judge a missed deadline, and
+//!   [`in_flight`]: the bytes of bodies on their way, counted as they
+//!   arrive;
 //! - [`link`]: whether asking a peer for compressed bodies pays on its link.
 //!
 //! - [`books`]: the bookkeeping of fetches in flight (whom to ask, whose
@@ -18,7 +22,10 @@ pub(crate) mod agreement;
 pub(crate) mod books;
 pub(crate) mod budget;
 pub(crate) mod holders;
+pub(crate) mod in_flight;
 pub(crate) mod link;
+pub(crate) mod pace;
+pub(crate) mod promise;
 pub(crate) mod read_ahead;
 pub(crate) mod receive;
 

@@ -13,7 +13,9 @@
 //!    before reading a byte of it;
 //! 3. move the body into a sink from [`Bodies::begin`](crate::Bodies::begin):
 //!    a small one whole, a bigger one in pieces through a blocking thread
-//!    ([`receive`]), within the transfer timeout for its size;
+//!    ([`receive`]), each piece at the pace the peer owes
+//!    ([`crate::fetch::pace`]) and charged to the bytes in flight as it
+//!    arrives ([`crate::fetch::in_flight`]);
 //! 4. commit it: the sink stores it only if exactly `size` bytes arrived and
 //!    their SHA-256 is the announced OutputID.
 //!
@@ -26,11 +28,15 @@
 //! A cancelled fetch (another peer won, or the lookup gave up) drops the
 //! sink, which discards what it held. Failures of the stream are `io`
 //! errors (a miss); a body that arrived but did not verify is an
-//! [`Outcome::Rejected`] so the node can put that peer in cooldown.
+//! [`Outcome::Rejected`] so the node can put that peer in cooldown. A
+//! peer that fell behind on a body it owes fails the stream with an error
+//! that says so ([`failure_of`]): it is put in cooldown too. A body we give
+//! up on our side (no room in flight, our disk too slow) ends the stream
+//! as well, since the rest of it is left unread, and blames nobody.
+//! What the peer has said so far is kept in the request's [`Promise`].
 
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt};
@@ -39,9 +45,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::transfer_timeout;
 use crate::fetch::agreement::{Agreeing, Claims};
+use crate::fetch::books::Failure;
+use crate::fetch::in_flight::{Holding, InFlight};
 use crate::fetch::link::LinkMeter;
+use crate::fetch::pace::{Lateness, Pace, STALL};
+use crate::fetch::promise::Promise;
 use crate::ids::{ActionId, OutputId};
 use crate::protocol::compress;
 use crate::protocol::metered::{Metered, Traffic};
@@ -69,17 +78,13 @@ pub enum RejectReason {
     LargerThanListed { size: u64, listed: u64 },
     /// The peer sent a compressed body whose chunks do not decode to it.
     Undecodable(String),
-    /// The peer announced a body and then sent none of it, or not one piece
-    /// within 2 s.
+    /// The peer announced a body and then fell behind on it: a piece took
+    /// over 2 s, or the body fell behind the transfer rate (see
+    /// `fetch::pace`), or the peer did not deliver it by a deadline.
     Stalled,
     /// The body verified, but the store found it wrong for its action.
     Refused(String),
 }
-
-/// A body whose next piece (at most 256 KiB) takes longer than this to
-/// arrive is given up: a peer that stalls, or drips a big body it claimed,
-/// is cut off after this much silence, whatever size it claimed.
-pub(crate) const STALL: Duration = Duration::from_secs(2);
 
 impl std::fmt::Display for RejectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,7 +107,10 @@ impl std::fmt::Display for RejectReason {
                 "body of {size} bytes although its catalog listed {listed}"
             ),
             Self::Undecodable(detail) => write!(f, "compressed body does not decode: {detail}"),
-            Self::Stalled => write!(f, "no piece of the body for {STALL:?}"),
+            Self::Stalled => write!(
+                f,
+                "the body fell behind: a piece took over {STALL:?}, or the transfer rate was not kept"
+            ),
             Self::Refused(why) => write!(f, "the store refused it: {why}"),
         }
     }
@@ -134,9 +142,10 @@ pub(crate) struct Local {
     pub(crate) header_deadline: Instant,
     /// Cancelled when the fetch no longer needs this request.
     pub(crate) cancel: CancellationToken,
-    /// Set once the peer answered "found": the lookup then waits for the
-    /// transfer instead of giving up at its deadline.
-    pub(crate) positive: Arc<AtomicBool>,
+    /// What the peer has said so far: a lookup whose peer answered
+    /// "found" waits for the transfer instead of giving up at its
+    /// deadline, and a deadline is held against a peer that owes a body.
+    pub(crate) promise: Arc<Promise>,
     /// For a batch (a header with `also`): where entries' outcomes go.
     pub(crate) batch: Option<BatchReports>,
     /// The peer's link: raw bodies' rates are recorded there.
@@ -211,6 +220,8 @@ pub(crate) struct Requester {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) max_body_size: u64,
     pub(crate) transfer_rate: u64,
+    /// The bytes of bodies on their way, shared by every stream.
+    pub(crate) in_flight: Arc<InFlight>,
     /// With agreement on: what peers that built an entry said of it, and a
     /// body is committed only if its mapping is agreed.
     pub(crate) agreement: Option<Arc<Claims>>,
@@ -251,7 +262,7 @@ impl Requester {
     {
         let mut header: ResponseHeader = tokio::time::timeout_at(deadline, wire::read_frame(io))
             .await
-            .map_err(|_| timed_out("no answer by its deadline"))??;
+            .map_err(|_| Lateness::Header.error())??;
         if !header.next.is_empty() {
             *next = std::mem::take(&mut header.next);
             next.truncate(pending.hints.min(wire::MAX_HINTS) as usize);
@@ -299,7 +310,6 @@ impl Requester {
             let header = Self::read_header(io, pending, deadline, &mut next).await?;
             if index == 0 {
                 version = header.version;
-                pending.local.positive.store(true, Ordering::Relaxed);
             }
             let outcome = match header.found {
                 None => Outcome::NotFound,
@@ -372,7 +382,7 @@ impl Requester {
                 tracing::debug!(size = found.size, "peer holds a body over our size limit");
                 return Ok(Outcome::NotFound);
             }
-            pending.local.positive.store(true, Ordering::Relaxed);
+            pending.local.promise.kept();
             return Ok(Outcome::Announced(meta));
         }
         if found.size > self.max_body_size {
@@ -404,15 +414,11 @@ impl Requester {
                 ));
             }
         };
-        pending.local.positive.store(true, Ordering::Relaxed);
-        let deadline = Instant::now() + transfer_timeout(found.size, self.transfer_rate);
+        pending.local.promise.owed();
         let receiving = pending.local.link.receiving(compressed);
-        let outcome = tokio::time::timeout_at(
-            deadline,
-            self.receive_body(io, pending.local.peer, action, meta, compressed),
-        )
-        .await
-        .map_err(|_| timed_out("body not received within its transfer timeout"))??;
+        let outcome = self
+            .receive_body(io, &pending.local, action, meta, compressed)
+            .await?;
         if let Outcome::Committed(_) = outcome {
             receiving.arrived(found.size);
         }
@@ -423,7 +429,7 @@ impl Requester {
     async fn receive_body<T>(
         &self,
         io: &mut T,
-        peer: PeerId,
+        local: &Local,
         action: ActionId,
         meta: Meta,
         compressed: bool,
@@ -431,6 +437,7 @@ impl Requester {
     where
         T: AsyncRead + Unpin + Send,
     {
+        let peer = local.peer;
         let store = self.store.clone();
         let from = peer;
         let agreement = self.agreement.clone();
@@ -447,7 +454,14 @@ impl Requester {
                 }),
             })
         };
-        let received = match receive(io, meta.size, compressed, begin).await {
+        let body = Body {
+            size: meta.size,
+            compressed,
+            pace: Pace::new(meta.size, self.transfer_rate),
+            holding: self.in_flight.open(),
+            promise: &local.promise,
+        };
+        let received = match receive(io, body, begin).await {
             // A chunk that is not its piece: a bad body, like one that
             // does not hash to its OutputID.
             Err(error) if compressed && error.kind() == io::ErrorKind::InvalidData => {
@@ -500,27 +514,53 @@ pub(crate) enum Received {
     Unconfirmed,
 }
 
-/// Reads a body of `size` bytes from `io`, raw or (`compressed`) in
-/// chunks ([`crate::protocol::compress`]), into the sink that `begin` opens, and
-/// commits it. An `Err` is a failed stream (truncated, reset; an
-/// `InvalidData` one for a chunk that is not its piece): nothing is
+/// A body to receive, and what governs it.
+pub(crate) struct Body<'a> {
+    pub(crate) size: u64,
+    /// Sent in chunks ([`crate::protocol::compress`]), not raw.
+    pub(crate) compressed: bool,
+    /// How long the peer, and our side, may take over it.
+    pub(crate) pace: Pace,
+    /// Its share of the bytes in flight, charged as pieces arrive.
+    pub(crate) holding: Holding,
+    /// Told once every byte is in, or we stop reading: what follows is
+    /// ours.
+    pub(crate) promise: &'a Promise,
+}
+
+/// Reads `body` from `io`, raw or in chunks, into the sink that `begin`
+/// opens, and commits it. An `Err` is a failed stream (truncated, reset,
+/// the peer late with it, or given up on our side with the rest unread;
+/// an `InvalidData` one for a chunk that is not its piece): nothing is
 /// stored. Dropping the future part-way discards the body.
-pub(crate) async fn receive<T, B>(
-    io: &mut T,
-    size: u64,
-    compressed: bool,
-    begin: B,
-) -> io::Result<Received>
+pub(crate) async fn receive<T, B>(io: &mut T, body: Body<'_>, begin: B) -> io::Result<Received>
 where
     T: AsyncRead + Unpin,
     B: FnOnce() -> io::Result<Box<dyn BodySink>> + Send + 'static,
 {
+    let Body {
+        size,
+        compressed,
+        mut pace,
+        holding,
+        promise,
+    } = body;
     if size <= SMALL_BODY {
-        let body = read_piece(io, size as usize, compressed).await?;
-        return Ok(store_whole(begin, &body));
+        let piece = pace
+            .wait_on_peer(size, read_piece(io, size as usize, compressed))
+            .await?;
+        promise.kept();
+        if !holding.take(size) {
+            return Ok(Received::NotStored(no_room()));
+        }
+        return Ok(store_whole(begin, &piece));
     }
+    let holding = Arc::new(holding);
     let (full, mut queue) = mpsc::channel::<Piece>(QUEUE);
+    let held = holding.clone();
     let writer = tokio::task::spawn_blocking(move || {
+        // The body's bytes count as in flight until its sink is gone.
+        let _held = held;
         let mut sink = match begin() {
             Ok(sink) => sink,
             Err(error) => return Some(Received::NotStored(error)),
@@ -537,52 +577,78 @@ where
         (written == size).then(|| commit(sink))
     });
     let mut remaining = size;
-    let mut read_error = None;
+    // Why reading stopped early: the stream failed, or we gave up.
+    let mut stopped = None;
+    let mut gave_up = false;
     while remaining > 0 {
-        let want = remaining.min(CHUNK_SIZE as u64) as usize;
-        let piece = match read_piece(io, want, compressed).await {
+        let want = remaining.min(CHUNK_SIZE as u64);
+        let piece = match pace
+            .wait_on_peer(want, read_piece(io, want as usize, compressed))
+            .await
+        {
             Ok(piece) => piece,
             Err(error) => {
-                read_error = Some(error);
+                stopped = Some(error);
                 break;
             }
         };
-        remaining -= want as u64;
-        if full.send(piece).await.is_err() {
-            break; // The writer stopped; it says why.
+        remaining -= want;
+        if !holding.take(want) {
+            (stopped, gave_up) = (Some(no_room()), true);
+            break;
+        }
+        match pace.wait_on_us(full.send(piece)).await {
+            Some(Ok(())) => {}
+            // The writer stopped; it says why.
+            Some(Err(_)) => {
+                gave_up = true;
+                break;
+            }
+            None => {
+                let slow = "the body could not be written as fast as the transfer rate";
+                (stopped, gave_up) = (Some(io::Error::other(slow)), true);
+                break;
+            }
         }
     }
     drop(full);
+    if remaining == 0 || gave_up {
+        // Every byte is in, or we stopped reading: what follows is ours.
+        promise.kept();
+    }
     let received = writer.await.map_err(io::Error::other)?;
-    match (read_error, received) {
+    match (stopped, received) {
         (Some(error), _) => Err(error),
+        // Given up on our side with the rest of it unread: the stream
+        // cannot go on.
+        (None, Some(Received::NotStored(error))) if remaining > 0 => Err(io::Error::other(
+            format!("body not stored, {remaining} bytes of it left unread: {error}"),
+        )),
         (None, Some(received)) => Ok(received),
         (None, None) => Err(io::Error::other("body writer stopped early")),
     }
 }
 
-/// The next `len` bytes of a body, within [`STALL`].
+/// A body given up on our side because the bytes in flight are at their
+/// limit; not the peer's fault.
+fn no_room() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::QuotaExceeded,
+        "too many bytes of other bodies on their way",
+    )
+}
+
+/// What a failed fetch request's `error` means for the books.
+pub(crate) fn failure_of(error: &io::Error) -> Failure {
+    match Lateness::of(error) {
+        Some(Lateness::Body) => Failure::Stalled,
+        Some(Lateness::Header) => Failure::TimedOut,
+        None => Failure::Ended,
+    }
+}
+
+/// The next `len` bytes of a body (a piece, or a whole small body).
 async fn read_piece<T>(io: &mut T, len: usize, compressed: bool) -> io::Result<Piece>
-where
-    T: AsyncRead + Unpin,
-{
-    tokio::time::timeout(STALL, read_piece_now(io, len, compressed))
-        .await
-        .map_err(|_| stalled())?
-}
-
-/// Whether `error` (a failed fetch request's) says the peer stalled a body.
-pub(crate) fn is_stall(error: &io::Error) -> bool {
-    error.kind() == io::ErrorKind::TimedOut && error.to_string() == STALLED
-}
-
-const STALLED: &str = "the peer stalled in the middle of a body";
-
-fn stalled() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, STALLED)
-}
-
-async fn read_piece_now<T>(io: &mut T, len: usize, compressed: bool) -> io::Result<Piece>
 where
     T: AsyncRead + Unpin,
 {
@@ -616,10 +682,6 @@ fn commit(sink: Box<dyn BodySink>) -> Received {
         Err(CommitError::Io(error)) => Received::NotStored(error),
         Err(CommitError::Unconfirmed) => Received::Unconfirmed,
     }
-}
-
-pub(crate) fn timed_out(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, what.to_owned())
 }
 
 pub(crate) fn cancelled() -> io::Error {

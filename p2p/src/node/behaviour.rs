@@ -27,6 +27,7 @@ use libp2p::{request_response, tcp, yamux};
 
 use crate::catalog::{self, CatalogCodec};
 use crate::config::NodeConfig;
+use crate::fetch::in_flight::InFlight;
 use crate::node::admission;
 use crate::node::codec::FetchCodec;
 use crate::store::Store;
@@ -64,7 +65,12 @@ pub(crate) fn build_swarm(
     for peer in config.allowlist.ids() {
         allowed.allow_peer(*peer);
     }
-    let mut codec = FetchCodec::new(store, config.max_body_size, config.transfer_rate);
+    let mut codec = FetchCodec::new(
+        store,
+        config.max_body_size,
+        config.transfer_rate,
+        InFlight::new(config.max_in_flight),
+    );
     if config.agreement {
         codec = codec.agreeing();
     }

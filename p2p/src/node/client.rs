@@ -133,8 +133,9 @@ pub enum Event {
     /// A connection was refused: the peer is not allowlisted, or a limit was
     /// reached. `peer` is `None` when the handshake did not get that far.
     ConnectionDenied { peer: Option<PeerId> },
-    /// A peer sent a body that failed verification. Nothing was stored, and
-    /// the peer is in cooldown.
+    /// A peer sent a body that failed verification, or did not deliver one
+    /// it announced in time ([`RejectReason::Stalled`]). Nothing was
+    /// stored, and the peer is in cooldown.
     BodyRejected {
         peer: PeerId,
         action: ActionId,

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::StreamProtocol;
 
+use crate::fetch::in_flight::InFlight;
 use crate::fetch::receive::{Answer, Local, Pending, Requester, cancelled};
 use crate::ids::ActionId;
 use crate::protocol::metered::Metered;
@@ -75,12 +76,20 @@ impl Clone for FetchCodec {
 }
 
 impl FetchCodec {
-    pub(crate) fn new(store: Arc<dyn Store>, max_body_size: u64, transfer_rate: u64) -> Self {
+    /// Reads bodies of at most `max_body_size` bytes into `store`, each at
+    /// `transfer_rate` or better, within the bytes in flight of `in_flight`.
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        max_body_size: u64,
+        transfer_rate: u64,
+        in_flight: Arc<InFlight>,
+    ) -> Self {
         Self {
             requester: Requester {
                 store: store.clone(),
                 max_body_size,
                 transfer_rate,
+                in_flight,
                 agreement: None,
             },
             server: Server { store },
@@ -150,6 +159,7 @@ impl libp2p::request_response::Codec for FetchCodec {
         if (local.listed.as_ref()).is_some_and(|listed| listed.len() != actions.len()) {
             return Err(io::Error::other("one listed size per action, or none"));
         }
+        let promise = local.promise.clone();
         self.pending = Some(Pending {
             actions,
             max_inline: header.max_inline,
@@ -157,7 +167,9 @@ impl libp2p::request_response::Codec for FetchCodec {
             compressed_ok: header.accept.contains(&Encoding::Zstd),
             local,
         });
-        wire::write_frame(io, &header).await
+        wire::write_frame(io, &header).await?;
+        promise.asked();
+        Ok(())
     }
 
     async fn write_response<T>(
@@ -314,7 +326,12 @@ mod tests {
         link: &Arc<LinkMeter>,
         server_bytes: Vec<u8>,
     ) -> io::Result<Answer> {
-        let mut codec = FetchCodec::new(Arc::new(Shared(store.clone())), 1 << 30, 50_000_000);
+        let mut codec = FetchCodec::new(
+            Arc::new(Shared(store.clone())),
+            1 << 30,
+            50_000_000,
+            InFlight::new(1 << 30),
+        );
         let request = Request {
             header: RequestHeader {
                 version: WIRE_VERSION,
@@ -328,7 +345,7 @@ mod tests {
                 peer: libp2p::PeerId::random(),
                 header_deadline: Instant::now() + Duration::from_secs(5),
                 cancel: CancellationToken::new(),
-                positive: Arc::default(),
+                promise: Arc::default(),
                 batch: None,
                 link: link.clone(),
                 traffic: Arc::default(),
@@ -451,6 +468,173 @@ mod tests {
         }
     }
 
+    /// Server bytes that end without closing the stream: what a peer that
+    /// stops sending looks like.
+    struct ThenSilent(Cursor<Vec<u8>>);
+
+    impl futures::AsyncRead for ThenSilent {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+                std::task::Poll::Ready(Ok(0)) if !buf.is_empty() => std::task::Poll::Pending,
+                other => other,
+            }
+        }
+    }
+
+    /// One single-action exchange at 50 MB/s against `server`, with the
+    /// bytes in flight of `in_flight`; the request's promise as it ended.
+    async fn exchange_on(
+        store: &Arc<MapStore>,
+        in_flight: Arc<InFlight>,
+        server: impl futures::AsyncRead + Unpin + Send,
+    ) -> (io::Result<Answer>, Arc<crate::fetch::promise::Promise>) {
+        let mut codec = FetchCodec::new(
+            Arc::new(Shared(store.clone())),
+            1 << 30,
+            50_000_000,
+            in_flight,
+        );
+        let promise = Arc::<crate::fetch::promise::Promise>::default();
+        let request = Request {
+            header: RequestHeader {
+                version: WIRE_VERSION,
+                action: ActionId::from_bytes([1; 32]),
+                max_inline: 1 << 30,
+                hints: 0,
+                also: Vec::new(),
+                accept: Vec::new(),
+            },
+            local: Some(Local {
+                peer: libp2p::PeerId::random(),
+                header_deadline: Instant::now() + Duration::from_secs(5),
+                cancel: CancellationToken::new(),
+                promise: promise.clone(),
+                batch: None,
+                listed: None,
+                link: Arc::default(),
+                traffic: Arc::default(),
+            }),
+        };
+        codec
+            .write_request(&protocol(), &mut Vec::new(), request)
+            .await
+            .unwrap();
+        let mut server = server;
+        let answer = codec
+            .read_response(&protocol(), &mut server)
+            .await
+            .map(|response| match response {
+                Response::Answer(answer) => answer,
+                Response::Reply(_) => unreachable!("the requesting side reads outcomes"),
+            });
+        (answer, promise)
+    }
+
+    /// A peer that says "found" and stops sending fails the exchange as
+    /// late with the body, which the books hold against it: here the
+    /// body's transfer timeout (1 s + 2 ms for 100 KB at 50 MB/s) passes
+    /// before a piece's stall would. One that sends no header at all is
+    /// only late with an answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_small_body_the_peer_stops_sending_is_its_stall() {
+        use crate::fetch::books::Failure;
+        use crate::fetch::receive::failure_of;
+
+        let store = Arc::new(MapStore::default());
+        let body = vec![6; 100_000];
+        let sent = answer(Some(found(&body, true)), &body[..10_000]);
+        let started = Instant::now();
+        let (got, promise) = exchange_on(
+            &store,
+            InFlight::new(1 << 30),
+            ThenSilent(Cursor::new(sent)),
+        )
+        .await;
+        let error = got.unwrap_err();
+        assert_eq!(failure_of(&error), Failure::Stalled, "{error}");
+        assert!(promise.broken(false), "it owes the body");
+        assert_eq!(started.elapsed(), Duration::from_millis(1002));
+        assert!(store.committed.lock().unwrap().is_empty());
+
+        let (got, promise) = exchange_on(
+            &store,
+            InFlight::new(1 << 30),
+            ThenSilent(Cursor::new(Vec::new())),
+        )
+        .await;
+        assert_eq!(failure_of(&got.unwrap_err()), Failure::TimedOut);
+        assert!(!promise.broken(false), "a silent lookup is only slow");
+    }
+
+    /// A big body the peer stops sending is cut off after a piece's stall
+    /// (2 s), not after its transfer timeout, and held against the peer.
+    #[tokio::test]
+    async fn a_big_body_the_peer_stops_sending_is_its_stall() {
+        use crate::fetch::books::Failure;
+        use crate::fetch::receive::failure_of;
+
+        let store = Arc::new(MapStore::default());
+        let body = vec![6; CHUNK_SIZE * 400];
+        let sent = answer(Some(found(&body, true)), &body[..CHUNK_SIZE + 10]);
+        let started = Instant::now();
+        let (got, promise) = exchange_on(
+            &store,
+            InFlight::new(1 << 30),
+            ThenSilent(Cursor::new(sent)),
+        )
+        .await;
+        let took = started.elapsed();
+        let error = got.unwrap_err();
+        assert_eq!(failure_of(&error), Failure::Stalled, "{error}");
+        assert!(promise.broken(false));
+        let stall = crate::fetch::pace::STALL;
+        assert!(took >= stall && took < stall * 2, "{took:?}");
+        assert!(store.committed.lock().unwrap().is_empty());
+    }
+
+    /// With no room in flight, a small body (read whole) is not stored and
+    /// a big one is given up part-way, ending the stream; neither is held
+    /// against the peer, and the body's share is given back.
+    #[tokio::test]
+    async fn a_body_with_no_room_in_flight_is_given_up_and_nobody_blamed() {
+        use crate::fetch::books::Failure;
+        use crate::fetch::receive::failure_of;
+
+        let in_flight = InFlight::new(1000);
+        let others = [in_flight.open(), in_flight.open()];
+        assert!(others.iter().all(|other| other.take(1000)));
+        let store = Arc::new(MapStore::default());
+
+        let small = vec![7; 5000];
+        let (got, promise) = exchange_on(
+            &store,
+            in_flight.clone(),
+            Cursor::new(answer(Some(found(&small, true)), &small)),
+        )
+        .await;
+        assert!(matches!(got.unwrap().outcome, Some(Outcome::NotStored(_))));
+        assert!(!promise.broken(false));
+
+        let big = vec![8; CHUNK_SIZE * 3];
+        let (got, promise) = exchange_on(
+            &store,
+            in_flight.clone(),
+            Cursor::new(answer(Some(found(&big, true)), &big)),
+        )
+        .await;
+        let error = got.unwrap_err();
+        assert_eq!(failure_of(&error), Failure::Ended, "{error}");
+        assert!(!promise.broken(false), "we stopped reading, not the peer");
+        assert!(store.committed.lock().unwrap().is_empty());
+        drop(others);
+        let fresh = in_flight.open();
+        assert!(fresh.take(1000), "the given-up body's share came back");
+    }
+
     #[tokio::test]
     async fn misses_and_announcements_carry_no_body() {
         let store = Arc::new(MapStore::default());
@@ -484,8 +668,12 @@ mod tests {
             ActionId::from_bytes([1; 32]),
             (path, OutputId::of(&body), body.len()),
         )]);
-        let mut server =
-            FetchCodec::new(Arc::new(Files(Arc::new(Mutex::new(entries)))), 1 << 30, 1);
+        let mut server = FetchCodec::new(
+            Arc::new(Files(Arc::new(Mutex::new(entries)))),
+            1 << 30,
+            1,
+            InFlight::new(1 << 30),
+        );
         let mut bytes = Vec::new();
         let reply = Reply {
             actions: vec![ActionId::from_bytes([1; 32])],
@@ -525,8 +713,12 @@ mod tests {
             ActionId::from_bytes([1; 32]),
             (path, OutputId::of(body), body.len()),
         )]);
-        let mut server =
-            FetchCodec::new(Arc::new(Files(Arc::new(Mutex::new(entries)))), 1 << 30, 1);
+        let mut server = FetchCodec::new(
+            Arc::new(Files(Arc::new(Mutex::new(entries)))),
+            1 << 30,
+            1,
+            InFlight::new(1 << 30),
+        );
         let reply = Reply {
             actions: vec![ActionId::from_bytes([1; 32])],
             max_inline: 1 << 30,
@@ -688,7 +880,8 @@ mod tests {
     #[tokio::test]
     async fn refused_replies_say_not_found_without_looking() {
         let entries = Arc::new(Mutex::new(HashMap::new()));
-        let mut server = FetchCodec::new(Arc::new(Files(entries)), 1 << 30, 1);
+        let mut server =
+            FetchCodec::new(Arc::new(Files(entries)), 1 << 30, 1, InFlight::new(1 << 30));
         let mut bytes = Vec::new();
         let reply = Reply {
             actions: vec![ActionId::from_bytes([1; 32]), ActionId::from_bytes([2; 32])],
@@ -755,7 +948,12 @@ mod tests {
         listed: Option<Vec<u64>>,
         server_bytes: Vec<u8>,
     ) -> (io::Result<Answer>, Vec<Report>) {
-        let mut codec = FetchCodec::new(Arc::new(Shared(store.clone())), 1 << 30, 50_000_000);
+        let mut codec = FetchCodec::new(
+            Arc::new(Shared(store.clone())),
+            1 << 30,
+            50_000_000,
+            InFlight::new(1 << 30),
+        );
         let (reports, mut received) = mpsc::channel(64);
         let request = Request {
             header: RequestHeader {
@@ -770,7 +968,7 @@ mod tests {
                 peer: libp2p::PeerId::random(),
                 header_deadline: Instant::now() + Duration::from_secs(5),
                 cancel: CancellationToken::new(),
-                positive: Arc::default(),
+                promise: Arc::default(),
                 batch: Some(BatchReports {
                     tokens: (0..actions.len() as u64).collect(),
                     reports,
@@ -979,7 +1177,7 @@ mod tests {
             );
         }
         let server_store = Arc::new(Files(entries));
-        let mut server = FetchCodec::new(server_store, 1 << 30, 1);
+        let mut server = FetchCodec::new(server_store, 1 << 30, 1, InFlight::new(1 << 30));
         let sent = Arc::new(Mutex::new(Vec::new()));
         let reply = Reply {
             actions: vec![

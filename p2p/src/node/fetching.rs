@@ -224,7 +224,7 @@ impl EventLoop {
             hints,
             header_deadline,
             cancel,
-            positive,
+            promise,
         } = send;
         let Some((&action, also)) = actions.split_first() else {
             return;
@@ -264,7 +264,7 @@ impl EventLoop {
                 peer,
                 header_deadline,
                 cancel,
-                positive,
+                promise,
                 batch,
                 link,
                 traffic,

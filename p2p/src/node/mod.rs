@@ -23,8 +23,9 @@
 //! connections to peers that are not on it, and is checked again here
 //! before answering a request (the list may have changed since the
 //! connection was accepted) and before dialing anyone whose peer ID we know.
-//! A peer whose body fails verification is counted, reported and left out
-//! of lookups for the cooldown.
+//! A peer whose body fails verification, or that does not deliver a body
+//! it announced in time, is counted, reported and left out of lookups for
+//! the cooldown.
 
 mod admission;
 pub(crate) mod behaviour;
@@ -489,16 +490,14 @@ impl EventLoop {
                 ) {
                     self.peer(peer).failed(ConnectFailure::Protocol);
                 }
-                let stalled = matches!(&error,
-                    request_response::OutboundFailure::Io(e) if crate::fetch::receive::is_stall(e));
-                self.on_request_failed(
-                    request_id,
-                    if stalled {
-                        Failure::Stalled
-                    } else {
-                        Failure::Ended
-                    },
-                );
+                let why = match &error {
+                    request_response::OutboundFailure::Io(e) => {
+                        crate::fetch::receive::failure_of(e)
+                    }
+                    request_response::OutboundFailure::Timeout => Failure::TimedOut,
+                    _ => Failure::Ended,
+                };
+                self.on_request_failed(request_id, why);
             }
             E::InboundFailure {
                 peer,

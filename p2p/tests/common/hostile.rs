@@ -1,7 +1,7 @@
 //! A peer that speaks the fetch protocol but misbehaves: it lies about a
 //! body, sends compressed chunks that do not decode, dies halfway through
-//! a body, or never answers; or an honest peer of wire version 1, which
-//! answers one action per request.
+//! a body, drips a huge one, or never answers; or an honest peer of wire
+//! version 1, which answers one action per request.
 //!
 //! It is built from libp2p directly and [`warren_p2p::wire`], not from a
 //! node, because a node refuses to serve a body that does not match its
@@ -29,6 +29,15 @@ pub enum Mode {
     /// Announces `body` and sends only its first `send` bytes, then stalls
     /// (until the test kills it).
     Stall { body: Vec<u8>, send: usize },
+    /// Claims to hold every action, with a made-up body of `size` bytes,
+    /// and sends `piece` bytes of it every `every`, never all of it (the
+    /// body is never held). A request that may not take the body inline
+    /// is answered "found, not included", as an honest peer would.
+    Drip {
+        size: u64,
+        piece: usize,
+        every: Duration,
+    },
     /// Reads requests and never answers them.
     Silent,
     /// Announces `claimed` compressed, to requests that accept zstd, and
@@ -134,6 +143,9 @@ impl request_response::Codec for HostileCodec {
             Mode::VersionOne { entries } => return version_one(io, entries, &request).await,
             Mode::BadChunks { claimed } => return bad_chunks(io, claimed, &request).await,
             Mode::Flood { size } => return flood(io, *size, &request, &self.bytes_sent).await,
+            Mode::Drip { size, piece, every } => {
+                return drip(io, *size, *piece, *every, &request, &self.bytes_sent).await;
+            }
         };
         // These answer one action per request, as version 1 did.
         let header = ResponseHeader {
@@ -212,6 +224,49 @@ where
         }
     }
     Ok(())
+}
+
+/// "Found" with a made-up body of `size` bytes, then `piece` bytes of it
+/// every `every` (if it may go inline), never the whole.
+async fn drip<T>(
+    io: &mut T,
+    size: u64,
+    piece: usize,
+    every: Duration,
+    request: &RequestHeader,
+    bytes_sent: &AtomicU64,
+) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    let inline = size <= request.max_inline;
+    let header = ResponseHeader {
+        version: wire::WIRE_VERSION,
+        found: Some(FoundHeader {
+            output: OutputId::of(b"a body too big to send"),
+            size,
+            time_unix_nanos: 1,
+            body_included: inline,
+            encoding: Encoding::Raw,
+            built_here: true,
+        }),
+        next: Vec::new(),
+    };
+    wire::write_frame(io, &header).await?;
+    io.flush().await?;
+    if !inline {
+        return Ok(());
+    }
+    let bytes = vec![7u8; piece];
+    let mut sent = 0u64;
+    while sent + (piece as u64) < size {
+        io.write_all(&bytes).await?;
+        io.flush().await?;
+        sent += piece as u64;
+        bytes_sent.fetch_add(piece as u64, Ordering::SeqCst);
+        tokio::time::sleep(every).await;
+    }
+    std::future::pending().await
 }
 
 /// A version-1 server's answer: `request.action` alone, hints after it.

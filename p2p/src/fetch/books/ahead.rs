@@ -85,7 +85,7 @@ impl Books {
             }
             // The codec bounds each entry; this only catches a request
             // that never got as far as the codec.
-            let per_entry = self.limits.lookup_deadline + self.limits.transfer_timeout(max_inline);
+            let per_entry = self.limits.lookup_deadline + self.limits.longest_body(max_inline);
             let backstop = now + per_entry * fetches.len() as u32 + Duration::from_secs(1);
             let request = Request {
                 max_inline,

@@ -3,15 +3,16 @@
 //! what they ask the event loop to do.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use libp2p::PeerId;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{NodeConfig, transfer_timeout};
+use crate::config::NodeConfig;
 use crate::fetch::budget::ReadAheadLimits;
+use crate::fetch::pace::Pace;
+use crate::fetch::promise::Promise;
 use crate::fetch::receive::RejectReason;
 use crate::ids::ActionId;
 
@@ -46,9 +47,13 @@ pub(crate) enum Deadline {
 pub(crate) enum Failure {
     /// It ended, failed or was cancelled: its fetches move on.
     Ended,
-    /// The peer said "found" and then stalled the body: it is cooled
-    /// down too, like a peer that sent a bad body.
+    /// The peer said "found" and then fell behind on the body: it is
+    /// cooled down too, like a peer that sent a bad body.
     Stalled,
+    /// A deadline passed before an answer (the codec's header deadline,
+    /// or libp2p's request timeout): the peer is cooled down if it had
+    /// promised something (see [`Promise::broken`]).
+    TimedOut,
 }
 
 /// The limits the books apply, from the node's config.
@@ -87,8 +92,10 @@ impl Limits {
         }
     }
 
-    pub(super) fn transfer_timeout(&self, size: u64) -> Duration {
-        transfer_timeout(size, self.transfer_rate)
+    /// The longest a body of `size` bytes may take once its header is in:
+    /// the peer's transfer timeout and ours (see `fetch::pace`).
+    pub(super) fn longest_body(&self, size: u64) -> Duration {
+        Pace::longest(size, self.transfer_rate)
     }
 }
 
@@ -125,8 +132,8 @@ pub(crate) struct Send {
     pub(crate) header_deadline: Instant,
     /// Cancelled when the books no longer need the request.
     pub(crate) cancel: CancellationToken,
-    /// Set by the codec once the peer answered "found".
-    pub(crate) positive: Arc<AtomicBool>,
+    /// Moved on by the codec as the peer answers.
+    pub(crate) promise: Arc<Promise>,
 }
 
 /// What the event loop is to do, in order.

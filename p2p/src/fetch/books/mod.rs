@@ -11,10 +11,18 @@
 //! asked for any body inline: that saves the second round trip.
 //!
 //! Time limits: a lookup request that has not answered "found" by the
-//! lookup deadline is cancelled; a positive one then runs on its transfer
-//! timeout (enforced by the codec, with a timer here as a backstop), as
-//! does each body request. So a fetch ends when its last request does, and
-//! no request outlives its limit.
+//! lookup deadline is cancelled; a positive one then runs on its body's
+//! pace (enforced by the codec, see `fetch::pace`, with a timer here as a
+//! backstop), as does each body request, whose header is due within
+//! [`STALL`] of the lookup deadline. So a fetch ends when its last request
+//! does, and no request outlives its limit.
+//!
+//! Whose fault a missed deadline is: a peer that never answered a lookup
+//! in time is only slow, and is left behind. A peer that said "found" and
+//! did not deliver the body in time, or did not answer the request for a
+//! body it announced, is cooled down like one that sent a bad body,
+//! whichever deadline passed first: the codec's, libp2p's request timeout
+//! or a backstop here (see [`crate::fetch::promise`]).
 //!
 //! A request normally serves one fetch. A read-ahead batch is one request
 //! serving a fetch per action: each of those ends when the codec reports
@@ -32,7 +40,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use libp2p::PeerId;
@@ -50,6 +57,8 @@ pub(crate) use self::io::{
 use crate::fetch::Fetched;
 use crate::fetch::budget::ReadAheadBudget;
 use crate::fetch::holders::Holders;
+use crate::fetch::pace::STALL;
+use crate::fetch::promise::Promise;
 use crate::fetch::read_ahead::{HINTS, ReadAhead};
 use crate::fetch::receive::{Answer, Meta, Outcome, RejectReason};
 use crate::ids::ActionId;
@@ -90,7 +99,15 @@ struct RequestInfo {
     phase: Phase,
     max_inline: u64,
     cancel: CancellationToken,
-    positive: Arc<AtomicBool>,
+    promise: Arc<Promise>,
+}
+
+impl RequestInfo {
+    /// Whether a deadline passing now is the peer's fault: it owes a body
+    /// it said it would send, or an answer about one it announced.
+    fn late_is_peers_fault(&self) -> bool {
+        self.promise.broken(self.phase == Phase::Body)
+    }
 }
 
 /// See the module docs.
@@ -289,7 +306,7 @@ impl Books {
         });
         let key = RequestKey(self.next_request);
         self.next_request += 1;
-        let positive = Arc::new(AtomicBool::new(false));
+        let promise = Arc::new(Promise::default());
         for id in &fetches {
             if let Some(fetch) = self.fetches.get_mut(id) {
                 fetch.requests.insert(key);
@@ -304,7 +321,7 @@ impl Books {
                 phase,
                 max_inline: request.max_inline,
                 cancel: request.cancel.clone(),
-                positive: positive.clone(),
+                promise: promise.clone(),
             },
         );
         self.out.push_back(Output::Send(Send {
@@ -317,7 +334,7 @@ impl Books {
             hints: request.hints,
             header_deadline: request.header_deadline,
             cancel: request.cancel,
-            positive,
+            promise,
         }));
         Some(key)
     }
@@ -451,18 +468,28 @@ impl Books {
     ) {
         if let Some(info) = self.forget_request(key) {
             tracing::trace!(peer = %info.peer, "request ended: {why:?}");
-            if why == Failure::Stalled {
-                // It said "found" and then sent nothing for a while: left
+            let peers_fault = match why {
+                Failure::Ended => false,
+                Failure::Stalled => true,
+                Failure::TimedOut => info.late_is_peers_fault(),
+            };
+            if peers_fault {
+                // It said "found" and then did not deliver in time: left
                 // out like a peer that sent a bad body.
-                let action = (info.fetches.first())
-                    .and_then(|id| self.fetches.get(id))
-                    .map_or(ActionId::from_bytes([0; 32]), |fetch| fetch.action);
-                self.reject(info.peer, action, RejectReason::Stalled, 0, now);
+                self.reject_late(&info, now);
             }
             for id in info.fetches {
                 self.advance(id, now, peers);
             }
         }
+    }
+
+    /// Puts the peer of `info` in cooldown for a body it did not deliver.
+    fn reject_late(&mut self, info: &RequestInfo, now: Instant) {
+        let action = (info.fetches.first())
+            .and_then(|id| self.fetches.get(id))
+            .map_or(ActionId::from_bytes([0; 32]), |fetch| fetch.action);
+        self.reject(info.peer, action, RejectReason::Stalled, 0, now);
     }
 
     /// Removes a request from the books (and from its fetches).
@@ -535,10 +562,10 @@ impl Books {
             if !self.eligible(&peer, now, peers) {
                 continue;
             }
-            // The server has just said it holds the body, but may be busy:
-            // the header may take as long as the transfer.
-            let transfer = self.limits.transfer_timeout(meta.size);
-            let header_deadline = now + self.limits.lookup_deadline + transfer;
+            // The server has just said it holds the body: its header
+            // comes at once (a big body streams behind it), so a busy
+            // server gets the stall on top of the lookup deadline.
+            let header_deadline = now + self.limits.lookup_deadline + STALL;
             // A replicated body no bigger than its catalog listed.
             let max_inline = (listed)
                 .unwrap_or(self.limits.max_body_size)
@@ -547,7 +574,8 @@ impl Books {
                 if let Some(fetch) = self.fetches.get_mut(&id) {
                     fetch.body_request = Some(key);
                 }
-                let backstop = header_deadline + transfer + Duration::from_secs(1);
+                let backstop =
+                    header_deadline + self.limits.longest_body(meta.size) + Duration::from_secs(1);
                 self.timer(backstop, Deadline::Request(key));
             }
         }
@@ -623,9 +651,9 @@ impl Books {
                     if info.phase != Phase::Lookup {
                         continue;
                     }
-                    if info.positive.load(Ordering::Relaxed) {
-                        let transfer = self.limits.transfer_timeout(info.max_inline);
-                        backstops.push((now + transfer + Duration::from_secs(1), *key));
+                    if info.promise.positive() {
+                        let body = self.limits.longest_body(info.max_inline);
+                        backstops.push((now + body + Duration::from_secs(1), *key));
                     } else {
                         give_up.push(*key);
                     }
@@ -645,6 +673,9 @@ impl Books {
                 if let Some(info) = self.forget_request(key) {
                     tracing::debug!(peer = %info.peer, "transfer took too long; cancelled");
                     info.cancel.cancel();
+                    if info.late_is_peers_fault() {
+                        self.reject_late(&info, now);
+                    }
                     for id in info.fetches {
                         self.advance(id, now, peers);
                     }
@@ -883,10 +914,9 @@ mod tests {
         assert_eq!(bodies[0].peer, sends[0].peer, "in answer order");
         assert_eq!(bodies[0].max_inline, 4 << 30);
         assert_eq!(bodies[0].hints, 0);
-        let transfer = crate::config::transfer_timeout(100 << 20, 50_000_000);
         assert_eq!(
             bodies[0].header_deadline,
-            now + Duration::from_millis(150) + transfer
+            now + Duration::from_millis(150) + STALL
         );
         assert!(matches!(
             others[..],
@@ -1000,7 +1030,9 @@ mod tests {
             panic!("a lookup deadline: {others:?}");
         };
         // One peer said "found" and is sending; the other said nothing.
-        sends[0].positive.store(true, Ordering::Relaxed);
+        sends[0].promise.asked();
+        sends[1].promise.asked();
+        sends[0].promise.owed();
         books.on_deadline(deadline, at, &peers);
         assert!(sends[1].cancel.is_cancelled());
         assert!(!sends[0].cancel.is_cancelled());
@@ -1029,6 +1061,87 @@ mod tests {
         books.on_deadline(deadline, at, &peers);
         assert_eq!(answer.try_recv(), Ok(None));
         assert!(sends.iter().all(|send| send.cancel.is_cancelled()));
+    }
+
+    /// A lookup sent to one peer, and that peer's request.
+    fn one_lookup(now: Instant) -> (Books, FakePeers, Send) {
+        let peers = peers(1);
+        let mut books = Books::new(limits());
+        let _answer = lookup(&mut books, action(1), now, &peers);
+        let send = drain(&mut books).0.remove(0);
+        send.promise.asked();
+        (books, peers, send)
+    }
+
+    /// A peer that said "found" and then did not deliver its body is
+    /// cooled down whichever deadline passes first: the codec's, libp2p's
+    /// request timeout, or the backstop here. One that never answered a
+    /// lookup is only slow, and one whose body is all in is not to blame
+    /// for our commit.
+    #[test]
+    fn a_missed_deadline_cools_down_only_a_peer_that_owed_a_body() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(100);
+
+        // Silent on a lookup: not its fault, whatever ends the request.
+        let (mut books, peers, send) = one_lookup(now);
+        books.on_failed(send.key, Failure::TimedOut, now, &peers);
+        assert!(!books.in_cooldown(&send.peer, now));
+
+        // Said "found", and the body stopped: the backstop, or libp2p's
+        // request timeout, cools it down like a stall does.
+        let (mut books, peers, send) = one_lookup(now);
+        send.promise.owed();
+        books.on_deadline(Deadline::Lookup(0), now, &peers);
+        books.on_deadline(Deadline::Request(send.key), later, &peers);
+        assert!(books.in_cooldown(&send.peer, later), "at the backstop");
+        let (mut books, peers, send) = one_lookup(now);
+        send.promise.owed();
+        books.on_failed(send.key, Failure::TimedOut, later, &peers);
+        assert!(books.in_cooldown(&send.peer, later), "at libp2p's timeout");
+
+        // Every byte in, and our commit is slow: not the peer's fault.
+        let (mut books, peers, send) = one_lookup(now);
+        send.promise.kept();
+        books.on_deadline(Deadline::Request(send.key), later, &peers);
+        assert!(!books.in_cooldown(&send.peer, later));
+    }
+
+    /// A peer that announced a big body and then leaves the request for it
+    /// unanswered is cooled down at the header deadline or the backstop.
+    #[test]
+    fn a_body_request_left_unanswered_cools_its_peer_down() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(100);
+        for backstop in [false, true] {
+            let peers = peers(2);
+            let mut books = Books::new(limits());
+            let mut answer = lookup(&mut books, action(1), now, &peers);
+            let (sends, _) = drain(&mut books);
+            for send in &sends {
+                books.on_answer(
+                    send.key,
+                    send.peer,
+                    answered(Outcome::Announced(meta(100 << 20)), vec![]),
+                    now,
+                    &peers,
+                );
+            }
+            let (bodies, _) = drain(&mut books);
+            let body = &bodies[0];
+            body.promise.asked();
+            if backstop {
+                books.on_deadline(Deadline::Request(body.key), later, &peers);
+            } else {
+                books.on_failed(body.key, Failure::TimedOut, later, &peers);
+            }
+            assert!(books.in_cooldown(&body.peer, later), "backstop: {backstop}");
+            // The other candidate is asked next.
+            let (next, _) = drain(&mut books);
+            assert_eq!(next.len(), 1);
+            assert_ne!(next[0].peer, body.peer);
+            assert!(answer.try_recv().is_err(), "still fetching");
+        }
     }
 
     /// Part 4, finding 3: hints are followed only while a build is using

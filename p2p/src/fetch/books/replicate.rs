@@ -79,7 +79,7 @@ impl Books {
             let max_inline = (self.limits.inline_limit)
                 .min(self.limits.max_body_size)
                 .min(largest);
-            let per_entry = self.limits.lookup_deadline + self.limits.transfer_timeout(max_inline);
+            let per_entry = self.limits.lookup_deadline + self.limits.longest_body(max_inline);
             let backstop = now + per_entry * batch.len() as u32 + Duration::from_secs(1);
             let request = Request {
                 max_inline,
