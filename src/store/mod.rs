@@ -25,9 +25,11 @@
 //! the object first and the entry second, so an entry never points at a body
 //! that is not there yet. Identical outputs are stored once: a put renames
 //! its verified bytes over the object of the same OutputID (so a damaged one
-//! of the right size is repaired, not kept). Several warren processes may
-//! write one store at once without locks: they only ever rename complete,
-//! verified files over identical ones.
+//! of the right size is repaired, not kept). A body fetched from a peer
+//! never replaces a whole object (one of the right size): it is not synced
+//! (below), and the object there may be what `go` put and synced. Several
+//! warren processes may write one store at once without locks: they only
+//! ever rename complete, verified files over identical ones.
 //!
 //! What `go` puts is synced (`fdatasync`) before its rename, the object
 //! before the entry is written: a killed process loses nothing that was
@@ -379,11 +381,13 @@ impl DiskStore {
         } = object;
         // On disk before any entry can name it; see the module docs for
         // why fetched bodies are not synced.
-        if matches!(source, Source::Local | Source::Unknown) {
+        if source.peer().is_none() {
             fsutil::sync_data(&temp)?;
+            temp.persist(&final_path)
+                .map_err(|e| io_error("storing object", &final_path)(e.error))?;
+        } else {
+            persist_fetched(temp, &final_path, size)?;
         }
-        temp.persist(&final_path)
-            .map_err(|e| io_error("storing object", &final_path)(e.error))?;
         let time = self.now();
         let line = entry_line(&output, size, time, &source);
         let entry_path = self.entry_path(action);
@@ -421,6 +425,28 @@ impl DiskStore {
         let verified = writer.finish()?;
         self.commit(action, verified)
     }
+}
+
+/// Puts a fetched (unsynced) body at `path`, unless a whole object is
+/// there already (a regular file of the right size: its name is its
+/// OutputID): that one may be what `go` put and synced, and a copy that a
+/// power loss can take away must not replace it. A damaged one (the wrong
+/// size, or not a file) is replaced.
+fn persist_fetched(temp: tempfile::NamedTempFile, path: &Path, size: u64) -> Result<(), Error> {
+    let temp = match temp.persist_noclobber(path) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => e.file,
+        Err(e) => return Err(io_error("storing object", path)(e.error)),
+    };
+    let whole =
+        fs::symlink_metadata(path).is_ok_and(|there| there.is_file() && there.len() == size);
+    if whole {
+        // Dropping the temp file removes it.
+        return Ok(());
+    }
+    temp.persist(path)
+        .map_err(|e| io_error("storing object", path)(e.error))?;
+    Ok(())
 }
 
 /// Removes the file at `path`, which was `seen` so: moved aside first
@@ -882,6 +908,47 @@ mod tests {
             .commit_fetched(&action(2), writer.finish().unwrap(), PeerId::random())
             .unwrap();
         assert_eq!(f.hit(&action(2)).output, OutputId::of(b"the peer's"));
+    }
+
+    /// A fetched body is not synced (see the module docs); renamed over
+    /// the object `go` put and synced, it would make that object one a
+    /// power loss can take away. A whole object (its name is the OutputID,
+    /// and it has the right size) stays; a damaged one is replaced.
+    #[test]
+    fn a_fetched_body_never_replaces_a_whole_object() {
+        use std::os::unix::fs::MetadataExt as _;
+
+        let f = Fixture::new();
+        let fetched = |n: u8, body: &[u8]| {
+            let mut writer = f
+                .store
+                .begin_object(OutputId::of(body), body.len() as u64)
+                .unwrap();
+            writer.write_all(body).unwrap();
+            f.store
+                .commit_fetched(&action(n), writer.finish().unwrap(), PeerId::random())
+                .unwrap()
+        };
+        let put = f.store.put_bytes(&action(1), b"shared output").unwrap();
+        let inode = fs::metadata(&put.path).unwrap().ino();
+        let entry = fetched(2, b"shared output");
+        assert_eq!(entry.path, put.path);
+        assert_eq!(
+            fs::metadata(&put.path).unwrap().ino(),
+            inode,
+            "the fetched copy replaced the object go put"
+        );
+        assert_eq!(f.hit(&action(2)).output, OutputId::of(b"shared output"));
+        let mut leftovers = 0;
+        walk_files(&f.store.objects, &mut |file| {
+            leftovers += u32::from(file.temp)
+        })
+        .unwrap();
+        assert_eq!(leftovers, 0, "the fetched copy is not left behind");
+        // An object of the wrong size is damaged: the fetched body repairs it.
+        fs::write(&put.path, b"short").unwrap();
+        fetched(3, b"shared output");
+        assert_eq!(fs::read(&put.path).unwrap(), b"shared output");
     }
 
     /// Part 4, finding 12: a reader that found a damaged file removed it by
