@@ -67,7 +67,9 @@
 //! A file's mtime records its last use, refreshed at most once per
 //! [`TOUCH_INTERVAL`] as Go does. Trimming removes files unused for longer than
 //! the policy's `max_unused`, then the least recently used files until the
-//! store fits `max_size`, but never a file used within [`TRIM_GRACE`](trim::TRIM_GRACE): a
+//! store fits `max_size`, but never a file used within
+//! [`USE_GRACE`](trim::USE_GRACE) (an mtime within
+//! [`TRIM_GRACE`](trim::TRIM_GRACE), which allows for the touch interval): a
 //! running `go` command may still hold its DiskPath. It runs under
 //! `trim.lock`, at most once per [`TRIM_INTERVAL`](trim::TRIM_INTERVAL) when automatic.
 
@@ -733,6 +735,32 @@ mod tests {
         f.store.trim(tiny, true).unwrap().unwrap();
         f.hit(&action(1));
         f.hit(&action(2)); // just touched by the hit above
+    }
+
+    /// Use is recorded at most hourly, so an entry in use may carry an
+    /// mtime up to an hour older than its last use. Used 90 minutes ago
+    /// when its mtime was 59 minutes old (so not touched), it must still
+    /// survive a trim down to nothing: a `go` command may hold its DiskPath.
+    #[test]
+    fn an_entry_used_90_minutes_ago_survives_a_trim() {
+        let f = Fixture::new();
+        let entry = f.store.put_bytes(&action(1), b"in use").unwrap();
+        let then = *f.now.lock().unwrap() - Duration::from_secs(59 * 60);
+        set_mtime(&entry.path, then);
+        set_mtime(&f.store.entry_path(&action(1)), then);
+        f.hit(&action(1));
+        assert_eq!(fs::metadata(&entry.path).unwrap().modified().unwrap(), then);
+        f.advance(Duration::from_secs(90 * 60));
+        let nothing = TrimPolicy {
+            max_size: 0,
+            max_unused: Duration::ZERO,
+        };
+        f.store.trim(nothing, true).unwrap();
+        assert!(
+            entry.path.exists(),
+            "the object used 90 minutes ago was trimmed"
+        );
+        f.hit(&action(1));
     }
 
     #[test]

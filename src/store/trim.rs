@@ -3,8 +3,9 @@
 //!
 //! Trimming removes files unused for longer than the policy's
 //! `max_unused`, then the least recently used files until the store fits
-//! `max_size`, but never a file used within [`TRIM_GRACE`]: a running `go`
-//! command may still hold its DiskPath. It runs under the trim lock, at
+//! `max_size`, but never a file used within [`USE_GRACE`]: a running `go`
+//! command may still hold its DiskPath. Since use is recorded at most
+//! hourly, that means an mtime within [`TRIM_GRACE`] (3 hours). It runs under the trim lock, at
 //! most once per [`TRIM_INTERVAL`] when automatic.
 
 use std::fs::{self, File};
@@ -21,10 +22,16 @@ use crate::fsutil::lock::FileLock;
 use crate::fsutil::{TEMP_PREFIX, write_atomic};
 use crate::ids::OutputId;
 
-/// Files used more recently than this are never trimmed. It must exceed
-/// [`TOUCH_INTERVAL`](super::TOUCH_INTERVAL), since a file in use may look
-/// that much older.
-pub(crate) const TRIM_GRACE: Duration = Duration::from_secs(2 * 60 * 60);
+/// Files used within this long are never trimmed: a running `go` command
+/// may still hold their DiskPath.
+pub(crate) const USE_GRACE: Duration = Duration::from_secs(2 * 60 * 60);
+/// What trim compares a file's mtime with: [`USE_GRACE`] plus
+/// [`TOUCH_INTERVAL`](super::TOUCH_INTERVAL). Use is recorded at most once
+/// per touch interval, so a file in use may carry an mtime up to that much
+/// older than its last use; a grace of 2 hours on the mtime alone was 1
+/// hour of real use.
+pub(crate) const TRIM_GRACE: Duration =
+    Duration::from_secs(USE_GRACE.as_secs() + super::TOUCH_INTERVAL.as_secs());
 /// Automatic trims run at most this often.
 pub(crate) const TRIM_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// How long `trim`/`clean` wait for another process's trim to finish.
@@ -113,9 +120,9 @@ impl DiskStore {
             }
             if total > policy.max_size {
                 tracing::debug!(
-                    "store is {total} bytes, over its {} byte limit, but the rest was used in the last {}",
+                    "store is {total} bytes, over its {} byte limit, but the rest may have been used in the last {}",
                     policy.max_size,
-                    humantime::format_duration(TRIM_GRACE)
+                    humantime::format_duration(USE_GRACE)
                 );
             }
         }
