@@ -8,7 +8,8 @@
 //! ├── stats.json               lifetime counters (see `stats`)
 //! ├── stats.lock
 //! ├── trim.lock                held while trimming or cleaning
-//! ├── last-trim                its mtime is when the store was last trimmed
+//! ├── last-trim                its mtime is when the store was last trimmed; its
+//! │                            text, where trim's clock stood (see `trim_clock`)
 //! ├── daemon.lock              held by the running `warren daemon`
 //! ├── daemon.sock              its socket for helpers (see `share::ipc`)
 //! └── v1/                      layout version; a new layout gets a new directory
@@ -58,7 +59,8 @@
 //!
 //! [`layout`] names every path above; `entry` reads and writes the entry
 //! line with its provenance ([`Source`]); `writer` verifies bodies on their
-//! way in; `trim` walks the store (trim, clean, verify, usage);
+//! way in; `trim` walks the store (trim, clean, verify, usage), by the
+//! clock of `trim_clock` (the wall clock, held back after a forward jump);
 //! `provenance` counts and purges entries by source. The daemon's [`index`] of put order (and
 //! its inotify `watch`) reads entries too, for peers' hints and summaries.
 //!
@@ -70,7 +72,9 @@
 //! store fits `max_size`, but never a file used within
 //! [`USE_GRACE`](trim::USE_GRACE) (an mtime within
 //! [`TRIM_GRACE`](trim::TRIM_GRACE), which allows for the touch interval): a
-//! running `go` command may still hold its DiskPath. It runs under
+//! running `go` command may still hold its DiskPath; a file whose mtime
+//! lies in the future counts as just used, and a forward jump of the wall
+//! clock is held back by the boot clock (`trim_clock`). It runs under
 //! `trim.lock`, at most once per [`TRIM_INTERVAL`](trim::TRIM_INTERVAL) when automatic.
 
 pub(crate) mod index;
@@ -81,6 +85,7 @@ mod entry;
 pub(crate) mod layout;
 mod provenance;
 pub(crate) mod trim;
+mod trim_clock;
 mod writer;
 
 use std::fs::{self, File};
@@ -96,6 +101,7 @@ pub(crate) use self::entry::{Line, Source, entry_line, parse_entry, read_entry};
 use self::layout::{CACHEDIR_TAG, CACHEDIR_TAG_CONTENTS, shard_path};
 pub(crate) use self::provenance::SourceUsage;
 pub(crate) use self::trim::{TrimPolicy, TrimReport};
+use self::trim_clock::BootClock;
 pub(crate) use self::writer::{ObjectWriter, VerifiedObject};
 use crate::fsutil::TEMP_PREFIX;
 use crate::fsutil::lock::LockError;
@@ -174,6 +180,9 @@ pub(crate) struct DiskStore {
     actions: PathBuf,
     objects: PathBuf,
     clock: Clock,
+    /// Holds trim's clock back after the wall clock jumps ahead
+    /// ([`trim_clock`]).
+    boot_clock: BootClock,
     /// Corrupt or dangling files removed by reads since open.
     repaired: AtomicU64,
 }
@@ -189,10 +198,25 @@ impl std::fmt::Debug for DiskStore {
 impl DiskStore {
     /// Opens (creating if needed) the store at `root`, with the system clock.
     pub(crate) fn open(root: &Path) -> Result<Self, Error> {
-        Self::open_with_clock(root, Arc::new(SystemTime::now))
+        Self::open_with_clocks(
+            root,
+            Arc::new(SystemTime::now),
+            Arc::new(trim_clock::system_boot_clock),
+        )
     }
 
+    /// With an injected wall clock, and no boot clock (tests move the wall
+    /// clock by hand).
+    #[cfg(test)]
     pub(crate) fn open_with_clock(root: &Path, clock: Clock) -> Result<Self, Error> {
+        Self::open_with_clocks(root, clock, Arc::new(|| None))
+    }
+
+    pub(crate) fn open_with_clocks(
+        root: &Path,
+        clock: Clock,
+        boot_clock: BootClock,
+    ) -> Result<Self, Error> {
         private::create_dir_all(root).map_err(io_error("creating store directory", root))?;
         // DiskPath must be absolute; resolve once here.
         let root = fs::canonicalize(root).map_err(io_error("resolving store directory", root))?;
@@ -215,6 +239,7 @@ impl DiskStore {
             objects,
             root,
             clock,
+            boot_clock,
             repaired: AtomicU64::new(0),
         };
         let tag = store.root.join(CACHEDIR_TAG);
@@ -225,7 +250,7 @@ impl DiskStore {
             // automatic trim waits a full interval.
             store.make_shards()?;
             write_atomic(&tag, CACHEDIR_TAG_CONTENTS.as_bytes())?;
-            store.mark_trimmed()?;
+            store.mark_trimmed(store.trim_now().1)?;
         }
         Ok(store)
     }
@@ -761,6 +786,56 @@ mod tests {
             "the object used 90 minutes ago was trimmed"
         );
         f.hit(&action(1));
+    }
+
+    /// The wall clock jumps a day ahead a minute after `go` got an entry:
+    /// by the wall clock the entry is a day old, but trim keeps it, by the
+    /// boot clock, for the grace. A file whose mtime lies in the future
+    /// (the clock was set back) counts as just used.
+    #[test]
+    fn a_forward_clock_jump_does_not_trim_files_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let wall = Arc::new(Mutex::new(SystemTime::now()));
+        let boot = Arc::new(Mutex::new(Duration::from_secs(3600)));
+        let store = {
+            let (wall, boot) = (wall.clone(), boot.clone());
+            DiskStore::open_with_clocks(
+                dir.path(),
+                Arc::new(move || *wall.lock().unwrap()),
+                Arc::new(move || {
+                    Some(trim_clock::Boot {
+                        id: "boot".into(),
+                        elapsed: *boot.lock().unwrap(),
+                    })
+                }),
+            )
+            .unwrap()
+        };
+        let pass = |by: Duration, jump: Duration| {
+            *wall.lock().unwrap() += by + jump;
+            *boot.lock().unwrap() += by;
+        };
+        let nothing = TrimPolicy {
+            max_size: 0,
+            max_unused: Duration::ZERO,
+        };
+        let entry = store.put_bytes(&action(1), b"in use").unwrap();
+        let ahead = store.put_bytes(&action(2), b"from the future").unwrap();
+        let future = *wall.lock().unwrap() + Duration::from_secs(30 * 86400);
+        set_mtime(&ahead.path, future);
+        set_mtime(&store.entry_path(&action(2)), future);
+        pass(Duration::from_secs(60), Duration::from_secs(86400));
+        store.trim(nothing, true).unwrap();
+        assert!(entry.path.exists(), "trimmed after a forward clock jump");
+        assert!(ahead.path.exists(), "a future mtime was trimmed");
+        // Another trim soon after still knows of the jump.
+        pass(Duration::from_secs(60), Duration::ZERO);
+        store.trim(nothing, true).unwrap();
+        assert!(entry.path.exists(), "the second trim forgot the jump");
+        // Once the grace has passed on the boot clock, it goes.
+        pass(trim::USE_GRACE, Duration::ZERO);
+        store.trim(nothing, true).unwrap();
+        assert!(!entry.path.exists(), "never trimmed");
     }
 
     #[test]

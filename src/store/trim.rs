@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use super::layout;
+use super::trim_clock::{self, Anchor};
 use super::{DiskStore, Error, io_error};
 use crate::fsutil::lock::FileLock;
 use crate::fsutil::{TEMP_PREFIX, write_atomic};
@@ -80,7 +81,7 @@ impl DiskStore {
         let Some(_lock) = self.trim_lock(wait)? else {
             return Ok(None);
         };
-        let now = self.now();
+        let (now, anchor) = self.trim_now();
         let recent = |used: SystemTime| now.duration_since(used).unwrap_or_default() < TRIM_GRACE;
         let mut files = Vec::new();
         let mut report = TrimReport::default();
@@ -128,14 +129,24 @@ impl DiskStore {
         }
         report.kept_files = kept_files;
         report.kept_bytes = total;
-        self.mark_trimmed()?;
+        self.mark_trimmed(anchor)?;
         Ok(Some(report))
     }
 
-    /// Records "trimmed now" (by this store's clock) in the marker's mtime.
-    pub(super) fn mark_trimmed(&self) -> Result<(), Error> {
+    /// "Now" for a trim, and the anchor it leaves ([`trim_clock`]); reads
+    /// the last one from the marker.
+    pub(super) fn trim_now(&self) -> (SystemTime, Option<Anchor>) {
         let marker = layout::last_trim(&self.root);
-        write_atomic(&marker, b"")?;
+        let last = read_small(&marker).and_then(|text| Anchor::parse(&text));
+        trim_clock::trim_now(last.as_ref(), self.now(), (self.boot_clock)().as_ref())
+    }
+
+    /// Records "trimmed now" (by this store's wall clock) in the marker's
+    /// mtime, and the trim clock's anchor in its text.
+    pub(super) fn mark_trimmed(&self, anchor: Option<Anchor>) -> Result<(), Error> {
+        let marker = layout::last_trim(&self.root);
+        let text = anchor.map(|anchor| anchor.line()).unwrap_or_default();
+        write_atomic(&marker, text.as_bytes())?;
         File::open(&marker)
             .and_then(|file| file.set_modified(self.now()))
             .map_err(io_error("updating", &marker))
@@ -210,6 +221,23 @@ impl DiskStore {
         }
         Ok(usage)
     }
+}
+
+/// The text of a small file of ours (never through a link); `None` if it
+/// is gone, too long or not text.
+fn read_small(path: &Path) -> Option<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut text = String::new();
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .ok()?
+        .take(256)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
 }
 
 fn hash_file(path: &Path) -> io::Result<OutputId> {
