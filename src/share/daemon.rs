@@ -40,6 +40,9 @@ use crate::trace::{self, Build, Outcome};
 
 /// How often the allowlist file is checked for changes.
 const ALLOWLIST_POLL: Duration = Duration::from_secs(1);
+/// How often the daemon checks that its store is still the directory it
+/// opened, and still its user's alone, above it too (a few `lstat`s).
+const STORE_CHECK: Duration = Duration::from_secs(1);
 /// How long lookups in flight may finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(2);
 /// A probe's answer waits at least this long (a peer that does not trust
@@ -172,12 +175,17 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         }
         tokio::spawn(watch_allowlist(trust, shutdown.clone()));
         tokio::spawn(stop_on_signal(shutdown.clone()));
+        let store_watch = tokio::spawn(watch_store(store.clone(), shutdown.clone()));
         tracing::info!("daemon {peer_id} serving {}", config.dir.display());
         shutdown.cancelled().await;
         // The helper thread drains lookups in flight (bounded), then ends.
         let _ = tokio::task::spawn_blocking(move || helpers.join()).await;
-        let _ = std::fs::remove_file(config.socket_path());
         node_task.abort();
+        if let Ok(Some(error)) = store_watch.await {
+            // The socket is left alone: it may be another's now.
+            return Err(anyhow::Error::new(error).context("the daemon stopped"));
+        }
+        let _ = std::fs::remove_file(config.socket_path());
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -492,6 +500,30 @@ async fn watch_allowlist(trust: Arc<Trust>, shutdown: CancellationToken) {
                 "keeping the previous allowlist: {}",
                 crate::logging::chain(&e)
             );
+        }
+    }
+}
+
+/// Stops the daemon when its store is no longer the one it opened, or no
+/// longer its user's alone: warren works by path, so a store swapped under
+/// it (by whoever could write a directory above, or the store itself,
+/// once that became possible) would have the daemon serve and fill
+/// another's store. Holding the store by an open directory handle was
+/// weighed: it would protect the daemon's own reads and writes, but `go`
+/// gets a DiskPath, so the path is what must stay ours; this check tells
+/// the user within [`STORE_CHECK`].
+async fn watch_store(
+    store: Arc<DiskStore>,
+    shutdown: CancellationToken,
+) -> Option<crate::store::Error> {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(STORE_CHECK) => {}
+            () = shutdown.cancelled() => return None,
+        }
+        if let Err(error) = store.check_unchanged() {
+            shutdown.cancel();
+            return Some(error);
         }
     }
 }

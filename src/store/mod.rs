@@ -143,6 +143,11 @@ pub(crate) enum Error {
     Lock(#[from] LockError),
     #[error(transparent)]
     NotPrivate(#[from] NotPrivate),
+    #[error(
+        "the store {} is no longer the directory warren opened: it was moved or replaced",
+        .0.display()
+    )]
+    Replaced(PathBuf),
 }
 
 /// [`fsutil::io_error`], as a store error.
@@ -185,6 +190,9 @@ pub(crate) struct DiskStore {
     boot_clock: BootClock,
     /// Corrupt or dangling files removed by reads since open.
     repaired: AtomicU64,
+    /// The root directory as opened (device, inode): warren works by path,
+    /// so [`DiskStore::check_unchanged`] tells if another took its place.
+    identity: (u64, u64),
 }
 
 impl std::fmt::Debug for DiskStore {
@@ -225,15 +233,10 @@ impl DiskStore {
         }
         let (actions, objects) = layout::data_dirs(&root);
         // Ours alone, or not used at all: whoever can write here can plant
-        // entries in our builds (see `fsutil::private`). The shards below
-        // are made owner-only inside these.
-        private::check_dir(&root)?;
-        for dir in [layout::version_dir(&root), actions.clone(), objects.clone()] {
-            match private::check_dir(&dir) {
-                Err(NotPrivate::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-                checked => checked?,
-            }
-        }
+        // entries in our builds, and whoever can write above can swap it
+        // (see `fsutil::private`). The shards below are made owner-only
+        // inside these.
+        let identity = check_private(&root, &actions, &objects)?;
         let store = Self {
             actions,
             objects,
@@ -241,6 +244,7 @@ impl DiskStore {
             clock,
             boot_clock,
             repaired: AtomicU64::new(0),
+            identity,
         };
         let tag = store.root.join(CACHEDIR_TAG);
         if !tag.exists() {
@@ -253,6 +257,17 @@ impl DiskStore {
             store.mark_trimmed(store.trim_now().1)?;
         }
         Ok(store)
+    }
+
+    /// Whether the store is still the directory this one opened, and still
+    /// ours alone (it and every directory above it): the daemon runs for
+    /// days, and the store is used by path. A few `lstat`s.
+    pub(crate) fn check_unchanged(&self) -> Result<(), Error> {
+        let identity = check_private(&self.root, &self.actions, &self.objects)?;
+        if identity != self.identity {
+            return Err(Error::Replaced(self.root.clone()));
+        }
+        Ok(())
     }
 
     fn make_shards(&self) -> Result<(), Error> {
@@ -474,6 +489,22 @@ fn persist_fetched(temp: tempfile::NamedTempFile, path: &Path, size: u64) -> Res
     temp.persist(path)
         .map_err(|e| io_error("storing object", path)(e.error))?;
     Ok(())
+}
+
+/// Checks that the store at `root` (canonical) is its user's alone, and
+/// everything above it safe from others ([`private`]); the root's
+/// (device, inode).
+fn check_private(root: &Path, actions: &Path, objects: &Path) -> Result<(u64, u64), Error> {
+    private::check_dir(root)?;
+    private::check_above(root)?;
+    for dir in [&layout::version_dir(root), actions, objects] {
+        match private::check_dir(dir) {
+            Err(NotPrivate::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            checked => checked?,
+        }
+    }
+    let meta = fs::symlink_metadata(root).map_err(io_error("checking", root))?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 /// Removes the file at `path`, which was `seen` so: moved aside first
@@ -930,6 +961,46 @@ mod tests {
         std::os::unix::fs::symlink(elsewhere.path().join("objects"), &objects).unwrap();
         let error = DiskStore::open(&root).unwrap_err().to_string();
         assert!(error.contains("symbolic link"), "{error}");
+    }
+
+    /// Whoever can write the directory above the store can swap the store
+    /// for their own: refused, saying what to fix, unless it is sticky.
+    #[test]
+    fn a_store_under_a_directory_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().canonicalize().unwrap().join("shared");
+        let root = parent.join("store");
+        DiskStore::open(&root).unwrap();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o777)).unwrap();
+        let error = DiskStore::open(&root).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("`chmod go-w {}`", parent.display())),
+            "{error}"
+        );
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o1777)).unwrap();
+        DiskStore::open(&root).unwrap();
+    }
+
+    /// The daemon holds its store for days, by path: a store moved away
+    /// and another put in its place, or one made writable by others
+    /// meanwhile, is told by `check_unchanged`.
+    #[test]
+    fn a_store_swapped_or_opened_up_after_open_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = DiskStore::open(&root).unwrap();
+        store.check_unchanged().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let error = store.check_unchanged().unwrap_err();
+        assert!(
+            matches!(error, Error::NotPrivate(NotPrivate::AboveWritable { .. })),
+            "{error}"
+        );
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::rename(&root, dir.path().join("elsewhere")).unwrap();
+        DiskStore::open(&root).unwrap();
+        let error = store.check_unchanged().unwrap_err();
+        assert!(matches!(error, Error::Replaced(_)), "{error}");
     }
 
     /// Part 4, finding 1: trim and clean followed a symlinked shard and
