@@ -23,6 +23,7 @@ use crate::gocacheprog::session;
 use crate::share::ipc;
 use crate::share::remote::DaemonTier;
 use crate::share::status::{DaemonStatus, PeerStatus};
+use crate::share::trust::TrustedSources;
 use crate::stats::{self, Counters};
 use crate::store::{self, DiskStore, TrimReport};
 use crate::tiered::MultiLevelStorage;
@@ -451,10 +452,16 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         }
         Arc::new(tier)
     });
-    let storage = Arc::new(match &daemon {
+    // Never an entry from a peer no longer pulled from, daemon or not.
+    let trusted = Arc::new(TrustedSources::new(config.allowlist_path()));
+    let storage = match &daemon {
         Some(tier) => MultiLevelStorage::new(store.clone(), Box::new(tier.clone())),
         None => MultiLevelStorage::local_only(store.clone()),
-    });
+    };
+    let storage = Arc::new(storage.with_trusted({
+        let trusted = trusted.clone();
+        Box::new(move |source| trusted.admits(source))
+    }));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -494,7 +501,10 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             tracing::warn!("could not record statistics: {message}");
         }
     }
-    for summary in summary.into_iter().chain(daemon_summary) {
+    for summary in (summary.into_iter())
+        .chain(daemon_summary)
+        .chain(trusted.fault())
+    {
         tracing::warn!("{summary}");
     }
     Ok(ExitCode::SUCCESS)

@@ -11,7 +11,8 @@
 //! accepting, lookups in flight get a bounded drain, and the node stops.
 //! Allowlist edits apply without a restart: `warren peers add/remove` asks
 //! the daemon to re-read the file at once, and edits by hand are picked up
-//! by polling its mtime.
+//! by polling its mtime. Each time, and once at start before anything is
+//! answered, the entries of every peer not pulled from are purged.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -69,6 +70,12 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
     };
     let allowlist_path = config.allowlist_path();
     let allowlist = Allowlist::load(&allowlist_path)?;
+    // Purging is the store's, not a command's: the entries of peers that
+    // were removed (or made serve-only) while no daemon ran, by hand or
+    // by `warren peers`, go before anything is served or answered.
+    store
+        .purge_except(&allowlist.sharing().pull)
+        .context("purging the entries of peers no longer pulled from")?;
     // One thread for the peer-to-peer node's async work: a fetch passes
     // through a dozen tasks (event loop, connection, codec), and on a
     // single thread handing over between them is a queue push, where on a
@@ -442,11 +449,10 @@ impl Trust {
         let roles = list.roles();
         tracing::info!("allowlist changed: {} peers", roles.len());
         let sharing = list.sharing();
-        let unpulled: HashSet<PeerId> = (current.sharing().pull)
-            .difference(&sharing.pull)
-            .copied()
-            .collect();
-        // The store first: from now on no body of theirs lands.
+        let pulled = sharing.pull.clone();
+        // The store first: from now on no body of theirs lands, and none
+        // that passed its check before is still on its way to the store
+        // (`Sharing::set` waits for it), so the purge below sees it.
         self.sharing.set(sharing);
         self.client.set_allowlist(roles).await;
         *self.replicated.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -455,7 +461,7 @@ impl Trust {
         *current = list;
         drop(current);
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.purge(&unpulled)).await {
+        match tokio::task::spawn_blocking(move || store.purge_except(&pulled)).await {
             Ok(Ok(purged)) => Ok(purged),
             Ok(Err(e)) => {
                 tracing::warn!(

@@ -20,7 +20,10 @@
 //! named in our summary, never one a peer sent us, unless [`Sharing`]
 //! says that peer's entries are re-shared (a team's CI machine, say). A
 //! peer that is no longer pulled from (removed, or made serve-only) gets
-//! no more bodies into the store: its sinks refuse to commit.
+//! no more bodies into the store: its sinks refuse to commit. The check
+//! and the commit hold [`Sharing`]'s state, so a reload that changes it
+//! waits for a commit past its check, and the purge after it sees that
+//! entry.
 //!
 //! With agreement on, the adapter also remembers what was built here
 //! ([`Ledger`]), so that one peer's answer can be confirmed by an earlier
@@ -64,6 +67,7 @@ impl Sharing {
         })
     }
 
+    /// Replaces the state once no commit holds it ([`Sharing::while_pulled_from`]).
     pub(crate) fn set(&self, state: SharingState) {
         *self.state.write().expect("lock not poisoned") = state;
     }
@@ -82,12 +86,13 @@ impl Sharing {
         }
     }
 
-    fn takes_from(&self, peer: &PeerId) -> bool {
-        self.state
-            .read()
-            .expect("lock not poisoned")
-            .pull
-            .contains(peer)
+    /// Runs `commit` if `peer` is pulled from, holding the state while it
+    /// runs: [`Sharing::set`] waits for a commit that passed this check,
+    /// so a purge after `set` sees what it stored. `None` if not pulled
+    /// from.
+    fn while_pulled_from<T>(&self, peer: &PeerId, commit: impl FnOnce() -> T) -> Option<T> {
+        let state = self.state.read().expect("lock not poisoned");
+        state.pull.contains(peer).then(commit)
     }
 }
 
@@ -103,6 +108,10 @@ pub(crate) struct StoreAdapter {
     ledger: Option<Arc<Ledger>>,
     /// A store that cannot take fetched bodies is told once in a while.
     quiet: Arc<Quiet>,
+    /// Run by each sink between its checks and its commit, so tests can
+    /// hold a commit there.
+    #[cfg(test)]
+    before_commit: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// Most bytes of bodies being received at once (each reserved in full
@@ -230,6 +239,8 @@ impl StoreAdapter {
             in_flight: Arc::default(),
             ledger,
             quiet: Arc::default(),
+            #[cfg(test)]
+            before_commit: None,
         })
     }
 }
@@ -327,6 +338,8 @@ impl warren_p2p::Bodies for StoreAdapter {
             action: *action,
             from: *from,
             writer,
+            #[cfg(test)]
+            before_commit: self.before_commit.clone(),
         }))
     }
 }
@@ -396,6 +409,8 @@ struct Sink {
     action: ActionId,
     from: PeerId,
     writer: ObjectWriter,
+    #[cfg(test)]
+    before_commit: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Write for Sink {
@@ -434,19 +449,25 @@ impl BodySink for Sink {
             });
         }
         // Removed while its body was on its way (a `warren peers remove`
-        // purges what it sent; this must not land after the purge).
-        if !self.sharing.takes_from(&self.from) {
+        // purges what it sent; this must not land after the purge): the
+        // check and the commit are one step for a reload.
+        let committed = self.sharing.while_pulled_from(&self.from, || {
+            #[cfg(test)]
+            if let Some(pause) = &self.before_commit {
+                pause();
+            }
+            self.store.commit_fetched(&self.action, verified, self.from)
+        });
+        let Some(committed) = committed else {
             return Err(CommitError::Io(io::Error::other(format!(
                 "peer {} is no longer pulled from",
                 self.from
             ))));
-        }
-        self.store
-            .commit_fetched(&self.action, verified, self.from)
-            .map_err(|error| {
-                warn_not_stored(&self.quiet, &error);
-                CommitError::Io(io::Error::other(error))
-            })?;
+        };
+        committed.map_err(|error| {
+            warn_not_stored(&self.quiet, &error);
+            CommitError::Io(io::Error::other(error))
+        })?;
         self.quota.used.fetch_add(self.size, Ordering::Relaxed);
         Ok(())
     }
@@ -646,6 +667,60 @@ mod tests {
         assert_eq!(
             store.get(&ActionId::from_bytes([1; 32])).unwrap(),
             Lookup::Miss
+        );
+    }
+
+    /// A peer removed while its body is between the "still pulled from"
+    /// check and the commit: the reload that removed it must not finish
+    /// (and purge) before that commit lands, or the entry stays after the
+    /// purge and reaches `go`.
+    #[test]
+    fn a_reload_waits_for_a_commit_past_its_check_then_purges_it() {
+        use std::sync::mpsc::sync_channel;
+
+        let dir = tempfile::tempdir().unwrap();
+        let alice = peer();
+        let (store, mut adapter) = adapter(
+            dir.path(),
+            SharingState {
+                pull: HashSet::from([alice]),
+                ..SharingState::default()
+            },
+        );
+        let (entered, in_commit) = sync_channel(1);
+        let (release, released) = sync_channel::<()>(1);
+        let released = Mutex::new(released);
+        adapter.before_commit = Some(Arc::new(move || {
+            entered.send(()).unwrap();
+            let _ = released
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10));
+        }));
+        let adapter = Arc::new(adapter);
+        let committing = {
+            let adapter = adapter.clone();
+            std::thread::spawn(move || fetch(&adapter, 1, b"on its way", &alice))
+        };
+        in_commit.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (purged, purge_done) = sync_channel(1);
+        let reloading = {
+            let (sharing, store) = (adapter.sharing.clone(), store.clone());
+            std::thread::spawn(move || {
+                sharing.set(SharingState::default());
+                store.purge_except(&HashSet::new()).unwrap();
+                purged.send(()).unwrap();
+            })
+        };
+        // Unfixed, the reload purges at once; fixed, it waits for the commit.
+        let _ = purge_done.recv_timeout(Duration::from_millis(500));
+        release.send(()).unwrap();
+        let _ = committing.join().unwrap();
+        reloading.join().unwrap();
+        assert_eq!(
+            store.get(&ActionId::from_bytes([1; 32])).unwrap(),
+            Lookup::Miss,
+            "the removed peer's entry landed after the purge"
         );
     }
 
