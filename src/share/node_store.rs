@@ -8,6 +8,9 @@
 //! [`PutOrder`] index.
 //!
 //! At most [`MAX_IN_FLIGHT`] bytes of bodies are received at once.
+//! Fetched bodies must leave the store's disk its floor of free
+//! space, with every body on its way counted: refused otherwise (for the
+//! peer, not its fault), and told once in a while ([`Quiet`]).
 //! Fetched bytes count against the store's `max-size`: a body that would
 //! take the store past it is refused (for the peer, not its fault) and a
 //! trim is started, which frees what was not used within the trim grace.
@@ -40,6 +43,7 @@ use warren_p2p::{BodySink, CommitError, PeerId, Served, SummaryChunk};
 
 use crate::ids::{ActionId, OutputId};
 use crate::share::consistency;
+use crate::share::disk_floor::{BelowFloor, DiskFloor};
 use crate::share::ledger::Ledger;
 use crate::share::quiet::Quiet;
 use crate::store::index::PutOrder;
@@ -104,6 +108,8 @@ pub(crate) struct StoreAdapter {
     quota: Arc<Quota>,
     /// Bytes of the sinks open now.
     in_flight: Arc<AtomicU64>,
+    /// Free space fetched bodies leave on the store's disk.
+    floor: Arc<DiskFloor>,
     /// With agreement on: what was built here.
     ledger: Option<Arc<Ledger>>,
     /// A store that cannot take fetched bodies is told once in a while.
@@ -197,6 +203,13 @@ impl Quota {
 }
 
 impl StoreAdapter {
+    /// With `floor` for the disk (tests fake one).
+    #[cfg(test)]
+    fn with_floor(mut self, floor: DiskFloor) -> Self {
+        self.floor = Arc::new(floor);
+        self
+    }
+
     /// The put-order index behind hints, summaries and catalogs.
     pub(crate) fn put_order(&self) -> Arc<PutOrder> {
         self.order.clone()
@@ -231,12 +244,14 @@ impl StoreAdapter {
             })
         };
         let order = PutOrder::start(store.actions_dir().to_path_buf(), servable)?;
+        let floor = Arc::new(DiskFloor::of(store.root().to_path_buf()));
         Ok(Self {
             store,
             order,
             sharing,
             quota,
             in_flight: Arc::default(),
+            floor,
             ledger,
             quiet: Arc::default(),
             #[cfg(test)]
@@ -256,6 +271,20 @@ fn warn_not_stored(quiet: &Quiet, error: &store::Error) {
         ),
         None => tracing::debug!("cannot store a fetched body: {message}"),
     }
+}
+
+/// Says, at most once per [`crate::share::quiet::WINDOW`], that fetched
+/// bodies were refused for the disk floor, and how many.
+fn warn_below_floor(quiet: &Quiet, below: BelowFloor) -> io::Error {
+    match quiet.occurred("disk floor", tokio::time::Instant::now()) {
+        Some(n) => tracing::warn!(
+            "refused {n} bod{} fetched from peers since the last warning: {below}; \
+             free space on that disk to take them again",
+            if n == 1 { "y" } else { "ies" }
+        ),
+        None => tracing::debug!("refused a fetched body: {below}"),
+    }
+    io::Error::new(io::ErrorKind::StorageFull, below)
 }
 
 impl warren_p2p::Bodies for StoreAdapter {
@@ -314,6 +343,9 @@ impl warren_p2p::Bodies for StoreAdapter {
                 format!("{reserved} bytes of bodies on their way already"),
             ));
         }
+        self.floor
+            .check_reservation(reserved.saturating_add(size), Instant::now())
+            .map_err(|below| warn_below_floor(&self.quiet, below))?;
         if !self.quota.admit(&self.store, size) {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
@@ -333,6 +365,7 @@ impl warren_p2p::Bodies for StoreAdapter {
             quiet: self.quiet.clone(),
             sharing: self.sharing.clone(),
             quota: self.quota.clone(),
+            floor: self.floor.clone(),
             size,
             _in_flight: in_flight,
             action: *action,
@@ -405,6 +438,7 @@ struct Sink {
     quiet: Arc<Quiet>,
     sharing: Arc<Sharing>,
     quota: Arc<Quota>,
+    floor: Arc<DiskFloor>,
     size: u64,
     action: ActionId,
     from: PeerId,
@@ -448,6 +482,10 @@ impl BodySink for Sink {
                 _ => CommitError::Refused(why),
             });
         }
+        // The disk may have filled while it was on its way.
+        self.floor
+            .check_commit(Instant::now())
+            .map_err(|below| CommitError::Io(warn_below_floor(&self.quiet, below)))?;
         // Removed while its body was on its way (a `warren peers remove`
         // purges what it sent; this must not land after the purge): the
         // check and the commit are one step for a reload.
@@ -722,6 +760,67 @@ mod tests {
             Lookup::Miss,
             "the removed peer's entry landed after the purge"
         );
+    }
+
+    /// A disk with less free than `max-size` allows: fetched bodies are
+    /// refused when their reservation would take the disk under its floor
+    /// (bodies on their way counted), and at their commit when the disk
+    /// filled meanwhile; `go`'s own puts are not (SECURITY.md, "Bounds on
+    /// what an allowlisted peer can make your daemon do").
+    #[test]
+    fn fetched_bodies_leave_the_disk_its_floor() {
+        use crate::fsutil::Space;
+        use std::sync::atomic::AtomicU64;
+
+        const GIB: u64 = 1 << 30;
+        let dir = tempfile::tempdir().unwrap();
+        let alice = peer();
+        let free = Arc::new(AtomicU64::new(GIB + 300));
+        let (store, adapter) = adapter(
+            dir.path(),
+            SharingState {
+                pull: HashSet::from([alice]),
+                ..SharingState::default()
+            },
+        );
+        let adapter = adapter.with_floor({
+            let free = free.clone();
+            DiskFloor::with_reader(move || {
+                Some(Space {
+                    free: free.load(Ordering::Relaxed),
+                    total: 10 * GIB,
+                })
+            })
+        });
+        let begin = |n: u8, body: &[u8]| {
+            adapter.begin(
+                &ActionId::from_bytes([n; 32]),
+                &OutputId::of(body),
+                body.len() as u64,
+                &alice,
+            )
+        };
+        let first = begin(1, &[1; 200]).unwrap();
+        let refused = begin(2, &[2; 200]).map(drop).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::StorageFull, "{refused}");
+        assert!(
+            refused.to_string().contains("kept free for builds"),
+            "{refused}"
+        );
+        drop(first);
+        let mut sink = begin(3, &[3; 200]).unwrap();
+        sink.write_all(&[3; 200]).unwrap();
+        free.store(GIB - 1, Ordering::Relaxed);
+        assert!(
+            matches!(sink.commit(), Err(CommitError::Io(e)) if e.kind() == io::ErrorKind::StorageFull)
+        );
+        assert_eq!(
+            store.get(&ActionId::from_bytes([3; 32])).unwrap(),
+            Lookup::Miss
+        );
+        store
+            .put_bytes(&ActionId::from_bytes([4; 32]), &[4; 200])
+            .unwrap();
     }
 
     /// Part 4, budgets: fetched bytes count against `max-size`; past it
