@@ -512,23 +512,10 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
 
 /// Trims the store to half its size (least recently used first, never a
 /// file used within the trim grace), for a disk that is full; the bytes
-/// freed.
+/// freed. One walk of the store, on a thread of its own (see
+/// `gocacheprog::faults`).
 fn make_room(store: &DiskStore, policy: store::TrimPolicy) -> u64 {
-    let used = match store.usage() {
-        Ok(usage) => usage.bytes,
-        Err(e) => {
-            tracing::debug!(
-                "measuring the store to make room: {}",
-                crate::logging::chain(&e)
-            );
-            return 0;
-        }
-    };
-    let policy = store::TrimPolicy {
-        max_size: used / 2,
-        ..policy
-    };
-    match store.trim(policy, false) {
+    match store.make_room(policy) {
         Ok(report) => report.map_or(0, |report| report.removed_bytes),
         Err(e) => {
             tracing::debug!("trimming to make room: {}", crate::logging::chain(&e));

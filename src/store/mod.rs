@@ -869,6 +869,37 @@ mod tests {
         assert!(!entry.path.exists(), "never trimmed");
     }
 
+    /// For a full disk: half the store goes, least recently used first,
+    /// never what was used within the grace.
+    #[test]
+    fn making_room_halves_the_store_but_keeps_recent_use() {
+        let f = Fixture::new();
+        let now = *f.now.lock().unwrap();
+        for n in 1..=4_u8 {
+            let entry = f.store.put_bytes(&action(n), &[n; 1000]).unwrap();
+            let used = now - Duration::from_secs(u64::from(5 - n) * 4 * 3600);
+            set_mtime(&entry.path, used);
+            set_mtime(&f.store.entry_path(&action(n)), used);
+        }
+        let before = f.store.usage().unwrap().bytes;
+        let policy = TrimPolicy {
+            max_size: u64::MAX,
+            max_unused: Duration::MAX,
+        };
+        let report = f.store.make_room(policy).unwrap().unwrap();
+        assert!(report.kept_bytes <= before / 2, "{report:?} of {before}");
+        assert_eq!(
+            f.store.get(&action(1)).unwrap(),
+            Lookup::Miss,
+            "the oldest goes"
+        );
+        f.hit(&action(4));
+        // With everything in use, nothing goes.
+        f.store.put_bytes(&action(5), &[5; 1000]).unwrap();
+        f.store.make_room(policy).unwrap().unwrap();
+        f.hit(&action(5));
+    }
+
     #[test]
     fn trim_removes_stale_temp_files_only() {
         let f = Fixture::new();

@@ -78,6 +78,23 @@ impl DiskStore {
     /// Trims the store by `policy`. With `wait` false, returns `Ok(None)` if
     /// another process is already trimming.
     pub(crate) fn trim(&self, policy: TrimPolicy, wait: bool) -> Result<Option<TrimReport>, Error> {
+        self.trim_to(policy, wait, false)
+    }
+
+    /// For a disk that is full: trims the store to at most half its size
+    /// (and `policy`), least recently used first, never a file used within
+    /// the grace; `Ok(None)` if another process is trimming. One walk of
+    /// the store.
+    pub(crate) fn make_room(&self, policy: TrimPolicy) -> Result<Option<TrimReport>, Error> {
+        self.trim_to(policy, false, true)
+    }
+
+    fn trim_to(
+        &self,
+        policy: TrimPolicy,
+        wait: bool,
+        halve: bool,
+    ) -> Result<Option<TrimReport>, Error> {
         let Some(_lock) = self.trim_lock(wait)? else {
             return Ok(None);
         };
@@ -97,6 +114,12 @@ impl DiskStore {
                 }
             })?;
         }
+        let max_size = if halve {
+            let walked: u64 = files.iter().map(|f| f.size).sum();
+            policy.max_size.min(walked / 2)
+        } else {
+            policy.max_size
+        };
         let max_unused = policy.max_unused.max(TRIM_GRACE);
         files.retain(|file| {
             let unused = now.duration_since(file.modified).unwrap_or_default();
@@ -108,10 +131,10 @@ impl DiskStore {
         });
         let mut total: u64 = files.iter().map(|f| f.size).sum();
         let mut kept_files = files.len() as u64;
-        if total > policy.max_size {
+        if total > max_size {
             files.sort_by_key(|f| f.modified);
             for file in &files {
-                if total <= policy.max_size || recent(file.modified) {
+                if total <= max_size || recent(file.modified) {
                     break;
                 }
                 if remove_if_unchanged(file, &mut report) {
@@ -119,10 +142,9 @@ impl DiskStore {
                     kept_files -= 1;
                 }
             }
-            if total > policy.max_size {
+            if total > max_size {
                 tracing::debug!(
-                    "store is {total} bytes, over its {} byte limit, but the rest may have been used in the last {}",
-                    policy.max_size,
+                    "store is {total} bytes, over its {max_size} byte limit, but the rest may have been used in the last {}",
                     humantime::format_duration(USE_GRACE)
                 );
             }
