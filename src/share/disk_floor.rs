@@ -31,19 +31,26 @@ use crate::fsutil::{self, Space};
 /// that) and for the compiler's and linker's temp files, which are often
 /// on the same disk.
 pub(crate) const FLOOR_MIN: u64 = 1 << 30;
-/// And at least one part in this many of the filesystem (5%): on a big
-/// disk 1 GiB goes fast, and filesystems slow down when nearly full (ext4
-/// keeps 5% for root for that reason).
+/// Between the two bounds, one part in this many of the filesystem (5%):
+/// a disk of tens of gigabytes has other work than builds, and filesystems
+/// slow down as they fill.
 pub(crate) const FLOOR_PART: u64 = 20;
+/// The most free space fetched bodies leave: more than builds put at once,
+/// so that a big disk that its owner keeps nearly full (what ext4 keeps for
+/// root is already left out of what `statvfs` calls free) still takes
+/// bodies from peers.
+pub(crate) const FLOOR_MAX: u64 = 10 << 30;
 /// How long an opening sink may use a reading of free space.
 pub(crate) const SAMPLE_LIFE: Duration = Duration::from_secs(1);
 
-/// The floor on a filesystem of `total` bytes: the larger of [`FLOOR_MIN`]
-/// and 1/[`FLOOR_PART`] of it, but at most half of it, so that a small
-/// filesystem (a cache partition, a tmpfs under 2 GiB) can still take
-/// fetched bodies.
+/// The floor on a filesystem of `total` bytes: 1/[`FLOOR_PART`] of it,
+/// within [`FLOOR_MIN`] and [`FLOOR_MAX`], but at most half of it, so that
+/// a small filesystem (a cache partition, a tmpfs under 2 GiB) can still
+/// take fetched bodies.
 pub(crate) fn floor(total: u64) -> u64 {
-    (total / FLOOR_PART).max(FLOOR_MIN).min(total / 2)
+    (total / FLOOR_PART)
+        .clamp(FLOOR_MIN, FLOOR_MAX)
+        .min(total / 2)
 }
 
 /// Why a fetched body was refused: what was free, against the floor.
@@ -138,9 +145,10 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     #[test]
-    fn the_floor_is_1_gib_or_5_percent_and_at_most_half_the_disk() {
+    fn the_floor_is_5_percent_within_1_and_10_gib_and_at_most_half_the_disk() {
         assert_eq!(floor(10 * GIB), GIB);
-        assert_eq!(floor(1000 * GIB), 50 * GIB);
+        assert_eq!(floor(100 * GIB), 5 * GIB);
+        assert_eq!(floor(1000 * GIB), 10 * GIB);
         assert_eq!(floor(64 * MIB), 32 * MIB, "a small tmpfs");
         assert_eq!(floor(0), 0);
     }
