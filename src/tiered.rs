@@ -10,7 +10,8 @@
 //!   other tier can change) or says the remote tier may know
 //!   ([`Step::AskRemote`]); [`MultiLevelStorage::get_remote`] then waits on
 //!   the network. A local error is a miss, and asks the remote tier like
-//!   one.
+//!   one. Either way, an entry whose source is not trusted (a peer no
+//!   longer pulled from: [`MultiLevelStorage::with_trusted`]) is a miss.
 //! - **put**: bodies go to the local store only, hashed as they arrive
 //!   ([`MultiLevelStorage::begin_put`]) and stored once verified
 //!   ([`MultiLevelStorage::commit_put`]). Peers learn of new entries from
@@ -27,7 +28,7 @@ use std::sync::Arc;
 
 use crate::ids::{ActionId, OutputId};
 use crate::logging::chain;
-use crate::store::{self, DiskStore, Entry, Lookup, ObjectWriter, VerifiedObject};
+use crate::store::{self, DiskStore, Entry, Lookup, ObjectWriter, Source, VerifiedObject};
 use crate::trace::{Miss, Outcome};
 
 /// A boxed future, for object-safe async trait methods.
@@ -85,15 +86,46 @@ impl RemoteTier for NoRemote {
     }
 }
 
+/// Whether an entry from a source may be handed to `go`.
+pub(crate) type Trusted = Box<dyn Fn(&Source) -> bool + Send + Sync>;
+
 /// The local store backed by a remote tier.
 pub(crate) struct MultiLevelStorage {
     local: Arc<DiskStore>,
     remote: Box<dyn RemoteTier>,
+    trusted: Trusted,
 }
 
 impl MultiLevelStorage {
     pub(crate) fn new(local: Arc<DiskStore>, remote: Box<dyn RemoteTier>) -> Self {
-        Self { local, remote }
+        Self {
+            local,
+            remote,
+            trusted: Box::new(|_| true),
+        }
+    }
+
+    /// Hands `go` only entries whose source `trusted` admits; others are a
+    /// miss (and left for the daemon to purge: this helper's view of the
+    /// allowlist may be older than the daemon's).
+    pub(crate) fn with_trusted(mut self, trusted: Trusted) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    /// A hit whose source is not trusted is a miss.
+    fn admit(&self, found: Lookup) -> Lookup {
+        match found {
+            Lookup::Hit(entry) if !(self.trusted)(&entry.source) => {
+                tracing::debug!(
+                    "not using {}: its source {:?} is no longer pulled from",
+                    entry.path.display(),
+                    entry.source
+                );
+                Lookup::Miss
+            }
+            found => found,
+        }
     }
 
     /// Only the local store.
@@ -113,7 +145,7 @@ impl MultiLevelStorage {
             tracing::warn!("cache lookup failed, treating it as a miss: {}", chain(&e));
             Lookup::Miss
         });
-        match found {
+        match self.admit(found) {
             Lookup::Miss if self.remote.is_enabled() => Step::AskRemote,
             found => Step::Answered(found),
         }
@@ -122,7 +154,11 @@ impl MultiLevelStorage {
     /// The second step of a lookup the local tier missed: the tiers beyond
     /// it. Waits on the network (bounded by the tier). A miss says why.
     pub(crate) async fn get_remote(&self, action: ActionId) -> Result<Entry, Miss> {
-        self.remote.fetch(action, &self.local).await
+        let entry = self.remote.fetch(action, &self.local).await?;
+        match self.admit(Lookup::Hit(entry)) {
+            Lookup::Hit(entry) => Ok(entry),
+            Lookup::Miss => Err(Outcome::NotFound.into()),
+        }
     }
 
     /// Starts a put of a body of `size` bytes that must hash to `output`.

@@ -313,11 +313,12 @@ fn a_full_disk_is_trimmed_to_make_room() {
     let env = GoEnv::new();
     let (disk, store) = Tmpfs::with_store(env.path("full"), "320m");
     let build = |args: &[&str]| build_at(&env, &store, args);
-    // Old entries: a whole std build, last used three hours ago.
+    // Old entries: a whole std build, last used four hours ago (past the
+    // grace of 2 hours, plus the hour by which a use may go unrecorded).
     let old = build(&["build", "std"]);
     assert!(old.status.success() && old.stderr.is_empty(), "{old:?}");
-    let three_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
-    age(&store.join("v1"), three_hours_ago);
+    let four_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(4 * 3600);
+    age(&store.join("v1"), four_hours_ago);
     // The disk fills up, with room left for a few MiB.
     fill(&disk.0.join("filler"), 4 << 20);
 

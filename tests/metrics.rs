@@ -2,95 +2,16 @@
 //! when on, a scrape over loopback shows what `warren stats --json` shows.
 //!
 //! The daemon runs with mDNS off and listens on loopback only.
-#![expect(
-    clippy::disallowed_methods,
-    reason = "the test writes a user's config file, not store files"
-)]
-
 mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{Sandbox, action, close, get, put};
+use support::{DAEMON_CONFIG as CONFIG, Daemon, Sandbox, action, close, get, put, wait_until};
 
-const CONFIG: &str = "[share]\nenabled = true\nautostart = false\nmdns = false\n\
-                      listen = [\"/ip4/127.0.0.1/tcp/0\"]\n";
-
-/// A running daemon, killed by PID when dropped.
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(sandbox: &Sandbox) -> Self {
-        let child = sandbox
-            .command()
-            .arg("daemon")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let daemon = Self(child);
-        let socket = sandbox.store().join("daemon.sock");
-        // Accepting, not just there: the first daemon's socket file stays.
-        wait(
-            || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
-            "the daemon's socket",
-        );
-        daemon
-    }
-
-    /// The TCP ports the daemon listens on.
-    fn listening(&self) -> Vec<u16> {
-        listening_ports(self.0.id())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait(mut done: impl FnMut() -> bool, what: &str) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Ports of the TCP sockets that process `pid` has listening, from /proc.
-fn listening_ports(pid: u32) -> Vec<u16> {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_string_lossy().into_owned();
-            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-        })
-        .collect();
-    let mut ports = Vec::new();
-    for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // local_address is hex ip:port; state 0A is LISTEN; field 9 the inode.
-            if fields.len() > 9 && fields[3] == "0A" && inodes.iter().any(|i| i == fields[9]) {
-                let port = fields[1].rsplit(':').next().unwrap();
-                ports.push(u16::from_str_radix(port, 16).unwrap());
-            }
-        }
-    }
-    ports.sort_unstable();
-    ports
+fn wait(done: impl FnMut() -> bool, what: &str) {
+    wait_until(Duration::from_secs(20), what, done);
 }
 
 fn scrape(port: u16) -> String {
@@ -114,10 +35,6 @@ fn value(metrics: &str, name: &str) -> u64 {
         .unwrap()
 }
 
-fn write_config(sandbox: &Sandbox, text: &str) {
-    std::fs::write(sandbox.root().join("home/.config/warren/config.toml"), text).unwrap();
-}
-
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
@@ -126,8 +43,7 @@ fn free_port() -> u16 {
 #[test]
 fn metrics_are_off_by_default_and_match_stats_when_on() {
     let sandbox = Sandbox::new();
-    assert!(sandbox.run(&["init"]).status.success());
-    write_config(&sandbox, CONFIG);
+    sandbox.init_with_config(CONFIG);
     let config = String::from_utf8(sandbox.run(&["config"]).stdout).unwrap();
     assert!(
         config
@@ -144,10 +60,7 @@ fn metrics_are_off_by_default_and_match_stats_when_on() {
     }
 
     let port = free_port();
-    write_config(
-        &sandbox,
-        &format!("{CONFIG}metrics-listen = \"127.0.0.1:{port}\"\n"),
-    );
+    sandbox.write_config(&format!("{CONFIG}metrics-listen = \"127.0.0.1:{port}\"\n"));
     let daemon = Daemon::start(&sandbox);
     wait(
         || daemon.listening().contains(&port),

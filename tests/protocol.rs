@@ -800,6 +800,46 @@ fn a_due_trim_runs_in_the_background() {
     assert!(restarted(), "the trim clock did not restart");
 }
 
+/// The trim grace is a promise about use, not about mtimes: use is
+/// recorded at most hourly, so an entry that `go` got 90 minutes ago, when
+/// its mtime was 59 minutes old (so it was not touched), carries an mtime
+/// of 149 minutes. `warren trim` down to nothing must still keep it.
+#[test]
+fn an_entry_used_90_minutes_ago_survives_warren_trim() {
+    let sandbox = Sandbox::new();
+    let object = store_one(&sandbox, b"in use by a go command");
+    let entry = sandbox.entry_path(&action(1));
+    let set = |ago: u64| {
+        let at = SystemTime::now() - Duration::from_secs(ago * 60);
+        for path in [&object, &entry] {
+            File::open(path).unwrap().set_modified(at).unwrap();
+        }
+        at
+    };
+    let at = set(59);
+    let mut helper = sandbox.spawn();
+    helper.handshake();
+    expect_hit(&helper.call(&get(1, &action(1))), b"in use by a go command");
+    helper.close(2);
+    assert_eq!(
+        fs::metadata(&object).unwrap().modified().unwrap(),
+        at,
+        "touched, though used within the hour"
+    );
+    // 90 minutes later, as the mtimes tell it.
+    set(59 + 90);
+    let trimmed = sandbox.run(&["--max-size", "0", "--max-age", "1s", "trim"]);
+    assert!(
+        trimmed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trimmed.stderr)
+    );
+    assert!(
+        object.exists() && entry.exists(),
+        "warren trim removed an entry used 90 minutes ago"
+    );
+}
+
 /// Part 4, finding 1: a store directory other users can write (here made
 /// before warren, as another user could in /var/tmp) is refused, by the
 /// helper that `go` runs and by every subcommand, with one line that says

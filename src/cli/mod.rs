@@ -23,6 +23,7 @@ use crate::gocacheprog::session;
 use crate::share::ipc;
 use crate::share::remote::DaemonTier;
 use crate::share::status::{DaemonStatus, PeerStatus};
+use crate::share::trust::TrustedSources;
 use crate::stats::{self, Counters};
 use crate::store::{self, DiskStore, TrimReport};
 use crate::tiered::MultiLevelStorage;
@@ -455,10 +456,16 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         }
         Arc::new(tier)
     });
-    let storage = Arc::new(match &daemon {
+    // Never an entry from a peer no longer pulled from, daemon or not.
+    let trusted = Arc::new(TrustedSources::new(config.allowlist_path()));
+    let storage = match &daemon {
         Some(tier) => MultiLevelStorage::new(store.clone(), Box::new(tier.clone())),
         None => MultiLevelStorage::local_only(store.clone()),
-    });
+    };
+    let storage = Arc::new(storage.with_trusted({
+        let trusted = trusted.clone();
+        Box::new(move |source| trusted.admits(source))
+    }));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -498,7 +505,10 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             tracing::warn!("could not record statistics: {message}");
         }
     }
-    for summary in summary.into_iter().chain(daemon_summary) {
+    for summary in (summary.into_iter())
+        .chain(daemon_summary)
+        .chain(trusted.fault())
+    {
         tracing::warn!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
@@ -506,23 +516,10 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
 
 /// Trims the store to half its size (least recently used first, never a
 /// file used within the trim grace), for a disk that is full; the bytes
-/// freed.
+/// freed. One walk of the store, on a thread of its own (see
+/// `gocacheprog::faults`).
 fn make_room(store: &DiskStore, policy: store::TrimPolicy) -> u64 {
-    let used = match store.usage() {
-        Ok(usage) => usage.bytes,
-        Err(e) => {
-            tracing::debug!(
-                "measuring the store to make room: {}",
-                crate::logging::chain(&e)
-            );
-            return 0;
-        }
-    };
-    let policy = store::TrimPolicy {
-        max_size: used / 2,
-        ..policy
-    };
-    match store.trim(policy, false) {
+    match store.make_room(policy) {
         Ok(report) => report.map_or(0, |report| report.removed_bytes),
         Err(e) => {
             tracing::debug!("trimming to make room: {}", crate::logging::chain(&e));

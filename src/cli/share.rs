@@ -123,8 +123,8 @@ pub(super) fn peers(
 
 /// Applies a changed allowlist: the running daemon re-reads it at once
 /// (so no more bodies from a removed peer land, nor is it asked again),
-/// and the entries of every peer no longer pulled from (removed, or made
-/// serve-only) are purged. Says how many.
+/// and the entries of every peer not pulled from (removed, or made
+/// serve-only, now or before) are purged. Says how many.
 fn apply_allowlist(
     config: &Config,
     allowlist: &Allowlist,
@@ -147,13 +147,9 @@ fn apply_allowlist(
         Err(e) => warn_daemon(&crate::logging::chain(&*e)),
     }
     let store = super::open_store(config)?;
-    let pulled = allowlist.sharing().pull;
-    let unpulled: HashSet<PeerId> = (store.sources().context("reading the store")?)
-        .into_keys()
-        .filter_map(|source| source.peer().copied())
-        .filter(|peer| !pulled.contains(peer))
-        .collect();
-    let here = store.purge(&unpulled).context("purging entries")?;
+    let here = store
+        .purge_except(&allowlist.sharing().pull)
+        .context("purging entries")?;
     purged.entries += here.entries;
     purged.bytes += here.bytes;
     writeln!(

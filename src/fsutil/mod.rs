@@ -16,11 +16,28 @@ use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
 
+/// The size of a filesystem, and what is free on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Space {
+    /// Bytes an unprivileged process may still write.
+    pub free: u64,
+    pub total: u64,
+}
+
+/// [`Space`] of the filesystem that holds `path`; `None` if that cannot be
+/// told.
+pub(crate) fn space(path: &Path) -> Option<Space> {
+    let stats = rustix::fs::statvfs(path).ok()?;
+    Some(Space {
+        free: stats.f_bavail.saturating_mul(stats.f_frsize),
+        total: stats.f_blocks.saturating_mul(stats.f_frsize),
+    })
+}
+
 /// Bytes an unprivileged process may still write on the filesystem that
 /// holds `path`; `None` if that cannot be told.
 pub(crate) fn free_space(path: &Path) -> Option<u64> {
-    let stats = rustix::fs::statvfs(path).ok()?;
-    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+    space(path).map(|space| space.free)
 }
 
 /// Names of temp files start with this.

@@ -7,6 +7,13 @@
 //! own where the daemon's should be. So warren refuses such a directory
 //! with one line that says what to fix, and never follows a symbolic link
 //! where one of its own directories should be.
+//!
+//! The directories above one matter as much: whoever can write the parent
+//! can rename the store away and put one of their own in its place, and
+//! warren works by path. So every directory above it must belong to this
+//! user or root, and be writable by nobody else, unless it is sticky (as
+//! `/tmp` is: there only an entry's owner may rename it), as ssh checks the
+//! path to `authorized_keys`.
 
 use std::fs::{self, DirBuilder};
 use std::io;
@@ -34,6 +41,20 @@ pub(crate) enum NotPrivate {
     Link { path: PathBuf },
     #[error("{} is not a directory", path.display())]
     NotDirectory { path: PathBuf },
+    #[error(
+        "{}, above the store, belongs to uid {owner}, neither you (uid {me}) nor root, \
+         who could replace the store: use a directory of your own",
+        path.display()
+    )]
+    AboveOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error(
+        "{}, above the store, can be written by other users (mode {mode:03o}), who could \
+         replace the store: run `chmod go-w {}` (or `chmod +t` on a shared directory), \
+         or use another directory",
+        path.display(),
+        path.display()
+    )]
+    AboveWritable { path: PathBuf, mode: u32 },
     #[error("checking {}", path.display())]
     Io {
         path: PathBuf,
@@ -86,6 +107,43 @@ fn check_owner_and_mode(path: &Path, meta: &fs::Metadata) -> Result<(), NotPriva
     }
     Ok(())
 }
+
+/// Checks every directory above `path` (which must be absolute, with no
+/// links in it: a canonical path): each must belong to this user or root,
+/// and others may write it only if it is sticky. See the module docs.
+pub(crate) fn check_above(path: &Path) -> Result<(), NotPrivate> {
+    let me = my_uid();
+    for dir in path.ancestors().skip(1) {
+        let meta = fs::symlink_metadata(dir).map_err(|source| NotPrivate::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if meta.file_type().is_symlink() {
+            return Err(NotPrivate::Link {
+                path: dir.to_path_buf(),
+            });
+        }
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(NotPrivate::AboveOwner {
+                path: dir.to_path_buf(),
+                owner: meta.uid(),
+                me,
+            });
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 && mode & STICKY == 0 {
+            return Err(NotPrivate::AboveWritable {
+                path: dir.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The sticky bit: in such a directory only an entry's owner (or the
+/// directory's, or root) may rename or remove it.
+const STICKY: u32 = 0o1000;
 
 /// Checks that the file at `path` (links followed: dotfiles are often
 /// links) and the directory it is in are this user's or root's, and not
@@ -176,6 +234,44 @@ mod tests {
         let link = dir.path().join("link.toml");
         std::os::unix::fs::symlink(&file, &link).unwrap();
         check_file(&link).unwrap();
+    }
+
+    /// Whoever can write a directory above the store can rename the store
+    /// away and put their own in its place.
+    #[test]
+    #[expect(clippy::print_stderr, reason = "a skipped part says why")]
+    fn directories_above_must_be_ours_or_roots_and_not_writable_unless_sticky() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().canonicalize().unwrap().join("parent");
+        let store = parent.join("store");
+        create_dir_all(&store).unwrap();
+        check_above(&store).unwrap();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o777)).unwrap();
+        let error = check_above(&store).unwrap_err();
+        assert!(
+            matches!(&error, NotPrivate::AboveWritable { path, mode: 0o777 } if *path == parent),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("`chmod go-w {}`", parent.display())),
+            "{error}"
+        );
+        // Sticky, as /tmp is: others cannot rename what is ours in it.
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o1777)).unwrap();
+        check_above(&store).unwrap();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
+        if my_uid() == 0 {
+            std::os::unix::fs::chown(&parent, Some(65534), None).unwrap();
+            let error = check_above(&store).unwrap_err();
+            assert!(
+                matches!(error, NotPrivate::AboveOwner { owner: 65534, .. }),
+                "{error}"
+            );
+        } else {
+            eprintln!("skipped the other owner's directory: only root can make one");
+        }
     }
 
     #[test]

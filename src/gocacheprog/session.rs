@@ -163,6 +163,12 @@ enum Body {
 
 /// Files for puts the store cannot take, in a directory of the system's
 /// temp dir that lasts one `go` command (owner-only, removed at the end).
+///
+/// Each put gets a file of its own, created new (`O_EXCL`), never one
+/// opened by name: `go` may still read the file of an earlier put of the
+/// same OutputID, and truncating it would hand `go` an empty body. Names
+/// are the OutputID and a random tail, with no dot: `go` wants a DiskPath
+/// without an extension, and Go's `filepath.Ext` counts from the last dot.
 #[derive(Default)]
 pub(crate) struct Scratch(Mutex<Option<tempfile::TempDir>>);
 
@@ -172,12 +178,14 @@ impl Scratch {
         if dir.is_none() {
             *dir = Some(tempfile::Builder::new().prefix("warren-").tempdir()?);
         }
-        let path = dir
-            .as_ref()
-            .expect("made above")
-            .path()
-            .join(output.to_hex());
-        Ok((std::fs::File::create(&path)?, path))
+        let dir = dir.as_ref().expect("made above").path();
+        let prefix = format!("{}-", output.to_hex());
+        let file = tempfile::Builder::new()
+            .prefix(&prefix)
+            .rand_bytes(8)
+            .tempfile_in(dir)?;
+        // Kept until the directory goes, at the end of the `go` command.
+        file.keep().map_err(|e| e.error)
     }
 }
 
@@ -400,6 +408,35 @@ fn answer_get(id: i64, action: &ActionId, found: Lookup, counters: &Counters) ->
             tracing::trace!("get {id} {action}: miss");
             counters.miss();
             Response::miss(id)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+
+    use super::*;
+
+    /// Two puts of one OutputID that the store cannot take: `go` may still
+    /// be reading the first one's file when the second arrives, so the
+    /// second must not truncate it. Neither name may have an extension in
+    /// Go's sense (`filepath.Ext` counts from the last dot).
+    #[test]
+    fn scratch_files_are_unique_and_never_truncate_one_in_use() {
+        let scratch = Scratch::default();
+        let output = OutputId::of(b"the body");
+        let (mut first, first_path) = scratch.file(output).unwrap();
+        first.write_all(b"the body").unwrap();
+        let mut reading = std::fs::File::open(&first_path).unwrap();
+        let (_second, second_path) = scratch.file(output).unwrap();
+        let mut read = Vec::new();
+        reading.read_to_end(&mut read).unwrap();
+        assert_eq!(read, b"the body", "the first file was truncated");
+        assert_ne!(first_path, second_path);
+        for path in [&first_path, &second_path] {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert!(!name.contains('.'), "{name} has an extension for Go");
         }
     }
 }

@@ -11,7 +11,8 @@
 //! accepting, lookups in flight get a bounded drain, and the node stops.
 //! Allowlist edits apply without a restart: `warren peers add/remove` asks
 //! the daemon to re-read the file at once, and edits by hand are picked up
-//! by polling its mtime.
+//! by polling its mtime. Each time, and once at start before anything is
+//! answered, the entries of every peer not pulled from are purged.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ use crate::trace::{self, Build, Outcome};
 
 /// How often the allowlist file is checked for changes.
 const ALLOWLIST_POLL: Duration = Duration::from_secs(1);
+/// How often the daemon checks that its store is still the directory it
+/// opened, and still its user's alone, above it too (a few `lstat`s).
+const STORE_CHECK: Duration = Duration::from_secs(1);
 /// How long lookups in flight may finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(2);
 /// A probe's answer waits at least this long (a peer that does not trust
@@ -66,6 +70,12 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
     };
     let allowlist_path = config.allowlist_path();
     let allowlist = Allowlist::load(&allowlist_path)?;
+    // Purging is the store's, not a command's: the entries of peers that
+    // were removed (or made serve-only) while no daemon ran, by hand or
+    // by `warren peers`, go before anything is served or answered.
+    store
+        .purge_except(&allowlist.sharing().pull)
+        .context("purging the entries of peers no longer pulled from")?;
     // One thread for the peer-to-peer node's async work: a fetch passes
     // through a dozen tasks (event loop, connection, codec), and on a
     // single thread handing over between them is a queue push, where on a
@@ -178,12 +188,17 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         }
         tokio::spawn(watch_allowlist(trust, shutdown.clone()));
         tokio::spawn(stop_on_signal(shutdown.clone()));
+        let store_watch = tokio::spawn(watch_store(store.clone(), shutdown.clone()));
         tracing::info!("daemon {peer_id} serving {}", config.dir.display());
         shutdown.cancelled().await;
         // The helper thread drains lookups in flight (bounded), then ends.
         let _ = tokio::task::spawn_blocking(move || helpers.join()).await;
-        let _ = std::fs::remove_file(config.socket_path());
         node_task.abort();
+        if let Ok(Some(error)) = store_watch.await {
+            // The socket is left alone: it may be another's now.
+            return Err(anyhow::Error::new(error).context("the daemon stopped"));
+        }
+        let _ = std::fs::remove_file(config.socket_path());
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -440,11 +455,10 @@ impl Trust {
         let roles = list.roles();
         tracing::info!("allowlist changed: {} peers", roles.len());
         let sharing = list.sharing();
-        let unpulled: HashSet<PeerId> = (current.sharing().pull)
-            .difference(&sharing.pull)
-            .copied()
-            .collect();
-        // The store first: from now on no body of theirs lands.
+        let pulled = sharing.pull.clone();
+        // The store first: from now on no body of theirs lands, and none
+        // that passed its check before is still on its way to the store
+        // (`Sharing::set` waits for it), so the purge below sees it.
         self.sharing.set(sharing);
         self.client.set_allowlist(roles).await;
         *self.replicated.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -453,7 +467,7 @@ impl Trust {
         *current = list;
         drop(current);
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.purge(&unpulled)).await {
+        match tokio::task::spawn_blocking(move || store.purge_except(&pulled)).await {
             Ok(Ok(purged)) => Ok(purged),
             Ok(Err(e)) => {
                 tracing::warn!(
@@ -498,6 +512,30 @@ async fn watch_allowlist(trust: Arc<Trust>, shutdown: CancellationToken) {
                 "keeping the previous allowlist: {}",
                 crate::logging::chain(&e)
             );
+        }
+    }
+}
+
+/// Stops the daemon when its store is no longer the one it opened, or no
+/// longer its user's alone: warren works by path, so a store swapped under
+/// it (by whoever could write a directory above, or the store itself,
+/// once that became possible) would have the daemon serve and fill
+/// another's store. Holding the store by an open directory handle was
+/// weighed: it would protect the daemon's own reads and writes, but `go`
+/// gets a DiskPath, so the path is what must stay ours; this check tells
+/// the user within [`STORE_CHECK`].
+async fn watch_store(
+    store: Arc<DiskStore>,
+    shutdown: CancellationToken,
+) -> Option<crate::store::Error> {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(STORE_CHECK) => {}
+            () = shutdown.cancelled() => return None,
+        }
+        if let Err(error) = store.check_unchanged() {
+            shutdown.cancel();
+            return Some(error);
         }
     }
 }

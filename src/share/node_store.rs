@@ -10,6 +10,9 @@
 //! The node bounds the bytes of bodies on their way, counted as they
 //! arrive (`warren_p2p`'s `NodeConfig::with_max_in_flight`, 1 GiB), so a
 //! peer's claim of a huge body it never sends holds no room here.
+//! Fetched bodies must leave the store's disk its floor of free space,
+//! with the sizes of every body on its way counted: refused otherwise
+//! (for the peer, not its fault), and told once in a while ([`Quiet`]).
 //! Fetched bytes count against the store's `max-size`: a body that would
 //! take the store past it is refused (for the peer, not its fault) and a
 //! trim is started, which frees what was not used within the trim grace.
@@ -22,7 +25,10 @@
 //! named in our summary, never one a peer sent us, unless [`Sharing`]
 //! says that peer's entries are re-shared (a team's CI machine, say). A
 //! peer that is no longer pulled from (removed, or made serve-only) gets
-//! no more bodies into the store: its sinks refuse to commit.
+//! no more bodies into the store: its sinks refuse to commit. The check
+//! and the commit hold [`Sharing`]'s state, so a reload that changes it
+//! waits for a commit past its check, and the purge after it sees that
+//! entry.
 //!
 //! With agreement on, the adapter also remembers what was built here
 //! ([`Ledger`]), so that one peer's answer can be confirmed by an earlier
@@ -39,6 +45,7 @@ use warren_p2p::{BodySink, CommitError, PeerId, Served, SummaryChunk};
 
 use crate::ids::{ActionId, OutputId};
 use crate::share::consistency;
+use crate::share::disk_floor::{BelowFloor, DiskFloor};
 use crate::share::ledger::Ledger;
 use crate::share::quiet::Quiet;
 use crate::store::index::PutOrder;
@@ -66,6 +73,7 @@ impl Sharing {
         })
     }
 
+    /// Replaces the state once no commit holds it ([`Sharing::while_pulled_from`]).
     pub(crate) fn set(&self, state: SharingState) {
         *self.state.write().expect("lock not poisoned") = state;
     }
@@ -84,12 +92,13 @@ impl Sharing {
         }
     }
 
-    fn takes_from(&self, peer: &PeerId) -> bool {
-        self.state
-            .read()
-            .expect("lock not poisoned")
-            .pull
-            .contains(peer)
+    /// Runs `commit` if `peer` is pulled from, holding the state while it
+    /// runs: [`Sharing::set`] waits for a commit that passed this check,
+    /// so a purge after `set` sees what it stored. `None` if not pulled
+    /// from.
+    fn while_pulled_from<T>(&self, peer: &PeerId, commit: impl FnOnce() -> T) -> Option<T> {
+        let state = self.state.read().expect("lock not poisoned");
+        state.pull.contains(peer).then(commit)
     }
 }
 
@@ -99,10 +108,19 @@ pub(crate) struct StoreAdapter {
     order: Arc<PutOrder>,
     sharing: Arc<Sharing>,
     quota: Arc<Quota>,
+    /// The sizes announced for the sinks open now: the disk floor counts
+    /// them as already written (the node caps what actually arrives).
+    claimed: Arc<AtomicU64>,
+    /// Free space fetched bodies leave on the store's disk.
+    floor: Arc<DiskFloor>,
     /// With agreement on: what was built here.
     ledger: Option<Arc<Ledger>>,
     /// A store that cannot take fetched bodies is told once in a while.
     quiet: Arc<Quiet>,
+    /// Run by each sink between its checks and its commit, so tests can
+    /// hold a commit there.
+    #[cfg(test)]
+    before_commit: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// How often the store's size is walked again while bodies arrive.
@@ -183,6 +201,13 @@ impl Quota {
 }
 
 impl StoreAdapter {
+    /// With `floor` for the disk (tests fake one).
+    #[cfg(test)]
+    fn with_floor(mut self, floor: DiskFloor) -> Self {
+        self.floor = Arc::new(floor);
+        self
+    }
+
     /// The put-order index behind hints, summaries and catalogs.
     pub(crate) fn put_order(&self) -> Arc<PutOrder> {
         self.order.clone()
@@ -217,13 +242,18 @@ impl StoreAdapter {
             })
         };
         let order = PutOrder::start(store.actions_dir().to_path_buf(), servable)?;
+        let floor = Arc::new(DiskFloor::of(store.root().to_path_buf()));
         Ok(Self {
             store,
             order,
             sharing,
             quota,
+            claimed: Arc::default(),
+            floor,
             ledger,
             quiet: Arc::default(),
+            #[cfg(test)]
+            before_commit: None,
         })
     }
 }
@@ -239,6 +269,20 @@ fn warn_not_stored(quiet: &Quiet, error: &store::Error) {
         ),
         None => tracing::debug!("cannot store a fetched body: {message}"),
     }
+}
+
+/// Says, at most once per [`crate::share::quiet::WINDOW`], that fetched
+/// bodies were refused for the disk floor, and how many.
+fn warn_below_floor(quiet: &Quiet, below: BelowFloor) -> io::Error {
+    match quiet.occurred("disk floor", tokio::time::Instant::now()) {
+        Some(n) => tracing::warn!(
+            "refused {n} bod{} fetched from peers since the last warning: {below}; \
+             free space on that disk to take them again",
+            if n == 1 { "y" } else { "ies" }
+        ),
+        None => tracing::debug!("refused a fetched body: {below}"),
+    }
+    io::Error::new(io::ErrorKind::StorageFull, below)
 }
 
 impl warren_p2p::Bodies for StoreAdapter {
@@ -286,6 +330,14 @@ impl warren_p2p::Bodies for StoreAdapter {
         size: u64,
         from: &PeerId,
     ) -> io::Result<Box<dyn BodySink>> {
+        let reserved = self.claimed.fetch_add(size, Ordering::Relaxed);
+        let claim = Claim {
+            bytes: self.claimed.clone(),
+            size,
+        };
+        self.floor
+            .check_reservation(reserved.saturating_add(size), Instant::now())
+            .map_err(|below| warn_below_floor(&self.quiet, below))?;
         if !self.quota.admit(&self.store, size) {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
@@ -305,10 +357,14 @@ impl warren_p2p::Bodies for StoreAdapter {
             quiet: self.quiet.clone(),
             sharing: self.sharing.clone(),
             quota: self.quota.clone(),
+            floor: self.floor.clone(),
             size,
+            _claim: claim,
             action: *action,
             from: *from,
             writer,
+            #[cfg(test)]
+            before_commit: self.before_commit.clone(),
         }))
     }
 }
@@ -352,17 +408,34 @@ fn starts_module_index(body: &File) -> bool {
 }
 
 /// A body on its way from a peer into the store.
+/// A sink's announced size, counted in [`StoreAdapter::claimed`] while
+/// the sink is open.
+struct Claim {
+    bytes: Arc<AtomicU64>,
+    size: u64,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.bytes.fetch_sub(self.size, Ordering::Relaxed);
+    }
+}
+
 struct Sink {
+    _claim: Claim,
     /// The body's first bytes, for [`consistency`].
     head: Vec<u8>,
     store: Arc<DiskStore>,
     quiet: Arc<Quiet>,
     sharing: Arc<Sharing>,
     quota: Arc<Quota>,
+    floor: Arc<DiskFloor>,
     size: u64,
     action: ActionId,
     from: PeerId,
     writer: ObjectWriter,
+    #[cfg(test)]
+    before_commit: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Write for Sink {
@@ -400,20 +473,30 @@ impl BodySink for Sink {
                 _ => CommitError::Refused(why),
             });
         }
+        // The disk may have filled while it was on its way.
+        self.floor
+            .check_commit(Instant::now())
+            .map_err(|below| CommitError::Io(warn_below_floor(&self.quiet, below)))?;
         // Removed while its body was on its way (a `warren peers remove`
-        // purges what it sent; this must not land after the purge).
-        if !self.sharing.takes_from(&self.from) {
+        // purges what it sent; this must not land after the purge): the
+        // check and the commit are one step for a reload.
+        let committed = self.sharing.while_pulled_from(&self.from, || {
+            #[cfg(test)]
+            if let Some(pause) = &self.before_commit {
+                pause();
+            }
+            self.store.commit_fetched(&self.action, verified, self.from)
+        });
+        let Some(committed) = committed else {
             return Err(CommitError::Io(io::Error::other(format!(
                 "peer {} is no longer pulled from",
                 self.from
             ))));
-        }
-        self.store
-            .commit_fetched(&self.action, verified, self.from)
-            .map_err(|error| {
-                warn_not_stored(&self.quiet, &error);
-                CommitError::Io(io::Error::other(error))
-            })?;
+        };
+        committed.map_err(|error| {
+            warn_not_stored(&self.quiet, &error);
+            CommitError::Io(io::Error::other(error))
+        })?;
         self.quota.used.fetch_add(self.size, Ordering::Relaxed);
         Ok(())
     }
@@ -614,6 +697,121 @@ mod tests {
             store.get(&ActionId::from_bytes([1; 32])).unwrap(),
             Lookup::Miss
         );
+    }
+
+    /// A peer removed while its body is between the "still pulled from"
+    /// check and the commit: the reload that removed it must not finish
+    /// (and purge) before that commit lands, or the entry stays after the
+    /// purge and reaches `go`.
+    #[test]
+    fn a_reload_waits_for_a_commit_past_its_check_then_purges_it() {
+        use std::sync::mpsc::sync_channel;
+
+        let dir = tempfile::tempdir().unwrap();
+        let alice = peer();
+        let (store, mut adapter) = adapter(
+            dir.path(),
+            SharingState {
+                pull: HashSet::from([alice]),
+                ..SharingState::default()
+            },
+        );
+        let (entered, in_commit) = sync_channel(1);
+        let (release, released) = sync_channel::<()>(1);
+        let released = Mutex::new(released);
+        adapter.before_commit = Some(Arc::new(move || {
+            entered.send(()).unwrap();
+            let _ = released
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10));
+        }));
+        let adapter = Arc::new(adapter);
+        let committing = {
+            let adapter = adapter.clone();
+            std::thread::spawn(move || fetch(&adapter, 1, b"on its way", &alice))
+        };
+        in_commit.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (purged, purge_done) = sync_channel(1);
+        let reloading = {
+            let (sharing, store) = (adapter.sharing.clone(), store.clone());
+            std::thread::spawn(move || {
+                sharing.set(SharingState::default());
+                store.purge_except(&HashSet::new()).unwrap();
+                purged.send(()).unwrap();
+            })
+        };
+        // Unfixed, the reload purges at once; fixed, it waits for the commit.
+        let _ = purge_done.recv_timeout(Duration::from_millis(500));
+        release.send(()).unwrap();
+        let _ = committing.join().unwrap();
+        reloading.join().unwrap();
+        assert_eq!(
+            store.get(&ActionId::from_bytes([1; 32])).unwrap(),
+            Lookup::Miss,
+            "the removed peer's entry landed after the purge"
+        );
+    }
+
+    /// A disk with less free than `max-size` allows: fetched bodies are
+    /// refused when their reservation would take the disk under its floor
+    /// (bodies on their way counted), and at their commit when the disk
+    /// filled meanwhile; `go`'s own puts are not (SECURITY.md, "Bounds on
+    /// what an allowlisted peer can make your daemon do").
+    #[test]
+    fn fetched_bodies_leave_the_disk_its_floor() {
+        use crate::fsutil::Space;
+        use std::sync::atomic::AtomicU64;
+
+        const GIB: u64 = 1 << 30;
+        let dir = tempfile::tempdir().unwrap();
+        let alice = peer();
+        let free = Arc::new(AtomicU64::new(GIB + 300));
+        let (store, adapter) = adapter(
+            dir.path(),
+            SharingState {
+                pull: HashSet::from([alice]),
+                ..SharingState::default()
+            },
+        );
+        let adapter = adapter.with_floor({
+            let free = free.clone();
+            DiskFloor::with_reader(move || {
+                Some(Space {
+                    free: free.load(Ordering::Relaxed),
+                    total: 10 * GIB,
+                })
+            })
+        });
+        let begin = |n: u8, body: &[u8]| {
+            adapter.begin(
+                &ActionId::from_bytes([n; 32]),
+                &OutputId::of(body),
+                body.len() as u64,
+                &alice,
+            )
+        };
+        let first = begin(1, &[1; 200]).unwrap();
+        let refused = begin(2, &[2; 200]).map(drop).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::StorageFull, "{refused}");
+        assert!(
+            refused.to_string().contains("kept free for builds"),
+            "{refused}"
+        );
+        drop(first);
+        let mut sink = begin(3, &[3; 200]).unwrap();
+        sink.write_all(&[3; 200]).unwrap();
+        free.store(GIB - 1, Ordering::Relaxed);
+        assert!(
+            matches!(sink.commit(), Err(CommitError::Io(e)) if e.kind() == io::ErrorKind::StorageFull)
+        );
+        assert_eq!(
+            store.get(&ActionId::from_bytes([3; 32])).unwrap(),
+            Lookup::Miss
+        );
+        store
+            .put_bytes(&ActionId::from_bytes([4; 32]), &[4; 200])
+            .unwrap();
     }
 
     /// Part 4, budgets: fetched bytes count against `max-size`; past it

@@ -18,7 +18,8 @@ const STATS_FILE: &str = "stats.json";
 const STATS_LOCK: &str = "stats.lock";
 /// Held while trimming or cleaning.
 const TRIM_LOCK: &str = "trim.lock";
-/// Its mtime is when the store was last trimmed.
+/// Its mtime is when the store was last trimmed; its text, where trim's
+/// clock stood then (`trim_clock::Anchor`).
 const LAST_TRIM: &str = "last-trim";
 /// Held by the running daemon (`warren daemon`).
 const DAEMON_LOCK: &str = "daemon.lock";

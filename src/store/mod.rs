@@ -8,7 +8,8 @@
 //! ├── stats.json               lifetime counters (see `stats`)
 //! ├── stats.lock
 //! ├── trim.lock                held while trimming or cleaning
-//! ├── last-trim                its mtime is when the store was last trimmed
+//! ├── last-trim                its mtime is when the store was last trimmed; its
+//! │                            text, where trim's clock stood (see `trim_clock`)
 //! ├── daemon.lock              held by the running `warren daemon`
 //! ├── daemon.sock              its socket for helpers (see `share::ipc`)
 //! └── v1/                      layout version; a new layout gets a new directory
@@ -25,9 +26,11 @@
 //! the object first and the entry second, so an entry never points at a body
 //! that is not there yet. Identical outputs are stored once: a put renames
 //! its verified bytes over the object of the same OutputID (so a damaged one
-//! of the right size is repaired, not kept). Several warren processes may
-//! write one store at once without locks: they only ever rename complete,
-//! verified files over identical ones.
+//! of the right size is repaired, not kept). A body fetched from a peer
+//! never replaces a whole object (one of the right size): it is not synced
+//! (below), and the object there may be what `go` put and synced. Several
+//! warren processes may write one store at once without locks: they only
+//! ever rename complete, verified files over identical ones.
 //!
 //! What `go` puts is synced (`fdatasync`) before its rename, the object
 //! before the entry is written: a killed process loses nothing that was
@@ -56,7 +59,8 @@
 //!
 //! [`layout`] names every path above; `entry` reads and writes the entry
 //! line with its provenance ([`Source`]); `writer` verifies bodies on their
-//! way in; `trim` walks the store (trim, clean, verify, usage);
+//! way in; `trim` walks the store (trim, clean, verify, usage), by the
+//! clock of `trim_clock` (the wall clock, held back after a forward jump);
 //! `provenance` counts and purges entries by source. The daemon's [`index`] of put order (and
 //! its inotify `watch`) reads entries too, for peers' hints and summaries.
 //!
@@ -65,8 +69,12 @@
 //! A file's mtime records its last use, refreshed at most once per
 //! [`TOUCH_INTERVAL`] as Go does. Trimming removes files unused for longer than
 //! the policy's `max_unused`, then the least recently used files until the
-//! store fits `max_size`, but never a file used within [`TRIM_GRACE`](trim::TRIM_GRACE): a
-//! running `go` command may still hold its DiskPath. It runs under
+//! store fits `max_size`, but never a file used within
+//! [`USE_GRACE`](trim::USE_GRACE) (an mtime within
+//! [`TRIM_GRACE`](trim::TRIM_GRACE), which allows for the touch interval): a
+//! running `go` command may still hold its DiskPath; a file whose mtime
+//! lies in the future counts as just used, and a forward jump of the wall
+//! clock is held back by the boot clock (`trim_clock`). It runs under
 //! `trim.lock`, at most once per [`TRIM_INTERVAL`](trim::TRIM_INTERVAL) when automatic.
 
 pub(crate) mod index;
@@ -77,6 +85,7 @@ mod entry;
 pub(crate) mod layout;
 mod provenance;
 pub(crate) mod trim;
+mod trim_clock;
 mod writer;
 
 use std::fs::{self, File};
@@ -92,6 +101,7 @@ pub(crate) use self::entry::{Line, Source, entry_line, parse_entry, read_entry};
 use self::layout::{CACHEDIR_TAG, CACHEDIR_TAG_CONTENTS, shard_path};
 pub(crate) use self::provenance::SourceUsage;
 pub(crate) use self::trim::{TrimPolicy, TrimReport};
+use self::trim_clock::BootClock;
 pub(crate) use self::writer::{ObjectWriter, VerifiedObject};
 use crate::fsutil::TEMP_PREFIX;
 use crate::fsutil::lock::LockError;
@@ -133,6 +143,11 @@ pub(crate) enum Error {
     Lock(#[from] LockError),
     #[error(transparent)]
     NotPrivate(#[from] NotPrivate),
+    #[error(
+        "the store {} is no longer the directory warren opened: it was moved or replaced",
+        .0.display()
+    )]
+    Replaced(PathBuf),
 }
 
 /// [`fsutil::io_error`], as a store error.
@@ -170,8 +185,14 @@ pub(crate) struct DiskStore {
     actions: PathBuf,
     objects: PathBuf,
     clock: Clock,
+    /// Holds trim's clock back after the wall clock jumps ahead
+    /// ([`trim_clock`]).
+    boot_clock: BootClock,
     /// Corrupt or dangling files removed by reads since open.
     repaired: AtomicU64,
+    /// The root directory as opened (device, inode): warren works by path,
+    /// so [`DiskStore::check_unchanged`] tells if another took its place.
+    identity: (u64, u64),
 }
 
 impl std::fmt::Debug for DiskStore {
@@ -185,10 +206,25 @@ impl std::fmt::Debug for DiskStore {
 impl DiskStore {
     /// Opens (creating if needed) the store at `root`, with the system clock.
     pub(crate) fn open(root: &Path) -> Result<Self, Error> {
-        Self::open_with_clock(root, Arc::new(SystemTime::now))
+        Self::open_with_clocks(
+            root,
+            Arc::new(SystemTime::now),
+            Arc::new(trim_clock::system_boot_clock),
+        )
     }
 
+    /// With an injected wall clock, and no boot clock (tests move the wall
+    /// clock by hand).
+    #[cfg(test)]
     pub(crate) fn open_with_clock(root: &Path, clock: Clock) -> Result<Self, Error> {
+        Self::open_with_clocks(root, clock, Arc::new(|| None))
+    }
+
+    pub(crate) fn open_with_clocks(
+        root: &Path,
+        clock: Clock,
+        boot_clock: BootClock,
+    ) -> Result<Self, Error> {
         private::create_dir_all(root).map_err(io_error("creating store directory", root))?;
         // DiskPath must be absolute; resolve once here.
         let root = fs::canonicalize(root).map_err(io_error("resolving store directory", root))?;
@@ -197,21 +233,18 @@ impl DiskStore {
         }
         let (actions, objects) = layout::data_dirs(&root);
         // Ours alone, or not used at all: whoever can write here can plant
-        // entries in our builds (see `fsutil::private`). The shards below
-        // are made owner-only inside these.
-        private::check_dir(&root)?;
-        for dir in [layout::version_dir(&root), actions.clone(), objects.clone()] {
-            match private::check_dir(&dir) {
-                Err(NotPrivate::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-                checked => checked?,
-            }
-        }
+        // entries in our builds, and whoever can write above can swap it
+        // (see `fsutil::private`). The shards below are made owner-only
+        // inside these.
+        let identity = check_private(&root, &actions, &objects)?;
         let store = Self {
             actions,
             objects,
             root,
             clock,
+            boot_clock,
             repaired: AtomicU64::new(0),
+            identity,
         };
         let tag = store.root.join(CACHEDIR_TAG);
         if !tag.exists() {
@@ -221,9 +254,20 @@ impl DiskStore {
             // automatic trim waits a full interval.
             store.make_shards()?;
             write_atomic(&tag, CACHEDIR_TAG_CONTENTS.as_bytes())?;
-            store.mark_trimmed()?;
+            store.mark_trimmed(store.trim_now().1)?;
         }
         Ok(store)
+    }
+
+    /// Whether the store is still the directory this one opened, and still
+    /// ours alone (it and every directory above it): the daemon runs for
+    /// days, and the store is used by path. A few `lstat`s.
+    pub(crate) fn check_unchanged(&self) -> Result<(), Error> {
+        let identity = check_private(&self.root, &self.actions, &self.objects)?;
+        if identity != self.identity {
+            return Err(Error::Replaced(self.root.clone()));
+        }
+        Ok(())
     }
 
     fn make_shards(&self) -> Result<(), Error> {
@@ -379,11 +423,13 @@ impl DiskStore {
         } = object;
         // On disk before any entry can name it; see the module docs for
         // why fetched bodies are not synced.
-        if matches!(source, Source::Local | Source::Unknown) {
+        if source.peer().is_none() {
             fsutil::sync_data(&temp)?;
+            temp.persist(&final_path)
+                .map_err(|e| io_error("storing object", &final_path)(e.error))?;
+        } else {
+            persist_fetched(temp, &final_path, size)?;
         }
-        temp.persist(&final_path)
-            .map_err(|e| io_error("storing object", &final_path)(e.error))?;
         let time = self.now();
         let line = entry_line(&output, size, time, &source);
         let entry_path = self.entry_path(action);
@@ -421,6 +467,44 @@ impl DiskStore {
         let verified = writer.finish()?;
         self.commit(action, verified)
     }
+}
+
+/// Puts a fetched (unsynced) body at `path`, unless a whole object is
+/// there already (a regular file of the right size: its name is its
+/// OutputID): that one may be what `go` put and synced, and a copy that a
+/// power loss can take away must not replace it. A damaged one (the wrong
+/// size, or not a file) is replaced.
+fn persist_fetched(temp: tempfile::NamedTempFile, path: &Path, size: u64) -> Result<(), Error> {
+    let temp = match temp.persist_noclobber(path) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => e.file,
+        Err(e) => return Err(io_error("storing object", path)(e.error)),
+    };
+    let whole =
+        fs::symlink_metadata(path).is_ok_and(|there| there.is_file() && there.len() == size);
+    if whole {
+        // Dropping the temp file removes it.
+        return Ok(());
+    }
+    temp.persist(path)
+        .map_err(|e| io_error("storing object", path)(e.error))?;
+    Ok(())
+}
+
+/// Checks that the store at `root` (canonical) is its user's alone, and
+/// everything above it safe from others ([`private`]); the root's
+/// (device, inode).
+fn check_private(root: &Path, actions: &Path, objects: &Path) -> Result<(u64, u64), Error> {
+    private::check_dir(root)?;
+    private::check_above(root)?;
+    for dir in [&layout::version_dir(root), actions, objects] {
+        match private::check_dir(dir) {
+            Err(NotPrivate::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            checked => checked?,
+        }
+    }
+    let meta = fs::symlink_metadata(root).map_err(io_error("checking", root))?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 /// Removes the file at `path`, which was `seen` so: moved aside first
@@ -709,6 +793,113 @@ mod tests {
         f.hit(&action(2)); // just touched by the hit above
     }
 
+    /// Use is recorded at most hourly, so an entry in use may carry an
+    /// mtime up to an hour older than its last use. Used 90 minutes ago
+    /// when its mtime was 59 minutes old (so not touched), it must still
+    /// survive a trim down to nothing: a `go` command may hold its DiskPath.
+    #[test]
+    fn an_entry_used_90_minutes_ago_survives_a_trim() {
+        let f = Fixture::new();
+        let entry = f.store.put_bytes(&action(1), b"in use").unwrap();
+        let then = *f.now.lock().unwrap() - Duration::from_secs(59 * 60);
+        set_mtime(&entry.path, then);
+        set_mtime(&f.store.entry_path(&action(1)), then);
+        f.hit(&action(1));
+        assert_eq!(fs::metadata(&entry.path).unwrap().modified().unwrap(), then);
+        f.advance(Duration::from_secs(90 * 60));
+        let nothing = TrimPolicy {
+            max_size: 0,
+            max_unused: Duration::ZERO,
+        };
+        f.store.trim(nothing, true).unwrap();
+        assert!(
+            entry.path.exists(),
+            "the object used 90 minutes ago was trimmed"
+        );
+        f.hit(&action(1));
+    }
+
+    /// The wall clock jumps a day ahead a minute after `go` got an entry:
+    /// by the wall clock the entry is a day old, but trim keeps it, by the
+    /// boot clock, for the grace. A file whose mtime lies in the future
+    /// (the clock was set back) counts as just used.
+    #[test]
+    fn a_forward_clock_jump_does_not_trim_files_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let wall = Arc::new(Mutex::new(SystemTime::now()));
+        let boot = Arc::new(Mutex::new(Duration::from_secs(3600)));
+        let store = {
+            let (wall, boot) = (wall.clone(), boot.clone());
+            DiskStore::open_with_clocks(
+                dir.path(),
+                Arc::new(move || *wall.lock().unwrap()),
+                Arc::new(move || {
+                    Some(trim_clock::Boot {
+                        id: "boot".into(),
+                        elapsed: *boot.lock().unwrap(),
+                    })
+                }),
+            )
+            .unwrap()
+        };
+        let pass = |by: Duration, jump: Duration| {
+            *wall.lock().unwrap() += by + jump;
+            *boot.lock().unwrap() += by;
+        };
+        let nothing = TrimPolicy {
+            max_size: 0,
+            max_unused: Duration::ZERO,
+        };
+        let entry = store.put_bytes(&action(1), b"in use").unwrap();
+        let ahead = store.put_bytes(&action(2), b"from the future").unwrap();
+        let future = *wall.lock().unwrap() + Duration::from_secs(30 * 86400);
+        set_mtime(&ahead.path, future);
+        set_mtime(&store.entry_path(&action(2)), future);
+        pass(Duration::from_secs(60), Duration::from_secs(86400));
+        store.trim(nothing, true).unwrap();
+        assert!(entry.path.exists(), "trimmed after a forward clock jump");
+        assert!(ahead.path.exists(), "a future mtime was trimmed");
+        // Another trim soon after still knows of the jump.
+        pass(Duration::from_secs(60), Duration::ZERO);
+        store.trim(nothing, true).unwrap();
+        assert!(entry.path.exists(), "the second trim forgot the jump");
+        // Once the grace has passed on the boot clock, it goes.
+        pass(trim::USE_GRACE, Duration::ZERO);
+        store.trim(nothing, true).unwrap();
+        assert!(!entry.path.exists(), "never trimmed");
+    }
+
+    /// For a full disk: half the store goes, least recently used first,
+    /// never what was used within the grace.
+    #[test]
+    fn making_room_halves_the_store_but_keeps_recent_use() {
+        let f = Fixture::new();
+        let now = *f.now.lock().unwrap();
+        for n in 1..=4_u8 {
+            let entry = f.store.put_bytes(&action(n), &[n; 1000]).unwrap();
+            let used = now - Duration::from_secs(u64::from(5 - n) * 4 * 3600);
+            set_mtime(&entry.path, used);
+            set_mtime(&f.store.entry_path(&action(n)), used);
+        }
+        let before = f.store.usage().unwrap().bytes;
+        let policy = TrimPolicy {
+            max_size: u64::MAX,
+            max_unused: Duration::MAX,
+        };
+        let report = f.store.make_room(policy).unwrap().unwrap();
+        assert!(report.kept_bytes <= before / 2, "{report:?} of {before}");
+        assert_eq!(
+            f.store.get(&action(1)).unwrap(),
+            Lookup::Miss,
+            "the oldest goes"
+        );
+        f.hit(&action(4));
+        // With everything in use, nothing goes.
+        f.store.put_bytes(&action(5), &[5; 1000]).unwrap();
+        f.store.make_room(policy).unwrap().unwrap();
+        f.hit(&action(5));
+    }
+
     #[test]
     fn trim_removes_stale_temp_files_only() {
         let f = Fixture::new();
@@ -803,6 +994,46 @@ mod tests {
         assert!(error.contains("symbolic link"), "{error}");
     }
 
+    /// Whoever can write the directory above the store can swap the store
+    /// for their own: refused, saying what to fix, unless it is sticky.
+    #[test]
+    fn a_store_under_a_directory_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().canonicalize().unwrap().join("shared");
+        let root = parent.join("store");
+        DiskStore::open(&root).unwrap();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o777)).unwrap();
+        let error = DiskStore::open(&root).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("`chmod go-w {}`", parent.display())),
+            "{error}"
+        );
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o1777)).unwrap();
+        DiskStore::open(&root).unwrap();
+    }
+
+    /// The daemon holds its store for days, by path: a store moved away
+    /// and another put in its place, or one made writable by others
+    /// meanwhile, is told by `check_unchanged`.
+    #[test]
+    fn a_store_swapped_or_opened_up_after_open_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = DiskStore::open(&root).unwrap();
+        store.check_unchanged().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let error = store.check_unchanged().unwrap_err();
+        assert!(
+            matches!(error, Error::NotPrivate(NotPrivate::AboveWritable { .. })),
+            "{error}"
+        );
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::rename(&root, dir.path().join("elsewhere")).unwrap();
+        DiskStore::open(&root).unwrap();
+        let error = store.check_unchanged().unwrap_err();
+        assert!(matches!(error, Error::Replaced(_)), "{error}");
+    }
+
     /// Part 4, finding 1: trim and clean followed a symlinked shard and
     /// deleted the files of whatever directory it pointed at.
     #[test]
@@ -882,6 +1113,47 @@ mod tests {
             .commit_fetched(&action(2), writer.finish().unwrap(), PeerId::random())
             .unwrap();
         assert_eq!(f.hit(&action(2)).output, OutputId::of(b"the peer's"));
+    }
+
+    /// A fetched body is not synced (see the module docs); renamed over
+    /// the object `go` put and synced, it would make that object one a
+    /// power loss can take away. A whole object (its name is the OutputID,
+    /// and it has the right size) stays; a damaged one is replaced.
+    #[test]
+    fn a_fetched_body_never_replaces_a_whole_object() {
+        use std::os::unix::fs::MetadataExt as _;
+
+        let f = Fixture::new();
+        let fetched = |n: u8, body: &[u8]| {
+            let mut writer = f
+                .store
+                .begin_object(OutputId::of(body), body.len() as u64)
+                .unwrap();
+            writer.write_all(body).unwrap();
+            f.store
+                .commit_fetched(&action(n), writer.finish().unwrap(), PeerId::random())
+                .unwrap()
+        };
+        let put = f.store.put_bytes(&action(1), b"shared output").unwrap();
+        let inode = fs::metadata(&put.path).unwrap().ino();
+        let entry = fetched(2, b"shared output");
+        assert_eq!(entry.path, put.path);
+        assert_eq!(
+            fs::metadata(&put.path).unwrap().ino(),
+            inode,
+            "the fetched copy replaced the object go put"
+        );
+        assert_eq!(f.hit(&action(2)).output, OutputId::of(b"shared output"));
+        let mut leftovers = 0;
+        walk_files(&f.store.objects, &mut |file| {
+            leftovers += u32::from(file.temp)
+        })
+        .unwrap();
+        assert_eq!(leftovers, 0, "the fetched copy is not left behind");
+        // An object of the wrong size is damaged: the fetched body repairs it.
+        fs::write(&put.path, b"short").unwrap();
+        fetched(3, b"shared output");
+        assert_eq!(fs::read(&put.path).unwrap(), b"shared output");
     }
 
     /// Part 4, finding 12: a reader that found a damaged file removed it by

@@ -1,11 +1,15 @@
 //! Entries by where they came from: counted for `warren stats` and
-//! `warren peers`, purged when a peer is removed.
+//! `warren peers`, purged when their peer is no longer pulled from.
 //!
 //! Removing a peer from the allowlist must stop its entries from reaching
 //! `go` at once, including those its read-ahead placed before any build
 //! asked for them. Purging (rather than quarantining) keeps every read
 //! path as it is: a purged entry is a miss like any other, and its object,
 //! unreferenced unless another entry shares it, goes with the next trim.
+//! A purge removes the entries of every peer not pulled from, whoever
+//! removed it and when: the daemon purges at start and on each change of
+//! the allowlist, `warren peers` when it changes it. (Helpers also check
+//! an entry's source on each hit: see `share::trust::TrustedSources`.)
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -41,22 +45,22 @@ impl DiskStore {
         Ok(sources)
     }
 
-    /// Removes every entry fetched from one of `peers`. An entry that `go`
-    /// put in its place meanwhile stays.
-    pub(crate) fn purge(&self, peers: &HashSet<PeerId>) -> Result<Purged, Error> {
+    /// Removes every entry fetched from a peer that is not in `pulled`
+    /// (the peers still pulled from): removed from the allowlist, made
+    /// serve-only, or never there. Entries built here, or of unknown
+    /// source, stay; so does an entry that `go` put in a purged one's
+    /// place meanwhile.
+    pub(crate) fn purge_except(&self, pulled: &HashSet<PeerId>) -> Result<Purged, Error> {
         let mut purged = Purged::default();
-        if peers.is_empty() {
-            return Ok(purged);
-        }
         self.each_entry(&mut |path, seen, source, size| {
-            if source.peer().is_some_and(|peer| peers.contains(peer)) && remove_seen(path, seen) {
+            if source.peer().is_some_and(|peer| !pulled.contains(peer)) && remove_seen(path, seen) {
                 purged.entries += 1;
                 purged.bytes += size;
             }
         })?;
         if purged.entries > 0 {
             tracing::info!(
-                "purged {} entries ({} bytes) from removed peers",
+                "purged {} entries ({} bytes) from peers no longer pulled from",
                 purged.entries,
                 purged.bytes
             );
@@ -197,7 +201,7 @@ mod tests {
         );
         assert_eq!(sources[&Source::Peer(bob)].entries, 1);
 
-        let purged = store.purge(&HashSet::from([alice])).unwrap();
+        let purged = store.purge_except(&HashSet::from([bob])).unwrap();
         assert_eq!(
             purged,
             Purged {
@@ -210,7 +214,10 @@ mod tests {
             assert_eq!(matches!(lookup, Lookup::Hit(_)), hit, "entry {n}");
         }
         assert!(!store.sources().unwrap().contains_key(&Source::Peer(alice)));
-        assert_eq!(store.purge(&HashSet::from([alice])).unwrap().entries, 0);
+        assert_eq!(
+            store.purge_except(&HashSet::from([bob])).unwrap().entries,
+            0
+        );
     }
 
     /// `go` built and put the entry itself after it was fetched: it is
@@ -224,7 +231,7 @@ mod tests {
         store
             .put_bytes(&ActionId::from_bytes([1; 32]), b"same body")
             .unwrap();
-        assert_eq!(store.purge(&HashSet::from([alice])).unwrap().entries, 0);
+        assert_eq!(store.purge_except(&HashSet::new()).unwrap().entries, 0);
         let Lookup::Hit(entry) = store.get(&ActionId::from_bytes([1; 32])).unwrap() else {
             panic!("what go put stays");
         };

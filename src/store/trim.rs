@@ -3,8 +3,9 @@
 //!
 //! Trimming removes files unused for longer than the policy's
 //! `max_unused`, then the least recently used files until the store fits
-//! `max_size`, but never a file used within [`TRIM_GRACE`]: a running `go`
-//! command may still hold its DiskPath. It runs under the trim lock, at
+//! `max_size`, but never a file used within [`USE_GRACE`]: a running `go`
+//! command may still hold its DiskPath. Since use is recorded at most
+//! hourly, that means an mtime within [`TRIM_GRACE`] (3 hours). It runs under the trim lock, at
 //! most once per [`TRIM_INTERVAL`] when automatic.
 
 use std::fs::{self, File};
@@ -16,15 +17,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use super::layout;
+use super::trim_clock::{self, Anchor};
 use super::{DiskStore, Error, io_error};
 use crate::fsutil::lock::FileLock;
 use crate::fsutil::{TEMP_PREFIX, write_atomic};
 use crate::ids::OutputId;
 
-/// Files used more recently than this are never trimmed. It must exceed
-/// [`TOUCH_INTERVAL`](super::TOUCH_INTERVAL), since a file in use may look
-/// that much older.
-pub(crate) const TRIM_GRACE: Duration = Duration::from_secs(2 * 60 * 60);
+/// Files used within this long are never trimmed: a running `go` command
+/// may still hold their DiskPath.
+pub(crate) const USE_GRACE: Duration = Duration::from_secs(2 * 60 * 60);
+/// What trim compares a file's mtime with: [`USE_GRACE`] plus
+/// [`TOUCH_INTERVAL`](super::TOUCH_INTERVAL). Use is recorded at most once
+/// per touch interval, so a file in use may carry an mtime up to that much
+/// older than its last use; a grace of 2 hours on the mtime alone was 1
+/// hour of real use.
+pub(crate) const TRIM_GRACE: Duration =
+    Duration::from_secs(USE_GRACE.as_secs() + super::TOUCH_INTERVAL.as_secs());
 /// Automatic trims run at most this often.
 pub(crate) const TRIM_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// How long `trim`/`clean` wait for another process's trim to finish.
@@ -70,10 +78,27 @@ impl DiskStore {
     /// Trims the store by `policy`. With `wait` false, returns `Ok(None)` if
     /// another process is already trimming.
     pub(crate) fn trim(&self, policy: TrimPolicy, wait: bool) -> Result<Option<TrimReport>, Error> {
+        self.trim_to(policy, wait, false)
+    }
+
+    /// For a disk that is full: trims the store to at most half its size
+    /// (and `policy`), least recently used first, never a file used within
+    /// the grace; `Ok(None)` if another process is trimming. One walk of
+    /// the store.
+    pub(crate) fn make_room(&self, policy: TrimPolicy) -> Result<Option<TrimReport>, Error> {
+        self.trim_to(policy, false, true)
+    }
+
+    fn trim_to(
+        &self,
+        policy: TrimPolicy,
+        wait: bool,
+        halve: bool,
+    ) -> Result<Option<TrimReport>, Error> {
         let Some(_lock) = self.trim_lock(wait)? else {
             return Ok(None);
         };
-        let now = self.now();
+        let (now, anchor) = self.trim_now();
         let recent = |used: SystemTime| now.duration_since(used).unwrap_or_default() < TRIM_GRACE;
         let mut files = Vec::new();
         let mut report = TrimReport::default();
@@ -89,6 +114,12 @@ impl DiskStore {
                 }
             })?;
         }
+        let max_size = if halve {
+            let walked: u64 = files.iter().map(|f| f.size).sum();
+            policy.max_size.min(walked / 2)
+        } else {
+            policy.max_size
+        };
         let max_unused = policy.max_unused.max(TRIM_GRACE);
         files.retain(|file| {
             let unused = now.duration_since(file.modified).unwrap_or_default();
@@ -100,10 +131,10 @@ impl DiskStore {
         });
         let mut total: u64 = files.iter().map(|f| f.size).sum();
         let mut kept_files = files.len() as u64;
-        if total > policy.max_size {
+        if total > max_size {
             files.sort_by_key(|f| f.modified);
             for file in &files {
-                if total <= policy.max_size || recent(file.modified) {
+                if total <= max_size || recent(file.modified) {
                     break;
                 }
                 if remove_if_unchanged(file, &mut report) {
@@ -111,24 +142,33 @@ impl DiskStore {
                     kept_files -= 1;
                 }
             }
-            if total > policy.max_size {
+            if total > max_size {
                 tracing::debug!(
-                    "store is {total} bytes, over its {} byte limit, but the rest was used in the last {}",
-                    policy.max_size,
-                    humantime::format_duration(TRIM_GRACE)
+                    "store is {total} bytes, over its {max_size} byte limit, but the rest may have been used in the last {}",
+                    humantime::format_duration(USE_GRACE)
                 );
             }
         }
         report.kept_files = kept_files;
         report.kept_bytes = total;
-        self.mark_trimmed()?;
+        self.mark_trimmed(anchor)?;
         Ok(Some(report))
     }
 
-    /// Records "trimmed now" (by this store's clock) in the marker's mtime.
-    pub(super) fn mark_trimmed(&self) -> Result<(), Error> {
+    /// "Now" for a trim, and the anchor it leaves ([`trim_clock`]); reads
+    /// the last one from the marker.
+    pub(super) fn trim_now(&self) -> (SystemTime, Option<Anchor>) {
         let marker = layout::last_trim(&self.root);
-        write_atomic(&marker, b"")?;
+        let last = read_small(&marker).and_then(|text| Anchor::parse(&text));
+        trim_clock::trim_now(last.as_ref(), self.now(), (self.boot_clock)().as_ref())
+    }
+
+    /// Records "trimmed now" (by this store's wall clock) in the marker's
+    /// mtime, and the trim clock's anchor in its text.
+    pub(super) fn mark_trimmed(&self, anchor: Option<Anchor>) -> Result<(), Error> {
+        let marker = layout::last_trim(&self.root);
+        let text = anchor.map(|anchor| anchor.line()).unwrap_or_default();
+        write_atomic(&marker, text.as_bytes())?;
         File::open(&marker)
             .and_then(|file| file.set_modified(self.now()))
             .map_err(io_error("updating", &marker))
@@ -203,6 +243,23 @@ impl DiskStore {
         }
         Ok(usage)
     }
+}
+
+/// The text of a small file of ours (never through a link); `None` if it
+/// is gone, too long or not text.
+fn read_small(path: &Path) -> Option<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut text = String::new();
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .ok()?
+        .take(256)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
 }
 
 fn hash_file(path: &Path) -> io::Result<OutputId> {

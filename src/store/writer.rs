@@ -2,7 +2,8 @@
 //! shard, and only a body whose size and SHA-256 match its OutputID can be
 //! committed ([`ObjectWriter::finish`] gives the [`VerifiedObject`] that
 //! [`DiskStore::commit`] takes). Identical outputs are stored once: each put
-//! of one renames its (verified) bytes over the object.
+//! of one renames its (verified) bytes over the object (a fetched body
+//! only over a damaged one: see the store's module docs).
 //!
 //! A big write (a piece of a fetched body, [`PARALLEL_HASH`] bytes or more)
 //! is hashed on a second thread while this one writes it. On this project's

@@ -10,6 +10,8 @@
 //!   time budget is spent, so a stuck helper fails the test instead of
 //!   hanging it.
 //! - [`Response`] and the `expect_*` checks: the typed view of one answer.
+//! - [`Daemon`]: a running `warren daemon` of a sandbox (mDNS off, loopback
+//!   only, as [`DAEMON_CONFIG`] says), killed by PID when dropped.
 
 #![allow(dead_code, unreachable_pub)] // not every test uses every helper
 
@@ -753,4 +755,158 @@ pub fn sha256_file(path: &Path) -> [u8; 32] {
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher).unwrap_or_else(|e| panic!("reading {path:?}: {e}"));
     hasher.finalize().into()
+}
+
+/// A config for daemons in tests: sharing on, nothing started by helpers,
+/// no mDNS, and peers only on loopback (a port of the system's choosing).
+pub const DAEMON_CONFIG: &str = "[share]\nenabled = true\nautostart = false\nmdns = false\n\
+                                 listen = [\"/ip4/127.0.0.1/tcp/0\"]\n";
+
+impl Sandbox {
+    /// `warren init` (an identity key), then `config` as the config file.
+    pub fn init_with_config(&self, config: &str) {
+        let init = self.run(&["init"]);
+        assert!(
+            init.status.success(),
+            "warren init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        self.write_config(config);
+    }
+
+    /// Replaces the config file.
+    pub fn write_config(&self, text: &str) {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a user's config file, not the store's"
+        )]
+        fs::write(self.root().join("home/.config/warren/config.toml"), text).unwrap();
+    }
+
+    /// This sandbox's peer ID (`warren id`).
+    pub fn peer_id(&self) -> String {
+        let output = self.run(&["id"]);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix("peer ID: "))
+            .unwrap_or_else(|| panic!("no peer ID: {}", String::from_utf8_lossy(&output.stderr)))
+            .to_owned()
+    }
+}
+
+/// A running `warren daemon`, killed by PID when dropped; its stderr goes
+/// to `daemon.log` in the sandbox.
+pub struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the sandbox's daemon and waits until its socket accepts.
+    pub fn start(sandbox: &Sandbox) -> Self {
+        Self::start_with(sandbox, &[])
+    }
+
+    /// Like [`Daemon::start`], with `WARREN_LOG` and the like in `env`.
+    pub fn start_with(sandbox: &Sandbox, env: &[(&str, &str)]) -> Self {
+        let log = sandbox.root().join("daemon.log");
+        let child = sandbox
+            .command()
+            .arg("daemon")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut daemon = Self { child, log };
+        let socket = sandbox.store().join("daemon.sock");
+        // Accepting, not just there: an earlier daemon's socket file stays.
+        wait_until(Duration::from_secs(20), "the daemon's socket", || {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("the daemon exited ({status}):\n{}", daemon.log());
+            }
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The TCP ports it listens on.
+    pub fn listening(&self) -> Vec<u16> {
+        listening_ports(self.pid())
+    }
+
+    /// Its exit status, if it exits within `timeout`.
+    pub fn exit_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `done` until it holds, failing the test after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "waited {timeout:?} for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Ports of the TCP sockets that process `pid` has listening, from /proc.
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| fs::read_link(fd.path()).ok())
+                .filter_map(|link| {
+                    let link = link.to_string_lossy().into_owned();
+                    Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is hex ip:port; state 0A is LISTEN; field 9 the inode.
+            if fields.len() > 9 && fields[3] == "0A" && inodes.iter().any(|i| i == fields[9]) {
+                let port = fields[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports
+}
+
+/// Creates `path` as an owner-only directory (as warren makes its own).
+pub fn private_dir(path: &Path) {
+    use std::os::unix::fs::DirBuilderExt as _;
+    fs::DirBuilder::new().mode(0o700).create(path).unwrap();
 }

@@ -8,12 +8,11 @@ use super::{Report, plural};
 use crate::config::Config;
 use crate::fsutil::lock::FileLock;
 use crate::fsutil::private;
+use crate::share::disk_floor::floor;
 use crate::share::identity;
 use crate::share::trust::Allowlist;
 use crate::store::{DiskStore, layout};
 
-/// Free space below this is worth a warning.
-const LOW_DISK: u64 = 1 << 30;
 /// The oldest `go` that speaks GOCACHEPROG without an experiment flag.
 const GO_MIN: (u32, u32) = (1, 24);
 
@@ -149,7 +148,19 @@ pub(super) fn check_store(config: &Config, report: &mut Report) {
             return;
         }
     }
-    let free = crate::fsutil::free_space(dir);
+    let above = dir
+        .canonicalize()
+        .map_err(|e| e.to_string())
+        .and_then(|dir| private::check_above(&dir).map_err(|e| e.to_string()));
+    if let Err(cause) = above {
+        report.problem(
+            format!("others could replace {}", dir.display()),
+            Some(cause),
+            Some("keep the store under directories only you and root can write (--dir or WARREN_DIR)".into()),
+        );
+        return;
+    }
+    let space = crate::fsutil::space(dir);
     let used = DiskStore::open(dir).and_then(|store| store.usage());
     let max = config.trim.max_size;
     let size = |n: u64| ByteSize(n).display().iec().to_string();
@@ -176,13 +187,21 @@ pub(super) fn check_store(config: &Config, report: &mut Report) {
             Some("warren verify".into()),
         ),
     }
-    match free {
-        Some(free) if free < LOW_DISK => report.warning(
-            format!("only {} free on its disk", size(free)),
-            Some("when the disk is full, builds go on but are not cached".into()),
+    match space {
+        Some(space) if space.free < floor(space.total) => report.warning(
+            format!(
+                "only {} free on its disk, under the {} that bodies from peers leave free",
+                size(space.free),
+                size(floor(space.total))
+            ),
+            Some(
+                "bodies from peers are refused until there is room; when the disk is full, \
+                 builds go on but are not cached"
+                    .into(),
+            ),
             Some("free space, or lower max-size and run `warren trim`".into()),
         ),
-        Some(free) => report.ok(format!("{} free on its disk", size(free))),
+        Some(space) => report.ok(format!("{} free on its disk", size(space.free))),
         None => {}
     }
     // An flock dies with its process, so a held lock is a live trim.
