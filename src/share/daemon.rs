@@ -96,11 +96,14 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             ));
         }
         let sharing = Sharing::new(allowlist.sharing());
+        // One table for every fault the daemon tells: see `quiet`.
+        let quiet = Arc::new(Quiet::default());
         let adapter = StoreAdapter::new(
             store.clone(),
             sharing.clone(),
             config.trim,
             config.share.agreement,
+            quiet.clone(),
         )
         .context("indexing the store")?;
         let put_order = adapter.put_order();
@@ -151,7 +154,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         let started = unix_ms(handler.started);
         let replication = handler.replication.clone();
         let helpers = serve_helpers(config.socket_path(), handler, shutdown.clone()).await?;
-        tokio::spawn(log_events(events));
+        tokio::spawn(log_events(events, quiet.clone()));
         if let Some(address) = config.share.metrics_listen {
             let metrics = crate::share::metrics::serve(
                 address,
@@ -371,8 +374,7 @@ impl ipc::Handler for Daemon {
 
 /// Logs the node's events: faults that repeat (a peer's bad bodies, a
 /// peer that keeps dropping) once in a while, with a count ([`quiet`]).
-async fn log_events(mut events: tokio::sync::mpsc::Receiver<Event>) {
-    let quiet = Quiet::default();
+async fn log_events(mut events: tokio::sync::mpsc::Receiver<Event>, quiet: Arc<Quiet>) {
     let mut flaps = Flaps::default();
     while let Some(event) = events.recv().await {
         let now = tokio::time::Instant::now();

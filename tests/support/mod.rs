@@ -754,3 +754,86 @@ pub fn sha256_file(path: &Path) -> [u8; 32] {
     io::copy(&mut file, &mut hasher).unwrap_or_else(|e| panic!("reading {path:?}: {e}"));
     hasher.finalize().into()
 }
+
+/// A running `warren daemon` of a sandbox, its stderr in `daemon.log` at
+/// the sandbox's root; killed by PID when dropped.
+pub struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon and waits until its socket accepts.
+    pub fn start(sandbox: &Sandbox) -> Self {
+        let log = sandbox.root().join("daemon.log");
+        let child = sandbox
+            .command()
+            .arg("daemon")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("a daemon log"))
+            .spawn()
+            .expect("warren daemon to start");
+        let daemon = Self { child, log };
+        let socket = sandbox.store().join("daemon.sock");
+        // Accepting, not just there: an earlier daemon's socket file stays.
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the daemon's socket never accepted:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the daemon wrote on stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its `warren: warning:` lines so far.
+    pub fn warnings(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| line.starts_with("warren: warning:"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request on the daemon's socket of `sandbox` (a JSON line, as
+/// `share::ipc` frames it): the answer line after any `"accepted"`, or
+/// `None` if none came within `timeout`.
+pub fn ask_daemon(sandbox: &Sandbox, request: &str, timeout: Duration) -> Option<String> {
+    use std::io::BufRead as _;
+    let deadline = Instant::now() + timeout;
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(sandbox.store().join("daemon.sock")).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    stream.write_all(b"\n").ok()?;
+    let mut lines = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if lines.read_line(&mut line).ok()? == 0 || Instant::now() > deadline {
+            return None;
+        }
+        if line.trim() != "\"accepted\"" {
+            return Some(line.trim().to_owned());
+        }
+    }
+}
