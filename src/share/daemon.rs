@@ -153,7 +153,13 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         });
         let started = unix_ms(handler.started);
         let replication = handler.replication.clone();
-        let helpers = serve_helpers(config.socket_path(), handler, shutdown.clone()).await?;
+        let helpers = serve_helpers(
+            config.socket_path(),
+            handler,
+            quiet.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         tokio::spawn(log_events(events, quiet.clone()));
         if let Some(address) = config.share.metrics_listen {
             let metrics = crate::share::metrics::serve(
@@ -198,6 +204,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
 async fn serve_helpers(
     socket: PathBuf,
     handler: Arc<Daemon>,
+    quiet: Arc<Quiet>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let (bound, bind_result) = tokio::sync::oneshot::channel();
@@ -223,7 +230,7 @@ async fn serve_helpers(
                     }
                 };
                 let _ = bound.send(Ok(()));
-                ipc::serve(listener, handler, shutdown, DRAIN).await;
+                ipc::serve(listener, handler, quiet, shutdown, DRAIN).await;
             });
         })
         .context("starting the helper socket's thread")?;

@@ -15,8 +15,10 @@
 //!   configured;
 //! - [`metrics`]: the daemon's counters for Prometheus, if configured;
 //!   [`quiet`]: its warnings, each fault once in a while with a count;
+//!   [`accept`]: what its listeners do when accepting fails;
 //! - [`identity`] and [`trust`]: this machine's key and the allowlist.
 
+pub(crate) mod accept;
 pub(crate) mod consistency;
 pub(crate) mod daemon;
 pub(crate) mod identity;
