@@ -29,6 +29,7 @@ use crate::fsutil::lock::FileLock;
 use crate::ids::ActionId;
 use crate::share::identity;
 use crate::share::ipc;
+use crate::share::metrics;
 use crate::share::node_store::{Sharing, StoreAdapter};
 use crate::share::quiet::{self, Flaps, Quiet};
 use crate::share::replicate;
@@ -161,30 +162,31 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         )
         .await?;
         tokio::spawn(log_events(events, quiet.clone()));
-        if let Some(address) = config.share.metrics_listen {
-            let metrics = crate::share::metrics::serve(
-                address,
-                crate::share::metrics::Source {
-                    client: client.clone(),
-                    replication,
-                    put_order,
-                    store: config.dir.clone(),
-                    started_unix_ms: started,
-                },
-                shutdown.clone(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = metrics.await {
-                    tracing::warn!("cannot serve metrics on {address}: {e}");
-                }
-            });
-        }
+        let metrics = config.share.metrics_listen.and_then(|address| {
+            let source = metrics::Source {
+                client: client.clone(),
+                replication,
+                put_order,
+                store: config.dir.clone(),
+                started_unix_ms: started,
+            };
+            metrics::start(address, source, quiet.clone(), shutdown.clone())
+                .inspect_err(|e| {
+                    tracing::warn!("cannot serve metrics: {}", crate::logging::chain(&**e));
+                })
+                .ok()
+        });
         tokio::spawn(watch_allowlist(trust, shutdown.clone()));
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tracing::info!("daemon {peer_id} serving {}", config.dir.display());
         shutdown.cancelled().await;
-        // The helper thread drains lookups in flight (bounded), then ends.
-        let _ = tokio::task::spawn_blocking(move || helpers.join()).await;
+        // The helper thread drains lookups in flight (bounded), then ends;
+        // the metrics thread ends at once.
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = helpers.join();
+            metrics.map(std::thread::JoinHandle::join)
+        })
+        .await;
         let _ = std::fs::remove_file(config.socket_path());
         node_task.abort();
         anyhow::Ok(())
