@@ -18,11 +18,10 @@
 //! A scraper that names this machine by a DNS name is refused (421) and
 //! must name it by address.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use hyper::Request;
 use hyper::header::HOST;
-use hyper::http::uri::Authority;
 
 /// The hosts a request may name. See the module docs.
 #[derive(Debug, Clone, Copy)]
@@ -54,31 +53,33 @@ impl Hosts {
     }
 
     /// Whether `host` (a `Host` header's value: name or address, and port)
-    /// names this listener.
+    /// names this listener. Strict: an address is a whole IPv4 address or
+    /// a whole bracketed IPv6 one, the port is digits only.
     fn ours(&self, host: &str) -> bool {
-        if host.contains('@') {
-            return false;
-        }
-        let Ok(authority) = host.parse::<Authority>() else {
+        let Some((name, port)) = host.rsplit_once(':') else {
             return false;
         };
-        if authority.port_u16() != Some(self.listening.port()) {
+        if port.is_empty()
+            || !port.bytes().all(|b| b.is_ascii_digit())
+            || port.parse::<u16>().ok() != Some(self.listening.port())
+        {
             return false;
         }
-        let name = authority.host();
-        let address = name
-            .strip_prefix('[')
-            .and_then(|name| name.strip_suffix(']'))
-            .unwrap_or(name)
-            .parse::<IpAddr>();
+        let address = match name.strip_prefix('[') {
+            Some(bracketed) => match bracketed.strip_suffix(']') {
+                Some(v6) => v6.parse::<Ipv6Addr>().map(IpAddr::V6).ok(),
+                None => return false,
+            },
+            None => name.parse::<Ipv4Addr>().map(IpAddr::V4).ok(),
+        };
         let bound = self.listening.ip();
         match address {
-            Ok(address) => {
+            Some(address) => {
                 address == bound
                     || bound.is_unspecified()
                     || (bound.is_loopback() && address.is_loopback())
             }
-            Err(_) => {
+            None => {
                 name.eq_ignore_ascii_case("localhost")
                     && (bound.is_loopback() || bound.is_unspecified())
             }
@@ -125,6 +126,12 @@ mod tests {
             "user@localhost:9311",
             "",
             "localhost:9311:9311",
+            // Found by fuzzing: text after an address's brackets.
+            "[::1]S:9311",
+            "[::1:9311",
+            "::1:9311",
+            "localhost:+9311",
+            "127.0.0.1:",
         ] {
             assert!(!allows("127.0.0.1:9311", host), "{host}");
         }
