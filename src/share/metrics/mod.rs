@@ -12,7 +12,7 @@
 //! timeouts) and [`host`] (only requests that name this listener, against
 //! DNS rebinding).
 
-mod host;
+pub(crate) mod host;
 mod http;
 
 use std::fmt::Write as _;
