@@ -387,3 +387,31 @@ fn flood(
     }
     most
 }
+
+/// Another program holds the metrics port: the daemon says so once and
+/// serves helpers and peers all the same.
+#[test]
+fn a_metrics_port_in_use_is_told_and_the_daemon_runs_on() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let sandbox = Sandbox::new();
+    assert!(sandbox.run(&["init"]).status.success());
+    write_config(
+        &sandbox,
+        &format!("{CONFIG}metrics-listen = \"127.0.0.1:{port}\"\n"),
+    );
+    let daemon = Daemon::start(&sandbox);
+    let status = support::ask_daemon(&sandbox, r#"{"op":"status"}"#, Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|answer| answer.contains("status")),
+        "{}",
+        daemon.log()
+    );
+    let warnings = daemon.warnings();
+    assert_eq!(warnings.len(), 1, "{}", daemon.log());
+    assert!(
+        warnings[0].contains("cannot serve metrics") && warnings[0].contains(&port.to_string()),
+        "{}",
+        warnings[0]
+    );
+}

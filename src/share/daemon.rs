@@ -162,20 +162,24 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         )
         .await?;
         tokio::spawn(log_events(events, quiet.clone()));
-        let metrics = config.share.metrics_listen.and_then(|address| {
-            let source = metrics::Source {
-                client: client.clone(),
-                replication,
-                put_order,
-                store: config.dir.clone(),
-                started_unix_ms: started,
-            };
-            metrics::start(address, source, quiet.clone(), shutdown.clone())
-                .inspect_err(|e| {
-                    tracing::warn!("cannot serve metrics: {}", crate::logging::chain(&**e));
-                })
-                .ok()
-        });
+        let metrics = match config.share.metrics_listen {
+            Some(address) => {
+                let source = metrics::Source {
+                    client: client.clone(),
+                    replication,
+                    put_order,
+                    store: config.dir.clone(),
+                    started_unix_ms: started,
+                };
+                metrics::start(address, source, quiet.clone(), shutdown.clone())
+                    .await
+                    .inspect_err(|e| {
+                        tracing::warn!("cannot serve metrics: {}", crate::logging::chain(&**e));
+                    })
+                    .ok()
+            }
+            None => None,
+        };
         tokio::spawn(watch_allowlist(trust, shutdown.clone()));
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tracing::info!("daemon {peer_id} serving {}", config.dir.display());

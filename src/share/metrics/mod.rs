@@ -48,33 +48,53 @@ struct Snapshot {
 /// Listens on `address` and serves `GET /metrics` there, from a thread of
 /// its own, until `shutdown`. Off the node's thread: a flood of
 /// connections to this port, which anyone who reaches it can send, then
-/// costs the node and the helpers' socket nothing.
-pub(crate) fn start(
+/// costs the node and the helpers' socket nothing. Returns once the
+/// listener is bound (or could not be), so the daemon says at once if it
+/// cannot listen; the thread's runtime lives and ends on that thread.
+pub(crate) async fn start(
     address: SocketAddr,
     source: Source,
     quiet: Arc<Quiet>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the metrics thread's runtime")?;
-    // Bound here, so that the daemon says at once if it cannot listen; the
-    // socket belongs to the thread's runtime.
-    let listener = {
-        let _entered = runtime.enter();
-        listen(address).with_context(|| format!("listening on {address}"))?
-    };
-    std::thread::Builder::new()
-        .name("warren-metrics".into())
-        .spawn(move || {
-            runtime.block_on(http::serve(listener, Arc::new(source), quiet, shutdown));
-        })
-        .context("starting the metrics thread")
+    let (bound, bind_result) = tokio::sync::oneshot::channel();
+    let thread =
+        std::thread::Builder::new()
+            .name("warren-metrics".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = bound.send(Err(anyhow::Error::new(error)
+                            .context("starting the metrics thread's runtime")));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match listen(address) {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            let _ = bound.send(Err(anyhow::Error::new(error)
+                                .context(format!("listening on {address}"))));
+                            return;
+                        }
+                    };
+                    let _ = bound.send(Ok(()));
+                    http::serve(listener, Arc::new(source), quiet, shutdown).await;
+                });
+            })
+            .context("starting the metrics thread")?;
+    bind_result
+        .await
+        .context("the metrics thread ended at start")??;
+    Ok(thread)
 }
 
-/// A listener on `address`, as `TcpListener::bind` makes one, without its
-/// `async` (there is no address to resolve).
+/// A listener on `address`, as `TcpListener::bind` makes one (there is no
+/// address to resolve).
 fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = match address {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
