@@ -1,6 +1,7 @@
 //! Entry points for the fuzz targets in `fuzz/` (feature `fuzz`): each
 //! feeds arbitrary bytes to one parser of untrusted input. None may panic,
-//! allocate without bound or hang.
+//! allocate without bound or hang. (HTTP itself, on the metrics port, is
+//! hyper's, which is fuzzed upstream; what warren reads of it is the Host.)
 //!
 //! Not part of warren's API: the feature exists only so that the fuzz
 //! crate can reach these internals.
@@ -44,6 +45,46 @@ pub fn ipc_line(data: &[u8]) {
     let _ = serde_json::from_slice::<crate::share::ipc::Response>(data);
 }
 
+/// The metrics endpoint's Host check (`share::metrics::host`): `data` is a
+/// request's `Host` header; its first byte picks the listening address. A
+/// Host that passes must name the listening port and an address or
+/// `localhost`, never another name (DNS rebinding).
+pub fn metrics_host(data: &[u8]) {
+    use hyper::header::{HOST, HeaderValue};
+    let Some((&choice, host)) = data.split_first() else {
+        return;
+    };
+    let listening: std::net::SocketAddr = match choice % 4 {
+        0 => ([127, 0, 0, 1], 9311).into(),
+        1 => (std::net::Ipv6Addr::LOCALHOST, 9311).into(),
+        2 => ([0, 0, 0, 0], 9311).into(),
+        _ => ([192, 0, 2, 7], 9311).into(),
+    };
+    let Ok(value) = HeaderValue::from_bytes(host) else {
+        return;
+    };
+    let request = hyper::Request::get("/metrics")
+        .header(HOST, value)
+        .body(())
+        .expect("a request with a valid header value");
+    let hosts = crate::share::metrics::host::Hosts::new(listening);
+    if hosts.foreign(&request).is_none() {
+        let text = std::str::from_utf8(host).expect("a Host that passes to be text");
+        let (name, port) = text
+            .rsplit_once(':')
+            .expect("a Host that passes to name a port");
+        assert_eq!(port.parse::<u16>().ok(), Some(9311), "{text:?}");
+        let bare = name
+            .strip_prefix('[')
+            .and_then(|name| name.strip_suffix(']'))
+            .unwrap_or(name);
+        assert!(
+            bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok(),
+            "{text:?} passed"
+        );
+    }
+}
+
 /// Seed inputs for each target above: `(target, input)`.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let action = "a".repeat(64);
@@ -65,6 +106,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_700_000_000_000_000_000);
     let entry = |source| crate::store::entry_line(&output, 5, time, &source).into_bytes();
     vec![
+        ("metrics_host", b"\x00localhost:9311".to_vec()),
+        ("metrics_host", b"\x01[::1]:9311".to_vec()),
+        ("metrics_host", b"\x02192.0.2.7:9311".to_vec()),
+        ("metrics_host", b"\x03evil.example:9311".to_vec()),
         (
             "gocacheprog_requests",
             format!("{get}{put}{close}").into_bytes(),

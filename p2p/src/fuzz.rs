@@ -159,6 +159,48 @@ pub fn summary(data: &[u8]) {
     });
 }
 
+/// The catalog codec ([`crate::catalog`]), both ways: `data` is a stream
+/// of catalog answers as a replicated peer sends them, read one after
+/// another, then the same bytes read as a peer's request. What is read
+/// must keep the codec's bounds and write back to bytes that read the same.
+pub fn catalog(data: &[u8]) {
+    use crate::catalog::{CatalogCodec, MAX_ENTRIES};
+    block_on(async {
+        let mut codec = CatalogCodec;
+        let mut io = AllowStdIo::new(Cursor::new(data));
+        while let Ok(catalog) = codec.read_response(&protocol(), &mut io).await {
+            assert!(catalog.entries.len() <= MAX_ENTRIES);
+            let mut written = AllowStdIo::new(Vec::new());
+            codec
+                .write_response(&protocol(), &mut written, catalog.clone())
+                .await
+                .expect("a catalog to write to memory");
+            let mut again = AllowStdIo::new(Cursor::new(written.into_inner()));
+            let read = codec.read_response(&protocol(), &mut again).await;
+            assert_eq!(read.ok().as_ref(), Some(&catalog));
+            // Where a requester continues from.
+            let _ = catalog
+                .entries
+                .last()
+                .map(crate::catalog::CatalogEntry::cursor);
+        }
+        let mut io = AllowStdIo::new(Cursor::new(data));
+        if let Ok(request) = codec.read_request(&protocol(), &mut io).await {
+            let mut written = AllowStdIo::new(Vec::new());
+            codec
+                .write_request(&protocol(), &mut written, request)
+                .await
+                .expect("a request to write to memory");
+            let mut again = AllowStdIo::new(Cursor::new(written.into_inner()));
+            let read = codec.read_request(&protocol(), &mut again).await;
+            assert_eq!(read.ok(), Some(request));
+            // What a server makes of it (`node/catalogs.rs`).
+            let _ = (request.limit as usize).min(MAX_ENTRIES);
+            let _ = Duration::from_secs(request.max_age_secs);
+        }
+    });
+}
+
 /// A store of one entry (action `[1; 32]`, a 3-byte body) whose sinks
 /// verify like warren's do.
 #[derive(Debug, Default)]
@@ -323,7 +365,43 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         since: 3,
         wait_ms: 1000,
     });
+    let catalog = {
+        use crate::catalog::{Catalog, CatalogCodec, CatalogEntry};
+        let catalog = Catalog {
+            entries: (1..=3u8)
+                .map(|n| CatalogEntry {
+                    action: ActionId::from_bytes([n; 32]),
+                    size: u64::from(n) << 20,
+                    time_unix_nanos: 1_700_000_000_000_000_000 + u64::from(n),
+                })
+                .collect(),
+            more: true,
+            next: Some(crate::catalog::Position { epoch: 5, seq: 3 }),
+        };
+        let mut written = AllowStdIo::new(Vec::new());
+        block_on(CatalogCodec.write_response(&protocol(), &mut written, catalog))
+            .expect("a seed catalog to encode");
+        let mut out = written.into_inner();
+        // And an empty last answer after it.
+        out.extend(frame(&crate::catalog::CatalogHeader {
+            count: 0,
+            more: false,
+            next: None,
+        }));
+        out
+    };
+    let catalog_request = frame(&crate::catalog::CatalogRequest {
+        after: crate::catalog::Cursor {
+            time_unix_nanos: 1_700_000_000_000_000_003,
+            action: Some(ActionId::from_bytes([3; 32])),
+        },
+        max_age_secs: 7 * 86_400,
+        limit: 256,
+        since: Some(crate::catalog::Position { epoch: 5, seq: 3 }),
+    });
     vec![
+        ("catalog", catalog),
+        ("catalog", catalog_request),
         ("wire_frames", frame(&request)),
         ("wire_frames", frame(&found(false, Encoding::Raw))),
         ("fetch_request", frame(&request)),

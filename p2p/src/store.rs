@@ -9,7 +9,10 @@
 //!   that does not match its OutputID arrive whole (a small one is checked
 //!   before it is sent; of a big one, hashed as it streams, the last bytes
 //!   are held back until the hash is known), so a damaged local store is
-//!   never spread to peers;
+//!   never spread to peers; it hands such a body back to the store
+//!   ([`Bodies::damaged`]) to drop. Store trouble while serving is the
+//!   store's to tell: the node logs it at debug level, to a peer it is
+//!   "not found";
 //! - fetching: the store's sink verifies. [`BodySink::commit`] must check
 //!   size and SHA-256 against what [`Bodies::begin`] was given and report a
 //!   mismatch as [`CommitError::Mismatch`]; the node then discards the body
@@ -72,6 +75,21 @@ pub trait Bodies {
     fn contains(&self, action: &ActionId) -> bool {
         let _ = action;
         false
+    }
+
+    /// For serving: the body of `action`'s entry, opened by
+    /// [`Bodies::open`] as `body`, does not hash to its OutputID `output`
+    /// (changed on disk, its size kept). The node did not send it whole: a
+    /// small body was answered "not found", a big one cut off before its
+    /// last piece. The store should drop that very file (`body` tells it
+    /// from a good one committed in its place since) and the entry, so that
+    /// neither its own users nor peers are handed it again, and tell its
+    /// user: the node logs it at debug level only, since only the store
+    /// knows how often to say it. Called on the connection's task or a
+    /// blocking thread; quick, like [`Bodies::open`]. The default does
+    /// nothing, and the body is refused again at every request.
+    fn damaged(&self, action: &ActionId, output: &OutputId, body: &File) {
+        let _ = (action, output, body);
     }
 
     /// For agreement ([`crate::NodeConfig::with_agreement`]): the OutputID

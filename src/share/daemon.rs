@@ -30,6 +30,7 @@ use crate::fsutil::lock::FileLock;
 use crate::ids::ActionId;
 use crate::share::identity;
 use crate::share::ipc;
+use crate::share::metrics;
 use crate::share::node_store::{Sharing, StoreAdapter};
 use crate::share::quiet::{self, Flaps, Quiet};
 use crate::share::replicate;
@@ -106,11 +107,14 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             ));
         }
         let sharing = Sharing::new(allowlist.sharing());
+        // One table for every fault the daemon tells: see `quiet`.
+        let quiet = Arc::new(Quiet::default());
         let adapter = StoreAdapter::new(
             store.clone(),
             sharing.clone(),
             config.trim,
             config.share.agreement,
+            quiet.clone(),
         )
         .context("indexing the store")?;
         let put_order = adapter.put_order();
@@ -166,33 +170,44 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         });
         let started = unix_ms(handler.started);
         let replication = handler.replication.clone();
-        let helpers = serve_helpers(config.socket_path(), handler, shutdown.clone()).await?;
-        tokio::spawn(log_events(events));
-        if let Some(address) = config.share.metrics_listen {
-            let metrics = crate::share::metrics::serve(
-                address,
-                crate::share::metrics::Source {
+        let helpers = serve_helpers(
+            config.socket_path(),
+            handler,
+            quiet.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        tokio::spawn(log_events(events, quiet.clone()));
+        let metrics = match config.share.metrics_listen {
+            Some(address) => {
+                let source = metrics::Source {
                     client: client.clone(),
                     replication,
                     put_order,
                     store: config.dir.clone(),
                     started_unix_ms: started,
-                },
-                shutdown.clone(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = metrics.await {
-                    tracing::warn!("cannot serve metrics on {address}: {e}");
-                }
-            });
-        }
+                };
+                metrics::start(address, source, quiet.clone(), shutdown.clone())
+                    .await
+                    .inspect_err(|e| {
+                        tracing::warn!("cannot serve metrics: {}", crate::logging::chain(&**e));
+                    })
+                    .ok()
+            }
+            None => None,
+        };
         tokio::spawn(watch_allowlist(trust, shutdown.clone()));
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let store_watch = tokio::spawn(watch_store(store.clone(), shutdown.clone()));
         tracing::info!("daemon {peer_id} serving {}", config.dir.display());
         shutdown.cancelled().await;
-        // The helper thread drains lookups in flight (bounded), then ends.
-        let _ = tokio::task::spawn_blocking(move || helpers.join()).await;
+        // The helper thread drains lookups in flight (bounded), then ends;
+        // the metrics thread ends at once.
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = helpers.join();
+            metrics.map(std::thread::JoinHandle::join)
+        })
+        .await;
         node_task.abort();
         if let Ok(Some(error)) = store_watch.await {
             // The socket is left alone: it may be another's now.
@@ -216,6 +231,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
 async fn serve_helpers(
     socket: PathBuf,
     handler: Arc<Daemon>,
+    quiet: Arc<Quiet>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let (bound, bind_result) = tokio::sync::oneshot::channel();
@@ -241,7 +257,7 @@ async fn serve_helpers(
                     }
                 };
                 let _ = bound.send(Ok(()));
-                ipc::serve(listener, handler, shutdown, DRAIN).await;
+                ipc::serve(listener, handler, quiet, shutdown, DRAIN).await;
             });
         })
         .context("starting the helper socket's thread")?;
@@ -392,8 +408,7 @@ impl ipc::Handler for Daemon {
 
 /// Logs the node's events: faults that repeat (a peer's bad bodies, a
 /// peer that keeps dropping) once in a while, with a count ([`quiet`]).
-async fn log_events(mut events: tokio::sync::mpsc::Receiver<Event>) {
-    let quiet = Quiet::default();
+async fn log_events(mut events: tokio::sync::mpsc::Receiver<Event>, quiet: Arc<Quiet>) {
     let mut flaps = Flaps::default();
     while let Some(event) = events.recv().await {
         let now = tokio::time::Instant::now();

@@ -34,6 +34,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::fsutil::private;
 use crate::ids::ActionId;
+use crate::share::accept::Backoff;
+use crate::share::quiet::Quiet;
 use crate::share::status::DaemonStatus;
 use crate::tiered::BoxFuture;
 use crate::trace::{Build, Outcome};
@@ -232,43 +234,60 @@ pub(crate) async fn bind(path: &Path) -> Result<UnixListener, Error> {
 }
 
 /// Serves connections until `shutdown` fires, then waits (at most
-/// `drain`) for the ones in progress.
+/// `drain`) for the ones in progress. Faults (a failed accept, another
+/// user's connection) are told through `quiet`; a failed accept backs off
+/// ([`crate::share::accept`]).
 pub(crate) async fn serve(
     listener: UnixListener,
     handler: Arc<dyn Handler>,
+    quiet: Arc<Quiet>,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tasks = TaskTracker::new();
+    let mut backoff = Backoff::new("helper", quiet.clone());
     loop {
         let permit = tokio::select! {
             permit = limit.clone().acquire_owned() => permit.expect("the semaphore not to close"),
             () = shutdown.cancelled() => break,
         };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                // Only helpers of our own user: the socket's mode is set
-                // just after it is made, and the store may be readable.
-                Ok((stream, _)) => match stream.peer_cred() {
-                    Ok(cred) if cred.uid() == private::my_uid() => stream,
-                    Ok(cred) => {
-                        tracing::warn!("refused a connection to the daemon socket from uid {}", cred.uid());
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::debug!("no credentials for a helper connection: {e}");
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!("accepting a helper connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => break,
         };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff.accepted();
+                stream
+            }
+            Err(e) => {
+                tokio::select! {
+                    () = backoff.failed(&e) => continue,
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        };
+        // Only helpers of our own user: the socket's mode is set just
+        // after it is made, and the store may be readable.
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == private::my_uid() => {}
+            Ok(cred) => {
+                match quiet.occurred("foreign uid", tokio::time::Instant::now()) {
+                    Some(n) => tracing::warn!(
+                        "refused {n} connection(s) to the daemon socket from other users \
+                         since the last warning (latest: uid {})",
+                        cred.uid()
+                    ),
+                    None => tracing::debug!("refused a connection from uid {}", cred.uid()),
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!("no credentials for a helper connection: {e}");
+                continue;
+            }
+        }
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -408,6 +427,7 @@ mod tests {
         tokio::spawn(serve(
             listener,
             handler,
+            Arc::default(),
             shutdown.clone(),
             Duration::from_secs(1),
         ));

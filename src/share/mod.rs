@@ -16,9 +16,11 @@
 //!   configured;
 //! - [`metrics`]: the daemon's counters for Prometheus, if configured;
 //!   [`quiet`]: its warnings, each fault once in a while with a count;
+//!   [`accept`]: what its listeners do when accepting fails;
 //! - [`identity`] and [`trust`]: this machine's key and the allowlist (and
 //!   which entries' sources a helper trusts).
 
+pub(crate) mod accept;
 pub(crate) mod consistency;
 pub(crate) mod daemon;
 pub(crate) mod disk_floor;

@@ -115,7 +115,8 @@ pub(crate) struct StoreAdapter {
     floor: Arc<DiskFloor>,
     /// With agreement on: what was built here.
     ledger: Option<Arc<Ledger>>,
-    /// A store that cannot take fetched bodies is told once in a while.
+    /// The daemon's table of faults told once in a while: a store that
+    /// cannot take fetched bodies or serve, damaged bodies served.
     quiet: Arc<Quiet>,
     /// Run by each sink between its checks and its commit, so tests can
     /// hold a commit there.
@@ -138,6 +139,8 @@ struct Quota {
     counted: Mutex<Option<Instant>>,
     /// When a trim for room was last started.
     trimmed: Mutex<Option<Instant>>,
+    /// A trim that fails is told once in a while.
+    quiet: Arc<Quiet>,
 }
 
 impl Quota {
@@ -181,7 +184,14 @@ impl Quota {
                         Ok(Some(report)) => Some(report.kept_bytes),
                         Ok(None) => None, // Another process trims.
                         Err(e) => {
-                            tracing::warn!("cannot trim the store: {}", crate::logging::chain(&e));
+                            let message = crate::logging::chain(&e);
+                            match quota.quiet.occurred("trim", tokio::time::Instant::now()) {
+                                Some(n) => tracing::warn!(
+                                    "cannot trim the store ({n} times since the last warning): \
+                                     {message}"
+                                ),
+                                None => tracing::debug!("cannot trim the store: {message}"),
+                            }
                             None
                         }
                     }
@@ -215,12 +225,14 @@ impl StoreAdapter {
 
     /// Starts indexing `store` for hints and summaries: only the entries
     /// that `sharing` serves (as it says at the time each is indexed).
-    /// With `agreement`, it also remembers what was built here.
+    /// With `agreement`, it also remembers what was built here. Faults
+    /// are told through the daemon's `quiet` table.
     pub(crate) fn new(
         store: Arc<DiskStore>,
         sharing: Arc<Sharing>,
         policy: TrimPolicy,
         agreement: bool,
+        quiet: Arc<Quiet>,
     ) -> io::Result<Self> {
         let used = store.usage().map_err(io::Error::other)?.bytes;
         let quota = Arc::new(Quota {
@@ -228,6 +240,7 @@ impl StoreAdapter {
             used: AtomicU64::new(used),
             counted: Mutex::new(Some(Instant::now())),
             trimmed: Mutex::new(None),
+            quiet: quiet.clone(),
         });
         let ledger = agreement.then(Arc::<Ledger>::default);
         let servable = {
@@ -251,7 +264,7 @@ impl StoreAdapter {
             claimed: Arc::default(),
             floor,
             ledger,
-            quiet: Arc::default(),
+            quiet,
             #[cfg(test)]
             before_commit: None,
         })
@@ -285,12 +298,9 @@ fn warn_below_floor(quiet: &Quiet, below: BelowFloor) -> io::Error {
     io::Error::new(io::ErrorKind::StorageFull, below)
 }
 
-impl warren_p2p::Bodies for StoreAdapter {
-    fn contains(&self, action: &ActionId) -> bool {
-        self.store.holds(action)
-    }
-
-    fn open(&self, action: &ActionId) -> io::Result<Option<Served>> {
+impl StoreAdapter {
+    /// [`warren_p2p::Bodies::open`], before its faults are told.
+    fn open_entry(&self, action: &ActionId) -> io::Result<Option<Served>> {
         let entry = match self.store.get(action) {
             Ok(Lookup::Hit(entry)) if self.sharing.serves(&entry.source) => entry,
             // Not ours to pass on: for the asking peer, a miss.
@@ -317,6 +327,49 @@ impl warren_p2p::Bodies for StoreAdapter {
                 .as_nanos() as u64,
             body,
         }))
+    }
+}
+
+impl warren_p2p::Bodies for StoreAdapter {
+    fn contains(&self, action: &ActionId) -> bool {
+        self.store.holds(action)
+    }
+
+    fn open(&self, action: &ActionId) -> io::Result<Option<Served>> {
+        self.open_entry(action).inspect_err(|error| {
+            match self.quiet.occurred("serve", tokio::time::Instant::now()) {
+                Some(n) => tracing::warn!(
+                    "cannot read entries to serve them to peers ({n} since the last warning): \
+                     {error}"
+                ),
+                None => tracing::debug!("cannot read an entry to serve it: {error}"),
+            }
+        })
+    }
+
+    fn damaged(&self, action: &ActionId, output: &OutputId, body: &File) {
+        let removed = body
+            .metadata()
+            .is_ok_and(|seen| self.store.discard_damaged(action, output, &seen));
+        match self.quiet.occurred("damaged", tokio::time::Instant::now()) {
+            Some(n) => tracing::warn!(
+                "{n} damaged bod{} in the store since the last warning: read to serve a peer, \
+                 {} did not match {} OutputID and {} not sent (latest: action {action}, {}); \
+                 the store's disk may be failing: `warren verify` checks every body",
+                if n == 1 { "y" } else { "ies" },
+                if n == 1 { "it" } else { "they" },
+                if n == 1 { "its" } else { "their" },
+                if n == 1 { "was" } else { "were" },
+                if removed {
+                    "removed from the store, so `go` builds it again"
+                } else {
+                    "which could not be removed"
+                }
+            ),
+            None => tracing::debug!(
+                "served body of action {action} does not match its OutputID; removed: {removed}"
+            ),
+        }
     }
 
     fn built_here(&self, action: &ActionId) -> Option<OutputId> {
@@ -521,7 +574,14 @@ mod tests {
 
     fn adapter(dir: &std::path::Path, state: SharingState) -> (Arc<DiskStore>, StoreAdapter) {
         let store = Arc::new(DiskStore::open(dir).unwrap());
-        let adapter = StoreAdapter::new(store.clone(), Sharing::new(state), POLICY, false).unwrap();
+        let adapter = StoreAdapter::new(
+            store.clone(),
+            Sharing::new(state),
+            POLICY,
+            false,
+            Arc::default(),
+        )
+        .unwrap();
         (store, adapter)
     }
 
@@ -640,7 +700,8 @@ mod tests {
             pull: HashSet::from([alice]),
             reshare: HashSet::from([alice]),
         });
-        let adapter = StoreAdapter::new(store.clone(), sharing, POLICY, true).unwrap();
+        let adapter =
+            StoreAdapter::new(store.clone(), sharing, POLICY, true, Arc::default()).unwrap();
         fetch(&adapter, 2, b"from alice", &alice).unwrap();
         let start = Instant::now();
         while adapter.built_here(&built).is_none() {
@@ -670,6 +731,7 @@ mod tests {
             Sharing::new(SharingState::default()),
             POLICY,
             false,
+            Arc::default(),
         )
         .unwrap();
         assert_eq!(without.built_here(&built), None, "agreement off: no ledger");
@@ -832,7 +894,8 @@ mod tests {
             pull: HashSet::from([alice]),
             ..SharingState::default()
         });
-        let adapter = StoreAdapter::new(store.clone(), sharing, policy, false).unwrap();
+        let adapter =
+            StoreAdapter::new(store.clone(), sharing, policy, false, Arc::default()).unwrap();
         fetch(&adapter, 2, &[2; 10_000], &alice).unwrap();
         let refused = adapter.begin(
             &ActionId::from_bytes([3; 32]),

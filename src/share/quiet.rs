@@ -3,10 +3,18 @@
 //!
 //! A fault repeats: a full disk fails every fetched body, a peer with a bad
 //! disk sends bad body after bad body, a peer on flaky Wi-Fi drops and
-//! comes back all day. A line per occurrence buries the daemon's log (and a
-//! terminal that runs `warren daemon`); one line per fault and window says
-//! the same, with the count. [`Flaps`] turns a peer's disconnects into one
-//! such fault once they are frequent.
+//! comes back all day, a process out of file descriptors fails every
+//! accept, a damaged body is asked for again. A line per occurrence buries
+//! the daemon's log (and a terminal that runs `warren daemon`); one line
+//! per fault and window says the same, with the count. [`Flaps`] turns a
+//! peer's disconnects into one such fault once they are frequent.
+//!
+//! The daemon keeps one table, shared by everything in it that warns of a
+//! fault that can repeat: the node's events, the store as the node sees it
+//! (`node_store`), the helpers' socket (`ipc`), the metrics endpoint and
+//! their listeners (`accept`). Warnings that happen at most once per cause
+//! (the daemon cannot listen, an edit of the allowlist it cannot read)
+//! are told directly.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -50,7 +58,8 @@ impl Quiet {
                 Some(count)
             }
             None => {
-                // Bounded: kinds are per peer, and peers are allowlisted.
+                // Bounded: kinds are a fixed few, or one of those per
+                // allowlisted peer.
                 if seen.len() >= 1024 {
                     seen.retain(|_, s| now.duration_since(s.warned) < WINDOW);
                 }

@@ -389,6 +389,28 @@ impl DiskStore {
         Lookup::Miss
     }
 
+    /// Removes the object of `output`, found not to hash to its name when
+    /// it was read as the file `seen` (to serve `action`), and the entry of
+    /// `action` that named it. A good object committed in its place since
+    /// stays, and so does the entry then. Whether the object was removed.
+    pub(crate) fn discard_damaged(
+        &self,
+        action: &ActionId,
+        output: &OutputId,
+        seen: &fs::Metadata,
+    ) -> bool {
+        let path = self.object_path(output);
+        tracing::debug!("removing {}: it does not hash to its name", path.display());
+        let removed = remove_seen(&path, seen);
+        if removed {
+            self.repaired.fetch_add(1, Ordering::Relaxed);
+        }
+        // An entry whose object is gone is removed by the lookup, which
+        // keeps one that names another object or a good one put since.
+        let _ = self.get(action);
+        removed
+    }
+
     /// Stores a verified body (if not already present) and the entry that
     /// maps `action` to it. Returns the entry as a later `get` would.
     pub(crate) fn commit(&self, action: &ActionId, object: VerifiedObject) -> Result<Entry, Error> {

@@ -840,6 +840,15 @@ impl Daemon {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Its `warren: warning:` lines so far.
+    pub fn warnings(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| line.starts_with("warren: warning:"))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The TCP ports it listens on.
     pub fn listening(&self) -> Vec<u16> {
         listening_ports(self.pid())
@@ -864,6 +873,29 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One request on the daemon's socket of `sandbox` (a JSON line, as
+/// `share::ipc` frames it): the answer line after any `"accepted"`, or
+/// `None` if none came within `timeout`.
+pub fn ask_daemon(sandbox: &Sandbox, request: &str, timeout: Duration) -> Option<String> {
+    use std::io::BufRead as _;
+    let deadline = Instant::now() + timeout;
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(sandbox.store().join("daemon.sock")).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    stream.write_all(b"\n").ok()?;
+    let mut lines = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if lines.read_line(&mut line).ok()? == 0 || Instant::now() > deadline {
+            return None;
+        }
+        if line.trim() != "\"accepted\"" {
+            return Some(line.trim().to_owned());
+        }
     }
 }
 

@@ -12,8 +12,10 @@
 //!
 //! A body that does not hash to its OutputID is never served whole, so a
 //! damaged local store does not spread: a small one is answered "not
-//! found", a big one is cut off before its last piece. Any other trouble is
-//! "not found" too: a peer asking is never told more than that.
+//! found", a big one is cut off before its last piece, and either goes
+//! back to the store to be dropped ([`crate::store::Bodies::damaged`]).
+//! Any other trouble is "not found" too: a peer asking is never told more
+//! than that.
 
 use std::fs::File;
 use std::io::Read;
@@ -50,13 +52,15 @@ impl Prepared {
 }
 
 /// Looks `action` up and, if its body is at most `max_inline` bytes and
-/// small, reads and verifies it.
+/// small, reads and verifies it. A small body that does not verify is
+/// handed back to the store ([`crate::store::Bodies::damaged`]).
 pub(crate) fn prepare(store: &dyn Store, action: &ActionId, max_inline: u64) -> Prepared {
-    let served = match store.open(action) {
+    let mut served = match store.open(action) {
         Ok(Some(served)) => served,
         Ok(None) => return Prepared::not_found(),
         Err(error) => {
-            tracing::warn!(
+            // The store tells its user; to the peer it is "not found".
+            tracing::debug!(
                 action = action.to_hex(),
                 "cannot open an entry to serve it: {error}"
             );
@@ -67,10 +71,13 @@ pub(crate) fn prepare(store: &dyn Store, action: &ActionId, max_inline: u64) -> 
     let body = if !include {
         None
     } else if served.size <= SMALL_BODY {
-        match read_verified(served.body, served.size, &served.output) {
+        match read_verified(&mut served.body, served.size, &served.output) {
             Ok(bytes) => Some(Outgoing::Bytes(bytes)),
             Err(error) => {
-                tracing::warn!(action = action.to_hex(), "not serving a body: {error}");
+                tracing::debug!(action = action.to_hex(), "not serving a body: {error}");
+                if let Unservable::Damaged = error {
+                    store.damaged(action, &served.output, &served.body);
+                }
                 return Prepared::not_found();
             }
         }
@@ -91,17 +98,23 @@ pub(crate) fn prepare(store: &dyn Store, action: &ActionId, max_inline: u64) -> 
     }
 }
 
+/// Why a small body is not served.
+#[derive(Debug, thiserror::Error)]
+enum Unservable {
+    #[error("cannot read it: {0}")]
+    Unreadable(#[source] std::io::Error),
+    #[error("it does not match its OutputID (the local store is damaged)")]
+    Damaged,
+}
+
 /// Exactly `size` (at most [`SMALL_BODY`]) bytes of `file`, which must
 /// hash to `output`.
-fn read_verified(mut file: std::fs::File, size: u64, output: &OutputId) -> std::io::Result<Piece> {
+fn read_verified(file: &mut File, size: u64, output: &OutputId) -> Result<Piece, Unservable> {
     let mut bytes = Piece::new(size as usize);
     file.read_exact(&mut bytes)
-        .map_err(|error| std::io::Error::new(error.kind(), format!("cannot read it: {error}")))?;
+        .map_err(Unservable::Unreadable)?;
     if OutputId::of(&bytes) != *output {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "it does not match its OutputID (the local store is damaged)",
-        ));
+        return Err(Unservable::Damaged);
     }
     Ok(bytes)
 }
@@ -109,6 +122,7 @@ fn read_verified(mut file: std::fs::File, size: u64, output: &OutputId) -> std::
 #[cfg(test)]
 mod tests {
     use std::io::{self, Write};
+    use std::os::unix::fs::MetadataExt as _;
     use std::sync::Mutex;
 
     use super::*;
@@ -120,6 +134,8 @@ mod tests {
         output: OutputId,
         size: u64,
         opened: Mutex<u32>,
+        /// What was handed back as damaged.
+        damaged: Mutex<Vec<(ActionId, OutputId)>>,
     }
 
     impl Bodies for OneFile {
@@ -143,6 +159,14 @@ mod tests {
         ) -> io::Result<Box<dyn BodySink>> {
             Err(io::Error::other("read-only"))
         }
+
+        fn damaged(&self, action: &ActionId, output: &OutputId, body: &std::fs::File) {
+            // The very file that was opened.
+            let opened = std::fs::metadata(&self.path).unwrap();
+            let handed = body.metadata().unwrap();
+            assert_eq!(opened.ino(), handed.ino());
+            self.damaged.lock().unwrap().push((*action, *output));
+        }
     }
 
     impl Hints for OneFile {}
@@ -161,6 +185,7 @@ mod tests {
             output: claimed,
             size: body.len() as u64,
             opened: Mutex::new(0),
+            damaged: Mutex::default(),
         };
         (dir, store)
     }
@@ -189,10 +214,15 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_small_bodies_are_never_served() {
+    fn corrupt_small_bodies_are_never_served_and_go_back_to_the_store() {
         let (_dir, store) = store_with(b"corrupted", OutputId::of(b"original"));
-        let prepared = prepare(&store, &ActionId::from_bytes([1; 32]), u64::MAX);
+        let action = ActionId::from_bytes([1; 32]);
+        let prepared = prepare(&store, &action, u64::MAX);
         assert!(prepared.found.is_none() && prepared.body.is_none());
+        assert_eq!(
+            *store.damaged.lock().unwrap(),
+            [(action, OutputId::of(b"original"))]
+        );
     }
 
     #[test]
@@ -212,5 +242,7 @@ mod tests {
                 .found
                 .is_none()
         );
+        // Short is not damaged: the store's own read check drops it.
+        assert!(store.damaged.lock().unwrap().is_empty());
     }
 }

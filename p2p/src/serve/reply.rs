@@ -112,13 +112,15 @@ impl Server {
                 (Some(found), Some(Outgoing::File(file))) => {
                     outbox.write(io).await?;
                     record_sent(&reply, &mut gathered);
-                    let sent = send_file(io, file, found.output, found.size, compress).await;
-                    if let Err(error) = &sent
-                        && is_damaged(error)
-                    {
-                        tracing::warn!(
+                    let (store, action_id, output) = (self.store.clone(), *action, found.output);
+                    let damaged = move |file: &File| store.damaged(&action_id, &output, file);
+                    let sent =
+                        send_file(io, file, found.output, found.size, compress, damaged).await;
+                    if let Err(error) = &sent {
+                        // The store tells its user of a damaged body.
+                        tracing::debug!(
                             action = action.to_hex(),
-                            "stopped serving a body that does not match its OutputID ({error}); the local store is damaged"
+                            "stopped serving a body: {error}"
                         );
                     }
                     sent?;
@@ -230,20 +232,27 @@ impl Outbox {
 /// or (`compress`) in chunks ([`crate::protocol::compress`]), and flushes. A file
 /// that is shorter, unreadable or does not hash to `output` is an error
 /// before its last piece is sent (an [`is_damaged`] one for a hash
-/// mismatch), and the caller's error resets the stream.
+/// mismatch, after `damaged` was called with the file on the reading
+/// thread), and the caller's error resets the stream.
 pub(crate) async fn send_file<T>(
     io: &mut T,
-    file: File,
+    mut file: File,
     output: OutputId,
     size: u64,
     compress: bool,
+    damaged: impl FnOnce(&File) + Send + 'static,
 ) -> io::Result<()>
 where
     T: AsyncWrite + Unpin,
 {
     let (full, mut queue) = mpsc::channel::<Chunk>(QUEUE);
-    let reader =
-        tokio::task::spawn_blocking(move || read_verified(file, size, output, compress, &full));
+    let reader = tokio::task::spawn_blocking(move || {
+        let read = read_verified(&mut file, size, output, compress, &full);
+        if read.as_ref().is_err_and(is_damaged) {
+            damaged(&file);
+        }
+        read
+    });
     let mut sent = Ok(());
     while let Some(chunk) = queue.recv().await {
         if let Err(error) = chunk.write(io).await {
@@ -263,7 +272,7 @@ where
 /// (compressed if `compress`), holding the last one back until the whole
 /// body has hashed to `output`.
 fn read_verified(
-    mut file: File,
+    file: &mut File,
     size: u64,
     output: OutputId,
     compress: bool,
@@ -382,16 +391,32 @@ mod tests {
     }
 
     /// Sends the file at `path` as a body hashing to `output`: what
-    /// `send_file` returned, and what went out.
+    /// `send_file` returned, and what went out. Asserts that the file was
+    /// handed back as damaged exactly when it was cut off for not hashing
+    /// to `output`.
     async fn send_path(
         path: &std::path::Path,
         output: OutputId,
         size: usize,
         compress: bool,
     ) -> (io::Result<()>, Vec<u8>) {
+        use std::os::unix::fs::MetadataExt as _;
         let mut sent = Cursor::new(Vec::new());
         let file = File::open(path).unwrap();
-        let result = super::send_file(&mut sent, file, output, size as u64, compress).await;
+        let handed = Arc::new(Mutex::new(Vec::new()));
+        let damaged = {
+            let handed = handed.clone();
+            move |file: &File| handed.lock().unwrap().push(file.metadata().unwrap().ino())
+        };
+        let result =
+            super::send_file(&mut sent, file, output, size as u64, compress, damaged).await;
+        let handed = handed.lock().unwrap().clone();
+        match &result {
+            Err(error) if is_damaged(error) => {
+                assert_eq!(handed, [std::fs::metadata(path).unwrap().ino()]);
+            }
+            _ => assert!(handed.is_empty(), "{result:?}"),
+        }
         (result, sent.into_inner())
     }
 

@@ -154,7 +154,14 @@ fn adapter(store: &Arc<DiskStore>, pull: &[PeerId], max_size: u64) -> StoreAdapt
         pull: pull.iter().copied().collect(),
         ..SharingState::default()
     });
-    StoreAdapter::new(store.clone(), sharing, policy(max_size), false).unwrap()
+    StoreAdapter::new(
+        store.clone(),
+        sharing,
+        policy(max_size),
+        false,
+        Arc::default(),
+    )
+    .unwrap()
 }
 
 /// A node on loopback that allows `other`; its client and address.

@@ -4,35 +4,36 @@
 //! Off unless `metrics-listen` is set (a bare port means loopback). Each
 //! scrape takes a fresh snapshot, the same figures `warren stats --json`
 //! prints: the store's lifetime totals from `stats.json` and each peer's
-//! counters from the node, and encodes it with `prometheus-client`. The
-//! HTTP side is as small as a scrape needs: one `GET /metrics` per
-//! connection, bounded in size and time.
+//! counters from the node, and encodes it with `prometheus-client`.
+//!
+//! The endpoint is open to anything that can reach the port, browsers
+//! included, so it is served apart from the rest of the daemon and within
+//! bounds: [`http`] (hyper, on a thread of its own, a cap on connections,
+//! timeouts) and [`host`] (only requests that name this listener, against
+//! DNS rebinding).
+
+pub(crate) mod host;
+mod http;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
+use anyhow::Context as _;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use warren_p2p::Client;
 
+use crate::share::quiet::Quiet;
 use crate::share::replicate::{self, PeerReplication};
 use crate::share::status::PeerStatus;
 use crate::stats::{self, Totals};
 use crate::store::index::PutOrder;
-
-/// A request larger than this, or slower than [`REQUEST_TIMEOUT`], is
-/// dropped.
-const MAX_REQUEST: usize = 8 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a scrape shows.
 #[derive(Debug)]
@@ -44,37 +45,64 @@ struct Snapshot {
     started_unix_ms: u64,
 }
 
-/// Serves `GET /metrics` on `address` until `shutdown`.
-pub(crate) async fn serve(
+/// Listens on `address` and serves `GET /metrics` there, from a thread of
+/// its own, until `shutdown`. Off the node's thread: a flood of
+/// connections to this port, which anyone who reaches it can send, then
+/// costs the node and the helpers' socket nothing. Returns once the
+/// listener is bound (or could not be), so the daemon says at once if it
+/// cannot listen; the thread's runtime lives and ends on that thread.
+pub(crate) async fn start(
     address: SocketAddr,
     source: Source,
+    quiet: Arc<Quiet>,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let listener = TcpListener::bind(address).await?;
-    tracing::info!(
-        "serving metrics on http://{}/metrics",
-        listener.local_addr()?
-    );
-    let source = Arc::new(source);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::debug!("accepting a metrics connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return Ok(()),
-        };
-        let source = source.clone();
-        tokio::spawn(async move {
-            if let Err(e) = answer(stream, &source).await {
-                tracing::debug!("metrics connection: {e}");
-            }
-        });
-    }
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let (bound, bind_result) = tokio::sync::oneshot::channel();
+    let thread =
+        std::thread::Builder::new()
+            .name("warren-metrics".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = bound.send(Err(anyhow::Error::new(error)
+                            .context("starting the metrics thread's runtime")));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match listen(address) {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            let _ = bound.send(Err(anyhow::Error::new(error)
+                                .context(format!("listening on {address}"))));
+                            return;
+                        }
+                    };
+                    let _ = bound.send(Ok(()));
+                    http::serve(listener, Arc::new(source), quiet, shutdown).await;
+                });
+            })
+            .context("starting the metrics thread")?;
+    bind_result
+        .await
+        .context("the metrics thread ended at start")??;
+    Ok(thread)
+}
+
+/// A listener on `address`, as `TcpListener::bind` makes one (there is no
+/// address to resolve).
+fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(1024)
 }
 
 /// Where a scrape's figures come from.
@@ -85,6 +113,12 @@ pub(crate) struct Source {
     pub put_order: Arc<PutOrder>,
     pub store: PathBuf,
     pub started_unix_ms: u64,
+}
+
+impl http::Scrape for Source {
+    fn scrape(&self) -> crate::tiered::BoxFuture<'_, String> {
+        Box::pin(async { encode(self.snapshot().await) })
+    }
 }
 
 impl Source {
@@ -103,38 +137,6 @@ impl Source {
             started_unix_ms: self.started_unix_ms,
         }
     }
-}
-
-async fn answer(mut stream: TcpStream, source: &Source) -> std::io::Result<()> {
-    let mut request = Vec::new();
-    let read = async {
-        let mut buffer = [0; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_REQUEST {
-            let n = stream.read(&mut buffer).await?;
-            if n == 0 {
-                break;
-            }
-            request.extend_from_slice(&buffer[..n]);
-        }
-        std::io::Result::Ok(())
-    };
-    if tokio::time::timeout(REQUEST_TIMEOUT, read).await.is_err() {
-        return Ok(());
-    }
-    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
-    let (status, kind, body) = if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
-        let body = encode(source.snapshot().await);
-        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
-    } else {
-        ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
 }
 
 /// The snapshot in the Prometheus text format.

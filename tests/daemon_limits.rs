@@ -1,0 +1,80 @@
+//! One daemon on loopback (mDNS off) when the process runs short of file
+//! descriptors: it keeps quiet, and comes back when they return.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the test writes a user's config file, not store files"
+)]
+
+mod support;
+
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
+use support::{Daemon, Sandbox};
+
+/// With its file descriptors used up (EMFILE), every accept on the
+/// helpers' socket fails until one is closed. The daemon tried again every
+/// 10 ms and logged each try: hundreds of lines a second on the user's
+/// terminal or journal. It must back off, tell it once, and serve helpers
+/// again within a second or so of descriptors coming back.
+#[test]
+fn out_of_file_descriptors_the_daemon_backs_off_and_says_so_once() {
+    let sandbox = Sandbox::new();
+    assert!(sandbox.run(&["init"]).status.success());
+    std::fs::write(
+        sandbox.root().join("home/.config/warren/config.toml"),
+        "[share]\nenabled = true\nautostart = false\nmdns = false\n\
+         listen = [\"/ip4/127.0.0.1/tcp/0\"]\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(&sandbox);
+    let status = || support::ask_daemon(&sandbox, r#"{"op":"status"}"#, Duration::from_secs(5));
+    assert!(status().is_some(), "{}", daemon.log());
+    std::thread::sleep(Duration::from_millis(500));
+    let open = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+        .unwrap()
+        .count() as u64;
+    let pid = Pid::from_raw(daemon.pid() as i32).unwrap();
+    // The daemon's hard limit is ours: it inherited it.
+    let tight = Rlimit {
+        current: Some(open + 2),
+        maximum: getrlimit(Resource::Nofile).maximum,
+    };
+    let before = prlimit(Some(pid), Resource::Nofile, tight).unwrap();
+
+    // Helpers that connect and say nothing yet: two are accepted, the
+    // rest wait in the socket's queue while accept fails.
+    let waiting: Vec<UnixStream> = (0..20)
+        .filter_map(|_| UnixStream::connect(sandbox.store().join("daemon.sock")).ok())
+        .collect();
+    assert!(waiting.len() > 2);
+    std::thread::sleep(Duration::from_secs(3));
+    let during = daemon.warnings();
+    drop(waiting);
+    prlimit(Some(pid), Resource::Nofile, before).unwrap();
+
+    let answered = std::time::Instant::now();
+    assert!(
+        status().is_some_and(|answer| answer.contains("status")),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        answered.elapsed() < Duration::from_secs(4),
+        "answered after {:?}",
+        answered.elapsed()
+    );
+    assert!(
+        during.len() <= 1,
+        "{} warning lines in 3 s:\n{}",
+        during.len(),
+        during.join("\n")
+    );
+    assert!(
+        during
+            .iter()
+            .all(|line| line.contains("Too many open files")),
+        "{during:?}"
+    );
+}
