@@ -34,6 +34,7 @@ pub(crate) mod codec;
 pub(crate) mod discovery;
 pub(crate) mod failure;
 mod fetching;
+pub(crate) mod interfaces;
 mod peers;
 mod serving;
 mod summaries;
@@ -277,9 +278,7 @@ impl EventLoop {
                 }
             },
             SwarmEvent::Behaviour(
-                BehaviourEvent::Admission(never)
-                | BehaviourEvent::Allowed(never)
-                | BehaviourEvent::Limits(never),
+                BehaviourEvent::Allowed(never) | BehaviourEvent::Limits(never),
             ) => match never {},
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::debug!(%address, "listening");
