@@ -317,8 +317,11 @@ impl NodeConfig {
     }
 
     /// How many requests are served at once (each may hash and stream a
-    /// body), of which one peer may hold three quarters; more are answered
-    /// "not found" at once. Default 16 (12 per peer).
+    /// body); more are answered "not found" at once. A peer that is being
+    /// served gets another permit only while more than a quarter of them
+    /// stay free, so one peer holds at most three quarters and each other
+    /// peer still gets one (see `node::serving`). Default 16 (12 for one
+    /// peer).
     pub fn with_max_concurrent_serves(mut self, serves: usize) -> Self {
         self.max_concurrent_serves = serves.max(1);
         self
