@@ -16,6 +16,14 @@
 //! them after [`ANNOUNCED_TTL`] without a new announcement, and dials a
 //! peer on discovery no sooner than its redial backoff allows.
 //!
+//! Announcements can come as fast as anyone on the LAN sends them, so what
+//! each costs is bounded: on the node's thread, a look at the cached
+//! interfaces (`node::interfaces`) and at most [`MAX_INSTANCES`] names
+//! remembered; in `mdns-sd`, whose record cache has no cap of its own, the
+//! cache is measured every [`CACHE_CHECK`] and, past
+//! [`MAX_CACHED_RECORDS`], the mDNS daemon is started afresh (which drops
+//! the cache; coworkers are found again by the next browse).
+//!
 //! Nothing here runs unless [`NodeConfig::with_mdns`](crate::NodeConfig::with_mdns)
 //! asked for it: creating the daemon already opens multicast sockets. The
 //! daemon runs on its own thread; the event loop awaits its browse channel
@@ -23,6 +31,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -61,39 +70,40 @@ pub(crate) enum Found {
 pub(crate) struct Discovery {
     daemon: ServiceDaemon,
     browse: mdns_sd::Receiver<ServiceEvent>,
-    service_type: String,
+    config: MdnsConfig,
     local_peer: PeerId,
     announcements: Announcements,
     /// The port advertised, once the swarm listens.
     advertised_port: Option<u16>,
+    /// When to measure the daemon's cache, and the measure asked for.
+    cache_check: tokio::time::Interval,
+    metrics: Option<mdns_sd::Receiver<mdns_sd::Metrics>>,
+    /// Times the daemon was started afresh (the first is logged louder).
+    restarts: u64,
 }
+
+/// Records the mDNS daemon may cache before it is started afresh: far
+/// more than a LAN's devices announce (each warren node, a handful).
+pub(crate) const MAX_CACHED_RECORDS: i64 = 16_384;
+/// How often the mDNS daemon's cache is measured.
+pub(crate) const CACHE_CHECK: Duration = Duration::from_secs(5);
 
 impl Discovery {
     /// Starts the mDNS daemon on the configured interfaces and browses.
     pub(crate) fn start(config: MdnsConfig, local_peer: PeerId) -> Result<Self, mdns_sd::Error> {
-        let daemon = ServiceDaemon::new()?;
-        // Selections apply in order, the last match winning.
-        if !config.interfaces.is_empty() {
-            daemon.disable_interface(IfKind::All)?;
-            for interface in &config.interfaces {
-                let kind = match interface.parse::<IpAddr>() {
-                    Ok(address) => IfKind::Addr(address),
-                    Err(_) => IfKind::Name(interface.clone()),
-                };
-                daemon.enable_interface(kind)?;
-            }
-        }
-        if !config.ipv6 {
-            daemon.disable_interface(IfKind::IPv6)?;
-        }
-        let browse = daemon.browse(&config.service_type)?;
+        let (daemon, browse) = open(&config)?;
+        let mut cache_check = tokio::time::interval(CACHE_CHECK);
+        cache_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
             daemon,
             browse,
-            service_type: config.service_type.clone(),
-            local_peer,
             announcements: Announcements::new(&config, local_peer, Interfaces::of_this_machine()),
+            config,
+            local_peer,
             advertised_port: None,
+            cache_check,
+            metrics: None,
+            restarts: 0,
         })
     }
 
@@ -109,6 +119,13 @@ impl Discovery {
         if self.advertised_port.is_some() {
             return Ok(());
         }
+        self.register(port)?;
+        self.advertised_port = Some(port);
+        tracing::debug!(port, "advertising on mDNS");
+        Ok(())
+    }
+
+    fn register(&self, port: u16) -> Result<(), mdns_sd::Error> {
         let peer = self.local_peer.to_base58();
         let version = WIRE_VERSION.to_string();
         let properties = [
@@ -117,22 +134,123 @@ impl Discovery {
             ("proto", PROTOCOL_NAME),
         ];
         let host = format!("{peer}.local.");
-        let service =
-            ServiceInfo::new(&self.service_type, &peer, &host, (), port, &properties[..])?
-                .enable_addr_auto();
-        self.daemon.register(service)?;
-        self.advertised_port = Some(port);
-        tracing::debug!(port, "advertising on mDNS");
-        Ok(())
+        let service = ServiceInfo::new(
+            &self.config.service_type,
+            &peer,
+            &host,
+            (),
+            port,
+            &properties[..],
+        )?
+        .enable_addr_auto();
+        self.daemon.register(service)
     }
 
-    /// Waits for the next browse event and interprets it.
+    /// Waits for the next browse event and interprets it; measures the
+    /// daemon's cache now and then.
     pub(crate) async fn next(&mut self) -> Found {
-        match self.browse.recv_async().await {
-            Ok(event) => self.announcements.interpret(event, Instant::now()),
-            Err(_) => Found::Stopped,
+        tokio::select! {
+            event = self.browse.recv_async() => match event {
+                Ok(event) => self.announcements.interpret(event, Instant::now()),
+                Err(_) => Found::Stopped,
+            },
+            metrics = measured(self.metrics.as_ref()) => {
+                self.metrics = None;
+                match metrics {
+                    Some(metrics) => self.check_cache(cached_records(&metrics)),
+                    None => Found::Nothing,
+                }
+            }
+            _ = self.cache_check.tick() => {
+                self.metrics = self.daemon.get_metrics().ok();
+                Found::Nothing
+            }
         }
     }
+
+    /// Starts the daemon afresh if its cache holds more than
+    /// [`MAX_CACHED_RECORDS`].
+    fn check_cache(&mut self, cached: i64) -> Found {
+        if cached <= MAX_CACHED_RECORDS {
+            return Found::Nothing;
+        }
+        if self.restarts == 0 {
+            tracing::warn!(
+                cached,
+                "mDNS is caching more records than a LAN announces (a flood?); \
+                 starting it afresh"
+            );
+        } else {
+            tracing::debug!(
+                cached,
+                "mDNS cache over its bound again; starting it afresh"
+            );
+        }
+        self.restarts += 1;
+        match self.restart() {
+            Ok(()) => Found::Nothing,
+            Err(error) => {
+                tracing::warn!("cannot start mDNS afresh: {error}");
+                Found::Stopped
+            }
+        }
+    }
+
+    /// Replaces the daemon (and with it, its cache) by a new one that
+    /// browses and advertises as the old one did.
+    fn restart(&mut self) -> Result<(), mdns_sd::Error> {
+        let (daemon, browse) = open(&self.config)?;
+        let old = std::mem::replace(&mut self.daemon, daemon);
+        let _ = old.shutdown();
+        self.browse = browse;
+        if let Some(port) = self.advertised_port {
+            self.register(port)?;
+        }
+        Ok(())
+    }
+}
+
+/// An mDNS daemon on the configured interfaces, browsing.
+fn open(
+    config: &MdnsConfig,
+) -> Result<(ServiceDaemon, mdns_sd::Receiver<ServiceEvent>), mdns_sd::Error> {
+    let daemon = ServiceDaemon::new()?;
+    // Selections apply in order, the last match winning.
+    if !config.interfaces.is_empty() {
+        daemon.disable_interface(IfKind::All)?;
+        for interface in &config.interfaces {
+            let kind = match interface.parse::<IpAddr>() {
+                Ok(address) => IfKind::Addr(address),
+                Err(_) => IfKind::Name(interface.clone()),
+            };
+            daemon.enable_interface(kind)?;
+        }
+    }
+    if !config.ipv6 {
+        daemon.disable_interface(IfKind::IPv6)?;
+    }
+    let browse = daemon.browse(&config.service_type)?;
+    Ok((daemon, browse))
+}
+
+/// The metrics asked for, once they come (`None` if the daemon went
+/// away); never, if none were asked for.
+async fn measured(
+    metrics: Option<&mdns_sd::Receiver<mdns_sd::Metrics>>,
+) -> Option<mdns_sd::Metrics> {
+    match metrics {
+        Some(metrics) => metrics.recv_async().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Records in an mDNS daemon's cache, by its metrics (`cached-ptr`,
+/// `cached-addr`, …).
+fn cached_records(metrics: &mdns_sd::Metrics) -> i64 {
+    (metrics.iter())
+        .filter(|(name, _)| name.starts_with("cached-"))
+        .map(|(_, count)| *count)
+        .sum()
 }
 
 /// What browse events mean to the node: the checks of the module docs,
@@ -451,5 +569,26 @@ mod tests {
             ));
         }
         assert_eq!(reads.load(Ordering::SeqCst), 1);
+    }
+
+    /// The bound on `mdns-sd`'s cache reads its metrics: every kind of
+    /// cached record counts, and nothing else.
+    #[test]
+    fn the_mdns_cache_is_measured_by_its_cached_records() {
+        let metrics: mdns_sd::Metrics = [
+            ("cached-ptr", 3),
+            ("cached-srv", 3),
+            ("cached-txt", 3),
+            ("cached-addr", 20_000),
+            ("cached-nsec", 1),
+            ("cached-subtype", 0),
+            ("respond", 500),
+            ("browse", 1),
+        ]
+        .into_iter()
+        .map(|(name, count)| (name.to_owned(), count))
+        .collect();
+        assert_eq!(cached_records(&metrics), 20_010);
+        assert!(cached_records(&metrics) > MAX_CACHED_RECORDS);
     }
 }
