@@ -13,9 +13,11 @@
 //! `fetching` (asking peers, deadlines), `read_ahead` (fetching what peers
 //! hint a build will want next), `serving` (answering them), `summaries`
 //! and `peers` (bookkeeping, allowlist, dialing). Beside them: `behaviour`
-//! (the libp2p stack), `admission` (which incoming connections may start a
-//! handshake), `codec` (the request-response adapter), `discovery` (mDNS)
-//! and `client` (the handle).
+//! (the libp2p stack), `admission` (the transport's gate: which incoming
+//! connections may start a handshake, how many at once, for how long),
+//! `interfaces` (this machine's subnets, read now and then), `codec` (the
+//! request-response adapter), `discovery` (mDNS) and `client` (the
+//! handle).
 //!
 //! # Trust
 //!

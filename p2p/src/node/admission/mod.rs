@@ -394,7 +394,7 @@ mod tests {
     }
 
     #[test]
-    fn each_ip_gets_a_burst_then_a_trickle() {
+    fn a_burst_holds_at_most_its_share_of_the_slots() {
         let now = Instant::now();
         let mut gate = gate(false, Vec::new());
         let flooder = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 66));
