@@ -705,6 +705,11 @@ impl IdleHolder {
         victim: std::net::SocketAddr,
     ) -> io::Result<()> {
         let socket = tokio::net::TcpSocket::new_v4()?;
+        // The kernel gives sources of different addresses the same ports,
+        // and a node in this process that dials binds its listen port on
+        // 0.0.0.0 (libp2p's port reuse): without SO_REUSEADDR here that
+        // bind fails while a stranger's socket holds the port.
+        socket.set_reuseaddr(true)?;
         socket.bind((source, 0).into())?;
         self.streams.push(socket.connect(victim).await?);
         Ok(())
