@@ -719,6 +719,75 @@ fn an_address_spoofer_is_held_to_the_lan_and_the_bounds() {
     drop((announcer, reached, canary));
 }
 
+/// A stranger on the LAN floods mDNS with 20,000 hosts that do not exist
+/// (`mdns-sd` caches each one, without a cap of its own, for as long as
+/// the sender says). B's daemon starts its mDNS afresh once the cache
+/// passes its bound, and then still finds, and is found by, a coworker
+/// that comes up afterwards.
+#[test]
+fn an_mdns_flood_is_dropped_and_coworkers_are_still_found() {
+    if !netns::available() {
+        return;
+    }
+    let spoofer = p2p_example("address_spoofer");
+    let mut lan = Lan::new(3, go(None));
+    let a = lan.host(1).init(SHARING);
+    let b = lan.host(2).init(SHARING);
+    lan.host(1).trust(&b);
+    lan.host(2).trust(&a);
+    lan.host(2).start_daemon();
+
+    let (netns_c, veth_c) = (lan.host(3).netns.clone(), lan.host(3).veth.clone());
+    let route = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns_c,
+            "ip",
+            "route",
+            "add",
+            "224.0.0.0/4",
+            "dev",
+        ])
+        .arg(&veth_c)
+        .status()
+        .unwrap();
+    assert!(route.success());
+    let at = lan.host(3).address.clone();
+    let flood = lan
+        .host(3)
+        .command(&spoofer, &["flood", "20000", &at])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&flood.stdout).contains("flooded 20000"),
+        "{}",
+        String::from_utf8_lossy(&flood.stderr)
+    );
+    netns::wait_for(
+        Duration::from_secs(20),
+        "B starts mDNS afresh",
+        || lan.hosts[1].daemon_log().contains("starting it afresh"),
+        || lan.hosts[1].daemon_log(),
+    );
+
+    // A comes up after: each finds the other on mDNS.
+    lan.host(1).start_daemon();
+    lan.host(2).wait_connected(&a, Duration::from_secs(20));
+    let discovered = |host: &netns::Host, other: &str| -> bool {
+        let stats: serde_json::Value =
+            serde_json::from_str(&host.warren(&["stats", "--json"])).unwrap();
+        (stats["peers"].as_array().unwrap().iter())
+            .any(|peer| peer["id"] == other && peer["discovered"] == true)
+    };
+    netns::wait_for(
+        Duration::from_secs(10),
+        "A and B discover each other",
+        || discovered(&lan.hosts[1], &a) && discovered(&lan.hosts[0], &b),
+        || lan.hosts[1].daemon_log(),
+    );
+}
+
 /// Part 4, agreement, with real daemons: A and C each build `fmt`; B, with
 /// `agreement = true`, takes their entries because both built them and
 /// name the same outputs (wire version 4's `built_here`). Packages only A

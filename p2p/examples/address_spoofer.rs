@@ -9,11 +9,15 @@
 //! ```text
 //! address_spoofer announce <service type> <peer id> <port> <ipv4>...
 //! address_spoofer listen <ipv4:port>
+//! address_spoofer flood <records> <ipv4>
 //! ```
 //!
 //! `listen` accepts TCP connections, closes each at once, and prints
 //! `dialed <local address>` for each: what a dial to a spoofed address
-//! reached. Run it only inside a network namespace of a test's own.
+//! reached. `flood` announces `<records>` hosts that do not exist (one A
+//! record each, at `<ipv4>`), once, then prints `flooded <records>`: what
+//! an mDNS cache without a cap keeps. Run it only inside a network
+//! namespace of a test's own.
 
 #![expect(clippy::print_stdout, reason = "a test tool reporting to its test")]
 
@@ -39,9 +43,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             announce(&args[1], &args[2], port, &addresses)
         }
         Some("listen") if args.len() == 2 => listen(args[1].parse()?),
+        Some("flood") if args.len() == 3 => flood(args[1].parse()?, args[2].parse()?),
         _ => Err(
             "usage: address_spoofer announce <service type> <peer id> <port> <ipv4>... \
-                  | listen <ipv4:port>"
+                  | listen <ipv4:port> | flood <records> <ipv4>"
                 .into(),
         ),
     }
@@ -63,6 +68,34 @@ fn announce(
         socket.send_to(&packet, (Ipv4Addr::new(224, 0, 0, 251), 5353))?;
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+fn flood(records: u32, address: Ipv4Addr) -> Result<(), Box<dyn std::error::Error>> {
+    const PER_PACKET: u32 = 40;
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5353))?;
+    socket.set_multicast_ttl_v4(255)?;
+    for first in (0..records).step_by(PER_PACKET as usize) {
+        let count = PER_PACKET.min(records - first);
+        let mut packet = Vec::new();
+        for field in [0u16, 0x8400, 0, count as u16, 0, 0] {
+            packet.extend_from_slice(&field.to_be_bytes());
+        }
+        for n in first..first + count {
+            record(
+                &mut packet,
+                &format!("flood{n}.local"),
+                1,
+                0x8001,
+                &address.octets(),
+            );
+        }
+        socket.send_to(&packet, (Ipv4Addr::new(224, 0, 0, 251), 5353))?;
+        // Paced, so that the receiver's socket buffer takes it all.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    println!("flooded {records}");
+    std::io::stdout().flush()?;
+    Ok(())
 }
 
 fn listen(address: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {

@@ -138,8 +138,9 @@ impl NodeConfig {
             ping_interval: Duration::from_secs(15),
             redial_min: Duration::from_secs(1),
             redial_max: Duration::from_secs(60),
+            // Pending incoming connections are bounded by admission,
+            // which also lets a newcomer take over an idle one's slot.
             connection_limits: ConnectionLimits::default()
-                .with_max_pending_incoming(Some(32))
                 .with_max_established_incoming(Some(128))
                 .with_max_established_per_peer(Some(4)),
             max_concurrent_serves: defaults::MAX_CONCURRENT_SERVES,
@@ -322,16 +323,25 @@ impl NodeConfig {
         self
     }
 
-    /// Connection limits. Default: 32 pending incoming, 128 established
-    /// incoming, 4 per peer.
+    /// Connection limits. Default: 128 established incoming, 4 per peer.
+    ///
+    /// Handshakes in progress are bounded apart, whatever this says: at
+    /// most 32 incoming at once, 4 per source (an IPv4 address, an IPv6
+    /// /64), each within 3 s, a newcomer taking over the oldest one's slot
+    /// (see `node::admission`). Setting a cap on pending incoming
+    /// connections here undoes that: whoever fills it first keeps
+    /// newcomers out.
     pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
         self.connection_limits = limits;
         self
     }
 
     /// How many requests are served at once (each may hash and stream a
-    /// body), of which one peer may hold three quarters; more are answered
-    /// "not found" at once. Default 16 (12 per peer).
+    /// body); more are answered "not found" at once. A peer that is being
+    /// served gets another permit only while more than a quarter of them
+    /// stay free, so one peer holds at most three quarters and each other
+    /// peer still gets one (see `node::serving`). Default 16 (12 for one
+    /// peer).
     pub fn with_max_concurrent_serves(mut self, serves: usize) -> Self {
         self.max_concurrent_serves = serves.max(1);
         self

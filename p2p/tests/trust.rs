@@ -453,8 +453,9 @@ async fn a_slow_reader_is_cut_off_at_the_minimum_send_rate() {
 
 /// Part 4, finding 9: the handshake flooder opens connection after
 /// connection from one address. Past a small burst they are closed before
-/// any handshake (the victim never even sends its protocol header), and a
-/// coworker on another address still connects and fetches.
+/// any handshake (the victim never even sends its protocol header), the
+/// address holds at most 4 handshakes at once (its newest), and a coworker
+/// on another address still connects and fetches.
 #[tokio::test]
 async fn a_handshake_flooder_is_refused_and_others_still_get_in() {
     use tokio::io::AsyncReadExt as _;
@@ -475,6 +476,9 @@ async fn a_handshake_flooder_is_refused_and_others_still_get_in() {
     let mut streams = Vec::new();
     for _ in 0..40 {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // So that the coworker's dial can bind its port on 0.0.0.0 even if
+        // the kernel gave one of these the same port (see IdleHolder).
+        socket.set_reuseaddr(true).unwrap();
         socket.bind(flooder).unwrap();
         let address = format!("127.0.0.1:{port}").parse().unwrap();
         streams.push(socket.connect(address).await.unwrap());
@@ -492,8 +496,8 @@ async fn a_handshake_flooder_is_refused_and_others_still_get_in() {
         .filter(|admitted| *admitted)
         .count();
     assert!(
-        answered <= 12,
-        "{answered} of 40 connections from one IP got a handshake"
+        answered <= 4,
+        "{answered} of 40 connections from one IP are still in their handshake"
     );
     assert!(answered >= 1, "not even the first connection was let in");
 

@@ -2,12 +2,12 @@
 //! use its connections.
 //!
 //! Transport: TCP, authenticated and encrypted with Noise (which proves the
-//! remote's peer ID), multiplexed with Yamux. The behaviours, in the order
-//! the swarm consults them:
+//! remote's peer ID), multiplexed with Yamux, behind [`admission`]: before
+//! any handshake, an incoming connection must come from a LAN address,
+//! within its IP's handshake rate, and it gets one of a bounded number of
+//! handshake slots and a short deadline. The behaviours, in the order the
+//! swarm consults them:
 //!
-//! 1. `admission`: before any handshake, an incoming connection must come
-//!    from a LAN address and within its IP's handshake rate
-//!    ([`admission`]).
 //! 1. `allowed`: the allowlist. A connection to or from a peer ID that is not
 //!    on it is denied as soon as the handshake has told us who it is, before
 //!    any protocol runs on it, and removing a peer closes its connections.
@@ -38,7 +38,6 @@ const MAX_STREAMS_PER_CONNECTION: usize = 256;
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
-    pub(crate) admission: admission::Behaviour,
     pub(crate) allowed: allow_block_list::Behaviour<AllowedPeers>,
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) ping: ping::Behaviour,
@@ -117,7 +116,6 @@ pub(crate) fn build_swarm(
             .with_max_concurrent_streams(CATALOG_STREAMS_PER_CONNECTION),
     );
     let behaviour = Behaviour {
-        admission: admission::Behaviour::new(config.inbound_from_anywhere),
         allowed,
         limits: connection_limits::Behaviour::new(config.connection_limits.clone()),
         ping: ping::Behaviour::new(ping::Config::new().with_interval(config.ping_interval)),
@@ -126,14 +124,20 @@ pub(crate) fn build_swarm(
         catalog,
     };
     let idle = config.idle_connection_timeout;
-    let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
+    let noise = noise::Config::new(&config.keypair).map_err(Error::Transport)?;
+    let anywhere = config.inbound_from_anywhere;
+    // What `SwarmBuilder::with_tcp` builds, behind admission.
+    let Ok(builder) = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(Error::Transport)?
+        .with_other_transport(|_| {
+            use libp2p::Transport as _;
+            let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default());
+            admission::Admission::new(tcp, anywhere)
+        });
+    let swarm = builder
         .with_behaviour(|_| behaviour)
         .expect("a ready-made behaviour cannot fail")
         .with_swarm_config(|swarm| {

@@ -132,6 +132,9 @@ pub enum Event {
     PeerDisconnected(PeerId),
     /// A connection was refused: the peer is not allowlisted, or a limit was
     /// reached. `peer` is `None` when the handshake did not get that far.
+    /// Incoming connections that admission turns away before any handshake
+    /// (by address, rate or handshake slots) are closed without an event:
+    /// strangers can open them as fast as they like.
     ConnectionDenied { peer: Option<PeerId> },
     /// A peer sent a body that failed verification, or did not deliver one
     /// it announced in time ([`RejectReason::Stalled`]). Nothing was

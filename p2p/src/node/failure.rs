@@ -35,7 +35,16 @@ pub enum ConnectFailure {
     /// it does not have us on its allowlist.
     ClosedAfterHandshake,
     /// Another peer answered at the address.
-    WrongPeerId { address: String, obtained: String },
+    WrongPeerId {
+        address: String,
+        obtained: String,
+        /// The address was only announced on mDNS for the peer (neither
+        /// configured nor proved by a connection). Anyone can announce any
+        /// peer's ID at any address, so this says nothing about the
+        /// user's configuration. `false` from a daemon too old to tell.
+        #[serde(default)]
+        announced: bool,
+    },
     /// The peer speaks none of our protocol versions.
     Protocol,
     /// Anything else, as libp2p put it.
@@ -46,9 +55,11 @@ impl ConnectFailure {
     /// What a failed dial of `peer` says.
     pub(super) fn of_dial(error: &DialError) -> Option<Self> {
         match error {
+            // Whether the address was only announced, the caller knows.
             DialError::WrongPeerId { obtained, address } => Some(Self::WrongPeerId {
                 address: split_peer_id(address.clone()).0.to_string(),
                 obtained: obtained.to_string(),
+                announced: false,
             }),
             DialError::Transport(attempts) => {
                 // The most telling of the addresses tried: any address that
@@ -102,8 +113,20 @@ impl std::fmt::Display for ConnectFailure {
             Self::ClosedAfterHandshake => {
                 write!(f, "it closed the connection right after the handshake")
             }
-            Self::WrongPeerId { address, obtained } => {
-                write!(f, "{address} answered as another peer, {obtained}")
+            Self::WrongPeerId {
+                address,
+                obtained,
+                announced,
+            } => {
+                let announced = if *announced {
+                    " (announced on mDNS)"
+                } else {
+                    ""
+                };
+                write!(
+                    f,
+                    "{address}{announced} answered as another peer, {obtained}"
+                )
             }
             Self::Protocol => write!(f, "it speaks none of this warren's protocol versions"),
             Self::Other { message } => write!(f, "{message}"),

@@ -13,9 +13,11 @@
 //! `fetching` (asking peers, deadlines), `read_ahead` (fetching what peers
 //! hint a build will want next), `serving` (answering them), `summaries`
 //! and `peers` (bookkeeping, allowlist, dialing). Beside them: `behaviour`
-//! (the libp2p stack), `admission` (which incoming connections may start a
-//! handshake), `codec` (the request-response adapter), `discovery` (mDNS)
-//! and `client` (the handle).
+//! (the libp2p stack), `admission` (the transport's gate: which incoming
+//! connections may start a handshake, how many at once, for how long),
+//! `interfaces` (this machine's subnets, read now and then), `codec` (the
+//! request-response adapter), `discovery` (mDNS) and `client` (the
+//! handle).
 //!
 //! # Trust
 //!
@@ -35,6 +37,7 @@ pub(crate) mod codec;
 pub(crate) mod discovery;
 pub(crate) mod failure;
 mod fetching;
+pub(crate) mod interfaces;
 mod peers;
 mod serving;
 mod summaries;
@@ -278,9 +281,7 @@ impl EventLoop {
                 }
             },
             SwarmEvent::Behaviour(
-                BehaviourEvent::Admission(never)
-                | BehaviourEvent::Allowed(never)
-                | BehaviourEvent::Limits(never),
+                BehaviourEvent::Allowed(never) | BehaviourEvent::Limits(never),
             ) => match never {},
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::debug!(%address, "listening");
@@ -331,7 +332,7 @@ impl EventLoop {
                 if let Some(peer) = peer_id
                     && let Some(failure) = ConnectFailure::of_dial(&error)
                 {
-                    self.peer(peer).failed(failure);
+                    self.dial_failed(peer, failure);
                 }
                 if matches!(error, DialError::Denied { .. }) {
                     self.emit(Event::ConnectionDenied { peer: peer_id });
@@ -536,6 +537,65 @@ mod tests {
     }
     impl Hints for Empty {}
     impl Summaries for Empty {}
+
+    /// A stranger announces an allowlisted peer's ID at its own host,
+    /// where another peer answers: that address is dropped, and the
+    /// failure says it was only announced, so that `warren doctor` does
+    /// not advise correcting the static peers.
+    #[tokio::test]
+    async fn an_announced_address_that_answers_as_another_peer_is_dropped() {
+        use libp2p::swarm::ConnectionId;
+
+        let peer = PeerId::random();
+        let config = NodeConfig::new(libp2p::identity::Keypair::generate_ed25519())
+            .with_listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+            .with_allowlist(std::collections::HashSet::from([peer]));
+        let (_client, _events, mut event_loop) = crate::new(config, Arc::new(Empty)).unwrap();
+        let spoofed: libp2p::Multiaddr = "/ip4/10.0.0.66/tcp/7311".parse().unwrap();
+        let configured: libp2p::Multiaddr = "/ip4/10.0.0.2/tcp/7311".parse().unwrap();
+        event_loop.remember(configured.clone().with_p2p(peer).unwrap());
+        event_loop
+            .peer(peer)
+            .announce(std::slice::from_ref(&spoofed), Instant::now());
+        let stranger = PeerId::random();
+        let answered_as = |address: &libp2p::Multiaddr| SwarmEvent::OutgoingConnectionError {
+            connection_id: ConnectionId::new_unchecked(1),
+            peer_id: Some(peer),
+            error: DialError::WrongPeerId {
+                obtained: stranger,
+                address: address.clone().with_p2p(peer).unwrap(),
+            },
+        };
+        event_loop.on_swarm_event(answered_as(&spoofed));
+        let info = (event_loop.peer_infos().into_iter())
+            .find(|info| info.peer == peer)
+            .unwrap();
+        assert_eq!(info.addresses, std::slice::from_ref(&configured));
+        assert_eq!(
+            info.last_failure.map(|(_, failure)| failure),
+            Some(ConnectFailure::WrongPeerId {
+                address: spoofed.to_string(),
+                obtained: stranger.to_string(),
+                announced: true,
+            })
+        );
+        // A configured address that answers as another peer is the
+        // configuration's fault.
+        event_loop.on_swarm_event(answered_as(&configured));
+        let info = (event_loop.peer_infos().into_iter())
+            .find(|info| info.peer == peer)
+            .unwrap();
+        assert!(matches!(
+            info.last_failure,
+            Some((
+                _,
+                ConnectFailure::WrongPeerId {
+                    announced: false,
+                    ..
+                }
+            ))
+        ));
+    }
 
     /// Part 4, finding 10: an mDNS goodbye created peer state for any ID,
     /// past the bound on strangers.

@@ -220,6 +220,24 @@ impl EventLoop {
             .collect()
     }
 
+    /// Records why a dial of `peer` failed. An address that answered as
+    /// another peer is one no dial of this peer should try again if it
+    /// was only announced: anyone on the LAN can announce any peer's ID at
+    /// their own host, and the failure must say so (`warren doctor` would
+    /// otherwise advise correcting a configuration that is right).
+    pub(super) fn dial_failed(&mut self, peer: PeerId, mut failure: ConnectFailure) {
+        let state = self.peer(peer);
+        if let ConnectFailure::WrongPeerId {
+            address, announced, ..
+        } = &mut failure
+            && let Ok(address) = address.parse::<Multiaddr>()
+        {
+            *announced = !state.addresses.contains(&address);
+            state.announced.remove(&address);
+        }
+        state.failed(failure);
+    }
+
     /// Records a static or dialed address for redials.
     pub(super) fn remember(&mut self, address: Multiaddr) -> Option<PeerId> {
         let (address, peer) = split_peer_id(address);

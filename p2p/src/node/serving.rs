@@ -1,13 +1,24 @@
 //! Serving: answering peers' requests from the local store.
 //!
-//! The event loop checks the allowlist and the serving cap (in all, and
-//! three quarters of it per peer, so that one slow reader cannot hold
-//! every permit)
-//! and hands the
-//! request's actions (at most [`MAX_BATCH`]) to the codec, which looks each
-//! up and streams its answer in turn ([`crate::serve::answer`]). Over the cap,
-//! every action is answered "not found" at once, without a lookup. What
-//! was sent is counted when the exchange ends, as it ended.
+//! The event loop checks the allowlist and takes a serve permit, then
+//! hands the request's actions (at most [`MAX_BATCH`]) to the codec, which
+//! looks each up and streams its answer in turn ([`crate::serve::answer`]).
+//! Without a permit, every action is answered "not found" at once, without
+//! a lookup. What was sent is counted when the exchange ends, as it ended.
+//!
+//! # Who gets a permit
+//!
+//! An answer holds its permit until it is written, and a peer may read at
+//! the minimum rate (`serve::paced`): with big bodies, for minutes. So
+//! permits are shared by [`may_take`]: a peer that holds none gets one
+//! whenever one is free, and a peer that holds some gets another only
+//! while more than a quarter of all (at least one) stay free. One busy peer thus gets
+//! three quarters (12 of the default 16); the quarter left goes one at a
+//! time to peers that hold none, so it takes five peers that never let go
+//! to hold every permit, and two slow readers leave a third peer served.
+//! Cutting readers off sooner would also cut honest ones on a slow link,
+//! and taking a permit back mid-answer would count against an honest
+//! server as a stall; a share of permits does neither.
 
 use std::sync::Arc;
 
@@ -25,7 +36,7 @@ pub(super) struct Serving {
     pub(super) peer: PeerId,
     /// Bodies sent so far; the codec appends.
     pub(super) sent: SentLog,
-    pub(super) _permit: Option<OwnedSemaphorePermit>,
+    pub(super) permit: Option<OwnedSemaphorePermit>,
 }
 
 impl EventLoop {
@@ -42,17 +53,13 @@ impl EventLoop {
             return;
         }
         self.peer(peer).seen();
-        // One peer gets at most three quarters of the permits, so a peer
-        // that reads slowly (or not at all) cannot hold them all: a quarter
-        // stays for the others, and one busy peer still gets most.
-        let total = self.config.max_concurrent_serves;
-        let share = (total - total / 4).max(1);
         let held = self
             .serving
             .values()
-            .filter(|serving| serving.peer == peer)
+            .filter(|serving| serving.peer == peer && serving.permit.is_some())
             .count();
-        let permit = if held < share {
+        let free = self.serve_permits.available_permits();
+        let permit = if may_take(self.config.max_concurrent_serves, free, held) {
             self.serve_permits.clone().try_acquire_owned().ok()
         } else {
             None
@@ -76,14 +83,8 @@ impl EventLoop {
             .fetch
             .send_response(channel, Response::Reply(reply));
         if accepted.is_ok() {
-            self.serving.insert(
-                request_id,
-                Serving {
-                    peer,
-                    sent,
-                    _permit: permit,
-                },
-            );
+            self.serving
+                .insert(request_id, Serving { peer, sent, permit });
         }
     }
 
@@ -106,5 +107,47 @@ impl EventLoop {
                 bytes,
             });
         }
+    }
+}
+
+/// Whether a peer holding `held` permits may take one more, with `free` of
+/// `total` free (see the module docs).
+fn may_take(total: usize, free: usize, held: usize) -> bool {
+    free > 0 && (held == 0 || free > (total / 4).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Peers that each take every permit they may, one after the other,
+    /// never letting go: how many each ends up with.
+    fn greedy(total: usize, peers: usize) -> Vec<usize> {
+        let mut held = vec![0; peers];
+        let mut free = total;
+        for share in &mut held {
+            while may_take(total, free, *share) {
+                *share += 1;
+                free -= 1;
+            }
+        }
+        held
+    }
+
+    /// A peer that holds its permits for minutes (reading at the minimum
+    /// rate) used to get three quarters of them, and a second one the
+    /// rest: a third peer got none.
+    #[test]
+    fn two_peers_that_never_let_go_leave_permits_for_others() {
+        assert_eq!(greedy(16, 3), [12, 1, 1]);
+        assert_eq!(greedy(16, 6), [12, 1, 1, 1, 1, 0]);
+    }
+
+    #[test]
+    fn a_lone_peer_gets_three_quarters_and_tiny_caps_still_serve() {
+        assert_eq!(greedy(16, 1), [12]);
+        assert_eq!(greedy(1, 2), [1, 0]);
+        assert_eq!(greedy(2, 2), [1, 1]);
+        assert_eq!(greedy(4, 2), [3, 1]);
     }
 }

@@ -742,3 +742,60 @@ impl request_response::Codec for CountingSummaries {
         Err(io::Error::other("the bomber only asks"))
     }
 }
+
+/// The handshake holder: strangers that open TCP connections to a victim
+/// and never send a byte, each holding one of its handshake slots for as
+/// long as the victim lets it. Sources are loopback addresses (any of
+/// 127/8 binds on Linux), so one test can play many machines.
+#[derive(Default)]
+pub struct IdleHolder {
+    streams: Vec<tokio::net::TcpStream>,
+}
+
+impl IdleHolder {
+    /// Opens one idle connection from `source` to `victim`.
+    pub async fn open(
+        &mut self,
+        source: std::net::Ipv4Addr,
+        victim: std::net::SocketAddr,
+    ) -> io::Result<()> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        // The kernel gives sources of different addresses the same ports,
+        // and a node in this process that dials binds its listen port on
+        // 0.0.0.0 (libp2p's port reuse): without SO_REUSEADDR here that
+        // bind fails while a stranger's socket holds the port.
+        socket.set_reuseaddr(true)?;
+        socket.bind((source, 0).into())?;
+        self.streams.push(socket.connect(victim).await?);
+        Ok(())
+    }
+
+    /// Forgets the connections the victim closed (refused, or gave up on);
+    /// how many it still holds open.
+    pub fn still_open(&mut self) -> usize {
+        self.streams.retain(|stream| {
+            let mut byte = [0; 1];
+            match stream.try_read(&mut byte) {
+                Ok(0) => false,
+                Ok(_) => true,
+                Err(error) => error.kind() == io::ErrorKind::WouldBlock,
+            }
+        });
+        self.streams.len()
+    }
+}
+
+/// The TCP address of a node's listen address (`/ip4/…/tcp/…/…`).
+pub fn socket_address(address: &Multiaddr) -> std::net::SocketAddr {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    for protocol in address.iter() {
+        match protocol {
+            Protocol::Ip4(v4) => ip = Some(std::net::IpAddr::V4(v4)),
+            Protocol::Ip6(v6) => ip = Some(std::net::IpAddr::V6(v6)),
+            Protocol::Tcp(port) => return (ip.expect("an IP before the port"), port).into(),
+            _ => {}
+        }
+    }
+    panic!("{address} has no TCP port")
+}

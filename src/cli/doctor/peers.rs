@@ -99,16 +99,17 @@ pub(super) fn check_peers(
                     me.id, me.name
                 ),
             ),
-            Some(ConnectFailure::WrongPeerId { address, obtained }) => (
-                format!(
-                    "{name}: {address} answered as another peer, {}",
-                    names.name_or_id(obtained)
-                ),
-                format!("the address given for {name} is stale or wrong"),
-                format!(
-                    "correct {name}'s address in `static-peers` under [share] in {}",
-                    config_file(config)
-                ),
+            Some(ConnectFailure::WrongPeerId {
+                address,
+                obtained,
+                announced,
+            }) => wrong_peer(
+                config,
+                &name,
+                &entry.id,
+                address,
+                &names.name_or_id(obtained),
+                *announced,
             ),
             Some(ConnectFailure::Protocol) => (
                 format!("{name}: speaks another protocol version"),
@@ -122,6 +123,64 @@ pub(super) fn check_peers(
             ),
         };
         report.problem(what, Some(cause), Some(fix));
+    }
+}
+
+/// Another peer answered at `address`. Only an address in `static-peers`
+/// is the user's to correct: one announced on mDNS may have been announced
+/// by anyone (a stranger can announce an offline peer's ID at its own
+/// host), and one the peer was reached at before has changed hands.
+fn wrong_peer(
+    config: &Config,
+    name: &str,
+    id: &str,
+    address: &str,
+    obtained: &str,
+    announced: bool,
+) -> (String, String, String) {
+    let at = address.parse::<Multiaddr>().ok();
+    let configured = at.as_ref().and_then(multiaddr_ip_port).is_some_and(|at| {
+        (config.share.static_peers.iter())
+            .filter_map(|text| text.parse::<Multiaddr>().ok())
+            .any(|listed| multiaddr_ip_port(&listed) == Some(at))
+    });
+    if configured {
+        return (
+            format!("{name}: {address} answered as another peer, {obtained}"),
+            format!("the address given for {name} is stale or wrong"),
+            format!(
+                "correct {name}'s address in `static-peers` under [share] in {}",
+                config_file(config)
+            ),
+        );
+    }
+    let ask = format!("ask {name} to run `warren doctor`: its daemon may not be running");
+    if announced {
+        (
+            format!(
+                "{name}: an mDNS announcement put it at {address}, where another peer, \
+                 {obtained}, answered"
+            ),
+            format!(
+                "someone on your network announces {name}'s ID at another machine, or {name} \
+                 moved and its old address is another machine's now; nothing in your \
+                 configuration is wrong"
+            ),
+            ask,
+        )
+    } else {
+        (
+            format!(
+                "{name}: {address}, where it was reached before, answered as another peer, \
+                 {obtained}"
+            ),
+            format!("{name} moved, and its old address is another machine's now"),
+            format!(
+                "{ask}; or give its address: \
+                 `static-peers = [\"/ip4/<IP>/tcp/7311/p2p/{id}\"]` under [share] in {}",
+                config_file(config)
+            ),
+        )
     }
 }
 
@@ -505,5 +564,100 @@ mod tests {
         check_replication(&quiet, &status, &names, &me, &mut report);
         assert_eq!(report.count(super::super::Status::Warning), 0);
         assert!(report.checks.is_empty());
+    }
+
+    /// A stranger that announces an offline peer's ID at its own host
+    /// (anyone on the LAN can) made the doctor advise correcting
+    /// `static-peers`, which named no such address. Only an address that
+    /// is there is blamed on the configuration.
+    #[test]
+    fn another_peer_at_an_address_is_the_configurations_fault_only_if_configured() {
+        let ids: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        let stranger = ids[3].to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        crate::fsutil::write_atomic(
+            &file,
+            format!(
+                "[share]\nstatic-peers = [\"/ip4/10.0.0.2/tcp/7311/p2p/{}\"]\n",
+                ids[0]
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let config = Config::load(&Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        let names = Allowlist {
+            peers: ["alice", "bob", "carol"]
+                .iter()
+                .zip(&ids)
+                .map(|(name, id)| Listed {
+                    id: id.to_string(),
+                    name: Some((*name).into()),
+                    role: Role::PullAndServe,
+                    reshare: false,
+                })
+                .collect(),
+        };
+        let failed = |id: &PeerId, address: &str, announced: bool| PeerStatus {
+            id: id.to_string(),
+            allowlisted: true,
+            addresses: vec![address.into()],
+            last_failure: Some(ConnectFailure::WrongPeerId {
+                address: address.into(),
+                obtained: stranger.clone(),
+                announced,
+            }),
+            last_failure_unix_ms: Some(2),
+            ..PeerStatus::default()
+        };
+        let status = DaemonStatus {
+            probed_unix_ms: Some(1),
+            peers: vec![
+                failed(&ids[0], "/ip4/10.0.0.2/tcp/7311", false),
+                failed(&ids[1], "/ip4/10.0.0.66/tcp/7311", true),
+                failed(&ids[2], "/ip4/10.0.0.3/tcp/7311", false),
+            ],
+            ..DaemonStatus::default()
+        };
+        let me = Me {
+            id: "12D3KooWme".into(),
+            name: "dave".into(),
+        };
+        let mut report = Report::default();
+        check_peers(&config, &status, &names, &me, &mut report);
+        let mut out = Vec::new();
+        report.print(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let fixes: Vec<&str> = (text.lines())
+            .filter_map(|line| line.trim_start().strip_prefix("fix: "))
+            .collect();
+        assert_eq!(fixes.len(), 3, "{text}");
+        let correct = format!(
+            "correct alice's address in `static-peers` under [share] in {}",
+            file.display()
+        );
+        assert_eq!(fixes[0], correct, "{text}");
+        for (fix, name) in fixes[1..].iter().zip(["bob", "carol"]) {
+            assert!(!fix.starts_with("correct"), "{name}: {text}");
+            assert!(
+                fix.starts_with(&format!("ask {name} to run `warren doctor`")),
+                "{name}: {text}"
+            );
+        }
+        assert!(
+            text.contains(&format!(
+                "bob: an mDNS announcement put it at /ip4/10.0.0.66/tcp/7311, where another \
+                 peer, {stranger}, answered"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("nothing in your configuration is wrong"),
+            "{text}"
+        );
     }
 }
