@@ -39,7 +39,7 @@ pub(crate) const FLOOR_PART: u64 = 20;
 /// so that a big disk that its owner keeps nearly full (what ext4 keeps for
 /// root is already left out of what `statvfs` calls free) still takes
 /// bodies from peers.
-pub(crate) const FLOOR_MAX: u64 = 10 << 30;
+pub(crate) const FLOOR_MAX: u64 = 2 << 30;
 /// How long an opening sink may use a reading of free space.
 pub(crate) const SAMPLE_LIFE: Duration = Duration::from_secs(1);
 
@@ -147,13 +147,14 @@ mod tests {
     #[test]
     fn the_floor_is_5_percent_within_1_and_10_gib_and_at_most_half_the_disk() {
         assert_eq!(floor(10 * GIB), GIB);
-        assert_eq!(floor(100 * GIB), 5 * GIB);
-        assert_eq!(floor(1000 * GIB), 10 * GIB);
+        assert_eq!(floor(30 * GIB), GIB + GIB / 2);
+        assert_eq!(floor(100 * GIB), 2 * GIB);
+        assert_eq!(floor(1000 * GIB), 2 * GIB);
         assert_eq!(floor(64 * MIB), 32 * MIB, "a small tmpfs");
         assert_eq!(floor(0), 0);
     }
 
-    /// A disk of 100 GiB with 10 GiB free (floor 5 GiB).
+    /// A disk of 100 GiB with 10 GiB free (floor 2 GiB).
     fn disk(free: &Arc<AtomicU64>, reads: &Arc<AtomicU64>) -> DiskFloor {
         let (free, reads) = (free.clone(), reads.clone());
         DiskFloor::with_reader(move || {
@@ -180,15 +181,15 @@ mod tests {
         assert_eq!(reads.load(Ordering::Relaxed), 1);
         // Bodies on their way count against the floor.
         assert_eq!(
-            floor.check_reservation(5 * GIB + 1, start),
+            floor.check_reservation(8 * GIB + 1, start),
             Err(BelowFloor {
-                free: 5 * GIB - 1,
-                floor: 5 * GIB
+                free: 2 * GIB - 1,
+                floor: 2 * GIB
             })
         );
-        floor.check_reservation(5 * GIB, start).unwrap();
+        floor.check_reservation(8 * GIB, start).unwrap();
         // Another program filled the disk: the next reading tells.
-        free.store(4 * GIB, Ordering::Relaxed);
+        free.store(GIB, Ordering::Relaxed);
         floor.check_reservation(0, start + SAMPLE_LIFE / 2).unwrap();
         assert!(floor.check_reservation(0, start + SAMPLE_LIFE).is_err());
         assert_eq!(reads.load(Ordering::Relaxed), 2);
@@ -202,7 +203,7 @@ mod tests {
         assert!(
             refused
                 .to_string()
-                .contains("1.0 GiB free, under the 5.0 GiB"),
+                .contains("1.0 GiB free, under the 2.0 GiB"),
             "{refused}"
         );
         // Free space that cannot be read does not stop anything.

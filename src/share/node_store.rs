@@ -213,7 +213,7 @@ impl Quota {
 impl StoreAdapter {
     /// With `floor` for the disk (tests fake one).
     #[cfg(test)]
-    fn with_floor(mut self, floor: DiskFloor) -> Self {
+    pub(crate) fn with_floor(mut self, floor: DiskFloor) -> Self {
         self.floor = Arc::new(floor);
         self
     }
@@ -556,7 +556,7 @@ impl BodySink for Sink {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use warren_p2p::Bodies as _;
 
     use super::*;
@@ -581,8 +581,20 @@ mod tests {
             false,
             Arc::default(),
         )
-        .unwrap();
+        .unwrap()
+        .with_floor(roomy_disk());
         (store, adapter)
+    }
+
+    /// A disk with room to spare, so that these tests do not depend on
+    /// this machine's free space (the floor has tests of its own).
+    pub(crate) fn roomy_disk() -> DiskFloor {
+        DiskFloor::with_reader(|| {
+            Some(crate::fsutil::Space {
+                free: 1 << 50,
+                total: 1 << 50,
+            })
+        })
     }
 
     fn fetch(adapter: &StoreAdapter, n: u8, body: &[u8], from: &PeerId) -> Result<(), CommitError> {
@@ -700,8 +712,9 @@ mod tests {
             pull: HashSet::from([alice]),
             reshare: HashSet::from([alice]),
         });
-        let adapter =
-            StoreAdapter::new(store.clone(), sharing, POLICY, true, Arc::default()).unwrap();
+        let adapter = StoreAdapter::new(store.clone(), sharing, POLICY, true, Arc::default())
+            .unwrap()
+            .with_floor(roomy_disk());
         fetch(&adapter, 2, b"from alice", &alice).unwrap();
         let start = Instant::now();
         while adapter.built_here(&built).is_none() {
@@ -894,8 +907,9 @@ mod tests {
             pull: HashSet::from([alice]),
             ..SharingState::default()
         });
-        let adapter =
-            StoreAdapter::new(store.clone(), sharing, policy, false, Arc::default()).unwrap();
+        let adapter = StoreAdapter::new(store.clone(), sharing, policy, false, Arc::default())
+            .unwrap()
+            .with_floor(roomy_disk());
         fetch(&adapter, 2, &[2; 10_000], &alice).unwrap();
         let refused = adapter.begin(
             &ActionId::from_bytes([3; 32]),

@@ -162,6 +162,7 @@ fn adapter(store: &Arc<DiskStore>, pull: &[PeerId], max_size: u64) -> StoreAdapt
         Arc::default(),
     )
     .unwrap()
+    .with_floor(crate::share::node_store::tests::roomy_disk())
 }
 
 /// A node on loopback that allows `other`; its client and address.
