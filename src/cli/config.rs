@@ -156,3 +156,49 @@ fn off_by_another(key: &str, shown: String, share: &config::Share) -> String {
         _ => shown,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+    use crate::cli::Cli;
+
+    /// Every setting declared with a flag is a global option, with its
+    /// variable named in `--help`, and counts as given by the flag at any
+    /// subcommand's level.
+    #[test]
+    fn every_declared_flag_is_a_global_option_with_its_variable() {
+        let help = Cli::command().render_long_help().to_string();
+        let flags: Vec<Flagged> = config::flags().collect();
+        assert!(flags.len() >= 4, "{flags:?}");
+        for Flagged { key, flag, .. } in flags {
+            let option = format!("--{} <{}>", flag.long, flag.value_name);
+            assert!(help.contains(&option), "{option} in\n{help}");
+            assert!(help.contains(&format!("[env: {}=", flag.env)), "{help}");
+            let value = if flag.value_name == "BOOL" { "on" } else { "1" };
+            for args in [
+                ["warren", &format!("--{}", flag.long), value, "config"],
+                ["warren", "config", &format!("--{}", flag.long), value],
+            ] {
+                let cli = Cli::try_parse_from(args).unwrap();
+                assert_eq!(
+                    cli.settings.0.settings.get(key),
+                    Some(&Given {
+                        value: value.into(),
+                        origin: Origin::Flag(flag.long),
+                    }),
+                    "{args:?}"
+                );
+            }
+        }
+        let cli = Cli::try_parse_from(["warren", "stats", "--config", "/etc/w.toml"]).unwrap();
+        assert_eq!(
+            cli.settings.0.config,
+            Some(Given {
+                value: PathBuf::from("/etc/w.toml"),
+                origin: Origin::Flag("config"),
+            })
+        );
+    }
+}
