@@ -238,50 +238,53 @@ fn the_example_config_parses() {
 }
 
 /// Origins and flags are found by a setting's key, whatever its table: no
-/// two settings share one.
+/// two settings share one, nor two options a name.
 #[test]
 fn setting_keys_are_unique_across_tables() {
-    let mut keys: Vec<&str> = Store::SETTINGS.iter().map(|setting| setting.key).collect();
-    keys.extend(Share::SETTINGS.iter().map(|setting| setting.key));
-    keys.push("config");
-    let count = keys.len();
-    keys.sort_unstable();
-    keys.dedup();
-    assert_eq!(keys.len(), count, "{keys:?}");
-    let mut longs: Vec<&str> = flags().map(|flagged| flagged.flag.long).collect();
-    longs.push("config");
-    let count = longs.len();
-    longs.sort_unstable();
-    longs.dedup();
-    assert_eq!(longs.len(), count, "{longs:?}");
+    let once = |names: Vec<&'static str>| {
+        let mut seen = std::collections::HashSet::new();
+        for name in names {
+            assert!(seen.insert(name), "{name} twice");
+        }
+    };
+    let keys = Store::SETTINGS.iter().map(|setting| setting.key);
+    once(
+        keys.chain(Share::SETTINGS.iter().map(|setting| setting.key))
+            .chain(["config"])
+            .collect(),
+    );
+    once(
+        flags()
+            .map(|flagged| flagged.flag.long)
+            .chain(["config"])
+            .collect(),
+    );
 }
 
 /// A bad value from a flag or a variable names the setting (with its
 /// table) and where it came from.
 #[test]
 fn a_bad_given_value_names_its_setting_and_origin() {
+    let error = |given: (&'static str, Given)| {
+        let overrides = Overrides {
+            settings: [given].into(),
+            ..Overrides::default()
+        };
+        let config = Config::resolve(&overrides, FileConfig::default(), None);
+        config.unwrap_err().to_string()
+    };
     let from_env = Given {
         value: OsString::from("soon"),
         origin: Origin::Env("WARREN_MAX_AGE"),
     };
-    let overrides = Overrides {
-        settings: [("max-age", from_env)].into(),
-        ..Overrides::default()
-    };
-    let err = Config::resolve(&overrides, FileConfig::default(), None).unwrap_err();
+    let err = error(("max-age", from_env));
     assert!(
-        err.to_string()
-            .starts_with("invalid max-age \"soon\" (env WARREN_MAX_AGE): "),
+        err.starts_with("invalid max-age \"soon\" (env WARREN_MAX_AGE): "),
         "{err}"
     );
-    let overrides = Overrides {
-        settings: [flag("enabled", "share", "maybe")].into(),
-        ..Overrides::default()
-    };
-    let err = Config::resolve(&overrides, FileConfig::default(), None).unwrap_err();
+    let err = error(flag("enabled", "share", "maybe"));
     assert!(
-        err.to_string()
-            .starts_with("invalid [share] enabled \"maybe\" (flag --share): "),
+        err.starts_with("invalid [share] enabled \"maybe\" (flag --share): "),
         "{err}"
     );
 }
