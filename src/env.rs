@@ -1,7 +1,8 @@
 //! Names of the environment variables warren reads, in one place.
 //!
 //! Each option can come from a flag, one of these variables, or the config
-//! file, in that order of precedence.
+//! file, in that order of precedence; the declaration of each setting
+//! (`config::settings`) names its flag and variable.
 
 /// Store directory (`--dir`, config `dir`).
 pub(crate) const WARREN_DIR: &str = "WARREN_DIR";

@@ -77,7 +77,7 @@ fn peers_add_list_remove() {
         "{listing}"
     );
     assert!(stdout(&sandbox, &["peers", "add", &coworker]).contains("already trusted"));
-    // Part 5: the same, machine-readable.
+    // The same, machine-readable.
     for args in [&["peers", "--json"][..], &["peers", "list", "--json"]] {
         let report: serde_json::Value = serde_json::from_str(&stdout(&sandbox, args)).unwrap();
         assert_eq!(report["daemon"]["running"], false, "{report}");
@@ -175,7 +175,7 @@ fn peers_add_sets_roles_and_resharing() {
 fn config_shows_every_setting_with_share_ones_after_init() {
     let sandbox = Sandbox::new();
     let before = stdout(&sandbox, &["config"]);
-    // Part 5: each with where it came from.
+    // Each with where it came from.
     let dir = format!(
         "dir:         {}  (env WARREN_DIR)",
         sandbox.store().display()
@@ -229,5 +229,62 @@ fn config_shows_every_setting_with_share_ones_after_init() {
             agreeing.lines().any(|l| l == line),
             "{line:?} in\n{agreeing}"
         );
+    }
+}
+
+/// A bad value stops warren with one message that names the setting and
+/// where the value came from: a flag, a variable, or the config file (with
+/// its line). `warren doctor` reports the same message instead of stopping.
+#[test]
+fn a_bad_setting_is_named_with_where_it_came_from() {
+    let sandbox = Sandbox::new();
+    let stderr = |output: std::process::Output| {
+        assert!(!output.status.success(), "a bad value was taken");
+        String::from_utf8(output.stderr).unwrap()
+    };
+
+    let flagged = stderr(sandbox.run(&["config", "--max-size", "ten gigs"]));
+    assert!(
+        flagged.contains(r#"invalid max-size "ten gigs" (flag --max-size): "#),
+        "{flagged}"
+    );
+
+    let mut command = sandbox.command();
+    command.args(["config"]).env("WARREN_MAX_AGE", "soon");
+    let from_env = stderr(support::run_with_timeout(
+        command,
+        std::time::Duration::from_secs(30),
+    ));
+    assert!(
+        from_env.contains(r#"invalid max-age "soon" (env WARREN_MAX_AGE): "#),
+        "{from_env}"
+    );
+    let mut command = sandbox.command();
+    command.args(["doctor"]).env("WARREN_MAX_AGE", "soon");
+    let doctor = support::run_with_timeout(command, std::time::Duration::from_secs(30));
+    let doctor = String::from_utf8(doctor.stdout).unwrap();
+    assert!(
+        doctor.contains(r#"invalid max-age "soon" (env WARREN_MAX_AGE): "#),
+        "{doctor}"
+    );
+
+    let dir = sandbox.root().join("home/.config/warren");
+    std::fs::create_dir_all(&dir).unwrap();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a test writes a plain config file"
+    )]
+    std::fs::write(
+        dir.join("config.toml"),
+        "[share]\nreplicate-rate = \"512 B/s\"\n",
+    )
+    .unwrap();
+    let in_file = stderr(sandbox.run(&["config"]));
+    for part in [
+        &format!("parsing config file {}", dir.join("config.toml").display()),
+        "replicate-rate = \"512 B/s\"",
+        "invalid replicate-rate \"512 B/s\": at least 1 KiB/s",
+    ] {
+        assert!(in_file.contains(part), "{part:?} in\n{in_file}");
     }
 }

@@ -8,7 +8,6 @@ use std::fs::File;
 use std::io::{self, BufReader, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
 use std::process::{Command as Process, ExitCode, Stdio};
 use std::sync::Arc;
 
@@ -16,8 +15,7 @@ use anyhow::Context as _;
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, Config, Overrides};
-use crate::env;
+use crate::config::Config;
 use crate::gocacheprog::faults::Faults;
 use crate::gocacheprog::session;
 use crate::share::ipc;
@@ -29,6 +27,7 @@ use crate::store::{self, DiskStore, TrimReport};
 use crate::tiered::MultiLevelStorage;
 use crate::trace::Recorder;
 
+mod config;
 mod doctor;
 mod share;
 mod trace;
@@ -47,26 +46,10 @@ const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 #[derive(Debug, Parser)]
 #[command(name = "warren", version, about, long_about, max_term_width = 100)]
 pub struct Cli {
-    /// Store directory [default: warren/ in the platform cache dir]
-    #[arg(long, global = true, help_heading = GLOBAL, env = env::WARREN_DIR, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-
-    /// Config file [default: warren/config.toml in the platform config dir]
-    #[arg(long, global = true, help_heading = GLOBAL, env = env::WARREN_CONFIG, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-
-    /// Trim the store to this size, e.g. 10GiB [default: 10 GiB]
-    #[arg(long, global = true, help_heading = GLOBAL, env = env::WARREN_MAX_SIZE, value_name = "SIZE")]
-    pub max_size: Option<String>,
-
-    /// Trim files unused for this long, e.g. 7days [default: 7 days]
-    #[arg(long, global = true, help_heading = GLOBAL, env = env::WARREN_MAX_AGE, value_name = "AGE")]
-    pub max_age: Option<String>,
-
-    /// Share with coworkers: ask the daemon on a local miss (overrides `[share] enabled`)
-    #[arg(long, global = true, help_heading = GLOBAL, env = env::WARREN_SHARE, value_name = "BOOL",
-          value_parser = clap::builder::BoolishValueParser::new(), hide_short_help = true)]
-    pub share: Option<bool>,
+    /// The global options of settings (`--dir`, `--config`, `--max-size`,
+    /// …): one for each setting declared with a flag.
+    #[command(flatten)]
+    settings: config::Flags,
 
     /// More diagnostics on stderr (-v info, -vv debug, -vvv trace); see also WARREN_LOG
     #[arg(short, long, global = true, help_heading = GLOBAL, action = clap::ArgAction::Count)]
@@ -74,10 +57,6 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Option<Command>,
-
-    /// Which settings came from flags and which from the environment.
-    #[arg(skip)]
-    origins: config::OverrideOrigins,
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,60 +172,13 @@ impl Cli {
     /// noting for `warren config` which settings came from a flag and
     /// which from the environment.
     pub fn from_command_line() -> Self {
-        let matches = <Self as clap::CommandFactory>::command().get_matches();
-        let mut cli = <Self as clap::FromArgMatches>::from_arg_matches(&matches)
-            .unwrap_or_else(|error| error.exit());
-        let of = |id: &str, flag: &'static str, var: &'static str| origin(&matches, id, flag, var);
-        cli.origins = config::OverrideOrigins {
-            config: of("config", "config", env::WARREN_CONFIG),
-            dir: of("dir", "dir", env::WARREN_DIR),
-            max_size: of("max_size", "max-size", env::WARREN_MAX_SIZE),
-            max_age: of("max_age", "max-age", env::WARREN_MAX_AGE),
-            share: of("share", "share", env::WARREN_SHARE),
-        };
-        cli
+        <Self as Parser>::parse()
     }
-
-    fn overrides(&self) -> Overrides {
-        Overrides {
-            config: self.config.clone(),
-            dir: self.dir.clone(),
-            max_size: self.max_size.clone(),
-            max_age: self.max_age.clone(),
-            share: self.share,
-            origins: self.origins.clone(),
-        }
-    }
-}
-
-/// Whether global option `id` was given on the command line (at any
-/// subcommand's level) or by its environment variable.
-fn origin(
-    matches: &clap::ArgMatches,
-    id: &str,
-    flag: &'static str,
-    var: &'static str,
-) -> Option<config::Origin> {
-    let mut found = None;
-    let mut level = Some(matches);
-    while let Some(matches) = level {
-        match matches.value_source(id) {
-            Some(clap::parser::ValueSource::CommandLine) => {
-                return Some(config::Origin::Flag(flag));
-            }
-            Some(clap::parser::ValueSource::EnvVariable) => {
-                found = Some(config::Origin::Env(var));
-            }
-            _ => {}
-        }
-        level = matches.subcommand().map(|(_, sub)| sub);
-    }
-    found
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&cli.overrides()).context("loading settings");
+    let config = Config::load(&cli.settings.0).context("loading settings");
     let mut out = io::stdout().lock();
     // The doctor reports a config it cannot read; everything else needs one.
     if let Some(Command::Doctor { json }) = cli.command {
@@ -284,7 +216,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Id) => share::id(&config, &mut out),
         Some(Command::Peers { json, action }) => share::peers(&config, action, json, &mut out),
         Some(Command::Daemon) => crate::share::daemon::run(&config),
-        Some(Command::Config) => show_config(&config, &mut out),
+        Some(Command::Config) => self::config::show_config(&config, &mut out),
         Some(Command::Doctor { .. }) => unreachable!("handled above"),
         Some(Command::Trace {
             action,
@@ -306,126 +238,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Every effective setting, `[share]` included, each with where it came
-/// from (a flag, the environment, the config file, or the default).
-fn show_config(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let file = match &config.file {
-        Some(path) => path.display().to_string(),
-        None => match config::default_config_path() {
-            Some(path) => format!("none ({} does not exist)", path.display()),
-            None => "none".into(),
-        },
-    };
-    let on = |yes: bool| if yes { "on" } else { "off" }.to_owned();
-    let list = |items: &[String], empty: &str| {
-        if items.is_empty() {
-            empty.to_owned()
-        } else {
-            items.join(" ")
-        }
-    };
-    let share = &config.share;
-    let read_ahead = if share.agreement {
-        "0 (off: agreement is on)".to_owned()
-    } else {
-        share.read_ahead.to_string()
-    };
-    let replicate = match crate::share::replicate::off_because(share) {
-        Some(why) => format!("{} (off: {why})", share.replicate),
-        None => share.replicate.to_string(),
-    };
-    let metrics = match share.metrics_listen {
-        Some(address) => format!("http://{address}/metrics"),
-        None => "off".to_owned(),
-    };
-    let settings: [(&str, &str, String); 21] = [
-        ("config file:", "config", file),
-        ("dir:        ", "dir", config.dir.display().to_string()),
-        (
-            "max-size:   ",
-            "max-size",
-            ByteSize(config.trim.max_size).display().iec().to_string(),
-        ),
-        (
-            "max-age:    ",
-            "max-age",
-            humantime::format_duration(config.trim.max_unused).to_string(),
-        ),
-        ("enabled:        ", "enabled", on(share.enabled)),
-        ("autostart:      ", "autostart", on(share.autostart)),
-        ("listen:         ", "listen", list(&share.listen, "none")),
-        ("mdns:           ", "mdns", on(share.mdns)),
-        (
-            "inbound-from-anywhere:",
-            "inbound-from-anywhere",
-            on(share.inbound_from_anywhere),
-        ),
-        (
-            "interfaces:     ",
-            "interfaces",
-            list(&share.interfaces, "all"),
-        ),
-        (
-            "static-peers:   ",
-            "static-peers",
-            list(&share.static_peers, "none"),
-        ),
-        (
-            "lookup-deadline:",
-            "lookup-deadline",
-            humantime::format_duration(share.lookup_deadline).to_string(),
-        ),
-        (
-            "max-body-size:  ",
-            "max-body-size",
-            ByteSize(share.max_body_size).display().iec().to_string(),
-        ),
-        ("read-ahead:     ", "read-ahead", read_ahead),
-        (
-            "compression:    ",
-            "compression",
-            format!("{:?}", share.compression).to_lowercase(),
-        ),
-        ("agreement:      ", "agreement", share.agreement.to_string()),
-        ("metrics-listen: ", "metrics-listen", metrics),
-        ("replicate:      ", "replicate", replicate),
-        (
-            "replicate-max-size:",
-            "replicate-max-size",
-            ByteSize(share.replicate_max_size)
-                .display()
-                .iec()
-                .to_string(),
-        ),
-        (
-            "replicate-rate: ",
-            "replicate-rate",
-            format!("{}/s", ByteSize(share.replicate_rate).display().iec()),
-        ),
-        (
-            "replicate-window:",
-            "replicate-window",
-            humantime::format_duration(share.replicate_window).to_string(),
-        ),
-    ];
-    for (label, key, value) in &settings {
-        if *key == "enabled" {
-            writeln!(out, "[share]")?;
-        }
-        writeln!(out, "{label} {value}  ({})", config.origin(key))?;
-    }
-    writeln!(out, "identity key:    {}", config.identity_path().display())?;
-    writeln!(
-        out,
-        "allowlist:       {}",
-        config.allowlist_path().display()
-    )?;
-    Ok(ExitCode::SUCCESS)
-}
-
 fn open_store(config: &Config) -> anyhow::Result<DiskStore> {
-    DiskStore::open(&config.dir)
-        .with_context(|| format!("opening the store at {}", config.dir.display()))
+    DiskStore::open(&config.store.dir)
+        .with_context(|| format!("opening the store at {}", config.store.dir.display()))
 }
 
 /// The GOCACHEPROG helper.
@@ -473,7 +288,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     // A full disk: trim at once to make room (see gocacheprog::faults).
     let faults = Arc::new(Faults::new(
         {
-            let (store, policy) = (store.clone(), config.trim);
+            let (store, policy) = (store.clone(), config.store.trim_policy());
             move || make_room(&store, policy)
         },
         {
@@ -530,7 +345,7 @@ fn make_room(store: &DiskStore, policy: store::TrimPolicy) -> u64 {
 
 /// The arguments that start a daemon with this helper's settings.
 fn daemon_args(config: &Config) -> Vec<String> {
-    let mut args = vec!["--dir".to_owned(), config.dir.display().to_string()];
+    let mut args = vec!["--dir".to_owned(), config.store.dir.display().to_string()];
     if let Some(file) = &config.file {
         args.extend(["--config".to_owned(), file.display().to_string()]);
     }
@@ -543,11 +358,11 @@ fn spawn_background_trim(config: &Config) {
     let spawned = std::env::current_exe().and_then(|exe| {
         Process::new(exe)
             .arg("--dir")
-            .arg(&config.dir)
+            .arg(&config.store.dir)
             .arg("--max-size")
-            .arg(config.trim.max_size.to_string())
+            .arg(config.store.max_size.as_u64().to_string())
             .arg("--max-age")
-            .arg(format!("{}s", config.trim.max_unused.as_secs()))
+            .arg(format!("{}s", config.store.max_age.as_secs()))
             .args(["trim", "--auto"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -566,7 +381,7 @@ fn trim(config: &Config, auto: bool, out: &mut impl Write) -> anyhow::Result<Exi
         return Ok(ExitCode::SUCCESS);
     }
     let report = store
-        .trim(config.trim, !auto)
+        .trim(config.store.trim_policy(), !auto)
         .context("trimming the store")?;
     match report {
         Some(report) if !auto => {
@@ -670,8 +485,8 @@ fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Resu
             "sources": sources,
             "peers": peers,
             "limits": {
-                "max_size": config.trim.max_size,
-                "max_age_seconds": config.trim.max_unused.as_secs(),
+                "max_size": config.store.max_size.as_u64(),
+                "max_age_seconds": config.store.max_age.as_secs(),
             },
         });
         serde_json::to_writer_pretty(&mut *out, &value)?;
@@ -692,8 +507,8 @@ fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Resu
         ByteSize(usage.bytes).display().iec(),
         usage.entries,
         usage.objects,
-        ByteSize(config.trim.max_size).display().iec(),
-        humantime::format_duration(config.trim.max_unused)
+        config.store.max_size.display().iec(),
+        humantime::format_duration(config.store.max_age)
     )?;
     writeln!(out, "entries      {}", sources.line())?;
     writeln!(
@@ -827,8 +642,8 @@ mod tests {
         command.render_long_help().to_string()
     }
 
-    /// Part 5: a subcommand's help shows its own options first, and the
-    /// global ones once, under their own heading.
+    /// A subcommand's help shows its own options first, and the global
+    /// ones once, under their own heading.
     #[test]
     fn subcommand_help_lists_its_own_options_before_the_global_ones() {
         Cli::command().debug_assert();

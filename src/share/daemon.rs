@@ -60,13 +60,13 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let key = identity::load(&config.identity_path())?;
     let peer_id = identity::peer_id(&key);
     let store = Arc::new(
-        DiskStore::open(&config.dir)
-            .with_context(|| format!("opening the store at {}", config.dir.display()))?,
+        DiskStore::open(&config.store.dir)
+            .with_context(|| format!("opening the store at {}", config.store.dir.display()))?,
     );
-    let Some(_running) = FileLock::try_acquire(&layout::daemon_lock(&config.dir))? else {
+    let Some(_running) = FileLock::try_acquire(&layout::daemon_lock(&config.store.dir))? else {
         anyhow::bail!(
             "a warren daemon is already running for {}",
-            config.dir.display()
+            config.store.dir.display()
         );
     };
     let allowlist_path = config.allowlist_path();
@@ -93,7 +93,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             .with_allowlist(allowlist.roles())
             .with_static_peers(parse_addrs(&config.share.static_peers)?)
             .with_lookup_deadline(config.share.lookup_deadline)
-            .with_max_body_size(config.share.max_body_size)
+            .with_max_body_size(config.share.max_body_size.as_u64())
             .with_read_ahead(
                 config.share.read_ahead,
                 warren_p2p::config::defaults::READ_AHEAD_MAX_BODY,
@@ -112,7 +112,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         let adapter = StoreAdapter::new(
             store.clone(),
             sharing.clone(),
-            config.trim,
+            config.store.trim_policy(),
             config.share.agreement,
             quiet.clone(),
         )
@@ -145,10 +145,10 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
                 client: client.clone(),
                 store: store.clone(),
                 settings: replicate::Settings {
-                    max_size: config.share.replicate_max_size,
-                    rate: config.share.replicate_rate,
+                    max_size: config.share.replicate_max_size.as_u64(),
+                    rate: config.share.replicate_rate.bytes_per_second(),
                     window: config.share.replicate_window,
-                    store_max_size: config.trim.max_size,
+                    store_max_size: config.store.max_size.as_u64(),
                 },
                 targets: trust.replicated.clone(),
                 activity: activity.clone(),
@@ -184,7 +184,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
                     client: client.clone(),
                     replication,
                     put_order,
-                    store: config.dir.clone(),
+                    store: config.store.dir.clone(),
                     started_unix_ms: started,
                 };
                 metrics::start(address, source, quiet.clone(), shutdown.clone())
@@ -199,7 +199,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         tokio::spawn(watch_allowlist(trust, shutdown.clone()));
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let store_watch = tokio::spawn(watch_store(store.clone(), shutdown.clone()));
-        tracing::info!("daemon {peer_id} serving {}", config.dir.display());
+        tracing::info!("daemon {peer_id} serving {}", config.store.dir.display());
         shutdown.cancelled().await;
         // The helper thread drains lookups in flight (bounded), then ends;
         // the metrics thread ends at once.

@@ -126,7 +126,7 @@ fn run(program: &Path, args: &[&str]) -> Option<String> {
 
 pub(super) fn check_store(config: &Config, report: &mut Report) {
     report.section("Store");
-    let dir = &config.dir;
+    let dir = &config.store.dir;
     if !dir.exists() {
         report.ok(format!(
             "{} does not exist yet: the first build through warren creates it",
@@ -162,7 +162,7 @@ pub(super) fn check_store(config: &Config, report: &mut Report) {
     }
     let space = crate::fsutil::space(dir);
     let used = DiskStore::open(dir).and_then(|store| store.usage());
-    let max = config.trim.max_size;
+    let max = config.store.max_size.as_u64();
     let size = |n: u64| ByteSize(n).display().iec().to_string();
     match used {
         Ok(usage) if usage.bytes > max => report.warning(

@@ -317,7 +317,7 @@ pub(super) fn check_replication(
                     "the store is within {}% of `max-size` ({}): replication leaves that \
                      room to builds",
                     replicate::budget::HEADROOM_PERCENT,
-                    bytesize::ByteSize(config.trim.max_size).display().iec()
+                    config.store.max_size.display().iec()
                 )),
                 Some(format!(
                     "raise `max-size` in {}, or make room with `warren trim`; what was \
@@ -330,9 +330,7 @@ pub(super) fn check_replication(
                 line,
                 Some(format!(
                     "entries from peers take all of `replicate-max-size` ({})",
-                    bytesize::ByteSize(config.share.replicate_max_size)
-                        .display()
-                        .iec()
+                    config.share.replicate_max_size.display().iec()
                 )),
                 Some(format!(
                     "raise `replicate-max-size` under [share] in {}, or make room with \
@@ -426,7 +424,7 @@ mod tests {
     use warren_p2p::{PeerId, Role};
 
     use super::*;
-    use crate::config::Overrides;
+    use crate::config::tests::with_config;
     use crate::share::replicate::PeerReplication;
     use crate::share::status::PeerStatus;
     use crate::share::trust::Peer as Listed;
@@ -444,11 +442,7 @@ mod tests {
               replicate-max-size = \"1 MiB\"\n",
         )
         .unwrap();
-        let config = Config::load(&Overrides {
-            config: Some(file),
-            ..Overrides::default()
-        })
-        .unwrap();
+        let config = Config::load(&with_config(file)).unwrap();
         let ids: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
         let names = Allowlist {
             peers: ["alice", "bob", "carol"]
@@ -585,11 +579,7 @@ mod tests {
             .as_bytes(),
         )
         .unwrap();
-        let config = Config::load(&Overrides {
-            config: Some(file.clone()),
-            ..Overrides::default()
-        })
-        .unwrap();
+        let config = Config::load(&with_config(file.clone())).unwrap();
         let names = Allowlist {
             peers: ["alice", "bob", "carol"]
                 .iter()
