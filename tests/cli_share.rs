@@ -1,10 +1,10 @@
 //! `warren init`, `id` and `peers` as a user runs them (no daemon needed).
 
-mod support;
+mod sandbox;
 
 use std::os::unix::fs::PermissionsExt;
 
-use support::Sandbox;
+use sandbox::Sandbox;
 
 fn stdout(sandbox: &Sandbox, args: &[&str]) -> String {
     let output = sandbox.run(args);
@@ -77,7 +77,7 @@ fn peers_add_list_remove() {
         "{listing}"
     );
     assert!(stdout(&sandbox, &["peers", "add", &coworker]).contains("already trusted"));
-    // Part 5: the same, machine-readable.
+    // The same, machine-readable.
     for args in [&["peers", "--json"][..], &["peers", "list", "--json"]] {
         let report: serde_json::Value = serde_json::from_str(&stdout(&sandbox, args)).unwrap();
         assert_eq!(report["daemon"]["running"], false, "{report}");
@@ -175,7 +175,7 @@ fn peers_add_sets_roles_and_resharing() {
 fn config_shows_every_setting_with_share_ones_after_init() {
     let sandbox = Sandbox::new();
     let before = stdout(&sandbox, &["config"]);
-    // Part 5: each with where it came from.
+    // Each with where it came from.
     let dir = format!(
         "dir:         {}  (env WARREN_DIR)",
         sandbox.store().display()
