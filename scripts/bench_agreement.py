@@ -2,7 +2,7 @@
 """What agreement (`[share] agreement = true`) costs a build from peers.
 
 Three hosts in network namespaces of their own (the LAN of
-scripts/bench_share.py, whose hosts, builds and cleanup this reuses): A
+scripts/netns.py, whose hosts, builds and cleanup bench_share.py uses too): A
 and C each build `go build <target>` themselves, so both hold every entry
 as built here; B trusts both. B then builds from them with agreement off
 and on, interleaved, from an empty store each time, and warm locally after
@@ -17,36 +17,41 @@ runs only inside them.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import bench_share as bs
-from benchlib import common_args, machine_info, parse_counts, resolve_go, resolve_warren
+import netns
+from benchlib import (
+    BenchError,
+    common_args,
+    logger,
+    machine_info,
+    parse_counts,
+    resolve_go,
+    resolve_warren,
+)
 
-log = bs.logger("bench_agreement")
+log = logger("bench_agreement")
 
 MODES = ("off", "on")
 
 
 def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path) -> dict:
     t0 = time.perf_counter()
-    lan = bs.make_lan(["a", "c", "b"])
-    a = bs.Host("A", *lan["a"], scratch / "a", go, warren, t0)
-    c = bs.Host("C", *lan["c"], scratch / "c", go, warren, t0)
-    b = bs.Host("B", *lan["b"], scratch / "b", go, warren, t0)
+    lan = netns.make_lan(["a", "c", "b"])
+    a = netns.Host("A", *lan["a"], scratch / "a", go, warren, t0)
+    c = netns.Host("C", *lan["c"], scratch / "c", go, warren, t0)
+    b = netns.Host("B", *lan["b"], scratch / "b", go, warren, t0)
     hosts = [a, c, b]
-    a_id, c_id, b_id = (h.init(bs.SHARING_CONFIG) for h in hosts)
+    a_id, c_id, b_id = (h.init(netns.SHARING_CONFIG) for h in hosts)
     for mode in MODES:
         (b.config_dir / f"agreement-{mode}.toml").write_text(
-            bs.SHARING_CONFIG + f"agreement = {'true' if mode == 'on' else 'false'}\n"
+            netns.SHARING_CONFIG + f"agreement = {'true' if mode == 'on' else 'false'}\n"
         )
     a.trust(b_id, "b")
     c.trust(b_id, "c")
@@ -56,40 +61,40 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path) -> di
         h.start_daemon(args.daemon_log)
 
     def connected() -> None:
-        bs.ensure_connected(a, b, a_id, b_id)
-        bs.ensure_connected(c, b, c_id, b_id)
+        netns.ensure_connected(a, b, a_id, b_id)
+        netns.ensure_connected(c, b, c_id, b_id)
 
     connected()
     log(f"A, C and B connected (daemons: {', '.join(f'{h.name} pid {h.daemon.pid}' for h in hosts)})")
     for h in (a, c):
-        prep = bs.go_build(h, hosts, args.target, f"prep {h.name}", 0, False)
+        prep = netns.go_build(h, hosts, args.target, f"prep {h.name}", 0, False)
         log(f"{h.name}: go build {args.target} (warms its store): {prep.wall_s:.1f} s")
 
-    builds: dict[str, list[bs.Build]] = {m: [] for m in MODES}
-    warm: dict[str, list[bs.Build]] = {m: [] for m in MODES}
+    builds: dict[str, list[netns.Build]] = {m: [] for m in MODES}
+    warm: dict[str, list[netns.Build]] = {m: [] for m in MODES}
     for i in range(args.runs):
         for mode in MODES if i % 2 == 0 else MODES[::-1]:
             b.daemon_env = {"WARREN_CONFIG": str(b.config_dir / f"agreement-{mode}.toml")}
             b.new_store()  # restarts B's daemon with that config
             connected()
-            bd = bs.go_build(b, hosts, args.target, f"from peers, agreement {mode}", i, True)
+            bd = netns.go_build(b, hosts, args.target, f"from peers, agreement {mode}", i, True)
             builds[mode].append(bd)
             log(
                 f"run {i + 1}/{args.runs} B from A and C, agreement {mode}: {bd.wall_s:.3f} s, "
                 f"{bd.stats.get('hits', 0)}/{bd.stats.get('gets', 0)} gets answered from peers "
                 f"({bd.stats.get('peer_hits', 0)} waited on a peer, "
-                f"{bd.stats.get('peer_read_ahead', 0)} read ahead; {bs.wait_note(bd)})"
+                f"{bd.stats.get('peer_read_ahead', 0)} read ahead; {netns.wait_note(bd)})"
             )
-            wl = bs.go_build(b, hosts, args.target, "warm local", i, True)
+            wl = netns.go_build(b, hosts, args.target, "warm local", i, True)
             warm[mode].append(wl)
             log(f"run {i + 1}/{args.runs} B warm locally: {wl.wall_s:.3f} s")
     for h in hosts:
         h.daemon.stop()
 
-    def med(xs: list[bs.Build], attr: str = "wall_s") -> float:
+    def med(xs: list[netns.Build], attr: str = "wall_s") -> float:
         return statistics.median(getattr(x, attr) for x in xs)
 
-    def share(xs: list[bs.Build]) -> float:
+    def share(xs: list[netns.Build]) -> float:
         return statistics.median(x.peer_share for x in xs)
 
     warm_all = warm["off"] + warm["on"]
@@ -151,33 +156,29 @@ def main(argv: list[str] | None = None) -> int:
     common_args(p, 3, "timed runs per side")
     p.add_argument("--target", default="std", help="package pattern (default std)")
     p.add_argument("--daemon-log", default="info", help="WARREN_LOG for the daemons")
-    p.add_argument("--fs", choices=("ext4", "root"), default="ext4", help="see bench_share.py")
+    p.add_argument(
+        "--fs", choices=("ext4", "root"), default="ext4", help="see netns.make_filesystem"
+    )
     p.add_argument("--fs-gib", type=int, default=24, help="size of the --fs ext4 image")
     args = parse_counts(p, argv, ("runs",))
-    if not bs.can_make_namespaces("bench_agreement"):
+    if not netns.enter("bench_agreement"):
         return 1
-    atexit.register(bs.CLEANUP.run)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, bs.on_signal)
     try:
         go = resolve_go(args.go)
         warren = resolve_warren(args.warren)
         info = machine_info(go, warren)
         log(f"{info['go_version']}; warren {info['warren_version']}")
-        bs.remove_stale_namespaces()
-        scratch = Path(tempfile.mkdtemp(prefix="warren-bench-agreement-"))
-        bs.CLEANUP.scratch = scratch
-        bs.CLEANUP.keep_scratch = args.keep_tmp
-        log(f"hosts' files on {bs.make_filesystem(scratch, args)}")
+        scratch, filesystem = netns.scratch_dir(args)
+        log(f"hosts' files on {filesystem}")
         out = bench(args, go, warren, scratch)
-    except bs.BenchError as e:
+    except BenchError as e:
         print(f"bench_agreement: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("bench_agreement: interrupted; cleaning up", file=sys.stderr)
         return 130
     finally:
-        bs.CLEANUP.run()
+        netns.CLEANUP.run()
     info["load_avg_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     report(info, args, out)
     if args.json:

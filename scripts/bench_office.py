@@ -5,9 +5,9 @@ Usage (root; network namespaces):
     sudo python3 scripts/bench_office.py [--hosts 2,8,16,32] [--entries 20000]
                                          [--warren PATH] [--json FILE]
 
-One LAN of network namespaces (as in bench_share.py, whose LAN, hosts,
-filesystem and cleanup this script uses) with as many hosts as the largest
-N. Every host allowlists every other, runs a real ``warren daemon`` with
+One LAN of network namespaces (scripts/netns.py, whose LAN, hosts,
+filesystem and cleanup bench_share.py uses too) with as many hosts as the
+largest N. Every host allowlists every other, runs a real ``warren daemon`` with
 real mDNS, and has a store filled through the real helper (GOCACHEPROG
 ``put``s of distinct synthetic bodies; nothing writes the store's files
 directly): ``--entries`` each, with body sizes drawn like a ``go build
@@ -41,7 +41,7 @@ Measured:
   lookup), measured side by side, so the report gives the daemon's share
   of the tail. Python's garbage collector is off while lookups are timed.
 
-Targets at N = 32 (issue 14): RSS <= 64 MiB at rest (with 200k-entry
+Targets at N = 32: RSS <= 64 MiB at rest (with 200k-entry
 peers; this run's entry count is in the report), miss p99 <= 1 ms, hit p50
 <= 2 ms, join <= 10 s. Linux only, as root. Python 3.11+, standard library.
 """
@@ -49,25 +49,22 @@ peers; this run's entry count is in the report), miss p99 <= 1 ms, hit p50
 from __future__ import annotations
 
 import argparse
-import atexit
 import base64
 import gc
 import hashlib
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import bench_share as share
-from bench_share import CLEANUP, Helper, Host
+import netns
 from benchlib import BenchError, common_args, logger, machine_info, resolve_go, resolve_warren
+from netns import CLEANUP, Helper, Host
 
 log = logger("bench_office")
 
@@ -75,7 +72,7 @@ log = logger("bench_office")
 # benchmark reads peers' summaries there, which costs the daemon a status
 # call, where `warren stats` would also walk the store.
 METRICS_PORT = 9311
-CONFIG = share.SHARING_CONFIG + f'metrics-listen = "{METRICS_PORT}"\n'
+CONFIG = netns.SHARING_CONFIG + f'metrics-listen = "{METRICS_PORT}"\n'
 JOIN_TIMEOUT = 120.0
 REST_S = 10.0
 TARGETS = {"rss_mib": 64, "miss_p99_ms": 1.0, "hit_p50_ms": 2.0, "join_s": 10.0}
@@ -275,7 +272,7 @@ def measure(
     cpu0 = [h.daemon.cpu_s() for h in running]
     time.sleep(REST_S)
     cpu = [(h.daemon.cpu_s() - c) * 1000 / REST_S for h, c in zip(running, cpu0, strict=True)]
-    rss = [(share.proc_status_kib(h.daemon.pid, "VmRSS") or 0) / 1024 for h in running]
+    rss = [(netns.proc_status_kib(h.daemon.pid, "VmRSS") or 0) / 1024 for h in running]
     peak = [h.daemon.hwm_kib() / 1024 for h in running]
     conns = [connections(h) for h in running]
     # Lookups: the joiner's daemon with read-ahead off, so each hit is one.
@@ -294,7 +291,7 @@ def measure(
         for _ in range(args.hits):
             seed = rng.randrange(n - 1)
             action = action_of(seed, rng.randrange(args.entries))
-            resp, took = helper.request({"Command": "get", "ActionID": share.b64(action)})
+            resp, took = helper.request({"Command": "get", "ActionID": netns.b64(action)})
             if resp.get("Miss"):
                 raise BenchError(
                     f"N={n}: a get for host {seed + 1}'s entry missed: {resp}\n"
@@ -303,7 +300,7 @@ def measure(
             hit_ms.append(took * 1000)
         for _ in range(args.misses):
             for via, times in ((helper, miss_ms), (local, local_miss_ms)):
-                req = {"Command": "get", "ActionID": share.b64(os.urandom(32))}
+                req = {"Command": "get", "ActionID": netns.b64(os.urandom(32))}
                 resp, took = via.request(req)
                 if not resp.get("Miss"):
                     raise BenchError(f"N={n}: a random ActionID hit: {resp}")
@@ -338,7 +335,7 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path) -> li
     t0 = time.perf_counter()
     size = max(args.hosts)
     names = [f"h{i:02d}" for i in range(1, size + 1)]
-    lan = share.make_lan(names)
+    lan = netns.make_lan(names)
     hosts = [
         Host(name, *lan[name], scratch / name, go, warren, t0) for name in names
     ]
@@ -444,21 +441,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not share.can_make_namespaces("bench_office"):
+    if not netns.enter("bench_office"):
         return 1
-    atexit.register(CLEANUP.run)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, share.on_signal)
     try:
         go = resolve_go(args.go)
         warren = resolve_warren(args.warren)
         info = machine_info(go, warren)
         log(f"warren {info['warren_version']}; load average {info['load_avg_at_start']}")
-        share.remove_stale_namespaces()
-        scratch = Path(tempfile.mkdtemp(prefix="warren-bench-office-"))
-        CLEANUP.scratch = scratch
-        CLEANUP.keep_scratch = args.keep_tmp
-        info["filesystem"] = share.make_filesystem(scratch, args)
+        scratch, info["filesystem"] = netns.scratch_dir(args)
         results = bench(args, go, warren, scratch)
     except BenchError as e:
         print(f"bench_office: error: {e}", file=sys.stderr)

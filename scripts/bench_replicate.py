@@ -5,8 +5,8 @@ Usage (root; network namespaces):
     sudo python3 scripts/bench_replicate.py [--runs N] [--targets std,cmd]
                                             [--warren PATH] [--go PATH] [--json FILE]
 
-Two hosts on a private LAN of namespaces, as in bench_share.py (whose hosts,
-LAN, filesystem and cleanup this script uses): A, the coworker, and B, who
+Two hosts on a private LAN of namespaces (scripts/netns.py, whose hosts,
+LAN, filesystem and cleanup bench_share.py uses too): A, the coworker, and B, who
 replicates A (``[share] replicate = ["a"]``, every other replication
 setting at its default: 2 GiB, 40 MiB/s, 24 h). Each run starts both with
 empty stores and restarted daemons.
@@ -45,24 +45,30 @@ every sample.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import bench_share as share
-from bench_share import CLEANUP, Host, go_build
-from benchlib import BenchError, common_args, logger, machine_info, resolve_go, resolve_warren
+import netns
+from benchlib import (
+    BenchError,
+    common_args,
+    gocacheprog_value,
+    logger,
+    machine_info,
+    resolve_go,
+    resolve_warren,
+    tree_size,
+)
+from netns import CLEANUP, Host, go_build
 
 log = logger("bench_replicate")
 
-REPLICATE_CONFIG = share.SHARING_CONFIG + 'replicate = ["a"]\n'
+REPLICATE_CONFIG = netns.SHARING_CONFIG + 'replicate = ["a"]\n'
 # How long replication may take before the run counts as failed.
 REPLICATION_TIMEOUT = 600.0
 # Replication counts as idle once B's state says so for this long.
@@ -88,10 +94,10 @@ class Replication:
 @dataclass
 class TargetResults:
     replication: list[Replication] = field(default_factory=list)
-    after: list[share.Build] = field(default_factory=list)
-    warm: list[share.Build] = field(default_factory=list)
-    during: list[share.Build] = field(default_factory=list)
-    on_demand: list[share.Build] = field(default_factory=list)
+    after: list[netns.Build] = field(default_factory=list)
+    warm: list[netns.Build] = field(default_factory=list)
+    during: list[netns.Build] = field(default_factory=list)
+    on_demand: list[netns.Build] = field(default_factory=list)
 
 
 @dataclass
@@ -139,7 +145,7 @@ def fresh(a: Host, b: Host, a_id: str, b_id: str, level: str) -> None:
     b.new_store()
     if b.daemon is None:
         b.start_daemon(level)
-    share.ensure_connected(a, b, a_id, b_id)
+    netns.ensure_connected(a, b, a_id, b_id)
 
 
 def away(b: Host) -> None:
@@ -153,7 +159,7 @@ def prime(b: Host, target: str) -> int:
     """``go list <target>`` on B: B's own module indexes, which every
     machine that ever built has, and which are never shared. Returns the
     entries it put."""
-    env = {"GOCACHE": str(b.fresh_gocache()), "GOCACHEPROG": share.gocacheprog_value(b.warren)}
+    env = {"GOCACHE": str(b.fresh_gocache()), "GOCACHEPROG": gocacheprog_value(b.warren)}
     before = b.lifetime().get("puts", 0)
     r = subprocess.run(
         b.argv(b.go, "list", target),
@@ -161,7 +167,7 @@ def prime(b: Host, target: str) -> int:
         env=b.env(WARREN_SHARE="0", **env),
         stdin=subprocess.DEVNULL,
         capture_output=True,
-        timeout=share.BUILD_TIMEOUT,
+        timeout=netns.BUILD_TIMEOUT,
         check=False,
     )
     if r.returncode != 0 or r.stderr:
@@ -173,7 +179,7 @@ def start_b(a: Host, b: Host, a_id: str, b_id: str, level: str) -> float:
     """Starts B's daemon; returns the perf_counter time it was started."""
     started = time.perf_counter()
     b.start_daemon(level)
-    share.ensure_connected(a, b, a_id, b_id)
+    netns.ensure_connected(a, b, a_id, b_id)
     return started
 
 
@@ -215,18 +221,18 @@ def med(values: list[float]) -> float:
 
 def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path) -> dict:
     t0 = time.perf_counter()
-    lan = share.make_lan(["a", "b"])
+    lan = netns.make_lan(["a", "b"])
     a = Host("A", *lan["a"], scratch / "a", go, warren, t0)
     b = Host("B", *lan["b"], scratch / "b", go, warren, t0)
     hosts = [a, b]
-    a_id = a.init(share.SHARING_CONFIG)
+    a_id = a.init(netns.SHARING_CONFIG)
     b_id = b.init(REPLICATE_CONFIG)
-    (b.config_dir / "on-demand.toml").write_text(share.SHARING_CONFIG)
+    (b.config_dir / "on-demand.toml").write_text(netns.SHARING_CONFIG)
     a.trust(b_id, "b")
     b.trust(a_id, "a")
     a.start_daemon(args.daemon_log)
     b.start_daemon(args.daemon_log)
-    share.ensure_connected(a, b, a_id, b_id)
+    netns.ensure_connected(a, b, a_id, b_id)
     results: dict[str, TargetResults] = {}
     budget = None
     for target in args.targets:
@@ -288,12 +294,12 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path) -> di
 def measure_budget(a: Host, b: Host, a_id: str, b_id: str, hosts: list[Host]) -> Budget:
     fresh(a, b, a_id, b_id, "info")
     go_build(a, hosts, "std", "A builds (budget)", 0, False)
-    a_bytes = share.tree_size(a.store)
+    a_bytes = tree_size(a.store)
     limit = a_bytes // 4
     (b.config_dir / "budget.toml").write_text(REPLICATE_CONFIG + f"replicate-max-size = \"{limit}\"\n")
     b.daemon_env = {"WARREN_CONFIG": str(b.config_dir / "budget.toml")}
     b.new_store()
-    share.ensure_connected(a, b, a_id, b_id)
+    netns.ensure_connected(a, b, a_id, b_id)
     deadline = time.monotonic() + REPLICATION_TIMEOUT
     while True:
         st = stats(b)
@@ -392,7 +398,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--fs",
         choices=("ext4", "root"),
         default="ext4",
-        help="where the hosts' files live (see bench_share.py's make_filesystem)",
+        help="where the hosts' files live (see netns.make_filesystem)",
     )
     p.add_argument("--fs-gib", type=int, default=24, help="size of the --fs ext4 image")
     args = p.parse_args(argv)
@@ -403,21 +409,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not share.can_make_namespaces("bench_replicate"):
+    if not netns.enter("bench_replicate"):
         return 1
-    atexit.register(CLEANUP.run)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, share.on_signal)
     try:
         go = resolve_go(args.go)
         warren = resolve_warren(args.warren)
         info = machine_info(go, warren)
         log(f"{info['go_version']}; warren {info['warren_version']}")
-        share.remove_stale_namespaces()
-        scratch = Path(tempfile.mkdtemp(prefix="warren-bench-replicate-"))
-        CLEANUP.scratch = scratch
-        CLEANUP.keep_scratch = args.keep_tmp
-        info["filesystem"] = share.make_filesystem(scratch, args)
+        scratch, info["filesystem"] = netns.scratch_dir(args)
         log(f"hosts' files on {info['filesystem']}")
         out = bench(args, go, warren, scratch)
     except BenchError as e:

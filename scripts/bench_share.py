@@ -6,8 +6,8 @@ Usage:
                                    [--target PKG] [--json FILE]
 
 Two hosts, A (the coworker) and B (you), each a Linux network namespace with
-its own address on a private LAN (a bridge in a third namespace, as in
-tests/netns/mod.rs), its own HOME, XDG dirs, GOCACHE,
+its own address on a private LAN (a bridge in a third namespace: see
+scripts/netns.py), its own HOME, XDG dirs, GOCACHE,
 GOPATH and warren store, and its own ``warren daemon`` with mDNS. The two
 trust each other (``warren peers add``) and the benchmark waits until both
 show the other as connected.
@@ -92,7 +92,7 @@ Method and hygiene:
 * The hosts' files (stores, GOCACHEs, go's TMPDIR) live on a fresh ext4
   with a journal, on a loop device the script makes and removes
   (``--fs root`` keeps them on the machine's own filesystem; see
-  make_filesystem() for why), and the LAN's bridge does not pass frames
+  netns.make_filesystem() for why), and the LAN's bridge does not pass frames
   through iptables.
 * "An empty store" is a new store directory, with B's daemon restarted on
   it and both sides connected again before the build; old stores and
@@ -123,53 +123,49 @@ Linux only, as root (network namespaces). Python 3.11+, standard library only.
 from __future__ import annotations
 
 import argparse
-import atexit
-import base64
 import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import netns
 from benchlib import (
     BenchError,
     big_body_args,
     common_args,
     fmt_s,
-    gocacheprog_value,
     logger,
     machine_info,
     mib,
     parse_counts,
     resolve_go,
     resolve_warren,
-    rmtree,
     tree_size,
-    wait_with_timeout,
+)
+from netns import (
+    CLEANUP,
+    SHARING_CONFIG,
+    Build,
+    Helper,
+    Host,
+    b64,
+    ensure_connected,
+    go_build,
+    make_lan,
+    wait_note,
 )
 
 log = logger("bench_share")
 
-NS_PREFIX = "wbsh"  # namespaces are wbsh<pid>sw, wbsh<pid>a, wbsh<pid>b
-B64_CHUNK = 3 << 20  # a multiple of 3: chunks encode independently
-BUILD_TIMEOUT = 1800.0
-HELPER_TIMEOUT = 300.0
-CONNECT_TIMEOUT = 30.0
-SOCKET_TIMEOUT = 20.0
-LONG_WAIT_DEADLINE = "60s"  # the helper config used for the big get
 MIRROR_TIMEOUT = 60.0  # B fetching A's whole store with no go running
 
-SHARING_CONFIG = "[share]\nenabled = true\nautostart = false\n"
 # Compared in part 1: the default, and no compression at all.
 COMPRESSION_MODES = ("auto", "never")
 # What B's daemon logs (at info) when "auto" has measured both.
@@ -184,645 +180,6 @@ TARGETS = {
     "empty_peer_ratio": 1.03,  # cold with empty peers / cold local-only, at most
     "transfer_ratio": 0.85,  # at least: the big get against writing the body alone
 }
-
-
-# --------------------------------------------------------------------------
-# Cleanup: every process started and every namespace created is registered
-# here and removed by cleanup(), which runs from finally, atexit and signals.
-
-
-class Cleanup:
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-        self.namespaces: list[str] = []
-        self.scratch: Path | None = None
-        self.keep_scratch = False
-        # (mount point, loop device, image file) of the scratch filesystem
-        self.filesystem: tuple[Path, str, Path] | None = None
-        self.done = False
-        self.lock = threading.Lock()
-
-    def run(self) -> None:
-        with self.lock:
-            if self.done:
-                return
-            self.done = True
-        # Processes first (daemons get SIGTERM and a moment to stop), then
-        # anything still inside our namespaces, then the namespaces.
-        for proc in reversed(self.procs):
-            stop_process(proc, grace=5.0)
-        for ns in reversed(self.namespaces):
-            kill_namespace_pids(ns)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
-        if self.scratch is not None:
-            if self.keep_scratch:
-                print(f"bench_share: scratch files kept in {self.scratch}", file=sys.stderr)
-            elif self.filesystem is None:
-                rmtree(self.scratch)
-        if self.filesystem is not None and not self.keep_scratch:
-            mount, device, image = self.filesystem
-            # A process that was just stopped may still hold it for a moment
-            # (seen once, after a failed run); in the end, detach it lazily.
-            for _ in range(50):
-                r = subprocess.run(["umount", str(mount)], capture_output=True, check=False)
-                if r.returncode == 0:
-                    break
-                time.sleep(0.1)
-            else:
-                subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
-            subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
-            with contextlib.suppress(OSError):
-                image.unlink()
-            with contextlib.suppress(OSError):
-                mount.rmdir()
-
-
-CLEANUP = Cleanup()
-
-
-def stop_process(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM to the process's group, SIGKILL after ``grace`` seconds."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-
-
-def namespace_pids(ns: str) -> list[int]:
-    r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False)
-    return [int(p) for p in r.stdout.split() if p.isdigit()]
-
-
-def kill_namespace_pids(ns: str) -> None:
-    """Ends every process left inside ``ns`` (all of them were started here)."""
-    pids = namespace_pids(ns)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 3
-    while pids and time.monotonic() < deadline:
-        time.sleep(0.1)
-        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def on_signal(signum: int, _frame: object) -> None:
-    # Turn the signal into an exception so finally blocks run; a second one
-    # during cleanup is ignored.
-    signal.signal(signum, signal.SIG_IGN)
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def remove_stale_namespaces() -> None:
-    """Deletes namespaces of earlier runs of this script whose PID is gone."""
-    r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    for line in r.stdout.splitlines():
-        name = line.split()[0] if line.split() else ""
-        m = re.fullmatch(rf"{NS_PREFIX}(\d+)(sw|a|b)", name)
-        if not m:
-            continue
-        pid = int(m.group(1))
-        if pid != os.getpid() and Path(f"/proc/{pid}").exists():
-            try:
-                alive = "bench_share" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-            except OSError:
-                alive = False
-            if alive:
-                continue  # another run of this script, still going
-        log(f"removing stale namespace {name}")
-        kill_namespace_pids(name)
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-
-
-# --------------------------------------------------------------------------
-# The LAN and its hosts
-
-
-def sh(argv: list[str], what: str | None = None) -> str:
-    r = subprocess.run(argv, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
-    if r.returncode != 0:
-        raise BenchError(
-            f"{what or ' '.join(argv)} failed (exit {r.returncode}): {r.stderr.strip()}"
-        )
-    return r.stdout
-
-
-def ns_exec(ns: str, argv: list[str]) -> str:
-    return sh(["ip", "netns", "exec", ns, *argv])
-
-
-def make_lan(names: list[str], rate: str | None = None) -> dict[str, tuple[str, str]]:
-    """Creates a switch and one namespace per host: {name: (netns, address)};
-    with ``rate`` (tc syntax, such as 1gbit), each host sends at most that."""
-    pid = os.getpid()
-    subnet = 1 + pid % 250
-    switch = f"{NS_PREFIX}{pid}sw"
-    sh(["ip", "netns", "add", switch])
-    CLEANUP.namespaces.append(switch)
-    ns_exec(switch, ["ip", "link", "add", "br0", "type", "bridge"])
-    ns_exec(switch, ["ip", "link", "set", "br0", "up"])
-    # A LAN switch forwards frames; it does not run them through iptables.
-    # With br_netfilter loaded on the machine, a Linux bridge would (in
-    # every namespace), which cost ~20% of the sending daemon's network
-    # time in a profile. Best effort: the keys exist only with the module.
-    for table in ("iptables", "ip6tables", "arptables"):
-        subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                switch,
-                "sysctl",
-                "-q",
-                "-w",
-                f"net.bridge.bridge-nf-call-{table}=0",
-            ],
-            capture_output=True,
-            check=False,
-        )
-    hosts = {}
-    for n, name in enumerate(names, start=1):
-        netns = f"{NS_PREFIX}{pid}{name}"
-        address = f"10.77.{subnet}.{n}"
-        sh(["ip", "netns", "add", netns])
-        CLEANUP.namespaces.append(netns)
-        # Both veth ends are created directly in their namespaces: nothing
-        # ever appears among the machine's own interfaces.
-        port = f"p{name}"
-        sh(
-            [
-                "ip",
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                netns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                port,
-                "netns",
-                switch,
-            ]
-        )
-        ns_exec(switch, ["ip", "link", "set", port, "master", "br0"])
-        ns_exec(switch, ["ip", "link", "set", port, "up"])
-        ns_exec(netns, ["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
-        ns_exec(netns, ["ip", "link", "set", "eth0", "up"])
-        ns_exec(netns, ["ip", "link", "set", "lo", "up"])
-        if rate:
-            # A token bucket as deep as a switch port's buffer, roughly.
-            ns_exec(
-                netns,
-                ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate]
-                + ["burst", "256kb", "latency", "10ms"],
-            )
-        hosts[name] = (netns, address)
-    return hosts
-
-
-class Daemon:
-    """A running `warren daemon`, its stderr timestamped into a log file."""
-
-    def __init__(self, proc: subprocess.Popen, log_path: Path, t0: float) -> None:
-        self.proc = proc
-        self.log_path = log_path
-        self.t0 = t0
-        self.lock = threading.Lock()
-        self.file = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
-        self.thread = threading.Thread(target=self._pump, daemon=True)
-        self.thread.start()
-
-    def _pump(self) -> None:
-        for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip("\n")
-            with self.lock:
-                self.file.write(f"{time.perf_counter() - self.t0:11.6f} {line}\n")
-                self.file.flush()
-
-    def mark(self, text: str) -> None:
-        with self.lock:
-            self.file.write(f"{time.perf_counter() - self.t0:11.6f} ===== bench: {text}\n")
-            self.file.flush()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def hwm_kib(self) -> int:
-        kib = proc_status_kib(self.pid, "VmHWM")
-        if kib is None:
-            raise BenchError(f"daemon {self.pid} is gone (log: {self.log_path})")
-        return kib
-
-    def cpu_s(self) -> float:
-        return proc_cpu_s(self.pid)
-
-    def stop(self) -> None:
-        stop_process(self.proc, grace=5.0)
-        self.thread.join(timeout=5)
-        with self.lock:
-            self.file.close()
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def proc_status_kib(pid: int, key: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return None
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime+stime of a live process (its own threads, not its children)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return float("nan")
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Host:
-    """One machine on the LAN: a namespace and a home of its own."""
-
-    def __init__(
-        self, name: str, netns: str, address: str, root: Path, go: Path, warren: Path, t0: float
-    ) -> None:
-        self.name = name
-        self.netns = netns
-        self.address = address
-        self.root = root
-        self.go = go
-        self.warren = warren
-        self.t0 = t0
-        self.daemon: Daemon | None = None
-        self.daemon_level = "info"
-        self.daemon_env: dict[str, str] = {}  # extra environment for the daemon
-        self.gocache_n = 0
-        self.store_n = 0
-        for sub in ("home", "config", "cache", "data", "state", "runtime", "gopath", "work", "tmp"):
-            (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.store.mkdir(mode=0o700)
-
-    @property
-    def store(self) -> Path:
-        """The current store (WARREN_DIR); see new_store()."""
-        return self.root / f"store-{self.store_n}"
-
-    @property
-    def config_dir(self) -> Path:
-        return self.root / "config" / "warren"
-
-    def env(self, **extra: str) -> dict[str, str]:
-        r = self.root
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            "HOME": str(r / "home"),
-            "XDG_CONFIG_HOME": str(r / "config"),
-            "XDG_CACHE_HOME": str(r / "cache"),
-            "XDG_DATA_HOME": str(r / "data"),
-            "XDG_STATE_HOME": str(r / "state"),
-            "XDG_RUNTIME_DIR": str(r / "runtime"),
-            "WARREN_DIR": str(self.store),
-            "GOCACHE": str(r / "gocache"),
-            # go's work directories too live on the benchmark's filesystem.
-            "TMPDIR": str(r / "tmp"),
-            "GOPATH": str(r / "gopath"),
-            "GOMODCACHE": str(r / "gopath" / "pkg" / "mod"),
-            "GOTOOLCHAIN": "local",
-            "GOTELEMETRY": "off",
-            "GOPROXY": "off",
-            "GOFLAGS": "",
-            "GOENV": "off",
-        }
-        for k in ("LANG", "LC_ALL", "TZ"):
-            if k in os.environ:
-                env[k] = os.environ[k]
-        env.update(extra)
-        return env
-
-    def argv(self, program: Path | str, *args: str) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, str(program), *args]
-
-    def warren_cmd(self, *args: str, **env: str) -> str:
-        r = subprocess.run(
-            self.argv(self.warren, *args),
-            env=self.env(**env),
-            cwd=self.root / "work",
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if r.returncode != 0:
-            raise BenchError(f"{self.name}: warren {' '.join(args)} failed: {r.stderr.strip()}")
-        return r.stdout
-
-    def init(self, config: str) -> str:
-        self.warren_cmd("init")
-        (self.config_dir / "config.toml").write_text(config)
-        # A second config for the big get: same dir (identity, allowlist),
-        # but the helper waits up to 60 s for the daemon.
-        (self.config_dir / "long-wait.toml").write_text(
-            config + f'lookup-deadline = "{LONG_WAIT_DEADLINE}"\n'
-        )
-        # For the latency probe: a daemon that fetches only what it is asked.
-        (self.config_dir / "no-read-ahead.toml").write_text(config + "read-ahead = 0\n")
-        for mode in COMPRESSION_MODES:
-            (self.config_dir / f"compression-{mode}.toml").write_text(
-                config + f'compression = "{mode}"\n'
-            )
-        return self.peer_id()
-
-    def peer_id(self) -> str:
-        for line in self.warren_cmd("id").splitlines():
-            if line.startswith("peer ID: "):
-                return line.removeprefix("peer ID: ").strip()
-        raise BenchError(f"{self.name}: `warren id` printed no peer ID")
-
-    def trust(self, peer: str, name: str) -> None:
-        self.warren_cmd("peers", "add", peer, "--name", name)
-
-    def lifetime(self) -> dict[str, int]:
-        """Lifetime counters, plus the daemon's peer counters summed over
-        peers as peer_bodies (hits received), peer_read_ahead, peer_bytes
-        (body bytes received) and peer_wire (answer bytes on the link)."""
-        stats = json.loads(self.warren_cmd("stats", "--json"))
-        counters = dict(stats["lifetime"])
-        peers = stats.get("peers") or []
-        counters["peer_bodies"] = sum(p.get("hits_received", 0) for p in peers)
-        counters["peer_read_ahead"] = sum(p.get("read_ahead", 0) for p in peers)
-        counters["peer_bytes"] = sum(p.get("bytes_received", 0) for p in peers)
-        counters["peer_wire"] = sum(p.get("wire_bytes_received", 0) for p in peers)
-        return counters
-
-    def clean(self) -> None:
-        self.warren_cmd("clean")
-
-    def new_store(self) -> None:
-        """Switches to a new, empty store, restarting the daemon on it.
-
-        Old stores stay on disk until the end: deleting thousands of files
-        right before a build that creates thousands makes ext4 without a
-        journal (as on this project's machines) skip every recently deleted
-        inode on each create, which would be measured as warren's time.
-        """
-        running = self.daemon is not None
-        if running:
-            self.daemon.mark(f"restarting on store-{self.store_n + 1}")
-            self.daemon.stop()
-        self.store_n += 1
-        self.store.mkdir(mode=0o700)
-        if running:
-            self.start_daemon(self.daemon_level)
-
-    def start_daemon(self, level: str) -> Daemon:
-        self.daemon_level = level
-        log_path = self.root / "daemon.log"
-        proc = subprocess.Popen(
-            self.argv(self.warren, "daemon"),
-            env=self.env(WARREN_LOG=level, **self.daemon_env),
-            cwd=self.root / "work",
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        CLEANUP.procs.append(proc)
-        self.daemon = Daemon(proc, log_path, self.t0)
-        socket = self.store / "daemon.sock"
-        deadline = time.monotonic() + SOCKET_TIMEOUT
-        while not socket.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"{self.name}: daemon did not open {socket}\n{self.daemon.tail()}")
-            time.sleep(0.05)
-        # `ip netns exec` execs (no fork), so the child's PID is the daemon's.
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-        if not (cmdline and cmdline[0].decode() == str(self.warren) and b"daemon" in cmdline):
-            raise BenchError(f"{self.name}: pid {proc.pid} is not the daemon: {cmdline!r}")
-        return self.daemon
-
-    def peers_state(self, peer: str) -> str:
-        for line in self.warren_cmd("peers").splitlines():
-            cols = line.split()
-            if peer in cols:
-                # The state column follows the ID (and, since part 4, its
-                # role and entry count).
-                after = cols[cols.index(peer) + 1 :]
-                states = [c for c in after if c in ("connected", "discovered", "offline")]
-                return states[0] if states else "?"
-        return "absent"
-
-    def wait_connected(self, peer: str, timeout: float = CONNECT_TIMEOUT) -> float:
-        t0 = time.monotonic()
-        while True:
-            if self.peers_state(peer) == "connected":
-                return time.monotonic() - t0
-            if time.monotonic() - t0 > timeout:
-                raise BenchError(
-                    f"{self.name}: {peer} not connected after {timeout:.0f} s\n"
-                    f"{self.warren_cmd('peers')}\n--- daemon log ---\n"
-                    f"{self.daemon.tail() if self.daemon else ''}"
-                )
-            time.sleep(0.1)
-
-    def fresh_gocache(self) -> Path:
-        """A new, empty GOCACHE directory (old ones stay until the end)."""
-        self.gocache_n += 1
-        path = self.root / f"gocache-{self.gocache_n}"
-        path.mkdir()
-        return path
-
-
-# --------------------------------------------------------------------------
-# go builds
-
-
-@dataclass
-class Build:
-    kind: str
-    run: int
-    wall_s: float
-    cpu_s: float  # go and everything it waited for
-    daemon_cpu_s: dict[str, float]  # per host, during the build
-    stats: dict[str, int]  # B's lifetime counters, delta over the build
-    load1: float  # 1-minute load average when the build started
-
-    @property
-    def peer_share(self) -> float:
-        """Of B's gets, those answered with the peer's entries: B's store
-        starts empty in these builds, so every hit is an entry B's daemon
-        fetched from A, when asked (a peer hit) or ahead of the build (read
-        ahead; the helper then finds it locally)."""
-        gets = self.stats.get("gets", 0)
-        return self.stats.get("hits", 0) / gets if gets else 0.0
-
-
-def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    return {k: v - before.get(k, 0) for k, v in after.items() if isinstance(v, int)}
-
-
-def go_build(
-    host: Host, hosts: list[Host], target: str, kind: str, run: int, share: bool | None
-) -> Build:
-    """`go build <target>` on ``host`` through warren, with a fresh GOCACHE."""
-    gocache = host.fresh_gocache()
-    extra = {"GOCACHE": str(gocache), "GOCACHEPROG": gocacheprog_value(host.warren)}
-    if share is not None:
-        extra["WARREN_SHARE"] = "1" if share else "0"
-    env = host.env(**extra)
-    out_path, err_path = host.root / "go.stdout", host.root / "go.stderr"
-    before = host.lifetime()
-    for h in hosts:
-        if h.daemon:
-            h.daemon.mark(f"start {kind} run {run} on {host.name}")
-    cpu0 = {h.name: h.daemon.cpu_s() for h in hosts if h.daemon}
-    os.sync()  # no dirty data of an earlier step is written back during this one
-    load1 = os.getloadavg()[0]
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            host.argv(host.go, "build", target),
-            cwd=host.root / "work",
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-        )
-        CLEANUP.procs.append(proc)
-        status, usage = wait_with_timeout(proc, BUILD_TIMEOUT)
-        wall = time.perf_counter() - t0
-    CLEANUP.procs.remove(proc)
-    cpu1 = {h.name: h.daemon.cpu_s() for h in hosts if h.daemon}
-    for h in hosts:
-        if h.daemon:
-            h.daemon.mark(f"end {kind} run {run} on {host.name}: {wall:.3f} s")
-    stderr = err_path.read_text(errors="replace")
-    if status != 0:
-        raise BenchError(
-            f"{host.name}: go build {target} ({kind}, run {run}) failed with exit status "
-            f"{status}\n--- stderr ---\n{stderr}\n--- stdout ---\n"
-            f"{out_path.read_text(errors='replace')}"
-        )
-    if stderr:
-        raise BenchError(
-            f"{host.name}: go build {target} ({kind}, run {run}) wrote to stderr; warren must "
-            f"be silent:\n{stderr}"
-        )
-    stats = delta(host.lifetime(), before)
-    return Build(
-        kind,
-        run,
-        wall,
-        usage.ru_utime + usage.ru_stime,
-        {k: cpu1[k] - cpu0[k] for k in cpu0},
-        stats,
-        load1,
-    )
-
-
-# --------------------------------------------------------------------------
-# The helper protocol, spoken directly (see scripts/bench.py)
-
-
-class Helper:
-    """One GOCACHEPROG helper session on a host."""
-
-    def __init__(self, host: Host, **env: str) -> None:
-        self.host = host
-        self.err_path = host.root / f"helper-{time.monotonic_ns()}.stderr"
-        with open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                host.argv(host.warren),
-                cwd=host.root / "work",
-                env=host.env(**env),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                start_new_session=True,
-            )
-        CLEANUP.procs.append(self.proc)
-        self.next_id = 1
-        self.timer = threading.Timer(HELPER_TIMEOUT, self._kill)
-        self.timer.start()
-        caps = self.read(0)
-        if not {"get", "put"} <= set(caps.get("KnownCommands") or []):
-            raise BenchError(f"helper does not offer get and put: {caps!r}")
-
-    def _kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-
-    def read(self, want: int) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise BenchError(
-                f"{self.host.name}: helper closed stdout (waiting for response {want})\n"
-                f"{self.err_path.read_text(errors='replace')}"
-            )
-        resp = json.loads(line)
-        if resp.get("ID") != want:
-            raise BenchError(f"expected response ID {want}, got {resp!r}")
-        return resp
-
-    def request(self, req: dict, body: bytes | None = None) -> tuple[dict, float]:
-        """Sends one request; returns (response, seconds until it was read)."""
-        req = {"ID": self.next_id, **req}
-        self.next_id += 1
-        t0 = time.perf_counter()
-        self.proc.stdin.write(json.dumps(req, separators=(",", ":")).encode() + b"\n")
-        if body is not None:
-            self.proc.stdin.write(b'\n"')
-            view = memoryview(body)
-            for off in range(0, len(body), B64_CHUNK):
-                self.proc.stdin.write(base64.b64encode(view[off : off + B64_CHUNK]))
-            self.proc.stdin.write(b'"\n')
-        self.proc.stdin.flush()
-        resp = self.read(req["ID"])
-        return resp, time.perf_counter() - t0
-
-    def hwm_kib(self) -> int:
-        return proc_status_kib(self.proc.pid, "VmHWM") or 0
-
-    def close(self) -> str:
-        """Closes the session; returns the helper's stderr (must be empty)."""
-        try:
-            self.request({"Command": "close"})
-            self.proc.stdin.close()
-            self.proc.wait(timeout=30)
-        finally:
-            self.timer.cancel()
-            stop_process(self.proc, grace=1.0)
-            CLEANUP.procs.remove(self.proc)
-        if self.proc.returncode != 0:
-            raise BenchError(f"{self.host.name}: helper exited with {self.proc.returncode}")
-        return self.err_path.read_text(errors="replace")
-
-
-def b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
 
 def sha256_file(path: Path) -> bytes:
@@ -1192,12 +549,6 @@ def wire_note(build: Build) -> str:
     return f"{stored / 1e6:.0f} MB of bodies, {wire / 1e6:.0f} MB on the link"
 
 
-def wait_note(build: Build) -> str:
-    """How long go waited on B's daemon in a build, after local misses."""
-    lookups, waited = build.stats.get("remote_lookups", 0), build.stats.get("remote_wait_us", 0)
-    return f"go waited {waited / 1e6:.3f} s on B's daemon over {lookups} lookups"
-
-
 def auto_choice(log_path: Path, offset: int) -> str:
     """What "auto" chose, from the daemon's log past ``offset``."""
     with open(log_path, encoding="utf-8", errors="replace") as f:
@@ -1206,12 +557,6 @@ def auto_choice(log_path: Path, offset: int) -> str:
     if not found:
         return "(still measuring)"
     return "; ".join(f"{kind} (raw {raw}, compressed {zstd} MB/s)" for raw, zstd, kind in found)
-
-
-def ensure_connected(a: Host, b: Host, a_id: str, b_id: str) -> None:
-    if b.peers_state(a_id) != "connected" or a.peers_state(b_id) != "connected":
-        b.wait_connected(a_id)
-        a.wait_connected(b_id)
 
 
 def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: Results) -> None:
@@ -1388,43 +733,6 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
 
 # --------------------------------------------------------------------------
 # Reporting
-
-
-def make_filesystem(scratch: Path, args: argparse.Namespace) -> str:
-    """Puts the hosts' files on a filesystem of their own (``--fs ext4``,
-    the default): a fresh ext4 with a journal, as on a developer's disk, on
-    a loop device over a sparse file next to the scratch directory, mounted
-    on it. Returns a description for the report.
-
-    Why: this project's VMs have a root filesystem without a journal, and
-    there ext4 skips every inode freed in the last 60 s (360 s while its
-    inode table block is dirty) when it creates a file
-    (``recently_deleted()``); after any build or cleanup that deleted a few
-    thousand files (go deletes its work directories), creating 3,000 files
-    took 1.05-1.57 s instead of 0.065 s. That is a property of the machine,
-    not of warren, and it changes from one build to the next. ``--fs root``
-    keeps the files on the machine's own filesystem.
-    """
-    if args.fs == "root":
-        return "the machine's own filesystem (--fs root)"
-    for tool in ("mkfs.ext4", "losetup", "mount"):
-        if shutil.which(tool) is None:
-            raise BenchError(f"--fs ext4 needs {tool}; or pass --fs root")
-    image = scratch.parent / f"{scratch.name}.img"
-    with open(image, "wb") as f:
-        f.truncate(args.fs_gib << 30)
-    device = ""
-    try:
-        sh(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image)])
-        device = sh(["losetup", "--direct-io=on", "-f", "--show", str(image)]).strip()
-        sh(["mount", device, str(scratch)])
-    except BenchError:
-        if device:
-            subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
-        image.unlink()
-        raise
-    CLEANUP.filesystem = (scratch, device, image)
-    return f"a new {args.fs_gib} GiB ext4 with a journal on {device} ({image}, sparse)"
 
 
 def verdict(ok: bool) -> str:
@@ -1793,7 +1101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("ext4", "root"),
         default="ext4",
         help="where the hosts' files live: a new journaled ext4 on a loop device (default), "
-        "or the machine's own filesystem; see make_filesystem()",
+        "or the machine's own filesystem; see netns.make_filesystem()",
     )
     p.add_argument(
         "--fs-gib", type=int, default=24, help="size of the --fs ext4 image (sparse; default 24)"
@@ -1821,28 +1129,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parse_counts(p, argv, ("runs", "transfer_runs", "body_mib"))
 
 
-def can_make_namespaces(name: str) -> bool:
-    """Whether this machine lets the benchmark ``name`` build its LAN of
-    namespaces (root, and the `ip` command); says why not."""
-    if os.geteuid() != 0:
-        print(f"{name}: needs root (network namespaces)", file=sys.stderr)
-        return False
-    if shutil.which("ip") is None:
-        print(f"{name}: needs the `ip` command (iproute2)", file=sys.stderr)
-        return False
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not can_make_namespaces("bench_share"):
+    if not netns.enter("bench_share"):
         return 1
     if args.link_rate and shutil.which("tc") is None:
         print("bench_share: --link-rate needs the `tc` command (iproute2)", file=sys.stderr)
         return 1
-    atexit.register(CLEANUP.run)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
     res = Results()
     try:
         go = resolve_go(args.go)
@@ -1850,11 +1143,7 @@ def main(argv: list[str] | None = None) -> int:
         info = machine_info(go, warren)
         log(f"{info['go_version']}; warren {info['warren_version']}")
         log(f"load average {info['load_avg_at_start']}")
-        remove_stale_namespaces()
-        scratch = Path(tempfile.mkdtemp(prefix="warren-bench-share-"))
-        CLEANUP.scratch = scratch
-        CLEANUP.keep_scratch = args.keep_tmp
-        info["filesystem"] = make_filesystem(scratch, args)
+        scratch, info["filesystem"] = netns.scratch_dir(args)
         log(f"hosts' files on {info['filesystem']}")
         try:
             bench(args, go, warren, scratch, res)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The run behind the README's "When sharing does not work": three hosts in
-# network namespaces on a private bridge (10.77.9.0/24; nothing touches the
-# machine's own interfaces). alice and bob trust each other; bob also
-# trusts carol, who has not added bob. alice builds std, then bob does,
-# and bob runs `warren trace`, `warren why` and `warren doctor`.
+# network namespaces on a private bridge (10.77.9.0/24, the LAN of
+# scripts/netns.py; nothing touches the machine's own interfaces). alice
+# and bob trust each other; bob also trusts carol, who has not added bob.
+# alice builds std, then bob does, and bob runs `warren trace`, `warren
+# why` and `warren doctor`.
 #
 # Needs root (namespaces). Usage: sudo scripts/demo_sharing.sh [WARREN]
 # (default: target/release/warren; build it first).
@@ -16,28 +17,20 @@ prefix=wdemo$$
 work=$(mktemp -d)
 pids=()
 
+lan() { python3 "$root/scripts/netns.py" "$@"; }
+
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  for ns in h1 h2 h3 sw; do ip netns del "$prefix$ns" 2>/dev/null || true; done
+  lan down "$prefix" h1 h2 h3 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-ip netns add "${prefix}sw"
-ip netns exec "${prefix}sw" ip link add br0 type bridge
-ip netns exec "${prefix}sw" ip link set br0 up
-n=1
+# Namespaces ${prefix}h1, h2 and h3, at 10.77.9.1, .2 and .3.
+lan up "$prefix" 9 h1 h2 h3 >/dev/null
 for h in h1 h2 h3; do
-  ip netns add "$prefix$h"
-  ip link add "v$h" netns "$prefix$h" type veth peer name "$prefix$n" netns "${prefix}sw"
-  ip netns exec "${prefix}sw" ip link set "$prefix$n" master br0
-  ip netns exec "${prefix}sw" ip link set "$prefix$n" up
-  ip netns exec "$prefix$h" ip addr add "10.77.9.$n/24" dev "v$h"
-  ip netns exec "$prefix$h" ip link set "v$h" up
-  ip netns exec "$prefix$h" ip link set lo up
   mkdir -p "$work/$h/home" "$work/$h/cfg/warren" "$work/$h/work"
-  n=$((n + 1))
 done
 
 # Run a command as host $1, with a home, store and Go cache of its own.

@@ -1,10 +1,10 @@
 //! `warren init`, `id` and `peers` as a user runs them (no daemon needed).
 
-mod support;
+mod sandbox;
 
 use std::os::unix::fs::PermissionsExt;
 
-use support::Sandbox;
+use sandbox::Sandbox;
 
 fn stdout(sandbox: &Sandbox, args: &[&str]) -> String {
     let output = sandbox.run(args);

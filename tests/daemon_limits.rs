@@ -5,13 +5,13 @@
     reason = "the test writes a user's config file, not store files"
 )]
 
-mod support;
+mod sandbox;
 
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
-use support::{Daemon, Sandbox};
+use sandbox::{Daemon, Sandbox};
 
 /// With its file descriptors used up (EMFILE), every accept on the
 /// helpers' socket fails until one is closed. The daemon tried again every
@@ -29,7 +29,7 @@ fn out_of_file_descriptors_the_daemon_backs_off_and_says_so_once() {
     )
     .unwrap();
     let daemon = Daemon::start(&sandbox);
-    let status = || support::ask_daemon(&sandbox, r#"{"op":"status"}"#, Duration::from_secs(5));
+    let status = || sandbox::ask_daemon(&sandbox, r#"{"op":"status"}"#, Duration::from_secs(5));
     assert!(status().is_some(), "{}", daemon.log());
     std::thread::sleep(Duration::from_millis(500));
     let open = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))

@@ -4,15 +4,15 @@
 //!
 //! Root only (it mounts the tmpfs); skipped with a message elsewhere, but
 //! required under `CI=true`. Daemons run with mDNS off and listen on
-//! loopback only ([`support::DAEMON_CONFIG`]).
+//! loopback only ([`sandbox::DAEMON_CONFIG`]).
 
-mod support;
+mod sandbox;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{DAEMON_CONFIG, Daemon, Sandbox, action, expect_stored, put, random_bytes};
+use sandbox::{DAEMON_CONFIG, Daemon, Sandbox, action, expect_stored, put, random_bytes};
 
 /// The tmpfs the reading daemon's store is on.
 const TMPFS: u64 = 64 << 20;
@@ -25,7 +25,7 @@ struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(at: &Path, size: u64) -> Self {
-        support::private_dir(at);
+        sandbox::private_dir(at);
         let status = Command::new("mount")
             .args([
                 "-t",
@@ -107,7 +107,7 @@ fn fetched_bodies_are_refused_before_the_disk_fills() {
     assert!(builder.run(&["peers", "add", &reader_id]).status.success());
     assert!(reader.run(&["peers", "add", &builder_id]).status.success());
     let builder_daemon = Daemon::start(&builder);
-    support::wait_until(Duration::from_secs(20), "the builder's listener", || {
+    sandbox::wait_until(Duration::from_secs(20), "the builder's listener", || {
         !builder_daemon.listening().is_empty()
     });
     let port = builder_daemon.listening()[0];

@@ -8,14 +8,14 @@
     reason = "the test writes users' config files, not store files"
 )]
 
-mod common;
+mod go_env;
 mod netns;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{go, warren_bin};
+use go_env::{go, warren_bin};
 use netns::{Host, Lan};
 use serde_json::Value;
 

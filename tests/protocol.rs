@@ -11,7 +11,7 @@
 //! did. Every wait has a deadline and every helper a watchdog, so a stuck
 //! helper fails its test rather than hanging the suite.
 
-mod support;
+mod sandbox;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
-use support::{
+use sandbox::{
     CAPABILITIES, Request, Sandbox, action, close, expect_err, expect_hit, expect_hit_of,
     expect_miss, expect_stored, get, put, put_claiming, random_bytes, sha256, sha256_file,
 };
@@ -294,10 +294,10 @@ fn put_whose_body_does_not_match_is_an_error_and_stores_nothing() {
     assert_eq!(field(&stats, "lifetime", "puts"), 1, "{stats:#}");
 }
 
-/// Part 5 changed what `go` sees here: a put the store cannot take is no
-/// longer an `Err` (go's module-index code fails a build on one), but a
-/// file that lasts the go command; the entry is not cached, and one
-/// warning at the end says why.
+/// A put the store cannot take is not an `Err` (go's module-index code
+/// fails a build on one), but a file that lasts the go command
+/// (SECURITY.md, "Files and permissions"); the entry is not cached, and
+/// one warning at the end says why.
 #[test]
 fn store_write_failure_costs_caching_not_the_put_and_the_stream_stays_in_sync() {
     let sandbox = Sandbox::new();
@@ -361,7 +361,7 @@ fn malformed_input_is_answered_or_reported_and_the_helper_keeps_serving() {
     }
     helper.send(&get(6, &action(6)).bytes);
 
-    let mut answers: HashMap<i64, support::Response> = HashMap::new();
+    let mut answers: HashMap<i64, sandbox::Response> = HashMap::new();
     for _ in 0..3 {
         let response = helper.recv();
         let id = response.id;
@@ -744,7 +744,7 @@ fn unusable_put_header_with_a_large_body_is_one_error() {
     let body = random_bytes(100_000, 13);
     let mut request = put(1, &action(1), &body);
     let header = request.header.clone();
-    let bad_header = header.replacen(&support::b64(&action(1)), "!!not base64!!", 1);
+    let bad_header = header.replacen(&sandbox::b64(&action(1)), "!!not base64!!", 1);
     let mut bytes = bad_header.clone().into_bytes();
     bytes.extend_from_slice(&request.bytes[header.len()..]);
     request.bytes = bytes;
@@ -840,10 +840,10 @@ fn an_entry_used_90_minutes_ago_survives_warren_trim() {
     );
 }
 
-/// Part 4, finding 1: a store directory other users can write (here made
-/// before warren, as another user could in /var/tmp) is refused, by the
-/// helper that `go` runs and by every subcommand, with one line that says
-/// what to fix; nothing is written into it.
+/// SECURITY.md, "Files and permissions": a store directory other users
+/// can write (here made before warren, as another user could in /var/tmp)
+/// is refused, by the helper that `go` runs and by every subcommand, with
+/// one line that says what to fix; nothing is written into it.
 #[test]
 fn a_store_others_can_write_is_refused_with_the_fix() {
     use std::os::unix::fs::PermissionsExt;

@@ -5,12 +5,12 @@
     reason = "the test writes a user's config file, not store files"
 )]
 
-mod support;
+mod sandbox;
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Sandbox, action, close, put, random_bytes};
+use sandbox::{Sandbox, action, close, put, random_bytes};
 
 /// A running daemon, killed by PID when dropped.
 struct Daemon(Child);

@@ -2,12 +2,12 @@
 //! of network namespaces, and real `go` builds on the peers replicated
 //! from. Needs root; under `CI=true` it must run.
 
-mod common;
+mod go_env;
 mod netns;
 
 use std::time::Duration;
 
-use common::{go, num, warren_bin};
+use go_env::{go, num, warren_bin};
 use netns::{Lan, wait_for};
 
 const SHARING: &str = "[share]\nenabled = true\nautostart = false\n";

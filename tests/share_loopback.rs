@@ -5,12 +5,12 @@
     reason = "the test writes users' config files, and damages a store as bit rot would"
 )]
 
-mod support;
+mod sandbox;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::{Daemon, Sandbox, action, close, expect_miss, expect_stored, get, put, random_bytes};
+use sandbox::{Daemon, Sandbox, action, close, expect_miss, expect_stored, get, put, random_bytes};
 
 fn stdout(sandbox: &Sandbox, args: &[&str]) -> String {
     let output = sandbox.run(args);
@@ -102,7 +102,7 @@ fn wait_for_summary(b: &Sandbox, b_daemon: &Daemon, a_id: &str, entries: u64) {
 
 /// The object file of `body` in `sandbox`'s store.
 fn object_path(sandbox: &Sandbox, body: &[u8]) -> PathBuf {
-    let hex = hex::encode(support::sha256(body));
+    let hex = hex::encode(sandbox::sha256(body));
     sandbox
         .store()
         .join("v1/objects")
@@ -149,7 +149,7 @@ fn a_body_damaged_on_disk_is_dropped_from_the_store_when_served_and_told_once() 
     for round in 0..3 {
         for action in &actions[..4] {
             let lookup = format!(r#"{{"op":"get","action":"{}"}}"#, hex::encode(action));
-            let answer = support::ask_daemon(&b, &lookup, Duration::from_secs(10));
+            let answer = sandbox::ask_daemon(&b, &lookup, Duration::from_secs(10));
             assert!(
                 answer.as_deref().is_some_and(|a| a.contains("missed")),
                 "round {round}: {answer:?}"
@@ -159,7 +159,7 @@ fn a_body_damaged_on_disk_is_dropped_from_the_store_when_served_and_told_once() 
     // The big one is cut off before its last piece (B then leaves A out
     // for a while, so it comes last).
     let lookup = format!(r#"{{"op":"get","action":"{}"}}"#, hex::encode(actions[4]));
-    let answer = support::ask_daemon(&b, &lookup, Duration::from_secs(10));
+    let answer = sandbox::ask_daemon(&b, &lookup, Duration::from_secs(10));
     assert!(
         answer.as_deref().is_some_and(|a| a.contains("missed")),
         "{answer:?}"

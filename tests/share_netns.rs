@@ -4,12 +4,12 @@
 //! Each test builds its own LAN (see `netns/mod.rs`) and removes it after.
 //! They need root; under `CI=true` they must run.
 
-mod common;
+mod go_env;
 mod netns;
 
 use std::time::Duration;
 
-use common::{go, num};
+use go_env::{go, num};
 use netns::Lan;
 
 /// Sharing on, mDNS discovery, daemon started by the test.
@@ -57,8 +57,9 @@ fn a_coworkers_build_comes_from_the_peer() {
     let stats: serde_json::Value = serde_json::from_str(&b.warren(&["stats", "--json"])).unwrap();
     let lifetime = &stats["lifetime"];
     // B's store started empty and B compiled nothing it found: every hit
-    // is one of A's entries. Module indexes are never shared (part 4): B
-    // made its own, and they are left out of the count.
+    // is one of A's entries. Module indexes are never shared (SECURITY.md,
+    // "What verification proves, and what it cannot"): B made its own, and
+    // they are left out of the count.
     let (gets, hits) = (num(lifetime, "gets"), num(lifetime, "hits"));
     let indexes = b.module_indexes();
     assert!(gets > 500 && indexes > 0, "{stats}");
@@ -232,7 +233,7 @@ fn builds_start_one_daemon() {
         .iter()
         .map(|gocache| {
             host.command(&host.go.clone(), &["build", "fmt"])
-                .env("GOCACHEPROG", common::warren_bin())
+                .env("GOCACHEPROG", go_env::warren_bin())
                 .env("GOCACHE", host.path(gocache))
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
@@ -337,7 +338,7 @@ fn a_peer_killed_mid_build_costs_only_rebuilds() {
     let b = lan.host(2);
     let build = b
         .command(&b.go.clone(), &["build", "-o", "gofmt-shared", "cmd/gofmt"])
-        .env("GOCACHEPROG", common::warren_bin())
+        .env("GOCACHEPROG", go_env::warren_bin())
         .env("GOCACHE", b.path("gocache"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -385,7 +386,7 @@ fn p2p_example(name: &str) -> std::path::PathBuf {
         .status()
         .unwrap();
     assert!(status.success(), "building the {name} example failed");
-    let bin_dir = std::path::Path::new(common::warren_bin())
+    let bin_dir = std::path::Path::new(go_env::warren_bin())
         .parent()
         .unwrap()
         .to_path_buf();
@@ -475,10 +476,11 @@ fn held(host: &netns::Host, from: &str) -> (u64, u64) {
     (num(&sources["local"], "entries"), from_peer)
 }
 
-/// Part 4, on three hosts. A and B trust each other, B and C trust each
-/// other, C never allowlisted A. C gets none of A's entries through B
-/// (trust is not transitive); then B revokes A, which purges what A sent
-/// at once; and a store another user could write is refused.
+/// SECURITY.md, "Provenance, and why trust is not transitive", on three
+/// hosts. A and B trust each other, B and C trust each other, C never
+/// allowlisted A. C gets none of A's entries through B (trust is not
+/// transitive); then B revokes A, which purges what A sent at once; and a
+/// store another user could write is refused.
 #[test]
 fn trust_is_not_transitive_and_revoking_a_peer_purges_its_entries() {
     if !netns::available() {
@@ -552,7 +554,7 @@ fn trust_is_not_transitive_and_revoking_a_peer_purges_its_entries() {
     assert!(status.success());
     let refused = lan
         .host(3)
-        .command(std::path::Path::new(common::warren_bin()), &["stats"])
+        .command(std::path::Path::new(go_env::warren_bin()), &["stats"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -585,9 +587,10 @@ fn collect_lines(tool: &mut Tool) -> std::sync::Arc<std::sync::Mutex<Vec<String>
     lines
 }
 
-/// Part 4, finding 2, played on a LAN: a third host announces A's peer ID
-/// (taken from A's own advert) at loopback, at an address of another
-/// network, and at 24 addresses of the LAN that it owns, twice a second.
+/// SECURITY.md, "What others on the network can see, and do", played on
+/// a LAN: a third host announces A's peer ID (taken from A's own advert)
+/// at loopback, at an address of another network, and at 24 addresses of
+/// the LAN that it owns, twice a second.
 /// B keeps its connection to the real A; its view of A holds none of the
 /// forbidden addresses and at most 8 spoofed ones; and when A goes away,
 /// B's redials reach at most those 8, with backoff, never loopback.
@@ -788,7 +791,8 @@ fn an_mdns_flood_is_dropped_and_coworkers_are_still_found() {
     );
 }
 
-/// Part 4, agreement, with real daemons: A and C each build `fmt`; B, with
+/// Agreement (SECURITY.md, "What verification proves, and what it
+/// cannot"), with real daemons: A and C each build `fmt`; B, with
 /// `agreement = true`, takes their entries because both built them and
 /// name the same outputs (wire version 4's `built_here`). Packages only A
 /// built are not taken from A alone: B builds them itself.
@@ -810,7 +814,7 @@ fn with_agreement_two_builders_are_needed() {
     }
     lan.host(3).wait_connected(&a, Duration::from_secs(30));
     lan.host(3).wait_connected(&c, Duration::from_secs(30));
-    // `warren peers --json` (part 5) says as much, with the daemon's view.
+    // `warren peers --json` says as much, with the daemon's view.
     let report: serde_json::Value =
         serde_json::from_str(&lan.host(3).warren(&["peers", "--json"])).unwrap();
     assert_eq!(report["daemon"]["running"], true, "{report}");

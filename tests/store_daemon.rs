@@ -2,15 +2,15 @@
 //! longer trusted, and a store swapped under a running daemon.
 //!
 //! Daemons run with mDNS off and listen on loopback only
-//! ([`support::DAEMON_CONFIG`]).
+//! ([`sandbox::DAEMON_CONFIG`]).
 
-mod support;
+mod sandbox;
 
 use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use support::{DAEMON_CONFIG, Daemon, Sandbox, action, expect_hit, expect_miss, get, sha256};
+use sandbox::{DAEMON_CONFIG, Daemon, Sandbox, action, expect_hit, expect_miss, get, sha256};
 
 /// A new peer ID, as `warren id` prints it.
 fn new_peer() -> String {
@@ -135,7 +135,7 @@ fn a_daemon_stops_when_its_store_is_swapped() {
     let mut daemon = Daemon::start(&sandbox);
     let store = sandbox.store();
     fs::rename(&store, sandbox.root().join("moved")).unwrap();
-    support::private_dir(&store);
+    sandbox::private_dir(&store);
     let status = daemon
         .exit_within(Duration::from_secs(10))
         .unwrap_or_else(|| panic!("the daemon kept serving a swapped store:\n{}", daemon.log()));

@@ -10,6 +10,9 @@
 //!
 //! Namespaces need root. Without it the tests skip with a message, except
 //! under `CI=true`, where a skip would hide a broken setup, so they fail.
+//!
+//! Each host's home is isolated as `go_env` isolates one. The benchmarks
+//! build the same LAN in Python (`scripts/netns.py`).
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 #![allow(clippy::disallowed_methods)] // tests write plain files, not store files
@@ -19,13 +22,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::warren_bin;
+use crate::go_env::warren_bin;
 
 static NEXT_LAN: AtomicU32 = AtomicU32::new(0);
 
 /// Whether this process may create namespaces. Panics under CI without it.
 pub fn available() -> bool {
-    let root = crate::common::is_root();
+    let root = crate::go_env::is_root();
     let ip = Command::new("ip").arg("-V").output().is_ok();
     if root && ip {
         return true;
@@ -171,7 +174,7 @@ impl Host {
         cmd.args(["netns", "exec", &self.netns])
             .arg(program)
             .args(args);
-        crate::common::isolate(&mut cmd, self.dir.path(), "gocache");
+        crate::go_env::isolate(&mut cmd, self.dir.path(), "gocache");
         cmd.env("WARREN_DIR", self.store());
         cmd
     }

@@ -5,6 +5,12 @@
 //! installed into `.venv-go/`. Each [`GoEnv`] isolates one scenario in a temp
 //! dir: its own HOME, GOCACHE, GOPATH, config dirs and warren store, with the
 //! network and toolchain downloads off.
+//!
+//! The test helpers, one folder each: `go_env` (this one) runs the real `go`
+//! with warren as its GOCACHEPROG; `sandbox` runs warren alone, speaking
+//! GOCACHEPROG to it over pipes and starting its daemon on loopback;
+//! `netns` puts several such homes on a LAN of network namespaces, each
+//! with a daemon and real mDNS.
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 #![allow(clippy::disallowed_methods)] // tests write plain files, not store files

@@ -12,6 +12,9 @@
 //! - [`Response`] and the `expect_*` checks: the typed view of one answer.
 //! - [`Daemon`]: a running `warren daemon` of a sandbox (mDNS off, loopback
 //!   only, as [`DAEMON_CONFIG`] says), killed by PID when dropped.
+//!
+//! Tests that need the real `go` command use `go_env` instead; tests with
+//! several machines and real mDNS use `netns`.
 
 #![allow(dead_code, unreachable_pub)] // not every test uses every helper
 
