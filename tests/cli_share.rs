@@ -251,7 +251,7 @@ fn a_bad_setting_is_named_with_where_it_came_from() {
 
     let mut command = sandbox.command();
     command.args(["config"]).env("WARREN_MAX_AGE", "soon");
-    let from_env = stderr(support::run_with_timeout(
+    let from_env = stderr(sandbox::run_with_timeout(
         command,
         std::time::Duration::from_secs(30),
     ));
@@ -261,7 +261,7 @@ fn a_bad_setting_is_named_with_where_it_came_from() {
     );
     let mut command = sandbox.command();
     command.args(["doctor"]).env("WARREN_MAX_AGE", "soon");
-    let doctor = support::run_with_timeout(command, std::time::Duration::from_secs(30));
+    let doctor = sandbox::run_with_timeout(command, std::time::Duration::from_secs(30));
     let doctor = String::from_utf8(doctor.stdout).unwrap();
     assert!(
         doctor.contains(r#"invalid max-age "soon" (env WARREN_MAX_AGE): "#),
