@@ -64,6 +64,9 @@ mod fetch;
 #[cfg(feature = "fuzz")]
 #[doc(hidden)]
 pub mod fuzz;
+#[cfg(feature = "hostile")]
+#[doc(hidden)]
+pub mod hostile;
 pub mod ids;
 mod node;
 mod protocol;

@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::hostile::{Mode, hostile};
 use common::{DirStore, Usage, action, connect, id, keypairs, node, start, test_config};
 use common::{until, within};
+use warren_p2p::hostile::{Mode, hostile};
 use warren_p2p::{Compression, Event, RejectReason};
 
 #[tokio::test]

@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::hostile::{Mode, hostile};
 use common::{DirStore, TestNode, Usage, action, connect, id, keypairs, start, test_config};
 use common::{until, within};
+use warren_p2p::hostile::{Mode, hostile};
 use warren_p2p::{ActionId, Event, NodeConfig};
 
 const ENTRIES: u8 = 40;

@@ -91,7 +91,7 @@ async fn peers_without_a_summary_are_asked_about_everything() {
 #[tokio::test]
 async fn a_peer_answering_summaries_at_once_is_not_asked_in_a_loop() {
     let [ka, ks] = keypairs();
-    let spammer = common::hostile::summary_spammer(&ks).await;
+    let spammer = warren_p2p::hostile::summary_spammer(&ks).await;
     let mut a = common::node(&ka, &[id(&ks)]).await;
     a.client.dial(spammer.address.clone()).await.unwrap();
     let peer = spammer.peer;
@@ -123,7 +123,7 @@ async fn a_summary_bomber_gets_small_answers_and_few_of_them() {
         ActionId::from_bytes(bytes)
     }));
     a.store.put(action(1), b"still served");
-    let bomber = common::hostile::summary_bomber(&kh, a.address.clone(), 100).await;
+    let bomber = warren_p2p::hostile::summary_bomber(&kh, a.address.clone(), 100).await;
     a.wait_for(|e| *e == Event::PeerConnected(bomber_id)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let answers = bomber.answers.lock().unwrap().clone();

@@ -6,9 +6,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::hostile::{Mode, hostile};
 use common::{DirStore, Usage, action, connect, id, keypairs, node, start, test_config};
 use common::{until, within};
+use warren_p2p::hostile::{Mode, hostile};
 use warren_p2p::{Allowlist, Compression, Error, Event, RejectReason, Role};
 
 #[tokio::test]
@@ -398,7 +398,7 @@ async fn a_slow_reader_does_not_starve_other_peers() {
     for action in &actions {
         server.store.put_generated(*action, 2 << 20);
     }
-    let _slow = common::hostile::slow_reader(&ks, &server.address, &actions[..32]).await;
+    let _slow = warren_p2p::hostile::slow_reader(&ks, &server.address, &actions[..32]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut a = node(&ka, &[id(&kb)]).await;
     a.client.dial(server.address.clone()).await.unwrap();
@@ -424,7 +424,7 @@ async fn a_slow_reader_is_cut_off_at_the_minimum_send_rate() {
     for action in &actions {
         server.store.put_generated(*action, 4 << 20);
     }
-    let _slow = common::hostile::slow_reader(&ks, &server.address, &actions[..1]).await;
+    let _slow = warren_p2p::hostile::slow_reader(&ks, &server.address, &actions[..1]).await;
     let slow_since = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut a = node(&ka, &[id(&kb)]).await;
