@@ -687,3 +687,6 @@ fn commit(sink: Box<dyn BodySink>) -> Received {
 pub(crate) fn cancelled() -> io::Error {
     io::Error::new(io::ErrorKind::Interrupted, "fetch cancelled")
 }
+
+#[cfg(test)]
+pub(crate) mod tests;
