@@ -83,7 +83,7 @@ use tokio::sync::mpsc;
 
 pub use crate::allowlist::{Allowlist, Role};
 pub use crate::config::{Compression, MdnsConfig, NodeConfig};
-pub use crate::fetch::receive::RejectReason;
+pub use crate::fetch::exchange::RejectReason;
 pub use crate::fetch::{Fetched, Miss};
 pub use crate::ids::{ActionId, OutputId};
 pub use crate::node::EventLoop;
@@ -99,6 +99,9 @@ pub const PROTOCOL_NAME: &str = "/warren/fetch/1";
 
 /// Commands waiting for the event loop.
 const COMMAND_QUEUE: usize = 64;
+/// What the requesting side reports of requests still running, not yet
+/// handled; a codec with a report to make waits for room.
+const REPORT_QUEUE: usize = 256;
 
 /// Why a node could not be set up, or a dial not started.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +141,9 @@ pub fn new(
     store: Arc<dyn Store>,
 ) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), Error> {
     let local_peer_id = config.peer_id();
-    let mut swarm = node::behaviour::build_swarm(&config, store.clone())?;
+    let (report_sender, reports) = mpsc::channel(REPORT_QUEUE);
+    let reporter = fetch::receive::reports::Reports::new(report_sender);
+    let mut swarm = node::behaviour::build_swarm(&config, store.clone(), reporter)?;
     for address in &config.listen {
         swarm
             .listen_on(address.clone())
@@ -156,8 +161,15 @@ pub fn new(
     let (commands, command_receiver) = mpsc::channel(COMMAND_QUEUE);
     let (events, event_receiver) = mpsc::channel(config.event_capacity);
     let backstop = config.longest_fetch() + std::time::Duration::from_secs(1);
-    let event_loop =
-        node::EventLoop::new(swarm, command_receiver, events, store, config, discovery);
+    let event_loop = node::EventLoop::new(
+        swarm,
+        command_receiver,
+        events,
+        store,
+        config,
+        discovery,
+        reports,
+    );
     let client = Client::new(commands, local_peer_id, event_loop.holders(), backstop);
     Ok((client, event_receiver, event_loop))
 }

@@ -162,7 +162,6 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             client: client.clone(),
             peer_id,
             trust: trust.clone(),
-            lookup_deadline: config.share.lookup_deadline,
             builds: std::sync::Mutex::default(),
             started: SystemTime::now(),
             mdns: config.share.mdns,
@@ -284,7 +283,6 @@ struct Daemon {
     replication: Arc<replicate::State>,
     peer_id: PeerId,
     trust: Arc<Trust>,
-    lookup_deadline: Duration,
     /// Recent builds' lookups, for `warren trace`.
     builds: std::sync::Mutex<trace::Ring>,
     started: SystemTime,
@@ -292,25 +290,10 @@ struct Daemon {
     interfaces: Vec<String>,
 }
 
-impl Daemon {
-    /// Why peers could not answer a lookup that took `took`.
-    async fn why_unanswered(&self, took: Duration) -> (Outcome, Option<String>) {
-        if took >= self.lookup_deadline {
-            return (Outcome::Deadline, None);
-        }
-        let peers = self.client.peers().await;
-        match peers.iter().find(|peer| peer.connected && peer.in_cooldown) {
-            Some(peer) => (Outcome::Cooldown, Some(peer.peer.to_string())),
-            None => (Outcome::NotFound, None),
-        }
-    }
-}
-
 impl ipc::Handler for Daemon {
     fn get(&self, action: ActionId) -> BoxFuture<'_, ipc::Response> {
         Box::pin(async move {
             self.activity.lookup();
-            let started = tokio::time::Instant::now();
             let (reason, peer) = match self.client.lookup(action).await {
                 Ok(fetched) => {
                     return ipc::Response::Hit {
@@ -320,7 +303,9 @@ impl ipc::Handler for Daemon {
                 }
                 Err(Miss::NoPeers) => (Outcome::NoPeers, None),
                 Err(Miss::NotInSummaries) => (Outcome::NotInSummaries, None),
-                Err(Miss::Unanswered) => self.why_unanswered(started.elapsed()).await,
+                Err(Miss::Cooldown { peer }) => (Outcome::Cooldown, Some(peer.to_string())),
+                Err(Miss::Deadline) => (Outcome::Deadline, None),
+                Err(Miss::NotFound) => (Outcome::NotFound, None),
             };
             ipc::Response::Missed { reason, peer }
         })

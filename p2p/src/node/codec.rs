@@ -4,15 +4,16 @@
 //! `libp2p-request-response` runs one codec clone per stream. On the
 //! requesting side it calls `write_request` and then `read_response` on the
 //! same clone, which is how `read_response` learns what was asked: the
-//! [`Request`] carries, besides its wire header, the requester's context
-//! ([`Local`]: deadline, cancellation, where batch entries are reported,
-//! the peer's meters), which never goes on the wire. The bytes themselves
-//! are read by [`Requester`] and written by [`Server`].
+//! outgoing [`Request`] is the books' request as it is, with the peer's
+//! link beside it ([`Outgoing`]); only its header goes on the wire, and the
+//! codec keeps the rest to read the answer by. The bytes themselves are
+//! read by [`Requester`] and written by [`Server`].
 //!
-//! One type of response serves both directions because the behaviour has
-//! one: the serving side writes a [`Reply`], the requesting side reads an
-//! [`Answer`]. (A fetch as a plain `async fn` over a raw stream, with the
-//! `libp2p-stream` crate, would drop both of these wrappers; see
+//! One type of request and one of response serve both directions because
+//! the behaviour has one of each: the serving side reads a peer's header
+//! and writes a [`Reply`], the requesting side writes our request and reads
+//! an [`Answer`]. (A fetch as a plain `async fn` over a raw stream, with
+//! the `libp2p-stream` crate, would drop these wrappers; see
 //! `docs/architecture.md`.)
 
 use std::io;
@@ -21,31 +22,24 @@ use std::sync::Arc;
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::StreamProtocol;
 
+use crate::fetch::exchange::Answer;
 use crate::fetch::in_flight::InFlight;
-use crate::fetch::receive::{Answer, Local, Pending, Requester, cancelled};
-use crate::ids::ActionId;
+use crate::fetch::promise::Promise;
+use crate::fetch::receive::reports::Reports;
+use crate::fetch::receive::{Outgoing, Requester, cancelled};
 use crate::protocol::metered::Metered;
-use crate::protocol::wire::{self, Encoding, RequestHeader};
+use crate::protocol::wire::{self, RequestHeader};
 use crate::serve::paced::MinRate;
 use crate::serve::reply::{Reply, Server};
 use crate::store::Store;
 
-/// A request: the header that goes on the wire and, on the requesting side,
-/// how its response is to be handled.
-pub(crate) struct Request {
-    pub(crate) header: RequestHeader,
-    /// `None` for requests read from a peer.
-    pub(crate) local: Option<Local>,
-}
-
-impl std::fmt::Debug for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Request")
-            .field("action", &self.header.action.to_hex())
-            .field("also", &self.header.also.len())
-            .field("max_inline", &self.header.max_inline)
-            .finish_non_exhaustive()
-    }
+/// A request: one read from a peer, or one of ours to send.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// A peer's, as its header said.
+    Incoming(RequestHeader),
+    /// Ours: what to send, and how to read its answer.
+    Outgoing(Box<Outgoing>),
 }
 
 /// A response: what the serving side writes, or what the requesting side
@@ -61,7 +55,7 @@ pub(crate) struct FetchCodec {
     requester: Requester,
     server: Server,
     /// Set by `write_request`, taken by `read_response` (same clone).
-    pending: Option<Pending>,
+    pending: Option<Box<Outgoing>>,
 }
 
 impl Clone for FetchCodec {
@@ -77,12 +71,14 @@ impl Clone for FetchCodec {
 
 impl FetchCodec {
     /// Reads bodies of at most `max_body_size` bytes into `store`, each at
-    /// `transfer_rate` or better, within the bytes in flight of `in_flight`.
+    /// `transfer_rate` or better, within the bytes in flight of
+    /// `in_flight`, and tells the books how each request goes on `reports`.
     pub(crate) fn new(
         store: Arc<dyn Store>,
         max_body_size: u64,
         transfer_rate: u64,
         in_flight: Arc<InFlight>,
+        reports: Reports,
     ) -> Self {
         Self {
             requester: Requester {
@@ -91,6 +87,7 @@ impl FetchCodec {
                 transfer_rate,
                 in_flight,
                 agreement: None,
+                reports,
             },
             server: Server { store },
             pending: None,
@@ -114,22 +111,19 @@ impl libp2p::request_response::Codec for FetchCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        Ok(Request {
-            header: wire::read_frame(io).await?,
-            local: None,
-        })
+        Ok(Request::Incoming(wire::read_frame(io).await?))
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let pending = self
+        let outgoing = self
             .pending
             .take()
             .ok_or_else(|| io::Error::other("a response without a request"))?;
         self.requester
-            .read_response(io, pending)
+            .read_response(io, &outgoing)
             .await
             .map(Response::Answer)
     }
@@ -143,32 +137,17 @@ impl libp2p::request_response::Codec for FetchCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let Request { header, local } = request;
-        let local = local.ok_or_else(|| io::Error::other("an outbound request without context"))?;
-        if local.cancel.is_cancelled() {
+        let Request::Outgoing(outgoing) = request else {
+            return Err(io::Error::other("only our own requests are written"));
+        };
+        if outgoing.request.cancel.is_cancelled() {
             return Err(cancelled());
         }
-        let actions: Vec<ActionId> = header.actions().copied().collect();
-        if local
-            .batch
-            .as_ref()
-            .is_some_and(|batch| batch.tokens.len() != actions.len())
-        {
-            return Err(io::Error::other("a batch needs one token per action"));
-        }
-        if (local.listed.as_ref()).is_some_and(|listed| listed.len() != actions.len()) {
-            return Err(io::Error::other("one listed size per action, or none"));
-        }
-        let promise = local.promise.clone();
-        self.pending = Some(Pending {
-            actions,
-            max_inline: header.max_inline,
-            hints: header.hints,
-            compressed_ok: header.accept.contains(&Encoding::Zstd),
-            local,
-        });
+        let header = outgoing.header()?;
+        let key = outgoing.request.key;
+        self.pending = Some(outgoing);
         wire::write_frame(io, &header).await?;
-        promise.asked();
+        self.requester.reports.promise(key, Promise::Asked).await;
         Ok(())
     }
 

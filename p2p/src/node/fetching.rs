@@ -3,30 +3,30 @@
 //! sending requests (with the peer's link meter, traffic counter and
 //! compression choice), setting timers, and keeping the peers' counters.
 //!
-//! The books see peers through [`View`]: who is connected and allowlisted,
-//! what their summaries hold, whether they answer batches, and whether the
-//! local store has an entry already.
+//! Who may hold what the books ask [`Holders`](crate::fetch::holders::Holders),
+//! which the event loop keeps up to date (see `publish_asked`); the rest
+//! they see through [`View`]: whether peers answer batches, and whether
+//! the local store has an entry already.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 
+use libp2p::PeerId;
 use libp2p::request_response::OutboundRequestId;
-use libp2p::{PeerId, Swarm};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::EventLoop;
 use super::peers::PeerState;
-use crate::allowlist::Allowlist;
 use crate::catalog::CatalogEntry;
 use crate::fetch::Fetched;
-use crate::fetch::books::{self, Deadline, Failure, Output, Peers, RequestKey};
-use crate::fetch::receive::{Answer, BatchReports, Local, Report};
+use crate::fetch::books::{Deadline, Output, Peers, Reply};
+use crate::fetch::exchange::{Answer, Failure, Report, Request, RequestKey};
+use crate::fetch::receive::Outgoing;
 use crate::ids::ActionId;
-use crate::node::behaviour::Behaviour;
 use crate::node::client::Event;
-use crate::node::codec::Request;
-use crate::protocol::wire::{BATCH_VERSION, Encoding, RequestHeader, WIRE_VERSION};
+use crate::node::codec;
+use crate::protocol::wire::BATCH_VERSION;
 use crate::store::Store;
 
 /// A timer of the event loop's.
@@ -49,27 +49,11 @@ pub(super) fn timer(at: Instant, due: Due) -> Timer {
 
 /// The books' view of peers and the store, borrowed from the event loop.
 pub(super) struct View<'a> {
-    pub(super) swarm: &'a Swarm<Behaviour>,
-    pub(super) allowlist: &'a Allowlist,
     pub(super) peers: &'a HashMap<PeerId, PeerState>,
     pub(super) store: &'a dyn Store,
 }
 
 impl Peers for View<'_> {
-    fn connected(&self) -> Vec<PeerId> {
-        self.swarm.connected_peers().copied().collect()
-    }
-
-    fn usable(&self, peer: &PeerId) -> bool {
-        self.allowlist.pulls_from(peer) && self.swarm.is_connected(peer)
-    }
-
-    fn may_hold(&self, peer: &PeerId, action: &ActionId) -> bool {
-        self.peers
-            .get(peer)
-            .is_none_or(|state| state.summary.read().may_hold(action))
-    }
-
     fn batches(&self, peer: &PeerId) -> bool {
         self.peers.get(peer).is_some_and(|state| state.batches)
     }
@@ -84,8 +68,6 @@ impl Peers for View<'_> {
 macro_rules! view {
     ($event_loop:expr) => {
         crate::node::fetching::View {
-            swarm: &$event_loop.swarm,
-            allowlist: &$event_loop.allowlist,
             peers: &$event_loop.peers,
             store: &*$event_loop.store,
         }
@@ -93,11 +75,7 @@ macro_rules! view {
 }
 
 impl EventLoop {
-    pub(super) fn start_fetch(
-        &mut self,
-        action: ActionId,
-        reply: oneshot::Sender<Option<Fetched>>,
-    ) {
+    pub(super) fn start_fetch(&mut self, action: ActionId, reply: Reply) {
         self.books
             .lookup(action, reply, Instant::now(), &view!(self));
         self.carry_out();
@@ -123,7 +101,8 @@ impl EventLoop {
         self.carry_out();
         tokio::spawn(async move {
             let results = futures::future::join_all(answers).await;
-            let _ = reply.send(results.into_iter().map(|r| r.ok().flatten()).collect());
+            let fetched = results.into_iter().map(|result| result.ok()?.ok());
+            let _ = reply.send(fetched.collect());
         });
     }
 
@@ -147,16 +126,22 @@ impl EventLoop {
         self.carry_out();
     }
 
-    /// One entry of a batch, reported as soon as it landed (or did not).
+    /// What the requesting side reported of a request still running:
+    /// what its peer has promised, or one entry of a batch, as soon as it
+    /// landed (or did not).
     pub(super) fn on_report(&mut self, report: Report) {
-        let Report { token, outcome } = report;
-        if let Some(peer) = self
-            .books
-            .on_report(token, outcome, Instant::now(), &view!(self))
-        {
-            self.peer(peer).seen();
+        match report {
+            Report::Promise { request, promise } => self.books.on_promise(request, promise),
+            Report::Entry { fetch, outcome } => {
+                if let Some(peer) =
+                    self.books
+                        .on_report(fetch, outcome, Instant::now(), &view!(self))
+                {
+                    self.peer(peer).seen();
+                }
+                self.carry_out();
+            }
         }
-        self.carry_out();
     }
 
     pub(super) fn on_request_failed(&mut self, request_id: OutboundRequestId, why: Failure) {
@@ -213,22 +198,8 @@ impl EventLoop {
 
     /// Sends one request the books booked, asking for compressed bodies if
     /// the peer's link says that pays.
-    fn send(&mut self, send: books::Send) {
-        let books::Send {
-            key,
-            peer,
-            actions,
-            batch,
-            max_inline,
-            listed,
-            hints,
-            header_deadline,
-            cancel,
-            promise,
-        } = send;
-        let Some((&action, also)) = actions.split_first() else {
-            return;
-        };
+    fn send(&mut self, request: Request) {
+        let (key, peer) = (request.key, request.peer);
         let state = self.peer(peer);
         let link = state.link.clone();
         let traffic = state.traffic.clone();
@@ -241,41 +212,18 @@ impl EventLoop {
                 if choice.compress { "compressed" } else { "raw" }
             );
         }
-        let accept = if link.compress(self.config.compression) {
-            vec![Encoding::Zstd]
-        } else {
-            Vec::new()
-        };
-        let batch = batch.map(|tokens| BatchReports {
-            tokens,
-            reports: self.report_sender.clone(),
-            header_timeout: self.config.lookup_deadline,
-        });
-        let request = Request {
-            header: RequestHeader {
-                version: WIRE_VERSION,
-                action,
-                max_inline,
-                hints,
-                also: also.to_vec(),
-                accept,
-            },
-            local: Some(Local {
-                peer,
-                header_deadline,
-                cancel,
-                promise,
-                batch,
-                link,
-                traffic,
-                listed,
-            }),
+        let compressed = link.compress(self.config.compression);
+        let outgoing = Outgoing {
+            request,
+            link,
+            traffic,
+            compressed,
         };
         let request_id = self
             .swarm
             .behaviour_mut()
             .fetch
-            .send_request(&peer, request);
+            .send_request(&peer, codec::Request::Outgoing(Box::new(outgoing)));
         self.sent.insert(request_id, key);
     }
 }

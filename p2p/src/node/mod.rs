@@ -62,8 +62,8 @@ use self::serving::Serving;
 use self::summaries::{PARK_CHECK, Parked};
 use crate::allowlist::Allowlist;
 use crate::config::NodeConfig;
-use crate::fetch::books::{Books, Failure, Limits};
-use crate::fetch::receive::Report;
+use crate::fetch::books::{Books, Limits};
+use crate::fetch::exchange::{Failure, Report};
 use crate::node::behaviour::{Behaviour, BehaviourEvent};
 use crate::node::client::{Command, Event};
 use crate::node::codec::{Request, Response};
@@ -78,9 +78,6 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 /// mDNS, so users can find IDs to allow). Bounded, so that spoofed
 /// announcements cannot grow memory.
 const MAX_STRANGERS: usize = 256;
-/// Batch entries reported but not yet handled; a codec with a report to
-/// make waits for room.
-const REPORT_QUEUE: usize = 256;
 
 /// Owns the swarm; see the module docs. Run it with [`EventLoop::run`].
 pub struct EventLoop {
@@ -98,9 +95,8 @@ pub struct EventLoop {
     /// Fetches in flight, read-ahead and cooldowns (see `fetching`).
     books: Books,
     sent: Sent,
-    /// Batch entries as the codecs report them.
+    /// What the requesting side reports of requests still running.
     reports: mpsc::Receiver<Report>,
-    report_sender: mpsc::Sender<Report>,
     timers: FuturesUnordered<Timer>,
     /// Caps concurrent serves; a permit lives until its response is sent.
     serve_permits: Arc<Semaphore>,
@@ -121,8 +117,8 @@ impl EventLoop {
         store: Arc<dyn Store>,
         config: NodeConfig,
         discovery: Option<Discovery>,
+        reports: mpsc::Receiver<Report>,
     ) -> Self {
-        let (report_sender, reports) = mpsc::channel(REPORT_QUEUE);
         let summary_updates = store.summary_updates();
         let mut event_loop = Self {
             swarm,
@@ -136,7 +132,6 @@ impl EventLoop {
             books: Books::new(Limits::of(&config)),
             sent: Sent::new(),
             reports,
-            report_sender,
             timers: FuturesUnordered::new(),
             serve_permits: Arc::new(Semaphore::new(config.max_concurrent_serves)),
             serving: HashMap::new(),
@@ -210,7 +205,7 @@ impl EventLoop {
             .peers
             .iter()
             .filter(|(peer, _)| self.allowlist.pulls_from(peer) && self.swarm.is_connected(peer))
-            .map(|(_, state)| state.summary.clone())
+            .map(|(peer, state)| (*peer, state.summary.clone()))
             .collect();
         self.books.holders().set_asked(asked);
     }
@@ -462,7 +457,12 @@ impl EventLoop {
                         channel,
                     },
                 ..
-            } => self.on_request(peer, request_id, request.header, channel),
+            } => match request {
+                Request::Incoming(header) => self.on_request(peer, request_id, header, channel),
+                Request::Outgoing(_) => {
+                    tracing::error!("the codec read one of our own requests from a peer");
+                }
+            },
             E::Message {
                 peer,
                 message:

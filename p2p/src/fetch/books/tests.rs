@@ -2,11 +2,16 @@
 //! no network, no codec.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use super::*;
-use crate::fetch::read_ahead::BATCH;
+use crate::fetch::exchange::{Answer, Failure, Outcome, RejectReason, Request};
+use crate::fetch::holders::SharedSummary;
+use crate::fetch::pace::STALL;
+use crate::fetch::read_ahead::{BATCH, HINTS};
 use crate::ids::OutputId;
 use crate::protocol::wire::WIRE_VERSION;
+use crate::summary::{SummaryAnswer, SummaryHeader, prefix};
 
 /// Peers as a test sets them: connected and allowlisted, summaries
 /// (none: may hold anything), batches, and the local store.
@@ -18,18 +23,36 @@ struct FakePeers {
     stored: HashSet<ActionId>,
 }
 
+impl FakePeers {
+    /// Publishes the connected peers, each with a summary of what it
+    /// holds, as those a lookup would ask (as the event loop does).
+    fn publish(&self, books: &Books) {
+        let asked = (self.connected.iter())
+            .map(|peer| (*peer, summary_of(self.holds.get(peer))))
+            .collect();
+        books.holders().set_asked(asked);
+    }
+}
+
+/// A summary naming `held`; none (it may hold anything) without.
+fn summary_of(held: Option<&HashSet<ActionId>>) -> SharedSummary {
+    let summary = SharedSummary::default();
+    if let Some(held) = held {
+        let prefixes: Vec<u64> = held.iter().map(prefix).collect();
+        summary.write().apply(SummaryAnswer {
+            header: SummaryHeader {
+                epoch: 7,
+                from: 0,
+                count: prefixes.len() as u64,
+                generation: prefixes.len() as u64,
+            },
+            prefixes,
+        });
+    }
+    summary
+}
+
 impl Peers for FakePeers {
-    fn connected(&self) -> Vec<PeerId> {
-        self.connected.clone()
-    }
-    fn usable(&self, peer: &PeerId) -> bool {
-        self.connected.contains(peer)
-    }
-    fn may_hold(&self, peer: &PeerId, action: &ActionId) -> bool {
-        self.holds
-            .get(peer)
-            .is_none_or(|held| held.contains(action))
-    }
     fn batches(&self, peer: &PeerId) -> bool {
         !self.no_batches.contains(peer)
     }
@@ -94,7 +117,7 @@ fn answered_batch(next: Vec<ActionId>) -> Answer {
     }
 }
 
-fn drain(books: &mut Books) -> (Vec<Send>, Vec<Output>) {
+fn drain(books: &mut Books) -> (Vec<Request>, Vec<Output>) {
     let mut sends = Vec::new();
     let mut others = Vec::new();
     while let Some(output) = books.poll_output() {
@@ -106,12 +129,14 @@ fn drain(books: &mut Books) -> (Vec<Send>, Vec<Output>) {
     (sends, others)
 }
 
+/// A lookup of `action`, with `peers` as they are now.
 fn lookup(
     books: &mut Books,
     action: ActionId,
     now: Instant,
     peers: &FakePeers,
-) -> oneshot::Receiver<Option<Fetched>> {
+) -> oneshot::Receiver<Result<Fetched, Miss>> {
+    peers.publish(books);
     let (reply, answer) = oneshot::channel();
     books.lookup(action, reply, now, peers);
     answer
@@ -122,7 +147,7 @@ fn a_lookup_nobody_may_answer_is_a_miss_at_once() {
     let now = Instant::now();
     let mut books = Books::new(limits());
     let mut answer = lookup(&mut books, action(1), now, &FakePeers::default());
-    assert_eq!(answer.try_recv(), Ok(None));
+    assert_eq!(answer.try_recv(), Ok(Err(Miss::NoPeers)));
     assert!(books.poll_output().is_none(), "nothing sent");
 
     // A peer whose summary does not name the action is not asked.
@@ -131,7 +156,7 @@ fn a_lookup_nobody_may_answer_is_a_miss_at_once() {
         .holds
         .insert(peers.connected[0], HashSet::from([action(2)]));
     let mut answer = lookup(&mut books, action(1), now, &peers);
-    assert_eq!(answer.try_recv(), Ok(None));
+    assert_eq!(answer.try_recv(), Ok(Err(Miss::NotInSummaries)));
     let mut answer = lookup(&mut books, action(2), now, &peers);
     assert!(answer.try_recv().is_err(), "asked, waiting");
     assert_eq!(drain(&mut books).0.len(), 1);
@@ -310,11 +335,11 @@ fn a_body_that_fails_verification_puts_its_peer_in_cooldown() {
         &others[..],
         [Output::Rejected { peer: p, bytes: 9, reason: r, .. }] if *p == peer && *r == reason
     ));
-    assert_eq!(answer.try_recv(), Ok(None));
+    assert_eq!(answer.try_recv(), Ok(Err(Miss::Cooldown { peer })));
     assert!(books.in_cooldown(&peer, now));
     // Not asked while in cooldown; asked again after it.
     let mut answer = lookup(&mut books, action(2), now + Duration::from_secs(59), &peers);
-    assert_eq!(answer.try_recv(), Ok(None));
+    assert_eq!(answer.try_recv(), Ok(Err(Miss::Cooldown { peer })));
     let later = now + Duration::from_secs(61);
     assert!(!books.in_cooldown(&peer, later));
     let _answer = lookup(&mut books, action(2), later, &peers);
@@ -336,9 +361,9 @@ fn the_lookup_deadline_gives_up_on_silent_peers_but_not_on_sending_ones() {
         panic!("a lookup deadline: {others:?}");
     };
     // One peer said "found" and is sending; the other said nothing.
-    sends[0].promise.asked();
-    sends[1].promise.asked();
-    sends[0].promise.owed();
+    books.on_promise(sends[0].key, Promise::Asked);
+    books.on_promise(sends[1].key, Promise::Asked);
+    books.on_promise(sends[0].key, Promise::Owed);
     books.on_deadline(deadline, at, &peers);
     assert!(sends[1].cancel.is_cancelled());
     assert!(!sends[0].cancel.is_cancelled());
@@ -355,7 +380,7 @@ fn the_lookup_deadline_gives_up_on_silent_peers_but_not_on_sending_ones() {
         at,
         &peers,
     );
-    assert!(answer.try_recv().unwrap().is_some());
+    assert!(answer.try_recv().unwrap().is_ok());
     drain(&mut books);
 
     // Nobody answered: a miss at the deadline.
@@ -365,17 +390,17 @@ fn the_lookup_deadline_gives_up_on_silent_peers_but_not_on_sending_ones() {
         panic!("a lookup deadline: {others:?}");
     };
     books.on_deadline(deadline, at, &peers);
-    assert_eq!(answer.try_recv(), Ok(None));
+    assert_eq!(answer.try_recv(), Ok(Err(Miss::Deadline)));
     assert!(sends.iter().all(|send| send.cancel.is_cancelled()));
 }
 
 /// A lookup sent to one peer, and that peer's request.
-fn one_lookup(now: Instant) -> (Books, FakePeers, Send) {
+fn one_lookup(now: Instant) -> (Books, FakePeers, Request) {
     let peers = peers(1);
     let mut books = Books::new(limits());
     let _answer = lookup(&mut books, action(1), now, &peers);
     let send = drain(&mut books).0.remove(0);
-    send.promise.asked();
+    books.on_promise(send.key, Promise::Asked);
     (books, peers, send)
 }
 
@@ -397,18 +422,18 @@ fn a_missed_deadline_cools_down_only_a_peer_that_owed_a_body() {
     // Said "found", and the body stopped: the backstop, or libp2p's
     // request timeout, cools it down like a stall does.
     let (mut books, peers, send) = one_lookup(now);
-    send.promise.owed();
+    books.on_promise(send.key, Promise::Owed);
     books.on_deadline(Deadline::Lookup(0), now, &peers);
     books.on_deadline(Deadline::Request(send.key), later, &peers);
     assert!(books.in_cooldown(&send.peer, later), "at the backstop");
     let (mut books, peers, send) = one_lookup(now);
-    send.promise.owed();
+    books.on_promise(send.key, Promise::Owed);
     books.on_failed(send.key, Failure::TimedOut, later, &peers);
     assert!(books.in_cooldown(&send.peer, later), "at libp2p's timeout");
 
     // Every byte in, and our commit is slow: not the peer's fault.
     let (mut books, peers, send) = one_lookup(now);
-    send.promise.kept();
+    books.on_promise(send.key, Promise::Kept);
     books.on_deadline(Deadline::Request(send.key), later, &peers);
     assert!(!books.in_cooldown(&send.peer, later));
 }
@@ -435,7 +460,7 @@ fn a_body_request_left_unanswered_cools_its_peer_down() {
         }
         let (bodies, _) = drain(&mut books);
         let body = &bodies[0];
-        body.promise.asked();
+        books.on_promise(body.key, Promise::Asked);
         if backstop {
             books.on_deadline(Deadline::Request(body.key), later, &peers);
         } else {
@@ -599,8 +624,8 @@ fn a_version_one_peer_gets_the_rest_of_a_batch_one_per_request() {
     assert!(again.iter().all(|send| send.batch.is_none()));
 }
 
-type Replies = Vec<oneshot::Receiver<Option<Fetched>>>;
-type Entries = Vec<(ActionId, u64, oneshot::Sender<Option<Fetched>>)>;
+type Replies = Vec<oneshot::Receiver<Result<Fetched, Miss>>>;
+type Entries = Vec<(ActionId, u64, Reply)>;
 
 /// Entries to replicate, `listed` bytes each (action 3: 5 MiB).
 fn replicated(range: std::ops::RangeInclusive<u8>, listed: u64) -> (Entries, Replies) {
@@ -620,10 +645,11 @@ fn replication_asks_one_peer_in_batches_and_does_not_wake_read_ahead() {
     let (peer, other) = (peers.connected[0], peers.connected[1]);
     peers.stored.insert(action(5));
     let mut books = Books::new(limits());
+    peers.publish(&books);
     let (entries, mut answers) = replicated(1..=20, 1000);
     books.replicate(peer, entries, now, &peers);
     // Stored already: answered at once, not asked for.
-    assert_eq!(answers[4].try_recv(), Ok(None));
+    assert_eq!(answers[4].try_recv(), Ok(Err(Miss::NotFound)));
     let (batches, _) = drain(&mut books);
     assert_eq!(batches.len(), 2, "19 entries: a batch of 16 and one of 3");
     assert!(batches.iter().all(|batch| batch.peer == peer));
@@ -660,7 +686,7 @@ fn replication_asks_one_peer_in_batches_and_does_not_wake_read_ahead() {
     assert_eq!(body[0].listed, Some(vec![5 << 20]));
     // One the peer no longer has is a miss: the other peer is not asked.
     books.on_report(token(3), Outcome::NotFound, now, &peers);
-    assert_eq!(answers[3].try_recv(), Ok(None));
+    assert_eq!(answers[3].try_recv(), Ok(Err(Miss::NotFound)));
     assert!(drain(&mut books).0.iter().all(|send| send.peer != other));
     // A lookup's requests take any size.
     let _answer = lookup(&mut books, action(30), now, &peers);
@@ -676,6 +702,7 @@ fn a_body_bigger_than_listed_cools_its_peer_down() {
     let peers = peers(1);
     let peer = peers.connected[0];
     let mut books = Books::new(limits());
+    peers.publish(&books);
     let (entries, mut answers) = replicated(1..=2, 1);
     books.replicate(peer, entries, now, &peers);
     let (batches, _) = drain(&mut books);
@@ -688,7 +715,7 @@ fn a_body_bigger_than_listed_cools_its_peer_down() {
         bytes: 0,
     };
     books.on_report(token, rejected, now, &peers);
-    assert_eq!(answers[0].try_recv(), Ok(None));
+    assert_eq!(answers[0].try_recv(), Ok(Err(Miss::Cooldown { peer })));
     assert!(books.in_cooldown(&peer, now));
     assert!(batches[0].cancel.is_cancelled(), "its batch is cut off");
     let (entries, mut later) = replicated(10..=11, 1);
@@ -697,7 +724,7 @@ fn a_body_bigger_than_listed_cools_its_peer_down() {
         drain(&mut books).0.is_empty(),
         "not asked while cooled down"
     );
-    assert_eq!(later[0].try_recv(), Ok(None));
+    assert_eq!(later[0].try_recv(), Ok(Err(Miss::Cooldown { peer })));
 }
 
 /// With agreement on, one peer's word is never enough to store a
@@ -710,12 +737,13 @@ fn nothing_is_replicated_with_agreement_on() {
         agreement: true,
         ..limits()
     });
+    peers.publish(&books);
     let (entries, mut answers) = replicated(1..=4, 10);
     books.replicate(peers.connected[0], entries, now, &peers);
     assert!(drain(&mut books).0.is_empty(), "nothing asked for");
     assert!(
         answers
             .iter_mut()
-            .all(|answer| answer.try_recv() == Ok(None))
+            .all(|answer| answer.try_recv() == Ok(Err(Miss::NotFound)))
     );
 }

@@ -17,18 +17,23 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::fetch::exchange::{
+    Answer, Failure, FetchId, Outcome, RejectReason, Report, Request, RequestKey,
+};
 use crate::fetch::in_flight::InFlight;
 use crate::fetch::link::LinkMeter;
-use crate::fetch::receive::{Answer, BatchReports, Local, Outcome, RejectReason, Report};
+use crate::fetch::promise::Promise;
+use crate::fetch::receive::reports::Reports;
+use crate::fetch::receive::{Outgoing, failure_of};
 use crate::ids::{ActionId, OutputId};
-use crate::node::codec::{FetchCodec, Request, Response};
+use crate::node::codec::{self, FetchCodec, Response};
 use crate::protocol::compress;
 use crate::protocol::piece::Piece;
 use crate::protocol::wire::{
-    self, CHUNK_SIZE, Encoding, FoundHeader, RequestHeader, ResponseHeader, WIRE_VERSION,
+    self, CHUNK_SIZE, Encoding, FoundHeader, ResponseHeader, WIRE_VERSION,
 };
 use crate::serve::reply::Reply;
-use crate::store::{Bodies, BodySink, CommitError, Hints, Summaries};
+use crate::store::{Bodies, BodySink, CommitError, Hints, Store, Summaries};
 
 /// Commits verified bodies to a map; records the size of every write.
 #[derive(Default)]
@@ -104,6 +109,68 @@ pub(crate) fn protocol() -> StreamProtocol {
     StreamProtocol::new(crate::PROTOCOL_NAME)
 }
 
+/// A codec over `store`, reading bodies at `rate` or better within
+/// `in_flight`, and what it reports to the books.
+pub(crate) fn codec_over(
+    store: Arc<dyn Store>,
+    rate: u64,
+    in_flight: Arc<InFlight>,
+) -> (FetchCodec, mpsc::Receiver<Report>) {
+    let (sender, reports) = mpsc::channel(1024);
+    let codec = FetchCodec::new(store, 1 << 30, rate, in_flight, Reports::new(sender));
+    (codec, reports)
+}
+
+/// Our request for `actions` (a batch if more than one, each entry
+/// reported with its index as its fetch), due within 5 s.
+pub(crate) fn request(actions: &[ActionId], max_inline: u64, hints: u32) -> Request {
+    Request {
+        key: RequestKey(0),
+        peer: libp2p::PeerId::random(),
+        actions: actions.to_vec(),
+        batch: (actions.len() > 1).then(|| (0..actions.len() as FetchId).collect()),
+        max_inline,
+        listed: None,
+        hints,
+        header_deadline: Instant::now() + Duration::from_secs(5),
+        header_timeout: Duration::from_secs(5),
+        cancel: CancellationToken::new(),
+    }
+}
+
+/// `request` on its way, on the link `link`, asking for compressed bodies
+/// if `accept` names zstd.
+pub(crate) fn outgoing(
+    request: Request,
+    accept: &[Encoding],
+    link: &Arc<LinkMeter>,
+) -> codec::Request {
+    codec::Request::Outgoing(Box::new(Outgoing {
+        request,
+        link: link.clone(),
+        traffic: Arc::default(),
+        compressed: accept.contains(&Encoding::Zstd),
+    }))
+}
+
+/// What the peer had promised when the request ended, as reported.
+fn promise_of(reports: &mut mpsc::Receiver<Report>) -> Promise {
+    let mut promise = Promise::default();
+    while let Ok(report) = reports.try_recv() {
+        if let Report::Promise { promise: said, .. } = report {
+            promise = said;
+        }
+    }
+    promise
+}
+
+/// A batch's entry, as reported: its fetch (the index of its action).
+#[derive(Debug)]
+pub(crate) struct Reported {
+    pub(crate) token: FetchId,
+    pub(crate) outcome: Outcome,
+}
+
 /// Runs the requesting side of one exchange against canned server bytes.
 pub(crate) async fn exchange(
     store: &Arc<MapStore>,
@@ -142,32 +209,13 @@ pub(crate) async fn exchange_accepting(
     link: &Arc<LinkMeter>,
     server_bytes: Vec<u8>,
 ) -> io::Result<Answer> {
-    let mut codec = FetchCodec::new(
+    let (mut codec, _reports) = codec_over(
         Arc::new(Shared(store.clone())),
-        1 << 30,
         50_000_000,
         InFlight::new(1 << 30),
     );
-    let request = Request {
-        header: RequestHeader {
-            version: WIRE_VERSION,
-            action: ActionId::from_bytes([1; 32]),
-            max_inline,
-            hints,
-            also: Vec::new(),
-            accept,
-        },
-        local: Some(Local {
-            peer: libp2p::PeerId::random(),
-            header_deadline: Instant::now() + Duration::from_secs(5),
-            cancel: CancellationToken::new(),
-            promise: Arc::default(),
-            batch: None,
-            link: link.clone(),
-            traffic: Arc::default(),
-            listed: None,
-        }),
-    };
+    let action = ActionId::from_bytes([1; 32]);
+    let request = outgoing(request(&[action], max_inline, hints), &accept, link);
     let mut sent = Vec::new();
     codec.write_request(&protocol(), &mut sent, request).await?;
     let mut cursor = Cursor::new(server_bytes);
@@ -306,39 +354,17 @@ impl futures::AsyncRead for ThenSilent {
 }
 
 /// One single-action exchange at 50 MB/s against `server`, with the
-/// bytes in flight of `in_flight`; the request's promise as it ended.
+/// bytes in flight of `in_flight`; what the request's peer had promised
+/// when it ended, as the books were told.
 async fn exchange_on(
     store: &Arc<MapStore>,
     in_flight: Arc<InFlight>,
     server: impl futures::AsyncRead + Unpin + Send,
-) -> (io::Result<Answer>, Arc<crate::fetch::promise::Promise>) {
-    let mut codec = FetchCodec::new(
-        Arc::new(Shared(store.clone())),
-        1 << 30,
-        50_000_000,
-        in_flight,
-    );
-    let promise = Arc::<crate::fetch::promise::Promise>::default();
-    let request = Request {
-        header: RequestHeader {
-            version: WIRE_VERSION,
-            action: ActionId::from_bytes([1; 32]),
-            max_inline: 1 << 30,
-            hints: 0,
-            also: Vec::new(),
-            accept: Vec::new(),
-        },
-        local: Some(Local {
-            peer: libp2p::PeerId::random(),
-            header_deadline: Instant::now() + Duration::from_secs(5),
-            cancel: CancellationToken::new(),
-            promise: promise.clone(),
-            batch: None,
-            listed: None,
-            link: Arc::default(),
-            traffic: Arc::default(),
-        }),
-    };
+) -> (io::Result<Answer>, Promise) {
+    let (mut codec, mut reports) =
+        codec_over(Arc::new(Shared(store.clone())), 50_000_000, in_flight);
+    let action = ActionId::from_bytes([1; 32]);
+    let request = outgoing(request(&[action], 1 << 30, 0), &[], &Arc::default());
     codec
         .write_request(&protocol(), &mut Vec::new(), request)
         .await
@@ -352,7 +378,7 @@ async fn exchange_on(
                 Response::Answer(answer) => answer,
                 Response::Reply(_) => unreachable!("the requesting side reads outcomes"),
             });
-    (answer, promise)
+    (answer, promise_of(&mut reports))
 }
 
 /// A peer that says "found" and stops sending fails the exchange as
@@ -362,9 +388,6 @@ async fn exchange_on(
 /// only late with an answer.
 #[tokio::test(start_paused = true)]
 async fn a_small_body_the_peer_stops_sending_is_its_stall() {
-    use crate::fetch::books::Failure;
-    use crate::fetch::receive::failure_of;
-
     let store = Arc::new(MapStore::default());
     let body = vec![6; 100_000];
     let sent = answer(Some(found(&body, true)), &body[..10_000]);
@@ -395,9 +418,6 @@ async fn a_small_body_the_peer_stops_sending_is_its_stall() {
 /// (2 s), not after its transfer timeout, and held against the peer.
 #[tokio::test]
 async fn a_big_body_the_peer_stops_sending_is_its_stall() {
-    use crate::fetch::books::Failure;
-    use crate::fetch::receive::failure_of;
-
     let store = Arc::new(MapStore::default());
     let body = vec![6; CHUNK_SIZE * 400];
     let sent = answer(Some(found(&body, true)), &body[..CHUNK_SIZE + 10]);
@@ -422,9 +442,6 @@ async fn a_big_body_the_peer_stops_sending_is_its_stall() {
 /// against the peer, and the body's share is given back.
 #[tokio::test]
 async fn a_body_with_no_room_in_flight_is_given_up_and_nobody_blamed() {
-    use crate::fetch::books::Failure;
-    use crate::fetch::receive::failure_of;
-
     let in_flight = InFlight::new(1000);
     let others = [in_flight.open(), in_flight.open()];
     assert!(others.iter().all(|other| other.take(1000)));
@@ -488,9 +505,8 @@ pub(crate) async fn served_bytes(body: &[u8], compress: bool) -> Vec<u8> {
         ActionId::from_bytes([1; 32]),
         (path, OutputId::of(body), body.len()),
     )]);
-    let mut server = FetchCodec::new(
+    let (mut server, _) = codec_over(
         Arc::new(Files(Arc::new(Mutex::new(entries)))),
-        1 << 30,
         1,
         InFlight::new(1 << 30),
     );
@@ -676,12 +692,13 @@ async fn hints_are_kept_only_as_many_as_asked_and_only_with_a_hit() {
 }
 
 /// Runs the requesting side of a batch for `actions` against canned
-/// server bytes; returns the reports (token = index) and the answer.
+/// server bytes; returns the entries reported (token = index) and the
+/// answer.
 pub(crate) async fn exchange_batch(
     store: &Arc<MapStore>,
     actions: &[ActionId],
     server_bytes: Vec<u8>,
-) -> (io::Result<Answer>, Vec<Report>) {
+) -> (io::Result<Answer>, Vec<Reported>) {
     exchange_listed(store, actions, None, server_bytes).await
 }
 
@@ -691,40 +708,21 @@ pub(crate) async fn exchange_listed(
     actions: &[ActionId],
     listed: Option<Vec<u64>>,
     server_bytes: Vec<u8>,
-) -> (io::Result<Answer>, Vec<Report>) {
-    let mut codec = FetchCodec::new(
+) -> (io::Result<Answer>, Vec<Reported>) {
+    let (mut codec, mut received) = codec_over(
         Arc::new(Shared(store.clone())),
-        1 << 30,
         50_000_000,
         InFlight::new(1 << 30),
     );
-    let (reports, mut received) = mpsc::channel(64);
-    let request = Request {
-        header: RequestHeader {
-            version: WIRE_VERSION,
-            action: actions[0],
-            max_inline: 1 << 20,
-            hints: 8,
-            also: actions[1..].to_vec(),
-            accept: Vec::new(),
-        },
-        local: Some(Local {
-            peer: libp2p::PeerId::random(),
-            header_deadline: Instant::now() + Duration::from_secs(5),
-            cancel: CancellationToken::new(),
-            promise: Arc::default(),
-            batch: Some(BatchReports {
-                tokens: (0..actions.len() as u64).collect(),
-                reports,
-                header_timeout: Duration::from_secs(5),
-            }),
-            link: Arc::default(),
-            traffic: Arc::default(),
-            listed,
-        }),
-    };
+    let mut batch = request(actions, 1 << 20, 8);
+    batch.batch = Some((0..actions.len() as FetchId).collect());
+    batch.listed = listed;
     codec
-        .write_request(&protocol(), &mut Vec::new(), request)
+        .write_request(
+            &protocol(),
+            &mut Vec::new(),
+            outgoing(batch, &[], &Arc::default()),
+        )
         .await
         .unwrap();
     let answer = codec
@@ -737,7 +735,12 @@ pub(crate) async fn exchange_listed(
     drop(codec);
     let mut reports = Vec::new();
     while let Ok(report) = received.try_recv() {
-        reports.push(report);
+        if let Report::Entry { fetch, outcome } = report {
+            reports.push(Reported {
+                token: fetch,
+                outcome,
+            });
+        }
     }
     (answer, reports)
 }

@@ -8,12 +8,12 @@ use futures::io::Cursor;
 use libp2p::request_response::Codec;
 
 use super::*;
+use crate::fetch::exchange::Outcome;
 use crate::fetch::in_flight::InFlight;
-use crate::fetch::receive::Outcome;
 use crate::fetch::receive::tests::{
-    Files, MapStore, exchange_batch, exchange_with_hints, protocol,
+    Files, MapStore, codec_over, exchange_batch, exchange_with_hints, protocol,
 };
-use crate::node::codec::{FetchCodec, Response};
+use crate::node::codec::Response;
 use crate::protocol::compress;
 use crate::protocol::testing::Writes;
 
@@ -162,9 +162,8 @@ async fn served_bodies_round_trip_through_the_codec() {
         ActionId::from_bytes([1; 32]),
         (path, OutputId::of(&body), body.len()),
     )]);
-    let mut server = FetchCodec::new(
+    let (mut server, _) = codec_over(
         Arc::new(Files(Arc::new(Mutex::new(entries)))),
-        1 << 30,
         1,
         InFlight::new(1 << 30),
     );
@@ -197,7 +196,7 @@ async fn served_bodies_round_trip_through_the_codec() {
 #[tokio::test]
 async fn refused_replies_say_not_found_without_looking() {
     let entries = Arc::new(Mutex::new(HashMap::new()));
-    let mut server = FetchCodec::new(Arc::new(Files(entries)), 1 << 30, 1, InFlight::new(1 << 30));
+    let (mut server, _) = codec_over(Arc::new(Files(entries)), 1, InFlight::new(1 << 30));
     let mut bytes = Vec::new();
     let reply = Reply {
         actions: vec![ActionId::from_bytes([1; 32]), ActionId::from_bytes([2; 32])],
@@ -240,7 +239,7 @@ async fn servers_answer_every_action_of_a_batch_and_hint_after_the_last_held() {
         );
     }
     let server_store = Arc::new(Files(entries));
-    let mut server = FetchCodec::new(server_store, 1 << 30, 1, InFlight::new(1 << 30));
+    let (mut server, _) = codec_over(server_store, 1, InFlight::new(1 << 30));
     let sent = Arc::new(Mutex::new(Vec::new()));
     let reply = Reply {
         actions: vec![
