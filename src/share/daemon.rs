@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
-use warren_p2p::{Client, Event, MdnsConfig, Miss, Multiaddr, NodeConfig, PeerId};
+use warren_p2p::{Client, Event, MdnsConfig, Multiaddr, NodeConfig, PeerId};
 
 use crate::config::{Config, Replicate};
 use crate::fsutil::lock::FileLock;
@@ -38,7 +38,7 @@ use crate::share::status::{DaemonStatus, unix_ms};
 use crate::share::trust::{self, Allowlist};
 use crate::store::{DiskStore, SourceUsage as Purged, layout};
 use crate::tiered::BoxFuture;
-use crate::trace::{self, Build, Outcome};
+use crate::trace::{self, Build};
 
 /// How often the allowlist file is checked for changes.
 const ALLOWLIST_POLL: Duration = Duration::from_secs(1);
@@ -294,20 +294,14 @@ impl ipc::Handler for Daemon {
     fn get(&self, action: ActionId) -> BoxFuture<'_, ipc::Response> {
         Box::pin(async move {
             self.activity.lookup();
-            let (reason, peer) = match self.client.lookup(action).await {
-                Ok(fetched) => {
-                    return ipc::Response::Hit {
-                        peer: fetched.peer.to_string(),
-                        size: fetched.size,
-                    };
-                }
-                Err(Miss::NoPeers) => (Outcome::NoPeers, None),
-                Err(Miss::NotInSummaries) => (Outcome::NotInSummaries, None),
-                Err(Miss::Cooldown { peer }) => (Outcome::Cooldown, Some(peer.to_string())),
-                Err(Miss::Deadline) => (Outcome::Deadline, None),
-                Err(Miss::NotFound) => (Outcome::NotFound, None),
-            };
-            ipc::Response::Missed { reason, peer }
+            match self.client.lookup(action).await {
+                Ok(fetched) => ipc::Response::Hit {
+                    peer: fetched.peer,
+                    size: fetched.size,
+                },
+                // The node's reason, as it decided it.
+                Err(miss) => ipc::Response::Missed(miss),
+            }
         })
     }
 
