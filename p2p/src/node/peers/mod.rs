@@ -1,162 +1,299 @@
-//! Peer bookkeeping and dialing: who is allowed, where they are, and
-//! when to redial them.
+//! The peer table: who is allowed, what we know of each peer, and dialing.
 //!
-//! Only allowlisted peer IDs are ever dialed. Static addresses without a
-//! peer ID are dialed blindly (the allowlist closes the connection after
-//! the handshake if the peer is not allowed) until a connection tells us
-//! whose they are. Lost peers are redialed with exponential backoff, which
-//! starts over only after a connection that lasted (a peer that drops us at
-//! once, because we are not on its allowlist, is not hammered).
+//! [`PeerTable`] holds the allowlist (the same set the `allow_block_list`
+//! behaviour holds), a [`PeerState`] per peer we know of, and the static
+//! addresses without a peer ID. A peer's state is in parts by concern:
+//! where it is and when to dial it ([`dialing`]), its connections, what
+//! passes over its link ([`link`]), and our copy of its summary
+//! (`summaries`). Peers we know of that are neither allowlisted nor
+//! connected (seen on mDNS, so users can find IDs to allow) are bounded
+//! ([`MAX_STRANGERS`]), so spoofed announcements cannot grow memory.
+//!
+//! The `impl EventLoop` here is what takes the swarm besides: connections
+//! coming and going, mDNS findings, allowlist changes, dialing, and
+//! publishing whom a lookup would ask ([`crate::fetch::holders`]).
+
+pub(crate) mod dialing;
+pub(crate) mod link;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use libp2p::multiaddr::Protocol;
-use libp2p::request_response::OutboundRequestId;
+use libp2p::core::ConnectedPoint;
 use libp2p::swarm::DialError;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId};
 use tokio::time::Instant;
 
+use self::dialing::{AnonymousAddress, Dialing, split_peer_id};
+use self::link::Link;
 use super::EventLoop;
+use super::summaries::TheirSummary;
 use crate::Error;
 use crate::allowlist::Allowlist;
-use crate::fetch::holders::SharedSummary;
-use crate::fetch::link::LinkMeter;
-use crate::node::client::{PeerCounters, PeerInfo};
-use crate::node::discovery::{ANNOUNCED_TTL, MAX_ANNOUNCED};
+use crate::config::NodeConfig;
+use crate::node::client::{Event, PeerInfo};
+use crate::node::discovery::Found;
 use crate::node::failure::ConnectFailure;
-use crate::protocol::metered::Traffic;
 
+/// A connection that lasted this long counts as good: its peer's redial
+/// backoff starts over. Shorter ones (say, the remote drops us because we
+/// are not on its allowlist) keep backing off.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+/// Peers remembered that are neither allowlisted nor connected (seen on
+/// mDNS, so users can find IDs to allow). Bounded, so that spoofed
+/// announcements cannot grow memory.
+const MAX_STRANGERS: usize = 256;
+
+/// What we know of one peer; see the module docs.
 #[derive(Debug)]
-pub(super) struct PeerState {
-    /// Dialable addresses, without `/p2p`: configured, or proved by a
-    /// connection we dialed.
-    pub(super) addresses: BTreeSet<Multiaddr>,
-    /// Addresses only announced on mDNS, with when they last were; at most
-    /// `MAX_ANNOUNCED`, each kept for `ANNOUNCED_TTL` (see `discovery`).
-    pub(super) announced: HashMap<Multiaddr, Instant>,
-    pub(super) discovered: bool,
-    pub(super) connections: u32,
-    pub(super) connected_since: Option<Instant>,
-    pub(super) last_seen: Option<SystemTime>,
-    pub(super) counters: PeerCounters,
-    pub(super) backoff: Duration,
-    /// `None`: dial as soon as the peer is allowlisted and disconnected.
-    pub(super) next_dial: Option<Instant>,
-    /// Whether it answers batches (wire version 2); assumed until a batch
-    /// answer says otherwise, and again after it reconnects.
-    pub(super) batches: bool,
-    /// What we know of its store; reset when it disconnects.
-    pub(super) summary: SharedSummary,
-    pub(super) summary_request: Option<OutboundRequestId>,
-    /// When to ask for its summary again, after it had none to give.
-    pub(super) summary_retry: Option<Instant>,
-    /// Answers in a row that had no summary (see `summaries::retry_after`).
-    pub(super) summary_misses: u32,
-    /// How fast its raw bodies arrive; new with each connection.
-    pub(super) link: Arc<LinkMeter>,
-    /// Answer bytes on the link, both ways (counted by the codec).
-    pub(super) traffic: Arc<Traffic>,
+pub(crate) struct PeerState {
+    /// Where it is and when to dial it.
+    pub(crate) dialing: Dialing,
+    pub(crate) connections: u32,
+    pub(crate) connected_since: Option<Instant>,
+    /// Last connection, answer, ping or announcement.
+    pub(crate) last_seen: Option<SystemTime>,
     /// Why the last connection attempt failed, and when.
-    pub(super) last_failure: Option<(SystemTime, ConnectFailure)>,
+    pub(crate) last_failure: Option<(SystemTime, ConnectFailure)>,
+    /// What passes over its link.
+    pub(crate) link: Link,
+    /// Our copy of its summary, and asking for it.
+    pub(crate) summary: TheirSummary,
 }
 
 impl PeerState {
-    pub(super) fn new(backoff: Duration) -> Self {
+    fn new(backoff: Duration) -> Self {
         Self {
-            addresses: BTreeSet::new(),
-            announced: HashMap::new(),
-            discovered: false,
+            dialing: Dialing::new(backoff),
             connections: 0,
             connected_since: None,
             last_seen: None,
-            counters: PeerCounters::default(),
-            backoff,
-            next_dial: None,
-            batches: true,
-            summary: SharedSummary::default(),
-            summary_request: None,
-            summary_retry: None,
-            summary_misses: 0,
-            link: Arc::default(),
-            traffic: Arc::default(),
             last_failure: None,
+            link: Link::default(),
+            summary: TheirSummary::default(),
         }
     }
 
-    pub(super) fn failed(&mut self, failure: ConnectFailure) {
+    pub(crate) fn failed(&mut self, failure: ConnectFailure) {
         self.last_failure = Some((SystemTime::now(), failure));
     }
 
-    /// Its counters, with the link's bytes as of now.
-    fn counters(&self) -> PeerCounters {
-        PeerCounters {
-            wire_in: self.traffic.received.load(Ordering::Relaxed),
-            wire_out: self.traffic.sent.load(Ordering::Relaxed),
-            ..self.counters
-        }
-    }
-
-    pub(super) fn seen(&mut self) {
+    pub(crate) fn seen(&mut self) {
         self.last_seen = Some(SystemTime::now());
-    }
-
-    /// Takes in announced addresses; how many are new.
-    pub(super) fn announce(&mut self, addresses: &[Multiaddr], now: Instant) -> usize {
-        let mut added = 0;
-        for address in addresses {
-            if self.addresses.contains(address) {
-                continue;
-            }
-            if self.announced.insert(address.clone(), now).is_none() {
-                added += 1;
-            }
-        }
-        while self.announced.len() > MAX_ANNOUNCED {
-            let oldest = (self.announced.iter())
-                .min_by_key(|(_, at)| **at)
-                .map(|(address, _)| address.clone());
-            if let Some(oldest) = oldest {
-                self.announced.remove(&oldest);
-            }
-        }
-        added
-    }
-
-    /// Every address to dial now: the proved ones and the announced ones
-    /// that have not expired (expired ones are dropped).
-    pub(super) fn dial_addresses(&mut self, now: Instant) -> Vec<Multiaddr> {
-        self.announced
-            .retain(|_, at| now.saturating_duration_since(*at) < ANNOUNCED_TTL);
-        (self.addresses.iter())
-            .chain(self.announced.keys())
-            .cloned()
-            .collect()
-    }
-
-    pub(super) fn has_addresses(&self) -> bool {
-        !self.addresses.is_empty() || !self.announced.is_empty()
     }
 }
 
-#[derive(Debug)]
-pub(super) struct AnonymousAddress {
-    pub(super) address: Multiaddr,
-    pub(super) backoff: Duration,
-    pub(super) next_dial: Instant,
+/// See the module docs.
+pub(crate) struct PeerTable {
+    allowlist: Allowlist,
+    states: HashMap<PeerId, PeerState>,
+    /// Static addresses without a peer ID, until a dial tells us whose they are.
+    anonymous: Vec<AnonymousAddress>,
+    redial_min: Duration,
+    redial_max: Duration,
+}
+
+impl PeerTable {
+    pub(crate) fn new(config: &NodeConfig) -> Self {
+        Self {
+            allowlist: config.allowlist.clone(),
+            states: HashMap::new(),
+            anonymous: Vec::new(),
+            redial_min: config.redial_min,
+            redial_max: config.redial_max,
+        }
+    }
+
+    pub(crate) fn allowlist(&self) -> &Allowlist {
+        &self.allowlist
+    }
+
+    pub(crate) fn get(&self, peer: &PeerId) -> Option<&PeerState> {
+        self.states.get(peer)
+    }
+
+    /// The state of `peer`, new if we knew nothing of it.
+    pub(crate) fn state(&mut self, peer: PeerId) -> &mut PeerState {
+        let backoff = self.redial_min;
+        self.states
+            .entry(peer)
+            .or_insert_with(|| PeerState::new(backoff))
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&PeerId, &PeerState)> {
+        self.states.iter()
+    }
+
+    /// Peers we know of that are neither allowlisted nor connected.
+    fn strangers(&self) -> usize {
+        (self.states.iter())
+            .filter(|(peer, state)| !self.allowlist.contains(peer) && state.connections == 0)
+            .count()
+    }
+
+    /// Records a static or dialed address for redials; whose it is, if it
+    /// says.
+    pub(crate) fn remember(&mut self, address: Multiaddr) -> Option<PeerId> {
+        let (address, peer) = split_peer_id(address);
+        match peer {
+            Some(peer) => {
+                self.state(peer).dialing.addresses.insert(address);
+            }
+            None => {
+                if !self.anonymous.iter().any(|a| a.address == address) {
+                    self.anonymous.push(AnonymousAddress {
+                        address,
+                        backoff: self.redial_min,
+                        next_dial: Instant::now(),
+                    });
+                }
+            }
+        }
+        peer
+    }
+
+    /// Allowlisted peers that are not connected, have addresses, and whose
+    /// backoff is over; and static addresses due.
+    fn due(&self, now: Instant) -> (Vec<PeerId>, Vec<Multiaddr>) {
+        let peers = (self.states.iter())
+            .filter(|(peer, state)| {
+                self.allowlist.contains(peer)
+                    && state.connections == 0
+                    && state.dialing.has_addresses()
+                    && state.dialing.next_dial.is_none_or(|at| at <= now)
+            })
+            .map(|(peer, _)| *peer)
+            .collect();
+        let anonymous = (self.anonymous.iter())
+            .filter(|a| a.next_dial <= now)
+            .map(|a| a.address.clone())
+            .collect();
+        (peers, anonymous)
+    }
 }
 
 impl EventLoop {
+    pub(super) fn on_connected(
+        &mut self,
+        peer: PeerId,
+        endpoint: ConnectedPoint,
+        connections: u32,
+    ) {
+        let dialed = match &endpoint {
+            ConnectedPoint::Dialer { address, .. } => Some(split_peer_id(address.clone()).0),
+            ConnectedPoint::Listener { .. } => None,
+        };
+        if let Some(address) = dialed {
+            // An address we dialed is known to work: keep it for redials,
+            // and stop dialing it blindly if it was anonymous.
+            self.peers.anonymous.retain(|a| a.address != address);
+            self.peers.state(peer).dialing.addresses.insert(address);
+        }
+        let state = self.peers.state(peer);
+        state.connections = connections;
+        state.connected_since.get_or_insert_with(Instant::now);
+        state.dialing.next_dial = None;
+        state.seen();
+        if connections == 1 {
+            state.link.reconnected();
+            tracing::debug!(%peer, "connected");
+            self.emit(Event::PeerConnected(peer));
+            if self.peers.allowlist.contains(&peer) {
+                self.request_summary(peer);
+            }
+            self.publish_asked();
+        }
+    }
+
+    pub(super) fn on_disconnected(&mut self, peer: PeerId, connections: u32) {
+        let (min, max) = (self.peers.redial_min, self.peers.redial_max);
+        let state = self.peers.state(peer);
+        state.connections = connections;
+        state.seen();
+        if connections > 0 {
+            return;
+        }
+        state.summary.disconnected();
+        if state
+            .connected_since
+            .take()
+            .is_some_and(|since| since.elapsed() >= STABLE_CONNECTION)
+        {
+            state.dialing.backoff = min;
+        }
+        state.dialing.back_off(Instant::now(), min, max);
+        self.publish_asked();
+        self.emit(Event::PeerDisconnected(peer));
+    }
+
+    pub(super) fn on_discovery(&mut self, found: Found) {
+        match found {
+            Found::Peer { peer, addresses } => {
+                if !self.peers.states.contains_key(&peer)
+                    && !self.peers.allowlist.contains(&peer)
+                    && self.peers.strangers() >= MAX_STRANGERS
+                {
+                    tracing::debug!(%peer, "too many unknown peers on mDNS; ignoring one more");
+                    return;
+                }
+                let now = Instant::now();
+                let state = self.peers.state(peer);
+                state.dialing.discovered = true;
+                state.seen();
+                let added = state.dialing.announce(&addresses, now);
+                // Dialed at once only when the announcement is news and the
+                // redial backoff allows: anyone can announce an allowlisted
+                // peer's ID, as often as they like.
+                let due = state.dialing.next_dial.is_none_or(|at| at <= now);
+                if added > 0 {
+                    self.emit(Event::PeerDiscovered { peer, addresses });
+                }
+                // Only an address hint: dialed only if allowlisted, and Noise
+                // checks that whoever answers holds the peer ID's key.
+                if added > 0
+                    && due
+                    && self.peers.allowlist.contains(&peer)
+                    && !self.swarm.is_connected(&peer)
+                    && let Err(error) = self.dial_peer(peer)
+                {
+                    tracing::debug!(%peer, "cannot dial a discovered peer: {error}");
+                }
+            }
+            // Only a peer we keep state of: a goodbye is no reason to start.
+            Found::Gone(peer) => {
+                if let Some(state) = self.peers.states.get_mut(&peer) {
+                    state.dialing.discovered = false;
+                    state.dialing.announced.clear();
+                }
+            }
+            Found::Nothing => {}
+            Found::Stopped => {
+                tracing::warn!("mDNS discovery stopped");
+                self.discovery = None;
+            }
+        }
+    }
+
+    /// Tells the books and clients whom a lookup would ask now: after
+    /// connections and the allowlist change (see [`crate::fetch::holders`]).
+    fn publish_asked(&self) {
+        let asked = (self.peers.states.iter())
+            .filter(|(peer, _)| {
+                self.peers.allowlist.pulls_from(peer) && self.swarm.is_connected(peer)
+            })
+            .map(|(peer, state)| (*peer, state.summary.shared.clone()))
+            .collect();
+        self.fetching.holders().set_asked(asked);
+    }
+
     pub(super) fn set_allowlist(&mut self, peers: Allowlist) {
-        let removed: Vec<PeerId> = (self.allowlist.ids())
+        let removed: Vec<PeerId> = (self.peers.allowlist.ids())
             .filter(|peer| !peers.contains(peer))
             .copied()
             .collect();
         let added: Vec<PeerId> = (peers.ids())
-            .filter(|peer| !self.allowlist.contains(peer))
+            .filter(|peer| !self.peers.allowlist.contains(peer))
             .copied()
             .collect();
         for peer in removed {
@@ -164,19 +301,19 @@ impl EventLoop {
             // Closes its connections at once.
             self.swarm.behaviour_mut().allowed.disallow_peer(peer);
         }
-        let min = self.config.redial_min;
+        let min = self.peers.redial_min;
         for peer in added {
             self.swarm.behaviour_mut().allowed.allow_peer(peer);
-            if let Some(state) = self.peers.get_mut(&peer) {
-                state.next_dial = None;
-                state.backoff = min;
+            if let Some(state) = self.peers.states.get_mut(&peer) {
+                state.dialing.next_dial = None;
+                state.dialing.backoff = min;
             }
         }
-        self.allowlist = peers;
+        self.peers.allowlist = peers;
         self.publish_asked();
         // A static address may now lead to an allowed peer.
         let now = Instant::now();
-        for anonymous in &mut self.anonymous {
+        for anonymous in &mut self.peers.anonymous {
             anonymous.next_dial = now;
             anonymous.backoff = min;
         }
@@ -185,35 +322,28 @@ impl EventLoop {
 
     pub(super) fn peer_infos(&self) -> Vec<PeerInfo> {
         let now = Instant::now();
-        let mut known: BTreeSet<PeerId> = self.peers.keys().copied().collect();
-        known.extend(self.allowlist.ids().copied());
+        let mut known: BTreeSet<PeerId> = self.peers.states.keys().copied().collect();
+        known.extend(self.peers.allowlist.ids().copied());
         known
             .into_iter()
             .map(|peer| {
                 let state = self.peers.get(&peer);
                 PeerInfo {
                     peer,
-                    allowlisted: self.allowlist.contains(&peer),
-                    discovered: state.is_some_and(|s| s.discovered),
+                    allowlisted: self.peers.allowlist.contains(&peer),
+                    discovered: state.is_some_and(|s| s.dialing.discovered),
                     connected: self.swarm.is_connected(&peer),
                     last_seen: state.and_then(|s| s.last_seen),
                     // Proved and announced addresses overlap: each once.
                     addresses: state
-                        .map(|s| {
-                            (s.addresses.iter())
-                                .chain(s.announced.keys())
-                                .cloned()
-                                .collect::<BTreeSet<_>>()
-                                .into_iter()
-                                .collect()
-                        })
+                        .map(|s| s.dialing.known_addresses())
                         .unwrap_or_default(),
-                    in_cooldown: self.books.in_cooldown(&peer, now),
-                    summary_entries: state.and_then(|s| s.summary.read().entries()),
+                    in_cooldown: self.fetching.in_cooldown(&peer, now),
+                    summary_entries: state.and_then(|s| s.summary.shared.read().entries()),
                     compressed: state
                         .filter(|_| self.swarm.is_connected(&peer))
-                        .and_then(|s| s.link.settled(self.config.compression)),
-                    counters: state.map(PeerState::counters).unwrap_or_default(),
+                        .and_then(|s| s.link.meter.settled(self.config.compression)),
+                    counters: state.map(|s| s.link.counters()).unwrap_or_default(),
                     last_failure: state.and_then(|s| s.last_failure.clone()),
                 }
             })
@@ -226,47 +356,27 @@ impl EventLoop {
     /// their own host, and the failure must say so (`warren doctor` would
     /// otherwise advise correcting a configuration that is right).
     pub(super) fn dial_failed(&mut self, peer: PeerId, mut failure: ConnectFailure) {
-        let state = self.peer(peer);
+        let state = self.peers.state(peer);
         if let ConnectFailure::WrongPeerId {
             address, announced, ..
         } = &mut failure
             && let Ok(address) = address.parse::<Multiaddr>()
         {
-            *announced = !state.addresses.contains(&address);
-            state.announced.remove(&address);
+            *announced = !state.dialing.addresses.contains(&address);
+            state.dialing.announced.remove(&address);
         }
         state.failed(failure);
     }
 
-    /// Records a static or dialed address for redials.
-    pub(super) fn remember(&mut self, address: Multiaddr) -> Option<PeerId> {
-        let (address, peer) = split_peer_id(address);
-        match peer {
-            Some(peer) => {
-                self.peer(peer).addresses.insert(address);
-            }
-            None => {
-                if !self.anonymous.iter().any(|a| a.address == address) {
-                    self.anonymous.push(AnonymousAddress {
-                        address,
-                        backoff: self.config.redial_min,
-                        next_dial: Instant::now(),
-                    });
-                }
-            }
-        }
-        peer
-    }
-
     pub(super) fn dial_address(&mut self, address: Multiaddr) -> Result<(), Error> {
         if let (_, Some(peer)) = split_peer_id(address.clone())
-            && !self.allowlist.contains(&peer)
+            && !self.peers.allowlist.contains(&peer)
         {
             return Err(Error::NotAllowlisted { peer });
         }
-        match self.remember(address.clone()) {
+        match self.peers.remember(address.clone()) {
             Some(peer) => {
-                self.peer(peer).next_dial = None;
+                self.peers.state(peer).dialing.next_dial = None;
                 self.dial_peer(peer)
             }
             None => {
@@ -282,18 +392,18 @@ impl EventLoop {
 
     /// Dials an allowlisted peer at its known addresses, unless connected or
     /// already dialing.
-    pub(super) fn dial_peer(&mut self, peer: PeerId) -> Result<(), DialError> {
-        if !self.allowlist.contains(&peer) {
+    fn dial_peer(&mut self, peer: PeerId) -> Result<(), DialError> {
+        if !self.peers.allowlist.contains(&peer) {
             return Ok(());
         }
-        let (min, max) = (self.config.redial_min, self.config.redial_max);
-        let state = self.peer(peer);
-        let addresses = state.dial_addresses(Instant::now());
+        let (min, max) = (self.peers.redial_min, self.peers.redial_max);
+        let state = self.peers.state(peer);
+        let now = Instant::now();
+        let addresses = state.dialing.dial_addresses(now);
         if addresses.is_empty() {
             return Ok(());
         }
-        state.next_dial = Some(Instant::now() + state.backoff);
-        state.backoff = (state.backoff * 2).clamp(min, max);
+        state.dialing.back_off(now, min, max);
         let options = DialOpts::peer_id(peer).addresses(addresses).build();
         match self.swarm.dial(options) {
             Err(DialError::DialPeerConditionFalse(_)) => Ok(()),
@@ -301,9 +411,9 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn dial_anonymous(&mut self, address: Multiaddr) -> Result<(), DialError> {
-        let (min, max) = (self.config.redial_min, self.config.redial_max);
-        if let Some(entry) = self.anonymous.iter_mut().find(|a| a.address == address) {
+    fn dial_anonymous(&mut self, address: Multiaddr) -> Result<(), DialError> {
+        let (min, max) = (self.peers.redial_min, self.peers.redial_max);
+        if let Some(entry) = (self.peers.anonymous.iter_mut()).find(|a| a.address == address) {
             entry.next_dial = Instant::now() + entry.backoff;
             entry.backoff = (entry.backoff * 2).clamp(min, max);
         }
@@ -314,12 +424,13 @@ impl EventLoop {
     /// static address, now, whatever their backoff (for `warren doctor`).
     pub(super) fn probe(&mut self) {
         let now = Instant::now();
-        for (peer, state) in &mut self.peers {
-            if self.allowlist.contains(peer) && state.connections == 0 {
-                state.next_dial = None;
+        let table = &mut self.peers;
+        for (peer, state) in &mut table.states {
+            if table.allowlist.contains(peer) && state.connections == 0 {
+                state.dialing.next_dial = None;
             }
         }
-        for anonymous in &mut self.anonymous {
+        for anonymous in &mut table.anonymous {
             anonymous.next_dial = now;
         }
         self.redial_due();
@@ -327,30 +438,13 @@ impl EventLoop {
 
     /// Redials allowlisted peers and static addresses whose backoff is over.
     pub(super) fn redial_due(&mut self) {
-        let now = Instant::now();
-        let due: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(peer, state)| {
-                self.allowlist.contains(peer)
-                    && state.connections == 0
-                    && state.has_addresses()
-                    && state.next_dial.is_none_or(|at| at <= now)
-            })
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in due {
+        let (peers, anonymous) = self.peers.due(Instant::now());
+        for peer in peers {
             if let Err(error) = self.dial_peer(peer) {
                 tracing::debug!(%peer, "cannot dial: {error}");
             }
         }
-        let due: Vec<Multiaddr> = self
-            .anonymous
-            .iter()
-            .filter(|a| a.next_dial <= now)
-            .map(|a| a.address.clone())
-            .collect();
-        for address in due {
+        for address in anonymous {
             if let Err(error) = self.dial_anonymous(address.clone()) {
                 tracing::debug!(%address, "cannot dial: {error}");
             }
@@ -358,47 +452,5 @@ impl EventLoop {
     }
 }
 
-/// Splits a trailing `/p2p/<peer id>` off an address.
-pub(super) fn split_peer_id(mut address: Multiaddr) -> (Multiaddr, Option<PeerId>) {
-    match address.iter().last() {
-        Some(Protocol::P2p(peer)) => {
-            address.pop();
-            (address, Some(peer))
-        }
-        _ => (address, None),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Part 4, finding 2: announced addresses are capped per peer and
-    /// expire; proved ones stay.
-    #[test]
-    fn announced_addresses_are_capped_and_expire() {
-        let now = Instant::now();
-        let mut state = PeerState::new(Duration::from_secs(1));
-        let address = |n: u16| -> Multiaddr { format!("/ip4/10.0.0.1/tcp/{n}").parse().unwrap() };
-        state.addresses.insert(address(1));
-        let flood: Vec<Multiaddr> = (2..100).map(address).collect();
-        assert_eq!(state.announce(&flood, now), 98);
-        assert_eq!(state.announced.len(), MAX_ANNOUNCED);
-        assert_eq!(state.announce(&[address(1)], now), 0, "proved already");
-        assert_eq!(state.dial_addresses(now).len(), MAX_ANNOUNCED + 1);
-        let later = now + ANNOUNCED_TTL;
-        assert_eq!(state.dial_addresses(later), [address(1)]);
-        assert!(state.has_addresses());
-    }
-
-    #[test]
-    fn peer_ids_are_split_off_addresses() {
-        let peer = PeerId::random();
-        let address: Multiaddr = format!("/ip4/127.0.0.1/tcp/5/p2p/{peer}").parse().unwrap();
-        let (bare, found) = split_peer_id(address);
-        assert_eq!(bare, "/ip4/127.0.0.1/tcp/5".parse::<Multiaddr>().unwrap());
-        assert_eq!(found, Some(peer));
-        let (same, none) = split_peer_id(bare.clone());
-        assert_eq!((same, none), (bare, None));
-    }
-}
+mod tests;
