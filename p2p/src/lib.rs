@@ -23,10 +23,12 @@
 //!   small bodies verified before they are sent, big ones streamed);
 //! - [`summary`]: peers' summaries of their stores, so misses they cannot
 //!   answer cost no round trip;
-//! - `node`: [`EventLoop`], the one task that owns the swarm and
-//!   dispatches to its jobs (fetching, read-ahead, serving, summaries,
-//!   peers), the libp2p behaviour and codec, mDNS discovery, and
-//!   [`Client`], the cloneable handle, with the [`Event`]s it sees.
+//! - `node`: [`EventLoop`], the one task that owns the swarm, its state in
+//!   a part per job (the peer table, fetching, serving, summaries,
+//!   catalogs), the libp2p behaviour and codec, mDNS discovery, and
+//!   [`Client`], the cloneable handle, with the [`Event`]s it sees;
+//! - `hostile` (with the `hostile` feature, which only the crate's tests
+//!   and examples turn on): peers that misbehave, to test against.
 //!
 //! # Usage
 //!

@@ -224,7 +224,8 @@ async fn a_peer_dying_mid_transfer_is_a_prompt_miss_with_nothing_stored() {
         .await;
 }
 
-/// Part 4, finding 7: a peer that says "found" and then stalls is cut
+/// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon do":
+/// a peer that says "found" and then stalls is cut
 /// off after `STALL` (2 s) of silence, not after the time its claimed size
 /// would take (41 s here), and is put in cooldown: the next lookup does not
 /// ask it.

@@ -170,7 +170,8 @@ async fn a_version_one_peer_is_read_ahead_one_entry_per_request() {
     assert_eq!(old.requests(), 20, "each entry asked for once");
 }
 
-/// Part 4, finding 3: the read-ahead flooder answers every request with
+/// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon do":
+/// the read-ahead flooder answers every request with
 /// fabricated bodies that verify, each naming fresh hints. Read-ahead
 /// stops at the peer's budget instead of filling the disk, and without a
 /// build using peers it does not start again.

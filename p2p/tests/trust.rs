@@ -382,8 +382,10 @@ async fn compressed_chunks_that_do_not_decode_are_rejected_like_lies() {
     assert!(info.in_cooldown);
 }
 
-/// Part 4, finding 8: one peer that asks and never reads its answers held
-/// every serving slot, and every other peer was answered "not found".
+/// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon do":
+/// one peer asks and never reads its answers, to hold every serving slot
+/// so that every other peer is answered "not found"; others are still
+/// served.
 #[tokio::test]
 async fn a_slow_reader_does_not_starve_other_peers() {
     let [ka, kb, ks] = keypairs();
@@ -409,7 +411,8 @@ async fn a_slow_reader_does_not_starve_other_peers() {
     assert!(fetched.is_some(), "the honest peer was starved");
 }
 
-/// Part 4, finding 8: a peer that stops reading loses its serve permits
+/// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon do":
+/// a peer that stops reading loses its serve permits
 /// once it falls behind the minimum send rate (after a grace of 5 s), so
 /// even a server with a single permit serves others again.
 #[tokio::test]
@@ -451,7 +454,8 @@ async fn a_slow_reader_is_cut_off_at_the_minimum_send_rate() {
     );
 }
 
-/// Part 4, finding 9: the handshake flooder opens connection after
+/// SECURITY.md, "What others on the network can see, and do":
+/// the handshake flooder opens connection after
 /// connection from one address. Past a small burst they are closed before
 /// any handshake (the victim never even sends its protocol header), the
 /// address holds at most 4 handshakes at once (its newest), and a coworker

@@ -129,8 +129,9 @@ fn a_big_body_is_fetched_from_one_candidate_at_a_time() {
     assert_eq!(answer.try_recv().unwrap().unwrap().peer, sends[1].peer);
 }
 
-/// Part 4, finding 7: a peer that sent a bad body gets to finish no
-/// other transfer either, and one that stalled is put in cooldown.
+/// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon do":
+/// a peer that sent a bad body gets to finish no other transfer either,
+/// and one that stalled is put in cooldown.
 #[test]
 fn a_bad_or_stalled_body_stops_every_transfer_from_its_peer() {
     let now = Instant::now();

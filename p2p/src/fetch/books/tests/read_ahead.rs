@@ -2,8 +2,9 @@
 
 use super::*;
 
-/// Part 4, finding 3: hints are followed only while a build is using
-/// peers, and within the peer's budget; past it they are dropped.
+/// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon do":
+/// a peer's hints are followed only while a build is using peers, and
+/// within the peer's budget; past it they are dropped.
 #[test]
 fn read_ahead_needs_a_live_build_and_stays_within_its_budget() {
     let now = Instant::now();
