@@ -316,3 +316,159 @@ struct ActionJson<'a> {
     #[serde(flatten)]
     lookup: LookupJson,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(seed: u8) -> String {
+        libp2p_identity::Keypair::ed25519_from_bytes([seed; 32])
+            .unwrap()
+            .public()
+            .to_peer_id()
+            .to_string()
+    }
+
+    /// A build as a helper reports it (its JSON), and what `warren trace`
+    /// makes of it, in words and as JSON.
+    fn rendered() -> (String, String, String) {
+        let (bob, carol) = (peer(7), peer(8));
+        let names: Allowlist =
+            toml::from_str(&format!("[[peer]]\nid = \"{bob}\"\nname = \"bob\"\n")).unwrap();
+        let action = |n: u8| format!("{n:02x}").repeat(32);
+        let json = format!(
+            r#"{{"number":3,"command":"go build ./...","pid":7,"started_unix_ms":1000,"ended_unix_ms":3500,"gets":6,"lookups":[
+            {{"action":"{}","outcome":"peer_hit","peer":"{bob}","ms":2.5}},
+            {{"action":"{}","outcome":"read_ahead_hit","peer":"{carol}"}},
+            {{"action":"{}","outcome":"cooldown","peer":"{carol}","ms":150.0}},
+            {{"action":"{}","outcome":"not_in_summaries","ms":0.3}},
+            {{"action":"{}","outcome":"peer_hit","peer":"{bob}","ms":1.5}},
+            {{"action":"{}","outcome":"local_hit"}}]}}"#,
+            action(1),
+            action(2),
+            action(3),
+            action(4),
+            action(5),
+            action(6)
+        );
+        let build: Build = serde_json::from_str(&json).unwrap();
+        let mut words = Vec::new();
+        show_build(&build, &names, true, &mut words).unwrap();
+        let mut one = Vec::new();
+        show_action(
+            std::slice::from_ref(&build),
+            &action(3).to_uppercase(),
+            &names,
+            false,
+            &mut one,
+        )
+        .unwrap();
+        words.extend(one);
+        let json = serde_json::to_string_pretty(&BuildJson::of(&build, &names)).unwrap();
+        let mut actions = Vec::new();
+        show_action(
+            std::slice::from_ref(&build),
+            &action(1),
+            &names,
+            true,
+            &mut actions,
+        )
+        .unwrap();
+        (
+            String::from_utf8(words).unwrap(),
+            json,
+            String::from_utf8(actions).unwrap(),
+        )
+    }
+
+    /// `warren trace` prints what it did before outcomes carried their
+    /// peers and reasons typed: the totals with peers by name, each
+    /// lookup, one action's history, and the JSON of both.
+    #[test]
+    fn a_build_reads_as_it_did() {
+        let (words, json, actions) = rendered();
+        assert_eq!(words, WORDS);
+        assert_eq!(json, JSON);
+        assert_eq!(actions, ACTIONS);
+    }
+
+    const WORDS: &str = r#"build 3: go build ./... (2.5 s, 6 gets)
+       1  local hit
+       1  read-ahead hit  (12D3KooWB8sCGZCrwr79HtabLAn95qyPQx6RYHXjEbiD6QKou7ww 1)
+       2  peer hit  (bob 2, median 2.5 ms)
+       1  miss: no peer's summary holds it
+       1  miss: peer in cooldown  (12D3KooWB8sCGZCrwr79HtabLAn95qyPQx6RYHXjEbiD6QKou7ww 1)
+  0101010101010101010101010101010101010101010101010101010101010101  peer hit from bob in 2.5 ms
+  0202020202020202020202020202020202020202020202020202020202020202  read-ahead hit from 12D3KooWB8sCGZCrwr79HtabLAn95qyPQx6RYHXjEbiD6QKou7ww
+  0303030303030303030303030303030303030303030303030303030303030303  miss: 12D3KooWB8sCGZCrwr79HtabLAn95qyPQx6RYHXjEbiD6QKou7ww in cooldown
+  0404040404040404040404040404040404040404040404040404040404040404  miss: no peer's summary holds it
+  0505050505050505050505050505050505050505050505050505050505050505  peer hit from bob in 1.5 ms
+  0606060606060606060606060606060606060606060606060606060606060606  local hit
+build 3 (go build ./...): miss: 12D3KooWB8sCGZCrwr79HtabLAn95qyPQx6RYHXjEbiD6QKou7ww in cooldown
+"#;
+
+    const JSON: &str = r#"{
+  "build": 3,
+  "command": "go build ./...",
+  "pid": 7,
+  "started_unix_ms": 1000,
+  "ended_unix_ms": 3500,
+  "gets": 6,
+  "totals": {
+    "local_hit": 1,
+    "read_ahead_hit": 1,
+    "peer_hit": 2,
+    "not_in_summaries": 1,
+    "cooldown": 1
+  },
+  "lookups": [
+    {
+      "action": "0101010101010101010101010101010101010101010101010101010101010101",
+      "outcome": "peer_hit",
+      "peer": "12D3KooWRawPbxPtP1eZaJpumGnyWX2DcUyd3RQnydr3eAto4Az7",
+      "peer_name": "bob",
+      "ms": 2.5
+    },
+    {
+      "action": "0202020202020202020202020202020202020202020202020202020202020202",
+      "outcome": "read_ahead_hit",
+      "peer": "12D3KooWB8sCGZCrwr79HtabLAn95qyPQx6RYHXjEbiD6QKou7ww"
+    },
+    {
+      "action": "0303030303030303030303030303030303030303030303030303030303030303",
+      "outcome": "cooldown",
+      "peer": "12D3KooWB8sCGZCrwr79HtabLAn95qyPQx6RYHXjEbiD6QKou7ww",
+      "ms": 150.0
+    },
+    {
+      "action": "0404040404040404040404040404040404040404040404040404040404040404",
+      "outcome": "not_in_summaries",
+      "ms": 0.3
+    },
+    {
+      "action": "0505050505050505050505050505050505050505050505050505050505050505",
+      "outcome": "peer_hit",
+      "peer": "12D3KooWRawPbxPtP1eZaJpumGnyWX2DcUyd3RQnydr3eAto4Az7",
+      "peer_name": "bob",
+      "ms": 1.5
+    },
+    {
+      "action": "0606060606060606060606060606060606060606060606060606060606060606",
+      "outcome": "local_hit"
+    }
+  ]
+}"#;
+
+    const ACTIONS: &str = r#"[
+  {
+    "build": 3,
+    "command": "go build ./...",
+    "action": "0101010101010101010101010101010101010101010101010101010101010101",
+    "outcome": "peer_hit",
+    "peer": "12D3KooWRawPbxPtP1eZaJpumGnyWX2DcUyd3RQnydr3eAto4Az7",
+    "peer_name": "bob",
+    "ms": 2.5
+  }
+]
+"#;
+}
