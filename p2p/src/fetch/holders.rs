@@ -43,6 +43,24 @@ impl SharedSummary {
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, PeerSummary> {
         self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// A summary that names `actions`, and nothing else.
+    #[cfg(test)]
+    pub(crate) fn naming<'a>(actions: impl IntoIterator<Item = &'a ActionId>) -> Self {
+        use crate::summary::{SummaryAnswer, SummaryHeader, prefix};
+        let summary = Self::default();
+        let prefixes: Vec<u64> = actions.into_iter().map(prefix).collect();
+        summary.write().apply(SummaryAnswer {
+            header: SummaryHeader {
+                epoch: 7,
+                from: 0,
+                count: prefixes.len() as u64,
+                generation: prefixes.len() as u64,
+            },
+            prefixes,
+        });
+        summary
+    }
 }
 
 /// See the module docs.
@@ -138,18 +156,7 @@ mod tests {
     }
 
     fn known(actions: &[ActionId]) -> SharedSummary {
-        let summary = SharedSummary::default();
-        let prefixes: Vec<u64> = actions.iter().map(prefix).collect();
-        summary.write().apply(SummaryAnswer {
-            header: SummaryHeader {
-                epoch: 7,
-                from: 0,
-                count: prefixes.len() as u64,
-                generation: prefixes.len() as u64,
-            },
-            prefixes,
-        });
-        summary
+        SharedSummary::naming(actions)
     }
 
     fn asked(summaries: Vec<SharedSummary>) -> Vec<(PeerId, SharedSummary)> {

@@ -11,7 +11,6 @@ use crate::fetch::pace::STALL;
 use crate::fetch::read_ahead::{BATCH, HINTS};
 use crate::ids::OutputId;
 use crate::protocol::wire::WIRE_VERSION;
-use crate::summary::{SummaryAnswer, SummaryHeader, prefix};
 
 /// Peers as a test sets them: connected and allowlisted, summaries
 /// (none: may hold anything), batches, and the local store.
@@ -36,20 +35,7 @@ impl FakePeers {
 
 /// A summary naming `held`; none (it may hold anything) without.
 fn summary_of(held: Option<&HashSet<ActionId>>) -> SharedSummary {
-    let summary = SharedSummary::default();
-    if let Some(held) = held {
-        let prefixes: Vec<u64> = held.iter().map(prefix).collect();
-        summary.write().apply(SummaryAnswer {
-            header: SummaryHeader {
-                epoch: 7,
-                from: 0,
-                count: prefixes.len() as u64,
-                generation: prefixes.len() as u64,
-            },
-            prefixes,
-        });
-    }
-    summary
+    held.map_or_else(SharedSummary::default, SharedSummary::naming)
 }
 
 impl Peers for FakePeers {
