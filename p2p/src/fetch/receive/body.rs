@@ -6,9 +6,7 @@
 //! and once every byte is (or we stop reading), what follows is ours.
 
 use std::io::{self, Write};
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::Poll;
 
 use futures::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
@@ -82,24 +80,19 @@ where
         holding,
         promises,
     } = body;
+    // Told before the peer's time starts, and after it ends: a wait for
+    // room in the reports counts against nobody.
+    promises.tell(Promise::Owed).await;
     if size <= SMALL_BODY {
-        let mut read = pin!(pace.wait_on_peer(size, read_piece(io, size as usize, compressed)));
-        // A small body is most often in with its header: then it was owed
-        // for no time worth telling, and only its arrival is told.
-        let piece = match futures::poll!(read.as_mut()) {
-            Poll::Ready(piece) => piece,
-            Poll::Pending => {
-                promises.tell(Promise::Owed).await;
-                read.await
-            }
-        }?;
+        let piece = pace
+            .wait_on_peer(size, read_piece(io, size as usize, compressed))
+            .await?;
         promises.tell(Promise::Kept).await;
         if !holding.take(size) {
             return Ok(Received::NotStored(no_room()));
         }
         return Ok(store_whole(begin, &piece));
     }
-    promises.tell(Promise::Owed).await;
     let holding = Arc::new(holding);
     let (full, mut queue) = mpsc::channel::<Piece>(QUEUE);
     let held = holding.clone();
