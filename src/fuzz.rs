@@ -125,7 +125,12 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("ipc_line", b"{\"op\":\"status\"}\n".to_vec()),
         (
             "ipc_line",
-            b"{\"hit\":{\"peer\":\"12D3KooW\",\"size\":5}}\n".to_vec(),
+            format!("{{\"hit\":{{\"peer\":\"{peer}\",\"size\":5}}}}\n").into_bytes(),
+        ),
+        (
+            "ipc_line",
+            format!("{{\"missed\":{{\"reason\":\"cooldown\",\"peer\":\"{peer}\"}}}}\n")
+                .into_bytes(),
         ),
         (
             "ipc_line",

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use crate::ids::{ActionId, OutputId};
 use crate::logging::chain;
 use crate::store::{self, DiskStore, Entry, Lookup, ObjectWriter, Source, VerifiedObject};
-use crate::trace::{Miss, Outcome};
+use crate::trace::Miss;
 
 /// A boxed future, for object-safe async trait methods.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -38,9 +38,9 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) trait RemoteTier: Send + Sync {
     /// Looks up `action` beyond the local store. A found body must be
     /// committed to `store` (which verifies it) before it is returned.
-    /// Trouble of any kind is a miss (`Err`, with the miss [`Outcome`] that
-    /// says why), and implementations bound their own latency: a slow
-    /// remote must not slow the build.
+    /// Trouble of any kind is a miss (`Err`, with the [`Miss`] that says
+    /// why), and implementations bound their own latency: a slow remote
+    /// must not slow the build.
     fn fetch<'a>(
         &'a self,
         action: ActionId,
@@ -78,7 +78,7 @@ impl RemoteTier for NoRemote {
         _: ActionId,
         _: &'a Arc<DiskStore>,
     ) -> BoxFuture<'a, Result<Entry, Miss>> {
-        Box::pin(std::future::ready(Err(Outcome::SharingOff.into())))
+        Box::pin(std::future::ready(Err(Miss::SharingOff)))
     }
 
     fn is_enabled(&self) -> bool {
@@ -157,7 +157,7 @@ impl MultiLevelStorage {
         let entry = self.remote.fetch(action, &self.local).await?;
         match self.admit(Lookup::Hit(entry)) {
             Lookup::Hit(entry) => Ok(entry),
-            Lookup::Miss => Err(Outcome::NotFound.into()),
+            Lookup::Miss => Err(Miss::Peers(warren_p2p::Miss::NotFound)),
         }
     }
 
@@ -221,7 +221,7 @@ mod tests {
                     let verified = writer.finish().ok()?;
                     store.commit(&action, verified).ok()
                 })();
-                stored.ok_or(Outcome::NotFound.into())
+                stored.ok_or(Miss::Peers(warren_p2p::Miss::NotFound))
             })
         }
     }
@@ -257,7 +257,7 @@ mod tests {
         let action = ActionId::from_bytes([1; 32]);
         assert_eq!(
             storage.get_remote(action).await,
-            Err(Outcome::NotFound.into())
+            Err(Miss::Peers(warren_p2p::Miss::NotFound))
         );
         assert_eq!(
             storage.local().usage().unwrap(),
@@ -271,9 +271,6 @@ mod tests {
         let storage = MultiLevelStorage::local_only(Arc::new(DiskStore::open(dir.path()).unwrap()));
         let action = ActionId::from_bytes([2; 32]);
         assert_eq!(storage.get(&action), Step::Answered(Lookup::Miss));
-        assert_eq!(
-            storage.get_remote(action).await,
-            Err(Outcome::SharingOff.into())
-        );
+        assert_eq!(storage.get_remote(action).await, Err(Miss::SharingOff));
     }
 }

@@ -4,8 +4,9 @@
 //! that happen in two processes: local hits and misses with sharing off
 //! are answered by the helper alone, peer lookups by the daemon. So the
 //! helper notes every `get`'s [`Outcome`] as it answers it (a push under a
-//! mutex, next to a file read), with the daemon's reason for each miss,
-//! and at the end of the `go` command sends the lot to the daemon in one
+//! mutex, next to a file read), with the daemon's reason for each miss as
+//! the node decided it ([`warren_p2p::Miss`], carried typed, never worked
+//! out again), and at the end of the `go` command sends the lot to the daemon in one
 //! message ([`Recorder::report`]). The daemon keeps the last [`CAPACITY`]
 //! lookups of its builds in memory ([`Ring`]); nothing is written to disk.
 //! With no daemon running there is nobody to keep them, and nothing is sent.
@@ -29,35 +30,123 @@ pub(crate) const CAPACITY: usize = 10_000;
 /// Longest the helper spends reporting, after `go` has its last answer.
 const REPORT_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// What one `get` came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// What one `get` came to: the one type for it, from the daemon's answer
+/// (or the helper's own lookup) through the helper's notes and the
+/// daemon's ring to `warren trace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
+    Hit(Hit),
+    Miss(Miss),
+}
+
+/// Where a hit came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hit {
     /// In the local store before the build asked.
-    LocalHit,
-    /// Fetched from a peer by the daemon's read-ahead during this build,
-    /// before the build asked.
-    ReadAheadHit,
-    /// Fetched from a peer when the build asked.
-    PeerHit,
-    /// A miss: no peer was connected to ask.
-    NoPeers,
-    /// A miss: no connected peer's summary holds it.
-    NotInSummaries,
-    /// A miss: the peer that may hold it is in cooldown for a bad body.
-    Cooldown,
-    /// A miss: no answer before the lookup deadline.
-    Deadline,
-    /// A miss: the peers asked did not have it.
-    NotFound,
-    /// A miss: the daemon did not answer (not running, or stuck).
+    Local,
+    /// Fetched from this peer by the daemon's read-ahead during this
+    /// build, before the build asked.
+    ReadAhead(PeerId),
+    /// Fetched from a peer when the build asked: the one the store says
+    /// it came from (`None` if its entry no longer says).
+    Peer(Option<PeerId>),
+}
+
+/// Why a `get` missed beyond the local store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Miss {
+    /// The peers did not send it, and why, as the daemon's node said (or
+    /// [`warren_p2p::Miss::Deadline`] when the daemon did not answer in
+    /// time).
+    Peers(warren_p2p::Miss),
+    /// The daemon did not answer (not running, or stuck).
     NoDaemon,
-    /// A miss: sharing is off for this `go` command.
+    /// Sharing is off for this `go` command.
     SharingOff,
 }
 
+impl From<Miss> for Outcome {
+    fn from(miss: Miss) -> Self {
+        Self::Miss(miss)
+    }
+}
+
+impl From<Hit> for Outcome {
+    fn from(hit: Hit) -> Self {
+        Self::Hit(hit)
+    }
+}
+
 impl Outcome {
-    pub(crate) const ALL: [Outcome; 10] = [
+    pub(crate) fn kind(self) -> Kind {
+        use warren_p2p::Miss as Peers;
+        match self {
+            Self::Hit(Hit::Local) => Kind::LocalHit,
+            Self::Hit(Hit::ReadAhead(_)) => Kind::ReadAheadHit,
+            Self::Hit(Hit::Peer(_)) => Kind::PeerHit,
+            Self::Miss(Miss::Peers(Peers::NoPeers)) => Kind::NoPeers,
+            Self::Miss(Miss::Peers(Peers::NotInSummaries)) => Kind::NotInSummaries,
+            Self::Miss(Miss::Peers(Peers::Cooldown { .. })) => Kind::Cooldown,
+            Self::Miss(Miss::Peers(Peers::Deadline)) => Kind::Deadline,
+            Self::Miss(Miss::Peers(Peers::NotFound)) => Kind::NotFound,
+            Self::Miss(Miss::NoDaemon) => Kind::NoDaemon,
+            Self::Miss(Miss::SharingOff) => Kind::SharingOff,
+        }
+    }
+
+    /// The peer it involves, if any.
+    pub(crate) fn peer(self) -> Option<PeerId> {
+        match self {
+            Self::Hit(Hit::ReadAhead(peer))
+            | Self::Miss(Miss::Peers(warren_p2p::Miss::Cooldown { peer })) => Some(peer),
+            Self::Hit(Hit::Peer(peer)) => peer,
+            _ => None,
+        }
+    }
+
+    /// The outcome of `kind` involving `peer`; `None` if `kind` needs a
+    /// peer and there is none.
+    pub(crate) fn of(kind: Kind, peer: Option<PeerId>) -> Option<Self> {
+        use warren_p2p::Miss as Peers;
+        let peers = |miss| Some(Self::Miss(Miss::Peers(miss)));
+        match kind {
+            Kind::LocalHit => Some(Self::Hit(Hit::Local)),
+            Kind::ReadAheadHit => Some(Self::Hit(Hit::ReadAhead(peer?))),
+            Kind::PeerHit => Some(Self::Hit(Hit::Peer(peer))),
+            Kind::NoPeers => peers(Peers::NoPeers),
+            Kind::NotInSummaries => peers(Peers::NotInSummaries),
+            Kind::Cooldown => peers(Peers::Cooldown { peer: peer? }),
+            Kind::Deadline => peers(Peers::Deadline),
+            Kind::NotFound => peers(Peers::NotFound),
+            Kind::NoDaemon => Some(Self::Miss(Miss::NoDaemon)),
+            Kind::SharingOff => Some(Self::Miss(Miss::SharingOff)),
+        }
+    }
+
+    pub(crate) fn is_hit(self) -> bool {
+        self.kind().is_hit()
+    }
+}
+
+/// An outcome without its peer: its name in reports and in `warren trace
+/// --json`, what totals count, and (in this order) how they list it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Kind {
+    LocalHit,
+    ReadAheadHit,
+    PeerHit,
+    NoPeers,
+    NotInSummaries,
+    Cooldown,
+    Deadline,
+    NotFound,
+    NoDaemon,
+    SharingOff,
+}
+
+impl Kind {
+    pub(crate) const ALL: [Kind; 10] = [
         Self::LocalHit,
         Self::ReadAheadHit,
         Self::PeerHit,
@@ -104,35 +193,52 @@ impl Outcome {
     }
 }
 
-/// A miss beyond the local store, and why: the outcome, and the peer it
-/// involves (the one in cooldown).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Miss {
+/// One lookup. In reports and `warren trace --json`: its ActionID (hex),
+/// the [`Kind`] of its outcome as `outcome`, the peer involved (if any)
+/// as `peer`, and `ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "LookupJson", try_from = "LookupJson")]
+pub(crate) struct Lookup {
+    pub action: ActionId,
     pub outcome: Outcome,
-    pub peer: Option<warren_p2p::PeerId>,
+    /// How long `go` waited on the daemon, for lookups that asked it.
+    pub ms: Option<f64>,
 }
 
-impl From<Outcome> for Miss {
-    fn from(outcome: Outcome) -> Self {
+/// A [`Lookup`] as its JSON has it.
+#[derive(Serialize, Deserialize)]
+struct LookupJson {
+    action: ActionId,
+    outcome: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    peer: Option<PeerId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ms: Option<f64>,
+}
+
+impl From<Lookup> for LookupJson {
+    fn from(lookup: Lookup) -> Self {
         Self {
-            outcome,
-            peer: None,
+            action: lookup.action,
+            outcome: lookup.outcome.kind(),
+            peer: lookup.outcome.peer(),
+            ms: lookup.ms,
         }
     }
 }
 
-/// One lookup.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Lookup {
-    /// The ActionID, hex.
-    pub action: String,
-    pub outcome: Outcome,
-    /// The peer's ID, for outcomes that involve one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer: Option<String>,
-    /// How long `go` waited on the daemon, for lookups that asked it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ms: Option<f64>,
+impl TryFrom<LookupJson> for Lookup {
+    type Error = String;
+
+    fn try_from(json: LookupJson) -> Result<Self, String> {
+        let outcome = Outcome::of(json.outcome, json.peer)
+            .ok_or_else(|| format!("a lookup of outcome {:?} without its peer", json.outcome))?;
+        Ok(Self {
+            action: json.action,
+            outcome,
+            ms: json.ms,
+        })
+    }
 }
 
 /// One `go` command's lookups, as its helper reported them.
@@ -154,13 +260,15 @@ pub(crate) struct Build {
 }
 
 impl Build {
-    /// Lookups per outcome, in [`Outcome::ALL`] order, zeros left out.
-    pub(crate) fn totals(&self) -> Vec<(Outcome, u64)> {
-        Outcome::ALL
+    /// Lookups per outcome, in [`Kind::ALL`] order, zeros left out.
+    pub(crate) fn totals(&self) -> Vec<(Kind, u64)> {
+        Kind::ALL
             .iter()
-            .map(|&outcome| {
-                let n = self.lookups.iter().filter(|l| l.outcome == outcome).count();
-                (outcome, n as u64)
+            .map(|&kind| {
+                let n = (self.lookups.iter())
+                    .filter(|lookup| lookup.outcome.kind() == kind)
+                    .count();
+                (kind, n as u64)
             })
             .filter(|&(_, n)| n > 0)
             .collect()
@@ -187,7 +295,8 @@ struct Notes {
 
 struct Noted {
     action: ActionId,
-    outcome: Outcome,
+    outcome: Kind,
+    /// The peer its outcome involves, by its index in `Notes::peers`.
     peer: Option<u16>,
     /// Microseconds `go` waited on the daemon, if it was asked.
     waited_us: Option<u32>,
@@ -214,16 +323,16 @@ impl Recorder {
     pub(crate) fn note(
         &self,
         action: ActionId,
-        outcome: Outcome,
-        peer: Option<PeerId>,
+        outcome: impl Into<Outcome>,
         waited: Option<Duration>,
     ) {
         if !self.enabled {
             return;
         }
+        let outcome = outcome.into();
         self.gets.fetch_add(1, Ordering::Relaxed);
         let mut notes = self.notes.lock().unwrap_or_else(|p| p.into_inner());
-        let peer = peer.and_then(|peer| {
+        let peer = outcome.peer().and_then(|peer| {
             let index = match notes.peers.iter().position(|known| *known == peer) {
                 Some(index) => index,
                 None => {
@@ -238,7 +347,7 @@ impl Recorder {
         }
         notes.lookups.push_back(Noted {
             action,
-            outcome,
+            outcome: outcome.kind(),
             peer,
             waited_us: waited.map(|d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX)),
         });
@@ -254,19 +363,20 @@ impl Recorder {
             started_unix_ms: unix_ms(self.started),
             ended_unix_ms: unix_ms(SystemTime::now()),
             gets: self.gets.load(Ordering::Relaxed),
-            lookups: notes
-                .lookups
-                .iter()
-                .map(|noted| Lookup {
-                    action: noted.action.to_hex(),
-                    outcome: noted.outcome,
-                    peer: noted
-                        .peer
+            // A note whose peer could not be kept (past the index's room)
+            // is left out.
+            lookups: (notes.lookups.iter())
+                .filter_map(|noted| {
+                    let peer = (noted.peer)
                         .and_then(|index| notes.peers.get(usize::from(index)))
-                        .map(ToString::to_string),
-                    ms: noted
-                        .waited_us
-                        .map(|us| (f64::from(us) / 100.0).round() / 10.0),
+                        .copied();
+                    Some(Lookup {
+                        action: noted.action,
+                        outcome: Outcome::of(noted.outcome, peer)?,
+                        ms: noted
+                            .waited_us
+                            .map(|us| (f64::from(us) / 100.0).round() / 10.0),
+                    })
                 })
                 .collect(),
         }
@@ -341,13 +451,13 @@ mod tests {
     use super::*;
 
     fn build(lookups: usize) -> Build {
+        let peer = PeerId::random();
         Build {
             gets: lookups as u64,
             lookups: (0..lookups)
                 .map(|n| Lookup {
-                    action: format!("{n:064x}"),
-                    outcome: Outcome::ALL[n % Outcome::ALL.len()],
-                    peer: None,
+                    action: ActionId::from_hex(&format!("{n:064x}")).unwrap(),
+                    outcome: Outcome::of(Kind::ALL[n % Kind::ALL.len()], Some(peer)).unwrap(),
                     ms: None,
                 })
                 .collect(),
@@ -364,7 +474,10 @@ mod tests {
         assert_eq!(builds.iter().map(|b| b.number).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(builds[0].lookups.len(), 4_000);
         // The oldest lookups went: the first build keeps its last ones.
-        assert_eq!(builds[0].lookups[0].action, format!("{:064x}", 2_000));
+        assert_eq!(
+            builds[0].lookups[0].action.to_hex(),
+            format!("{:064x}", 2_000)
+        );
         assert_eq!(builds[1].lookups.len(), 6_000);
         ring.add(build(CAPACITY + 5));
         let builds = ring.builds();
@@ -378,7 +491,7 @@ mod tests {
         let build = build(25);
         let totals = build.totals();
         assert_eq!(totals.iter().map(|(_, n)| n).sum::<u64>(), 25);
-        assert_eq!(totals[0], (Outcome::LocalHit, 3));
+        assert_eq!(totals[0], (Kind::LocalHit, 3));
     }
 
     #[test]
@@ -390,8 +503,7 @@ mod tests {
             bytes[..8].copy_from_slice(&(n as u64).to_be_bytes());
             recorder.note(
                 ActionId::from_bytes(bytes),
-                Outcome::PeerHit,
-                Some(peer),
+                Hit::Peer(Some(peer)),
                 Some(Duration::from_micros(1_234)),
             );
         }
@@ -399,22 +511,56 @@ mod tests {
         assert_eq!(build.gets, CAPACITY as u64 + 3);
         assert_eq!(build.lookups.len(), CAPACITY);
         assert_eq!(build.lookups[0].ms, Some(1.2));
-        assert_eq!(build.lookups[0].peer, Some(peer.to_string()));
+        assert_eq!(build.lookups[0].outcome.peer(), Some(peer));
         assert_eq!(build.pid, std::process::id());
         // With no daemon to keep them, nothing is noted.
         let off = Recorder::new(false);
-        off.note(ActionId::from_bytes([1; 32]), Outcome::LocalHit, None, None);
+        off.note(ActionId::from_bytes([1; 32]), Hit::Local, None);
         assert_eq!(off.build().gets, 0);
     }
 
     #[test]
     fn outcomes_read_as_a_sentence() {
-        assert_eq!(Outcome::PeerHit.describe(Some("bob")), "peer hit from bob");
+        assert_eq!(Kind::PeerHit.describe(Some("bob")), "peer hit from bob");
         assert_eq!(
-            Outcome::NotInSummaries.describe(None),
+            Kind::NotInSummaries.describe(None),
             "miss: no peer's summary holds it"
         );
-        assert_eq!(Outcome::SharingOff.describe(None), "miss: sharing off");
-        assert!(Outcome::ReadAheadHit.is_hit() && !Outcome::Deadline.is_hit());
+        assert_eq!(Kind::SharingOff.describe(None), "miss: sharing off");
+        assert!(Kind::ReadAheadHit.is_hit() && !Kind::Deadline.is_hit());
+    }
+
+    /// Reports cross the helper socket, and `warren trace --json` prints
+    /// lookups, in one JSON shape: the outcome by name and its peer beside
+    /// it. A lookup that names an outcome which needs a peer, without
+    /// one, is refused rather than read as some other outcome.
+    #[test]
+    fn lookups_keep_their_json() {
+        let peer = PeerId::random();
+        let action = ActionId::from_bytes([0xab; 32]);
+        let cooldown = Lookup {
+            action,
+            outcome: Miss::Peers(warren_p2p::Miss::Cooldown { peer }).into(),
+            ms: Some(1.5),
+        };
+        let json = format!(
+            r#"{{"action":"{}","outcome":"cooldown","peer":"{peer}","ms":1.5}}"#,
+            action.to_hex()
+        );
+        assert_eq!(serde_json::to_string(&cooldown).unwrap(), json);
+        assert_eq!(serde_json::from_str::<Lookup>(&json).unwrap(), cooldown);
+        let local = Lookup {
+            action,
+            outcome: Hit::Local.into(),
+            ms: None,
+        };
+        let json = format!(
+            r#"{{"action":"{}","outcome":"local_hit"}}"#,
+            action.to_hex()
+        );
+        assert_eq!(serde_json::to_string(&local).unwrap(), json);
+        assert_eq!(serde_json::from_str::<Lookup>(&json).unwrap(), local);
+        let no_peer = format!(r#"{{"action":"{}","outcome":"cooldown"}}"#, action.to_hex());
+        assert!(serde_json::from_str::<Lookup>(&no_peer).is_err());
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::allowlist::Allowlist;
 pub use crate::fetch::budget::ReadAheadLimits;
+use crate::fetch::pace;
 use libp2p::connection_limits::ConnectionLimits;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
@@ -357,7 +358,7 @@ impl NodeConfig {
     /// Time allowed for a body of `size` bytes once its header arrived:
     /// `1 s + size / transfer_rate`.
     pub fn transfer_timeout(&self, size: u64) -> Duration {
-        transfer_timeout(size, self.transfer_rate)
+        pace::transfer_timeout(size, self.transfer_rate)
     }
 
     /// An upper bound on any single fetch, used as libp2p's request timeout
@@ -369,13 +370,9 @@ impl NodeConfig {
         // side (see `fetch::pace`).
         self.lookup_deadline * 2
             + self.transfer_timeout(self.inline_limit)
-            + crate::fetch::pace::Pace::longest(self.max_body_size, self.transfer_rate)
+            + pace::Pace::longest(self.max_body_size, self.transfer_rate)
             + Duration::from_secs(5)
     }
-}
-
-pub(crate) fn transfer_timeout(size: u64, rate: u64) -> Duration {
-    Duration::from_secs(1) + Duration::from_secs_f64(size as f64 / rate.max(1) as f64)
 }
 
 /// mDNS discovery settings. Discovery is only an address hint: Noise
@@ -434,16 +431,6 @@ impl MdnsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn transfer_timeouts_scale_with_size() {
-        assert_eq!(transfer_timeout(0, 50_000_000), Duration::from_secs(1));
-        assert_eq!(
-            transfer_timeout(100_000_000, 50_000_000),
-            Duration::from_secs(3)
-        );
-        assert_eq!(transfer_timeout(10, 0), Duration::from_secs(11));
-    }
 
     #[test]
     fn defaults_are_documented_values() {

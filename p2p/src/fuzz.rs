@@ -18,10 +18,12 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::fetch::exchange::{Request, RequestKey};
 use crate::fetch::in_flight::InFlight;
-use crate::fetch::receive::Local;
+use crate::fetch::receive::Outgoing;
+use crate::fetch::receive::reports::Reports;
 use crate::ids::{ActionId, OutputId};
-use crate::node::codec::{FetchCodec, Request, Response};
+use crate::node::codec::{self, FetchCodec, Response};
 use crate::protocol::wire::{self, Encoding, RequestHeader, ResponseHeader, WIRE_VERSION};
 use crate::store::{Bodies, BodySink, CommitError, Hints, Served, Summaries};
 use crate::summary::{PeerSummary, SummaryCodec};
@@ -62,36 +64,42 @@ pub fn fetch_response(data: &[u8]) {
         return;
     };
     let store = Arc::new(MemStore);
-    let mut codec = FetchCodec::new(store, 1 << 20, 1_000_000_000, InFlight::new(1 << 30));
-    let accept = if choice & 1 != 0 {
-        vec![Encoding::Zstd]
-    } else {
-        Vec::new()
-    };
+    // What the requesting side reports is not read here; a full channel
+    // would hold the codec up, a closed one does not.
+    let reports = Reports::new(tokio::sync::mpsc::channel(1).0);
+    let mut codec = FetchCodec::new(
+        store,
+        1 << 20,
+        1_000_000_000,
+        InFlight::new(1 << 30),
+        reports,
+    );
     let request = Request {
-        header: RequestHeader {
-            version: WIRE_VERSION,
-            action: ActionId::from_bytes([1; 32]),
-            max_inline: if choice & 2 != 0 { 1 << 20 } else { 0 },
-            hints: u32::from(choice >> 4),
-            also: Vec::new(),
-            accept,
-        },
-        local: Some(Local {
-            peer: libp2p::PeerId::random(),
-            header_deadline: Instant::now() + Duration::from_secs(60),
-            cancel: CancellationToken::new(),
-            promise: Arc::default(),
-            batch: None,
-            link: Arc::default(),
-            traffic: Arc::default(),
-            listed: None,
-        }),
+        key: RequestKey(0),
+        peer: libp2p::PeerId::random(),
+        actions: vec![ActionId::from_bytes([1; 32])],
+        batch: None,
+        max_inline: if choice & 2 != 0 { 1 << 20 } else { 0 },
+        listed: None,
+        hints: u32::from(choice >> 4),
+        header_deadline: Instant::now() + Duration::from_secs(60),
+        header_timeout: Duration::from_secs(60),
+        cancel: CancellationToken::new(),
+    };
+    let outgoing = Outgoing {
+        request,
+        link: Arc::default(),
+        traffic: Arc::default(),
+        compressed: choice & 1 != 0,
     };
     block_on(async {
         let mut sent = AllowStdIo::new(Vec::new());
         if codec
-            .write_request(&protocol(), &mut sent, request)
+            .write_request(
+                &protocol(),
+                &mut sent,
+                codec::Request::Outgoing(Box::new(outgoing)),
+            )
             .await
             .is_err()
         {
@@ -108,19 +116,22 @@ pub fn fetch_response(data: &[u8]) {
 /// it names is looked up in a store that holds one entry.
 pub fn fetch_request(data: &[u8]) {
     let store = MemStore;
+    let reports = Reports::new(tokio::sync::mpsc::channel(1).0);
     let mut codec = FetchCodec::new(
         Arc::new(MemStore),
         1 << 20,
         1_000_000_000,
         InFlight::new(1 << 30),
+        reports,
     );
     block_on(async {
         let mut io = AllowStdIo::new(Cursor::new(data));
-        let Ok(request) = codec.read_request(&protocol(), &mut io).await else {
+        let Ok(codec::Request::Incoming(header)) = codec.read_request(&protocol(), &mut io).await
+        else {
             return;
         };
-        for action in request.header.actions().take(1024) {
-            let _ = crate::serve::answer::prepare(&store, action, request.header.max_inline);
+        for action in header.actions().take(1024) {
+            let _ = crate::serve::answer::prepare(&store, action, header.max_inline);
         }
     });
 }

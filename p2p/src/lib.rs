@@ -23,10 +23,12 @@
 //!   small bodies verified before they are sent, big ones streamed);
 //! - [`summary`]: peers' summaries of their stores, so misses they cannot
 //!   answer cost no round trip;
-//! - `node`: [`EventLoop`], the one task that owns the swarm and
-//!   dispatches to its jobs (fetching, read-ahead, serving, summaries,
-//!   peers), the libp2p behaviour and codec, mDNS discovery, and
-//!   [`Client`], the cloneable handle, with the [`Event`]s it sees.
+//! - `node`: [`EventLoop`], the one task that owns the swarm, its state in
+//!   a part per job (the peer table, fetching, serving, summaries,
+//!   catalogs), the libp2p behaviour and codec, mDNS discovery, and
+//!   [`Client`], the cloneable handle, with the [`Event`]s it sees;
+//! - `hostile` (with the `hostile` feature, which only the crate's tests
+//!   and examples turn on): peers that misbehave, to test against.
 //!
 //! # Usage
 //!
@@ -64,6 +66,9 @@ mod fetch;
 #[cfg(feature = "fuzz")]
 #[doc(hidden)]
 pub mod fuzz;
+#[cfg(feature = "hostile")]
+#[doc(hidden)]
+pub mod hostile;
 pub mod ids;
 mod node;
 mod protocol;
@@ -80,7 +85,7 @@ use tokio::sync::mpsc;
 
 pub use crate::allowlist::{Allowlist, Role};
 pub use crate::config::{Compression, MdnsConfig, NodeConfig};
-pub use crate::fetch::receive::RejectReason;
+pub use crate::fetch::exchange::RejectReason;
 pub use crate::fetch::{Fetched, Miss};
 pub use crate::ids::{ActionId, OutputId};
 pub use crate::node::EventLoop;
@@ -96,6 +101,9 @@ pub const PROTOCOL_NAME: &str = "/warren/fetch/1";
 
 /// Commands waiting for the event loop.
 const COMMAND_QUEUE: usize = 64;
+/// What the requesting side reports of requests still running, not yet
+/// handled; a codec with a report to make waits for room.
+const REPORT_QUEUE: usize = 256;
 
 /// Why a node could not be set up, or a dial not started.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +143,9 @@ pub fn new(
     store: Arc<dyn Store>,
 ) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), Error> {
     let local_peer_id = config.peer_id();
-    let mut swarm = node::behaviour::build_swarm(&config, store.clone())?;
+    let (report_sender, reports) = mpsc::channel(REPORT_QUEUE);
+    let reporter = fetch::receive::reports::Reports::new(report_sender);
+    let mut swarm = node::behaviour::build_swarm(&config, store.clone(), reporter)?;
     for address in &config.listen {
         swarm
             .listen_on(address.clone())
@@ -153,8 +163,15 @@ pub fn new(
     let (commands, command_receiver) = mpsc::channel(COMMAND_QUEUE);
     let (events, event_receiver) = mpsc::channel(config.event_capacity);
     let backstop = config.longest_fetch() + std::time::Duration::from_secs(1);
-    let event_loop =
-        node::EventLoop::new(swarm, command_receiver, events, store, config, discovery);
+    let event_loop = node::EventLoop::new(
+        swarm,
+        command_receiver,
+        events,
+        store,
+        config,
+        discovery,
+        reports,
+    );
     let client = Client::new(commands, local_peer_id, event_loop.holders(), backstop);
     Ok((client, event_receiver, event_loop))
 }

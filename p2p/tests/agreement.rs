@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::hostile::{Mode, hostile};
 use common::{DirStore, TestNode, action, connect, id, keypairs, start, test_config, within};
+use warren_p2p::hostile::{Mode, hostile};
 use warren_p2p::identity::Keypair;
 use warren_p2p::{Event, OutputId, PeerId};
 

@@ -6,10 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::hostile::{Mode, hostile};
 use common::{DirStore, Usage, action, connect, id, keypairs, node, start, test_config};
-use common::{until, within};
-use warren_p2p::{Compression, Event, RejectReason};
+use common::{until, until_summary, within};
+use warren_p2p::hostile::{Mode, hostile};
+use warren_p2p::{Compression, Event, Miss, RejectReason};
 
 #[tokio::test]
 async fn hits_and_misses_between_two_nodes() {
@@ -224,7 +224,8 @@ async fn a_peer_dying_mid_transfer_is_a_prompt_miss_with_nothing_stored() {
         .await;
 }
 
-/// Part 4, finding 7: a peer that says "found" and then stalls is cut
+/// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon do":
+/// a peer that says "found" and then stalls is cut
 /// off after `STALL` (2 s) of silence, not after the time its claimed size
 /// would take (41 s here), and is put in cooldown: the next lookup does not
 /// ask it.
@@ -442,4 +443,65 @@ async fn compressed_bodies_cross_between_two_nodes() {
     let b_info = seen_by_a.iter().find(|p| p.peer == b.peer).unwrap();
     let counters = b_info.counters;
     assert!(counters.wire_in * 2 < counters.bytes_in, "{counters:?}");
+}
+
+/// A miss says why, as the lookup found it: nobody to ask; only a peer
+/// whose summary does not name the action; peers that answered "not
+/// found"; a liar whose bad body put it in cooldown during the lookup,
+/// and then while it is in cooldown; a peer in cooldown beside an honest
+/// one that was asked and did not have it (that lookup missed because
+/// the peer asked did not have it, not because of the cooldown); and a
+/// peer that never answered by the lookup deadline. Nothing later has to
+/// guess the reason again from how long the lookup took or from who is in
+/// cooldown by then.
+#[tokio::test]
+async fn a_miss_says_why_the_peers_could_not_answer() {
+    let [ka, kb, kc, kl, ks] = keypairs();
+    let allowed = [id(&kb), id(&kc), id(&kl), id(&ks)];
+    let mut a = node(&ka, &allowed).await;
+    let lookup = |n| within(Duration::from_secs(5), a.client.lookup(action(n)));
+    assert_eq!(lookup(1).await, Err(Miss::NoPeers));
+
+    // C keeps a summary, which names action 2 only.
+    let mut c = start(test_config(kc, &[id(&ka)]), DirStore::with_summary()).await;
+    c.store.put(action(2), b"held by C");
+    connect(&mut a, &mut c).await;
+    until_summary(&a, c.peer, 1).await;
+    let lookup = |n| within(Duration::from_secs(5), a.client.lookup(action(n)));
+    assert_eq!(lookup(1).await, Err(Miss::NotInSummaries));
+
+    // B keeps none: it is asked about everything.
+    let mut b = node(&kb, &[id(&ka)]).await;
+    connect(&mut a, &mut b).await;
+    let lookup = |n| within(Duration::from_secs(5), a.client.lookup(action(n)));
+    assert_eq!(lookup(3).await, Err(Miss::NotFound));
+
+    let liar = hostile(
+        &kl,
+        Mode::WrongBody {
+            claimed: b"the real body".to_vec(),
+            sent: b"a fake body!!".to_vec(),
+        },
+    )
+    .await;
+    a.client.dial(liar.address.clone()).await.unwrap();
+    let liar_peer = liar.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(liar_peer)).await;
+    let lookup = |n| within(Duration::from_secs(5), a.client.lookup(action(n)));
+    let cooled = Err(Miss::Cooldown { peer: liar_peer });
+    assert_eq!(lookup(4).await, cooled, "the lie cooled its peer down");
+    assert_eq!(lookup(5).await, Err(Miss::NotFound), "B was asked");
+    b.kill();
+    let b_peer = b.peer;
+    a.wait_for(|e| *e == Event::PeerDisconnected(b_peer)).await;
+    let lookup = |n| within(Duration::from_secs(5), a.client.lookup(action(n)));
+    assert_eq!(lookup(6).await, cooled, "only the liar may hold it");
+
+    let silent = hostile(&ks, Mode::Silent).await;
+    a.client.dial(silent.address.clone()).await.unwrap();
+    let silent_peer = silent.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(silent_peer))
+        .await;
+    let lookup = |n| within(Duration::from_secs(5), a.client.lookup(action(n)));
+    assert_eq!(lookup(7).await, Err(Miss::Deadline));
 }

@@ -8,9 +8,9 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::hostile::{IdleHolder, slow_reader, socket_address};
 use common::{DirStore, action, connect, id, keypairs, node, start, test_config, within};
 use warren_p2p::Event;
+use warren_p2p::hostile::{IdleHolder, slow_reader, socket_address};
 
 /// How many handshakes one source may have in progress at once (IPv4: one
 /// address), as `node::admission` allows.

@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::hostile::{Mode, hostile};
 use common::{DirStore, TestNode, Usage, action, connect, id, keypairs, start, test_config};
 use common::{until, within};
+use warren_p2p::hostile::{Mode, hostile};
 use warren_p2p::{ActionId, Event, NodeConfig};
 
 const ENTRIES: u8 = 40;
@@ -170,7 +170,8 @@ async fn a_version_one_peer_is_read_ahead_one_entry_per_request() {
     assert_eq!(old.requests(), 20, "each entry asked for once");
 }
 
-/// Part 4, finding 3: the read-ahead flooder answers every request with
+/// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon do":
+/// the read-ahead flooder answers every request with
 /// fabricated bodies that verify, each naming fresh hints. Read-ahead
 /// stops at the peer's budget instead of filling the disk, and without a
 /// build using peers it does not start again.

@@ -85,13 +85,14 @@ async fn peers_without_a_summary_are_asked_about_everything() {
     );
 }
 
-/// Part 4, finding 6: a peer that answers summary requests at once with
-/// nothing new made its requester ask again at once, in a loop on the
-/// node's one thread. Asking again waits a quarter of a second at least.
+/// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon do":
+/// a peer answers summary requests at once with nothing new, to make its
+/// requester ask again at once, in a loop on the node's one thread.
+/// Asking again waits a quarter of a second at least.
 #[tokio::test]
 async fn a_peer_answering_summaries_at_once_is_not_asked_in_a_loop() {
     let [ka, ks] = keypairs();
-    let spammer = common::hostile::summary_spammer(&ks).await;
+    let spammer = warren_p2p::hostile::summary_spammer(&ks).await;
     let mut a = common::node(&ka, &[id(&ks)]).await;
     a.client.dial(spammer.address.clone()).await.unwrap();
     let peer = spammer.peer;
@@ -102,10 +103,11 @@ async fn a_peer_answering_summaries_at_once_is_not_asked_in_a_loop() {
     assert!((1..=12).contains(&asked), "asked {asked} times in 2 s");
 }
 
-/// Part 4, finding 4: the summary bomber asks for a victim's summary under
-/// foreign epochs, many times at once. Each answer is at most
-/// `SERVE_CHUNK` prefixes (it was the whole log, up to a million), only a
-/// few streams per connection are taken, and the victim goes on serving.
+/// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon do":
+/// the summary bomber asks for a victim's summary under foreign epochs,
+/// many times at once. Each answer is at most `SERVE_CHUNK` prefixes, not
+/// the whole log, only a few streams per connection are taken, and the
+/// victim goes on serving.
 #[tokio::test]
 async fn a_summary_bomber_gets_small_answers_and_few_of_them() {
     use warren_p2p::summary::SERVE_CHUNK;
@@ -123,7 +125,7 @@ async fn a_summary_bomber_gets_small_answers_and_few_of_them() {
         ActionId::from_bytes(bytes)
     }));
     a.store.put(action(1), b"still served");
-    let bomber = common::hostile::summary_bomber(&kh, a.address.clone(), 100).await;
+    let bomber = warren_p2p::hostile::summary_bomber(&kh, a.address.clone(), 100).await;
     a.wait_for(|e| *e == Event::PeerConnected(bomber_id)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let answers = bomber.answers.lock().unwrap().clone();

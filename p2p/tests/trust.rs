@@ -6,9 +6,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::hostile::{Mode, hostile};
 use common::{DirStore, Usage, action, connect, id, keypairs, node, start, test_config};
 use common::{until, within};
+use warren_p2p::hostile::{Mode, hostile};
 use warren_p2p::{Allowlist, Compression, Error, Event, RejectReason, Role};
 
 #[tokio::test]
@@ -382,8 +382,10 @@ async fn compressed_chunks_that_do_not_decode_are_rejected_like_lies() {
     assert!(info.in_cooldown);
 }
 
-/// Part 4, finding 8: one peer that asks and never reads its answers held
-/// every serving slot, and every other peer was answered "not found".
+/// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon do":
+/// one peer asks and never reads its answers, to hold every serving slot
+/// so that every other peer is answered "not found"; others are still
+/// served.
 #[tokio::test]
 async fn a_slow_reader_does_not_starve_other_peers() {
     let [ka, kb, ks] = keypairs();
@@ -398,7 +400,7 @@ async fn a_slow_reader_does_not_starve_other_peers() {
     for action in &actions {
         server.store.put_generated(*action, 2 << 20);
     }
-    let _slow = common::hostile::slow_reader(&ks, &server.address, &actions[..32]).await;
+    let _slow = warren_p2p::hostile::slow_reader(&ks, &server.address, &actions[..32]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut a = node(&ka, &[id(&kb)]).await;
     a.client.dial(server.address.clone()).await.unwrap();
@@ -409,7 +411,8 @@ async fn a_slow_reader_does_not_starve_other_peers() {
     assert!(fetched.is_some(), "the honest peer was starved");
 }
 
-/// Part 4, finding 8: a peer that stops reading loses its serve permits
+/// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon do":
+/// a peer that stops reading loses its serve permits
 /// once it falls behind the minimum send rate (after a grace of 5 s), so
 /// even a server with a single permit serves others again.
 #[tokio::test]
@@ -424,7 +427,7 @@ async fn a_slow_reader_is_cut_off_at_the_minimum_send_rate() {
     for action in &actions {
         server.store.put_generated(*action, 4 << 20);
     }
-    let _slow = common::hostile::slow_reader(&ks, &server.address, &actions[..1]).await;
+    let _slow = warren_p2p::hostile::slow_reader(&ks, &server.address, &actions[..1]).await;
     let slow_since = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut a = node(&ka, &[id(&kb)]).await;
@@ -451,7 +454,8 @@ async fn a_slow_reader_is_cut_off_at_the_minimum_send_rate() {
     );
 }
 
-/// Part 4, finding 9: the handshake flooder opens connection after
+/// SECURITY.md, "What others on the network can see, and do":
+/// the handshake flooder opens connection after
 /// connection from one address. Past a small burst they are closed before
 /// any handshake (the victim never even sends its protocol header), the
 /// address holds at most 4 handshakes at once (its newest), and a coworker

@@ -14,9 +14,10 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::ids::ActionId;
 use crate::share::ipc;
 use crate::share::trust::Allowlist;
-use crate::trace::{Build, Lookup, Outcome};
+use crate::trace::{Build, Kind, Lookup};
 
 /// How long `warren trace` waits for the daemon.
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -81,11 +82,19 @@ pub(super) fn trace(
     Ok(ExitCode::SUCCESS)
 }
 
+/// What to call `peer`: its allowlist name, else its ID.
+fn name(names: &Allowlist, peer: &warren_p2p::PeerId) -> String {
+    names
+        .name_of(peer)
+        .map_or_else(|| peer.to_string(), str::to_owned)
+}
+
 /// A lookup in words, its peer by allowlist name.
 fn describe(names: &Allowlist, lookup: &Lookup) -> String {
-    let peer = lookup.peer.as_deref().map(|peer| names.name_or_id(peer));
-    let mut text = lookup.outcome.describe(peer.as_deref());
-    if lookup.outcome == Outcome::PeerHit
+    let peer = lookup.outcome.peer().map(|peer| name(names, &peer));
+    let kind = lookup.outcome.kind();
+    let mut text = kind.describe(peer.as_deref());
+    if kind == Kind::PeerHit
         && let Some(ms) = lookup.ms
     {
         text.push_str(&format!(" in {ms} ms"));
@@ -117,9 +126,9 @@ fn show_build(
             String::new()
         }
     )?;
-    for (outcome, count) in build.totals() {
-        let by_peer = peers_of(build, outcome, names);
-        writeln!(out, "  {count:>6}  {}{by_peer}", outcome.label())?;
+    for (kind, count) in build.totals() {
+        let by_peer = peers_of(build, kind, names);
+        writeln!(out, "  {count:>6}  {}{by_peer}", kind.label())?;
     }
     if lookups {
         for lookup in &build.lookups {
@@ -130,14 +139,14 @@ fn show_build(
 }
 
 /// "  (bob 700, carol 52; median 3 ms)" for outcomes that name peers.
-fn peers_of(build: &Build, outcome: Outcome, names: &Allowlist) -> String {
+fn peers_of(build: &Build, kind: Kind, names: &Allowlist) -> String {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut waits: Vec<f64> = Vec::new();
-    for lookup in build.lookups.iter().filter(|l| l.outcome == outcome) {
-        if let Some(peer) = &lookup.peer {
-            *counts.entry(names.name_or_id(peer)).or_default() += 1;
+    for lookup in (build.lookups.iter()).filter(|lookup| lookup.outcome.kind() == kind) {
+        if let Some(peer) = lookup.outcome.peer() {
+            *counts.entry(name(names, &peer)).or_default() += 1;
         }
-        if outcome == Outcome::PeerHit
+        if kind == Kind::PeerHit
             && let Some(ms) = lookup.ms
         {
             waits.push(ms);
@@ -166,7 +175,7 @@ fn show_action(
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let action = action.to_ascii_lowercase();
-    crate::ids::ActionId::from_hex(&action)
+    let action = ActionId::from_hex(&action)
         .map_err(|e| anyhow::anyhow!("{action:?} is not an ActionID: {e}"))?;
     let seen: Vec<(&Build, &Lookup)> = builds
         .iter()
@@ -225,7 +234,9 @@ fn list_builds(builds: &[Build], json: bool, out: &mut impl Write) -> anyhow::Re
         return Ok(ExitCode::SUCCESS);
     }
     for build in builds {
-        let hits = build.lookups.iter().filter(|l| l.outcome.is_hit()).count();
+        let hits = (build.lookups.iter())
+            .filter(|lookup| lookup.outcome.is_hit())
+            .count();
         writeln!(
             out,
             "build {:>4}  {:>6} gets  {:>6} hits  {}",
@@ -244,8 +255,8 @@ struct BuildJson<'a> {
     ended_unix_ms: u64,
     gets: u64,
     /// Lookups per outcome.
-    totals: BTreeMap<Outcome, u64>,
-    lookups: Vec<LookupJson<'a>>,
+    totals: BTreeMap<Kind, u64>,
+    lookups: Vec<LookupJson>,
 }
 
 impl<'a> BuildJson<'a> {
@@ -268,27 +279,31 @@ impl<'a> BuildJson<'a> {
 }
 
 #[derive(Serialize)]
-struct LookupJson<'a> {
-    action: &'a str,
-    outcome: Outcome,
+struct LookupJson {
+    action: ActionId,
+    outcome: Kind,
     #[serde(skip_serializing_if = "Option::is_none")]
-    peer: Option<&'a str>,
+    peer: Option<warren_p2p::PeerId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     peer_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ms: Option<f64>,
 }
 
-impl<'a> LookupJson<'a> {
-    fn of(lookup: &'a Lookup, names: &Allowlist) -> Self {
-        let peer = lookup.peer.as_deref();
+impl LookupJson {
+    fn of(lookup: &Lookup, names: &Allowlist) -> Self {
+        let peer = lookup.outcome.peer();
         Self {
-            action: &lookup.action,
-            outcome: lookup.outcome,
+            action: lookup.action,
+            outcome: lookup.outcome.kind(),
             peer,
             peer_name: peer
-                .map(|peer| names.name_or_id(peer))
-                .filter(|name| Some(name.as_str()) != peer),
+                .and_then(|peer| {
+                    names
+                        .name_of(&peer)
+                        .filter(|name| *name != peer.to_string())
+                })
+                .map(str::to_owned),
             ms: lookup.ms,
         }
     }
@@ -299,5 +314,161 @@ struct ActionJson<'a> {
     build: u64,
     command: &'a str,
     #[serde(flatten)]
-    lookup: LookupJson<'a>,
+    lookup: LookupJson,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(seed: u8) -> String {
+        libp2p_identity::Keypair::ed25519_from_bytes([seed; 32])
+            .unwrap()
+            .public()
+            .to_peer_id()
+            .to_string()
+    }
+
+    /// A build as a helper reports it (its JSON), and what `warren trace`
+    /// makes of it, in words and as JSON.
+    fn rendered() -> (String, String, String) {
+        let (bob, carol) = (peer(7), peer(8));
+        let names: Allowlist =
+            toml::from_str(&format!("[[peer]]\nid = \"{bob}\"\nname = \"bob\"\n")).unwrap();
+        let action = |n: u8| format!("{n:02x}").repeat(32);
+        let json = format!(
+            r#"{{"number":3,"command":"go build ./...","pid":7,"started_unix_ms":1000,"ended_unix_ms":3500,"gets":6,"lookups":[
+            {{"action":"{}","outcome":"peer_hit","peer":"{bob}","ms":2.5}},
+            {{"action":"{}","outcome":"read_ahead_hit","peer":"{carol}"}},
+            {{"action":"{}","outcome":"cooldown","peer":"{carol}","ms":150.0}},
+            {{"action":"{}","outcome":"not_in_summaries","ms":0.3}},
+            {{"action":"{}","outcome":"peer_hit","peer":"{bob}","ms":1.5}},
+            {{"action":"{}","outcome":"local_hit"}}]}}"#,
+            action(1),
+            action(2),
+            action(3),
+            action(4),
+            action(5),
+            action(6)
+        );
+        let build: Build = serde_json::from_str(&json).unwrap();
+        let mut words = Vec::new();
+        show_build(&build, &names, true, &mut words).unwrap();
+        let mut one = Vec::new();
+        show_action(
+            std::slice::from_ref(&build),
+            &action(3).to_uppercase(),
+            &names,
+            false,
+            &mut one,
+        )
+        .unwrap();
+        words.extend(one);
+        let json = serde_json::to_string_pretty(&BuildJson::of(&build, &names)).unwrap();
+        let mut actions = Vec::new();
+        show_action(
+            std::slice::from_ref(&build),
+            &action(1),
+            &names,
+            true,
+            &mut actions,
+        )
+        .unwrap();
+        (
+            String::from_utf8(words).unwrap(),
+            json,
+            String::from_utf8(actions).unwrap(),
+        )
+    }
+
+    /// `warren trace` prints what it did before outcomes carried their
+    /// peers and reasons typed: the totals with peers by name, each
+    /// lookup, one action's history, and the JSON of both.
+    #[test]
+    fn a_build_reads_as_it_did() {
+        let (words, json, actions) = rendered();
+        assert_eq!(words, WORDS);
+        assert_eq!(json, JSON);
+        assert_eq!(actions, ACTIONS);
+    }
+
+    const WORDS: &str = r#"build 3: go build ./... (2.5 s, 6 gets)
+       1  local hit
+       1  read-ahead hit  (12D3KooWB8sCGZCrwr79HtabLAn95qyPQx6RYHXjEbiD6QKou7ww 1)
+       2  peer hit  (bob 2, median 2.5 ms)
+       1  miss: no peer's summary holds it
+       1  miss: peer in cooldown  (12D3KooWB8sCGZCrwr79HtabLAn95qyPQx6RYHXjEbiD6QKou7ww 1)
+  0101010101010101010101010101010101010101010101010101010101010101  peer hit from bob in 2.5 ms
+  0202020202020202020202020202020202020202020202020202020202020202  read-ahead hit from 12D3KooWB8sCGZCrwr79HtabLAn95qyPQx6RYHXjEbiD6QKou7ww
+  0303030303030303030303030303030303030303030303030303030303030303  miss: 12D3KooWB8sCGZCrwr79HtabLAn95qyPQx6RYHXjEbiD6QKou7ww in cooldown
+  0404040404040404040404040404040404040404040404040404040404040404  miss: no peer's summary holds it
+  0505050505050505050505050505050505050505050505050505050505050505  peer hit from bob in 1.5 ms
+  0606060606060606060606060606060606060606060606060606060606060606  local hit
+build 3 (go build ./...): miss: 12D3KooWB8sCGZCrwr79HtabLAn95qyPQx6RYHXjEbiD6QKou7ww in cooldown
+"#;
+
+    const JSON: &str = r#"{
+  "build": 3,
+  "command": "go build ./...",
+  "pid": 7,
+  "started_unix_ms": 1000,
+  "ended_unix_ms": 3500,
+  "gets": 6,
+  "totals": {
+    "local_hit": 1,
+    "read_ahead_hit": 1,
+    "peer_hit": 2,
+    "not_in_summaries": 1,
+    "cooldown": 1
+  },
+  "lookups": [
+    {
+      "action": "0101010101010101010101010101010101010101010101010101010101010101",
+      "outcome": "peer_hit",
+      "peer": "12D3KooWRawPbxPtP1eZaJpumGnyWX2DcUyd3RQnydr3eAto4Az7",
+      "peer_name": "bob",
+      "ms": 2.5
+    },
+    {
+      "action": "0202020202020202020202020202020202020202020202020202020202020202",
+      "outcome": "read_ahead_hit",
+      "peer": "12D3KooWB8sCGZCrwr79HtabLAn95qyPQx6RYHXjEbiD6QKou7ww"
+    },
+    {
+      "action": "0303030303030303030303030303030303030303030303030303030303030303",
+      "outcome": "cooldown",
+      "peer": "12D3KooWB8sCGZCrwr79HtabLAn95qyPQx6RYHXjEbiD6QKou7ww",
+      "ms": 150.0
+    },
+    {
+      "action": "0404040404040404040404040404040404040404040404040404040404040404",
+      "outcome": "not_in_summaries",
+      "ms": 0.3
+    },
+    {
+      "action": "0505050505050505050505050505050505050505050505050505050505050505",
+      "outcome": "peer_hit",
+      "peer": "12D3KooWRawPbxPtP1eZaJpumGnyWX2DcUyd3RQnydr3eAto4Az7",
+      "peer_name": "bob",
+      "ms": 1.5
+    },
+    {
+      "action": "0606060606060606060606060606060606060606060606060606060606060606",
+      "outcome": "local_hit"
+    }
+  ]
+}"#;
+
+    const ACTIONS: &str = r#"[
+  {
+    "build": 3,
+    "command": "go build ./...",
+    "action": "0101010101010101010101010101010101010101010101010101010101010101",
+    "outcome": "peer_hit",
+    "peer": "12D3KooWRawPbxPtP1eZaJpumGnyWX2DcUyd3RQnydr3eAto4Az7",
+    "peer_name": "bob",
+    "ms": 2.5
+  }
+]
+"#;
 }

@@ -43,7 +43,7 @@ use crate::logging::chain;
 use crate::stats::Counters;
 use crate::store::Lookup;
 use crate::tiered::{MultiLevelStorage, Step};
-use crate::trace::{Outcome, Recorder};
+use crate::trace::{Hit, Miss, Recorder};
 
 const STDOUT_BUFFER: usize = 64 * 1024;
 
@@ -229,21 +229,11 @@ impl Context {
                                         Ok(entry) => {
                                             counters.peer_hit(entry.size);
                                             let peer = entry.source.peer().copied();
-                                            trace.note(
-                                                action,
-                                                Outcome::PeerHit,
-                                                peer,
-                                                Some(waited),
-                                            );
+                                            trace.note(action, Hit::Peer(peer), Some(waited));
                                             Lookup::Hit(entry)
                                         }
                                         Err(miss) => {
-                                            trace.note(
-                                                action,
-                                                miss.outcome,
-                                                miss.peer,
-                                                Some(waited),
-                                            );
+                                            trace.note(action, miss, Some(waited));
                                             Lookup::Miss
                                         }
                                     };
@@ -387,12 +377,11 @@ impl Context {
         match found {
             Lookup::Hit(entry) => match entry.source.peer() {
                 Some(peer) if entry.time >= self.trace.started() => {
-                    self.trace
-                        .note(action, Outcome::ReadAheadHit, Some(*peer), None);
+                    self.trace.note(action, Hit::ReadAhead(*peer), None);
                 }
-                _ => self.trace.note(action, Outcome::LocalHit, None, None),
+                _ => self.trace.note(action, Hit::Local, None),
             },
-            Lookup::Miss => self.trace.note(action, Outcome::SharingOff, None, None),
+            Lookup::Miss => self.trace.note(action, Miss::SharingOff, None),
         }
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
-use warren_p2p::{Client, Event, MdnsConfig, Miss, Multiaddr, NodeConfig, PeerId};
+use warren_p2p::{Client, Event, MdnsConfig, Multiaddr, NodeConfig, PeerId};
 
 use crate::config::{Config, Replicate};
 use crate::fsutil::lock::FileLock;
@@ -38,7 +38,7 @@ use crate::share::status::{DaemonStatus, unix_ms};
 use crate::share::trust::{self, Allowlist};
 use crate::store::{DiskStore, SourceUsage as Purged, layout};
 use crate::tiered::BoxFuture;
-use crate::trace::{self, Build, Outcome};
+use crate::trace::{self, Build};
 
 /// How often the allowlist file is checked for changes.
 const ALLOWLIST_POLL: Duration = Duration::from_secs(1);
@@ -162,7 +162,6 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             client: client.clone(),
             peer_id,
             trust: trust.clone(),
-            lookup_deadline: config.share.lookup_deadline,
             builds: std::sync::Mutex::default(),
             started: SystemTime::now(),
             mdns: config.share.mdns,
@@ -284,7 +283,6 @@ struct Daemon {
     replication: Arc<replicate::State>,
     peer_id: PeerId,
     trust: Arc<Trust>,
-    lookup_deadline: Duration,
     /// Recent builds' lookups, for `warren trace`.
     builds: std::sync::Mutex<trace::Ring>,
     started: SystemTime,
@@ -292,37 +290,18 @@ struct Daemon {
     interfaces: Vec<String>,
 }
 
-impl Daemon {
-    /// Why peers could not answer a lookup that took `took`.
-    async fn why_unanswered(&self, took: Duration) -> (Outcome, Option<String>) {
-        if took >= self.lookup_deadline {
-            return (Outcome::Deadline, None);
-        }
-        let peers = self.client.peers().await;
-        match peers.iter().find(|peer| peer.connected && peer.in_cooldown) {
-            Some(peer) => (Outcome::Cooldown, Some(peer.peer.to_string())),
-            None => (Outcome::NotFound, None),
-        }
-    }
-}
-
 impl ipc::Handler for Daemon {
     fn get(&self, action: ActionId) -> BoxFuture<'_, ipc::Response> {
         Box::pin(async move {
             self.activity.lookup();
-            let started = tokio::time::Instant::now();
-            let (reason, peer) = match self.client.lookup(action).await {
-                Ok(fetched) => {
-                    return ipc::Response::Hit {
-                        peer: fetched.peer.to_string(),
-                        size: fetched.size,
-                    };
-                }
-                Err(Miss::NoPeers) => (Outcome::NoPeers, None),
-                Err(Miss::NotInSummaries) => (Outcome::NotInSummaries, None),
-                Err(Miss::Unanswered) => self.why_unanswered(started.elapsed()).await,
-            };
-            ipc::Response::Missed { reason, peer }
+            match self.client.lookup(action).await {
+                Ok(fetched) => ipc::Response::Hit {
+                    peer: fetched.peer,
+                    size: fetched.size,
+                },
+                // The node's reason, as it decided it.
+                Err(miss) => ipc::Response::Missed(miss),
+            }
         })
     }
 

@@ -32,13 +32,15 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use warren_p2p::PeerId;
+
 use crate::fsutil::private;
 use crate::ids::ActionId;
 use crate::share::accept::Backoff;
 use crate::share::quiet::Quiet;
 use crate::share::status::DaemonStatus;
 use crate::tiered::BoxFuture;
-use crate::trace::{Build, Outcome};
+use crate::trace::Build;
 
 /// Connections served at once; more wait for a slot.
 const MAX_CONNECTIONS: usize = 512;
@@ -94,8 +96,8 @@ impl Error {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum Request {
-    /// Find `action` (hex) at a peer and store it locally.
-    Get { action: String },
+    /// Find `action` (as hex on the socket) at a peer and store it locally.
+    Get { action: ActionId },
     /// The daemon's view of its peers, for `warren peers` and `warren stats`.
     Status,
     /// Re-read the allowlist now (`warren peers add/remove` just wrote
@@ -117,19 +119,15 @@ pub(crate) enum Response {
     /// Sent before the answer when the answer takes longer than
     /// [`ACK_DELAY`], so a helper can tell a busy lookup from a stuck daemon.
     Accepted,
-    /// The entry is now in the local store, fetched from `peer`.
+    /// The entry is now in the local store, fetched from `peer` (its ID
+    /// as text on the socket).
     Hit {
-        peer: String,
+        peer: PeerId,
         size: u64,
     },
-    Miss,
-    /// A miss, and why (one of the miss [`Outcome`]s); `peer` names the
-    /// peer in cooldown.
-    Missed {
-        reason: Outcome,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        peer: Option<String>,
-    },
+    /// A miss, and why, as the node decided it: `{"reason": …}`, with the
+    /// `peer` in cooldown where there is one.
+    Missed(warren_p2p::Miss),
     Status(DaemonStatus),
     /// The allowlist was re-read; entries purged because of it.
     Reloaded {
@@ -314,12 +312,9 @@ async fn handle(stream: UnixStream, handler: &dyn Handler) -> io::Result<()> {
         .read_line(&mut line)
         .await?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(Request::Get { action }) => match ActionId::from_hex(&action) {
-            Ok(action) => answer_or_acknowledge(&mut write, handler.get(action)).await?,
-            Err(e) => Response::Error {
-                message: format!("action: {e}"),
-            },
-        },
+        Ok(Request::Get { action }) => {
+            answer_or_acknowledge(&mut write, handler.get(action)).await?
+        }
         Ok(Request::Status) => {
             let status = async { Response::Status(handler.status().await) };
             answer_or_acknowledge(&mut write, status).await?
@@ -370,6 +365,15 @@ mod tests {
 
     const ACK: Duration = Duration::from_secs(2);
 
+    /// The peer ID the test daemon answers with: the action it was asked
+    /// for, as an identity multihash, so that an answer shows what was
+    /// asked.
+    fn echo(action: &ActionId) -> PeerId {
+        let mut bytes = vec![0, 32];
+        bytes.extend_from_slice(action.as_bytes());
+        PeerId::from_bytes(&bytes).unwrap()
+    }
+
     struct Echo {
         gets: AtomicUsize,
         delay: Duration,
@@ -382,7 +386,7 @@ mod tests {
                 self.gets.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(self.delay).await;
                 Response::Hit {
-                    peer: action.to_hex(),
+                    peer: echo(&action),
                     size: 1,
                 }
             })
@@ -438,16 +442,14 @@ mod tests {
     async fn get_and_status_round_trip() {
         let (_dir, path, _shutdown) = server(Duration::ZERO).await;
         let action = ActionId::from_bytes([9; 32]);
-        let get = Request::Get {
-            action: action.to_hex(),
-        };
+        let get = Request::Get { action };
         let answer = call(&path, &get, ACK, Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(
             answer,
             Response::Hit {
-                peer: action.to_hex(),
+                peer: echo(&action),
                 size: 1
             }
         );
@@ -459,6 +461,46 @@ mod tests {
         assert_eq!(permissions & 0o777, 0o600);
     }
 
+    /// IDs travel typed, and the socket's JSON stays what helpers and
+    /// daemons of other versions read and write: a get names its action in
+    /// hex, a hit its peer as text, and a miss its reason (with the peer
+    /// in cooldown where there is one).
+    #[test]
+    fn gets_and_their_answers_keep_their_json() {
+        let action = ActionId::from_bytes([7; 32]);
+        let peer = PeerId::random();
+        let cases = [
+            (
+                serde_json::to_string(&Request::Get { action }).unwrap(),
+                format!(r#"{{"op":"get","action":"{}"}}"#, action.to_hex()),
+            ),
+            (
+                serde_json::to_string(&Response::Hit { peer, size: 5 }).unwrap(),
+                format!(r#"{{"hit":{{"peer":"{peer}","size":5}}}}"#),
+            ),
+            (
+                serde_json::to_string(&Response::Missed(warren_p2p::Miss::NotFound)).unwrap(),
+                r#"{"missed":{"reason":"not_found"}}"#.to_owned(),
+            ),
+            (
+                serde_json::to_string(&Response::Missed(warren_p2p::Miss::Cooldown { peer }))
+                    .unwrap(),
+                format!(r#"{{"missed":{{"reason":"cooldown","peer":"{peer}"}}}}"#),
+            ),
+        ];
+        for (written, expected) in cases {
+            assert_eq!(written, expected);
+        }
+        let read: Response = serde_json::from_str(&format!(
+            r#"{{"missed":{{"reason":"cooldown","peer":"{peer}"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(read, Response::Missed(warren_p2p::Miss::Cooldown { peer }));
+        // An ID that is not one is a malformed line, not a panic.
+        assert!(serde_json::from_str::<Response>(r#"{"hit":{"peer":"nope","size":5}}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"get","action":"zz"}"#).is_err());
+    }
+
     #[tokio::test]
     async fn a_full_report_crosses_the_socket_and_comes_back_in_the_trace() {
         let (_dir, path, _shutdown) = server(Duration::ZERO).await;
@@ -466,11 +508,10 @@ mod tests {
         for n in 0..crate::trace::CAPACITY {
             let mut bytes = [0xab; 32];
             bytes[..8].copy_from_slice(&(n as u64).to_be_bytes());
-            let peer = warren_p2p::PeerId::random();
+            let peer = PeerId::random();
             recorder.note(
                 ActionId::from_bytes(bytes),
-                Outcome::PeerHit,
-                Some(peer),
+                crate::trace::Hit::Peer(Some(peer)),
                 Some(Duration::from_millis(3)),
             );
         }
@@ -503,7 +544,7 @@ mod tests {
 
         let (_dir, path, _shutdown) = server(Duration::from_secs(10)).await;
         let get = Request::Get {
-            action: ActionId::from_bytes([1; 32]).to_hex(),
+            action: ActionId::from_bytes([1; 32]),
         };
         let slow = call(&path, &get, ACK, Duration::from_millis(50))
             .await

@@ -33,7 +33,7 @@ use crate::ids::ActionId;
 use crate::share::ipc;
 use crate::store::{DiskStore, Entry, Lookup};
 use crate::tiered::{BoxFuture, RemoteTier};
-use crate::trace::{Miss, Outcome};
+use crate::trace::Miss;
 
 /// How long a helper stops asking after finding no daemon.
 pub(crate) const ABSENT_BACKOFF: Duration = Duration::from_secs(1);
@@ -98,7 +98,7 @@ impl DaemonTier {
         if first.is_none() {
             *first = Some(why());
         }
-        Err(Outcome::NoDaemon.into())
+        Err(Miss::NoDaemon)
     }
 
     /// The one warning for a `go` command whose lookups went without the
@@ -164,12 +164,10 @@ impl RemoteTier for DaemonTier {
                 return if self.gone.load(Ordering::Relaxed) {
                     self.unanswered(|| "it is not running".into())
                 } else {
-                    Err(Outcome::NoDaemon.into())
+                    Err(Miss::NoDaemon)
                 };
             }
-            let request = ipc::Request::Get {
-                action: action.to_hex(),
-            };
+            let request = ipc::Request::Get { action };
             let answer = ipc::call(&self.socket, &request, ACK_TIMEOUT, self.wait).await;
             if !matches!(answer, Err(ipc::Error::Unresponsive(_))) {
                 self.unacknowledged.store(0, Ordering::Relaxed);
@@ -190,19 +188,14 @@ impl RemoteTier for DaemonTier {
                         }
                         other => {
                             tracing::debug!("get {action}: daemon said hit, store says {other:?}");
-                            Err(Outcome::NotFound.into())
+                            Err(Miss::Peers(warren_p2p::Miss::NotFound))
                         }
                     }
                 }
-                // A daemon from before traces.
-                Ok(ipc::Response::Miss) => Err(Outcome::NotFound.into()),
-                Ok(ipc::Response::Missed { reason, peer }) if !reason.is_hit() => Err(Miss {
-                    outcome: reason,
-                    peer: peer.and_then(|peer| peer.parse().ok()),
-                }),
+                Ok(ipc::Response::Missed(miss)) => Err(Miss::Peers(miss)),
                 Ok(other) => {
                     tracing::debug!("get {action}: unexpected daemon answer {other:?}");
-                    Err(Outcome::NotFound.into())
+                    Err(Miss::Peers(warren_p2p::Miss::NotFound))
                 }
                 Err(e) if e.is_absent() => {
                     tracing::debug!("no daemon: {e}");
@@ -218,7 +211,7 @@ impl RemoteTier for DaemonTier {
                         tracing::warn!("{e}");
                     }
                     self.mark_absent();
-                    Err(Outcome::NoDaemon.into())
+                    Err(Miss::NoDaemon)
                 }
                 Err(e @ ipc::Error::Unresponsive(_)) => {
                     if self.unacknowledged.fetch_add(1, Ordering::Relaxed) + 1 >= STUCK_AFTER {
@@ -232,15 +225,15 @@ impl RemoteTier for DaemonTier {
                         tracing::debug!("get {action}: {e}");
                     }
                     // A busy machine delays a daemon now and then: quiet.
-                    Err(Outcome::NoDaemon.into())
+                    Err(Miss::NoDaemon)
                 }
                 Err(e @ ipc::Error::Timeout(_)) => {
                     tracing::debug!("get {action}: {e}");
-                    Err(Outcome::Deadline.into())
+                    Err(Miss::Peers(warren_p2p::Miss::Deadline))
                 }
                 Err(e) => {
                     tracing::debug!("get {action}: {}", crate::logging::chain(&e));
-                    Err(Outcome::NoDaemon.into())
+                    Err(Miss::NoDaemon)
                 }
             }
         })

@@ -23,7 +23,7 @@
 //! [`MAX_ACTIONS`] actions, [`MAX_CLAIMS`] each: bounded memory whatever
 //! peers send. It guards against one lying peer, not several that collude.
 //!
-//! [`Outcome::NotStored`]: crate::fetch::receive::Outcome::NotStored
+//! [`Outcome::NotStored`]: crate::fetch::exchange::Outcome::NotStored
 
 use std::collections::{HashMap, VecDeque};
 use std::io;

@@ -1,22 +1,31 @@
-//! Who may hold an action, readable off the event loop's thread.
+//! Which connected peers may hold an action: the one place that decides
+//! it, readable off the event loop's thread.
 //!
-//! A build asks its daemon about every action its local store misses, and
-//! most of those no peer holds: a `go build std` looks up 383 module
-//! indexes, which peers never share. The event loop answers such a lookup
-//! at once, but while a build reads ahead it is busy, and each miss waited
-//! its turn behind that work: 1.9-2.1 s of a from-peer build went on ~460
-//! daemon lookups, against 0.27 ms for one miss on an idle daemon
-//! (docs/benchmarks.md). [`Holders`] lets a [`Client`](crate::Client)
-//! answer such a miss itself: the event loop publishes the summaries of
-//! the peers it would ask, and the books the actions being fetched. A
-//! lookup that no published summary names and nobody is fetching is a
-//! miss without a turn through the loop; everything else (a peer with no
-//! summary yet, a name in a summary, a fetch in flight) goes to the loop,
-//! which decides as before. Peers in cooldown are published too, so the
-//! shortcut never answers a lookup that the loop would have asked about.
+//! The event loop publishes the peers a lookup would ask (connected, and
+//! pulled from), each with its summary as it stands ([`SharedSummary`]),
+//! and the books the actions they are fetching. The books ask
+//! [`Holders::may_hold`] whom to send a lookup to, and a [`Client`]
+//! asks [`Holders::sure_miss`] before it bothers the event loop at all.
+//!
+//! That shortcut is why this is shared: a build asks its daemon about
+//! every action its local store misses, and most of those no peer holds (a
+//! `go build std` looks up 383 module indexes, which peers never share).
+//! The event loop answers such a lookup at once, but while a build reads
+//! ahead it is busy, and each miss waited its turn behind that work
+//! (docs/benchmarks.md has the figures). A lookup that no published
+//! summary names, and that nobody is fetching, is a miss without a turn
+//! through the loop; everything else (a peer with no summary yet, a name
+//! in a summary, a fetch in flight) goes to the loop, which asks the same
+//! question here. Peers in cooldown are published too: cooldown is the
+//! books' to judge, so the shortcut never answers a lookup that the books
+//! would have sent.
+//!
+//! [`Client`]: crate::Client
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use libp2p::PeerId;
 
 use crate::fetch::Miss;
 use crate::ids::ActionId;
@@ -34,18 +43,70 @@ impl SharedSummary {
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, PeerSummary> {
         self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// A summary that names `actions`, and nothing else.
+    #[cfg(test)]
+    pub(crate) fn naming<'a>(actions: impl IntoIterator<Item = &'a ActionId>) -> Self {
+        use crate::summary::{SummaryAnswer, SummaryHeader, prefix};
+        let summary = Self::default();
+        let prefixes: Vec<u64> = actions.into_iter().map(prefix).collect();
+        summary.write().apply(SummaryAnswer {
+            header: SummaryHeader {
+                epoch: 7,
+                from: 0,
+                count: prefixes.len() as u64,
+                generation: prefixes.len() as u64,
+            },
+            prefixes,
+        });
+        summary
+    }
 }
 
 /// See the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct Holders {
     /// The peers a lookup would ask: connected and pulled from.
-    asked: RwLock<Vec<SharedSummary>>,
+    asked: RwLock<Vec<(PeerId, SharedSummary)>>,
     /// Actions with a fetch in flight, which a lookup joins.
     fetching: Mutex<HashSet<ActionId>>,
 }
 
 impl Holders {
+    /// The peers a lookup of `action` may ask, each passed to `each` (until
+    /// it returns `false`); or why there are none: nobody to ask, or no
+    /// summary names it.
+    pub(crate) fn may_hold(
+        &self,
+        action: &ActionId,
+        mut each: impl FnMut(PeerId) -> bool,
+    ) -> Result<(), Miss> {
+        let asked = self.asked.read().unwrap_or_else(PoisonError::into_inner);
+        if asked.is_empty() {
+            return Err(Miss::NoPeers);
+        }
+        let mut any = false;
+        for (peer, summary) in asked.iter() {
+            if summary.read().may_hold(action) {
+                any = true;
+                if !each(*peer) {
+                    break;
+                }
+            }
+        }
+        if any {
+            Ok(())
+        } else {
+            Err(Miss::NotInSummaries)
+        }
+    }
+
+    /// Whether a lookup would ask `peer` at all: connected and pulled from.
+    pub(crate) fn asks(&self, peer: &PeerId) -> bool {
+        let asked = self.asked.read().unwrap_or_else(PoisonError::into_inner);
+        asked.iter().any(|(asked, _)| asked == peer)
+    }
+
     /// Whether a lookup of `action` is surely a miss, and why: nobody to
     /// ask, or every summary says no, and nobody is fetching it.
     pub(crate) fn sure_miss(&self, action: &ActionId) -> Option<Miss> {
@@ -57,14 +118,7 @@ impl Holders {
         {
             return None;
         }
-        let asked = self.asked.read().unwrap_or_else(PoisonError::into_inner);
-        if asked.is_empty() {
-            Some(Miss::NoPeers)
-        } else if asked.iter().all(|summary| !summary.read().may_hold(action)) {
-            Some(Miss::NotInSummaries)
-        } else {
-            None
-        }
+        self.may_hold(action, |_| false).err()
     }
 
     #[cfg(test)]
@@ -73,7 +127,7 @@ impl Holders {
     }
 
     /// Replaces the peers a lookup would ask.
-    pub(crate) fn set_asked(&self, asked: Vec<SharedSummary>) {
+    pub(crate) fn set_asked(&self, asked: Vec<(PeerId, SharedSummary)>) {
         *self.asked.write().unwrap_or_else(PoisonError::into_inner) = asked;
     }
 
@@ -102,18 +156,14 @@ mod tests {
     }
 
     fn known(actions: &[ActionId]) -> SharedSummary {
-        let summary = SharedSummary::default();
-        let prefixes: Vec<u64> = actions.iter().map(prefix).collect();
-        summary.write().apply(SummaryAnswer {
-            header: SummaryHeader {
-                epoch: 7,
-                from: 0,
-                count: prefixes.len() as u64,
-                generation: prefixes.len() as u64,
-            },
-            prefixes,
-        });
-        summary
+        SharedSummary::naming(actions)
+    }
+
+    fn asked(summaries: Vec<SharedSummary>) -> Vec<(PeerId, SharedSummary)> {
+        summaries
+            .into_iter()
+            .map(|summary| (PeerId::random(), summary))
+            .collect()
     }
 
     #[test]
@@ -122,7 +172,7 @@ mod tests {
         // Nobody to ask.
         assert_eq!(holders.sure_miss(&action(1)), Some(Miss::NoPeers));
         let (a, b) = (known(&[action(1)]), known(&[action(2)]));
-        holders.set_asked(vec![a, b.clone()]);
+        holders.set_asked(asked(vec![a, b.clone()]));
         assert!(!holders.surely_none(&action(1)));
         assert!(!holders.surely_none(&action(2)));
         assert_eq!(holders.sure_miss(&action(3)), Some(Miss::NotInSummaries));
@@ -138,14 +188,14 @@ mod tests {
         });
         assert!(!holders.surely_none(&action(3)));
         // A peer with no summary yet may hold anything.
-        holders.set_asked(vec![b, SharedSummary::default()]);
+        holders.set_asked(asked(vec![b, SharedSummary::default()]));
         assert!(!holders.surely_none(&action(4)));
     }
 
     #[test]
     fn an_action_being_fetched_is_left_to_the_event_loop() {
         let holders = Holders::default();
-        holders.set_asked(vec![known(&[])]);
+        holders.set_asked(asked(vec![known(&[])]));
         holders.started(action(5));
         assert!(!holders.surely_none(&action(5)));
         holders.ended(&action(5));

@@ -10,7 +10,7 @@
 //!   `received` bytes are in, the time spent waiting for them is at most
 //!   `STALL + received / rate`;
 //! - the whole body must be in after at most `1 s + size / rate` of waiting
-//!   (the transfer timeout, [`crate::config::transfer_timeout`]).
+//!   (the transfer timeout, [`transfer_timeout`]).
 //!
 //! Breaking any of them is the peer's fault: the read fails with an error
 //! that [`Lateness::of`] reads as [`Lateness::Body`], and the books put the
@@ -27,8 +27,6 @@ use std::io;
 use std::time::Duration;
 
 use tokio::time::Instant;
-
-use crate::config::transfer_timeout;
 
 /// A piece of a body (at most 256 KiB) that takes longer than this to
 /// arrive is given up, and so is a peer that falls this far behind the
@@ -102,6 +100,12 @@ impl Pace {
     }
 }
 
+/// The time allowed for a body of `size` bytes once its header is in,
+/// waiting for the peer at `rate` bytes a second: `1 s + size / rate`.
+pub(crate) fn transfer_timeout(size: u64, rate: u64) -> Duration {
+    Duration::from_secs(1) + at_rate(size, rate)
+}
+
 /// The time `bytes` take at `rate` bytes a second.
 fn at_rate(bytes: u64, rate: u64) -> Duration {
     Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64)
@@ -140,6 +144,16 @@ mod tests {
 
     const RATE: u64 = 50_000_000;
     const PIECE: u64 = 256 * 1024;
+
+    #[test]
+    fn transfer_timeouts_scale_with_size() {
+        assert_eq!(transfer_timeout(0, 50_000_000), Duration::from_secs(1));
+        assert_eq!(
+            transfer_timeout(100_000_000, 50_000_000),
+            Duration::from_secs(3)
+        );
+        assert_eq!(transfer_timeout(10, 0), Duration::from_secs(11));
+    }
 
     #[test]
     fn a_small_body_has_its_transfer_timeout_and_each_piece_at_most_the_stall() {

@@ -28,6 +28,7 @@ use libp2p::{request_response, tcp, yamux};
 use crate::catalog::{self, CatalogCodec};
 use crate::config::NodeConfig;
 use crate::fetch::in_flight::InFlight;
+use crate::fetch::receive::reports::Reports;
 use crate::node::admission;
 use crate::node::codec::FetchCodec;
 use crate::store::Store;
@@ -59,6 +60,7 @@ const SUMMARY_STREAMS_PER_CONNECTION: usize = 4;
 pub(crate) fn build_swarm(
     config: &NodeConfig,
     store: Arc<dyn Store>,
+    reports: Reports,
 ) -> Result<Swarm<Behaviour>, Error> {
     let mut allowed = allow_block_list::Behaviour::<AllowedPeers>::default();
     for peer in config.allowlist.ids() {
@@ -69,6 +71,7 @@ pub(crate) fn build_swarm(
         config.max_body_size,
         config.transfer_rate,
         InFlight::new(config.max_in_flight),
+        reports,
     );
     if config.agreement {
         codec = codec.agreeing();

@@ -13,7 +13,28 @@ use crate::Error;
 use crate::catalog::{Catalog, CatalogRequest, MAX_ENTRIES};
 
 /// Catalog requests we sent, by request, and whom to tell the answer.
-pub(super) type Asked = HashMap<OutboundRequestId, oneshot::Sender<Result<Catalog, Error>>>;
+#[derive(Default)]
+pub(super) struct Catalogs {
+    asked: HashMap<OutboundRequestId, oneshot::Sender<Result<Catalog, Error>>>,
+}
+
+impl Catalogs {
+    fn asked(
+        &mut self,
+        request: OutboundRequestId,
+        reply: oneshot::Sender<Result<Catalog, Error>>,
+    ) {
+        self.asked.insert(request, reply);
+    }
+
+    /// Whom to tell what came of `request`.
+    fn answered(
+        &mut self,
+        request: &OutboundRequestId,
+    ) -> Option<oneshot::Sender<Result<Catalog, Error>>> {
+        self.asked.remove(request)
+    }
+}
 
 impl EventLoop {
     /// Asks `peer` for its catalog; the answer goes to `reply`.
@@ -23,7 +44,7 @@ impl EventLoop {
         request: CatalogRequest,
         reply: oneshot::Sender<Result<Catalog, Error>>,
     ) {
-        if !self.allowlist.pulls_from(&peer) || !self.swarm.is_connected(&peer) {
+        if !self.peers.allowlist().pulls_from(&peer) || !self.swarm.is_connected(&peer) {
             let _ = reply.send(Err(Error::NotConnected { peer }));
             return;
         }
@@ -32,7 +53,7 @@ impl EventLoop {
             .behaviour_mut()
             .catalog
             .send_request(&peer, request);
-        self.catalogs.insert(id, reply);
+        self.catalogs.asked(id, reply);
     }
 
     pub(super) fn on_catalog_event(
@@ -49,11 +70,11 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if !self.allowlist.serves(&peer) {
+                if !self.peers.allowlist().serves(&peer) {
                     tracing::debug!(%peer, "catalog request from a peer we do not serve; ignored");
                     return;
                 }
-                self.peer(peer).seen();
+                self.peers.state(peer).seen();
                 let request = CatalogRequest {
                     limit: request.limit.min(MAX_ENTRIES as u32),
                     ..request
@@ -74,8 +95,8 @@ impl EventLoop {
                     },
                 ..
             } => {
-                self.peer(peer).seen();
-                if let Some(reply) = self.catalogs.remove(&request_id) {
+                self.peers.state(peer).seen();
+                if let Some(reply) = self.catalogs.answered(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -86,7 +107,7 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, "catalog request failed: {error}");
-                if let Some(reply) = self.catalogs.remove(&request_id) {
+                if let Some(reply) = self.catalogs.answered(&request_id) {
                     let _ = reply.send(Err(Error::Catalog {
                         peer,
                         reason: error.to_string(),

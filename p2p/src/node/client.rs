@@ -17,8 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::Error;
 use crate::allowlist::Allowlist;
 use crate::catalog::{Catalog, CatalogEntry, CatalogRequest};
+use crate::fetch::books::Reply;
+use crate::fetch::exchange::RejectReason;
 use crate::fetch::holders::Holders;
-use crate::fetch::receive::RejectReason;
 use crate::fetch::{Fetched, Miss};
 use crate::ids::ActionId;
 use crate::node::failure::ConnectFailure;
@@ -157,7 +158,7 @@ pub enum Event {
 pub(crate) enum Command {
     Fetch {
         action: ActionId,
-        reply: oneshot::Sender<Option<Fetched>>,
+        reply: Reply,
     },
     Replicate {
         peer: PeerId,
@@ -230,7 +231,10 @@ impl Client {
         self.lookup(action).await.ok()
     }
 
-    /// [`fetch`](Self::fetch), saying why a miss was one (for traces).
+    /// [`fetch`](Self::fetch), saying why a miss was one: the reason
+    /// decided where the lookup ended ([`Miss`]). A node that has stopped
+    /// has no peers; one that does not answer within the longest a fetch
+    /// may take missed its deadline.
     pub async fn lookup(&self, action: ActionId) -> Result<Fetched, Miss> {
         if let Some(miss) = self.holders.sure_miss(&action) {
             return Err(miss);
@@ -240,12 +244,11 @@ impl Client {
             .send(Command::Fetch { action, reply })
             .await
             .map_err(|_| Miss::NoPeers)?;
-        tokio::time::timeout(self.backstop, answer)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
-            .ok_or(Miss::Unanswered)
+        match tokio::time::timeout(self.backstop, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Miss::NoPeers),
+            Err(_) => Err(Miss::Deadline),
+        }
     }
 
     /// Asks `peer` for a piece of its catalog: what it built, in put order

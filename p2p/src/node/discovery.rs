@@ -441,8 +441,9 @@ mod tests {
         );
     }
 
-    /// Part 4, finding 10: announced instances were remembered without
-    /// bound.
+    /// SECURITY.md, "What others on the network can see, and do":
+    /// anyone can announce instance after instance; at most
+    /// `MAX_INSTANCES` are remembered.
     #[test]
     fn instances_are_remembered_up_to_a_bound() {
         let mut instances = Instances::default();
@@ -475,7 +476,8 @@ mod tests {
         assert!(dialable(&global, true, false));
         let link_local = IpAddr::V6("fe80::1".parse::<Ipv6Addr>().unwrap());
         assert!(!dialable(&link_local, true, false));
-        // Part 4, finding 2: loopback only where configured.
+        // Loopback only where configured: an announcement that names one
+        // points us at ourselves.
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         assert!(!dialable(&loopback, false, false));
         assert!(dialable(&loopback, false, true));

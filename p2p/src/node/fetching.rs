@@ -3,75 +3,83 @@
 //! sending requests (with the peer's link meter, traffic counter and
 //! compression choice), setting timers, and keeping the peers' counters.
 //!
-//! The books see peers through [`View`]: who is connected and allowlisted,
-//! what their summaries hold, whether they answer batches, and whether the
-//! local store has an entry already.
+//! [`Fetching`] holds the books, the libp2p ID of each request they sent,
+//! and the channel on which the requesting side reports how requests go.
+//! Who may hold what the books ask [`Holders`], which the peer table keeps
+//! up to date (`publish_asked`); the rest they see through [`View`]:
+//! whether peers answer batches, and whether the local store has an entry
+//! already.
 
 use std::collections::HashMap;
-use std::pin::Pin;
+use std::sync::Arc;
 
-use libp2p::request_response::OutboundRequestId;
-use libp2p::{PeerId, Swarm};
-use tokio::sync::oneshot;
+use libp2p::PeerId;
+use libp2p::request_response::{self, OutboundRequestId};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::EventLoop;
-use super::peers::PeerState;
-use crate::allowlist::Allowlist;
+use super::peers::PeerTable;
+use super::{Due, timer};
 use crate::catalog::CatalogEntry;
+use crate::config::NodeConfig;
 use crate::fetch::Fetched;
-use crate::fetch::books::{self, Deadline, Failure, Output, Peers, RequestKey};
-use crate::fetch::receive::{Answer, BatchReports, Local, Report};
+use crate::fetch::books::{Books, Deadline, Limits, Output, Peers, Reply};
+use crate::fetch::exchange::{Answer, Failure, Report, Request, RequestKey};
+use crate::fetch::holders::Holders;
+use crate::fetch::receive::{Outgoing, failure_of};
 use crate::ids::ActionId;
-use crate::node::behaviour::Behaviour;
 use crate::node::client::Event;
-use crate::node::codec::Request;
-use crate::protocol::wire::{BATCH_VERSION, Encoding, RequestHeader, WIRE_VERSION};
+use crate::node::codec::{self, Response};
+use crate::node::failure::ConnectFailure;
+use crate::protocol::wire::BATCH_VERSION;
 use crate::store::Store;
 
-/// A timer of the event loop's.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Due {
-    /// One the books asked for.
-    Fetch(Deadline),
-    /// Time to ask this peer for the rest of its summary.
-    Summary(PeerId),
+/// See the module docs.
+pub(super) struct Fetching {
+    /// Fetches in flight, read-ahead and cooldowns.
+    books: Books,
+    /// The books' key of each request in flight, by libp2p's ID. An entry
+    /// lasts until libp2p reports the request's end (an answer or a
+    /// failure), which every request reaches by its deadline or
+    /// cancellation.
+    sent: HashMap<OutboundRequestId, RequestKey>,
+    /// What the requesting side reports of requests still running.
+    reports: mpsc::Receiver<Report>,
 }
 
-pub(super) type Timer = Pin<Box<dyn Future<Output = Due> + Send>>;
+impl Fetching {
+    pub(super) fn new(config: &NodeConfig, reports: mpsc::Receiver<Report>) -> Self {
+        Self {
+            books: Books::new(Limits::of(config)),
+            sent: HashMap::new(),
+            reports,
+        }
+    }
 
-pub(super) fn timer(at: Instant, due: Due) -> Timer {
-    Box::pin(async move {
-        tokio::time::sleep_until(at).await;
-        due
-    })
+    pub(super) fn holders(&self) -> Arc<Holders> {
+        self.books.holders()
+    }
+
+    pub(super) fn in_cooldown(&self, peer: &PeerId, now: Instant) -> bool {
+        self.books.in_cooldown(peer, now)
+    }
+
+    /// The requesting side's next report.
+    pub(super) async fn next_report(&mut self) -> Option<Report> {
+        self.reports.recv().await
+    }
 }
 
 /// The books' view of peers and the store, borrowed from the event loop.
 pub(super) struct View<'a> {
-    pub(super) swarm: &'a Swarm<Behaviour>,
-    pub(super) allowlist: &'a Allowlist,
-    pub(super) peers: &'a HashMap<PeerId, PeerState>,
+    pub(super) peers: &'a PeerTable,
     pub(super) store: &'a dyn Store,
 }
 
 impl Peers for View<'_> {
-    fn connected(&self) -> Vec<PeerId> {
-        self.swarm.connected_peers().copied().collect()
-    }
-
-    fn usable(&self, peer: &PeerId) -> bool {
-        self.allowlist.pulls_from(peer) && self.swarm.is_connected(peer)
-    }
-
-    fn may_hold(&self, peer: &PeerId, action: &ActionId) -> bool {
-        self.peers
-            .get(peer)
-            .is_none_or(|state| state.summary.read().may_hold(action))
-    }
-
     fn batches(&self, peer: &PeerId) -> bool {
-        self.peers.get(peer).is_some_and(|state| state.batches)
+        self.peers.get(peer).is_some_and(|state| state.link.batches)
     }
 
     fn stored(&self, action: &ActionId) -> bool {
@@ -83,9 +91,7 @@ impl Peers for View<'_> {
 /// can be borrowed mutably beside it).
 macro_rules! view {
     ($event_loop:expr) => {
-        crate::node::fetching::View {
-            swarm: &$event_loop.swarm,
-            allowlist: &$event_loop.allowlist,
+        View {
             peers: &$event_loop.peers,
             store: &*$event_loop.store,
         }
@@ -93,13 +99,8 @@ macro_rules! view {
 }
 
 impl EventLoop {
-    pub(super) fn start_fetch(
-        &mut self,
-        action: ActionId,
-        reply: oneshot::Sender<Option<Fetched>>,
-    ) {
-        self.books
-            .lookup(action, reply, Instant::now(), &view!(self));
+    pub(super) fn start_fetch(&mut self, action: ActionId, reply: Reply) {
+        (self.fetching.books).lookup(action, reply, Instant::now(), &view!(self));
         self.carry_out();
     }
 
@@ -118,65 +119,137 @@ impl EventLoop {
                 ((entry.action, entry.size, sender), answer)
             })
             .unzip();
-        self.books
-            .replicate(peer, entries, Instant::now(), &view!(self));
+        (self.fetching.books).replicate(peer, entries, Instant::now(), &view!(self));
         self.carry_out();
         tokio::spawn(async move {
             let results = futures::future::join_all(answers).await;
-            let _ = reply.send(results.into_iter().map(|r| r.ok().flatten()).collect());
+            let fetched = results.into_iter().map(|result| result.ok()?.ok());
+            let _ = reply.send(fetched.collect());
         });
     }
 
-    /// A single request's answer, or the end of a batch.
-    pub(super) fn on_answer(
+    pub(super) fn on_fetch_event(
         &mut self,
-        peer: PeerId,
-        request_id: OutboundRequestId,
-        answer: Answer,
+        event: request_response::Event<codec::Request, Response>,
     ) {
-        let Some(key) = self.sent.remove(&request_id) else {
+        use request_response::{Event as E, Message};
+        match event {
+            E::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request_id,
+                        request,
+                        channel,
+                    },
+                ..
+            } => match request {
+                codec::Request::Incoming(header) => {
+                    self.on_request(peer, request_id, header, channel);
+                }
+                codec::Request::Outgoing(_) => {
+                    tracing::error!("the codec read one of our own requests from a peer");
+                }
+            },
+            E::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => match response {
+                Response::Answer(answer) => self.on_answer(peer, request_id, answer),
+                Response::Reply(_) => {
+                    tracing::error!("the codec produced a reply on the requesting side");
+                    self.on_request_failed(request_id, Failure::Ended);
+                }
+            },
+            E::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, "fetch request failed: {error}");
+                if matches!(
+                    error,
+                    request_response::OutboundFailure::UnsupportedProtocols
+                ) {
+                    self.peers.state(peer).failed(ConnectFailure::Protocol);
+                }
+                let why = match &error {
+                    request_response::OutboundFailure::Io(e) => failure_of(e),
+                    request_response::OutboundFailure::Timeout => Failure::TimedOut,
+                    _ => Failure::Ended,
+                };
+                self.on_request_failed(request_id, why);
+            }
+            E::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, "serving a request failed: {error}");
+                self.served(request_id);
+            }
+            E::ResponseSent { request_id, .. } => self.served(request_id),
+        }
+    }
+
+    /// A single request's answer, or the end of a batch.
+    fn on_answer(&mut self, peer: PeerId, request_id: OutboundRequestId, answer: Answer) {
+        let Some(key) = self.fetching.sent.remove(&request_id) else {
             return;
         };
-        let state = self.peer(peer);
+        let state = self.peers.state(peer);
         state.seen();
         if answer.outcome.is_none() {
-            state.batches = answer.version >= BATCH_VERSION;
+            state.link.batches = answer.version >= BATCH_VERSION;
         }
-        self.books
-            .on_answer(key, peer, answer, Instant::now(), &view!(self));
+        (self.fetching.books).on_answer(key, peer, answer, Instant::now(), &view!(self));
         self.carry_out();
     }
 
-    /// One entry of a batch, reported as soon as it landed (or did not).
+    /// What the requesting side reported of a request still running:
+    /// what its peer has promised, or one entry of a batch, as soon as it
+    /// landed (or did not).
     pub(super) fn on_report(&mut self, report: Report) {
-        let Report { token, outcome } = report;
-        if let Some(peer) = self
-            .books
-            .on_report(token, outcome, Instant::now(), &view!(self))
-        {
-            self.peer(peer).seen();
+        match report {
+            Report::Promise { request, promise } => {
+                self.fetching.books.on_promise(request, promise);
+            }
+            Report::Entry { fetch, outcome } => {
+                let now = Instant::now();
+                if let Some(peer) =
+                    (self.fetching.books).on_report(fetch, outcome, now, &view!(self))
+                {
+                    self.peers.state(peer).seen();
+                }
+                self.carry_out();
+            }
         }
-        self.carry_out();
     }
 
-    pub(super) fn on_request_failed(&mut self, request_id: OutboundRequestId, why: Failure) {
-        if let Some(key) = self.sent.remove(&request_id) {
-            self.books.on_failed(key, why, Instant::now(), &view!(self));
+    fn on_request_failed(&mut self, request_id: OutboundRequestId, why: Failure) {
+        if let Some(key) = self.fetching.sent.remove(&request_id) {
+            (self.fetching.books).on_failed(key, why, Instant::now(), &view!(self));
             self.carry_out();
         }
     }
 
     pub(super) fn on_fetch_deadline(&mut self, deadline: Deadline) {
-        self.books
-            .on_deadline(deadline, Instant::now(), &view!(self));
+        (self.fetching.books).on_deadline(deadline, Instant::now(), &view!(self));
         self.carry_out();
     }
 
     /// Does what the books decided, in order.
     fn carry_out(&mut self) {
-        while let Some(output) = self.books.poll_output() {
+        while let Some(output) = self.fetching.books.poll_output() {
             match output {
-                Output::Send(send) => self.send(send),
+                Output::Send(request) => self.send(request),
                 Output::Timer { at, deadline } => {
                     self.timers.push(timer(at, Due::Fetch(deadline)));
                 }
@@ -185,7 +258,7 @@ impl EventLoop {
                     size,
                     read_ahead,
                 } => {
-                    let counters = &mut self.peer(peer).counters;
+                    let counters = &mut self.peers.state(peer).link.counters;
                     counters.hits_received += 1;
                     counters.bytes_in += size;
                     if read_ahead {
@@ -198,7 +271,7 @@ impl EventLoop {
                     reason,
                     bytes,
                 } => {
-                    let counters = &mut self.peer(peer).counters;
+                    let counters = &mut self.peers.state(peer).link.counters;
                     counters.rejected_bodies += 1;
                     counters.bytes_in += bytes;
                     self.emit(Event::BodyRejected {
@@ -213,26 +286,11 @@ impl EventLoop {
 
     /// Sends one request the books booked, asking for compressed bodies if
     /// the peer's link says that pays.
-    fn send(&mut self, send: books::Send) {
-        let books::Send {
-            key,
-            peer,
-            actions,
-            batch,
-            max_inline,
-            listed,
-            hints,
-            header_deadline,
-            cancel,
-            promise,
-        } = send;
-        let Some((&action, also)) = actions.split_first() else {
-            return;
-        };
-        let state = self.peer(peer);
-        let link = state.link.clone();
-        let traffic = state.traffic.clone();
-        if let Some(choice) = link.take_choice() {
+    fn send(&mut self, request: Request) {
+        let (key, peer) = (request.key, request.peer);
+        let link = &self.peers.state(peer).link;
+        let (meter, traffic) = (link.meter.clone(), link.traffic.clone());
+        if let Some(choice) = meter.take_choice() {
             tracing::info!(
                 %peer,
                 "bodies came at {:.0} MB/s raw and {:.0} MB/s compressed: asking for {} bodies",
@@ -241,46 +299,18 @@ impl EventLoop {
                 if choice.compress { "compressed" } else { "raw" }
             );
         }
-        let accept = if link.compress(self.config.compression) {
-            vec![Encoding::Zstd]
-        } else {
-            Vec::new()
-        };
-        let batch = batch.map(|tokens| BatchReports {
-            tokens,
-            reports: self.report_sender.clone(),
-            header_timeout: self.config.lookup_deadline,
-        });
-        let request = Request {
-            header: RequestHeader {
-                version: WIRE_VERSION,
-                action,
-                max_inline,
-                hints,
-                also: also.to_vec(),
-                accept,
-            },
-            local: Some(Local {
-                peer,
-                header_deadline,
-                cancel,
-                promise,
-                batch,
-                link,
-                traffic,
-                listed,
-            }),
+        let compressed = meter.compress(self.config.compression);
+        let outgoing = Outgoing {
+            request,
+            link: meter,
+            traffic,
+            compressed,
         };
         let request_id = self
             .swarm
             .behaviour_mut()
             .fetch
-            .send_request(&peer, request);
-        self.sent.insert(request_id, key);
+            .send_request(&peer, codec::Request::Outgoing(Box::new(outgoing)));
+        self.fetching.sent.insert(request_id, key);
     }
 }
-
-/// The books' key of each request in flight, by libp2p's ID. An entry
-/// lasts until libp2p reports the request's end (an answer or a failure),
-/// which every request reaches by its deadline or cancellation.
-pub(super) type Sent = HashMap<OutboundRequestId, RequestKey>;

@@ -20,23 +20,70 @@
 //! and taking a permit back mid-answer would count against an honest
 //! server as a stall; a share of permits does neither.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use libp2p::PeerId;
 use libp2p::request_response::{InboundRequestId, ResponseChannel};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::EventLoop;
+use crate::ids::ActionId;
 use crate::node::client::Event;
 use crate::node::codec::Response;
 use crate::protocol::wire::{Encoding, MAX_BATCH, RequestHeader};
 use crate::serve::reply::{Reply, SentLog};
 
+/// The requests being answered, and the permits they hold.
 pub(super) struct Serving {
-    pub(super) peer: PeerId,
+    /// Caps concurrent serves; a permit lives until its response is sent.
+    permits: Arc<Semaphore>,
+    total: usize,
+    answering: HashMap<InboundRequestId, Answering>,
+}
+
+/// One request being answered.
+struct Answering {
+    peer: PeerId,
     /// Bodies sent so far; the codec appends.
-    pub(super) sent: SentLog,
-    pub(super) permit: Option<OwnedSemaphorePermit>,
+    sent: SentLog,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Serving {
+    /// At most `total` requests answered at once.
+    pub(super) fn new(total: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(total)),
+            total,
+            answering: HashMap::new(),
+        }
+    }
+
+    /// A permit to answer one more request of `peer`, if it may take one
+    /// (see the module docs).
+    fn permit(&self, peer: PeerId) -> Option<OwnedSemaphorePermit> {
+        let held = (self.answering.values())
+            .filter(|answering| answering.peer == peer && answering.permit.is_some())
+            .count();
+        let free = self.permits.available_permits();
+        let permit = if may_take(self.total, free, held) {
+            self.permits.clone().try_acquire_owned().ok()
+        } else {
+            None
+        };
+        if permit.is_none() {
+            tracing::debug!(%peer, held, "too many requests being served; answering not found");
+        }
+        permit
+    }
+
+    /// The exchange of `request_id` ended: whom it was for and what it sent.
+    fn ended(&mut self, request_id: InboundRequestId) -> Option<(PeerId, Vec<(ActionId, u64)>)> {
+        let answering = self.answering.remove(&request_id)?;
+        let sent = std::mem::take(&mut *answering.sent.lock().expect("lock not poisoned"));
+        Some((answering.peer, sent))
+    }
 }
 
 impl EventLoop {
@@ -47,26 +94,13 @@ impl EventLoop {
         header: RequestHeader,
         channel: ResponseChannel<Response>,
     ) {
-        if !self.allowlist.serves(&peer) {
+        if !self.peers.allowlist().serves(&peer) {
             // Dropping the channel answers nothing; the stream is reset.
             tracing::debug!(%peer, "request from a peer we do not serve; ignored");
             return;
         }
-        self.peer(peer).seen();
-        let held = self
-            .serving
-            .values()
-            .filter(|serving| serving.peer == peer && serving.permit.is_some())
-            .count();
-        let free = self.serve_permits.available_permits();
-        let permit = if may_take(self.config.max_concurrent_serves, free, held) {
-            self.serve_permits.clone().try_acquire_owned().ok()
-        } else {
-            None
-        };
-        if permit.is_none() {
-            tracing::debug!(%peer, held, "too many requests being served; answering not found");
-        }
+        self.peers.state(peer).seen();
+        let permit = self.serving.permit(peer);
         let sent = Arc::default();
         let reply = Reply {
             actions: header.actions().take(MAX_BATCH).copied().collect(),
@@ -75,7 +109,7 @@ impl EventLoop {
             compress: header.accept.contains(&Encoding::Zstd),
             refuse: permit.is_none(),
             sent: Arc::clone(&sent),
-            traffic: self.peer(peer).traffic.clone(),
+            traffic: self.peers.state(peer).link.traffic.clone(),
         };
         let accepted = self
             .swarm
@@ -83,26 +117,25 @@ impl EventLoop {
             .fetch
             .send_response(channel, Response::Reply(reply));
         if accepted.is_ok() {
-            self.serving
-                .insert(request_id, Serving { peer, sent, permit });
+            let answering = Answering { peer, sent, permit };
+            self.serving.answering.insert(request_id, answering);
         }
     }
 
     /// Counts what an exchange sent, however it ended.
     pub(super) fn served(&mut self, request_id: InboundRequestId) {
-        let Some(serving) = self.serving.remove(&request_id) else {
+        let Some((peer, sent)) = self.serving.ended(request_id) else {
             return;
         };
-        let sent = std::mem::take(&mut *serving.sent.lock().expect("lock not poisoned"));
-        let state = self.peer(serving.peer);
+        let state = self.peers.state(peer);
         state.seen();
         for (_, bytes) in &sent {
-            state.counters.hits_served += 1;
-            state.counters.bytes_out += bytes;
+            state.link.counters.hits_served += 1;
+            state.link.counters.bytes_out += bytes;
         }
         for (action, bytes) in sent {
             self.emit(Event::Served {
-                peer: serving.peer,
+                peer,
                 action,
                 bytes,
             });

@@ -1,6 +1,10 @@
 //! Summaries of peers' stores: keeping ours of theirs up to date, and
 //! answering theirs of ours (see [`crate::summary`]).
 //!
+//! Our copy of each peer's summary, and where asking for it stands, is in
+//! its [`TheirSummary`]; the requests of peers that wait for our store to
+//! change are in [`SummarySync`].
+//!
 //! Each connected peer gets one summary request at a time, sent again
 //! shortly after the answer arrives, so its summary follows its store; we
 //! hold at most one request of each peer's, and answer with at most
@@ -14,10 +18,12 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::EventLoop;
-use super::fetching::{Due, timer};
+use super::{Due, EventLoop, timer};
+use crate::fetch::holders::SharedSummary;
+use crate::store::Store;
 use crate::summary::{MAX_WAIT, PeerSummary, SERVE_CHUNK, SummaryAnswer, SummaryRequest};
 
 /// How often parked requests look for news.
@@ -46,12 +52,69 @@ fn retry_after(misses: u32) -> Duration {
 /// once keep us asking in a loop.
 const COALESCE: Duration = Duration::from_millis(250);
 
-/// Resolves when the store's summary log has grown; never without `updates`
-/// (or once the store stops telling).
-pub(super) async fn updated(updates: Option<&mut tokio::sync::watch::Receiver<()>>) -> Option<()> {
-    match updates {
-        Some(updates) => updates.changed().await.ok(),
-        None => std::future::pending().await,
+/// Our copy of one peer's summary, and where asking for it stands.
+#[derive(Debug, Default)]
+pub(super) struct TheirSummary {
+    /// What we know of its store, read by lookups (see
+    /// [`crate::fetch::holders`]); reset when it disconnects.
+    pub(super) shared: SharedSummary,
+    request: Option<OutboundRequestId>,
+    /// When to ask for its summary again, after it had none to give.
+    retry: Option<Instant>,
+    /// Answers in a row that had no summary (see [`retry_after`]).
+    misses: u32,
+}
+
+impl TheirSummary {
+    /// The peer is gone: what we knew of its store may be stale by the
+    /// time it is back.
+    pub(super) fn disconnected(&mut self) {
+        *self.shared.write() = PeerSummary::Unknown;
+        self.request = None;
+        self.retry = None;
+        self.misses = 0;
+    }
+}
+
+/// Peers' requests for our summary that wait for our store to change.
+pub(super) struct SummarySync {
+    parked: Vec<Parked>,
+    /// Marked when our store's summary log grows, if the store tells.
+    updates: Option<watch::Receiver<()>>,
+}
+
+impl SummarySync {
+    pub(super) fn new(store: &dyn Store) -> Self {
+        Self {
+            parked: Vec::new(),
+            updates: store.summary_updates(),
+        }
+    }
+
+    pub(super) fn has_parked(&self) -> bool {
+        !self.parked.is_empty()
+    }
+
+    /// Whether the store tells when its log grows (else parked requests
+    /// look for news every [`PARK_CHECK`]).
+    pub(super) fn tells_updates(&self) -> bool {
+        self.updates.is_some()
+    }
+
+    /// Resolves when the store's summary log has grown; never if the store
+    /// does not tell (or once it stops telling).
+    pub(super) async fn updated(&mut self) -> Option<()> {
+        match &mut self.updates {
+            Some(updates) => updates.changed().await.ok(),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Lets go of the request of `peer` held, if any: one request is held
+    /// per peer, and a newer one replaces it (dropping its channel resets
+    /// that stream), so a peer cannot make us hold hundreds of them.
+    fn release(&mut self, peer: PeerId) {
+        self.parked.retain(|held| held.peer != peer);
     }
 }
 
@@ -67,24 +130,22 @@ impl EventLoop {
     /// Asks `peer` for (the rest of) its summary, unless a request is out
     /// or we do not pull from it.
     pub(super) fn request_summary(&mut self, peer: PeerId) {
-        if !self.allowlist.pulls_from(&peer) {
+        if !self.peers.allowlist().pulls_from(&peer) {
             return;
         }
-        let state = self.peer(peer);
-        if state.summary_request.is_some()
-            || matches!(*state.summary.read(), PeerSummary::Unavailable)
-        {
+        let summary = &self.peers.state(peer).summary;
+        if summary.request.is_some() || matches!(*summary.shared.read(), PeerSummary::Unavailable) {
             return;
         }
-        let request = state.summary.read().next_request();
+        let request = summary.shared.read().next_request();
         let request_id = self
             .swarm
             .behaviour_mut()
             .summary
             .send_request(&peer, request);
-        let state = self.peer(peer);
-        state.summary_request = Some(request_id);
-        state.summary_retry = None;
+        let summary = &mut self.peers.state(peer).summary;
+        summary.request = Some(request_id);
+        summary.retry = None;
     }
 
     /// Sends summary requests that were waiting to be retried.
@@ -94,8 +155,8 @@ impl EventLoop {
             .peers
             .iter()
             .filter(|(peer, state)| {
-                state.summary_retry.is_some_and(|at| at <= now)
-                    && self.allowlist.pulls_from(peer)
+                state.summary.retry.is_some_and(|at| at <= now)
+                    && self.peers.allowlist().pulls_from(peer)
                     && self.swarm.is_connected(peer)
             })
             .map(|(peer, _)| *peer)
@@ -142,21 +203,22 @@ impl EventLoop {
     }
 
     fn on_summary(&mut self, peer: PeerId, request_id: OutboundRequestId, answer: SummaryAnswer) {
-        let state = self.peer(peer);
-        if state.summary_request != Some(request_id) {
+        let state = self.peers.state(peer);
+        if state.summary.request != Some(request_id) {
             return; // From before a reconnection.
         }
-        state.summary_request = None;
+        state.summary.request = None;
         state.seen();
+        let summary = &mut state.summary;
         let (from, count) = (answer.header.from, answer.prefixes.len());
         let (again, unavailable) = {
-            let mut summary = state.summary.write();
-            let again = summary.apply(answer);
-            tracing::trace!(%peer, from, count, entries = ?summary.entries(), "summary");
-            (again, matches!(*summary, PeerSummary::Unavailable))
+            let mut shared = summary.shared.write();
+            let again = shared.apply(answer);
+            tracing::trace!(%peer, from, count, entries = ?shared.entries(), "summary");
+            (again, matches!(*shared, PeerSummary::Unavailable))
         };
         if again {
-            state.summary_misses = 0;
+            summary.misses = 0;
         }
         match (unavailable, again) {
             (true, _) => {
@@ -170,8 +232,8 @@ impl EventLoop {
                     .push(timer(Instant::now() + COALESCE, Due::Summary(peer)));
             }
             (_, false) => {
-                state.summary_misses += 1;
-                state.summary_retry = Some(Instant::now() + retry_after(state.summary_misses));
+                summary.misses += 1;
+                summary.retry = Some(Instant::now() + retry_after(summary.misses));
             }
         }
     }
@@ -183,18 +245,18 @@ impl EventLoop {
         error: &OutboundFailure,
     ) {
         let connected = self.swarm.is_connected(&peer);
-        let state = self.peer(peer);
-        if state.summary_request != Some(request_id) {
+        let summary = &mut self.peers.state(peer).summary;
+        if summary.request != Some(request_id) {
             return;
         }
-        state.summary_request = None;
+        summary.request = None;
         if matches!(error, OutboundFailure::UnsupportedProtocols) {
             // An older peer: asked about every lookup, as before.
-            *state.summary.write() = PeerSummary::Unavailable;
+            *summary.shared.write() = PeerSummary::Unavailable;
         } else if connected {
             tracing::debug!(%peer, "summary request failed ({error}); asking it about every lookup for now");
-            *state.summary.write() = PeerSummary::Unknown;
-            state.summary_retry = Some(Instant::now() + RETRY);
+            *summary.shared.write() = PeerSummary::Unknown;
+            summary.retry = Some(Instant::now() + RETRY);
         }
     }
 
@@ -204,13 +266,10 @@ impl EventLoop {
         request: SummaryRequest,
         channel: ResponseChannel<SummaryAnswer>,
     ) {
-        if !self.allowlist.serves(&peer) {
+        if !self.peers.allowlist().serves(&peer) {
             return; // Dropping the channel resets the stream.
         }
-        // One request held per peer: a newer one replaces it (dropping
-        // its channel resets that stream), so a peer cannot make us hold
-        // hundreds of them.
-        self.parked.retain(|parked| parked.peer != peer);
+        self.summaries.release(peer);
         let wait = Duration::from_millis(request.wait_ms).min(MAX_WAIT);
         let parked = Parked {
             peer,
@@ -219,7 +278,7 @@ impl EventLoop {
             until: Instant::now() + wait,
         };
         if let Some(parked) = self.answer_summary(parked, false) {
-            self.parked.push(parked);
+            self.summaries.parked.push(parked);
         }
     }
 
@@ -245,17 +304,17 @@ impl EventLoop {
 
     /// Answers the parked requests that have news or waited long enough.
     pub(super) fn check_parked(&mut self) {
-        if self.parked.is_empty() {
+        if !self.summaries.has_parked() {
             return;
         }
         let now = Instant::now();
-        for parked in std::mem::take(&mut self.parked) {
+        for parked in std::mem::take(&mut self.summaries.parked) {
             if !parked.channel.is_open() {
                 continue; // Its peer is gone.
             }
             let expired = parked.until <= now;
             if let Some(parked) = self.answer_summary(parked, expired) {
-                self.parked.push(parked);
+                self.summaries.parked.push(parked);
             }
         }
     }

@@ -409,8 +409,9 @@ mod tests {
         assert!(summary.may_hold(&action(1)));
     }
 
-    /// Part 4, finding 6: what is kept of a peer is 4 bytes an entry, and
-    /// a peer whose log keeps starting over is no longer asked for it.
+    /// SECURITY.md, "Bounds on what an allowlisted peer can make your daemon do":
+    /// what is kept of a peer is 4 bytes an entry, and a peer whose log
+    /// keeps starting over is no longer asked for it.
     #[test]
     fn summaries_stay_compact_and_a_peer_that_keeps_starting_over_loses_them() {
         let mut summary = PeerSummary::default();

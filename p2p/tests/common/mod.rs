@@ -6,8 +6,6 @@
 
 #![allow(dead_code, unreachable_pub)] // Each test binary uses a different part.
 
-pub mod hostile;
-
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};

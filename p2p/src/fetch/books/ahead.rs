@@ -7,8 +7,10 @@ use libp2p::PeerId;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::io::{Deadline, FetchId, Peers, Phase};
-use super::{Books, Request};
+use super::Books;
+use super::io::{Deadline, Peers, Phase};
+use super::requests::Terms;
+use crate::fetch::exchange::FetchId;
 use crate::fetch::read_ahead::{HINTS, batch_size};
 use crate::ids::ActionId;
 
@@ -87,13 +89,13 @@ impl Books {
             // that never got as far as the codec.
             let per_entry = self.limits.lookup_deadline + self.limits.longest_body(max_inline);
             let backstop = now + per_entry * fetches.len() as u32 + Duration::from_secs(1);
-            let request = Request {
+            let terms = Terms {
                 max_inline,
                 hints: HINTS,
                 header_deadline: now + self.limits.lookup_deadline,
                 cancel: CancellationToken::new(),
             };
-            if let Some(key) = self.send(fetches, peer, Phase::ReadAhead, request) {
+            if let Some(key) = self.send(fetches, peer, Phase::ReadAhead, terms) {
                 self.timer(backstop, Deadline::Request(key));
             }
         }
@@ -119,7 +121,7 @@ impl Books {
             }
             self.read_ahead.pop();
             if self.active.contains_key(&action)
-                || !self.eligible(&peer, now, peers)
+                || !self.eligible(&peer, now)
                 || peers.stored(&action)
             {
                 continue;

@@ -1,27 +1,17 @@
-//! What goes into the books and what comes out: the names they give
-//! fetches and requests, the limits they apply, their view of peers, and
-//! what they ask the event loop to do.
+//! What goes into the books and what comes out, beside the words of an
+//! exchange ([`crate::fetch::exchange`]): the limits they apply, what they
+//! need to know from the event loop, and what they ask it to do.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
 use crate::fetch::budget::ReadAheadLimits;
+use crate::fetch::exchange::{FetchId, RejectReason, Request, RequestKey};
 use crate::fetch::pace::Pace;
-use crate::fetch::promise::Promise;
-use crate::fetch::receive::RejectReason;
 use crate::ids::ActionId;
-
-/// Names one fetch (and, in a batch's reports, its entry).
-pub(crate) type FetchId = u64;
-
-/// Names one request of the books; the event loop maps it to libp2p's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct RequestKey(pub(super) u64);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -40,20 +30,6 @@ pub(crate) enum Deadline {
     Lookup(FetchId),
     /// The backstop of a request the codec should have ended by now.
     Request(RequestKey),
-}
-
-/// Why a request failed, as far as the books care.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Failure {
-    /// It ended, failed or was cancelled: its fetches move on.
-    Ended,
-    /// The peer said "found" and then fell behind on the body: it is
-    /// cooled down too, like a peer that sent a bad body.
-    Stalled,
-    /// A deadline passed before an answer (the codec's header deadline,
-    /// or libp2p's request timeout): the peer is cooled down if it had
-    /// promised something (see [`Promise::broken`]).
-    TimedOut,
 }
 
 /// The limits the books apply, from the node's config.
@@ -99,47 +75,19 @@ impl Limits {
     }
 }
 
-/// What the books need to know about peers, from the event loop.
+/// What the books need to know from the event loop beside who may hold
+/// what (which [`Holders`](crate::fetch::holders::Holders) says).
 pub(crate) trait Peers {
-    /// Connected peers (allowlisted or not).
-    fn connected(&self) -> Vec<PeerId>;
-    /// Allowlisted and connected: may be asked.
-    fn usable(&self, peer: &PeerId) -> bool;
-    /// Whether its summary may name `action` (yes, without a summary).
-    fn may_hold(&self, peer: &PeerId, action: &ActionId) -> bool;
-    /// Whether it answers batches (wire version 2).
+    /// Whether `peer` answers batches (wire version 2).
     fn batches(&self, peer: &PeerId) -> bool;
     /// Whether the local store holds `action` already.
     fn stored(&self, action: &ActionId) -> bool;
 }
 
-/// A request the books want sent.
-#[derive(Debug)]
-pub(crate) struct Send {
-    pub(crate) key: RequestKey,
-    pub(crate) peer: PeerId,
-    /// Every action asked for, in order; more than one is a batch.
-    pub(crate) actions: Vec<ActionId>,
-    /// For a batch: the fetch of each action, which its report names.
-    pub(crate) batch: Option<Vec<FetchId>>,
-    pub(crate) max_inline: u64,
-    /// For replication: the largest body taken for each action (the size
-    /// its catalog listed); a bigger one is refused and counts against the
-    /// peer.
-    pub(crate) listed: Option<Vec<u64>>,
-    pub(crate) hints: u32,
-    /// The (first) answer's header must arrive before this.
-    pub(crate) header_deadline: Instant,
-    /// Cancelled when the books no longer need the request.
-    pub(crate) cancel: CancellationToken,
-    /// Moved on by the codec as the peer answers.
-    pub(crate) promise: Arc<Promise>,
-}
-
 /// What the event loop is to do, in order.
 #[derive(Debug)]
 pub(crate) enum Output {
-    Send(Send),
+    Send(Request),
     Timer {
         at: Instant,
         deadline: Deadline,

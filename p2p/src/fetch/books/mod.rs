@@ -1,14 +1,16 @@
 //! The books of fetches in flight: whom to ask, whose body to take, when to
-//! give up, what to read ahead, and who is in cooldown. Free of I/O.
+//! give up, what to read ahead, who is in cooldown, and why a lookup
+//! missed. Free of I/O.
 //!
 //! A fetch asks every connected, allowlisted peer that is not in cooldown
-//! (and whose summary may hold the action) at once, for bodies up to
-//! `inline_limit` (1 MiB) inline; peers with bigger ones answer "found, not
-//! included" ([`Outcome::Announced`]). Those become candidates, asked one at
-//! a time for the full body, so a big body is pulled from one peer, not from
-//! all. The first committed body answers the fetch and cancels the rest.
-//! With a single eligible peer there is nobody to choose between, so it is
-//! asked for any body inline: that saves the second round trip.
+//! (and whose summary may hold the action: [`Holders::may_hold`] decides)
+//! at once, for bodies up to `inline_limit` (1 MiB) inline; peers with
+//! bigger ones answer "found, not included" ([`Outcome::Announced`]).
+//! Those become candidates, asked one at a time for the full body, so a big
+//! body is pulled from one peer, not from all. The first committed body
+//! answers the fetch and cancels the rest. With a single eligible peer
+//! there is nobody to choose between, so it is asked for any body inline:
+//! that saves the second round trip.
 //!
 //! Time limits: a lookup request that has not answered "found" by the
 //! lookup deadline is cancelled; a positive one then runs on its body's
@@ -22,25 +24,33 @@
 //! did not deliver the body in time, or did not answer the request for a
 //! body it announced, is cooled down like one that sent a bad body,
 //! whichever deadline passed first: the codec's, libp2p's request timeout
-//! or a backstop here (see [`crate::fetch::promise`]).
+//! or a backstop here. What the peer said is what the requesting side
+//! reported ([`Books::on_promise`], see [`crate::fetch::promise`]).
 //!
 //! A request normally serves one fetch. A read-ahead batch is one request
 //! serving a fetch per action: each of those ends when the codec reports
 //! its entry ([`Books::on_report`]), or when the request ends without
 //! having reported it.
 //!
+//! A lookup that ends without a body says why ([`Miss`]): nobody to ask
+//! or no summary names it ([`Holders::may_hold`]), every peer that may
+//! hold it in cooldown, or, once peers were asked, what went wrong on the
+//! way: a peer put in cooldown, a deadline that cut a request off, or else
+//! the peers did not have it.
+//!
 //! # Sans-IO
 //!
 //! [`Books`] only keeps state. The event loop feeds it what happened
 //! (a lookup, an answer, a report, a failure, a deadline) with the time and
-//! a [`Peers`] view of who is connected, and carries out what it asks for,
-//! in order ([`Books::poll_output`]): requests to send, timers to set, and
-//! counts to keep. So every rule above has unit tests of its own, with no
-//! network, below.
-
+//! a [`Peers`] view of the store and the peers' protocol versions, and
+//! carries out what it asks for, in order ([`Books::poll_output`]):
+//! requests to send, timers to set, and counts to keep. So every rule above
+//! has unit tests of its own, with no network (`tests.rs`).
+//!
+//! [`Outcome::Announced`]: crate::fetch::exchange::Outcome::Announced
+//! [`STALL`]: crate::fetch::pace::STALL
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use libp2p::PeerId;
 use tokio::sync::oneshot;
@@ -50,25 +60,25 @@ use tokio_util::sync::CancellationToken;
 mod ahead;
 mod io;
 mod replicate;
+mod requests;
 
-pub(crate) use self::io::{
-    Deadline, Failure, FetchId, Limits, Output, Peers, Phase, RequestKey, Send,
-};
-use crate::fetch::Fetched;
+pub(crate) use self::io::{Deadline, Limits, Output, Peers, Phase};
 use crate::fetch::budget::ReadAheadBudget;
+use crate::fetch::exchange::{FetchId, Meta, RequestKey};
 use crate::fetch::holders::Holders;
-use crate::fetch::pace::STALL;
 use crate::fetch::promise::Promise;
-use crate::fetch::read_ahead::{HINTS, ReadAhead};
-use crate::fetch::receive::{Answer, Meta, Outcome, RejectReason};
+use crate::fetch::read_ahead::ReadAhead;
+use crate::fetch::{Fetched, Miss};
 use crate::ids::ActionId;
-use crate::protocol::wire::BATCH_VERSION;
+
+/// Where a fetch's result goes: a lookup's, or a replicated entry's.
+pub(crate) type Reply = oneshot::Sender<Result<Fetched, Miss>>;
 
 struct PendingFetch {
     action: ActionId,
     /// Lookups waiting for this fetch: none for a read-ahead, until a
     /// lookup for the same action joins it.
-    replies: Vec<oneshot::Sender<Option<Fetched>>>,
+    replies: Vec<Reply>,
     /// Started by read-ahead (and counted in its in-flight number).
     read_ahead: bool,
     /// Started by replication, and no lookup has joined it: its body is
@@ -89,6 +99,31 @@ struct PendingFetch {
     /// that a lookup joined does that once, should its batch end without
     /// the entry, so the lookup is not a miss because of read-ahead.
     asked_everyone: bool,
+    /// What went wrong on the way, for the reason of a miss.
+    setbacks: Setbacks,
+}
+
+/// What went wrong in one fetch: why it missed, if it does.
+#[derive(Debug, Default, Clone, Copy)]
+struct Setbacks {
+    /// A peer of this fetch put in cooldown (the last one).
+    cooled: Option<PeerId>,
+    /// A deadline cut one of its requests off.
+    late: bool,
+}
+
+impl Setbacks {
+    /// The reason of a miss: a peer cooled down, else a deadline, else
+    /// `otherwise`.
+    fn miss(self, otherwise: Miss) -> Miss {
+        match self {
+            Self {
+                cooled: Some(peer), ..
+            } => Miss::Cooldown { peer },
+            Self { late: true, .. } => Miss::Deadline,
+            _ => otherwise,
+        }
+    }
 }
 
 struct RequestInfo {
@@ -99,7 +134,8 @@ struct RequestInfo {
     phase: Phase,
     max_inline: u64,
     cancel: CancellationToken,
-    promise: Arc<Promise>,
+    /// What the peer has promised so far, as the requesting side reported.
+    promise: Promise,
 }
 
 impl RequestInfo {
@@ -116,7 +152,8 @@ pub(crate) struct Books {
     fetches: HashMap<FetchId, PendingFetch>,
     /// The fetch in flight for each action: a second lookup joins it.
     active: HashMap<ActionId, FetchId>,
-    /// `active`'s actions, as clients see them.
+    /// Who may hold what (published by the event loop), and `active`'s
+    /// actions, as clients see them.
     holders: Arc<Holders>,
     requests: HashMap<RequestKey, RequestInfo>,
     read_ahead: ReadAhead,
@@ -145,7 +182,8 @@ impl Books {
         }
     }
 
-    /// What clients read to answer a sure miss themselves.
+    /// Who may hold what: the event loop publishes the peers a lookup would
+    /// ask there, and clients read it to answer a sure miss themselves.
     pub(crate) fn holders(&self) -> Arc<Holders> {
         self.holders.clone()
     }
@@ -160,15 +198,17 @@ impl Books {
         self.cooldowns.get(peer).is_some_and(|until| *until > now)
     }
 
-    fn eligible(&self, peer: &PeerId, now: Instant, peers: &impl Peers) -> bool {
-        peers.usable(peer) && !self.in_cooldown(peer, now)
+    /// Whether `peer` may be asked now: a lookup would ask it, and it is
+    /// not in cooldown.
+    fn eligible(&self, peer: &PeerId, now: Instant) -> bool {
+        self.holders.asks(peer) && !self.in_cooldown(peer, now)
     }
 
     /// A lookup of `action`, answered on `reply`.
     pub(crate) fn lookup(
         &mut self,
         action: ActionId,
-        reply: oneshot::Sender<Option<Fetched>>,
+        reply: Reply,
         now: Instant,
         peers: &impl Peers,
     ) {
@@ -184,31 +224,37 @@ impl Books {
         }
         self.read_ahead.take(&action);
         let id = self.new_fetch(action, Some(reply));
-        if !self.ask_everyone(id, now, peers) {
-            // Nobody to ask, or no summary names it: a miss at once.
-            tracing::trace!(%action, "no peer may hold it");
-            self.finish(id, None, now, peers);
+        if let Err(miss) = self.ask_everyone(id, now) {
+            // Nobody to ask, no summary names it, or all who may hold it
+            // are in cooldown: a miss at once.
+            tracing::trace!(%action, "no peer may hold it: {miss:?}");
+            self.finish(id, Err(miss), now, peers);
         }
     }
 
     /// Sends lookup requests for fetch `id` to every eligible peer that may
-    /// hold its action, under the lookup deadline; `false` if there is
-    /// nobody to ask.
-    fn ask_everyone(&mut self, id: FetchId, now: Instant, peers: &impl Peers) -> bool {
+    /// hold its action, under the lookup deadline; or why there is nobody
+    /// to ask.
+    fn ask_everyone(&mut self, id: FetchId, now: Instant) -> Result<(), Miss> {
         let Some(action) = self.fetches.get(&id).map(|fetch| fetch.action) else {
-            return false;
+            return Err(Miss::NotFound);
         };
-        let asked: Vec<PeerId> = peers
-            .connected()
-            .into_iter()
-            .filter(|peer| self.eligible(peer, now, peers) && peers.may_hold(peer, &action))
-            .collect();
+        let mut asked = Vec::new();
+        let mut cooling = None;
+        self.holders.may_hold(&action, |peer| {
+            if self.in_cooldown(&peer, now) {
+                cooling.get_or_insert(peer);
+            } else {
+                asked.push(peer);
+            }
+            true
+        })?;
         let Some(fetch) = self.fetches.get_mut(&id) else {
-            return false;
+            return Err(Miss::NotFound);
         };
         fetch.asked_everyone = true;
         if asked.is_empty() {
-            return false;
+            return Err(cooling.map_or(Miss::NotFound, |peer| Miss::Cooldown { peer }));
         }
         let max_inline = if asked.len() == 1 {
             self.limits.max_body_size
@@ -220,15 +266,11 @@ impl Books {
             self.send_one(id, peer, Phase::Lookup, max_inline, deadline);
         }
         self.timer(deadline, Deadline::Lookup(id));
-        true
+        Ok(())
     }
 
     /// Books a new fetch of `action`: for a lookup (`reply`) or read-ahead.
-    fn new_fetch(
-        &mut self,
-        action: ActionId,
-        reply: Option<oneshot::Sender<Option<Fetched>>>,
-    ) -> FetchId {
+    fn new_fetch(&mut self, action: ActionId, reply: Option<Reply>) -> FetchId {
         let id = self.next_fetch;
         self.next_fetch += 1;
         self.fetches.insert(
@@ -245,6 +287,7 @@ impl Books {
                 candidates: VecDeque::new(),
                 body_request: None,
                 asked_everyone: false,
+                setbacks: Setbacks::default(),
             },
         );
         self.active.insert(action, id);
@@ -252,346 +295,15 @@ impl Books {
         id
     }
 
-    /// One request for one fetch.
-    fn send_one(
-        &mut self,
-        fetch: FetchId,
-        peer: PeerId,
-        phase: Phase,
-        max_inline: u64,
-        header_deadline: Instant,
-    ) -> Option<RequestKey> {
-        let hints = if phase == Phase::Lookup && self.limits.read_ahead > 0 {
-            HINTS
-        } else {
-            0
-        };
-        let cancel = self.fetches.get(&fetch)?.cancel.child_token();
-        self.send(
-            vec![fetch],
-            peer,
-            phase,
-            Request {
-                max_inline,
-                hints,
-                header_deadline,
-                cancel,
-            },
-        )
-    }
-
-    /// Books one request for the actions of `fetches` (a batch if more
-    /// than one) and asks for it to be sent.
-    fn send(
-        &mut self,
-        fetches: Vec<FetchId>,
-        peer: PeerId,
-        phase: Phase,
-        request: Request,
-    ) -> Option<RequestKey> {
-        let actions: Vec<ActionId> = fetches
-            .iter()
-            .map(|id| self.fetches.get(id).map(|fetch| fetch.action))
-            .collect::<Option<_>>()?;
-        if actions.is_empty() {
-            return None;
-        }
-        let listed: Vec<Option<u64>> = (fetches.iter())
-            .map(|id| self.fetches.get(id).and_then(|fetch| fetch.listed))
-            .collect();
-        let listed = listed.iter().any(Option::is_some).then(|| {
-            (listed.iter())
-                .map(|size| size.unwrap_or(self.limits.max_body_size))
-                .collect()
-        });
-        let key = RequestKey(self.next_request);
-        self.next_request += 1;
-        let promise = Arc::new(Promise::default());
-        for id in &fetches {
-            if let Some(fetch) = self.fetches.get_mut(id) {
-                fetch.requests.insert(key);
-            }
-        }
-        let batch = (fetches.len() > 1).then(|| fetches.clone());
-        self.requests.insert(
-            key,
-            RequestInfo {
-                fetches,
-                peer,
-                phase,
-                max_inline: request.max_inline,
-                cancel: request.cancel.clone(),
-                promise: promise.clone(),
-            },
-        );
-        self.out.push_back(Output::Send(Send {
-            key,
-            peer,
-            actions,
-            batch,
-            max_inline: request.max_inline,
-            listed,
-            hints: request.hints,
-            header_deadline: request.header_deadline,
-            cancel: request.cancel,
-            promise,
-        }));
-        Some(key)
-    }
-
-    fn timer(&mut self, at: Instant, deadline: Deadline) {
-        self.out.push_back(Output::Timer { at, deadline });
-    }
-
-    /// A single request's answer, or the end of a batch, from `peer`. For
-    /// a batch, the event loop has recorded whether `peer` answers batches
-    /// (from `answer.version`) before calling this.
-    pub(crate) fn on_answer(
-        &mut self,
-        key: RequestKey,
-        peer: PeerId,
-        answer: Answer,
-        now: Instant,
-        peers: &impl Peers,
-    ) {
-        let Some(outcome) = answer.outcome else {
-            // A batch: its entries were reported one by one; whatever it
-            // did not report ends with it. A version-1 peer answered the
-            // first only: the rest are fetched again, one per request.
-            let unanswered = if answer.version >= BATCH_VERSION {
-                Vec::new()
-            } else {
-                self.unreported(key)
-            };
-            self.on_failed(key, Failure::Ended, now, peers);
-            self.requeue(peer, unanswered, now, peers);
-            if !self.in_cooldown(&peer, now) {
-                self.offer_hints(peer, answer.next, now, peers);
-            }
-            return;
-        };
-        let Some(info) = self.forget_request(key) else {
-            return; // Its fetch is over.
-        };
-        let committed = matches!(outcome, Outcome::Committed(_));
-        for id in info.fetches {
-            self.settle(id, peer, info.phase, outcome.clone(), now, peers);
-        }
-        if committed || !self.in_cooldown(&peer, now) {
-            self.offer_hints(peer, answer.next, now, peers);
-        }
-    }
-
-    /// The actions of a batch request not reported yet that no lookup
-    /// waits for.
-    fn unreported(&self, key: RequestKey) -> Vec<ActionId> {
-        let Some(info) = self.requests.get(&key) else {
-            return Vec::new();
-        };
-        info.fetches
-            .iter()
-            .filter_map(|id| self.fetches.get(id))
-            .filter(|fetch| fetch.replies.is_empty())
-            .map(|fetch| fetch.action)
-            .collect()
-    }
-
-    /// One entry of a batch, reported as soon as it landed (or did not);
-    /// the peer it came from.
-    pub(crate) fn on_report(
+    /// Ends fetch `id`: answers whoever waits for it, stops what still runs
+    /// for it, and settles its read-ahead.
+    fn finish(
         &mut self,
         id: FetchId,
-        outcome: Outcome,
-        now: Instant,
-        peers: &impl Peers,
-    ) -> Option<PeerId> {
-        let fetch = self.fetches.get_mut(&id)?;
-        let key = fetch.requests.iter().copied().next()?;
-        fetch.requests.remove(&key);
-        let info = self.requests.get_mut(&key)?;
-        info.fetches.retain(|fetch| *fetch != id);
-        let (peer, phase) = (info.peer, info.phase);
-        self.settle(id, peer, phase, outcome, now, peers);
-        Some(peer)
-    }
-
-    /// What one fetch makes of what a peer answered for its action.
-    fn settle(
-        &mut self,
-        id: FetchId,
-        peer: PeerId,
-        phase: Phase,
-        outcome: Outcome,
+        result: Result<Fetched, Miss>,
         now: Instant,
         peers: &impl Peers,
     ) {
-        let Some(fetch) = self.fetches.get_mut(&id) else {
-            return;
-        };
-        let (action, read_ahead) = (fetch.action, fetch.read_ahead || fetch.background);
-        match outcome {
-            Outcome::Committed(meta) => {
-                tracing::debug!(%peer, size = meta.size, read_ahead, "fetched a verified body");
-                self.out.push_back(Output::Committed {
-                    peer,
-                    size: meta.size,
-                    read_ahead,
-                });
-                let fetched = Fetched {
-                    peer,
-                    output: meta.output,
-                    size: meta.size,
-                    time_unix_nanos: meta.time_unix_nanos,
-                };
-                self.finish(id, Some(fetched), now, peers);
-                return;
-            }
-            Outcome::Announced(meta) if phase != Phase::Body => {
-                fetch.candidates.push_back((peer, meta));
-            }
-            Outcome::Announced(_) => {
-                tracing::debug!(%peer, "peer did not send a body it was asked for");
-            }
-            Outcome::Rejected { reason, bytes } => self.reject(peer, action, reason, bytes, now),
-            Outcome::NotFound | Outcome::NotStored(_) => {}
-        }
-        self.advance(id, now, peers);
-    }
-
-    /// A request that failed or ended: its fetches move on.
-    pub(crate) fn on_failed(
-        &mut self,
-        key: RequestKey,
-        why: Failure,
-        now: Instant,
-        peers: &impl Peers,
-    ) {
-        if let Some(info) = self.forget_request(key) {
-            tracing::trace!(peer = %info.peer, "request ended: {why:?}");
-            let peers_fault = match why {
-                Failure::Ended => false,
-                Failure::Stalled => true,
-                Failure::TimedOut => info.late_is_peers_fault(),
-            };
-            if peers_fault {
-                // It said "found" and then did not deliver in time: left
-                // out like a peer that sent a bad body.
-                self.reject_late(&info, now);
-            }
-            for id in info.fetches {
-                self.advance(id, now, peers);
-            }
-        }
-    }
-
-    /// Puts the peer of `info` in cooldown for a body it did not deliver.
-    fn reject_late(&mut self, info: &RequestInfo, now: Instant) {
-        let action = (info.fetches.first())
-            .and_then(|id| self.fetches.get(id))
-            .map_or(ActionId::from_bytes([0; 32]), |fetch| fetch.action);
-        self.reject(info.peer, action, RejectReason::Stalled, 0, now);
-    }
-
-    /// Removes a request from the books (and from its fetches).
-    fn forget_request(&mut self, key: RequestKey) -> Option<RequestInfo> {
-        let info = self.requests.remove(&key)?;
-        for id in &info.fetches {
-            if let Some(fetch) = self.fetches.get_mut(id) {
-                fetch.requests.remove(&key);
-                if fetch.body_request == Some(key) {
-                    fetch.body_request = None;
-                }
-            }
-        }
-        Some(info)
-    }
-
-    fn reject(
-        &mut self,
-        peer: PeerId,
-        action: ActionId,
-        reason: RejectReason,
-        bytes: u64,
-        now: Instant,
-    ) {
-        let cooldown = self.limits.cooldown;
-        // Told to the node's user as `Event::BodyRejected`.
-        tracing::debug!(
-            %peer,
-            "peer sent a body that failed verification ({reason}); ignoring it for {cooldown:?}"
-        );
-        self.cooldowns.retain(|_, until| *until > now);
-        self.cooldowns.insert(peer, now + cooldown);
-        // No further bodies from it in any fetch, and none of those on
-        // their way: its requests are cancelled (they end as failed, and
-        // their fetches move on to other peers).
-        for fetch in self.fetches.values_mut() {
-            fetch.candidates.retain(|(candidate, _)| *candidate != peer);
-        }
-        for info in self.requests.values() {
-            if info.peer == peer {
-                info.cancel.cancel();
-            }
-        }
-        self.out.push_back(Output::Rejected {
-            peer,
-            action,
-            reason,
-            bytes,
-        });
-    }
-
-    /// Starts the next body request if none is running, and ends the fetch
-    /// with a miss once nothing is left to wait for.
-    fn advance(&mut self, id: FetchId, now: Instant, peers: &impl Peers) {
-        loop {
-            let Some(fetch) = self.fetches.get_mut(&id) else {
-                return;
-            };
-            if fetch.body_request.is_some() {
-                return;
-            }
-            if fetch.replies.is_empty() {
-                // Nobody is waiting: read-ahead leaves big bodies to lookups.
-                fetch.candidates.clear();
-            }
-            let Some((peer, meta)) = fetch.candidates.pop_front() else {
-                break;
-            };
-            let listed = fetch.listed;
-            if !self.eligible(&peer, now, peers) {
-                continue;
-            }
-            // The server has just said it holds the body: its header
-            // comes at once (a big body streams behind it), so a busy
-            // server gets the stall on top of the lookup deadline.
-            let header_deadline = now + self.limits.lookup_deadline + STALL;
-            // A replicated body no bigger than its catalog listed.
-            let max_inline = (listed)
-                .unwrap_or(self.limits.max_body_size)
-                .min(self.limits.max_body_size);
-            if let Some(key) = self.send_one(id, peer, Phase::Body, max_inline, header_deadline) {
-                if let Some(fetch) = self.fetches.get_mut(&id) {
-                    fetch.body_request = Some(key);
-                }
-                let backstop =
-                    header_deadline + self.limits.longest_body(meta.size) + Duration::from_secs(1);
-                self.timer(backstop, Deadline::Request(key));
-            }
-        }
-        let Some(fetch) = self.fetches.get(&id) else {
-            return;
-        };
-        if !fetch.requests.is_empty() {
-            return;
-        }
-        if !fetch.replies.is_empty() && !fetch.asked_everyone && self.ask_everyone(id, now, peers) {
-            return;
-        }
-        self.finish(id, None, now, peers);
-    }
-
-    fn finish(&mut self, id: FetchId, result: Option<Fetched>, now: Instant, peers: &impl Peers) {
         let Some(fetch) = self.fetches.remove(&id) else {
             return;
         };
@@ -612,10 +324,12 @@ impl Books {
             self.active.remove(&fetch.action);
             self.holders.ended(&fetch.action);
         }
-        if result.is_none() && !fetch.replies.is_empty() {
-            tracing::trace!(action = %fetch.action, "lookup: no peer sent it");
+        if let Err(miss) = &result
+            && !fetch.replies.is_empty()
+        {
+            tracing::trace!(action = %fetch.action, "lookup: no peer sent it ({miss:?})");
         }
-        let hit = result.is_some() && !fetch.replies.is_empty() && !fetch.background;
+        let hit = result.is_ok() && !fetch.replies.is_empty() && !fetch.background;
         for reply in fetch.replies {
             let _ = reply.send(result);
         }
@@ -634,783 +348,7 @@ impl Books {
             self.pump_read_ahead(now, peers);
         }
     }
-
-    /// A timer the books asked for is due.
-    pub(crate) fn on_deadline(&mut self, deadline: Deadline, now: Instant, peers: &impl Peers) {
-        match deadline {
-            Deadline::Lookup(id) => {
-                let Some(fetch) = self.fetches.get(&id) else {
-                    return;
-                };
-                let mut give_up = Vec::new();
-                let mut backstops = Vec::new();
-                for key in &fetch.requests {
-                    let Some(info) = self.requests.get(key) else {
-                        continue;
-                    };
-                    if info.phase != Phase::Lookup {
-                        continue;
-                    }
-                    if info.promise.positive() {
-                        let body = self.limits.longest_body(info.max_inline);
-                        backstops.push((now + body + Duration::from_secs(1), *key));
-                    } else {
-                        give_up.push(*key);
-                    }
-                }
-                for (at, key) in backstops {
-                    self.timer(at, Deadline::Request(key));
-                }
-                for key in give_up {
-                    if let Some(info) = self.forget_request(key) {
-                        tracing::debug!(peer = %info.peer, "no answer by the lookup deadline");
-                        info.cancel.cancel();
-                    }
-                }
-                self.advance(id, now, peers);
-            }
-            Deadline::Request(key) => {
-                if let Some(info) = self.forget_request(key) {
-                    tracing::debug!(peer = %info.peer, "transfer took too long; cancelled");
-                    info.cancel.cancel();
-                    if info.late_is_peers_fault() {
-                        self.reject_late(&info, now);
-                    }
-                    for id in info.fetches {
-                        self.advance(id, now, peers);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// One request's parameters, as [`Send`] carries them.
-struct Request {
-    max_inline: u64,
-    hints: u32,
-    header_deadline: Instant,
-    cancel: CancellationToken,
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use super::*;
-    use crate::fetch::read_ahead::BATCH;
-    use crate::ids::OutputId;
-    use crate::protocol::wire::WIRE_VERSION;
-
-    /// Peers as a test sets them: connected and allowlisted, summaries
-    /// (none: may hold anything), batches, and the local store.
-    #[derive(Default)]
-    struct FakePeers {
-        connected: Vec<PeerId>,
-        holds: HashMap<PeerId, HashSet<ActionId>>,
-        no_batches: HashSet<PeerId>,
-        stored: HashSet<ActionId>,
-    }
-
-    impl Peers for FakePeers {
-        fn connected(&self) -> Vec<PeerId> {
-            self.connected.clone()
-        }
-        fn usable(&self, peer: &PeerId) -> bool {
-            self.connected.contains(peer)
-        }
-        fn may_hold(&self, peer: &PeerId, action: &ActionId) -> bool {
-            self.holds
-                .get(peer)
-                .is_none_or(|held| held.contains(action))
-        }
-        fn batches(&self, peer: &PeerId) -> bool {
-            !self.no_batches.contains(peer)
-        }
-        fn stored(&self, action: &ActionId) -> bool {
-            self.stored.contains(action)
-        }
-    }
-
-    fn peers(n: usize) -> FakePeers {
-        FakePeers {
-            connected: (0..n).map(|_| PeerId::random()).collect(),
-            ..FakePeers::default()
-        }
-    }
-
-    fn limits() -> Limits {
-        Limits {
-            lookup_deadline: Duration::from_millis(150),
-            inline_limit: 1 << 20,
-            max_body_size: 4 << 30,
-            transfer_rate: 50_000_000,
-            cooldown: Duration::from_secs(60),
-            agreement: false,
-            read_ahead: 64,
-            read_ahead_max_body: 64 << 20,
-            read_ahead_budget: crate::config::ReadAheadLimits {
-                live_for: Duration::from_secs(30),
-                window: Duration::from_secs(600),
-                // 64 entries in flight may bring 64 MiB each.
-                per_peer: 4 << 30,
-                total: 8 << 30,
-            },
-        }
-    }
-
-    fn action(n: u8) -> ActionId {
-        ActionId::from_bytes([n; 32])
-    }
-
-    fn meta(size: u64) -> Meta {
-        Meta {
-            output: OutputId::of(b"body"),
-            size,
-            time_unix_nanos: 1,
-        }
-    }
-
-    fn answered(outcome: Outcome, next: Vec<ActionId>) -> Answer {
-        Answer {
-            outcome: Some(outcome),
-            next,
-            version: WIRE_VERSION,
-        }
-    }
-
-    /// The end of a batch whose entries were reported.
-    fn answered_batch(next: Vec<ActionId>) -> Answer {
-        Answer {
-            outcome: None,
-            next,
-            version: WIRE_VERSION,
-        }
-    }
-
-    fn drain(books: &mut Books) -> (Vec<Send>, Vec<Output>) {
-        let mut sends = Vec::new();
-        let mut others = Vec::new();
-        while let Some(output) = books.poll_output() {
-            match output {
-                Output::Send(send) => sends.push(send),
-                other => others.push(other),
-            }
-        }
-        (sends, others)
-    }
-
-    fn lookup(
-        books: &mut Books,
-        action: ActionId,
-        now: Instant,
-        peers: &FakePeers,
-    ) -> oneshot::Receiver<Option<Fetched>> {
-        let (reply, answer) = oneshot::channel();
-        books.lookup(action, reply, now, peers);
-        answer
-    }
-
-    #[test]
-    fn a_lookup_nobody_may_answer_is_a_miss_at_once() {
-        let now = Instant::now();
-        let mut books = Books::new(limits());
-        let mut answer = lookup(&mut books, action(1), now, &FakePeers::default());
-        assert_eq!(answer.try_recv(), Ok(None));
-        assert!(books.poll_output().is_none(), "nothing sent");
-
-        // A peer whose summary does not name the action is not asked.
-        let mut peers = peers(1);
-        peers
-            .holds
-            .insert(peers.connected[0], HashSet::from([action(2)]));
-        let mut answer = lookup(&mut books, action(1), now, &peers);
-        assert_eq!(answer.try_recv(), Ok(None));
-        let mut answer = lookup(&mut books, action(2), now, &peers);
-        assert!(answer.try_recv().is_err(), "asked, waiting");
-        assert_eq!(drain(&mut books).0.len(), 1);
-    }
-
-    #[test]
-    fn a_lookup_asks_every_peer_at_once_and_the_first_body_wins() {
-        let now = Instant::now();
-        let peers = peers(2);
-        let mut books = Books::new(limits());
-        let mut answer = lookup(&mut books, action(1), now, &peers);
-        let (sends, others) = drain(&mut books);
-        assert_eq!(sends.len(), 2);
-        for send in &sends {
-            assert_eq!(send.actions, [action(1)]);
-            assert_eq!(
-                send.max_inline,
-                1 << 20,
-                "several asked: small bodies inline"
-            );
-            assert_eq!(send.hints, HINTS);
-            assert_eq!(send.header_deadline, now + Duration::from_millis(150));
-        }
-        assert!(matches!(
-            others[..],
-            [Output::Timer {
-                deadline: Deadline::Lookup(_),
-                ..
-            }]
-        ));
-        let (first, second) = (&sends[0], &sends[1]);
-        books.on_answer(
-            first.key,
-            first.peer,
-            answered(Outcome::Committed(meta(4)), vec![]),
-            now,
-            &peers,
-        );
-        let (more, others) = drain(&mut books);
-        assert!(more.is_empty());
-        assert!(matches!(
-            others[..],
-            [Output::Committed { peer, size: 4, read_ahead: false }] if peer == first.peer
-        ));
-        let fetched = answer.try_recv().unwrap().unwrap();
-        assert_eq!((fetched.peer, fetched.size), (first.peer, 4));
-        assert!(
-            second.cancel.is_cancelled(),
-            "the other peer's request stops"
-        );
-    }
-
-    #[test]
-    fn a_single_peer_is_asked_for_any_body_inline() {
-        let peers = peers(1);
-        let mut books = Books::new(limits());
-        let _answer = lookup(&mut books, action(1), Instant::now(), &peers);
-        let (sends, _) = drain(&mut books);
-        assert_eq!(sends[0].max_inline, 4 << 30);
-    }
-
-    #[test]
-    fn a_big_body_is_fetched_from_one_candidate_at_a_time() {
-        let now = Instant::now();
-        let peers = peers(2);
-        let mut books = Books::new(limits());
-        let mut answer = lookup(&mut books, action(1), now, &peers);
-        let (sends, _) = drain(&mut books);
-        let big = meta(100 << 20);
-        books.on_answer(
-            sends[0].key,
-            sends[0].peer,
-            answered(Outcome::Announced(big), vec![]),
-            now,
-            &peers,
-        );
-        books.on_answer(
-            sends[1].key,
-            sends[1].peer,
-            answered(Outcome::Announced(big), vec![]),
-            now,
-            &peers,
-        );
-        let (bodies, others) = drain(&mut books);
-        assert_eq!(bodies.len(), 1, "one body request at a time");
-        assert_eq!(bodies[0].peer, sends[0].peer, "in answer order");
-        assert_eq!(bodies[0].max_inline, 4 << 30);
-        assert_eq!(bodies[0].hints, 0);
-        assert_eq!(
-            bodies[0].header_deadline,
-            now + Duration::from_millis(150) + STALL
-        );
-        assert!(matches!(
-            others[..],
-            [Output::Timer { deadline: Deadline::Request(key), .. }] if key == bodies[0].key
-        ));
-        // The first candidate's transfer fails: the second is asked.
-        books.on_failed(bodies[0].key, Failure::Ended, now, &peers);
-        let (bodies, _) = drain(&mut books);
-        assert_eq!(bodies.len(), 1);
-        assert_eq!(bodies[0].peer, sends[1].peer);
-        books.on_answer(
-            bodies[0].key,
-            bodies[0].peer,
-            answered(Outcome::Committed(big), vec![]),
-            now,
-            &peers,
-        );
-        assert_eq!(answer.try_recv().unwrap().unwrap().peer, sends[1].peer);
-    }
-
-    /// Part 4, finding 7: a peer that sent a bad body gets to finish no
-    /// other transfer either, and one that stalled is put in cooldown.
-    #[test]
-    fn a_bad_or_stalled_body_stops_every_transfer_from_its_peer() {
-        let now = Instant::now();
-        let peers = peers(1);
-        let peer = peers.connected[0];
-        let mut books = Books::new(limits());
-        let _first = lookup(&mut books, action(1), now, &peers);
-        let _second = lookup(&mut books, action(2), now, &peers);
-        let (sends, _) = drain(&mut books);
-        assert_eq!(sends.len(), 2);
-        books.on_answer(
-            sends[0].key,
-            peer,
-            answer_of(Outcome::Rejected {
-                reason: RejectReason::TooLarge { size: 9, limit: 1 },
-                bytes: 9,
-            }),
-            now,
-            &peers,
-        );
-        assert!(sends[1].cancel.is_cancelled(), "its other transfer goes on");
-
-        let later = now + Duration::from_secs(61);
-        assert!(!books.in_cooldown(&peer, later));
-        let _third = lookup(&mut books, action(3), later, &peers);
-        let (sends, _) = drain(&mut books);
-        books.on_failed(sends[0].key, Failure::Stalled, later, &peers);
-        let (_, others) = drain(&mut books);
-        assert!(
-            others.iter().any(|output| matches!(
-                output,
-                Output::Rejected {
-                    reason: RejectReason::Stalled,
-                    ..
-                }
-            )),
-            "{others:?}"
-        );
-        assert!(books.in_cooldown(&peer, later));
-    }
-
-    #[test]
-    fn a_body_that_fails_verification_puts_its_peer_in_cooldown() {
-        let now = Instant::now();
-        let peers = peers(1);
-        let peer = peers.connected[0];
-        let mut books = Books::new(limits());
-        let mut answer = lookup(&mut books, action(1), now, &peers);
-        let (sends, _) = drain(&mut books);
-        let reason = RejectReason::TooLarge { size: 9, limit: 1 };
-        books.on_answer(
-            sends[0].key,
-            peer,
-            answer_of(Outcome::Rejected {
-                reason: reason.clone(),
-                bytes: 9,
-            }),
-            now,
-            &peers,
-        );
-        let (_, others) = drain(&mut books);
-        assert!(matches!(
-            &others[..],
-            [Output::Rejected { peer: p, bytes: 9, reason: r, .. }] if *p == peer && *r == reason
-        ));
-        assert_eq!(answer.try_recv(), Ok(None));
-        assert!(books.in_cooldown(&peer, now));
-        // Not asked while in cooldown; asked again after it.
-        let mut answer = lookup(&mut books, action(2), now + Duration::from_secs(59), &peers);
-        assert_eq!(answer.try_recv(), Ok(None));
-        let later = now + Duration::from_secs(61);
-        assert!(!books.in_cooldown(&peer, later));
-        let _answer = lookup(&mut books, action(2), later, &peers);
-        assert_eq!(drain(&mut books).0.len(), 1);
-    }
-
-    fn answer_of(outcome: Outcome) -> Answer {
-        answered(outcome, Vec::new())
-    }
-
-    #[test]
-    fn the_lookup_deadline_gives_up_on_silent_peers_but_not_on_sending_ones() {
-        let now = Instant::now();
-        let peers = peers(2);
-        let mut books = Books::new(limits());
-        let mut answer = lookup(&mut books, action(1), now, &peers);
-        let (sends, others) = drain(&mut books);
-        let [Output::Timer { at, deadline }] = others[..] else {
-            panic!("a lookup deadline: {others:?}");
-        };
-        // One peer said "found" and is sending; the other said nothing.
-        sends[0].promise.asked();
-        sends[1].promise.asked();
-        sends[0].promise.owed();
-        books.on_deadline(deadline, at, &peers);
-        assert!(sends[1].cancel.is_cancelled());
-        assert!(!sends[0].cancel.is_cancelled());
-        let (_, others) = drain(&mut books);
-        assert!(matches!(
-            others[..],
-            [Output::Timer { deadline: Deadline::Request(key), .. }] if key == sends[0].key
-        ));
-        assert!(answer.try_recv().is_err(), "still waiting for the transfer");
-        books.on_answer(
-            sends[0].key,
-            sends[0].peer,
-            answer_of(Outcome::Committed(meta(3))),
-            at,
-            &peers,
-        );
-        assert!(answer.try_recv().unwrap().is_some());
-        drain(&mut books);
-
-        // Nobody answered: a miss at the deadline.
-        let mut answer = lookup(&mut books, action(2), now, &peers);
-        let (sends, others) = drain(&mut books);
-        let [Output::Timer { at, deadline }] = others[..] else {
-            panic!("a lookup deadline: {others:?}");
-        };
-        books.on_deadline(deadline, at, &peers);
-        assert_eq!(answer.try_recv(), Ok(None));
-        assert!(sends.iter().all(|send| send.cancel.is_cancelled()));
-    }
-
-    /// A lookup sent to one peer, and that peer's request.
-    fn one_lookup(now: Instant) -> (Books, FakePeers, Send) {
-        let peers = peers(1);
-        let mut books = Books::new(limits());
-        let _answer = lookup(&mut books, action(1), now, &peers);
-        let send = drain(&mut books).0.remove(0);
-        send.promise.asked();
-        (books, peers, send)
-    }
-
-    /// A peer that said "found" and then did not deliver its body is
-    /// cooled down whichever deadline passes first: the codec's, libp2p's
-    /// request timeout, or the backstop here. One that never answered a
-    /// lookup is only slow, and one whose body is all in is not to blame
-    /// for our commit.
-    #[test]
-    fn a_missed_deadline_cools_down_only_a_peer_that_owed_a_body() {
-        let now = Instant::now();
-        let later = now + Duration::from_secs(100);
-
-        // Silent on a lookup: not its fault, whatever ends the request.
-        let (mut books, peers, send) = one_lookup(now);
-        books.on_failed(send.key, Failure::TimedOut, now, &peers);
-        assert!(!books.in_cooldown(&send.peer, now));
-
-        // Said "found", and the body stopped: the backstop, or libp2p's
-        // request timeout, cools it down like a stall does.
-        let (mut books, peers, send) = one_lookup(now);
-        send.promise.owed();
-        books.on_deadline(Deadline::Lookup(0), now, &peers);
-        books.on_deadline(Deadline::Request(send.key), later, &peers);
-        assert!(books.in_cooldown(&send.peer, later), "at the backstop");
-        let (mut books, peers, send) = one_lookup(now);
-        send.promise.owed();
-        books.on_failed(send.key, Failure::TimedOut, later, &peers);
-        assert!(books.in_cooldown(&send.peer, later), "at libp2p's timeout");
-
-        // Every byte in, and our commit is slow: not the peer's fault.
-        let (mut books, peers, send) = one_lookup(now);
-        send.promise.kept();
-        books.on_deadline(Deadline::Request(send.key), later, &peers);
-        assert!(!books.in_cooldown(&send.peer, later));
-    }
-
-    /// A peer that announced a big body and then leaves the request for it
-    /// unanswered is cooled down at the header deadline or the backstop.
-    #[test]
-    fn a_body_request_left_unanswered_cools_its_peer_down() {
-        let now = Instant::now();
-        let later = now + Duration::from_secs(100);
-        for backstop in [false, true] {
-            let peers = peers(2);
-            let mut books = Books::new(limits());
-            let mut answer = lookup(&mut books, action(1), now, &peers);
-            let (sends, _) = drain(&mut books);
-            for send in &sends {
-                books.on_answer(
-                    send.key,
-                    send.peer,
-                    answered(Outcome::Announced(meta(100 << 20)), vec![]),
-                    now,
-                    &peers,
-                );
-            }
-            let (bodies, _) = drain(&mut books);
-            let body = &bodies[0];
-            body.promise.asked();
-            if backstop {
-                books.on_deadline(Deadline::Request(body.key), later, &peers);
-            } else {
-                books.on_failed(body.key, Failure::TimedOut, later, &peers);
-            }
-            assert!(books.in_cooldown(&body.peer, later), "backstop: {backstop}");
-            // The other candidate is asked next.
-            let (next, _) = drain(&mut books);
-            assert_eq!(next.len(), 1);
-            assert_ne!(next[0].peer, body.peer);
-            assert!(answer.try_recv().is_err(), "still fetching");
-        }
-    }
-
-    /// Part 4, finding 3: hints are followed only while a build is using
-    /// peers, and within the peer's budget; past it they are dropped.
-    #[test]
-    fn read_ahead_needs_a_live_build_and_stays_within_its_budget() {
-        let now = Instant::now();
-        let peers = peers(1);
-        let peer = peers.connected[0];
-        let mut limits = limits();
-        limits.read_ahead = 16;
-        limits.read_ahead_budget.per_peer = 16 * 4096;
-        let mut books = Books::new(limits);
-        let hints = |from: u8| (from..from + 16).map(action).collect::<Vec<_>>();
-
-        // A lookup that missed brings hints: no build is using peers.
-        let _answer = lookup(&mut books, action(1), now, &peers);
-        let (sends, _) = drain(&mut books);
-        books.on_answer(
-            sends[0].key,
-            peer,
-            answered(Outcome::NotFound, hints(10)),
-            now,
-            &peers,
-        );
-        let (sent, _) = drain(&mut books);
-        assert!(
-            sent.is_empty(),
-            "read ahead with no build using peers: {sent:?}"
-        );
-
-        // A lookup that got a body: now they are followed, each entry
-        // allowed a sixteenth of the budget.
-        let _answer = lookup(&mut books, action(2), now, &peers);
-        let (sends, _) = drain(&mut books);
-        books.on_answer(
-            sends[0].key,
-            peer,
-            answered(Outcome::Committed(meta(1)), hints(40)),
-            now,
-            &peers,
-        );
-        let (batches, _) = drain(&mut books);
-        assert_eq!(batches.len(), 1, "{batches:?}");
-        assert_eq!(batches[0].max_inline, 4096);
-        // All of it lands: the budget is spent, and further hints are
-        // dropped rather than fetched.
-        for token in batches[0].batch.clone().unwrap() {
-            books.on_report(token, Outcome::Committed(meta(4096)), now, &peers);
-        }
-        books.on_answer(batches[0].key, peer, answered_batch(hints(70)), now, &peers);
-        let (sent, _) = drain(&mut books);
-        assert!(sent.is_empty(), "read ahead past the budget: {sent:?}");
-        assert_eq!(books.read_ahead.queued(), 0);
-
-        // The live window passes with no lookup hit: nothing either, even
-        // in a new budget window.
-        let later = now + Duration::from_secs(601);
-        books.offer_hints(peer, hints(100), later, &peers);
-        assert!(drain(&mut books).0.is_empty());
-    }
-
-    #[test]
-    fn hints_are_read_ahead_in_batches_that_lookups_join() {
-        let now = Instant::now();
-        let mut peers = peers(1);
-        let peer = peers.connected[0];
-        peers.stored.insert(action(30));
-        let mut books = Books::new(limits());
-        let _answer = lookup(&mut books, action(1), now, &peers);
-        let (sends, _) = drain(&mut books);
-        let hints: Vec<ActionId> = (10..31).map(action).collect();
-        books.on_answer(
-            sends[0].key,
-            peer,
-            answered(Outcome::Committed(meta(1)), hints.clone()),
-            now,
-            &peers,
-        );
-        let (batches, _) = drain(&mut books);
-        // 21 hints, one already stored: a batch of 16, then one of 4.
-        assert_eq!(batches.len(), 2);
-        assert_eq!(batches[0].actions, hints[..BATCH]);
-        assert_eq!(batches[1].actions, hints[BATCH..20]);
-        // Each entry reserves what it may bring: the first batch took a
-        // quarter of the budget, so the second may bring less per entry.
-        assert_eq!(batches[0].max_inline, 64 << 20);
-        assert_eq!(batches[1].max_inline, (3 << 30) / 64);
-        for batch in &batches {
-            assert_eq!(batch.peer, peer);
-            assert_eq!(batch.hints, HINTS);
-            assert_eq!(
-                batch.batch.as_ref().map(Vec::len),
-                Some(batch.actions.len())
-            );
-        }
-        // A lookup of an entry being read ahead joins its fetch: nothing
-        // new is sent, and the entry's report answers it.
-        let mut joined = lookup(&mut books, hints[3], now, &peers);
-        assert!(drain(&mut books).0.is_empty());
-        let token = batches[0].batch.as_ref().unwrap()[3];
-        assert_eq!(
-            books.on_report(token, Outcome::Committed(meta(2)), now, &peers),
-            Some(peer)
-        );
-        assert_eq!(joined.try_recv().unwrap().unwrap().size, 2);
-        let (_, others) = drain(&mut books);
-        assert!(matches!(
-            others[..],
-            [Output::Committed {
-                read_ahead: true,
-                ..
-            }]
-        ));
-    }
-
-    #[test]
-    fn a_version_one_peer_gets_the_rest_of_a_batch_one_per_request() {
-        let now = Instant::now();
-        let mut peers = peers(1);
-        let peer = peers.connected[0];
-        let mut books = Books::new(limits());
-        let _answer = lookup(&mut books, action(1), now, &peers);
-        let (sends, _) = drain(&mut books);
-        let hints: Vec<ActionId> = (10..13).map(action).collect();
-        books.on_answer(
-            sends[0].key,
-            peer,
-            answered(Outcome::Committed(meta(1)), hints.clone()),
-            now,
-            &peers,
-        );
-        let (batches, _) = drain(&mut books);
-        assert_eq!(batches.len(), 1);
-        assert_eq!(batches[0].actions, hints);
-        // It answered the first only, and said it is version 1.
-        let token = batches[0].batch.as_ref().unwrap()[0];
-        books.on_report(token, Outcome::Committed(meta(1)), now, &peers);
-        peers.no_batches.insert(peer); // What the event loop records.
-        let end = Answer {
-            outcome: None,
-            next: Vec::new(),
-            version: 1,
-        };
-        books.on_answer(batches[0].key, peer, end, now, &peers);
-        let (again, _) = drain(&mut books);
-        let asked: Vec<Vec<ActionId>> = again.iter().map(|send| send.actions.clone()).collect();
-        assert_eq!(asked, [vec![hints[1]], vec![hints[2]]]);
-        assert!(again.iter().all(|send| send.batch.is_none()));
-    }
-
-    type Replies = Vec<oneshot::Receiver<Option<Fetched>>>;
-    type Entries = Vec<(ActionId, u64, oneshot::Sender<Option<Fetched>>)>;
-
-    /// Entries to replicate, `listed` bytes each (action 3: 5 MiB).
-    fn replicated(range: std::ops::RangeInclusive<u8>, listed: u64) -> (Entries, Replies) {
-        range
-            .map(|n| {
-                let (reply, answer) = oneshot::channel();
-                let size = if n == 3 { 5 << 20 } else { listed };
-                ((action(n), size, reply), answer)
-            })
-            .unzip()
-    }
-
-    #[test]
-    fn replication_asks_one_peer_in_batches_and_does_not_wake_read_ahead() {
-        let now = Instant::now();
-        let mut peers = peers(2);
-        let (peer, other) = (peers.connected[0], peers.connected[1]);
-        peers.stored.insert(action(5));
-        let mut books = Books::new(limits());
-        let (entries, mut answers) = replicated(1..=20, 1000);
-        books.replicate(peer, entries, now, &peers);
-        // Stored already: answered at once, not asked for.
-        assert_eq!(answers[4].try_recv(), Ok(None));
-        let (batches, _) = drain(&mut books);
-        assert_eq!(batches.len(), 2, "19 entries: a batch of 16 and one of 3");
-        assert!(batches.iter().all(|batch| batch.peer == peer));
-        assert!(batches.iter().all(|batch| batch.hints == 0));
-        assert_eq!(batches[0].max_inline, 1 << 20, "big bodies come alone");
-        assert_eq!(
-            batches[1].max_inline, 1000,
-            "nothing bigger than the catalog listed comes inline"
-        );
-        let listed = batches[0].listed.as_ref().expect("sizes listed");
-        assert_eq!((listed.len(), listed[0], listed[2]), (16, 1000, 5 << 20));
-        // A lookup of a replicated entry joins it: nothing is sent.
-        let mut joined = lookup(&mut books, action(2), now, &peers);
-        assert!(drain(&mut books).0.is_empty());
-        let token = |n: usize| batches[0].batch.as_ref().unwrap()[n];
-        books.on_report(token(0), Outcome::Committed(meta(7)), now, &peers);
-        assert_eq!(answers[0].try_recv().unwrap().unwrap().size, 7);
-        // A replicated body alone does not make read-ahead think a build
-        // is using peers; one a lookup waited for does.
-        assert!(!books.budget.is_live(now));
-        books.on_report(token(1), Outcome::Committed(meta(8)), now, &peers);
-        assert_eq!(joined.try_recv().unwrap().unwrap().size, 8);
-        assert!(books.budget.is_live(now));
-        // A big one is announced, then fetched alone from the same peer,
-        // no bigger than listed.
-        books.on_report(token(2), Outcome::Announced(meta(5 << 20)), now, &peers);
-        let (body, _) = drain(&mut books);
-        assert_eq!(body.len(), 1);
-        assert_eq!(
-            (body[0].peer, body[0].actions.clone()),
-            (peer, vec![action(3)])
-        );
-        assert_eq!(body[0].max_inline, 5 << 20);
-        assert_eq!(body[0].listed, Some(vec![5 << 20]));
-        // One the peer no longer has is a miss: the other peer is not asked.
-        books.on_report(token(3), Outcome::NotFound, now, &peers);
-        assert_eq!(answers[3].try_recv(), Ok(None));
-        assert!(drain(&mut books).0.iter().all(|send| send.peer != other));
-        // A lookup's requests take any size.
-        let _answer = lookup(&mut books, action(30), now, &peers);
-        assert!(drain(&mut books).0.iter().all(|send| send.listed.is_none()));
-    }
-
-    /// A body bigger than its catalog listed counts against the peer as a
-    /// body that does not verify: its other transfers end, and it is not
-    /// asked again during its cooldown.
-    #[test]
-    fn a_body_bigger_than_listed_cools_its_peer_down() {
-        let now = Instant::now();
-        let peers = peers(1);
-        let peer = peers.connected[0];
-        let mut books = Books::new(limits());
-        let (entries, mut answers) = replicated(1..=2, 1);
-        books.replicate(peer, entries, now, &peers);
-        let (batches, _) = drain(&mut books);
-        let token = batches[0].batch.as_ref().unwrap()[0];
-        let rejected = Outcome::Rejected {
-            reason: RejectReason::LargerThanListed {
-                size: 1 << 20,
-                listed: 1,
-            },
-            bytes: 0,
-        };
-        books.on_report(token, rejected, now, &peers);
-        assert_eq!(answers[0].try_recv(), Ok(None));
-        assert!(books.in_cooldown(&peer, now));
-        assert!(batches[0].cancel.is_cancelled(), "its batch is cut off");
-        let (entries, mut later) = replicated(10..=11, 1);
-        books.replicate(peer, entries, now, &peers);
-        assert!(
-            drain(&mut books).0.is_empty(),
-            "not asked while cooled down"
-        );
-        assert_eq!(later[0].try_recv(), Ok(None));
-    }
-
-    /// With agreement on, one peer's word is never enough to store a
-    /// body: replicating would move bodies only to throw them away.
-    #[test]
-    fn nothing_is_replicated_with_agreement_on() {
-        let now = Instant::now();
-        let peers = peers(1);
-        let mut books = Books::new(Limits {
-            agreement: true,
-            ..limits()
-        });
-        let (entries, mut answers) = replicated(1..=4, 10);
-        books.replicate(peers.connected[0], entries, now, &peers);
-        assert!(drain(&mut books).0.is_empty(), "nothing asked for");
-        assert!(
-            answers
-                .iter_mut()
-                .all(|answer| answer.try_recv() == Ok(None))
-        );
-    }
-}
+mod tests;

@@ -22,33 +22,41 @@
 //! one peer, and agreement stores nothing on one peer's word, so every
 //! body would be moved only to be thrown away.
 //!
-//! [`RejectReason::LargerThanListed`]: crate::fetch::receive::RejectReason::LargerThanListed
+//! [`RejectReason::LargerThanListed`]: crate::fetch::exchange::RejectReason::LargerThanListed
 
 use std::time::Duration;
 
 use libp2p::PeerId;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::io::{Deadline, Peers, Phase};
-use super::{Books, Request};
-use crate::fetch::Fetched;
+use super::requests::Terms;
+use super::{Books, Reply};
+use crate::fetch::Miss;
 use crate::fetch::read_ahead::BATCH;
 use crate::ids::ActionId;
 
 impl Books {
     /// Fetches `entries` (each with the size its catalog listed) from
-    /// `peer`, answering each on its own sender: `None` at once for one
+    /// `peer`, answering each on its own sender: a miss at once for one
     /// stored already, with nobody to ask, or with agreement on.
     pub(crate) fn replicate(
         &mut self,
         peer: PeerId,
-        entries: Vec<(ActionId, u64, oneshot::Sender<Option<Fetched>>)>,
+        entries: Vec<(ActionId, u64, Reply)>,
         now: Instant,
         peers: &impl Peers,
     ) {
-        let usable = self.eligible(&peer, now, peers) && !self.limits.agreement;
+        let unusable = if self.in_cooldown(&peer, now) {
+            Some(Miss::Cooldown { peer })
+        } else if !self.holders.asks(&peer) {
+            Some(Miss::NoPeers)
+        } else if self.limits.agreement {
+            Some(Miss::NotFound)
+        } else {
+            None
+        };
         let mut fetches = Vec::new();
         for (action, listed, reply) in entries {
             if let Some(fetch) = (self.active.get(&action)).and_then(|id| self.fetches.get_mut(id))
@@ -56,8 +64,12 @@ impl Books {
                 fetch.replies.push(reply);
                 continue;
             }
-            if !usable || peers.stored(&action) {
-                let _ = reply.send(None);
+            if let Some(miss) = unusable {
+                let _ = reply.send(Err(miss));
+                continue;
+            }
+            if peers.stored(&action) {
+                let _ = reply.send(Err(Miss::NotFound));
                 continue;
             }
             self.read_ahead.take(&action);
@@ -81,13 +93,13 @@ impl Books {
                 .min(largest);
             let per_entry = self.limits.lookup_deadline + self.limits.longest_body(max_inline);
             let backstop = now + per_entry * batch.len() as u32 + Duration::from_secs(1);
-            let request = Request {
+            let terms = Terms {
                 max_inline,
                 hints: 0,
                 header_deadline: now + self.limits.lookup_deadline,
                 cancel: CancellationToken::new(),
             };
-            if let Some(key) = self.send(batch.to_vec(), peer, Phase::ReadAhead, request) {
+            if let Some(key) = self.send(batch.to_vec(), peer, Phase::ReadAhead, terms) {
                 self.timer(backstop, Deadline::Request(key));
             }
         }
