@@ -25,9 +25,12 @@ use std::path::{Path, PathBuf};
 use crate::fsutil::private::{self, NotPrivate};
 
 mod declare;
+pub(crate) mod env;
 mod error;
+pub(crate) mod identity;
 mod origin;
 mod settings;
+pub(crate) mod trust;
 mod value;
 
 pub(crate) use self::declare::{Flagged, Setting};

@@ -15,7 +15,7 @@ use warren_p2p::config::defaults;
 use super::declare::settings;
 use super::error::Error;
 use super::value::{Rate, Replicate, list_or};
-use crate::env;
+use crate::config::env;
 use crate::store::TrimPolicy;
 
 /// Default store size limit: room for dozens of `go build std`-sized

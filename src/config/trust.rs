@@ -19,6 +19,7 @@
 //! one peer, for example the team's CI machine whose entries everyone
 //! should get, through whoever fetched them.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -28,7 +29,6 @@ use serde::{Deserialize, Serialize};
 use warren_p2p::Role;
 
 use crate::fsutil::private::{self, NotPrivate};
-use crate::share::node_store::SharingState;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
@@ -193,6 +193,16 @@ impl Allowlist {
         self.peers = kept;
         removed
     }
+}
+
+/// What the allowlist says the store takes from peers and serves on
+/// (`daemon::node_store` applies it).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct SharingState {
+    /// Peers we take entries from.
+    pub pull: HashSet<PeerId>,
+    /// Peers whose entries we serve on as if built here.
+    pub reshare: HashSet<PeerId>,
 }
 
 /// The fields `warren peers add` sets; `None` leaves one as it is.

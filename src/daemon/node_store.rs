@@ -34,7 +34,6 @@
 //! ([`Ledger`]), so that one peer's answer can be confirmed by an earlier
 //! build of our own.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,12 +42,13 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use warren_p2p::{BodySink, CommitError, PeerId, Served, SummaryChunk};
 
+use crate::config::trust::SharingState;
+use crate::daemon::consistency;
+use crate::daemon::disk_floor::{BelowFloor, DiskFloor};
+use crate::daemon::ledger::Ledger;
+use crate::daemon::put_order::PutOrder;
+use crate::daemon::quiet::Quiet;
 use crate::ids::{ActionId, OutputId};
-use crate::share::consistency;
-use crate::share::disk_floor::{BelowFloor, DiskFloor};
-use crate::share::ledger::Ledger;
-use crate::share::quiet::Quiet;
-use crate::store::index::PutOrder;
 use crate::store::{self, DiskStore, Lookup, ObjectWriter, Source, TrimPolicy};
 
 /// Whose entries are taken and whose are served on; replaced when the
@@ -56,14 +56,6 @@ use crate::store::{self, DiskStore, Lookup, ObjectWriter, Source, TrimPolicy};
 #[derive(Debug, Default)]
 pub(crate) struct Sharing {
     state: RwLock<SharingState>,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct SharingState {
-    /// Peers we take entries from.
-    pub pull: HashSet<PeerId>,
-    /// Peers whose entries we serve on as if built here.
-    pub reshare: HashSet<PeerId>,
 }
 
 impl Sharing {
@@ -271,7 +263,7 @@ impl StoreAdapter {
     }
 }
 
-/// Says, at most once per [`crate::share::quiet::WINDOW`], that fetched bodies cannot be
+/// Says, at most once per [`crate::daemon::quiet::WINDOW`], that fetched bodies cannot be
 /// stored (a full or read-only disk), and how many were lost.
 fn warn_not_stored(quiet: &Quiet, error: &store::Error) {
     let message = crate::logging::chain(error);
@@ -284,7 +276,7 @@ fn warn_not_stored(quiet: &Quiet, error: &store::Error) {
     }
 }
 
-/// Says, at most once per [`crate::share::quiet::WINDOW`], that fetched
+/// Says, at most once per [`crate::daemon::quiet::WINDOW`], that fetched
 /// bodies were refused for the disk floor, and how many.
 fn warn_below_floor(quiet: &Quiet, below: BelowFloor) -> io::Error {
     match quiet.occurred("disk floor", tokio::time::Instant::now()) {
@@ -557,6 +549,8 @@ impl BodySink for Sink {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::collections::HashSet;
+
     use warren_p2p::Bodies as _;
 
     use super::*;

@@ -29,11 +29,11 @@ use std::time::{Duration, Instant};
 
 use std::os::unix::process::CommandExt as _;
 
+use crate::helper::tiered::{BoxFuture, RemoteTier};
 use crate::ids::ActionId;
-use crate::share::ipc;
+use crate::ipc;
+use crate::ipc::trace::Miss;
 use crate::store::{DiskStore, Entry, Lookup};
-use crate::tiered::{BoxFuture, RemoteTier};
-use crate::trace::Miss;
 
 /// How long a helper stops asking after finding no daemon.
 pub(crate) const ABSENT_BACKOFF: Duration = Duration::from_secs(1);
@@ -267,7 +267,7 @@ mod tests {
         let store = Arc::new(DiskStore::open(dir.path()).unwrap());
         let socket = dir.path().join("daemon.sock");
         // Bound but never accepting: connections queue, nothing is read.
-        let _listener = ipc::bind(&socket).await.unwrap();
+        let _listener = tokio::net::UnixListener::bind(&socket).unwrap();
         let tier = DaemonTier::new(socket, Duration::from_millis(150));
         for n in 1..STUCK_AFTER {
             let started = Instant::now();

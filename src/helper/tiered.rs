@@ -27,9 +27,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::ids::{ActionId, OutputId};
+use crate::ipc::trace::Miss;
 use crate::logging::chain;
 use crate::store::{self, DiskStore, Entry, Lookup, ObjectWriter, Source, VerifiedObject};
-use crate::trace::Miss;
 
 /// A boxed future, for object-safe async trait methods.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Deserializer, Serialize};
 use warren_p2p::{ConnectFailure, PeerInfo};
 
-pub(crate) use crate::share::replicate::PeerReplication;
+pub(crate) use crate::daemon::replicate::PeerReplication;
 
 /// The running daemon.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

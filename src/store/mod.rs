@@ -77,13 +77,10 @@
 //! clock is held back by the boot clock (`trim_clock`). It runs under
 //! `trim.lock`, at most once per [`TRIM_INTERVAL`](trim::TRIM_INTERVAL) when automatic.
 
-pub(crate) mod index;
-#[cfg(target_os = "linux")]
-mod watch;
-
 mod entry;
 pub(crate) mod layout;
 mod provenance;
+pub(crate) mod stats;
 pub(crate) mod trim;
 mod trim_clock;
 mod writer;
@@ -298,7 +295,8 @@ impl DiskStore {
         (self.clock)()
     }
 
-    fn entry_path(&self, action: &ActionId) -> PathBuf {
+    /// Where the entry of `action` is (or would be).
+    pub(crate) fn entry_path(&self, action: &ActionId) -> PathBuf {
         shard_path(&self.actions, &action.to_hex())
     }
 

@@ -8,10 +8,10 @@ use warren_p2p::{ConnectFailure, Multiaddr};
 
 use super::Report;
 use super::local::Me;
+use crate::config::trust::Allowlist;
 use crate::config::{Config, Replicate};
-use crate::share::replicate;
-use crate::share::status::DaemonStatus;
-use crate::share::trust::Allowlist;
+use crate::daemon::replicate;
+use crate::ipc::status::DaemonStatus;
 
 // --- Peers ---
 
@@ -425,9 +425,9 @@ mod tests {
 
     use super::*;
     use crate::config::tests::with_config;
-    use crate::share::replicate::PeerReplication;
-    use crate::share::status::PeerStatus;
-    use crate::share::trust::Peer as Listed;
+    use crate::config::trust::Peer as Listed;
+    use crate::daemon::replicate::PeerReplication;
+    use crate::ipc::status::PeerStatus;
 
     /// Each replicated peer gets a line that says how far along it is, a
     /// warning with the fix when its catalog cannot be read or the budget

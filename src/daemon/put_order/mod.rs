@@ -47,6 +47,9 @@
 //! the node); without, within [`REFRESH`]. None is given before the first
 //! full scan is done, since it would leave most entries out.
 
+#[cfg(target_os = "linux")]
+mod watch;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::hash::{BuildHasher, RandomState};
@@ -64,8 +67,6 @@ use warren_p2p::{catalog, summary};
 use crate::ids::ActionId;
 use crate::store;
 use crate::store::layout::{self, shard_named};
-#[cfg(target_os = "linux")]
-use crate::store::watch;
 
 /// A pause between puts longer than this ends a run of hints.
 pub(crate) const BURST_GAP: Duration = Duration::from_secs(10);

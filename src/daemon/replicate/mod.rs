@@ -51,7 +51,7 @@ use warren_p2p::catalog::{CatalogEntry, CatalogRequest, Cursor, Position};
 use warren_p2p::{Client, PeerId};
 
 use crate::config::{Replicate, Share};
-use crate::share::status::PeerStatus;
+use crate::ipc::status::PeerStatus;
 use crate::store::{DiskStore, Source};
 
 pub(crate) mod budget;
@@ -329,7 +329,7 @@ impl State {
 /// all of them or those named (by name or peer ID).
 pub(crate) fn chosen(
     replicate: &Replicate,
-    allowlist: &crate::share::trust::Allowlist,
+    allowlist: &crate::config::trust::Allowlist,
 ) -> HashSet<PeerId> {
     let pulled = allowlist.sharing().pull;
     match replicate {
@@ -351,7 +351,7 @@ pub(crate) fn chosen(
 /// The names in `replicate` that name no peer pulled from, for a warning.
 pub(crate) fn unknown(
     replicate: &Replicate,
-    allowlist: &crate::share::trust::Allowlist,
+    allowlist: &crate::config::trust::Allowlist,
 ) -> Vec<String> {
     let Replicate::Peers(names) = replicate else {
         return Vec::new();
@@ -636,8 +636,8 @@ fn count(store: &DiskStore) -> Result<(u64, u64), crate::store::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::trust::{Allowlist, Peer as Listed};
     use crate::ids::ActionId;
-    use crate::share::trust::{Allowlist, Peer as Listed};
 
     /// Entries skipped for a budget are looked at again, from the first
     /// one skipped, once the catalog read so far is done and the budget
