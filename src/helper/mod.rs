@@ -9,6 +9,7 @@
 //! - [`tiered`]: where an entry comes from (the local store, then the
 //!   remote tier) and where a put goes;
 //! - [`daemon_tier`]: the remote tier, which asks the daemon;
+//! - [`trusted`]: which entries' sources may reach `go`, by the allowlist;
 //! - [`trace`]: the notes of each lookup, reported to the daemon at the end.
 
 mod daemon_tier;
@@ -17,6 +18,7 @@ pub(crate) mod protocol;
 mod session;
 pub(crate) mod tiered;
 pub(crate) mod trace;
+mod trusted;
 
 use std::fs::File;
 use std::io::{self, BufReader};
@@ -31,8 +33,8 @@ use self::daemon_tier::DaemonTier;
 use self::faults::Faults;
 use self::tiered::MultiLevelStorage;
 use self::trace::Recorder;
+use self::trusted::TrustedSources;
 use crate::config::Config;
-use crate::config::trust::TrustedSources;
 use crate::store::stats::{self, Counters};
 use crate::store::{self, DiskStore};
 

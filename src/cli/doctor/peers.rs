@@ -426,8 +426,7 @@ mod tests {
     use super::*;
     use crate::config::tests::with_config;
     use crate::config::trust::Peer as Listed;
-    use crate::daemon::replicate::PeerReplication;
-    use crate::ipc::status::PeerStatus;
+    use crate::ipc::status::{PeerReplication, PeerStatus};
 
     /// Each replicated peer gets a line that says how far along it is, a
     /// warning with the fix when its catalog cannot be read or the budget

@@ -31,8 +31,8 @@ use warren_p2p::Client;
 
 use crate::daemon::put_order::PutOrder;
 use crate::daemon::quiet::Quiet;
-use crate::daemon::replicate::{self, PeerReplication};
-use crate::ipc::status::PeerStatus;
+use crate::daemon::replicate;
+use crate::ipc::status::{PeerReplication, PeerStatus};
 use crate::store::stats::{self, Totals};
 
 /// What a scrape shows.

@@ -44,14 +44,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use warren_p2p::catalog::{CatalogEntry, CatalogRequest, Cursor, Position};
 use warren_p2p::{Client, PeerId};
 
 use crate::config::{Replicate, Share};
-use crate::ipc::status::PeerStatus;
+use crate::ipc::status::{PeerReplication, PeerStatus};
 use crate::store::{DiskStore, Source};
 
 pub(crate) mod budget;
@@ -124,63 +123,6 @@ impl Activity {
         last != 0
             && (self.start.elapsed().as_millis() as u64).saturating_sub(last)
                 < within.as_millis() as u64
-    }
-}
-
-/// One peer's replication, as `warren peers` and `warren stats` show it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub(crate) struct PeerReplication {
-    /// Entries listed by its catalog and not fetched or skipped yet.
-    pub behind: u64,
-    /// Whether its catalog has more than `behind` says.
-    pub more: bool,
-    /// Entries fetched by replication, and their bytes.
-    pub entries: u64,
-    pub bytes: u64,
-    /// Entries left out because `replicate-max-size` was reached.
-    pub skipped_for_budget: u64,
-    pub skipped_bytes: u64,
-    /// Entries left out because the store is near `max-size` (see
-    /// [`budget::HEADROOM_PERCENT`]).
-    pub skipped_for_room: u64,
-    pub skipped_room_bytes: u64,
-    /// Why it is not being replicated from now, if so.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-impl PeerReplication {
-    /// One line: how far behind, what came, what the budgets left out.
-    pub(crate) fn describe(&self) -> String {
-        let bytes = |count: u64| bytesize::ByteSize(count).display().iec().to_string();
-        let behind = match (self.behind, self.more) {
-            (0, false) => "up to date".to_owned(),
-            (n, more) => format!("behind by {n}{} entries", if more { "+" } else { "" }),
-        };
-        let mut line = format!(
-            "{behind}; replicated {} entries ({})",
-            self.entries,
-            bytes(self.bytes)
-        );
-        if self.skipped_for_budget > 0 {
-            line += &format!(
-                "; {} entries ({}) skipped: replicate-max-size reached",
-                self.skipped_for_budget,
-                bytes(self.skipped_bytes)
-            );
-        }
-        if self.skipped_for_room > 0 {
-            line += &format!(
-                "; {} entries ({}) skipped: the store is near max-size",
-                self.skipped_for_room,
-                bytes(self.skipped_room_bytes)
-            );
-        }
-        if let Some(note) = &self.note {
-            line += &format!("; {note}");
-        }
-        line
     }
 }
 
@@ -712,37 +654,6 @@ mod tests {
         assert_eq!(off_because(&share), Some("agreement is on"));
         share.replicate = Replicate::None;
         assert_eq!(off_because(&share), None, "nothing to turn off");
-    }
-
-    #[test]
-    fn the_state_reads_in_one_line() {
-        let mut state = PeerReplication {
-            entries: 3,
-            bytes: 2048,
-            ..PeerReplication::default()
-        };
-        assert_eq!(
-            state.describe(),
-            "up to date; replicated 3 entries (2.0 KiB)"
-        );
-        state.behind = 5;
-        state.more = true;
-        state.skipped_for_budget = 2;
-        state.skipped_bytes = 1 << 20;
-        assert_eq!(
-            state.describe(),
-            "behind by 5+ entries; replicated 3 entries (2.0 KiB); \
-             2 entries (1.0 MiB) skipped: replicate-max-size reached"
-        );
-        state.skipped_for_room = 1;
-        state.skipped_room_bytes = 4096;
-        assert!(
-            state
-                .describe()
-                .ends_with("; 1 entries (4.0 KiB) skipped: the store is near max-size"),
-            "{}",
-            state.describe()
-        );
     }
 
     #[test]

@@ -15,10 +15,11 @@ use warren_p2p::{
     Summaries, SummaryChunk,
 };
 
-use super::{Activity, PeerReplication, Replicator, Settings, State};
+use super::{Activity, Replicator, Settings, State};
 use crate::config::trust::SharingState;
 use crate::daemon::node_store::{Sharing, StoreAdapter};
 use crate::ids::ActionId;
+use crate::ipc::status::PeerReplication;
 use crate::store::{DiskStore, TrimPolicy};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
