@@ -70,7 +70,7 @@
 //! [`TOUCH_INTERVAL`] as Go does. Trimming removes files unused for longer than
 //! the policy's `max_unused`, then the least recently used files until the
 //! store fits `max_size`, but never a file used within
-//! [`USE_GRACE`](trim::USE_GRACE) (an mtime within
+//! [`USE_GRACE`] (an mtime within
 //! [`TRIM_GRACE`](trim::TRIM_GRACE), which allows for the touch interval): a
 //! running `go` command may still hold its DiskPath; a file whose mtime
 //! lies in the future counts as just used, and a forward jump of the wall
@@ -119,6 +119,11 @@ enum Replace {
 
 /// A file's mtime is refreshed on use at most this often.
 pub(crate) const TOUCH_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// Files used within this long are never trimmed: a running `go` command
+/// may still hold their DiskPath. Trim compares mtimes with it
+/// ([`trim::TRIM_GRACE`]), and its clock holds back for it after a jump
+/// (`trim_clock`).
+pub(crate) const USE_GRACE: Duration = Duration::from_secs(2 * 60 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
@@ -884,7 +889,7 @@ mod tests {
         store.trim(nothing, true).unwrap();
         assert!(entry.path.exists(), "the second trim forgot the jump");
         // Once the grace has passed on the boot clock, it goes.
-        pass(trim::USE_GRACE, Duration::ZERO);
+        pass(USE_GRACE, Duration::ZERO);
         store.trim(nothing, true).unwrap();
         assert!(!entry.path.exists(), "never trimmed");
     }

@@ -18,14 +18,11 @@ use sha2::{Digest, Sha256};
 
 use super::layout;
 use super::trim_clock::{self, Anchor};
-use super::{DiskStore, Error, io_error};
+use super::{DiskStore, Error, USE_GRACE, io_error};
 use crate::fsutil::lock::FileLock;
 use crate::fsutil::{TEMP_PREFIX, write_atomic};
 use crate::ids::OutputId;
 
-/// Files used within this long are never trimmed: a running `go` command
-/// may still hold their DiskPath.
-pub(crate) const USE_GRACE: Duration = Duration::from_secs(2 * 60 * 60);
 /// What trim compares a file's mtime with: [`USE_GRACE`] plus
 /// [`TOUCH_INTERVAL`](super::TOUCH_INTERVAL). Use is recorded at most once
 /// per touch interval, so a file in use may carry an mtime up to that much
