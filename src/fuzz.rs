@@ -45,7 +45,7 @@ pub fn ipc_line(data: &[u8]) {
     let _ = serde_json::from_slice::<crate::ipc::Response>(data);
 }
 
-/// The metrics endpoint's Host check (`share::metrics::host`): `data` is a
+/// The metrics endpoint's Host check (`daemon::metrics::host`): `data` is a
 /// request's `Host` header; its first byte picks the listening address. A
 /// Host that passes must name the listening port and an address or
 /// `localhost`, never another name (DNS rebinding).

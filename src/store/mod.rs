@@ -5,13 +5,13 @@
 //! ```text
 //! <root>/                      default: $XDG_CACHE_HOME/warren (~/Library/Caches/warren on macOS)
 //! ├── CACHEDIR.TAG             tells backup tools to skip the store
-//! ├── stats.json               lifetime counters (see `stats`)
+//! ├── stats.json               lifetime counters (see [`stats`])
 //! ├── stats.lock
 //! ├── trim.lock                held while trimming or cleaning
 //! ├── last-trim                its mtime is when the store was last trimmed; its
 //! │                            text, where trim's clock stood (see `trim_clock`)
 //! ├── daemon.lock              held by the running `warren daemon`
-//! ├── daemon.sock              its socket for helpers (see `share::ipc`)
+//! ├── daemon.sock              its socket for helpers (see `ipc`)
 //! └── v1/                      layout version; a new layout gets a new directory
 //!     ├── actions/00/ … ff/    one entry file per ActionID, named by its hex
 //!     │                        "v1 <output hex> <size> <put time, unix ns> <source>\n"
@@ -61,8 +61,10 @@
 //! line with its provenance ([`Source`]); `writer` verifies bodies on their
 //! way in; `trim` walks the store (trim, clean, verify, usage), by the
 //! clock of `trim_clock` (the wall clock, held back after a forward jump);
-//! `provenance` counts and purges entries by source. The daemon's [`index`] of put order (and
-//! its inotify `watch`) reads entries too, for peers' hints and summaries.
+//! `provenance` counts and purges entries by source; [`stats`] keeps the
+//! lifetime counters in `stats.json`. The daemon's index of put order
+//! (`daemon::put_order`, kept current by inotify) reads entries too, for
+//! peers' hints and summaries.
 //!
 //! # Use tracking and trimming
 //!

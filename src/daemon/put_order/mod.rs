@@ -30,7 +30,7 @@
 //! `warren_p2p::catalog`).
 //!
 //! Only entries the daemon serves are indexed (built here, or from a
-//! re-shared peer, and not a module index; see `share::node_store`), as
+//! re-shared peer, and not a module index; see `daemon::node_store`), as
 //! decided when each is
 //! first read: so no peer is hinted at, or told of, an entry it would be
 //! refused. Entries not served are remembered per shard all the same, so
@@ -280,8 +280,9 @@ impl PutOrder {
     /// A replicating peer's catalog (`warren_p2p::catalog`): up to
     /// `request.limit` entries built here and put at most
     /// `request.max_age_secs` ago, from `request.since` on in the
-    /// [`Listing`]'s order (or, for an older peer that sends no position,
-    /// after `request.after` in put order), and whether more follow.
+    /// [`index::Listing`]'s order (or, for an older peer that sends no
+    /// position, after `request.after` in put order), and whether more
+    /// follow.
     /// `None` before the first full scan.
     pub(crate) fn catalog(&self, request: &catalog::CatalogRequest) -> Option<catalog::Catalog> {
         self.catalog_at(request, SystemTime::now())
