@@ -334,8 +334,9 @@ mod tests {
         assert!(matches!(Allowlist::load(&path), Err(Error::BadPeer { .. })));
     }
 
-    /// Part 4, finding 15: an allowlist others can edit decides whom we
-    /// trust.
+    /// Someone else who can edit the allowlist decides whom we trust:
+    /// one writable by others is refused (SECURITY.md, "Files and
+    /// permissions").
     #[test]
     fn an_allowlist_others_can_write_is_refused() {
         use std::os::unix::fs::PermissionsExt;

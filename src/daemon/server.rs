@@ -462,8 +462,9 @@ mod tests {
         );
     }
 
-    /// Part 4, finding 14: the socket's mode was set only after `bind`, and
-    /// anyone who reached it then was served.
+    /// Another user reaches the socket in the moment between `bind` and
+    /// its chmod (held open here): it is not served (SECURITY.md, "Files
+    /// and permissions").
     #[tokio::test]
     async fn the_daemon_serves_no_other_user() {
         let (dir, path, _shutdown) = server(Duration::ZERO).await;

@@ -255,8 +255,9 @@ pub(crate) mod tests {
         Some(child)
     }
 
-    /// Part 4, finding 14: a helper asked whatever daemon answered on the
-    /// socket, another user's too.
+    /// Another user's process binds the socket where our daemon's should
+    /// be, and answers: a helper does not ask it (SECURITY.md, "Files and
+    /// permissions").
     #[tokio::test]
     async fn helpers_ask_no_daemon_of_another_user() {
         let dir = tempfile::tempdir().unwrap();

@@ -180,8 +180,8 @@ fn a_put_repairs_a_damaged_object_of_the_same_output() {
     let f = Fixture::new();
     let entry = f.store.put_bytes(&action(1), b"payload").unwrap();
     fs::write(&entry.path, b"PAYLOAD").unwrap(); // same size, wrong bytes
-    // Part 4, finding 16: even a recently used object is rewritten by a
-    // put that carries the verified bytes.
+    // Even a recently used object is rewritten by a put that carries the
+    // verified bytes.
     f.store.put_bytes(&action(2), b"payload").unwrap();
     assert_eq!(fs::read(&entry.path).unwrap(), b"payload");
 }
@@ -197,8 +197,9 @@ fn a_new_store_is_its_owners_alone() {
     }
 }
 
-/// Part 4, finding 1: a store directory others can write lets them
-/// plant entries in our builds; it is refused, saying what to fix.
+/// A store directory others can write would let them plant entries in
+/// our builds: it is refused, saying what to fix (SECURITY.md, "Files and
+/// permissions").
 #[test]
 #[expect(clippy::print_stderr, reason = "a skipped part says why")]
 fn a_store_others_can_write_is_refused_with_the_fix() {
@@ -296,8 +297,8 @@ fn entries_and_objects_behind_links_are_misses() {
     assert_eq!(f.store.get(&action(2)).unwrap(), Lookup::Miss);
 }
 
-/// Part 4, finding 11: a fetched body that landed after the helper
-/// gave up on it renamed its entry over the one `go` had just put.
+/// A fetched body that lands after the helper gave up on it must not
+/// rename its entry over the one `go` has just put.
 #[test]
 fn a_late_fetched_body_does_not_replace_what_go_put() {
     let f = Fixture::new();
@@ -366,9 +367,9 @@ fn a_fetched_body_never_replaces_a_whole_object() {
     assert_eq!(fs::read(&put.path).unwrap(), b"shared output");
 }
 
-/// Part 4, finding 12: a reader that found a damaged file removed it by
-/// path, after a check, so a good file another process renamed into
-/// place in between was removed instead.
+/// A reader that finds a damaged file must not remove it by path after
+/// its check: a good file another process renamed into place in between
+/// would go instead.
 #[test]
 fn a_discard_keeps_a_file_committed_in_its_place_meanwhile() {
     let f = Fixture::new();

@@ -103,8 +103,9 @@ fn sinks_store_only_the_announced_body_and_name_a_mismatch() {
     assert_eq!(entry.source, Source::Peer(alice));
 }
 
-/// Part 4, trust is not transitive: what a peer sent us is used here
-/// but not served on, unless that peer is re-shared.
+/// What a peer sent us is used here but not served on, unless that peer
+/// is re-shared (SECURITY.md, "Provenance, and why trust is not
+/// transitive").
 #[test]
 fn only_entries_built_here_are_served_unless_their_peer_is_reshared() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,9 +145,10 @@ fn only_entries_built_here_are_served_unless_their_peer_is_reshared() {
     ));
 }
 
-/// Part 4, agreement: the adapter remembers what was built here (not
+/// With agreement on, the adapter remembers what was built here (not
 /// what peers sent), past the entry's removal, and tells peers which
-/// entries it built.
+/// entries it built (SECURITY.md, "What verification proves, and what it
+/// cannot").
 #[test]
 fn with_agreement_builds_here_are_remembered_after_their_entry_goes() {
     let dir = tempfile::tempdir().unwrap();
@@ -335,8 +337,10 @@ fn fetched_bodies_leave_the_disk_its_floor() {
         .unwrap();
 }
 
-/// Part 4, budgets: fetched bytes count against `max-size`; past it
-/// bodies are refused (the build compiles instead), not stored.
+/// A peer's bodies would fill the store past `max-size`: fetched bytes
+/// count against it, and past it bodies are refused (the build compiles
+/// instead), not stored (SECURITY.md, "Bounds on what an allowlisted peer
+/// can make your daemon do").
 #[test]
 fn fetched_bodies_that_would_pass_max_size_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -376,8 +380,9 @@ fn fetched_bodies_that_would_pass_max_size_are_refused() {
     fetch(&adapter, 4, &[4; 100], &alice).unwrap();
 }
 
-/// Part 4: an archive whose build ID names another action is refused,
-/// and counted against its peer; a module index is not stored either.
+/// A peer sends an archive whose build ID names another action: it is
+/// refused, and counted against the peer; a module index is not stored
+/// either (SECURITY.md, "What verification proves, and what it cannot").
 #[test]
 fn archives_fetched_under_another_action_and_module_indexes_are_refused() {
     let dir = tempfile::tempdir().unwrap();

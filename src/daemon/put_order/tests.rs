@@ -459,7 +459,8 @@ fn entries_in_the_wrong_shard_are_not_indexed() {
     assert!(index.served(&action(1)).is_some());
 }
 
-/// Part 4, finding 17: the summary log only grew, whatever was removed.
+/// A summary log that only grew, whatever was removed, would name what is
+/// gone to every peer for ever: once mostly removed, it starts over.
 #[test]
 fn a_mostly_removed_log_starts_over_with_what_is_left() {
     let mut index = Index::default();

@@ -13,9 +13,8 @@ use crate::ids::ActionId;
 use crate::store::tests::{Fixture, action, set_mtime};
 use crate::store::{Lookup, USE_GRACE};
 
-/// Part 4, finding 13: trim decided on the mtimes it read during its
-/// walk, so an object handed to `go` after the walk read it (its mtime
-/// refreshed) could still be removed.
+/// An object handed to `go` after trim's walk read its mtime (refreshed
+/// since) must not be removed on the mtime the walk read.
 #[test]
 fn a_file_used_after_the_walk_saw_it_is_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -291,8 +290,9 @@ fn clean_empties_the_store() {
     f.hit(&action(1));
 }
 
-/// Part 4, finding 1: trim and clean followed a symlinked shard and
-/// deleted the files of whatever directory it pointed at.
+/// A shard replaced by a symbolic link must not lead trim and clean to
+/// delete the files of whatever directory it points at (SECURITY.md,
+/// "Files and permissions").
 #[test]
 fn walks_do_not_follow_a_linked_shard() {
     let f = Fixture::new();
