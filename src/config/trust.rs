@@ -232,10 +232,11 @@ pub(crate) fn parse_peer_id(text: &str) -> Result<PeerId, Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn some_id() -> String {
+    /// A new peer ID, as text.
+    pub(crate) fn some_id() -> String {
         libp2p_identity::Keypair::generate_ed25519()
             .public()
             .to_peer_id()

@@ -34,7 +34,7 @@
 //!   [`accept`]: what its listeners do when accepting fails;
 //! - [`trace`]: the last builds' lookups, as helpers reported them.
 
-pub(crate) mod accept;
+mod accept;
 mod allowlist;
 pub(crate) mod consistency;
 pub(crate) mod disk_floor;

@@ -63,13 +63,7 @@ mod tests {
 
     use super::*;
     use crate::config::trust::Update;
-
-    fn some_id() -> String {
-        libp2p_identity::Keypair::generate_ed25519()
-            .public()
-            .to_peer_id()
-            .to_string()
-    }
+    use crate::config::trust::tests::some_id;
 
     /// A helper hands `go` entries built here, of unknown source, or from
     /// a peer still pulled from; never one from a peer removed or made
