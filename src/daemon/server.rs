@@ -212,8 +212,8 @@ async fn answer_or_acknowledge(
 /// Answers helpers on `socket` from a thread of its own, until `shutdown`.
 ///
 /// A helper counts a daemon that does not acknowledge a lookup within
-/// `ACK_TIMEOUT` (`helper::daemon_tier`) as late, and one late three times in a
-/// row as stuck. On the node's thread, a busy stretch of fetching (a build
+/// `ACK_TIMEOUT` (`helper::daemon_tier`) as late, and one late three times
+/// in a row as stuck. On the node's thread, a busy stretch of fetching (a build
 /// reading ahead, more so in a debug build) delayed acknowledgements past
 /// that and made helpers stop asking for a second, which cost builds their
 /// peer hits. On its own thread the socket answers at once, however busy
