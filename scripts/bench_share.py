@@ -79,7 +79,7 @@ What it measures, side by side in one run:
    other pairs (the median of all pairs is shown too). B's daemon's peak
    RSS (VmHWM) is read before and after, to show that it does not grow
    with the body. The helper gives up on the daemon after its lookup
-   deadline plus a transfer allowance (src/share/remote.rs; about 1.15 s
+   deadline plus a transfer allowance (src/helper/daemon_tier.rs; about 1.15 s
    by default), which a 256 MiB body may not make, so these gets run with
    a helper config whose ``lookup-deadline`` is 60 s (the daemons keep the
    default). One extra get

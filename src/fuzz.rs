@@ -8,7 +8,7 @@
 
 use std::io::Cursor;
 
-use crate::gocacheprog::protocol::{Request, RequestReader};
+use crate::helper::protocol::{Request, RequestReader};
 
 /// The GOCACHEPROG request stream, as `go` (or anything on stdin) sends
 /// it: headers and the bodies of puts, read as the helper reads them.
@@ -41,11 +41,11 @@ pub fn store_entry(data: &[u8]) {
 /// A line on the daemon's socket, both ways: a request as the daemon reads
 /// it and an answer as a helper reads it.
 pub fn ipc_line(data: &[u8]) {
-    let _ = serde_json::from_slice::<crate::share::ipc::Request>(data);
-    let _ = serde_json::from_slice::<crate::share::ipc::Response>(data);
+    let _ = serde_json::from_slice::<crate::ipc::Request>(data);
+    let _ = serde_json::from_slice::<crate::ipc::Response>(data);
 }
 
-/// The metrics endpoint's Host check (`share::metrics::host`): `data` is a
+/// The metrics endpoint's Host check (`daemon::metrics::host`): `data` is a
 /// request's `Host` header; its first byte picks the listening address. A
 /// Host that passes must name the listening port and an address or
 /// `localhost`, never another name (DNS rebinding).
@@ -67,7 +67,7 @@ pub fn metrics_host(data: &[u8]) {
         .header(HOST, value)
         .body(())
         .expect("a request with a valid header value");
-    let hosts = crate::share::metrics::host::Hosts::new(listening);
+    let hosts = crate::daemon::metrics::host::Hosts::new(listening);
     if hosts.foreign(&request).is_none() {
         let text = std::str::from_utf8(host).expect("a Host that passes to be text");
         let (name, port) = text

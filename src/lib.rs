@@ -2,26 +2,28 @@
 //!
 //! The `go` command starts `warren` as its `GOCACHEPROG` and talks JSON lines
 //! with it. With no configuration warren is a fast, safe local cache; peer
-//! sharing plugs in behind [`tiered::RemoteTier`]. The folders follow the
-//! processes: what runs in the helper that `go` starts, what runs in the
-//! long-lived daemon, and the store both of them use
-//! (`docs/architecture.md` follows a `get` and a `put` through them).
+//! sharing plugs in behind [`helper::tiered::RemoteTier`]. The folders show
+//! the processes: what runs in the helper that `go` starts, what runs in
+//! the long-lived daemon, what the two say to each other, and what every
+//! warren process shares (`docs/architecture.md` follows a `get` and a
+//! `put` through them).
 //!
 //! Layout:
-//! - [`gocacheprog`]: the helper, one per `go` command: the protocol's
-//!   messages and the session that answers them.
-//! - [`tiered`]: where an entry comes from: the local store first, then the
-//!   remote tier; where a put goes.
-//! - [`store`]: the local disk store (layout, entries, verified writes,
-//!   trim) and, for the daemon, its index of put order.
-//! - [`share`]: sharing with coworkers: the daemon, the socket to it, the
-//!   helper's remote tier, identity and the allowlist.
+//! - [`helper`]: the process `go` starts, one per `go` command: its
+//!   startup, the GOCACHEPROG protocol and session, where an entry comes
+//!   from (the local store, then the daemon), and its notes for `warren
+//!   trace`.
+//! - [`daemon`]: the long-lived process, one per user and store: the
+//!   peer-to-peer node's store, the helper socket's server, replication,
+//!   metrics, and the store's index of put order.
+//! - [`ipc`]: the contract between the two: requests and answers on the
+//!   helper socket, the daemon's status, a trace's lookups.
 //! - [`cli`]: the command line (the binary is a thin wrapper around
-//!   [`cli::run`]).
+//!   [`cli::run`]): the subcommands, and which process to be.
 //! - [`config`]: defaults, config file, `WARREN_*` variables and flags;
-//!   [`mod@env`]: the names of those variables.
-//! - [`stats`]: lifetime counters; [`trace`]: what each lookup of a build
-//!   did, for `warren trace`.
+//!   this machine's identity and the allowlist.
+//! - [`store`]: the local disk store (layout, entries, verified writes,
+//!   trim) and its lifetime counters, used by every process.
 //! - [`fsutil`]: atomic file writes and cross-process locks.
 //! - [`logging`]: quiet-by-default diagnostics on stderr.
 //! - [`ids`]: `ActionId` and `OutputId` (from `warren_p2p`, shared by both
@@ -37,17 +39,14 @@
 
 pub mod cli;
 mod config;
-mod env;
+mod daemon;
 mod fsutil;
 #[cfg(feature = "fuzz")]
 #[doc(hidden)]
 pub mod fuzz;
-mod gocacheprog;
+mod helper;
+mod ipc;
 pub mod logging;
-mod share;
-mod stats;
 mod store;
-mod tiered;
-mod trace;
 
 use warren_p2p::ids;

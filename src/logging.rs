@@ -14,7 +14,7 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::env::WARREN_LOG;
+use crate::config::env::WARREN_LOG;
 
 /// Installs the stderr logger. `verbosity` is the number of `-v` flags.
 pub fn init(verbosity: u8) {

@@ -265,7 +265,7 @@ fn builds_start_one_daemon() {
 
 /// With sharing on but no daemon running, builds are local, succeed and
 /// stay silent. (What an absent daemon costs per miss is measured in
-/// `share/remote.rs`'s tests and in the benchmark.)
+/// `helper/daemon_tier.rs`'s tests and in the benchmark.)
 #[test]
 fn no_daemon_means_local_only() {
     if !netns::available() {

@@ -5,7 +5,7 @@
 //! entries it lacks from them, verifying every body (size and SHA-256
 //! against the OutputID) before it lands. warren runs one node per user in
 //! its daemon, behind the remote tier consulted after each local miss
-//! (`warren::tiered::RemoteTier`).
+//! (`warren::helper::tiered::RemoteTier`).
 //!
 //! # Layout
 //!

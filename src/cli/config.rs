@@ -16,8 +16,8 @@ use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches};
 
 use super::GLOBAL;
+use crate::config::env;
 use crate::config::{self, Config, Flagged, Given, Origin, Overrides, Setting};
-use crate::env;
 
 /// The id and option of the config file, and its key in `Config::origin`.
 const CONFIG: &str = "config";
@@ -149,7 +149,7 @@ fn table<T>(
 fn off_by_another(key: &str, shown: String, share: &config::Share) -> String {
     match key {
         "read-ahead" if share.agreement => "0 (off: agreement is on)".to_owned(),
-        "replicate" => match crate::share::replicate::off_because(share) {
+        "replicate" => match crate::daemon::replicate::off_because(share) {
             Some(why) => format!("{shown} (off: {why})"),
             None => shown,
         },

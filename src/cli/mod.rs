@@ -1,39 +1,29 @@
-//! The command line: `warren` alone is the GOCACHEPROG helper; subcommands
-//! inspect and maintain the store.
+//! The command line: `warren` alone is the GOCACHEPROG helper
+//! ([`crate::helper`]), `warren daemon` the daemon ([`crate::daemon`]);
+//! the other subcommands inspect and maintain the store, the allowlist and
+//! the daemon.
 //!
 //! Output of subcommands goes to stdout through an explicit writer (the
 //! helper's stdout belongs to the protocol, so nothing here uses `print!`).
 
-use std::fs::File;
-use std::io::{self, BufReader, Write};
-use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt as _;
-use std::process::{Command as Process, ExitCode, Stdio};
-use std::sync::Arc;
+use std::io::{self, Write};
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::gocacheprog::faults::Faults;
-use crate::gocacheprog::session;
-use crate::share::ipc;
-use crate::share::remote::DaemonTier;
-use crate::share::status::{DaemonStatus, PeerStatus};
-use crate::share::trust::TrustedSources;
-use crate::stats::{self, Counters};
-use crate::store::{self, DiskStore, TrimReport};
-use crate::tiered::MultiLevelStorage;
-use crate::trace::Recorder;
+use crate::ipc;
+use crate::ipc::status::DaemonStatus;
+use crate::store::{DiskStore, TrimReport};
 
 mod config;
 mod doctor;
 mod share;
+mod stats;
 mod trace;
 
-/// Reading stdin in big steps keeps large put bodies flowing.
-const STDIN_BUFFER: usize = 256 * 1024;
 /// The heading of the options every subcommand takes: listed after a
 /// subcommand's own.
 const GLOBAL: &str = "Global options";
@@ -186,8 +176,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let config = config?;
     match cli.command {
-        None => serve(&config),
-        Some(Command::Stats { json }) => show_stats(&config, json, &mut out),
+        None => crate::helper::run(&config),
+        Some(Command::Stats { json }) => stats::show_stats(&config, json, &mut out),
         Some(Command::Trim { auto }) => trim(&config, auto, &mut out),
         Some(Command::Clean) => {
             let report = open_store(&config)?.clean().context("cleaning the store")?;
@@ -207,7 +197,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 files(report.kept_files, report.kept_bytes),
                 files(report.removed_files, report.removed_bytes)
             )?;
-            let checks = crate::share::consistency::Census::of(&store)
+            let checks = crate::daemon::consistency::Census::of(&store)
                 .context("checking the store's entries")?;
             writeln!(out, "{checks}")?;
             Ok(ExitCode::SUCCESS)
@@ -215,7 +205,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Init) => share::init(&config, &mut out),
         Some(Command::Id) => share::id(&config, &mut out),
         Some(Command::Peers { json, action }) => share::peers(&config, action, json, &mut out),
-        Some(Command::Daemon) => crate::share::daemon::run(&config),
+        Some(Command::Daemon) => crate::daemon::run(&config),
         Some(Command::Config) => self::config::show_config(&config, &mut out),
         Some(Command::Doctor { .. }) => unreachable!("handled above"),
         Some(Command::Trace {
@@ -241,138 +231,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn open_store(config: &Config) -> anyhow::Result<DiskStore> {
     DiskStore::open(&config.store.dir)
         .with_context(|| format!("opening the store at {}", config.store.dir.display()))
-}
-
-/// The GOCACHEPROG helper.
-fn serve(config: &Config) -> anyhow::Result<ExitCode> {
-    let store = Arc::new(open_store(config)?);
-    if store.trim_due() {
-        spawn_background_trim(config);
-    }
-    // Own copies of fds 0 and 1: a large read buffer for bodies, and no
-    // line buffering on the way out (the writer flushes in batches).
-    let input = File::from(
-        io::stdin()
-            .as_fd()
-            .try_clone_to_owned()
-            .context("duplicating stdin")?,
-    );
-    let output = File::from(
-        io::stdout()
-            .as_fd()
-            .try_clone_to_owned()
-            .context("duplicating stdout")?,
-    );
-    let counters = Arc::new(Counters::default());
-    let daemon = config.share.enabled.then(|| {
-        let mut tier = DaemonTier::new(config.socket_path(), config.share.lookup_deadline);
-        if config.share.autostart {
-            tier = tier.with_autostart(daemon_args(config));
-        }
-        Arc::new(tier)
-    });
-    // Never an entry from a peer no longer pulled from, daemon or not.
-    let trusted = Arc::new(TrustedSources::new(config.allowlist_path()));
-    let storage = match &daemon {
-        Some(tier) => MultiLevelStorage::new(store.clone(), Box::new(tier.clone())),
-        None => MultiLevelStorage::local_only(store.clone()),
-    };
-    let storage = Arc::new(storage.with_trusted({
-        let trusted = trusted.clone();
-        Box::new(move |source| trusted.admits(source))
-    }));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    // A full disk: trim at once to make room (see gocacheprog::faults).
-    let faults = Arc::new(Faults::new(
-        {
-            let (store, policy) = (store.clone(), config.store.trim_policy());
-            move || make_room(&store, policy)
-        },
-        {
-            let root = store.root().to_path_buf();
-            move || crate::fsutil::free_space(&root)
-        },
-    ));
-    // Lookups are noted for `warren trace` only if a daemon runs to keep them.
-    let trace = Arc::new(Recorder::new(config.socket_path().exists()));
-    let end = runtime.block_on(session::serve(
-        storage,
-        counters.clone(),
-        trace.clone(),
-        faults.clone(),
-        BufReader::with_capacity(STDIN_BUFFER, input),
-        output,
-    ))?;
-    tracing::debug!("session ended: {end:?}");
-    // For `warren trace`, kept by the daemon if one runs.
-    runtime.block_on(trace.report(&config.socket_path()));
-    // At most one warning per fault and go command (see gocacheprog::faults).
-    let daemon_summary = daemon.as_ref().and_then(|tier| tier.summary());
-    let summary = faults.summary();
-    if let Err(e) = stats::record(store.root(), &counters.snapshot(store.repaired())) {
-        let message = crate::logging::chain(&e);
-        if summary.is_some() {
-            tracing::debug!("could not record statistics: {message}");
-        } else {
-            tracing::warn!("could not record statistics: {message}");
-        }
-    }
-    for summary in (summary.into_iter())
-        .chain(daemon_summary)
-        .chain(trusted.fault())
-    {
-        tracing::warn!("{summary}");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Trims the store to half its size (least recently used first, never a
-/// file used within the trim grace), for a disk that is full; the bytes
-/// freed. One walk of the store, on a thread of its own (see
-/// `gocacheprog::faults`).
-fn make_room(store: &DiskStore, policy: store::TrimPolicy) -> u64 {
-    match store.make_room(policy) {
-        Ok(report) => report.map_or(0, |report| report.removed_bytes),
-        Err(e) => {
-            tracing::debug!("trimming to make room: {}", crate::logging::chain(&e));
-            0
-        }
-    }
-}
-
-/// The arguments that start a daemon with this helper's settings.
-fn daemon_args(config: &Config) -> Vec<String> {
-    let mut args = vec!["--dir".to_owned(), config.store.dir.display().to_string()];
-    if let Some(file) = &config.file {
-        args.extend(["--config".to_owned(), file.display().to_string()]);
-    }
-    args.push("daemon".to_owned());
-    args
-}
-
-/// Starts `warren trim --auto` detached, so trimming never slows a build.
-fn spawn_background_trim(config: &Config) {
-    let spawned = std::env::current_exe().and_then(|exe| {
-        Process::new(exe)
-            .arg("--dir")
-            .arg(&config.store.dir)
-            .arg("--max-size")
-            .arg(config.store.max_size.as_u64().to_string())
-            .arg("--max-age")
-            .arg(format!("{}s", config.store.max_age.as_secs()))
-            .args(["trim", "--auto"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-    });
-    if let Err(e) = spawned {
-        tracing::debug!("could not start a background trim: {e}");
-    }
 }
 
 fn trim(config: &Config, auto: bool, out: &mut impl Write) -> anyhow::Result<ExitCode> {
@@ -402,196 +260,6 @@ fn trim(config: &Config, auto: bool, out: &mut impl Write) -> anyhow::Result<Exi
     }
     Ok(ExitCode::SUCCESS)
 }
-
-/// Entries held per source, for `warren stats`.
-#[derive(Debug, serde::Serialize)]
-struct Sources {
-    local: store::SourceUsage,
-    /// Written by a warren before provenance was recorded.
-    unknown: store::SourceUsage,
-    peers: Vec<PeerSource>,
-}
-
-#[derive(Debug, serde::Serialize)]
-struct PeerSource {
-    peer: String,
-    name: Option<String>,
-    #[serde(flatten)]
-    usage: store::SourceUsage,
-}
-
-impl Sources {
-    fn of(config: &Config, store: &DiskStore) -> anyhow::Result<Self> {
-        // Names only; an unreadable allowlist leaves them out.
-        let allowlist = crate::share::trust::Allowlist::load(&config.allowlist_path()).ok();
-        let mut sources = Self {
-            local: store::SourceUsage::default(),
-            unknown: store::SourceUsage::default(),
-            peers: Vec::new(),
-        };
-        for (source, usage) in store.sources().context("reading the store's entries")? {
-            match source {
-                store::Source::Local => sources.local = usage,
-                store::Source::Unknown => sources.unknown = usage,
-                store::Source::Peer(peer) => sources.peers.push(PeerSource {
-                    name: (allowlist.as_ref())
-                        .and_then(|list| list.name_of(&peer))
-                        .map(str::to_owned),
-                    peer: peer.to_string(),
-                    usage,
-                }),
-            }
-        }
-        sources
-            .peers
-            .sort_by_key(|peer| std::cmp::Reverse(peer.usage.entries));
-        Ok(sources)
-    }
-
-    /// "1200 built here, 300 from peers (alice 250, 12D3KooW… 50)".
-    fn line(&self) -> String {
-        let from_peers: u64 = self.peers.iter().map(|peer| peer.usage.entries).sum();
-        let mut line = format!("{} built here, {from_peers} from peers", self.local.entries);
-        if !self.peers.is_empty() {
-            let each: Vec<String> = (self.peers.iter())
-                .map(|peer| {
-                    let who = peer.name.as_deref().unwrap_or(&peer.peer);
-                    format!("{who} {}", peer.usage.entries)
-                })
-                .collect();
-            line += &format!(" ({})", each.join(", "));
-        }
-        if self.unknown.entries > 0 {
-            line += &format!(
-                ", {} of unknown source (from an older warren; never served)",
-                self.unknown.entries
-            );
-        }
-        line
-    }
-}
-
-fn show_stats(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let store = open_store(config)?;
-    let lifetime = stats::load(store.root()).context("reading statistics")?;
-    let usage = store.usage().context("measuring the store")?;
-    let sources = Sources::of(config, &store)?;
-    let peers = daemon_peers(config);
-    if json {
-        let value = serde_json::json!({
-            "dir": store.root(),
-            "lifetime": lifetime,
-            "store": usage,
-            "sources": sources,
-            "peers": peers,
-            "limits": {
-                "max_size": config.store.max_size.as_u64(),
-                "max_age_seconds": config.store.max_age.as_secs(),
-            },
-        });
-        serde_json::to_writer_pretty(&mut *out, &value)?;
-        writeln!(out)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let percent = |part: u64| {
-        if lifetime.gets == 0 {
-            0.0
-        } else {
-            part as f64 * 100.0 / lifetime.gets as f64
-        }
-    };
-    writeln!(out, "store        {}", store.root().display())?;
-    writeln!(
-        out,
-        "size         {} in {} entries and {} objects (limit {}, unused {})",
-        ByteSize(usage.bytes).display().iec(),
-        usage.entries,
-        usage.objects,
-        config.store.max_size.display().iec(),
-        humantime::format_duration(config.store.max_age)
-    )?;
-    writeln!(out, "entries      {}", sources.line())?;
-    writeln!(
-        out,
-        "gets         {} ({} hits = {:.1}%, {} misses = {:.1}%)",
-        lifetime.gets,
-        lifetime.hits,
-        percent(lifetime.hits),
-        lifetime.misses,
-        percent(lifetime.misses)
-    )?;
-    writeln!(
-        out,
-        "hit bytes    {}",
-        ByteSize(lifetime.hit_bytes).display().iec()
-    )?;
-    writeln!(
-        out,
-        "from peers   {} hits = {:.1}% of gets ({})",
-        lifetime.peer_hits,
-        percent(lifetime.peer_hits),
-        ByteSize(lifetime.peer_hit_bytes).display().iec()
-    )?;
-    if lifetime.remote_lookups > 0 {
-        let waited = std::time::Duration::from_micros(lifetime.remote_wait_us);
-        writeln!(
-            out,
-            "waited       {:.3} s on the daemon, over {} local misses asked of peers ({:.2} ms each)",
-            waited.as_secs_f64(),
-            lifetime.remote_lookups,
-            waited.as_secs_f64() * 1e3 / lifetime.remote_lookups as f64
-        )?;
-    }
-    writeln!(
-        out,
-        "puts         {} ({})",
-        lifetime.puts,
-        ByteSize(lifetime.put_bytes).display().iec()
-    )?;
-    writeln!(out, "errors       {}", lifetime.errors)?;
-    writeln!(
-        out,
-        "repaired     {} damaged files removed",
-        lifetime.repaired
-    )?;
-    if let Some(peers) = &peers {
-        writeln!(out, "peers (from the running daemon):")?;
-        for peer in peers {
-            let bytes = |count: u64| ByteSize(count).display().iec();
-            writeln!(out, "  {}", peer.id)?;
-            writeln!(
-                out,
-                "    served    {} hits ({}, {} on the wire)",
-                peer.hits_served,
-                bytes(peer.bytes_served),
-                bytes(peer.wire_bytes_served),
-            )?;
-            writeln!(
-                out,
-                "    received  {} hits ({}, {} on the wire), {} read ahead, {} rejected bodies",
-                peer.hits_received,
-                bytes(peer.bytes_received),
-                bytes(peer.wire_bytes_received),
-                peer.read_ahead,
-                peer.rejected,
-            )?;
-            if let Some(replication) = &peer.replication {
-                writeln!(out, "    replicate {}", replication.describe())?;
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Per-peer figures from the daemon, if one is running for this store.
-fn daemon_peers(config: &Config) -> Option<Vec<PeerStatus>> {
-    let socket = config.socket_path();
-    if !socket.exists() {
-        return None;
-    }
-    daemon_status(config).ok().map(|status| status.peers)
-}
-
 /// The running daemon's status, by the socket.
 fn daemon_status(config: &Config) -> anyhow::Result<DaemonStatus> {
     match ask_daemon(config, &ipc::Request::Status, STATUS_TIMEOUT)? {

@@ -11,10 +11,10 @@ use warren_p2p::PeerId;
 
 use super::PeersCommand;
 use crate::config::Config;
-use crate::share::identity;
-use crate::share::ipc;
-use crate::share::status::PeerStatus;
-use crate::share::trust::{Allowlist, Update};
+use crate::config::identity;
+use crate::config::trust::{Allowlist, Update};
+use crate::ipc;
+use crate::ipc::status::PeerStatus;
 use crate::store::{Source, SourceUsage};
 
 pub(super) fn init(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode> {
@@ -428,7 +428,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::share::status::PeerStatus;
+    use crate::ipc::status::PeerStatus;
 
     #[test]
     fn the_bodies_column_says_how_a_connected_peer_is_asked() {

@@ -1,5 +1,5 @@
 //! `warren trace` (also `warren why`): what the lookups of the last build,
-//! or of one ActionID, came to, from the daemon's ring ([`crate::trace`]).
+//! or of one ActionID, came to, from the daemon's ring (`daemon::trace`).
 //!
 //! The default answers "why did this build not use Bob's outputs?": totals
 //! per outcome, with the peers involved by their allowlist names.
@@ -14,10 +14,10 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::config::trust::Allowlist;
 use crate::ids::ActionId;
-use crate::share::ipc;
-use crate::share::trust::Allowlist;
-use crate::trace::{Build, Kind, Lookup};
+use crate::ipc;
+use crate::ipc::trace::{Build, Kind, Lookup};
 
 /// How long `warren trace` waits for the daemon.
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -199,7 +199,7 @@ fn show_action(
         writeln!(
             out,
             "{action}: not looked up by any build in the trace (it holds the last {} lookups)",
-            crate::trace::CAPACITY
+            crate::ipc::trace::CAPACITY
         )?;
     }
     for (build, lookup) in seen {

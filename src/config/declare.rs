@@ -46,7 +46,7 @@ impl<T> Setting<T> {
 pub(crate) struct Flag {
     /// `--long`.
     pub long: &'static str,
-    /// Its variable, from [`crate::env`].
+    /// Its variable, from [`crate::config::env`].
     pub env: &'static str,
     /// The placeholder in `--help`.
     pub value_name: &'static str,

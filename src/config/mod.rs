@@ -17,7 +17,12 @@
 //! - [`settings`]: every setting, and the defaults of the store and CLI;
 //! - [`value`]: the types of settings, how each is written and shown;
 //! - [`origin`]: where a value came from, and what the command line gave;
-//! - [`declare`]: the macro that makes the rest from the declarations.
+//! - [`declare`]: the macro that makes the rest from the declarations;
+//! - [`env`](mod@env): the names of the `WARREN_*` variables.
+//!
+//! Beside the config file, in the same directory, live the files the CLI
+//! and the daemon share: [`identity`], this machine's key, and [`trust`],
+//! the allowlist of coworkers.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,9 +30,12 @@ use std::path::{Path, PathBuf};
 use crate::fsutil::private::{self, NotPrivate};
 
 mod declare;
+pub(crate) mod env;
 mod error;
+pub(crate) mod identity;
 mod origin;
 mod settings;
+pub(crate) mod trust;
 mod value;
 
 pub(crate) use self::declare::{Flagged, Setting};

@@ -15,7 +15,7 @@ use warren_p2p::config::defaults;
 use super::declare::settings;
 use super::error::Error;
 use super::value::{Rate, Replicate, list_or};
-use crate::env;
+use crate::config::env;
 use crate::store::TrimPolicy;
 
 /// Default store size limit: room for dozens of `go build std`-sized
@@ -111,7 +111,7 @@ settings! {
                 None => "off".to_owned(),
             });
         /// Whose entries to replicate; off while `agreement` is on (see
-        /// `share::replicate::off_because`). Default: none.
+        /// `daemon::replicate::off_because`). Default: none.
         "replicate" replicate: Replicate = Replicate::None;
         /// Most bytes of peers' entries in the store that replication fills up
         /// to (and it leaves the last tenth of `max-size` free). Default:

@@ -13,7 +13,7 @@ pub(super) const CACHEDIR_TAG: &str = "CACHEDIR.TAG";
 pub(super) const CACHEDIR_TAG_CONTENTS: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
 # This file is a cache directory tag created by warren.\n\
 # For information about cache directory tags see https://bford.info/cachedir/\n";
-/// Lifetime counters (see `crate::stats`), and the lock that merges them.
+/// Lifetime counters (see `crate::store::stats`), and the lock that merges them.
 const STATS_FILE: &str = "stats.json";
 const STATS_LOCK: &str = "stats.lock";
 /// Held while trimming or cleaning.
@@ -67,18 +67,18 @@ pub(super) fn shards() -> impl Iterator<Item = String> {
 }
 
 /// Shard `shard`'s directory name: two lowercase hex digits.
-pub(super) fn shard_name(shard: u8) -> String {
+pub(crate) fn shard_name(shard: u8) -> String {
     format!("{shard:02x}")
 }
 
 /// The shard of an ID (an action or an output): its first byte, which
 /// [`shard_path`] names by the first two hex digits.
-pub(super) fn shard_of(id: &[u8; 32]) -> u8 {
+pub(crate) fn shard_of(id: &[u8; 32]) -> u8 {
     id[0]
 }
 
 /// The shard a directory name is, if it is one of [`shards`].
-pub(super) fn shard_named(name: &str) -> Option<u8> {
+pub(crate) fn shard_named(name: &str) -> Option<u8> {
     let shard = u8::from_str_radix(name, 16).ok()?;
     (name == shard_name(shard)).then_some(shard)
 }

@@ -9,7 +9,7 @@
 //! A purge removes the entries of every peer not pulled from, whoever
 //! removed it and when: the daemon purges at start and on each change of
 //! the allowlist, `warren peers` when it changes it. (Helpers also check
-//! an entry's source on each hit: see `share::trust::TrustedSources`.)
+//! an entry's source on each hit: see `helper::trusted::TrustedSources`.)
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;

@@ -18,14 +18,11 @@ use sha2::{Digest, Sha256};
 
 use super::layout;
 use super::trim_clock::{self, Anchor};
-use super::{DiskStore, Error, io_error};
+use super::{DiskStore, Error, USE_GRACE, io_error};
 use crate::fsutil::lock::FileLock;
 use crate::fsutil::{TEMP_PREFIX, write_atomic};
 use crate::ids::OutputId;
 
-/// Files used within this long are never trimmed: a running `go` command
-/// may still hold their DiskPath.
-pub(crate) const USE_GRACE: Duration = Duration::from_secs(2 * 60 * 60);
 /// What trim compares a file's mtime with: [`USE_GRACE`] plus
 /// [`TOUCH_INTERVAL`](super::TOUCH_INTERVAL). Use is recorded at most once
 /// per touch interval, so a file in use may carry an mtime up to that much
@@ -349,62 +346,4 @@ fn remove_counted(path: &Path, size: u64, report: &mut TrimReport) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ids::ActionId;
-
-    /// Part 4, finding 13: trim decided on the mtimes it read during its
-    /// walk, so an object handed to `go` after the walk read it (its mtime
-    /// refreshed) could still be removed.
-    #[test]
-    fn a_file_used_after_the_walk_saw_it_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DiskStore::open(dir.path()).unwrap();
-        let entry = store
-            .put_bytes(&ActionId::from_bytes([1; 32]), b"body")
-            .unwrap();
-        let long_ago = SystemTime::now() - Duration::from_secs(30 * 86400);
-        File::open(&entry.path)
-            .unwrap()
-            .set_modified(long_ago)
-            .unwrap();
-        let walk = || {
-            let mut walked = Vec::new();
-            walk_files(&store.objects, &mut |file| walked.push(file)).unwrap();
-            walked.pop().expect("the one object")
-        };
-        let seen = walk();
-        // A lookup hands the object to go now, refreshing its mtime.
-        File::open(&entry.path)
-            .unwrap()
-            .set_modified(SystemTime::now())
-            .unwrap();
-        let mut report = TrimReport::default();
-        assert!(!remove_if_unchanged(&seen, &mut report));
-        assert!(entry.path.exists());
-        // Replaced since the walk: kept too.
-        File::open(&entry.path)
-            .unwrap()
-            .set_modified(long_ago)
-            .unwrap();
-        let seen = walk();
-        store
-            .put_bytes(&ActionId::from_bytes([2; 32]), b"body")
-            .unwrap();
-        assert_ne!(
-            fs::symlink_metadata(&entry.path).unwrap().ino(),
-            seen.ino,
-            "the put rewrote the object"
-        );
-        assert!(!remove_if_unchanged(&seen, &mut report));
-        // Unchanged since the walk: removed.
-        File::open(&entry.path)
-            .unwrap()
-            .set_modified(long_ago)
-            .unwrap();
-        let seen = walk();
-        assert!(remove_if_unchanged(&seen, &mut report));
-        assert!(!entry.path.exists());
-        assert_eq!(report.removed_files, 1);
-    }
-}
+mod tests;

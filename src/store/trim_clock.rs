@@ -29,7 +29,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::trim::USE_GRACE;
+use super::USE_GRACE;
 
 /// How far the wall clock may run ahead of the boot clock between two
 /// trims before it counts as a jump: NTP slews a clock by at most 500 ppm

@@ -880,7 +880,7 @@ impl Drop for Daemon {
 }
 
 /// One request on the daemon's socket of `sandbox` (a JSON line, as
-/// `share::ipc` frames it): the answer line after any `"accepted"`, or
+/// `ipc` frames it): the answer line after any `"accepted"`, or
 /// `None` if none came within `timeout`.
 pub fn ask_daemon(sandbox: &Sandbox, request: &str, timeout: Duration) -> Option<String> {
     use std::io::BufRead as _;

@@ -9,9 +9,9 @@ use warren_p2p::Multiaddr;
 use super::Report;
 use super::peers::{is_link_local, multiaddr_ip_port};
 use crate::config::Config;
-use crate::share::ipc;
-use crate::share::status::{DaemonStatus, PeerStatus};
-use crate::share::trust::Allowlist;
+use crate::config::trust::Allowlist;
+use crate::ipc;
+use crate::ipc::status::{DaemonStatus, PeerStatus};
 
 /// Longest wait for the daemon's probe (it waits at most 6 s for dials).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);

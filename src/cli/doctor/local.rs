@@ -6,11 +6,11 @@ use bytesize::ByteSize;
 
 use super::{Report, plural};
 use crate::config::Config;
+use crate::config::identity;
+use crate::config::trust::Allowlist;
+use crate::daemon::disk_floor::floor;
 use crate::fsutil::lock::FileLock;
 use crate::fsutil::private;
-use crate::share::disk_floor::floor;
-use crate::share::identity;
-use crate::share::trust::Allowlist;
 use crate::store::{DiskStore, layout};
 
 /// The oldest `go` that speaks GOCACHEPROG without an experiment flag.

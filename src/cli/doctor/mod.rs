@@ -30,7 +30,7 @@ use self::daemon::{check_daemon, check_listening, check_mdns};
 use self::local::{check_go, check_identity, check_store};
 use self::peers::{check_peers, check_replication, check_static_peers};
 use crate::config::Config;
-use crate::share::trust::Allowlist;
+use crate::config::trust::Allowlist;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]

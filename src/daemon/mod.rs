@@ -3,50 +3,76 @@
 //!
 //! It owns what a per-command helper cannot: the libp2p node (connections
 //! kept open to allowlisted peers, mDNS), serving the local store to peers,
-//! and answering helpers' lookups on the local socket ([`crate::share::ipc`]).
-//! Fetched bodies go through [`DiskStore::begin_object`], so they are
-//! verified (size and SHA-256 against the OutputID) before they land.
+//! and answering helpers' lookups on the local socket ([`server`], speaking
+//! [`crate::ipc`]). Fetched bodies go through [`DiskStore::begin_object`],
+//! so they are verified (size and SHA-256 against the OutputID) before they
+//! land.
 //!
 //! Shutdown follows sccache's server: on SIGINT/SIGTERM the socket stops
 //! accepting, lookups in flight get a bounded drain, and the node stops.
 //! Allowlist edits apply without a restart: `warren peers add/remove` asks
 //! the daemon to re-read the file at once, and edits by hand are picked up
-//! by polling its mtime. Each time, and once at start before anything is
-//! answered, the entries of every peer not pulled from are purged.
+//! by polling its mtime ([`allowlist`]). Each time, and once at start
+//! before anything is answered, the entries of every peer not pulled from
+//! are purged.
+//!
+//! This module wires the daemon together and answers helpers; the rest:
+//!
+//! - [`server`]: the helper socket, on a thread of its own;
+//! - [`node_store`]: the store as the node sees it (serving, verified
+//!   fetched bodies, hints, summaries), with the [`consistency`] checks
+//!   Go's own records allow, the [`ledger`] of what was built here that
+//!   agreement consults, and the [`disk_floor`] of free space fetched
+//!   bodies leave;
+//! - [`put_order`]: the store's entries in the order they were put, for
+//!   hints, summaries and catalogs (kept current by inotify on Linux);
+//! - [`allowlist`]: the allowlist as the daemon applies it;
+//! - [`replicate`]: fetching coworkers' new entries in the background, if
+//!   configured;
+//! - [`metrics`]: the daemon's counters for Prometheus, if configured;
+//!   [`quiet`]: its warnings, each fault once in a while with a count;
+//!   [`accept`]: what its listeners do when accepting fails;
+//! - [`trace`]: the last builds' lookups, as helpers reported them.
 
-use std::collections::HashSet;
-use std::path::PathBuf;
+mod accept;
+mod allowlist;
+pub(crate) mod consistency;
+pub(crate) mod disk_floor;
+mod ledger;
+pub(crate) mod metrics;
+mod node_store;
+mod put_order;
+mod quiet;
+pub(crate) mod replicate;
+mod server;
+mod trace;
+
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use warren_p2p::{Client, Event, MdnsConfig, Multiaddr, NodeConfig, PeerId};
 
-use crate::config::{Config, Replicate};
+use self::allowlist::{Trust, warn_unknown_replicated, watch_allowlist};
+use self::node_store::{Sharing, StoreAdapter};
+use self::quiet::{Flaps, Quiet};
+use self::server::serve_helpers;
+use crate::config::trust::Allowlist;
+use crate::config::{Config, Replicate, identity};
 use crate::fsutil::lock::FileLock;
 use crate::ids::ActionId;
-use crate::share::identity;
-use crate::share::ipc;
-use crate::share::metrics;
-use crate::share::node_store::{Sharing, StoreAdapter};
-use crate::share::quiet::{self, Flaps, Quiet};
-use crate::share::replicate;
-use crate::share::status::{DaemonStatus, unix_ms};
-use crate::share::trust::{self, Allowlist};
-use crate::store::{DiskStore, SourceUsage as Purged, layout};
-use crate::tiered::BoxFuture;
-use crate::trace::{self, Build};
+use crate::ipc;
+use crate::ipc::status::{DaemonStatus, unix_ms};
+use crate::ipc::trace::Build;
+use crate::store::{DiskStore, layout};
 
-/// How often the allowlist file is checked for changes.
-const ALLOWLIST_POLL: Duration = Duration::from_secs(1);
 /// How often the daemon checks that its store is still the directory it
 /// opened, and still its user's alone, above it too (a few `lstat`s).
 const STORE_CHECK: Duration = Duration::from_secs(1);
-/// How long lookups in flight may finish after a shutdown signal.
-const DRAIN: Duration = Duration::from_secs(2);
 /// A probe's answer waits at least this long (a peer that does not trust
 /// us closes the connection just after the handshake), at most
 /// `PROBE_MAX` (a dial still going then counts as timed out), and checks
@@ -218,54 +244,6 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Answers helpers on `socket` from a thread of its own, until `shutdown`.
-///
-/// A helper counts a daemon that does not acknowledge a lookup within
-/// [`crate::share::remote::ACK_TIMEOUT`] as late, and one late three times in a
-/// row as stuck. On the node's thread, a busy stretch of fetching (a build
-/// reading ahead, more so in a debug build) delayed acknowledgements past
-/// that and made helpers stop asking for a second, which cost builds their
-/// peer hits. On its own thread the socket answers at once, however busy
-/// the node is; a lookup crosses to the node over a channel.
-async fn serve_helpers(
-    socket: PathBuf,
-    handler: Arc<Daemon>,
-    quiet: Arc<Quiet>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let (bound, bind_result) = tokio::sync::oneshot::channel();
-    let thread = std::thread::Builder::new()
-        .name("warren-helpers".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    let _ = bound.send(Err(anyhow::Error::new(error)));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let listener = match ipc::bind(&socket).await {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        let _ = bound.send(Err(error.into()));
-                        return;
-                    }
-                };
-                let _ = bound.send(Ok(()));
-                ipc::serve(listener, handler, quiet, shutdown, DRAIN).await;
-            });
-        })
-        .context("starting the helper socket's thread")?;
-    bind_result
-        .await
-        .context("the helper socket's thread ended at start")??;
-    Ok(thread)
-}
-
 fn parse_addrs(addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
     addrs
         .iter()
@@ -290,7 +268,7 @@ struct Daemon {
     interfaces: Vec<String>,
 }
 
-impl ipc::Handler for Daemon {
+impl server::Handler for Daemon {
     fn get(&self, action: ActionId) -> BoxFuture<'_, ipc::Response> {
         Box::pin(async move {
             self.activity.lookup();
@@ -418,94 +396,6 @@ async fn log_events(mut events: tokio::sync::mpsc::Receiver<Event>, quiet: Arc<Q
                 }
             }
             other => tracing::debug!("{other:?}"),
-        }
-    }
-}
-
-/// The allowlist as the daemon applies it: to the node (who may connect,
-/// who is asked and served) and to the store (whose bodies land, whose
-/// entries are served on). Re-read when the file changes, or at once when
-/// `warren peers add/remove` asks; either way the entries of peers no
-/// longer pulled from are purged, bodies that were on their way included.
-struct Trust {
-    client: Client,
-    /// `[share] replicate`, and the peers it names as the allowlist stands.
-    replicate: Replicate,
-    replicated: Arc<std::sync::Mutex<HashSet<PeerId>>>,
-    sharing: Arc<Sharing>,
-    store: Arc<DiskStore>,
-    path: PathBuf,
-    current: tokio::sync::Mutex<Allowlist>,
-}
-
-impl Trust {
-    /// Re-reads the allowlist and applies any change; the entries purged.
-    async fn reload(&self) -> Result<Purged, trust::Error> {
-        let list = Allowlist::load(&self.path)?;
-        let mut current = self.current.lock().await;
-        if list == *current {
-            return Ok(Purged::default());
-        }
-        let roles = list.roles();
-        tracing::info!("allowlist changed: {} peers", roles.len());
-        let sharing = list.sharing();
-        let pulled = sharing.pull.clone();
-        // The store first: from now on no body of theirs lands, and none
-        // that passed its check before is still on its way to the store
-        // (`Sharing::set` waits for it), so the purge below sees it.
-        self.sharing.set(sharing);
-        self.client.set_allowlist(roles).await;
-        *self.replicated.lock().unwrap_or_else(|p| p.into_inner()) =
-            replicate::chosen(&self.replicate, &list);
-        warn_unknown_replicated(&self.replicate, &list);
-        *current = list;
-        drop(current);
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.purge_except(&pulled)).await {
-            Ok(Ok(purged)) => Ok(purged),
-            Ok(Err(e)) => {
-                tracing::warn!(
-                    "cannot purge removed peers' entries: {}",
-                    crate::logging::chain(&e)
-                );
-                Ok(Purged::default())
-            }
-            Err(_) => Ok(Purged::default()),
-        }
-    }
-}
-
-/// Says which names in `replicate` name no allowlisted peer pulled from.
-fn warn_unknown_replicated(replicate: &Replicate, allowlist: &Allowlist) {
-    let unknown = replicate::unknown(replicate, allowlist);
-    if !unknown.is_empty() {
-        tracing::warn!(
-            "replicate names {} but the allowlist has no such peer that is pulled from; \
-             `warren peers` lists them",
-            unknown.join(", ")
-        );
-    }
-}
-
-/// Applies allowlist edits made by hand (`warren peers` asks at once).
-async fn watch_allowlist(trust: Arc<Trust>, shutdown: CancellationToken) {
-    let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let mut seen = modified(&trust.path);
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(ALLOWLIST_POLL) => {}
-            () = shutdown.cancelled() => return,
-        }
-        let now = modified(&trust.path);
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        if let Err(e) = trust.reload().await {
-            tracing::warn!(
-                "keeping the previous allowlist: {}",
-                crate::logging::chain(&e)
-            );
         }
     }
 }

@@ -12,7 +12,7 @@
 //!   ends after [`CONNECTION_TIMEOUT`] whatever it does; one request per
 //!   connection;
 //! - a request that names another host gets 421 ([`super::host`]);
-//! - a failed accept backs off ([`crate::share::accept`]), and refusals are
+//! - a failed accept backs off ([`crate::daemon::accept`]), and refusals are
 //!   told through the daemon's [`Quiet`] table.
 
 use std::convert::Infallible;
@@ -30,9 +30,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::host::Hosts;
-use crate::share::accept::Backoff;
-use crate::share::quiet::Quiet;
-use crate::tiered::BoxFuture;
+use crate::daemon::accept::Backoff;
+use crate::daemon::quiet::Quiet;
+use futures::future::BoxFuture;
 
 /// What a scrape answers with: the metrics in the Prometheus text format.
 pub(super) trait Scrape: Send + Sync + 'static {

@@ -1,5 +1,5 @@
 //! The daemon's answer to `status`: who it is, where it listens, and each
-//! peer's state and counters.
+//! peer's state, counters and replication.
 //!
 //! One pair of types for both ends of the socket: the daemon builds it from
 //! the node's [`PeerInfo`], `warren peers` and `warren stats` read it (and
@@ -10,8 +10,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize};
 use warren_p2p::{ConnectFailure, PeerInfo};
-
-pub(crate) use crate::share::replicate::PeerReplication;
 
 /// The running daemon.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +70,63 @@ pub(crate) struct PeerStatus {
     /// Replication from it, if it is replicated (`[share] replicate`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<PeerReplication>,
+}
+
+/// One peer's replication, as `warren peers` and `warren stats` show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct PeerReplication {
+    /// Entries listed by its catalog and not fetched or skipped yet.
+    pub behind: u64,
+    /// Whether its catalog has more than `behind` says.
+    pub more: bool,
+    /// Entries fetched by replication, and their bytes.
+    pub entries: u64,
+    pub bytes: u64,
+    /// Entries left out because `replicate-max-size` was reached.
+    pub skipped_for_budget: u64,
+    pub skipped_bytes: u64,
+    /// Entries left out because the store is near `max-size` (see
+    /// `daemon::replicate::budget::HEADROOM_PERCENT`).
+    pub skipped_for_room: u64,
+    pub skipped_room_bytes: u64,
+    /// Why it is not being replicated from now, if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl PeerReplication {
+    /// One line: how far behind, what came, what the budgets left out.
+    pub(crate) fn describe(&self) -> String {
+        let bytes = |count: u64| bytesize::ByteSize(count).display().iec().to_string();
+        let behind = match (self.behind, self.more) {
+            (0, false) => "up to date".to_owned(),
+            (n, more) => format!("behind by {n}{} entries", if more { "+" } else { "" }),
+        };
+        let mut line = format!(
+            "{behind}; replicated {} entries ({})",
+            self.entries,
+            bytes(self.bytes)
+        );
+        if self.skipped_for_budget > 0 {
+            line += &format!(
+                "; {} entries ({}) skipped: replicate-max-size reached",
+                self.skipped_for_budget,
+                bytes(self.skipped_bytes)
+            );
+        }
+        if self.skipped_for_room > 0 {
+            line += &format!(
+                "; {} entries ({}) skipped: the store is near max-size",
+                self.skipped_for_room,
+                bytes(self.skipped_room_bytes)
+            );
+        }
+        if let Some(note) = &self.note {
+            line += &format!("; {note}");
+        }
+        line
+    }
 }
 
 impl DaemonStatus {
@@ -155,5 +210,36 @@ mod tests {
         // An older daemon: no `compressed`, and fields this one lacks.
         let old: PeerStatus = serde_json::from_str(r#"{"id":"x","holds":2,"new":1}"#).unwrap();
         assert_eq!((old.compressed, old.holds), (None, Some(2)));
+    }
+
+    #[test]
+    fn the_state_reads_in_one_line() {
+        let mut state = PeerReplication {
+            entries: 3,
+            bytes: 2048,
+            ..PeerReplication::default()
+        };
+        assert_eq!(
+            state.describe(),
+            "up to date; replicated 3 entries (2.0 KiB)"
+        );
+        state.behind = 5;
+        state.more = true;
+        state.skipped_for_budget = 2;
+        state.skipped_bytes = 1 << 20;
+        assert_eq!(
+            state.describe(),
+            "behind by 5+ entries; replicated 3 entries (2.0 KiB); \
+             2 entries (1.0 MiB) skipped: replicate-max-size reached"
+        );
+        state.skipped_for_room = 1;
+        state.skipped_room_bytes = 4096;
+        assert!(
+            state
+                .describe()
+                .ends_with("; 1 entries (4.0 KiB) skipped: the store is near max-size"),
+            "{}",
+            state.describe()
+        );
     }
 }

@@ -20,20 +20,19 @@
 //! `go` is done ([`DaemonTier::summary`]): how many lookups, and the fix.
 //! A late daemon is not worth a warning.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use std::os::unix::process::CommandExt as _;
+use futures::future::BoxFuture;
 
+use crate::helper::tiered::RemoteTier;
 use crate::ids::ActionId;
-use crate::share::ipc;
+use crate::ipc;
+use crate::ipc::trace::Miss;
 use crate::store::{DiskStore, Entry, Lookup};
-use crate::tiered::{BoxFuture, RemoteTier};
-use crate::trace::Miss;
 
 /// How long a helper stops asking after finding no daemon.
 pub(crate) const ABSENT_BACKOFF: Duration = Duration::from_secs(1);
@@ -53,26 +52,111 @@ pub(crate) const STUCK_AFTER: u32 = 3;
 /// every lookup.
 pub(crate) const TRANSFER_ALLOWANCE: Duration = Duration::from_secs(1);
 
+/// Why lookups went without the daemon, for [`DaemonTier::summary`].
+const NOT_RUNNING: &str = "it is not running";
+
 /// Asks the daemon behind `socket`.
 pub(crate) struct DaemonTier {
     socket: PathBuf,
     wait: Duration,
-    absent_until: Mutex<Option<Instant>>,
-    /// Lookups in a row the daemon did not acknowledge in time.
-    unacknowledged: AtomicU32,
     /// How to start the daemon, if the config asks for it.
     autostart: Option<Vec<String>>,
-    started: AtomicBool,
+    /// What the answers so far say of the daemon. One lock for all of it,
+    /// so that each answer moves it as a whole; taken before a call and
+    /// after it, never across one.
+    state: Mutex<State>,
+}
+
+/// What a helper knows of its daemon from the answers so far, and what
+/// each answer makes of it (no IO here: [`DaemonTier`] logs and starts).
+#[derive(Debug, Default)]
+struct State {
+    /// Not asked until then: no daemon was there, or it was stuck.
+    absent_until: Option<Instant>,
+    /// Whether that backoff is for a daemon that is not running (rather
+    /// than one that was late: a busy machine's daemon is, now and then).
+    gone: bool,
+    /// Lookups in a row the daemon did not acknowledge in time.
+    unacknowledged: u32,
+    /// This helper started the daemon (it does so once at most).
+    started: bool,
     /// Warned already that the socket is another user's.
-    warned: AtomicBool,
-    /// Whether the last backoff was for a daemon that is not running
-    /// (rather than one that was late: a busy machine's daemon is, now and
-    /// then).
-    gone: AtomicBool,
+    warned: bool,
     /// Lookups that went without a daemon because none was running, and
     /// the first reason: told once, at the end.
-    unanswered: AtomicU64,
-    first_reason: Mutex<Option<String>>,
+    unanswered: u64,
+    first_reason: Option<&'static str>,
+}
+
+impl State {
+    fn absent(&self, now: Instant) -> bool {
+        self.absent_until.is_some_and(|until| now < until)
+    }
+
+    fn back_off(&mut self, now: Instant) {
+        self.absent_until = Some(now + ABSENT_BACKOFF);
+    }
+
+    /// A lookup that went without the daemon, and why.
+    fn unanswered(&mut self, why: &'static str) -> Miss {
+        self.unanswered += 1;
+        self.first_reason.get_or_insert(why);
+        Miss::NoDaemon
+    }
+
+    /// Before a lookup: ask the daemon, or (while backing off) the miss.
+    fn ask(&mut self, now: Instant) -> Result<(), Miss> {
+        if !self.absent(now) {
+            return Ok(());
+        }
+        Err(if self.gone {
+            self.unanswered(NOT_RUNNING)
+        } else {
+            Miss::NoDaemon
+        })
+    }
+
+    /// The daemon answered: it runs, and it acknowledged in time.
+    fn answered(&mut self) {
+        self.unacknowledged = 0;
+        self.gone = false;
+    }
+
+    /// No daemon is there: back off. Whether to start one, if `autostart`
+    /// (once per helper).
+    fn not_running(&mut self, now: Instant, autostart: bool) -> bool {
+        self.unacknowledged = 0;
+        self.gone = true;
+        self.back_off(now);
+        self.unanswered(NOT_RUNNING);
+        autostart && !std::mem::replace(&mut self.started, true)
+    }
+
+    /// Another user's socket where ours should be: leave it alone for a
+    /// while. Whether to say so (once per `go` command).
+    fn impostor(&mut self, now: Instant) -> bool {
+        self.unacknowledged = 0;
+        self.back_off(now);
+        !std::mem::replace(&mut self.warned, true)
+    }
+
+    /// The daemon did not acknowledge in time. Whether that makes it
+    /// stuck ([`STUCK_AFTER`] in a row), and backed off from.
+    fn late(&mut self, now: Instant) -> bool {
+        self.unacknowledged += 1;
+        if self.unacknowledged < STUCK_AFTER {
+            return false;
+        }
+        self.unacknowledged = 0;
+        self.gone = false;
+        self.back_off(now);
+        true
+    }
+
+    /// Any other failure: the daemon was there, and not late.
+    fn failed(&mut self) {
+        self.unacknowledged = 0;
+    }
 }
 
 impl DaemonTier {
@@ -80,41 +164,25 @@ impl DaemonTier {
         Self {
             socket,
             wait: lookup_deadline + TRANSFER_ALLOWANCE,
-            absent_until: Mutex::new(None),
-            unacknowledged: AtomicU32::new(0),
             autostart: None,
-            started: AtomicBool::new(false),
-            warned: AtomicBool::new(false),
-            gone: AtomicBool::new(false),
-            unanswered: AtomicU64::new(0),
-            first_reason: Mutex::new(None),
+            state: Mutex::default(),
         }
     }
 
-    /// A lookup that went without the daemon, and why.
-    fn unanswered(&self, why: impl FnOnce() -> String) -> Result<Entry, Miss> {
-        self.unanswered.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.first_reason.lock().unwrap_or_else(|p| p.into_inner());
-        if first.is_none() {
-            *first = Some(why());
-        }
-        Err(Miss::NoDaemon)
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The one warning for a `go` command whose lookups went without the
     /// daemon, if any did. None when this helper started the daemon
     /// (lookups before it is up are expected to miss).
     pub(crate) fn summary(&self) -> Option<String> {
-        let n = self.unanswered.load(Ordering::Relaxed);
-        if n == 0 || self.started.load(Ordering::Relaxed) {
+        let state = self.state();
+        let n = state.unanswered;
+        if n == 0 || state.started {
             return None;
         }
-        let first = self
-            .first_reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .unwrap_or_default();
+        let first = state.first_reason.unwrap_or_default();
         let lookups = if n == 1 {
             "1 lookup"
         } else {
@@ -133,22 +201,52 @@ impl DaemonTier {
         self
     }
 
+    #[cfg(test)]
     fn absent(&self) -> bool {
-        let until = *self.absent_until.lock().expect("lock not poisoned");
-        until.is_some_and(|until| Instant::now() < until)
+        self.state().absent(Instant::now())
     }
 
-    fn mark_absent(&self) {
-        *self.absent_until.lock().expect("lock not poisoned") =
-            Some(Instant::now() + ABSENT_BACKOFF);
-    }
-
-    /// Starts the daemon, once per helper, if configured to.
-    fn autostart(&self) {
-        if let Some(args) = &self.autostart
-            && !self.started.swap(true, Ordering::Relaxed)
-        {
-            start_daemon(args);
+    /// What a failed call to the daemon comes to.
+    fn failed(&self, action: ActionId, error: ipc::Error) -> Miss {
+        let now = Instant::now();
+        let mut state = self.state();
+        match error {
+            e if e.is_absent() => {
+                tracing::debug!("no daemon: {e}");
+                let start = state.not_running(now, self.autostart.is_some());
+                drop(state);
+                if start && let Some(args) = &self.autostart {
+                    start_daemon(args);
+                }
+                Miss::NoDaemon
+            }
+            e @ ipc::Error::Impostor { .. } => {
+                if state.impostor(now) {
+                    tracing::warn!("{e}");
+                }
+                Miss::NoDaemon
+            }
+            e @ ipc::Error::Unresponsive(_) => {
+                if state.late(now) {
+                    tracing::debug!(
+                        "{e}, {STUCK_AFTER} times in a row; not asking it for {ABSENT_BACKOFF:?}"
+                    );
+                } else {
+                    tracing::debug!("get {action}: {e}");
+                }
+                // A busy machine delays a daemon now and then: quiet.
+                Miss::NoDaemon
+            }
+            e @ ipc::Error::Timeout(_) => {
+                state.failed();
+                tracing::debug!("get {action}: {e}");
+                Miss::Peers(warren_p2p::Miss::Deadline)
+            }
+            e => {
+                state.failed();
+                tracing::debug!("get {action}: {}", crate::logging::chain(&e));
+                Miss::NoDaemon
+            }
         }
     }
 }
@@ -160,23 +258,15 @@ impl RemoteTier for DaemonTier {
         store: &'a Arc<DiskStore>,
     ) -> BoxFuture<'a, Result<Entry, Miss>> {
         Box::pin(async move {
-            if self.absent() {
-                return if self.gone.load(Ordering::Relaxed) {
-                    self.unanswered(|| "it is not running".into())
-                } else {
-                    Err(Miss::NoDaemon)
-                };
-            }
+            self.state().ask(Instant::now())?;
             let request = ipc::Request::Get { action };
-            let answer = ipc::call(&self.socket, &request, ACK_TIMEOUT, self.wait).await;
-            if !matches!(answer, Err(ipc::Error::Unresponsive(_))) {
-                self.unacknowledged.store(0, Ordering::Relaxed);
-            }
-            if answer.is_ok() {
-                self.gone.store(false, Ordering::Relaxed);
-            }
+            let answer = match ipc::call(&self.socket, &request, ACK_TIMEOUT, self.wait).await {
+                Ok(answer) => answer,
+                Err(error) => return Err(self.failed(action, error)),
+            };
+            self.state().answered();
             match answer {
-                Ok(ipc::Response::Hit { peer, .. }) => {
+                ipc::Response::Hit { peer, .. } => {
                     // A few small file reads, done right here: a hand-over
                     // to the blocking pool would cost more than the reads
                     // (the helper's runtime is single-threaded, and nothing
@@ -192,48 +282,10 @@ impl RemoteTier for DaemonTier {
                         }
                     }
                 }
-                Ok(ipc::Response::Missed(miss)) => Err(Miss::Peers(miss)),
-                Ok(other) => {
+                ipc::Response::Missed(miss) => Err(Miss::Peers(miss)),
+                other => {
                     tracing::debug!("get {action}: unexpected daemon answer {other:?}");
                     Err(Miss::Peers(warren_p2p::Miss::NotFound))
-                }
-                Err(e) if e.is_absent() => {
-                    tracing::debug!("no daemon: {e}");
-                    self.gone.store(true, Ordering::Relaxed);
-                    self.mark_absent();
-                    self.autostart();
-                    self.unanswered(|| "it is not running".into())
-                }
-                Err(e @ ipc::Error::Impostor { .. }) => {
-                    // Someone else's socket where ours should be: say so
-                    // once per go command, then leave it alone.
-                    if !self.warned.swap(true, Ordering::Relaxed) {
-                        tracing::warn!("{e}");
-                    }
-                    self.mark_absent();
-                    Err(Miss::NoDaemon)
-                }
-                Err(e @ ipc::Error::Unresponsive(_)) => {
-                    if self.unacknowledged.fetch_add(1, Ordering::Relaxed) + 1 >= STUCK_AFTER {
-                        tracing::debug!(
-                            "{e}, {STUCK_AFTER} times in a row; not asking it for {ABSENT_BACKOFF:?}"
-                        );
-                        self.unacknowledged.store(0, Ordering::Relaxed);
-                        self.gone.store(false, Ordering::Relaxed);
-                        self.mark_absent();
-                    } else {
-                        tracing::debug!("get {action}: {e}");
-                    }
-                    // A busy machine delays a daemon now and then: quiet.
-                    Err(Miss::NoDaemon)
-                }
-                Err(e @ ipc::Error::Timeout(_)) => {
-                    tracing::debug!("get {action}: {e}");
-                    Err(Miss::Peers(warren_p2p::Miss::Deadline))
-                }
-                Err(e) => {
-                    tracing::debug!("get {action}: {}", crate::logging::chain(&e));
-                    Err(Miss::NoDaemon)
                 }
             }
         })
@@ -267,7 +319,7 @@ mod tests {
         let store = Arc::new(DiskStore::open(dir.path()).unwrap());
         let socket = dir.path().join("daemon.sock");
         // Bound but never accepting: connections queue, nothing is read.
-        let _listener = ipc::bind(&socket).await.unwrap();
+        let _listener = tokio::net::UnixListener::bind(&socket).unwrap();
         let tier = DaemonTier::new(socket, Duration::from_millis(150));
         for n in 1..STUCK_AFTER {
             let started = Instant::now();
@@ -320,5 +372,51 @@ mod tests {
             "{summary}"
         );
         assert!(summary.contains("warren daemon"), "{summary}");
+    }
+
+    /// Only late acknowledgements in a row make a daemon stuck: an answer,
+    /// or a failure of another kind, between them starts the count over.
+    /// A stuck daemon is backed off from, but it is not one that is not
+    /// running: its lookups are not worth the warning at the end.
+    #[test]
+    fn only_late_acknowledgements_in_a_row_make_a_daemon_stuck() {
+        let now = Instant::now();
+        let mut state = State::default();
+        for n in 1..STUCK_AFTER {
+            assert!(!state.late(now), "stuck after {n}");
+        }
+        state.answered();
+        for _ in 1..STUCK_AFTER {
+            assert!(!state.late(now));
+        }
+        state.failed();
+        for _ in 1..STUCK_AFTER {
+            assert!(!state.late(now));
+        }
+        assert_eq!(state.ask(now), Ok(()));
+        assert!(state.late(now));
+        assert_eq!(state.ask(now), Err(Miss::NoDaemon));
+        assert_eq!(state.ask(now + ABSENT_BACKOFF), Ok(()));
+        assert_eq!(state.unanswered, 0);
+    }
+
+    /// A daemon that is not running is started once (with autostart), and
+    /// every lookup that goes without it meanwhile is counted for the
+    /// warning at the end; another user's socket is told of once.
+    #[test]
+    fn a_missing_daemon_is_started_once_and_an_impostor_told_once() {
+        let now = Instant::now();
+        let mut state = State::default();
+        assert!(state.not_running(now, true));
+        assert_eq!(state.ask(now), Err(Miss::NoDaemon));
+        assert!(!state.not_running(now + ABSENT_BACKOFF, true));
+        assert_eq!(state.unanswered, 3);
+        assert_eq!(state.first_reason, Some(NOT_RUNNING));
+
+        let mut state = State::default();
+        assert!(!state.not_running(now, false));
+        assert!(!state.started, "nothing was started");
+        assert!(state.impostor(now));
+        assert!(!state.impostor(now + ABSENT_BACKOFF));
     }
 }

@@ -29,11 +29,11 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use warren_p2p::Client;
 
-use crate::share::quiet::Quiet;
-use crate::share::replicate::{self, PeerReplication};
-use crate::share::status::PeerStatus;
-use crate::stats::{self, Totals};
-use crate::store::index::PutOrder;
+use crate::daemon::put_order::PutOrder;
+use crate::daemon::quiet::Quiet;
+use crate::daemon::replicate;
+use crate::ipc::status::{PeerReplication, PeerStatus};
+use crate::store::stats::{self, Totals};
 
 /// What a scrape shows.
 #[derive(Debug)]
@@ -116,7 +116,7 @@ pub(crate) struct Source {
 }
 
 impl http::Scrape for Source {
-    fn scrape(&self) -> crate::tiered::BoxFuture<'_, String> {
+    fn scrape(&self) -> futures::future::BoxFuture<'_, String> {
         Box::pin(async { encode(self.snapshot().await) })
     }
 }

@@ -19,6 +19,7 @@
 //! one peer, for example the team's CI machine whose entries everyone
 //! should get, through whoever fetched them.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -28,7 +29,6 @@ use serde::{Deserialize, Serialize};
 use warren_p2p::Role;
 
 use crate::fsutil::private::{self, NotPrivate};
-use crate::share::node_store::SharingState;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
@@ -195,6 +195,16 @@ impl Allowlist {
     }
 }
 
+/// What the allowlist says the store takes from peers and serves on
+/// (`daemon::node_store` applies it).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct SharingState {
+    /// Peers we take entries from.
+    pub pull: HashSet<PeerId>,
+    /// Peers whose entries we serve on as if built here.
+    pub reshare: HashSet<PeerId>,
+}
+
 /// The fields `warren peers add` sets; `None` leaves one as it is.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Update {
@@ -217,60 +227,16 @@ impl Update {
     }
 }
 
-/// Which entries a helper may hand to `go`, by their source: built here,
-/// of unknown source (written before provenance), or fetched from a peer
-/// that is still pulled from. The daemon purges the others, but it may not
-/// run, or may not have run since the allowlist was edited; a helper reads
-/// the allowlist itself, once (at its first entry from a peer: most lookups
-/// never need it), since it lives for one `go` command.
-pub(crate) struct TrustedSources {
-    path: PathBuf,
-    /// Peers pulled from, or why the allowlist could not be read (then no
-    /// peer's entry is trusted).
-    pulled: std::sync::OnceLock<Result<std::collections::HashSet<PeerId>, String>>,
-}
-
-impl TrustedSources {
-    /// Trusts what the allowlist at `path` says (a missing one: no peer).
-    pub(crate) fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            pulled: std::sync::OnceLock::new(),
-        }
-    }
-
-    pub(crate) fn admits(&self, source: &crate::store::Source) -> bool {
-        let Some(peer) = source.peer() else {
-            return true;
-        };
-        let pulled = self.pulled.get_or_init(|| {
-            Allowlist::load(&self.path)
-                .map(|list| list.sharing().pull)
-                .map_err(|e| crate::logging::chain(&e))
-        });
-        pulled.as_ref().is_ok_and(|pulled| pulled.contains(peer))
-    }
-
-    /// Why entries from peers were not used, if the allowlist could not be
-    /// read when one was looked up: told once, when `go` is done.
-    pub(crate) fn fault(&self) -> Option<String> {
-        let error = self.pulled.get()?.as_ref().err()?;
-        Some(format!(
-            "entries fetched from peers were not used: {error}; fix the allowlist \
-             (`warren peers`)"
-        ))
-    }
-}
-
 pub(crate) fn parse_peer_id(text: &str) -> Result<PeerId, Error> {
     PeerId::from_str(text.trim()).map_err(|_| Error::BadArgument(text.into()))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn some_id() -> String {
+    /// A new peer ID, as text.
+    pub(crate) fn some_id() -> String {
         libp2p_identity::Keypair::generate_ed25519()
             .public()
             .to_peer_id()
@@ -369,49 +335,9 @@ mod tests {
         assert!(matches!(Allowlist::load(&path), Err(Error::BadPeer { .. })));
     }
 
-    /// A helper hands `go` entries built here, of unknown source, or from
-    /// a peer still pulled from; never one from a peer removed or made
-    /// serve-only, and none from peers when the allowlist cannot be read.
-    #[test]
-    fn helpers_trust_only_entries_from_peers_still_pulled_from() {
-        use crate::store::Source;
-
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("peers.toml");
-        let (alice, laptop, gone) = (some_id(), some_id(), some_id());
-        let mut list = Allowlist::default();
-        list.add(&alice, Update::default()).unwrap();
-        list.add(
-            &laptop,
-            Update {
-                role: Some(Role::ServeOnly),
-                ..Update::default()
-            },
-        )
-        .unwrap();
-        list.save(&path).unwrap();
-        let peer = |id: &str| Source::Peer(PeerId::from_str(id).unwrap());
-        let trusted = TrustedSources::new(path.clone());
-        for (source, admitted) in [
-            (Source::Local, true),
-            (Source::Unknown, true),
-            (peer(&alice), true),
-            (peer(&laptop), false),
-            (peer(&gone), false),
-        ] {
-            assert_eq!(trusted.admits(&source), admitted, "{source:?}");
-        }
-        assert_eq!(trusted.fault(), None);
-
-        crate::fsutil::write_atomic(&path, b"[[peer]]\nid = 1\n").unwrap();
-        let broken = TrustedSources::new(path);
-        assert!(broken.admits(&Source::Local));
-        assert!(!broken.admits(&peer(&alice)));
-        assert!(broken.fault().unwrap().contains("parsing allowlist"));
-    }
-
-    /// Part 4, finding 15: an allowlist others can edit decides whom we
-    /// trust.
+    /// Someone else who can edit the allowlist decides whom we trust:
+    /// one writable by others is refused (SECURITY.md, "Files and
+    /// permissions").
     #[test]
     fn an_allowlist_others_can_write_is_refused() {
         use std::os::unix::fs::PermissionsExt;

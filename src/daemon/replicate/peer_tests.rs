@@ -15,9 +15,11 @@ use warren_p2p::{
     Summaries, SummaryChunk,
 };
 
-use super::{Activity, PeerReplication, Replicator, Settings, State};
+use super::{Activity, Replicator, Settings, State};
+use crate::config::trust::SharingState;
+use crate::daemon::node_store::{Sharing, StoreAdapter};
 use crate::ids::ActionId;
-use crate::share::node_store::{Sharing, SharingState, StoreAdapter};
+use crate::ipc::status::PeerReplication;
 use crate::store::{DiskStore, TrimPolicy};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -162,7 +164,7 @@ fn adapter(store: &Arc<DiskStore>, pull: &[PeerId], max_size: u64) -> StoreAdapt
         Arc::default(),
     )
     .unwrap()
-    .with_floor(crate::share::node_store::tests::roomy_disk())
+    .with_floor(crate::daemon::node_store::tests::roomy_disk())
 }
 
 /// A node on loopback that allows `other`; its client and address.

@@ -44,19 +44,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use warren_p2p::catalog::{CatalogEntry, CatalogRequest, Cursor, Position};
 use warren_p2p::{Client, PeerId};
 
 use crate::config::{Replicate, Share};
-use crate::share::status::PeerStatus;
+use crate::ipc::status::{PeerReplication, PeerStatus};
 use crate::store::{DiskStore, Source};
 
 pub(crate) mod budget;
-#[cfg(test)]
-mod peer_tests;
 
 use self::budget::{Budget, Full};
 
@@ -124,63 +121,6 @@ impl Activity {
         last != 0
             && (self.start.elapsed().as_millis() as u64).saturating_sub(last)
                 < within.as_millis() as u64
-    }
-}
-
-/// One peer's replication, as `warren peers` and `warren stats` show it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub(crate) struct PeerReplication {
-    /// Entries listed by its catalog and not fetched or skipped yet.
-    pub behind: u64,
-    /// Whether its catalog has more than `behind` says.
-    pub more: bool,
-    /// Entries fetched by replication, and their bytes.
-    pub entries: u64,
-    pub bytes: u64,
-    /// Entries left out because `replicate-max-size` was reached.
-    pub skipped_for_budget: u64,
-    pub skipped_bytes: u64,
-    /// Entries left out because the store is near `max-size` (see
-    /// [`budget::HEADROOM_PERCENT`]).
-    pub skipped_for_room: u64,
-    pub skipped_room_bytes: u64,
-    /// Why it is not being replicated from now, if so.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-impl PeerReplication {
-    /// One line: how far behind, what came, what the budgets left out.
-    pub(crate) fn describe(&self) -> String {
-        let bytes = |count: u64| bytesize::ByteSize(count).display().iec().to_string();
-        let behind = match (self.behind, self.more) {
-            (0, false) => "up to date".to_owned(),
-            (n, more) => format!("behind by {n}{} entries", if more { "+" } else { "" }),
-        };
-        let mut line = format!(
-            "{behind}; replicated {} entries ({})",
-            self.entries,
-            bytes(self.bytes)
-        );
-        if self.skipped_for_budget > 0 {
-            line += &format!(
-                "; {} entries ({}) skipped: replicate-max-size reached",
-                self.skipped_for_budget,
-                bytes(self.skipped_bytes)
-            );
-        }
-        if self.skipped_for_room > 0 {
-            line += &format!(
-                "; {} entries ({}) skipped: the store is near max-size",
-                self.skipped_for_room,
-                bytes(self.skipped_room_bytes)
-            );
-        }
-        if let Some(note) = &self.note {
-            line += &format!("; {note}");
-        }
-        line
     }
 }
 
@@ -329,7 +269,7 @@ impl State {
 /// all of them or those named (by name or peer ID).
 pub(crate) fn chosen(
     replicate: &Replicate,
-    allowlist: &crate::share::trust::Allowlist,
+    allowlist: &crate::config::trust::Allowlist,
 ) -> HashSet<PeerId> {
     let pulled = allowlist.sharing().pull;
     match replicate {
@@ -351,7 +291,7 @@ pub(crate) fn chosen(
 /// The names in `replicate` that name no peer pulled from, for a warning.
 pub(crate) fn unknown(
     replicate: &Replicate,
-    allowlist: &crate::share::trust::Allowlist,
+    allowlist: &crate::config::trust::Allowlist,
 ) -> Vec<String> {
     let Replicate::Peers(names) = replicate else {
         return Vec::new();
@@ -634,153 +574,6 @@ fn count(store: &DiskStore) -> Result<(u64, u64), crate::store::Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ids::ActionId;
-    use crate::share::trust::{Allowlist, Peer as Listed};
-
-    /// Entries skipped for a budget are looked at again, from the first
-    /// one skipped, once the catalog read so far is done and the budget
-    /// has room for the smallest of them; not before.
-    #[test]
-    fn skipped_entries_come_back_when_the_budget_has_room() {
-        let page = |seq| Position { epoch: 7, seq };
-        let queued = |n: u8, time: u64, size: u64, from: u64| Queued {
-            entry: CatalogEntry {
-                action: ActionId::from_bytes([n; 32]),
-                size,
-                time_unix_nanos: time,
-            },
-            from: Resume {
-                position: page(from),
-                cursor: Cursor {
-                    time_unix_nanos: time,
-                    action: None,
-                },
-            },
-        };
-        let mut peer = Peer {
-            position: page(90),
-            ..Peer::default()
-        };
-        let mut budget = Budget::new(100, u64::MAX / 2);
-        budget.recounted(95, 95);
-        assert!(!peer.rewind_if_room(&budget), "nothing skipped");
-        peer.skip(&queued(2, 200, 40, 10), Full::Peers);
-        peer.skip(&queued(3, 300, 10, 10), Full::Peers);
-        peer.skip(&queued(5, 500, 70, 40), Full::Store);
-        assert_eq!(
-            (peer.shown.skipped_for_budget, peer.shown.skipped_bytes),
-            (2, 50)
-        );
-        assert_eq!(
-            (peer.shown.skipped_for_room, peer.shown.skipped_room_bytes),
-            (1, 70)
-        );
-        assert!(!peer.rewind_if_room(&budget), "no room for 10 bytes");
-        budget.recounted(85, 85);
-        peer.queue.push_back(queued(10, 1000, 1, 90));
-        assert!(!peer.rewind_if_room(&budget), "entries still queued");
-        peer.queue.clear();
-        peer.more = true;
-        assert!(!peer.rewind_if_room(&budget), "the catalog has more");
-        peer.more = false;
-        peer.next_read = Some(Instant::now() + REVISIT);
-        assert!(peer.rewind_if_room(&budget));
-        assert_eq!(peer.position, page(10), "the first one's page");
-        assert_eq!(
-            peer.cursor,
-            Cursor {
-                time_unix_nanos: 200,
-                action: None
-            }
-        );
-        assert_eq!(peer.next_read, None, "read again at once");
-        assert_eq!(peer.shown.skipped_for_budget, 0);
-        assert_eq!(peer.shown.skipped_for_room, 0);
-        assert!(!peer.rewind_if_room(&budget), "once");
-    }
-
-    /// With agreement on, `replicate` is off, whatever it names.
-    #[test]
-    fn agreement_turns_replication_off() {
-        let mut share = crate::config::tests::default_share();
-        assert_eq!(off_because(&share), None, "replicate is none");
-        share.replicate = Replicate::All;
-        assert_eq!(off_because(&share), None);
-        share.agreement = true;
-        assert_eq!(off_because(&share), Some("agreement is on"));
-        share.replicate = Replicate::None;
-        assert_eq!(off_because(&share), None, "nothing to turn off");
-    }
-
-    #[test]
-    fn the_state_reads_in_one_line() {
-        let mut state = PeerReplication {
-            entries: 3,
-            bytes: 2048,
-            ..PeerReplication::default()
-        };
-        assert_eq!(
-            state.describe(),
-            "up to date; replicated 3 entries (2.0 KiB)"
-        );
-        state.behind = 5;
-        state.more = true;
-        state.skipped_for_budget = 2;
-        state.skipped_bytes = 1 << 20;
-        assert_eq!(
-            state.describe(),
-            "behind by 5+ entries; replicated 3 entries (2.0 KiB); \
-             2 entries (1.0 MiB) skipped: replicate-max-size reached"
-        );
-        state.skipped_for_room = 1;
-        state.skipped_room_bytes = 4096;
-        assert!(
-            state
-                .describe()
-                .ends_with("; 1 entries (4.0 KiB) skipped: the store is near max-size"),
-            "{}",
-            state.describe()
-        );
-    }
-
-    #[test]
-    fn activity_is_recent_only_after_a_lookup() {
-        let activity = Activity::default();
-        assert!(!activity.recent(Duration::from_secs(3600)));
-        activity.lookup();
-        assert!(activity.recent(Duration::from_secs(3600)));
-        assert!(!activity.recent(Duration::ZERO));
-    }
-
-    #[test]
-    fn replicate_names_peers_pulled_from_by_name_or_id() {
-        let ids: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
-        let listed = |id: &PeerId, name: &str, role: warren_p2p::Role| Listed {
-            id: id.to_string(),
-            name: Some(name.into()),
-            role,
-            reshare: false,
-        };
-        let allowlist = Allowlist {
-            peers: vec![
-                listed(&ids[0], "alice", warren_p2p::Role::PullAndServe),
-                listed(&ids[1], "bob", warren_p2p::Role::PullAndServe),
-                // Served, never pulled from: never replicated.
-                listed(&ids[2], "carol", warren_p2p::Role::ServeOnly),
-            ],
-        };
-        assert!(chosen(&Replicate::None, &allowlist).is_empty());
-        assert_eq!(
-            chosen(&Replicate::All, &allowlist),
-            HashSet::from([ids[0], ids[1]])
-        );
-        let named = Replicate::Peers(vec!["bob".into(), "carol".into()]);
-        assert_eq!(chosen(&named, &allowlist), HashSet::from([ids[1]]));
-        let by_id = Replicate::Peers(vec![ids[0].to_string(), "nobody".into()]);
-        assert_eq!(chosen(&by_id, &allowlist), HashSet::from([ids[0]]));
-        assert_eq!(unknown(&by_id, &allowlist), ["nobody"]);
-        assert_eq!(unknown(&named, &allowlist), ["carol"], "not pulled from");
-    }
-}
+mod peer_tests;
+#[cfg(test)]
+mod tests;

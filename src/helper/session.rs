@@ -36,14 +36,15 @@ use std::sync::{Arc, Mutex};
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
-use crate::gocacheprog::faults::Faults;
-use crate::gocacheprog::protocol::{BodyError, DecodeError, Request, RequestReader, Response};
+use crate::helper::faults::Faults;
+use crate::helper::protocol::{BodyError, DecodeError, Request, RequestReader, Response};
+use crate::helper::tiered::{MultiLevelStorage, Step};
+use crate::helper::trace::Recorder;
 use crate::ids::{ActionId, OutputId};
+use crate::ipc::trace::{Hit, Miss};
 use crate::logging::chain;
-use crate::stats::Counters;
 use crate::store::Lookup;
-use crate::tiered::{MultiLevelStorage, Step};
-use crate::trace::{Hit, Miss, Recorder};
+use crate::store::stats::Counters;
 
 const STDOUT_BUFFER: usize = 64 * 1024;
 

@@ -22,17 +22,14 @@
 //! before anything lands, and the local store then serves the verified copy
 //! (backfilled, so the next lookup is local).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+
 use crate::ids::{ActionId, OutputId};
+use crate::ipc::trace::Miss;
 use crate::logging::chain;
 use crate::store::{self, DiskStore, Entry, Lookup, ObjectWriter, Source, VerifiedObject};
-use crate::trace::Miss;
-
-/// A boxed future, for object-safe async trait methods.
-pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A source of entries consulted after a local miss.
 pub(crate) trait RemoteTier: Send + Sync {

@@ -7,13 +7,13 @@
 //! time, one such fault spun a core and wrote a hundred lines a second. So
 //! a failed accept waits, twice as long each time in a row, from
 //! [`FIRST`] up to [`LONGEST`], and is told through the daemon's
-//! [`Quiet`] table: once per [`crate::share::quiet::WINDOW`], with a count.
+//! [`Quiet`] table: once per [`crate::daemon::quiet::WINDOW`], with a count.
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::share::quiet::Quiet;
+use crate::daemon::quiet::Quiet;
 
 /// The wait after a first failed accept.
 pub(crate) const FIRST: Duration = Duration::from_millis(10);
