@@ -17,10 +17,9 @@
 //!   size and SHA-256 against what [`Bodies::begin`] was given and report a
 //!   mismatch as [`CommitError::Mismatch`]; the node then discards the body
 //!   and puts the peer in cooldown. The node does not hash received bodies
-//!   itself: every byte of a 256 MiB body hashed twice on a busy 2-core
-//!   machine cost as much as receiving it (docs/benchmarks.md), and the
-//!   store that writes the body is the one place that can check exactly
-//!   what it stores.
+//!   itself: hashing every byte twice costs as much as receiving them
+//!   (docs/benchmarks.md, "One hash per side"), and the store that writes
+//!   the body is the one place that can check exactly what it stores.
 //!
 //! All methods do blocking file I/O. The node calls [`Bodies::open`], and
 //! [`Bodies::begin`] with the sink's writes and commit for a body of one

@@ -13,11 +13,11 @@
 //!   wait for every one of them.
 //!
 //! stdout is a `Responder`: one buffered writer behind a mutex, each
-//! response written and flushed whole under the lock. An earlier design gave
-//! stdout its own writer thread fed by a channel; the extra thread wake-up
-//! per answer cost about 5% of a warm `go build std` (docs/benchmarks.md),
-//! because `go` waits on each lookup. The capabilities line is written
-//! before any request is read.
+//! response written and flushed whole under the lock, rather than a writer
+//! thread fed by a channel: `go` waits on each lookup, so a thread wake-up
+//! per answer is paid on the build's critical path, once per `get`
+//! (docs/benchmarks.md, "Local lookups answered on the reader thread"). The
+//! capabilities line is written before any request is read.
 //!
 //! On `close` the reader stops, pending tasks finish, the answer to `close` is
 //! written last, and [`serve`] returns. End of input without `close` is a

@@ -36,11 +36,11 @@
 //! before the entry is written: a killed process loses nothing that was
 //! answered, and after a power loss every entry of a put that is there
 //! names a complete object (a put of the last moments may be missing: a
-//! miss). Directories are not synced. Measured: about 0.6 ms a file on
-//! this project's VM (docs/benchmarks.md); Go's own cache syncs nothing.
-//! Bodies fetched from peers are not synced: the daemon commits small
-//! ones on its one async thread, where two syncs a body slowed a from-peer
-//! build severalfold, and they are only a copy of what the peer holds.
+//! miss). Directories are not synced. Go's own cache syncs nothing; what
+//! the sync costs a build is in docs/benchmarks.md. Bodies fetched from
+//! peers are not synced: the daemon commits small ones on its one async
+//! thread, where a sync per body would hold up every other fetch, and they
+//! are only a copy of what the peer holds.
 //! After a power loss such an entry may name an object that lost its
 //! data; on ext4, XFS and APFS that object comes back shorter than its
 //! entry says (their on-disk size follows the data written), and the read
@@ -51,7 +51,8 @@
 //! A read checks that the entry is well formed and the object has the
 //! recorded size; anything else is a miss, and the broken file is removed so
 //! it is never handed to `go` again. Reads do not re-hash bodies (that would
-//! read ~180 MB on a warm `go build std`); `warren verify` does, on demand.
+//! read every body a warm build uses, on its critical path); `warren
+//! verify` does, on demand.
 //! Bodies from outside the process (protocol puts, and peers later) are always
 //! hashed before they land, by [`ObjectWriter`].
 //!

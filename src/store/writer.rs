@@ -6,11 +6,10 @@
 //! only over a damaged one: see the store's module docs).
 //!
 //! A big write (a piece of a fetched body, [`PARALLEL_HASH`] bytes or more)
-//! is hashed on a second thread while this one writes it. On this project's
-//! 2-core VM the write into new page-cache pages is most of a big fetch,
-//! and hashing it after each piece put 0.15 s per 256 MiB on that path:
-//! in interleaved runs the 256 MiB get reached a median 0.93 of writing the
-//! body alone with the second thread, 0.85 without (docs/benchmarks.md).
+//! is hashed on a second thread while this one writes it: writing into new
+//! page-cache pages is most of a big fetch, and hashing after each piece
+//! would put the hash on that path as well (docs/benchmarks.md, "Hashing
+//! big writes beside the write").
 
 use std::io::{self, Write};
 use std::path::PathBuf;

@@ -8,11 +8,11 @@
 //! asks [`Holders::sure_miss`] before it bothers the event loop at all.
 //!
 //! That shortcut is why this is shared: a build asks its daemon about
-//! every action its local store misses, and most of those no peer holds (a
-//! `go build std` looks up 383 module indexes, which peers never share).
-//! The event loop answers such a lookup at once, but while a build reads
-//! ahead it is busy, and each miss waited its turn behind that work
-//! (docs/benchmarks.md has the figures). A lookup that no published
+//! every action its local store misses, and most of those no peer holds
+//! (module indexes, for one, are never shared). The event loop answers
+//! such a lookup at once, but while a build reads ahead it is busy, and
+//! each miss would wait its turn behind that work (docs/benchmarks.md,
+//! "Sure misses answered off the event loop"). A lookup that no published
 //! summary names, and that nobody is fetching, is a miss without a turn
 //! through the loop; everything else (a peer with no summary yet, a name
 //! in a summary, a fetch in flight) goes to the loop, which asks the same

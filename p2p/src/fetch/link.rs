@@ -3,9 +3,8 @@
 //! Compression ([`crate::protocol::compress`]) pays when the link is slower than the
 //! machines: on 1 Gb/s Ethernet or Wi-Fi a from-peer build then moves a
 //! quarter of the bytes. Where the link is as fast as the machines (10 Gb/s,
-//! or hosts sharing one machine's cores), compressing only adds work: on
-//! the benchmark's 2-core machine a from-peer build took 15% longer with
-//! it. The requester cannot tell which case it is in from one rate: a body
+//! or hosts sharing one machine's cores), compressing only adds work
+//! (docs/benchmarks.md, "Compressed bodies"). The requester cannot tell which case it is in from one rate: a body
 //! that comes slowly may be held up by the link, by the sender's CPU or by
 //! its own (a build runs beside it). So under [`Compression::Auto`] it
 //! measures both, in turns, under the same load:

@@ -47,9 +47,9 @@ fn retry_after(misses: u32) -> Duration {
 /// up (a build on the peer, or a build of ours fetching from it) then costs
 /// a few exchanges a second, not one per entry, and a summary lags its
 /// store by at most this (plus a round trip). Asking at once after every
-/// answer cost both daemons a third of a CPU-second per build in the
-/// sharing benchmark, and after an empty one let a peer that answers at
-/// once keep us asking in a loop.
+/// answer would cost both daemons CPU on every entry a build stores, and
+/// after an empty one let a peer that answers at once keep us asking in a
+/// loop.
 const COALESCE: Duration = Duration::from_millis(250);
 
 /// Our copy of one peer's summary, and where asking for it stands.

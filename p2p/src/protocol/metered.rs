@@ -5,8 +5,8 @@
 //! headers and hints too, so what the fetch protocol actually moved is
 //! counted apart: each response stream is wrapped in a [`Metered`] that adds
 //! what passes through it as it goes, so a stream that fails part-way still
-//! counts what it carried. (Noise and yamux framing, about 0.1%, are below
-//! this layer and not counted.)
+//! counts what it carried. (Noise and yamux framing, a small fraction, are
+//! below this layer and not counted.)
 
 use std::io;
 use std::pin::Pin;

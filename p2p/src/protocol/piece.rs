@@ -6,9 +6,10 @@
 //! through a small bounded queue ([`QUEUE`]) to or from one blocking
 //! thread, so memory stays at a few pieces whatever the body's size. Piece
 //! buffers come from a small process-wide pool and go back to it when
-//! dropped: a buffer allocated per body was zeroed and page-faulted in anew
-//! each time (the allocator hands such sizes back to the kernel), a tenth
-//! of a serving daemon's CPU in a profile of a from-peer build.
+//! dropped: a buffer allocated per body is zeroed and page-faulted in anew
+//! each time (the allocator hands such sizes back to the kernel), which
+//! shows in a serving daemon's profile (docs/benchmarks.md, "Batches,
+//! pooled piece buffers, summaries, the helpers' own thread").
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;

@@ -3,10 +3,10 @@
 //!
 //! The codec calls [`prepare`] on the connection's task for each action of
 //! a request, in turn, right before writing its answer: a lookup and, for a
-//! small body, one read and a hash. From the page cache that is a few tens
-//! of microseconds, where handing it to the blocking pool and back cost a
-//! quarter of a millisecond per request on a busy 2-core machine, most of a
-//! small fetch (docs/benchmarks.md). A bigger body goes to the stream as an
+//! small body, one read and a hash. From the page cache that is cheaper
+//! than handing it to the blocking pool and back, which on a busy machine
+//! is most of a small fetch (docs/benchmarks.md, "The daemon on one
+//! thread, small bodies on it"). A bigger body goes to the stream as an
 //! open file, which [`crate::serve::reply::send_file`] reads and hashes on a blocking
 //! thread as it streams it.
 //!
