@@ -1,8 +1,8 @@
 //! ext4 on a [`LazyDisk`]: the image served over FUSE in this process, a
 //! loop device on the served file, ext4 mounted from the loop device. After
 //! a power cut the whole stack is brought up afresh (a new FUSE session, a
-//! new loop device), so ext4 replays its journal from what the disk kept,
-//! as after a reboot.
+//! loop device attached anew, nothing cached from before), so ext4 replays
+//! its journal from what the disk kept, as after a reboot.
 //!
 //! Each bring-up also checks the filesystem: ext4 is mounted (replaying
 //! the journal), unmounted cleanly, checked with `e2fsck -fn`, and mounted
@@ -59,9 +59,9 @@ impl Ext4 {
         Self::up(dir, options)
     }
 
-    /// Brings the image in `dir` up: served anew, on a new loop device, ext4
-    /// mounted (its journal replayed), checked, and mounted with `options`
-    /// (say `data=writeback`).
+    /// Brings the image in `dir` up: served anew, on a loop device attached
+    /// anew, ext4 mounted (its journal replayed), checked, and mounted with
+    /// `options` (say `data=writeback`).
     pub fn up(dir: &Path, options: &str) -> Self {
         let (fuse, mnt) = (dir.join("fuse"), dir.join("mnt"));
         for sub in [&fuse, &mnt] {

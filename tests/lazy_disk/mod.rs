@@ -26,7 +26,6 @@
 //! [`ext4`] puts a loop device and ext4 on the image, and takes them down.
 
 #![allow(dead_code, unreachable_pub)] // not every test uses every helper
-#![allow(clippy::disallowed_methods)] // tests write plain files, not store files
 
 pub mod ext4;
 
