@@ -186,6 +186,69 @@ fn a_put_repairs_a_damaged_object_of_the_same_output() {
     assert_eq!(fs::read(&entry.path).unwrap(), b"payload");
 }
 
+/// An object on disk since a sync that completed must never be swapped
+/// for a copy that is not (SECURITY.md, "A process kill, and a power
+/// loss"): a put of the same output finds it whole (its size, and its
+/// bytes hash to its name) and keeps it, counting as a use.
+#[test]
+fn a_put_keeps_a_whole_object_it_finds() {
+    use std::os::unix::fs::MetadataExt as _;
+
+    let f = Fixture::new();
+    let first = f.store.put_bytes(&action(1), b"shared output").unwrap();
+    let inode = fs::metadata(&first.path).unwrap().ino();
+    f.advance(2 * TOUCH_INTERVAL);
+    let second = f.store.put_bytes(&action(2), b"shared output").unwrap();
+    assert_eq!(second.path, first.path);
+    let there = fs::metadata(&first.path).unwrap();
+    assert_eq!(
+        there.ino(),
+        inode,
+        "the put replaced the object on disk since the last sync"
+    );
+    assert_eq!(there.modified().unwrap(), *f.now.lock().unwrap(), "a use");
+    let mut leftovers = 0;
+    walk_files(&f.store.objects, &mut |file| {
+        leftovers += u32::from(file.temp)
+    })
+    .unwrap();
+    assert_eq!(leftovers, 0, "the new copy is not left behind");
+}
+
+/// A fetched body verifies as it arrives; an object of its size that
+/// does not hash to its name is damaged, and the fetched body takes its
+/// place.
+#[test]
+fn a_fetched_body_replaces_a_damaged_object_of_its_size() {
+    let f = Fixture::new();
+    let put = f.store.put_bytes(&action(1), b"payload").unwrap();
+    fs::write(&put.path, b"PAYLOAD").unwrap();
+    let mut writer = f.store.begin_object(OutputId::of(b"payload"), 7).unwrap();
+    writer.write_all(b"payload").unwrap();
+    f.store
+        .commit_fetched(&action(2), writer.finish().unwrap(), PeerId::random())
+        .unwrap();
+    assert_eq!(fs::read(&put.path).unwrap(), b"payload");
+}
+
+/// Nothing is synced between a put and its answer: the put leaves a
+/// dirty marker on disk first, and the group commit takes it away once
+/// what it covers is on disk.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_put_is_covered_by_a_marker_until_the_group_commit() {
+    let f = Fixture::new();
+    let markers = || fs::read_dir(&f.store.dirty).map_or(0, Iterator::count);
+    assert_eq!(markers(), 0);
+    f.store.put_bytes(&action(1), b"one").unwrap();
+    f.store.put_bytes(&action(2), b"two").unwrap();
+    assert_eq!(markers(), 1, "one marker for the process's writes");
+    let synced = f.store.sync().unwrap();
+    assert_eq!(synced.epochs, 1);
+    assert_eq!(markers(), 0);
+    f.hit(&action(1));
+}
+
 #[test]
 fn a_new_store_is_its_owners_alone() {
     let dir = tempfile::tempdir().unwrap();
