@@ -72,6 +72,8 @@ fn run(store: &DiskStore, quiet: &Quiet, stop: &AtomicBool) {
             std::thread::sleep((due - now).min(POLL));
         }
         sync(store, quiet);
+        // The next epoch's marker, made now, off the next fetch's path.
+        store.prepare_write();
     }
     sync(store, quiet);
 }

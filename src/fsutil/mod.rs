@@ -105,6 +105,11 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
 /// that filesystem since `opened` was opened, so a caller opens it before
 /// the writes it means to sync. Linux only: elsewhere `Unsupported`.
 pub(crate) fn sync_filesystem(opened: &std::fs::File, path: &Path) -> Result<(), Error> {
+    #[cfg(test)]
+    if test_hooks::FAIL_SYNCS.get() {
+        let eio = io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error());
+        return Err(io_error("syncing the filesystem of", path)(eio));
+    }
     #[cfg(target_os = "linux")]
     let synced = rustix::fs::syncfs(opened).map_err(io::Error::from);
     #[cfg(not(target_os = "linux"))]
@@ -165,4 +170,17 @@ fn write_atomic_with(path: &Path, contents: &[u8], sync: bool) -> Result<(), Err
         source: e.error,
     })?;
     Ok(())
+}
+
+/// Faults tests inject, on the thread that sets them.
+#[cfg(test)]
+pub(crate) mod test_hooks {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// [`super::sync_filesystem`] fails with `EIO`, as on a failing disk.
+        pub(crate) static FAIL_SYNCS: Cell<bool> = const { Cell::new(false) };
+        /// Reading a stored object back to hash it fails with `EIO`.
+        pub(crate) static FAIL_HASHES: Cell<bool> = const { Cell::new(false) };
+    }
 }

@@ -13,32 +13,46 @@
 //! A marker's name says which page cache its writer's files sat in: the
 //! boot (`/proc/sys/kernel/random/boot_id`) and the mount of the store's
 //! filesystem (its unique mount ID, from Linux 6.8; `0` before), then the
-//! writer's pid and a number (`<boot>_<mount>_<pid>_<n>`). Its text is the
-//! wall time it was made, in unix nanoseconds. Its writer holds an `flock`
-//! on it, taken before the marker had its name, for as long as it lives.
+//! writer's pid, a number and a random nonce
+//! (`<boot>_<mount>_<pid>_<n>_<nonce>`): a pid is reused, and a name
+//! never is. Its text is the wall time it was made, in unix nanoseconds.
+//! Its writer holds an `flock` on it, taken before the marker had its
+//! name, for as long as it lives.
 //!
 //! What a marker found by another process means ([`State`]):
 //!
-//! - locked, and of our page cache: its writer is at work;
+//! - locked: its writer is at work, whichever mount or namespace it is
+//!   seen through (a bind mount shares the page cache; the mount ID
+//!   differs);
 //! - unlocked, and of our page cache: its writer was killed. The kernel
 //!   still holds all it wrote, every file complete before its rename, so
 //!   one sync makes it durable and nothing needs checking;
-//! - of another boot or mount: the machine lost power or crashed, or the
-//!   disk was cut off, while the writer was at work. What it wrote may be
-//!   lost in part, so every file changed since the marker's time is
-//!   verified before it is used (`recovery`). A marker whose group commit
-//!   failed (`EIO`: the kernel may have dropped data) is renamed to a boot
-//!   of its own, [`FAILED`], for the same treatment.
+//! - unlocked, of another boot or mount (or found by a process with no
+//!   boot ID to tell): the machine lost power or crashed, or the disk was
+//!   cut off, while the writer was at work. What it wrote may be lost in
+//!   part, so every file changed since the marker's time is verified
+//!   before it is used (`recovery`). A marker whose group commit failed
+//!   (`EIO`: the kernel may have dropped data) is renamed to a boot of its
+//!   own, [`FAILED`], for the same treatment, and a new one of that boot
+//!   ([`leave_failed`]) covers what every other marker covered.
 //!
 //! The mount matters because a disk can lose its cache without a reboot:
 //! a USB disk pulled, a network block device gone, or a test's lazy disk
-//! cut and mounted again. Where the kernel gives no unique mount ID, such
-//! a cut is taken for a killed writer.
+//! cut and mounted again. Where the kernel gives no unique mount ID
+//! (before Linux 6.8), such a cut is taken for a killed writer: its files
+//! are synced, never verified.
+//!
+//! A marker is only ever removed by a process that holds its lock, on the
+//! very file (device and inode) it classified; anything in `dirty/` that
+//! is not a regular file is no marker, and is left alone. This process's
+//! own markers are never opened by its scans: on NFS, `flock` is emulated
+//! with POSIX locks, and closing any descriptor of a file drops them all.
 
-use std::fs::{self, File, TryLockError};
+use std::fs::{self, File};
 use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::fsutil::{self, TEMP_PREFIX, io_error};
@@ -46,6 +60,14 @@ use crate::fsutil::{self, TEMP_PREFIX, io_error};
 /// The boot of a marker whose group commit failed: no real boot is
 /// named so, so every process verifies what it covers.
 pub(crate) const FAILED: &str = "failed";
+
+/// The paths of this process's markers while it holds them: its own scans
+/// take them as live without opening them (see the module docs).
+static OURS: Mutex<Vec<(PathBuf, SystemTime)>> = Mutex::new(Vec::new());
+
+fn ours() -> MutexGuard<'static, Vec<(PathBuf, SystemTime)>> {
+    OURS.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Which page cache a process's writes sit in until they are on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +86,15 @@ impl PageCache {
             boot: super::trim_clock::boot_id()?.to_owned(),
             mount: unique_mount_id(dir).unwrap_or(0),
         })
+    }
+
+    /// The one no process writes through: its markers are a failed
+    /// sync's.
+    fn failed() -> Self {
+        Self {
+            boot: FAILED.to_owned(),
+            mount: 0,
+        }
     }
 
     #[cfg(test)]
@@ -103,12 +134,15 @@ fn unique_mount_id(dir: &Path) -> Option<u64> {
 pub(crate) struct Marker {
     path: PathBuf,
     /// Holds the `flock` that says the writer is alive.
-    file: File,
+    _held: File,
+    /// When it says it was made.
+    time: SystemTime,
 }
 
 impl Marker {
     /// Puts a marker made at `time` in `dir`, on disk with its name before
-    /// this returns; `n` tells apart the markers of one process.
+    /// this returns; `n` tells apart the markers of one process, and a
+    /// random nonce those of processes given the same pid.
     pub(crate) fn create(
         dir: &Path,
         cache: &PageCache,
@@ -128,56 +162,129 @@ impl Marker {
         temp.write_all(format!("{nanos}\n").as_bytes())
             .map_err(io_error("writing", temp.path()))?;
         fsutil::sync_data(&temp)?;
+        // The temp file's random name is the nonce.
+        let nonce = (temp.path().file_name().and_then(|name| name.to_str()))
+            .and_then(|name| name.strip_prefix(TEMP_PREFIX))
+            .unwrap_or_default()
+            .to_owned();
         let path = dir.join(format!(
-            "{}_{}_{}_{n}",
+            "{}_{}_{}_{n}_{nonce}",
             cache.boot,
             cache.mount,
-            std::process::id()
+            std::process::id(),
         ));
-        let file = temp.persist_noclobber(&path).map_err(|e| fsutil::Error {
-            op: "creating",
-            path: path.clone(),
-            source: e.error,
-        })?;
-        fsutil::sync_dir(dir)?;
-        Ok(Self { path, file })
+        ours().push((path.clone(), time));
+        let file = match temp.persist_noclobber(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                ours().retain(|(ours, _)| *ours != path);
+                return Err(fsutil::Error {
+                    op: "creating",
+                    path,
+                    source: e.error,
+                });
+            }
+        };
+        let marker = Self {
+            path,
+            _held: file,
+            time,
+        };
+        if let Err(e) = fsutil::sync_dir(dir) {
+            marker.remove();
+            return Err(e);
+        }
+        Ok(marker)
+    }
+
+    /// When it says it was made.
+    pub(crate) fn time(&self) -> SystemTime {
+        self.time
     }
 
     /// Lets the marker go as a killed writer would: unlocked, left in
     /// place. Its path.
     #[cfg(test)]
     pub(crate) fn abandon(self) -> PathBuf {
-        self.path
+        self.path.clone()
     }
 
     /// Removes the marker: what it covered is on disk.
     pub(crate) fn remove(self) {
-        remove(&self.path);
+        if let Err(e) = fs::remove_file(&self.path) {
+            tracing::warn!("cannot remove {}: {e}", self.path.display());
+        }
     }
 
     /// Leaves the marker for a recovery: the sync of what it covered
     /// failed, and the kernel may have dropped some of it. Renamed to the
     /// boot [`FAILED`], so that every process verifies what it covers.
     pub(crate) fn keep_for_recovery(self) {
-        let name = self.path.file_name().and_then(|name| name.to_str());
-        let failed = name
-            .and_then(|name| name.split_once('_'))
-            .map(|(_, rest)| self.path.with_file_name(format!("{FAILED}_{rest}")));
-        if let Some(failed) = failed
-            && let Err(e) = fs::rename(&self.path, &failed)
-        {
+        if let Err(e) = rename_failed(&self.path) {
             tracing::warn!("cannot mark {} for a recovery: {e}", self.path.display());
         }
-        drop(self.file);
     }
 }
 
-/// Removes the marker at `path`; gone already is fine.
-pub(crate) fn remove(path: &Path) {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
+impl Drop for Marker {
+    fn drop(&mut self) {
+        ours().retain(|(ours, _)| *ours != self.path);
+    }
+}
+
+/// Renames the marker at `path` to the boot [`FAILED`], never over
+/// another file (names are unique by their nonce).
+fn rename_failed(path: &Path) -> io::Result<()> {
+    let name = path.file_name().and_then(|name| name.to_str());
+    let Some((_, rest)) = name.and_then(|name| name.split_once('_')) else {
+        return Err(io::ErrorKind::InvalidFilename.into());
+    };
+    let failed = path.with_file_name(format!("{FAILED}_{rest}"));
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        renameat_with(CWD, path, CWD, &failed, RenameFlags::NOREPLACE).map_err(io::Error::from)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        fs::hard_link(path, &failed)?;
+        fs::remove_file(path)
+    }
+}
+
+/// Leaves a marker of a failed sync, dated `time`, unlocked: every
+/// process verifies what changed since then. For a sync that failed:
+/// dated no later than any marker there was, it covers what each covered.
+pub(crate) fn leave_failed(dir: &Path, time: SystemTime) -> Result<PathBuf, fsutil::Error> {
+    let marker = Marker::create(dir, &PageCache::failed(), 0, time)?;
+    Ok(marker.path.clone())
+}
+
+/// What follows a sync that failed, for the markers `found` before it
+/// (and this process's own, made from `ours` on): a failed sync's marker
+/// as old as the oldest of them, and the killed writers' markers renamed
+/// to failed ones too (should that marker not reach the disk). Each
+/// process's descriptor tells an error once: the next sync may well
+/// succeed, and prove nothing.
+pub(crate) fn after_failed_sync(dir: &Path, found: &[Found], ours: Option<SystemTime>) {
+    let oldest = (found.iter())
+        .filter(|found| !found.own)
+        .map(|found| found.time)
+        .chain(ours)
+        .min()
+        .unwrap_or_else(SystemTime::now);
+    if let Err(e) = leave_failed(dir, oldest) {
+        tracing::warn!(
+            "cannot leave a marker for a recovery: {}",
+            crate::logging::chain(&e)
+        );
+    }
+    for found in found.iter().filter(|found| found.state == State::Killed) {
+        if let Some(_lock) = take(found)
+            && let Err(e) = rename_failed(&found.path)
+        {
+            tracing::warn!("cannot mark {} for a recovery: {e}", found.path.display());
+        }
     }
 }
 
@@ -186,9 +293,14 @@ pub(crate) fn remove(path: &Path) {
 pub(crate) struct Found {
     pub path: PathBuf,
     pub state: State,
-    /// When it was made (for a marker of another page cache: from its
-    /// text, or else its file's mtime).
+    /// When it was made: its text, or else its file's mtime (for this
+    /// process's own, not read: the time it was made with).
     pub time: SystemTime,
+    /// The file classified (device, inode): only that one is ever
+    /// removed.
+    id: (u64, u64),
+    /// One of this process's.
+    own: bool,
 }
 
 /// What a marker means to the process that finds it; see the module docs.
@@ -204,13 +316,14 @@ pub(crate) enum State {
 }
 
 /// The markers in `dir`, as a process of page cache `ours` sees them
-/// (without one, every marker is a crash's).
+/// (without one, every unlocked marker is a crash's).
 pub(crate) fn scan(dir: &Path, ours: Option<&PageCache>) -> Result<Vec<Found>, fsutil::Error> {
     let listing = match fs::read_dir(dir) {
         Ok(listing) => listing,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_error("listing", dir)(e)),
     };
+    let own = self::ours().clone();
     let mut found = Vec::new();
     for file in listing {
         let file = file.map_err(io_error("listing", dir))?;
@@ -218,76 +331,120 @@ pub(crate) fn scan(dir: &Path, ours: Option<&PageCache>) -> Result<Vec<Found>, f
         let Some(name) = name.to_str() else {
             continue;
         };
-        if name.starts_with(TEMP_PREFIX) {
+        // A temp file, or no marker file at all (a directory, a FIFO, a
+        // link): nothing to open, or to clear.
+        if name.starts_with(TEMP_PREFIX) || !file.file_type().is_ok_and(|kind| kind.is_file()) {
             continue;
         }
         let path = file.path();
-        let mut parts = name.splitn(3, '_');
-        let cache = match (parts.next(), parts.next().map(str::parse::<u64>)) {
-            (Some(boot), Some(Ok(mount))) => Some((boot, mount)),
-            _ => None,
-        };
-        let state = match cache {
-            Some((boot, mount))
-                if ours.is_some_and(|ours| boot == ours.boot && mount == ours.mount) =>
-            {
-                match lock_state(&path) {
-                    Some(state) => state,
-                    None => continue, // gone meanwhile
-                }
+        if let Some((_, time)) = own.iter().find(|(own, _)| *own == path) {
+            found.push(Found {
+                path,
+                state: State::Live,
+                time: *time,
+                id: (0, 0),
+                own: true,
+            });
+            continue;
+        }
+        let opened = match open(&path) {
+            Ok(opened) => opened,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // gone meanwhile
+            // Cannot be opened: taken as held, nothing is done to it.
+            Err(_) => {
+                found.push(Found {
+                    path,
+                    state: State::Live,
+                    time: SystemTime::now(),
+                    id: (0, 0),
+                    own: false,
+                });
+                continue;
             }
-            // Another page cache's, or not a name of ours: verified.
-            _ => State::Crashed,
         };
-        let time = match state {
-            State::Crashed => made_at(&path),
-            State::Live | State::Killed => UNIX_EPOCH,
+        let Ok(meta) = opened.metadata() else {
+            continue;
         };
-        found.push(Found { path, state, time });
+        if !meta.is_file() {
+            continue;
+        }
+        // The lock first: a writer alive is alive whatever mount it is
+        // seen through.
+        let state = if opened.try_lock().is_err() {
+            State::Live
+        } else {
+            let mut parts = name.splitn(3, '_');
+            let cache = match (parts.next(), parts.next().map(str::parse::<u64>)) {
+                (Some(boot), Some(Ok(mount))) => Some((boot, mount)),
+                _ => None,
+            };
+            match (cache, ours) {
+                (Some((boot, mount)), Some(ours)) if boot == ours.boot && mount == ours.mount => {
+                    State::Killed
+                }
+                // Another page cache's, or not a name of ours: verified.
+                _ => State::Crashed,
+            }
+        };
+        let time = made_at(&opened, &meta);
+        found.push(Found {
+            path,
+            state,
+            time,
+            id: (meta.dev(), meta.ino()),
+            own: false,
+        });
     }
     Ok(found)
 }
 
-/// Whether the marker at `path` is held by its writer; `None` if it is
-/// gone. One that cannot be opened or locked for another reason counts as
-/// held: nothing is done to it.
-fn lock_state(path: &Path) -> Option<State> {
-    let file = match open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-        Err(_) => return Some(State::Live),
+/// The marker `found`, opened and locked, if it is still that very file
+/// and no one holds it.
+fn take(found: &Found) -> Option<File> {
+    if found.own {
+        return None;
+    }
+    let file = open(&found.path).ok()?;
+    let meta = file.metadata().ok()?;
+    ((meta.dev(), meta.ino()) == found.id && file.try_lock().is_ok()).then_some(file)
+}
+
+/// Removes the marker `found`, if it is still the very file found and
+/// unlocked (its lock held meanwhile); whether it is gone now.
+pub(crate) fn remove_found(found: &Found) -> bool {
+    let Some(_lock) = take(found) else {
+        return false;
     };
-    Some(match file.try_lock() {
-        Ok(()) => State::Killed,
-        Err(TryLockError::WouldBlock | TryLockError::Error(_)) => State::Live,
-    })
+    match fs::remove_file(&found.path) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("cannot remove {}: {e}", found.path.display());
+            false
+        }
+    }
 }
 
-/// Whether a process holds the marker at `path` (a writer alive, in this
-/// mount or another's view of the same filesystem).
-pub(crate) fn is_held(path: &Path) -> bool {
-    matches!(lock_state(path), Some(State::Live))
-}
-
-/// When the marker at `path` was made: its text, or its file's mtime if
-/// the text is not a time; the epoch if neither can be read, so that
-/// everything is verified.
-fn made_at(path: &Path) -> SystemTime {
+/// When the marker `file` was made: its text, or its file's mtime if the
+/// text is not a time.
+fn made_at(mut file: &File, meta: &fs::Metadata) -> SystemTime {
     let mut text = String::new();
-    let from_text = open(path).ok().and_then(|file| {
-        file.take(64).read_to_string(&mut text).ok()?;
+    let from_text = (|| {
+        (&mut file).take(64).read_to_string(&mut text).ok()?;
         let nanos: u64 = text.strip_suffix('\n')?.parse().ok()?;
         Some(UNIX_EPOCH + Duration::from_nanos(nanos))
-    });
+    })();
     from_text
-        .or_else(|| fs::symlink_metadata(path).and_then(|m| m.modified()).ok())
+        .or_else(|| meta.modified().ok())
         .unwrap_or(UNIX_EPOCH)
 }
 
+/// Opens `path` for reading, never through a link, and never waiting on
+/// a FIFO.
 fn open(path: &Path) -> io::Result<File> {
+    use rustix::fs::OFlags;
     fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
         .open(path)
 }
 
@@ -311,17 +468,18 @@ mod tests {
         let found = scan(dir.path(), Some(&ours)).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].state, State::Live);
-        assert!(is_held(&found[0].path));
+        assert!(!remove_found(&found[0]), "a live marker was removed");
         // The writer dies (its lock goes with it); the marker stays.
-        marker.abandon();
+        let path = marker.abandon();
         let found = scan(dir.path(), Some(&ours)).unwrap();
         assert_eq!(found[0].state, State::Killed);
-        assert!(!is_held(&found[0].path));
+        assert!(remove_found(&found[0]));
+        assert!(!path.exists());
     }
 
     /// A marker of another boot, or of another mount of the filesystem
     /// (a disk cut off and mounted again), or whose sync failed, is a
-    /// crash: held or not, with the time it was made.
+    /// crash once no one holds it, with the time it was made.
     #[test]
     fn a_marker_of_another_boot_or_mount_or_a_failed_sync_is_a_crash() {
         let dir = tempfile::tempdir().unwrap();
@@ -350,7 +508,7 @@ mod tests {
     #[test]
     fn a_marker_that_cannot_be_read_counts_from_its_file_time() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("boot-b_0_1_0");
+        let path = dir.path().join("boot-b_0_1_0_0");
         let mut file = File::create(&path).unwrap();
         file.write_all(b"garbage").unwrap();
         let then = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
@@ -358,5 +516,34 @@ mod tests {
         let found = scan(dir.path(), Some(&PageCache::new("boot-a", 0))).unwrap();
         assert_eq!(found[0].state, State::Crashed);
         assert_eq!(found[0].time, then);
+    }
+
+    /// A marker left by a killed process of the same pid and number (a
+    /// pid is reused) must not make a new writer's marker fail: names are
+    /// unique beyond the pid.
+    #[test]
+    fn a_leftover_marker_of_the_same_pid_and_number_is_no_obstacle() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = PageCache::new("boot-a", 7);
+        let left = Marker::create(dir.path(), &ours, 5, SystemTime::now())
+            .unwrap()
+            .abandon();
+        let new = Marker::create(dir.path(), &ours, 5, SystemTime::now()).unwrap();
+        assert_ne!(new.path, left);
+    }
+
+    /// A writer alive is alive whichever mount it is seen through (a bind
+    /// mount, another namespace) and whether or not the finder knows its
+    /// boot: its held marker is never a crash's, which no sweep could
+    /// clear while it lives.
+    #[test]
+    fn a_held_marker_is_live_through_any_mount_and_without_a_boot_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let _held = Marker::create(dir.path(), &PageCache::new("boot-a", 8), 0, made).unwrap();
+        let found = scan(dir.path(), Some(&PageCache::new("boot-a", 7))).unwrap();
+        assert_eq!(found[0].state, State::Live);
+        let found = scan(dir.path(), None).unwrap();
+        assert_eq!(found[0].state, State::Live);
     }
 }

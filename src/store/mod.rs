@@ -19,7 +19,8 @@
 //!     ├── objects/00/ … ff/    one body per OutputID, named by its hex (no extension)
 //!     │                        (all 512 shard directories are made with the store)
 //!     └── dirty/               a marker per process (or daemon epoch) whose writes
-//!                              may not be on disk yet: <boot>_<mount>_<pid>_<n> (`dirty`)
+//!                              may not be on disk yet: <boot>_<mount>_<pid>_<n>_<nonce>
+//!                              (`dirty`)
 //! ```
 //!
 //! # Writes
@@ -60,9 +61,18 @@
 //!
 //! So after a power loss an entry is either gone or names a complete,
 //! matching body, and nothing acknowledged before the last completed sync
-//! is lost. Where there is no `syncfs(2)` (other systems than Linux), or
-//! no boot ID, what `go` puts is synced file by file before its rename, as
-//! before, and bodies fetched from peers are not synced.
+//! is lost. A put of the same output keeps the object and the entry there;
+//! one that maps an action to another output syncs its entry first.
+//!
+//! Group commit is used only where one `syncfs(2)` of the store's
+//! directory makes every file of it durable and tells write-back errors
+//! (`group_commit::fits`: ext2/3/4, XFS, Btrfs, F2FS or tmpfs, every
+//! directory of the store on that one filesystem, Linux 5.8 or later) and
+//! a boot ID tells a reboot. Elsewhere (macOS, FUSE, NFS, eCryptfs,
+//! overlayfs, older kernels) what `go` puts is synced file by file before
+//! its rename (`F_FULLFSYNC` on macOS), its synced copy of an object
+//! replaces one that is there, and bodies fetched from peers are not
+//! synced.
 //!
 //! # Reads
 //!
@@ -114,7 +124,7 @@ mod writer;
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -295,20 +305,14 @@ impl DiskStore {
         let dirty = layout::dirty_dir(&root);
         let cache = PageCache::of(&root);
         // Markers of crashes call for a recovery; those of killed writers
-        // of this page cache go after our next group commit.
+        // of this page cache go after the next group commit.
         let found = dirty::scan(&dirty, cache.as_ref())?;
         let recovery = Recovery::of(&found);
-        let killed = (found.into_iter())
-            .filter(|found| found.state == dirty::State::Killed)
-            .map(|found| found.path)
-            .collect();
-        let durability = match &cache {
-            Some(cache) if cfg!(target_os = "linux") => {
-                let commit = GroupCommit::new(&root, dirty.clone(), cache.clone(), killed);
-                Durability::Group(Box::new(commit))
-            }
-            _ => Durability::PerFile,
-        };
+        let new = !root.join(CACHEDIR_TAG).exists();
+        if new {
+            make_shards(&actions, &objects)?;
+        }
+        let durability = durability(&root, &actions, &objects, &dirty, cache.clone());
         let store = Self {
             actions,
             objects,
@@ -322,13 +326,12 @@ impl DiskStore {
             durability,
             recovery,
         };
-        let tag = store.root.join(CACHEDIR_TAG);
-        if !tag.exists() {
-            // A new store: make its shard directories up front, as Go's
-            // cache does, rather than one by one on the first writes of a
-            // build; tag it, and start the trim clock now so the first
-            // automatic trim waits a full interval.
-            store.make_shards()?;
+        if new {
+            // A new store: its shard directories were made up front, as
+            // Go's cache does, rather than one by one on the first writes
+            // of a build; tag it, and start the trim clock now so the
+            // first automatic trim waits a full interval.
+            let tag = store.root.join(CACHEDIR_TAG);
             write_atomic(&tag, CACHEDIR_TAG_CONTENTS.as_bytes())?;
             store.mark_trimmed(store.trim_now().1)?;
         }
@@ -342,16 +345,6 @@ impl DiskStore {
         let identity = check_private(&self.root, &self.actions, &self.objects)?;
         if identity != self.identity {
             return Err(Error::Replaced(self.root.clone()));
-        }
-        Ok(())
-    }
-
-    fn make_shards(&self) -> Result<(), Error> {
-        for dir in [&self.actions, &self.objects] {
-            for shard in layout::shards() {
-                let path = dir.join(shard);
-                private::create_dir_all(&path).map_err(io_error("creating directory", &path))?;
-            }
         }
         Ok(())
     }
@@ -394,10 +387,7 @@ impl DiskStore {
     pub(crate) fn get(&self, action: &ActionId) -> Result<Lookup, Error> {
         let entry_path = self.entry_path(action);
         // Never through a symbolic link: the store's files are its own.
-        let opened = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&entry_path);
+        let opened = recovery::open_stored(&entry_path);
         let mut file = match opened {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lookup::Miss),
@@ -412,6 +402,9 @@ impl DiskStore {
         let meta = file
             .metadata()
             .map_err(io_error("reading entry", &entry_path))?;
+        if !meta.is_file() {
+            return Ok(self.discard(&entry_path, &meta, "entry is not a file"));
+        }
         if meta.len() > MAX_ENTRY_LEN {
             return Ok(self.discard(&entry_path, &meta, "entry too long"));
         }
@@ -547,12 +540,38 @@ impl DiskStore {
             fsutil::sync_data(&temp)?;
         }
         let time = self.now();
-        persist_object(temp, &final_path, &output, size, time)?;
+        persist_object(temp, &final_path, &output, size, time, per_file)?;
         let line = entry::entry_line(action, &output, size, time, &source);
         let entry_path = self.entry_path(action);
         match replace {
             Replace::Yes if per_file => write_atomic(&entry_path, line.as_bytes())?,
-            Replace::Yes => write_atomic_unsynced(&entry_path, line.as_bytes())?,
+            Replace::Yes => match self.entry_there(action, &entry_path) {
+                // The same mapping, on disk maybe since a sync that
+                // completed (`go build -a` puts every action again): it
+                // stays, and counts as a use.
+                Some((file, meta, there))
+                    if there.output == output && there.size == size && there.source == source =>
+                {
+                    let now = self.now();
+                    if is_stale(meta.modified().ok(), now) {
+                        // Best effort, as a lookup's touch.
+                        let _ = file.set_modified(now);
+                    }
+                    drop(writing);
+                    return Ok(Entry {
+                        output,
+                        size,
+                        time: there.time,
+                        source,
+                        path: final_path,
+                    });
+                }
+                // Another mapping replaces it: synced first, so that a
+                // power loss leaves the old one or the new one whole,
+                // never neither.
+                Some(_) => write_atomic(&entry_path, line.as_bytes())?,
+                None => write_atomic_unsynced(&entry_path, line.as_bytes())?,
+            },
             Replace::No => {
                 // Only fetched bodies are committed so, and they are not
                 // synced one by one (see the module docs).
@@ -575,13 +594,38 @@ impl DiskStore {
         })
     }
 
+    /// The entry of `action` at `path`, if it is there, whole and bound
+    /// to its action (what a lookup would take), with its open file;
+    /// unlike a lookup, this removes nothing.
+    fn entry_there(&self, action: &ActionId, path: &Path) -> Option<(File, fs::Metadata, Line)> {
+        let mut file = recovery::open_stored(path).ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.len() > MAX_ENTRY_LEN {
+            return None;
+        }
+        let mut text = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut text).ok()?;
+        let line = parse_entry(&text)?;
+        let verdict = self.check_entry(action, &line, &meta, self.recovery.since());
+        (verdict == Suspect::Trusted).then_some((file, meta, line))
+    }
+
     /// Syncs what this process wrote and has not synced yet, at once
-    /// (`group_commit`), and clears the markers of killed writers found at
-    /// open. Nothing to do where each put is synced on its own.
+    /// (`group_commit`), and clears the markers of killed writers found
+    /// before the sync. Nothing to do where each put is synced on its own.
     pub(crate) fn sync(&self) -> Result<Synced, Error> {
         match &self.durability {
             Durability::Group(commit) => Ok(commit.sync()?),
             Durability::PerFile => Ok(Synced::default()),
+        }
+    }
+
+    /// Makes the dirty marker of the next writes ahead of time, off their
+    /// path (`group_commit`); nothing to do where each put is synced on
+    /// its own.
+    pub(crate) fn prepare_write(&self) {
+        if let Durability::Group(commit) = &self.durability {
+            commit.prepare();
         }
     }
 
@@ -615,18 +659,22 @@ impl DiskStore {
 
 /// Puts a verified body at `path`, unless an object is there already
 /// that is whole: a regular file of the right size that hashes to its name
-/// (read back to tell). That one may be on disk since a sync that
-/// completed, and a copy of the same bytes that is not must not take its
-/// place: a power loss could then take away what was safe. A damaged one
-/// (the wrong size or bytes, or not a file) is replaced, so a put or a
-/// fetch repairs it. One kept counts as used `now`: its path is handed
-/// out as a new one's would be, and trim must see that.
+/// (read back to tell; one that cannot be read is not known to be damaged,
+/// and stays). That one may be on disk since a sync that completed, and a
+/// copy of the same bytes that is not must not take its place: a power
+/// loss could then take away what was safe. A damaged one (the wrong size
+/// or bytes, or not a file) is replaced, so a put or a fetch repairs it;
+/// so is any one by a copy `synced` already (file by file, where the one
+/// there may be a fetched body that never was). One kept counts as used
+/// `now`: its path is handed out as a new one's would be, and trim must
+/// see that.
 fn persist_object(
     temp: tempfile::NamedTempFile,
     path: &Path,
     output: &OutputId,
     size: u64,
     now: SystemTime,
+    synced: bool,
 ) -> Result<(), Error> {
     let temp = match temp.persist_noclobber(path) {
         Ok(_) => return Ok(()),
@@ -635,9 +683,16 @@ fn persist_object(
     };
     let there = fs::symlink_metadata(path)
         .ok()
-        .filter(|there| there.is_file() && there.len() == size);
+        .filter(|there| !synced && there.is_file() && there.len() == size);
+    let whole = || match recovery::hashes_to(path, output) {
+        Ok((good, _)) => good,
+        Err(e) => {
+            tracing::debug!("reading {} back: {e}; kept", path.display());
+            true
+        }
+    };
     if let Some(there) = there
-        && recovery::hashes_to(path, output).is_ok_and(|(good, _)| good)
+        && whole()
     {
         if is_stale(there.modified().ok(), now) {
             // Best effort, as a lookup's touch.
@@ -649,6 +704,60 @@ fn persist_object(
     temp.persist(path)
         .map_err(|e| io_error("storing object", path)(e.error))?;
     Ok(())
+}
+
+fn make_shards(actions: &Path, objects: &Path) -> Result<(), Error> {
+    for dir in [actions, objects] {
+        for shard in layout::shards() {
+            let path = dir.join(shard);
+            private::create_dir_all(&path).map_err(io_error("creating directory", &path))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Stores opened on this thread sync file by file, as on a system
+    /// where group commit does not fit.
+    pub(crate) static PER_FILE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// How the store at `root` makes its writes durable: by group commit
+/// where one `syncfs(2)` covers every directory of it and tells its errors
+/// (`group_commit::fits`), and a boot ID tells a reboot; file by file
+/// elsewhere.
+fn durability(
+    root: &Path,
+    actions: &Path,
+    objects: &Path,
+    dirty: &Path,
+    cache: Option<PageCache>,
+) -> Durability {
+    #[cfg(test)]
+    if PER_FILE.get() {
+        return Durability::PerFile;
+    }
+    let Some(cache) = cache else {
+        return Durability::PerFile;
+    };
+    if let Err(e) = private::create_dir_all(dirty) {
+        tracing::debug!("syncing file by file: creating {}: {e}", dirty.display());
+        return Durability::PerFile;
+    }
+    let version = layout::version_dir(root);
+    match group_commit::fits(&[root, &version, actions, objects, dirty]) {
+        Ok(()) => Durability::Group(Box::new(GroupCommit::new(
+            root,
+            dirty.to_path_buf(),
+            cache,
+            Arc::new(SystemTime::now),
+        ))),
+        Err(why) => {
+            tracing::debug!("syncing file by file: {why}");
+            Durability::PerFile
+        }
+    }
 }
 
 /// Checks that the store at `root` (canonical) is its user's alone, and

@@ -21,9 +21,10 @@
 //!   `recovery.lock`: a helper that finds a crash's marker starts
 //!   `warren recover` in the background, the daemon a thread, and `warren
 //!   verify` runs it first. It verifies every such file, removes those that
-//!   fail, syncs the filesystem, and only then removes the markers it
-//!   covered (never one a live writer holds, as one seen through another
-//!   mount of the filesystem may be).
+//!   fail or cannot be read, syncs the filesystem, and only then removes
+//!   the markers it covered (each the very file it found, and only while
+//!   no writer holds it). A sync that fails leaves a failed sync's marker
+//!   behind (`dirty`).
 //!
 //! Markers of killed writers of this page cache need no check: the sweep
 //! (or the next group commit) syncs and removes them.
@@ -326,14 +327,16 @@ impl DiskStore {
         }
         // What the sweep removed, and what killed writers left, is on
         // disk before the markers that call for it go.
-        fsutil::sync_filesystem(&root, &self.root)?;
+        if let Err(e) = fsutil::sync_filesystem(&root, &self.root) {
+            dirty::after_failed_sync(&self.dirty, &found, None);
+            return Err(e.into());
+        }
         for found in crashed.iter().chain(&killed) {
-            // A writer alive through another mount: its marker is its own.
-            if found.state == State::Crashed && dirty::is_held(&found.path) {
-                continue;
+            // Only the very file found, and only if no writer holds it
+            // now.
+            if dirty::remove_found(found) {
+                report.markers += 1;
             }
-            dirty::remove(&found.path);
-            report.markers += 1;
         }
         let mut inner = self.recovery.lock();
         self.recovery.recheck(&mut inner);
@@ -352,9 +355,8 @@ impl DiskStore {
     /// `since`, and removes those that fail. Objects first: an entry whose
     /// object went is removed with it.
     fn sweep(&self, since: SystemTime, report: &mut Recovered) -> Result<(), Error> {
-        let mut failure = None;
         walk_files(&self.objects, &mut |file| {
-            if file.temp || failure.is_some() || file.changed < since {
+            if file.temp || file.changed < since {
                 return;
             }
             report.checked += 1;
@@ -363,34 +365,45 @@ impl DiskStore {
                 Ok(output) => hashes_to(&file.path, &output),
                 Err(_) => fs::symlink_metadata(&file.path).map(|meta| (false, meta)),
             };
-            match verdict {
-                Ok((true, _)) => {}
-                Ok((false, seen)) => {
-                    tracing::debug!("removing {}: damaged by a crash", file.path.display());
-                    if remove_seen(&file.path, &seen) {
-                        report.removed_objects += 1;
+            let seen = match verdict {
+                Ok((true, _)) => return,
+                Ok((false, seen)) => seen,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                // Unreadable (a bad sector): damaged like any other, and
+                // the sweep goes on.
+                Err(e) => {
+                    tracing::debug!("reading {}: {e}", file.path.display());
+                    match fs::symlink_metadata(&file.path) {
+                        Ok(seen) => seen,
+                        Err(_) => return,
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => failure = Some(io_error("verifying object", &file.path)(e)),
+            };
+            tracing::debug!("removing {}: damaged by a crash", file.path.display());
+            if remove_seen(&file.path, &seen) {
+                report.removed_objects += 1;
             }
         })?;
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
         walk_files(&self.actions, &mut |file| {
             if file.temp || file.changed < since {
                 return;
             }
             report.checked += 1;
-            let Ok((meta, whole)) = self.entry_is_whole(&file.path) else {
-                return; // gone meanwhile
-            };
-            if !whole {
-                tracing::debug!("removing {}: damaged by a crash", file.path.display());
-                if remove_seen(&file.path, &meta) {
-                    report.removed_entries += 1;
+            let meta = match self.entry_is_whole(&file.path) {
+                Ok((_, true)) => return,
+                Ok((meta, false)) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(e) => {
+                    tracing::debug!("reading {}: {e}", file.path.display());
+                    match fs::symlink_metadata(&file.path) {
+                        Ok(meta) => meta,
+                        Err(_) => return,
+                    }
                 }
+            };
+            tracing::debug!("removing {}: damaged by a crash", file.path.display());
+            if remove_seen(&file.path, &meta) {
+                report.removed_entries += 1;
             }
         })
     }
@@ -399,11 +412,11 @@ impl DiskStore {
     /// with its check, bound to the action it is named for, naming an
     /// object of its size. With the metadata of the file read.
     fn entry_is_whole(&self, path: &Path) -> io::Result<(fs::Metadata, bool)> {
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(path)?;
+        let mut file = open_stored(path)?;
         let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Ok((meta, false));
+        }
         let mut text = Vec::with_capacity(MAX_ENTRY_LEN as usize);
         (&mut file).take(MAX_ENTRY_LEN + 1).read_to_end(&mut text)?;
         let action = (path.file_name().and_then(|name| name.to_str()))
@@ -422,10 +435,13 @@ impl DiskStore {
 /// Whether the file at `path` (not followed) hashes to `output`, with the
 /// metadata of the very file hashed.
 pub(super) fn hashes_to(path: &Path, output: &OutputId) -> io::Result<(bool, fs::Metadata)> {
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)?;
+    #[cfg(test)]
+    if fsutil::test_hooks::FAIL_HASHES.get() {
+        return Err(io::Error::from_raw_os_error(
+            rustix::io::Errno::IO.raw_os_error(),
+        ));
+    }
+    let mut file = open_stored(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Ok((false, meta));
@@ -436,6 +452,16 @@ pub(super) fn hashes_to(path: &Path, output: &OutputId) -> io::Result<(bool, fs:
         OutputId::from_bytes(hasher.finalize().into()) == *output,
         meta,
     ))
+}
+
+/// Opens the store's file at `path` for reading: never through a link,
+/// and never waiting on a FIFO put in its place.
+pub(super) fn open_stored(path: &Path) -> io::Result<File> {
+    use rustix::fs::OFlags;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
+        .open(path)
 }
 
 #[cfg(test)]

@@ -220,8 +220,10 @@ pub(super) fn check_store(config: &Config, report: &mut Report) {
 /// Writes not yet on disk, and whether a recovery after a crash is
 /// pending or running (`store::dirty`, `store::recovery`).
 fn check_markers(dir: &Path, report: &mut Report) {
-    let counts = match DiskStore::open(dir).and_then(|store| store.marker_counts()) {
-        Ok(counts) => counts,
+    let counted =
+        DiskStore::open(dir).and_then(|store| Ok((store.groups_commits(), store.marker_counts()?)));
+    let (grouped, counts) = match counted {
+        Ok(counted) => counted,
         Err(e) => {
             report.warning(
                 "cannot read the store's dirty markers",
@@ -269,8 +271,13 @@ fn check_markers(dir: &Path, report: &mut Report) {
             counts.live,
             if counts.live == 1 { "" } else { "es" }
         ));
-    } else if crashes + counts.killed == 0 {
+    } else if crashes + counts.killed == 0 && grouped {
         report.ok("every write is on disk: no dirty markers");
+    } else if crashes + counts.killed == 0 {
+        report.ok(
+            "what go puts is synced file by file here (no group commit on this system or \
+             filesystem); bodies fetched from peers are not synced",
+        );
     }
 }
 

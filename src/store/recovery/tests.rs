@@ -241,3 +241,151 @@ fn an_entry_line_with_another_actions_check_is_a_miss_outside_a_recovery_too() {
     miss(&store, 1);
     hit(&store, 2);
 }
+
+/// A killed writer's marker, seen by a process when it opened the store,
+/// was cleared by another's sync, and a new writer that was given the
+/// killed one's pid made its own marker of the same name: the first
+/// process's sync must not take the live writer's marker away (its writes
+/// would then be covered by nothing when the power goes).
+#[test]
+fn a_sync_never_removes_a_live_marker_that_took_a_killed_ones_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path()).unwrap();
+    let cache = PageCache::of(store.root()).expect("a boot ID");
+    let killed = Marker::create(&store.dirty, &cache, u64::MAX - 1, SystemTime::now())
+        .unwrap()
+        .abandon();
+    let observer = DiskStore::open(dir.path()).unwrap();
+    fs::remove_file(&killed).unwrap();
+    let live = fs::File::create(&killed).unwrap();
+    live.try_lock().unwrap();
+    observer.sync().unwrap();
+    assert!(killed.exists(), "a live writer's marker was removed");
+    drop(live);
+}
+
+/// A sync that fails (`EIO`: the kernel may have dropped pages) when all
+/// there was to sync is what killed writers left, or when a sweep syncs,
+/// must leave a crash's marker for the next process: the error is told
+/// once per open descriptor, so the next sync succeeds and proves nothing.
+#[test]
+fn a_failed_sync_of_killed_writers_pages_calls_for_a_recovery() {
+    use crate::fsutil::test_hooks::FAIL_SYNCS;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path()).unwrap();
+    let cache = PageCache::of(store.root()).expect("a boot ID");
+    let made = SystemTime::now() - Duration::from_secs(60);
+    Marker::create(&store.dirty, &cache, u64::MAX - 2, made)
+        .unwrap()
+        .abandon();
+    let store = DiskStore::open(dir.path()).unwrap();
+    assert!(!store.recovery_pending());
+    FAIL_SYNCS.set(true);
+    let synced = store.sync();
+    FAIL_SYNCS.set(false);
+    assert!(synced.is_err());
+    let next = DiskStore::open(dir.path()).unwrap();
+    next.sync().unwrap();
+    assert!(
+        next.recovery_pending(),
+        "the failed sync left no crash marker"
+    );
+    assert!(
+        next.recovery.since().unwrap() <= made - SLACK,
+        "the recovery starts after the killed writer's marker"
+    );
+
+    // The same when a sweep's sync fails.
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path()).unwrap();
+    Marker::create(&store.dirty, &cache, u64::MAX - 3, made)
+        .unwrap()
+        .abandon();
+    FAIL_SYNCS.set(true);
+    let recovered = store.recover(false);
+    FAIL_SYNCS.set(false);
+    assert!(recovered.is_err());
+    assert!(DiskStore::open(dir.path()).unwrap().recovery_pending());
+}
+
+/// One object the sweep cannot read (a bad sector: `EIO`) is damage like
+/// any other: it goes, and the sweep goes on and ends, rather than fail
+/// on every command from then on.
+#[test]
+fn a_sweep_removes_an_object_it_cannot_read_and_goes_on() {
+    use crate::fsutil::test_hooks::FAIL_HASHES;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path()).unwrap();
+    let crash = a_moment_between();
+    let put = store.put_bytes(&action(1), b"body").unwrap();
+    store.sync().unwrap();
+    let marker = leave_crash_marker(&store, crash);
+    let store = DiskStore::open(dir.path()).unwrap();
+    FAIL_HASHES.set(true);
+    let recovered = store.recover(false);
+    FAIL_HASHES.set(false);
+    let recovered = recovered.unwrap().expect("no other sweep");
+    assert_eq!((recovered.markers, recovered.removed_objects), (1, 1));
+    assert!(!marker.exists());
+    assert!(!put.path.exists(), "the unreadable object stays");
+    assert!(!store.recovery_pending());
+    miss(&store, 1);
+}
+
+/// Something in the dirty directory that is not a marker file (here a
+/// directory named like a crash's marker) can never be cleared as one:
+/// it must not call for a recovery on every command.
+#[test]
+fn a_directory_named_like_a_marker_calls_for_no_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path()).unwrap();
+    fs::create_dir_all(store.dirty.join(format!("{OTHER_BOOT}_0_4242_0"))).unwrap();
+    let store = DiskStore::open(dir.path()).unwrap();
+    assert!(!store.recovery_pending());
+    assert_eq!(store.recover(false).unwrap().unwrap().markers, 0);
+}
+
+/// Runs `f` on a thread, and fails if it has not returned within 10 s.
+fn within_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    result
+        .recv_timeout(Duration::from_secs(10))
+        .expect("hung on a FIFO")
+}
+
+fn mkfifo(path: &Path) {
+    use rustix::fs::{CWD, FileType, Mode, mknodat};
+    mknodat(CWD, path, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+}
+
+/// A FIFO named like a marker, where opening it for reading blocks until
+/// a writer comes: every process that opens the store would hang there.
+#[test]
+fn a_fifo_named_like_a_marker_hangs_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let store = DiskStore::open(&root).unwrap();
+    fs::create_dir_all(&store.dirty).unwrap();
+    mkfifo(&store.dirty.join(format!("{OTHER_BOOT}_0_4242_0")));
+    let pending = within_seconds(move || DiskStore::open(&root).unwrap().recovery_pending());
+    assert!(!pending);
+}
+
+/// A FIFO where an entry belongs is damage to remove, not a file to wait
+/// on, for a lookup and for a sweep alike.
+#[test]
+fn a_fifo_named_like_an_entry_hangs_no_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let store = DiskStore::open(&root).unwrap();
+    let entry = store.entry_path(&action(9));
+    mkfifo(&entry);
+    let found = within_seconds(move || DiskStore::open(&root).unwrap().get(&action(9)).unwrap());
+    assert_eq!(found, Lookup::Miss);
+    assert!(fs::symlink_metadata(&entry).is_err());
+}
