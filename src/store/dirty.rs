@@ -24,9 +24,10 @@
 //! - locked: its writer is at work, whichever mount or namespace it is
 //!   seen through (a bind mount shares the page cache; the mount ID
 //!   differs);
-//! - unlocked, and of our page cache: its writer was killed. The kernel
-//!   still holds all it wrote, every file complete before its rename, so
-//!   one sync makes it durable and nothing needs checking;
+//! - unlocked, and of our page cache (with a unique mount ID): its
+//!   writer was killed. The kernel still holds all it wrote, every file
+//!   complete before its rename, so one sync makes it durable and nothing
+//!   needs checking;
 //! - unlocked, of another boot or mount (or found by a process with no
 //!   boot ID to tell): the machine lost power or crashed, or the disk was
 //!   cut off, while the writer was at work. What it wrote may be lost in
@@ -39,8 +40,9 @@
 //! The mount matters because a disk can lose its cache without a reboot:
 //! a USB disk pulled, a network block device gone, or a test's lazy disk
 //! cut and mounted again. Where the kernel gives no unique mount ID
-//! (before Linux 6.8), such a cut is taken for a killed writer: its files
-//! are synced, never verified.
+//! (before Linux 6.8), such a cut cannot be told from a killed writer, so
+//! every unlocked marker is taken for a crash's: a killed `go` command
+//! costs a recovery of what changed since it began.
 //!
 //! A marker is only ever removed by a process that holds its lock, on the
 //! very file (device and inode) it classified; anything in `dirty/` that
@@ -379,7 +381,12 @@ pub(crate) fn scan(dir: &Path, ours: Option<&PageCache>) -> Result<Vec<Found>, f
                 _ => None,
             };
             match (cache, ours) {
-                (Some((boot, mount)), Some(ours)) if boot == ours.boot && mount == ours.mount => {
+                // Without a unique mount ID (before Linux 6.8), a disk cut
+                // and mounted again looks the same as a killed writer:
+                // taken for the worse.
+                (Some((boot, mount)), Some(ours))
+                    if boot == ours.boot && mount == ours.mount && mount != 0 =>
+                {
                     State::Killed
                 }
                 // Another page cache's, or not a name of ours: verified.
@@ -545,5 +552,20 @@ mod tests {
         assert_eq!(found[0].state, State::Live);
         let found = scan(dir.path(), None).unwrap();
         assert_eq!(found[0].state, State::Live);
+    }
+
+    /// Before Linux 6.8 there is no unique mount ID (0): a disk cut off
+    /// and mounted again without a reboot would pass for a killed writer,
+    /// and what it lost would be synced, never verified. Such a marker is
+    /// a crash's.
+    #[test]
+    fn without_a_unique_mount_id_an_unlocked_marker_is_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = PageCache::new("boot-a", 0);
+        Marker::create(dir.path(), &ours, 0, SystemTime::now())
+            .unwrap()
+            .abandon();
+        let found = scan(dir.path(), Some(&ours)).unwrap();
+        assert_eq!(found[0].state, State::Crashed);
     }
 }

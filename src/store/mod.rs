@@ -46,11 +46,12 @@
 //! all durable at once, and the marker goes (`group_commit`). A marker
 //! found on the next start tells what happened:
 //!
-//! - its writer was killed, with the machine up: the kernel holds all it
-//!   wrote, every file complete before its rename. A sync, and the marker
-//!   goes; nothing is checked.
+//! - its writer was killed, with the machine up and the disk mounted
+//!   all along (told by a unique mount ID, Linux 6.8 on): the kernel holds
+//!   all it wrote, every file complete before its rename. A sync, and the
+//!   marker goes; nothing is checked.
 //! - the machine lost power or crashed (another boot), or the disk was cut
-//!   off (another mount), or the sync failed: every object and entry
+//!   off (another mount, or no unique mount ID to tell), or the sync failed: every object and entry
 //!   changed since the marker was made is verified before it reaches `go`
 //!   or a peer, lazily by lookups and by one sweep in the background
 //!   (`recovery`). An object must hash to its name; an entry must carry
