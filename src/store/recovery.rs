@@ -54,6 +54,10 @@ pub(crate) const SLACK: Duration = Duration::from_secs(10 * 60);
 /// How often a process that verifies lazily looks whether the recovery
 /// is over (the markers gone).
 const RECHECK: Duration = Duration::from_secs(1);
+/// How long a sweep started in the background waits for the lock that a
+/// probe (`warren doctor`) may hold for a moment; a sweep running holds it
+/// longer, and then this one is not needed.
+const PROBE_WAIT: Duration = Duration::from_secs(2);
 /// How long `warren verify` waits for a recovery another process runs.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -159,6 +163,22 @@ impl Recovery {
 
     fn passed(&self, object: &fs::Metadata) {
         self.lock().verified.insert((object.dev(), object.ino()));
+    }
+}
+
+/// The sweep's lock at `path`, if no other sweep holds it: one held only
+/// for a moment (`warren doctor`'s probe) is waited for, silently, up to
+/// [`PROBE_WAIT`].
+fn try_lock_briefly(path: &Path) -> Result<Option<FileLock>, Error> {
+    let deadline = Instant::now() + PROBE_WAIT;
+    loop {
+        if let Some(lock) = FileLock::try_acquire(path)? {
+            return Ok(Some(lock));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -278,7 +298,11 @@ impl DiskStore {
                 State::Crashed => counts.crashed += 1,
             }
         }
-        counts.sweeping = FileLock::try_acquire(&layout::recovery_lock(&self.root))?.is_none();
+        // Probed only when it matters: a probe holds the lock for a
+        // moment, and a sweep starting then waits a little for it.
+        if counts.crashed > 0 {
+            counts.sweeping = FileLock::try_acquire(&layout::recovery_lock(&self.root))?.is_none();
+        }
         Ok(counts)
     }
 
@@ -307,7 +331,7 @@ impl DiskStore {
         let _lock = if wait {
             FileLock::acquire(&path, LOCK_TIMEOUT)?
         } else {
-            match FileLock::try_acquire(&path)? {
+            match try_lock_briefly(&path)? {
                 Some(lock) => lock,
                 None => return Ok(None),
             }

@@ -389,3 +389,27 @@ fn a_fifo_named_like_an_entry_hangs_no_lookup() {
     assert_eq!(found, Lookup::Miss);
     assert!(fs::symlink_metadata(&entry).is_err());
 }
+
+/// `warren doctor` probes the sweep's lock by taking it for a moment: a
+/// sweep started in the background at that moment must not give up, or
+/// the recovery waits for the next command.
+#[test]
+fn a_sweep_is_not_skipped_for_a_moments_probe_of_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path()).unwrap();
+    let crash = a_moment_between();
+    store.put_bytes(&action(1), b"body").unwrap();
+    store.sync().unwrap();
+    leave_crash_marker(&store, crash);
+    let store = DiskStore::open(dir.path()).unwrap();
+    let probe = FileLock::try_acquire(&layout::recovery_lock(store.root()))
+        .unwrap()
+        .expect("the lock is free");
+    let released = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        drop(probe);
+    });
+    let recovered = store.recover(false).unwrap();
+    released.join().unwrap();
+    assert_eq!(recovered.map(|r| r.markers), Some(1), "the sweep gave up");
+}
