@@ -487,6 +487,7 @@ fn concurrent_writers_of_one_store_agree() {
 /// is not known to be damaged: a put of the same output keeps it rather
 /// than swap a synced object for an unsynced copy.
 #[test]
+#[cfg(target_os = "linux")]
 fn a_put_keeps_an_object_it_cannot_read_back() {
     use std::os::unix::fs::MetadataExt as _;
 
@@ -509,6 +510,7 @@ fn a_put_keeps_an_object_it_cannot_read_back() {
 /// swapped for an unsynced copy that a power loss could leave holding
 /// other blocks.
 #[test]
+#[cfg(target_os = "linux")]
 fn a_put_of_the_same_output_keeps_the_entry_there() {
     use std::os::unix::fs::MetadataExt as _;
 

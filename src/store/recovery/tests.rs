@@ -358,6 +358,7 @@ fn within_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("hung on a FIFO")
 }
 
+#[cfg(target_os = "linux")]
 fn mkfifo(path: &Path) {
     use rustix::fs::{CWD, FileType, Mode, mknodat};
     mknodat(CWD, path, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
@@ -366,6 +367,7 @@ fn mkfifo(path: &Path) {
 /// A FIFO named like a marker, where opening it for reading blocks until
 /// a writer comes: every process that opens the store would hang there.
 #[test]
+#[cfg(target_os = "linux")]
 fn a_fifo_named_like_a_marker_hangs_no_one() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
@@ -379,6 +381,7 @@ fn a_fifo_named_like_a_marker_hangs_no_one() {
 /// A FIFO where an entry belongs is damage to remove, not a file to wait
 /// on, for a lookup and for a sweep alike.
 #[test]
+#[cfg(target_os = "linux")]
 fn a_fifo_named_like_an_entry_hangs_no_lookup() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
