@@ -29,13 +29,36 @@ pub fn gocacheprog_requests(data: &[u8]) {
     }
 }
 
-/// An entry file's line, as found on disk.
+/// An entry file's line, as found on disk (in the file of a fixed action).
 pub fn store_entry(data: &[u8]) {
-    if let Some(line) = crate::store::parse_entry(data) {
-        // What parses, prints back to itself.
-        let printed = crate::store::entry_line(&line.output, line.size, line.time, &line.source);
-        assert_eq!(crate::store::parse_entry(printed.as_bytes()), Some(line));
+    use crate::store::{Binding, entry_line, parse_entry};
+    let action = entry_action();
+    if let Some(line) = parse_entry(data) {
+        // What parses, prints back to itself, bound to the action it is
+        // printed for; a check it carried binds it only if it is that one.
+        let printed = entry_line(&action, &line.output, line.size, line.time, &line.source);
+        let reparsed = parse_entry(printed.as_bytes()).expect("a printed line to parse");
+        assert_eq!(reparsed.binding(&action), Binding::Bound);
+        assert_eq!(
+            (
+                reparsed.output,
+                reparsed.size,
+                reparsed.time,
+                reparsed.source
+            ),
+            (line.output, line.size, line.time, line.source)
+        );
+        match line.binding(&action) {
+            Binding::Bound => assert_eq!(line.check, reparsed.check),
+            Binding::Unchecked => assert_eq!(line.check, None),
+            Binding::Wrong => assert_ne!(line.check, reparsed.check),
+        }
     }
+}
+
+/// The action whose file [`store_entry`] reads its input from.
+fn entry_action() -> crate::ids::ActionId {
+    crate::ids::ActionId::from_bytes([0xaa; 32])
 }
 
 /// A line on the daemon's socket, both ways: a request as the daemon reads
@@ -104,7 +127,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         .public()
         .to_peer_id();
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_700_000_000_000_000_000);
-    let entry = |source| crate::store::entry_line(&output, 5, time, &source).into_bytes();
+    let entry =
+        |source| crate::store::entry_line(&entry_action(), &output, 5, time, &source).into_bytes();
     vec![
         ("metrics_host", b"\x00localhost:9311".to_vec()),
         ("metrics_host", b"\x01[::1]:9311".to_vec()),
@@ -118,6 +142,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("store_entry", entry(crate::store::Source::Local)),
         ("store_entry", entry(crate::store::Source::Peer(peer))),
         ("store_entry", entry(crate::store::Source::Unknown)),
+        // A line written before the check.
+        (
+            "store_entry",
+            format!("v1 {} 5 1700000000000000000 local\n", output.to_hex()).into_bytes(),
+        ),
         (
             "ipc_line",
             format!("{{\"op\":\"get\",\"action\":\"{action}\"}}\n").into_bytes(),

@@ -67,6 +67,9 @@ pub enum Command {
     Clean,
     /// Re-hash every stored body and remove any that do not match their OutputID
     Verify,
+    /// Finish the recovery after a crash: verify what was written since, then clear its markers
+    #[command(hide = true)]
+    Recover,
     /// Show the effective settings and where they came from
     Config,
     /// Create this machine's identity key and a config that turns sharing on
@@ -190,6 +193,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Verify) => {
             let store = open_store(&config)?;
+            // What a crash left is checked first, and told apart from
+            // damage the crash does not explain.
+            let recovered = store
+                .recover(true)
+                .context("recovering from a crash")?
+                .unwrap_or_default();
+            if recovered.markers > 0 {
+                writeln!(out, "{}", recovered_line(&recovered))?;
+            }
             let report = store.verify().context("verifying the store")?;
             writeln!(
                 out,
@@ -200,6 +212,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let checks = crate::daemon::consistency::Census::of(&store)
                 .context("checking the store's entries")?;
             writeln!(out, "{checks}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Recover) => {
+            // Started by a helper in the background; skips if another runs.
+            let store = open_store(&config)?;
+            if let Some(recovered) = store.recover(false).context("recovering from a crash")?
+                && recovered.markers > 0
+            {
+                writeln!(out, "{}", recovered_line(&recovered))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Init) => share::init(&config, &mut out),
@@ -285,6 +307,16 @@ fn ask_daemon(
         STATUS_TIMEOUT,
         timeout,
     ))?)
+}
+
+/// What a recovery after a crash did, in a line.
+fn recovered_line(recovered: &crate::store::Recovered) -> String {
+    format!(
+        "recovery after a crash: {} file{} changed since verified, {} damaged and removed",
+        recovered.checked,
+        if recovered.checked == 1 { "" } else { "s" },
+        recovered.removed_objects + recovered.removed_entries
+    )
 }
 
 fn files(count: u64, bytes: u64) -> String {

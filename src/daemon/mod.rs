@@ -26,6 +26,8 @@
 //!   bodies leave;
 //! - [`put_order`]: the store's entries in the order they were put, for
 //!   hints, summaries and catalogs (kept current by inotify on Linux);
+//! - [`syncer`]: fetched bodies synced to disk in groups, a second after
+//!   they land (the store's group commit);
 //! - [`allowlist`]: the allowlist as the daemon applies it;
 //! - [`replicate`]: fetching coworkers' new entries in the background, if
 //!   configured;
@@ -45,6 +47,7 @@ mod put_order;
 mod quiet;
 pub(crate) mod replicate;
 mod server;
+mod syncer;
 mod trace;
 
 use std::process::ExitCode;
@@ -95,6 +98,11 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             config.store.dir.display()
         );
     };
+    // A crash left files that lookups (ours, and peers') verify until a
+    // sweep has seen them all: one runs beside the daemon.
+    if store.recovery_pending() {
+        spawn_recovery(store.clone());
+    }
     let allowlist_path = config.allowlist_path();
     let allowlist = Allowlist::load(&allowlist_path)?;
     // Purging is the store's, not a command's: the entries of peers that
@@ -135,6 +143,9 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         let sharing = Sharing::new(allowlist.sharing());
         // One table for every fault the daemon tells: see `quiet`.
         let quiet = Arc::new(Quiet::default());
+        // Fetched bodies reach the disk in groups, a second apart.
+        let syncer = syncer::Syncer::start(store.clone(), quiet.clone())
+            .context("starting the thread that syncs the store")?;
         let adapter = StoreAdapter::new(
             store.clone(),
             sharing.clone(),
@@ -234,6 +245,10 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         })
         .await;
         node_task.abort();
+        if let Some(syncer) = syncer {
+            // What landed last goes to disk before the daemon ends.
+            let _ = tokio::task::spawn_blocking(move || syncer.stop()).await;
+        }
         if let Ok(Some(error)) = store_watch.await {
             // The socket is left alone: it may be another's now.
             return Err(anyhow::Error::new(error).context("the daemon stopped"));
@@ -242,6 +257,24 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sweeps the store after a crash on a thread of its own (see
+/// `store::recovery`); skips if another process sweeps it.
+fn spawn_recovery(store: Arc<DiskStore>) {
+    let spawned = std::thread::Builder::new()
+        .name("warren-recovery".into())
+        .spawn(move || {
+            if let Err(e) = store.recover(false) {
+                tracing::warn!(
+                    "cannot finish the recovery after a crash: {}; `warren verify` retries it",
+                    crate::logging::chain(&e)
+                );
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!("could not start the recovery: {e}");
+    }
 }
 
 fn parse_addrs(addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {

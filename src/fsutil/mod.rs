@@ -3,7 +3,9 @@
 //!
 //! Every file is written to a temp file in its own directory and renamed
 //! into place ([`write_atomic`]), so a reader sees the old file or the new
-//! one, never half of one. Temp files start with [`TEMP_PREFIX`]: the
+//! one, never half of one. Syncs are here too: of one file's data, of a
+//! directory, and of a whole filesystem at once ([`sync_filesystem`], the
+//! store's group commit). Temp files start with [`TEMP_PREFIX`]: the
 //! store's trim knows leftovers of killed processes by it. Directories are
 //! created owner-only, and [`private`] checks that one is ours alone.
 //! Cross-process locks live in [`lock`].
@@ -89,10 +91,39 @@ pub(crate) fn sync_data(temp: &NamedTempFile) -> Result<(), Error> {
         .map_err(io_error("syncing", temp.path()))
 }
 
+/// `fsync` of the directory `dir`: a rename or a new name in it is on
+/// disk once this returns.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error("syncing directory", dir))
+}
+
+/// Writes out everything of the filesystem that holds `opened` (a file or
+/// directory at `path`) that is not on disk yet: `syncfs(2)`, every dirty
+/// file, then one journal commit. It reports a write-back error met on
+/// that filesystem since `opened` was opened, so a caller opens it before
+/// the writes it means to sync. Linux only: elsewhere `Unsupported`.
+pub(crate) fn sync_filesystem(opened: &std::fs::File, path: &Path) -> Result<(), Error> {
+    #[cfg(test)]
+    if test_hooks::FAIL_SYNCS.get() {
+        let eio = io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error());
+        return Err(io_error("syncing the filesystem of", path)(eio));
+    }
+    #[cfg(target_os = "linux")]
+    let synced = rustix::fs::syncfs(opened).map_err(io::Error::from);
+    #[cfg(not(target_os = "linux"))]
+    let synced = {
+        let _ = opened;
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    };
+    synced.map_err(io_error("syncing the filesystem of", path))
+}
+
 /// Writes `contents` to `path` through a temp file, only if `path` does not
 /// exist (then nothing is written and the answer is `false`). Not synced:
-/// only a cache of what a peer holds is written so (see `store`'s module
-/// docs).
+/// the store's writes reach the disk by its group commit (see `store`'s
+/// module docs).
 pub(crate) fn write_new_unsynced(path: &Path, contents: &[u8]) -> Result<bool, Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = temp_file_in(dir)?;
@@ -117,7 +148,10 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
     write_atomic_with(path, contents, true)
 }
 
-/// [`write_atomic`] without the sync, for what [`write_new_unsynced`] is for.
+/// [`write_atomic`] without the sync: a reader still sees the old file or
+/// the new one whole, but a power loss may leave it empty or with other
+/// bytes. For the store's files, which its group commit syncs and a
+/// recovery checks, and for files whose loss costs nothing (statistics).
 pub(crate) fn write_atomic_unsynced(path: &Path, contents: &[u8]) -> Result<(), Error> {
     write_atomic_with(path, contents, false)
 }
@@ -136,4 +170,17 @@ fn write_atomic_with(path: &Path, contents: &[u8], sync: bool) -> Result<(), Err
         source: e.error,
     })?;
     Ok(())
+}
+
+/// Faults tests inject, on the thread that sets them.
+#[cfg(test)]
+pub(crate) mod test_hooks {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// [`super::sync_filesystem`] fails with `EIO`, as on a failing disk.
+        pub(crate) static FAIL_SYNCS: Cell<bool> = const { Cell::new(false) };
+        /// Reading a stored object back to hash it fails with `EIO`.
+        pub(crate) static FAIL_HASHES: Cell<bool> = const { Cell::new(false) };
+    }
 }

@@ -50,6 +50,11 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
     if store.trim_due() {
         spawn_background_trim(config);
     }
+    // A crash left files that lookups verify until a sweep has seen them
+    // all (see `store::recovery`).
+    if store.recovery_pending() {
+        spawn_background_recovery(config);
+    }
     // Own copies of fds 0 and 1: a large read buffer for bodies, and no
     // line buffering on the way out (the writer flushes in batches).
     let input = File::from(
@@ -127,7 +132,33 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
     {
         tracing::warn!("{summary}");
     }
+    // `go` is done with us: it waits only for stdout to close, and whoever
+    // reads go's stderr through a pipe waits for every process that holds
+    // it. Both are let go before the group commit, so no build waits on
+    // the disk (see `store::group_commit`).
+    release_stdio();
+    if let Err(e) = store.sync() {
+        // Nobody to tell now; the marker stays for the next process to
+        // recover from.
+        tracing::debug!("syncing the store: {}", crate::logging::chain(&e));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Points stdout and stderr at `/dev/null`, closing what `go` gave us.
+fn release_stdio() {
+    let released = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .and_then(|null| {
+            rustix::stdio::dup2_stdout(&null)?;
+            rustix::stdio::dup2_stderr(&null)?;
+            Ok(())
+        });
+    if let Err(e) = released {
+        tracing::debug!("letting go of stdout and stderr: {e}");
+    }
 }
 
 /// Trims the store to half its size (least recently used first, never a
@@ -156,15 +187,33 @@ fn daemon_args(config: &Config) -> Vec<String> {
 
 /// Starts `warren trim --auto` detached, so trimming never slows a build.
 fn spawn_background_trim(config: &Config) {
+    spawn_detached(
+        config,
+        &[
+            "--max-size",
+            &config.store.max_size.as_u64().to_string(),
+            "--max-age",
+            &format!("{}s", config.store.max_age.as_secs()),
+            "trim",
+            "--auto",
+        ],
+        "trim",
+    );
+}
+
+/// Starts `warren recover` detached: the sweep after a crash, by one
+/// process at a time (it skips if another runs), while the build goes on.
+fn spawn_background_recovery(config: &Config) {
+    spawn_detached(config, &["recover"], "recovery");
+}
+
+/// Starts this warren with `args` on this store, detached from `go`.
+fn spawn_detached(config: &Config, args: &[&str], what: &str) {
     let spawned = std::env::current_exe().and_then(|exe| {
         Process::new(exe)
             .arg("--dir")
             .arg(&config.store.dir)
-            .arg("--max-size")
-            .arg(config.store.max_size.as_u64().to_string())
-            .arg("--max-age")
-            .arg(format!("{}s", config.store.max_age.as_secs()))
-            .args(["trim", "--auto"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -172,6 +221,6 @@ fn spawn_background_trim(config: &Config) {
             .spawn()
     });
     if let Err(e) = spawned {
-        tracing::debug!("could not start a background trim: {e}");
+        tracing::debug!("could not start a background {what}: {e}");
     }
 }

@@ -142,6 +142,11 @@ impl MultiLevelStorage {
             tracing::warn!("cache lookup failed, treating it as a miss: {}", chain(&e));
             Lookup::Miss
         });
+        if matches!(found, Lookup::Miss) {
+            // A put (or a fetch) is likely to follow: its dirty marker is
+            // made now, off its path (`store::group_commit`).
+            self.local.prepare_write();
+        }
         match self.admit(found) {
             Lookup::Miss if self.remote.is_enabled() => Step::AskRemote,
             found => Step::Answered(found),

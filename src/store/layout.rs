@@ -21,6 +21,8 @@ const TRIM_LOCK: &str = "trim.lock";
 /// Its mtime is when the store was last trimmed; its text, where trim's
 /// clock stood then (`trim_clock::Anchor`).
 const LAST_TRIM: &str = "last-trim";
+/// Held while a recovery after a crash sweeps the store (`recovery`).
+const RECOVERY_LOCK: &str = "recovery.lock";
 /// Held by the running daemon (`warren daemon`).
 const DAEMON_LOCK: &str = "daemon.lock";
 /// The daemon's socket, in the store so that one daemon serves one store.
@@ -42,6 +44,10 @@ pub(super) fn last_trim(root: &Path) -> PathBuf {
     root.join(LAST_TRIM)
 }
 
+pub(crate) fn recovery_lock(root: &Path) -> PathBuf {
+    root.join(RECOVERY_LOCK)
+}
+
 pub(crate) fn daemon_lock(root: &Path) -> PathBuf {
     root.join(DAEMON_LOCK)
 }
@@ -53,6 +59,11 @@ pub(crate) fn daemon_socket(root: &Path) -> PathBuf {
 /// The current layout's directory.
 pub(super) fn version_dir(root: &Path) -> PathBuf {
     root.join(LAYOUT_VERSION)
+}
+
+/// The directory of dirty markers (`dirty`).
+pub(crate) fn dirty_dir(root: &Path) -> PathBuf {
+    version_dir(root).join("dirty")
 }
 
 /// The directories of action entries and of objects.

@@ -8,15 +8,19 @@
 //! ├── stats.json               lifetime counters (see [`stats`])
 //! ├── stats.lock
 //! ├── trim.lock                held while trimming or cleaning
+//! ├── recovery.lock            held while a recovery sweeps the store (`recovery`)
 //! ├── last-trim                its mtime is when the store was last trimmed; its
 //! │                            text, where trim's clock stood (see `trim_clock`)
 //! ├── daemon.lock              held by the running `warren daemon`
 //! ├── daemon.sock              its socket for helpers (see `ipc`)
 //! └── v1/                      layout version; a new layout gets a new directory
 //!     ├── actions/00/ … ff/    one entry file per ActionID, named by its hex
-//!     │                        "v1 <output hex> <size> <put time, unix ns> <source>\n"
-//!     └── objects/00/ … ff/    one body per OutputID, named by its hex (no extension)
-//!                              (all 512 shard directories are made with the store)
+//!     │                        "v1 <output hex> <size> <put time, unix ns> <source> <check>\n"
+//!     ├── objects/00/ … ff/    one body per OutputID, named by its hex (no extension)
+//!     │                        (all 512 shard directories are made with the store)
+//!     └── dirty/               a marker per process (or daemon epoch) whose writes
+//!                              may not be on disk yet: <boot>_<mount>_<pid>_<n>_<nonce>
+//!                              (`dirty`)
 //! ```
 //!
 //! # Writes
@@ -24,34 +28,60 @@
 //! Every file is written to a temp file (`.tmp*`) in its final directory and
 //! renamed into place, so a reader sees a complete file or none. A put writes
 //! the object first and the entry second, so an entry never points at a body
-//! that is not there yet. Identical outputs are stored once: a put renames
-//! its verified bytes over the object of the same OutputID (so a damaged one
-//! of the right size is repaired, not kept). A body fetched from a peer
-//! never replaces a whole object (one of the right size): it is not synced
-//! (below), and the object there may be what `go` put and synced. Several
+//! that is not there yet. Identical outputs are stored once: a put or a
+//! fetch whose object is there already, whole (the right size, and its
+//! bytes hash to its name), leaves it in place; only a damaged one is
+//! replaced by the new, verified bytes. An object on disk since a sync
+//! that completed is so never swapped for a copy that is not. Several
 //! warren processes may write one store at once without locks: they only
-//! ever rename complete, verified files over identical ones.
+//! ever rename complete, verified files into place.
 //!
-//! What `go` puts is synced (`fdatasync`) before its rename, the object
-//! before the entry is written: a killed process loses nothing that was
-//! answered, and after a power loss every entry of a put that is there
-//! names a complete object (a put of the last moments may be missing: a
-//! miss). Directories are not synced. Go's own cache syncs nothing; what
-//! the sync costs a build is in docs/benchmarks.md. Bodies fetched from
-//! peers are not synced: the daemon commits small ones on its one async
-//! thread, where a sync per body would hold up every other fetch, and they
-//! are only a copy of what the peer holds.
-//! After a power loss such an entry may name an object that lost its
-//! data; on ext4, XFS and APFS that object comes back shorter than its
-//! entry says (their on-disk size follows the data written), and the read
-//! check below makes it a miss.
+//! # What a power loss may take
+//!
+//! Nothing is synced between `go`'s put and its answer. On Linux, a
+//! writing process (a helper for its `go` command, the daemon for fetched
+//! bodies) first leaves a dirty marker, synced (`dirty`); its writes then
+//! go unsynced, and one `syncfs(2)` later (the helper's after `go` has its
+//! last answer, the daemon's within a second of a body landing) makes them
+//! all durable at once, and the marker goes (`group_commit`). A marker
+//! found on the next start tells what happened:
+//!
+//! - its writer was killed, with the machine up and the disk mounted
+//!   all along (told by a unique mount ID, Linux 6.8 on): the kernel holds
+//!   all it wrote, every file complete before its rename. A sync, and the
+//!   marker goes; nothing is checked.
+//! - the machine lost power or crashed (another boot), or the disk was cut
+//!   off (another mount, or no unique mount ID to tell), or the sync failed: every object and entry
+//!   changed since the marker was made is verified before it reaches `go`
+//!   or a peer, lazily by lookups and by one sweep in the background
+//!   (`recovery`). An object must hash to its name; an entry must carry
+//!   the check that binds its line to its action (`entry`; on ext4's
+//!   `data=writeback` a file renamed into place can come back holding
+//!   another file's blocks), and name an object of its size. What fails
+//!   is removed: a miss.
+//!
+//! So after a power loss an entry is either gone or names a complete,
+//! matching body, and nothing acknowledged before the last completed sync
+//! is lost. A put of the same output keeps the object and the entry there;
+//! one that maps an action to another output syncs its entry first.
+//!
+//! Group commit is used only where one `syncfs(2)` of the store's
+//! directory makes every file of it durable and tells write-back errors
+//! (`group_commit::fits`: ext2/3/4, XFS, Btrfs, F2FS or tmpfs, every
+//! directory of the store on that one filesystem, Linux 5.8 or later) and
+//! a boot ID tells a reboot. Elsewhere (macOS, FUSE, NFS, eCryptfs,
+//! overlayfs, older kernels) what `go` puts is synced file by file before
+//! its rename (`F_FULLFSYNC` on macOS), its synced copy of an object
+//! replaces one that is there, and bodies fetched from peers are not
+//! synced.
 //!
 //! # Reads
 //!
-//! A read checks that the entry is well formed and the object has the
-//! recorded size; anything else is a miss, and the broken file is removed so
-//! it is never handed to `go` again. Reads do not re-hash bodies (that would
-//! read every body a warm build uses, on its critical path); `warren
+//! A read checks that the entry is well formed and bound to its action,
+//! and the object has the recorded size; anything else is a miss, and the
+//! broken file is removed so it is never handed to `go` again. Reads do
+//! not re-hash bodies (that would read every body a warm build uses, on
+//! its critical path), except those changed since a crash; `warren
 //! verify` does, on demand.
 //! Bodies from outside the process (protocol puts, and peers later) are always
 //! hashed before they land, by [`ObjectWriter`].
@@ -59,13 +89,15 @@
 //! # Modules
 //!
 //! [`layout`] names every path above; `entry` reads and writes the entry
-//! line with its provenance ([`Source`]); `writer` verifies bodies on their
-//! way in; `trim` walks the store (trim, clean, verify, usage), by the
-//! clock of `trim_clock` (the wall clock, held back after a forward jump);
-//! `provenance` counts and purges entries by source; [`stats`] keeps the
-//! lifetime counters in `stats.json`. The daemon's index of put order
-//! (`daemon::put_order`, kept current by inotify) reads entries too, for
-//! peers' hints and summaries.
+//! line with its provenance ([`Source`]) and check; `writer` verifies
+//! bodies on their way in; `dirty`, `group_commit` and `recovery` are the
+//! markers, the sync and what follows a crash; `trim` walks the store
+//! (trim, clean, verify, usage), by the clock of `trim_clock` (the wall
+//! clock, held back after a forward jump); `provenance` counts and purges
+//! entries by source; [`stats`] keeps the lifetime counters in
+//! `stats.json`. The daemon's index of put order (`daemon::put_order`,
+//! kept current by inotify) reads entries too, for peers' hints and
+//! summaries.
 //!
 //! # Use tracking and trimming
 //!
@@ -80,9 +112,12 @@
 //! clock is held back by the boot clock (`trim_clock`). It runs under
 //! `trim.lock`, at most once per [`TRIM_INTERVAL`](trim::TRIM_INTERVAL) when automatic.
 
+mod dirty;
 mod entry;
+mod group_commit;
 pub(crate) mod layout;
 mod provenance;
+mod recovery;
 pub(crate) mod stats;
 pub(crate) mod trim;
 mod trim_clock;
@@ -90,23 +125,30 @@ mod writer;
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use self::dirty::PageCache;
 use self::entry::MAX_ENTRY_LEN;
-pub(crate) use self::entry::{Line, Source, entry_line, parse_entry, read_entry};
+#[cfg(feature = "fuzz")]
+pub(crate) use self::entry::entry_line;
+pub(crate) use self::entry::{Binding, Line, Source, parse_entry, read_entry};
+use self::group_commit::GroupCommit;
+pub(crate) use self::group_commit::Synced;
 use self::layout::{CACHEDIR_TAG, CACHEDIR_TAG_CONTENTS, shard_path};
 pub(crate) use self::provenance::SourceUsage;
+pub(crate) use self::recovery::Recovered;
+use self::recovery::{Recovery, Suspect};
 pub(crate) use self::trim::{TrimPolicy, TrimReport};
 use self::trim_clock::BootClock;
 pub(crate) use self::writer::{ObjectWriter, VerifiedObject};
 use crate::fsutil::TEMP_PREFIX;
 use crate::fsutil::lock::LockError;
 use crate::fsutil::private::{self, NotPrivate};
-use crate::fsutil::{self, write_atomic};
+use crate::fsutil::{self, write_atomic, write_atomic_unsynced};
 use crate::ids::{ActionId, OutputId};
 use libp2p_identity::PeerId;
 
@@ -198,6 +240,25 @@ pub(crate) struct DiskStore {
     /// The root directory as opened (device, inode): warren works by path,
     /// so [`DiskStore::check_unchanged`] tells if another took its place.
     identity: (u64, u64),
+    /// The dirty markers' directory (`dirty`).
+    dirty: PathBuf,
+    /// Where this process's writes wait to be on disk; `None` without a
+    /// boot ID (then every marker found counts as a crash's).
+    cache: Option<PageCache>,
+    /// How writes reach the disk.
+    durability: Durability,
+    /// A crash's markers found at open, and what this process verified.
+    recovery: Recovery,
+}
+
+/// How writes of objects and entries reach the disk (see the module docs).
+#[derive(Debug)]
+enum Durability {
+    /// Unsynced, under a dirty marker, then synced at once: Linux.
+    Group(Box<GroupCommit>),
+    /// What `go` puts is synced file by file before its rename (fetched
+    /// bodies are not): where there is no `syncfs(2)` or no boot ID.
+    PerFile,
 }
 
 impl std::fmt::Debug for DiskStore {
@@ -242,6 +303,17 @@ impl DiskStore {
         // (see `fsutil::private`). The shards below are made owner-only
         // inside these.
         let identity = check_private(&root, &actions, &objects)?;
+        let dirty = layout::dirty_dir(&root);
+        let cache = PageCache::of(&root);
+        // Markers of crashes call for a recovery; those of killed writers
+        // of this page cache go after the next group commit.
+        let found = dirty::scan(&dirty, cache.as_ref())?;
+        let recovery = Recovery::of(&found);
+        let new = !root.join(CACHEDIR_TAG).exists();
+        if new {
+            make_shards(&actions, &objects)?;
+        }
+        let durability = durability(&root, &actions, &objects, &dirty, cache.clone());
         let store = Self {
             actions,
             objects,
@@ -250,14 +322,17 @@ impl DiskStore {
             boot_clock,
             repaired: AtomicU64::new(0),
             identity,
+            dirty,
+            cache,
+            durability,
+            recovery,
         };
-        let tag = store.root.join(CACHEDIR_TAG);
-        if !tag.exists() {
-            // A new store: make its shard directories up front, as Go's
-            // cache does, rather than one by one on the first writes of a
-            // build; tag it, and start the trim clock now so the first
-            // automatic trim waits a full interval.
-            store.make_shards()?;
+        if new {
+            // A new store: its shard directories were made up front, as
+            // Go's cache does, rather than one by one on the first writes
+            // of a build; tag it, and start the trim clock now so the
+            // first automatic trim waits a full interval.
+            let tag = store.root.join(CACHEDIR_TAG);
             write_atomic(&tag, CACHEDIR_TAG_CONTENTS.as_bytes())?;
             store.mark_trimmed(store.trim_now().1)?;
         }
@@ -271,16 +346,6 @@ impl DiskStore {
         let identity = check_private(&self.root, &self.actions, &self.objects)?;
         if identity != self.identity {
             return Err(Error::Replaced(self.root.clone()));
-        }
-        Ok(())
-    }
-
-    fn make_shards(&self) -> Result<(), Error> {
-        for dir in [&self.actions, &self.objects] {
-            for shard in layout::shards() {
-                let path = dir.join(shard);
-                private::create_dir_all(&path).map_err(io_error("creating directory", &path))?;
-            }
         }
         Ok(())
     }
@@ -323,10 +388,7 @@ impl DiskStore {
     pub(crate) fn get(&self, action: &ActionId) -> Result<Lookup, Error> {
         let entry_path = self.entry_path(action);
         // Never through a symbolic link: the store's files are its own.
-        let opened = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&entry_path);
+        let opened = recovery::open_stored(&entry_path);
         let mut file = match opened {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lookup::Miss),
@@ -341,21 +403,31 @@ impl DiskStore {
         let meta = file
             .metadata()
             .map_err(io_error("reading entry", &entry_path))?;
+        if !meta.is_file() {
+            return Ok(self.discard(&entry_path, &meta, "entry is not a file"));
+        }
         if meta.len() > MAX_ENTRY_LEN {
             return Ok(self.discard(&entry_path, &meta, "entry too long"));
         }
         let mut text = Vec::with_capacity(meta.len() as usize);
         file.read_to_end(&mut text)
             .map_err(io_error("reading entry", &entry_path))?;
-        let Some(Line {
+        let Some(line) = parse_entry(&text) else {
+            return Ok(self.discard(&entry_path, &meta, "malformed entry"));
+        };
+        // While a crash's files are suspect (`recovery`), those changed
+        // since are verified before anyone gets them.
+        let since = self.recovery.since();
+        if let Suspect::Damaged(why) = self.check_entry(action, &line, &meta, since) {
+            return Ok(self.discard(&entry_path, &meta, why));
+        }
+        let Line {
             output,
             size,
             time,
             source,
-        }) = parse_entry(&text)
-        else {
-            return Ok(self.discard(&entry_path, &meta, "malformed entry"));
-        };
+            check: _,
+        } = line;
         let object_path = self.object_path(&output);
         let object_meta = match fs::symlink_metadata(&object_path) {
             Ok(meta) => meta,
@@ -367,6 +439,13 @@ impl DiskStore {
         if !object_meta.is_file() || object_meta.len() != size {
             self.discard(&object_path, &object_meta, "object has the wrong size");
             return Ok(self.discard(&entry_path, &meta, "entry for a damaged object"));
+        }
+        if let Some(since) = since {
+            let (verdict, seen) = self.check_object(&object_path, &output, &object_meta, since)?;
+            if let Suspect::Damaged(why) = verdict {
+                self.discard(&object_path, &seen, why);
+                return Ok(self.discard(&entry_path, &meta, "entry for a damaged object"));
+            }
         }
         let now = self.now();
         if is_stale(meta.modified().ok(), now) {
@@ -449,23 +528,54 @@ impl DiskStore {
             final_path,
             temp,
         } = object;
-        // On disk before any entry can name it; see the module docs for
-        // why fetched bodies are not synced.
-        if source.peer().is_none() {
+        // Under a dirty marker, unsynced, until the group commit; or, with
+        // no group commit, what `go` puts is synced file by file, the
+        // object on disk before an entry names it. (Fetched bodies are not
+        // synced then: see the module docs.)
+        let writing = match &self.durability {
+            Durability::Group(commit) => Some(commit.begin_write()?),
+            Durability::PerFile => None,
+        };
+        let per_file = writing.is_none() && source.peer().is_none();
+        if per_file {
             fsutil::sync_data(&temp)?;
-            temp.persist(&final_path)
-                .map_err(|e| io_error("storing object", &final_path)(e.error))?;
-        } else {
-            persist_fetched(temp, &final_path, size)?;
         }
         let time = self.now();
-        let line = entry_line(&output, size, time, &source);
+        persist_object(temp, &final_path, &output, size, time, per_file)?;
+        let line = entry::entry_line(action, &output, size, time, &source);
         let entry_path = self.entry_path(action);
         match replace {
-            Replace::Yes => write_atomic(&entry_path, line.as_bytes())?,
+            Replace::Yes if per_file => write_atomic(&entry_path, line.as_bytes())?,
+            Replace::Yes => match self.entry_there(action, &entry_path) {
+                // The same mapping, on disk maybe since a sync that
+                // completed (`go build -a` puts every action again): it
+                // stays, and counts as a use.
+                Some((file, meta, there))
+                    if there.output == output && there.size == size && there.source == source =>
+                {
+                    let now = self.now();
+                    if is_stale(meta.modified().ok(), now) {
+                        // Best effort, as a lookup's touch.
+                        let _ = file.set_modified(now);
+                    }
+                    drop(writing);
+                    return Ok(Entry {
+                        output,
+                        size,
+                        time: there.time,
+                        source,
+                        path: final_path,
+                    });
+                }
+                // Another mapping replaces it: synced first, so that a
+                // power loss leaves the old one or the new one whole,
+                // never neither.
+                Some(_) => write_atomic(&entry_path, line.as_bytes())?,
+                None => write_atomic_unsynced(&entry_path, line.as_bytes())?,
+            },
             Replace::No => {
                 // Only fetched bodies are committed so, and they are not
-                // synced (see the module docs).
+                // synced one by one (see the module docs).
                 if !fsutil::write_new_unsynced(&entry_path, line.as_bytes())? {
                     if let Lookup::Hit(existing) = self.get(action)? {
                         return Ok(existing);
@@ -475,6 +585,7 @@ impl DiskStore {
                 }
             }
         }
+        drop(writing);
         Ok(Entry {
             output,
             size,
@@ -482,6 +593,56 @@ impl DiskStore {
             source,
             path: final_path,
         })
+    }
+
+    /// The entry of `action` at `path`, if it is there, whole and bound
+    /// to its action (what a lookup would take), with its open file;
+    /// unlike a lookup, this removes nothing.
+    fn entry_there(&self, action: &ActionId, path: &Path) -> Option<(File, fs::Metadata, Line)> {
+        let mut file = recovery::open_stored(path).ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.len() > MAX_ENTRY_LEN {
+            return None;
+        }
+        let mut text = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut text).ok()?;
+        let line = parse_entry(&text)?;
+        let verdict = self.check_entry(action, &line, &meta, self.recovery.since());
+        (verdict == Suspect::Trusted).then_some((file, meta, line))
+    }
+
+    /// Syncs what this process wrote and has not synced yet, at once
+    /// (`group_commit`), and clears the markers of killed writers found
+    /// before the sync. Nothing to do where each put is synced on its own.
+    pub(crate) fn sync(&self) -> Result<Synced, Error> {
+        match &self.durability {
+            Durability::Group(commit) => Ok(commit.sync()?),
+            Durability::PerFile => Ok(Synced::default()),
+        }
+    }
+
+    /// Makes the dirty marker of the next writes ahead of time, off their
+    /// path (`group_commit`); nothing to do where each put is synced on
+    /// its own.
+    pub(crate) fn prepare_write(&self) {
+        if let Durability::Group(commit) = &self.durability {
+            commit.prepare();
+        }
+    }
+
+    /// Whether writes wait for [`DiskStore::sync`] to be on disk.
+    pub(crate) fn groups_commits(&self) -> bool {
+        matches!(self.durability, Durability::Group(_))
+    }
+
+    /// When the oldest write not synced yet began, waiting up to
+    /// `timeout` for one to begin (`None` if none did; at once where
+    /// writes are not grouped).
+    pub(crate) fn wait_for_write(&self, timeout: Duration) -> Option<Instant> {
+        match &self.durability {
+            Durability::Group(commit) => commit.wait_for_write(timeout),
+            Durability::PerFile => None,
+        }
     }
 
     /// Convenience for tests and tools: stores `body` under `action`.
@@ -497,26 +658,107 @@ impl DiskStore {
     }
 }
 
-/// Puts a fetched (unsynced) body at `path`, unless a whole object is
-/// there already (a regular file of the right size: its name is its
-/// OutputID): that one may be what `go` put and synced, and a copy that a
-/// power loss can take away must not replace it. A damaged one (the wrong
-/// size, or not a file) is replaced.
-fn persist_fetched(temp: tempfile::NamedTempFile, path: &Path, size: u64) -> Result<(), Error> {
+/// Puts a verified body at `path`, unless an object is there already
+/// that is whole: a regular file of the right size that hashes to its name
+/// (read back to tell; one that cannot be read is not known to be damaged,
+/// and stays). That one may be on disk since a sync that completed, and a
+/// copy of the same bytes that is not must not take its place: a power
+/// loss could then take away what was safe. A damaged one (the wrong size
+/// or bytes, or not a file) is replaced, so a put or a fetch repairs it;
+/// so is any one by a copy `synced` already (file by file, where the one
+/// there may be a fetched body that never was). One kept counts as used
+/// `now`: its path is handed out as a new one's would be, and trim must
+/// see that.
+fn persist_object(
+    temp: tempfile::NamedTempFile,
+    path: &Path,
+    output: &OutputId,
+    size: u64,
+    now: SystemTime,
+    synced: bool,
+) -> Result<(), Error> {
     let temp = match temp.persist_noclobber(path) {
         Ok(_) => return Ok(()),
         Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => e.file,
         Err(e) => return Err(io_error("storing object", path)(e.error)),
     };
-    let whole =
-        fs::symlink_metadata(path).is_ok_and(|there| there.is_file() && there.len() == size);
-    if whole {
+    let there = fs::symlink_metadata(path)
+        .ok()
+        .filter(|there| !synced && there.is_file() && there.len() == size);
+    let whole = || match recovery::hashes_to(path, output) {
+        Ok((good, _)) => good,
+        Err(e) => {
+            tracing::debug!("reading {} back: {e}; kept", path.display());
+            true
+        }
+    };
+    if let Some(there) = there
+        && whole()
+    {
+        if is_stale(there.modified().ok(), now) {
+            // Best effort, as a lookup's touch.
+            let _ = File::open(path).and_then(|object| object.set_modified(now));
+        }
         // Dropping the temp file removes it.
         return Ok(());
     }
     temp.persist(path)
         .map_err(|e| io_error("storing object", path)(e.error))?;
     Ok(())
+}
+
+fn make_shards(actions: &Path, objects: &Path) -> Result<(), Error> {
+    for dir in [actions, objects] {
+        for shard in layout::shards() {
+            let path = dir.join(shard);
+            private::create_dir_all(&path).map_err(io_error("creating directory", &path))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Stores opened on this thread sync file by file, as on a system
+    /// where group commit does not fit.
+    pub(crate) static PER_FILE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// How the store at `root` makes its writes durable: by group commit
+/// where one `syncfs(2)` covers every directory of it and tells its errors
+/// (`group_commit::fits`), and a boot ID tells a reboot; file by file
+/// elsewhere.
+fn durability(
+    root: &Path,
+    actions: &Path,
+    objects: &Path,
+    dirty: &Path,
+    cache: Option<PageCache>,
+) -> Durability {
+    #[cfg(test)]
+    if PER_FILE.get() {
+        return Durability::PerFile;
+    }
+    let Some(cache) = cache else {
+        return Durability::PerFile;
+    };
+    if let Err(e) = private::create_dir_all(dirty) {
+        tracing::debug!("syncing file by file: creating {}: {e}", dirty.display());
+        return Durability::PerFile;
+    }
+    let version = layout::version_dir(root);
+    match group_commit::fits(&[root, &version, actions, objects, dirty]) {
+        Ok(()) => Durability::Group(Box::new(GroupCommit::new(
+            root,
+            dirty.to_path_buf(),
+            cache,
+            Arc::new(SystemTime::now),
+        ))),
+        Err(why) => {
+            tracing::debug!("syncing file by file: {why}");
+            Durability::PerFile
+        }
+    }
 }
 
 /// Checks that the store at `root` (canonical) is its user's alone, and

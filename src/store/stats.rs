@@ -161,7 +161,10 @@ pub(crate) fn record(root: &Path, totals: &Totals) -> Result<(), Error> {
     let mut lifetime = load(root)?;
     lifetime.add(totals);
     let json = serde_json::to_vec_pretty(&lifetime).expect("totals to serialize");
-    fsutil::write_atomic(&layout::stats_file(root), &json)?;
+    // Not synced: a sync commits the journal, which writes out every dirty
+    // page of the filesystem, and these are statistics. The helper's group
+    // commit, right after, takes them to disk with its writes.
+    fsutil::write_atomic_unsynced(&layout::stats_file(root), &json)?;
     Ok(())
 }
 

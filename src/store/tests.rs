@@ -186,6 +186,69 @@ fn a_put_repairs_a_damaged_object_of_the_same_output() {
     assert_eq!(fs::read(&entry.path).unwrap(), b"payload");
 }
 
+/// An object on disk since a sync that completed must never be swapped
+/// for a copy that is not (SECURITY.md, "A process kill, and a power
+/// loss"): a put of the same output finds it whole (its size, and its
+/// bytes hash to its name) and keeps it, counting as a use.
+#[test]
+fn a_put_keeps_a_whole_object_it_finds() {
+    use std::os::unix::fs::MetadataExt as _;
+
+    let f = Fixture::new();
+    let first = f.store.put_bytes(&action(1), b"shared output").unwrap();
+    let inode = fs::metadata(&first.path).unwrap().ino();
+    f.advance(2 * TOUCH_INTERVAL);
+    let second = f.store.put_bytes(&action(2), b"shared output").unwrap();
+    assert_eq!(second.path, first.path);
+    let there = fs::metadata(&first.path).unwrap();
+    assert_eq!(
+        there.ino(),
+        inode,
+        "the put replaced the object on disk since the last sync"
+    );
+    assert_eq!(there.modified().unwrap(), *f.now.lock().unwrap(), "a use");
+    let mut leftovers = 0;
+    walk_files(&f.store.objects, &mut |file| {
+        leftovers += u32::from(file.temp)
+    })
+    .unwrap();
+    assert_eq!(leftovers, 0, "the new copy is not left behind");
+}
+
+/// A fetched body verifies as it arrives; an object of its size that
+/// does not hash to its name is damaged, and the fetched body takes its
+/// place.
+#[test]
+fn a_fetched_body_replaces_a_damaged_object_of_its_size() {
+    let f = Fixture::new();
+    let put = f.store.put_bytes(&action(1), b"payload").unwrap();
+    fs::write(&put.path, b"PAYLOAD").unwrap();
+    let mut writer = f.store.begin_object(OutputId::of(b"payload"), 7).unwrap();
+    writer.write_all(b"payload").unwrap();
+    f.store
+        .commit_fetched(&action(2), writer.finish().unwrap(), PeerId::random())
+        .unwrap();
+    assert_eq!(fs::read(&put.path).unwrap(), b"payload");
+}
+
+/// Nothing is synced between a put and its answer: the put leaves a
+/// dirty marker on disk first, and the group commit takes it away once
+/// what it covers is on disk.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_put_is_covered_by_a_marker_until_the_group_commit() {
+    let f = Fixture::new();
+    let markers = || fs::read_dir(&f.store.dirty).map_or(0, Iterator::count);
+    assert_eq!(markers(), 0);
+    f.store.put_bytes(&action(1), b"one").unwrap();
+    f.store.put_bytes(&action(2), b"two").unwrap();
+    assert_eq!(markers(), 1, "one marker for the process's writes");
+    let synced = f.store.sync().unwrap();
+    assert_eq!(synced.epochs, 1);
+    assert_eq!(markers(), 0);
+    f.hit(&action(1));
+}
+
 #[test]
 fn a_new_store_is_its_owners_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -418,4 +481,80 @@ fn concurrent_writers_of_one_store_agree() {
     let store = DiskStore::open(dir.path()).unwrap();
     assert_eq!(store.usage().unwrap().entries, 200);
     assert_eq!(store.verify().unwrap().removed_files, 0);
+}
+
+/// An object whose bytes cannot be read back to hash them (a bad sector)
+/// is not known to be damaged: a put of the same output keeps it rather
+/// than swap a synced object for an unsynced copy.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_put_keeps_an_object_it_cannot_read_back() {
+    use std::os::unix::fs::MetadataExt as _;
+
+    let f = Fixture::new();
+    let first = f.store.put_bytes(&action(1), b"shared output").unwrap();
+    let inode = fs::metadata(&first.path).unwrap().ino();
+    crate::fsutil::test_hooks::FAIL_HASHES.set(true);
+    let second = f.store.put_bytes(&action(2), b"shared output");
+    crate::fsutil::test_hooks::FAIL_HASHES.set(false);
+    second.unwrap();
+    assert_eq!(
+        fs::metadata(&first.path).unwrap().ino(),
+        inode,
+        "a hash error was taken for damage"
+    );
+}
+
+/// `go build -a` puts every action again, with the same output: the
+/// entry on disk since the last sync stays (a use), rather than be
+/// swapped for an unsynced copy that a power loss could leave holding
+/// other blocks.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_put_of_the_same_output_keeps_the_entry_there() {
+    use std::os::unix::fs::MetadataExt as _;
+
+    let f = Fixture::new();
+    f.store.put_bytes(&action(1), b"output").unwrap();
+    f.store.sync().unwrap();
+    let path = f.store.entry_path(&action(1));
+    let inode = fs::metadata(&path).unwrap().ino();
+    f.advance(2 * TOUCH_INTERVAL);
+    f.store.put_bytes(&action(1), b"output").unwrap();
+    let there = fs::metadata(&path).unwrap();
+    assert_eq!(there.ino(), inode, "the synced entry was replaced");
+    assert_eq!(there.modified().unwrap(), *f.now.lock().unwrap(), "a use");
+    assert_eq!(fs::read(f.hit(&action(1)).path).unwrap(), b"output");
+    // Another output replaces it.
+    f.store.put_bytes(&action(1), b"other output").unwrap();
+    assert_eq!(fs::read(f.hit(&action(1)).path).unwrap(), b"other output");
+}
+
+/// Where puts are synced file by file (no group commit), a body fetched
+/// from a peer is not synced: a put of the same output must not leave it
+/// in place under an entry that is, or a power loss could leave the entry
+/// naming an object that lost its data. The put's synced copy takes its
+/// place.
+#[test]
+fn a_put_synced_file_by_file_replaces_an_unsynced_fetched_object() {
+    use std::os::unix::fs::MetadataExt as _;
+
+    PER_FILE.set(true);
+    let f = Fixture::new();
+    PER_FILE.set(false);
+    assert!(!f.store.groups_commits());
+    let mut writer = f.store.begin_object(OutputId::of(b"payload"), 7).unwrap();
+    writer.write_all(b"payload").unwrap();
+    let fetched = f
+        .store
+        .commit_fetched(&action(1), writer.finish().unwrap(), PeerId::random())
+        .unwrap();
+    let inode = fs::metadata(&fetched.path).unwrap().ino();
+    f.store.put_bytes(&action(2), b"payload").unwrap();
+    assert_ne!(
+        fs::metadata(&fetched.path).unwrap().ino(),
+        inode,
+        "the unsynced fetched object stays under a synced entry"
+    );
+    assert_eq!(fs::read(f.hit(&action(2)).path).unwrap(), b"payload");
 }

@@ -20,7 +20,7 @@ use super::layout;
 use super::trim_clock::{self, Anchor};
 use super::{DiskStore, Error, USE_GRACE, io_error};
 use crate::fsutil::lock::FileLock;
-use crate::fsutil::{TEMP_PREFIX, write_atomic};
+use crate::fsutil::{TEMP_PREFIX, write_atomic_unsynced};
 use crate::ids::OutputId;
 
 /// What trim compares a file's mtime with: [`USE_GRACE`] plus
@@ -161,11 +161,14 @@ impl DiskStore {
     }
 
     /// Records "trimmed now" (by this store's wall clock) in the marker's
-    /// mtime, and the trim clock's anchor in its text.
+    /// mtime, and the trim clock's anchor in its text. Not synced: a sync
+    /// commits the journal, which writes out every dirty page of the
+    /// filesystem (a build's among them), and a `last-trim` that a power
+    /// loss takes back only lets the next trim come early.
     pub(super) fn mark_trimmed(&self, anchor: Option<Anchor>) -> Result<(), Error> {
         let marker = layout::last_trim(&self.root);
         let text = anchor.map(|anchor| anchor.line()).unwrap_or_default();
-        write_atomic(&marker, text.as_bytes())?;
+        write_atomic_unsynced(&marker, text.as_bytes())?;
         File::open(&marker)
             .and_then(|file| file.set_modified(self.now()))
             .map_err(io_error("updating", &marker))
@@ -271,6 +274,9 @@ pub(super) struct WalkedFile {
     pub(super) path: PathBuf,
     size: u64,
     modified: SystemTime,
+    /// Its mtime or its ctime (a rename, a touch), whichever is later:
+    /// when it last changed, for a recovery.
+    pub(super) changed: SystemTime,
     pub(super) temp: bool,
 }
 
@@ -311,6 +317,7 @@ pub(super) fn walk_files(dir: &Path, visit: &mut dyn FnMut(WalkedFile)) -> Resul
                 path: file.path(),
                 size: meta.len(),
                 modified: meta.modified().unwrap_or(UNIX_EPOCH),
+                changed: super::recovery::changed_at(&meta),
             });
         }
     }

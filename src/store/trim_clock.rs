@@ -53,20 +53,36 @@ pub(crate) type BootClock = Arc<dyn Fn() -> Option<Boot> + Send + Sync>;
 pub(crate) fn system_boot_clock() -> Option<Boot> {
     #[cfg(target_os = "linux")]
     {
-        static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-        let id = BOOT_ID.get_or_init(|| {
-            let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-            let id = id.trim();
-            (!id.is_empty() && !id.contains(char::is_whitespace)).then(|| id.to_owned())
-        });
+        let id = boot_id()?;
         let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
         Some(Boot {
-            id: id.clone()?,
+            id: id.to_owned(),
             elapsed: Duration::new(
                 u64::try_from(now.tv_sec).ok()?,
                 u32::try_from(now.tv_nsec).ok()?,
             ),
         })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// Which boot this is (Linux: `/proc/sys/kernel/random/boot_id`); `None`
+/// where there is no such ID. Trim's clock and the store's dirty markers
+/// (`dirty`) tell boots apart by it.
+pub(crate) fn boot_id() -> Option<&'static str> {
+    #[cfg(target_os = "linux")]
+    {
+        static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        BOOT_ID
+            .get_or_init(|| {
+                let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+                let id = id.trim();
+                (!id.is_empty() && !id.contains(char::is_whitespace)).then(|| id.to_owned())
+            })
+            .as_deref()
     }
     #[cfg(not(target_os = "linux"))]
     {

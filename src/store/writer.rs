@@ -1,9 +1,9 @@
 //! Verified writes: a body is hashed as it is written to a temp file in its
 //! shard, and only a body whose size and SHA-256 match its OutputID can be
 //! committed ([`ObjectWriter::finish`] gives the [`VerifiedObject`] that
-//! [`DiskStore::commit`] takes). Identical outputs are stored once: each put
-//! of one renames its (verified) bytes over the object (a fetched body
-//! only over a damaged one: see the store's module docs).
+//! [`DiskStore::commit`] takes). Identical outputs are stored once: a body
+//! whose object is there already, whole, is dropped at the commit, and one
+//! whose object is damaged takes its place (see the store's module docs).
 //!
 //! A big write (a piece of a fetched body, [`PARALLEL_HASH`] bytes or more)
 //! is hashed on a second thread while this one writes it: writing into new
@@ -34,9 +34,9 @@ impl DiskStore {
     pub(crate) fn begin_object(&self, output: OutputId, size: u64) -> Result<ObjectWriter, Error> {
         let final_path = self.object_path(&output);
         // Always written, even when an object of that size is there: it
-        // may be damaged (reads check only sizes), and this body, verified
-        // as it arrives, is known good. The rename replaces it with the
-        // same bytes, so it is still stored once.
+        // may be damaged (reads check only sizes), and the commit, which
+        // hashes the one there, then puts this body, verified as it
+        // arrives, in its place.
         let temp = temp_file_in(parent(&final_path))?;
         Ok(ObjectWriter {
             output,

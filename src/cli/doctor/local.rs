@@ -214,6 +214,71 @@ pub(super) fn check_store(config: &Config, report: &mut Report) {
             None,
         ),
     }
+    check_markers(dir, report);
+}
+
+/// Writes not yet on disk, and whether a recovery after a crash is
+/// pending or running (`store::dirty`, `store::recovery`).
+fn check_markers(dir: &Path, report: &mut Report) {
+    let counted =
+        DiskStore::open(dir).and_then(|store| Ok((store.groups_commits(), store.marker_counts()?)));
+    let (grouped, counts) = match counted {
+        Ok(counted) => counted,
+        Err(e) => {
+            report.warning(
+                "cannot read the store's dirty markers",
+                Some(crate::logging::chain(&e)),
+                None,
+            );
+            return;
+        }
+    };
+    let crashes = counts.crashed;
+    if crashes > 0 && counts.sweeping {
+        report.warning(
+            format!(
+                "recovering from a crash now: what {crashes} writer{} left is being verified",
+                plural(crashes)
+            ),
+            Some("until it is done, files changed since the crash are verified before use".into()),
+            None,
+        );
+    } else if crashes > 0 {
+        report.warning(
+            format!(
+                "a recovery after a crash is pending: {crashes} writer{} did not finish syncing",
+                plural(crashes)
+            ),
+            Some(
+                "a power loss or crash (or a failed sync) while warren wrote; files changed \
+                 since are verified before use until a sweep has seen them all"
+                    .into(),
+            ),
+            Some("warren verify (the next build starts it too)".into()),
+        );
+    }
+    if counts.killed > 0 {
+        report.ok(format!(
+            "{} writer{} killed before syncing: the next warren process syncs what {} wrote",
+            counts.killed,
+            plural(counts.killed),
+            if counts.killed == 1 { "it" } else { "they" }
+        ));
+    }
+    if counts.live > 0 {
+        report.ok(format!(
+            "{} warren process{} writing now",
+            counts.live,
+            if counts.live == 1 { "" } else { "es" }
+        ));
+    } else if crashes + counts.killed == 0 && grouped {
+        report.ok("every write is on disk: no dirty markers");
+    } else if crashes + counts.killed == 0 {
+        report.ok(
+            "what go puts is synced file by file here (no group commit on this system or \
+             filesystem); bodies fetched from peers are not synced",
+        );
+    }
 }
 
 // --- Identity and config ---

@@ -411,7 +411,10 @@ fn entry_named(shard: &str, name: &str) -> Option<ActionId> {
 impl PutOrder {
     /// Reads the entry at `path` for the index.
     fn read(&self, action: &ActionId, path: &Path) -> Read {
-        let Some(line) = store::read_entry(path) else {
+        // A line another action's check binds is damage a lookup removes.
+        let Some(line) =
+            store::read_entry(path).filter(|line| line.binding(action) != store::Binding::Wrong)
+        else {
             return Read::Gone;
         };
         if !(self.servable)(action, &line) {

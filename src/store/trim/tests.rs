@@ -41,7 +41,8 @@ fn a_file_used_after_the_walk_saw_it_is_kept() {
     let mut report = TrimReport::default();
     assert!(!remove_if_unchanged(&seen, &mut report));
     assert!(entry.path.exists());
-    // Replaced since the walk: kept too.
+    // Put again since the walk (its path handed to go as the put's): kept
+    // too.
     File::open(&entry.path)
         .unwrap()
         .set_modified(long_ago)
@@ -50,10 +51,29 @@ fn a_file_used_after_the_walk_saw_it_is_kept() {
     store
         .put_bytes(&ActionId::from_bytes([2; 32]), b"body")
         .unwrap();
+    assert!(
+        fs::symlink_metadata(&entry.path)
+            .unwrap()
+            .modified()
+            .unwrap()
+            > long_ago,
+        "the put did not count as a use of the object it kept"
+    );
+    assert!(!remove_if_unchanged(&seen, &mut report));
+    // Replaced since the walk: kept too.
+    File::open(&entry.path)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    let seen = walk();
+    fs::write(&entry.path, b"BODY").unwrap();
+    store
+        .put_bytes(&ActionId::from_bytes([3; 32]), b"body")
+        .unwrap();
     assert_ne!(
         fs::symlink_metadata(&entry.path).unwrap().ino(),
         seen.ino,
-        "the put rewrote the object"
+        "the put did not repair the damaged object"
     );
     assert!(!remove_if_unchanged(&seen, &mut report));
     // Unchanged since the walk: removed.
