@@ -33,6 +33,12 @@ installation carries), and per run, on empty stores:
    same with B's daemon not replicating (on demand only). Target: during /
    on demand <= 1.05x.
 
+With ``--never-built``, step 2 runs twice per run, interleaved: once as
+above and once on a B that never built (no ``go list`` first, so B's
+first build makes its module indexes too). Target: that first build /
+B's warm rebuild <= 1.5x; the difference from the primed first build is
+go making its module indexes, the floor.
+
 Then, once (std only): **the budget.** B's daemon restarted with
 ``replicate-max-size`` at a quarter of A's store; when replication is
 idle, the bytes B holds from peers must be within it and the rest counted
@@ -74,7 +80,12 @@ REPLICATION_TIMEOUT = 600.0
 # Replication counts as idle once B's state says so for this long.
 IDLE_FOR = 1.0
 
-TARGETS = {"after_over_warm": 1.15, "during_over_on_demand": 1.05, "share": 0.95}
+TARGETS = {
+    "after_over_warm": 1.15,
+    "never_built_over_warm": 1.5,
+    "during_over_on_demand": 1.05,
+    "share": 0.95,
+}
 
 
 @dataclass
@@ -96,6 +107,9 @@ class TargetResults:
     replication: list[Replication] = field(default_factory=list)
     after: list[netns.Build] = field(default_factory=list)
     warm: list[netns.Build] = field(default_factory=list)
+    # B never built: no module indexes before its first build.
+    never_after: list[netns.Build] = field(default_factory=list)
+    never_warm: list[netns.Build] = field(default_factory=list)
     during: list[netns.Build] = field(default_factory=list)
     on_demand: list[netns.Build] = field(default_factory=list)
 
@@ -219,6 +233,12 @@ def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def rotate(kinds: tuple[str, ...], run: int) -> tuple[str, ...]:
+    """``kinds`` in an order that alternates from run to run."""
+    n = run % len(kinds)
+    return kinds[n:] + kinds[:n]
+
+
 def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path) -> dict:
     t0 = time.perf_counter()
     lan = netns.make_lan(["a", "b"])
@@ -237,10 +257,12 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path) -> di
     budget = None
     for target in args.targets:
         res = results[target] = TargetResults()
-        for run in range(args.runs):
-            # B primes its module indexes, goes home; A builds; B comes back.
+        kinds = ("primed", "never built") if args.never_built else ("primed",)
+        for run, kind in ((r, k) for r in range(args.runs) for k in rotate(kinds, r)):
+            # B primes its module indexes (or never built), goes home; A
+            # builds; B comes back.
             fresh(a, b, a_id, b_id, args.daemon_log)
-            primed = prime(b, target)
+            primed = prime(b, target) if kind == "primed" else 0
             away(b)
             build = go_build(a, hosts, target, "A builds", run, False)
             started = start_b(a, b, a_id, b_id, args.daemon_log)
@@ -254,16 +276,16 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path) -> di
                 f"{rep.idle_s:.2f} s; daemon CPU A {rep.a_daemon_cpu_s:.2f} s, "
                 f"B {rep.b_daemon_cpu_s:.2f} s"
             )
-            after = go_build(b, hosts, target, "B after replication", run, True)
-            warm = go_build(b, hosts, target, "B warm local", run, True)
-            res.after.append(after)
-            res.warm.append(warm)
+            after = go_build(b, hosts, target, f"B after replication ({kind})", run, True)
+            warm = go_build(b, hosts, target, f"B warm local ({kind})", run, True)
+            (res.after if kind == "primed" else res.never_after).append(after)
+            (res.warm if kind == "primed" else res.never_warm).append(warm)
             log(
-                f"{target} run {run + 1}: B after replication {after.wall_s:.2f} s "
+                f"{target} run {run + 1} ({kind}): B after replication {after.wall_s:.2f} s "
                 f"({after.stats.get('hits', 0)}/{after.stats.get('gets', 0)} hits, "
                 f"{after.stats.get('peer_hits', 0)} waited on A); warm {warm.wall_s:.2f} s"
             )
-        for run in range(args.runs):
+        for run in range(0 if args.skip_during else args.runs):
             # B comes back and builds at once: replication starts with the
             # build. Against it, B's daemon on demand only.
             order = ("during", "on demand") if run % 2 == 0 else ("on demand", "during")
@@ -364,6 +386,29 @@ def report(out: dict) -> dict:
             f"  after / warm                           {row['after_over_warm']:.2f}x "
             f"(target <= {TARGETS['after_over_warm']}x: {'met' if ok else 'MISSED'})"
         )
+        if res.never_after:
+            never = med([b.wall_s for b in res.never_after])
+            never_warm = med([b.wall_s for b in res.never_warm])
+            # Per run: the never-built first build less the primed one of
+            # the same run, go making its module indexes.
+            floor = med([n.wall_s - p.wall_s for n, p in zip(res.never_after, res.after)])
+            row["never_built_s"] = never
+            row["never_built_warm_s"] = never_warm
+            row["never_built_over_warm"] = never / never_warm
+            row["module_index_floor_s"] = floor
+            ok = row["never_built_over_warm"] <= TARGETS["never_built_over_warm"]
+            print(f"  B never built, after replication       {never:.3f} s")
+            print(f"  its warm rebuild                       {never_warm:.3f} s")
+            print(
+                f"  never built: after / warm              {row['never_built_over_warm']:.2f}x "
+                f"(target <= {TARGETS['never_built_over_warm']}x: {'met' if ok else 'MISSED'})"
+            )
+            print(
+                f"  floor: go making its module indexes    {floor:.3f} s (never built less primed; "
+                f"{(warm + floor) / warm:.2f}x warm)"
+            )
+        if not res.during:
+            continue
         print(f"  B builds during replication            {during:.3f} s")
         print(f"  B builds on demand (no replication)    {on_demand:.3f} s")
         ok = row["during_over_on_demand"] <= TARGETS["during_over_on_demand"]
@@ -394,6 +439,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--daemon-log", default="info", help="WARREN_LOG for the daemons")
     p.add_argument("--skip-budget", action="store_true", help="skip the budget run")
+    p.add_argument(
+        "--skip-during", action="store_true", help="skip the builds while replication starts"
+    )
+    p.add_argument(
+        "--never-built",
+        action="store_true",
+        help="also time B's first build after replication on a B that never built",
+    )
     p.add_argument(
         "--fs",
         choices=("ext4", "root"),
@@ -436,7 +489,15 @@ def main(argv: list[str] | None = None) -> int:
             "results": {
                 target: {
                     key: [asdict(item) for item in getattr(res, key)]
-                    for key in ("replication", "after", "warm", "during", "on_demand")
+                    for key in (
+                        "replication",
+                        "after",
+                        "warm",
+                        "never_after",
+                        "never_warm",
+                        "during",
+                        "on_demand",
+                    )
                 }
                 for target, res in out["results"].items()
             },
