@@ -371,16 +371,18 @@ impl ChunkDecoder {
 
     fn push(&mut self, mut input: &[u8], sink: &mut impl Write) -> Result<(), BodyError> {
         while !input.is_empty() {
-            let room = BODY_CHUNK - self.encoded.len();
-            let (now, later) = input.split_at(room.min(input.len()));
-            self.encoded.extend_from_slice(now);
-            input = later;
+            // A full chunk is decoded only once more input follows it: the
+            // body's last chunk may end in padding, which `finish` decodes.
             if self.encoded.len() == BODY_CHUNK {
                 if memchr::memchr(b'=', &self.encoded).is_some() {
                     return Err(BodyError::Malformed("padding inside the body".into()));
                 }
                 self.flush(sink)?;
             }
+            let room = BODY_CHUNK - self.encoded.len();
+            let (now, later) = input.split_at(room.min(input.len()));
+            self.encoded.extend_from_slice(now);
+            input = later;
         }
         Ok(())
     }

@@ -132,11 +132,17 @@ impl Recorder {
     /// Sends the build to the daemon behind `socket`, if one is there.
     /// Best effort and bounded: a trace is not worth a slower build.
     pub(crate) async fn report(&self, socket: &Path) {
+        self.report_within(socket, REPORT_TIMEOUT).await;
+    }
+
+    /// [`Self::report`], waiting at most `timeout` to connect and as long
+    /// for the answer.
+    pub(crate) async fn report_within(&self, socket: &Path, timeout: Duration) {
         if self.gets.load(Ordering::Relaxed) == 0 || !socket.exists() {
             return;
         }
         let request = ipc::Request::Report(Box::new(self.build()));
-        match ipc::call(socket, &request, REPORT_TIMEOUT, REPORT_TIMEOUT).await {
+        match ipc::call(socket, &request, timeout, timeout).await {
             Ok(_) => {}
             Err(e) => tracing::debug!("reporting lookups to the daemon: {e}"),
         }

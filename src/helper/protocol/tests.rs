@@ -230,6 +230,28 @@ fn responses_match_go_field_names_and_omission() {
     assert_eq!(lines[3], r#"{"ID":5,"Err":"boom"}"#);
 }
 
+/// A body whose base64 fills whole chunks exactly and ends in padding:
+/// the padding is the body's end, not inside it.
+#[test]
+fn a_body_whose_padding_ends_a_full_chunk_round_trips() {
+    for len in [
+        BODY_CHUNK / 4 * 3 - 1,
+        BODY_CHUNK / 4 * 3 - 2,
+        2 * BODY_CHUNK / 4 * 3 - 1,
+    ] {
+        let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut r = reader(&(put(7, [3; 32], &body) + "\n"));
+        let Some(Request::Put { body_size, .. }) = r.next_request().unwrap() else {
+            panic!("expected put");
+        };
+        let mut sink = Vec::new();
+        r.read_body(body_size, &mut sink)
+            .unwrap_or_else(|e| panic!("a {len}-byte body: {e:?}"));
+        assert_eq!(sink, body, "a {len}-byte body");
+        assert_eq!(r.next_request().unwrap(), None);
+    }
+}
+
 proptest! {
     #[test]
     fn any_body_round_trips(body in proptest::collection::vec(any::<u8>(), 0..300_000), id in 1_i64..i64::MAX) {
