@@ -73,6 +73,10 @@ pub enum Command {
     Init,
     /// Print this machine's peer ID and the line a coworker runs to trust it
     Id,
+    /// Print a new identity (peer ID and secret) for a CI machine, without
+    /// touching this machine's: keep the secret as the job's
+    /// WARREN_IDENTITY, and allowlist the peer ID where its builds are wanted
+    Keygen,
     /// List, add or remove allowlisted coworkers
     Peers {
         /// Print the list as JSON instead of text
@@ -204,6 +208,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Init) => share::init(&config, &mut out),
         Some(Command::Id) => share::id(&config, &mut out),
+        Some(Command::Keygen) => share::keygen(&mut out),
         Some(Command::Peers { json, action }) => share::peers(&config, action, json, &mut out),
         Some(Command::Daemon) => crate::daemon::run(&config),
         Some(Command::Config) => self::config::show_config(&config, &mut out),

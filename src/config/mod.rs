@@ -119,6 +119,14 @@ impl Config {
         self.config_dir.join("identity.key")
     }
 
+    /// The identity this process uses, and where it came from:
+    /// `WARREN_IDENTITY`, `WARREN_IDENTITY_FILE`, else [`Self::identity_path`].
+    pub(crate) fn identity(
+        &self,
+    ) -> Result<(libp2p_identity::Keypair, identity::Origin), identity::Error> {
+        identity::effective(&self.identity_path(), |name| std::env::var(name).ok())
+    }
+
     /// The allowlist (`warren peers`).
     pub(crate) fn allowlist_path(&self) -> PathBuf {
         self.config_dir.join("peers.toml")

@@ -83,7 +83,7 @@ const PROBE_POLL: Duration = Duration::from_millis(250);
 
 /// Runs the daemon until a signal.
 pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
-    let key = identity::load(&config.identity_path())?;
+    let (key, _) = config.identity()?;
     let peer_id = identity::peer_id(&key);
     let store = Arc::new(
         DiskStore::open(&config.store.dir)
