@@ -36,6 +36,7 @@
 
 mod accept;
 mod allowlist;
+pub(crate) mod bucket;
 pub(crate) mod consistency;
 pub(crate) mod disk_floor;
 mod ledger;
