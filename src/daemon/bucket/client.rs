@@ -26,6 +26,8 @@ use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt as _, TryStreamExt as _};
 use opendal::{ErrorKind, Operator};
 
+use crate::config::BucketUrl;
+
 /// One object as a listing or a head shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Listed {
@@ -67,12 +69,6 @@ pub(crate) enum Error {
     },
 }
 
-impl Error {
-    pub(crate) fn is_denied(&self) -> bool {
-        matches!(self, Self::Denied { .. })
-    }
-}
-
 /// What the tier needs of an object store; names are under the url's
 /// prefix.
 pub(crate) trait Bucket: Send + Sync + 'static {
@@ -108,40 +104,40 @@ pub(crate) struct S3Location {
     pub region: String,
 }
 
-/// A `url` that is not `s3://bucket[/prefix]`.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("bucket url {0:?} is not s3://BUCKET[/PREFIX]")]
-pub(crate) struct BadUrl(pub String);
-
 impl S3Location {
-    /// Parses `s3://bucket/prefix`; the region is `region`, else the AWS
-    /// environment's (`AWS_REGION`, `AWS_DEFAULT_REGION`), else `us-east-1`.
-    pub(crate) fn parse(
-        url: &str,
+    /// The bucket of `url` at `endpoint`; the region is `region`, else the
+    /// AWS environment's (`AWS_REGION`, `AWS_DEFAULT_REGION`), else
+    /// `us-east-1`.
+    pub(crate) fn new(
+        url: &BucketUrl,
         endpoint: Option<&str>,
         region: Option<&str>,
         var: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, BadUrl> {
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| BadUrl(url.into()))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
-        if bucket.is_empty() || !bucket.chars().all(valid) {
-            return Err(BadUrl(url.into()));
-        }
+    ) -> Self {
         let region = region
             .map(str::to_owned)
             .or_else(|| var("AWS_REGION"))
             .or_else(|| var("AWS_DEFAULT_REGION"))
             .filter(|region| !region.is_empty())
             .unwrap_or_else(|| "us-east-1".to_owned());
-        Ok(Self {
-            bucket: bucket.to_owned(),
-            prefix: prefix.trim_matches('/').to_owned(),
+        Self {
+            bucket: url.bucket.clone(),
+            prefix: url.prefix.clone(),
             endpoint: endpoint.map(str::to_owned),
             region,
-        })
+        }
+    }
+
+    /// From the `[bucket]` table and the process environment; `None` when
+    /// no bucket is configured.
+    pub(crate) fn from_config(bucket: &crate::config::Bucket) -> Option<Self> {
+        let url = bucket.url.as_ref()?;
+        Some(Self::new(
+            url,
+            bucket.endpoint.as_deref(),
+            bucket.region.as_deref(),
+            |name| std::env::var(name).ok(),
+        ))
     }
 }
 
@@ -174,6 +170,7 @@ impl OpendalBucket {
     }
 
     /// OpenDAL's in-memory service: a bucket for tests.
+    #[cfg(test)]
     pub(crate) fn memory() -> Self {
         let operator = Operator::new(opendal::services::Memory::default())
             .expect("the memory service to need no configuration");
@@ -332,23 +329,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_name_a_bucket_and_a_prefix() {
-        let none = |_: &str| None;
-        let location = S3Location::parse("s3://team-gocache/warren/", None, None, none).unwrap();
-        assert_eq!(location.bucket, "team-gocache");
-        assert_eq!(location.prefix, "warren");
-        assert_eq!(location.region, "us-east-1");
-        let env = |name: &str| (name == "AWS_REGION").then(|| "eu-west-3".to_owned());
-        let location = S3Location::parse("s3://b", Some("http://127.0.0.1:1"), None, env).unwrap();
+    fn the_region_is_given_else_the_environment_s_else_us_east_1() {
+        let url = crate::config::value::parse_bucket_url("s3://team-gocache/warren/").unwrap();
         assert_eq!(
-            (location.prefix.as_str(), location.region.as_str()),
-            ("", "eu-west-3")
+            (url.bucket.as_str(), url.prefix.as_str()),
+            ("team-gocache", "warren")
         );
+        let none = |_: &str| None;
+        assert_eq!(S3Location::new(&url, None, None, none).region, "us-east-1");
+        let env = |name: &str| (name == "AWS_REGION").then(|| "eu-west-3".to_owned());
+        let location = S3Location::new(&url, Some("http://127.0.0.1:1"), None, env);
+        assert_eq!(location.region, "eu-west-3");
         assert_eq!(location.endpoint.as_deref(), Some("http://127.0.0.1:1"));
-        let given = S3Location::parse("s3://b/p", None, Some("ap-south-1"), env).unwrap();
-        assert_eq!(given.region, "ap-south-1");
-        for bad in ["https://b/p", "s3://", "s3:///p", "s3://a b/p"] {
-            assert!(S3Location::parse(bad, None, None, none).is_err(), "{bad}");
+        assert_eq!(
+            S3Location::new(&url, None, Some("ap-south-1"), env).region,
+            "ap-south-1"
+        );
+        for bad in [
+            "https://b/p",
+            "s3://",
+            "s3:///p",
+            "s3://a b/p",
+            "s3://UPPER",
+        ] {
+            assert!(
+                crate::config::value::parse_bucket_url(bad).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -4,10 +4,9 @@
 //! <prefix>/
 //! └── v1/
 //!     ├── objects/<output id hex>        a body, raw or zstd (OBJECT_ZSTD_SUFFIX)
-//!     ├── manifests/<time>-<signer>-<random>.manifest
-//!     │                                  one signed batch of mappings; <time> is
-//!     │                                  unix ms, 16 digits, so names sort by time
-//!     └── probe/<random>                 `warren doctor`'s write check, deleted at once
+//!     └── manifests/<time>-<signer>-<random>.manifest
+//!                                        one signed batch of mappings; <time> is
+//!                                        unix ms, 16 digits, so names sort by time
 //! ```
 //!
 //! The names are untrusted hints: a reader takes the signer from a
@@ -22,8 +21,6 @@ use crate::ids::OutputId;
 pub(crate) const MANIFESTS: &str = "v1/manifests/";
 /// Every body.
 pub(crate) const OBJECTS: &str = "v1/objects/";
-/// Where `warren doctor` writes its probe.
-pub(crate) const PROBES: &str = "v1/probe/";
 /// A body stored zstd-compressed has this suffix after its OutputID.
 pub(crate) const OBJECT_ZSTD_SUFFIX: &str = ".zst";
 const MANIFEST_SUFFIX: &str = ".manifest";
