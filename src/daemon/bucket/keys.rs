@@ -4,9 +4,10 @@
 //! <prefix>/
 //! └── v1/
 //!     ├── objects/<output id hex>        a body, raw or zstd (OBJECT_ZSTD_SUFFIX)
-//!     └── manifests/<time>-<signer>-<random>.manifest
-//!                                        one signed batch of mappings; <time> is
-//!                                        unix ms, 16 digits, so names sort by time
+//!     ├── manifests/<time>-<signer>-<random>.manifest
+//!     │                                  one signed batch of mappings; <time> is
+//!     │                                  unix ms, 16 digits, so names sort by time
+//!     └── probe/<n>                      `warren doctor`'s write check, deleted at once
 //! ```
 //!
 //! The names are untrusted hints: a reader takes the signer from a
@@ -21,6 +22,8 @@ use crate::ids::OutputId;
 pub(crate) const MANIFESTS: &str = "v1/manifests/";
 /// Every body.
 pub(crate) const OBJECTS: &str = "v1/objects/";
+/// Where `warren doctor` writes its probe.
+pub(crate) const PROBES: &str = "v1/probe/";
 /// A body stored zstd-compressed has this suffix after its OutputID.
 pub(crate) const OBJECT_ZSTD_SUFFIX: &str = ".zst";
 const MANIFEST_SUFFIX: &str = ".manifest";
@@ -42,6 +45,11 @@ pub(crate) fn parse_object(name: &str) -> Option<(OutputId, bool)> {
         None => (rest, false),
     };
     Some((OutputId::from_hex(hex).ok()?, compressed))
+}
+
+/// The name of `warren doctor`'s probe object.
+pub(crate) fn probe(n: u32) -> String {
+    format!("{PROBES}{n}")
 }
 
 /// The name of a manifest signed at `time_ms` by `signer`; `random` keeps
