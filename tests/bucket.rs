@@ -199,6 +199,13 @@ fn a_reader_builds_from_a_trusted_writers_bucket_and_the_outputs_match() {
     let from_bucket = count(&status, "hits") + count(&status, "read_ahead");
     assert!(from_bucket > 100, "{status}");
     assert_eq!(status["trusted"][0][0], writer.peer_id.as_str(), "{status}");
+    let trace = String::from_utf8(reader.warren(&["trace"]).stdout).unwrap();
+    assert!(
+        trace.contains("bucket hit") && trace.contains("ci"),
+        "{trace}"
+    );
+    let stats = String::from_utf8(reader.warren(&["stats"]).stdout).unwrap();
+    assert!(stats.contains("bucket       s3://"), "{stats}");
 
     reader.env.run(
         Cache::Builtin,
