@@ -32,7 +32,10 @@
 //! - [`metrics`]: the daemon's counters for Prometheus, if configured;
 //!   [`quiet`]: its warnings, each fault once in a while with a count;
 //!   [`accept`]: what its listeners do when accepting fails;
-//! - [`trace`]: the last builds' lookups, as helpers reported them.
+//! - [`trace`]: the last builds' lookups, as helpers reported them;
+//! - [`bucket`]: the team bucket, the tier after the LAN peers, if
+//!   configured (with LAN sharing off, the node neither listens, nor
+//!   dials, nor uses mDNS, and the daemon serves the bucket alone).
 
 mod accept;
 mod allowlist;

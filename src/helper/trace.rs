@@ -21,6 +21,9 @@ use crate::ipc::trace::{Build, CAPACITY, Kind, Lookup, Outcome};
 
 /// Longest the helper spends reporting, after `go` has its last answer.
 const REPORT_TIMEOUT: Duration = Duration::from_millis(250);
+/// Longest it spends reporting its puts for the team bucket's uploads (a
+/// line of up to some 3 MB the daemon parses before it acknowledges).
+const PUTS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The helper's notes of one `go` command.
 pub(crate) struct Recorder {
@@ -91,7 +94,7 @@ impl Recorder {
             return;
         }
         let request = ipc::Request::Built { actions };
-        if let Err(e) = ipc::call(socket, &request, REPORT_TIMEOUT, REPORT_TIMEOUT).await {
+        if let Err(e) = ipc::call(socket, &request, PUTS_TIMEOUT, PUTS_TIMEOUT).await {
             tracing::debug!("reporting puts to the daemon: {e}");
         }
     }

@@ -104,14 +104,16 @@ async fn checks(config: &Config, bucket: &OpendalBucket, report: &mut Report) {
         }
     }
     signers(config, &listed, report);
+    // The daemon, which reads the bucket, runs with an identity (and
+    // signs with it what it uploads).
+    if let Err(e) = config.identity() {
+        report.problem(
+            "the daemon has no identity to run (and sign uploads) with",
+            Some(crate::logging::chain(&e)),
+            Some("`warren init`, or WARREN_IDENTITY from `warren keygen`".into()),
+        );
+    }
     if config.bucket.write {
-        if let Err(e) = config.identity() {
-            report.problem(
-                "write = true, but there is no identity to sign manifests with",
-                Some(crate::logging::chain(&e)),
-                Some("`warren init`, or WARREN_IDENTITY from `warren keygen`".into()),
-            );
-        }
         let probe = keys::probe(std::process::id());
         let wrote = async {
             bucket
