@@ -61,6 +61,18 @@ fn entry_action() -> crate::ids::ActionId {
     crate::ids::ActionId::from_bytes([0xaa; 32])
 }
 
+/// A manifest as a reader finds it in the team bucket (anyone with the
+/// bucket's credentials writes these): what verifies must re-sign to the
+/// same entries, which only its signer's key can do, so here it need only
+/// not panic or allocate past the bound.
+pub fn bucket_manifest(data: &[u8]) {
+    use crate::daemon::bucket::manifest::{MAX_BYTES, Manifest};
+    if let Ok(manifest) = Manifest::verify(data) {
+        assert!(data.len() <= MAX_BYTES);
+        assert!(!manifest.entries.is_empty());
+    }
+}
+
 /// A line on the daemon's socket, both ways: a request as the daemon reads
 /// it and an answer as a helper reads it.
 pub fn ipc_line(data: &[u8]) {
@@ -130,6 +142,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let entry =
         |source| crate::store::entry_line(&entry_action(), &output, 5, time, &source).into_bytes();
     vec![
+        ("bucket_manifest", seed_manifest(1)),
+        ("bucket_manifest", seed_manifest(3)),
         ("metrics_host", b"\x00localhost:9311".to_vec()),
         ("metrics_host", b"\x01[::1]:9311".to_vec()),
         ("metrics_host", b"\x02192.0.2.7:9311".to_vec()),
@@ -166,6 +180,26 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             b"{\"reloaded\":{\"purged_entries\":1,\"purged_bytes\":5}}\n".to_vec(),
         ),
     ]
+}
+
+/// A manifest of `entries` entries, signed by a fixed key.
+fn seed_manifest(entries: u8) -> Vec<u8> {
+    use crate::daemon::bucket::manifest::{Entry, Manifest};
+    let key = libp2p_identity::Keypair::ed25519_from_bytes([9; 32]).expect("a fixed key");
+    Manifest {
+        signer: key.public().to_peer_id(),
+        time_ms: 1_700_000_000_000,
+        entries: (0..entries)
+            .map(|n| Entry {
+                action: crate::ids::ActionId::from_bytes([n; 32]),
+                output: crate::ids::OutputId::of(&[n]),
+                size: 1,
+                time_ms: 1_700_000_000_000 + u64::from(n),
+            })
+            .collect(),
+    }
+    .sign(&key)
+    .expect("a fixed manifest signs")
 }
 
 fn base64_of(bytes: &[u8]) -> String {

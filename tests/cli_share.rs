@@ -60,6 +60,76 @@ fn id_without_init_says_what_to_do() {
     );
 }
 
+/// A CI machine has no config directory of its own: `warren keygen`
+/// prints a key and its secret without creating anything, and a process
+/// given the secret in `WARREN_IDENTITY` (or a key file in
+/// `WARREN_IDENTITY_FILE`) is that peer.
+#[test]
+fn keygen_prints_an_identity_that_warren_identity_brings_along() {
+    let sandbox = Sandbox::new();
+    let printed = stdout(&sandbox, &["keygen"]);
+    assert!(
+        !sandbox.root().join("home/.config/warren").exists(),
+        "keygen touched this machine's config"
+    );
+    let id = peer_id(&printed);
+    let secret = printed
+        .lines()
+        .find_map(|line| line.strip_prefix("secret: "))
+        .expect("a secret line");
+    assert_ne!(peer_id(&stdout(&sandbox, &["keygen"])), id, "keys repeat");
+
+    let output = sandbox
+        .command()
+        .args(["id"])
+        .env("WARREN_IDENTITY", secret)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(peer_id(&String::from_utf8(output.stdout).unwrap()), id);
+
+    // The secret beats the file variable and the config directory's key.
+    stdout(&sandbox, &["init"]);
+    let other = Sandbox::new();
+    stdout(&other, &["init"]);
+    let other_key = other.root().join("home/.config/warren/identity.key");
+    let output = sandbox
+        .command()
+        .args(["id"])
+        .env("WARREN_IDENTITY_FILE", &other_key)
+        .output()
+        .unwrap();
+    assert_eq!(
+        peer_id(&String::from_utf8(output.stdout).unwrap()),
+        peer_id(&stdout(&other, &["id"])),
+        "WARREN_IDENTITY_FILE is not used"
+    );
+    let output = sandbox
+        .command()
+        .args(["id"])
+        .env("WARREN_IDENTITY_FILE", &other_key)
+        .env("WARREN_IDENTITY", secret)
+        .output()
+        .unwrap();
+    assert_eq!(peer_id(&String::from_utf8(output.stdout).unwrap()), id);
+
+    let output = sandbox
+        .command()
+        .args(["id"])
+        .env("WARREN_IDENTITY", "bm90IGEga2V5")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("WARREN_IDENTITY"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("bm90IGEga2V5"),
+        "the secret echoed: {stderr}"
+    );
+}
+
 #[test]
 fn peers_add_list_remove() {
     let sandbox = Sandbox::new();

@@ -118,6 +118,8 @@ pub(super) fn show_config(config: &Config, out: &mut impl Write) -> anyhow::Resu
     table(out, config, &config.store, config::Store::SETTINGS, 12)?;
     writeln!(out, "[share]")?;
     table(out, config, &config.share, config::Share::SETTINGS, 16)?;
+    writeln!(out, "[bucket]")?;
+    table(out, config, &config.bucket, config::Bucket::SETTINGS, 16)?;
     writeln!(out, "identity key:    {}", config.identity_path().display())?;
     writeln!(
         out,

@@ -18,6 +18,7 @@ use crate::ipc;
 use crate::ipc::status::DaemonStatus;
 use crate::store::{DiskStore, TrimReport};
 
+mod bucket;
 mod config;
 mod doctor;
 mod share;
@@ -76,6 +77,10 @@ pub enum Command {
     Init,
     /// Print this machine's peer ID and the line a coworker runs to trust it
     Id,
+    /// Print a new identity (peer ID and secret) for a CI machine, without
+    /// touching this machine's: keep the secret as the job's
+    /// WARREN_IDENTITY, and allowlist the peer ID where its builds are wanted
+    Keygen,
     /// List, add or remove allowlisted coworkers
     Peers {
         /// Print the list as JSON instead of text
@@ -91,6 +96,14 @@ pub enum Command {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
+    },
+    /// The team bucket ([bucket]): its status, waiting for uploads, garbage collection
+    Bucket {
+        /// Print JSON instead of text (status)
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<BucketCommand>,
     },
     /// Why lookups hit or missed: the last build's, one build's, or one ActionID's
     #[command(visible_alias = "why")]
@@ -137,6 +150,33 @@ pub enum PeersCommand {
     },
     /// Stop trusting a peer, by ID or name, and purge the entries it sent
     Remove { peer: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BucketCommand {
+    /// Manifests read, signers trusted and not, hits, bytes, uploads pending
+    Status {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until every pending upload is in the bucket (for CI jobs that
+    /// end after the build); non-zero if some are not, or failed
+    Sync {
+        /// How long to wait, e.g. 5min
+        #[arg(long, value_name = "DURATION", default_value = "10min", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Remove manifests older than a window, and the bodies no remaining
+    /// manifest names (a body uploaded within the last hour is kept)
+    Gc {
+        /// e.g. 30days
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+        /// Say what would be removed, remove nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `--role` of `warren peers add`.
@@ -226,10 +266,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Init) => share::init(&config, &mut out),
         Some(Command::Id) => share::id(&config, &mut out),
+        Some(Command::Keygen) => share::keygen(&mut out),
         Some(Command::Peers { json, action }) => share::peers(&config, action, json, &mut out),
         Some(Command::Daemon) => crate::daemon::run(&config),
         Some(Command::Config) => self::config::show_config(&config, &mut out),
         Some(Command::Doctor { .. }) => unreachable!("handled above"),
+        Some(Command::Bucket { json, action }) => match action {
+            None => bucket::status(&config, json, &mut out),
+            Some(BucketCommand::Status { json: own }) => {
+                bucket::status(&config, json || own, &mut out)
+            }
+            Some(BucketCommand::Sync { timeout }) => bucket::sync(&config, timeout, &mut out),
+            Some(BucketCommand::Gc {
+                older_than,
+                dry_run,
+            }) => bucket::gc(&config, older_than, dry_run, &mut out),
+        },
         Some(Command::Trace {
             action,
             build,

@@ -52,8 +52,17 @@ pub(super) fn init(config: &Config, out: &mut impl Write) -> anyhow::Result<Exit
 }
 
 pub(super) fn id(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let key = identity::load(&config.identity_path())?;
+    let (key, _) = config.identity()?;
     print_id(&identity::peer_id(&key).to_string(), out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `warren keygen`: a new identity for a machine without a config
+/// directory of its own (CI), printed and stored nowhere.
+pub(super) fn keygen(out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let (key, secret) = identity::generate();
+    writeln!(out, "peer ID: {}", identity::peer_id(&key))?;
+    writeln!(out, "secret: {secret}")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -91,6 +91,7 @@ pub(super) fn show_stats(
     let usage = store.usage().context("measuring the store")?;
     let sources = Sources::of(config, &store)?;
     let peers = daemon_peers(config);
+    let bucket = daemon_bucket(config);
     if json {
         let value = serde_json::json!({
             "dir": store.root(),
@@ -98,6 +99,7 @@ pub(super) fn show_stats(
             "store": usage,
             "sources": sources,
             "peers": peers,
+            "bucket": bucket,
             "limits": {
                 "max_size": config.store.max_size.as_u64(),
                 "max_age_seconds": config.store.max_age.as_secs(),
@@ -194,7 +196,34 @@ pub(super) fn show_stats(
             }
         }
     }
+    if let Some(bucket) = &bucket {
+        writeln!(
+            out,
+            "bucket       {}: {} hits (+{} read ahead, {}), {} manifests held, {} failures",
+            bucket.url,
+            bucket.hits,
+            bucket.read_ahead,
+            ByteSize(bucket.bytes_fetched).display().iec(),
+            bucket.manifests_held,
+            bucket.failures
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The team bucket's figures from the daemon, if one runs with a bucket.
+fn daemon_bucket(config: &Config) -> Option<crate::ipc::status::BucketStatus> {
+    if !config.bucket.on() || !config.socket_path().exists() {
+        return None;
+    }
+    match super::ask_daemon(
+        config,
+        &crate::ipc::Request::BucketStatus,
+        super::STATUS_TIMEOUT,
+    ) {
+        Ok(crate::ipc::Response::Bucket(status)) => status.map(|status| *status),
+        _ => None,
+    }
 }
 
 /// Per-peer figures from the daemon, if one is running for this store.

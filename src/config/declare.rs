@@ -175,6 +175,8 @@ macro_rules! settings {
                 origins: &mut ::std::collections::HashMap<&'static str, $crate::config::origin::Origin>,
             ) -> Result<Self, $crate::config::error::Error> {
                 use $crate::config::origin::Origin;
+                // A table without flags does not read them.
+                let _ = overrides;
                 Ok(Self {$(
                     $field: {
                         let given: Option<($ty, Origin)> = $crate::config::declare::optional!(

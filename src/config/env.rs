@@ -17,3 +17,11 @@ pub(crate) const WARREN_LOG: &str = "WARREN_LOG";
 /// Sharing with coworkers on (`1`, `true`) or off (`0`, `false`), over the
 /// config file's `[share] enabled`.
 pub(crate) const WARREN_SHARE: &str = "WARREN_SHARE";
+/// This machine's identity as `warren keygen` prints its secret (base64 of
+/// libp2p's protobuf encoding of the ed25519 keypair): for CI machines that
+/// keep it as a secret, over `WARREN_IDENTITY_FILE` and the config
+/// directory's `identity.key`.
+pub(crate) const WARREN_IDENTITY: &str = "WARREN_IDENTITY";
+/// A path to an identity key file as `warren init` writes it (owner-only),
+/// over the config directory's `identity.key`.
+pub(crate) const WARREN_IDENTITY_FILE: &str = "WARREN_IDENTITY_FILE";

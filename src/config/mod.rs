@@ -36,13 +36,13 @@ pub(crate) mod identity;
 mod origin;
 mod settings;
 pub(crate) mod trust;
-mod value;
+pub(crate) mod value;
 
 pub(crate) use self::declare::{Flagged, Setting};
 pub(crate) use self::error::Error;
 pub(crate) use self::origin::{Given, Origin, Overrides};
-pub(crate) use self::settings::{FileConfig, Share, Store};
-pub(crate) use self::value::Replicate;
+pub(crate) use self::settings::{Bucket, FileConfig, Share, Store};
+pub(crate) use self::value::{BucketUrl, Replicate};
 
 /// Effective settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,8 @@ pub(crate) struct Config {
     pub store: Store,
     /// The `[share]` table.
     pub share: Share,
+    /// The `[bucket]` table.
+    pub bucket: Bucket,
     /// The config file that was read, if any.
     pub file: Option<PathBuf>,
     /// Directory of the identity key and the allowlist: the config file's
@@ -94,6 +96,7 @@ impl Config {
         }
         let store = Store::resolve(&mut file, overrides, &mut origins)?;
         let share = Share::resolve(&mut file.share, overrides, &mut origins)?;
+        let bucket = Bucket::resolve(&mut file.bucket, overrides, &mut origins)?;
         let config_dir = match &path {
             Some(path) => path.parent().map(Path::to_path_buf).unwrap_or_default(),
             None => default_config_path()
@@ -103,6 +106,7 @@ impl Config {
         Ok(Self {
             store,
             share,
+            bucket,
             file: path,
             config_dir,
             origins,
@@ -117,6 +121,14 @@ impl Config {
     /// This machine's identity key (`warren init`).
     pub(crate) fn identity_path(&self) -> PathBuf {
         self.config_dir.join("identity.key")
+    }
+
+    /// The identity this process uses, and where it came from:
+    /// `WARREN_IDENTITY`, `WARREN_IDENTITY_FILE`, else [`Self::identity_path`].
+    pub(crate) fn identity(
+        &self,
+    ) -> Result<(libp2p_identity::Keypair, identity::Origin), identity::Error> {
+        identity::effective(&self.identity_path(), |name| std::env::var(name).ok())
     }
 
     /// The allowlist (`warren peers`).

@@ -14,7 +14,7 @@ use warren_p2p::config::defaults;
 
 use super::declare::settings;
 use super::error::Error;
-use super::value::{Rate, Replicate, list_or};
+use super::value::{BucketUrl, Rate, Replicate, list_or};
 use crate::config::env;
 use crate::store::TrimPolicy;
 
@@ -39,7 +39,7 @@ pub(crate) const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/7311", "/ip6/::/
 
 settings! {
     /// The top of the config file: the store, and how far it is trimmed.
-    "" Store, file FileConfig, table share: FileShare {
+    "" Store, file FileConfig, table share: FileShare, table bucket: FileBucket {
         /// Store directory [default: warren/ in the platform cache dir]
         "dir" dir: PathBuf = default_dir()?,
             flag("dir", "DIR", env::WARREN_DIR);
@@ -123,5 +123,55 @@ settings! {
         /// Only entries a peer stored this recently are replicated. Default:
         /// [`DEFAULT_REPLICATE_WINDOW`].
         "replicate-window" replicate_window: Duration = DEFAULT_REPLICATE_WINDOW;
+    }
+}
+
+/// Default of the bucket's `refresh`: how often new manifests are listed.
+pub(crate) const DEFAULT_BUCKET_REFRESH: Duration = Duration::from_secs(30);
+/// Default of the bucket's `deadline`: how long a lookup waits for a body
+/// to start arriving from the bucket before it is a miss.
+pub(crate) const DEFAULT_BUCKET_DEADLINE: Duration = Duration::from_secs(2);
+/// Default of the bucket's `cooldown`: how long the bucket is left out of
+/// lookups after it failed one (down, slow, refusing, bad bodies).
+pub(crate) const DEFAULT_BUCKET_COOLDOWN: Duration = Duration::from_secs(60);
+/// Default of the bucket's `read-ahead-size`: bytes of a hit manifest's
+/// other entries fetched ahead of the build, per manifest.
+pub(crate) const DEFAULT_BUCKET_READ_AHEAD_SIZE: ByteSize = ByteSize::mib(512);
+
+settings! {
+    /// The `[bucket]` table: a team bucket (S3) of signed mappings, the
+    /// tier after the LAN peers (off unless `url` is set). Its keys are
+    /// named apart from `[share]`'s.
+    "bucket" Bucket, file FileBucket {
+        /// The bucket and prefix, `s3://BUCKET/PREFIX`. Default: off.
+        "url" url: Option<BucketUrl> = None;
+        /// An S3-compatible server's URL. Default: AWS's for the region.
+        "endpoint" endpoint: Option<String> = None,
+            show(|endpoint: &Option<String>| endpoint.clone().unwrap_or_else(|| "AWS".to_owned()));
+        /// Default: the AWS environment's (`AWS_REGION`), else us-east-1.
+        "region" region: Option<String> = None,
+            show(|region: &Option<String>| region.clone().unwrap_or_else(|| "from the AWS environment".to_owned()));
+        /// Upload what this machine builds, signed with its identity.
+        /// Default: false.
+        "write" write: bool = false;
+        /// How often new manifests are listed. Default:
+        /// [`DEFAULT_BUCKET_REFRESH`].
+        "refresh" refresh: Duration = DEFAULT_BUCKET_REFRESH;
+        /// How long a lookup waits for the bucket. Default:
+        /// [`DEFAULT_BUCKET_DEADLINE`].
+        "deadline" deadline: Duration = DEFAULT_BUCKET_DEADLINE;
+        /// How long a failing bucket is left out of lookups. Default:
+        /// [`DEFAULT_BUCKET_COOLDOWN`].
+        "cooldown" cooldown: Duration = DEFAULT_BUCKET_COOLDOWN;
+        /// Bytes of a hit manifest's other entries fetched ahead; 0 turns
+        /// read-ahead off. Default: [`DEFAULT_BUCKET_READ_AHEAD_SIZE`].
+        "read-ahead-size" read_ahead_size: ByteSize = DEFAULT_BUCKET_READ_AHEAD_SIZE;
+    }
+}
+
+impl Bucket {
+    /// Whether a bucket is configured at all.
+    pub(crate) fn on(&self) -> bool {
+        self.url.is_some()
     }
 }

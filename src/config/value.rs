@@ -275,3 +275,58 @@ impl Value for Replicate {
         self.to_string()
     }
 }
+
+/// A team bucket's `url`: `s3://BUCKET[/PREFIX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BucketUrl {
+    pub bucket: String,
+    /// Without leading or trailing slashes; may be empty.
+    pub prefix: String,
+}
+
+impl std::fmt::Display for BucketUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.prefix.as_str() {
+            "" => write!(f, "s3://{}", self.bucket),
+            prefix => write!(f, "s3://{}/{prefix}", self.bucket),
+        }
+    }
+}
+
+/// `s3://BUCKET[/PREFIX]`, with a bucket name S3 allows.
+pub(crate) fn parse_bucket_url(text: &str) -> Result<BucketUrl, String> {
+    let bad = || "write s3://BUCKET or s3://BUCKET/PREFIX".to_owned();
+    let rest = text.strip_prefix("s3://").ok_or_else(bad)?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.');
+    if bucket.len() < 3 || bucket.len() > 63 || !bucket.chars().all(valid) {
+        return Err(bad());
+    }
+    Ok(BucketUrl {
+        bucket: bucket.to_owned(),
+        prefix: prefix.trim_matches('/').to_owned(),
+    })
+}
+
+/// A bucket, or none: off.
+impl Value for Option<BucketUrl> {
+    fn from_file<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        text(deserializer, "url", parse_bucket_url).map(Some)
+    }
+    fn show(&self) -> String {
+        match self {
+            Some(url) => url.to_string(),
+            None => "off".to_owned(),
+        }
+    }
+}
+
+/// Text as written.
+impl Value for Option<String> {
+    fn from_file<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Some)
+    }
+    fn show(&self) -> String {
+        self.clone().unwrap_or_default()
+    }
+}

@@ -34,6 +34,9 @@ pub(super) struct Trust {
     pub store: Arc<DiskStore>,
     pub path: PathBuf,
     pub current: tokio::sync::Mutex<Allowlist>,
+    /// The team bucket, if one is configured: its index drops the
+    /// mappings of signers no longer pulled from.
+    pub bucket: Option<Arc<crate::daemon::bucket::Tier>>,
 }
 
 impl Trust {
@@ -52,6 +55,9 @@ impl Trust {
         // that passed its check before is still on its way to the store
         // (`Sharing::set` waits for it), so the purge below sees it.
         self.sharing.set(sharing);
+        if let Some(bucket) = &self.bucket {
+            bucket.allowlist_changed();
+        }
         self.client.set_allowlist(roles).await;
         *self.replicated.lock().unwrap_or_else(|p| p.into_inner()) =
             replicate::chosen(&self.replicate, &list);

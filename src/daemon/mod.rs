@@ -34,10 +34,14 @@
 //! - [`metrics`]: the daemon's counters for Prometheus, if configured;
 //!   [`quiet`]: its warnings, each fault once in a while with a count;
 //!   [`accept`]: what its listeners do when accepting fails;
-//! - [`trace`]: the last builds' lookups, as helpers reported them.
+//! - [`trace`]: the last builds' lookups, as helpers reported them;
+//! - [`bucket`]: the team bucket, the tier after the LAN peers, if
+//!   configured (with LAN sharing off, the node neither listens, nor
+//!   dials, nor uses mDNS, and the daemon serves the bucket alone).
 
 mod accept;
 mod allowlist;
+pub(crate) mod bucket;
 pub(crate) mod consistency;
 pub(crate) mod disk_floor;
 mod ledger;
@@ -86,7 +90,7 @@ const PROBE_POLL: Duration = Duration::from_millis(250);
 
 /// Runs the daemon until a signal.
 pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
-    let key = identity::load(&config.identity_path())?;
+    let (key, _) = config.identity()?;
     let peer_id = identity::peer_id(&key);
     let store = Arc::new(
         DiskStore::open(&config.store.dir)
@@ -122,10 +126,18 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let mut node = NodeConfig::new(key)
-            .with_listen(parse_addrs(&config.share.listen)?)
+        // With LAN sharing off (a daemon for the team bucket alone), the
+        // node neither listens, nor dials, nor uses mDNS.
+        let lan = config.share.enabled;
+        let (listen, static_peers) = if lan {
+            (&config.share.listen[..], &config.share.static_peers[..])
+        } else {
+            (&[][..], &[][..])
+        };
+        let mut node = NodeConfig::new(key.clone())
+            .with_listen(parse_addrs(listen)?)
             .with_allowlist(allowlist.roles())
-            .with_static_peers(parse_addrs(&config.share.static_peers)?)
+            .with_static_peers(parse_addrs(static_peers)?)
             .with_lookup_deadline(config.share.lookup_deadline)
             .with_max_body_size(config.share.max_body_size.as_u64())
             .with_read_ahead(
@@ -135,7 +147,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             .with_compression(config.share.compression)
             .with_agreement(config.share.agreement)
             .with_inbound_from_anywhere(config.share.inbound_from_anywhere);
-        if config.share.mdns {
+        if lan && config.share.mdns {
             node = node.with_mdns(Some(
                 MdnsConfig::default().with_interfaces(config.share.interfaces.clone()),
             ));
@@ -155,10 +167,33 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         )
         .context("indexing the store")?;
         let put_order = adapter.put_order();
+        let adapter = Arc::new(adapter);
         let (client, events, event_loop) =
-            warren_p2p::new(node, Arc::new(adapter)).context("starting the peer-to-peer node")?;
+            warren_p2p::new(node, adapter.clone()).context("starting the peer-to-peer node")?;
         let node_task = tokio::spawn(event_loop.run());
         let shutdown = CancellationToken::new();
+        let bucket = match &config.bucket.url {
+            Some(url) => {
+                let location = bucket::client::S3Location::from_config(&config.bucket)
+                    .expect("a url to give a location");
+                let client = bucket::client::OpendalBucket::s3(&location)
+                    .context("opening the team bucket")?;
+                let tier = bucket::Tier::new(
+                    &config.bucket,
+                    url.clone(),
+                    Arc::new(client),
+                    sharing.clone(),
+                    adapter.clone(),
+                    store.clone(),
+                    quiet.clone(),
+                    key.clone(),
+                );
+                tokio::spawn(tier.reader.clone().refresh_forever(shutdown.clone()));
+                tracing::info!("team bucket {}", tier.url);
+                Some(tier)
+            }
+            None => None,
+        };
         let replicated = replicate::chosen(&config.share.replicate, &allowlist);
         warn_unknown_replicated(&config.share.replicate, &allowlist);
         let trust = Arc::new(Trust {
@@ -169,6 +204,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             store: store.clone(),
             path: allowlist_path,
             current: tokio::sync::Mutex::new(allowlist),
+            bucket: bucket.clone(),
         });
         let activity = Arc::new(replicate::Activity::default());
         let replication = Arc::new(replicate::State::default());
@@ -201,8 +237,9 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             trust: trust.clone(),
             builds: std::sync::Mutex::default(),
             started: SystemTime::now(),
-            mdns: config.share.mdns,
+            mdns: lan && config.share.mdns,
             interfaces: config.share.interfaces.clone(),
+            bucket,
         });
         let started = unix_ms(handler.started);
         let replication = handler.replication.clone();
@@ -299,20 +336,56 @@ struct Daemon {
     started: SystemTime,
     mdns: bool,
     interfaces: Vec<String>,
+    /// The team bucket, the tier after the LAN peers, if configured.
+    bucket: Option<Arc<bucket::Tier>>,
 }
 
 impl server::Handler for Daemon {
     fn get(&self, action: ActionId) -> BoxFuture<'_, ipc::Response> {
         Box::pin(async move {
             self.activity.lookup();
-            match self.client.lookup(action).await {
-                Ok(fetched) => ipc::Response::Hit {
-                    peer: fetched.peer,
+            let miss = match self.client.lookup(action).await {
+                Ok(fetched) => {
+                    return ipc::Response::Hit {
+                        peer: fetched.peer,
+                        size: fetched.size,
+                        bucket: false,
+                    };
+                }
+                Err(miss) => miss,
+            };
+            // Then the bucket, if its index names the action (no round
+            // trip otherwise); else the node's reason, as it decided it.
+            let Some(bucket) = &self.bucket else {
+                return ipc::Response::Missed(miss);
+            };
+            match bucket.reader.lookup(action).await {
+                Ok(Some(fetched)) => ipc::Response::Hit {
+                    peer: fetched.signer,
                     size: fetched.size,
+                    bucket: true,
                 },
-                // The node's reason, as it decided it.
-                Err(miss) => ipc::Response::Missed(miss),
+                Ok(None) => ipc::Response::Missed(miss),
+                Err(bucket_miss) => ipc::Response::BucketMissed(bucket_miss),
             }
+        })
+    }
+
+    fn built(&self, actions: Vec<ActionId>) {
+        if let Some(writer) = self.bucket.as_ref().and_then(|b| b.writer.as_ref()) {
+            writer.built(actions);
+        }
+    }
+
+    fn bucket(&self, sync: Option<Duration>) -> BoxFuture<'_, ipc::Response> {
+        Box::pin(async move {
+            let Some(bucket) = &self.bucket else {
+                return ipc::Response::Bucket(None);
+            };
+            if let (Some(wait), Some(writer)) = (sync, &bucket.writer) {
+                let _ = tokio::time::timeout(wait, writer.drained()).await;
+            }
+            ipc::Response::Bucket(Some(Box::new(bucket.status())))
         })
     }
 

@@ -84,6 +84,15 @@ impl Sharing {
         }
     }
 
+    /// Whether entries from `peer` are taken (its role pulls from it).
+    pub(crate) fn pulls_from(&self, peer: &PeerId) -> bool {
+        self.state
+            .read()
+            .expect("lock not poisoned")
+            .pull
+            .contains(peer)
+    }
+
     /// Runs `commit` if `peer` is pulled from, holding the state while it
     /// runs: [`Sharing::set`] waits for a commit that passed this check,
     /// so a purge after `set` sees what it stored. `None` if not pulled

@@ -61,6 +61,13 @@ pub(crate) trait Handler: Send + Sync + 'static {
     fn trace(&self) -> Vec<Build>;
     /// See [`Request::Probe`].
     fn probe(&self) -> BoxFuture<'_, DaemonStatus>;
+    /// See [`Request::Built`]: queued, never waited for.
+    fn built(&self, _actions: Vec<ActionId>) {}
+    /// See [`Request::BucketStatus`] and [`Request::BucketSync`] (`sync`:
+    /// how long to wait for pending uploads first).
+    fn bucket(&self, _sync: Option<std::time::Duration>) -> BoxFuture<'_, Response> {
+        Box::pin(std::future::ready(Response::Bucket(None)))
+    }
 }
 
 /// Binds the socket at `path`, owner-only. A stale socket left by a dead
@@ -185,6 +192,17 @@ async fn handle(stream: UnixStream, handler: &dyn Handler) -> io::Result<()> {
             let status = async { Response::Status(handler.probe().await) };
             answer_or_acknowledge(&mut write, status).await?
         }
+        Ok(Request::Built { actions }) => {
+            handler.built(actions);
+            Response::Reported
+        }
+        Ok(Request::BucketStatus) => {
+            answer_or_acknowledge(&mut write, handler.bucket(None)).await?
+        }
+        Ok(Request::BucketSync { timeout_ms }) => {
+            let wait = std::time::Duration::from_millis(timeout_ms);
+            answer_or_acknowledge(&mut write, handler.bucket(Some(wait))).await?
+        }
         Err(e) => Response::Error {
             message: format!("malformed request: {e}"),
         },
@@ -292,6 +310,7 @@ mod tests {
                 Response::Hit {
                     peer: echo(&action),
                     size: 1,
+                    bucket: false,
                 }
             })
         }
@@ -354,7 +373,8 @@ mod tests {
             answer,
             Response::Hit {
                 peer: echo(&action),
-                size: 1
+                size: 1,
+                bucket: false,
             }
         );
         let status = call(&path, &Request::Status, ACK, Duration::from_secs(5))

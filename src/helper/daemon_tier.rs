@@ -31,7 +31,7 @@ use futures::future::BoxFuture;
 use crate::helper::tiered::RemoteTier;
 use crate::ids::ActionId;
 use crate::ipc;
-use crate::ipc::trace::Miss;
+use crate::ipc::trace::{Hit, Miss};
 use crate::store::{DiskStore, Entry, Lookup};
 
 /// How long a helper stops asking after finding no daemon.
@@ -86,9 +86,16 @@ struct State {
     /// the first reason: told once, at the end.
     unanswered: u64,
     first_reason: Option<&'static str>,
+    /// Lookups the team bucket failed or skipped in its cooldown: told
+    /// once, at the end.
+    bucket_misses: u64,
 }
 
 impl State {
+    fn bucket_failed(&mut self, _: ipc::BucketMiss) {
+        self.bucket_misses += 1;
+    }
+
     fn absent(&self, now: Instant) -> bool {
         self.absent_until.is_some_and(|until| now < until)
     }
@@ -183,16 +190,25 @@ impl DaemonTier {
             return None;
         }
         let first = state.first_reason.unwrap_or_default();
-        let lookups = if n == 1 {
-            "1 lookup"
-        } else {
-            &format!("{n} lookups")
-        };
+        let lookups = lookups(n);
         Some(format!(
             "sharing is on, but no daemon answered, so {lookups} went without peers ({first}); \
              start it with `warren daemon` (or set `autostart = true` under [share]), \
              and see `warren doctor`"
         ))
+    }
+
+    /// The one warning for a `go` command some of whose lookups the team
+    /// bucket failed (or skipped, in its cooldown after failing), if any.
+    pub(crate) fn bucket_summary(&self) -> Option<String> {
+        let n = self.state().bucket_misses;
+        (n > 0).then(|| {
+            format!(
+                "the team bucket failed, so {} went without it (it is left out of lookups \
+                 for a while, and builds go on); see `warren doctor` and `warren bucket`",
+                lookups(n)
+            )
+        })
     }
 
     /// Start `warren <args>` when no daemon answers.
@@ -256,7 +272,7 @@ impl RemoteTier for DaemonTier {
         &'a self,
         action: ActionId,
         store: &'a Arc<DiskStore>,
-    ) -> BoxFuture<'a, Result<Entry, Miss>> {
+    ) -> BoxFuture<'a, Result<(Entry, Hit), Miss>> {
         Box::pin(async move {
             self.state().ask(Instant::now())?;
             let request = ipc::Request::Get { action };
@@ -266,15 +282,19 @@ impl RemoteTier for DaemonTier {
             };
             self.state().answered();
             match answer {
-                ipc::Response::Hit { peer, .. } => {
+                ipc::Response::Hit { peer, bucket, .. } => {
                     // A few small file reads, done right here: a hand-over
                     // to the blocking pool would cost more than the reads
                     // (the helper's runtime is single-threaded, and nothing
                     // else on it waits long for this).
                     match store.get(&action) {
+                        Ok(Lookup::Hit(entry)) if bucket => {
+                            tracing::debug!("get {action}: from the bucket, signed by {peer}");
+                            Ok((entry, Hit::Bucket(peer)))
+                        }
                         Ok(Lookup::Hit(entry)) => {
                             tracing::debug!("get {action}: from peer {peer}");
-                            Ok(entry)
+                            Ok((entry, Hit::Peer(Some(peer))))
                         }
                         other => {
                             tracing::debug!("get {action}: daemon said hit, store says {other:?}");
@@ -283,12 +303,24 @@ impl RemoteTier for DaemonTier {
                     }
                 }
                 ipc::Response::Missed(miss) => Err(Miss::Peers(miss)),
+                ipc::Response::BucketMissed(miss) => {
+                    self.state().bucket_failed(miss);
+                    Err(Miss::Bucket(miss))
+                }
                 other => {
                     tracing::debug!("get {action}: unexpected daemon answer {other:?}");
                     Err(Miss::Peers(warren_p2p::Miss::NotFound))
                 }
             }
         })
+    }
+}
+
+fn lookups(n: u64) -> String {
+    if n == 1 {
+        "1 lookup".to_owned()
+    } else {
+        format!("{n} lookups")
     }
 }
 

@@ -70,8 +70,14 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
             .context("duplicating stdout")?,
     );
     let counters = Arc::new(Counters::default());
-    let daemon = config.share.enabled.then(|| {
-        let mut tier = DaemonTier::new(config.socket_path(), config.share.lookup_deadline);
+    // The team bucket is the daemon's too: with one, the daemon is asked
+    // even when LAN sharing is off, and may take its deadline more.
+    let daemon = (config.share.enabled || config.bucket.on()).then(|| {
+        let mut deadline = config.share.lookup_deadline;
+        if config.bucket.on() {
+            deadline += config.bucket.deadline + crate::daemon::bucket::read::STALL;
+        }
+        let mut tier = DaemonTier::new(config.socket_path(), deadline);
         if config.share.autostart {
             tier = tier.with_autostart(daemon_args(config));
         }
@@ -103,7 +109,11 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         },
     ));
     // Lookups are noted for `warren trace` only if a daemon runs to keep them.
-    let trace = Arc::new(Recorder::new(config.socket_path().exists()));
+    let mut trace = Recorder::new(config.socket_path().exists());
+    if config.bucket.on() && config.bucket.write {
+        trace = trace.with_puts();
+    }
+    let trace = Arc::new(trace);
     let end = runtime.block_on(session::serve(
         storage,
         counters.clone(),
@@ -115,8 +125,11 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
     tracing::debug!("session ended: {end:?}");
     // For `warren trace`, kept by the daemon if one runs.
     runtime.block_on(trace.report(&config.socket_path()));
+    // For the team bucket's uploads, done by the daemon in the background.
+    runtime.block_on(trace.report_puts(&config.socket_path()));
     // At most one warning per fault and go command (see `faults`).
     let daemon_summary = daemon.as_ref().and_then(|tier| tier.summary());
+    let bucket_summary = daemon.as_ref().and_then(|tier| tier.bucket_summary());
     let summary = faults.summary();
     if let Err(e) = stats::record(store.root(), &counters.snapshot(store.repaired())) {
         let message = crate::logging::chain(&e);
@@ -128,6 +141,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
     }
     for summary in (summary.into_iter())
         .chain(daemon_summary)
+        .chain(bucket_summary)
         .chain(trusted.fault())
     {
         tracing::warn!("{summary}");

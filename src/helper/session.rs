@@ -227,10 +227,13 @@ impl Context {
                                     let waited = asked.elapsed();
                                     counters.remote_lookup(waited);
                                     let found = match found {
-                                        Ok(entry) => {
+                                        Ok((entry, hit)) => {
                                             counters.peer_hit(entry.size);
-                                            let peer = entry.source.peer().copied();
-                                            trace.note(action, Hit::Peer(peer), Some(waited));
+                                            let hit = match hit {
+                                                Hit::Bucket(signer) => Hit::Bucket(signer),
+                                                _ => Hit::Peer(entry.source.peer().copied()),
+                                            };
+                                            trace.note(action, hit, Some(waited));
                                             Lookup::Hit(entry)
                                         }
                                         Err(miss) => {
@@ -260,6 +263,7 @@ impl Context {
                     output,
                     body_size,
                 })) => {
+                    self.trace.note_put(action);
                     let verified = self.receive_body(&mut reader, output, body_size);
                     let verified = match verified {
                         Ok(Body::Verified(verified)) => verified,

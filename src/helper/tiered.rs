@@ -27,14 +27,15 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::ids::{ActionId, OutputId};
-use crate::ipc::trace::Miss;
+use crate::ipc::trace::{Hit, Miss};
 use crate::logging::chain;
 use crate::store::{self, DiskStore, Entry, Lookup, ObjectWriter, Source, VerifiedObject};
 
 /// A source of entries consulted after a local miss.
 pub(crate) trait RemoteTier: Send + Sync {
     /// Looks up `action` beyond the local store. A found body must be
-    /// committed to `store` (which verifies it) before it is returned.
+    /// committed to `store` (which verifies it) before it is returned,
+    /// with where it came from.
     /// Trouble of any kind is a miss (`Err`, with the [`Miss`] that says
     /// why), and implementations bound their own latency: a slow remote
     /// must not slow the build.
@@ -42,7 +43,7 @@ pub(crate) trait RemoteTier: Send + Sync {
         &'a self,
         action: ActionId,
         store: &'a Arc<DiskStore>,
-    ) -> BoxFuture<'a, Result<Entry, Miss>>;
+    ) -> BoxFuture<'a, Result<(Entry, Hit), Miss>>;
 
     /// False for a tier that can never find anything, so callers skip it
     /// without the cost of a task.
@@ -56,7 +57,7 @@ impl<T: RemoteTier> RemoteTier for Arc<T> {
         &'a self,
         action: ActionId,
         store: &'a Arc<DiskStore>,
-    ) -> BoxFuture<'a, Result<Entry, Miss>> {
+    ) -> BoxFuture<'a, Result<(Entry, Hit), Miss>> {
         self.as_ref().fetch(action, store)
     }
 
@@ -74,7 +75,7 @@ impl RemoteTier for NoRemote {
         &'a self,
         _: ActionId,
         _: &'a Arc<DiskStore>,
-    ) -> BoxFuture<'a, Result<Entry, Miss>> {
+    ) -> BoxFuture<'a, Result<(Entry, Hit), Miss>> {
         Box::pin(std::future::ready(Err(Miss::SharingOff)))
     }
 
@@ -155,10 +156,10 @@ impl MultiLevelStorage {
 
     /// The second step of a lookup the local tier missed: the tiers beyond
     /// it. Waits on the network (bounded by the tier). A miss says why.
-    pub(crate) async fn get_remote(&self, action: ActionId) -> Result<Entry, Miss> {
-        let entry = self.remote.fetch(action, &self.local).await?;
+    pub(crate) async fn get_remote(&self, action: ActionId) -> Result<(Entry, Hit), Miss> {
+        let (entry, hit) = self.remote.fetch(action, &self.local).await?;
         match self.admit(Lookup::Hit(entry)) {
-            Lookup::Hit(entry) => Ok(entry),
+            Lookup::Hit(entry) => Ok((entry, hit)),
             Lookup::Miss => Err(Miss::Peers(warren_p2p::Miss::NotFound)),
         }
     }
@@ -212,7 +213,7 @@ mod tests {
             &'a self,
             action: ActionId,
             store: &'a Arc<DiskStore>,
-        ) -> BoxFuture<'a, Result<Entry, Miss>> {
+        ) -> BoxFuture<'a, Result<(Entry, Hit), Miss>> {
             Box::pin(async move {
                 self.calls.fetch_add(1, Ordering::Relaxed);
                 let stored = (|| {
@@ -223,7 +224,9 @@ mod tests {
                     let verified = writer.finish().ok()?;
                     store.commit(&action, verified).ok()
                 })();
-                stored.ok_or(Miss::Peers(warren_p2p::Miss::NotFound))
+                stored
+                    .map(|entry| (entry, Hit::Peer(None)))
+                    .ok_or(Miss::Peers(warren_p2p::Miss::NotFound))
             })
         }
     }
@@ -244,7 +247,7 @@ mod tests {
         let (_dir, storage) = storage(b"remote body", OutputId::of(b"remote body"));
         let action = ActionId::from_bytes([1; 32]);
         assert_eq!(storage.get(&action), Step::AskRemote);
-        let entry = storage.get_remote(action).await.expect("a hit");
+        let (entry, _) = storage.get_remote(action).await.expect("a hit");
         assert_eq!(std::fs::read(&entry.path).unwrap(), b"remote body");
         // The second lookup is served locally.
         assert!(matches!(

@@ -21,6 +21,9 @@ use crate::ipc::trace::{Build, CAPACITY, Kind, Lookup, Outcome};
 
 /// Longest the helper spends reporting, after `go` has its last answer.
 const REPORT_TIMEOUT: Duration = Duration::from_millis(250);
+/// Longest it spends reporting its puts for the team bucket's uploads (a
+/// line of up to some 3 MB the daemon parses before it acknowledges).
+const PUTS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The helper's notes of one `go` command.
 pub(crate) struct Recorder {
@@ -30,6 +33,9 @@ pub(crate) struct Recorder {
     enabled: bool,
     notes: Mutex<Notes>,
     gets: AtomicU64,
+    /// With `[bucket] write = true`: the ActionIDs put, in put order, for
+    /// the daemon to upload (at most `MAX_REPORTED`).
+    puts: Option<Mutex<Vec<ActionId>>>,
 }
 
 /// Compact: a lookup is ~40 bytes, so [`CAPACITY`] of them ~400 KB.
@@ -57,6 +63,39 @@ impl Recorder {
             enabled,
             notes: Mutex::default(),
             gets: AtomicU64::new(0),
+            puts: None,
+        }
+    }
+
+    /// Also notes the ActionIDs put, for the team bucket's uploads.
+    pub(crate) fn with_puts(mut self) -> Self {
+        self.puts = Some(Mutex::default());
+        self
+    }
+
+    /// Notes a put, in the order `go` sent them.
+    pub(crate) fn note_put(&self, action: ActionId) {
+        if let Some(puts) = &self.puts {
+            let mut puts = puts.lock().unwrap_or_else(|p| p.into_inner());
+            if puts.len() < crate::daemon::bucket::write::MAX_REPORTED {
+                puts.push(action);
+            }
+        }
+    }
+
+    /// Sends the puts noted to the daemon, which uploads them in the
+    /// background (the build does not wait for that).
+    pub(crate) async fn report_puts(&self, socket: &Path) {
+        let actions = match &self.puts {
+            Some(puts) => std::mem::take(&mut *puts.lock().unwrap_or_else(|p| p.into_inner())),
+            None => return,
+        };
+        if actions.is_empty() {
+            return;
+        }
+        let request = ipc::Request::Built { actions };
+        if let Err(e) = ipc::call(socket, &request, PUTS_TIMEOUT, PUTS_TIMEOUT).await {
+            tracing::debug!("reporting puts to the daemon: {e}");
         }
     }
 

@@ -97,6 +97,14 @@ pub(crate) enum Request {
     /// Dial every allowlisted peer not connected now, wait a little for
     /// what comes of it, and answer with the status (`warren doctor`).
     Probe,
+    /// What a helper's `go` command put, in put order (ActionIDs as hex),
+    /// for the team bucket's uploads (`[bucket] write = true`).
+    Built { actions: Vec<ActionId> },
+    /// The team bucket's status (`warren bucket status`).
+    BucketStatus,
+    /// Wait up to `timeout_ms` for every pending upload, then answer with
+    /// the bucket's status (`warren bucket sync`).
+    BucketSync { timeout_ms: u64 },
 }
 
 /// The daemon's answer.
@@ -111,10 +119,16 @@ pub(crate) enum Response {
     Hit {
         peer: PeerId,
         size: u64,
+        /// From the team bucket, by a manifest `peer` signed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        bucket: bool,
     },
     /// A miss, and why, as the node decided it: `{"reason": …}`, with the
     /// `peer` in cooldown where there is one.
     Missed(warren_p2p::Miss),
+    /// The team bucket's index named the entry, and the bucket did not
+    /// deliver it.
+    BucketMissed(BucketMiss),
     Status(DaemonStatus),
     /// The allowlist was re-read; entries purged because of it.
     Reloaded {
@@ -127,9 +141,22 @@ pub(crate) enum Response {
     Trace {
         builds: Vec<Build>,
     },
+    /// The team bucket's status; `None` if the daemon has no bucket.
+    Bucket(Option<Box<status::BucketStatus>>),
     Error {
         message: String,
     },
+}
+
+/// Why the team bucket did not deliver an entry its index named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum BucketMiss {
+    /// It failed this lookup (down, slow, refusing, a bad body): in
+    /// cooldown from now on.
+    Failed,
+    /// It failed recently and is left out of lookups for a while.
+    Cooldown,
 }
 
 /// Sends one request. The daemon must answer or acknowledge it within
@@ -206,7 +233,12 @@ pub(crate) mod tests {
                 format!(r#"{{"op":"get","action":"{}"}}"#, action.to_hex()),
             ),
             (
-                serde_json::to_string(&Response::Hit { peer, size: 5 }).unwrap(),
+                serde_json::to_string(&Response::Hit {
+                    peer,
+                    size: 5,
+                    bucket: false,
+                })
+                .unwrap(),
                 format!(r#"{{"hit":{{"peer":"{peer}","size":5}}}}"#),
             ),
             (

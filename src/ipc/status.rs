@@ -243,3 +243,37 @@ mod tests {
         );
     }
 }
+
+/// The team bucket as the daemon sees it (`warren bucket status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BucketStatus {
+    /// `s3://bucket/prefix`.
+    pub url: String,
+    /// Whether this daemon uploads what is built here.
+    pub write: bool,
+    /// Manifests read and accepted since the daemon started.
+    pub manifests_read: u64,
+    /// Manifests refused (bad signature, malformed, too big).
+    pub manifests_refused: u64,
+    /// Manifests and mappings in the index now.
+    pub manifests_held: u64,
+    pub mappings_held: u64,
+    /// Trusted signers with their manifests held (peer IDs as text).
+    pub trusted: Vec<(String, u64)>,
+    /// Signers seen in the bucket that are not pulled from.
+    pub untrusted: Vec<String>,
+    pub hits: u64,
+    pub read_ahead: u64,
+    pub bytes_fetched: u64,
+    /// Lookups or refreshes the bucket failed.
+    pub failures: u64,
+    /// Reports of builds waiting to be uploaded.
+    pub uploads_pending: u64,
+    pub bodies_uploaded: u64,
+    pub bodies_present: u64,
+    pub bytes_uploaded: u64,
+    pub manifests_written: u64,
+    /// Uploads that failed, and the last reason.
+    pub upload_failures: u64,
+    pub last_upload_error: Option<String>,
+}

@@ -41,6 +41,9 @@ pub(crate) enum Hit {
     /// Fetched from a peer when the build asked: the one the store says
     /// it came from (`None` if its entry no longer says).
     Peer(Option<PeerId>),
+    /// Fetched from the team bucket when the build asked, by a manifest
+    /// this peer signed.
+    Bucket(PeerId),
 }
 
 /// Why a `get` missed beyond the local store.
@@ -54,6 +57,9 @@ pub(crate) enum Miss {
     NoDaemon,
     /// Sharing is off for this `go` command.
     SharingOff,
+    /// The team bucket's index named it, and the bucket failed or was in
+    /// cooldown.
+    Bucket(crate::ipc::BucketMiss),
 }
 
 impl From<Miss> for Outcome {
@@ -82,13 +88,16 @@ impl Outcome {
             Self::Miss(Miss::Peers(Peers::NotFound)) => Kind::NotFound,
             Self::Miss(Miss::NoDaemon) => Kind::NoDaemon,
             Self::Miss(Miss::SharingOff) => Kind::SharingOff,
+            Self::Hit(Hit::Bucket(_)) => Kind::BucketHit,
+            Self::Miss(Miss::Bucket(crate::ipc::BucketMiss::Failed)) => Kind::BucketFailed,
+            Self::Miss(Miss::Bucket(crate::ipc::BucketMiss::Cooldown)) => Kind::BucketCooldown,
         }
     }
 
     /// The peer it involves, if any.
     pub(crate) fn peer(self) -> Option<PeerId> {
         match self {
-            Self::Hit(Hit::ReadAhead(peer))
+            Self::Hit(Hit::ReadAhead(peer) | Hit::Bucket(peer))
             | Self::Miss(Miss::Peers(warren_p2p::Miss::Cooldown { peer })) => Some(peer),
             Self::Hit(Hit::Peer(peer)) => peer,
             _ => None,
@@ -111,6 +120,11 @@ impl Outcome {
             Kind::NotFound => peers(Peers::NotFound),
             Kind::NoDaemon => Some(Self::Miss(Miss::NoDaemon)),
             Kind::SharingOff => Some(Self::Miss(Miss::SharingOff)),
+            Kind::BucketHit => Some(Self::Hit(Hit::Bucket(peer?))),
+            Kind::BucketFailed => Some(Self::Miss(Miss::Bucket(crate::ipc::BucketMiss::Failed))),
+            Kind::BucketCooldown => {
+                Some(Self::Miss(Miss::Bucket(crate::ipc::BucketMiss::Cooldown)))
+            }
         }
     }
 
@@ -134,10 +148,13 @@ pub(crate) enum Kind {
     NotFound,
     NoDaemon,
     SharingOff,
+    BucketHit,
+    BucketFailed,
+    BucketCooldown,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 10] = [
+    pub(crate) const ALL: [Kind; 13] = [
         Self::LocalHit,
         Self::ReadAheadHit,
         Self::PeerHit,
@@ -148,10 +165,16 @@ impl Kind {
         Self::NotFound,
         Self::NoDaemon,
         Self::SharingOff,
+        Self::BucketHit,
+        Self::BucketFailed,
+        Self::BucketCooldown,
     ];
 
     pub(crate) fn is_hit(self) -> bool {
-        matches!(self, Self::LocalHit | Self::ReadAheadHit | Self::PeerHit)
+        matches!(
+            self,
+            Self::LocalHit | Self::ReadAheadHit | Self::PeerHit | Self::BucketHit
+        )
     }
 
     /// The outcome in words, for totals: peers are named apart.
@@ -167,6 +190,9 @@ impl Kind {
             Self::NotFound => "miss: the peers asked did not have it",
             Self::NoDaemon => "miss: no daemon answered",
             Self::SharingOff => "miss: sharing off",
+            Self::BucketHit => "bucket hit",
+            Self::BucketFailed => "miss: the bucket failed",
+            Self::BucketCooldown => "miss: bucket in cooldown",
         }
     }
 
@@ -178,6 +204,7 @@ impl Kind {
         match self {
             Self::ReadAheadHit => format!("read-ahead hit from {peer}"),
             Self::PeerHit => format!("peer hit from {peer}"),
+            Self::BucketHit => format!("bucket hit (signed by {peer})"),
             Self::Cooldown => format!("miss: {peer} in cooldown"),
             other => other.label().to_owned(),
         }
@@ -289,9 +316,10 @@ pub(crate) mod tests {
 
     #[test]
     fn totals_add_up_to_the_lookups() {
-        let build = build(25);
+        let lookups = 2 * Kind::ALL.len() + 1;
+        let build = build(lookups);
         let totals = build.totals();
-        assert_eq!(totals.iter().map(|(_, n)| n).sum::<u64>(), 25);
+        assert_eq!(totals.iter().map(|(_, n)| n).sum::<u64>(), lookups as u64);
         assert_eq!(totals[0], (Kind::LocalHit, 3));
     }
 

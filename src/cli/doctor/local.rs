@@ -294,11 +294,23 @@ pub(super) fn check_identity(config: &Config, report: &mut Report) -> Option<Me>
         report.ok("sharing is off: warren is a local cache (`warren init` turns sharing on)");
         return None;
     }
-    let path = config.identity_path();
-    let me = match identity::load(&path) {
-        Ok(key) => {
+    // The file the errors below name: the variable's, else the default.
+    let path = std::env::var(crate::config::env::WARREN_IDENTITY_FILE)
+        .ok()
+        .filter(|path| !path.trim().is_empty())
+        .map_or_else(|| config.identity_path(), std::path::PathBuf::from);
+    let me = match config.identity() {
+        Ok((key, origin)) => {
             let id = identity::peer_id(&key).to_string();
-            report.ok(format!("key {} (owner-only), peer ID {id}", path.display()));
+            match origin {
+                identity::Origin::File(path) => {
+                    report.ok(format!("key {} (owner-only), peer ID {id}", path.display()));
+                }
+                identity::Origin::Secret => report.ok(format!(
+                    "identity from {}, peer ID {id}",
+                    crate::config::env::WARREN_IDENTITY
+                )),
+            }
             Me {
                 id,
                 name: crate::cli::share::hostname(),

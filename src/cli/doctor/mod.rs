@@ -15,8 +15,10 @@
 //!
 //! - [`local`]: the Go side, the store, the identity and config;
 //! - [`daemon`]: the daemon, listening and mDNS;
-//! - [`peers`]: each allowlisted peer, and the static peers.
+//! - [`peers`]: each allowlisted peer, and the static peers;
+//! - [`bucket`]: the team bucket, if one is configured.
 
+mod bucket;
 mod daemon;
 mod local;
 mod peers;
@@ -177,6 +179,7 @@ pub(super) fn doctor(
 
 fn check_warren(config: &Config, report: &mut Report) {
     check_store(config, report);
+    bucket::check_bucket(config, report);
     let Some(me) = check_identity(config, report) else {
         return;
     };
