@@ -3,7 +3,7 @@
 //! The tier speaks to a [`Bucket`]: list names after a key, get (streamed),
 //! put if absent, delete, head. [`OpendalBucket`] is that over an OpenDAL
 //! operator: S3 for users ([`OpendalBucket::s3`]), OpenDAL's in-memory
-//! service for unit tests ([`OpendalBucket::memory`]). No opendal type
+//! service for unit tests (`OpendalBucket::memory`). No opendal type
 //! leaves this module, so the rest of the daemon never depends on it, and
 //! tests can stand in a bucket that is down or slow.
 //!

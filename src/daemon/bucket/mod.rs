@@ -9,7 +9,7 @@
 //! - [`client`]: what the tier needs of an object store, OpenDAL behind it;
 //! - [`index`]: the accepted mappings, in memory and bounded;
 //! - [`read`]: lookups, read-ahead and the index's refresh;
-//! - [`write`]: uploads of what is built here (`write = true`);
+//! - [`mod@write`]: uploads of what is built here (`write = true`);
 //! - [`gc`]: `warren bucket gc`, and how it combines with lifecycle rules.
 //!
 //! The tier lives in the daemon: a helper asks the daemon on a local miss

@@ -4,7 +4,7 @@
 //! - A miss costs no round trip: a lookup the [`Index`] does not name is
 //!   answered at once. The index is refreshed every `refresh`: manifests
 //!   listed after the newest one held (minus [`CLOCK_SLACK`] for writers'
-//!   clocks), each fetched (at most [`MAX_BYTES`](super::manifest::MAX_BYTES)),
+//!   clocks), each fetched (at most [`MAX_BYTES`]),
 //!   verified, and added only if its signer is pulled from; every
 //!   [`FULL_RELIST`], and after the allowlist changes, the whole listing
 //!   is read again.
