@@ -42,6 +42,21 @@ pub(crate) fn free_space(path: &Path) -> Option<u64> {
     space(path).map(|space| space.free)
 }
 
+/// When the file `meta` last changed: its data (mtime) or its inode, a
+/// rename included (ctime), whichever is later.
+pub(crate) fn changed_at(meta: &std::fs::Metadata) -> std::time::SystemTime {
+    use std::os::unix::fs::MetadataExt as _;
+    use std::time::{Duration, UNIX_EPOCH};
+    let changed = u64::try_from(meta.ctime())
+        .ok()
+        .and_then(|secs| {
+            let nanos = u32::try_from(meta.ctime_nsec()).ok()?;
+            UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+        })
+        .unwrap_or(UNIX_EPOCH);
+    changed.max(meta.modified().unwrap_or(UNIX_EPOCH))
+}
+
 /// Names of temp files start with this.
 pub(crate) const TEMP_PREFIX: &str = ".tmp";
 

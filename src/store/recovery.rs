@@ -188,22 +188,9 @@ fn distrusted_since(crashed: &[&Found]) -> Option<SystemTime> {
     Some(made.checked_sub(SLACK).unwrap_or(UNIX_EPOCH))
 }
 
-/// When the file `meta` last changed: its data (mtime) or its inode, a
-/// rename included (ctime), whichever is later.
-pub(super) fn changed_at(meta: &fs::Metadata) -> SystemTime {
-    let changed = u64::try_from(meta.ctime())
-        .ok()
-        .and_then(|secs| {
-            let nanos = u32::try_from(meta.ctime_nsec()).ok()?;
-            UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
-        })
-        .unwrap_or(UNIX_EPOCH);
-    changed.max(meta.modified().unwrap_or(UNIX_EPOCH))
-}
-
 /// Whether the file `meta` changed at or after `since`.
 fn changed_since(meta: &fs::Metadata, since: SystemTime) -> bool {
-    changed_at(meta) >= since
+    fsutil::changed_at(meta) >= since
 }
 
 /// What a lookup makes of a suspect entry or object.

@@ -317,7 +317,7 @@ pub(super) fn walk_files(dir: &Path, visit: &mut dyn FnMut(WalkedFile)) -> Resul
                 path: file.path(),
                 size: meta.len(),
                 modified: meta.modified().unwrap_or(UNIX_EPOCH),
-                changed: super::recovery::changed_at(&meta),
+                changed: crate::fsutil::changed_at(&meta),
             });
         }
     }
