@@ -32,6 +32,11 @@ Python twin of tests/s3_server/ (read its docs for why each flag).
   CLEANUP hook removes its sockets from /tmp; its data lives in the
   caller's scratch directory. ``stop()`` does both at once.
 
+By hand: ``python3 scripts/s3server.py guard`` checks the guard (no
+server); ``python3 scripts/s3server.py smoke`` starts a server on
+loopback, checks that both identities read and only the writer writes,
+and stops it.
+
 Linux only. Python 3.11+, standard library only (and curl 7.75+).
 """
 
@@ -382,3 +387,86 @@ class S3Server:
                 CLEANUP.procs.remove(self.proc)
             self.proc = None
         self._remove_sockets()
+
+
+# --------------------------------------------------------------------------
+# By hand: python3 scripts/s3server.py {guard,smoke}
+
+
+def _check_guard() -> None:
+    """The guard accepts loopback and the namespaces' addresses, and
+    refuses everything else before a request."""
+    ours = ["10.77.9.1"]
+    for endpoint in ("http://127.0.0.1:8333", "https://[::1]:8333/x", "http://10.77.9.1:8333"):
+        check_endpoint(endpoint, ours)
+    for endpoint in (
+        None,
+        "",
+        "https://s3.amazonaws.com",
+        "http://localhost:8333",
+        "http://10.77.9.2:8333",
+        "http://192.168.1.10:9000",
+        "http://127.0.0.01:8333",
+        "http://u:p@127.0.0.1:8333",
+        "http://127.0.0.1:0",
+        "ftp://127.0.0.1:21",
+    ):
+        try:
+            check_endpoint(endpoint, ours)
+        except BenchError:
+            continue
+        raise AssertionError(f"the guard let {endpoint!r} through")
+    env = guarded_env(
+        {"PATH": "/bin", "AWS_PROFILE": "prod", "aws_session_token": "t", "HTTPS_PROXY": "p"},
+        ("key", "secret"),
+        Path("/nonexistent"),
+    )
+    expected = {
+        "PATH": "/bin",
+        "HOME": "/nonexistent",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ACCESS_KEY_ID": "key",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+    }
+    if env != expected:
+        raise AssertionError(f"guarded environment {env!r}")
+
+
+def _smoke() -> None:
+    """A server on loopback: both identities read, only the writer
+    writes; stopped and its sockets gone."""
+    import atexit
+    import tempfile
+
+    from benchlib import rmtree
+
+    root = Path(tempfile.mkdtemp(prefix="warren-s3server-"))
+    atexit.register(rmtree, root)
+    atexit.register(CLEANUP.run)
+    server = S3Server(root)
+    try:
+        for who, creds in (("writer", server.writer), ("reader", server.reader)):
+            status = server.request("HEAD", f"/{BUCKET}", creds)
+            if status != 200:
+                raise AssertionError(f"HEAD of the bucket as {who}: {status}")
+        if server.request("PUT", f"/{BUCKET}/smoke", server.reader) != 403:
+            raise AssertionError("the reader could write")
+        if server.request("PUT", f"/{BUCKET}/smoke", server.writer) != 200:
+            raise AssertionError("the writer could not write")
+        print(f"s3server: {server.endpoint} answered as expected")
+    finally:
+        server.stop()
+    if server._tmp_sockets():
+        raise AssertionError("sockets left in /tmp")
+
+
+if __name__ == "__main__":
+    import sys
+
+    what = sys.argv[1:] or ["guard"]
+    if what not in (["guard"], ["smoke"]):
+        sys.exit("usage: s3server.py [guard|smoke]")
+    _check_guard()
+    print("s3server: the guard refuses what is not local")
+    if what == ["smoke"]:
+        _smoke()
