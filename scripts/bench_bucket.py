@@ -398,6 +398,13 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
             if kind == "write":
                 s.sync_s = sync(w)
                 st = w.bucket()
+                # The helper reports its build as it exits; should go have
+                # left before that report arrived, sync once it has.
+                deadline = time.monotonic() + 30
+                while not st.get("manifests_written") and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    s.sync_s += sync(w)
+                    st = w.bucket()
                 if st.get("upload_failures"):
                     raise BenchError(f"W's uploads failed: {st.get('last_upload_error')}")
                 s.uploaded_bytes = st.get("bytes_uploaded", 0)

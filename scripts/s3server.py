@@ -250,7 +250,8 @@ class S3Server:
         d = self.root
         command = self._argv_base() + [f"-{flag}={port}" for flag, port in self.ports.items()]
         if self.netns:
-            command = ["ip", "netns", "exec", self.netns, *command]
+            # By its full path: weed's own PATH may not hold sbin.
+            command = [shutil.which("ip") or "ip", "netns", "exec", self.netns, *command]
         env = {"PATH": "/usr/bin:/bin", "HOME": str(d / "home"), "TMPDIR": str(d / "tmp")}
         with open(d / "weed.log", "ab") as log:
             self.proc = subprocess.Popen(
