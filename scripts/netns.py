@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A LAN of Linux network namespaces with warren hosts on it: what the
 benchmarks that need peers stand on (bench_share.py, bench_replicate.py,
-bench_office.py, bench_agreement.py; demo_sharing.sh through the command
+bench_office.py, bench_agreement.py, bench_bucket.py; demo_sharing.sh through the command
 line below).
 
 The LAN is the one tests/netns/mod.rs builds for the Rust tests. One
@@ -53,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,9 @@ class Cleanup:
         self.keep_scratch = False
         # (mount point, loop device, image file) of the scratch filesystem
         self.filesystem: tuple[Path, str, Path] | None = None
+        # What else to undo once the processes are stopped, before the
+        # namespaces go (e.g. a server's sockets in /tmp); last in, first run.
+        self.hooks: list[Callable[[], None]] = []
         self.done = False
         self.lock = threading.Lock()
 
@@ -113,6 +117,11 @@ class Cleanup:
         # anything still inside our namespaces, then the namespaces.
         for proc in reversed(self.procs):
             stop_process(proc, grace=5.0)
+        for hook in reversed(self.hooks):
+            try:
+                hook()
+            except Exception as e:  # noqa: BLE001 - cleanup goes on regardless
+                print(f"{self.name}: cleanup step failed: {e}", file=sys.stderr)
         for ns in reversed(self.namespaces):
             kill_namespace_pids(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
@@ -186,7 +195,13 @@ def on_signal(signum: int, _frame: object) -> None:
 
 # The scripts that build a LAN with make_lan(): a namespace whose PID runs
 # one of them belongs to a run still going.
-LAN_SCRIPTS = ("bench_share", "bench_replicate", "bench_office", "bench_agreement")
+LAN_SCRIPTS = (
+    "bench_share",
+    "bench_replicate",
+    "bench_office",
+    "bench_agreement",
+    "bench_bucket",
+)
 
 
 def remove_stale_namespaces() -> None:
