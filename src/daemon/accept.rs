@@ -13,6 +13,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::daemon::quiet::Quiet;
 
 /// The wait after a first failed accept.
@@ -58,6 +60,35 @@ impl Backoff {
         }
         tokio::time::sleep(self.next).await;
         self.next = (self.next * 2).min(LONGEST);
+    }
+
+    /// The next connection `accept` gives, waiting after each failure as
+    /// above; `None` once `shutdown` is cancelled, whether accepting or
+    /// waiting.
+    pub(crate) async fn next<S, A>(
+        &mut self,
+        shutdown: &CancellationToken,
+        mut accept: impl FnMut() -> A,
+    ) -> Option<S>
+    where
+        A: Future<Output = io::Result<S>>,
+    {
+        loop {
+            let accepted = tokio::select! {
+                accepted = accept() => accepted,
+                () = shutdown.cancelled() => return None,
+            };
+            match accepted {
+                Ok(stream) => {
+                    self.accepted();
+                    return Some(stream);
+                }
+                Err(e) => tokio::select! {
+                    () = self.failed(&e) => {}
+                    () = shutdown.cancelled() => return None,
+                },
+            }
+        }
     }
 }
 

@@ -109,21 +109,8 @@ pub(crate) async fn serve(
             permit = limit.clone().acquire_owned() => permit.expect("the semaphore not to close"),
             () = shutdown.cancelled() => break,
         };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shutdown.cancelled() => break,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => {
-                backoff.accepted();
-                stream
-            }
-            Err(e) => {
-                tokio::select! {
-                    () = backoff.failed(&e) => continue,
-                    () = shutdown.cancelled() => break,
-                }
-            }
+        let Some((stream, _)) = backoff.next(&shutdown, || listener.accept()).await else {
+            break;
         };
         // Only helpers of our own user: the socket's mode is set just
         // after it is made, and the store may be readable.

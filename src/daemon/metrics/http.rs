@@ -74,21 +74,8 @@ pub(super) async fn serve(
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut backoff = Backoff::new("metrics", quiet.clone());
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shutdown.cancelled() => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => {
-                backoff.accepted();
-                stream
-            }
-            Err(e) => {
-                tokio::select! {
-                    () = backoff.failed(&e) => continue,
-                    () = shutdown.cancelled() => return,
-                }
-            }
+        let Some((stream, _)) = backoff.next(&shutdown, || listener.accept()).await else {
+            return;
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             drop(stream);
