@@ -9,7 +9,7 @@
 //! bucket, and never a module index (the same consistency checks as
 //! serving); its body is read and hashed again (a damaged body is not
 //! uploaded), then put by OutputID if absent (a body already there is not
-//! sent again), zstd-compressed from [`COMPRESS_FROM`](super::read::COMPRESS_FROM)
+//! sent again), [`UPLOADS`] at a time, zstd-compressed from [`COMPRESS_FROM`](super::read::COMPRESS_FROM)
 //! bytes on. Then the signed manifest of those entries (several if they
 //! are more than a manifest holds).
 //!
@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use libp2p_identity::Keypair;
+use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, watch};
 
@@ -42,6 +43,8 @@ use crate::store::{DiskStore, Lookup, Source};
 pub(crate) const MAX_REPORTED: usize = 50_000;
 /// Reports waiting to be uploaded.
 pub(crate) const QUEUE: usize = 64;
+/// Bodies uploaded at once.
+pub(crate) const UPLOADS: usize = 16;
 
 /// What the writing side counts, for `warren bucket status` and `sync`.
 #[derive(Debug, Default)]
@@ -139,43 +142,24 @@ struct Ready {
 
 impl Uploader {
     async fn upload(&self, actions: Vec<ActionId>) {
-        let store = self.store.clone();
-        let counters = self.counters.clone();
-        let ready = tokio::task::spawn_blocking(move || {
-            actions
-                .into_iter()
-                .filter_map(|action| {
-                    let ready = prepare(&store, action);
-                    if ready.is_none() {
-                        counters.skipped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    ready
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        if ready.is_empty() {
-            return;
-        }
-        let mut entries = Vec::with_capacity(ready.len());
-        for Ready { entry, name, bytes } in ready {
-            let size = bytes.len() as u64;
-            match self.bucket.put_if_absent(&name, bytes).await {
-                Ok(super::client::Put::Created) => {
-                    self.counters
-                        .bodies_uploaded
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .bytes_uploaded
-                        .fetch_add(size, Ordering::Relaxed);
-                }
-                Ok(super::client::Put::Existed) => {
-                    self.counters.bodies_present.fetch_add(1, Ordering::Relaxed);
-                }
+        // In put order, UPLOADS at a time: a body's HEAD and PUT are a
+        // round trip each, and at tens of milliseconds to the bucket one
+        // after the other they would take minutes for `go build std`.
+        // Only the bodies in flight are in memory.
+        let mut uploads = futures::stream::iter(actions)
+            .map(|action| self.upload_body(action))
+            .buffered(UPLOADS);
+        let mut entries = Vec::new();
+        while let Some(uploaded) = uploads.next().await {
+            match uploaded {
+                Ok(Some(entry)) => entries.push(entry),
+                Ok(None) => {}
                 Err(e) => return self.failed(&e),
             }
-            entries.push(entry);
+        }
+        drop(uploads);
+        if entries.is_empty() {
+            return;
         }
         let signer = self.key.public().to_peer_id();
         for chunk in entries.chunks(MAX_ENTRIES) {
@@ -202,6 +186,35 @@ impl Uploader {
                 Err(e) => return self.failed(&e),
             }
         }
+    }
+
+    /// Uploads the body of `action` unless the bucket has it: its manifest
+    /// entry, or `None` when the entry may not be uploaded.
+    async fn upload_body(&self, action: ActionId) -> Result<Option<Entry>, BucketError> {
+        let store = self.store.clone();
+        let ready = tokio::task::spawn_blocking(move || prepare(&store, action))
+            .await
+            .ok()
+            .flatten();
+        let Some(Ready { entry, name, bytes }) = ready else {
+            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        };
+        let size = bytes.len() as u64;
+        match self.bucket.put_if_absent(&name, bytes).await? {
+            super::client::Put::Created => {
+                self.counters
+                    .bodies_uploaded
+                    .fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .bytes_uploaded
+                    .fetch_add(size, Ordering::Relaxed);
+            }
+            super::client::Put::Existed => {
+                self.counters.bodies_present.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(Some(entry))
     }
 
     fn note(&self, message: String) {
