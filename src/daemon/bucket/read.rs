@@ -21,9 +21,10 @@
 //!   each helper tells its `go` command once.
 //! - Read-ahead: the first hit of a manifest fetches the rest of its
 //!   entries, in put order, [`READ_AHEAD_PARALLEL`] at a time, within
-//!   `read-ahead-size` bytes, skipping what the store holds.
+//!   `read-ahead-size` bytes, skipping what the store holds. A body is
+//!   fetched once: a lookup of one being read ahead waits for it to land.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use libp2p_identity::PeerId;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use warren_p2p::{Bodies as _, BodySink, CommitError};
 
@@ -52,8 +54,10 @@ pub(crate) const CLOCK_SLACK: Duration = Duration::from_secs(10 * 60);
 pub(crate) const FULL_RELIST: Duration = Duration::from_secs(30 * 60);
 /// A body that stops arriving for this long is a failure.
 pub(crate) const STALL: Duration = Duration::from_secs(10);
-/// Bodies read ahead at once.
-pub(crate) const READ_AHEAD_PARALLEL: usize = 4;
+/// Bodies read ahead at once: a GET is a round trip to the bucket before
+/// its first byte, so at tens of milliseconds only many in flight keep up
+/// with a build that asks for several entries a millisecond.
+pub(crate) const READ_AHEAD_PARALLEL: usize = 32;
 /// Manifests fetched at once during a refresh.
 const MANIFESTS_PARALLEL: usize = 4;
 /// Names per listing request.
@@ -134,6 +138,9 @@ pub(crate) struct Reader {
     quiet: Arc<Quiet>,
     cooldown_until: Mutex<Option<Instant>>,
     untrusted: Mutex<HashSet<PeerId>>,
+    /// Bodies being fetched, by lookups and read-ahead: a second fetch of
+    /// one waits for the first instead of sending its bytes again.
+    fetching: Mutex<HashMap<ActionId, watch::Receiver<()>>>,
     /// Set when the whole listing must be read again (allowlist changed).
     relist: tokio::sync::Notify,
     pub(crate) counters: Counters,
@@ -158,6 +165,7 @@ impl Reader {
             quiet,
             cooldown_until: Mutex::new(None),
             untrusted: Mutex::default(),
+            fetching: Mutex::default(),
             relist: tokio::sync::Notify::new(),
             counters: Counters::default(),
         })
@@ -185,7 +193,23 @@ impl Reader {
         if self.cooling(Instant::now()) {
             return Err(BucketMiss::Cooldown);
         }
-        match self.fetch(action, mapping, true).await {
+        let fetched = match self.claim(action) {
+            Ok(claim) => {
+                let fetched = self.fetch(action, mapping).await;
+                drop(claim);
+                fetched
+            }
+            // Read ahead (or asked by another build) already: it lands, or
+            // its fetch ends and says why.
+            Err(mut landing) => {
+                let _ = landing.changed().await;
+                if !self.store.holds(&action) {
+                    return Ok(None);
+                }
+                Ok(())
+            }
+        };
+        match fetched {
             Ok(()) => {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
                 self.start_read_ahead(mapping.manifest);
@@ -204,6 +228,22 @@ impl Reader {
                 Err(BucketMiss::Failed)
             }
         }
+    }
+
+    /// Claims the fetch of `action`: the claim, held while fetching, or
+    /// what tells when the fetch already under way ends.
+    fn claim(self: &Arc<Self>, action: ActionId) -> Result<Claim, watch::Receiver<()>> {
+        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(landing) = fetching.get(&action) {
+            return Err(landing.clone());
+        }
+        let (done, landing) = watch::channel(());
+        fetching.insert(action, landing);
+        Ok(Claim {
+            reader: self.clone(),
+            action,
+            _done: done,
+        })
     }
 
     fn cooling(&self, now: Instant) -> bool {
@@ -233,20 +273,11 @@ impl Reader {
         }
     }
 
-    /// Streams one body into the store. `lookup`: a build waits for it,
-    /// so the first bytes must come within the deadline.
-    async fn fetch(
-        &self,
-        action: ActionId,
-        mapping: Mapping,
-        lookup: bool,
-    ) -> Result<(), FetchError> {
+    /// Streams one body into the store. Its first bytes must come within
+    /// the deadline, read ahead or not: a lookup may be waiting on it.
+    async fn fetch(&self, action: ActionId, mapping: Mapping) -> Result<(), FetchError> {
         let name = keys::object(&mapping.output, compressed(mapping.size));
-        let deadline = if lookup {
-            self.settings.deadline
-        } else {
-            STALL
-        };
+        let deadline = self.settings.deadline;
         let body = match tokio::time::timeout(deadline, self.bucket.get(&name)).await {
             Err(_) => return Err(FetchError::Bucket(format!("no answer within {deadline:?}"))),
             Ok(Err(e)) => return Err(FetchError::Bucket(crate::logging::chain(&e))),
@@ -320,13 +351,16 @@ impl Reader {
                 if reader.cooling(Instant::now()) || reader.store.holds(&action) {
                     return;
                 }
+                let Ok(_claim) = reader.claim(action) else {
+                    return; // A lookup fetches it.
+                };
                 let mapping = Mapping {
                     output,
                     size,
                     signer,
                     manifest: u64::MAX,
                 };
-                match reader.fetch(action, mapping, false).await {
+                match reader.fetch(action, mapping).await {
                     Ok(()) => {
                         reader.counters.read_ahead.fetch_add(1, Ordering::Relaxed);
                     }
@@ -483,6 +517,23 @@ impl Reader {
             signers.into_iter().collect(),
             untrusted,
         )
+    }
+}
+
+/// A fetch under way; dropping it ends the fetch for those waiting on it.
+struct Claim {
+    reader: Arc<Reader>,
+    action: ActionId,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.reader
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.action);
     }
 }
 

@@ -26,6 +26,8 @@ struct Faulty {
     inner: OpendalBucket,
     gets: AtomicUsize,
     hang: std::sync::atomic::AtomicBool,
+    /// Each get answers this many milliseconds late.
+    late_ms: std::sync::atomic::AtomicU64,
 }
 
 impl client::Bucket for Faulty {
@@ -42,7 +44,11 @@ impl client::Bucket for Faulty {
         if self.hang.load(Ordering::Relaxed) {
             return Box::pin(futures::future::pending());
         }
-        self.inner.get(name)
+        let late = Duration::from_millis(self.late_ms.load(Ordering::Relaxed));
+        Box::pin(async move {
+            tokio::time::sleep(late).await;
+            self.inner.get(name).await
+        })
     }
     fn put_if_absent<'a>(
         &'a self,
@@ -91,6 +97,7 @@ fn world(pulled: &[PeerId]) -> World {
         inner: OpendalBucket::memory(),
         gets: AtomicUsize::new(0),
         hang: false.into(),
+        late_ms: 0.into(),
     });
     let reader = Reader::new(
         bucket.clone(),
@@ -348,4 +355,32 @@ async fn a_hit_reads_the_rest_of_its_manifest_ahead() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(world.reader.counters.read_ahead.load(Ordering::Relaxed), 4);
+}
+
+/// A build asks for an entry while it is being read ahead: the lookup
+/// waits for that fetch instead of sending its bytes a second time.
+#[tokio::test]
+async fn a_lookup_of_a_body_being_read_ahead_waits_for_it() {
+    let writer = key(1);
+    let world = world(&[writer.public().to_peer_id()]);
+    let bodies: Vec<_> = (1..=3).map(|n| body(n, 5000)).collect();
+    let actions = publish(&world, &writer, &bodies, 90).await;
+    world.reader.refresh(true).await.unwrap();
+    world.bucket.late_ms.store(300, Ordering::Relaxed);
+    let gets = world.bucket.gets.load(Ordering::Relaxed);
+
+    world.reader.lookup(actions[0]).await.unwrap().unwrap();
+    // The read-ahead of the other two is under way (each get answers
+    // 300 ms late) when the build asks for the second.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!world.store.holds(&actions[1]));
+    let fetched = world.reader.lookup(actions[1]).await.unwrap();
+    assert!(fetched.is_some(), "the lookup is a hit");
+    assert!(world.store.holds(&actions[1]));
+    assert_eq!(
+        world.bucket.gets.load(Ordering::Relaxed) - gets,
+        3,
+        "each body fetched once"
+    );
+    assert_eq!(world.reader.counters.hits.load(Ordering::Relaxed), 2);
 }
