@@ -193,6 +193,19 @@ pub(crate) fn parse_rate(text: &str) -> Result<Rate, String> {
     Ok(Rate(rate))
 }
 
+/// A rate, or none: no cap.
+impl Value for Option<Rate> {
+    fn from_file<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        text(deserializer, "rate", parse_rate).map(Some)
+    }
+    fn show(&self) -> String {
+        match self {
+            Some(rate) => rate.show(),
+            None => "no cap".to_owned(),
+        }
+    }
+}
+
 /// An address to listen on, or none: off.
 impl Value for Option<SocketAddr> {
     fn from_file<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

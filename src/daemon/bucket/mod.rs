@@ -9,6 +9,7 @@
 //! - [`client`]: what the tier needs of an object store, OpenDAL behind it;
 //! - [`index`]: the accepted mappings, in memory and bounded;
 //! - [`read`]: lookups, read-ahead and the index's refresh;
+//! - [`pace`]: the downloads' bandwidth cap;
 //! - [`mod@write`]: uploads of what is built here (`write = true`);
 //! - [`gc`]: `warren bucket gc`, and how it combines with lifecycle rules.
 //!
@@ -23,6 +24,7 @@ pub(crate) mod gc;
 pub(crate) mod index;
 pub(crate) mod keys;
 pub(crate) mod manifest;
+pub(crate) mod pace;
 pub(crate) mod read;
 pub(crate) mod write;
 
@@ -61,6 +63,7 @@ impl Tier {
             cooldown: config.cooldown,
             refresh: config.refresh,
             read_ahead_size: config.read_ahead_size.as_u64(),
+            max_rate: config.max_rate.map(|rate| rate.bytes_per_second()),
         };
         let writer = config
             .write

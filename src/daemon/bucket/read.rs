@@ -23,6 +23,9 @@
 //!   entries, in put order, [`READ_AHEAD_PARALLEL`] at a time, within
 //!   `read-ahead-size` bytes, skipping what the store holds. A body is
 //!   fetched once: a lookup of one being read ahead waits for it to land.
+//! - Bandwidth: with `max-rate`, every body's chunks are paced
+//!   ([`Pacer`]); the `max-size` of the store and its disk floor hold for
+//!   them as for a peer's.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
@@ -40,6 +43,7 @@ use super::client::{Bucket, read_at_most};
 use super::index::{Index, MAX_MANIFESTS, Mapping};
 use super::keys;
 use super::manifest::{MAX_BYTES, Manifest};
+use super::pace::Pacer;
 use crate::daemon::node_store::{Sharing, StoreAdapter};
 use crate::daemon::quiet::Quiet;
 use crate::ids::{ActionId, OutputId};
@@ -94,6 +98,8 @@ pub(crate) struct Settings {
     pub cooldown: Duration,
     pub refresh: Duration,
     pub read_ahead_size: u64,
+    /// Bytes a second that downloads take at most; `None`: no cap.
+    pub max_rate: Option<u64>,
 }
 
 /// What the reading side counts, for `warren bucket status`.
@@ -144,6 +150,7 @@ pub(crate) struct Reader {
     /// Set when the whole listing must be read again (allowlist changed).
     relist: tokio::sync::Notify,
     pub(crate) counters: Counters,
+    pacer: Option<Pacer>,
 }
 
 impl Reader {
@@ -168,6 +175,7 @@ impl Reader {
             fetching: Mutex::default(),
             relist: tokio::sync::Notify::new(),
             counters: Counters::default(),
+            pacer: settings.max_rate.map(Pacer::new),
         })
     }
 
@@ -300,6 +308,9 @@ impl Reader {
                 Ok(Some(Err(e))) => break Err(format!("reading the body: {e}")),
                 Ok(Some(Ok(chunk))) => {
                     arrived += chunk.len() as u64;
+                    if let Some(pacer) = &self.pacer {
+                        pacer.take(chunk.len() as u64).await;
+                    }
                     if chunks.send(chunk).await.is_err() {
                         break Ok(()); // The writer stopped: it says why.
                     }

@@ -19,6 +19,7 @@ const SETTINGS: Settings = Settings {
     cooldown: Duration::from_secs(60),
     refresh: Duration::from_secs(30),
     read_ahead_size: 1 << 30,
+    max_rate: None,
 };
 
 /// A bucket that counts its gets, and that can be made to hang.
@@ -74,6 +75,10 @@ struct World {
 }
 
 fn world(pulled: &[PeerId]) -> World {
+    world_with(pulled, SETTINGS)
+}
+
+fn world_with(pulled: &[PeerId], settings: Settings) -> World {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DiskStore::open(dir.path()).unwrap());
     let sharing = Sharing::new(SharingState {
@@ -101,7 +106,7 @@ fn world(pulled: &[PeerId]) -> World {
     });
     let reader = Reader::new(
         bucket.clone(),
-        SETTINGS,
+        settings,
         sharing.clone(),
         Arc::new(adapter),
         store.clone(),
@@ -383,4 +388,36 @@ async fn a_lookup_of_a_body_being_read_ahead_waits_for_it() {
         "each body fetched once"
     );
     assert_eq!(world.reader.counters.hits.load(Ordering::Relaxed), 2);
+}
+
+/// With `max-rate`, downloads together take no more than the rate: after
+/// a first body of 512 KiB at 1 MiB/s, the next waits about half a second.
+#[tokio::test]
+async fn a_capped_bucket_paces_its_downloads() {
+    let writer = key(1);
+    let settings = Settings {
+        max_rate: Some(1 << 20),
+        read_ahead_size: 0,
+        ..SETTINGS
+    };
+    let world = world_with(&[writer.public().to_peer_id()], settings);
+    // Incompressible, so that what crosses the link is the body's size.
+    let noise = |seed: u64| -> Vec<u8> {
+        let mut x = seed;
+        (0..512 << 10)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let actions = publish(&world, &writer, &[noise(1), noise(2)], 100).await;
+    world.reader.refresh(true).await.unwrap();
+    let started = std::time::Instant::now();
+    world.reader.lookup(actions[0]).await.unwrap().unwrap();
+    world.reader.lookup(actions[1]).await.unwrap().unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(450), "{took:?}");
 }
