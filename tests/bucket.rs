@@ -206,6 +206,11 @@ fn a_reader_builds_from_a_trusted_writers_bucket_and_the_outputs_match() {
     );
     let stats = String::from_utf8(reader.warren(&["stats"]).stdout).unwrap();
     assert!(stats.contains("bucket       s3://"), "{stats}");
+    let peers = String::from_utf8(reader.warren(&["peers"]).stdout).unwrap();
+    assert!(
+        peers.contains("bucket s3://") && peers.contains("from 1 trusted signer "),
+        "{peers}"
+    );
 
     reader.env.run(
         Cache::Builtin,

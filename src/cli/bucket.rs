@@ -61,6 +61,31 @@ pub(super) fn status(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The bucket as `warren peers` shows it, below the LAN's peers: the
+/// daemon's status of it, if a bucket is configured and the daemon runs.
+pub(super) fn for_peers(config: &Config) -> Option<BucketStatus> {
+    config.bucket.url.as_ref()?;
+    match ask_daemon(config, &ipc::Request::BucketStatus, super::STATUS_TIMEOUT) {
+        Ok(ipc::Response::Bucket(Some(status))) => Some(*status),
+        _ => None,
+    }
+}
+
+/// One line of `warren peers` for the bucket.
+pub(super) fn peers_line(status: &BucketStatus) -> String {
+    format!(
+        "bucket {}: {} manifests from {} trusted signer{} ({} not trusted), {} hits (+{} read ahead), {} fetched; see `warren bucket`",
+        status.url,
+        status.manifests_held,
+        status.trusted.len(),
+        if status.trusted.len() == 1 { "" } else { "s" },
+        status.untrusted.len(),
+        status.hits,
+        status.read_ahead,
+        ByteSize(status.bytes_fetched).display().iec(),
+    )
+}
+
 fn show(config: &Config, status: &BucketStatus, out: &mut impl Write) -> std::io::Result<()> {
     let allowlist = Allowlist::load(&config.allowlist_path()).unwrap_or_default();
     let name = |id: &str| {

@@ -246,11 +246,13 @@ fn list(
         .unwrap_or_default();
     let rows = rows(allowlist, peers, &held);
     let built_here = held.get(&Source::Local).copied().unwrap_or_default();
+    let bucket = super::bucket::for_peers(config);
     if json {
         let report = serde_json::json!({
             "daemon": daemon,
             "peers": rows,
             "built_here": built_here.entries,
+            "bucket": bucket,
         });
         serde_json::to_writer_pretty(&mut *out, &report)?;
         writeln!(out)?;
@@ -267,6 +269,9 @@ fn list(
             "daemon: not running ({})",
             error.as_deref().unwrap_or("?")
         )?,
+    }
+    if let Some(bucket) = &bucket {
+        writeln!(out, "{}", super::bucket::peers_line(bucket))?;
     }
     if rows.is_empty() {
         writeln!(
