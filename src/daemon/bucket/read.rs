@@ -28,7 +28,7 @@
 //!   them as for a peer's.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Write};
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,8 +37,9 @@ use futures::StreamExt as _;
 use libp2p_identity::PeerId;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use warren_p2p::{Bodies as _, BodySink, CommitError};
+use warren_p2p::Bodies as _;
 
+use self::body::{WriteError, write_body};
 use super::client::{Bucket, read_at_most};
 use super::index::{Index, MAX_MANIFESTS, Mapping};
 use super::keys;
@@ -548,67 +549,7 @@ impl Drop for Claim {
     }
 }
 
-/// Why a body could not be written into the store.
-enum WriteError {
-    /// The body is wrong: not the size or hash its OutputID says, not a
-    /// valid zstd frame, or refused by the consistency checks.
-    Bad(String),
-    Store(String),
-}
-
-/// Writes the chunks of a body (zstd-decoded if it is stored compressed)
-/// into `sink`, at most `size` bytes, then commits it.
-fn write_body(
-    sink: Box<dyn BodySink>,
-    mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    size: u64,
-) -> Result<(), WriteError> {
-    let bad = |e: io::Error| WriteError::Bad(e.to_string());
-    let mut limited = Limited { sink, left: size };
-    if compressed(size) {
-        let mut decoder = zstd::stream::write::Decoder::new(&mut limited).map_err(bad)?;
-        while let Some(chunk) = chunks.blocking_recv() {
-            decoder.write_all(&chunk).map_err(bad)?;
-        }
-        decoder.flush().map_err(bad)?;
-    } else {
-        while let Some(chunk) = chunks.blocking_recv() {
-            limited.write_all(&chunk).map_err(bad)?;
-        }
-    }
-    match limited.sink.commit() {
-        Ok(()) => Ok(()),
-        Err(e @ (CommitError::Mismatch { .. } | CommitError::Refused(_))) => {
-            Err(WriteError::Bad(e.to_string()))
-        }
-        Err(e) => Err(WriteError::Store(e.to_string())),
-    }
-}
-
-/// A sink that takes no more than its body's size: a small compressed
-/// object cannot decode to an unbounded one.
-struct Limited {
-    sink: Box<dyn BodySink>,
-    left: u64,
-}
-
-impl Write for Limited {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.len() as u64 > self.left {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the body is longer than its manifest says",
-            ));
-        }
-        let n = self.sink.write(buf)?;
-        self.left -= n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.sink.flush()
-    }
-}
+mod body;
 
 #[cfg(test)]
 mod tests;
