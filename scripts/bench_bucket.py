@@ -392,7 +392,7 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
     # 1. The writer.
     manifests = 0
     for run in range(args.runs):
-        for kind in rotate(["write", "no write"], run):
+        for kind in rotate(["write"] if args.skip_no_write else ["write", "no write"], run):
             w.use("write.toml" if kind == "write" else "no-write.toml", True, level)
             s = timed_build(w, hosts, args.target, f"W {kind}", run, far)
             if kind == "write":
@@ -432,7 +432,7 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path, res: 
     for run in range(args.runs):
         res.link_rate_bps.append(measure_link(server_host, r))
         log(f"run {run + 1}: R's link {res.link_rate_bps[-1] / 1e6:.0f} Mbit/s")
-        kinds: list = ["cold", "empty", *args.rtt_ms]
+        kinds: list = ["cold", *([] if args.skip_empty else ["empty"]), *args.rtt_ms]
         for kind in rotate(kinds, run):
             if kind == "cold":
                 r.use("config.toml", False, level)
@@ -485,7 +485,7 @@ def report(info: dict, args: argparse.Namespace, res: Results) -> dict:
     print(f"  R's link measured  {rate / 1e6:.0f} Mbit/s (median of {len(res.link_rate_bps)})")
 
     print("\nmedians (ratios: median of per-run ratios, pairs from the same run)")
-    if res.write:
+    if res.write and res.no_write:
         wr, nw = med([s.wall_s for s in res.write]), med([s.wall_s for s in res.no_write])
         ratio = med([a.wall_s / b.wall_s for a, b in zip(res.write, res.no_write)])
         sync_s = med([s.sync_s for s in res.write])
@@ -499,6 +499,16 @@ def report(info: dict, args: argparse.Namespace, res: Results) -> dict:
         print(
             f"  warren bucket sync after it        {fmt_s(sync_s)} "
             f"({med([s.uploaded_bytes for s in res.write]) / 1e6:.0f} MB uploaded, at {far:g} ms)"
+        )
+    if res.write:
+        # The first sync fills an empty bucket; later ones find the bodies
+        # there and only ask for each (a HEAD) before the manifest.
+        first = res.write[0]
+        summary["first_sync_s"] = first.sync_s
+        summary["first_sync_bytes"] = first.uploaded_bytes
+        print(
+            f"  the first sync, to an empty bucket {fmt_s(first.sync_s)} "
+            f"({first.uploaded_bytes / 1e6:.0f} MB uploaded, at {far:g} ms)"
         )
     cold = med([s.wall_s for s in res.cold])
     if res.cold:
@@ -597,6 +607,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--link-rate", default="200mbit", help="R's link rate, tc syntax (default 200mbit)")
     p.add_argument("--target", default="std", help="package pattern to build (default std)")
     p.add_argument("--daemon-log", default="info", help="WARREN_LOG for the daemons")
+    p.add_argument(
+        "--skip-no-write", action="store_true", help="W builds with write = true only (no writer ratio)"
+    )
+    p.add_argument("--skip-empty", action="store_true", help="no build against an empty bucket")
     p.add_argument(
         "--fs",
         choices=("ext4", "root"),
