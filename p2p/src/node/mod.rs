@@ -27,7 +27,8 @@
 //! transport's gate: which incoming connections may start a handshake,
 //! how many at once, for how long), `interfaces` (this machine's subnets,
 //! read now and then), `codec` (the request-response adapter), `discovery`
-//! (mDNS), `failure` (why a connection failed) and `client` (the handle).
+//! (mDNS), `names` (static peers given by host name), `failure` (why a
+//! connection failed) and `client` (the handle).
 //!
 //! # Trust
 //!
@@ -48,6 +49,7 @@ pub(crate) mod discovery;
 pub(crate) mod failure;
 mod fetching;
 pub(crate) mod interfaces;
+pub(crate) mod names;
 mod peers;
 mod serving;
 mod summaries;

@@ -2,6 +2,7 @@
 //! mDNS goodbye leave behind.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use libp2p::PeerId;
 use libp2p::swarm::{DialError, SwarmEvent};
@@ -110,5 +111,53 @@ async fn goodbyes_of_unknown_peers_leave_no_state() {
         event_loop.peers.states.is_empty(),
         "{} peers",
         event_loop.peers.states.len()
+    );
+}
+
+/// A static peer's name that does not resolve is retried with the
+/// redial backoff of any lost peer, never in a tight loop, and each
+/// failure is recorded as the name's. (The resolver has no name server:
+/// the lookups fail without a query leaving the machine.)
+#[tokio::test(start_paused = true)]
+async fn a_name_that_does_not_resolve_is_redialed_with_backoff() {
+    use futures::StreamExt as _;
+
+    let peer = PeerId::random();
+    let named: libp2p::Multiaddr = format!("/dns4/nowhere.invalid/tcp/7311/p2p/{peer}")
+        .parse()
+        .unwrap();
+    let mut config = NodeConfig::new(libp2p::identity::Keypair::generate_ed25519())
+        .with_listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+        .with_allowlist(std::collections::HashSet::from([peer]))
+        .with_static_peers(vec![named])
+        .with_redial_backoff(Duration::from_secs(1), Duration::from_secs(8));
+    config.resolver = crate::node::names::Resolver::HostsOnly;
+    let (_client, _events, mut event_loop) = crate::new(config, Arc::new(Empty)).unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut failed_dials = 0;
+    loop {
+        tokio::select! {
+            event = event_loop.swarm.select_next_some() => {
+                if matches!(event, SwarmEvent::OutgoingConnectionError { .. }) {
+                    failed_dials += 1;
+                }
+                event_loop.on_swarm_event(event);
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => event_loop.redial_due(),
+            () = tokio::time::sleep_until(end) => break,
+        }
+    }
+    // Dials at 0, 1, 3, 7, 15 s, then every 8 s: 10 in a minute.
+    assert!((8..=12).contains(&failed_dials), "{failed_dials} dials");
+    let failure = (event_loop.peers.get(&peer))
+        .and_then(|state| state.last_failure.clone())
+        .map(|(_, failure)| failure);
+    assert!(
+        matches!(
+            &failure,
+            Some(ConnectFailure::Unresolved { name, address, .. })
+                if name == "nowhere.invalid" && address == "/dns4/nowhere.invalid/tcp/7311"
+        ),
+        "{failure:?}"
     );
 }
