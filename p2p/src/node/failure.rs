@@ -102,6 +102,18 @@ impl ConnectFailure {
         }
     }
 
+    /// The address it is about, without `/p2p`, if it names one.
+    pub fn address(&self) -> Option<&str> {
+        match self {
+            Self::Unresolved { address, .. }
+            | Self::Refused { address }
+            | Self::TimedOut { address }
+            | Self::Unreachable { address }
+            | Self::WrongPeerId { address, .. } => Some(address),
+            Self::ClosedAfterHandshake | Self::Protocol | Self::Other { .. } => None,
+        }
+    }
+
     /// Lower is more telling.
     fn rank(&self) -> u8 {
         match self {

@@ -231,6 +231,9 @@ impl EventLoop {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
+            Command::StaticAddresses { reply } => {
+                let _ = reply.send(self.peers.static_addresses());
+            }
             Command::Dial { address, reply } => {
                 let _ = reply.send(self.dial_address(address));
             }
@@ -309,10 +312,10 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, "dial failed: {error}");
-                if let Some(peer) = peer_id
-                    && let Some(failure) = ConnectFailure::of_dial(&error)
-                {
-                    self.dial_failed(peer, failure);
+                match (peer_id, ConnectFailure::of_dial(&error)) {
+                    (Some(peer), Some(failure)) => self.dial_failed(peer, failure),
+                    (None, Some(failure)) => self.peers.anonymous_failed(failure),
+                    _ => {}
                 }
                 if matches!(error, DialError::Denied { .. }) {
                     self.emit(Event::ConnectionDenied { peer: peer_id });

@@ -161,3 +161,36 @@ async fn a_name_that_does_not_resolve_is_redialed_with_backoff() {
         "{failure:?}"
     );
 }
+
+/// A static address without a peer ID has no peer state to hold its
+/// failure: it is kept with the address, so that `warren peers` and
+/// `warren doctor` can say that its name does not resolve.
+#[tokio::test(start_paused = true)]
+async fn a_nameless_static_address_keeps_why_it_failed() {
+    use futures::StreamExt as _;
+
+    let named: libp2p::Multiaddr = "/dns4/nowhere.invalid/tcp/7311".parse().unwrap();
+    let mut config = NodeConfig::new(libp2p::identity::Keypair::generate_ed25519())
+        .with_listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+        .with_static_peers(vec![named.clone()]);
+    config.resolver = crate::node::names::Resolver::HostsOnly;
+    let (_client, _events, mut event_loop) = crate::new(config, Arc::new(Empty)).unwrap();
+    event_loop.redial_due();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let statics = event_loop.peers.static_addresses();
+        assert_eq!(statics.len(), 1);
+        if let Some((_, failure)) = &statics[0].last_failure {
+            assert_eq!(statics[0].address, named);
+            assert!(
+                matches!(failure, ConnectFailure::Unresolved { name, .. } if name == "nowhere.invalid"),
+                "{failure:?}"
+            );
+            break;
+        }
+        tokio::select! {
+            event = event_loop.swarm.select_next_some() => event_loop.on_swarm_event(event),
+            () = tokio::time::sleep_until(deadline) => panic!("no dial failed"),
+        }
+    }
+}
