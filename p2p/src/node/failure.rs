@@ -4,11 +4,11 @@
 //! libp2p reports a failed dial as a chain of transport errors, and a peer
 //! that does not trust us as a connection that closes right after the
 //! handshake (it checks its allowlist once it knows our ID). This module
-//! turns both into a [`ConnectFailure`]: a host name that does not resolve,
-//! refused (nothing listens: the daemon is down), timed out or unreachable
-//! (a firewall, a link down),
-//! closed after the handshake (not on its allowlist), the wrong peer at the
-//! address, or a protocol it does not speak.
+//! turns both into a [`ConnectFailure`]: a host name that does not resolve
+//! (a typo, a VPN down), refused (nothing listens: the daemon is down),
+//! timed out or unreachable (a firewall, a link down), closed after the
+//! handshake (not on its allowlist), the wrong peer at the address, or a
+//! protocol it does not speak.
 
 use std::io;
 use std::time::Duration;
