@@ -45,7 +45,7 @@ pub(crate) fn transport<T>(
     if resolver == Resolver::System {
         match libp2p::dns::tokio::Transport::system(inner()) {
             Ok(transport) => return transport,
-            Err(error) => tracing::warn!(
+            Err(error) => tracing::debug!(
                 "cannot read the system's DNS configuration ({error}); \
                  static peers' names resolve from /etc/hosts only"
             ),
