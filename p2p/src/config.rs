@@ -95,6 +95,8 @@ pub struct NodeConfig {
     pub(crate) compression: Compression,
     pub(crate) inbound_from_anywhere: bool,
     pub(crate) agreement: bool,
+    /// How static peers' names resolve; the system's way but in tests.
+    pub(crate) resolver: crate::node::names::Resolver,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -157,6 +159,7 @@ impl NodeConfig {
             compression: Compression::Auto,
             inbound_from_anywhere: false,
             agreement: false,
+            resolver: crate::node::names::Resolver::default(),
         }
     }
 
@@ -230,7 +233,10 @@ impl NodeConfig {
         self
     }
 
-    /// Addresses dialed at start and redialed when lost. An address ending in
+    /// Addresses dialed at start and redialed when lost: an IP
+    /// (`/ip4/…/tcp/…`) or a host name (`/dns4/…/tcp/…`, also `/dns` and
+    /// `/dns6`), resolved at each dial the system's way (see
+    /// `node::names`). An address ending in
     /// `/p2p/<peer id>` is dialed only while that peer is allowlisted; one
     /// without is dialed anyway, and the connection is closed after the
     /// handshake if the peer it reaches is not allowlisted. Default: none.

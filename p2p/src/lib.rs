@@ -89,7 +89,7 @@ pub use crate::fetch::exchange::RejectReason;
 pub use crate::fetch::{Fetched, Miss};
 pub use crate::ids::{ActionId, OutputId};
 pub use crate::node::EventLoop;
-pub use crate::node::client::{Client, Event, PeerCounters, PeerInfo};
+pub use crate::node::client::{Client, Event, PeerCounters, PeerInfo, StaticAddress};
 pub use crate::node::failure::ConnectFailure;
 pub use crate::store::{Bodies, BodySink, CommitError, Hints, Served, Store, Summaries};
 pub use crate::summary::SummaryChunk;

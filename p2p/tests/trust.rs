@@ -9,7 +9,10 @@ use std::time::Duration;
 use common::{DirStore, Usage, action, connect, id, keypairs, node, start, test_config};
 use common::{until, within};
 use warren_p2p::hostile::{Mode, hostile};
-use warren_p2p::{Allowlist, Compression, Error, Event, RejectReason, Role};
+use warren_p2p::multiaddr::Protocol;
+use warren_p2p::{
+    Allowlist, Compression, ConnectFailure, Error, Event, Multiaddr, RejectReason, Role,
+};
 
 #[tokio::test]
 async fn a_peer_off_the_allowlist_cannot_connect_or_fetch() {
@@ -305,6 +308,94 @@ async fn static_peers_are_dialed_and_redialed_after_a_restart() {
             .await
             .is_some()
     );
+}
+
+/// A static peer given by host name (`/dns4/localhost`, from
+/// `/etc/hosts`: no DNS query leaves the machine) is dialed and fetched
+/// from, and the name is what the peer table keeps: each redial resolves
+/// it anew.
+#[tokio::test]
+async fn static_peers_given_by_name_are_dialed() {
+    let [ka, kb] = keypairs();
+    let b = node(&kb, &[id(&ka)]).await;
+    b.store.put(action(1), b"from a named static peer");
+    let named = by_name(&b.address);
+    let mut a = start(
+        test_config(ka.clone(), &[id(&kb)]).with_static_peers(vec![named.clone()]),
+        DirStore::new(),
+    )
+    .await;
+    let b_peer = b.peer;
+    a.wait_for(|e| *e == Event::PeerConnected(b_peer)).await;
+    assert!(
+        within(Duration::from_secs(5), a.client.fetch(action(1)))
+            .await
+            .is_some()
+    );
+    let peers = a.client.peers().await;
+    let info = peers.iter().find(|p| p.peer == b_peer).unwrap();
+    let mut bare = named;
+    bare.pop();
+    assert_eq!(info.addresses, [bare]);
+}
+
+/// SECURITY.md, "Who can connect": a name proves nothing. A name that
+/// leads to another node (a stale or hijacked DNS record) reaches it, but
+/// the handshake shows it is not the peer the address names: no
+/// connection, and the failure says who answered.
+#[tokio::test]
+async fn a_name_that_leads_to_another_peer_does_not_connect() {
+    let [ka, kb, kc] = keypairs();
+    let _b = node(&kb, &[id(&ka)]).await;
+    let c = node(&kc, &[id(&ka)]).await;
+    let b_peer = id(&kb);
+    // `b`'s ID at `c`'s port, by name.
+    let mut at_c = by_name(&c.address);
+    at_c.pop();
+    let a = start(
+        test_config(ka.clone(), &[b_peer])
+            .with_static_peers(vec![at_c.clone().with_p2p(b_peer).unwrap()]),
+        DirStore::new(),
+    )
+    .await;
+    let c_peer = c.peer;
+    until_async("the dial of b by name fails", || async {
+        let peers = a.client.peers().await;
+        peers.iter().any(|p| {
+            p.peer == b_peer
+                && matches!(
+                    &p.last_failure,
+                    Some((_, ConnectFailure::WrongPeerId { address, obtained, announced: false }))
+                        if *address == at_c.to_string() && *obtained == c_peer.to_string()
+                )
+        })
+    })
+    .await;
+    let peers = a.client.peers().await;
+    assert!(!peers.iter().any(|p| p.connected), "{peers:?}");
+}
+
+/// `/ip4/127.0.0.1/tcp/P/p2p/ID` as `/dns4/localhost/tcp/P/p2p/ID`.
+fn by_name(address: &Multiaddr) -> Multiaddr {
+    address
+        .iter()
+        .map(|protocol| match protocol {
+            Protocol::Ip4(_) => Protocol::Dns4("localhost".into()),
+            other => other,
+        })
+        .collect()
+}
+
+/// Waits until the async `condition` holds, polling; fails after 10 s.
+async fn until_async<F: Future<Output = bool>>(what: &str, condition: impl Fn() -> F) {
+    let start = tokio::time::Instant::now();
+    while !condition().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytesize::ByteSize;
-use warren_p2p::PeerId;
+use warren_p2p::{ConnectFailure, PeerId};
 
 use super::PeersCommand;
 use crate::config::Config;
 use crate::config::identity;
 use crate::config::trust::{Allowlist, Update};
 use crate::ipc;
-use crate::ipc::status::PeerStatus;
+use crate::ipc::status::{PeerStatus, StaticStatus};
 use crate::store::{Source, SourceUsage};
 
 pub(super) fn init(config: &Config, out: &mut impl Write) -> anyhow::Result<ExitCode> {
@@ -194,7 +194,8 @@ struct PeerRow {
     role: Option<&'static str>,
     /// Entries it sent us that are held here.
     entries: u64,
-    /// "connected", "discovered" or "offline".
+    /// "connected", "discovered", "unresolved" (its static address's host
+    /// name does not resolve) or "offline".
     state: &'static str,
     /// What the daemon knows of it; `None` if the daemon does not run or
     /// never heard of it.
@@ -217,7 +218,7 @@ fn list(
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let (daemon, peers) = match super::daemon_status(config) {
+    let (daemon, peers, statics) = match super::daemon_status(config) {
         Ok(status) => (
             DaemonRow {
                 running: true,
@@ -226,6 +227,7 @@ fn list(
                 listen: status.listen,
             },
             status.peers,
+            status.static_addresses,
         ),
         Err(e) => match e.downcast::<ipc::Error>() {
             Ok(e) => (
@@ -235,6 +237,7 @@ fn list(
                     peer_id: None,
                     listen: Vec::new(),
                 },
+                Vec::new(),
                 Vec::new(),
             ),
             Err(e) => return Err(e),
@@ -251,6 +254,7 @@ fn list(
         let report = serde_json::json!({
             "daemon": daemon,
             "peers": rows,
+            "static_addresses": statics,
             "built_here": built_here.entries,
             "bucket": bucket,
         });
@@ -278,6 +282,9 @@ fn list(
             out,
             "no peers: add one with `warren peers add <peer-id> --name NAME`"
         )?;
+        for line in static_lines(&rows, &statics) {
+            writeln!(out, "{line}")?;
+        }
         return Ok(());
     }
     row(
@@ -325,8 +332,46 @@ fn list(
             writeln!(out, "replicating {}: {}", peer.name, replication.describe())?;
         }
     }
+    for line in static_lines(&rows, &statics) {
+        writeln!(out, "{line}")?;
+    }
     writeln!(out, "built here: {} entries", built_here.entries)?;
     Ok(())
+}
+
+/// A line for each static address that is not reached and says why
+/// plainly: a peer's whose host name does not resolve, and each static
+/// address without a peer ID not reached yet.
+fn static_lines(rows: &[PeerRow], statics: &[StaticStatus]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for peer in rows.iter().filter(|peer| peer.state == "unresolved") {
+        if let Some(ConnectFailure::Unresolved {
+            address,
+            name,
+            message,
+        }) = peer.daemon.as_ref().and_then(|d| d.last_failure.as_ref())
+        {
+            let who = if peer.name.is_empty() {
+                &peer.id
+            } else {
+                &peer.name
+            };
+            lines.push(format!(
+                "{who}: static address {address}: name {name} does not resolve ({message})"
+            ));
+        }
+    }
+    for listed in statics {
+        let why = match &listed.last_failure {
+            Some(ConnectFailure::Unresolved { name, message, .. }) => {
+                format!("name {name} does not resolve ({message})")
+            }
+            Some(failure) => format!("not reached: {failure}"),
+            None => "not reached yet".to_owned(),
+        };
+        lines.push(format!("static address {}: {why}", listed.address));
+    }
+    lines
 }
 
 /// The peers the daemon knows of, then the allowlisted ones it does not.
@@ -349,6 +394,8 @@ fn rows(
                 "connected"
             } else if info.discovered {
                 "discovered"
+            } else if matches!(info.last_failure, Some(ConnectFailure::Unresolved { .. })) {
+                "unresolved"
             } else {
                 "offline"
             };
@@ -457,5 +504,62 @@ mod tests {
         assert_eq!(column("offline", &info(json!(true))), "-");
         // An older daemon's answer has no such field.
         assert_eq!(column("connected", &json!({})), "-");
+    }
+
+    /// A static peer whose host name does not resolve is shown as such,
+    /// by name, with the address and the resolver's words; so is a static
+    /// address without a peer ID.
+    #[test]
+    fn a_name_that_does_not_resolve_is_shown() {
+        let id = PeerId::random().to_string();
+        let unresolved = |address: &str, name: &str| ConnectFailure::Unresolved {
+            address: address.into(),
+            name: name.into(),
+            message: "no records found".into(),
+        };
+        let allowlist = Allowlist {
+            peers: vec![crate::config::trust::Peer {
+                id: id.clone(),
+                name: Some("alice".into()),
+                role: warren_p2p::Role::PullAndServe,
+                reshare: false,
+            }],
+        };
+        let peers = vec![PeerStatus {
+            id: id.clone(),
+            allowlisted: true,
+            addresses: vec!["/dns4/build.office.invalid/tcp/7311".into()],
+            last_failure: Some(unresolved(
+                "/dns4/build.office.invalid/tcp/7311",
+                "build.office.invalid",
+            )),
+            ..PeerStatus::default()
+        }];
+        let statics = vec![
+            StaticStatus {
+                address: "/dns4/laptop.invalid/tcp/7311".into(),
+                last_failure: Some(unresolved(
+                    "/dns4/laptop.invalid/tcp/7311",
+                    "laptop.invalid",
+                )),
+                last_failure_unix_ms: Some(1),
+            },
+            StaticStatus {
+                address: "/ip4/10.0.0.9/tcp/7311".into(),
+                ..StaticStatus::default()
+            },
+        ];
+        let rows = rows(&allowlist, peers, &BTreeMap::new());
+        assert_eq!(rows[0].state, "unresolved");
+        assert_eq!(
+            static_lines(&rows, &statics),
+            [
+                "alice: static address /dns4/build.office.invalid/tcp/7311: name \
+                 build.office.invalid does not resolve (no records found)",
+                "static address /dns4/laptop.invalid/tcp/7311: name laptop.invalid does not \
+                 resolve (no records found)",
+                "static address /ip4/10.0.0.9/tcp/7311: not reached yet",
+            ]
+        );
     }
 }

@@ -85,7 +85,9 @@ settings! {
         /// Interfaces mDNS may use (names); empty means all. Default: all.
         "interfaces" interfaces: Vec<String> = Vec::new(),
             show(|names: &Vec<String>| list_or(names, "all"));
-        /// Peers to dial without mDNS (multiaddrs ending in `/p2p/<peer id>`).
+        /// Peers to dial without mDNS (multiaddrs ending in `/p2p/<peer id>`),
+        /// at an IP or a host name (`/dns4/<name>/tcp/<port>`, also `/dns`,
+        /// `/dns6`; not `/dnsaddr`).
         "static-peers" static_peers: Vec<String> = Vec::new();
         /// Default: [`defaults::LOOKUP_DEADLINE`].
         "lookup-deadline" lookup_deadline: Duration = defaults::LOOKUP_DEADLINE;

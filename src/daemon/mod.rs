@@ -62,6 +62,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
+use warren_p2p::multiaddr::Protocol;
 use warren_p2p::{Client, Event, MdnsConfig, Multiaddr, NodeConfig, PeerId};
 
 use self::allowlist::{Trust, warn_unknown_replicated, watch_allowlist};
@@ -73,7 +74,7 @@ use crate::config::{Config, Replicate, identity};
 use crate::fsutil::lock::FileLock;
 use crate::ids::ActionId;
 use crate::ipc;
-use crate::ipc::status::{DaemonStatus, unix_ms};
+use crate::ipc::status::{DaemonStatus, StaticStatus, unix_ms};
 use crate::ipc::trace::Build;
 use crate::store::{DiskStore, layout};
 
@@ -137,7 +138,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
         let mut node = NodeConfig::new(key.clone())
             .with_listen(parse_addrs(listen)?)
             .with_allowlist(allowlist.roles())
-            .with_static_peers(parse_addrs(static_peers)?)
+            .with_static_peers(parse_static_peers(static_peers)?)
             .with_lookup_deadline(config.share.lookup_deadline)
             .with_max_body_size(config.share.max_body_size.as_u64())
             .with_read_ahead(
@@ -323,6 +324,22 @@ fn parse_addrs(addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
         .collect()
 }
 
+/// `static-peers`: multiaddrs at an IP or a host name (`/dns`, `/dns4`,
+/// `/dns6`, resolved by the node at each dial). Not `/dnsaddr`, whose TXT
+/// records would let whoever controls them choose what the daemon dials.
+fn parse_static_peers(addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    let addresses = parse_addrs(addrs)?;
+    if let Some(address) = (addresses.iter())
+        .find(|address| (address.iter()).any(|p| matches!(p, Protocol::Dnsaddr(_))))
+    {
+        anyhow::bail!(
+            "static peer {address}: /dnsaddr is not supported; \
+             give the host name as /dns4/<name>/tcp/<port>/p2p/<peer ID>"
+        );
+    }
+    Ok(addresses)
+}
+
 /// Answers helpers.
 struct Daemon {
     client: Client,
@@ -421,6 +438,7 @@ impl server::Handler for Daemon {
         Box::pin(async move {
             let peers = self.client.peers().await;
             let listen = self.client.listen_addrs().await;
+            let static_addresses = self.client.static_addresses().await;
             let peers = self.replication.statuses(&peers);
             DaemonStatus {
                 peer_id: self.peer_id.to_string(),
@@ -432,6 +450,7 @@ impl server::Handler for Daemon {
                 mdns: self.mdns,
                 interfaces: self.interfaces.clone(),
                 probed_unix_ms: None,
+                static_addresses: static_addresses.iter().map(StaticStatus::from).collect(),
             }
         })
     }
@@ -545,4 +564,28 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutting down");
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `static-peers` takes IPs and host names alike; `/dnsaddr`, whose
+    /// TXT records would choose what the daemon dials, is a clear error.
+    #[test]
+    fn static_peers_may_be_names_but_not_dnsaddr() {
+        let peer = PeerId::random();
+        let listed = [
+            format!("/ip4/10.0.0.2/tcp/7311/p2p/{peer}"),
+            format!("/dns4/build-server.office/tcp/7311/p2p/{peer}"),
+            "/dns/laptop.tail1234.ts.net/tcp/7311".to_owned(),
+            "/dns6/build6.office/tcp/7311".to_owned(),
+        ];
+        let parsed = parse_static_peers(&listed).unwrap();
+        assert_eq!(parsed.len(), 4);
+        let error = parse_static_peers(&[format!("/dnsaddr/office.example/p2p/{peer}")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("/dnsaddr is not supported"), "{error}");
+    }
 }

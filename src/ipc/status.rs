@@ -9,7 +9,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize};
-use warren_p2p::{ConnectFailure, PeerInfo};
+use warren_p2p::{ConnectFailure, PeerInfo, StaticAddress};
 
 /// The running daemon.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,31 @@ pub(crate) struct DaemonStatus {
     pub interfaces: Vec<String>,
     /// For an answer to a probe: when the probe's dials started.
     pub probed_unix_ms: Option<u64>,
+    /// Static peers without a peer ID that no connection has reached yet,
+    /// with why (those with one are under `peers`).
+    pub static_addresses: Vec<StaticStatus>,
+}
+
+/// A static address without a peer ID, not reached yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct StaticStatus {
+    pub address: String,
+    /// Why its last dial failed, and when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<ConnectFailure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure_unix_ms: Option<u64>,
+}
+
+impl From<&StaticAddress> for StaticStatus {
+    fn from(address: &StaticAddress) -> Self {
+        Self {
+            address: address.address.to_string(),
+            last_failure: (address.last_failure.as_ref()).map(|(_, failure)| failure.clone()),
+            last_failure_unix_ms: address.last_failure.as_ref().map(|(at, _)| unix_ms(*at)),
+        }
+    }
 }
 
 /// One peer, as `warren peers` and `warren stats` show it.

@@ -2,7 +2,8 @@
 //! use its connections.
 //!
 //! Transport: TCP, authenticated and encrypted with Noise (which proves the
-//! remote's peer ID), multiplexed with Yamux, behind [`admission`]: before
+//! remote's peer ID), multiplexed with Yamux, dialing names through
+//! libp2p's `dns` transport ([`names`]), behind [`admission`]: before
 //! any handshake, an incoming connection must come from a LAN address,
 //! within its IP's handshake rate, and it gets one of a bounded number of
 //! handshake slots and a short deadline. The behaviours, in the order the
@@ -29,8 +30,8 @@ use crate::catalog::{self, CatalogCodec};
 use crate::config::NodeConfig;
 use crate::fetch::in_flight::InFlight;
 use crate::fetch::receive::reports::Reports;
-use crate::node::admission;
 use crate::node::codec::FetchCodec;
+use crate::node::{admission, names};
 use crate::store::Store;
 use crate::summary::{self, SummaryCodec};
 use crate::{Error, PROTOCOL_NAME};
@@ -129,16 +130,19 @@ pub(crate) fn build_swarm(
     let idle = config.idle_connection_timeout;
     let noise = noise::Config::new(&config.keypair).map_err(Error::Transport)?;
     let anywhere = config.inbound_from_anywhere;
-    // What `SwarmBuilder::with_tcp` builds, behind admission.
+    let resolver = config.resolver;
+    // What `SwarmBuilder::with_tcp` and `with_dns` build, behind admission.
     let Ok(builder) = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
         .with_other_transport(|_| {
             use libp2p::Transport as _;
-            let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                .upgrade(libp2p::core::upgrade::Version::V1Lazy)
-                .authenticate(noise)
-                .multiplex(yamux::Config::default());
-            admission::Admission::new(tcp, anywhere)
+            let tcp = || {
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise.clone())
+                    .multiplex(yamux::Config::default())
+            };
+            admission::Admission::new(names::transport(tcp, resolver), anywhere)
         });
     let swarm = builder
         .with_behaviour(|_| behaviour)

@@ -58,6 +58,16 @@ pub struct PeerInfo {
     pub last_failure: Option<(SystemTime, ConnectFailure)>,
 }
 
+/// A static address without a peer ID that no connection has said whose
+/// it is yet, for status displays: `warren peers` and `warren doctor`
+/// show why it is not reached (a name that does not resolve, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticAddress {
+    pub address: Multiaddr,
+    /// Why the last dial of it failed, and when.
+    pub last_failure: Option<(SystemTime, ConnectFailure)>,
+}
+
 fn as_failure<S: serde::Serializer>(
     failure: &Option<(SystemTime, ConnectFailure)>,
     serializer: S,
@@ -179,6 +189,9 @@ pub(crate) enum Command {
     },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    StaticAddresses {
+        reply: oneshot::Sender<Vec<StaticAddress>>,
     },
     Dial {
         address: Multiaddr,
@@ -320,6 +333,11 @@ impl Client {
     /// Every peer the node knows of: allowlisted, discovered or connected.
     pub async fn peers(&self) -> Vec<PeerInfo> {
         self.ask(|reply| Command::Peers { reply }).await
+    }
+
+    /// The static addresses without a peer ID not reached yet, with why.
+    pub async fn static_addresses(&self) -> Vec<StaticAddress> {
+        self.ask(|reply| Command::StaticAddresses { reply }).await
     }
 
     /// The addresses the node listens on (empty until the first listener is up).

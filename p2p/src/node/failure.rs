@@ -4,17 +4,20 @@
 //! libp2p reports a failed dial as a chain of transport errors, and a peer
 //! that does not trust us as a connection that closes right after the
 //! handshake (it checks its allowlist once it knows our ID). This module
-//! turns both into a [`ConnectFailure`]: refused (nothing listens: the
-//! daemon is down), timed out or unreachable (a firewall, a link down),
-//! closed after the handshake (not on its allowlist), the wrong peer at the
-//! address, or a protocol it does not speak.
+//! turns both into a [`ConnectFailure`]: a host name that does not resolve
+//! (a typo, a VPN down), refused (nothing listens: the daemon is down),
+//! timed out or unreachable (a firewall, a link down), closed after the
+//! handshake (not on its allowlist), the wrong peer at the address, or a
+//! protocol it does not speak.
 
 use std::io;
 use std::time::Duration;
 
+use libp2p::dns::ResolveError;
 use libp2p::swarm::{ConnectionError, DialError};
 use libp2p::{Multiaddr, TransportError};
 
+use super::names;
 use super::peers::dialing::split_peer_id;
 
 /// A connection that the peer closes within this long of the handshake,
@@ -25,6 +28,14 @@ pub(super) const REFUSED_AFTER_HANDSHAKE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ConnectFailure {
+    /// The host name in the address does not resolve: a typo, or the DNS
+    /// that knows it (a VPN's, the office's) is not reachable.
+    Unresolved {
+        address: String,
+        name: String,
+        /// What the resolver said.
+        message: String,
+    },
     /// Nothing listens at the address: the peer's daemon is not running.
     Refused { address: String },
     /// No answer in time: a firewall drops the port, or the link is down.
@@ -91,15 +102,29 @@ impl ConnectFailure {
         }
     }
 
+    /// The address it is about, without `/p2p`, if it names one.
+    pub fn address(&self) -> Option<&str> {
+        match self {
+            Self::Unresolved { address, .. }
+            | Self::Refused { address }
+            | Self::TimedOut { address }
+            | Self::Unreachable { address }
+            | Self::WrongPeerId { address, .. } => Some(address),
+            Self::ClosedAfterHandshake | Self::Protocol | Self::Other { .. } => None,
+        }
+    }
+
     /// Lower is more telling.
     fn rank(&self) -> u8 {
         match self {
             Self::WrongPeerId { .. } => 0,
             Self::ClosedAfterHandshake | Self::Protocol => 1,
-            Self::Refused { .. } => 2,
-            Self::TimedOut { .. } => 3,
-            Self::Unreachable { .. } => 4,
-            Self::Other { .. } => 5,
+            // The one only the user can fix, in their own configuration.
+            Self::Unresolved { .. } => 2,
+            Self::Refused { .. } => 3,
+            Self::TimedOut { .. } => 4,
+            Self::Unreachable { .. } => 5,
+            Self::Other { .. } => 6,
         }
     }
 }
@@ -107,6 +132,9 @@ impl ConnectFailure {
 impl std::fmt::Display for ConnectFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Unresolved { name, message, .. } => {
+                write!(f, "the name {name} does not resolve ({message})")
+            }
             Self::Refused { address } => write!(f, "connection refused at {address}"),
             Self::TimedOut { address } => write!(f, "no answer from {address} (timed out)"),
             Self::Unreachable { address } => write!(f, "{address} is unreachable"),
@@ -135,12 +163,25 @@ impl std::fmt::Display for ConnectFailure {
 }
 
 fn of_transport(address: &Multiaddr, error: &TransportError<io::Error>) -> ConnectFailure {
-    let address = split_peer_id(address.clone()).0.to_string();
+    let (address, _) = split_peer_id(address.clone());
+    let name = names::host_name(&address);
+    let address = address.to_string();
     let TransportError::Other(error) = error else {
         return ConnectFailure::Other {
             message: error.to_string(),
         };
     };
+    // First: the resolver's own error may carry a socket's (a name server
+    // that refused the query), which is not the peer's.
+    if let Some(name) = name
+        && let Some(resolve) = resolve_error(error)
+    {
+        return ConnectFailure::Unresolved {
+            address,
+            name,
+            message: resolve.to_string(),
+        };
+    }
     if is_timeout(error) {
         return ConnectFailure::TimedOut { address };
     }
@@ -163,6 +204,18 @@ fn of_transport(address: &Multiaddr, error: &TransportError<io::Error>) -> Conne
             message: error_chain(error),
         },
     }
+}
+
+/// The resolver's error in `error`'s chain, if a name did not resolve.
+fn resolve_error(error: &io::Error) -> Option<&ResolveError> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = error.get_ref().map(|e| e as _);
+    while let Some(inner) = next {
+        if let Some(resolve) = inner.downcast_ref::<ResolveError>() {
+            return Some(resolve);
+        }
+        next = inner.source();
+    }
+    None
 }
 
 /// `error: its cause: …`, as one line.
@@ -256,6 +309,77 @@ mod tests {
             Some(ConnectFailure::ClosedAfterHandshake)
         );
         assert_eq!(ConnectFailure::of_dial(&DialError::Aborted), None);
+    }
+
+    /// A dial of `address` as the swarm reports it: the transport's error
+    /// boxed into an `io::Error`, as `Transport::boxed` does.
+    fn dial_error(
+        address: &str,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> DialError {
+        DialError::Transport(vec![(
+            address.parse().unwrap(),
+            TransportError::Other(io::Error::other(error)),
+        )])
+    }
+
+    /// A static peer's name that does not resolve is told as such, by
+    /// name, from the error the `dns` transport really gives (a resolver
+    /// with no name server: nothing leaves the machine).
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_told_apart() {
+        use libp2p::Transport as _;
+        use libp2p::core::transport::{DialOpts, MemoryTransport, PortUse};
+
+        let address = "/dns4/nowhere.invalid/tcp/7311";
+        let mut transport = names::transport(MemoryTransport::default, names::Resolver::HostsOnly);
+        let options = DialOpts {
+            role: libp2p::core::Endpoint::Dialer,
+            port_use: PortUse::Reuse,
+        };
+        let Err(error) = transport
+            .dial(address.parse().unwrap(), options)
+            .unwrap()
+            .await
+        else {
+            panic!("nowhere.invalid resolved");
+        };
+        let failure = ConnectFailure::of_dial(&dial_error(
+            &format!("{address}/p2p/{}", libp2p::PeerId::random()),
+            error,
+        ));
+        let Some(ConnectFailure::Unresolved {
+            address: at,
+            name,
+            message,
+        }) = failure
+        else {
+            panic!("{failure:?}");
+        };
+        assert_eq!((at.as_str(), name.as_str()), (address, "nowhere.invalid"));
+        assert!(!message.is_empty());
+    }
+
+    /// A name server that refuses the query fails the lookup with a
+    /// socket's "connection refused": that is the name's failure, not
+    /// the peer's daemon being down.
+    #[test]
+    fn a_refused_lookup_is_not_a_refused_peer() {
+        let refused = ResolveError::from(io::Error::from_raw_os_error(111));
+        let failure = ConnectFailure::of_dial(&dial_error("/dns4/build.office/tcp/7311", refused));
+        assert!(
+            matches!(&failure, Some(ConnectFailure::Unresolved { name, .. }) if name == "build.office"),
+            "{failure:?}"
+        );
+        // The same at an IP address is the peer's.
+        let failure = ConnectFailure::of_dial(&dial_error(
+            "/ip4/10.0.0.2/tcp/7311",
+            io::Error::from_raw_os_error(111),
+        ));
+        assert!(
+            matches!(failure, Some(ConnectFailure::Refused { .. })),
+            "{failure:?}"
+        );
     }
 
     #[test]

@@ -27,7 +27,8 @@
 //! transport's gate: which incoming connections may start a handshake,
 //! how many at once, for how long), `interfaces` (this machine's subnets,
 //! read now and then), `codec` (the request-response adapter), `discovery`
-//! (mDNS), `failure` (why a connection failed) and `client` (the handle).
+//! (mDNS), `names` (static peers given by host name), `failure` (why a
+//! connection failed) and `client` (the handle).
 //!
 //! # Trust
 //!
@@ -48,6 +49,7 @@ pub(crate) mod discovery;
 pub(crate) mod failure;
 mod fetching;
 pub(crate) mod interfaces;
+pub(crate) mod names;
 mod peers;
 mod serving;
 mod summaries;
@@ -229,6 +231,9 @@ impl EventLoop {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
+            Command::StaticAddresses { reply } => {
+                let _ = reply.send(self.peers.static_addresses());
+            }
             Command::Dial { address, reply } => {
                 let _ = reply.send(self.dial_address(address));
             }
@@ -307,10 +312,10 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, "dial failed: {error}");
-                if let Some(peer) = peer_id
-                    && let Some(failure) = ConnectFailure::of_dial(&error)
-                {
-                    self.dial_failed(peer, failure);
+                match (peer_id, ConnectFailure::of_dial(&error)) {
+                    (Some(peer), Some(failure)) => self.dial_failed(peer, failure),
+                    (None, Some(failure)) => self.peers.anonymous_failed(failure),
+                    _ => {}
                 }
                 if matches!(error, DialError::Denied { .. }) {
                     self.emit(Event::ConnectionDenied { peer: peer_id });

@@ -84,7 +84,7 @@ pub(super) fn check_daemon(config: &Config, report: &mut Report) -> Option<Daemo
     Some(status)
 }
 
-fn restart_daemon(pid: Option<u32>) -> String {
+pub(super) fn restart_daemon(pid: Option<u32>) -> String {
     match pid {
         Some(pid) if pid > 0 => format!("kill {pid} && warren daemon"),
         _ => {

@@ -82,6 +82,19 @@ pub(super) fn check_peers(
         }
         let at = peer.addresses.join(", ");
         let (what, cause, fix) = match fresh {
+            Some(ConnectFailure::Unresolved {
+                address,
+                name: host,
+                message,
+            }) => unresolved(
+                config,
+                status,
+                &name,
+                host,
+                address,
+                Some(&entry.id),
+                message,
+            ),
             Some(ConnectFailure::Refused { address }) => (
                 format!("{name}: connection refused at {address}"),
                 format!("{name}'s machine is up, but its warren daemon is not running"),
@@ -139,10 +152,10 @@ fn wrong_peer(
     announced: bool,
 ) -> (String, String, String) {
     let at = address.parse::<Multiaddr>().ok();
-    let configured = at.as_ref().and_then(multiaddr_ip_port).is_some_and(|at| {
+    let configured = at.as_ref().and_then(host_port).is_some_and(|at| {
         (config.share.static_peers.iter())
             .filter_map(|text| text.parse::<Multiaddr>().ok())
-            .any(|listed| multiaddr_ip_port(&listed) == Some(at))
+            .any(|listed| host_port(&listed).as_ref() == Some(&at))
     });
     if configured {
         return (
@@ -184,12 +197,47 @@ fn wrong_peer(
     }
 }
 
+/// `host`, in `address` (of the peer `id`, if it says), does not resolve:
+/// what `subject` failed at, why, and the fix.
+fn unresolved(
+    config: &Config,
+    status: &DaemonStatus,
+    subject: &str,
+    host: &str,
+    address: &str,
+    id: Option<&str>,
+    message: &str,
+) -> (String, String, String) {
+    let port = (address.parse::<Multiaddr>().ok())
+        .and_then(|a| host_port(&a))
+        .map_or(7311, |(_, port)| port);
+    let by_ip = match id {
+        Some(id) => format!("/ip4/<IP>/tcp/{port}/p2p/{id}"),
+        None => format!("/ip4/<IP>/tcp/{port}"),
+    };
+    (
+        format!("{subject}: the name {host} does not resolve"),
+        format!(
+            "neither /etc/hosts nor the DNS servers in /etc/resolv.conf know {host} \
+             ({message}): a typo, or the VPN or office network whose DNS knows it is not \
+             connected"
+        ),
+        format!(
+            "check the name with `getent hosts {host}` and connect the VPN (the daemon reads \
+             /etc/resolv.conf when it starts: if it changed since, restart it: {}); or give \
+             the address as {by_ip} in `static-peers` under [share] in {}",
+            super::daemon::restart_daemon(Some(status.pid)),
+            config_file(config)
+        ),
+    )
+}
+
 fn blocked(name: &str, address: &str) -> (String, String, String) {
     let port = address
         .parse::<Multiaddr>()
         .ok()
-        .and_then(|a| multiaddr_ip_port(&a))
-        .map_or(7311, |s| s.port());
+        .and_then(|a| host_port(&a))
+        .map_or(7311, |(_, port)| port);
     (
         format!("{name}: no answer from {address}"),
         "a firewall drops the port, or the link between you is down".into(),
@@ -204,6 +252,22 @@ pub(super) fn is_link_local(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(ip) => ip.is_link_local(),
         std::net::IpAddr::V6(ip) => ip.is_unicast_link_local(),
+    }
+}
+
+/// The host and TCP port of `/ip4/A/tcp/P`, `/ip6/…`, or of a host name
+/// `/dns4/N/tcp/P` (also `/dns`, `/dns6`), as written.
+pub(super) fn host_port(address: &Multiaddr) -> Option<(String, u16)> {
+    let mut parts = address.iter();
+    let host = match parts.next()? {
+        Protocol::Ip4(ip) => ip.to_string(),
+        Protocol::Ip6(ip) => ip.to_string(),
+        Protocol::Dns(name) | Protocol::Dns4(name) | Protocol::Dns6(name) => name.into_owned(),
+        _ => return None,
+    };
+    match parts.next()? {
+        Protocol::Tcp(port) => Some((host, port)),
+        _ => None,
     }
 }
 
@@ -356,6 +420,7 @@ pub(super) fn check_static_peers(
         return;
     }
     report.section("Static peers");
+    let probed = status.probed_unix_ms.unwrap_or(u64::MAX);
     for text in &config.share.static_peers {
         let Ok(address) = text.parse::<Multiaddr>() else {
             report.problem(
@@ -365,14 +430,37 @@ pub(super) fn check_static_peers(
             );
             continue;
         };
-        if multiaddr_ip_port(&address).is_none() {
+        if host_port(&address).is_none() {
             report.problem(
-                format!("{text}: not an IP address and TCP port"),
-                Some("warren does not resolve host names".into()),
-                Some("write it as /ip4/<IP>/tcp/7311/p2p/<peer ID>".into()),
+                format!("{text}: not an IP address or host name and a TCP port"),
+                None,
+                Some(
+                    "write it as /ip4/<IP>/tcp/7311/p2p/<peer ID>, or by name as \
+                     /dns4/<host name>/tcp/7311/p2p/<peer ID>"
+                        .into(),
+                ),
             );
             continue;
         }
+        let bare = text.trim_end_matches('/');
+        let bare_address: String = (address.iter())
+            .filter(|protocol| !matches!(protocol, Protocol::P2p(_)))
+            .collect::<Multiaddr>()
+            .to_string();
+        // Whether the probe's dial of this address found that its name
+        // does not resolve.
+        let fresh = |failure: Option<&ConnectFailure>, at: Option<u64>| {
+            failure
+                .filter(|_| at.is_some_and(|at| at >= probed))
+                .and_then(|failure| match failure {
+                    ConnectFailure::Unresolved {
+                        address,
+                        name,
+                        message,
+                    } if *address == bare_address => Some((name.clone(), message.clone())),
+                    _ => None,
+                })
+        };
         let id = address.iter().find_map(|p| match p {
             Protocol::P2p(id) => Some(id.to_string()),
             _ => None,
@@ -381,7 +469,11 @@ pub(super) fn check_static_peers(
             Some(id) => {
                 let name = names.name_or_id(&id);
                 let allowlisted = names.peers.iter().any(|peer| peer.id == id);
-                let connected = (status.peers.iter()).any(|peer| peer.id == id && peer.connected);
+                let known = status.peers.iter().find(|peer| peer.id == id);
+                let connected = known.is_some_and(|peer| peer.connected);
+                let unresolved_name = known
+                    .filter(|peer| !peer.connected)
+                    .and_then(|peer| fresh(peer.last_failure.as_ref(), peer.last_failure_unix_ms));
                 if !allowlisted {
                     report.problem(
                         format!("{text}: {name} is not allowlisted, so it is never dialed"),
@@ -390,22 +482,42 @@ pub(super) fn check_static_peers(
                     );
                 } else if connected {
                     report.ok(format!("{text}: connected to {name}"));
+                } else if let Some((host, message)) = unresolved_name {
+                    let (what, cause, fix) = unresolved(
+                        config,
+                        status,
+                        text,
+                        &host,
+                        &bare_address,
+                        Some(&id),
+                        &message,
+                    );
+                    report.problem(what, Some(cause), Some(fix));
                 } else {
                     report.ok(format!("{text}: not connected (see {name} under Peers)"));
                 }
             }
             None => {
-                let bare = text.trim_end_matches('/');
+                let unresolved_name = (status.static_addresses.iter())
+                    .find(|listed| listed.address == bare_address)
+                    .and_then(|listed| {
+                        fresh(listed.last_failure.as_ref(), listed.last_failure_unix_ms)
+                    });
                 let answered = status
                     .peers
                     .iter()
                     .find(|p| p.connected && p.addresses.iter().any(|a| a == bare));
-                match answered {
-                    Some(peer) => report.ok(format!(
+                match (answered, unresolved_name) {
+                    (Some(peer), _) => report.ok(format!(
                         "{text}: connected to {}",
                         names.name_or_id(&peer.id)
                     )),
-                    None => report.warning(
+                    (None, Some((host, message))) => {
+                        let (what, cause, fix) =
+                            unresolved(config, status, text, &host, &bare_address, None, &message);
+                        report.problem(what, Some(cause), Some(fix));
+                    }
+                    (None, None) => report.warning(
                         format!("{text}: not connected"),
                         Some("without a peer ID the address cannot be told from its owner".into()),
                         Some(format!(

@@ -11,13 +11,14 @@
 //! and expire (see `node::discovery`).
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use tokio::time::Instant;
 
 use crate::node::discovery::{ANNOUNCED_TTL, MAX_ANNOUNCED};
+use crate::node::failure::ConnectFailure;
 
 /// See the module docs.
 #[derive(Debug)]
@@ -108,6 +109,9 @@ pub(crate) struct AnonymousAddress {
     pub(crate) address: Multiaddr,
     pub(crate) backoff: Duration,
     pub(crate) next_dial: Instant,
+    /// Why its last dial failed, and when (a name that does not resolve,
+    /// say): nobody's peer state can hold it.
+    pub(crate) last_failure: Option<(SystemTime, ConnectFailure)>,
 }
 
 /// Splits a trailing `/p2p/<peer id>` off an address.

@@ -32,7 +32,7 @@ use super::summaries::TheirSummary;
 use crate::Error;
 use crate::allowlist::Allowlist;
 use crate::config::NodeConfig;
-use crate::node::client::{Event, PeerInfo};
+use crate::node::client::{Event, PeerInfo, StaticAddress};
 use crate::node::discovery::Found;
 use crate::node::failure::ConnectFailure;
 
@@ -146,11 +146,32 @@ impl PeerTable {
                         address,
                         backoff: self.redial_min,
                         next_dial: Instant::now(),
+                        last_failure: None,
                     });
                 }
             }
         }
         peer
+    }
+
+    /// Records why a dial of a static address without a peer ID failed.
+    pub(crate) fn anonymous_failed(&mut self, failure: ConnectFailure) {
+        let Some(address) = failure.address().and_then(|a| a.parse::<Multiaddr>().ok()) else {
+            return;
+        };
+        if let Some(entry) = self.anonymous.iter_mut().find(|a| a.address == address) {
+            entry.last_failure = Some((SystemTime::now(), failure));
+        }
+    }
+
+    /// The static addresses without a peer ID not reached yet.
+    pub(crate) fn static_addresses(&self) -> Vec<StaticAddress> {
+        (self.anonymous.iter())
+            .map(|a| StaticAddress {
+                address: a.address.clone(),
+                last_failure: a.last_failure.clone(),
+            })
+            .collect()
     }
 
     /// Allowlisted peers that are not connected, have addresses, and whose

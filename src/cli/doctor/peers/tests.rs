@@ -5,7 +5,7 @@ use warren_p2p::{PeerId, Role};
 use super::*;
 use crate::config::tests::with_config;
 use crate::config::trust::Peer as Listed;
-use crate::ipc::status::{PeerReplication, PeerStatus};
+use crate::ipc::status::{PeerReplication, PeerStatus, StaticStatus};
 
 /// Each replicated peer gets a line that says how far along it is, a
 /// warning with the fix when its catalog cannot be read or the budget
@@ -225,6 +225,133 @@ fn another_peer_at_an_address_is_the_configurations_fault_only_if_configured() {
     );
     assert!(
         text.contains("nothing in your configuration is wrong"),
+        "{text}"
+    );
+}
+
+/// A static peer given by a host name that does not resolve (a typo, a
+/// VPN that is down) gets one line naming the name, the cause and the
+/// fix, with a peer ID or without; an IP address is checked as before,
+/// and a name that connected is fine.
+#[test]
+fn a_static_name_that_does_not_resolve_is_named_with_its_fix() {
+    let ids: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    let listed = [
+        format!("/dns4/build.office.invalid/tcp/7311/p2p/{}", ids[0]),
+        "/dns4/laptop.invalid/tcp/7400".to_owned(),
+        format!("/dns4/up.office.invalid/tcp/7311/p2p/{}", ids[1]),
+        format!("/ip4/10.0.0.2/tcp/7311/p2p/{}", ids[2]),
+        "/dnsaddr/office.invalid".to_owned(),
+    ];
+    let quoted: Vec<String> = listed.iter().map(|a| format!("\"{a}\"")).collect();
+    crate::fsutil::write_atomic(
+        &file,
+        format!("[share]\nstatic-peers = [{}]\n", quoted.join(", ")).as_bytes(),
+    )
+    .unwrap();
+    let config = Config::load(&with_config(file.clone())).unwrap();
+    let names = Allowlist {
+        peers: ["builder", "up", "carol"]
+            .iter()
+            .zip(&ids)
+            .map(|(name, id)| Listed {
+                id: id.to_string(),
+                name: Some((*name).into()),
+                role: Role::PullAndServe,
+                reshare: false,
+            })
+            .collect(),
+    };
+    let unresolved = |address: &str, name: &str| ConnectFailure::Unresolved {
+        address: address.into(),
+        name: name.into(),
+        message: "no records found".into(),
+    };
+    let status = DaemonStatus {
+        pid: 4242,
+        probed_unix_ms: Some(1),
+        peers: vec![
+            PeerStatus {
+                id: ids[0].to_string(),
+                allowlisted: true,
+                addresses: vec!["/dns4/build.office.invalid/tcp/7311".into()],
+                last_failure: Some(unresolved(
+                    "/dns4/build.office.invalid/tcp/7311",
+                    "build.office.invalid",
+                )),
+                last_failure_unix_ms: Some(2),
+                ..PeerStatus::default()
+            },
+            PeerStatus {
+                id: ids[1].to_string(),
+                allowlisted: true,
+                connected: true,
+                addresses: vec!["/dns4/up.office.invalid/tcp/7311".into()],
+                ..PeerStatus::default()
+            },
+        ],
+        static_addresses: vec![StaticStatus {
+            address: "/dns4/laptop.invalid/tcp/7400".into(),
+            last_failure: Some(unresolved(
+                "/dns4/laptop.invalid/tcp/7400",
+                "laptop.invalid",
+            )),
+            last_failure_unix_ms: Some(2),
+        }],
+        ..DaemonStatus::default()
+    };
+    let mut report = Report::default();
+    check_static_peers(&config, &status, &names, &mut report);
+    let mut out = Vec::new();
+    report.print(&mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let at = file.display();
+    for expected in [
+        format!(
+            "  problem  {}: the name build.office.invalid does not resolve",
+            listed[0]
+        ),
+        "neither /etc/hosts nor the DNS servers in /etc/resolv.conf know \
+         build.office.invalid (no records found)"
+            .to_owned(),
+        format!(
+            "check the name with `getent hosts build.office.invalid` and connect the VPN (the \
+             daemon reads /etc/resolv.conf when it starts: if it changed since, restart it: \
+             kill 4242 && warren daemon); or give the address as /ip4/<IP>/tcp/7311/p2p/{} in \
+             `static-peers` under [share] in {at}",
+            ids[0]
+        ),
+        format!(
+            "  problem  {}: the name laptop.invalid does not resolve",
+            listed[1]
+        ),
+        "or give the address as /ip4/<IP>/tcp/7400 in".to_owned(),
+        format!("  ok       {}: connected to up", listed[2]),
+        format!(
+            "  ok       {}: not connected (see carol under Peers)",
+            listed[3]
+        ),
+        format!(
+            "  problem  {}: not an IP address or host name and a TCP port",
+            listed[4]
+        ),
+    ] {
+        assert!(text.contains(&expected), "{expected}\nnot in:\n{text}");
+    }
+    // The peer's own check says the same of it.
+    let me = Me {
+        id: "12D3KooWme".into(),
+        name: "dave".into(),
+    };
+    let mut report = Report::default();
+    check_peers(&config, &status, &names, &me, &mut report);
+    let mut out = Vec::new();
+    report.print(&mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("  problem  builder: the name build.office.invalid does not resolve"),
         "{text}"
     );
 }
