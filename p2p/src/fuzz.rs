@@ -330,6 +330,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             built_here: true,
         }),
         next: vec![ActionId::from_bytes([4; 32])],
+        next_executables: Vec::new(),
     };
     let compressed = {
         let mut piece = crate::protocol::piece::Piece::new(body.len());
@@ -342,6 +343,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         version: WIRE_VERSION,
         found: None,
         next: Vec::new(),
+        next_executables: Vec::new(),
     };
     let mut raw_answer = frame(&found(true, Encoding::Raw));
     raw_answer.extend_from_slice(&body);
@@ -384,6 +386,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                     action: ActionId::from_bytes([n; 32]),
                     size: u64::from(n) << 20,
                     time_unix_nanos: 1_700_000_000_000_000_000 + u64::from(n),
+                    executable: n == 2,
                 })
                 .collect(),
             more: true,
@@ -398,6 +401,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             count: 0,
             more: false,
             next: None,
+            executables: Vec::new(),
         }));
         out
     };

@@ -59,7 +59,7 @@ fn read_ahead_needs_a_live_build_and_stays_within_its_budget() {
     // The live window passes with no lookup hit: nothing either, even
     // in a new budget window.
     let later = now + Duration::from_secs(601);
-    books.offer_hints(peer, hints(100), later, &peers);
+    books.offer_hints(peer, plain(hints(100)), later, &peers);
     assert!(drain(&mut books).0.is_empty());
 }
 
