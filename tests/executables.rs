@@ -82,7 +82,11 @@ fn wait_for_summary(b: &Sandbox, b_daemon: &Daemon, a_id: &str, entries: u64) {
         if ready {
             return;
         }
-        assert!(start.elapsed() < WAIT, "B never held A's summary:\n{}", b_daemon.log());
+        assert!(
+            start.elapsed() < WAIT,
+            "B never held A's summary:\n{}",
+            b_daemon.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -266,7 +266,7 @@ mod tests {
             action: ActionId::from_bytes([n; 32]),
             size: u64::from(n) << 33,
             time_unix_nanos: 1_700_000_000_000_000_000 + u64::from(n),
-            executable: n % 2 == 0,
+            executable: n.is_multiple_of(2),
         }
     }
 

@@ -329,8 +329,12 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             encoding,
             built_here: true,
         }),
-        next: vec![ActionId::from_bytes([4; 32])],
-        next_executables: Vec::new(),
+        next: vec![ActionId::from_bytes([4; 32]), ActionId::from_bytes([5; 32])],
+        // The second hint is a test binary.
+        next_executables: vec![wire::HintedExecutable {
+            at: 1,
+            size: 20 << 20,
+        }],
     };
     let compressed = {
         let mut piece = crate::protocol::piece::Piece::new(body.len());

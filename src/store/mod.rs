@@ -16,7 +16,8 @@
 //! └── v1/                      layout version; a new layout gets a new directory
 //!     ├── actions/00/ … ff/    one entry file per ActionID, named by its hex
 //!     │                        "v1 <output hex> <size> <put time, unix ns> <source> <check>\n"
-//!     ├── objects/00/ … ff/    one body per OutputID, named by its hex (no extension)
+//!     ├── objects/00/ … ff/    one body per OutputID, named by its hex (no extension),
+//!     │                        mode 0600, or 0700 if a linked executable (`executable`)
 //!     │                        (all 512 shard directories are made with the store)
 //!     └── dirty/               a marker per process (or daemon epoch) whose writes
 //!                              may not be on disk yet: <boot>_<mount>_<pid>_<n>_<nonce>
@@ -90,8 +91,9 @@
 //!
 //! [`layout`] names every path above; `entry` reads and writes the entry
 //! line with its provenance ([`Source`]) and check; `writer` verifies
-//! bodies on their way in; `dirty`, `group_commit` and `recovery` are the
-//! markers, the sync and what follows a crash; `trim` walks the store
+//! bodies on their way in, and marks linked executables (`executable`);
+//! `dirty`, `group_commit` and `recovery` are the markers, the sync and
+//! what follows a crash; `trim` walks the store
 //! (trim, clean, verify, usage), by the clock of `trim_clock` (the wall
 //! clock, held back after a forward jump); `provenance` counts and purges
 //! entries by source; [`stats`] keeps the lifetime counters in

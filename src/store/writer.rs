@@ -4,6 +4,9 @@
 //! [`DiskStore::commit`] takes). Identical outputs are stored once: a body
 //! whose object is there already, whole, is dropped at the commit, and one
 //! whose object is damaged takes its place (see the store's module docs).
+//! The writer keeps the body's first bytes as they pass, so that a linked
+//! executable is stored marked as one (`executable`) without reading it
+//! again.
 //!
 //! A big write (a piece of a fetched body, [`PARALLEL_HASH`] bytes or more)
 //! is hashed on a second thread while this one writes it: writing into new
