@@ -44,6 +44,13 @@
 //! ignores `since` and pages by put time ([`CatalogRequest::after`]), which
 //! the requester then keeps using; an older requester sends no `since`
 //! and is answered by put time as before.
+//!
+//! Which entries are linked executables came later too, as the optional
+//! [`CatalogHeader::executables`]: the places of those entries in the
+//! answer. An older requester ignores it; an older server never sends it,
+//! and none of its entries counts as an executable. The requester skips
+//! executables bigger than its own limit (warren's `[share]
+//! read-ahead-executables-max`) and leaves them to a lookup.
 
 use std::io;
 
@@ -100,7 +107,7 @@ pub struct CatalogRequest {
 }
 
 /// The header of an answer; `count` entries follow it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogHeader {
     pub count: u32,
     /// Whether the server has more after the last entry.
@@ -109,6 +116,11 @@ pub struct CatalogHeader {
     /// from older servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<Position>,
+    /// The places, among the `count` entries that follow, of those whose
+    /// bodies are linked executables; absent from older servers. Places
+    /// past `count` are ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub executables: Vec<u32>,
 }
 
 /// One entry a peer built.
@@ -117,6 +129,9 @@ pub struct CatalogEntry {
     pub action: ActionId,
     pub size: u64,
     pub time_unix_nanos: u64,
+    /// Its body is a linked executable (the server says so in
+    /// [`CatalogHeader::executables`]).
+    pub executable: bool,
 }
 
 impl CatalogEntry {
@@ -168,7 +183,12 @@ impl libp2p::request_response::Codec for CatalogCodec {
         }
         let mut bytes = vec![0; count * ENTRY_LEN];
         io.read_exact(&mut bytes).await?;
-        let entries = bytes.chunks_exact(ENTRY_LEN).map(decode).collect();
+        let mut entries: Vec<CatalogEntry> = bytes.chunks_exact(ENTRY_LEN).map(decode).collect();
+        for &at in &header.executables {
+            if let Some(entry) = entries.get_mut(at as usize) {
+                entry.executable = true;
+            }
+        }
         Ok(Catalog {
             entries,
             more: header.more,
@@ -205,6 +225,10 @@ impl libp2p::request_response::Codec for CatalogCodec {
             count: entries.len() as u32,
             more: catalog.more || cut,
             next: if cut { None } else { catalog.next },
+            executables: (entries.iter().zip(0u32..))
+                .filter(|(entry, _)| entry.executable)
+                .map(|(_, at)| at)
+                .collect(),
         };
         // Header and entries in one write: one frame on the connection.
         let mut bytes = Vec::with_capacity(64 + entries.len() * ENTRY_LEN);
@@ -226,6 +250,7 @@ fn decode(bytes: &[u8]) -> CatalogEntry {
         action: ActionId::from_bytes(action.try_into().expect("32 bytes")),
         size: u64::from_be_bytes(size.try_into().expect("8 bytes")),
         time_unix_nanos: u64::from_be_bytes(time.try_into().expect("8 bytes")),
+        executable: false,
     }
 }
 
@@ -241,6 +266,7 @@ mod tests {
             action: ActionId::from_bytes([n; 32]),
             size: u64::from(n) << 33,
             time_unix_nanos: 1_700_000_000_000_000_000 + u64::from(n),
+            executable: n.is_multiple_of(2),
         }
     }
 
@@ -331,6 +357,7 @@ mod tests {
             count: 2,
             more: true,
             next: Some(Position { epoch: 3, seq: 6 }),
+            executables: vec![1],
         };
         let read: OlderHeader =
             serde_json::from_slice(&serde_json::to_vec(&header).unwrap()).unwrap();
@@ -358,6 +385,7 @@ mod tests {
                 count: MAX_ENTRIES as u32 + 1,
                 more: false,
                 next: None,
+                executables: Vec::new(),
             };
             wire::encode_frame(&mut bytes, &header).unwrap();
             let error = CatalogCodec
@@ -372,6 +400,7 @@ mod tests {
                 count: 2,
                 more: false,
                 next: None,
+                executables: Vec::new(),
             };
             wire::encode_frame(&mut bytes, &header).unwrap();
             bytes.extend_from_slice(&[7; ENTRY_LEN]);
@@ -404,6 +433,80 @@ mod tests {
             assert_eq!(read.entries.len(), MAX_ENTRIES);
             assert!(read.more, "the rest is still there");
             assert_eq!(read.next, None, "not past what was sent");
+        });
+    }
+
+    /// Which entries are executables is an optional field of the header:
+    /// an older server's answer (without it) lists none, an older
+    /// requester reads ours as before, and a place past the entries sent
+    /// marks nothing.
+    #[test]
+    fn executables_keep_older_peers_working() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct OlderHeader {
+            count: u32,
+            more: bool,
+        }
+        futures::executor::block_on(async {
+            let mut bytes = Vec::new();
+            wire::encode_frame(
+                &mut bytes,
+                &OlderHeader {
+                    count: 2,
+                    more: false,
+                },
+            )
+            .unwrap();
+            for n in [2, 4] {
+                let entry = entry(n);
+                bytes.extend_from_slice(entry.action.as_bytes());
+                bytes.extend_from_slice(&entry.size.to_be_bytes());
+                bytes.extend_from_slice(&entry.time_unix_nanos.to_be_bytes());
+            }
+            let read = CatalogCodec
+                .read_response(&protocol(), &mut Bytes::new(bytes))
+                .await
+                .unwrap();
+            assert_eq!(read.entries.len(), 2);
+            assert!(read.entries.iter().all(|entry| !entry.executable));
+
+            let catalog = Catalog {
+                entries: (1..=3).map(entry).collect(),
+                more: false,
+                next: None,
+            };
+            let mut bytes = Vec::new();
+            CatalogCodec
+                .write_response(&protocol(), &mut bytes, catalog)
+                .await
+                .unwrap();
+            let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+            let header: CatalogHeader = serde_json::from_slice(&bytes[4..4 + len]).unwrap();
+            assert_eq!(header.executables, [1], "entry 2 is the executable");
+            let older: OlderHeader = serde_json::from_slice(&bytes[4..4 + len]).unwrap();
+            assert_eq!(
+                older,
+                OlderHeader {
+                    count: 3,
+                    more: false
+                }
+            );
+
+            let mut bytes = Vec::new();
+            let header = CatalogHeader {
+                count: 1,
+                more: false,
+                next: None,
+                executables: vec![0, 1, u32::MAX],
+            };
+            wire::encode_frame(&mut bytes, &header).unwrap();
+            bytes.extend_from_slice(&[7; ENTRY_LEN]);
+            let read = CatalogCodec
+                .read_response(&protocol(), &mut Bytes::new(bytes))
+                .await
+                .unwrap();
+            assert_eq!(read.entries.len(), 1);
+            assert!(read.entries[0].executable);
         });
     }
 }

@@ -36,6 +36,14 @@ pub mod defaults {
     pub const READ_AHEAD: usize = 64;
     /// See [`NodeConfig::with_read_ahead`](super::NodeConfig::with_read_ahead).
     pub const READ_AHEAD_MAX_BODY: u64 = 64 << 20;
+    /// See [`NodeConfig::with_read_ahead_executables_max`](super::NodeConfig::with_read_ahead_executables_max).
+    /// A small Go program or tool links to 2-4 MB and costs a LAN a few
+    /// milliseconds; a test binary, even of a small package, is 7 MB and
+    /// more (Go 1.27 on linux/amd64: `strings` 6.8 MiB, `compress/gzip`
+    /// 12.8 MiB, `encoding/json` 13.3 MiB), and is seldom what the next
+    /// build asks for. 4 MiB takes the first ahead and leaves the second
+    /// to a lookup.
+    pub const READ_AHEAD_EXECUTABLES_MAX: u64 = 4 << 20;
     /// Read-ahead runs only this long after a lookup got a body from a
     /// peer (see `fetch::budget`).
     pub const READ_AHEAD_LIVE_FOR: Duration = Duration::from_secs(30);
@@ -91,6 +99,7 @@ pub struct NodeConfig {
     pub(crate) event_capacity: usize,
     pub(crate) read_ahead: usize,
     pub(crate) read_ahead_max_body: u64,
+    pub(crate) read_ahead_executables_max: u64,
     pub(crate) read_ahead_budget: ReadAheadLimits,
     pub(crate) compression: Compression,
     pub(crate) inbound_from_anywhere: bool,
@@ -150,6 +159,7 @@ impl NodeConfig {
             event_capacity: 256,
             read_ahead: defaults::READ_AHEAD,
             read_ahead_max_body: defaults::READ_AHEAD_MAX_BODY,
+            read_ahead_executables_max: defaults::READ_AHEAD_EXECUTABLES_MAX,
             read_ahead_budget: ReadAheadLimits {
                 live_for: defaults::READ_AHEAD_LIVE_FOR,
                 window: defaults::READ_AHEAD_WINDOW,
@@ -184,6 +194,17 @@ impl NodeConfig {
     pub fn with_read_ahead(mut self, entries: usize, max_body: u64) -> Self {
         self.read_ahead = entries;
         self.read_ahead_max_body = max_body;
+        self
+    }
+
+    /// Hinted linked executables (test binaries, `go run` binaries: big,
+    /// and seldom what the next build needs) bigger than `max` bytes are
+    /// not read ahead; a lookup still fetches one on demand. The server
+    /// says which of its hints are executables (`wire::HintedExecutable`);
+    /// an older server does not, and its hints are read ahead as any
+    /// other. Default [`defaults::READ_AHEAD_EXECUTABLES_MAX`].
+    pub fn with_read_ahead_executables_max(mut self, max: u64) -> Self {
+        self.read_ahead_executables_max = max;
         self
     }
 

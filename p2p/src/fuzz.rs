@@ -329,7 +329,12 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             encoding,
             built_here: true,
         }),
-        next: vec![ActionId::from_bytes([4; 32])],
+        next: vec![ActionId::from_bytes([4; 32]), ActionId::from_bytes([5; 32])],
+        // The second hint is a test binary.
+        next_executables: vec![wire::HintedExecutable {
+            at: 1,
+            size: 20 << 20,
+        }],
     };
     let compressed = {
         let mut piece = crate::protocol::piece::Piece::new(body.len());
@@ -342,6 +347,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         version: WIRE_VERSION,
         found: None,
         next: Vec::new(),
+        next_executables: Vec::new(),
     };
     let mut raw_answer = frame(&found(true, Encoding::Raw));
     raw_answer.extend_from_slice(&body);
@@ -384,6 +390,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                     action: ActionId::from_bytes([n; 32]),
                     size: u64::from(n) << 20,
                     time_unix_nanos: 1_700_000_000_000_000_000 + u64::from(n),
+                    executable: n == 2,
                 })
                 .collect(),
             more: true,
@@ -398,6 +405,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             count: 0,
             more: false,
             next: None,
+            executables: Vec::new(),
         }));
         out
     };

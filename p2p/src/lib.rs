@@ -91,7 +91,7 @@ pub use crate::ids::{ActionId, OutputId};
 pub use crate::node::EventLoop;
 pub use crate::node::client::{Client, Event, PeerCounters, PeerInfo, StaticAddress};
 pub use crate::node::failure::ConnectFailure;
-pub use crate::store::{Bodies, BodySink, CommitError, Hints, Served, Store, Summaries};
+pub use crate::store::{Bodies, BodySink, CommitError, Hint, Hints, Served, Store, Summaries};
 pub use crate::summary::SummaryChunk;
 
 /// The libp2p protocol name of fetches; versioned so that a later protocol

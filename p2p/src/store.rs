@@ -101,13 +101,34 @@ pub trait Bodies {
     }
 }
 
+/// A read-ahead hint: an action stored right after the one asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hint {
+    pub action: ActionId,
+    /// The size of its body, if that is a linked executable (a test binary,
+    /// a `go run` binary): a requester reads such a body ahead only within
+    /// its own limit ([`crate::NodeConfig::with_read_ahead_executables_max`]).
+    pub executable: Option<u64>,
+}
+
+impl Hint {
+    /// A hint at an entry that is not known to be an executable.
+    pub fn new(action: ActionId) -> Self {
+        Self {
+            action,
+            executable: None,
+        }
+    }
+}
+
 /// Read-ahead hints for peers: the order entries were put in.
 pub trait Hints {
     /// Up to `limit` actions stored right after `action`, in the order they
     /// were stored, and from the same burst of work (a build): what a build
-    /// that asked for `action` is likely to ask for next. Quick, like
-    /// [`Bodies::open`]. The default knows no order and gives no hints.
-    fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
+    /// that asked for `action` is likely to ask for next, each with its size
+    /// if it is a linked executable. Quick, like [`Bodies::open`]. The
+    /// default knows no order and gives no hints.
+    fn following(&self, action: &ActionId, limit: usize) -> Vec<Hint> {
         let _ = (action, limit);
         Vec::new()
     }

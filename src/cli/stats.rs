@@ -126,6 +126,17 @@ pub(super) fn show_stats(
         config.store.max_size.display().iec(),
         humantime::format_duration(config.store.max_age)
     )?;
+    let share = if usage.bytes == 0 {
+        0.0
+    } else {
+        usage.executable_bytes as f64 * 100.0 / usage.bytes as f64
+    };
+    writeln!(
+        out,
+        "executables  {} linked binaries, {} = {share:.1}% of the store",
+        usage.executables,
+        ByteSize(usage.executable_bytes).display().iec(),
+    )?;
     writeln!(out, "entries      {}", sources.line())?;
     writeln!(
         out,

@@ -96,6 +96,14 @@ settings! {
         /// Entries read ahead at once; 0 turns read-ahead off. Default:
         /// [`defaults::READ_AHEAD`].
         "read-ahead" read_ahead: usize = defaults::READ_AHEAD;
+        /// Linked executables (test binaries, `go run` binaries) bigger than
+        /// this are neither read ahead nor replicated from peers; a build
+        /// that asks for one still fetches it. A small Go tool links to 2-4
+        /// MB; a test binary is 7 MB and more, and seldom what the next
+        /// build asks for. Default: [`defaults::READ_AHEAD_EXECUTABLES_MAX`]
+        /// (4 MiB).
+        "read-ahead-executables-max" read_ahead_executables_max: ByteSize =
+            ByteSize(defaults::READ_AHEAD_EXECUTABLES_MAX);
         /// Whether to ask peers for compressed bodies. Default: only over
         /// links measured slow ([`Compression::Auto`]).
         "compression" compression: Compression = Compression::default();

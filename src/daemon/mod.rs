@@ -145,6 +145,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
                 config.share.read_ahead,
                 warren_p2p::config::defaults::READ_AHEAD_MAX_BODY,
             )
+            .with_read_ahead_executables_max(config.share.read_ahead_executables_max.as_u64())
             .with_compression(config.share.compression)
             .with_agreement(config.share.agreement)
             .with_inbound_from_anywhere(config.share.inbound_from_anywhere);
@@ -223,6 +224,7 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
                     rate: config.share.replicate_rate.bytes_per_second(),
                     window: config.share.replicate_window,
                     store_max_size: config.store.max_size.as_u64(),
+                    executables_max: config.share.read_ahead_executables_max.as_u64(),
                 },
                 targets: trust.replicated.clone(),
                 activity: activity.clone(),

@@ -46,10 +46,10 @@ use crate::config::trust::SharingState;
 use crate::daemon::consistency;
 use crate::daemon::disk_floor::{BelowFloor, DiskFloor};
 use crate::daemon::ledger::Ledger;
-use crate::daemon::put_order::PutOrder;
+use crate::daemon::put_order::{Body, PutOrder};
 use crate::daemon::quiet::Quiet;
 use crate::ids::{ActionId, OutputId};
-use crate::store::{self, DiskStore, Lookup, ObjectWriter, Source, TrimPolicy};
+use crate::store::{self, DiskStore, Lookup, ObjectWriter, Source, TrimPolicy, executable};
 
 /// Whose entries are taken and whose are served on; replaced when the
 /// allowlist changes.
@@ -252,7 +252,10 @@ impl StoreAdapter {
                 {
                     ledger.record(action, line.output);
                 }
-                sharing.serves(&line.source) && !is_module_index(&store.object_path(&line.output))
+                if !sharing.serves(&line.source) {
+                    return None;
+                }
+                body_of(&store.object_path(&line.output))
             })
         };
         let order = PutOrder::start(store.actions_dir().to_path_buf(), servable)?;
@@ -424,7 +427,7 @@ impl warren_p2p::Bodies for StoreAdapter {
 }
 
 impl warren_p2p::Hints for StoreAdapter {
-    fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
+    fn following(&self, action: &ActionId, limit: usize) -> Vec<warren_p2p::Hint> {
         self.order.following(action, limit)
     }
 
@@ -446,10 +449,24 @@ impl warren_p2p::Summaries for StoreAdapter {
     }
 }
 
-/// Whether the body at `path` is a module index (never served; see
-/// [`consistency`]).
-fn is_module_index(path: &std::path::Path) -> bool {
-    File::open(path).is_ok_and(|file| starts_module_index(&file))
+/// What the index keeps of the body at `path`, from one read of its
+/// first bytes: whether it is a linked executable (`store::executable`);
+/// `None` if it is a module index (never served; see [`consistency`]). A
+/// body that cannot be read is indexed as another body: a lookup finds
+/// what is wrong with it.
+pub(crate) fn body_of(path: &std::path::Path) -> Option<Body> {
+    use std::os::unix::fs::FileExt as _;
+    let mut head = [0; executable::HEAD_LEN];
+    let Ok(file) = File::open(path) else {
+        return Some(Body::default());
+    };
+    let Ok(n) = file.read_at(&mut head, 0) else {
+        return Some(Body::default());
+    };
+    let head = &head[..n];
+    consistency::servable(head).then(|| Body {
+        executable: executable::is_executable(head),
+    })
 }
 
 /// Whether the open `body` is a module index: one small read at its start

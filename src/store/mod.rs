@@ -16,7 +16,8 @@
 //! └── v1/                      layout version; a new layout gets a new directory
 //!     ├── actions/00/ … ff/    one entry file per ActionID, named by its hex
 //!     │                        "v1 <output hex> <size> <put time, unix ns> <source> <check>\n"
-//!     ├── objects/00/ … ff/    one body per OutputID, named by its hex (no extension)
+//!     ├── objects/00/ … ff/    one body per OutputID, named by its hex (no extension),
+//!     │                        mode 0600, or 0700 if a linked executable (`executable`)
 //!     │                        (all 512 shard directories are made with the store)
 //!     └── dirty/               a marker per process (or daemon epoch) whose writes
 //!                              may not be on disk yet: <boot>_<mount>_<pid>_<n>_<nonce>
@@ -90,8 +91,9 @@
 //!
 //! [`layout`] names every path above; `entry` reads and writes the entry
 //! line with its provenance ([`Source`]) and check; `writer` verifies
-//! bodies on their way in; `dirty`, `group_commit` and `recovery` are the
-//! markers, the sync and what follows a crash; `trim` walks the store
+//! bodies on their way in, and marks linked executables (`executable`);
+//! `dirty`, `group_commit` and `recovery` are the markers, the sync and
+//! what follows a crash; `trim` walks the store
 //! (trim, clean, verify, usage), by the clock of `trim_clock` (the wall
 //! clock, held back after a forward jump); `provenance` counts and purges
 //! entries by source; [`stats`] keeps the lifetime counters in
@@ -114,6 +116,7 @@
 
 mod dirty;
 mod entry;
+pub(crate) mod executable;
 mod group_commit;
 pub(crate) mod layout;
 mod provenance;
@@ -125,7 +128,7 @@ mod writer;
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -525,9 +528,13 @@ impl DiskStore {
         let VerifiedObject {
             output,
             size,
+            executable,
             final_path,
             temp,
         } = object;
+        if executable {
+            mark_executable(temp.as_file(), temp.path())?;
+        }
         // Under a dirty marker, unsynced, until the group commit; or, with
         // no group commit, what `go` puts is synced file by file, the
         // object on disk before an entry names it. (Fetched bodies are not
@@ -541,7 +548,7 @@ impl DiskStore {
             fsutil::sync_data(&temp)?;
         }
         let time = self.now();
-        persist_object(temp, &final_path, &output, size, time, per_file)?;
+        persist_object(temp, &final_path, &output, size, executable, time, per_file)?;
         let line = entry::entry_line(action, &output, size, time, &source);
         let entry_path = self.entry_path(action);
         match replace {
@@ -668,12 +675,14 @@ impl DiskStore {
 /// so is any one by a copy `synced` already (file by file, where the one
 /// there may be a fetched body that never was). One kept counts as used
 /// `now`: its path is handed out as a new one's would be, and trim must
-/// see that.
+/// see that. One kept that an older warren stored without the mark of an
+/// `executable` gets it.
 fn persist_object(
     temp: tempfile::NamedTempFile,
     path: &Path,
     output: &OutputId,
     size: u64,
+    executable: bool,
     now: SystemTime,
     synced: bool,
 ) -> Result<(), Error> {
@@ -699,12 +708,25 @@ fn persist_object(
             // Best effort, as a lookup's touch.
             let _ = File::open(path).and_then(|object| object.set_modified(now));
         }
+        if executable && !executable::is_marked(&there) {
+            // Best effort: unmarked, it only counts as another body.
+            let _ = File::open(path).and_then(|object| {
+                object.set_permissions(fs::Permissions::from_mode(executable::EXECUTABLE_MODE))
+            });
+        }
         // Dropping the temp file removes it.
         return Ok(());
     }
     temp.persist(path)
         .map_err(|e| io_error("storing object", path)(e.error))?;
     Ok(())
+}
+
+/// Marks the object file being stored a linked executable (see
+/// `executable`).
+fn mark_executable(file: &File, path: &Path) -> Result<(), Error> {
+    file.set_permissions(fs::Permissions::from_mode(executable::EXECUTABLE_MODE))
+        .map_err(io_error("marking an executable", path))
 }
 
 fn make_shards(actions: &Path, objects: &Path) -> Result<(), Error> {

@@ -91,7 +91,9 @@ fn identical_outputs_are_stored_once() {
         Usage {
             entries: 2,
             objects: 1,
-            bytes: 4 + 2 * fs::metadata(f.store.entry_path(&action(1))).unwrap().len()
+            bytes: 4 + 2 * fs::metadata(f.store.entry_path(&action(1))).unwrap().len(),
+            executables: 0,
+            executable_bytes: 0,
         }
     );
 }
@@ -557,4 +559,66 @@ fn a_put_synced_file_by_file_replaces_an_unsynced_fetched_object() {
         "the unsynced fetched object stays under a synced entry"
     );
     assert_eq!(fs::read(f.hit(&action(2)).path).unwrap(), b"payload");
+}
+
+/// A body that starts as a linked ELF executable, `len` bytes long.
+fn elf_body(len: usize, seed: u8) -> Vec<u8> {
+    let mut body = vec![0x7f, b'E', b'L', b'F', 2, 1, 1];
+    body.resize(16, 0);
+    body.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    body.resize(len, seed);
+    body
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Linked executables are marked on their object file as they are stored,
+/// whatever the pieces they arrive in (a few bytes at a time, or one big
+/// write hashed beside it), and `warren stats` counts them; other bodies
+/// are not marked.
+#[test]
+fn executables_are_marked_when_stored_and_counted() {
+    let f = Fixture::new();
+    let small = elf_body(3000, 1);
+    let mut writer = f
+        .store
+        .begin_object(OutputId::of(&small), small.len() as u64)
+        .unwrap();
+    for piece in small.chunks(7) {
+        writer.write_all(piece).unwrap();
+    }
+    let small = f
+        .store
+        .commit(&action(1), writer.finish().unwrap())
+        .unwrap();
+    let big = elf_body(2 * writer::PARALLEL_HASH, 2);
+    let big = f.store.put_bytes(&action(2), &big).unwrap();
+    let other = f.store.put_bytes(&action(3), b"!<arch>\n").unwrap();
+    assert_eq!(mode(&small.path), 0o700);
+    assert_eq!(mode(&big.path), 0o700);
+    assert_eq!(mode(&other.path), 0o600);
+    let usage = f.store.usage().unwrap();
+    assert_eq!(
+        (usage.objects, usage.executables, usage.executable_bytes),
+        (3, 2, 3000 + 2 * writer::PARALLEL_HASH as u64)
+    );
+}
+
+/// An older warren stored every object `0o600`: its executables load as
+/// before and count as other bodies, until a put of the same body marks
+/// the object it keeps.
+#[test]
+fn executables_an_older_warren_stored_still_load() {
+    let f = Fixture::new();
+    let body = elf_body(3000, 3);
+    let stored = f.store.put_bytes(&action(1), &body).unwrap();
+    fs::set_permissions(&stored.path, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(f.hit(&action(1)).path, stored.path);
+    assert_eq!(f.store.usage().unwrap().executables, 0);
+    f.store.put_bytes(&action(2), &body).unwrap();
+    assert_eq!(mode(&stored.path), 0o700);
+    assert_eq!(f.store.usage().unwrap().executables, 1);
+    assert_eq!(fs::read(f.hit(&action(1)).path).unwrap(), body);
 }

@@ -59,6 +59,10 @@ pub(crate) struct Usage {
     pub entries: u64,
     pub objects: u64,
     pub bytes: u64,
+    /// Objects that are linked executables (marked so when stored; see
+    /// `executable`), and their bytes (part of `objects` and `bytes`).
+    pub executables: u64,
+    pub executable_bytes: u64,
 }
 
 impl DiskStore {
@@ -237,6 +241,10 @@ impl DiskStore {
                     usage.entries += 1;
                 } else {
                     usage.objects += 1;
+                    if file.executable {
+                        usage.executables += 1;
+                        usage.executable_bytes += file.size;
+                    }
                 }
                 usage.bytes += file.size;
             })?;
@@ -278,6 +286,8 @@ pub(super) struct WalkedFile {
     /// when it last changed, for a recovery.
     pub(super) changed: SystemTime,
     pub(super) temp: bool,
+    /// Marked a linked executable (objects only; see `executable`).
+    pub(super) executable: bool,
 }
 
 /// Calls `visit` for each regular file in the shard directories under `dir`.
@@ -318,6 +328,7 @@ pub(super) fn walk_files(dir: &Path, visit: &mut dyn FnMut(WalkedFile)) -> Resul
                 size: meta.len(),
                 modified: meta.modified().unwrap_or(UNIX_EPOCH),
                 changed: crate::fsutil::changed_at(&meta),
+                executable: super::executable::is_marked(&meta),
             });
         }
     }

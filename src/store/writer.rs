@@ -4,6 +4,9 @@
 //! [`DiskStore::commit`] takes). Identical outputs are stored once: a body
 //! whose object is there already, whole, is dropped at the commit, and one
 //! whose object is damaged takes its place (see the store's module docs).
+//! The writer keeps the body's first bytes as they pass, so that a linked
+//! executable is stored marked as one (`executable`) without reading it
+//! again.
 //!
 //! A big write (a piece of a fetched body, [`PARALLEL_HASH`] bytes or more)
 //! is hashed on a second thread while this one writes it: writing into new
@@ -17,6 +20,7 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
+use super::executable::{self, HEAD_LEN};
 use super::layout::parent;
 use super::{DiskStore, Error};
 use crate::fsutil::temp_file_in;
@@ -44,6 +48,7 @@ impl DiskStore {
             final_path,
             temp,
             hasher: Sha256::new(),
+            head: Vec::with_capacity(HEAD_LEN.min(size as usize)),
             written: 0,
             broken: false,
         })
@@ -57,6 +62,8 @@ pub(crate) struct ObjectWriter {
     final_path: PathBuf,
     temp: NamedTempFile,
     hasher: Sha256,
+    /// The body's first bytes, to tell a linked executable (`executable`).
+    head: Vec<u8>,
     written: u64,
     /// A big write, or its hash on the second thread, failed: the hash and
     /// the file may disagree, so nothing more may be written or committed.
@@ -71,6 +78,7 @@ impl Write for ObjectWriter {
         if buf.len() < PARALLEL_HASH {
             let n = self.temp.write(buf)?;
             self.hasher.update(&buf[..n]);
+            self.keep_head(&buf[..n]);
             self.written += n as u64;
             return Ok(n);
         }
@@ -98,6 +106,7 @@ impl Write for ObjectWriter {
                 return Err(error);
             }
         }
+        self.keep_head(buf);
         self.written += buf.len() as u64;
         Ok(buf.len())
     }
@@ -108,6 +117,14 @@ impl Write for ObjectWriter {
 }
 
 impl ObjectWriter {
+    /// Keeps what of `written`, just written, falls in the body's first
+    /// [`HEAD_LEN`] bytes: a copy of at most that many bytes per body.
+    fn keep_head(&mut self, written: &[u8]) {
+        let room = HEAD_LEN.saturating_sub(self.head.len());
+        self.head
+            .extend_from_slice(&written[..written.len().min(room)]);
+    }
+
     /// Checks size and SHA-256. On a mismatch the temp file is deleted and
     /// nothing reaches the store.
     pub(crate) fn finish(self) -> Result<VerifiedObject, Error> {
@@ -123,6 +140,7 @@ impl ObjectWriter {
         Ok(VerifiedObject {
             output: self.output,
             size: self.size,
+            executable: executable::is_executable(&self.head),
             final_path: self.final_path,
             temp: self.temp,
         })
@@ -133,6 +151,9 @@ impl ObjectWriter {
 pub(crate) struct VerifiedObject {
     pub(super) output: OutputId,
     pub(super) size: u64,
+    /// A linked executable, by its first bytes: its object is stored
+    /// marked so (see `executable`).
+    pub(super) executable: bool,
     pub(super) final_path: PathBuf,
     pub(super) temp: NamedTempFile,
 }

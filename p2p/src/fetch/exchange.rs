@@ -20,6 +20,7 @@ use crate::fetch::pace::STALL;
 use crate::fetch::promise::Promise;
 use crate::ids::{ActionId, OutputId};
 use crate::protocol::wire::FoundHeader;
+use crate::store::Hint;
 
 /// Names one fetch (and, in a batch's reports, its entry).
 pub(crate) type FetchId = u64;
@@ -72,7 +73,7 @@ pub(crate) struct Answer {
     /// reported one by one.
     pub(crate) outcome: Option<Outcome>,
     /// The server's read-ahead hints (at most as many as asked for).
-    pub(crate) next: Vec<ActionId>,
+    pub(crate) next: Vec<Hint>,
     /// The wire version of the server's first header.
     pub(crate) version: u32,
 }

@@ -189,6 +189,7 @@ impl request_response::Codec for HostileCodec {
                 built_here: true,
             }),
             next: Vec::new(),
+            next_executables: Vec::new(),
         };
         wire::write_frame(io, &header).await?;
         for chunk in sent.chunks(16 * 1024) {
@@ -245,6 +246,7 @@ where
             } else {
                 Vec::new()
             },
+            next_executables: Vec::new(),
         };
         wire::write_frame(io, &header).await?;
         if inline {
@@ -281,6 +283,7 @@ where
             built_here: true,
         }),
         next: Vec::new(),
+        next_executables: Vec::new(),
     };
     wire::write_frame(io, &header).await?;
     io.flush().await?;
@@ -316,6 +319,7 @@ where
             version: 1,
             found: None,
             next: Vec::new(),
+            next_executables: Vec::new(),
         };
         return wire::write_frame(io, &header).await;
     };
@@ -335,6 +339,7 @@ where
             .take(request.hints as usize)
             .map(|(action, _)| *action)
             .collect(),
+        next_executables: Vec::new(),
     };
     wire::write_frame(io, &header).await?;
     if header.found.is_some_and(|found| found.body_included) {
@@ -360,6 +365,7 @@ where
             version: 1,
             found: None,
             next: Vec::new(),
+            next_executables: Vec::new(),
         };
         return wire::write_frame(io, &header).await;
     };
@@ -374,6 +380,7 @@ where
             built_here: true,
         }),
         next: Vec::new(),
+        next_executables: Vec::new(),
     };
     body[0] ^= 0xff;
     wire::write_frame(io, &header).await?;
@@ -400,6 +407,7 @@ where
             built_here: true,
         }),
         next: Vec::new(),
+        next_executables: Vec::new(),
     };
     wire::write_frame(io, &header).await?;
     if accepted {

@@ -37,6 +37,11 @@
 //! agreement on needs (see `crate::fetch::agreement`); an older server's
 //! answers lack it and count as relayed.
 //!
+//! Hints name linked executables ([`ResponseHeader::next_executables`]) in
+//! a field of their own, which needs no new version: an older requester
+//! ignores it and reads everything ahead as before, and an older server
+//! never sends it, so none of its hints counts as an executable.
+//!
 //! A raw body follows its header unframed, so neither side ever holds
 //! more than a chunk of it in memory (the cbor/json codecs of
 //! `libp2p-request-response` would buffer whole messages and cap them at
@@ -54,6 +59,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ActionId, OutputId};
+use crate::store::Hint;
 
 /// The version this crate writes in headers.
 pub const WIRE_VERSION: u32 = 4;
@@ -119,6 +125,48 @@ pub struct ResponseHeader {
     /// at most the `hints` asked for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub next: Vec<ActionId>,
+    /// Which of `next` are linked executables, with their sizes, so that
+    /// the requester can leave big ones out of its read-ahead; absent from
+    /// older servers (see the module docs). Entries that point past `next`
+    /// are ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next_executables: Vec<HintedExecutable>,
+}
+
+/// A linked executable among a header's hints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HintedExecutable {
+    /// Its place in [`ResponseHeader::next`].
+    pub at: u32,
+    /// Its body's size in bytes.
+    pub size: u64,
+}
+
+/// `hints` as a header's two fields: the actions, and which of them are
+/// executables.
+pub fn split_hints(hints: &[Hint]) -> (Vec<ActionId>, Vec<HintedExecutable>) {
+    let next = hints.iter().map(|hint| hint.action).collect();
+    let executables = (hints.iter().zip(0u32..))
+        .filter_map(|(hint, at)| {
+            Some(HintedExecutable {
+                at,
+                size: hint.executable?,
+            })
+        })
+        .collect();
+    (next, executables)
+}
+
+/// A header's hints, each with its size if the server says it is an
+/// executable (the inverse of [`split_hints`]).
+pub fn joined_hints(next: Vec<ActionId>, executables: &[HintedExecutable]) -> Vec<Hint> {
+    let mut hints: Vec<Hint> = next.into_iter().map(Hint::new).collect();
+    for executable in executables {
+        if let Some(hint) = hints.get_mut(executable.at as usize) {
+            hint.executable = Some(executable.size);
+        }
+    }
+    hints
 }
 
 /// The entry a server holds for an action.
@@ -261,6 +309,7 @@ mod tests {
                 built_here: true,
             }),
             next: vec![ActionId::from_bytes([1; 32]), ActionId::from_bytes([2; 32])],
+            next_executables: Vec::new(),
         };
         let mut bytes = Vec::new();
         block_on(write_frame(&mut bytes, &request)).unwrap();
@@ -346,6 +395,7 @@ mod tests {
             version: WIRE_VERSION,
             found: None,
             next: Vec::new(),
+            next_executables: Vec::new(),
         };
         block_on(write_frame(&mut writes, &not_found)).unwrap();
         assert_eq!(writes.0.len(), 1, "length and JSON apart: {:?}", writes.0);
@@ -376,5 +426,52 @@ mod tests {
         let error =
             block_on(read_frame::<_, RequestHeader>(&mut Cursor::new(truncated))).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// Executables among the hints are a field of their own: an older
+    /// requester reads the hints as before, an older server's hints count
+    /// as other entries, and a place past the hints marks nothing.
+    #[test]
+    fn executables_among_hints_keep_older_peers_working() {
+        let action = |n| ActionId::from_bytes([n; 32]);
+        let hints = [
+            Hint::new(action(1)),
+            Hint {
+                action: action(2),
+                executable: Some(20 << 20),
+            },
+        ];
+        let (next, next_executables) = split_hints(&hints);
+        assert_eq!(
+            next_executables,
+            [HintedExecutable {
+                at: 1,
+                size: 20 << 20
+            }]
+        );
+        let header = ResponseHeader {
+            version: WIRE_VERSION,
+            found: None,
+            next,
+            next_executables,
+        };
+        let json = serde_json::to_vec(&header).unwrap();
+        #[derive(Deserialize)]
+        struct OlderHeader {
+            next: Vec<ActionId>,
+        }
+        let older: OlderHeader = serde_json::from_slice(&json).unwrap();
+        assert_eq!(older.next, [action(1), action(2)]);
+        let read: ResponseHeader = serde_json::from_slice(&json).unwrap();
+        assert_eq!(joined_hints(read.next, &read.next_executables), hints);
+
+        let older = br#"{"version":4,"next":["0101010101010101010101010101010101010101010101010101010101010101"]}"#;
+        let read: ResponseHeader = serde_json::from_slice(older).unwrap();
+        assert_eq!(
+            joined_hints(read.next, &read.next_executables),
+            [Hint::new(action(1))]
+        );
+        let past = [HintedExecutable { at: 5, size: 1 }];
+        assert_eq!(joined_hints(vec![action(1)], &past), [Hint::new(action(1))]);
     }
 }

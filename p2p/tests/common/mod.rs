@@ -20,8 +20,8 @@ use tokio::task::JoinHandle;
 use warren_p2p::identity::Keypair;
 use warren_p2p::summary;
 use warren_p2p::{
-    ActionId, Bodies, BodySink, Client, CommitError, Event, Hints, Multiaddr, NodeConfig, OutputId,
-    PeerId, Served, Store, Summaries, SummaryChunk,
+    ActionId, Bodies, BodySink, Client, CommitError, Event, Hint, Hints, Multiaddr, NodeConfig,
+    OutputId, PeerId, Served, Store, Summaries, SummaryChunk,
 };
 
 /// How long any single wait in a test may take before the test fails.
@@ -261,13 +261,15 @@ impl Bodies for DirStore {
 }
 
 impl Hints for DirStore {
-    fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
+    fn following(&self, action: &ActionId, limit: usize) -> Vec<Hint> {
         let Some(order) = &self.0.order else {
             return Vec::new();
         };
         let order = order.lock().unwrap();
         match order.iter().position(|stored| stored == action) {
-            Some(at) => order[at + 1..].iter().take(limit).copied().collect(),
+            Some(at) => (order[at + 1..].iter().take(limit))
+                .map(|&action| Hint::new(action))
+                .collect(),
             None => Vec::new(),
         }
     }

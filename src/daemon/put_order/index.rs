@@ -14,7 +14,7 @@ use std::ops::Bound;
 use std::time::SystemTime;
 
 use hashbrown::HashTable;
-use warren_p2p::{catalog, summary};
+use warren_p2p::{Hint, catalog, summary};
 
 use crate::ids::ActionId;
 use crate::store::layout;
@@ -96,6 +96,9 @@ pub(super) struct Meta {
     pub(super) size: u64,
     /// Put by `go` here (not a re-shared peer's entry): what a catalog lists.
     pub(super) built_here: bool,
+    /// Its body is a linked executable: hints and catalogs say so, for
+    /// peers to leave big ones to a lookup.
+    pub(super) executable: bool,
 }
 
 /// One entry the index knows of, in 56 bytes: its action, its [`Meta`] if
@@ -113,7 +116,9 @@ const SERVED: u64 = 1 << 63;
 const BUILT_HERE: u64 = 1 << 62;
 /// A free slot (see [`Index::free`]).
 const FREE: u64 = 1 << 61;
-const SIZE: u64 = FREE - 1;
+const EXECUTABLE: u64 = 1 << 60;
+/// Sizes up to 1 EiB.
+const SIZE: u64 = EXECUTABLE - 1;
 
 impl Slot {
     fn new(action: ActionId, meta: Option<Meta>, seq: u64) -> Self {
@@ -126,10 +131,11 @@ impl Slot {
             };
         };
         let built_here = if meta.built_here { BUILT_HERE } else { 0 };
+        let executable = if meta.executable { EXECUTABLE } else { 0 };
         Self {
             action,
             time: meta.time,
-            bits: SERVED | built_here | meta.size.min(SIZE),
+            bits: SERVED | built_here | executable | meta.size.min(SIZE),
             seq,
         }
     }
@@ -139,6 +145,7 @@ impl Slot {
             time: self.time,
             size: self.bits & SIZE,
             built_here: self.bits & BUILT_HERE != 0,
+            executable: self.bits & EXECUTABLE != 0,
         })
     }
 
@@ -154,8 +161,9 @@ pub(super) fn shard_of(action: &ActionId) -> u8 {
 
 impl Index {
     /// Up to `limit` actions put right after `action`, in put order,
-    /// without crossing a pause of more than [`BURST_GAP`].
-    pub(super) fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
+    /// without crossing a pause of more than [`BURST_GAP`], with the sizes
+    /// of executables.
+    pub(super) fn following(&self, action: &ActionId, limit: usize) -> Vec<Hint> {
         let Some((slot, meta)) = self.served(action) else {
             return Vec::new();
         };
@@ -169,7 +177,13 @@ impl Index {
             if next.len() == limit || put.saturating_sub(last) > gap {
                 break;
             }
-            next.push(self.slots[following as usize].action);
+            let slot = &self.slots[following as usize];
+            next.push(Hint {
+                action: slot.action,
+                executable: (slot.meta())
+                    .filter(|meta| meta.executable)
+                    .map(|meta| meta.size),
+            });
             last = put;
         }
         next
@@ -211,6 +225,7 @@ impl Index {
                 action,
                 size: meta.size,
                 time_unix_nanos: meta.time,
+                executable: meta.executable,
             });
         }
         listed
@@ -253,6 +268,7 @@ impl Index {
                 action,
                 size: meta.size,
                 time_unix_nanos: time,
+                executable: meta.executable,
             });
         }
         listed

@@ -19,7 +19,11 @@
 //! indexed yet.
 //!
 //! The index itself ([`index`]) keeps each entry once, in a slot of 56
-//! bytes, so that an office of peers' entries fits in a small daemon.
+//! bytes, so that an office of peers' entries fits in a small daemon. A
+//! served entry's slot says whether its body is a linked executable (as
+//! [`Servable`] found from the body's first bytes): hints and catalogs
+//! tell peers so, and each peer leaves those above its own limit to a
+//! lookup (`[share] read-ahead-executables-max`).
 //!
 //! Catalogs for replicating peers ([`PutOrder::catalog`]) list entries
 //! built here by a number the index gives each as it learns of it (in put
@@ -56,8 +60,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch as notify;
-use warren_p2p::SummaryChunk;
 use warren_p2p::catalog;
+use warren_p2p::{Hint, SummaryChunk};
 
 use self::index::{Index, Meta, shard_of};
 use crate::ids::ActionId;
@@ -75,9 +79,17 @@ pub(crate) const QUICK_REFRESH: Duration = Duration::from_millis(200);
 /// With inotify: how often the index rescans anyway.
 pub(crate) const SAFETY_SCAN: Duration = Duration::from_secs(10);
 
-/// Which entries are indexed, by their action and line; called once for
-/// each entry the index reads.
-pub(crate) type Servable = Arc<dyn Fn(&ActionId, &store::Line) -> bool + Send + Sync>;
+/// Which entries are indexed, by their action and line, and what their
+/// bodies are (`None`: not served); called once for each entry the index
+/// reads.
+pub(crate) type Servable = Arc<dyn Fn(&ActionId, &store::Line) -> Option<Body> + Send + Sync>;
+
+/// What the index keeps of a served entry's body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Body {
+    /// A linked executable (`store::executable`).
+    pub(crate) executable: bool,
+}
 
 /// See the module docs.
 pub(crate) struct PutOrder {
@@ -272,8 +284,9 @@ impl PutOrder {
     }
 
     /// Up to `limit` actions put right after `action`, in put order,
-    /// without crossing a pause of more than [`BURST_GAP`].
-    pub(crate) fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
+    /// without crossing a pause of more than [`BURST_GAP`], with the sizes
+    /// of linked executables.
+    pub(crate) fn following(&self, action: &ActionId, limit: usize) -> Vec<Hint> {
         (self.index.lock().expect("lock not poisoned")).following(action, limit)
     }
 
@@ -417,9 +430,9 @@ impl PutOrder {
         else {
             return Read::Gone;
         };
-        if !(self.servable)(action, &line) {
+        let Some(body) = (self.servable)(action, &line) else {
             return Read::Kept;
-        }
+        };
         Read::Served(Meta {
             time: line
                 .time
@@ -428,6 +441,7 @@ impl PutOrder {
                 .as_nanos() as u64,
             size: line.size,
             built_here: line.source == store::Source::Local,
+            executable: body.executable,
         })
     }
 

@@ -8,7 +8,14 @@ use super::*;
 use crate::store::DiskStore;
 
 fn only_local() -> Servable {
-    Arc::new(|_: &ActionId, line: &store::Line| line.source == store::Source::Local)
+    Arc::new(|_: &ActionId, line: &store::Line| {
+        (line.source == store::Source::Local).then_some(Body::default())
+    })
+}
+
+/// The actions of `hints`, in order.
+fn actions_hinted(hints: Vec<Hint>) -> Vec<ActionId> {
+    hints.into_iter().map(|hint| hint.action).collect()
 }
 
 /// A request as an older peer sends it: by put time, after `after`.
@@ -67,11 +74,17 @@ fn hints_follow_put_order_and_stop_at_a_pause() {
 
     let order = PutOrder::new(only_local());
     order.refresh(store.actions_dir());
-    assert_eq!(order.following(&action(1), 2), [action(2), action(3)]);
-    assert_eq!(order.following(&action(3), 10), [action(4), action(5)]);
-    assert!(order.following(&action(5), 10).is_empty());
-    assert!(order.following(&action(6), 10).is_empty());
-    assert!(order.following(&action(9), 10).is_empty());
+    assert_eq!(
+        actions_hinted(order.following(&action(1), 2)),
+        [action(2), action(3)]
+    );
+    assert_eq!(
+        actions_hinted(order.following(&action(3), 10)),
+        [action(4), action(5)]
+    );
+    assert!(actions_hinted(order.following(&action(5), 10)).is_empty());
+    assert!(actions_hinted(order.following(&action(6), 10)).is_empty());
+    assert!(actions_hinted(order.following(&action(9), 10)).is_empty());
 }
 
 /// Trust is not transitive: an entry a peer sent is neither hinted at
@@ -103,8 +116,8 @@ fn entries_fetched_from_peers_are_not_indexed() {
     }
     let order = PutOrder::new(only_local());
     order.refresh(store.actions_dir());
-    assert_eq!(order.following(&action(1), 10), [action(3)]);
-    assert!(order.following(&action(2), 10).is_empty());
+    assert_eq!(actions_hinted(order.following(&action(1), 10)), [action(3)]);
+    assert!(actions_hinted(order.following(&action(2), 10)).is_empty());
     let summary = order.summary(0, 0, 100).unwrap();
     assert_eq!(summary.prefixes.len(), 2, "{summary:?}");
     // A rescan does not read the kept entries again, nor index them.
@@ -138,7 +151,7 @@ fn catalogs_list_entries_built_here_in_put_order_within_an_age() {
                 .unwrap();
         }
     }
-    let serves_all: Servable = Arc::new(|_: &ActionId, _: &store::Line| true);
+    let serves_all: Servable = Arc::new(|_: &ActionId, _: &store::Line| Some(Body::default()));
     let order = PutOrder::new(serves_all);
     order.refresh(store.actions_dir());
     let at = UNIX_EPOCH + Duration::from_secs(now.load(Ordering::SeqCst));
@@ -181,7 +194,7 @@ fn refreshes_pick_up_new_entries_and_drop_removed_ones() {
     store.put_bytes(&action(1), b"one").unwrap();
     let order = PutOrder::new(only_local());
     order.refresh(store.actions_dir());
-    assert!(order.following(&action(1), 10).is_empty());
+    assert!(actions_hinted(order.following(&action(1), 10)).is_empty());
 
     now.fetch_add(1, Ordering::SeqCst);
     store.put_bytes(&action(2), b"two").unwrap();
@@ -191,7 +204,10 @@ fn refreshes_pick_up_new_entries_and_drop_removed_ones() {
     // change visible regardless.
     order.index.lock().unwrap().shards.clear();
     order.refresh(store.actions_dir());
-    assert_eq!(order.following(&action(1), 10), [action(2), action(3)]);
+    assert_eq!(
+        actions_hinted(order.following(&action(1), 10)),
+        [action(2), action(3)]
+    );
 
     store.clean().unwrap();
     order
@@ -202,7 +218,7 @@ fn refreshes_pick_up_new_entries_and_drop_removed_ones() {
         .values_mut()
         .for_each(|mtime| *mtime = UNIX_EPOCH);
     order.refresh(store.actions_dir());
-    assert!(order.following(&action(1), 10).is_empty());
+    assert!(actions_hinted(order.following(&action(1), 10)).is_empty());
     assert!(order.index.lock().unwrap().order.is_empty());
 }
 
@@ -255,6 +271,7 @@ fn slots_are_reused_and_every_view_agrees() {
         time: 1_000 + u64::from(n),
         size: u64::from(n),
         built_here: !n.is_multiple_of(3),
+        executable: n.is_multiple_of(5),
     };
     {
         let mut index = order.index.lock().unwrap();
@@ -278,7 +295,7 @@ fn slots_are_reused_and_every_view_agrees() {
     }
     order.ready.store(true, Ordering::Release);
     let odd: Vec<ActionId> = (1..100).step_by(2).map(action).collect();
-    assert_eq!(order.following(&action(1), 3), odd[1..4]);
+    assert_eq!(actions_hinted(order.following(&action(1), 3)), odd[1..4]);
     let forever = Duration::from_secs(u64::MAX / 4);
     let at = UNIX_EPOCH + Duration::from_secs(10);
     let catalog = order
@@ -314,6 +331,7 @@ fn a_cursor_whose_entry_is_gone_goes_on_after_its_time() {
         time,
         size: 1,
         built_here: true,
+        executable: false,
     };
     {
         let mut index = order.index.lock().unwrap();
@@ -409,6 +427,7 @@ fn positions_move_past_entries_older_than_the_window() {
         time,
         size: 1,
         built_here: true,
+        executable: false,
     };
     let action = |n: u32| {
         let mut bytes = [9; 32];
@@ -475,6 +494,7 @@ fn a_mostly_removed_log_starts_over_with_what_is_left() {
             time: u64::from(n),
             size: 1,
             built_here: true,
+            executable: false,
         };
         index.set(action(n), Some(meta));
     }
@@ -538,4 +558,53 @@ async fn a_started_index_learns_of_entries_as_they_land() {
     );
     let log = order.summary(0, 0, 100).unwrap().prefixes;
     assert!(log.contains(&warren_p2p::summary::prefix(&action(2))));
+}
+
+/// A coworker's test binary, put in the middle of a build: the hints and
+/// the catalog name it as an executable with its size, from the body's
+/// first bytes as the daemon reads them (`node_store::body_of`), so that
+/// each peer can leave it out of read-ahead and replication by its own
+/// limit; the entries around it are named as any other.
+#[test]
+fn hints_and_catalogs_name_executables_with_their_sizes() {
+    let (_dir, store, now) = store();
+    let mut binary = b"\x7fELF\x02\x01\x01".to_vec();
+    binary.resize(16, 0);
+    binary.extend_from_slice(&2u16.to_le_bytes());
+    binary.resize(100_000, 7);
+    for (n, body) in [(1, &b"before"[..]), (2, &binary[..]), (3, &b"after"[..])] {
+        now.fetch_add(1, Ordering::SeqCst);
+        store.put_bytes(&action(n), body).unwrap();
+    }
+    let servable: Servable = {
+        let store = store.clone();
+        Arc::new(move |_: &ActionId, line: &store::Line| {
+            crate::daemon::node_store::body_of(&store.object_path(&line.output))
+        })
+    };
+    let order = PutOrder::new(servable);
+    order.refresh(store.actions_dir());
+    assert_eq!(
+        order.following(&action(1), 10),
+        [
+            Hint {
+                action: action(2),
+                executable: Some(100_000)
+            },
+            Hint::new(action(3))
+        ]
+    );
+    let catalog = order
+        .catalog_at(
+            &by_position(catalog::Position::START, Duration::from_secs(3600), 10),
+            UNIX_EPOCH + Duration::from_secs(1_010),
+        )
+        .unwrap();
+    let executables: Vec<(ActionId, bool)> = (catalog.entries.iter())
+        .map(|entry| (entry.action, entry.executable))
+        .collect();
+    assert_eq!(
+        executables,
+        [(action(1), false), (action(2), true), (action(3), false)]
+    );
 }

@@ -35,6 +35,12 @@
 //!   batch at most a quarter second's worth by the sizes listed (which no
 //!   body may exceed).
 //!
+//! Linked executables (test binaries, `go run` binaries) that the catalog
+//! marks, bigger than `read-ahead-executables-max`, are passed over: they
+//! are big and seldom what the next build asks for, and a lookup still
+//! fetches one on demand. An older peer marks none, and its catalog is
+//! replicated whole, as before.
+//!
 //! With agreement on, replication is off ([`off_because`]): it takes one
 //! peer's word for every entry, which agreement never stores, so every
 //! body would be fetched only to be thrown away.
@@ -84,6 +90,9 @@ pub(crate) struct Settings {
     pub window: Duration,
     /// The store's `max-size`, less whose headroom replication fills.
     pub store_max_size: u64,
+    /// `read-ahead-executables-max`: linked executables the catalog lists
+    /// bigger than this are not replicated.
+    pub executables_max: u64,
 }
 
 /// Why replication is off although `replicate` names peers, if it is:
@@ -488,6 +497,7 @@ impl Replicator {
         let mut batch: Vec<CatalogEntry> = Vec::new();
         let mut listed = 0u64;
         let mut skipped = (0u64, 0u64);
+        let mut executables = (0u64, 0u64);
         {
             let mut peers = self.lock();
             let Some(state) = peers.get_mut(&peer) else {
@@ -499,6 +509,11 @@ impl Replicator {
                 };
                 let entry = queued.entry;
                 if self.store.holds(&entry.action) {
+                    continue;
+                }
+                if entry.executable && entry.size > self.settings.executables_max {
+                    executables.0 += 1;
+                    executables.1 += entry.size;
                     continue;
                 }
                 if let Err(full) = budget.take(entry.size) {
@@ -513,6 +528,9 @@ impl Replicator {
         }
         if skipped.0 > 0 {
             tracing::debug!(%peer, entries = skipped.0, bytes = skipped.1, "skipped for the replication budgets");
+        }
+        if executables.0 > 0 {
+            tracing::debug!(%peer, entries = executables.0, bytes = executables.1, "passed over big executables");
         }
         if batch.is_empty() {
             return;

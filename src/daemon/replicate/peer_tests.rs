@@ -117,7 +117,7 @@ impl Bodies for Understating {
 }
 
 impl Hints for Understating {
-    fn following(&self, action: &ActionId, limit: usize) -> Vec<ActionId> {
+    fn following(&self, action: &ActionId, limit: usize) -> Vec<warren_p2p::Hint> {
         self.0.following(action, limit)
     }
 
@@ -279,6 +279,7 @@ fn settings(rate: u64, max_size: u64) -> Settings {
         rate,
         window: DAY,
         store_max_size: max_size,
+        executables_max: 4 << 20,
     }
 }
 

@@ -16,6 +16,7 @@ fn skipped_entries_come_back_when_the_budget_has_room() {
             action: ActionId::from_bytes([n; 32]),
             size,
             time_unix_nanos: time,
+            executable: false,
         },
         from: Resume {
             position: page(from),

@@ -13,22 +13,33 @@ use super::requests::Terms;
 use crate::fetch::exchange::FetchId;
 use crate::fetch::read_ahead::{HINTS, batch_size};
 use crate::ids::ActionId;
+use crate::store::Hint;
 
 impl Books {
-    /// Queues a peer's hints and starts what read-ahead allows.
+    /// Queues a peer's hints and starts what read-ahead allows. Linked
+    /// executables bigger than the limit for them are passed over: a
+    /// lookup fetches one if a build asks for it.
     pub(super) fn offer_hints(
         &mut self,
         peer: PeerId,
-        next: Vec<ActionId>,
+        next: Vec<Hint>,
         now: Instant,
         peers: &impl Peers,
     ) {
         if self.limits.read_ahead == 0 {
             return;
         }
-        for action in next {
-            if !self.active.contains_key(&action) {
-                self.read_ahead.offer(peer, action);
+        let max = self.limits.read_ahead_executables_max;
+        for hint in next {
+            if hint.executable.is_some_and(|size| size > max) {
+                tracing::trace!(
+                    action = hint.action.to_hex(),
+                    "not reading ahead a big executable"
+                );
+                continue;
+            }
+            if !self.active.contains_key(&hint.action) {
+                self.read_ahead.offer(peer, hint.action);
             }
         }
         self.pump_read_ahead(now, peers);

@@ -45,6 +45,8 @@ pub(crate) struct Limits {
     /// Entries read ahead at once; 0 turns read-ahead off.
     pub(crate) read_ahead: usize,
     pub(crate) read_ahead_max_body: u64,
+    /// Hinted executables bigger than this are not read ahead.
+    pub(crate) read_ahead_executables_max: u64,
     pub(crate) read_ahead_budget: ReadAheadLimits,
 }
 
@@ -64,6 +66,7 @@ impl Limits {
                 config.read_ahead
             },
             read_ahead_max_body: config.read_ahead_max_body,
+            read_ahead_executables_max: config.read_ahead_executables_max,
             read_ahead_budget: config.read_ahead_budget,
         }
     }

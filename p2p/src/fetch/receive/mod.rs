@@ -59,7 +59,7 @@ use crate::protocol::metered::{Metered, Traffic};
 use crate::protocol::wire::{
     self, BATCH_VERSION, Encoding, FoundHeader, RequestHeader, ResponseHeader, WIRE_VERSION,
 };
-use crate::store::Store;
+use crate::store::{Hint, Store};
 
 /// One of our requests on its way: what the books asked for, and what
 /// reading its answer takes besides. Only its [`header`](Self::header)
@@ -152,7 +152,7 @@ impl Requester {
         io: &mut T,
         request: &Request,
         deadline: Instant,
-        next: &mut Vec<ActionId>,
+        next: &mut Vec<Hint>,
     ) -> io::Result<ResponseHeader>
     where
         T: AsyncRead + Unpin + Send,
@@ -161,7 +161,8 @@ impl Requester {
             .await
             .map_err(|_| Lateness::Header.error())??;
         if !header.next.is_empty() {
-            *next = std::mem::take(&mut header.next);
+            let actions = std::mem::take(&mut header.next);
+            *next = wire::joined_hints(actions, &header.next_executables);
             next.truncate(request.hints.min(wire::MAX_HINTS) as usize);
         }
         Ok(header)

@@ -84,12 +84,13 @@ impl Server {
             if found.is_some() {
                 last_held = Some(action);
             }
-            let next = match (index == last, last_held) {
+            let hints = match (index == last, last_held) {
                 (true, Some(held)) if reply.hints > 0 => self
                     .store
                     .following(held, reply.hints.min(wire::MAX_HINTS) as usize),
                 _ => Vec::new(),
             };
+            let (next, next_executables) = wire::split_hints(&hints);
             let compress = reply.compress && body.is_some();
             let header = ResponseHeader {
                 version: WIRE_VERSION,
@@ -102,6 +103,7 @@ impl Server {
                     ..found
                 }),
                 next,
+                next_executables,
             };
             outbox.header(&header)?;
             match (header.found, body) {

@@ -16,6 +16,7 @@ use crate::fetch::receive::tests::{
 use crate::node::codec::Response;
 use crate::protocol::compress;
 use crate::protocol::testing::Writes;
+use crate::store::Hint;
 
 fn piece(bytes: &[u8]) -> Piece {
     let mut piece = Piece::new(bytes.len());
@@ -186,7 +187,7 @@ async fn served_bodies_round_trip_through_the_codec() {
         .await
         .unwrap();
     assert!(matches!(answer.outcome, Some(Outcome::Committed(_))));
-    assert_eq!(answer.next, vec![ActionId::from_bytes([2; 32])]);
+    assert_eq!(answer.next, [Hint::new(ActionId::from_bytes([2; 32]))]);
     assert_eq!(
         store.committed.lock().unwrap()[&ActionId::from_bytes([1; 32])],
         body
@@ -283,7 +284,10 @@ async fn servers_answer_every_action_of_a_batch_and_hint_after_the_last_held() {
     )
     .await;
     // The hints follow the last action the server holds: ActionId::from_bytes([3; 32]).
-    assert_eq!(answer.unwrap().next, vec![ActionId::from_bytes([4; 32])]);
+    assert_eq!(
+        answer.unwrap().next,
+        [Hint::new(ActionId::from_bytes([4; 32]))]
+    );
     assert_eq!(reports.len(), 3);
     assert_eq!(reports[1].outcome, Outcome::NotFound);
     assert_eq!(

@@ -11,6 +11,7 @@ use crate::fetch::pace::STALL;
 use crate::fetch::read_ahead::{BATCH, HINTS};
 use crate::ids::OutputId;
 use crate::protocol::wire::WIRE_VERSION;
+use crate::store::Hint;
 
 /// Peers as a test sets them: connected and allowlisted, summaries
 /// (none: may hold anything), batches, and the local store.
@@ -64,6 +65,7 @@ fn limits() -> Limits {
         agreement: false,
         read_ahead: 64,
         read_ahead_max_body: 64 << 20,
+        read_ahead_executables_max: 4 << 20,
         read_ahead_budget: crate::config::ReadAheadLimits {
             live_for: Duration::from_secs(30),
             window: Duration::from_secs(600),
@@ -86,7 +88,16 @@ fn meta(size: u64) -> Meta {
     }
 }
 
+/// Hints at `actions`, none of them known to be an executable.
+fn plain(actions: Vec<ActionId>) -> Vec<Hint> {
+    actions.into_iter().map(Hint::new).collect()
+}
+
 fn answered(outcome: Outcome, next: Vec<ActionId>) -> Answer {
+    answered_with(outcome, plain(next))
+}
+
+fn answered_with(outcome: Outcome, next: Vec<Hint>) -> Answer {
     Answer {
         outcome: Some(outcome),
         next,
@@ -98,7 +109,7 @@ fn answered(outcome: Outcome, next: Vec<ActionId>) -> Answer {
 fn answered_batch(next: Vec<ActionId>) -> Answer {
     Answer {
         outcome: None,
-        next,
+        next: plain(next),
         version: WIRE_VERSION,
     }
 }

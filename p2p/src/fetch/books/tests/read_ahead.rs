@@ -59,7 +59,7 @@ fn read_ahead_needs_a_live_build_and_stays_within_its_budget() {
     // The live window passes with no lookup hit: nothing either, even
     // in a new budget window.
     let later = now + Duration::from_secs(601);
-    books.offer_hints(peer, hints(100), later, &peers);
+    books.offer_hints(peer, plain(hints(100)), later, &peers);
     assert!(drain(&mut books).0.is_empty());
 }
 
@@ -150,4 +150,49 @@ fn a_version_one_peer_gets_the_rest_of_a_batch_one_per_request() {
     let asked: Vec<Vec<ActionId>> = again.iter().map(|send| send.actions.clone()).collect();
     assert_eq!(asked, [vec![hints[1]], vec![hints[2]]]);
     assert!(again.iter().all(|send| send.batch.is_none()));
+}
+
+/// A coworker's build hints at its test binary between two packages: a
+/// linked executable over the limit is not read ahead (a small one is, and
+/// so is a hint from an older server, which marks none), and a lookup
+/// for it is still sent.
+#[test]
+fn big_executables_are_left_to_a_lookup() {
+    let now = Instant::now();
+    let peers = peers(1);
+    let peer = peers.connected[0];
+    let mut books = Books::new(limits());
+    let max = books.limits.read_ahead_executables_max;
+    let _answer = lookup(&mut books, action(1), now, &peers);
+    let (sends, _) = drain(&mut books);
+    let hints = vec![
+        Hint::new(action(10)),
+        Hint {
+            action: action(11),
+            executable: Some(max + 1),
+        },
+        Hint {
+            action: action(12),
+            executable: Some(max),
+        },
+        Hint::new(action(13)),
+    ];
+    books.on_answer(
+        sends[0].key,
+        peer,
+        answered_with(Outcome::Committed(meta(1)), hints),
+        now,
+        &peers,
+    );
+    let (batches, _) = drain(&mut books);
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(
+        batches[0].actions,
+        [action(10), action(12), action(13)],
+        "the big executable was read ahead"
+    );
+    let _answer = lookup(&mut books, action(11), now, &peers);
+    let (sends, _) = drain(&mut books);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].actions, [action(11)]);
 }

@@ -2,6 +2,7 @@
 //! stops.
 
 use super::*;
+use crate::store::Hint;
 
 /// A replicated entry announced bigger than its catalog listed is
 /// refused before a byte of its body is read (no sink is opened), and
@@ -79,7 +80,7 @@ async fn batches_report_each_entry_in_order() {
     .await;
     let answer = answer.unwrap();
     assert_eq!(answer.outcome, None);
-    assert_eq!(answer.next, vec![ActionId::from_bytes([9; 32])]);
+    assert_eq!(answer.next, [Hint::new(ActionId::from_bytes([9; 32]))]);
     assert_eq!(answer.version, 2);
     let tokens: Vec<u64> = reports.iter().map(|r| r.token).collect();
     assert_eq!(tokens, [0, 1, 2]);

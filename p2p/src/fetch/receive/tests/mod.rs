@@ -239,6 +239,7 @@ pub(crate) fn answer_with_next(
         version: WIRE_VERSION,
         found,
         next,
+        next_executables: Vec::new(),
     };
     futures::executor::block_on(wire::write_frame(&mut bytes, &header)).unwrap();
     bytes.extend_from_slice(body);
@@ -320,6 +321,7 @@ pub(crate) fn header_bytes(
         version,
         found,
         next,
+        next_executables: Vec::new(),
     };
     futures::executor::block_on(wire::write_frame(&mut bytes, &header)).unwrap();
     bytes
@@ -357,8 +359,10 @@ impl Bodies for Files {
 }
 
 impl Hints for Files {
-    fn following(&self, action: &ActionId, _: usize) -> Vec<ActionId> {
-        vec![ActionId::from_bytes([action.as_bytes()[0] + 1; 32])]
+    fn following(&self, action: &ActionId, _: usize) -> Vec<crate::store::Hint> {
+        vec![crate::store::Hint::new(ActionId::from_bytes(
+            [action.as_bytes()[0] + 1; 32],
+        ))]
     }
 }
 
