@@ -55,7 +55,8 @@ MODULE = {
     ),
     "greet/greet.go": (
         "package greet\n\nimport \"strings\"\n\n// Hello greets name.\n"
-        "func Hello(name string) string { return \"hello, \" + strings.ToUpper(name[:1]) + name[1:] }\n"
+        "func Hello(name string) string {\n"
+        "\treturn \"hello, \" + strings.ToUpper(name[:1]) + name[1:]\n}\n"
     ),
 }
 
@@ -119,7 +120,8 @@ def maturin():
         shutil.rmtree(venv, ignore_errors=True)
         run([sys.executable, "-m", "venv", venv], "creating .venv-wheel/venv", 300)
         run(
-            [venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check", "-q", *requires],
+            [venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check", "-q",
+             *requires],
             f"installing {requires} from PyPI into .venv-wheel/venv",
             900,
         )
@@ -132,7 +134,8 @@ def go_binary():
     done = run(["bash", REPO / "scripts" / "go-toolchain.sh"], "scripts/go-toolchain.sh", 900)
     go = done.stdout.strip()
     if not os.path.isabs(go) or not os.access(go, os.X_OK):
-        raise AssertionError(f"scripts/go-toolchain.sh printed {go!r}, not an executable's absolute path")
+        raise AssertionError(
+            f"scripts/go-toolchain.sh printed {go!r}, not an executable's absolute path")
     return go
 
 
@@ -191,7 +194,8 @@ class WheelTest(unittest.TestCase):
         wheels = list(dist.glob("*.whl"))
         self.assertEqual(len(wheels), 1, f"maturin build made {wheels}")
         wheel = wheels[0]
-        self.assertTrue(wheel.name.startswith(f"{DISTRIBUTION}-{self.version}-py3-none-"), wheel.name)
+        self.assertTrue(
+            wheel.name.startswith(f"{DISTRIBUTION}-{self.version}-py3-none-"), wheel.name)
         with zipfile.ZipFile(wheel) as archive:
             scripts = [name for name in archive.namelist() if "/scripts/" in name]
         self.assertEqual(scripts, [f"{DISTRIBUTION}-{self.version}.data/scripts/warren"])
@@ -210,7 +214,8 @@ class WheelTest(unittest.TestCase):
             magic = file.read(4)
         self.assertIn(magic, [b"\x7fELF", b"\xcf\xfa\xed\xfe"], f"{warren} is not a native binary")
 
-        done = run([warren, "--version"], "warren --version", 60, env={"PATH": os.environ.get("PATH", "")})
+        done = run([warren, "--version"], "warren --version", 60,
+                   env={"PATH": os.environ.get("PATH", "")})
         self.assertEqual(done.stdout, f"warren {self.version}\n")
         self.assertEqual(done.stderr, "")
 
@@ -247,7 +252,8 @@ class WheelTest(unittest.TestCase):
             env = dict(base, GOCACHE=str(self.tmp / gocache))
             if through_warren:
                 env["GOCACHEPROG"] = str(warren)
-            done = run([go, "build", *flags, "-o", out, "."], f"go build -o {out} (GOCACHE={gocache})",
+            done = run([go, "build", *flags, "-o", out, "."],
+                       f"go build -o {out} (GOCACHE={gocache})",
                        GO_TIMEOUT, cwd=self.tmp / "work", env=env)
             return (self.tmp / "work" / out).read_bytes(), done.stderr
 
@@ -259,7 +265,8 @@ class WheelTest(unittest.TestCase):
         cold, stderr = build("hello-cold", "gocache-cold", True)
         self.assertEqual(stderr, "", "go build through warren printed on stderr")
         after_cold = lifetime()
-        self.assertGreater(after_cold["puts"], 0, f"the cold build stored nothing in warren: {after_cold}")
+        self.assertGreater(after_cold["puts"], 0,
+                           f"the cold build stored nothing in warren: {after_cold}")
         # Warm, with a cold GOCACHE of its own: every compile comes from
         # warren's store, and go only links (it keeps executables in its own
         # disk cache alone, never through GOCACHEPROG). -x lists each tool go
@@ -270,11 +277,14 @@ class WheelTest(unittest.TestCase):
         self.assertEqual([tool for tool in tools if tool not in ("link", "buildid")], [],
                          f"the warm build ran more than the linker:\n{commands}")
         stats = lifetime()
-        self.assertGreater(stats["hits"] - after_cold["hits"], 0, f"the warm build got nothing from warren: {stats}")
+        self.assertGreater(stats["hits"] - after_cold["hits"], 0,
+                           f"the warm build got nothing from warren: {stats}")
         self.assertEqual(stats["errors"], 0, f"warren answered with errors: {stats}")
 
-        self.assertTrue(plain == cold, "the program built through a cold warren differs from Go's own")
-        self.assertTrue(plain == warm, "the program built from warren's store differs from Go's own")
+        self.assertTrue(plain == cold,
+                        "the program built through a cold warren differs from Go's own")
+        self.assertTrue(plain == warm,
+                        "the program built from warren's store differs from Go's own")
         run([self.tmp / "work" / "hello-warm"], "the program built from warren's store", 60)
 
 
