@@ -249,7 +249,10 @@ fn list(
         .unwrap_or_default();
     let rows = rows(allowlist, peers, &held);
     let built_here = held.get(&Source::Local).copied().unwrap_or_default();
-    let bucket = super::bucket::for_peers(config);
+    let bucket = daemon
+        .running
+        .then(|| super::bucket::for_peers(config))
+        .flatten();
     if json {
         let report = serde_json::json!({
             "daemon": daemon,

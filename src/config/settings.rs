@@ -176,9 +176,9 @@ settings! {
         /// Bytes of a hit manifest's other entries fetched ahead; 0 turns
         /// read-ahead off. Default: [`DEFAULT_BUCKET_READ_AHEAD_SIZE`].
         "read-ahead-size" read_ahead_size: ByteSize = DEFAULT_BUCKET_READ_AHEAD_SIZE;
-        /// Most bytes a second that downloads from the bucket take, lookups
-        /// and read-ahead together (`20 MiB/s`), for a link shared with
-        /// others. Default: no cap.
+        /// Most bytes a second that bodies downloaded from the bucket take,
+        /// for lookups and read-ahead together (`20 MiB/s`), for a link
+        /// shared with others; lookups go first. Default: no cap.
         "max-rate" max_rate: Option<Rate> = None;
     }
 }

@@ -1,11 +1,15 @@
-//! The bucket's bandwidth cap (`[bucket] max-rate`): downloads, lookups
-//! and read-ahead together, take at most so many bytes a second.
+//! The bucket's bandwidth cap (`[bucket] max-rate`): bodies downloaded,
+//! for lookups and read-ahead together, take at most so many bytes a
+//! second.
 //!
 //! Each chunk that arrives books the link for as long as its bytes take at
 //! the rate, after what was booked before; its fetch goes on reading when
 //! the booking starts. So the bytes read average the rate however many
-//! fetches run, without a burst beyond one chunk per fetch, and TCP's
-//! own flow control slows the server down while a fetch waits.
+//! fetches run (give or take what the sockets' buffers hold), and TCP's own
+//! flow control slows the server down while a fetch waits. A build waits
+//! on a lookup's chunks and not on read-ahead's, so they book in two lines:
+//! a lookup's chunk books after earlier lookups' only, and pushes
+//! read-ahead's line back by as much.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -16,30 +20,55 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub(crate) struct Pacer {
     rate: u64,
-    /// When the link is free again.
-    free_at: Mutex<Option<Instant>>,
+    booked: Mutex<Booked>,
+}
+
+/// When each line is free again.
+#[derive(Debug, Default)]
+struct Booked {
+    /// After every booking, lookups' and read-ahead's.
+    all: Option<Instant>,
+    /// After lookups' bookings.
+    urgent: Option<Instant>,
 }
 
 impl Pacer {
     pub(crate) fn new(bytes_per_second: u64) -> Self {
         Self {
             rate: bytes_per_second.max(1),
-            free_at: Mutex::new(None),
+            booked: Mutex::default(),
         }
     }
 
-    /// Books `bytes` and waits until its booking starts.
-    pub(crate) async fn take(&self, bytes: u64) {
-        let start = self.book(bytes, Instant::now());
-        tokio::time::sleep_until(start).await;
+    /// Books `bytes` (a build waits on them if `urgent`) and waits until
+    /// the booking starts.
+    pub(crate) async fn take(&self, bytes: u64, urgent: bool) {
+        let now = Instant::now();
+        let start = self.book(bytes, urgent, now);
+        // Timers fire on whole milliseconds: a shorter wait would cost a
+        // millisecond a chunk on a free link. Bookings add up, so the
+        // rate holds over the waits that come.
+        if start.saturating_duration_since(now) >= Duration::from_millis(1) {
+            tokio::time::sleep_until(start).await;
+        }
     }
 
-    /// Books `bytes` at `now` or after what is booked; when it starts.
-    fn book(&self, bytes: u64, now: Instant) -> Instant {
-        let mut free_at = self.free_at.lock().unwrap_or_else(|p| p.into_inner());
-        let start = free_at.map_or(now, |free| free.max(now));
-        *free_at = Some(start + Duration::from_secs_f64(bytes as f64 / self.rate as f64));
-        start
+    /// Books `bytes` at `now` or after what is booked before it; when it
+    /// starts.
+    fn book(&self, bytes: u64, urgent: bool, now: Instant) -> Instant {
+        let takes = Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+        let after = |start: Instant| start.checked_add(takes).unwrap_or(start);
+        let mut booked = self.booked.lock().unwrap_or_else(|p| p.into_inner());
+        let all = booked.all.map_or(now, |free| free.max(now));
+        if urgent {
+            let start = booked.urgent.map_or(now, |free| free.max(now));
+            booked.urgent = Some(after(start));
+            booked.all = Some(after(all));
+            start
+        } else {
+            booked.all = Some(after(all));
+            all
+        }
     }
 }
 
@@ -58,7 +87,7 @@ mod tests {
             let pacer = pacer.clone();
             tokio::spawn(async move {
                 for _ in 0..16 {
-                    pacer.take(64 << 10).await;
+                    pacer.take(64 << 10, false).await;
                 }
             })
         });
@@ -78,9 +107,47 @@ mod tests {
     fn an_idle_link_saves_nothing_up() {
         let pacer = Pacer::new(1 << 20);
         let now = Instant::now();
-        assert_eq!(pacer.book(1 << 20, now), now);
+        assert_eq!(pacer.book(1 << 20, false, now), now);
         let later = now + Duration::from_secs(10);
-        assert_eq!(pacer.book(1 << 20, later), later);
-        assert_eq!(pacer.book(1, later), later + Duration::from_secs(1));
+        assert_eq!(pacer.book(1 << 20, false, later), later);
+        assert_eq!(pacer.book(1, false, later), later + Duration::from_secs(1));
+    }
+
+    /// A lookup's chunk goes before read-ahead booked far ahead, and read-ahead
+    /// books after it: the rate holds over both.
+    #[test]
+    fn a_lookup_books_before_read_ahead() {
+        let pacer = Pacer::new(1 << 20);
+        let now = Instant::now();
+        for n in 0..10 {
+            let start = pacer.book(1 << 20, false, now);
+            assert_eq!(start, now + Duration::from_secs(n));
+        }
+        assert_eq!(
+            pacer.book(1 << 20, true, now),
+            now,
+            "the lookup waits for nothing"
+        );
+        assert_eq!(
+            pacer.book(1 << 20, true, now),
+            now + Duration::from_secs(1),
+            "after the lookup before it"
+        );
+        assert_eq!(
+            pacer.book(1 << 20, false, now),
+            now + Duration::from_secs(12),
+            "read-ahead after all of it"
+        );
+    }
+
+    /// A free link costs a chunk no sleep at all (a timer would round up
+    /// to the next millisecond, a chunk at a time).
+    #[tokio::test(start_paused = true)]
+    async fn a_free_link_costs_nothing() {
+        let pacer = Pacer::new(1 << 30);
+        let started = Instant::now();
+        pacer.take(1, true).await;
+        pacer.take(1, false).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

@@ -27,7 +27,7 @@
 //!   ([`Pacer`]); the `max-size` of the store and its disk floor hold for
 //!   them as for a peer's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,11 +35,12 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use libp2p_identity::PeerId;
-use tokio::sync::watch;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use warren_p2p::Bodies as _;
 
 use self::body::{WriteError, write_body};
+use self::landing::{Claim, Fetching};
 use super::client::{Bucket, read_at_most};
 use super::index::{Index, MAX_MANIFESTS, Mapping};
 use super::keys;
@@ -106,6 +107,9 @@ pub(crate) struct Settings {
 /// What the reading side counts, for `warren bucket status`.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Bodies fetched for a lookup (one that waited on a body read ahead
+    /// counts as read ahead): hits and `read_ahead` add up to the bodies
+    /// fetched.
     pub hits: AtomicU64,
     pub read_ahead: AtomicU64,
     pub bytes: AtomicU64,
@@ -124,8 +128,11 @@ pub(crate) struct Fetched {
 /// Why a fetch of a named body failed.
 #[derive(Debug)]
 enum FetchError {
-    /// The bucket's fault: down, slow, refusing, or a bad body.
+    /// The bucket's fault: down, refusing, a bad body, or a body that
+    /// stalled on its way.
     Bucket(String),
+    /// No first bytes within the deadline.
+    Slow(String),
     /// The bucket has no such body (a writer between bodies and
     /// manifests, or gc): a miss, not a fault.
     Absent,
@@ -147,7 +154,12 @@ pub(crate) struct Reader {
     untrusted: Mutex<HashSet<PeerId>>,
     /// Bodies being fetched, by lookups and read-ahead: a second fetch of
     /// one waits for the first instead of sending its bytes again.
-    fetching: Mutex<HashMap<ActionId, watch::Receiver<()>>>,
+    fetching: Arc<Fetching>,
+    /// Read-ahead fetches under way, across manifests.
+    ahead: Arc<Semaphore>,
+    /// The daemon's runtime, where read-ahead runs (a lookup may come on
+    /// the helpers' socket thread, which must stay free to answer).
+    runtime: tokio::runtime::Handle,
     /// Set when the whole listing must be read again (allowlist changed).
     relist: tokio::sync::Notify,
     pub(crate) counters: Counters,
@@ -173,7 +185,9 @@ impl Reader {
             quiet,
             cooldown_until: Mutex::new(None),
             untrusted: Mutex::default(),
-            fetching: Mutex::default(),
+            fetching: Arc::default(),
+            ahead: Arc::new(Semaphore::new(READ_AHEAD_PARALLEL)),
+            runtime: tokio::runtime::Handle::current(),
             relist: tokio::sync::Notify::new(),
             counters: Counters::default(),
             pacer: settings.max_rate.map(Pacer::new),
@@ -202,57 +216,46 @@ impl Reader {
         if self.cooling(Instant::now()) {
             return Err(BucketMiss::Cooldown);
         }
-        let fetched = match self.claim(action) {
+        let landed = Fetched {
+            signer: mapping.signer,
+            size: mapping.size,
+        };
+        let fetched = match self.fetching.claim(action) {
+            // Landed since the helper missed (read ahead, most likely).
+            Ok(_) if self.store.holds(&action) => return Ok(Some(landed)),
             Ok(claim) => {
-                let fetched = self.fetch(action, mapping).await;
-                drop(claim);
-                fetched
+                self.fetch(action, mapping, &claim, self.settings.deadline)
+                    .await
             }
-            // Read ahead (or asked by another build) already: it lands, or
-            // its fetch ends and says why.
-            Err(mut landing) => {
-                let _ = landing.changed().await;
-                if !self.store.holds(&action) {
-                    return Ok(None);
+            // Read ahead (or asked by another build) already: wait for it
+            // as long as a fetch of our own would take.
+            Err(landing) => {
+                landing.wait(self.settings.deadline).await;
+                if self.store.holds(&action) {
+                    return Ok(Some(landed));
                 }
-                Ok(())
+                if self.cooling(Instant::now()) {
+                    return Err(BucketMiss::Failed);
+                }
+                return Ok(None);
             }
         };
         match fetched {
             Ok(()) => {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
                 self.start_read_ahead(mapping.manifest);
-                Ok(Some(Fetched {
-                    signer: mapping.signer,
-                    size: mapping.size,
-                }))
+                Ok(Some(landed))
             }
             Err(FetchError::Absent) => Ok(None),
             Err(FetchError::Store(why)) => {
                 tracing::debug!("bucket body of {action} not stored: {why}");
                 Ok(None)
             }
-            Err(FetchError::Bucket(why)) => {
+            Err(FetchError::Bucket(why) | FetchError::Slow(why)) => {
                 self.failed(&why);
                 Err(BucketMiss::Failed)
             }
         }
-    }
-
-    /// Claims the fetch of `action`: the claim, held while fetching, or
-    /// what tells when the fetch already under way ends.
-    fn claim(self: &Arc<Self>, action: ActionId) -> Result<Claim, watch::Receiver<()>> {
-        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(landing) = fetching.get(&action) {
-            return Err(landing.clone());
-        }
-        let (done, landing) = watch::channel(());
-        fetching.insert(action, landing);
-        Ok(Claim {
-            reader: self.clone(),
-            action,
-            _done: done,
-        })
     }
 
     fn cooling(&self, now: Instant) -> bool {
@@ -282,17 +285,28 @@ impl Reader {
         }
     }
 
-    /// Streams one body into the store. Its first bytes must come within
-    /// the deadline, read ahead or not: a lookup may be waiting on it.
-    async fn fetch(&self, action: ActionId, mapping: Mapping) -> Result<(), FetchError> {
+    /// Streams one body into the store under `claim`; its first bytes
+    /// must come within `first_bytes`, then no chunk may take longer than
+    /// [`STALL`].
+    async fn fetch(
+        &self,
+        action: ActionId,
+        mapping: Mapping,
+        claim: &Claim,
+        first_bytes: Duration,
+    ) -> Result<(), FetchError> {
         let name = keys::object(&mapping.output, compressed(mapping.size));
-        let deadline = self.settings.deadline;
-        let body = match tokio::time::timeout(deadline, self.bucket.get(&name)).await {
-            Err(_) => return Err(FetchError::Bucket(format!("no answer within {deadline:?}"))),
+        let body = match tokio::time::timeout(first_bytes, self.bucket.get(&name)).await {
+            Err(_) => {
+                return Err(FetchError::Slow(format!(
+                    "no answer within {first_bytes:?}"
+                )));
+            }
             Ok(Err(e)) => return Err(FetchError::Bucket(crate::logging::chain(&e))),
             Ok(Ok(None)) => return Err(FetchError::Absent),
             Ok(Ok(Some(body))) => body,
         };
+        claim.started();
         let sink = self
             .adapter
             .begin(&action, &mapping.output, mapping.size, &mapping.signer)
@@ -310,7 +324,7 @@ impl Reader {
                 Ok(Some(Ok(chunk))) => {
                     arrived += chunk.len() as u64;
                     if let Some(pacer) = &self.pacer {
-                        pacer.take(chunk.len() as u64).await;
+                        pacer.take(chunk.len() as u64, claim.urgent()).await;
                     }
                     if chunks.send(chunk).await.is_err() {
                         break Ok(()); // The writer stopped: it says why.
@@ -318,20 +332,20 @@ impl Reader {
                 }
             }
         };
+        // The writer ends once its chunks do: it commits the body if every
+        // byte came (the checks decide), so the claim ends after that.
         drop(chunks);
-        if let Err(why) = outcome {
-            writing.abort();
-            return Err(FetchError::Bucket(why));
-        }
+        let written = writing.await;
         self.counters.bytes.fetch_add(arrived, Ordering::Relaxed);
-        match writing.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(WriteError::Bad(why))) => Err(FetchError::Bucket(format!(
+        match (written, outcome) {
+            (Ok(Ok(())), _) => Ok(()),
+            (_, Err(why)) => Err(FetchError::Bucket(why)),
+            (Ok(Err(WriteError::Bad(why))), Ok(())) => Err(FetchError::Bucket(format!(
                 "the body of {} was refused: {why}",
                 mapping.output
             ))),
-            Ok(Err(WriteError::Store(why))) => Err(FetchError::Store(why)),
-            Err(e) => Err(FetchError::Store(e.to_string())),
+            (Ok(Err(WriteError::Store(why))), Ok(())) => Err(FetchError::Store(why)),
+            (Err(e), Ok(())) => Err(FetchError::Store(e.to_string())),
         }
     }
 
@@ -343,7 +357,8 @@ impl Reader {
             return;
         };
         let reader = self.clone();
-        tokio::spawn(async move { reader.read_ahead(signer, entries).await });
+        self.runtime
+            .spawn(async move { reader.read_ahead(signer, entries).await });
     }
 
     async fn read_ahead(self: Arc<Self>, signer: PeerId, entries: super::index::Entries) {
@@ -360,23 +375,32 @@ impl Reader {
         let fetches = futures::stream::iter(wanted).map(|(action, output, size)| {
             let reader = self.clone();
             async move {
+                // At most READ_AHEAD_PARALLEL across every manifest read ahead.
+                let Ok(_permit) = reader.ahead.clone().acquire_owned().await else {
+                    return;
+                };
                 if reader.cooling(Instant::now()) || reader.store.holds(&action) {
                     return;
                 }
-                let Ok(_claim) = reader.claim(action) else {
+                let Ok(claim) = reader.fetching.claim(action) else {
                     return; // A lookup fetches it.
                 };
+                if reader.store.holds(&action) {
+                    return; // Landed just now.
+                }
                 let mapping = Mapping {
                     output,
                     size,
                     signer,
                     manifest: u64::MAX,
                 };
-                match reader.fetch(action, mapping).await {
+                match reader.fetch(action, mapping, &claim, STALL).await {
                     Ok(()) => {
                         reader.counters.read_ahead.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(FetchError::Bucket(why)) => reader.failed(&why),
+                    // A slow start of one of many fetches is the link's
+                    // queue, not a failing bucket: lookups go on.
                     Err(e) => tracing::debug!("read-ahead of {action}: {e:?}"),
                 }
             }
@@ -532,24 +556,8 @@ impl Reader {
     }
 }
 
-/// A fetch under way; dropping it ends the fetch for those waiting on it.
-struct Claim {
-    reader: Arc<Reader>,
-    action: ActionId,
-    _done: watch::Sender<()>,
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.reader
-            .fetching
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.action);
-    }
-}
-
 mod body;
+mod landing;
 
 #[cfg(test)]
 mod tests;

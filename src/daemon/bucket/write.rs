@@ -9,7 +9,8 @@
 //! bucket, and never a module index (the same consistency checks as
 //! serving); its body is read and hashed again (a damaged body is not
 //! uploaded), then put by OutputID if absent (a body already there is not
-//! sent again), [`UPLOADS`] at a time, zstd-compressed from [`COMPRESS_FROM`](super::read::COMPRESS_FROM)
+//! sent again), [`UPLOADS`] at a time ([`PREPARING`] of them read and
+//! compressed at once), zstd-compressed from [`COMPRESS_FROM`](super::read::COMPRESS_FROM)
 //! bytes on. Then the signed manifest of those entries (several if they
 //! are more than a manifest holds).
 //!
@@ -25,8 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use libp2p_identity::Keypair;
 use futures::StreamExt as _;
+use libp2p_identity::Keypair;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, watch};
 
@@ -45,6 +46,8 @@ pub(crate) const MAX_REPORTED: usize = 50_000;
 pub(crate) const QUEUE: usize = 64;
 /// Bodies uploaded at once.
 pub(crate) const UPLOADS: usize = 16;
+/// Bodies read, hashed and compressed at once, for those uploads.
+const PREPARING: usize = 2;
 
 /// What the writing side counts, for `warren bucket status` and `sync`.
 #[derive(Debug, Default)]
@@ -74,6 +77,8 @@ struct Uploader {
     last_error: Arc<Mutex<Option<String>>>,
     /// Told already that these credentials cannot write.
     denied_told: AtomicBool,
+    /// Bodies being read, hashed and compressed at once.
+    preparing: tokio::sync::Semaphore,
 }
 
 impl Writer {
@@ -90,6 +95,7 @@ impl Writer {
             counters: counters.clone(),
             last_error: last_error.clone(),
             denied_told: AtomicBool::new(false),
+            preparing: tokio::sync::Semaphore::new(PREPARING),
         };
         let done = pending.clone();
         tokio::spawn(async move {
@@ -142,22 +148,25 @@ struct Ready {
 
 impl Uploader {
     async fn upload(&self, actions: Vec<ActionId>) {
-        // In put order, UPLOADS at a time: a body's HEAD and PUT are a
-        // round trip each, and at tens of milliseconds to the bucket one
-        // after the other they would take minutes for `go build std`.
-        // Only the bodies in flight are in memory.
-        let mut uploads = futures::stream::iter(actions)
-            .map(|action| self.upload_body(action))
-            .buffered(UPLOADS);
+        // UPLOADS at a time, in any order (a slow body holds one slot, not
+        // all): a body's HEAD and PUT are a round trip each, and at tens of
+        // milliseconds to the bucket one after the other they would take
+        // minutes for `go build std`. Only the bodies in flight are in
+        // memory. The manifest lists them in put order.
+        let mut uploads = futures::stream::iter(actions.into_iter().enumerate())
+            .map(|(n, action)| async move { (n, self.upload_body(action).await) })
+            .buffer_unordered(UPLOADS);
         let mut entries = Vec::new();
-        while let Some(uploaded) = uploads.next().await {
+        while let Some((n, uploaded)) = uploads.next().await {
             match uploaded {
-                Ok(Some(entry)) => entries.push(entry),
+                Ok(Some(entry)) => entries.push((n, entry)),
                 Ok(None) => {}
                 Err(e) => return self.failed(&e),
             }
         }
         drop(uploads);
+        entries.sort_unstable_by_key(|(n, _)| *n);
+        let entries: Vec<Entry> = entries.into_iter().map(|(_, entry)| entry).collect();
         if entries.is_empty() {
             return;
         }
@@ -192,10 +201,16 @@ impl Uploader {
     /// entry, or `None` when the entry may not be uploaded.
     async fn upload_body(&self, action: ActionId) -> Result<Option<Entry>, BucketError> {
         let store = self.store.clone();
+        // Reading, hashing and compressing a body takes a core: a few at a
+        // time, so that uploads leave the next build its CPU.
+        let Ok(preparing) = self.preparing.acquire().await else {
+            return Ok(None);
+        };
         let ready = tokio::task::spawn_blocking(move || prepare(&store, action))
             .await
             .ok()
             .flatten();
+        drop(preparing);
         let Some(Ready { entry, name, bytes }) = ready else {
             self.counters.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
