@@ -173,15 +173,18 @@ pub(super) fn check_go(report: &mut Report) -> Option<Prog> {
 /// `go` refused `experiment`, named in GOEXPERIMENT: say where it is set
 /// and how to drop it.
 fn refused_experiment(go: &Path, said: &str, experiment: &str, report: &mut Report) {
-    let from_env = std::env::var(GOEXPERIMENT).ok().filter(|value| {
-        value
-            .split(',')
-            .any(|name| name.trim().trim_start_matches("no") == experiment)
-    });
+    // As go reads the list: a `no` prefix turns an experiment off.
+    let names = |name: &str| {
+        let name = name.trim();
+        name == experiment || name.strip_prefix("no") == Some(experiment)
+    };
+    let from_env = std::env::var(GOEXPERIMENT)
+        .ok()
+        .filter(|value| value.split(',').any(names));
     let rest = |value: &str| -> String {
         value
             .split(',')
-            .filter(|name| name.trim().trim_start_matches("no") != experiment)
+            .filter(|name| !names(name))
             .collect::<Vec<_>>()
             .join(",")
     };
@@ -215,7 +218,7 @@ fn refused_experiment(go: &Path, said: &str, experiment: &str, report: &mut Repo
     );
 }
 
-/// The experiment named by go's "unknown GOEXPERIMENT <name>" error.
+/// The experiment named by go's `unknown GOEXPERIMENT <name>` error.
 fn unknown_experiment(said: &str) -> Option<&str> {
     let (_, rest) = said.split_once("unknown GOEXPERIMENT ")?;
     rest.split_whitespace()
