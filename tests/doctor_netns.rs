@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use go_env::{go, warren_bin};
+use go_env::{go, other_version, warren_bin, warren_of_version};
 use netns::{Host, Lan};
 use serde_json::Value;
 
@@ -24,6 +24,11 @@ const SHARING: &str = "[share]\nenabled = true\nautostart = false\n";
 /// `warren doctor --json` on `host`, with go on PATH and GOCACHEPROG set
 /// as a user of warren would have them: whether it passed, and the report.
 fn doctor(host: &Host) -> (bool, Value) {
+    doctor_with(host, Path::new(warren_bin()))
+}
+
+/// [`doctor`] with `gocacheprog` as GOCACHEPROG.
+fn doctor_with(host: &Host, gocacheprog: &Path) -> (bool, Value) {
     let go_bin = host.go.parent().unwrap();
     let path = format!(
         "{}:{}",
@@ -33,7 +38,7 @@ fn doctor(host: &Host) -> (bool, Value) {
     let output = host
         .command(Path::new(warren_bin()), &["doctor", "--json"])
         .env("PATH", path)
-        .env("GOCACHEPROG", warren_bin())
+        .env("GOCACHEPROG", gocacheprog)
         .output()
         .unwrap();
     let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
@@ -194,6 +199,107 @@ fn the_doctor_names_each_failure_and_its_fix() {
             .as_str()
             .unwrap()
             .contains("answered as another peer"),
+        "{report:#}"
+    );
+}
+
+/// The checks of `section` whose line contains `text`.
+fn checks<'a>(report: &'a Value, section: &str, text: &str) -> Vec<&'a Value> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["section"] == section && c["what"].as_str().unwrap().contains(text))
+        .collect()
+}
+
+/// A VPN that owns the route to mDNS's group (a tun device here, as
+/// OpenVPN and most VPN clients make) sends announcements with the
+/// tunnel's address, which coworkers drop. The doctor names the route and
+/// the LAN interface to pin; pinned, or with the route on the LAN, it is
+/// quiet.
+#[test]
+fn mdns_routed_into_a_tunnel_is_named_with_its_fix() {
+    if !netns::available() {
+        return;
+    }
+    let mut lan = Lan::new(1, go(None));
+    let veth = lan.host(1).veth.clone();
+    lan.host(1).init(SHARING);
+    ip(
+        lan.host(1),
+        &["tuntap", "add", "mode", "tun", "name", "tun7"],
+    );
+    ip(
+        lan.host(1),
+        &["addr", "add", "10.200.0.2/24", "dev", "tun7"],
+    );
+    ip(lan.host(1), &["link", "set", "tun7", "up"]);
+    ip(lan.host(1), &["route", "add", "224.0.0.0/4", "dev", "tun7"]);
+    lan.host(1).start_daemon();
+    let (_, report) = doctor(lan.host(1));
+    let route = check(&report, "mDNS", "the route to mDNS's group");
+    assert_eq!(route["status"], "warning", "{report:#}");
+    assert!(
+        route["what"].as_str().unwrap().contains("tun7"),
+        "{report:#}"
+    );
+    assert!(
+        route["fix"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("interfaces = [\"{veth}\"]")),
+        "{report:#}"
+    );
+
+    // `interfaces` names the LAN interface: mDNS goes out there.
+    let pinned = format!("{SHARING}interfaces = [\"{veth}\"]\n");
+    std::fs::write(lan.host(1).path("config/warren/config.toml"), pinned).unwrap();
+    lan.host(1).stop_daemon();
+    lan.host(1).start_daemon();
+    let (_, report) = doctor(lan.host(1));
+    assert!(checks(&report, "mDNS", "route").is_empty(), "{report:#}");
+    assert_eq!(check(&report, "mDNS", &veth)["status"], "ok", "{report:#}");
+
+    // Not pinned, and the route goes by the LAN.
+    std::fs::write(lan.host(1).path("config/warren/config.toml"), SHARING).unwrap();
+    lan.host(1).stop_daemon();
+    lan.host(1).start_daemon();
+    ip(
+        lan.host(1),
+        &["route", "replace", "224.0.0.0/4", "dev", &veth],
+    );
+    let (_, report) = doctor(lan.host(1));
+    assert!(checks(&report, "mDNS", "route").is_empty(), "{report:#}");
+}
+
+/// `go` runs one warren as GOCACHEPROG and the daemon is another release:
+/// the doctor names both versions.
+#[test]
+fn a_gocacheprog_of_another_version_than_the_daemon_is_named() {
+    if !netns::available() {
+        return;
+    }
+    let mut lan = Lan::new(1, go(None));
+    lan.host(1)
+        .init(&format!("{SHARING}mdns = false\nstatic-peers = []\n"));
+    lan.host(1).start_daemon();
+    let other_version = other_version();
+    let other = warren_of_version(lan.host(1).dir.path(), &other_version);
+    let (_, report) = doctor_with(lan.host(1), &other);
+    let line = check(&report, "Daemon", "GOCACHEPROG runs warren");
+    assert_eq!(line["status"], "warning", "{report:#}");
+    assert!(
+        line["what"].as_str().unwrap().contains(&format!(
+            "warren {other_version}, the daemon warren {}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{report:#}"
+    );
+    // This warren as GOCACHEPROG: no such line.
+    let (_, report) = doctor(lan.host(1));
+    assert!(
+        checks(&report, "Daemon", "GOCACHEPROG").is_empty(),
         "{report:#}"
     );
 }

@@ -207,3 +207,30 @@ pub fn num(value: &serde_json::Value, field: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("{field} missing in {value}"))
 }
+
+/// A copy of the built warren, in `dir`, whose version marker says
+/// `version` (as long as this version, so the copy still runs): a warren
+/// of another release, as `warren doctor` reads one.
+pub fn warren_of_version(dir: &Path, version: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mine = env!("CARGO_PKG_VERSION");
+    assert_eq!(version.len(), mine.len(), "keep the binary's layout");
+    let mut bytes = std::fs::read(warren_bin()).unwrap();
+    let marker = format!("\0warren-version={mine}\0");
+    let at = memchr::memmem::find(&bytes, marker.as_bytes())
+        .expect("the built warren to carry its version marker");
+    let other = format!("\0warren-version={version}\0");
+    bytes[at..at + other.len()].copy_from_slice(other.as_bytes());
+    let path = dir.join("warren");
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A version of the same length as this warren's, and different.
+pub fn other_version() -> String {
+    env!("CARGO_PKG_VERSION")
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '9' } else { c })
+        .collect()
+}

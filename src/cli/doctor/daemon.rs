@@ -1,5 +1,6 @@
-//! Checks of the daemon and what it offers the LAN: running, listening,
-//! mDNS.
+//! Checks of the daemon and what it offers the LAN: running (and of which
+//! version, against the warren `go` runs), listening, mDNS (and the route
+//! its packets take).
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -7,7 +8,9 @@ use std::time::Duration;
 use warren_p2p::Multiaddr;
 
 use super::Report;
+use super::local::Prog;
 use super::peers::{is_link_local, multiaddr_ip_port};
+use super::route;
 use crate::config::Config;
 use crate::config::trust::Allowlist;
 use crate::ipc;
@@ -82,6 +85,31 @@ pub(super) fn check_daemon(config: &Config, report: &mut Report) -> Option<Daemo
         ));
     }
     Some(status)
+}
+
+/// The warren that `go` starts (`GOCACHEPROG`) against the daemon it
+/// asks: another release may not know the daemon's requests or answers.
+/// This warren's own version is checked against the daemon's above.
+pub(super) fn check_helper_version(
+    prog: Option<&Prog>,
+    status: &DaemonStatus,
+    report: &mut Report,
+) {
+    let Some(prog) = prog else { return };
+    if prog.is_me || status.version.is_empty() || prog.version == status.version {
+        return;
+    }
+    report.warning(
+        format!(
+            "GOCACHEPROG runs warren {}, the daemon warren {}",
+            prog.version, status.version
+        ),
+        Some("helpers and the daemon of different releases may not understand each other; lookups then stay local".into()),
+        Some(format!(
+            "point GOCACHEPROG at the daemon's warren, or restart the daemon with the warren that GOCACHEPROG runs ({})",
+            restart_daemon(Some(status.pid))
+        )),
+    );
 }
 
 pub(super) fn restart_daemon(pid: Option<u32>) -> String {
@@ -202,6 +230,7 @@ pub(super) fn check_mdns(
             Some("connect to the office LAN, or list coworkers as `static-peers`".into()),
         );
     }
+    check_route(&status.interfaces, report);
     let discovered: Vec<&PeerStatus> = status.peers.iter().filter(|p| p.discovered).collect();
     let (known, strangers): (Vec<&PeerStatus>, Vec<&PeerStatus>) =
         discovered.iter().copied().partition(|p| p.allowlisted);
@@ -230,6 +259,41 @@ pub(super) fn check_mdns(
             ),
         );
     }
+}
+
+/// mDNS routed into a VPN's tunnel (see [`route`]), unless `interfaces`
+/// (`only`) already names a LAN interface.
+fn check_route(only: &[String], report: &mut Report) {
+    if only.iter().any(|name| route::tunnel_kind(name).is_none()) {
+        return;
+    }
+    let Some(device) = route::mdns_interface() else {
+        return;
+    };
+    let Some(kind) = route::tunnel_kind(&device) else {
+        return;
+    };
+    let lan = interfaces(&[])
+        .into_iter()
+        .find(|i| i.up && i.multicast && route::tunnel_kind(&i.name).is_none());
+    let pin = match lan {
+        Some(lan) => format!("name the LAN interface: `interfaces = [\"{}\"]`", lan.name),
+        None => "name the LAN interface in `interfaces`".to_owned(),
+    };
+    report.warning(
+        format!(
+            "the route to mDNS's group {} leaves by {device}, a {kind} interface (a VPN's?)",
+            route::MDNS_GROUP
+        ),
+        Some(
+            "announcements sent that way carry the tunnel's address, and coworkers' \
+             machines drop them"
+                .into(),
+        ),
+        Some(format!(
+            "{pin} under [share], or list coworkers as `static-peers`"
+        )),
+    );
 }
 
 struct Interface {

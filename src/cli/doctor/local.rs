@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use bytesize::ByteSize;
 
+use super::gocacheprog::{self, Program};
 use super::{Report, plural};
 use crate::config::Config;
 use crate::config::identity;
@@ -15,10 +16,21 @@ use crate::store::{DiskStore, layout};
 
 /// The oldest `go` that speaks GOCACHEPROG without an experiment flag.
 const GO_MIN: (u32, u32) = (1, 24);
+/// Go's variable for experiments; `cacheprog` was one before Go 1.24.
+const GOEXPERIMENT: &str = "GOEXPERIMENT";
 
 // --- The Go side ---
 
-pub(super) fn check_go(report: &mut Report) {
+/// What `GOCACHEPROG` runs, when it is a warren: its version, and whether
+/// it is this very binary.
+pub(super) struct Prog {
+    pub(super) version: String,
+    pub(super) is_me: bool,
+}
+
+/// Checks `go` and its `GOCACHEPROG`; returns the warren that runs for
+/// `go`, if one does.
+pub(super) fn check_go(report: &mut Report) -> Option<Prog> {
     report.section("Go");
     let Some(go) = find_in_path("go") else {
         report.problem(
@@ -26,9 +38,19 @@ pub(super) fn check_go(report: &mut Report) {
             None,
             Some("install Go 1.24 or later (https://go.dev/dl/) and put its bin/ on PATH".into()),
         );
-        return;
+        return None;
     };
-    let version = run(&go, &["env", "GOVERSION"]).unwrap_or_default();
+    // Asked with the user's environment: `go` itself says what it refuses.
+    let version = match run_go(&go, &["env", "GOVERSION"]) {
+        Ok(version) => version,
+        Err(said) => {
+            if let Some(experiment) = unknown_experiment(&said) {
+                refused_experiment(&go, &said, experiment, report);
+                return None;
+            }
+            said
+        }
+    };
     match parse_go_version(&version) {
         Some(v) if v >= GO_MIN => report.ok(format!("{version} at {}", go.display())),
         Some(_) => report.problem(
@@ -47,43 +69,161 @@ pub(super) fn check_go(report: &mut Report) {
         .as_deref()
         .map_or_else(|| "warren".to_owned(), |p| p.display().to_string());
     let set_it = format!("go env -w GOCACHEPROG={me_shown}");
-    let prog = run(&go, &["env", "GOCACHEPROG"]).unwrap_or_default();
+    let prog = run_go(&go, &["env", "GOCACHEPROG"]).unwrap_or_default();
     if prog.is_empty() {
         report.warning(
             "GOCACHEPROG is not set: go uses its own cache unless you set it per command",
             None,
             Some(set_it),
         );
-        return;
+        return None;
     }
     let program = prog.split_whitespace().next().unwrap_or_default();
     let resolved = if program.contains('/') {
-        Some(PathBuf::from(program))
+        PathBuf::from(program)
+    } else if let Some(found) = find_in_path(program) {
+        found
     } else {
-        find_in_path(program)
+        report.problem(
+            format!("GOCACHEPROG is {prog:?}, which is not on PATH: go commands will fail"),
+            None,
+            Some(set_it),
+        );
+        return None;
     };
+    let shown = resolved.display();
+    if !resolved.exists() {
+        report.problem(
+            format!("GOCACHEPROG is {prog:?}, and {shown} does not exist: go commands will fail"),
+            None,
+            Some(set_it),
+        );
+        return None;
+    }
+    if !is_executable(&resolved) {
+        report.problem(
+            format!(
+                "GOCACHEPROG runs {shown}, which is not an executable file: go commands will fail"
+            ),
+            None,
+            Some(set_it),
+        );
+        return None;
+    }
     let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     };
-    match (resolved, &me) {
-        (Some(found), Some(me)) if same(&found, me) => {
-            report.ok(format!("GOCACHEPROG runs this warren ({prog})"));
-        }
-        (Some(found), _) => report.warning(
-            format!(
-                "GOCACHEPROG runs {}, not this warren ({me_shown})",
-                found.display()
-            ),
-            None,
-            Some(set_it),
-        ),
-        (None, _) => report.problem(
-            format!("GOCACHEPROG is {prog:?}, which is not on PATH: go commands will fail"),
-            None,
-            Some(set_it),
-        ),
+    let mine = env!("CARGO_PKG_VERSION");
+    if me.as_deref().is_some_and(|me| same(&resolved, me)) {
+        report.ok(format!("GOCACHEPROG runs this warren ({prog})"));
+        return Some(Prog {
+            version: mine.to_owned(),
+            is_me: true,
+        });
     }
+    match gocacheprog::inspect(&resolved) {
+        Ok(Program::Warren(version)) => {
+            let what = if version == mine {
+                format!(
+                    "GOCACHEPROG runs warren {version} at {shown}, not this warren ({me_shown})"
+                )
+            } else {
+                format!(
+                    "GOCACHEPROG runs warren {version} at {shown}, not this warren {mine} ({me_shown})"
+                )
+            };
+            report.warning(what, None, Some(set_it));
+            Some(Prog {
+                version,
+                is_me: false,
+            })
+        }
+        Ok(Program::Script) => {
+            report.warning(
+                format!("GOCACHEPROG runs {shown}, a script: cannot tell whether it starts warren"),
+                None,
+                Some(set_it),
+            );
+            None
+        }
+        Ok(Program::NotWarren) => {
+            report.problem(
+                format!("GOCACHEPROG runs {shown}, which is not warren"),
+                Some(
+                    "builds do not use warren, and fail unless that program is another \
+                     GOCACHEPROG helper"
+                        .into(),
+                ),
+                Some(set_it),
+            );
+            None
+        }
+        Err(e) => {
+            report.warning(
+                format!("GOCACHEPROG runs {shown}, which cannot be read ({e})"),
+                None,
+                Some(set_it),
+            );
+            None
+        }
+    }
+}
+
+/// `go` refused `experiment`, named in GOEXPERIMENT: say where it is set
+/// and how to drop it.
+fn refused_experiment(go: &Path, said: &str, experiment: &str, report: &mut Report) {
+    // As go reads the list: a `no` prefix turns an experiment off.
+    let names = |name: &str| {
+        let name = name.trim();
+        name == experiment || name.strip_prefix("no") == Some(experiment)
+    };
+    let from_env = std::env::var(GOEXPERIMENT)
+        .ok()
+        .filter(|value| value.split(',').any(names));
+    let rest = |value: &str| -> String {
+        value
+            .split(',')
+            .filter(|name| !names(name))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let fix = match &from_env {
+        Some(value) if rest(value).is_empty() => {
+            "unset GOEXPERIMENT (and drop it from your shell profile)".to_owned()
+        }
+        Some(value) => format!(
+            "export GOEXPERIMENT={} (without {experiment}; in your shell profile too)",
+            rest(value)
+        ),
+        // Not in the environment: in go's own env file (`go env -w`),
+        // which `go env -u` edits even while go refuses the value.
+        None => "go env -u GOEXPERIMENT (it is set in go's env file: `go env GOENV` names it)"
+            .to_owned(),
+    };
+    let cause = if experiment == "cacheprog" {
+        "GOCACHEPROG needs no experiment since Go 1.24, and newer go commands no longer \
+         know this one; older GOCACHEPROG guides still say to set it"
+            .to_owned()
+    } else {
+        format!("this go has no experiment named {experiment}")
+    };
+    report.problem(
+        format!(
+            "{} refuses GOEXPERIMENT={experiment} ({said:?}): every go command fails",
+            go.display()
+        ),
+        Some(cause),
+        Some(fix),
+    );
+}
+
+/// The experiment named by go's `unknown GOEXPERIMENT <name>` error.
+fn unknown_experiment(said: &str) -> Option<&str> {
+    let (_, rest) = said.split_once("unknown GOEXPERIMENT ")?;
+    rest.split_whitespace()
+        .next()
+        .filter(|name| !name.is_empty())
 }
 
 /// `go1.24.3` (or `go1.25rc1`) → (1, 24).
@@ -100,26 +240,30 @@ fn parse_go_version(version: &str) -> Option<(u32, u32)> {
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(program))
-        .find(|path| {
-            path.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+        .find(|path| is_executable(path))
 }
 
-fn run(program: &Path, args: &[&str]) -> Option<String> {
-    let output = std::process::Command::new(program)
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// `go <args>` with the user's environment: what it printed, or, when it
+/// failed, what it said on stderr.
+fn run_go(go: &Path, args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new(go)
         .args(args)
         .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .output()
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+    }
 }
 
 // --- The store ---
@@ -391,5 +535,19 @@ mod tests {
         assert_eq!(parse_go_version("go1.9"), Some((1, 9)));
         assert_eq!(parse_go_version("devel +abc"), None);
         assert!(parse_go_version("go1.23.9").unwrap() < GO_MIN);
+    }
+
+    #[test]
+    fn gos_refusal_names_the_experiment() {
+        assert_eq!(
+            unknown_experiment("go: unknown GOEXPERIMENT cacheprog"),
+            Some("cacheprog")
+        );
+        assert_eq!(
+            unknown_experiment("go: unknown GOEXPERIMENT such\n"),
+            Some("such")
+        );
+        assert_eq!(unknown_experiment("go: unknown GOEXPERIMENT "), None);
+        assert_eq!(unknown_experiment("go: cannot find GOROOT"), None);
     }
 }

@@ -14,22 +14,26 @@
 
 //!
 //! - [`local`]: the Go side, the store, the identity and config;
+//! - [`gocacheprog`]: whether the program `GOCACHEPROG` names is warren;
 //! - [`daemon`]: the daemon, listening and mDNS;
+//! - [`route`]: whether mDNS would leave through a VPN's tunnel;
 //! - [`peers`]: each allowlisted peer, and the static peers;
 //! - [`bucket`]: the team bucket, if one is configured.
 
 mod bucket;
 mod daemon;
+mod gocacheprog;
 mod local;
 mod peers;
+mod route;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use serde::Serialize;
 
-use self::daemon::{check_daemon, check_listening, check_mdns};
-use self::local::{check_go, check_identity, check_store};
+use self::daemon::{check_daemon, check_helper_version, check_listening, check_mdns};
+use self::local::{Prog, check_go, check_identity, check_store};
 use self::peers::{check_peers, check_replication, check_static_peers};
 use crate::config::Config;
 use crate::config::trust::Allowlist;
@@ -143,9 +147,9 @@ pub(super) fn doctor(
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let mut report = Report::default();
-    check_go(&mut report);
+    let prog = check_go(&mut report);
     match config {
-        Ok(config) => check_warren(&config, &mut report),
+        Ok(config) => check_warren(&config, prog.as_ref(), &mut report),
         Err(e) => {
             report.section("Config");
             report.problem(
@@ -177,7 +181,7 @@ pub(super) fn doctor(
     })
 }
 
-fn check_warren(config: &Config, report: &mut Report) {
+fn check_warren(config: &Config, prog: Option<&Prog>, report: &mut Report) {
     check_store(config, report);
     bucket::check_bucket(config, report);
     let Some(me) = check_identity(config, report) else {
@@ -187,6 +191,7 @@ fn check_warren(config: &Config, report: &mut Report) {
     let Some(status) = check_daemon(config, report) else {
         return;
     };
+    check_helper_version(prog, &status, report);
     check_listening(&status, report);
     check_mdns(config, &status, &names, report);
     check_peers(config, &status, &names, &me, report);
