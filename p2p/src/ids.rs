@@ -144,3 +144,23 @@ mod tests {
         );
     }
 }
+
+/// A read-ahead hint: an action stored right after the one asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hint {
+    pub action: ActionId,
+    /// The size of its body, if that is a linked executable (a test binary,
+    /// a `go run` binary): a requester reads such a body ahead only within
+    /// its own limit ([`crate::NodeConfig::with_read_ahead_executables_max`]).
+    pub executable: Option<u64>,
+}
+
+impl Hint {
+    /// A hint at an entry that is not known to be an executable.
+    pub fn new(action: ActionId) -> Self {
+        Self {
+            action,
+            executable: None,
+        }
+    }
+}

@@ -28,6 +28,7 @@
 //! costs more than the work. Bigger bodies are written and read on the
 //! blocking pool.
 
+pub use crate::ids::Hint;
 use std::fs::File;
 use std::io;
 
@@ -98,26 +99,6 @@ pub trait Bodies {
     fn built_here(&self, action: &ActionId) -> Option<OutputId> {
         let _ = action;
         None
-    }
-}
-
-/// A read-ahead hint: an action stored right after the one asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hint {
-    pub action: ActionId,
-    /// The size of its body, if that is a linked executable (a test binary,
-    /// a `go run` binary): a requester reads such a body ahead only within
-    /// its own limit ([`crate::NodeConfig::with_read_ahead_executables_max`]).
-    pub executable: Option<u64>,
-}
-
-impl Hint {
-    /// A hint at an entry that is not known to be an executable.
-    pub fn new(action: ActionId) -> Self {
-        Self {
-            action,
-            executable: None,
-        }
     }
 }
 

@@ -116,11 +116,14 @@
 
 mod dirty;
 mod entry;
+mod error;
 pub(crate) mod executable;
 mod group_commit;
 pub(crate) mod layout;
+mod open;
 mod provenance;
 mod recovery;
+mod replace;
 pub(crate) mod stats;
 pub(crate) mod trim;
 mod trim_clock;
@@ -128,7 +131,6 @@ mod writer;
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,18 +141,22 @@ use self::entry::MAX_ENTRY_LEN;
 #[cfg(feature = "fuzz")]
 pub(crate) use self::entry::entry_line;
 pub(crate) use self::entry::{Binding, Line, Source, parse_entry, read_entry};
+pub(crate) use self::error::Error;
+use self::error::io_error;
 use self::group_commit::GroupCommit;
 pub(crate) use self::group_commit::Synced;
-use self::layout::{CACHEDIR_TAG, CACHEDIR_TAG_CONTENTS, shard_path};
+use self::layout::shard_path;
+#[cfg(test)]
+use self::open::PER_FILE;
+use self::open::check_private;
 pub(crate) use self::provenance::SourceUsage;
 pub(crate) use self::recovery::Recovered;
 use self::recovery::{Recovery, Suspect};
+pub(crate) use self::replace::remove_seen;
+use self::replace::{mark_executable, persist_object};
 pub(crate) use self::trim::{TrimPolicy, TrimReport};
 use self::trim_clock::BootClock;
 pub(crate) use self::writer::{ObjectWriter, VerifiedObject};
-use crate::fsutil::TEMP_PREFIX;
-use crate::fsutil::lock::LockError;
-use crate::fsutil::private::{self, NotPrivate};
 use crate::fsutil::{self, write_atomic, write_atomic_unsynced};
 use crate::ids::{ActionId, OutputId};
 use libp2p_identity::PeerId;
@@ -172,38 +178,6 @@ pub(crate) const TOUCH_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// ([`trim::TRIM_GRACE`]), and its clock holds back for it after a jump
 /// (`trim_clock`).
 pub(crate) const USE_GRACE: Duration = Duration::from_secs(2 * 60 * 60);
-
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum Error {
-    /// A file operation failed (it names the operation and the path).
-    #[error(transparent)]
-    File(#[from] fsutil::Error),
-    #[error(
-        "body does not match its OutputID: expected {expected_size} bytes with SHA-256 {expected}, got {actual_size} bytes with SHA-256 {actual}"
-    )]
-    Mismatch {
-        expected: OutputId,
-        expected_size: u64,
-        actual: OutputId,
-        actual_size: u64,
-    },
-    #[error("store path {} is not valid UTF-8", .0.display())]
-    NotUtf8(PathBuf),
-    #[error(transparent)]
-    Lock(#[from] LockError),
-    #[error(transparent)]
-    NotPrivate(#[from] NotPrivate),
-    #[error(
-        "the store {} is no longer the directory warren opened: it was moved or replaced",
-        .0.display()
-    )]
-    Replaced(PathBuf),
-}
-
-/// [`fsutil::io_error`], as a store error.
-fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::File(fsutil::io_error(op, path)(source))
-}
 
 /// A stored action: what `go` gets back on a hit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,75 +247,6 @@ impl std::fmt::Debug for DiskStore {
 }
 
 impl DiskStore {
-    /// Opens (creating if needed) the store at `root`, with the system clock.
-    pub(crate) fn open(root: &Path) -> Result<Self, Error> {
-        Self::open_with_clocks(
-            root,
-            Arc::new(SystemTime::now),
-            Arc::new(trim_clock::system_boot_clock),
-        )
-    }
-
-    /// With an injected wall clock, and no boot clock (tests move the wall
-    /// clock by hand).
-    #[cfg(test)]
-    pub(crate) fn open_with_clock(root: &Path, clock: Clock) -> Result<Self, Error> {
-        Self::open_with_clocks(root, clock, Arc::new(|| None))
-    }
-
-    pub(crate) fn open_with_clocks(
-        root: &Path,
-        clock: Clock,
-        boot_clock: BootClock,
-    ) -> Result<Self, Error> {
-        private::create_dir_all(root).map_err(io_error("creating store directory", root))?;
-        // DiskPath must be absolute; resolve once here.
-        let root = fs::canonicalize(root).map_err(io_error("resolving store directory", root))?;
-        if root.to_str().is_none() {
-            return Err(Error::NotUtf8(root));
-        }
-        let (actions, objects) = layout::data_dirs(&root);
-        // Ours alone, or not used at all: whoever can write here can plant
-        // entries in our builds, and whoever can write above can swap it
-        // (see `fsutil::private`). The shards below are made owner-only
-        // inside these.
-        let identity = check_private(&root, &actions, &objects)?;
-        let dirty = layout::dirty_dir(&root);
-        let cache = PageCache::of(&root);
-        // Markers of crashes call for a recovery; those of killed writers
-        // of this page cache go after the next group commit.
-        let found = dirty::scan(&dirty, cache.as_ref())?;
-        let recovery = Recovery::of(&found);
-        let new = !root.join(CACHEDIR_TAG).exists();
-        if new {
-            make_shards(&actions, &objects)?;
-        }
-        let durability = durability(&root, &actions, &objects, &dirty, cache.clone());
-        let store = Self {
-            actions,
-            objects,
-            root,
-            clock,
-            boot_clock,
-            repaired: AtomicU64::new(0),
-            identity,
-            dirty,
-            cache,
-            durability,
-            recovery,
-        };
-        if new {
-            // A new store: its shard directories were made up front, as
-            // Go's cache does, rather than one by one on the first writes
-            // of a build; tag it, and start the trim clock now so the
-            // first automatic trim waits a full interval.
-            let tag = store.root.join(CACHEDIR_TAG);
-            write_atomic(&tag, CACHEDIR_TAG_CONTENTS.as_bytes())?;
-            store.mark_trimmed(store.trim_now().1)?;
-        }
-        Ok(store)
-    }
-
     /// Whether the store is still the directory this one opened, and still
     /// ours alone (it and every directory above it): the daemon runs for
     /// days, and the store is used by path. A few `lstat`s.
@@ -663,169 +568,6 @@ impl DiskStore {
         let verified = writer.finish()?;
         self.commit(action, verified)
     }
-}
-
-/// Puts a verified body at `path`, unless an object is there already
-/// that is whole: a regular file of the right size that hashes to its name
-/// (read back to tell; one that cannot be read is not known to be damaged,
-/// and stays). That one may be on disk since a sync that completed, and a
-/// copy of the same bytes that is not must not take its place: a power
-/// loss could then take away what was safe. A damaged one (the wrong size
-/// or bytes, or not a file) is replaced, so a put or a fetch repairs it;
-/// so is any one by a copy `synced` already (file by file, where the one
-/// there may be a fetched body that never was). One kept counts as used
-/// `now`: its path is handed out as a new one's would be, and trim must
-/// see that. One kept that an older warren stored without the mark of an
-/// `executable` gets it.
-fn persist_object(
-    temp: tempfile::NamedTempFile,
-    path: &Path,
-    output: &OutputId,
-    size: u64,
-    executable: bool,
-    now: SystemTime,
-    synced: bool,
-) -> Result<(), Error> {
-    let temp = match temp.persist_noclobber(path) {
-        Ok(_) => return Ok(()),
-        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => e.file,
-        Err(e) => return Err(io_error("storing object", path)(e.error)),
-    };
-    let there = fs::symlink_metadata(path)
-        .ok()
-        .filter(|there| !synced && there.is_file() && there.len() == size);
-    let whole = || match recovery::hashes_to(path, output) {
-        Ok((good, _)) => good,
-        Err(e) => {
-            tracing::debug!("reading {} back: {e}; kept", path.display());
-            true
-        }
-    };
-    if let Some(there) = there
-        && whole()
-    {
-        if is_stale(there.modified().ok(), now) {
-            // Best effort, as a lookup's touch.
-            let _ = File::open(path).and_then(|object| object.set_modified(now));
-        }
-        if executable && !executable::is_marked(&there) {
-            // Best effort: unmarked, it only counts as another body.
-            let _ = File::open(path).and_then(|object| {
-                object.set_permissions(fs::Permissions::from_mode(executable::EXECUTABLE_MODE))
-            });
-        }
-        // Dropping the temp file removes it.
-        return Ok(());
-    }
-    temp.persist(path)
-        .map_err(|e| io_error("storing object", path)(e.error))?;
-    Ok(())
-}
-
-/// Marks the object file being stored a linked executable (see
-/// `executable`).
-fn mark_executable(file: &File, path: &Path) -> Result<(), Error> {
-    file.set_permissions(fs::Permissions::from_mode(executable::EXECUTABLE_MODE))
-        .map_err(io_error("marking an executable", path))
-}
-
-fn make_shards(actions: &Path, objects: &Path) -> Result<(), Error> {
-    for dir in [actions, objects] {
-        for shard in layout::shards() {
-            let path = dir.join(shard);
-            private::create_dir_all(&path).map_err(io_error("creating directory", &path))?;
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Stores opened on this thread sync file by file, as on a system
-    /// where group commit does not fit.
-    pub(crate) static PER_FILE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// How the store at `root` makes its writes durable: by group commit
-/// where one `syncfs(2)` covers every directory of it and tells its errors
-/// (`group_commit::fits`), and a boot ID tells a reboot; file by file
-/// elsewhere.
-fn durability(
-    root: &Path,
-    actions: &Path,
-    objects: &Path,
-    dirty: &Path,
-    cache: Option<PageCache>,
-) -> Durability {
-    #[cfg(test)]
-    if PER_FILE.get() {
-        return Durability::PerFile;
-    }
-    let Some(cache) = cache else {
-        return Durability::PerFile;
-    };
-    if let Err(e) = private::create_dir_all(dirty) {
-        tracing::debug!("syncing file by file: creating {}: {e}", dirty.display());
-        return Durability::PerFile;
-    }
-    let version = layout::version_dir(root);
-    match group_commit::fits(&[root, &version, actions, objects, dirty]) {
-        Ok(()) => Durability::Group(Box::new(GroupCommit::new(
-            root,
-            dirty.to_path_buf(),
-            cache,
-            Arc::new(SystemTime::now),
-        ))),
-        Err(why) => {
-            tracing::debug!("syncing file by file: {why}");
-            Durability::PerFile
-        }
-    }
-}
-
-/// Checks that the store at `root` (canonical) is its user's alone, and
-/// everything above it safe from others ([`private`]); the root's
-/// (device, inode).
-fn check_private(root: &Path, actions: &Path, objects: &Path) -> Result<(u64, u64), Error> {
-    private::check_dir(root)?;
-    private::check_above(root)?;
-    for dir in [&layout::version_dir(root), actions, objects] {
-        match private::check_dir(dir) {
-            Err(NotPrivate::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-            checked => checked?,
-        }
-    }
-    let meta = fs::symlink_metadata(root).map_err(io_error("checking", root))?;
-    Ok((meta.dev(), meta.ino()))
-}
-
-/// Removes the file at `path`, which was `seen` so: moved aside first
-/// (atomically), then removed only if it is that very file. A file another
-/// process renamed into place meanwhile is put back, unless a newer one
-/// took its place too. Whether `seen` was removed.
-fn remove_seen(path: &Path, seen: &fs::Metadata) -> bool {
-    let aside = layout::parent(path).join(format!(
-        "{TEMP_PREFIX}discard-{}-{}",
-        std::process::id(),
-        DISCARDS.fetch_add(1, Ordering::Relaxed)
-    ));
-    match fs::rename(path, &aside) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
-        Err(e) => {
-            tracing::warn!("cannot remove cache file {}: {e}", path.display());
-            return false;
-        }
-    }
-    let same = fs::symlink_metadata(&aside)
-        .is_ok_and(|moved| moved.dev() == seen.dev() && moved.ino() == seen.ino());
-    if !same && fs::hard_link(&aside, path).is_ok() {
-        tracing::debug!("{} was replaced meanwhile; kept", path.display());
-    }
-    if let Err(e) = fs::remove_file(&aside) {
-        tracing::warn!("cannot remove {}: {e}", aside.display());
-    }
-    same
 }
 
 fn is_stale(used: Option<SystemTime>, now: SystemTime) -> bool {

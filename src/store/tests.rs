@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::trim::{Usage, walk_files};
 use super::*;
+use crate::fsutil::private::{self, NotPrivate};
 
 /// A store whose clock the test moves.
 pub(super) struct Fixture {

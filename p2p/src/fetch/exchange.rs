@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fetch::pace::STALL;
 use crate::fetch::promise::Promise;
+use crate::ids::Hint;
 use crate::ids::{ActionId, OutputId};
 use crate::protocol::wire::FoundHeader;
-use crate::store::Hint;
 
 /// Names one fetch (and, in a batch's reports, its entry).
 pub(crate) type FetchId = u64;

@@ -18,7 +18,7 @@ use libp2p::swarm::{ConnectionError, DialError};
 use libp2p::{Multiaddr, TransportError};
 
 use super::names;
-use super::peers::dialing::split_peer_id;
+use super::names::split_peer_id;
 
 /// A connection that the peer closes within this long of the handshake,
 /// before anything was exchanged, was refused by its allowlist.

@@ -17,9 +17,9 @@
 //! not a static peer's form: it would let whoever controls the record
 //! choose what the daemon dials. warren's daemon refuses it in `static-peers`.
 
-use libp2p::Multiaddr;
 use libp2p::dns::{ResolverConfig, ResolverOpts};
 use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
 
 /// Where the resolver's configuration comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,6 +31,7 @@ pub(crate) enum Resolver {
     /// way falls back to when its configuration cannot be read): for
     /// tests, where an unknown name must fail without a query leaving the
     /// machine.
+
     #[cfg(test)]
     HostsOnly,
 }
@@ -65,4 +66,15 @@ pub(crate) fn host_name(address: &Multiaddr) -> Option<String> {
         | Protocol::Dnsaddr(name) => Some(name.into_owned()),
         _ => None,
     })
+}
+
+/// Splits a trailing `/p2p/<peer id>` off an address.
+pub(crate) fn split_peer_id(mut address: Multiaddr) -> (Multiaddr, Option<PeerId>) {
+    match address.iter().last() {
+        Some(Protocol::P2p(peer)) => {
+            address.pop();
+            (address, Some(peer))
+        }
+        _ => (address, None),
+    }
 }

@@ -58,8 +58,8 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::ids::Hint;
 use crate::ids::{ActionId, OutputId};
-use crate::store::Hint;
 
 /// The version this crate writes in headers.
 pub const WIRE_VERSION: u32 = 4;

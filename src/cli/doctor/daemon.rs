@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use warren_p2p::Multiaddr;
 
-use super::Report;
 use super::local::Prog;
 use super::peers::{is_link_local, multiaddr_ip_port};
 use super::route;
+use super::{Report, restart_daemon};
 use crate::config::Config;
 use crate::config::trust::Allowlist;
 use crate::ipc;
@@ -110,16 +110,6 @@ pub(super) fn check_helper_version(
             restart_daemon(Some(status.pid))
         )),
     );
-}
-
-pub(super) fn restart_daemon(pid: Option<u32>) -> String {
-    match pid {
-        Some(pid) if pid > 0 => format!("kill {pid} && warren daemon"),
-        _ => {
-            "stop the old daemon (pkill -u \"$USER\" -f 'warren daemon'), then run `warren daemon`"
-                .into()
-        }
-    }
 }
 
 // --- Listening ---

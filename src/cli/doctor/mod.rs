@@ -199,6 +199,17 @@ fn check_warren(config: &Config, prog: Option<&Prog>, report: &mut Report) {
     check_static_peers(config, &status, &names, report);
 }
 
+/// The command that restarts the daemon whose process is `pid`, if known.
+fn restart_daemon(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) if pid > 0 => format!("kill {pid} && warren daemon"),
+        _ => {
+            "stop the old daemon (pkill -u \"$USER\" -f 'warren daemon'), then run `warren daemon`"
+                .into()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

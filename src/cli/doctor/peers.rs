@@ -226,7 +226,7 @@ fn unresolved(
             "check the name with `getent hosts {host}` and connect the VPN (the daemon reads \
              /etc/resolv.conf when it starts: if it changed since, restart it: {}); or give \
              the address as {by_ip} in `static-peers` under [share] in {}",
-            super::daemon::restart_daemon(Some(status.pid)),
+            super::restart_daemon(Some(status.pid)),
             config_file(config)
         ),
     )

@@ -13,8 +13,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
-use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::Multiaddr;
 use tokio::time::Instant;
 
 use crate::node::discovery::{ANNOUNCED_TTL, MAX_ANNOUNCED};
@@ -114,20 +113,12 @@ pub(crate) struct AnonymousAddress {
     pub(crate) last_failure: Option<(SystemTime, ConnectFailure)>,
 }
 
-/// Splits a trailing `/p2p/<peer id>` off an address.
-pub(crate) fn split_peer_id(mut address: Multiaddr) -> (Multiaddr, Option<PeerId>) {
-    match address.iter().last() {
-        Some(Protocol::P2p(peer)) => {
-            address.pop();
-            (address, Some(peer))
-        }
-        _ => (address, None),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use libp2p::PeerId;
+
     use super::*;
+    use crate::node::names::split_peer_id;
 
     /// SECURITY.md, "What others on the network can see, and do": a
     /// stranger announces a peer at a flood of addresses; at most 8 are

@@ -25,7 +25,7 @@ use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId};
 use tokio::time::Instant;
 
-use self::dialing::{AnonymousAddress, Dialing, split_peer_id};
+use self::dialing::{AnonymousAddress, Dialing};
 use self::link::Link;
 use super::EventLoop;
 use super::summaries::TheirSummary;
@@ -35,6 +35,7 @@ use crate::config::NodeConfig;
 use crate::node::client::{Event, PeerInfo, StaticAddress};
 use crate::node::discovery::Found;
 use crate::node::failure::ConnectFailure;
+use crate::node::names::split_peer_id;
 
 /// A connection that lasted this long counts as good: its peer's redial
 /// backoff starts over. Shorter ones (say, the remote drops us because we

@@ -13,10 +13,10 @@ use crate::fetch::in_flight::InFlight;
 use crate::fetch::receive::tests::{
     Files, MapStore, codec_over, exchange_batch, exchange_with_hints, protocol,
 };
+use crate::ids::Hint;
 use crate::node::codec::Response;
 use crate::protocol::compress;
 use crate::protocol::testing::Writes;
-use crate::store::Hint;
 
 fn piece(bytes: &[u8]) -> Piece {
     let mut piece = Piece::new(bytes.len());

@@ -2,7 +2,7 @@
 //! stops.
 
 use super::*;
-use crate::store::Hint;
+use crate::ids::Hint;
 
 /// A replicated entry announced bigger than its catalog listed is
 /// refused before a byte of its body is read (no sink is opened), and
