@@ -379,14 +379,14 @@ impl Reader {
                 let Ok(_permit) = reader.ahead.clone().acquire_owned().await else {
                     return;
                 };
-                if reader.cooling(Instant::now()) || reader.store.holds(&action) {
+                if reader.cooling(Instant::now()) {
                     return;
                 }
                 let Ok(claim) = reader.fetching.claim(action) else {
                     return; // A lookup fetches it.
                 };
                 if reader.store.holds(&action) {
-                    return; // Landed just now.
+                    return; // A lookup fetched it meanwhile.
                 }
                 let mapping = Mapping {
                     output,

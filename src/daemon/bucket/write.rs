@@ -297,17 +297,10 @@ fn unix_ms(time: SystemTime) -> u64 {
 
 /// A random suffix for a manifest's name: two of one signer and
 /// millisecond stay apart (std's hasher keys are random per process and
-/// per call).
+/// per call), as `daemon::put_order` draws its epoch.
 fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    hasher.finish()
+    use std::hash::BuildHasher as _;
+    std::collections::hash_map::RandomState::new().hash_one(SystemTime::now())
 }
 
 #[cfg(test)]
