@@ -20,6 +20,8 @@
 use std::sync::Arc;
 
 pub(crate) mod client;
+#[cfg(test)]
+pub(crate) mod faulty;
 pub(crate) mod gc;
 pub(crate) mod index;
 pub(crate) mod keys;

@@ -2,15 +2,13 @@
 //! never used, and what a failing bucket costs.
 
 use std::collections::HashSet;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use libp2p_identity::Keypair;
 
 use super::*;
 use crate::config::trust::SharingState;
-use crate::daemon::bucket::client::{self, Body, Listed, OpendalBucket, Put};
+use crate::daemon::bucket::faulty::Faulty;
 use crate::daemon::bucket::manifest::Entry;
 use crate::store::{Lookup, Source, TrimPolicy};
 
@@ -21,50 +19,6 @@ const SETTINGS: Settings = Settings {
     read_ahead_size: 1 << 30,
     max_rate: None,
 };
-
-/// A bucket that counts its gets, and that can be made to hang.
-struct Faulty {
-    inner: OpendalBucket,
-    gets: AtomicUsize,
-    hang: std::sync::atomic::AtomicBool,
-    /// Each get answers this many milliseconds late.
-    late_ms: std::sync::atomic::AtomicU64,
-}
-
-impl client::Bucket for Faulty {
-    fn list<'a>(
-        &'a self,
-        dir: &'a str,
-        after: Option<&'a str>,
-        max: usize,
-    ) -> BoxFuture<'a, Result<Vec<Listed>, client::Error>> {
-        self.inner.list(dir, after, max)
-    }
-    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Body>, client::Error>> {
-        self.gets.fetch_add(1, Ordering::Relaxed);
-        if self.hang.load(Ordering::Relaxed) {
-            return Box::pin(futures::future::pending());
-        }
-        let late = Duration::from_millis(self.late_ms.load(Ordering::Relaxed));
-        Box::pin(async move {
-            tokio::time::sleep(late).await;
-            self.inner.get(name).await
-        })
-    }
-    fn put_if_absent<'a>(
-        &'a self,
-        name: &'a str,
-        body: Vec<u8>,
-    ) -> BoxFuture<'a, Result<Put, client::Error>> {
-        self.inner.put_if_absent(name, body)
-    }
-    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), client::Error>> {
-        self.inner.delete(name)
-    }
-    fn head<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Listed>, client::Error>> {
-        self.inner.head(name)
-    }
-}
 
 struct World {
     _dir: tempfile::TempDir,
@@ -98,12 +52,7 @@ fn world_with(pulled: &[PeerId], settings: Settings) -> World {
     )
     .unwrap()
     .with_floor(crate::daemon::node_store::tests::roomy_disk());
-    let bucket = Arc::new(Faulty {
-        inner: OpendalBucket::memory(),
-        gets: AtomicUsize::new(0),
-        hang: false.into(),
-        late_ms: 0.into(),
-    });
+    let bucket = Arc::new(Faulty::new());
     let reader = Reader::new(
         bucket.clone(),
         settings,

@@ -5,10 +5,9 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-
 use super::*;
-use crate::daemon::bucket::client::{self, Body, Listed, OpendalBucket, Put, read_at_most};
+use crate::daemon::bucket::client::{OpendalBucket, read_at_most};
+use crate::daemon::bucket::faulty::Faulty;
 
 fn key(seed: u8) -> Keypair {
     Keypair::ed25519_from_bytes([seed; 32]).unwrap()
@@ -106,53 +105,15 @@ async fn uploads_only_local_entries_once_under_a_signed_manifest() {
     assert_eq!(manifests(&bucket).await.len(), 2);
 }
 
-/// A bucket that refuses writes (403).
-struct ReadOnly(OpendalBucket);
-
-impl client::Bucket for ReadOnly {
-    fn list<'a>(
-        &'a self,
-        dir: &'a str,
-        after: Option<&'a str>,
-        max: usize,
-    ) -> BoxFuture<'a, Result<Vec<Listed>, client::Error>> {
-        self.0.list(dir, after, max)
-    }
-    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Body>, client::Error>> {
-        self.0.get(name)
-    }
-    fn put_if_absent<'a>(
-        &'a self,
-        name: &'a str,
-        _: Vec<u8>,
-    ) -> BoxFuture<'a, Result<Put, client::Error>> {
-        Box::pin(async move {
-            Err(client::Error::Denied {
-                op: "writing",
-                name: name.to_owned(),
-                source: "403 AccessDenied".into(),
-            })
-        })
-    }
-    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), client::Error>> {
-        self.0.delete(name)
-    }
-    fn head<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Listed>, client::Error>> {
-        self.0.head(name)
-    }
-}
-
 /// Credentials that cannot write: each build's upload fails, is counted
 /// with its reason for `warren bucket sync`, and the daemon tells it once.
 #[tokio::test]
 async fn refused_uploads_are_failures_with_their_reason() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DiskStore::open(dir.path()).unwrap());
-    let writer = Writer::start(
-        Arc::new(ReadOnly(OpendalBucket::memory())),
-        store.clone(),
-        key(1),
-    );
+    let read_only = Faulty::new();
+    read_only.deny_writes.store(true, Ordering::Relaxed);
+    let writer = Writer::start(Arc::new(read_only), store.clone(), key(1));
     for n in 1..=3 {
         writer.built(vec![put(&store, n, &[n; 10])]);
     }
@@ -160,47 +121,6 @@ async fn refused_uploads_are_failures_with_their_reason() {
     assert_eq!(writer.counters.failed.load(Ordering::Relaxed), 3);
     let error = writer.last_error.lock().unwrap().clone().unwrap();
     assert!(error.contains("refused"), "{error}");
-}
-
-/// A bucket whose writes take a while, counting how many are under way at
-/// once.
-struct SlowWrites {
-    inner: OpendalBucket,
-    under_way: std::sync::atomic::AtomicUsize,
-    most: std::sync::atomic::AtomicUsize,
-}
-
-impl client::Bucket for SlowWrites {
-    fn list<'a>(
-        &'a self,
-        dir: &'a str,
-        after: Option<&'a str>,
-        max: usize,
-    ) -> BoxFuture<'a, Result<Vec<Listed>, client::Error>> {
-        self.inner.list(dir, after, max)
-    }
-    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Body>, client::Error>> {
-        self.inner.get(name)
-    }
-    fn put_if_absent<'a>(
-        &'a self,
-        name: &'a str,
-        body: Vec<u8>,
-    ) -> BoxFuture<'a, Result<Put, client::Error>> {
-        Box::pin(async move {
-            let now = self.under_way.fetch_add(1, Ordering::SeqCst) + 1;
-            self.most.fetch_max(now, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            self.under_way.fetch_sub(1, Ordering::SeqCst);
-            self.inner.put_if_absent(name, body).await
-        })
-    }
-    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), client::Error>> {
-        self.inner.delete(name)
-    }
-    fn head<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Listed>, client::Error>> {
-        self.inner.head(name)
-    }
 }
 
 /// A bucket tens of milliseconds away: a build's bodies go up several at a
@@ -211,11 +131,8 @@ impl client::Bucket for SlowWrites {
 async fn bodies_go_up_several_at_a_time_and_keep_their_order() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DiskStore::open(dir.path()).unwrap());
-    let bucket = Arc::new(SlowWrites {
-        inner: OpendalBucket::memory(),
-        under_way: Default::default(),
-        most: Default::default(),
-    });
+    let bucket = Arc::new(Faulty::new());
+    bucket.write_ms.store(30, Ordering::Relaxed);
     let writer = Writer::start(bucket.clone(), store.clone(), key(1));
     let actions: Vec<_> = (1..=48u8)
         .rev()
@@ -224,7 +141,7 @@ async fn bodies_go_up_several_at_a_time_and_keep_their_order() {
     writer.built(actions.clone());
     sync(&writer).await;
 
-    let most = bucket.most.load(Ordering::SeqCst);
+    let most = bucket.most_writing.load(Ordering::SeqCst);
     assert!((2..=UPLOADS).contains(&most), "{most} uploads at once");
     let written = manifests(&bucket.inner).await;
     assert_eq!(written.len(), 1);
