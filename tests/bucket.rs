@@ -69,6 +69,17 @@ impl Home {
         }
     }
 
+    /// A writer (its daemon running) that built the test module and
+    /// synced: its manifest and bodies are in the bucket under `warren`.
+    fn published(server: &S3Server) -> Self {
+        let mut writer = Self::new(server, Role::Writer, "warren", true, "");
+        writer.env.write_module();
+        writer.start_daemon();
+        writer.build(&["build", "./..."]);
+        assert!(writer.sync().status.success());
+        writer
+    }
+
     /// `warren <args>` as this home, guarded.
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(warren_bin());
@@ -240,11 +251,7 @@ fn untrusted_unsigned_and_tampered_manifests_are_never_used() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let mut stranger = Home::new(&server, Role::Writer, "warren", true, "");
-    stranger.env.write_module();
-    stranger.start_daemon();
-    stranger.build(&["build", "./..."]);
-    assert!(stranger.sync().status.success());
+    let stranger = Home::published(&server);
 
     let trusted = Home::new(&server, Role::Reader, "warren", false, "");
     let mut reader = Home::new(&server, Role::Reader, "warren", false, "");
@@ -303,11 +310,7 @@ fn a_bucket_that_stops_answering_costs_one_warning() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let mut writer = Home::new(&server, Role::Writer, "warren", true, "");
-    writer.env.write_module();
-    writer.start_daemon();
-    writer.build(&["build", "./..."]);
-    assert!(writer.sync().status.success());
+    let writer = Home::published(&server);
 
     let extra = "deadline = \"1s\"\ncooldown = \"10min\"\nread-ahead-size = \"0 B\"\n";
     let mut reader = Home::new(&server, Role::Reader, "warren", false, extra);
@@ -378,11 +381,7 @@ fn gc_keeps_what_recent_manifests_name() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let mut writer = Home::new(&server, Role::Writer, "warren", true, "");
-    writer.env.write_module();
-    writer.start_daemon();
-    writer.build(&["build", "./..."]);
-    assert!(writer.sync().status.success());
+    let writer = Home::published(&server);
     let bodies = server.list(Role::Reader, "warren/v1/objects/");
     let manifests = server.list(Role::Reader, "warren/v1/manifests/");
     // A copy of a recent manifest, named as signed years ago.
