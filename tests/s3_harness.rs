@@ -207,41 +207,32 @@ fn the_server_has_a_writer_and_a_read_only_identity() {
     assert_eq!(server.get(Role::Writer, key), None);
 
     // Unsigned, and signed with a wrong secret.
-    let unsigned = Command::new("curl")
-        .args([
-            "-q",
-            "-s",
-            "--noproxy",
-            "*",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .arg(format!("{}/{BUCKET}", server.endpoint()))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&unsigned.stdout), "403");
-    let wrong = Command::new("curl")
-        .args([
-            "-q",
-            "-s",
-            "--noproxy",
-            "*",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
-        .arg(format!(
-            "{}:wrong",
-            server.credentials(Role::Writer).access_key
-        ))
-        .arg(format!("{}/{BUCKET}", server.endpoint()))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&wrong.stdout), "403");
+    let status = |signing: &[String]| {
+        let output = Command::new("curl")
+            .args([
+                "-q",
+                "-s",
+                "--noproxy",
+                "*",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(signing)
+            .arg(format!("{}/{BUCKET}", server.endpoint()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(status(&[]), "403");
+    let wrong = [
+        "--aws-sigv4".to_owned(),
+        "aws:amz:us-east-1:s3".to_owned(),
+        "--user".to_owned(),
+        format!("{}:wrong", server.credentials(Role::Writer).access_key),
+    ];
+    assert_eq!(status(&wrong), "403");
 }
 
 /// Two servers at once (tests run in parallel) share nothing; each, once
