@@ -7,6 +7,22 @@ use crate::config::tests::with_config;
 use crate::config::trust::Peer as Listed;
 use crate::ipc::status::{PeerReplication, PeerStatus, StaticStatus};
 
+/// Peers trusted both ways, named `names` in the order of `ids`.
+fn allowlist(names: &[&str], ids: &[PeerId]) -> Allowlist {
+    Allowlist {
+        peers: names
+            .iter()
+            .zip(ids)
+            .map(|(name, id)| Listed {
+                id: id.to_string(),
+                name: Some((*name).into()),
+                role: Role::PullAndServe,
+                reshare: false,
+            })
+            .collect(),
+    }
+}
+
 /// Each replicated peer gets a line that says how far along it is, a
 /// warning with the fix when its catalog cannot be read or the budget
 /// is full, and a name in `replicate` that matches no peer one too.
@@ -22,18 +38,7 @@ fn replication_is_checked_per_peer_with_its_fix() {
     .unwrap();
     let config = Config::load(&with_config(file)).unwrap();
     let ids: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
-    let names = Allowlist {
-        peers: ["alice", "bob", "carol"]
-            .iter()
-            .zip(&ids)
-            .map(|(name, id)| Listed {
-                id: id.to_string(),
-                name: Some((*name).into()),
-                role: Role::PullAndServe,
-                reshare: false,
-            })
-            .collect(),
-    };
+    let names = allowlist(&["alice", "bob", "carol"], &ids);
     let peer = |id: &PeerId, replication: PeerReplication| PeerStatus {
         id: id.to_string(),
         replication: Some(replication),
@@ -158,18 +163,7 @@ fn another_peer_at_an_address_is_the_configurations_fault_only_if_configured() {
     )
     .unwrap();
     let config = Config::load(&with_config(file.clone())).unwrap();
-    let names = Allowlist {
-        peers: ["alice", "bob", "carol"]
-            .iter()
-            .zip(&ids)
-            .map(|(name, id)| Listed {
-                id: id.to_string(),
-                name: Some((*name).into()),
-                role: Role::PullAndServe,
-                reshare: false,
-            })
-            .collect(),
-    };
+    let names = allowlist(&["alice", "bob", "carol"], &ids);
     let failed = |id: &PeerId, address: &str, announced: bool| PeerStatus {
         id: id.to_string(),
         allowlisted: true,
@@ -252,18 +246,7 @@ fn a_static_name_that_does_not_resolve_is_named_with_its_fix() {
     )
     .unwrap();
     let config = Config::load(&with_config(file.clone())).unwrap();
-    let names = Allowlist {
-        peers: ["builder", "up", "carol"]
-            .iter()
-            .zip(&ids)
-            .map(|(name, id)| Listed {
-                id: id.to_string(),
-                name: Some((*name).into()),
-                role: Role::PullAndServe,
-                reshare: false,
-            })
-            .collect(),
-    };
+    let names = allowlist(&["builder", "up", "carol"], &ids);
     let unresolved = |address: &str, name: &str| ConnectFailure::Unresolved {
         address: address.into(),
         name: name.into(),
