@@ -60,7 +60,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -75,8 +74,10 @@ from benchlib import (
     fmt_s,
     logger,
     machine_info,
+    med,
     resolve_go,
     resolve_warren,
+    rotate,
 )
 from netns import CLEANUP, Host
 
@@ -184,16 +185,6 @@ class Results:
     bucket: dict[float, list[Sample]] = field(default_factory=dict)
     warm: dict[float, list[Sample]] = field(default_factory=dict)
     link_rate_bps: list[float] = field(default_factory=list)  # bits per second
-
-
-def med(values: list[float]) -> float:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else float("nan")
-
-
-def rotate(kinds: list, run: int) -> list:
-    n = run % len(kinds)
-    return kinds[n:] + kinds[:n]
 
 
 def module_indexes(host: Host) -> int | None:

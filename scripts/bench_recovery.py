@@ -38,7 +38,6 @@ import base64
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -48,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench import HELPER_TIMEOUT, Builder, Scratch, read_response
-from benchlib import BenchError, common_args, logger, machine_info, resolve_go, resolve_warren
+from benchlib import BenchError, common_args, logger, machine_info, med, resolve_go, resolve_warren
 
 log = logger("bench_recovery")
 
@@ -229,10 +228,6 @@ def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Scratch) ->
             )
             scratch.remove(home)
     return results
-
-
-def med(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 def report(results: Results, info: dict) -> dict:

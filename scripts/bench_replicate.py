@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -66,8 +65,10 @@ from benchlib import (
     gocacheprog_value,
     logger,
     machine_info,
+    med,
     resolve_go,
     resolve_warren,
+    rotate,
     tree_size,
 )
 from netns import CLEANUP, Host, go_build
@@ -227,16 +228,6 @@ def watch_replication(
     t95 = next((t for t, n in samples if n * 100 >= total * 95), None)
     held, held_bytes = held_from(stats(b), a_id)
     return Replication(target, run, total, samples, t95, idle_since, held, held_bytes, cpu_b, cpu_a)
-
-
-def med(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def rotate(kinds: tuple[str, ...], run: int) -> tuple[str, ...]:
-    """``kinds`` in an order that alternates from run to run."""
-    n = run % len(kinds)
-    return kinds[n:] + kinds[:n]
 
 
 def bench(args: argparse.Namespace, go: Path, warren: Path, scratch: Path) -> dict:

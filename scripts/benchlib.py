@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -110,6 +111,19 @@ def wait_with_timeout(proc: subprocess.Popen, timeout: float) -> tuple[int, os.s
     if watchdog.fired:
         raise BenchError(f"{' '.join(map(str, proc.args))} timed out after {timeout:.0f} s")
     return proc.returncode, usage
+
+
+def med(values: list) -> float:
+    """The median of the values measured (None: not measured), NaN if none."""
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else float("nan")
+
+
+def rotate(kinds, run: int):
+    """``kinds`` (a list or tuple) in an order that rotates from run to run,
+    so that no kind always runs first."""
+    n = run % len(kinds)
+    return kinds[n:] + kinds[:n]
 
 
 def fmt_s(seconds: float) -> str:
