@@ -69,6 +69,13 @@ impl Fetching {
     pub(super) async fn next_report(&mut self) -> Option<Report> {
         self.reports.recv().await
     }
+
+    /// A report already queued, without waiting. Unlike `recv`, this takes
+    /// no share of tokio's cooperative budget, which, once the loop has
+    /// spent it, makes `recv` say "nothing yet" while reports wait.
+    fn queued_report(&mut self) -> Option<Report> {
+        self.reports.try_recv().ok()
+    }
 }
 
 /// The books' view of peers and the store, borrowed from the event loop.
@@ -200,7 +207,18 @@ impl EventLoop {
     }
 
     /// A single request's answer, or the end of a batch.
+    /// Handles the reports already queued. A request's reports are queued
+    /// before libp2p hands over its end, and must be handled first: a
+    /// batch that ended with entries unreported would count them missed,
+    /// though they landed.
+    fn drain_reports(&mut self) {
+        while let Some(report) = self.fetching.queued_report() {
+            self.on_report(report);
+        }
+    }
+
     fn on_answer(&mut self, peer: PeerId, request_id: OutboundRequestId, answer: Answer) {
+        self.drain_reports();
         let Some(key) = self.fetching.sent.remove(&request_id) else {
             return;
         };
@@ -234,6 +252,7 @@ impl EventLoop {
     }
 
     fn on_request_failed(&mut self, request_id: OutboundRequestId, why: Failure) {
+        self.drain_reports();
         if let Some(key) = self.fetching.sent.remove(&request_id) {
             (self.fetching.books).on_failed(key, why, Instant::now(), &view!(self));
             self.carry_out();
