@@ -1,5 +1,6 @@
-//! One daemon on loopback (mDNS off) when the process runs short of file
-//! descriptors: it keeps quiet, and comes back when they return.
+//! One daemon on loopback (mDNS off) and its file descriptors: it starts
+//! with as many as the system allows, and when it runs short anyway it
+//! keeps quiet, and comes back when they return.
 #![expect(
     clippy::disallowed_methods,
     reason = "the test writes a user's config file, not store files"
@@ -10,7 +11,7 @@ mod sandbox;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
+use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit, setrlimit};
 use sandbox::{Daemon, Sandbox};
 
 /// With its file descriptors used up (EMFILE), every accept on the
@@ -77,4 +78,40 @@ fn out_of_file_descriptors_the_daemon_backs_off_and_says_so_once() {
             .all(|line| line.contains("Too many open files")),
         "{during:?}"
     );
+}
+
+/// A daemon started with a login session's low soft limit on open files
+/// (often 1,024, a `select(2)`-era default) raises it to the hard limit:
+/// an office's connections and the bodies in flight need more.
+#[test]
+fn the_daemon_raises_its_soft_limit_on_open_files_to_the_hard_one() {
+    let ours = getrlimit(Resource::Nofile);
+    let Some(hard) = ours.maximum.filter(|&hard| hard > 512) else {
+        eprintln!("skipped: the hard limit on open files is {ours:?}, nothing to raise to");
+        return;
+    };
+    let sandbox = Sandbox::new();
+    assert!(sandbox.run(&["init"]).status.success());
+    std::fs::write(
+        sandbox.root().join("home/.config/warren/config.toml"),
+        "[share]\nenabled = true\nautostart = false\nmdns = false\n\
+         listen = [\"/ip4/127.0.0.1/tcp/0\"]\n",
+    )
+    .unwrap();
+    // The daemon inherits a soft limit of 512 from this process.
+    let low = Rlimit {
+        current: Some(512),
+        maximum: Some(hard),
+    };
+    setrlimit(Resource::Nofile, low).unwrap();
+    let daemon = Daemon::start(&sandbox);
+    setrlimit(Resource::Nofile, ours).unwrap();
+    let status = sandbox::ask_daemon(&sandbox, r#"{"op":"status"}"#, Duration::from_secs(5));
+    assert!(status.is_some(), "{}", daemon.log());
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid())).unwrap();
+    let soft = (limits.lines())
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .unwrap_or_else(|| panic!("no open-files line in:\n{limits}"));
+    assert_eq!(soft, hard.to_string(), "{limits}");
 }

@@ -34,6 +34,7 @@
 //! - [`metrics`]: the daemon's counters for Prometheus, if configured;
 //!   [`quiet`]: its warnings, each fault once in a while with a count;
 //!   [`accept`]: what its listeners do when accepting fails;
+//!   [`open_files`]: its limit on open files, raised at start;
 //! - [`trace`]: the last builds' lookups, as helpers reported them;
 //! - [`bucket`]: the team bucket, the tier after the LAN peers, if
 //!   configured (with LAN sharing off, the node neither listens, nor
@@ -47,6 +48,7 @@ pub(crate) mod disk_floor;
 mod ledger;
 pub(crate) mod metrics;
 mod node_store;
+mod open_files;
 mod put_order;
 mod quiet;
 pub(crate) mod replicate;
@@ -91,6 +93,8 @@ const PROBE_POLL: Duration = Duration::from_millis(250);
 
 /// Runs the daemon until a signal.
 pub(crate) fn run(config: &Config) -> anyhow::Result<ExitCode> {
+    let open_files = open_files::raise();
+    tracing::debug!(?open_files, "the soft limit on open files");
     let (key, _) = config.identity()?;
     let peer_id = identity::peer_id(&key);
     let store = Arc::new(
