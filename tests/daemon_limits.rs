@@ -84,6 +84,7 @@ fn out_of_file_descriptors_the_daemon_backs_off_and_says_so_once() {
 /// (often 1,024, a `select(2)`-era default) raises it to the hard limit:
 /// an office's connections and the bodies in flight need more.
 #[test]
+#[expect(clippy::print_stderr, reason = "a skipped test says why")]
 fn the_daemon_raises_its_soft_limit_on_open_files_to_the_hard_one() {
     let ours = getrlimit(Resource::Nofile);
     let Some(hard) = ours.maximum.filter(|&hard| hard > 512) else {
