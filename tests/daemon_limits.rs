@@ -99,14 +99,22 @@ fn the_daemon_raises_its_soft_limit_on_open_files_to_the_hard_one() {
          listen = [\"/ip4/127.0.0.1/tcp/0\"]\n",
     )
     .unwrap();
-    // The daemon inherits a soft limit of 512 from this process.
+    // The daemon inherits a soft limit of 512 from this process, which
+    // has its own back however the start goes.
+    struct Restore(Rlimit);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = setrlimit(Resource::Nofile, self.0);
+        }
+    }
     let low = Rlimit {
         current: Some(512),
         maximum: Some(hard),
     };
+    let restore = Restore(ours);
     setrlimit(Resource::Nofile, low).unwrap();
     let daemon = Daemon::start(&sandbox);
-    setrlimit(Resource::Nofile, ours).unwrap();
+    drop(restore);
     let status = sandbox::ask_daemon(&sandbox, r#"{"op":"status"}"#, Duration::from_secs(5));
     assert!(status.is_some(), "{}", daemon.log());
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid())).unwrap();

@@ -70,9 +70,16 @@ impl Fetching {
         self.reports.recv().await
     }
 
-    /// A report already queued, without waiting. Unlike `recv`, this takes
-    /// no share of tokio's cooperative budget, which, once the loop has
-    /// spent it, makes `recv` say "nothing yet" while reports wait.
+    /// How many reports are queued.
+    fn queued_reports(&self) -> usize {
+        self.reports.len()
+    }
+
+    /// A report already queued. `recv` can say "nothing yet" while a
+    /// report is queued: when another thread's sender took the slot
+    /// before it and is still writing (tokio's channel hands out reports
+    /// in order). `try_recv` waits out that write. A node on a
+    /// single-threaded runtime, as the daemon's is, has no such sender.
     fn queued_report(&mut self) -> Option<Report> {
         self.reports.try_recv().ok()
     }
@@ -206,17 +213,22 @@ impl EventLoop {
         }
     }
 
-    /// A single request's answer, or the end of a batch.
-    /// Handles the reports already queued. A request's reports are queued
-    /// before libp2p hands over its end, and must be handled first: a
-    /// batch that ended with entries unreported would count them missed,
-    /// though they landed.
+    /// Handles the reports queued now. A request's reports are sent before
+    /// libp2p hands over its end, or its deadline passes, and must be
+    /// handled first: a batch that ended with entries unreported would
+    /// count them missed though they landed, and a deadline would judge a
+    /// peer by a promise already superseded. The count is taken first, so
+    /// senders refilling the queue cannot keep the loop here.
     fn drain_reports(&mut self) {
-        while let Some(report) = self.fetching.queued_report() {
-            self.on_report(report);
+        for _ in 0..self.fetching.queued_reports() {
+            match self.fetching.queued_report() {
+                Some(report) => self.on_report(report),
+                None => break,
+            }
         }
     }
 
+    /// A single request's answer, or the end of a batch.
     fn on_answer(&mut self, peer: PeerId, request_id: OutboundRequestId, answer: Answer) {
         self.drain_reports();
         let Some(key) = self.fetching.sent.remove(&request_id) else {
@@ -260,6 +272,7 @@ impl EventLoop {
     }
 
     pub(super) fn on_fetch_deadline(&mut self, deadline: Deadline) {
+        self.drain_reports();
         (self.fetching.books).on_deadline(deadline, Instant::now(), &view!(self));
         self.carry_out();
     }

@@ -163,8 +163,8 @@ impl EventLoop {
             tokio::select! {
                 // Reports first: a batch's last report must be handled
                 // before the end of its request, which comes as a swarm
-                // event queued after it (and, should `recv` be out of
-                // tokio's budget, is drained when that end comes).
+                // event queued after it (and, should `recv` not see a
+                // report yet, `Fetching` drains them when that end comes).
                 biased;
                 Some(report) = self.fetching.next_report() => self.on_report(report),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
