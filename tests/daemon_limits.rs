@@ -1,10 +1,6 @@
 //! One daemon on loopback (mDNS off) and its file descriptors: it starts
 //! with as many as the system allows, and when it runs short anyway it
 //! keeps quiet, and comes back when they return.
-#![expect(
-    clippy::disallowed_methods,
-    reason = "the test writes a user's config file, not store files"
-)]
 
 mod sandbox;
 
@@ -12,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit, setrlimit};
-use sandbox::{Daemon, Sandbox};
+use sandbox::{DAEMON_CONFIG, Daemon, Sandbox};
 
 /// With its file descriptors used up (EMFILE), every accept on the
 /// helpers' socket fails until one is closed. The daemon tried again every
@@ -22,13 +18,7 @@ use sandbox::{Daemon, Sandbox};
 #[test]
 fn out_of_file_descriptors_the_daemon_backs_off_and_says_so_once() {
     let sandbox = Sandbox::new();
-    assert!(sandbox.run(&["init"]).status.success());
-    std::fs::write(
-        sandbox.root().join("home/.config/warren/config.toml"),
-        "[share]\nenabled = true\nautostart = false\nmdns = false\n\
-         listen = [\"/ip4/127.0.0.1/tcp/0\"]\n",
-    )
-    .unwrap();
+    sandbox.init_with_config(DAEMON_CONFIG);
     let daemon = Daemon::start(&sandbox);
     let status = || sandbox::ask_daemon(&sandbox, r#"{"op":"status"}"#, Duration::from_secs(5));
     assert!(status().is_some(), "{}", daemon.log());
@@ -92,13 +82,7 @@ fn the_daemon_raises_its_soft_limit_on_open_files_to_the_hard_one() {
         return;
     };
     let sandbox = Sandbox::new();
-    assert!(sandbox.run(&["init"]).status.success());
-    std::fs::write(
-        sandbox.root().join("home/.config/warren/config.toml"),
-        "[share]\nenabled = true\nautostart = false\nmdns = false\n\
-         listen = [\"/ip4/127.0.0.1/tcp/0\"]\n",
-    )
-    .unwrap();
+    sandbox.init_with_config(DAEMON_CONFIG);
     // The daemon inherits a soft limit of 512 from this process, which
     // has its own back however the start goes.
     struct Restore(Rlimit);

@@ -451,15 +451,8 @@ async fn entries_put_after_a_peer_clock_is_set_back_still_replicate() {
         || async { holds(6..9) },
     )
     .await;
-    let counted = tokio::time::timeout(WAIT, async {
-        while replicating.shown().entries != 9 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    until("replication counts all nine", || async {
+        replicating.shown().entries == 9
     })
     .await;
-    assert!(
-        counted.is_ok(),
-        "replication counts all nine: {:?}",
-        replicating.shown()
-    );
 }
