@@ -739,20 +739,24 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def cpu_floor_rows(res: Results, s: dict, warm: float) -> list[tuple[str, str, str, str]]:
+def all_cpu_s(b: Build) -> float:
+    """CPU time of go and its children, and of every daemon, during `b`."""
+    return b.cpu_s + sum(b.daemon_cpu_s.values())
+
+
+def cpu_floor_rows(
+    res: Results, s: dict, peer: float, warm: float
+) -> list[tuple[str, str, str, str]]:
     """The from-peer build's CPU floor: the CPU time its processes spent
     (go and its children, and the daemons), spread over all of this
     machine's cores, is the least wall time the build could take on it.
     Every host here shares this VM's cores; on an office's machines, A's
     daemon runs elsewhere, which the second floor (go and B's daemon) is."""
     cores = os.cpu_count() or 1
-    every = statistics.median(
-        (b.cpu_s + sum(b.daemon_cpu_s.values())) / cores for b in res.from_peer
-    )
+    every = statistics.median(all_cpu_s(b) / cores for b in res.from_peer)
     own = statistics.median(
         (b.cpu_s + b.daemon_cpu_s.get("B", 0.0)) / cores for b in res.from_peer
     )
-    peer = med(res.from_peer)
     s.update(cpu_floor_s=every, cpu_floor_b_s=own)
     return [
         (
@@ -810,7 +814,7 @@ def summarize(res: Results) -> tuple[list[tuple[str, str, str, str]], dict]:
                 f"<= {TARGETS['peer_vs_local']:.0f}x",
                 verdict(peer / warm <= TARGETS["peer_vs_local"]),
             ),
-            *cpu_floor_rows(res, s, warm),
+            *cpu_floor_rows(res, s, peer, warm),
             (
                 "B's gets answered with A's entries",
                 f"{share:.1%} (min {min_share:.1%})",
@@ -852,12 +856,8 @@ def summarize(res: Results) -> tuple[list[tuple[str, str, str, str]], dict]:
             rows.append(("  auto / never", f"{by_mode['auto'] / by_mode['never']:.2f}x", "", ""))
     if res.empty_on:
         off, on = med(res.empty_off), med(res.empty_on)
-
-        def cpu(b: Build) -> float:
-            return b.cpu_s + sum(b.daemon_cpu_s.values())
-
-        cpu_ratio = statistics.median(cpu(b) for b in res.empty_on) / statistics.median(
-            cpu(b) for b in res.empty_off
+        cpu_ratio = statistics.median(all_cpu_s(b) for b in res.empty_on) / statistics.median(
+            all_cpu_s(b) for b in res.empty_off
         )
         s.update(
             empty_peer_off_s=off,
